@@ -1,0 +1,252 @@
+//! Record keys and fingerprints over Arrow batches.
+//!
+//! A record key is the canonical JSON text of the key fields' values (`[42]`,
+//! `["a@example.com","eu"]`): readable in the state store and in messages, equal for equal
+//! values. A fingerprint is a 128-bit XXH3 hash of a canonical encoding of every value of a
+//! record, so the engine can tell `unchanged` from `updated` without keeping the values.
+
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use arrow::datatypes::{
+    DataType as ArrowType, Date32Type, Decimal128Type, Float32Type, Float64Type, Int16Type,
+    Int32Type, Int64Type, Int8Type, Time64MicrosecondType, TimeUnit, TimestampMicrosecondType,
+    UInt16Type, UInt32Type, UInt64Type, UInt8Type,
+};
+use lockstep_protocol::arrow_types::json_value;
+use lockstep_protocol::DataType;
+use xxhash_rust::xxh3::Xxh3;
+
+/// A column a fingerprint or key cannot be computed over.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[non_exhaustive]
+pub enum FingerprintError {
+    #[error("key field `{0}` is not in the record; check the sync's `key` and field mapping")]
+    MissingKeyField(String),
+    #[error("key field `{field}` is null in row {row}; every record needs a key value")]
+    NullKey { field: String, row: usize },
+    #[error("field `{field}` has Arrow type {arrow_type}, which cannot be fingerprinted")]
+    UnsupportedType { field: String, arrow_type: String },
+}
+
+/// The canonical key text of each row, from the columns named in `key`.
+pub fn record_keys(batch: &RecordBatch, key: &[String]) -> Result<Vec<String>, FingerprintError> {
+    let schema = batch.schema();
+    let mut columns = Vec::with_capacity(key.len());
+    for name in key {
+        let index = schema
+            .index_of(name)
+            .map_err(|_| FingerprintError::MissingKeyField(name.clone()))?;
+        let logical = DataType::from_arrow_field(schema.field(index));
+        columns.push((name, batch.column(index), logical));
+    }
+    let mut keys = Vec::with_capacity(batch.num_rows());
+    let mut values = Vec::with_capacity(key.len());
+    for row in 0..batch.num_rows() {
+        values.clear();
+        for (name, column, logical) in &columns {
+            if column.is_null(row) {
+                return Err(FingerprintError::NullKey {
+                    field: (*name).clone(),
+                    row,
+                });
+            }
+            values.push(json_value(column, row, *logical));
+        }
+        keys.push(serde_json::Value::Array(values.clone()).to_string());
+    }
+    Ok(keys)
+}
+
+/// The fingerprint of each row over every column, in column order.
+pub fn fingerprints(batch: &RecordBatch) -> Result<Vec<u128>, FingerprintError> {
+    let rows = batch.num_rows();
+    let mut hashers: Vec<Xxh3> = (0..rows).map(|_| Xxh3::new()).collect();
+    let schema = batch.schema();
+    for (index, column) in batch.columns().iter().enumerate() {
+        let field = schema.field(index);
+        // The field name takes part so that moving a value to another field is a change.
+        for hasher in hashers.iter_mut() {
+            hasher.update(&(field.name().len() as u32).to_le_bytes());
+            hasher.update(field.name().as_bytes());
+        }
+        hash_column(column, &mut hashers).map_err(|()| FingerprintError::UnsupportedType {
+            field: field.name().clone(),
+            arrow_type: field.data_type().to_string(),
+        })?;
+    }
+    Ok(hashers.iter().map(|h| h.digest128()).collect())
+}
+
+fn hash_column(column: &ArrayRef, hashers: &mut [Xxh3]) -> Result<(), ()> {
+    macro_rules! ints {
+        ($t:ty) => {{
+            let a = column.as_primitive::<$t>();
+            for (row, h) in hashers.iter_mut().enumerate() {
+                if a.is_null(row) {
+                    h.update(&[0]);
+                } else {
+                    h.update(&[1]);
+                    h.update(&(a.value(row) as i64).to_le_bytes());
+                }
+            }
+        }};
+    }
+    macro_rules! floats {
+        ($t:ty) => {{
+            let a = column.as_primitive::<$t>();
+            for (row, h) in hashers.iter_mut().enumerate() {
+                if a.is_null(row) {
+                    h.update(&[0]);
+                } else {
+                    h.update(&[1]);
+                    h.update(&canonical_float(a.value(row) as f64).to_le_bytes());
+                }
+            }
+        }};
+    }
+    match column.data_type() {
+        ArrowType::Null => hashers.iter_mut().for_each(|h| h.update(&[0])),
+        ArrowType::Boolean => {
+            let a = column.as_boolean();
+            for (row, h) in hashers.iter_mut().enumerate() {
+                h.update(&[if a.is_null(row) { 0 } else { 1 + a.value(row) as u8 }]);
+            }
+        }
+        ArrowType::Int8 => ints!(Int8Type),
+        ArrowType::Int16 => ints!(Int16Type),
+        ArrowType::Int32 => ints!(Int32Type),
+        ArrowType::Int64 => ints!(Int64Type),
+        ArrowType::UInt8 => ints!(UInt8Type),
+        ArrowType::UInt16 => ints!(UInt16Type),
+        ArrowType::UInt32 => ints!(UInt32Type),
+        ArrowType::UInt64 => ints!(UInt64Type),
+        ArrowType::Date32 => ints!(Date32Type),
+        ArrowType::Time64(TimeUnit::Microsecond) => ints!(Time64MicrosecondType),
+        ArrowType::Timestamp(TimeUnit::Microsecond, _) => ints!(TimestampMicrosecondType),
+        ArrowType::Float32 => floats!(Float32Type),
+        ArrowType::Float64 => floats!(Float64Type),
+        ArrowType::Decimal128(_, scale) => {
+            let a = column.as_primitive::<Decimal128Type>();
+            for (row, h) in hashers.iter_mut().enumerate() {
+                if a.is_null(row) {
+                    h.update(&[0]);
+                } else {
+                    h.update(&[1]);
+                    h.update(&a.value(row).to_le_bytes());
+                    h.update(&scale.to_le_bytes());
+                }
+            }
+        }
+        ArrowType::Utf8 => bytes_column(hashers, |row| {
+            let a = column.as_string::<i32>();
+            (!a.is_null(row)).then(|| a.value(row).as_bytes())
+        }),
+        ArrowType::LargeUtf8 => bytes_column(hashers, |row| {
+            let a = column.as_string::<i64>();
+            (!a.is_null(row)).then(|| a.value(row).as_bytes())
+        }),
+        ArrowType::Binary => bytes_column(hashers, |row| {
+            let a = column.as_binary::<i32>();
+            (!a.is_null(row)).then(|| a.value(row))
+        }),
+        ArrowType::LargeBinary => bytes_column(hashers, |row| {
+            let a = column.as_binary::<i64>();
+            (!a.is_null(row)).then(|| a.value(row))
+        }),
+        _ => return Err(()),
+    }
+    Ok(())
+}
+
+fn bytes_column<'a>(hashers: &mut [Xxh3], value: impl Fn(usize) -> Option<&'a [u8]>) {
+    for (row, h) in hashers.iter_mut().enumerate() {
+        match value(row) {
+            None => h.update(&[0]),
+            Some(bytes) => {
+                h.update(&[1]);
+                h.update(&(bytes.len() as u64).to_le_bytes());
+                h.update(bytes);
+            }
+        }
+    }
+}
+
+/// Float bits with -0.0 folded into 0.0 and every NaN into one NaN.
+fn canonical_float(v: f64) -> u64 {
+    if v == 0.0 {
+        0f64.to_bits()
+    } else if v.is_nan() {
+        f64::NAN.to_bits()
+    } else {
+        v.to_bits()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Float64Array, Int32Array, Int64Array, StringArray};
+    use arrow::datatypes::{Field, Schema};
+    use std::sync::Arc;
+
+    fn batch(ids: Vec<i64>, names: Vec<Option<&str>>) -> RecordBatch {
+        RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("id", ArrowType::Int64, false),
+                Field::new("name", ArrowType::Utf8, true),
+            ])),
+            vec![
+                Arc::new(Int64Array::from(ids)),
+                Arc::new(StringArray::from(names)),
+            ],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn equal_records_hash_equal_and_changes_show() {
+        let a = fingerprints(&batch(vec![1, 2, 3], vec![Some("x"), None, Some("")])).unwrap();
+        let b = fingerprints(&batch(vec![1, 2, 3], vec![Some("x"), None, Some("")])).unwrap();
+        assert_eq!(a, b);
+        // Null and empty string differ, and so does any changed value.
+        assert_ne!(a[1], a[2]);
+        let c = fingerprints(&batch(vec![1, 2, 3], vec![Some("y"), None, Some("")])).unwrap();
+        assert_ne!(a[0], c[0]);
+        assert_eq!(a[1..], c[1..]);
+    }
+
+    #[test]
+    fn slicing_does_not_change_fingerprints() {
+        let full = batch(vec![1, 2, 3], vec![Some("a"), Some("b"), Some("c")]);
+        let whole = fingerprints(&full).unwrap();
+        let sliced = fingerprints(&full.slice(1, 2)).unwrap();
+        assert_eq!(&whole[1..], &sliced[..]);
+    }
+
+    #[test]
+    fn floats_fold_negative_zero() {
+        let schema = Arc::new(Schema::new(vec![Field::new("f", ArrowType::Float64, false)]));
+        let b = RecordBatch::try_new(schema, vec![Arc::new(Float64Array::from(vec![0.0, -0.0]))])
+            .unwrap();
+        let f = fingerprints(&b).unwrap();
+        assert_eq!(f[0], f[1]);
+    }
+
+    #[test]
+    fn keys_are_canonical_json() {
+        let b = batch(vec![7, 8], vec![Some("a\"b"), Some("c")]);
+        let keys = record_keys(&b, &["id".into(), "name".into()]).unwrap();
+        assert_eq!(keys, vec![r#"[7,"a\"b"]"#, r#"[8,"c"]"#]);
+        assert_eq!(
+            record_keys(&b, &["nope".into()]),
+            Err(FingerprintError::MissingKeyField("nope".into()))
+        );
+        let nulls = batch(vec![1], vec![None]);
+        assert!(matches!(
+            record_keys(&nulls, &["name".into()]),
+            Err(FingerprintError::NullKey { row: 0, .. })
+        ));
+        let schema = Arc::new(Schema::new(vec![Field::new("i", ArrowType::Int32, false)]));
+        let ints = RecordBatch::try_new(schema, vec![Arc::new(Int32Array::from(vec![5]))]).unwrap();
+        assert_eq!(record_keys(&ints, &["i".into()]).unwrap(), vec!["[5]"]);
+    }
+}

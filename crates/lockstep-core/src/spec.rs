@@ -1,0 +1,139 @@
+//! A sync as the engine sees it, resolved from the config file.
+
+use serde::{Deserialize, Serialize};
+
+/// One side of a sync: a connection and a stream in it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct EndpointSpec {
+    pub connection: String,
+    pub stream: String,
+}
+
+/// What a run reads and what it propagates.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SyncMode {
+    /// Read everything; write what differs.
+    #[default]
+    Full,
+    /// Read what changed since the stored cursor.
+    Incremental,
+    /// Incremental, and deletes reach the destination.
+    Mirror,
+}
+
+impl SyncMode {
+    /// Whether this mode reads by cursor.
+    pub fn uses_cursor(self) -> bool {
+        matches!(self, SyncMode::Incremental | SyncMode::Mirror)
+    }
+}
+
+/// How deletes are found and how many may be applied in one run.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct DeletePolicy {
+    /// The share of the destination's records one run may delete before it refuses.
+    pub max_delete_fraction: f64,
+}
+
+impl Default for DeletePolicy {
+    fn default() -> Self {
+        Self {
+            max_delete_fraction: 0.1,
+        }
+    }
+}
+
+/// One destination field and where its value comes from.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct FieldMapping {
+    /// The field's name in the destination.
+    pub target: String,
+    /// The source field it is copied from.
+    pub source: String,
+}
+
+/// A sync: what to copy from where to where, and how.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct SyncSpec {
+    pub name: String,
+    pub source: EndpointSpec,
+    pub destination: EndpointSpec,
+    pub mode: SyncMode,
+    /// The source field read as the incremental cursor.
+    pub cursor_field: Option<String>,
+    /// The match key, in destination field names. Empty: the source's primary key, mapped.
+    pub key: Vec<String>,
+    /// The field mapping. Empty: every source field under its own name.
+    pub fields: Vec<FieldMapping>,
+    /// Rows per batch read from the source and written to the destination.
+    pub batch_size: usize,
+    pub delete: DeletePolicy,
+}
+
+impl SyncSpec {
+    /// The destination name of source field `source`, if the mapping carries it.
+    pub fn target_of<'a>(&'a self, source: &'a str) -> Option<&'a str> {
+        if self.fields.is_empty() {
+            return Some(source);
+        }
+        self.fields
+            .iter()
+            .find(|m| m.source == source)
+            .map(|m| m.target.as_str())
+    }
+
+    /// The source field that feeds destination field `target`, if any.
+    pub fn source_of<'a>(&'a self, target: &'a str) -> Option<&'a str> {
+        if self.fields.is_empty() {
+            return Some(target);
+        }
+        self.fields
+            .iter()
+            .find(|m| m.target == target)
+            .map(|m| m.source.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(fields: Vec<FieldMapping>) -> SyncSpec {
+        SyncSpec {
+            name: "s".into(),
+            source: EndpointSpec {
+                connection: "a".into(),
+                stream: "t".into(),
+            },
+            destination: EndpointSpec {
+                connection: "b".into(),
+                stream: "u".into(),
+            },
+            mode: SyncMode::Incremental,
+            cursor_field: Some("updated_at".into()),
+            key: vec![],
+            fields,
+            batch_size: 100,
+            delete: DeletePolicy::default(),
+        }
+    }
+
+    #[test]
+    fn an_empty_mapping_passes_every_field_through() {
+        let s = spec(vec![]);
+        assert_eq!(s.target_of("email"), Some("email"));
+        assert_eq!(s.source_of("email"), Some("email"));
+    }
+
+    #[test]
+    fn renames_resolve_both_ways() {
+        let s = spec(vec![FieldMapping {
+            target: "email_address".into(),
+            source: "email".into(),
+        }]);
+        assert_eq!(s.target_of("email"), Some("email_address"));
+        assert_eq!(s.source_of("email_address"), Some("email"));
+        assert_eq!(s.target_of("phone"), None);
+    }
+}

@@ -1,0 +1,87 @@
+//! The error type connectors return, and its conversion to the ABI's error.
+
+use lockstep_plugin_api::{ErrorKind, PluginError};
+
+/// The result type of connector code.
+pub type Result<T, E = ConnectorError> = std::result::Result<T, E>;
+
+/// An error from connector code: a kind that tells the host whether to retry, and a message
+/// for people. Messages must say what went wrong, where, and what to do, without secrets.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct ConnectorError {
+    pub kind: ErrorKind,
+    pub message: String,
+    /// Structured details (a JSON object) for machines, or `Null`.
+    pub details: serde_json::Value,
+    /// For rate-limit errors: how long to wait, in milliseconds.
+    pub retry_after_ms: u64,
+}
+
+impl ConnectorError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            details: serde_json::Value::Null,
+            retry_after_ms: 0,
+        }
+    }
+    pub fn config(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::CONFIG, message)
+    }
+    pub fn auth(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::AUTH, message)
+    }
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::TRANSIENT, message)
+    }
+    pub fn rate_limited(message: impl Into<String>, retry_after_ms: u64) -> Self {
+        Self {
+            retry_after_ms,
+            ..Self::new(ErrorKind::RATE_LIMITED, message)
+        }
+    }
+    pub fn schema(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::SCHEMA, message)
+    }
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::INTERNAL, message)
+    }
+    pub fn unsupported(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::UNSUPPORTED, message)
+    }
+
+    /// Adds structured details.
+    pub fn with_details(mut self, details: serde_json::Value) -> Self {
+        self.details = details;
+        self
+    }
+
+    /// Prefixes the message with what was being done: `reading "contacts": <message>`.
+    pub fn context(mut self, what: impl std::fmt::Display) -> Self {
+        self.message = format!("{what}: {}", self.message);
+        self
+    }
+}
+
+impl From<ConnectorError> for PluginError {
+    fn from(e: ConnectorError) -> Self {
+        PluginError {
+            kind: e.kind,
+            message: e.message.into(),
+            details: if e.details.is_null() {
+                Default::default()
+            } else {
+                e.details.to_string().into()
+            },
+            retry_after_ms: e.retry_after_ms,
+        }
+    }
+}
+
+impl From<arrow::error::ArrowError> for ConnectorError {
+    fn from(e: arrow::error::ArrowError) -> Self {
+        ConnectorError::internal(format!("Arrow error: {e}"))
+    }
+}

@@ -1,0 +1,219 @@
+//! The SDK for writing Lockstep connectors.
+//!
+//! A connector implements [`Connector`] (a manifest plus a source and/or destination type)
+//! with plain async Rust and exports it with [`export_connector!`]. The SDK does the rest:
+//! it builds the ABI root module, owns a tokio runtime per connector instance, converts
+//! record batches to and from the Arrow C Data Interface, forwards `tracing` events to the
+//! host, catches panics at every entry point, and turns rows of serde values into batches
+//! for connectors that would rather not touch Arrow builders ([`rows`]).
+//!
+//! Invariants:
+//! - No panic ever unwinds across the ABI: every entry point is wrapped in `catch_unwind`, a
+//!   panic becomes an error of kind `PANIC`, and the instance that panicked refuses every
+//!   later call (it is poisoned).
+//! - Building a connector with `panic = "abort"` is a compile error: such a plugin would take
+//!   the whole host process down on its first panic.
+//! - Connectors depend on this crate only, never on host crates.
+
+#[cfg(panic = "abort")]
+compile_error!(
+    "lockstep connectors must be built with `panic = \"unwind\"`: with `panic = \"abort\"` a \
+     panic in the connector would kill the host process. Remove `panic = \"abort\"` from the \
+     [profile.*] sections of your Cargo.toml."
+);
+
+mod entry;
+mod error;
+pub mod ffi;
+mod guard;
+mod logging;
+pub mod rows;
+
+pub use abi_stable;
+pub use arrow;
+pub use error::{ConnectorError, Result};
+pub use lockstep_plugin_api as api;
+pub use lockstep_protocol as protocol;
+pub use lockstep_protocol::{
+    Catalog, CursorCheckpoint, DataType, FieldInfo, Manifest, OpenStreamRequest, ReadMode,
+    ReadRequest, RejectedRow, Role, SchemaEvolution, StreamInfo, WriteOutcome,
+};
+pub use serde_json;
+pub use tracing;
+
+#[doc(hidden)]
+pub use entry::root_module as __root_module;
+
+use arrow::array::RecordBatch;
+use serde::de::DeserializeOwned;
+use std::future::Future;
+
+/// The version of this SDK, recorded in every manifest.
+pub const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// What each connector instance gets from the SDK.
+#[derive(Clone)]
+pub struct Context {
+    cancel: std::sync::Arc<guard::CancelState>,
+}
+
+impl Context {
+    /// Whether the host asked this instance to stop. Long loops should check it.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// Completes when the host asks this instance to stop.
+    pub async fn cancelled(&self) {
+        self.cancel.cancelled().await
+    }
+}
+
+/// A connector: its manifest and the types that play its roles.
+///
+/// Use [`Unsupported`] for a role the connector does not have.
+pub trait Connector: 'static {
+    type Source: SourceConnector;
+    type Destination: DestinationConnector;
+
+    /// The manifest. `abi_version` and `sdk_version` are filled in by the SDK.
+    fn manifest() -> Manifest;
+}
+
+/// A source of records. One instance serves one connection for the length of a run.
+#[allow(async_fn_in_trait)]
+pub trait SourceConnector: Sized + Send + 'static {
+    /// The connection's config, deserialized from the JSON the host passes.
+    type Config: DeserializeOwned;
+    /// The reader one `read` call returns.
+    type Reader: BatchReader;
+
+    /// Connects (or prepares to) with `config`.
+    async fn open(config: Self::Config, ctx: Context) -> Result<Self>;
+    /// Checks that the system is reachable and the credentials work.
+    async fn check(&mut self) -> Result<()>;
+    /// Describes the streams on offer.
+    async fn discover(&mut self) -> Result<Catalog>;
+    /// Starts reading one stream.
+    async fn read(&mut self, request: ReadRequest) -> Result<Self::Reader>;
+}
+
+/// The batches of one read.
+#[allow(async_fn_in_trait)]
+pub trait BatchReader: Send + 'static {
+    /// The next batch and the checkpoint after its last record, or `None` at the end.
+    async fn next_batch(&mut self) -> Result<Option<(RecordBatch, serde_json::Value)>>;
+}
+
+/// A destination of records. One instance serves one connection for the length of a run.
+#[allow(async_fn_in_trait)]
+pub trait DestinationConnector: Sized + Send + 'static {
+    type Config: DeserializeOwned;
+    type Writer: StreamWriter;
+
+    async fn open(config: Self::Config, ctx: Context) -> Result<Self>;
+    async fn check(&mut self) -> Result<()>;
+    async fn discover(&mut self) -> Result<Catalog>;
+    /// Prepares a stream for writing, creating or evolving it as the request says.
+    async fn open_stream(&mut self, request: OpenStreamRequest) -> Result<Self::Writer>;
+}
+
+/// Writes to one stream.
+#[allow(async_fn_in_trait)]
+pub trait StreamWriter: Send + 'static {
+    /// Inserts or updates rows by key.
+    async fn upsert(&mut self, batch: RecordBatch) -> Result<WriteOutcome>;
+    /// Deletes rows by key; the batch holds only the key columns.
+    async fn delete(&mut self, keys: RecordBatch) -> Result<WriteOutcome>;
+    /// Makes every write so far durable.
+    async fn flush(&mut self) -> Result<()>;
+}
+
+/// The type for a role a connector does not play. It cannot be constructed.
+pub enum Unsupported {}
+
+impl SourceConnector for Unsupported {
+    type Config = serde_json::Value;
+    type Reader = Unsupported;
+    async fn open(_: Self::Config, _: Context) -> Result<Self> {
+        Err(ConnectorError::unsupported("this connector cannot be used as a source"))
+    }
+    async fn check(&mut self) -> Result<()> {
+        match *self {}
+    }
+    async fn discover(&mut self) -> Result<Catalog> {
+        match *self {}
+    }
+    async fn read(&mut self, _: ReadRequest) -> Result<Self::Reader> {
+        match *self {}
+    }
+}
+
+impl BatchReader for Unsupported {
+    async fn next_batch(&mut self) -> Result<Option<(RecordBatch, serde_json::Value)>> {
+        match *self {}
+    }
+}
+
+impl DestinationConnector for Unsupported {
+    type Config = serde_json::Value;
+    type Writer = Unsupported;
+    async fn open(_: Self::Config, _: Context) -> Result<Self> {
+        Err(ConnectorError::unsupported(
+            "this connector cannot be used as a destination",
+        ))
+    }
+    async fn check(&mut self) -> Result<()> {
+        match *self {}
+    }
+    async fn discover(&mut self) -> Result<Catalog> {
+        match *self {}
+    }
+    async fn open_stream(&mut self, _: OpenStreamRequest) -> Result<Self::Writer> {
+        match *self {}
+    }
+}
+
+impl StreamWriter for Unsupported {
+    async fn upsert(&mut self, _: RecordBatch) -> Result<WriteOutcome> {
+        match *self {}
+    }
+    async fn delete(&mut self, _: RecordBatch) -> Result<WriteOutcome> {
+        match *self {}
+    }
+    async fn flush(&mut self) -> Result<()> {
+        match *self {}
+    }
+}
+
+/// Exports a [`Connector`] as the plugin's root module. Use it once per cdylib:
+///
+/// ```ignore
+/// lockstep_plugin_sdk::export_connector!(MyConnector);
+/// ```
+#[macro_export]
+macro_rules! export_connector {
+    ($connector:ty) => {
+        #[$crate::abi_stable::export_root_module]
+        pub fn lockstep_connector_root_module() -> $crate::api::ConnectorModuleRef {
+            $crate::__root_module::<$connector>()
+        }
+    };
+}
+
+/// Runs `future` to completion on a fresh current-thread runtime. For tests and benchmarks
+/// that drive connector types directly, without the ABI.
+pub fn block_on<F: Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread runtime needs no resources that can be missing")
+        .block_on(future)
+}
+
+/// A [`Context`] for driving connector types directly, without the ABI.
+pub fn standalone_context() -> Context {
+    Context {
+        cancel: Default::default(),
+    }
+}

@@ -1,0 +1,287 @@
+//! The one mapping between logical [`DataType`]s and Arrow types, and conversions of single
+//! Arrow values to JSON (for rejected records, plans and messages).
+
+use std::collections::HashMap;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, BinaryArray, Date32Array, Decimal128Array,
+    Float32Array, Float64Array, Int32Array, Int64Array, LargeStringArray, StringArray,
+    Time64MicrosecondArray, TimestampMicrosecondArray,
+};
+use arrow::datatypes::{
+    DataType as ArrowType, Field, Int16Type, Int8Type, Schema, TimeUnit,
+    UInt16Type, UInt32Type, UInt64Type, UInt8Type,
+};
+use serde_json::Value;
+
+use crate::{DataType, FieldInfo, LOGICAL_TYPE_METADATA_KEY};
+
+impl DataType {
+    /// The Arrow type that carries values of this logical type.
+    pub fn arrow_type(&self) -> ArrowType {
+        match self {
+            DataType::Boolean => ArrowType::Boolean,
+            DataType::Int32 => ArrowType::Int32,
+            DataType::Int64 => ArrowType::Int64,
+            DataType::Float32 => ArrowType::Float32,
+            DataType::Float64 => ArrowType::Float64,
+            DataType::Decimal { precision, scale } => ArrowType::Decimal128(*precision, *scale),
+            DataType::Text | DataType::Uuid | DataType::Json => ArrowType::Utf8,
+            DataType::Binary => ArrowType::Binary,
+            DataType::Date => ArrowType::Date32,
+            DataType::Time => ArrowType::Time64(TimeUnit::Microsecond),
+            DataType::Timestamp => ArrowType::Timestamp(TimeUnit::Microsecond, None),
+            DataType::TimestampTz => ArrowType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        }
+    }
+
+    /// An Arrow field of this type, tagged with the logical type where Arrow is ambiguous.
+    pub fn to_arrow_field(&self, name: &str, nullable: bool) -> Field {
+        let field = Field::new(name, self.arrow_type(), nullable);
+        match self {
+            DataType::Uuid => field.with_metadata(tag("uuid")),
+            DataType::Json => field.with_metadata(tag("json")),
+            _ => field,
+        }
+    }
+
+    /// The logical type of an Arrow field, or `None` when Lockstep has no equivalent.
+    pub fn from_arrow_field(field: &Field) -> Option<DataType> {
+        let tagged = field.metadata().get(LOGICAL_TYPE_METADATA_KEY).map(String::as_str);
+        Some(match (field.data_type(), tagged) {
+            (ArrowType::Utf8 | ArrowType::LargeUtf8, Some("uuid")) => DataType::Uuid,
+            (ArrowType::Utf8 | ArrowType::LargeUtf8, Some("json")) => DataType::Json,
+            (ArrowType::Utf8 | ArrowType::LargeUtf8 | ArrowType::Utf8View, _) => DataType::Text,
+            (ArrowType::Boolean, _) => DataType::Boolean,
+            (ArrowType::Int8 | ArrowType::Int16 | ArrowType::Int32, _) => DataType::Int32,
+            (ArrowType::UInt8 | ArrowType::UInt16, _) => DataType::Int32,
+            (ArrowType::Int64 | ArrowType::UInt32, _) => DataType::Int64,
+            (ArrowType::Float16 | ArrowType::Float32, _) => DataType::Float32,
+            (ArrowType::Float64, _) => DataType::Float64,
+            (ArrowType::Decimal128(p, s), _) => DataType::Decimal {
+                precision: *p,
+                scale: *s,
+            },
+            (ArrowType::Binary | ArrowType::LargeBinary | ArrowType::FixedSizeBinary(_), _) => {
+                DataType::Binary
+            }
+            (ArrowType::Date32 | ArrowType::Date64, _) => DataType::Date,
+            (ArrowType::Time32(_) | ArrowType::Time64(_), _) => DataType::Time,
+            (ArrowType::Timestamp(_, None), _) => DataType::Timestamp,
+            (ArrowType::Timestamp(_, Some(_)), _) => DataType::TimestampTz,
+            _ => return None,
+        })
+    }
+}
+
+fn tag(value: &str) -> HashMap<String, String> {
+    HashMap::from([(LOGICAL_TYPE_METADATA_KEY.to_owned(), value.to_owned())])
+}
+
+impl FieldInfo {
+    /// This field as an Arrow field.
+    pub fn to_arrow_field(&self) -> Field {
+        self.data_type.to_arrow_field(&self.name, self.nullable)
+    }
+}
+
+/// The Arrow schema of a list of fields.
+pub fn arrow_schema(fields: &[FieldInfo]) -> Schema {
+    Schema::new(fields.iter().map(FieldInfo::to_arrow_field).collect::<Vec<_>>())
+}
+
+/// The fields of an Arrow schema, or the name of the first field without a logical type.
+pub fn fields_from_arrow(schema: &Schema) -> Result<Vec<FieldInfo>, String> {
+    schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let data_type = DataType::from_arrow_field(f).ok_or_else(|| {
+                format!("field `{}` has Arrow type {} which Lockstep does not carry", f.name(), f.data_type())
+            })?;
+            Ok(FieldInfo {
+                name: f.name().clone(),
+                data_type,
+                nullable: f.is_nullable(),
+                native_type: None,
+            })
+        })
+        .collect()
+}
+
+/// The value at `row` of `array` as JSON: numbers as numbers (decimals as strings, to keep
+/// their exact digits), temporal values in ISO 8601, binary as hex, JSON documents parsed.
+pub fn json_value(array: &ArrayRef, row: usize, logical: Option<DataType>) -> Value {
+    if array.is_null(row) {
+        return Value::Null;
+    }
+    match array.data_type() {
+        ArrowType::Boolean => Value::Bool(array.as_boolean().value(row)),
+        ArrowType::Int8 => array.as_primitive::<Int8Type>().value(row).into(),
+        ArrowType::Int16 => array.as_primitive::<Int16Type>().value(row).into(),
+        ArrowType::Int32 => downcast::<Int32Array>(array).value(row).into(),
+        ArrowType::Int64 => downcast::<Int64Array>(array).value(row).into(),
+        ArrowType::UInt8 => array.as_primitive::<UInt8Type>().value(row).into(),
+        ArrowType::UInt16 => array.as_primitive::<UInt16Type>().value(row).into(),
+        ArrowType::UInt32 => array.as_primitive::<UInt32Type>().value(row).into(),
+        ArrowType::UInt64 => array.as_primitive::<UInt64Type>().value(row).into(),
+        ArrowType::Float32 => float(downcast::<Float32Array>(array).value(row) as f64),
+        ArrowType::Float64 => float(downcast::<Float64Array>(array).value(row)),
+        ArrowType::Decimal128(_, scale) => Value::String(format_decimal(
+            downcast::<Decimal128Array>(array).value(row),
+            *scale,
+        )),
+        ArrowType::Utf8 => text(downcast::<StringArray>(array).value(row), logical),
+        ArrowType::LargeUtf8 => text(downcast::<LargeStringArray>(array).value(row), logical),
+        ArrowType::Binary => Value::String(hex(downcast::<BinaryArray>(array).value(row))),
+        ArrowType::Date32 => {
+            let days = downcast::<Date32Array>(array).value(row);
+            match chrono_date(days) {
+                Some(d) => Value::String(d),
+                None => days.into(),
+            }
+        }
+        ArrowType::Time64(TimeUnit::Microsecond) => {
+            let us = downcast::<Time64MicrosecondArray>(array).value(row);
+            Value::String(format_time(us))
+        }
+        ArrowType::Timestamp(TimeUnit::Microsecond, tz) => {
+            let us = downcast::<TimestampMicrosecondArray>(array).value(row);
+            Value::String(format_timestamp(us, tz.is_some()))
+        }
+        other => Value::String(format!("<{other} value>")),
+    }
+}
+
+fn downcast<T: 'static>(array: &ArrayRef) -> &T {
+    array
+        .as_any()
+        .downcast_ref::<T>()
+        .expect("the match arm checked the Arrow type")
+}
+
+fn float(v: f64) -> Value {
+    serde_json::Number::from_f64(v)
+        .map(Value::Number)
+        .unwrap_or_else(|| Value::String(v.to_string()))
+}
+
+fn text(s: &str, logical: Option<DataType>) -> Value {
+    if logical == Some(DataType::Json) {
+        if let Ok(v) = serde_json::from_str(s) {
+            return v;
+        }
+    }
+    Value::String(s.to_owned())
+}
+
+/// Lower-case hexadecimal digits of `bytes`, prefixed `\x` as PostgreSQL prints them.
+pub fn hex(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(2 + bytes.len() * 2);
+    out.push_str("\\x");
+    for b in bytes {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+/// A decimal's unscaled integer and scale as exact decimal text.
+pub fn format_decimal(unscaled: i128, scale: i8) -> String {
+    if scale <= 0 {
+        let mut s = unscaled.to_string();
+        for _ in 0..(-scale) {
+            s.push('0');
+        }
+        return s;
+    }
+    let negative = unscaled < 0;
+    let digits = unscaled.unsigned_abs().to_string();
+    let scale = scale as usize;
+    let padded = if digits.len() <= scale {
+        format!("{}{}", "0".repeat(scale - digits.len() + 1), digits)
+    } else {
+        digits
+    };
+    let (int, frac) = padded.split_at(padded.len() - scale);
+    format!("{}{}.{}", if negative { "-" } else { "" }, int, frac)
+}
+
+fn chrono_date(days: i32) -> Option<String> {
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    if !(-9999..=9999).contains(&y) {
+        return None;
+    }
+    Some(format!("{y:04}-{m:02}-{d:02}"))
+}
+
+fn format_time(us: i64) -> String {
+    let secs = us.div_euclid(1_000_000);
+    let frac = us.rem_euclid(1_000_000);
+    let (h, m, s) = (secs / 3600, (secs / 60) % 60, secs % 60);
+    if frac == 0 {
+        format!("{h:02}:{m:02}:{s:02}")
+    } else {
+        format!("{h:02}:{m:02}:{s:02}.{frac:06}")
+    }
+}
+
+/// Microseconds since the epoch as ISO 8601 (`Z`-suffixed when `utc`).
+pub fn format_timestamp(us: i64, utc: bool) -> String {
+    let days = us.div_euclid(86_400_000_000);
+    let rest = us.rem_euclid(86_400_000_000);
+    let date = chrono_date(days as i32).unwrap_or_else(|| format!("day {days}"));
+    format!("{}T{}{}", date, format_time(rest), if utc { "Z" } else { "" })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_logical_type_round_trips_through_arrow() {
+        let all = [
+            DataType::Boolean,
+            DataType::Int32,
+            DataType::Int64,
+            DataType::Float32,
+            DataType::Float64,
+            DataType::Decimal {
+                precision: 20,
+                scale: 4,
+            },
+            DataType::Text,
+            DataType::Binary,
+            DataType::Date,
+            DataType::Time,
+            DataType::Timestamp,
+            DataType::TimestampTz,
+            DataType::Uuid,
+            DataType::Json,
+        ];
+        for t in all {
+            let field = t.to_arrow_field("f", true);
+            assert_eq!(DataType::from_arrow_field(&field), Some(t), "{t:?}");
+        }
+    }
+
+    #[test]
+    fn values_format_exactly() {
+        assert_eq!(format_decimal(-12345, 2), "-123.45");
+        assert_eq!(format_decimal(5, 3), "0.005");
+        assert_eq!(format_decimal(7, -2), "700");
+        assert_eq!(chrono_date(0).unwrap(), "1970-01-01");
+        assert_eq!(chrono_date(19_723).unwrap(), "2024-01-01");
+        assert_eq!(format_timestamp(1_500_000, true), "1970-01-01T00:00:01.500000Z");
+        assert_eq!(hex(&[0, 255]), "\\x00ff");
+    }
+}

@@ -1,0 +1,278 @@
+//! The JSON control plane shared by the host and connectors: manifests, catalogs, read and
+//! write requests, write outcomes, and the logical type system with its Arrow mapping.
+//!
+//! Invariants:
+//! - Every message tolerates unknown fields and gives new fields defaults, so that a host and
+//!   a plugin one minor version apart still understand each other.
+//! - The Arrow representation of each [`DataType`] is fixed here and nowhere else: connectors
+//!   and the host both call [`DataType::to_arrow_field`] and [`DataType::from_arrow_field`].
+//! - No I/O.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+#[cfg(feature = "arrow")]
+pub mod arrow_types;
+
+/// Field metadata key that carries the logical type where Arrow's type alone is ambiguous
+/// (uuid and json are both stored as Utf8).
+pub const LOGICAL_TYPE_METADATA_KEY: &str = "lockstep.type";
+
+/// What a connector can be used as.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    Source,
+    Destination,
+}
+
+/// A connector's description of itself, returned by the root module's `manifest` function.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Manifest {
+    /// The name configs refer to, such as `sqlite`.
+    pub name: String,
+    /// The connector's own version.
+    pub version: String,
+    #[serde(default)]
+    pub description: String,
+    pub roles: Vec<Role>,
+    /// Optional capabilities such as `incremental`, `delete`, `create-stream`.
+    #[serde(default)]
+    pub features: Vec<String>,
+    /// A JSON Schema for the connection's `config` table.
+    #[serde(default)]
+    pub config_schema: Value,
+    /// The plugin API version the connector was built against (filled in by the SDK).
+    #[serde(default)]
+    pub abi_version: String,
+    /// The SDK version the connector was built with (filled in by the SDK).
+    #[serde(default)]
+    pub sdk_version: String,
+}
+
+/// The logical type of a field. Every connector maps its native types onto these.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "kebab-case")]
+pub enum DataType {
+    Boolean,
+    Int32,
+    Int64,
+    Float32,
+    Float64,
+    /// Exact decimal; precision up to 38.
+    Decimal {
+        precision: u8,
+        scale: i8,
+    },
+    Text,
+    Binary,
+    Date,
+    /// Time of day, microseconds.
+    Time,
+    /// Timestamp without time zone, microseconds.
+    Timestamp,
+    /// Timestamp with time zone, microseconds, stored in UTC.
+    TimestampTz,
+    /// A UUID in its canonical hyphenated text form.
+    Uuid,
+    /// A JSON document in text form.
+    Json,
+}
+
+impl DataType {
+    /// A short name for messages and tables, such as `decimal(10,2)`.
+    pub fn describe(&self) -> String {
+        match self {
+            DataType::Decimal { precision, scale } => format!("decimal({precision},{scale})"),
+            other => serde_json::to_value(other)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_else(|| format!("{other:?}")),
+        }
+    }
+}
+
+/// One field of a stream.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct FieldInfo {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub data_type: DataType,
+    #[serde(default = "default_true")]
+    pub nullable: bool,
+    /// The system's own type name, for people (`varchar(255)`, `INTEGER`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub native_type: Option<String>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// One stream (table, object type, list) a system offers.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct StreamInfo {
+    pub name: String,
+    pub fields: Vec<FieldInfo>,
+    /// The fields that identify a record; empty when the system has none.
+    #[serde(default)]
+    pub primary_key: Vec<String>,
+    /// Fields that could serve as an incremental cursor (monotonic modification times or ids).
+    #[serde(default)]
+    pub cursor_candidates: Vec<String>,
+}
+
+impl StreamInfo {
+    /// The field named `name`, if the stream has one.
+    pub fn field(&self, name: &str) -> Option<&FieldInfo> {
+        self.fields.iter().find(|f| f.name == name)
+    }
+}
+
+/// Every stream of a system.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct Catalog {
+    pub streams: Vec<StreamInfo>,
+}
+
+impl Catalog {
+    /// The stream named `name`, if the catalog has one.
+    pub fn stream(&self, name: &str) -> Option<&StreamInfo> {
+        self.streams.iter().find(|s| s.name == name)
+    }
+}
+
+/// How a source reads a stream.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReadMode {
+    /// Everything, in primary key order.
+    #[default]
+    Full,
+    /// Records whose (cursor, key) is after the checkpoint's, in (cursor, key) order.
+    Incremental,
+}
+
+/// A request to read one stream.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct ReadRequest {
+    pub stream: String,
+    #[serde(default)]
+    pub mode: ReadMode,
+    /// The fields to read; all of them when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fields: Option<Vec<String>>,
+    /// The cursor field; required for incremental reads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor_field: Option<String>,
+    /// The fields that break cursor ties and order full reads; the primary key when empty.
+    #[serde(default)]
+    pub key: Vec<String>,
+    /// Where to resume: a checkpoint this source returned earlier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<Value>,
+    /// Upper bound of rows per batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<usize>,
+}
+
+/// The conventional checkpoint of a cursor-based read: the last (cursor, key) delivered.
+/// Connectors may use any JSON; this shape lets the host print cursors.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct CursorCheckpoint {
+    #[serde(default)]
+    pub cursor: Value,
+    #[serde(default)]
+    pub key: Vec<Value>,
+}
+
+/// What to do when the destination stream lacks fields the sync writes.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SchemaEvolution {
+    /// Add the missing columns.
+    #[default]
+    AddColumns,
+    /// Write only the columns that exist.
+    Ignore,
+    /// Refuse to write.
+    Fail,
+}
+
+/// A request to prepare a destination stream for writing.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct OpenStreamRequest {
+    pub stream: String,
+    /// The fields that will be written, with their logical types.
+    pub fields: Vec<FieldInfo>,
+    /// The match key: upserts and deletes find rows by these fields.
+    pub key: Vec<String>,
+    #[serde(default = "default_true")]
+    pub create_if_missing: bool,
+    #[serde(default)]
+    pub schema_evolution: SchemaEvolution,
+}
+
+/// A row the destination refused, by its index in the batch it was sent in.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct RejectedRow {
+    pub row: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    pub reason: String,
+}
+
+/// What a write call did. Counts a destination cannot tell are `None`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct WriteOutcome {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inserted: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unchanged: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted: Option<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rejected: Vec<RejectedRow>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_types_round_trip_through_json() {
+        let types = [
+            DataType::Boolean,
+            DataType::Int64,
+            DataType::Decimal {
+                precision: 12,
+                scale: 2,
+            },
+            DataType::TimestampTz,
+            DataType::Json,
+        ];
+        for t in types {
+            let text = serde_json::to_string(&t).unwrap();
+            assert_eq!(serde_json::from_str::<DataType>(&text).unwrap(), t, "{text}");
+        }
+        assert_eq!(serde_json::to_string(&DataType::TimestampTz).unwrap(), "\"timestamp-tz\"");
+        assert_eq!(
+            DataType::Decimal {
+                precision: 10,
+                scale: 2
+            }
+            .describe(),
+            "decimal(10,2)"
+        );
+    }
+
+    #[test]
+    fn messages_tolerate_unknown_fields() {
+        let req: ReadRequest =
+            serde_json::from_str(r#"{"stream":"t","mode":"incremental","future":1}"#).unwrap();
+        assert_eq!(req.mode, ReadMode::Incremental);
+        assert!(req.key.is_empty());
+    }
+}
