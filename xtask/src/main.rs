@@ -1,1 +1,85 @@
-fn main() {}
+//! Project automation, run as `cargo xtask <command>` (an alias in .cargo/config.toml).
+//!
+//! - `demo`: builds lockstep and the SQLite connector, creates two SQLite "systems", syncs
+//!   them, changes a few rows and syncs again to show incremental counts.
+//! - `test`: builds every crate and plugin, then runs the whole test suite.
+//! - `bench boundary`: the plugin-boundary benchmark (release build).
+
+mod demo;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match args.as_slice() {
+        ["demo"] => demo::run(),
+        ["test", rest @ ..] => test(rest),
+        ["bench", "boundary", rest @ ..] => bench_boundary(rest),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <command>\n\n\
+                 commands:\n  \
+                 demo                 a real sync between two SQLite databases, then an incremental one\n  \
+                 test [ARGS...]       build everything and run every test (ARGS go to cargo test)\n  \
+                 bench boundary       plugin-boundary overhead benchmark"
+            );
+            bail!("unknown or missing command");
+        }
+    }
+}
+
+/// The workspace's root directory.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_owned()
+}
+
+/// Runs `cargo` with `args` in the workspace root, failing when it fails.
+pub fn cargo(args: &[&str]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!("$ cargo {}", args.join(" "));
+    let status = Command::new(cargo)
+        .args(args)
+        .current_dir(root())
+        .status()
+        .context("running cargo")?;
+    if !status.success() {
+        bail!("`cargo {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn test(extra: &[&str]) -> Result<()> {
+    // The end-to-end tests drive the built binary and plugins, so build them all first.
+    cargo(&["build", "--workspace"])?;
+    let mut args = vec!["test", "--workspace", "--no-fail-fast"];
+    args.extend_from_slice(extra);
+    cargo(&args)
+}
+
+fn bench_boundary(extra: &[&str]) -> Result<()> {
+    cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "lockstep-bench",
+        "-p",
+        "lockstep-testplugin-passthrough",
+    ])?;
+    let bin = root().join("target/release/lockstep-bench");
+    let status = Command::new(&bin)
+        .arg("boundary")
+        .args(extra)
+        .status()
+        .with_context(|| format!("running {}", bin.display()))?;
+    if !status.success() {
+        bail!("the boundary benchmark failed ({status})");
+    }
+    Ok(())
+}

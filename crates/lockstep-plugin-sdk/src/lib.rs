@@ -194,10 +194,33 @@ impl StreamWriter for Unsupported {
 #[macro_export]
 macro_rules! export_connector {
     ($connector:ty) => {
-        #[$crate::abi_stable::export_root_module]
+        /// The connector's ABI root module.
         pub fn lockstep_connector_root_module() -> $crate::api::ConnectorModuleRef {
             $crate::__root_module::<$connector>()
         }
+
+        // What `#[abi_stable::export_root_module]` expands to, spelled with `$crate` paths:
+        // the attribute names `::abi_stable`, which a connector that depends on this SDK
+        // alone does not have. The symbol name is abi_stable's `ROOT_MODULE_LOADER_NAME`
+        // (a unit test of the SDK checks it).
+        #[doc(hidden)]
+        #[export_name = "_1as_0lib_1header_0root_bmodule_bloader"]
+        pub static LOCKSTEP_CONNECTOR_LIB_HEADER: $crate::abi_stable::library::LibHeader = {
+            extern "C" fn erased_root_module() -> $crate::abi_stable::library::RootModuleResult {
+                $crate::abi_stable::library::__call_root_module_loader(
+                    lockstep_connector_root_module,
+                )
+            }
+            // SAFETY: the constructor returns the module type the header is built for.
+            unsafe {
+                $crate::abi_stable::library::LibHeader::from_constructor::<
+                    $crate::api::ConnectorModuleRef,
+                >(
+                    erased_root_module,
+                    $crate::abi_stable::library::CheckTypeLayout::Yes,
+                )
+            }
+        };
     };
 }
 
@@ -215,5 +238,16 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
 pub fn standalone_context() -> Context {
     Context {
         cancel: Default::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn export_connector_uses_abi_stables_root_module_symbol() {
+        assert_eq!(
+            abi_stable::library::ROOT_MODULE_LOADER_NAME,
+            "_1as_0lib_1header_0root_bmodule_bloader"
+        );
     }
 }

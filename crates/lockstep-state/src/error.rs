@@ -26,8 +26,9 @@ pub enum StateError {
 
     /// The database could not be reached or opened.
     #[error(
-        "cannot open the state store at `{url}`: {detail}. Check that the database is running \
-         and reachable, that the credentials are right, and that the path is writable"
+        "cannot open the state store at `{url}`: {detail}. Check that the database server is \
+         running and reachable and the credentials are right, or, for SQLite, that the \
+         directory is writable"
     )]
     Connect {
         /// The URL without its userinfo or password parameters.
@@ -86,8 +87,8 @@ pub enum StateError {
 
     /// The database failed an operation.
     #[error(
-        "the state database failed while {op}: {source}. Nothing of this operation was \
-         written; retry, and check the database if it persists"
+        "the state database failed while {op}: {source}. Check that the database is \
+         reachable and has free space, then retry"
     )]
     Database {
         /// What the store was doing, as a phrase ("committing a batch").

@@ -1,1 +1,272 @@
-//! TODO
+//! A test connector, `panicky`, that fails hard in the entry point its config names.
+//!
+//! Config: `{"panic_in": "<entry>"}` panics in that entry point, `{"abort_in": "<entry>"}`
+//! calls `std::process::abort` there and `{"segv_in": "<entry>"}` dereferences a null
+//! pointer there. The entry points are those of [`ENTRY_POINTS`]. Without any of these it
+//! is a tiny in-memory source of 3 rows (stream `items`) and a destination that accepts
+//! everything.
+//!
+//! Panics are for in-process tests of the SDK's panic guard and the host's handling of it;
+//! aborts and segfaults kill the process that loaded the plugin, so they are only for tests
+//! of worker-process isolation and must never be used in the test process itself. This crate
+//! is a test fixture: it must never be named like a plugin (`lockstep_connector_*`), so that
+//! scans of `target/` never pick it up.
+
+use lockstep_plugin_sdk::arrow::array::RecordBatch;
+use lockstep_plugin_sdk::rows::batch_from_rows;
+use lockstep_plugin_sdk::{
+    BatchReader, Catalog, Connector, ConnectorError, Context, DataType, DestinationConnector,
+    FieldInfo, Manifest, OpenStreamRequest, ReadRequest, Result, Role, SourceConnector,
+    StreamInfo, StreamWriter, WriteOutcome,
+};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+/// Every entry point the config can name.
+pub const ENTRY_POINTS: [&str; 10] = [
+    "open_source",
+    "check",
+    "discover",
+    "read",
+    "next_batch",
+    "open_destination",
+    "open_stream",
+    "upsert",
+    "delete",
+    "flush",
+];
+
+/// The connection's config: where to fail, and how.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Trip {
+    #[serde(default)]
+    pub panic_in: Option<String>,
+    #[serde(default)]
+    pub abort_in: Option<String>,
+    #[serde(default)]
+    pub segv_in: Option<String>,
+}
+
+impl Trip {
+    fn validate(&self) -> Result<()> {
+        for entry in [&self.panic_in, &self.abort_in, &self.segv_in]
+            .into_iter()
+            .flatten()
+        {
+            if !ENTRY_POINTS.contains(&entry.as_str()) {
+                return Err(ConnectorError::config(format!(
+                    "unknown entry point `{entry}`; expected one of {}",
+                    ENTRY_POINTS.join(", ")
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Fails the way the config says if `entry` is the one it names.
+    fn at(&self, entry: &str) {
+        let is = |field: &Option<String>| field.as_deref() == Some(entry);
+        if is(&self.panic_in) {
+            panic!("panicky: deliberate panic in {entry}");
+        }
+        if is(&self.abort_in) {
+            std::process::abort();
+        }
+        if is(&self.segv_in) {
+            let null = std::hint::black_box(std::ptr::null::<u8>());
+            // SAFETY: none; crashing the process with SIGSEGV is the point.
+            let byte = unsafe { std::ptr::read_volatile(null) };
+            std::hint::black_box(byte);
+        }
+    }
+}
+
+/// The connector.
+pub struct Panicky;
+
+impl Connector for Panicky {
+    type Source = PanickySource;
+    type Destination = PanickyDestination;
+
+    fn manifest() -> Manifest {
+        let entry = json!({"type": "string", "enum": ENTRY_POINTS});
+        Manifest {
+            name: "panicky".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            description: "Fails hard in a chosen entry point (test fixture).".into(),
+            roles: vec![Role::Source, Role::Destination],
+            features: vec!["upsert".into(), "delete".into()],
+            config_schema: json!({
+                "type": "object",
+                "additionalProperties": false,
+                "properties": {"panic_in": entry, "abort_in": entry, "segv_in": entry}
+            }),
+            abi_version: String::new(),
+            sdk_version: String::new(),
+        }
+    }
+}
+
+fn stream() -> StreamInfo {
+    StreamInfo {
+        name: "items".into(),
+        fields: vec![
+            FieldInfo {
+                name: "id".into(),
+                data_type: DataType::Int64,
+                nullable: false,
+                native_type: None,
+            },
+            FieldInfo {
+                name: "name".into(),
+                data_type: DataType::Text,
+                nullable: true,
+                native_type: None,
+            },
+        ],
+        primary_key: vec!["id".into()],
+        cursor_candidates: vec![],
+    }
+}
+
+/// The in-memory source of 3 rows.
+pub struct PanickySource {
+    trip: Trip,
+}
+
+impl SourceConnector for PanickySource {
+    type Config = Trip;
+    type Reader = Rows;
+
+    async fn open(trip: Trip, _ctx: Context) -> Result<Self> {
+        trip.validate()?;
+        trip.at("open_source");
+        Ok(Self { trip })
+    }
+
+    async fn check(&mut self) -> Result<()> {
+        self.trip.at("check");
+        Ok(())
+    }
+
+    async fn discover(&mut self) -> Result<Catalog> {
+        self.trip.at("discover");
+        Ok(Catalog {
+            streams: vec![stream()],
+        })
+    }
+
+    async fn read(&mut self, request: ReadRequest) -> Result<Rows> {
+        self.trip.at("read");
+        if request.stream != "items" {
+            return Err(ConnectorError::schema(format!(
+                "no stream `{}`; panicky offers `items`",
+                request.stream
+            )));
+        }
+        let after = request
+            .checkpoint
+            .as_ref()
+            .and_then(|c| c["key"][0].as_i64())
+            .unwrap_or(i64::MIN);
+        Ok(Rows {
+            trip: self.trip.clone(),
+            next: after.saturating_add(1).max(1),
+            batch_size: request.batch_size.unwrap_or(10_000).max(1) as i64,
+        })
+    }
+}
+
+/// The rows of one read: ids `next..=3`.
+pub struct Rows {
+    trip: Trip,
+    next: i64,
+    batch_size: i64,
+}
+
+impl BatchReader for Rows {
+    async fn next_batch(&mut self) -> Result<Option<(RecordBatch, Value)>> {
+        self.trip.at("next_batch");
+        if self.next > 3 {
+            return Ok(None);
+        }
+        let last = (self.next + self.batch_size - 1).min(3);
+        let names = ["one", "two"];
+        let rows: Vec<Map<String, Value>> = (self.next..=last)
+            .map(|id| {
+                let name = names.get(id as usize - 1).copied();
+                let mut row = Map::new();
+                row.insert("id".into(), id.into());
+                row.insert("name".into(), name.into());
+                row
+            })
+            .collect();
+        self.next = last + 1;
+        let batch = batch_from_rows(&stream().fields, &rows)?;
+        Ok(Some((batch, json!({ "key": [last] }))))
+    }
+}
+
+/// The destination that accepts everything.
+pub struct PanickyDestination {
+    trip: Trip,
+}
+
+impl DestinationConnector for PanickyDestination {
+    type Config = Trip;
+    type Writer = Sink;
+
+    async fn open(trip: Trip, _ctx: Context) -> Result<Self> {
+        trip.validate()?;
+        trip.at("open_destination");
+        Ok(Self { trip })
+    }
+
+    async fn check(&mut self) -> Result<()> {
+        self.trip.at("check");
+        Ok(())
+    }
+
+    async fn discover(&mut self) -> Result<Catalog> {
+        self.trip.at("discover");
+        Ok(Catalog::default())
+    }
+
+    async fn open_stream(&mut self, _request: OpenStreamRequest) -> Result<Sink> {
+        self.trip.at("open_stream");
+        Ok(Sink {
+            trip: self.trip.clone(),
+        })
+    }
+}
+
+/// A writer that counts and forgets.
+pub struct Sink {
+    trip: Trip,
+}
+
+impl StreamWriter for Sink {
+    async fn upsert(&mut self, batch: RecordBatch) -> Result<WriteOutcome> {
+        self.trip.at("upsert");
+        Ok(WriteOutcome {
+            inserted: Some(batch.num_rows() as u64),
+            ..Default::default()
+        })
+    }
+
+    async fn delete(&mut self, keys: RecordBatch) -> Result<WriteOutcome> {
+        self.trip.at("delete");
+        Ok(WriteOutcome {
+            deleted: Some(keys.num_rows() as u64),
+            ..Default::default()
+        })
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        self.trip.at("flush");
+        Ok(())
+    }
+}
+
+lockstep_plugin_sdk::export_connector!(Panicky);

@@ -1,1 +1,360 @@
-//! TODO
+//! A test connector that moves narrow rows as cheaply as possible, for measuring what the
+//! plugin boundary costs (`lockstep-bench boundary`).
+//!
+//! The source generates `rows` rows of one stream, `numbers` (`id` int64, `value` int64,
+//! `flag` boolean), in batches of `batch_size`; the destination sums every column it is
+//! given into a [`Checksum`] and logs it on flush. Config: `{"rows": 10000000,
+//! "batch_size": 65536}`.
+//!
+//! The generation ([`Generator`]) and consumption ([`Checksum`]) code is public so that the
+//! benchmark can drive the very same code in-process, through the SDK traits, and compare.
+//! This crate is a test fixture: it must never be named like a plugin
+//! (`lockstep_connector_*`), so that scans of `target/` never pick it up.
+
+use std::sync::Arc;
+
+use lockstep_plugin_sdk::arrow::array::{Array, AsArray, BooleanArray, Int64Array, RecordBatch};
+use lockstep_plugin_sdk::arrow::buffer::BooleanBuffer;
+use lockstep_plugin_sdk::arrow::datatypes::{DataType as ArrowType, Int64Type, SchemaRef};
+use lockstep_plugin_sdk::protocol::arrow_types::arrow_schema;
+use lockstep_plugin_sdk::{
+    Catalog, Connector, ConnectorError, Context, CursorCheckpoint, DataType, DestinationConnector,
+    FieldInfo, Manifest, OpenStreamRequest, ReadRequest, Result, Role, SourceConnector,
+    StreamInfo, WriteOutcome,
+};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// The one stream the source offers.
+pub const STREAM: &str = "numbers";
+
+/// The connection's config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// How many rows the source generates.
+    #[serde(default = "default_rows")]
+    pub rows: u64,
+    /// Rows per batch (a read request may ask for fewer).
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+}
+
+fn default_rows() -> u64 {
+    10_000_000
+}
+
+fn default_batch_size() -> usize {
+    65_536
+}
+
+/// The fields of [`STREAM`].
+pub fn fields() -> Vec<FieldInfo> {
+    let field = |name: &str, data_type| FieldInfo {
+        name: name.into(),
+        data_type,
+        nullable: false,
+        native_type: None,
+    };
+    vec![
+        field("id", DataType::Int64),
+        field("value", DataType::Int64),
+        field("flag", DataType::Boolean),
+    ]
+}
+
+/// The value column of row `id`: cheap to compute, but not a constant or a copy of `id`.
+pub fn value_of(id: i64) -> i64 {
+    id.wrapping_mul(2_654_435_761).rem_euclid(1_000_003)
+}
+
+/// Generates the rows of one read, batch by batch.
+pub struct Generator {
+    schema: SchemaRef,
+    next: i64,
+    end: i64,
+    batch_size: usize,
+}
+
+impl Generator {
+    /// Rows with ids `[start, end)` in batches of at most `batch_size` (at least 1).
+    pub fn new(start: i64, end: i64, batch_size: usize) -> Self {
+        Self {
+            schema: Arc::new(arrow_schema(&fields())),
+            next: start,
+            end,
+            batch_size: batch_size.max(1),
+        }
+    }
+
+    /// The next batch, or `None` when every row was generated.
+    pub fn next_record_batch(&mut self) -> Option<RecordBatch> {
+        if self.next >= self.end {
+            return None;
+        }
+        let start = self.next;
+        let stop = self.end.min(start.saturating_add(self.batch_size as i64));
+        self.next = stop;
+        let ids = Int64Array::from_iter_values(start..stop);
+        let values = Int64Array::from_iter_values((start..stop).map(value_of));
+        let raw = values.values();
+        let flags = BooleanArray::new(
+            BooleanBuffer::collect_bool(raw.len(), |i| raw[i] % 3 == 0),
+            None,
+        );
+        let batch = RecordBatch::try_new(
+            self.schema.clone(),
+            vec![Arc::new(ids), Arc::new(values), Arc::new(flags)],
+        )
+        .expect("the columns match the schema by construction");
+        Some(batch)
+    }
+
+    /// The id of the last row generated so far.
+    pub fn last_id(&self) -> i64 {
+        self.next - 1
+    }
+}
+
+/// A checksum over every column of every batch consumed, weighted by column position so
+/// that swapped columns show.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Checksum {
+    pub rows: u64,
+    pub sum: u64,
+}
+
+impl Checksum {
+    /// Adds a batch whose columns are int64 or boolean.
+    pub fn add(&mut self, batch: &RecordBatch) -> Result<()> {
+        for (position, column) in batch.columns().iter().enumerate() {
+            let column_sum: u64 = match column.data_type() {
+                ArrowType::Int64 => {
+                    let column = column.as_primitive::<Int64Type>();
+                    if column.null_count() == 0 {
+                        column
+                            .values()
+                            .iter()
+                            .fold(0i64, |acc, v| acc.wrapping_add(*v)) as u64
+                    } else {
+                        column.iter().flatten().fold(0i64, i64::wrapping_add) as u64
+                    }
+                }
+                ArrowType::Boolean => {
+                    let column = column.as_boolean();
+                    match column.nulls() {
+                        None => column.values().count_set_bits() as u64,
+                        Some(_) => column.iter().filter(|v| *v == Some(true)).count() as u64,
+                    }
+                }
+                other => {
+                    return Err(ConnectorError::schema(format!(
+                        "column `{}` has type {other}; passthrough consumes int64 and boolean \
+                         columns only",
+                        batch.schema().field(position).name()
+                    )))
+                }
+            };
+            let weight = 2 * position as u64 + 1;
+            self.sum = self.sum.wrapping_add(column_sum.wrapping_mul(weight));
+        }
+        self.rows += batch.num_rows() as u64;
+        Ok(())
+    }
+}
+
+/// The connector.
+pub struct Passthrough;
+
+impl Connector for Passthrough {
+    type Source = PassthroughSource;
+    type Destination = PassthroughDestination;
+
+    fn manifest() -> Manifest {
+        Manifest {
+            name: "passthrough".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            description: "Generates and consumes narrow rows cheaply (benchmark fixture).".into(),
+            roles: vec![Role::Source, Role::Destination],
+            features: vec!["incremental".into(), "upsert".into(), "delete".into()],
+            config_schema: json!({
+                "type": "object",
+                "additionalProperties": false,
+                "properties": {
+                    "rows": {"type": "integer", "minimum": 0, "description": "Rows to generate."},
+                    "batch_size": {"type": "integer", "minimum": 1, "description": "Rows per batch."}
+                }
+            }),
+            abi_version: String::new(),
+            sdk_version: String::new(),
+        }
+    }
+}
+
+/// The generating source.
+pub struct PassthroughSource {
+    config: Config,
+}
+
+impl SourceConnector for PassthroughSource {
+    type Config = Config;
+    type Reader = Generator;
+
+    async fn open(config: Config, _ctx: Context) -> Result<Self> {
+        if config.batch_size == 0 {
+            return Err(ConnectorError::config("`batch_size` must be at least 1"));
+        }
+        if config.rows > i64::MAX as u64 {
+            return Err(ConnectorError::config("`rows` is too large"));
+        }
+        Ok(Self { config })
+    }
+
+    async fn check(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    async fn discover(&mut self) -> Result<Catalog> {
+        Ok(Catalog {
+            streams: vec![StreamInfo {
+                name: STREAM.into(),
+                fields: fields(),
+                primary_key: vec!["id".into()],
+                cursor_candidates: vec!["id".into()],
+            }],
+        })
+    }
+
+    async fn read(&mut self, request: ReadRequest) -> Result<Generator> {
+        if request.stream != STREAM {
+            return Err(ConnectorError::schema(format!(
+                "no stream `{}`; passthrough offers `{STREAM}` only",
+                request.stream
+            )));
+        }
+        let all: Vec<String> = fields().into_iter().map(|f| f.name).collect();
+        if request.fields.as_ref().is_some_and(|f| *f != all) {
+            return Err(ConnectorError::unsupported(
+                "passthrough reads all of `id`, `value`, `flag`, in that order",
+            ));
+        }
+        // The id is both the key and the cursor, so both modes resume after the same id.
+        let start = match &request.checkpoint {
+            None => 0,
+            Some(checkpoint) => {
+                let parsed: CursorCheckpoint = serde_json::from_value(checkpoint.clone())
+                    .map_err(|e| ConnectorError::internal(format!("bad checkpoint: {e}")))?;
+                parsed
+                    .key
+                    .first()
+                    .and_then(Value::as_i64)
+                    .ok_or_else(|| ConnectorError::internal("the checkpoint has no id"))?
+                    + 1
+            }
+        };
+        let batch_size = request
+            .batch_size
+            .map_or(self.config.batch_size, |b| b.min(self.config.batch_size));
+        Ok(Generator::new(start, self.config.rows as i64, batch_size))
+    }
+}
+
+impl lockstep_plugin_sdk::BatchReader for Generator {
+    async fn next_batch(&mut self) -> Result<Option<(RecordBatch, Value)>> {
+        Ok(self.next_record_batch().map(|batch| {
+            let id = self.last_id();
+            (batch, json!({ "cursor": id, "key": [id] }))
+        }))
+    }
+}
+
+/// The consuming destination: it keeps nothing but checksums.
+pub struct PassthroughDestination;
+
+impl DestinationConnector for PassthroughDestination {
+    type Config = Config;
+    type Writer = Summer;
+
+    async fn open(_config: Config, _ctx: Context) -> Result<Self> {
+        Ok(Self)
+    }
+
+    async fn check(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    async fn discover(&mut self) -> Result<Catalog> {
+        Ok(Catalog::default())
+    }
+
+    async fn open_stream(&mut self, request: OpenStreamRequest) -> Result<Summer> {
+        Ok(Summer {
+            stream: request.stream,
+            checksum: Checksum::default(),
+        })
+    }
+}
+
+/// Sums what it is given; logs the checksum on flush.
+pub struct Summer {
+    stream: String,
+    checksum: Checksum,
+}
+
+impl Summer {
+    /// The checksum of every row upserted so far.
+    pub fn checksum(&self) -> Checksum {
+        self.checksum
+    }
+}
+
+impl lockstep_plugin_sdk::StreamWriter for Summer {
+    async fn upsert(&mut self, batch: RecordBatch) -> Result<WriteOutcome> {
+        self.checksum.add(&batch)?;
+        Ok(WriteOutcome {
+            inserted: Some(batch.num_rows() as u64),
+            ..Default::default()
+        })
+    }
+
+    async fn delete(&mut self, keys: RecordBatch) -> Result<WriteOutcome> {
+        Ok(WriteOutcome {
+            deleted: Some(keys.num_rows() as u64),
+            ..Default::default()
+        })
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        let Checksum { rows, sum } = self.checksum;
+        lockstep_plugin_sdk::tracing::info!(
+            stream = %self.stream,
+            rows,
+            checksum = sum,
+            "passthrough consumed {rows} rows, checksum {sum}"
+        );
+        Ok(())
+    }
+}
+
+lockstep_plugin_sdk::export_connector!(Passthrough);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_rows_checksum_the_same_in_any_batch_size() {
+        let sum = |batch_size| {
+            let mut generator = Generator::new(0, 1000, batch_size);
+            let mut checksum = Checksum::default();
+            while let Some(batch) = generator.next_record_batch() {
+                checksum.add(&batch).unwrap();
+            }
+            checksum
+        };
+        let one = sum(1000);
+        assert_eq!(one.rows, 1000);
+        assert_eq!(sum(7), one);
+        assert_ne!(value_of(1), 1);
+    }
+}

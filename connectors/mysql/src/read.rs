@@ -1,0 +1,562 @@
+//! Reading a table in keyset pages, decoded straight from rows into Arrow builders.
+
+use std::sync::Arc;
+
+use chrono::NaiveDate;
+use lockstep_plugin_sdk::arrow::array::{
+    ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder, Decimal128Builder, Float32Builder,
+    Float64Builder, Int32Builder, Int64Builder, RecordBatch, StringBuilder,
+    Time64MicrosecondBuilder, TimestampMicrosecondBuilder,
+};
+use lockstep_plugin_sdk::protocol::arrow_types::{arrow_schema, json_value};
+use lockstep_plugin_sdk::rows::parse_decimal;
+use lockstep_plugin_sdk::serde_json::{self, json, Value};
+use lockstep_plugin_sdk::{
+    tracing, BatchReader, ConnectorError, CursorCheckpoint, DataType, FieldInfo, ReadMode,
+    ReadRequest, Result,
+};
+use sqlx::mysql::types::MySqlTime;
+use sqlx::mysql::{MySqlArguments, MySqlConnection, MySqlRow, MySqlValueRef};
+use sqlx::{Decode, MySql, Row, ValueRef};
+
+use crate::conn::{connection_lost, quote, Db};
+use crate::schema::{Column, Table, Wire};
+use crate::values::{bind_json, minus_lookback, placeholder};
+
+/// Where the next page starts.
+#[derive(Clone, Debug)]
+enum Position {
+    /// At the beginning.
+    Start,
+    /// Strictly after these values of the order columns.
+    After(Vec<Value>),
+    /// At this cursor value or later (the start of a lookback window).
+    AtLeast(Value),
+}
+
+/// The reader of one `read` call. It owns its own connection, and replaces it after a
+/// connection error so that a retried `next_batch` resumes where the last batch ended.
+pub struct MySqlReader {
+    db: Arc<Db>,
+    conn: Option<MySqlConnection>,
+    table: String,
+    /// The selected columns: the requested fields first, then key or cursor columns the
+    /// checkpoint needs but the request left out.
+    columns: Vec<Column>,
+    fields: Vec<FieldInfo>,
+    /// Indexes into `columns` of the ordering columns: the cursor (incremental), then keys.
+    order: Vec<usize>,
+    incremental: bool,
+    position: Position,
+    batch_size: usize,
+    done: bool,
+    connection_id: u64,
+}
+
+/// Parses a lookback such as `0s`, `90s`, `5m`, `1h30m`, `2d` or `250ms` into microseconds.
+pub(crate) fn parse_lookback(text: &str) -> Result<i64> {
+    let bad = || {
+        ConnectorError::config(format!(
+            "`lookback` = `{text}` is not a duration (examples: 0s, 30s, 5m, 1h30m, 2d)"
+        ))
+    };
+    let t = text.trim();
+    if t == "0" {
+        return Ok(0);
+    }
+    if t.is_empty() {
+        return Err(bad());
+    }
+    let mut total: i64 = 0;
+    let mut rest = t;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let n: i64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let letters = rest.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(rest.len());
+        let unit = match &rest[..letters] {
+            "ms" => 1_000,
+            "s" => 1_000_000,
+            "m" | "min" => 60_000_000,
+            "h" => 3_600_000_000,
+            "d" => 86_400_000_000,
+            _ => return Err(bad()),
+        };
+        rest = &rest[letters..];
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(bad)?;
+    }
+    Ok(total)
+}
+
+impl MySqlReader {
+    /// Plans a read of `table` as `request` asks.
+    pub(crate) async fn open(
+        db: Arc<Db>,
+        table: Table,
+        request: ReadRequest,
+        default_batch_size: usize,
+        lookback_us: i64,
+    ) -> Result<Self> {
+        let stream = &request.stream;
+        let find = |name: &str, role: &str| -> Result<Column> {
+            match table.column(name) {
+                Some(c) if c.mapping.is_some() => Ok(c.clone()),
+                Some(c) => Err(ConnectorError::schema(format!(
+                    "{role} `{name}` of stream `{stream}` has type {}, which Lockstep cannot read",
+                    c.column_type
+                ))),
+                None => Err(ConnectorError::schema(format!(
+                    "stream `{stream}` has no field `{name}` ({role}); its fields: {}",
+                    table
+                        .columns
+                        .iter()
+                        .filter(|c| c.mapping.is_some())
+                        .map(|c| c.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))),
+            }
+        };
+        let mut columns: Vec<Column> = match &request.fields {
+            Some(names) => names
+                .iter()
+                .map(|n| find(n, "requested field"))
+                .collect::<Result<_>>()?,
+            None => table.columns.iter().filter(|c| c.mapping.is_some()).cloned().collect(),
+        };
+        let fields: Vec<FieldInfo> = columns.iter().filter_map(Column::field_info).collect();
+
+        let key: Vec<String> = if request.key.is_empty() {
+            table.primary_key.clone()
+        } else {
+            request.key.clone()
+        };
+        let incremental = request.mode == ReadMode::Incremental;
+        let cursor = if incremental {
+            let name = request.cursor_field.as_deref().ok_or_else(|| {
+                ConnectorError::config(format!(
+                    "an incremental read of `{stream}` needs a cursor field; candidates: {}",
+                    table.stream_info().cursor_candidates.join(", ")
+                ))
+            })?;
+            Some(find(name, "cursor field")?)
+        } else {
+            None
+        };
+        if key.is_empty() {
+            return Err(ConnectorError::schema(format!(
+                "stream `{stream}` has no primary key: set the sync's key to fields that are \
+                 unique, so that it can be read in order and resumed"
+            )));
+        }
+        let mut order_names: Vec<String> = cursor.iter().map(|c| c.name.clone()).collect();
+        order_names.extend(key.iter().cloned());
+        let mut order = Vec::new();
+        for name in &order_names {
+            let at = match columns.iter().position(|c| &c.name == name) {
+                Some(i) => i,
+                None => {
+                    columns.push(find(name, "key field")?);
+                    columns.len() - 1
+                }
+            };
+            order.push(at);
+        }
+
+        let position = start_position(&request, &columns, &order, incremental, lookback_us)?;
+        let (conn, _) = db.connect().await?;
+        let mut reader = MySqlReader {
+            db,
+            conn: Some(conn),
+            table: table.name,
+            columns,
+            fields,
+            order,
+            incremental,
+            position,
+            batch_size: request.batch_size.unwrap_or(default_batch_size).max(1),
+            done: false,
+            connection_id: 0,
+        };
+        reader.connection_id = reader.fetch_connection_id().await?;
+        Ok(reader)
+    }
+
+    /// The server's id of the reader's connection (for `KILL` in tests and in logs).
+    pub fn connection_id(&self) -> u64 {
+        self.connection_id
+    }
+
+    async fn fetch_connection_id(&mut self) -> Result<u64> {
+        let conn = self.conn.as_mut().expect("connected just before");
+        let row = sqlx::query("SELECT CAST(CONNECTION_ID() AS CHAR)")
+            .fetch_one(conn)
+            .await
+            .map_err(|e| self.db.error(e, "reading the connection id"))?;
+        Ok(row
+            .try_get_unchecked::<String, _>(0)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0))
+    }
+
+    fn order_exprs(&self) -> Vec<String> {
+        self.order.iter().map(|&i| self.columns[i].order_expr()).collect()
+    }
+
+    /// The SELECT of the next page and its parameters.
+    fn page_query(&self) -> Result<(String, MySqlArguments)> {
+        let select: Vec<String> = self.columns.iter().map(|c| quote(&c.name)).collect();
+        let exprs = self.order_exprs();
+        let mut conditions = Vec::new();
+        let mut args = MySqlArguments::default();
+        let bind_err = |e: String| ConnectorError::config(format!("resuming `{}`: {e}", self.table));
+        if self.incremental {
+            conditions.push(format!("{} IS NOT NULL", exprs[0]));
+        }
+        match &self.position {
+            Position::Start => {}
+            Position::AtLeast(cursor) => {
+                let c = &self.columns[self.order[0]];
+                conditions.push(format!("{} >= {}", exprs[0], placeholder(c)));
+                bind_json(&mut args, cursor, c).map_err(bind_err)?;
+            }
+            Position::After(values) => {
+                let cols: Vec<&Column> = self.order.iter().map(|&i| &self.columns[i]).collect();
+                let marks: Vec<String> = cols.iter().map(|c| placeholder(c)).collect();
+                if cols.len() == 1 {
+                    conditions.push(format!("{} > {}", exprs[0], marks[0]));
+                } else {
+                    // The leading bound lets the optimizer use an index range; the row
+                    // comparison then does the exact, tie-safe cut.
+                    conditions.push(format!("{} >= {}", exprs[0], marks[0]));
+                    bind_json(&mut args, &values[0], cols[0]).map_err(bind_err)?;
+                    conditions.push(format!("({}) > ({})", exprs.join(", "), marks.join(", ")));
+                }
+                for (v, c) in values.iter().zip(&cols) {
+                    bind_json(&mut args, v, c).map_err(bind_err)?;
+                }
+            }
+        }
+        let sql = format!(
+            "SELECT {} FROM {}{} ORDER BY {} LIMIT ?",
+            select.join(", "),
+            quote(&self.table),
+            if conditions.is_empty() {
+                String::new()
+            } else {
+                format!(" WHERE {}", conditions.join(" AND "))
+            },
+            exprs.join(", ")
+        );
+        sqlx::Arguments::add(&mut args, self.batch_size as u64)
+            .map_err(|e| ConnectorError::internal(e.to_string()))?;
+        Ok((sql, args))
+    }
+}
+
+/// The position a read starts from, given the request's checkpoint.
+fn start_position(
+    request: &ReadRequest,
+    columns: &[Column],
+    order: &[usize],
+    incremental: bool,
+    lookback_us: i64,
+) -> Result<Position> {
+    let Some(checkpoint) = request.checkpoint.as_ref().filter(|c| !c.is_null()) else {
+        return Ok(Position::Start);
+    };
+    let bad = |why: &str| {
+        ConnectorError::config(format!(
+            "the checkpoint {checkpoint} of `{}` is not one this read can resume from: {why}",
+            request.stream
+        ))
+    };
+    let keys_expected = if incremental { order.len() - 1 } else { order.len() };
+    if !incremental {
+        let key = checkpoint
+            .get("key")
+            .and_then(Value::as_array)
+            .ok_or_else(|| bad("expected {\"key\": [...]}"))?;
+        if key.len() != keys_expected {
+            return Err(bad(&format!("expected {keys_expected} key values")));
+        }
+        return Ok(Position::After(key.clone()));
+    }
+    let cp: CursorCheckpoint = serde_json::from_value(checkpoint.clone())
+        .map_err(|_| bad("expected {\"cursor\": ..., \"key\": [...]}"))?;
+    if cp.cursor.is_null() {
+        return Ok(Position::Start);
+    }
+    let cursor = &columns[order[0]];
+    if lookback_us > 0 {
+        let logical = cursor.logical().unwrap_or(DataType::Text);
+        if let Some(start) = minus_lookback(&cp.cursor, logical, lookback_us) {
+            return Ok(Position::AtLeast(start));
+        }
+        tracing::warn!(
+            stream = %request.stream,
+            cursor = %cursor.name,
+            "lookback applies to timestamp and date cursors only; ignored for this cursor"
+        );
+    }
+    if cp.key.len() != keys_expected {
+        return Err(bad(&format!("expected {keys_expected} key values")));
+    }
+    let mut values = vec![cp.cursor];
+    values.extend(cp.key);
+    Ok(Position::After(values))
+}
+
+impl BatchReader for MySqlReader {
+    async fn next_batch(&mut self) -> Result<Option<(RecordBatch, Value)>> {
+        if self.done {
+            return Ok(None);
+        }
+        let what = format!("reading `{}` from {}", self.table, self.db.location);
+        if self.conn.is_none() {
+            let (conn, _) = self.db.connect().await?;
+            self.conn = Some(conn);
+            self.connection_id = self.fetch_connection_id().await?;
+        }
+        let (sql, args) = self.page_query()?;
+        let conn = self.conn.as_mut().expect("connected above");
+        let rows = match sqlx::query_with(&sql, args).fetch_all(&mut *conn).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                if connection_lost(&e) {
+                    self.conn = None;
+                }
+                return Err(self.db.error(e, &what));
+            }
+        };
+        if rows.len() < self.batch_size {
+            self.done = true;
+        }
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let arrays = decode_rows(&rows, &self.columns).map_err(|e| e.context(&what))?;
+        drop(rows);
+        let last = arrays[0].len() - 1;
+        let values: Vec<Value> = self
+            .order
+            .iter()
+            .map(|&i| json_value(&arrays[i], last, self.columns[i].logical()))
+            .collect();
+        let checkpoint = if self.incremental {
+            serde_json::to_value(CursorCheckpoint {
+                cursor: values[0].clone(),
+                key: values[1..].to_vec(),
+            })
+            .map_err(|e| ConnectorError::internal(e.to_string()))?
+        } else {
+            json!({ "key": values.clone() })
+        };
+        self.position = Position::After(values);
+        let schema = Arc::new(arrow_schema(&self.fields));
+        let batch = RecordBatch::try_new(schema, arrays[..self.fields.len()].to_vec())
+            .map_err(|e| ConnectorError::internal(format!("{what}: {e}")))?;
+        Ok(Some((batch, checkpoint)))
+    }
+}
+
+/// An Arrow builder for one logical type.
+enum Builder {
+    Bool(BooleanBuilder),
+    I32(Int32Builder),
+    I64(Int64Builder),
+    F32(Float32Builder),
+    F64(Float64Builder),
+    Dec(Decimal128Builder, u8, i8),
+    Str(StringBuilder),
+    Bin(BinaryBuilder),
+    Date(Date32Builder),
+    Time(Time64MicrosecondBuilder),
+    Ts(TimestampMicrosecondBuilder),
+}
+
+const EPOCH: NaiveDate = match NaiveDate::from_ymd_opt(1970, 1, 1) {
+    Some(d) => d,
+    None => panic!("1970-01-01 is a date"),
+};
+
+impl Builder {
+    fn new(t: DataType, capacity: usize) -> Result<Self> {
+        Ok(match t {
+            DataType::Boolean => Builder::Bool(BooleanBuilder::with_capacity(capacity)),
+            DataType::Int32 => Builder::I32(Int32Builder::with_capacity(capacity)),
+            DataType::Int64 => Builder::I64(Int64Builder::with_capacity(capacity)),
+            DataType::Float32 => Builder::F32(Float32Builder::with_capacity(capacity)),
+            DataType::Float64 => Builder::F64(Float64Builder::with_capacity(capacity)),
+            DataType::Decimal { precision, scale } => Builder::Dec(
+                Decimal128Builder::with_capacity(capacity).with_precision_and_scale(precision, scale)?,
+                precision,
+                scale,
+            ),
+            DataType::Text | DataType::Uuid | DataType::Json => {
+                Builder::Str(StringBuilder::with_capacity(capacity, capacity * 16))
+            }
+            DataType::Binary => Builder::Bin(BinaryBuilder::with_capacity(capacity, capacity * 16)),
+            DataType::Date => Builder::Date(Date32Builder::with_capacity(capacity)),
+            DataType::Time => Builder::Time(Time64MicrosecondBuilder::with_capacity(capacity)),
+            DataType::Timestamp => Builder::Ts(TimestampMicrosecondBuilder::with_capacity(capacity)),
+            DataType::TimestampTz => {
+                Builder::Ts(TimestampMicrosecondBuilder::with_capacity(capacity).with_timezone("UTC"))
+            }
+        })
+    }
+
+    fn append_null(&mut self) {
+        match self {
+            Builder::Bool(b) => b.append_null(),
+            Builder::I32(b) => b.append_null(),
+            Builder::I64(b) => b.append_null(),
+            Builder::F32(b) => b.append_null(),
+            Builder::F64(b) => b.append_null(),
+            Builder::Dec(b, ..) => b.append_null(),
+            Builder::Str(b) => b.append_null(),
+            Builder::Bin(b) => b.append_null(),
+            Builder::Date(b) => b.append_null(),
+            Builder::Time(b) => b.append_null(),
+            Builder::Ts(b) => b.append_null(),
+        }
+    }
+
+    /// Decodes one non-null value off the wire into the builder.
+    fn append(&mut self, wire: Wire, v: MySqlValueRef<'_>) -> Result<(), String> {
+        fn dec<'r, T: Decode<'r, MySql>>(v: MySqlValueRef<'r>) -> Result<T, String> {
+            T::decode(v).map_err(|e| e.to_string())
+        }
+        let int = |v| -> Result<i128, String> {
+            match wire {
+                Wire::UInt => dec::<u64>(v).map(i128::from),
+                _ => dec::<i64>(v).map(i128::from),
+            }
+        };
+        match (self, wire) {
+            (Builder::Bool(b), Wire::Bits) => {
+                b.append_value(dec::<&[u8]>(v)?.iter().any(|x| *x != 0))
+            }
+            (Builder::Bool(b), _) => b.append_value(int(v)? != 0),
+            (Builder::I32(b), _) => b.append_value(
+                i32::try_from(int(v)?).map_err(|_| "value does not fit a 32-bit integer".to_owned())?,
+            ),
+            (Builder::I64(b), _) => b.append_value(
+                i64::try_from(int(v)?).map_err(|_| "value does not fit a 64-bit integer".to_owned())?,
+            ),
+            (Builder::F32(b), _) => b.append_value(dec::<f32>(v)?),
+            (Builder::F64(b), _) => b.append_value(dec::<f64>(v)?),
+            (Builder::Dec(b, ..), Wire::UInt | Wire::Int) => b.append_value(int(v)?),
+            (Builder::Dec(b, p, s), _) => b.append_value(parse_decimal(dec::<&str>(v)?, *p, *s)?),
+            (Builder::Str(b), _) => b.append_value(dec::<&str>(v)?),
+            (Builder::Bin(b), _) => b.append_value(dec::<&[u8]>(v)?),
+            (Builder::Date(b), _) => {
+                let d: NaiveDate = dec(v).map_err(zero_date)?;
+                b.append_value((d - EPOCH).num_days() as i32)
+            }
+            (Builder::Time(b), _) => {
+                let t: MySqlTime = dec(v)?;
+                if !t.is_valid_time_of_day() {
+                    return Err(format!(
+                        "{}{}:{:02}:{:02} is not a time of day (00:00:00 to 23:59:59.999999); \
+                         read the column as text with a view to keep durations",
+                        if t.is_negative() { "-" } else { "" },
+                        t.hours(),
+                        t.minutes(),
+                        t.seconds()
+                    ));
+                }
+                b.append_value(
+                    ((t.hours() as i64 * 60 + t.minutes() as i64) * 60 + t.seconds() as i64)
+                        * 1_000_000
+                        + t.microseconds() as i64,
+                )
+            }
+            (Builder::Ts(b), _) => {
+                let dt: chrono::NaiveDateTime = dec(v).map_err(zero_date)?;
+                b.append_value(dt.and_utc().timestamp_micros())
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> ArrayRef {
+        match self {
+            Builder::Bool(mut b) => Arc::new(b.finish()),
+            Builder::I32(mut b) => Arc::new(b.finish()),
+            Builder::I64(mut b) => Arc::new(b.finish()),
+            Builder::F32(mut b) => Arc::new(b.finish()),
+            Builder::F64(mut b) => Arc::new(b.finish()),
+            Builder::Dec(mut b, ..) => Arc::new(b.finish()),
+            Builder::Str(mut b) => Arc::new(b.finish()),
+            Builder::Bin(mut b) => Arc::new(b.finish()),
+            Builder::Date(mut b) => Arc::new(b.finish()),
+            Builder::Time(mut b) => Arc::new(b.finish()),
+            Builder::Ts(mut b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+fn zero_date(e: String) -> String {
+    if e.contains("null") || e.contains("NULL") {
+        "a zero date (0000-00-00) has no Lockstep equivalent; set it to NULL or a real date"
+            .to_owned()
+    } else {
+        e
+    }
+}
+
+/// Decodes rows into one array per column.
+pub(crate) fn decode_rows(rows: &[MySqlRow], columns: &[Column]) -> Result<Vec<ArrayRef>> {
+    let mut builders = Vec::with_capacity(columns.len());
+    for c in columns {
+        let (t, _) = c.mapping.expect("only mapped columns are selected");
+        builders.push(Builder::new(t, rows.len())?);
+    }
+    for (r, row) in rows.iter().enumerate() {
+        for (i, (c, b)) in columns.iter().zip(builders.iter_mut()).enumerate() {
+            let (_, wire) = c.mapping.expect("only mapped columns are selected");
+            let v = row
+                .try_get_raw(i)
+                .map_err(|e| ConnectorError::internal(e.to_string()))?;
+            if v.is_null() {
+                if !c.nullable {
+                    return Err(ConnectorError::schema(format!(
+                        "row {r} of the page, field `{}`: null in a column declared NOT NULL",
+                        c.name
+                    )));
+                }
+                b.append_null();
+            } else {
+                b.append(wire, v).map_err(|reason| {
+                    ConnectorError::schema(format!(
+                        "row {r} of the page, field `{}` ({}): {reason}",
+                        c.name, c.column_type
+                    ))
+                })?;
+            }
+        }
+    }
+    Ok(builders.into_iter().map(Builder::finish).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookbacks_parse() {
+        assert_eq!(parse_lookback("0s").unwrap(), 0);
+        assert_eq!(parse_lookback("90s").unwrap(), 90_000_000);
+        assert_eq!(parse_lookback("1h30m").unwrap(), 5_400_000_000);
+        assert_eq!(parse_lookback("250ms").unwrap(), 250_000);
+        assert_eq!(parse_lookback("2d").unwrap(), 172_800_000_000);
+        assert!(parse_lookback("soon").is_err());
+        assert!(parse_lookback("").is_err());
+        assert!(parse_lookback("5y").is_err());
+    }
+}

@@ -1,0 +1,304 @@
+//! The connection's config, how it becomes sqlx connect options, and how secrets are kept out
+//! of messages.
+
+use std::str::FromStr;
+
+use lockstep_plugin_sdk::{ConnectorError, Result};
+use serde::Deserialize;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Connection, PgConnection};
+
+use crate::errors::map_sqlx;
+
+/// Rows per batch when neither the config nor the request says.
+pub const DEFAULT_BATCH_SIZE: usize = 10_000;
+
+/// The `config` table of a PostgreSQL connection.
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `postgres://user[:password]@host:port/db?sslmode=...`.
+    pub url: String,
+    /// The schema whose tables and views are the streams.
+    #[serde(default = "default_schema")]
+    pub schema: String,
+    /// Rows per batch (reads; writes take whatever batch they are given).
+    #[serde(default)]
+    pub batch_size: Option<usize>,
+    /// An interval (`"5m"`, `"1 hour"`): incremental reads restart this much before the cursor.
+    #[serde(default)]
+    pub lookback: Option<String>,
+    /// The environment variable holding the password, for URLs without one.
+    #[serde(default)]
+    pub password_env: Option<String>,
+}
+
+fn default_schema() -> String {
+    "public".to_owned()
+}
+
+impl std::fmt::Debug for Config {
+    /// Never prints the URL: it may hold a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("url", &redact_url(&self.url))
+            .field("schema", &self.schema)
+            .field("batch_size", &self.batch_size)
+            .field("lookback", &self.lookback)
+            .field("password_env", &self.password_env)
+            .finish()
+    }
+}
+
+/// The JSON Schema of [`Config`], for the manifest.
+pub fn config_schema() -> serde_json::Value {
+    serde_json::json!({
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["url"],
+        "properties": {
+            "url": {
+                "type": "string",
+                "description": "Connection URL: postgres://user[:password]@host:5432/db?sslmode=disable|prefer|require|verify-ca|verify-full. TLS is configured by `sslmode` (and `sslrootcert`). The password is never logged."
+            },
+            "schema": {
+                "type": "string",
+                "default": "public",
+                "description": "The schema whose tables (read-write) and views (read-only) are the streams."
+            },
+            "batch_size": {
+                "type": "integer",
+                "minimum": 1,
+                "default": DEFAULT_BATCH_SIZE,
+                "description": "Rows per read batch (one COPY ... LIMIT n per batch). The smaller of this and the host's request wins."
+            },
+            "lookback": {
+                "type": "string",
+                "default": "0s",
+                "description": "A PostgreSQL interval (\"5m\", \"1 hour\"). Incremental reads on a date or timestamp cursor restart at (checkpoint cursor - lookback) to catch late commits; upserts make the overlap harmless."
+            },
+            "password_env": {
+                "type": "string",
+                "description": "Name of an environment variable holding the password, for URLs without one."
+            }
+        }
+    })
+}
+
+/// What a connection needs after the config was checked.
+#[derive(Clone)]
+pub struct Settings {
+    pub options: PgConnectOptions,
+    pub schema: String,
+    pub batch_size: Option<usize>,
+    /// The lookback as PostgreSQL interval text, when it is not zero.
+    pub lookback: Option<String>,
+    /// The URL without user info, for messages.
+    pub display_url: String,
+    /// Secrets to scrub from any message that could echo them.
+    secrets: Vec<String>,
+}
+
+impl Settings {
+    /// Checks `config` and builds connect options. Nothing is contacted yet.
+    pub fn from_config(config: Config) -> Result<Self> {
+        let display_url = redact_url(&config.url);
+        let mut secrets = Vec::new();
+        if let Some(password) = url_password(&config.url) {
+            secrets.push(password);
+        }
+        let mut options = PgConnectOptions::from_str(&config.url).map_err(|e| {
+            ConnectorError::config(scrub(
+                &format!("`url` ({display_url}) is not a valid PostgreSQL URL: {e}"),
+                &secrets,
+            ))
+        })?;
+        if let Some(var) = &config.password_env {
+            let password = std::env::var(var).map_err(|_| {
+                ConnectorError::config(format!(
+                    "`password_env` names the environment variable `{var}`, which is not set \
+                     (or not valid UTF-8)"
+                ))
+            })?;
+            secrets.push(password.clone());
+            options = options.password(&password);
+        }
+        if config.schema.is_empty() {
+            return Err(ConnectorError::config("`schema` must not be empty"));
+        }
+        if config.batch_size == Some(0) {
+            return Err(ConnectorError::config("`batch_size` must be at least 1"));
+        }
+        let lookback = config
+            .lookback
+            .map(|l| l.trim().to_owned())
+            .filter(|l| !l.is_empty());
+        // Sessions run in UTC with ISO dates so that text forms of values (checkpoints,
+        // server-side casts) never depend on the server's defaults.
+        options = options
+            .application_name("lockstep-postgres")
+            .options([("TimeZone", "UTC"), ("DateStyle", "ISO, YMD"), ("IntervalStyle", "postgres")])
+            .disable_statement_logging();
+        Ok(Settings {
+            options,
+            schema: config.schema,
+            batch_size: config.batch_size,
+            lookback,
+            display_url,
+            secrets,
+        })
+    }
+
+    /// Opens a new session.
+    pub async fn connect(&self) -> Result<PgConnection> {
+        PgConnection::connect_with(&self.options)
+            .await
+            .map_err(|e| self.scrub_error(map_sqlx(e).context(format!("connecting to {}", self.display_url))))
+    }
+
+    /// Removes secrets from an error's message.
+    pub fn scrub_error(&self, mut e: ConnectorError) -> ConnectorError {
+        e.message = scrub(&e.message, &self.secrets);
+        e
+    }
+
+    /// Checks the lookback with the server's own interval parser; `None` when it is zero.
+    pub async fn check_lookback(&mut self, conn: &mut PgConnection) -> Result<()> {
+        let Some(text) = self.lookback.clone() else {
+            return Ok(());
+        };
+        let row: std::result::Result<(bool, bool), sqlx::Error> =
+            sqlx::query_as("SELECT $1::text::interval > interval '0', $1::text::interval < interval '0'")
+                .bind(&text)
+                .fetch_one(&mut *conn)
+                .await;
+        match row {
+            Ok((positive, negative)) => {
+                if negative {
+                    return Err(ConnectorError::config(format!(
+                        "`lookback` = \"{text}\" is negative; give a window such as \"5m\""
+                    )));
+                }
+                if !positive {
+                    self.lookback = None;
+                }
+                Ok(())
+            }
+            Err(sqlx::Error::Database(e)) if e.code().is_some_and(|c| c.starts_with("22")) => {
+                Err(ConnectorError::config(format!(
+                    "`lookback` = \"{text}\" is not a PostgreSQL interval ({}); write it like \
+                     \"5m\", \"90s\" or \"1 hour\"",
+                    e.message()
+                )))
+            }
+            Err(e) => Err(map_sqlx(e)),
+        }
+    }
+}
+
+/// The password part of a URL, percent-decoded and raw, if there is one.
+fn url_password(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?']).next()?;
+    let userinfo = authority.rsplit_once('@')?.0;
+    let password = userinfo.split_once(':')?.1;
+    if password.is_empty() {
+        return None;
+    }
+    Some(password.to_owned())
+}
+
+/// `url` without its user info (`postgres://host:5432/db`), for messages.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "<url>".to_owned();
+    };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    // Query parameters may carry passwords too (`password=`): drop them all.
+    let path = tail.split('?').next().unwrap_or("");
+    format!("{scheme}://{host}{path}")
+}
+
+/// `message` with every secret (raw or percent-decoded) replaced by `***`.
+pub fn scrub(message: &str, secrets: &[String]) -> String {
+    let mut out = message.to_owned();
+    for secret in secrets.iter().filter(|s| s.len() >= 2) {
+        out = out.replace(secret.as_str(), "***");
+        let decoded = percent_decode(secret);
+        if decoded != *secret && decoded.len() >= 2 {
+            out = out.replace(decoded.as_str(), "***");
+        }
+    }
+    out
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = |b: u8| (b as char).to_digit(16);
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The batch size of a read: the smaller of the request's and the config's, else the default.
+pub fn effective_batch_size(request: Option<usize>, config: Option<usize>) -> usize {
+    match (request.filter(|n| *n > 0), config) {
+        (Some(r), Some(c)) => r.min(c),
+        (Some(r), None) => r,
+        (None, Some(c)) => c,
+        (None, None) => DEFAULT_BATCH_SIZE,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_lose_their_user_info_in_messages() {
+        assert_eq!(
+            redact_url("postgres://bob:s3cr%40t@db.example:5432/app?sslmode=require&password=x"),
+            "postgres://db.example:5432/app"
+        );
+        assert_eq!(redact_url("postgres://h/db"), "postgres://h/db");
+        assert_eq!(url_password("postgres://bob:s3cr%40t@h/db").as_deref(), Some("s3cr%40t"));
+        assert_eq!(url_password("postgres://bob@h/db"), None);
+        let secrets = vec!["s3cr%40t".to_owned()];
+        assert_eq!(scrub("bad s3cr@t and s3cr%40t", &secrets), "bad *** and ***");
+    }
+
+    #[test]
+    fn bad_urls_are_config_errors_without_the_password() {
+        let config = Config {
+            url: "postgres://bob:hunter22@host:notaport/db".into(),
+            schema: "public".into(),
+            batch_size: None,
+            lookback: None,
+            password_env: None,
+        };
+        let e = Settings::from_config(config).err().expect("invalid port");
+        assert_eq!(e.kind, lockstep_plugin_sdk::api::ErrorKind::CONFIG);
+        assert!(!e.message.contains("hunter22"), "{}", e.message);
+    }
+
+    #[test]
+    fn batch_sizes_take_the_smaller_bound() {
+        assert_eq!(effective_batch_size(Some(100), Some(50)), 50);
+        assert_eq!(effective_batch_size(None, Some(50)), 50);
+        assert_eq!(effective_batch_size(Some(7), None), 7);
+        assert_eq!(effective_batch_size(None, None), DEFAULT_BATCH_SIZE);
+    }
+}

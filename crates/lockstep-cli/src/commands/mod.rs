@@ -1,0 +1,151 @@
+//! The subcommands, and what they share: loading the config, finding plugins, logging.
+
+mod connectors;
+mod run;
+mod runs;
+mod validate;
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use lockstep_config::{Config, ConfigErrors};
+use lockstep_orchestrator::{Endpoint, SyncJob};
+use lockstep_plugin_host::{default_search_path, PluginRegistry, Redactor};
+
+use crate::app::{Cli, Command, ConnectorsCommand, LogFormat};
+
+pub type CmdResult = Result<(), CliError>;
+
+/// Errors of a command: either already reported, or a message to print.
+pub enum CliError {
+    Reported(u8),
+    Message(String),
+}
+
+impl<E: std::fmt::Display> From<E> for CliError {
+    fn from(e: E) -> Self {
+        CliError::Message(e.to_string())
+    }
+}
+
+pub async fn dispatch(cli: Cli) -> ExitCode {
+    init_logging(cli.log_format, matches!(cli.command, Command::Run { .. }));
+    let result = match cli.command {
+        Command::Validate { offline } => validate::run(&cli.config, offline).await,
+        Command::Connectors { command } => match command {
+            ConnectorsCommand::List { output } => connectors::list(&cli.config, output).await,
+            ConnectorsCommand::Inspect { plugin } => connectors::inspect(&cli.config, &plugin).await,
+        },
+        Command::Run {
+            sync,
+            full_refresh,
+            output,
+        } => run::run(&cli.config, &sync, full_refresh, output).await,
+        Command::Runs { sync, limit, output } => {
+            runs::run(&cli.config, sync.as_deref(), limit, output).await
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(CliError::Reported(code)) => ExitCode::from(code),
+        Err(CliError::Message(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat, interactive_run: bool) {
+    use tracing_subscriber::EnvFilter;
+    // During an interactive run the progress bar and summary say what happens; logs stay
+    // at warnings unless asked for.
+    let default = if interactive_run { "warn" } else { "warn,lockstep=info" };
+    let filter = std::env::var("LOCKSTEP_LOG")
+        .ok()
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none());
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+/// Loads the config file, printing every error with its location when it is invalid, and
+/// moves into its directory so that relative paths in it resolve there.
+pub fn load_config(path: &Path) -> Result<Config, CliError> {
+    match lockstep_config::load(path) {
+        Ok(config) => {
+            if let Some(dir) = config.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::env::set_current_dir(dir).map_err(|e| {
+                    CliError::Message(format!("cannot enter the config's directory {}: {e}", dir.display()))
+                })?;
+            }
+            Ok(config)
+        }
+        Err(errors) => {
+            print_config_errors(&errors);
+            Err(CliError::Reported(2))
+        }
+    }
+}
+
+pub fn print_config_errors(errors: &ConfigErrors) {
+    let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    if color {
+        eprintln!("{}", errors.render_fancy(true));
+    } else {
+        eprintln!("{errors}");
+        eprintln!("{}", errors.summary());
+    }
+}
+
+/// The redactor built from the config's secrets.
+pub fn redactor(config: &Config) -> Redactor {
+    let secrets = config.secrets.clone();
+    Arc::new(move |text: &str| secrets.redact(text))
+}
+
+/// Every plugin in the config's connector paths and the default ones.
+pub fn registry(config: Option<&Config>) -> PluginRegistry {
+    let paths = config.map(|c| c.connector_paths.clone()).unwrap_or_default();
+    PluginRegistry::scan(&default_search_path(&paths))
+}
+
+/// The sync named `name` with its connections resolved.
+pub fn job(config: &Config, name: &str) -> Result<SyncJob, CliError> {
+    let Some(sync) = config.syncs.iter().find(|s| s.spec.name == name) else {
+        let names: Vec<&str> = config.syncs.iter().map(|s| s.spec.name.as_str()).collect();
+        return Err(CliError::Message(format!(
+            "{}: no sync named `{name}`; defined syncs: {}",
+            config.path.display(),
+            if names.is_empty() { "none".to_owned() } else { names.join(", ") }
+        )));
+    };
+    let endpoint = |connection: &str| -> Result<Endpoint, CliError> {
+        let c = config.connections.get(connection).ok_or_else(|| {
+            CliError::Message(format!("sync `{name}` names unknown connection `{connection}`"))
+        })?;
+        Ok(Endpoint {
+            connector: c.connector.clone(),
+            config: c.config.clone(),
+        })
+    };
+    Ok(SyncJob {
+        spec: sync.spec.clone(),
+        source: endpoint(&sync.spec.source.connection)?,
+        destination: endpoint(&sync.spec.destination.connection)?,
+    })
+}
+
+/// Opens the config's state store.
+pub async fn state(config: &Config) -> Result<Box<dyn lockstep_state::StateStore>, CliError> {
+    lockstep_state::open(&config.state_url)
+        .await
+        .map_err(|e| CliError::Message(e.to_string()))
+}

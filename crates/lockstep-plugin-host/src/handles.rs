@@ -1,0 +1,405 @@
+//! Async handles over the ABI's trait objects. Every plugin call runs on a blocking thread.
+
+use std::sync::Arc;
+
+use abi_stable::sabi_trait::TD_Opaque;
+use abi_stable::std_types::{RArc, ROption, RResult, RStr};
+use arrow::array::RecordBatch;
+use lockstep_plugin_api::{
+    BatchReaderBox, CancellerBox, ConnectorModuleRef, DestinationBox, HostContext,
+    HostContextBox, HostContext_TO, LogLevel, PluginError, SourceBox, StreamWriterBox,
+};
+use lockstep_plugin_sdk::ffi::{export_batch, import_batch, Validation};
+use lockstep_protocol::{Catalog, OpenStreamRequest, ReadRequest, WriteOutcome};
+use serde_json::Value;
+use tracing::level_filters::LevelFilter;
+
+use crate::{HostError, Redactor};
+
+/// What the host offers plugins: log forwarding, under the span that opened the instance.
+#[derive(Clone)]
+struct HostServices {
+    connector: Arc<str>,
+    redactor: Redactor,
+    span: tracing::Span,
+    max_level: LogLevel,
+}
+
+impl HostContext for HostServices {
+    fn log(&self, level: LogLevel, target: RStr<'_>, message: RStr<'_>, fields: RStr<'_>) {
+        let _entered = self.span.enter();
+        let message = (self.redactor)(message.as_str());
+        let fields = (self.redactor)(fields.as_str());
+        let connector = &*self.connector;
+        let target = target.as_str();
+        macro_rules! emit {
+            ($level:expr) => {
+                tracing::event!(target: "lockstep::plugin", $level, connector, plugin_target = target, fields = %fields, "{message}")
+            };
+        }
+        match level {
+            LogLevel::ERROR => emit!(tracing::Level::ERROR),
+            LogLevel::WARN => emit!(tracing::Level::WARN),
+            LogLevel::INFO => emit!(tracing::Level::INFO),
+            LogLevel::DEBUG => emit!(tracing::Level::DEBUG),
+            _ => emit!(tracing::Level::TRACE),
+        }
+    }
+
+    fn max_level(&self) -> LogLevel {
+        self.max_level
+    }
+}
+
+fn host_context(connector: &str, redactor: Redactor) -> HostContextBox {
+    let max_level = match LevelFilter::current() {
+        LevelFilter::OFF => LogLevel(0),
+        LevelFilter::ERROR => LogLevel::ERROR,
+        LevelFilter::WARN => LogLevel::WARN,
+        LevelFilter::INFO => LogLevel::INFO,
+        LevelFilter::DEBUG => LogLevel::DEBUG,
+        _ => LogLevel::TRACE,
+    };
+    HostContext_TO::from_ptr(
+        RArc::new(HostServices {
+            connector: connector.into(),
+            redactor,
+            span: tracing::Span::current(),
+            max_level,
+        }),
+        TD_Opaque,
+    )
+}
+
+/// The identity of one plugin instance, for errors.
+#[derive(Clone)]
+struct Caller {
+    connector: Arc<str>,
+    redactor: Redactor,
+}
+
+impl Caller {
+    fn plugin_error(&self, operation: &'static str, e: PluginError) -> HostError {
+        HostError::Plugin {
+            connector: self.connector.to_string(),
+            operation,
+            kind: e.kind,
+            message: (self.redactor)(e.message.as_str()),
+            details: serde_json::from_str((self.redactor)(e.details.as_str()).as_str()).ok(),
+            retry_after_ms: e.retry_after_ms,
+        }
+    }
+
+    fn lift<T>(&self, operation: &'static str, r: RResult<T, PluginError>) -> Result<T, HostError> {
+        r.into_result().map_err(|e| self.plugin_error(operation, e))
+    }
+
+    fn call_error(&self, operation: &'static str, reason: impl ToString) -> HostError {
+        HostError::Call {
+            connector: self.connector.to_string(),
+            operation,
+            reason: reason.to_string(),
+        }
+    }
+
+    fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        operation: &'static str,
+        text: &str,
+    ) -> Result<T, HostError> {
+        serde_json::from_str(text).map_err(|e| HostError::InvalidBatch {
+            connector: self.connector.to_string(),
+            operation,
+            reason: format!("its JSON reply does not fit the protocol: {e}"),
+        })
+    }
+
+    /// Runs `f` on a blocking thread with the object taken out of `slot` and put back after.
+    async fn blocking<T, O>(
+        &self,
+        operation: &'static str,
+        slot: &mut Option<T>,
+        f: impl FnOnce(&mut T) -> O + Send + 'static,
+    ) -> Result<O, HostError>
+    where
+        T: Send + 'static,
+        O: Send + 'static,
+    {
+        let mut object = slot.take().ok_or_else(|| {
+            self.call_error(
+                operation,
+                "an earlier call on this instance was abandoned mid-way; open a new one",
+            )
+        })?;
+        let span = tracing::Span::current();
+        let (object, out) = tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
+            let out = f(&mut object);
+            (object, out)
+        })
+        .await
+        .map_err(|e| self.call_error(operation, e))?;
+        *slot = Some(object);
+        Ok(out)
+    }
+}
+
+fn to_json_arg<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("protocol messages always serialize")
+}
+
+pub(crate) async fn open_source(
+    module: ConnectorModuleRef,
+    connector: &str,
+    config: &Value,
+    redactor: Redactor,
+) -> Result<SourceHandle, HostError> {
+    let caller = Caller {
+        connector: connector.into(),
+        redactor: redactor.clone(),
+    };
+    let ctx = host_context(connector, redactor);
+    let config = config.to_string();
+    let mut slot = Some(());
+    let result = caller
+        .blocking("new_source", &mut slot, move |_| {
+            (module.new_source())(RStr::from_str(&config), ctx)
+        })
+        .await?;
+    let inner = caller.lift("new_source", result)?;
+    let canceller = Arc::new(inner.canceller());
+    Ok(SourceHandle {
+        inner: Some(inner),
+        canceller,
+        caller,
+    })
+}
+
+pub(crate) async fn open_destination(
+    module: ConnectorModuleRef,
+    connector: &str,
+    config: &Value,
+    redactor: Redactor,
+) -> Result<DestinationHandle, HostError> {
+    let caller = Caller {
+        connector: connector.into(),
+        redactor: redactor.clone(),
+    };
+    let ctx = host_context(connector, redactor);
+    let config = config.to_string();
+    let mut slot = Some(());
+    let result = caller
+        .blocking("new_destination", &mut slot, move |_| {
+            (module.new_destination())(RStr::from_str(&config), ctx)
+        })
+        .await?;
+    let inner = caller.lift("new_destination", result)?;
+    let canceller = Arc::new(inner.canceller());
+    Ok(DestinationHandle {
+        inner: Some(inner),
+        canceller,
+        caller,
+    })
+}
+
+/// Cancels the calls in flight of one plugin instance; cheap to clone, usable from anywhere.
+#[derive(Clone)]
+pub struct CancelHandle(Arc<CancellerBox>);
+
+impl CancelHandle {
+    pub fn cancel(&self) {
+        self.0.cancel();
+    }
+}
+
+/// A source plugin instance.
+pub struct SourceHandle {
+    inner: Option<SourceBox>,
+    canceller: Arc<CancellerBox>,
+    caller: Caller,
+}
+
+impl SourceHandle {
+    /// The connector's name.
+    pub fn connector(&self) -> &str {
+        &self.caller.connector
+    }
+
+    /// A handle that cancels this instance's calls in flight.
+    pub fn cancel_handle(&self) -> CancelHandle {
+        CancelHandle(self.canceller.clone())
+    }
+
+    /// Checks connectivity and credentials.
+    pub async fn check(&mut self) -> Result<(), HostError> {
+        let r = self.caller.clone().blocking("check", &mut self.inner, |s| s.check()).await?;
+        self.caller.lift("check", r)
+    }
+
+    /// The source's catalog.
+    pub async fn discover(&mut self) -> Result<Catalog, HostError> {
+        let caller = self.caller.clone();
+        let r = caller.blocking("discover", &mut self.inner, |s| s.discover()).await?;
+        let text = caller.lift("discover", r)?;
+        caller.json("discover", text.as_str())
+    }
+
+    /// Starts reading a stream.
+    pub async fn read(&mut self, request: &ReadRequest) -> Result<BatchStream, HostError> {
+        let caller = self.caller.clone();
+        let request = to_json_arg(request);
+        let r = caller
+            .blocking("read", &mut self.inner, move |s| s.read(RStr::from_str(&request)))
+            .await?;
+        let reader = caller.lift("read", r)?;
+        Ok(BatchStream {
+            inner: Some(reader),
+            caller,
+            done: false,
+        })
+    }
+}
+
+/// The batches of one read, each validated on arrival.
+pub struct BatchStream {
+    inner: Option<BatchReaderBox>,
+    caller: Caller,
+    done: bool,
+}
+
+impl BatchStream {
+    /// The next batch and its checkpoint, or `None` at the end of the read.
+    pub async fn next(&mut self) -> Result<Option<(RecordBatch, Value)>, HostError> {
+        if self.done {
+            return Ok(None);
+        }
+        let caller = self.caller.clone();
+        let r = caller
+            .blocking("next_batch", &mut self.inner, |r| {
+                r.next_batch().map(|batch| match batch {
+                    ROption::RNone => Ok(None),
+                    ROption::RSome(b) => {
+                        let checkpoint = b.checkpoint.to_string();
+                        import_batch(b.batch, Validation::Full)
+                            .map(|batch| Some((batch, checkpoint)))
+                            .map_err(|e| e.to_string())
+                    }
+                })
+            })
+            .await?;
+        let imported = caller.lift("next_batch", r)?;
+        match imported {
+            Ok(None) => {
+                self.done = true;
+                Ok(None)
+            }
+            Ok(Some((batch, checkpoint))) => {
+                let checkpoint = caller.json("next_batch", &checkpoint)?;
+                Ok(Some((batch, checkpoint)))
+            }
+            Err(reason) => Err(HostError::InvalidBatch {
+                connector: caller.connector.to_string(),
+                operation: "next_batch",
+                reason,
+            }),
+        }
+    }
+}
+
+/// A destination plugin instance.
+pub struct DestinationHandle {
+    inner: Option<DestinationBox>,
+    canceller: Arc<CancellerBox>,
+    caller: Caller,
+}
+
+impl DestinationHandle {
+    /// The connector's name.
+    pub fn connector(&self) -> &str {
+        &self.caller.connector
+    }
+
+    /// A handle that cancels this instance's calls in flight.
+    pub fn cancel_handle(&self) -> CancelHandle {
+        CancelHandle(self.canceller.clone())
+    }
+
+    /// Checks connectivity and credentials.
+    pub async fn check(&mut self) -> Result<(), HostError> {
+        let r = self.caller.clone().blocking("check", &mut self.inner, |d| d.check()).await?;
+        self.caller.lift("check", r)
+    }
+
+    /// The streams that exist in the destination.
+    pub async fn discover(&mut self) -> Result<Catalog, HostError> {
+        let caller = self.caller.clone();
+        let r = caller.blocking("discover", &mut self.inner, |d| d.discover()).await?;
+        let text = caller.lift("discover", r)?;
+        caller.json("discover", text.as_str())
+    }
+
+    /// Prepares a stream for writing.
+    pub async fn open_stream(
+        &mut self,
+        request: &OpenStreamRequest,
+    ) -> Result<StreamWriterHandle, HostError> {
+        let caller = self.caller.clone();
+        let request = to_json_arg(request);
+        let r = caller
+            .blocking("open_stream", &mut self.inner, move |d| {
+                d.open_stream(RStr::from_str(&request))
+            })
+            .await?;
+        let writer = caller.lift("open_stream", r)?;
+        Ok(StreamWriterHandle {
+            inner: Some(writer),
+            caller,
+        })
+    }
+}
+
+/// Writes to one destination stream.
+pub struct StreamWriterHandle {
+    inner: Option<StreamWriterBox>,
+    caller: Caller,
+}
+
+impl StreamWriterHandle {
+    /// Inserts or updates rows by key.
+    pub async fn upsert(&mut self, batch: RecordBatch) -> Result<WriteOutcome, HostError> {
+        self.write("upsert", batch, |w, b| w.upsert(b)).await
+    }
+
+    /// Deletes rows by key; `keys` holds the key columns only.
+    pub async fn delete(&mut self, keys: RecordBatch) -> Result<WriteOutcome, HostError> {
+        self.write("delete", keys, |w, b| w.delete(b)).await
+    }
+
+    async fn write(
+        &mut self,
+        operation: &'static str,
+        batch: RecordBatch,
+        call: fn(
+            &mut StreamWriterBox,
+            lockstep_plugin_api::FfiBatch,
+        ) -> RResult<abi_stable::std_types::RString, PluginError>,
+    ) -> Result<WriteOutcome, HostError> {
+        let caller = self.caller.clone();
+        let r = caller
+            .blocking(operation, &mut self.inner, move |w| {
+                export_batch(batch)
+                    .map_err(|e| e.to_string())
+                    .map(|exported| call(w, exported))
+            })
+            .await?;
+        let r = r.map_err(|reason| caller.call_error(operation, reason))?;
+        let text = caller.lift(operation, r)?;
+        caller.json(operation, text.as_str())
+    }
+
+    /// Makes every write so far durable.
+    pub async fn flush(&mut self) -> Result<(), HostError> {
+        let r = self.caller.clone().blocking("flush", &mut self.inner, |w| w.flush()).await?;
+        self.caller.lift("flush", r)
+    }
+}

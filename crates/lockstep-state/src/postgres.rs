@@ -1,0 +1,81 @@
+//! The PostgreSQL backend: one store shared by several daemons.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::{Connection, Postgres, Transaction};
+
+use crate::backend::impl_state_store;
+use crate::error::{db, Result, StateError};
+use crate::url::{redact_url, scrub};
+
+/// How long opening the store waits for the server to answer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an operation waits for a free pooled connection (or a new one).
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+const MAX_CONNECTIONS: u32 = 5;
+
+pub(crate) struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Connects to the database at `url` and brings its schema up to date.
+    pub(crate) async fn open(url: &str) -> Result<Self> {
+        let redacted = redact_url(url);
+        let connect_error = |detail: String| StateError::Connect {
+            url: redacted.clone(),
+            detail: scrub(&detail, url),
+        };
+        let options = PgConnectOptions::from_str(url).map_err(|e| StateError::InvalidUrl {
+            url: redacted.clone(),
+            reason: scrub(&e.to_string(), url),
+        })?;
+        // One direct attempt first, for a precise error: the pool retries refused connections
+        // until its timeout and then reports only that it timed out.
+        let probe = tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options))
+            .await
+            .map_err(|_| {
+                connect_error(format!(
+                    "no answer within {} seconds",
+                    CONNECT_TIMEOUT.as_secs()
+                ))
+            })?
+            .map_err(|e| connect_error(e.to_string()))?;
+        // The probe was only a check; failing to close it politely changes nothing.
+        let _ = probe.close().await;
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_lazy_with(options);
+        // Migrations take an advisory lock, so daemons starting together do not race.
+        sqlx::migrate!("./migrations/postgres")
+            .run(&pool)
+            .await
+            .map_err(|e| StateError::Migrate {
+                url: redacted.clone(),
+                detail: scrub(&e.to_string(), url),
+            })?;
+        tracing::debug!(url = %redacted, "PostgreSQL state store open");
+        Ok(PgStore { pool })
+    }
+
+    /// The database server's clock, so that daemons on several hosts agree on lease expiry.
+    async fn now(&self) -> Result<DateTime<Utc>> {
+        sqlx::query_scalar("SELECT now()")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db("reading the database clock"))
+    }
+
+    async fn begin_write(&self) -> Result<Transaction<'static, Postgres>> {
+        self.pool
+            .begin()
+            .await
+            .map_err(db("starting a transaction"))
+    }
+}
+
+impl_state_store!(PgStore);

@@ -1,0 +1,100 @@
+//! The SQLite backend: the embedded default, one file per installation.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Sqlite, Transaction};
+
+use crate::backend::impl_state_store;
+use crate::error::{db, Result, StateError};
+use crate::url::redact_url;
+
+/// How long a statement waits for another connection's write lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections to a file database. SQLite allows one writer at a time; more connections only
+/// serve concurrent reads.
+const MAX_CONNECTIONS: u32 = 4;
+
+pub(crate) struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path`, or an in-memory database when `path`
+    /// is `None`, and brings its schema up to date.
+    pub(crate) async fn open(path: Option<&Path>, url: &str) -> Result<Self> {
+        let redacted = redact_url(url);
+        let connect_error = |detail: String| StateError::Connect {
+            url: redacted.clone(),
+            detail,
+        };
+        let (options, pool_options) = match path {
+            Some(path) => {
+                if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    tokio::fs::create_dir_all(parent).await.map_err(|e| {
+                        connect_error(format!(
+                            "cannot create the directory `{}`: {e}",
+                            parent.display()
+                        ))
+                    })?;
+                }
+                let options = SqliteConnectOptions::new()
+                    .filename(path)
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Full)
+                    .busy_timeout(BUSY_TIMEOUT)
+                    .foreign_keys(true);
+                let pool = SqlitePoolOptions::new().max_connections(MAX_CONNECTIONS);
+                (options, pool)
+            }
+            None => {
+                // An in-memory database lives only as long as a connection to it, so the pool
+                // keeps exactly one connection for its whole life.
+                let options = SqliteConnectOptions::from_str("sqlite::memory:")
+                    .map_err(|e| connect_error(e.to_string()))?
+                    .foreign_keys(true);
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .min_connections(1)
+                    .idle_timeout(None)
+                    .max_lifetime(None);
+                (options, pool)
+            }
+        };
+        let pool = pool_options
+            .connect_with(options)
+            .await
+            .map_err(|e| connect_error(e.to_string()))?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&pool)
+            .await
+            .map_err(|e| StateError::Migrate {
+                url: redacted.clone(),
+                detail: e.to_string(),
+            })?;
+        tracing::debug!(url = %redacted, "SQLite state store open");
+        Ok(SqliteStore { pool })
+    }
+
+    /// The clock of this process: the database is local.
+    async fn now(&self) -> Result<DateTime<Utc>> {
+        Ok(Utc::now())
+    }
+
+    /// `BEGIN IMMEDIATE` takes the write lock up front. A deferred transaction that reads and
+    /// then writes can fail with `SQLITE_BUSY` at once, without waiting for the busy timeout.
+    async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>> {
+        self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db("starting a transaction"))
+    }
+}
+
+impl_state_store!(SqliteStore);

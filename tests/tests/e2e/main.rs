@@ -1,0 +1,6 @@
+//! End-to-end tests: one binary, one module per area.
+
+mod cli;
+mod config_errors;
+mod plugins;
+mod tidy;

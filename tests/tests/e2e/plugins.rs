@@ -1,0 +1,1 @@
+//! Plugin loading, panics, ABI versions and out-of-tree connectors.
