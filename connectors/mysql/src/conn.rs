@@ -128,11 +128,6 @@ impl Db {
         Ok((conn, flavor))
     }
 
-    /// Closes a connection politely; errors are irrelevant at that point.
-    pub async fn close(conn: MySqlConnection) {
-        let _ = conn.close().await;
-    }
-
     /// A connector error for a database error, with the kind the host needs and no secret.
     pub fn error(&self, e: sqlx::Error, what: impl Display) -> ConnectorError {
         let number = error_number(&e);
@@ -141,7 +136,7 @@ impl Db {
             sqlx::Error::Database(d) => format!(
                 "MySQL error {} ({}): {}",
                 number.unwrap_or(0),
-                d.code().unwrap_or("HY000"),
+                d.code().unwrap_or(std::borrow::Cow::Borrowed("HY000")),
                 d.message()
             ),
             other => other.to_string(),

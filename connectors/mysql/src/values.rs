@@ -40,7 +40,7 @@ pub(crate) fn placeholder(column: &Column) -> String {
 
 fn add<'q, T>(args: &mut MySqlArguments, value: T) -> Result<(), String>
 where
-    T: sqlx::Encode<'q, sqlx::MySql> + sqlx::Type<sqlx::MySql>,
+    T: sqlx::Encode<'q, sqlx::MySql> + sqlx::Type<sqlx::MySql> + 'q,
 {
     Arguments::add(args, value).map_err(|e| e.to_string())
 }

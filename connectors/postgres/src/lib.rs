@@ -1,1 +1,67 @@
-//! TODO
+//! The PostgreSQL connector of Lockstep: a source and a destination for the tables of one
+//! schema, moving data with binary COPY in both directions.
+//!
+//! Reads are keyset-paged: one `COPY (SELECT ... ORDER BY key LIMIT n) TO STDOUT (FORMAT
+//! binary)` per batch, decoded straight into Arrow builders ([`decode`]). Writes COPY each
+//! batch in binary, encoded from Arrow directly ([`encode`]), into a session TEMP staging
+//! table and upsert from there with one `INSERT ... ON CONFLICT` that reports inserted and
+//! updated rows ([`dest`]).
+//!
+//! Invariants:
+//! - Identifiers are always quoted; values never appear in SQL text (read positions travel as
+//!   bound `set_config` parameters, batch data as binary COPY).
+//! - Nothing is rounded, truncated or dropped silently: a value that the target cannot hold
+//!   exactly is a rejected row (row, field, reason) or an error.
+//! - Memory is bounded by the batch size: a read holds one batch, a write one batch plus a
+//!   1 MiB COPY buffer.
+//! - The URL's password never appears in errors or logs.
+//! - Rows sharing a cursor value are neither skipped nor re-read forever: incremental reads
+//!   order and resume by (cursor, key).
+
+pub mod catalog;
+pub mod config;
+pub mod decode;
+pub mod dest;
+pub mod encode;
+pub mod errors;
+pub mod numeric;
+pub mod session;
+pub mod source;
+pub mod sql;
+pub mod values;
+
+#[cfg(test)]
+mod tests;
+
+use lockstep_plugin_sdk::{Connector, Manifest, Role};
+
+pub use config::Config;
+pub use dest::{PgDestination, PgWriter};
+pub use source::{PgReader, PgSource};
+
+/// The connector: a [`PgSource`] and a [`PgDestination`].
+pub struct PostgresConnector;
+
+impl Connector for PostgresConnector {
+    type Source = PgSource;
+    type Destination = PgDestination;
+
+    fn manifest() -> Manifest {
+        Manifest {
+            name: "postgres".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            description: "PostgreSQL tables and views (views read-only), moved with binary COPY"
+                .into(),
+            roles: vec![Role::Source, Role::Destination],
+            features: ["incremental", "upsert", "delete", "create-stream", "lookback"]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            config_schema: config::config_schema(),
+            abi_version: String::new(),
+            sdk_version: String::new(),
+        }
+    }
+}
+
+lockstep_plugin_sdk::export_connector!(PostgresConnector);

@@ -61,12 +61,10 @@ impl SqliteConfig {
                     "the SQLite config sets both `path` and `url`; keep one of them",
                 ))
             }
-            (None, None) => {
-                return Err(ConnectorError::config(
-                    "the SQLite config needs `path` (the database file, e.g. `path = \"data.db\"`) \
+            (None, None) => return Err(ConnectorError::config(
+                "the SQLite config needs `path` (the database file, e.g. `path = \"data.db\"`) \
                      or `url` (e.g. `url = \"sqlite://data.db\"`)",
-                ))
-            }
+            )),
             (Some(path), None) => path.clone(),
             (None, Some(url)) => path_from_url(url)?,
         };
@@ -187,7 +185,11 @@ fn display_path(path: &Path) -> String {
         return format!("`{}`", path.display());
     }
     match std::env::current_dir() {
-        Ok(dir) => format!("`{}` (resolved to `{}`)", path.display(), dir.join(path).display()),
+        Ok(dir) => format!(
+            "`{}` (resolved to `{}`)",
+            path.display(),
+            dir.join(path).display()
+        ),
         Err(_) => format!("`{}`", path.display()),
     }
 }

@@ -154,7 +154,11 @@ fn to_bool(value: &SqlValue) -> Result<bool, String> {
 fn to_i64(value: &SqlValue) -> Result<i64, String> {
     match value {
         SqlValue::Int(i) => Ok(*i),
-        SqlValue::Real(f) if f.fract() == 0.0 && *f >= -9.223_372_036_854_776e18 && *f < 9.223_372_036_854_776e18 => {
+        SqlValue::Real(f)
+            if f.fract() == 0.0
+                && *f >= -9.223_372_036_854_776e18
+                && *f < 9.223_372_036_854_776e18 =>
+        {
             Ok(*f as i64)
         }
         SqlValue::Text(s) => s.trim().parse().map_err(|_| "not an integer".into()),
@@ -213,7 +217,7 @@ fn to_text(value: &SqlValue) -> Result<String, String> {
 
 /// A UUID in canonical form (lower-case, hyphenated), from text in any common spelling or a
 /// 16-byte BLOB.
-fn to_uuid(value: &SqlValue) -> Result<String, String> {
+pub(crate) fn to_uuid(value: &SqlValue) -> Result<String, String> {
     let hex_digits: String = match value {
         SqlValue::Blob(b) if b.len() == 16 => crate::values::hex(b),
         SqlValue::Text(s) => {
@@ -232,7 +236,14 @@ fn to_uuid(value: &SqlValue) -> Result<String, String> {
         return Err("not a UUID".into());
     }
     let h = hex_digits.to_ascii_lowercase();
-    Ok(format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..]))
+    Ok(format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    ))
 }
 
 fn to_json_text(value: &SqlValue) -> Result<String, String> {
@@ -282,13 +293,16 @@ pub(crate) fn sql_value(array: &ArrayRef, row: usize) -> Result<SqlValue, String
         ArrowType::UInt32 => SqlValue::Int(array.as_primitive::<UInt32Type>().value(row) as i64),
         ArrowType::UInt64 => {
             let v = array.as_primitive::<UInt64Type>().value(row);
-            SqlValue::Int(i64::try_from(v).map_err(|_| format!("{v} exceeds SQLite's 64-bit integers"))?)
+            SqlValue::Int(
+                i64::try_from(v).map_err(|_| format!("{v} exceeds SQLite's 64-bit integers"))?,
+            )
         }
         ArrowType::Float32 => real(array.as_primitive::<Float32Type>().value(row) as f64)?,
         ArrowType::Float64 => real(array.as_primitive::<Float64Type>().value(row))?,
-        ArrowType::Decimal128(_, scale) => {
-            SqlValue::Text(format_decimal(array.as_primitive::<Decimal128Type>().value(row), *scale))
-        }
+        ArrowType::Decimal128(_, scale) => SqlValue::Text(format_decimal(
+            array.as_primitive::<Decimal128Type>().value(row),
+            *scale,
+        )),
         ArrowType::Utf8 => SqlValue::Text(array.as_string::<i32>().value(row).to_owned()),
         ArrowType::LargeUtf8 => SqlValue::Text(array.as_string::<i64>().value(row).to_owned()),
         ArrowType::Binary => SqlValue::Blob(array.as_binary::<i32>().value(row).to_vec()),

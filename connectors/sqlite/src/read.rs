@@ -69,10 +69,11 @@ pub(crate) async fn open_reader(
     config_batch_size: Option<usize>,
 ) -> Result<SqliteReader> {
     let table = {
-        let mut conn = shared.lock().await;
-        match schema::find_table(&mut conn, &request.stream).await? {
+        let mut state = shared.lock().await;
+        let conn = &mut state.conn;
+        match schema::find_table(conn, &request.stream).await? {
             Some(t) => t,
-            None => return Err(schema::unknown_stream(&mut conn, &request.stream).await),
+            None => return Err(schema::unknown_stream(conn, &request.stream).await),
         }
     };
     let what = format!("reading table `{}`", table.name);
@@ -105,28 +106,36 @@ pub(crate) async fn open_reader(
             table.name
         )));
     };
-    let key_sql = |name: &str| if rowid_key { name.to_owned() } else { ident(name) };
+    let key_sql = |name: &str| {
+        if rowid_key {
+            name.to_owned()
+        } else {
+            ident(name)
+        }
+    };
 
     let mut order = Vec::new();
-    let cursor = match request.mode {
-        ReadMode::Full => None,
-        ReadMode::Incremental => {
-            let name = request.cursor_field.as_deref().ok_or_else(|| {
-                let candidates = table.stream_info().cursor_candidates;
-                ConnectorError::config(format!(
+    let cursor =
+        match request.mode {
+            ReadMode::Full => None,
+            ReadMode::Incremental => {
+                let name =
+                    request.cursor_field.as_deref().ok_or_else(|| {
+                        let candidates = table.stream_info().cursor_candidates;
+                        ConnectorError::config(format!(
                     "an incremental read of table `{}` needs a cursor field (candidates: {})",
                     table.name,
                     if candidates.is_empty() { "none".into() } else { candidates.join(", ") }
                 ))
-            })?;
-            let column = field_of(&table, name)?.name.clone();
-            order.push(OrderColumn {
-                sql: ident(&column),
-                role: Role::Cursor,
-            });
-            Some(column)
-        }
-    };
+                    })?;
+                let column = field_of(&table, name)?.name.clone();
+                order.push(OrderColumn {
+                    sql: ident(&column),
+                    role: Role::Cursor,
+                });
+                Some(column)
+            }
+        };
     for (i, k) in key_names.iter().enumerate() {
         if rowid_key || cursor.as_deref() != Some(k.as_str()) {
             order.push(OrderColumn {
@@ -180,7 +189,9 @@ pub(crate) async fn open_reader(
 
     let batch_size = match (request.batch_size, config_batch_size) {
         (Some(0), _) => {
-            return Err(ConnectorError::config("the read's batch size must be at least 1"))
+            return Err(ConnectorError::config(
+                "the read's batch size must be at least 1",
+            ))
         }
         (Some(r), Some(c)) => r.min(c),
         (Some(n), None) | (None, Some(n)) => n,
@@ -193,7 +204,11 @@ pub(crate) async fn open_reader(
         .chain(fields.iter().map(|f| ident(&f.name)))
         .collect();
     let select = format!("SELECT {} FROM {}", columns.join(", "), ident(&table.name));
-    let order_by = order.iter().map(|o| o.sql.as_str()).collect::<Vec<_>>().join(", ");
+    let order_by = order
+        .iter()
+        .map(|o| o.sql.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
     Ok(SqliteReader {
         shared,
         table: table.name.clone(),
@@ -297,7 +312,10 @@ fn after_predicate(columns: &[&str], values: &[SqlValue], inclusive: bool) -> St
         terms.push(format!("({})", parts.join(" AND ")));
     }
     if inclusive {
-        terms.push(format!("({})", (0..n).map(eq).collect::<Vec<_>>().join(" AND ")));
+        terms.push(format!(
+            "({})",
+            (0..n).map(eq).collect::<Vec<_>>().join(" AND ")
+        ));
     }
     terms.join(" OR ")
 }
@@ -379,9 +397,9 @@ impl BatchReader for SqliteReader {
         }
         query = query.bind(self.batch_size as i64);
         let rows = {
-            let mut conn = self.shared.lock().await;
+            let mut state = self.shared.lock().await;
             query
-                .fetch_all(&mut *conn)
+                .fetch_all(&mut state.conn)
                 .await
                 .map_err(db_error(format!("reading table `{}`", self.table)))?
         };
@@ -412,7 +430,12 @@ impl BatchReader for SqliteReader {
             for (j, (field, builder)) in self.fields.iter().zip(&mut builders).enumerate() {
                 let value = read(n_order + j)?;
                 if value.is_null() && !field.nullable {
-                    return Err(self.bad_value(field, &ordering, &value, "NULL in a NOT NULL column"));
+                    return Err(self.bad_value(
+                        field,
+                        &ordering,
+                        &value,
+                        "NULL in a NOT NULL column",
+                    ));
                 }
                 builder
                     .push(&value)

@@ -41,10 +41,11 @@ pub(crate) struct Table {
 impl Table {
     /// The column named `name`: the exact name first, then ignoring ASCII case as SQLite does.
     pub(crate) fn column(&self, name: &str) -> Option<&Column> {
-        self.columns
-            .iter()
-            .find(|c| c.name == name)
-            .or_else(|| self.columns.iter().find(|c| c.name.eq_ignore_ascii_case(name)))
+        self.columns.iter().find(|c| c.name == name).or_else(|| {
+            self.columns
+                .iter()
+                .find(|c| c.name.eq_ignore_ascii_case(name))
+        })
     }
 
     /// Whether `names` (case-insensitively) include every column of a unique index.
@@ -193,20 +194,21 @@ pub(crate) async fn unknown_stream(conn: &mut SqliteConnection, name: &str) -> C
     } else {
         format!("tables: {}", names.join(", "))
     };
-    ConnectorError::schema(format!("there is no table `{name}` in the SQLite database ({list})"))
+    ConnectorError::schema(format!(
+        "there is no table `{name}` in the SQLite database ({list})"
+    ))
 }
 
 /// Loads the columns, keys and unique indexes of table `name`.
 pub(crate) async fn load_table(conn: &mut SqliteConnection, name: &str) -> Result<Table> {
     let what = || format!("reading the schema of table `{name}`");
-    let without_rowid: bool = sqlx::query_scalar(
-        "SELECT wr FROM pragma_table_list WHERE schema = 'main' AND name = ?1",
-    )
-    .bind(name)
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(db_error(what()))?
-    .unwrap_or(false);
+    let without_rowid: bool =
+        sqlx::query_scalar("SELECT wr FROM pragma_table_list WHERE schema = 'main' AND name = ?1")
+            .bind(name)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(db_error(what()))?
+            .unwrap_or(false);
 
     let rows = sqlx::query(
         "SELECT name, type, \"notnull\", pk, hidden FROM pragma_table_xinfo(?1) ORDER BY cid",
@@ -219,7 +221,10 @@ pub(crate) async fn load_table(conn: &mut SqliteConnection, name: &str) -> Resul
     for row in &rows {
         let get = |e: sqlx::Error| db_error(what())(e);
         let column_name: String = row.try_get(0).map_err(get)?;
-        let declared: String = row.try_get::<Option<String>, _>(1).map_err(get)?.unwrap_or_default();
+        let declared: String = row
+            .try_get::<Option<String>, _>(1)
+            .map_err(get)?
+            .unwrap_or_default();
         let not_null: bool = row.try_get(2).map_err(get)?;
         let pk: i64 = row.try_get(3).map_err(get)?;
         let hidden: i64 = row.try_get(4).map_err(get)?;
@@ -238,7 +243,9 @@ pub(crate) async fn load_table(conn: &mut SqliteConnection, name: &str) -> Resul
         });
     }
     if columns.is_empty() {
-        return Err(ConnectorError::schema(format!("table `{name}` has no columns")));
+        return Err(ConnectorError::schema(format!(
+            "table `{name}` has no columns"
+        )));
     }
     let mut pk_columns: Vec<&Column> = columns.iter().filter(|c| c.pk > 0).collect();
     pk_columns.sort_by_key(|c| c.pk);
@@ -248,7 +255,10 @@ pub(crate) async fn load_table(conn: &mut SqliteConnection, name: &str) -> Resul
     // long-standing SQLite quirk) unless NOT NULL is declared.
     let rowid_alias = primary_key.len() == 1
         && !without_rowid
-        && pk_columns[0].declared.trim().eq_ignore_ascii_case("INTEGER");
+        && pk_columns[0]
+            .declared
+            .trim()
+            .eq_ignore_ascii_case("INTEGER");
     for c in columns.iter_mut().filter(|c| c.pk > 0) {
         if without_rowid || rowid_alias {
             c.nullable = false;

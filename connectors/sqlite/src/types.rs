@@ -158,9 +158,27 @@ mod tests {
             ("REAL", DataType::Float64),
             ("double precision", DataType::Float64),
             ("FLOAT", DataType::Float64),
-            ("NUMERIC(10,2)", DataType::Decimal { precision: 10, scale: 2 }),
-            ("decimal ( 38 , 10 )", DataType::Decimal { precision: 38, scale: 10 }),
-            ("DECIMAL(5)", DataType::Decimal { precision: 5, scale: 0 }),
+            (
+                "NUMERIC(10,2)",
+                DataType::Decimal {
+                    precision: 10,
+                    scale: 2,
+                },
+            ),
+            (
+                "decimal ( 38 , 10 )",
+                DataType::Decimal {
+                    precision: 38,
+                    scale: 10,
+                },
+            ),
+            (
+                "DECIMAL(5)",
+                DataType::Decimal {
+                    precision: 5,
+                    scale: 0,
+                },
+            ),
             ("NUMERIC", DataType::Float64),
             ("NUMERIC(60,2)", DataType::Float64),
             ("TEXT", DataType::Text),
@@ -196,9 +214,18 @@ mod tests {
             DataType::Int64,
             DataType::Float32,
             DataType::Float64,
-            DataType::Decimal { precision: 10, scale: 2 },
-            DataType::Decimal { precision: 38, scale: 10 },
-            DataType::Decimal { precision: 20, scale: -2 },
+            DataType::Decimal {
+                precision: 10,
+                scale: 2,
+            },
+            DataType::Decimal {
+                precision: 38,
+                scale: 10,
+            },
+            DataType::Decimal {
+                precision: 20,
+                scale: -2,
+            },
             DataType::Text,
             DataType::Binary,
             DataType::Date,

@@ -83,9 +83,9 @@ impl SqlValue {
             },
             Value::String(s) => SqlValue::Text(s.clone()),
             Value::Object(map) => match (map.len(), map.get(BLOB_TAG)) {
-                (1, Some(Value::String(h))) => SqlValue::Blob(
-                    unhex(h).ok_or_else(|| format!("`{h}` is not hexadecimal"))?,
-                ),
+                (1, Some(Value::String(h))) => {
+                    SqlValue::Blob(unhex(h).ok_or_else(|| format!("`{h}` is not hexadecimal"))?)
+                }
                 _ => return Err(format!("{value} is not a checkpoint value")),
             },
             Value::Array(_) => return Err(format!("{value} is not a checkpoint value")),
@@ -164,7 +164,11 @@ pub(crate) fn real_to_15_digits(f: f64) -> String {
     } else if point as usize >= digits.len() {
         format!("{}{}", digits, "0".repeat(point as usize - digits.len()))
     } else {
-        format!("{}.{}", &digits[..point as usize], &digits[point as usize..])
+        format!(
+            "{}.{}",
+            &digits[..point as usize],
+            &digits[point as usize..]
+        )
     };
     let text = if text.contains('.') {
         text.trim_end_matches('0').trim_end_matches('.').to_owned()
@@ -338,7 +342,14 @@ mod tests {
 
     #[test]
     fn temporal_text_round_trips_and_sorts() {
-        for us in [0, 1, 1_500_000, -1, 1_714_557_600_123_456, -62_135_596_800_000_000] {
+        for us in [
+            0,
+            1,
+            1_500_000,
+            -1,
+            1_714_557_600_123_456,
+            -62_135_596_800_000_000,
+        ] {
             for utc in [false, true] {
                 let text = format_timestamp(us, utc).unwrap();
                 assert_eq!(parse_timestamp(&text), Ok(us), "{text}");
@@ -347,7 +358,10 @@ mod tests {
         let a = format_timestamp(1_000_000, true).unwrap();
         let b = format_timestamp(1_500_000, true).unwrap();
         assert!(a < b, "{a} < {b}");
-        assert_eq!(parse_timestamp("2024-05-01T10:00:00Z"), parse_timestamp("2024-05-01 10:00:00"));
+        assert_eq!(
+            parse_timestamp("2024-05-01T10:00:00Z"),
+            parse_timestamp("2024-05-01 10:00:00")
+        );
         assert_eq!(
             parse_timestamp("2024-05-01T12:00:00+02:00"),
             parse_timestamp("2024-05-01 10:00")

@@ -63,8 +63,23 @@ pub enum Command {
         /// Forget the stored cursor and ledger first: read everything again.
         #[arg(long)]
         full_refresh: bool,
+        /// Apply deletes even past the sync's max_delete_fraction.
+        #[arg(long)]
+        allow_mass_delete: bool,
         #[arg(long, short, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
+    },
+    /// Show what a run would do now, without writing anything: the counts, and samples of
+    /// the records it would add, update (field by field) and delete.
+    Plan {
+        sync: String,
+        #[arg(long, short, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
+    /// List, show and retry records that runs could not map or write.
+    Rejects {
+        #[command(subcommand)]
+        command: RejectsCommand,
     },
     /// Show run history, newest first.
     Runs {
@@ -72,6 +87,33 @@ pub enum Command {
         sync: Option<String>,
         #[arg(long, default_value_t = 20)]
         limit: usize,
+        #[arg(long, short, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RejectsCommand {
+    /// Pending rejected records, newest first.
+    List {
+        /// Only this sync's records.
+        sync: Option<String>,
+        /// Include records already retried.
+        #[arg(long)]
+        all: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long, short, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
+    /// One rejected record with its raw value.
+    Show { id: i64 },
+    /// Send a sync's pending rejected records (or only the given ids) through the mapping
+    /// and into the destination again.
+    Retry {
+        sync: String,
+        /// Only these record ids.
+        ids: Vec<i64>,
         #[arg(long, short, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
     },

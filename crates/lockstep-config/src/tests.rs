@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use lockstep_core::{DeletePolicy, EndpointSpec, FieldMapping, SyncMode, SyncSpec};
+use lockstep_core::{DeletePolicy, EndpointSpec, FieldMapping, RejectLimit, SyncMode, SyncSpec};
 use serde_json::json;
 
 use crate::*;
@@ -211,7 +211,9 @@ fn the_full_example_parses_into_the_expected_model() {
             batch_size: 5000,
             delete: DeletePolicy {
                 max_delete_fraction: 0.1,
+                ..DeletePolicy::default()
             },
+            max_rejected: RejectLimit::default(),
         }
     );
     assert!(contacts.enabled);
@@ -1144,4 +1146,19 @@ fn strings_outside_connection_configs_state_and_alerts_are_not_interpolated() {
         config.syncs[0].spec.cursor_field.as_deref(),
         Some("${NOT_INTERPOLATED}")
     );
+}
+
+#[test]
+fn reject_limits_and_delete_options_parse() {
+    let config = parse_ok(&with_sync(
+        "max_rejected = 25\ntombstone = \"deleted_at\"\nreconcile_every = 5",
+    ));
+    let spec = &config.syncs[0].spec;
+    assert_eq!(spec.max_rejected, RejectLimit::Count(25));
+    assert_eq!(spec.delete.tombstone.as_deref(), Some("deleted_at"));
+    assert_eq!(spec.delete.reconcile_every, 5);
+    let config = parse_ok(&with_sync("max_rejected = 0.02"));
+    assert_eq!(config.syncs[0].spec.max_rejected, RejectLimit::Fraction(0.02));
+    let error = only_error(&with_sync("max_rejected = 1.5"));
+    assert!(error.message().contains("between 0.0 and 1.0"), "{}", error.message());
 }

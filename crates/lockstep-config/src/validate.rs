@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use croner::errors::CronError;
-use lockstep_core::{DeletePolicy, EndpointSpec, FieldMapping, SyncMode, SyncSpec};
+use lockstep_core::{DeletePolicy, EndpointSpec, FieldMapping, RejectLimit, SyncMode, SyncSpec};
 use serde_json::Value as Json;
 use toml::de::{DeString, DeTable, DeValue};
 use toml::Spanned;
@@ -51,6 +51,9 @@ const SYNC_KEYS: &[&str] = &[
     "key",
     "batch_size",
     "max_delete_fraction",
+    "tombstone",
+    "reconcile_every",
+    "max_rejected",
     "enabled",
     "fields",
     "schedule",
@@ -547,6 +550,22 @@ impl Builder<'_> {
     }
 
     /// A number in `0.0..=1.0` (an integer 0 or 1 is accepted too).
+    /// `max_rejected`: a whole number is a count of records, a number between 0.0 and 1.0 a
+    /// share of the records read.
+    fn reject_limit(&mut self, t: &Tbl<'_, '_>) -> RejectLimit {
+        const HINT: &str = "max_rejected is a count of records (e.g. 100) or a share of the \
+                            records read (e.g. 0.05); the default is 0.1";
+        match t.get("max_rejected").map(|v| v.get_ref()) {
+            None => RejectLimit::default(),
+            Some(DeValue::Integer(_)) => self
+                .int(t, "max_rejected", 0, i64::MAX, HINT)
+                .map_or_else(RejectLimit::default, |n| RejectLimit::Count(n as u64)),
+            Some(_) => self
+                .fraction(t, "max_rejected", HINT)
+                .map_or_else(RejectLimit::default, RejectLimit::Fraction),
+        }
+    }
+
     fn fraction(&mut self, t: &Tbl<'_, '_>, key: &str, hint: &str) -> Option<f64> {
         let value = t.get(key)?;
         let number = match value.get_ref() {
@@ -1019,6 +1038,24 @@ impl Builder<'_> {
                  for 10%; the default is 0.1",
             )
             .unwrap_or(DeletePolicy::default().max_delete_fraction);
+        let tombstone = self
+            .name_string(
+                t,
+                "tombstone",
+                "name the source field that marks deleted records, e.g. tombstone = \"deleted_at\"",
+            )
+            .map(|s| s.value.to_owned());
+        let reconcile_every = self
+            .int(
+                t,
+                "reconcile_every",
+                0,
+                i64::from(u32::MAX),
+                "reconcile_every is how many runs pass between key-set reconciliations in mirror \
+                 mode: 1 for every run, 0 for never",
+            )
+            .map_or(DeletePolicy::default().reconcile_every, |n| n as u32);
+        let max_rejected = self.reject_limit(t);
         let enabled = self.bool(t, "enabled").unwrap_or(true);
         let schedule = self.schedule(t);
         let retry = self.retry(t);
@@ -1037,7 +1074,10 @@ impl Builder<'_> {
                 batch_size,
                 delete: DeletePolicy {
                     max_delete_fraction,
+                    tombstone,
+                    reconcile_every,
                 },
+                max_rejected,
             },
             enabled,
             schedule,

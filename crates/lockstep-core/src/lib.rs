@@ -16,4 +16,4 @@ pub use fingerprint::{fingerprints, record_keys, FingerprintError};
 pub use lockstep_protocol as protocol;
 pub use metrics::RunMetrics;
 pub use run::{RunStatus, RunSummary};
-pub use spec::{DeletePolicy, EndpointSpec, FieldMapping, SyncMode, SyncSpec};
+pub use spec::{DeletePolicy, EndpointSpec, FieldMapping, RejectLimit, SyncMode, SyncSpec};

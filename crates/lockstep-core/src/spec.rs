@@ -29,17 +29,60 @@ impl SyncMode {
     }
 }
 
-/// How deletes are found and how many may be applied in one run.
+/// How deletes are found and how many may be applied in one run (mirror mode).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct DeletePolicy {
     /// The share of the destination's records one run may delete before it refuses.
     pub max_delete_fraction: f64,
+    /// A source field that marks deleted records (a soft-delete column or flag): a record
+    /// whose value is neither null nor false is deleted from the destination.
+    pub tombstone: Option<String>,
+    /// Run a key-set reconciliation (destination keys the source no longer has are
+    /// deleted) every this many runs; 0 never.
+    pub reconcile_every: u32,
 }
 
 impl Default for DeletePolicy {
     fn default() -> Self {
         Self {
             max_delete_fraction: 0.1,
+            tombstone: None,
+            reconcile_every: 1,
+        }
+    }
+}
+
+/// How many rejected records a run tolerates before it fails.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+#[serde(rename_all = "kebab-case")]
+pub enum RejectLimit {
+    /// At most this many records.
+    Count(u64),
+    /// At most this share of the records read.
+    Fraction(f64),
+}
+
+impl Default for RejectLimit {
+    fn default() -> Self {
+        RejectLimit::Fraction(0.1)
+    }
+}
+
+impl RejectLimit {
+    /// Whether `rejected` of `read` records is past the limit.
+    pub fn exceeded(&self, rejected: u64, read: u64) -> bool {
+        match *self {
+            RejectLimit::Count(n) => rejected > n,
+            RejectLimit::Fraction(f) => rejected > 0 && rejected as f64 > f * read as f64,
+        }
+    }
+}
+
+impl std::fmt::Display for RejectLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RejectLimit::Count(n) => write!(f, "{n} records"),
+            RejectLimit::Fraction(x) => write!(f, "{}% of the records read", x * 100.0),
         }
     }
 }
@@ -69,6 +112,8 @@ pub struct SyncSpec {
     /// Rows per batch read from the source and written to the destination.
     pub batch_size: usize,
     pub delete: DeletePolicy,
+    /// How many rejected records the run tolerates.
+    pub max_rejected: RejectLimit,
 }
 
 impl SyncSpec {
@@ -116,7 +161,17 @@ mod tests {
             fields,
             batch_size: 100,
             delete: DeletePolicy::default(),
+            max_rejected: RejectLimit::default(),
         }
+    }
+
+    #[test]
+    fn reject_limits_count_and_share() {
+        assert!(!RejectLimit::Count(2).exceeded(2, 10));
+        assert!(RejectLimit::Count(2).exceeded(3, 10));
+        assert!(!RejectLimit::Fraction(0.1).exceeded(1, 10));
+        assert!(RejectLimit::Fraction(0.1).exceeded(2, 10));
+        assert!(!RejectLimit::Fraction(0.1).exceeded(0, 0));
     }
 
     #[test]

@@ -19,6 +19,12 @@ pub enum EngineError {
     Schema(String),
     #[error("{0}")]
     Config(String),
+    /// More records were rejected than the sync's `max_rejected` allows.
+    #[error("{0}")]
+    TooManyRejected(String),
+    /// A reconciliation would delete more than `max_delete_fraction` of the destination.
+    #[error("{0}")]
+    MassDelete(String),
     #[error("Arrow error while processing a batch: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
     #[error("internal error: {0}")]
@@ -39,6 +45,8 @@ impl EngineError {
                 ErrorKind::SCHEMA.name()
             }
             EngineError::Config(_) => ErrorKind::CONFIG.name(),
+            EngineError::TooManyRejected(_) => "too-many-rejected",
+            EngineError::MassDelete(_) => "mass-delete",
             EngineError::Arrow(_) | EngineError::Internal(_) => ErrorKind::INTERNAL.name(),
         }
     }

@@ -12,6 +12,13 @@
 
 mod engine;
 mod error;
+mod faults;
+mod pipeline;
+mod plan;
+mod reconcile;
+mod retry;
 
-pub use engine::{hostname, Endpoint, Engine, Progress, ProgressFn, RunOptions, RunReport, SyncJob};
+pub use engine::{hostname, Endpoint, Engine, Progress, ProgressFn, RunOptions, RunReport, StartFn, SyncJob};
 pub use error::EngineError;
+pub use retry::RetryOutcome;
+pub use plan::{FieldChange, PlanReport, PlannedRejection, PlannedUpdate, SAMPLE_SIZE};

@@ -174,7 +174,15 @@ pub struct ReadRequest {
     /// Upper bound of rows per batch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_size: Option<usize>,
+    /// Only the records whose `key` values equal one of these (each a list of values in
+    /// `key` order, as JSON). Honoured by connectors that declare the feature
+    /// [`FEATURE_READ_BY_KEYS`]; the host never sends it to others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<Vec<Vec<Value>>>,
 }
+
+/// Manifest feature: reads honour [`ReadRequest::keys`].
+pub const FEATURE_READ_BY_KEYS: &str = "read-by-keys";
 
 /// The conventional checkpoint of a cursor-based read: the last (cursor, key) delivered.
 /// Connectors may use any JSON; this shape lets the host print cursors.

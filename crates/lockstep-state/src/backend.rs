@@ -160,6 +160,24 @@ macro_rules! impl_state_store {
                     })
             }
 
+            async fn put_checkpoint(
+                &self,
+                key: &str,
+                run: Option<i64>,
+                value: &serde_json::Value,
+            ) -> $crate::error::Result<()> {
+                let now = $crate::sql::timestamp(self.now().await?);
+                sqlx::query($crate::sql::checkpoint_upsert_sql())
+                    .bind(key)
+                    .bind(value.to_string())
+                    .bind(run)
+                    .bind(&now)
+                    .execute(&self.pool)
+                    .await
+                    .map_err($crate::error::db("writing a checkpoint"))?;
+                Ok(())
+            }
+
             async fn ledger_lookup(
                 &self,
                 sync: &str,

@@ -500,6 +500,18 @@ async fn a_gone_holders_lease_can_be_expired_at_once(store: Box<dyn StateStore>)
     assert!(next.token > lease.token);
 }
 
+async fn put_checkpoint_stores_bookkeeping_beside_the_source_position(
+    store: Box<dyn StateStore>,
+) {
+    let value = serde_json::json!({ "run": 7 });
+    store.put_checkpoint("s/reconciled", Some(7), &value).await.unwrap();
+    assert_eq!(store.checkpoint("s/reconciled").await.unwrap(), Some(value));
+    assert_eq!(store.checkpoint("s").await.unwrap(), None);
+    let newer = serde_json::json!({ "run": 9 });
+    store.put_checkpoint("s/reconciled", None, &newer).await.unwrap();
+    assert_eq!(store.checkpoint("s/reconciled").await.unwrap(), Some(newer));
+}
+
 async fn concurrent_acquires_grant_one_lease(store: Box<dyn StateStore>) {
     let store: Arc<dyn StateStore> = Arc::from(store);
     let tasks: Vec<_> = (0..8u32)
@@ -769,6 +781,7 @@ on_both_backends!(
     expired_lease_is_taken_over_with_a_higher_token,
     held_lease_names_its_holder,
     a_gone_holders_lease_can_be_expired_at_once,
+    put_checkpoint_stores_bookkeeping_beside_the_source_position,
     concurrent_acquires_grant_one_lease,
     ledger_lookup_of_10k_keys,
     ledger_keys_sort_in_byte_order,

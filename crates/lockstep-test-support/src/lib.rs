@@ -243,19 +243,24 @@ pub async fn check_destination(plugin_path: &Path, config: &Value) -> Report {
 }
 
 /// Where `cargo test` put the library of crate `lib_name` (such as
-/// `lockstep_connector_example`): next to the running test binary's `deps/` directory, which
-/// follows `CARGO_TARGET_DIR` and the profile; else `<CARGO_TARGET_DIR or ./target>/debug`.
+/// `lockstep_connector_example`): beside the running test binary in `<target>/<profile>/deps/`
+/// (where `cargo test` leaves it), else in `<target>/<profile>/` (where `cargo build` puts
+/// it), which follows `CARGO_TARGET_DIR` and the profile; else in
+/// `<CARGO_TARGET_DIR or ./target>/debug`.
 pub fn cdylib_path(lib_name: &str) -> PathBuf {
     let file = format!(
         "{}{lib_name}{}",
         std::env::consts::DLL_PREFIX,
         std::env::consts::DLL_SUFFIX
     );
-    let beside_tests = std::env::current_exe()
-        .ok()
-        .and_then(|exe| Some(exe.parent()?.parent()?.join(&file)));
-    if let Some(path) = beside_tests.filter(|p| p.exists()) {
-        return path;
+    if let Ok(exe) = std::env::current_exe() {
+        let deps = exe.parent();
+        let candidates = [deps, deps.and_then(Path::parent)];
+        for dir in candidates.into_iter().flatten() {
+            if dir.join(&file).exists() {
+                return dir.join(&file);
+            }
+        }
     }
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)

@@ -105,7 +105,10 @@ impl fmt::Display for Report {
             "{} checks: {} passed, {failed} failed, {} skipped",
             self.checks.len(),
             self.checks.iter().filter(|c| c.passed()).count(),
-            self.checks.iter().filter(|c| matches!(c.outcome, Outcome::Skip(_))).count(),
+            self.checks
+                .iter()
+                .filter(|c| matches!(c.outcome, Outcome::Skip(_)))
+                .count(),
         )
     }
 }

@@ -17,33 +17,63 @@ use crate::Conformance;
 /// A read that does not end after this many rows is taken to be looping.
 const MAX_ROWS: usize = 1_000_000;
 
-pub(crate) async fn check(r: &mut Recorder, plugin: &LoadedPlugin, config: &Value, opts: &Conformance) {
+pub(crate) async fn check(
+    r: &mut Recorder,
+    plugin: &LoadedPlugin,
+    config: &Value,
+    opts: &Conformance,
+) {
     let refused = refuses_bad_configs(r, plugin, Role::Source, &opts.bad_configs).await;
     r.record(checks::SOURCE_BAD_CONFIG, refused);
 
-    let mut source = match r.call("new_source", plugin.open_source(config, no_redaction())).await {
+    let later = [
+        checks::SOURCE_DISCOVER,
+        checks::SOURCE_FULL_READ,
+        checks::SOURCE_RESUME_FULL,
+        checks::SOURCE_RESUME_INCREMENTAL,
+    ];
+    let skip_later = |r: &mut Recorder, from: usize, why: &str| {
+        for name in &later[from..] {
+            r.skip(name, why);
+        }
+    };
+
+    let mut source = match r
+        .call("new_source", plugin.open_source(config, no_redaction()))
+        .await
+    {
         Ok(source) => source,
         Err(e) => {
             r.fail(checks::SOURCE_OPEN, e);
-            return;
+            return skip_later(r, 0, "the source did not open");
         }
     };
-    let checked = r.call("check", source.check()).await.map(|()| String::new());
+    let checked = r
+        .call("check", source.check())
+        .await
+        .map(|()| String::new());
     if !r.record(checks::SOURCE_OPEN, checked.map_err(String::from)) {
-        return;
+        return skip_later(r, 0, "the source's check failed");
     }
 
     let catalog = r.call("discover", source.discover()).await;
-    let stream = match catalog.map_err(String::from).and_then(|c| pick_stream(c, opts.stream.as_deref())) {
+    let stream = match catalog
+        .map_err(String::from)
+        .and_then(|c| pick_stream(c, opts.stream.as_deref()))
+    {
         Ok(stream) => stream,
         Err(reason) => {
             r.fail(checks::SOURCE_DISCOVER, reason);
-            return;
+            return skip_later(r, 1, "discover failed");
         }
     };
     r.pass(
         checks::SOURCE_DISCOVER,
-        format!("stream `{}` with {} fields", stream.name, stream.fields.len()),
+        format!(
+            "stream `{}` with {} fields",
+            stream.name,
+            stream.fields.len()
+        ),
     );
 
     let full = ReadRequest {
@@ -56,9 +86,7 @@ pub(crate) async fn check(r: &mut Recorder, plugin: &LoadedPlugin, config: &Valu
         Ok(read) => read,
         Err(e) => {
             r.fail(checks::SOURCE_FULL_READ, e.to_string());
-            r.skip(checks::SOURCE_RESUME_FULL, "the full read failed");
-            r.skip(checks::SOURCE_RESUME_INCREMENTAL, "the full read failed");
-            return;
+            return skip_later(r, 2, "the full read failed");
         }
     };
     let in_order = first.key_order_problem(&stream);
@@ -66,7 +94,11 @@ pub(crate) async fn check(r: &mut Recorder, plugin: &LoadedPlugin, config: &Valu
         checks::SOURCE_FULL_READ,
         match in_order {
             Some(problem) => Err(problem),
-            None => Ok(format!("{} rows in {} batches", first.rows(), first.batches.len())),
+            None => Ok(format!(
+                "{} rows in {} batches",
+                first.rows(),
+                first.batches.len()
+            )),
         },
     );
 
@@ -86,9 +118,15 @@ pub(crate) async fn refuses_bad_configs(
 ) -> Result<String, String> {
     for config in configs {
         let opened = match role {
-            Role::Source => r.call("new_source", plugin.open_source(config, no_redaction())).await.map(drop),
+            Role::Source => r
+                .call("new_source", plugin.open_source(config, no_redaction()))
+                .await
+                .map(drop),
             Role::Destination => r
-                .call("new_destination", plugin.open_destination(config, no_redaction()))
+                .call(
+                    "new_destination",
+                    plugin.open_destination(config, no_redaction()),
+                )
                 .await
                 .map(drop),
         };
@@ -120,7 +158,10 @@ fn pick_stream(catalog: Catalog, wanted: Option<&str>) -> Result<StreamInfo, Str
         let mut seen = HashSet::new();
         for field in &stream.fields {
             if !seen.insert(field.name.as_str()) {
-                problems.push(format!("stream `{}` has two fields named `{}`", stream.name, field.name));
+                problems.push(format!(
+                    "stream `{}` has two fields named `{}`",
+                    stream.name, field.name
+                ));
             }
         }
         for name in stream.primary_key.iter().chain(&stream.cursor_candidates) {
@@ -132,21 +173,39 @@ fn pick_stream(catalog: Catalog, wanted: Option<&str>) -> Result<StreamInfo, Str
             }
         }
     }
-    let names = catalog.streams.iter().map(|s| format!("`{}`", s.name)).collect::<Vec<_>>();
-    let stream = match wanted {
-        Some(name) => catalog.streams.iter().find(|s| s.name == name).cloned().ok_or_else(|| {
-            format!("the catalog has no stream `{name}`; it has: {}", if names.is_empty() { "none".into() } else { names.join(", ") })
-        }),
-        None => catalog
-            .streams
-            .first()
-            .cloned()
-            .ok_or_else(|| "the catalog has no streams; give the source some test data".to_owned()),
-    };
+    let names = catalog
+        .streams
+        .iter()
+        .map(|s| format!("`{}`", s.name))
+        .collect::<Vec<_>>();
+    let stream =
+        match wanted {
+            Some(name) => catalog
+                .streams
+                .iter()
+                .find(|s| s.name == name)
+                .cloned()
+                .ok_or_else(|| {
+                    format!(
+                        "the catalog has no stream `{name}`; it has: {}",
+                        if names.is_empty() {
+                            "none".into()
+                        } else {
+                            names.join(", ")
+                        }
+                    )
+                }),
+            None => catalog.streams.first().cloned().ok_or_else(|| {
+                "the catalog has no streams; give the source some test data".to_owned()
+            }),
+        };
     match (stream, problems.is_empty()) {
         (Ok(stream), true) => Ok(stream),
         (Ok(_), false) => Err(problems.join("; ")),
-        (Err(missing), _) => Err(std::iter::once(missing).chain(problems).collect::<Vec<_>>().join("; ")),
+        (Err(missing), _) => Err(std::iter::once(missing)
+            .chain(problems)
+            .collect::<Vec<_>>()
+            .join("; ")),
     }
 }
 
@@ -194,7 +253,11 @@ impl Read {
             .batches
             .iter()
             .flatten()
-            .map_while(|row| key.iter().map(|k| row.get(k).and_then(Value::as_f64)).collect())
+            .map_while(|row| {
+                key.iter()
+                    .map(|k| row.get(k).and_then(Value::as_f64))
+                    .collect()
+            })
             .collect();
         if keys.len() != self.rows() {
             return None;
@@ -233,7 +296,9 @@ pub(crate) async fn read(
     {
         let n = read.batches.len() + 1;
         if let Some(problem) = schema_mismatch(&expected, &batch.schema()) {
-            return Err(ReadError::Bad(format!("batch {n} does not match the catalog: {problem}")));
+            return Err(ReadError::Bad(format!(
+                "batch {n} does not match the catalog: {problem}"
+            )));
         }
         if let Some(limit) = request.batch_size {
             if batch.num_rows() > limit {
@@ -252,7 +317,9 @@ pub(crate) async fn read(
         for row in &rows {
             let id = identity(row, &stream.primary_key);
             if !stream.primary_key.is_empty() && !seen.insert(id.clone()) {
-                return Err(ReadError::Bad(format!("the row with key {id} was delivered twice")));
+                return Err(ReadError::Bad(format!(
+                    "the row with key {id} was delivered twice"
+                )));
             }
         }
         total += rows.len();
@@ -309,7 +376,11 @@ async fn resume(
             Err(ReadError::Call(e)) if e.is_unsupported() => return Resume::Skip(e.to_string()),
             Err(e) => return Resume::Fail(format!("resuming after the first batch: {e}")),
         };
-        let delivered: HashSet<String> = first.identities(key, 0).into_iter().take(first.batches[0].len()).collect();
+        let delivered: HashSet<String> = first
+            .identities(key, 0)
+            .into_iter()
+            .take(first.batches[0].len())
+            .collect();
         let expected = first.identities(key, 1);
         let got_set: HashSet<&String> = got.iter().collect();
         let again: Vec<&String> = got.iter().filter(|id| delivered.contains(*id)).collect();
@@ -370,7 +441,10 @@ async fn incremental(
     if !plugin.manifest.features.iter().any(|f| f == "incremental") {
         return Resume::Skip("the manifest does not declare the `incremental` feature".into());
     }
-    let Some(cursor) = opts.cursor_field.clone().or_else(|| stream.cursor_candidates.first().cloned())
+    let Some(cursor) = opts
+        .cursor_field
+        .clone()
+        .or_else(|| stream.cursor_candidates.first().cloned())
     else {
         return Resume::Skip(format!(
             "stream `{}` has no cursor candidates; name one with Conformance::cursor_field",
@@ -389,7 +463,12 @@ async fn incremental(
         Err(ReadError::Call(e)) if e.is_unsupported() => return Resume::Skip(e.to_string()),
         Err(e) => return Resume::Fail(format!("the incremental read by `{cursor}` failed: {e}")),
     };
-    let cursors: Vec<&Value> = first.batches.iter().flatten().filter_map(|row| row.get(&cursor)).collect();
+    let cursors: Vec<&Value> = first
+        .batches
+        .iter()
+        .flatten()
+        .filter_map(|row| row.get(&cursor))
+        .collect();
     if let Some(w) = cursors.windows(2).find(|w| decreases(w[0], w[1])) {
         return Resume::Fail(format!(
             "an incremental read must deliver rows in cursor order, but `{cursor}` {} came after {}",

@@ -15,7 +15,11 @@ pub(crate) fn manifest_problems(m: &Manifest) -> Vec<String> {
     }
     let semver = m.version.split(['-', '+']).next().unwrap_or("");
     let parts: Vec<&str> = semver.split('.').collect();
-    if parts.len() != 3 || parts.iter().any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit())) {
+    if parts.len() != 3
+        || parts
+            .iter()
+            .any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()))
+    {
         problems.push(format!(
             "the version `{}` is not a semantic version (MAJOR.MINOR.PATCH)",
             m.version
@@ -41,10 +45,18 @@ pub(crate) fn manifest_problems(m: &Manifest) -> Vec<String> {
         }
         other => problems.push(format!(
             "the config schema must be a JSON Schema object, found {}",
-            if other.is_null() { "nothing".to_owned() } else { other.to_string() }
+            if other.is_null() {
+                "nothing".to_owned()
+            } else {
+                other.to_string()
+            }
         )),
     }
-    let major = m.abi_version.split('.').next().and_then(|v| v.parse::<u32>().ok());
+    let major = m
+        .abi_version
+        .split('.')
+        .next()
+        .and_then(|v| v.parse::<u32>().ok());
     if major != Some(ABI_MAJOR) {
         problems.push(format!(
             "abi_version `{}` does not match this host's API {ABI_MAJOR}.x (the SDK fills it in; \
@@ -62,7 +74,11 @@ fn describe_field(f: &Field) -> String {
     format!(
         "{} {} ({logical})",
         f.data_type(),
-        if f.is_nullable() { "nullable" } else { "not null" }
+        if f.is_nullable() {
+            "nullable"
+        } else {
+            "not null"
+        }
     )
 }
 
@@ -85,7 +101,11 @@ pub(crate) fn schema_mismatch(expected: &Schema, actual: &Schema) -> Option<Stri
     let mut problems = Vec::new();
     for (e, a) in expected.fields().iter().zip(actual.fields()) {
         if e.name() != a.name() {
-            problems.push(format!("field `{}` is where the catalog has `{}`", a.name(), e.name()));
+            problems.push(format!(
+                "field `{}` is where the catalog has `{}`",
+                a.name(),
+                e.name()
+            ));
         } else if e.data_type() != a.data_type()
             || e.is_nullable() != a.is_nullable()
             || DataType::from_arrow_field(e) != DataType::from_arrow_field(a)
@@ -104,14 +124,23 @@ pub(crate) fn schema_mismatch(expected: &Schema, actual: &Schema) -> Option<Stri
 /// The rows of a batch as JSON objects, with values as the host shows them.
 pub(crate) fn rows(batch: &RecordBatch) -> Vec<Map<String, Value>> {
     let schema = batch.schema();
-    let logical: Vec<_> = schema.fields().iter().map(|f| DataType::from_arrow_field(f)).collect();
+    let logical: Vec<_> = schema
+        .fields()
+        .iter()
+        .map(|f| DataType::from_arrow_field(f))
+        .collect();
     (0..batch.num_rows())
         .map(|row| {
             schema
                 .fields()
                 .iter()
                 .enumerate()
-                .map(|(i, f)| (f.name().clone(), json_value(batch.column(i), row, logical[i])))
+                .map(|(i, f)| {
+                    (
+                        f.name().clone(),
+                        json_value(batch.column(i), row, logical[i]),
+                    )
+                })
                 .collect()
         })
         .collect()
@@ -194,13 +223,27 @@ mod tests {
             nullable,
             native_type: None,
         };
-        let expected = arrow_schema(&[field("id", DataType::Int64, false), field("doc", DataType::Json, true)]);
+        let expected = arrow_schema(&[
+            field("id", DataType::Int64, false),
+            field("doc", DataType::Json, true),
+        ]);
         assert_eq!(schema_mismatch(&expected, &expected), None);
-        let text = arrow_schema(&[field("id", DataType::Int64, false), field("doc", DataType::Text, true)]);
+        let text = arrow_schema(&[
+            field("id", DataType::Int64, false),
+            field("doc", DataType::Text, true),
+        ]);
         let problem = schema_mismatch(&expected, &text).unwrap();
-        assert!(problem.contains("(text)") && problem.contains("(json)"), "{problem}");
-        let nullable = arrow_schema(&[field("id", DataType::Int64, true), field("doc", DataType::Json, true)]);
-        assert!(schema_mismatch(&expected, &nullable).unwrap().contains("nullable"));
+        assert!(
+            problem.contains("(text)") && problem.contains("(json)"),
+            "{problem}"
+        );
+        let nullable = arrow_schema(&[
+            field("id", DataType::Int64, true),
+            field("doc", DataType::Json, true),
+        ]);
+        assert!(schema_mismatch(&expected, &nullable)
+            .unwrap()
+            .contains("nullable"));
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The subcommands, and what they share: loading the config, finding plugins, logging.
 
 mod connectors;
+mod plan;
+mod rejects;
 mod run;
 mod runs;
 mod validate;
@@ -41,8 +43,11 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
         Command::Run {
             sync,
             full_refresh,
+            allow_mass_delete,
             output,
-        } => run::run(&cli.config, &sync, full_refresh, output).await,
+        } => run::run(&cli.config, &sync, full_refresh, allow_mass_delete, output).await,
+        Command::Plan { sync, output } => plan::run(&cli.config, &sync, output).await,
+        Command::Rejects { command } => rejects::run(&cli.config, command).await,
         Command::Runs { sync, limit, output } => {
             runs::run(&cli.config, sync.as_deref(), limit, output).await
         }
@@ -79,7 +84,9 @@ fn init_logging(format: LogFormat, interactive_run: bool) {
 /// Loads the config file, printing every error with its location when it is invalid, and
 /// moves into its directory so that relative paths in it resolve there.
 pub fn load_config(path: &Path) -> Result<Config, CliError> {
-    match lockstep_config::load(path) {
+    // An absolute path keeps the config's own relative paths right after the move below.
+    let path = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    match lockstep_config::load(&path) {
         Ok(config) => {
             if let Some(dir) = config.path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::env::set_current_dir(dir).map_err(|e| {

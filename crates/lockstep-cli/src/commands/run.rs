@@ -15,7 +15,13 @@ use super::{job, load_config, redactor, registry, state, CliError, CmdResult};
 use crate::app::OutputFormat;
 use crate::output::{human_duration, Table};
 
-pub async fn run(config_path: &Path, sync: &str, full_refresh: bool, output: OutputFormat) -> CmdResult {
+pub async fn run(
+    config_path: &Path,
+    sync: &str,
+    full_refresh: bool,
+    allow_mass_delete: bool,
+    output: OutputFormat,
+) -> CmdResult {
     let config = load_config(config_path)?;
     let job = job(&config, sync)?;
     let registry = registry(Some(&config));
@@ -39,6 +45,7 @@ pub async fn run(config_path: &Path, sync: &str, full_refresh: bool, output: Out
     let sync_name = sync.to_owned();
     let mut options = RunOptions::new();
     options.full_refresh = full_refresh;
+    options.allow_mass_delete = allow_mass_delete;
     options.stop = stop_rx;
     options.progress = Some(Arc::new(move |p: &Progress| {
         if let Some(bar) = &progress_bar {

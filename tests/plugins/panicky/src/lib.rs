@@ -6,6 +6,11 @@
 //! is a tiny in-memory source of 3 rows (stream `items`) and a destination that accepts
 //! everything.
 //!
+//! Two more options shape a source for scheduler tests: `{"fail_transient_times": N,
+//! "state_file": "path"}` fails the first N reads with a transient error (the count lives in
+//! `state_file`, so it survives from one process to the next), and `{"sleep_ms": M}` sleeps M
+//! milliseconds before each batch (a slow source).
+//!
 //! Panics are for in-process tests of the SDK's panic guard and the host's handling of it;
 //! aborts and segfaults kill the process that loaded the plugin, so they are only for tests
 //! of worker-process isolation and must never be used in the test process itself. This crate
@@ -16,8 +21,8 @@ use lockstep_plugin_sdk::arrow::array::RecordBatch;
 use lockstep_plugin_sdk::rows::batch_from_rows;
 use lockstep_plugin_sdk::{
     BatchReader, Catalog, Connector, ConnectorError, Context, DataType, DestinationConnector,
-    FieldInfo, Manifest, OpenStreamRequest, ReadRequest, Result, Role, SourceConnector,
-    StreamInfo, StreamWriter, WriteOutcome,
+    FieldInfo, Manifest, OpenStreamRequest, ReadRequest, Result, Role, SourceConnector, StreamInfo,
+    StreamWriter, WriteOutcome,
 };
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -46,6 +51,15 @@ pub struct Trip {
     pub abort_in: Option<String>,
     #[serde(default)]
     pub segv_in: Option<String>,
+    /// Fail this many reads with a transient error before succeeding; needs `state_file`.
+    #[serde(default)]
+    pub fail_transient_times: Option<u64>,
+    /// Where the count of transient failures so far is kept.
+    #[serde(default)]
+    pub state_file: Option<String>,
+    /// Sleep this long before each batch.
+    #[serde(default)]
+    pub sleep_ms: Option<u64>,
 }
 
 impl Trip {
@@ -61,7 +75,32 @@ impl Trip {
                 )));
             }
         }
+        if self.fail_transient_times.is_some() && self.state_file.is_none() {
+            return Err(ConnectorError::config(
+                "`fail_transient_times` needs a `state_file` to count the failures in",
+            ));
+        }
         Ok(())
+    }
+
+    /// Fails with a transient error while fewer than `fail_transient_times` reads have failed.
+    fn transient_failure(&self) -> Result<()> {
+        let (Some(times), Some(file)) = (self.fail_transient_times, &self.state_file) else {
+            return Ok(());
+        };
+        let failed: u64 = std::fs::read_to_string(file)
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or(0);
+        if failed >= times {
+            return Ok(());
+        }
+        std::fs::write(file, (failed + 1).to_string())
+            .map_err(|e| ConnectorError::internal(format!("cannot write `{file}`: {e}")))?;
+        Err(ConnectorError::transient(format!(
+            "panicky: deliberate transient failure {} of {times}",
+            failed + 1
+        )))
     }
 
     /// Fails the way the config says if `entry` is the one it names.
@@ -100,7 +139,14 @@ impl Connector for Panicky {
             config_schema: json!({
                 "type": "object",
                 "additionalProperties": false,
-                "properties": {"panic_in": entry, "abort_in": entry, "segv_in": entry}
+                "properties": {
+                    "panic_in": entry,
+                    "abort_in": entry,
+                    "segv_in": entry,
+                    "fail_transient_times": {"type": "integer", "minimum": 0},
+                    "state_file": {"type": "string"},
+                    "sleep_ms": {"type": "integer", "minimum": 0}
+                }
             }),
             abi_version: String::new(),
             sdk_version: String::new(),
@@ -159,6 +205,7 @@ impl SourceConnector for PanickySource {
 
     async fn read(&mut self, request: ReadRequest) -> Result<Rows> {
         self.trip.at("read");
+        self.trip.transient_failure()?;
         if request.stream != "items" {
             return Err(ConnectorError::schema(format!(
                 "no stream `{}`; panicky offers `items`",
@@ -190,6 +237,9 @@ impl BatchReader for Rows {
         self.trip.at("next_batch");
         if self.next > 3 {
             return Ok(None);
+        }
+        if let Some(ms) = self.trip.sleep_ms {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
         }
         let last = (self.next + self.batch_size - 1).min(3);
         let names = ["one", "two"];

@@ -19,8 +19,8 @@ use lockstep_plugin_sdk::arrow::datatypes::{DataType as ArrowType, Int64Type, Sc
 use lockstep_plugin_sdk::protocol::arrow_types::arrow_schema;
 use lockstep_plugin_sdk::{
     Catalog, Connector, ConnectorError, Context, CursorCheckpoint, DataType, DestinationConnector,
-    FieldInfo, Manifest, OpenStreamRequest, ReadRequest, Result, Role, SourceConnector,
-    StreamInfo, WriteOutcome,
+    FieldInfo, Manifest, OpenStreamRequest, ReadRequest, Result, Role, SourceConnector, StreamInfo,
+    WriteOutcome,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -135,7 +135,8 @@ impl Checksum {
                         column
                             .values()
                             .iter()
-                            .fold(0i64, |acc, v| acc.wrapping_add(*v)) as u64
+                            .fold(0i64, |acc, v| acc.wrapping_add(*v))
+                            as u64
                     } else {
                         column.iter().flatten().fold(0i64, i64::wrapping_add) as u64
                     }

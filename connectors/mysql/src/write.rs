@@ -1,0 +1,650 @@
+//! Writing a table: creation and evolution at `open_stream`, multi-row upserts, deletes by
+//! key, and the transaction that `flush` commits.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use lockstep_plugin_sdk::arrow::array::{ArrayRef, RecordBatch};
+use lockstep_plugin_sdk::{
+    tracing, ConnectorError, DataType, OpenStreamRequest, RejectedRow, Result, SchemaEvolution,
+    StreamWriter, WriteOutcome,
+};
+use sqlx::mysql::{MySqlArguments, MySqlConnection};
+use sqlx::{Executor, Row};
+
+use crate::conn::{connection_lost, error_number, quote, Db, Flavor};
+use crate::schema::{create_type, key_collation, load_tables, Column, Table};
+use crate::values::{bind_cell, normalize, placeholder, refuse, wire_size};
+
+/// MySQL's limit of parameters in one prepared statement.
+const MAX_PARAMS: usize = 65_535;
+/// Rows per statement at most, even when parameters and packet size would allow more.
+const MAX_ROWS: usize = 10_000;
+
+/// Server errors that refuse a value for data reasons: the row is rejected, the rest go on.
+const DATA_ERRORS: &[u16] = &[
+    1048, // column cannot be null
+    1062, // duplicate entry (another unique index)
+    1264, // out of range
+    1265, // data truncated
+    1292, // incorrect date/time/uuid value
+    1366, // incorrect string/integer value
+    1367, // illegal value
+    1406, // data too long
+    1411, // incorrect value for function
+    1416, // cannot get geometry object
+    1452, // foreign key: no parent row
+    1690, // value out of range in an expression
+    3140, // MySQL: invalid JSON text
+    3819, // MySQL: check constraint violated
+    4025, // MariaDB: check constraint (json_valid) failed
+];
+
+/// One column of a batch, ready to bind.
+struct BatchColumn {
+    name: String,
+    logical: DataType,
+    array: ArrayRef,
+    column: Column,
+}
+
+/// The writer of one stream. It owns its own connection and at most one open transaction,
+/// begun by the first write after a flush.
+pub struct MySqlWriter {
+    db: Arc<Db>,
+    conn: Option<MySqlConnection>,
+    table: Table,
+    key: Vec<String>,
+    ignored: HashSet<String>,
+    in_tx: bool,
+    /// Rows written in the open transaction.
+    tx_writes: u64,
+    /// Set when a transaction with writes in it was rolled back by an error: the next flush
+    /// reports it, since those writes are gone although their calls succeeded.
+    lost: Option<String>,
+    max_packet: usize,
+}
+
+async fn session_setup(db: &Db, conn: &mut MySqlConnection) -> Result<usize> {
+    // READ COMMITTED lets the counting queries see rows other sessions committed since the
+    // transaction began, exactly as the upsert itself does, and takes fewer gap locks.
+    conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        .await
+        .map_err(|e| db.error(e, "setting up the writer session"))?;
+    let row = sqlx::query("SELECT CAST(@@max_allowed_packet AS CHAR)")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| db.error(e, "reading max_allowed_packet"))?;
+    Ok(row
+        .try_get_unchecked::<String, _>(0)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4 << 20))
+}
+
+impl MySqlWriter {
+    /// Prepares `request.stream`: creates or evolves the table and checks the key.
+    pub(crate) async fn open(db: Arc<Db>, request: OpenStreamRequest) -> Result<Self> {
+        let stream = request.stream.clone();
+        let mut seen = HashSet::new();
+        for f in &request.fields {
+            if !seen.insert(f.name.as_str()) {
+                return Err(ConnectorError::schema(format!(
+                    "stream `{stream}`: field `{}` appears twice",
+                    f.name
+                )));
+            }
+        }
+        for k in &request.key {
+            if !seen.contains(k.as_str()) {
+                return Err(ConnectorError::schema(format!(
+                    "stream `{stream}`: key field `{k}` is not among the fields written"
+                )));
+            }
+        }
+        let (mut conn, flavor) = db.connect().await?;
+        let max_packet = session_setup(&db, &mut conn).await?;
+        let existing = load_tables(&db, &mut conn, flavor, Some(&stream)).await?.pop();
+        let mut ignored = HashSet::new();
+        let table = match existing {
+            None if !request.create_if_missing => {
+                return Err(ConnectorError::schema(format!(
+                    "table `{stream}` does not exist in {} and creating it is off",
+                    db.location
+                )))
+            }
+            None => {
+                create_table(&db, &mut conn, flavor, &request).await?;
+                load_tables(&db, &mut conn, flavor, Some(&stream))
+                    .await?
+                    .pop()
+                    .ok_or_else(|| {
+                        ConnectorError::internal(format!("table `{stream}` vanished after creation"))
+                    })?
+            }
+            Some(table) => {
+                let missing: Vec<_> = request
+                    .fields
+                    .iter()
+                    .filter(|f| table.column(&f.name).is_none())
+                    .collect();
+                if let Some(k) = missing.iter().find(|f| request.key.contains(&f.name)) {
+                    return Err(ConnectorError::schema(format!(
+                        "table `{stream}` has no column for key field `{}`; add it with a \
+                         unique index, or choose another key",
+                        k.name
+                    )));
+                }
+                if missing.is_empty() {
+                    table
+                } else {
+                    let names: Vec<&str> = missing.iter().map(|f| f.name.as_str()).collect();
+                    match request.schema_evolution {
+                        SchemaEvolution::Fail => {
+                            return Err(ConnectorError::schema(format!(
+                                "table `{stream}` lacks the fields {} and schema evolution is \
+                                 `fail`; add the columns or set it to `add-columns` or `ignore`",
+                                names.join(", ")
+                            )))
+                        }
+                        SchemaEvolution::Ignore => {
+                            tracing::info!(stream = %stream, fields = ?names, "fields ignored: the table lacks them");
+                            ignored.extend(names.iter().map(|s| s.to_string()));
+                            table
+                        }
+                        SchemaEvolution::AddColumns => {
+                            let mut adds = Vec::new();
+                            for f in &missing {
+                                let t = create_type(f.data_type, false, flavor).map_err(|e| {
+                                    ConnectorError::schema(format!("field `{}`: {e}", f.name))
+                                })?;
+                                adds.push(format!("ADD COLUMN {} {t} NULL", quote(&f.name)));
+                            }
+                            let sql = format!("ALTER TABLE {} {}", quote(&stream), adds.join(", "));
+                            conn.execute(sql.as_str()).await.map_err(|e| {
+                                db.error(e, format!("adding columns {} to `{stream}`", names.join(", ")))
+                            })?;
+                            tracing::info!(stream = %stream, fields = ?names, "columns added");
+                            load_tables(&db, &mut conn, flavor, Some(&stream))
+                                .await?
+                                .pop()
+                                .ok_or_else(|| {
+                                    ConnectorError::internal(format!("table `{stream}` vanished"))
+                                })?
+                        }
+                    }
+                }
+            }
+        };
+        let key = if request.key.is_empty() {
+            table.primary_key.clone()
+        } else {
+            request.key.clone()
+        };
+        if !key.is_empty() && !table.has_unique_key(&key) {
+            let cols: Vec<String> = key.iter().map(|k| quote(k)).collect();
+            return Err(ConnectorError::schema(format!(
+                "table `{stream}` has no primary key or unique index on ({}), so rows cannot \
+                 be matched by that key; fix it with: ALTER TABLE {} ADD UNIQUE ({})",
+                key.join(", "),
+                quote(&stream),
+                cols.join(", ")
+            )));
+        }
+        if key.is_empty() {
+            tracing::warn!(stream = %stream, "no key: upserts are plain inserts and deletes are refused");
+        }
+        Ok(MySqlWriter {
+            db,
+            conn: Some(conn),
+            table,
+            key,
+            ignored,
+            in_tx: false,
+            tx_writes: 0,
+            lost: None,
+            max_packet,
+        })
+    }
+
+    async fn connection(&mut self) -> Result<&mut MySqlConnection> {
+        if self.conn.is_none() {
+            let (mut conn, _) = self.db.connect().await?;
+            self.max_packet = session_setup(&self.db, &mut conn).await?;
+            self.conn = Some(conn);
+        }
+        Ok(self.conn.as_mut().expect("set above"))
+    }
+
+    async fn begin(&mut self) -> Result<()> {
+        if self.in_tx {
+            return Ok(());
+        }
+        let conn = self.connection().await?;
+        if let Err(e) = conn.execute("START TRANSACTION").await {
+            return Err(self.fail(e, "starting a transaction").await);
+        }
+        self.in_tx = true;
+        self.tx_writes = 0;
+        Ok(())
+    }
+
+    /// Turns a statement error into the error to return, rolling the transaction back and
+    /// remembering writes that were lost with it.
+    async fn fail(&mut self, e: sqlx::Error, what: &str) -> ConnectorError {
+        let lost_connection = connection_lost(&e);
+        let error = self.db.error(e, format!("{what} (`{}`)", self.table.name));
+        if self.in_tx {
+            if self.tx_writes > 0 {
+                self.lost = Some(format!(
+                    "the transaction on `{}` was rolled back after an error ({}); {} rows \
+                     written since the last flush were lost and must be written again",
+                    self.table.name, error.message, self.tx_writes
+                ));
+            }
+            if !lost_connection {
+                if let Some(conn) = self.conn.as_mut() {
+                    let _ = conn.execute("ROLLBACK").await;
+                }
+            }
+            self.in_tx = false;
+            self.tx_writes = 0;
+        }
+        if lost_connection {
+            self.conn = None;
+        }
+        error
+    }
+
+    /// The batch's columns that are written, normalized, with their table columns.
+    fn batch_columns(&self, batch: &RecordBatch, need_key_only: bool) -> Result<Vec<BatchColumn>> {
+        let schema = batch.schema();
+        let mut out = Vec::new();
+        for (i, f) in schema.fields().iter().enumerate() {
+            let name = f.name();
+            if self.ignored.contains(name) || (need_key_only && !self.key.contains(name)) {
+                continue;
+            }
+            let column = self.table.column(name).cloned().ok_or_else(|| {
+                ConnectorError::schema(format!(
+                    "the batch has field `{name}`, which table `{}` lacks and the stream was \
+                     not opened with",
+                    self.table.name
+                ))
+            })?;
+            let logical = DataType::from_arrow_field(f).ok_or_else(|| {
+                ConnectorError::schema(format!(
+                    "field `{name}` has Arrow type {}, which Lockstep does not carry",
+                    f.data_type()
+                ))
+            })?;
+            let array = normalize(batch.column(i), logical)
+                .map_err(|e| ConnectorError::schema(format!("field `{name}`: {e}")))?;
+            out.push(BatchColumn {
+                name: name.clone(),
+                logical,
+                array,
+                column,
+            });
+        }
+        for k in &self.key {
+            if !out.iter().any(|c| &c.name == k) {
+                return Err(ConnectorError::schema(format!(
+                    "the batch for `{}` lacks key field `{k}`",
+                    self.table.name
+                )));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Splits rows into statements under the parameter, row and packet limits. Rows too big
+    /// for any packet are rejected.
+    fn chunks(
+        &self,
+        cols: &[BatchColumn],
+        rows: impl Iterator<Item = usize>,
+        rejected: &mut Vec<RejectedRow>,
+    ) -> Vec<Vec<usize>> {
+        let budget = (self.max_packet / 4 * 3).clamp(64 << 10, 16 << 20);
+        let per_row_params = cols.len().max(1);
+        let max_rows = (MAX_PARAMS / per_row_params).clamp(1, MAX_ROWS);
+        let mut chunks = Vec::new();
+        let mut current: Vec<usize> = Vec::new();
+        let mut bytes = 0;
+        for row in rows {
+            let size: usize = cols
+                .iter()
+                .map(|c| wire_size(&c.array, row, c.logical) + 4)
+                .sum();
+            if size + 1024 > self.max_packet {
+                rejected.push(RejectedRow {
+                    row,
+                    field: None,
+                    reason: format!(
+                        "the row takes about {size} bytes, more than the server's \
+                         max_allowed_packet ({})",
+                        self.max_packet
+                    ),
+                });
+                continue;
+            }
+            if !current.is_empty() && (current.len() >= max_rows || bytes + size > budget) {
+                chunks.push(std::mem::take(&mut current));
+                bytes = 0;
+            }
+            current.push(row);
+            bytes += size;
+        }
+        if !current.is_empty() {
+            chunks.push(current);
+        }
+        chunks
+    }
+
+    /// `(k1, k2) IN ((?, ?), ...)` over `rows`, with its parameters.
+    fn key_filter(&self, cols: &[BatchColumn], rows: &[usize]) -> Result<(String, MySqlArguments)> {
+        let keys: Vec<&BatchColumn> = self
+            .key
+            .iter()
+            .map(|k| cols.iter().find(|c| &c.name == k).expect("checked by batch_columns"))
+            .collect();
+        let names: Vec<String> = keys.iter().map(|c| quote(&c.name)).collect();
+        let tuple: Vec<String> = keys.iter().map(|c| placeholder(&c.column)).collect();
+        let one = if keys.len() == 1 {
+            tuple[0].clone()
+        } else {
+            format!("({})", tuple.join(", "))
+        };
+        let lhs = if keys.len() == 1 {
+            names[0].clone()
+        } else {
+            format!("({})", names.join(", "))
+        };
+        let mut args = MySqlArguments::default();
+        for &row in rows {
+            for c in &keys {
+                bind_cell(&mut args, &c.array, row, c.logical)
+                    .map_err(|e| ConnectorError::schema(format!("row {row}, field `{}`: {e}", c.name)))?;
+            }
+        }
+        let list = vec![one; rows.len()].join(", ");
+        Ok((format!("{lhs} IN ({list})"), args))
+    }
+
+    async fn count_existing(&mut self, cols: &[BatchColumn], rows: &[usize]) -> Result<u64> {
+        let (filter, args) = self.key_filter(cols, rows)?;
+        let sql = format!(
+            "SELECT CAST(COUNT(*) AS CHAR) FROM {} WHERE {filter}",
+            quote(&self.table.name)
+        );
+        let conn = self.connection().await?;
+        match sqlx::query_with(&sql, args).persistent(false).fetch_one(conn).await {
+            Ok(row) => Ok(row
+                .try_get_unchecked::<String, _>(0)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0)),
+            Err(e) => Err(self.fail(e, "counting existing keys").await),
+        }
+    }
+
+    /// Runs one multi-row upsert. `Ok(Err(e))` is a data error for one of `rows`.
+    async fn upsert_rows(
+        &mut self,
+        cols: &[BatchColumn],
+        rows: &[usize],
+    ) -> Result<std::result::Result<(u64, u64, u64), sqlx::Error>> {
+        let names: Vec<String> = cols.iter().map(|c| quote(&c.name)).collect();
+        let tuple = format!("({})", vec!["?"; cols.len()].join(", "));
+        let values = vec![tuple.as_str(); rows.len()].join(", ");
+        let mut sql = format!(
+            "INSERT INTO {} ({}) VALUES {values}",
+            quote(&self.table.name),
+            names.join(", ")
+        );
+        if !self.key.is_empty() {
+            let updates: Vec<String> = cols
+                .iter()
+                .filter(|c| !self.key.contains(&c.name))
+                .map(|c| format!("{0} = VALUES({0})", quote(&c.name)))
+                .collect();
+            let updates = if updates.is_empty() {
+                let k = quote(&self.key[0]);
+                format!("{k} = {k}")
+            } else {
+                updates.join(", ")
+            };
+            sql.push_str(" ON DUPLICATE KEY UPDATE ");
+            sql.push_str(&updates);
+        }
+        let mut args = MySqlArguments::default();
+        for &row in rows {
+            for c in cols {
+                bind_cell(&mut args, &c.array, row, c.logical)
+                    .map_err(|e| ConnectorError::schema(format!("row {row}, field `{}`: {e}", c.name)))?;
+            }
+        }
+        let before = if self.key.is_empty() {
+            0
+        } else {
+            self.count_existing(cols, rows).await?
+        };
+        let conn = self.connection().await?;
+        let affected = match sqlx::query_with(&sql, args).persistent(false).execute(conn).await {
+            Ok(r) => r.rows_affected(),
+            Err(e) if error_number(&e).is_some_and(|n| DATA_ERRORS.contains(&n)) => return Ok(Err(e)),
+            Err(e) => return Err(self.fail(e, "upserting rows").await),
+        };
+        let n = rows.len() as u64;
+        if self.key.is_empty() {
+            return Ok(Ok((affected, 0, 0)));
+        }
+        let after = self.count_existing(cols, rows).await?;
+        // sqlx sets CLIENT_FOUND_ROWS, so each row counts 1 when inserted, 2 when updated
+        // and 1 when it matched an identical row: affected = rows + updated.
+        let inserted = after.saturating_sub(before).min(n);
+        let updated = affected.saturating_sub(n).min(n - inserted);
+        Ok(Ok((inserted, updated, n - inserted - updated)))
+    }
+
+    async fn write_rows(
+        &mut self,
+        cols: &[BatchColumn],
+        rows: Vec<usize>,
+        outcome: &mut WriteOutcome,
+    ) -> Result<()> {
+        // Statements that fail for data reasons are narrowed down to the offending row
+        // (named by the server's "at row N", else by bisection); the others are retried.
+        let mut work = vec![rows];
+        while let Some(rows) = work.pop() {
+            if rows.is_empty() {
+                continue;
+            }
+            let e = match self.upsert_rows(cols, &rows).await? {
+                Ok((i, u, s)) => {
+                    *outcome.inserted.get_or_insert(0) += i;
+                    *outcome.updated.get_or_insert(0) += u;
+                    *outcome.unchanged.get_or_insert(0) += s;
+                    self.tx_writes += rows.len() as u64;
+                    continue;
+                }
+                Err(e) => e,
+            };
+            let message = match &e {
+                sqlx::Error::Database(d) => d.message().to_owned(),
+                other => other.to_string(),
+            };
+            let at = row_number(&message).filter(|n| (1..=rows.len()).contains(n));
+            let culprit = match at {
+                Some(n) => Some(n - 1),
+                None if rows.len() == 1 => Some(0),
+                None => None,
+            };
+            match culprit {
+                Some(i) => {
+                    let row = rows[i];
+                    outcome.rejected.push(RejectedRow {
+                        row,
+                        field: field_in(&message, cols),
+                        reason: format!("MySQL error {}: {message}", error_number(&e).unwrap_or(0)),
+                    });
+                    let rest: Vec<usize> = rows.into_iter().filter(|r| *r != row).collect();
+                    work.push(rest);
+                }
+                None => {
+                    let (a, b) = rows.split_at(rows.len() / 2);
+                    work.push(b.to_vec());
+                    work.push(a.to_vec());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The `at row N` of a MySQL data error.
+fn row_number(message: &str) -> Option<usize> {
+    let at = message.rfind("at row ")?;
+    let digits: String = message[at + 7..].chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// The batch field a server message names, if any (the longest name that matches).
+fn field_in(message: &str, cols: &[BatchColumn]) -> Option<String> {
+    cols.iter()
+        .filter(|c| {
+            let q = c.name.replace('`', "``");
+            message.contains(&format!("'{}'", c.name))
+                || message.contains(&format!("`{q}`"))
+                || message.contains(&format!(".{}`", c.name))
+        })
+        .max_by_key(|c| c.name.len())
+        .map(|c| c.name.clone())
+}
+
+async fn create_table(
+    db: &Db,
+    conn: &mut MySqlConnection,
+    flavor: Flavor,
+    request: &OpenStreamRequest,
+) -> Result<()> {
+    let collation = key_collation(db, conn).await?;
+    let mut defs = Vec::new();
+    for f in &request.fields {
+        let is_key = request.key.contains(&f.name);
+        let t = create_type(f.data_type, is_key, flavor)
+            .map_err(|e| ConnectorError::schema(format!("field `{}`: {e}", f.name)))?;
+        let null = if is_key || !f.nullable { "NOT NULL" } else { "NULL" };
+        defs.push(format!("{} {t} {null}", quote(&f.name)));
+    }
+    if !request.key.is_empty() {
+        let key: Vec<String> = request.key.iter().map(|k| quote(k)).collect();
+        defs.push(format!("PRIMARY KEY ({})", key.join(", ")));
+    }
+    let sql = format!(
+        "CREATE TABLE IF NOT EXISTS {} ({}) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE={collation}",
+        quote(&request.stream),
+        defs.join(", ")
+    );
+    conn.execute(sql.as_str())
+        .await
+        .map_err(|e| db.error(e, format!("creating table `{}`", request.stream)))?;
+    tracing::info!(stream = %request.stream, "table created");
+    Ok(())
+}
+
+impl StreamWriter for MySqlWriter {
+    async fn upsert(&mut self, batch: RecordBatch) -> Result<WriteOutcome> {
+        let mut outcome = WriteOutcome {
+            inserted: Some(0),
+            updated: Some(0),
+            unchanged: Some(0),
+            ..Default::default()
+        };
+        if batch.num_rows() == 0 {
+            return Ok(outcome);
+        }
+        let cols = self.batch_columns(&batch, false)?;
+        let mut good = Vec::with_capacity(batch.num_rows());
+        'rows: for row in 0..batch.num_rows() {
+            for c in &cols {
+                if let Some(reason) = refuse(&c.array, row, c.logical, &c.column) {
+                    outcome.rejected.push(RejectedRow {
+                        row,
+                        field: Some(c.name.clone()),
+                        reason,
+                    });
+                    continue 'rows;
+                }
+            }
+            good.push(row);
+        }
+        let chunks = self.chunks(&cols, good.into_iter(), &mut outcome.rejected);
+        self.begin().await?;
+        for chunk in chunks {
+            self.write_rows(&cols, chunk, &mut outcome).await?;
+        }
+        outcome.rejected.sort_by_key(|r| r.row);
+        Ok(outcome)
+    }
+
+    async fn delete(&mut self, keys: RecordBatch) -> Result<WriteOutcome> {
+        if self.key.is_empty() {
+            return Err(ConnectorError::unsupported(format!(
+                "table `{}` has no key, so rows cannot be deleted by key",
+                self.table.name
+            )));
+        }
+        let mut outcome = WriteOutcome {
+            deleted: Some(0),
+            ..Default::default()
+        };
+        if keys.num_rows() == 0 {
+            return Ok(outcome);
+        }
+        let cols = self.batch_columns(&keys, true)?;
+        let chunks = self.chunks(&cols, 0..keys.num_rows(), &mut outcome.rejected);
+        self.begin().await?;
+        for rows in chunks {
+            let (filter, args) = self.key_filter(&cols, &rows)?;
+            let sql = format!("DELETE FROM {} WHERE {filter}", quote(&self.table.name));
+            let conn = self.connection().await?;
+            match sqlx::query_with(&sql, args).persistent(false).execute(conn).await {
+                Ok(r) => {
+                    *outcome.deleted.get_or_insert(0) += r.rows_affected();
+                    self.tx_writes += rows.len() as u64;
+                }
+                Err(e) => return Err(self.fail(e, "deleting rows").await),
+            }
+        }
+        Ok(outcome)
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        if let Some(message) = self.lost.take() {
+            return Err(ConnectorError::transient(message));
+        }
+        if !self.in_tx {
+            return Ok(());
+        }
+        let conn = self.connection().await?;
+        if let Err(e) = conn.execute("COMMIT").await {
+            return Err(self.fail(e, "committing").await);
+        }
+        self.in_tx = false;
+        self.tx_writes = 0;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_numbers_are_read_from_messages() {
+        assert_eq!(row_number("Out of range value for column 'n' at row 2"), Some(2));
+        assert_eq!(row_number("Column 'id' cannot be null"), None);
+    }
+}

@@ -1,0 +1,415 @@
+//! The source: reads a table or view batch by batch with one binary COPY per batch.
+//!
+//! Each batch is `COPY (SELECT cols FROM t WHERE <after position> ORDER BY <order> LIMIT n)
+//! TO STDOUT (FORMAT binary)`, decoded straight into Arrow builders. The position (the last
+//! row's key, and cursor for incremental reads) is handed to the server as session settings
+//! bound as parameters (`set_config`), and read back in the query as
+//! `(SELECT current_setting('lockstep.k0')::type)`: COPY takes no parameters, and values never
+//! go into SQL text. Each reader owns its own connection.
+
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_core::Stream;
+use lockstep_plugin_sdk::api::ErrorKind;
+use lockstep_plugin_sdk::arrow::array::RecordBatch;
+use lockstep_plugin_sdk::arrow::datatypes::SchemaRef;
+use lockstep_plugin_sdk::protocol::arrow_types::arrow_schema;
+use lockstep_plugin_sdk::{
+    BatchReader, Catalog, Context, ConnectorError, CursorCheckpoint, DataType, FieldInfo,
+    ReadMode, ReadRequest, Result, SourceConnector,
+};
+use serde_json::{json, Value};
+use sqlx::PgConnection;
+
+use crate::catalog::{ReadExpr, Table, Wire};
+use crate::config::{effective_batch_size, Config};
+use crate::decode::CopyDecoder;
+use crate::errors::map_sqlx;
+use crate::session::Session;
+use crate::sql::{ident, qualified, row_of};
+use crate::values::{checkpoint_value, json_to_text};
+
+/// The PostgreSQL source.
+pub struct PgSource {
+    session: Session,
+    ctx: Context,
+}
+
+impl SourceConnector for PgSource {
+    type Config = Config;
+    type Reader = PgReader;
+
+    async fn open(config: Config, ctx: Context) -> Result<Self> {
+        Ok(PgSource {
+            session: Session::open(config).await?,
+            ctx,
+        })
+    }
+
+    async fn check(&mut self) -> Result<()> {
+        self.session.check().await
+    }
+
+    async fn discover(&mut self) -> Result<Catalog> {
+        self.session.discover().await
+    }
+
+    async fn read(&mut self, request: ReadRequest) -> Result<PgReader> {
+        let Some(table) = self.session.table(&request.stream).await? else {
+            return Err(self.session.unknown_stream(&request.stream).await);
+        };
+        let plan = ReadPlan::new(&table, &request, &self.session)?;
+        let conn = self.session.settings.connect().await?;
+        Ok(PgReader {
+            conn,
+            plan,
+            ctx: self.ctx.clone(),
+            done: false,
+            secrets_scrub: self.session.settings.clone(),
+        })
+    }
+}
+
+/// Everything a reader needs to build its queries.
+struct ReadPlan {
+    label: String,
+    /// `SELECT <exprs> FROM <table>`.
+    select: String,
+    /// The quoted order columns: cursor first (incremental), then the key.
+    order: Vec<String>,
+    /// The cast type of each order column.
+    order_types: Vec<String>,
+    incremental: bool,
+    limit: usize,
+    columns: Vec<(String, Wire)>,
+    logical: Vec<DataType>,
+    /// The batch carries the first `out_fields` selected columns.
+    out_fields: usize,
+    schema: SchemaRef,
+    /// Indexes of the order columns among the selected ones.
+    order_idx: Vec<usize>,
+    /// Text of the last row's order values; `None` before the first row.
+    position: Option<Vec<String>>,
+    /// The lookback interval, for the first query only.
+    lookback: Option<String>,
+}
+
+impl ReadPlan {
+    fn new(table: &Table, request: &ReadRequest, session: &Session) -> Result<Self> {
+        let label = format!("reading `{}`", table.name);
+        let stream = table.stream_info();
+        let unknown = |what: &str, name: &str| {
+            ConnectorError::schema(format!(
+                "{label}: {what} `{name}` is not a column; columns: {}",
+                table.column_names()
+            ))
+        };
+        let wanted: Vec<&FieldInfo> = match &request.fields {
+            Some(names) => names
+                .iter()
+                .map(|n| stream.field(n).ok_or_else(|| unknown("field", n)))
+                .collect::<Result<_>>()?,
+            None => stream.fields.iter().collect(),
+        };
+        let key: Vec<String> = if request.key.is_empty() {
+            table.primary_key.clone()
+        } else {
+            request.key.clone()
+        };
+        if key.is_empty() {
+            return Err(ConnectorError::schema(format!(
+                "{label}: the {} has no primary key; give the read a `key` (fields that \
+                 identify a row) so that it can be paged",
+                table.kind.describe()
+            )));
+        }
+        let mut order: Vec<String> = Vec::new();
+        let incremental = request.mode == ReadMode::Incremental;
+        if incremental {
+            let cursor = request.cursor_field.as_ref().ok_or_else(|| {
+                ConnectorError::config(format!(
+                    "{label}: an incremental read needs a `cursor_field`; candidates: {}",
+                    stream.cursor_candidates.join(", ")
+                ))
+            })?;
+            order.push(cursor.clone());
+        }
+        for k in &key {
+            if !order.contains(k) {
+                order.push(k.clone());
+            }
+        }
+        let mut order_types = Vec::new();
+        for name in &order {
+            let c = table.column(name).ok_or_else(|| unknown("key or cursor field", name))?;
+            if c.expr == ReadExpr::Json {
+                return Err(ConnectorError::schema(format!(
+                    "{label}: `{name}` is an array column ({}); it cannot order a read",
+                    c.native
+                )));
+            }
+            order_types.push(c.cast_type.clone());
+        }
+        let mut lookback = session.settings.lookback.clone();
+        if incremental && lookback.is_some() {
+            let cursor = table.column(&order[0]).expect("checked above");
+            if !matches!(cursor.base.as_str(), "date" | "timestamp" | "timestamptz") {
+                return Err(ConnectorError::config(format!(
+                    "{label}: `lookback` applies to date and timestamp cursors, but `{}` is {}; \
+                     remove `lookback` from the config or choose another cursor",
+                    cursor.name, cursor.native
+                )));
+            }
+        }
+        if !incremental {
+            lookback = None;
+        }
+
+        let mut selected: Vec<&FieldInfo> = wanted.clone();
+        for name in &order {
+            if !selected.iter().any(|f| &f.name == name) {
+                selected.push(stream.field(name).expect("order columns exist"));
+            }
+        }
+        let columns: Vec<(String, Wire)> = selected
+            .iter()
+            .map(|f| {
+                let c = table.column(&f.name).expect("fields come from the table");
+                (c.name.clone(), c.wire)
+            })
+            .collect();
+        let exprs: Vec<String> = selected
+            .iter()
+            .map(|f| table.column(&f.name).expect("fields come from the table").read_expr())
+            .collect();
+        let order_idx = order
+            .iter()
+            .map(|n| selected.iter().position(|f| &f.name == n).expect("selected above"))
+            .collect();
+        let out: Vec<FieldInfo> = wanted.iter().map(|f| (*f).clone()).collect();
+        let schema = Arc::new(arrow_schema(&out));
+        let position = parse_checkpoint(request, &order, incremental, &label)?;
+        Ok(ReadPlan {
+            select: format!(
+                "SELECT {} FROM {}",
+                exprs.join(", "),
+                qualified(&session.settings.schema, &table.name)
+            ),
+            order: order.iter().map(|n| ident(n)).collect(),
+            order_types,
+            incremental,
+            limit: effective_batch_size(request.batch_size, session.settings.batch_size),
+            logical: selected.iter().map(|f| f.data_type).collect(),
+            columns,
+            out_fields: out.len(),
+            schema,
+            order_idx,
+            position,
+            lookback,
+            label,
+        })
+    }
+
+    /// The COPY statement for the next batch and the settings it reads.
+    fn next_query(&self) -> (String, Vec<(String, String)>) {
+        let mut params: Vec<(String, String)> = Vec::new();
+        let mut conditions: Vec<String> = Vec::new();
+        let setting = |name: &str, ty: &str| format!("(SELECT current_setting('{name}')::{ty})");
+        if self.incremental {
+            conditions.push(format!("{} IS NOT NULL", self.order[0]));
+        }
+        if let Some(values) = &self.position {
+            match (&self.lookback, self.incremental) {
+                (Some(lookback), true) => {
+                    params.push(("lockstep.p0".into(), values[0].clone()));
+                    params.push(("lockstep.lookback".into(), lookback.clone()));
+                    conditions.push(format!(
+                        "{} >= (SELECT current_setting('lockstep.p0')::{} \
+                         - current_setting('lockstep.lookback')::interval)",
+                        self.order[0], self.order_types[0]
+                    ));
+                }
+                _ => {
+                    // A checkpoint may carry fewer values than there are order columns (a
+                    // cursor without a key): compare the prefix it has.
+                    let n = values.len().min(self.order.len());
+                    let mut left = Vec::new();
+                    let mut right = Vec::new();
+                    for i in 0..n {
+                        let name = format!("lockstep.p{i}");
+                        left.push(self.order[i].clone());
+                        right.push(setting(&name, &self.order_types[i]));
+                        params.push((name, values[i].clone()));
+                    }
+                    if n > 0 {
+                        conditions.push(format!("{} > {}", row_of(&left), row_of(&right)));
+                    }
+                }
+            }
+        }
+        let filter = if conditions.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", conditions.join(" AND "))
+        };
+        let sql = format!(
+            "COPY ({}{filter} ORDER BY {} LIMIT {}) TO STDOUT (FORMAT binary)",
+            self.select,
+            self.order.join(", "),
+            self.limit
+        );
+        (sql, params)
+    }
+}
+
+/// The order values a checkpoint resumes after, as text.
+fn parse_checkpoint(
+    request: &ReadRequest,
+    order: &[String],
+    incremental: bool,
+    label: &str,
+) -> Result<Option<Vec<String>>> {
+    let Some(checkpoint) = &request.checkpoint else {
+        return Ok(None);
+    };
+    if checkpoint.is_null() {
+        return Ok(None);
+    }
+    let bad = |why: &str| {
+        ConnectorError::config(format!(
+            "{label}: the checkpoint {checkpoint} cannot be resumed: {why}"
+        ))
+    };
+    let parsed: CursorCheckpoint =
+        serde_json::from_value(checkpoint.clone()).map_err(|e| bad(&e.to_string()))?;
+    let mut values: Vec<Value> = Vec::new();
+    if incremental {
+        if parsed.cursor.is_null() {
+            return Ok(None);
+        }
+        values.push(parsed.cursor);
+    }
+    let key_len = order.len() - incremental as usize;
+    if !parsed.key.is_empty() && parsed.key.len() != key_len {
+        return Err(bad(&format!(
+            "it has {} key values and the key has {key_len} fields",
+            parsed.key.len()
+        )));
+    }
+    if !incremental && parsed.key.is_empty() {
+        return Ok(None);
+    }
+    values.extend(parsed.key);
+    values
+        .iter()
+        .map(|v| json_to_text(v).ok_or_else(|| bad("it holds a null")))
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
+}
+
+/// Reads one stream.
+pub struct PgReader {
+    conn: PgConnection,
+    plan: ReadPlan,
+    ctx: Context,
+    done: bool,
+    secrets_scrub: crate::config::Settings,
+}
+
+impl PgReader {
+    async fn fetch(&mut self) -> Result<Option<(RecordBatch, Value)>> {
+        let plan = &mut self.plan;
+        let (sql, params) = plan.next_query();
+        if !params.is_empty() {
+            let calls: Vec<String> = (0..params.len())
+                .map(|i| format!("set_config(${}, ${}, false)", 2 * i + 1, 2 * i + 2))
+                .collect();
+            let query = format!("SELECT {}", calls.join(", "));
+            let mut q = sqlx::query(&query);
+            for (name, value) in &params {
+                q = q.bind(name).bind(value);
+            }
+            q.execute(&mut self.conn).await.map_err(map_sqlx)?;
+        }
+        let mut decoder = CopyDecoder::new(&plan.columns, plan.limit.min(65_536), 1 << 16);
+        {
+            let mut stream = self.conn.copy_out_raw(&sql).await.map_err(map_sqlx)?;
+            while let Some(chunk) = poll_fn(|cx| Pin::new(&mut stream).poll_next(cx)).await {
+                let chunk = chunk.map_err(map_sqlx)?;
+                decoder
+                    .feed(&chunk)
+                    .map_err(|e| ConnectorError::schema(e.to_string()))?;
+            }
+        }
+        let rows = decoder.rows();
+        let columns = decoder
+            .finish()
+            .map_err(|e| ConnectorError::internal(e.to_string()))?;
+        plan.lookback = None;
+        if rows < plan.limit {
+            self.done = true;
+        }
+        if rows == 0 {
+            return Ok(None);
+        }
+        let last = rows - 1;
+        let values: Vec<Value> = plan
+            .order_idx
+            .iter()
+            .map(|&i| checkpoint_value(&columns[i], last, plan.logical[i]))
+            .collect();
+        let texts = values
+            .iter()
+            .zip(&plan.order)
+            .map(|(v, name)| {
+                json_to_text(v).ok_or_else(|| {
+                    ConnectorError::schema(format!(
+                        "the key field {name} is NULL in a row; paging needs keys without \
+                         NULLs (choose another `key`)"
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        plan.position = Some(texts);
+        let checkpoint = if plan.incremental {
+            let mut values = values.into_iter();
+            let cursor = values.next().unwrap_or(Value::Null);
+            serde_json::to_value(CursorCheckpoint {
+                cursor,
+                key: values.collect(),
+            })
+            .map_err(|e| ConnectorError::internal(e.to_string()))?
+        } else {
+            json!({ "key": values })
+        };
+        let mut columns = columns;
+        columns.truncate(plan.out_fields);
+        let batch = RecordBatch::try_new(plan.schema.clone(), columns)
+            .map_err(|e| ConnectorError::schema(e.to_string()))?;
+        Ok(Some((batch, checkpoint)))
+    }
+}
+
+impl BatchReader for PgReader {
+    async fn next_batch(&mut self) -> Result<Option<(RecordBatch, Value)>> {
+        if self.done {
+            return Ok(None);
+        }
+        if self.ctx.is_cancelled() {
+            return Err(ConnectorError::new(
+                ErrorKind::CANCELLED,
+                format!("{}: cancelled", self.plan.label),
+            ));
+        }
+        match self.fetch().await {
+            Ok(batch) => Ok(batch),
+            Err(e) => {
+                // A failed batch leaves the position where it was: retrying reads it again.
+                let label = self.plan.label.clone();
+                Err(self.secrets_scrub.scrub_error(e.context(label)))
+            }
+        }
+    }
+}

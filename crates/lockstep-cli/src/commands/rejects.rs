@@ -1,0 +1,105 @@
+//! `lockstep rejects list|show|retry`.
+
+use std::path::Path;
+
+use lockstep_orchestrator::{Engine, RunOptions};
+use lockstep_state::RejectedFilter;
+
+use super::{job, load_config, redactor, registry, state, CliError, CmdResult};
+use crate::app::{OutputFormat, RejectsCommand};
+use crate::output::Table;
+
+pub async fn run(config_path: &Path, command: RejectsCommand) -> CmdResult {
+    let config = load_config(config_path)?;
+    let state = state(&config).await?;
+    let redact = redactor(&config);
+    match command {
+        RejectsCommand::List {
+            sync,
+            all,
+            limit,
+            output,
+        } => {
+            let records = state
+                .rejected(&RejectedFilter {
+                    sync,
+                    pending_only: !all,
+                    limit: Some(limit),
+                    ..Default::default()
+                })
+                .await?;
+            if output == OutputFormat::Json {
+                println!("{}", redact(&serde_json::to_string_pretty(&records)?));
+                return Ok(());
+            }
+            if records.is_empty() {
+                println!("No rejected records{}.", if all { "" } else { " pending" });
+                return Ok(());
+            }
+            let mut table = Table::new(["ID", "SYNC", "RUN", "KEY", "FIELD", "REASON", "RETRIED"]);
+            for r in &records {
+                table.row([
+                    r.id.to_string(),
+                    r.sync.clone(),
+                    r.run.to_string(),
+                    r.key.clone().unwrap_or_default(),
+                    r.field.clone().unwrap_or_default(),
+                    r.reason.clone(),
+                    r.retried.clone().unwrap_or_default(),
+                ]);
+            }
+            println!("{}", redact(&table.render()));
+            Ok(())
+        }
+        RejectsCommand::Show { id } => {
+            let records = state
+                .rejected(&RejectedFilter {
+                    id: Some(id),
+                    ..Default::default()
+                })
+                .await?;
+            let Some(r) = records.first() else {
+                return Err(CliError::Message(format!(
+                    "no rejected record with id {id}; `lockstep rejects list --all` shows them"
+                )));
+            };
+            println!("{}", redact(&serde_json::to_string_pretty(r)?));
+            Ok(())
+        }
+        RejectsCommand::Retry { sync, ids, output } => {
+            let job = job(&config, &sync)?;
+            let registry = registry(Some(&config));
+            let engine = Engine {
+                registry: &registry,
+                state: state.as_ref(),
+                redactor: redact.clone(),
+            };
+            let outcome = engine
+                .retry_rejected(&job, &ids, RunOptions::new())
+                .await
+                .map_err(|e| CliError::Message(redact(&e.to_string())))?;
+            if output == OutputFormat::Json {
+                println!("{}", redact(&serde_json::to_string_pretty(&outcome)?));
+            } else if outcome.retried == 0 {
+                println!("No pending rejected records to retry for sync `{sync}`.");
+            } else {
+                println!(
+                    "retried {} records of sync {} in run {}: {} succeeded, {} failed again",
+                    outcome.retried,
+                    sync,
+                    outcome.run_id,
+                    outcome.succeeded,
+                    outcome.failed.len()
+                );
+                for (id, reason) in &outcome.failed {
+                    println!("  {id}: {}", redact(reason));
+                }
+            }
+            if outcome.failed.is_empty() {
+                Ok(())
+            } else {
+                Err(CliError::Reported(1))
+            }
+        }
+    }
+}

@@ -1,0 +1,541 @@
+//! The body of a run: open both sides, read batches, map, diff against the ledger, and hand
+//! each batch's changes to a sink — the destination (a run) or a plan (a dry run).
+
+use std::collections::HashMap;
+
+use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
+use arrow::compute::filter_record_batch;
+use arrow::datatypes::DataType as ArrowType;
+use lockstep_core::protocol::arrow_types::json_value;
+use lockstep_core::protocol::{
+    DataType, OpenStreamRequest, ReadMode, ReadRequest, SchemaEvolution, StreamInfo, WriteOutcome,
+};
+use lockstep_core::{fingerprints, record_keys, RunMetrics, SyncMode};
+use lockstep_mapping::Mapper;
+use lockstep_plugin_host::{SourceHandle, StreamWriterHandle};
+use lockstep_state::{BatchCommit, Lease, LedgerEntry, RejectedRecord};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use crate::engine::{Engine, Progress, RunOptions, RunState, SyncJob};
+use crate::error::EngineError;
+use crate::faults::{fault_point, FaultPoint};
+use crate::plan::PlanCollector;
+use crate::reconcile;
+
+/// Where a batch's changes go.
+pub(crate) enum Sink<'a> {
+    /// Written to the destination and committed to the state store.
+    Write(&'a mut StreamWriterHandle),
+    /// Counted and sampled for a plan; nothing is written anywhere.
+    Plan(&'a mut PlanCollector),
+}
+
+/// Everything a batch needs that stays the same through the run.
+pub(crate) struct Context<'a> {
+    pub(crate) engine: &'a Engine<'a>,
+    pub(crate) job: &'a SyncJob,
+    pub(crate) mapper: &'a Mapper,
+    pub(crate) cursor_type: Option<DataType>,
+    pub(crate) lease: Option<&'a Lease>,
+}
+
+/// Opens a source instance and finds the sync's stream in its catalog.
+pub(crate) async fn open_source_stream(
+    engine: &Engine<'_>,
+    job: &SyncJob,
+) -> Result<(SourceHandle, StreamInfo), EngineError> {
+    let spec = &job.spec;
+    let plugin = engine.registry.get(&job.source.connector)?;
+    let mut source = plugin
+        .open_source(&job.source.config, engine.redactor.clone())
+        .await?;
+    let catalog = source.discover().await?;
+    let stream = catalog.stream(&spec.source.stream).cloned().ok_or_else(|| {
+        EngineError::Schema(format!(
+            "connection `{}` has no stream `{}`; it has: {}",
+            spec.source.connection,
+            spec.source.stream,
+            catalog
+                .streams
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    })?;
+    Ok((source, stream))
+}
+
+/// Runs the sync's read and applies it to the sink. With `plan` set, nothing is written:
+/// the changes are collected instead. Returns Ok(true) when the read completed, Ok(false)
+/// when it was stopped.
+pub(crate) async fn execute(
+    engine: &Engine<'_>,
+    job: &SyncJob,
+    options: &RunOptions,
+    lease: Option<&Lease>,
+    run: &mut RunState,
+    mut plan: Option<&mut PlanCollector>,
+) -> Result<bool, EngineError> {
+    let spec = &job.spec;
+    let (mut source, stream) = open_source_stream(engine, job).await?;
+    let mapper = Mapper::new(spec, &stream)?;
+    if let Some(tombstone) = &spec.delete.tombstone {
+        if stream.field(tombstone).is_none() {
+            return Err(EngineError::Schema(format!(
+                "sync `{}`: tombstone field `{tombstone}` is not a field of stream `{}`",
+                spec.name, stream.name
+            )));
+        }
+    }
+    let cursor_type = spec
+        .cursor_field
+        .as_ref()
+        .and_then(|c| stream.field(c))
+        .map(|f| f.data_type);
+
+    let mut writer = match plan {
+        Some(_) => None,
+        None => {
+            let plugin = engine.registry.get(&job.destination.connector)?;
+            let mut destination = plugin
+                .open_destination(&job.destination.config, engine.redactor.clone())
+                .await?;
+            Some(
+                destination
+                    .open_stream(&OpenStreamRequest {
+                        stream: spec.destination.stream.clone(),
+                        fields: mapper.target_fields(),
+                        key: mapper.key().to_vec(),
+                        create_if_missing: true,
+                        schema_evolution: SchemaEvolution::AddColumns,
+                    })
+                    .await?,
+            )
+        }
+    };
+
+    let mut fields = mapper.source_fields();
+    for extra in [&spec.cursor_field, &spec.delete.tombstone].into_iter().flatten() {
+        if !fields.contains(extra) {
+            fields.push(extra.clone());
+        }
+    }
+    let request = ReadRequest {
+        stream: spec.source.stream.clone(),
+        mode: if spec.mode.uses_cursor() {
+            ReadMode::Incremental
+        } else {
+            ReadMode::Full
+        },
+        fields: Some(fields),
+        cursor_field: spec.cursor_field.clone(),
+        key: mapper.source_key().to_vec(),
+        checkpoint: run.checkpoint.clone(),
+        batch_size: Some(spec.batch_size),
+        keys: None,
+    };
+    let mut reader = source.read(&request).await?;
+    let source_cancel = source.cancel_handle();
+
+    // The reader runs ahead by up to two batches so that reading overlaps writing.
+    let (tx, mut rx) = mpsc::channel(2);
+    let read_task = tokio::spawn(
+        async move {
+            loop {
+                let next = reader.next().await;
+                let end = !matches!(next, Ok(Some(_)));
+                if tx.send(next).await.is_err() || end {
+                    break;
+                }
+            }
+        }
+        .in_current_span(),
+    );
+
+    let ctx = Context {
+        engine,
+        job,
+        mapper: &mapper,
+        cursor_type,
+        lease,
+    };
+    let mut stop = options.stop.clone();
+    let renew_every = options.lease_ttl / 3;
+    let completed = loop {
+        if *stop.borrow() {
+            break false;
+        }
+        let next = tokio::select! {
+            next = rx.recv() => next,
+            _ = stop.changed() => continue,
+        };
+        let Some(next) = next else {
+            return Err(EngineError::Internal(
+                "the source reader stopped without an end".into(),
+            ));
+        };
+        let Some((batch, checkpoint)) = next? else {
+            break true;
+        };
+        let sink = match (&mut writer, &mut plan) {
+            (Some(w), _) => Sink::Write(w),
+            (None, Some(p)) => Sink::Plan(p),
+            (None, None) => unreachable!("a run has a writer or a plan"),
+        };
+        // The lease is renewed while the batch is applied, however long that takes.
+        {
+            let apply = apply_batch(&ctx, sink, run, batch, checkpoint);
+            tokio::pin!(apply);
+            loop {
+                tokio::select! {
+                    result = &mut apply => { result?; break; }
+                    _ = tokio::time::sleep(renew_every) => {
+                        if let Some(lease) = lease {
+                            engine.state.renew_lease(lease, options.lease_ttl).await?;
+                        }
+                    }
+                }
+            }
+        }
+        if let lockstep_core::RejectLimit::Count(_) = spec.max_rejected {
+            check_rejections(job, &run.metrics)?;
+        }
+        if let Some(progress) = &options.progress {
+            progress(&Progress {
+                run_id: run.run_id,
+                metrics: run.metrics,
+                batches: run.batches,
+            });
+        }
+    };
+    if !completed {
+        source_cancel.cancel();
+    }
+    drop(rx);
+    let _ = read_task.await;
+    drop(source);
+    if !completed {
+        return Ok(false);
+    }
+    check_rejections(job, &run.metrics)?;
+
+    if spec.mode == SyncMode::Mirror && reconcile::due(engine, job, run.run_id).await? {
+        let sink = match (&mut writer, &mut plan) {
+            (Some(w), _) => Sink::Write(w),
+            (None, Some(p)) => Sink::Plan(p),
+            (None, None) => unreachable!("a run has a writer or a plan"),
+        };
+        reconcile::run(&ctx, sink, run, options.allow_mass_delete).await?;
+    }
+    Ok(true)
+}
+
+/// Fails the run when its rejected records are past the sync's `max_rejected`.
+fn check_rejections(job: &SyncJob, metrics: &RunMetrics) -> Result<(), EngineError> {
+    let limit = job.spec.max_rejected;
+    if limit.exceeded(metrics.rejected, metrics.read) {
+        return Err(EngineError::TooManyRejected(format!(
+            "sync `{}`: {} of {} records were rejected, past max_rejected ({limit}); see them \
+             with `lockstep rejects list {}`, fix the mapping or the data, then `lockstep \
+             rejects retry {}`",
+            job.spec.name, metrics.rejected, metrics.read, job.spec.name, job.spec.name
+        )));
+    }
+    Ok(())
+}
+
+/// Whether each source row is marked deleted by the tombstone field: a value that is
+/// neither null nor false (nor 0, nor an empty string).
+fn tombstoned(batch: &RecordBatch, field: &str) -> Option<Vec<bool>> {
+    let column = batch.column(batch.schema().index_of(field).ok()?);
+    let rows = batch.num_rows();
+    Some(match column.data_type() {
+        ArrowType::Boolean => {
+            let a = column.as_boolean();
+            (0..rows).map(|r| a.is_valid(r) && a.value(r)).collect()
+        }
+        ArrowType::Utf8 => {
+            let a = column.as_string::<i32>();
+            (0..rows)
+                .map(|r| a.is_valid(r) && !matches!(a.value(r), "" | "0" | "false" | "f"))
+                .collect()
+        }
+        ArrowType::Int32 | ArrowType::Int64 => {
+            let values = arrow::compute::cast(column, &ArrowType::Int64).ok()?;
+            let a = values.as_primitive::<arrow::datatypes::Int64Type>();
+            (0..rows).map(|r| a.is_valid(r) && a.value(r) != 0).collect()
+        }
+        _ => (0..rows).map(|r| column.is_valid(r)).collect(),
+    })
+}
+
+/// Applies one source batch to the sink and, for a real run, commits it.
+pub(crate) async fn apply_batch(
+    ctx: &Context<'_>,
+    sink: Sink<'_>,
+    run: &mut RunState,
+    batch: RecordBatch,
+    checkpoint: Value,
+) -> Result<(), EngineError> {
+    let job = ctx.job;
+    let spec = &job.spec;
+    let sync = spec.name.as_str();
+    let state = ctx.engine.state;
+    let batch_number = run.batches + 1;
+    let mut metrics = RunMetrics {
+        read: batch.num_rows() as u64,
+        ..Default::default()
+    };
+    let mapped = ctx.mapper.map(&batch)?;
+    let mut rejected: Vec<RejectedRecord> = mapped
+        .rejected
+        .iter()
+        .map(|r| rejection(sync, run.run_id, None, r.field.clone(), &r.reason, &batch, r.row))
+        .collect();
+
+    let keys = record_keys(&mapped.batch, ctx.mapper.key())?;
+    let prints = fingerprints(&mapped.batch)?;
+    let versions = cursor_versions(job, &batch, ctx.cursor_type, &mapped.source_rows);
+    let deleted_in_source: Vec<bool> = match (&spec.delete.tombstone, spec.mode) {
+        (Some(field), SyncMode::Mirror) => {
+            let marks = tombstoned(&batch, field).unwrap_or_default();
+            mapped
+                .source_rows
+                .iter()
+                .map(|&r| marks.get(r).copied().unwrap_or(false))
+                .collect()
+        }
+        _ => vec![false; keys.len()],
+    };
+
+    // When a key repeats within a batch, its last row wins.
+    let mut last_row: HashMap<&str, usize> = HashMap::with_capacity(keys.len());
+    for (row, key) in keys.iter().enumerate() {
+        last_row.insert(key.as_str(), row);
+    }
+    let unique: Vec<String> = last_row.keys().map(|k| (*k).to_owned()).collect();
+    let ledger = state.ledger_lookup(sync, &unique).await?;
+
+    let mut write_mask = vec![false; keys.len()];
+    let mut delete_mask = vec![false; keys.len()];
+    let mut is_new = vec![false; keys.len()];
+    for (row, key) in keys.iter().enumerate() {
+        if last_row.get(key.as_str()) != Some(&row) {
+            // An earlier row of a key that a later row of this batch supersedes.
+            metrics.unchanged += 1;
+            continue;
+        }
+        let known = ledger.get(key);
+        if deleted_in_source[row] {
+            delete_mask[row] = true;
+            continue;
+        }
+        match known {
+            Some(entry) if entry.fingerprint == prints[row] => metrics.unchanged += 1,
+            Some(_) => write_mask[row] = true,
+            None => {
+                write_mask[row] = true;
+                is_new[row] = true;
+            }
+        }
+    }
+    let written_rows: Vec<usize> = (0..keys.len()).filter(|r| write_mask[*r]).collect();
+    let deleted_rows: Vec<usize> = (0..keys.len()).filter(|r| delete_mask[*r]).collect();
+    let to_write = if written_rows.is_empty() {
+        None
+    } else {
+        Some(filter_record_batch(&mapped.batch, &BooleanArray::from(write_mask.clone()))?)
+    };
+    let to_delete = if deleted_rows.is_empty() {
+        None
+    } else {
+        let keys_only = mapped.batch.project(&key_indices(&mapped.batch, ctx.mapper.key())?)?;
+        Some(filter_record_batch(&keys_only, &BooleanArray::from(delete_mask.clone()))?)
+    };
+
+    let writer = match sink {
+        Sink::Plan(plan) => {
+            // A plan counts what a run would do and keeps samples; it writes nothing.
+            for &row in &written_rows {
+                if is_new[row] {
+                    metrics.added += 1;
+                    plan.add(&mapped.batch, row, &keys[row]);
+                } else {
+                    metrics.updated += 1;
+                    plan.update(&mapped.batch, row, &keys[row]);
+                }
+            }
+            for &row in &deleted_rows {
+                if ledger.contains_key(&keys[row]) {
+                    metrics.deleted += 1;
+                    plan.delete(&keys[row]);
+                }
+            }
+            metrics.rejected = rejected.len() as u64;
+            plan.reject(&rejected);
+            run.metrics.add(&metrics);
+            run.batches += 1;
+            if spec.mode.uses_cursor() {
+                run.checkpoint = Some(checkpoint);
+            }
+            return Ok(());
+        }
+        Sink::Write(writer) => writer,
+    };
+
+    fault_point(FaultPoint::BeforeWrite, batch_number);
+    let mut outcome = WriteOutcome::default();
+    if let Some(batch) = to_write {
+        outcome = writer.upsert(batch).await?;
+    }
+    let mut deleted_outcome = WriteOutcome::default();
+    if let Some(keys_batch) = to_delete {
+        deleted_outcome = writer.delete(keys_batch).await?;
+    }
+    fault_point(FaultPoint::BeforeFlush, batch_number);
+    writer.flush().await?;
+    fault_point(FaultPoint::AfterFlush, batch_number);
+
+    // Rows the destination refused are rejected, not recorded in the ledger.
+    let mut refused = vec![false; keys.len()];
+    for r in &outcome.rejected {
+        let Some(&row) = written_rows.get(r.row) else {
+            return Err(EngineError::Internal(format!(
+                "the destination rejected row {} of a batch of {}",
+                r.row,
+                written_rows.len()
+            )));
+        };
+        refused[row] = true;
+        rejected.push(rejection(
+            sync,
+            run.run_id,
+            Some(keys[row].clone()),
+            r.field.clone(),
+            &r.reason,
+            &batch,
+            mapped.source_rows[row],
+        ));
+    }
+    let mut upserts = Vec::with_capacity(written_rows.len());
+    for &row in &written_rows {
+        if refused[row] {
+            continue;
+        }
+        if is_new[row] {
+            metrics.added += 1;
+        } else {
+            metrics.updated += 1;
+        }
+        upserts.push(LedgerEntry {
+            key: keys[row].clone(),
+            dest_key: None,
+            fingerprint: prints[row],
+            source_version: versions.as_ref().and_then(|v| v[row].clone()),
+            synced_at: None,
+        });
+    }
+    let ledger_deletes: Vec<String> = deleted_rows.iter().map(|&r| keys[r].clone()).collect();
+    metrics.deleted = deleted_outcome.deleted.unwrap_or_else(|| {
+        ledger_deletes
+            .iter()
+            .filter(|k| ledger.contains_key(*k))
+            .count() as u64
+    });
+    metrics.rejected = rejected.len() as u64;
+    run.metrics.add(&metrics);
+    run.batches += 1;
+    let new_checkpoint = spec.mode.uses_cursor().then_some(checkpoint);
+    state
+        .commit_batch(&BatchCommit {
+            sync,
+            run: run.run_id,
+            lease_token: ctx.lease.map(|l| l.token),
+            ledger_upserts: &upserts,
+            ledger_deletes: &ledger_deletes,
+            checkpoint: new_checkpoint.as_ref(),
+            metrics: &run.metrics,
+            rejected: &rejected,
+        })
+        .await?;
+    fault_point(FaultPoint::AfterCommit, batch_number);
+    if let Some(c) = new_checkpoint {
+        run.checkpoint = Some(c);
+    }
+    tracing::debug!(batch = run.batches, ?metrics, "batch committed");
+    Ok(())
+}
+
+/// The column indices of `key` in `batch`.
+pub(crate) fn key_indices(batch: &RecordBatch, key: &[String]) -> Result<Vec<usize>, EngineError> {
+    key.iter()
+        .map(|k| {
+            batch.schema().index_of(k).map_err(|_| {
+                EngineError::Internal(format!("key field `{k}` is missing from a mapped batch"))
+            })
+        })
+        .collect()
+}
+
+/// The cursor value of each mapped row as text, for the ledger's source version.
+fn cursor_versions(
+    job: &SyncJob,
+    batch: &RecordBatch,
+    cursor_type: Option<DataType>,
+    source_rows: &[usize],
+) -> Option<Vec<Option<String>>> {
+    let cursor = job.spec.cursor_field.as_ref()?;
+    let column = batch.column(batch.schema().index_of(cursor).ok()?);
+    Some(
+        source_rows
+            .iter()
+            .map(|&row| match json_value(column, row, cursor_type) {
+                Value::Null => None,
+                Value::String(s) => Some(s),
+                other => Some(other.to_string()),
+            })
+            .collect(),
+    )
+}
+
+/// A rejected record with the source row as read.
+fn rejection(
+    sync: &str,
+    run: i64,
+    key: Option<String>,
+    field: Option<String>,
+    reason: &str,
+    batch: &RecordBatch,
+    row: usize,
+) -> RejectedRecord {
+    RejectedRecord {
+        id: 0,
+        sync: sync.to_owned(),
+        run,
+        key,
+        field,
+        reason: reason.to_owned(),
+        raw: Value::Object(row_json(batch, row)),
+        created_at: None,
+        retried: None,
+    }
+}
+
+/// One row of a batch as a JSON object.
+pub(crate) fn row_json(batch: &RecordBatch, row: usize) -> serde_json::Map<String, Value> {
+    let schema = batch.schema();
+    schema
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            (
+                f.name().clone(),
+                json_value(batch.column(i), row, DataType::from_arrow_field(f)),
+            )
+        })
+        .collect()
+}
