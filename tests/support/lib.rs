@@ -89,3 +89,126 @@ pub fn service_available(name: &str, error: impl std::fmt::Display) -> bool {
     eprintln!("NOTICE: skipping: {name} is not reachable ({error}); set CI=true to make this a failure");
     false
 }
+
+/// A database created for one test and dropped when the guard goes.
+pub struct TempDatabase {
+    /// A URL that reaches the database.
+    pub url: String,
+    pub name: String,
+    admin_url: String,
+    kind: DbKind,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum DbKind {
+    Postgres,
+    MySql,
+}
+
+fn unique_name(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "lockstep_e2e_{prefix}_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+        .block_on(f)
+}
+
+/// The PostgreSQL server the tests use (`LOCKSTEP_TEST_POSTGRES_URL`, or the local one).
+pub fn postgres_admin_url() -> String {
+    std::env::var("LOCKSTEP_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// The MariaDB/MySQL server the tests use (`LOCKSTEP_TEST_MYSQL_URL`, or the local one).
+pub fn mysql_admin_url() -> String {
+    std::env::var("LOCKSTEP_TEST_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned())
+}
+
+/// A fresh PostgreSQL database, or `None` (after a notice) when the server is not reachable
+/// outside CI.
+pub fn postgres_database(prefix: &str) -> Option<TempDatabase> {
+    use sqlx::Connection;
+    let admin_url = postgres_admin_url();
+    let name = unique_name(prefix);
+    let created = block_on(async {
+        let mut c = sqlx::PgConnection::connect(&admin_url).await?;
+        sqlx::query(&format!("CREATE DATABASE \"{name}\"")).execute(&mut c).await?;
+        c.close().await
+    });
+    if let Err(e) = created {
+        service_available("PostgreSQL at 127.0.0.1:5432", e);
+        return None;
+    }
+    let base = admin_url.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin_url);
+    Some(TempDatabase {
+        url: format!("{base}/{name}"),
+        name,
+        admin_url,
+        kind: DbKind::Postgres,
+    })
+}
+
+/// A fresh MariaDB/MySQL database, or `None` (after a notice) when the server is not
+/// reachable outside CI.
+pub fn mysql_database(prefix: &str) -> Option<TempDatabase> {
+    use sqlx::Connection;
+    let admin_url = mysql_admin_url();
+    let name = unique_name(prefix);
+    let created = block_on(async {
+        let mut c = sqlx::MySqlConnection::connect(&admin_url).await?;
+        sqlx::query(&format!("CREATE DATABASE `{name}`")).execute(&mut c).await?;
+        c.close().await
+    });
+    if let Err(e) = created {
+        service_available("MariaDB at 127.0.0.1:3306", e);
+        return None;
+    }
+    let base = admin_url.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin_url);
+    Some(TempDatabase {
+        url: format!("{base}/{name}"),
+        name,
+        admin_url,
+        kind: DbKind::MySql,
+    })
+}
+
+impl Drop for TempDatabase {
+    fn drop(&mut self) {
+        use sqlx::Connection;
+        let name = self.name.clone();
+        let admin_url = self.admin_url.clone();
+        let kind = self.kind;
+        let dropped = block_on(async move {
+            match kind {
+                DbKind::Postgres => {
+                    let mut c = sqlx::PgConnection::connect(&admin_url).await?;
+                    sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                        .execute(&mut c)
+                        .await?;
+                    c.close().await
+                }
+                DbKind::MySql => {
+                    let mut c = sqlx::MySqlConnection::connect(&admin_url).await?;
+                    sqlx::query(&format!("DROP DATABASE IF EXISTS `{name}`"))
+                        .execute(&mut c)
+                        .await?;
+                    c.close().await
+                }
+            }
+        });
+        if let Err(e) = dropped {
+            eprintln!("warning: could not drop test database {}: {e}", self.name);
+        }
+    }
+}

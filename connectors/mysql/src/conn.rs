@@ -93,8 +93,11 @@ impl Db {
                     "`password_env` names the environment variable `{var}`, which is not set"
                 ))
             })?;
-            options = options.password(&password);
-            secret = Some(password);
+            // An empty variable means "no password" (sqlx would send an empty one).
+            if !password.is_empty() {
+                options = options.password(&password);
+                secret = Some(password);
+            }
         }
         let location = format!("{}:{}/{}", options.get_host(), options.get_port(), database);
         let options = options
@@ -146,6 +149,9 @@ impl Db {
             (ErrorKind::AUTH, _) => " (check the user and password of the connection)",
             (_, _) if matches!(e, sqlx::Error::Tls(_)) => {
                 " (check `ssl-mode` in `url` and the server's TLS setup)"
+            }
+            (ErrorKind::TRANSIENT, _) if connection_lost(&e) => {
+                " (the connection failed or was closed by the server; retrying can succeed)"
             }
             _ => "",
         };

@@ -165,8 +165,8 @@ impl Shared {
         Ok((conn, *flavor))
     }
 
-    /// Runs `f` on the shared connection, dropping the connection when it failed so that
-    /// the next call reconnects.
+    /// Checks the server with a trivial query; a failed connection is dropped so that the
+    /// next call reconnects.
     async fn check(&mut self) -> Result<()> {
         let db = Arc::clone(&self.db);
         let (conn, _) = self.conn().await?;

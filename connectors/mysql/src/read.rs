@@ -230,10 +230,20 @@ impl MySqlReader {
                 if cols.len() == 1 {
                     conditions.push(format!("{} > {}", exprs[0], marks[0]));
                 } else {
-                    // The leading bound lets the optimizer use an index range; the row
-                    // comparison then does the exact, tie-safe cut.
-                    conditions.push(format!("{} >= {}", exprs[0], marks[0]));
-                    bind_json(&mut args, &values[0], cols[0]).map_err(bind_err)?;
+                    // The expanded form `a > ? OR (a = ? AND b > ?) ...` gives the optimizer
+                    // an index range over every ordering column; the row comparison states
+                    // the same cut exactly.
+                    let mut disjuncts = Vec::new();
+                    for i in 0..cols.len() {
+                        let mut terms: Vec<String> =
+                            (0..i).map(|j| format!("{} = {}", exprs[j], marks[j])).collect();
+                        terms.push(format!("{} > {}", exprs[i], marks[i]));
+                        for j in 0..=i {
+                            bind_json(&mut args, &values[j], cols[j]).map_err(bind_err)?;
+                        }
+                        disjuncts.push(format!("({})", terms.join(" AND ")));
+                    }
+                    conditions.push(format!("({})", disjuncts.join(" OR ")));
                     conditions.push(format!("({}) > ({})", exprs.join(", "), marks.join(", ")));
                 }
                 for (v, c) in values.iter().zip(&cols) {

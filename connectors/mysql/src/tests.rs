@@ -371,6 +371,14 @@ fn full_reads_page_by_key_and_resume_from_checkpoints() {
         .unwrap();
         assert_eq!(e.kind, ErrorKind::SCHEMA);
         assert!(e.message.contains("label"), "{}", e.message);
+
+        // A table dropped under a running read is a schema error.
+        let mut reader = source.read(req).await.unwrap();
+        reader.next_batch().await.unwrap().unwrap();
+        db.exec("DROP TABLE items").await;
+        let e = reader.next_batch().await.err().unwrap();
+        assert_eq!(e.kind, ErrorKind::SCHEMA, "{}", e.message);
+        assert!(e.message.contains("1146"), "{}", e.message);
     });
 }
 
@@ -922,6 +930,28 @@ fn a_connection_killed_mid_read_is_transient_and_the_read_resumes() {
             ids.extend(rows_from_batch(&b).iter().map(|r| r["id"].as_i64().unwrap()));
         }
         assert_eq!(ids, (0..20).collect::<Vec<i64>>());
+
+        // Killed while a query runs: a view that sleeps per row keeps the query busy.
+        db.exec("CREATE VIEW slow AS SELECT id, v, SLEEP(0.1) AS z FROM big").await;
+        let mut reader = source
+            .read(ReadRequest {
+                key: vec!["id".into()],
+                batch_size: Some(20),
+                ..request("slow")
+            })
+            .await
+            .unwrap();
+        let id = reader.connection_id();
+        let killer = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(400));
+            block_on(async move {
+                let mut c = MySqlConnection::connect(&base_url()).await.unwrap();
+                c.execute(format!("KILL CONNECTION {id}").as_str()).await.unwrap();
+            })
+        });
+        let e = reader.next_batch().await.err().expect("the killed query fails");
+        killer.join().unwrap();
+        assert_eq!(e.kind, ErrorKind::TRANSIENT, "{}", e.message);
     });
 }
 
@@ -947,6 +977,40 @@ fn a_writer_whose_transaction_was_lost_fails_its_flush() {
         writer.upsert(batch(&fields, json!([{"id": 1}, {"id": 2}]))).await.unwrap();
         writer.flush().await.unwrap();
         assert_eq!(db.strings("SELECT CAST(COUNT(*) AS CHAR) FROM w").await[0][0].as_deref(), Some("2"));
+    });
+}
+
+#[test]
+fn deadlocks_are_transient_and_the_victim_reports_lost_writes() {
+    with_db(|db| async move {
+        let fields = vec![field("id", DataType::Int32, false), field("by", DataType::Text, true)];
+        let mut destination = db.destination().await;
+        let mut a = destination.open_stream(open_request("locks", fields.clone(), &["id"])).await.unwrap();
+        let mut b = destination.open_stream(open_request("locks", fields.clone(), &["id"])).await.unwrap();
+        a.upsert(batch(&fields, json!([{"id": 1, "by": "a"}]))).await.unwrap();
+        b.upsert(batch(&fields, json!([{"id": 2, "by": "b"}]))).await.unwrap();
+        let fields_a = fields.clone();
+        let waiting = std::thread::spawn(move || {
+            block_on(async move {
+                let r = a.upsert(batch(&fields_a, json!([{"id": 2, "by": "a"}]))).await;
+                let flushed = a.flush().await;
+                (r, flushed)
+            })
+        });
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let r_b = b.upsert(batch(&fields, json!([{"id": 1, "by": "b"}]))).await;
+        let flushed_b = b.flush().await;
+        let (r_a, flushed_a) = waiting.join().unwrap();
+        let (victim, victim_flush, winner, winner_flush) = match r_b {
+            Err(e) => (e, flushed_b, r_a, flushed_a),
+            Ok(o) => (r_a.err().expect("one side is the deadlock victim"), flushed_a, Ok(o), flushed_b),
+        };
+        assert_eq!(victim.kind, ErrorKind::TRANSIENT, "{}", victim.message);
+        assert!(victim.message.contains("1213"), "{}", victim.message);
+        let lost = victim_flush.err().expect("the victim's earlier write was rolled back");
+        assert_eq!(lost.kind, ErrorKind::TRANSIENT);
+        winner.unwrap();
+        winner_flush.unwrap();
     });
 }
 
@@ -983,6 +1047,19 @@ fn errors_have_the_right_kinds_and_no_secrets() {
                 password_env: Some("LOCKSTEP_TEST_MYSQL_PW".into()),
                 ..config(format!("{scheme}://nobody_here@{host}/{name}"))
             });
+            std::env::set_var("LOCKSTEP_TEST_MYSQL_EMPTY_PW", "");
+            let env_ok = block_on(async {
+                let mut source = MySqlSource::open(
+                    Config {
+                        password_env: Some("LOCKSTEP_TEST_MYSQL_EMPTY_PW".into()),
+                        ..config(format!("{scheme}://root@{host}/{name}"))
+                    },
+                    standalone_context(),
+                )
+                .await?;
+                source.check().await
+            });
+            assert!(env_ok.is_ok(), "{:?}", env_ok.err());
             let missing_env = open_error(Config {
                 password_env: Some("LOCKSTEP_TEST_NO_SUCH_VAR".into()),
                 ..config(format!("{scheme}://root@{host}/{name}"))

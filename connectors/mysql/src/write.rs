@@ -18,8 +18,11 @@ use crate::values::{bind_cell, normalize, placeholder, refuse, wire_size};
 
 /// MySQL's limit of parameters in one prepared statement.
 const MAX_PARAMS: usize = 65_535;
-/// Rows per statement at most, even when parameters and packet size would allow more.
-const MAX_ROWS: usize = 10_000;
+/// Keys per `IN` list at most, which keeps MySQL's range optimizer within its default
+/// memory limit (`range_optimizer_max_mem_size`), past which it would scan the table.
+const MAX_KEYS: usize = 5_000;
+/// Rows per upsert statement at most: one key list counts a statement's existing rows.
+const MAX_ROWS: usize = MAX_KEYS;
 
 /// Server errors that refuse a value for data reasons: the row is rejected, the rest go on.
 const DATA_ERRORS: &[u16] = &[
@@ -65,12 +68,20 @@ pub struct MySqlWriter {
     max_packet: usize,
 }
 
-async fn session_setup(db: &Db, conn: &mut MySqlConnection) -> Result<usize> {
+async fn session_setup(db: &Db, conn: &mut MySqlConnection, flavor: Flavor) -> Result<usize> {
     // READ COMMITTED lets the counting queries see rows other sessions committed since the
     // transaction began, exactly as the upsert itself does, and takes fewer gap locks.
     conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
         .await
         .map_err(|e| db.error(e, "setting up the writer session"))?;
+    if flavor.mariadb {
+        // MariaDB rewrites long IN lists into joins with a derived table, which for
+        // composite keys probe the index by its first column only; plain IN lists become
+        // exact index ranges. Servers before 10.3.18 lack the variable and need nothing.
+        let _ = conn
+            .execute("SET SESSION in_predicate_conversion_threshold = 0")
+            .await;
+    }
     let row = sqlx::query("SELECT CAST(@@max_allowed_packet AS CHAR)")
         .fetch_one(&mut *conn)
         .await
@@ -103,7 +114,7 @@ impl MySqlWriter {
             }
         }
         let (mut conn, flavor) = db.connect().await?;
-        let max_packet = session_setup(&db, &mut conn).await?;
+        let max_packet = session_setup(&db, &mut conn, flavor).await?;
         let existing = load_tables(&db, &mut conn, flavor, Some(&stream)).await?.pop();
         let mut ignored = HashSet::new();
         let table = match existing {
@@ -209,8 +220,8 @@ impl MySqlWriter {
 
     async fn connection(&mut self) -> Result<&mut MySqlConnection> {
         if self.conn.is_none() {
-            let (mut conn, _) = self.db.connect().await?;
-            self.max_packet = session_setup(&self.db, &mut conn).await?;
+            let (mut conn, flavor) = self.db.connect().await?;
+            self.max_packet = session_setup(&self.db, &mut conn, flavor).await?;
             self.conn = Some(conn);
         }
         Ok(self.conn.as_mut().expect("set above"))
@@ -304,11 +315,12 @@ impl MySqlWriter {
         &self,
         cols: &[BatchColumn],
         rows: impl Iterator<Item = usize>,
+        max_rows: usize,
         rejected: &mut Vec<RejectedRow>,
     ) -> Vec<Vec<usize>> {
         let budget = (self.max_packet / 4 * 3).clamp(64 << 10, 16 << 20);
         let per_row_params = cols.len().max(1);
-        let max_rows = (MAX_PARAMS / per_row_params).clamp(1, MAX_ROWS);
+        let max_rows = (MAX_PARAMS / per_row_params).clamp(1, max_rows);
         let mut chunks = Vec::new();
         let mut current: Vec<usize> = Vec::new();
         let mut bytes = 0;
@@ -373,20 +385,26 @@ impl MySqlWriter {
     }
 
     async fn count_existing(&mut self, cols: &[BatchColumn], rows: &[usize]) -> Result<u64> {
-        let (filter, args) = self.key_filter(cols, rows)?;
-        let sql = format!(
-            "SELECT CAST(COUNT(*) AS CHAR) FROM {} WHERE {filter}",
-            quote(&self.table.name)
-        );
-        let conn = self.connection().await?;
-        match sqlx::query_with(&sql, args).persistent(false).fetch_one(conn).await {
-            Ok(row) => Ok(row
-                .try_get_unchecked::<String, _>(0)
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0)),
-            Err(e) => Err(self.fail(e, "counting existing keys").await),
+        let mut total = 0;
+        for part in rows.chunks(MAX_KEYS) {
+            let (filter, args) = self.key_filter(cols, part)?;
+            let sql = format!(
+                "SELECT CAST(COUNT(*) AS CHAR) FROM {} WHERE {filter}",
+                quote(&self.table.name)
+            );
+            let conn = self.connection().await?;
+            match sqlx::query_with(&sql, args).persistent(false).fetch_one(conn).await {
+                Ok(row) => {
+                    total += row
+                        .try_get_unchecked::<String, _>(0)
+                        .ok()
+                        .and_then(|s| s.parse::<u64>().ok())
+                        .unwrap_or(0)
+                }
+                Err(e) => return Err(self.fail(e, "counting existing keys").await),
+            }
         }
+        Ok(total)
     }
 
     /// Runs one multi-row upsert. `Ok(Err(e))` is a data error for one of `rows`.
@@ -580,7 +598,7 @@ impl StreamWriter for MySqlWriter {
             }
             good.push(row);
         }
-        let chunks = self.chunks(&cols, good.into_iter(), &mut outcome.rejected);
+        let chunks = self.chunks(&cols, good.into_iter(), MAX_ROWS, &mut outcome.rejected);
         self.begin().await?;
         for chunk in chunks {
             self.write_rows(&cols, chunk, &mut outcome).await?;
@@ -604,7 +622,7 @@ impl StreamWriter for MySqlWriter {
             return Ok(outcome);
         }
         let cols = self.batch_columns(&keys, true)?;
-        let chunks = self.chunks(&cols, 0..keys.num_rows(), &mut outcome.rejected);
+        let chunks = self.chunks(&cols, 0..keys.num_rows(), MAX_KEYS, &mut outcome.rejected);
         self.begin().await?;
         for rows in chunks {
             let (filter, args) = self.key_filter(&cols, &rows)?;

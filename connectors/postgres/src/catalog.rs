@@ -51,8 +51,10 @@ pub struct Column {
     pub name: String,
     /// `format_type(atttypid, atttypmod)`, such as `character varying(20)`.
     pub native: String,
-    /// `format_type(atttypid, NULL)`: the type to cast text to (no length limit, so casts can
-    /// never truncate; the column's own limit is checked on assignment).
+    /// The base type as a quoted `"schema"."typname"`: the type values are cast to. It has no
+    /// modifier (explicit casts to `varchar(n)`, `character` or a domain with a length would
+    /// truncate silently); the column's own limits apply on assignment, where PostgreSQL
+    /// raises errors instead.
     pub cast_type: String,
     /// The name of the base type (domains resolved) in `pg_catalog`, or empty for types
     /// defined elsewhere (extensions, user types).
@@ -227,6 +229,7 @@ pub fn numeric_typmod(typmod: i32) -> Option<(i32, i32)> {
 
 struct TypeRow {
     name: String,
+    schema: String,
     builtin: bool,
     typtype: u8,
     category: u8,
@@ -253,7 +256,7 @@ pub async fn load_tables(
     let rows = sqlx::query(
         "SELECT c.relname::text, c.relkind::text, a.attname::text, a.atttypid::int8, \
                 a.atttypmod, a.attnotnull, format_type(a.atttypid, a.atttypmod), \
-                format_type(a.atttypid, NULL), a.attgenerated::text \
+                a.attgenerated::text \
          FROM pg_catalog.pg_class c \
          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
          JOIN pg_catalog.pg_attribute a \
@@ -280,7 +283,7 @@ pub async fn load_tables(
         let found = sqlx::query(
             "SELECT t.oid::int8, t.typname::text, n.nspname = 'pg_catalog', t.typtype::text, \
                     t.typcategory::text, t.typbasetype::int8, t.typtypmod, \
-                    format_type(t.oid, NULL) \
+                    format_type(t.oid, NULL), n.nspname::text \
              FROM pg_catalog.pg_type t \
              JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace \
              WHERE t.oid::int8 = ANY($1)",
@@ -294,6 +297,7 @@ pub async fn load_tables(
             let oid = r.get::<i64, _>(0) as u32;
             let row = TypeRow {
                 name: r.get(1),
+                schema: r.get(8),
                 builtin: r.get(2),
                 typtype: first_byte(&r.get::<String, _>(3)),
                 category: first_byte(&r.get::<String, _>(4)),
@@ -344,14 +348,14 @@ pub async fn load_tables(
         let column = Column {
             name: r.get(2),
             native: r.get(6),
-            cast_type: r.get(7),
+            cast_type: crate::sql::qualified(&base.schema, &base.name),
             base: if base.builtin { base.name.clone() } else { String::new() },
             base_type: base.formatted.clone(),
             is_enum: base.typtype == b'e',
             is_array: base.category == b'A',
             typmod,
             not_null: r.get(5),
-            generated: !r.get::<String, _>(8).is_empty(),
+            generated: !r.get::<String, _>(7).is_empty(),
             logical,
             wire,
             expr,

@@ -107,6 +107,11 @@ impl Settings {
         if let Some(password) = url_password(&config.url) {
             secrets.push(password);
         }
+        if !(config.url.starts_with("postgres://") || config.url.starts_with("postgresql://")) {
+            return Err(ConnectorError::config(format!(
+                "`url` ({display_url}) must start with postgres:// or postgresql://"
+            )));
+        }
         let mut options = PgConnectOptions::from_str(&config.url).map_err(|e| {
             ConnectorError::config(scrub(
                 &format!("`url` ({display_url}) is not a valid PostgreSQL URL: {e}"),
@@ -137,7 +142,7 @@ impl Settings {
         // server-side casts) never depend on the server's defaults.
         options = options
             .application_name("lockstep-postgres")
-            .options([("TimeZone", "UTC"), ("DateStyle", "ISO, YMD"), ("IntervalStyle", "postgres")])
+            .options([("TimeZone", "UTC"), ("DateStyle", "ISO"), ("IntervalStyle", "postgres")])
             .disable_statement_logging();
         Ok(Settings {
             options,

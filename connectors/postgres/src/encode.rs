@@ -44,8 +44,13 @@ pub enum Enc {
     Float8,
     /// numeric, with the target's `(precision, scale)` when it has one.
     Numeric(Option<(i32, i32)>),
-    /// Text types; `limit` is the length of varchar(n)/char(n).
-    Text { limit: Option<usize>, bpchar: bool },
+    /// Text types; `limit` is the length of varchar(n)/char(n), `max_bytes` the size of
+    /// `name` (63) and `"char"` (1), which PostgreSQL would otherwise cut silently.
+    Text {
+        limit: Option<usize>,
+        bpchar: bool,
+        max_bytes: Option<usize>,
+    },
     Json,
     Jsonb,
     Bytea,
@@ -81,6 +86,7 @@ impl Enc {
             return Enc::Text {
                 limit: None,
                 bpchar: false,
+                max_bytes: None,
             };
         }
         let ints = matches!(src, D::Int32 | D::Int64 | D::Decimal { .. } | D::Float32 | D::Float64);
@@ -93,18 +99,27 @@ impl Enc {
             "float4" if matches!(src, D::Float32 | D::Float64 | D::Int32 | D::Int64) => Enc::Float4,
             "float8" if matches!(src, D::Float32 | D::Float64 | D::Int32 | D::Int64) => Enc::Float8,
             "numeric" if ints || src == D::Text => Enc::Numeric(column.numeric_typmod()),
-            "text" | "varchar" | "bpchar" | "name" => Enc::Text {
+            "text" | "varchar" | "bpchar" | "name" | "char" => Enc::Text {
                 limit: column.char_limit(),
                 bpchar: column.base == "bpchar",
+                max_bytes: match column.base.as_str() {
+                    "name" => Some(63),
+                    "char" => Some(1),
+                    _ => None,
+                },
             },
             "json" => Enc::Json,
             "jsonb" => Enc::Jsonb,
             "bytea" if src == D::Binary => Enc::Bytea,
             "uuid" if matches!(src, D::Uuid | D::Text) => Enc::Uuid,
-            "date" if temporal => Enc::Date,
-            "time" if src == D::Time => Enc::Time(column.seconds_precision()),
-            "timestamp" if temporal => Enc::Timestamp(column.seconds_precision()),
-            "timestamptz" if temporal => Enc::TimestampTz(column.seconds_precision()),
+            // Text is parsed on the client too, so that fractional digits beyond the column's
+            // precision are refused rather than rounded by the server.
+            "date" if temporal || src == D::Text => Enc::Date,
+            "time" if matches!(src, D::Time | D::Text) => Enc::Time(column.seconds_precision()),
+            "timestamp" if temporal || src == D::Text => Enc::Timestamp(column.seconds_precision()),
+            "timestamptz" if temporal || src == D::Text => {
+                Enc::TimestampTz(column.seconds_precision())
+            }
             _ => Enc::Cast,
         }
     }
@@ -431,9 +446,21 @@ fn encode_value(
             Src::F64(a) => numeric::encode_text(&format_float(a.value(row)), typmod, o),
             _ => Err("not a number".into()),
         })?,
-        Enc::Text { limit, bpchar } => {
+        Enc::Text {
+            limit,
+            bpchar,
+            max_bytes,
+        } => {
             let s = text_of(src, row, scratch);
             no_nul(s)?;
+            if let Some(max) = max_bytes {
+                if s.len() > max {
+                    return Err(format!(
+                        "text of {} bytes is longer than the column's {max}-byte limit",
+                        s.len()
+                    ));
+                }
+            }
             if let Some(n) = limit {
                 if s.len() > n {
                     let chars = s.chars().count();
@@ -483,13 +510,18 @@ fn encode_value(
                             .map_err(|_| "a date out of range".to_string())?,
                     }
                 }
+                Src::Str(a) => parse_date_text(a.value(row))?,
                 _ => return Err("not a date".into()),
             };
             put(out, &date_to_pg(days)?.to_be_bytes());
         }
         Enc::Time(precision) => match src {
-            Src::Time(a) => {
-                let us = a.value(row);
+            Src::Time(_) | Src::Str(_) => {
+                let us = match src {
+                    Src::Time(a) => a.value(row),
+                    Src::Str(a) => parse_time_text(a.value(row))?,
+                    _ => unreachable!("matched above"),
+                };
                 if !(0..=MICROS_PER_DAY).contains(&us) {
                     return Err(format!("{us} microseconds is not a time of day"));
                 }
@@ -506,6 +538,7 @@ fn encode_value(
                     i32::MIN => i64::MIN,
                     d => d as i64 * MICROS_PER_DAY,
                 },
+                Src::Str(a) => parse_timestamp_text(a.value(row))?,
                 _ => return Err("not a timestamp".into()),
             };
             check_precision(us, precision, "timestamp")?;
@@ -535,6 +568,54 @@ fn encode_value(
         }
     }
     Ok(())
+}
+
+fn infinity(s: &str) -> Option<bool> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "infinity" | "+infinity" => Some(true),
+        "-infinity" => Some(false),
+        _ => None,
+    }
+}
+
+/// Date text (`YYYY-MM-DD`, `infinity`) as Arrow days.
+fn parse_date_text(s: &str) -> std::result::Result<i32, String> {
+    if let Some(positive) = infinity(s) {
+        return Ok(if positive { i32::MAX } else { i32::MIN });
+    }
+    let date = chrono::NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d")
+        .map_err(|_| format!("`{s}` is not a date (YYYY-MM-DD)"))?;
+    let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("a valid date");
+    i32::try_from((date - epoch).num_days()).map_err(|_| format!("`{s}` is out of range"))
+}
+
+/// Time text (`HH:MM:SS[.ffffff]`, `24:00:00`) as microseconds.
+fn parse_time_text(s: &str) -> std::result::Result<i64, String> {
+    let t = s.trim();
+    if t == "24:00:00" || t == "24:00" {
+        return Ok(MICROS_PER_DAY);
+    }
+    let time = chrono::NaiveTime::parse_from_str(t, "%H:%M:%S%.f")
+        .or_else(|_| chrono::NaiveTime::parse_from_str(t, "%H:%M"))
+        .map_err(|_| format!("`{s}` is not a time (HH:MM:SS[.ffffff])"))?;
+    use chrono::Timelike;
+    if time.nanosecond() % 1000 != 0 {
+        return Err(format!("`{s}` has sub-microsecond digits; a time column would round them"));
+    }
+    Ok(time.num_seconds_from_midnight() as i64 * 1_000_000 + (time.nanosecond() / 1000) as i64)
+}
+
+/// Timestamp text (RFC 3339, `YYYY-MM-DD HH:MM:SS[.ffffff][+hh]`, a date, `infinity`) as
+/// Arrow microseconds, UTC for text with an offset.
+fn parse_timestamp_text(s: &str) -> std::result::Result<i64, String> {
+    if let Some(positive) = infinity(s) {
+        return Ok(if positive { i64::MAX } else { i64::MIN });
+    }
+    let fraction = s.split_once('.').map_or(0, |(_, f)| f.bytes().take_while(u8::is_ascii_digit).count());
+    if fraction > 6 {
+        return Err(format!("`{s}` has sub-microsecond digits; a timestamp column would round them"));
+    }
+    lockstep_plugin_sdk::rows::parse_timestamp_micros(s)
 }
 
 /// A non-text value into a json/jsonb column: its JSON form.

@@ -36,32 +36,41 @@ impl Session {
         Ok(self.conn.as_mut().expect("set just above"))
     }
 
-    /// Forgets the connection after a transient error, so the next call reconnects.
-    fn after<T>(&mut self, result: Result<T>) -> Result<T> {
-        if let Err(e) = &result {
-            if e.kind == ErrorKind::TRANSIENT {
+    /// Forgets the connection after a transient error, so the next call reconnects. Returns
+    /// whether the call is worth one more try: it failed transiently on a connection that had
+    /// been open before (the server may have dropped an idle session).
+    fn after<T>(&mut self, result: &Result<T>, reused: bool) -> bool {
+        match result {
+            Err(e) if e.kind == ErrorKind::TRANSIENT => {
                 self.conn = None;
+                reused
             }
+            _ => false,
         }
-        result.map_err(|e| self.settings.scrub_error(e))
     }
 
     /// Checks that the server answers and the schema exists.
     pub async fn check(&mut self) -> Result<()> {
         let schema = self.settings.schema.clone();
         let display = self.settings.display_url.clone();
-        let result = async {
-            let conn = self.conn().await?;
-            sqlx::query("SELECT 1").execute(&mut *conn).await.map_err(map_sqlx)?;
-            if !schema_exists(conn, &schema).await? {
-                return Err(ConnectorError::config(format!(
-                    "schema `{schema}` does not exist in {display}; set `schema` to an existing one"
-                )));
+        loop {
+            let reused = self.conn.is_some();
+            let result = async {
+                let conn = self.conn().await?;
+                sqlx::query("SELECT 1").execute(&mut *conn).await.map_err(map_sqlx)?;
+                if !schema_exists(conn, &schema).await? {
+                    return Err(ConnectorError::config(format!(
+                        "schema `{schema}` does not exist in {display}; set `schema` to an \
+                         existing one"
+                    )));
+                }
+                Ok(())
             }
-            Ok(())
+            .await;
+            if !self.after(&result, reused) {
+                return result.map_err(|e| self.settings.scrub_error(e));
+            }
         }
-        .await;
-        self.after(result)
     }
 
     /// Every table and view of the schema.
@@ -76,18 +85,23 @@ impl Session {
     pub async fn tables(&mut self, only: Option<&str>) -> Result<Vec<Table>> {
         let schema = self.settings.schema.clone();
         let display = self.settings.display_url.clone();
-        let result = async {
-            let conn = self.conn().await?;
-            let tables = load_tables(conn, &schema, only).await?;
-            if tables.is_empty() && only.is_none() && !schema_exists(conn, &schema).await? {
-                return Err(ConnectorError::config(format!(
-                    "schema `{schema}` does not exist in {display}"
-                )));
+        loop {
+            let reused = self.conn.is_some();
+            let result = async {
+                let conn = self.conn().await?;
+                let tables = load_tables(conn, &schema, only).await?;
+                if tables.is_empty() && only.is_none() && !schema_exists(conn, &schema).await? {
+                    return Err(ConnectorError::config(format!(
+                        "schema `{schema}` does not exist in {display}"
+                    )));
+                }
+                Ok(tables)
             }
-            Ok(tables)
+            .await;
+            if !self.after(&result, reused) {
+                return result.map_err(|e| self.settings.scrub_error(e));
+            }
         }
-        .await;
-        self.after(result)
     }
 
     /// One table, or `None` when the schema has no such table or view.

@@ -141,6 +141,7 @@ impl Connector for SqliteConnector {
                 "delete",
                 "create-stream",
                 "add-columns",
+                lockstep_plugin_sdk::protocol::FEATURE_READ_BY_KEYS,
             ]
             .map(String::from)
             .to_vec(),

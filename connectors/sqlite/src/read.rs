@@ -59,7 +59,54 @@ pub struct SqliteReader {
     /// The SELECT list and FROM clause, built once.
     select: String,
     order_by: String,
+    /// `request.keys`: only these records, as a SQL condition and its values.
+    key_filter: Option<(String, Vec<SqlValue>)>,
     done: bool,
+}
+
+/// The most keys one read may filter on; more would make a statement too large.
+const MAX_FILTER_KEYS: usize = 1000;
+
+/// The condition and values that select the records whose key is one of `keys`.
+fn key_filter(key_names: &[String], keys: &[Vec<Value>]) -> Result<(String, Vec<SqlValue>)> {
+    if key_names.is_empty() {
+        return Err(ConnectorError::schema(
+            "a read by keys needs the stream's key: name it in the request or give the table a primary key",
+        ));
+    }
+    if keys.len() > MAX_FILTER_KEYS {
+        return Err(ConnectorError::internal(format!(
+            "a read by keys takes at most {MAX_FILTER_KEYS} keys, not {}",
+            keys.len()
+        )));
+    }
+    let one = format!(
+        "({})",
+        key_names
+            .iter()
+            .map(|k| format!("{} = ?", ident(k)))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    );
+    let mut values = Vec::with_capacity(keys.len() * key_names.len());
+    for key in keys {
+        if key.len() != key_names.len() {
+            return Err(ConnectorError::internal(format!(
+                "a key to read has {} values but the stream's key has {} fields",
+                key.len(),
+                key_names.len()
+            )));
+        }
+        for v in key {
+            values.push(SqlValue::from_json(v).map_err(ConnectorError::internal)?);
+        }
+    }
+    let condition = if keys.is_empty() {
+        "0".to_owned()
+    } else {
+        format!("({})", vec![one; keys.len()].join(" OR "))
+    };
+    Ok((condition, values))
 }
 
 /// Prepares a read: checks the request against the table and decodes the checkpoint.
@@ -115,27 +162,21 @@ pub(crate) async fn open_reader(
     };
 
     let mut order = Vec::new();
-    let cursor =
-        match request.mode {
-            ReadMode::Full => None,
-            ReadMode::Incremental => {
-                let name =
-                    request.cursor_field.as_deref().ok_or_else(|| {
-                        let candidates = table.stream_info().cursor_candidates;
-                        ConnectorError::config(format!(
-                    "an incremental read of table `{}` needs a cursor field (candidates: {})",
-                    table.name,
-                    if candidates.is_empty() { "none".into() } else { candidates.join(", ") }
-                ))
-                    })?;
-                let column = field_of(&table, name)?.name.clone();
-                order.push(OrderColumn {
-                    sql: ident(&column),
-                    role: Role::Cursor,
-                });
-                Some(column)
-            }
-        };
+    let cursor = match request.mode {
+        ReadMode::Full => None,
+        ReadMode::Incremental => {
+            let name = request
+                .cursor_field
+                .as_deref()
+                .ok_or_else(|| missing_cursor(&table))?;
+            let column = field_of(&table, name)?.name.clone();
+            order.push(OrderColumn {
+                sql: ident(&column),
+                role: Role::Cursor,
+            });
+            Some(column)
+        }
+    };
     for (i, k) in key_names.iter().enumerate() {
         if rowid_key || cursor.as_deref() != Some(k.as_str()) {
             order.push(OrderColumn {
@@ -144,20 +185,23 @@ pub(crate) async fn open_reader(
             });
         }
     }
-    // Without a unique key the order is not total: the primary key, or else the rowid,
-    // breaks ties so that keyset pagination neither skips nor repeats rows.
+    // Without a unique, non-null key the order is not total: the primary key, or else the
+    // rowid, breaks ties so that keyset pagination neither skips nor repeats rows.
     let ordered: Vec<String> = cursor.iter().chain(&key_names).cloned().collect();
-    if !rowid_key && !table.is_unique(&ordered) {
-        let tiebreak: Vec<String> = table
-            .primary_key
-            .iter()
-            .filter(|p| !ordered.iter().any(|o| o.eq_ignore_ascii_case(p)))
-            .cloned()
-            .collect();
-        if !tiebreak.is_empty() {
-            for (i, p) in tiebreak.into_iter().enumerate() {
+    if !rowid_key && !table.orders_totally(&ordered) {
+        let pk_usable = !table.primary_key.is_empty()
+            && table
+                .primary_key
+                .iter()
+                .all(|p| table.column(p).is_some_and(|c| !c.nullable));
+        if pk_usable {
+            let rest = table
+                .primary_key
+                .iter()
+                .filter(|p| !ordered.iter().any(|o| o.eq_ignore_ascii_case(p)));
+            for (i, p) in rest.enumerate() {
                 order.push(OrderColumn {
-                    sql: ident(&p),
+                    sql: ident(p),
                     role: Role::Tiebreak(i),
                 });
             }
@@ -209,7 +253,12 @@ pub(crate) async fn open_reader(
         .map(|o| o.sql.as_str())
         .collect::<Vec<_>>()
         .join(", ");
+    let key_filter = match &request.keys {
+        Some(keys) => Some(key_filter(&key_names, keys)?),
+        None => None,
+    };
     Ok(SqliteReader {
+        key_filter,
         shared,
         table: table.name.clone(),
         schema: Arc::new(arrow_schema(&fields)),
@@ -224,6 +273,20 @@ pub(crate) async fn open_reader(
         order_by,
         done: false,
     })
+}
+
+/// The error for an incremental read without a cursor field, naming the candidates.
+fn missing_cursor(table: &Table) -> ConnectorError {
+    let candidates = table.stream_info().cursor_candidates;
+    let candidates = if candidates.is_empty() {
+        "none".to_string()
+    } else {
+        candidates.join(", ")
+    };
+    ConnectorError::config(format!(
+        "an incremental read of table `{}` needs a cursor field (candidates: {candidates})",
+        table.name
+    ))
 }
 
 /// The column for a requested field name, or a schema error listing the table's columns.
@@ -385,15 +448,27 @@ impl BatchReader for SqliteReader {
         }
         let columns: Vec<&str> = self.order.iter().map(|o| o.sql.as_str()).collect();
         let mut sql = self.select.clone();
+        let mut conditions = Vec::new();
         if !self.after.is_empty() {
+            conditions.push(after_predicate(&columns, &self.after, self.inclusive));
+        }
+        if let Some((condition, _)) = &self.key_filter {
+            conditions.push(condition.clone());
+        }
+        if !conditions.is_empty() {
             sql.push_str(" WHERE ");
-            sql.push_str(&after_predicate(&columns, &self.after, self.inclusive));
+            sql.push_str(&conditions.join(" AND "));
         }
         sql.push_str(&format!(" ORDER BY {} LIMIT ?", self.order_by));
         let binds = after_binds(&self.after, self.inclusive);
         let mut query = sqlx::query(&sql);
         for value in binds {
             query = value.bind(query);
+        }
+        if let Some((_, values)) = &self.key_filter {
+            for value in values {
+                query = value.bind(query);
+            }
         }
         query = query.bind(self.batch_size as i64);
         let rows = {

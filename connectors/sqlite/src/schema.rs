@@ -48,13 +48,16 @@ impl Table {
         })
     }
 
-    /// Whether `names` (case-insensitively) include every column of a unique index.
-    pub(crate) fn is_unique(&self, names: &[String]) -> bool {
+    /// Whether ordering by `names` is a total order: they include every column of a unique
+    /// index whose columns are all NOT NULL (SQLite lets many rows hold NULL in a unique
+    /// column, and they would tie).
+    pub(crate) fn orders_totally(&self, names: &[String]) -> bool {
         self.unique_sets.iter().any(|set| {
             !set.is_empty()
-                && set
-                    .iter()
-                    .all(|c| names.iter().any(|n| n.eq_ignore_ascii_case(c)))
+                && set.iter().all(|c| {
+                    names.iter().any(|n| n.eq_ignore_ascii_case(c))
+                        && self.column(c).is_some_and(|col| !col.nullable)
+                })
         })
     }
 

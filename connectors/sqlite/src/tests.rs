@@ -320,6 +320,21 @@ fn full_read_comes_in_batches_and_resumes_after_a_checkpoint() {
         let first = rows_from_batch(&tail[0].0);
         assert_eq!(first[0]["msg"], json!("m21"));
 
+        // A key that may hold NULL (a TEXT primary key of a rowid table) is not a total
+        // order either: the rowid breaks ties between the NULLs.
+        setup(
+            &path,
+            &[
+                "CREATE TABLE loose (k TEXT PRIMARY KEY, v INT)",
+                "INSERT INTO loose VALUES (NULL, 1), ('b', 2), (NULL, 3), ('a', 4), (NULL, 5), \
+                 (NULL, 6), ('c', 7)",
+            ],
+        )
+        .await;
+        let loose = read_all(&mut conn, full("loose", 2)).await;
+        assert_eq!(ints(&loose, "v"), [1, 3, 5, 6, 4, 2, 7]);
+        assert_eq!(loose[0].1, json!({"key": [null], "tiebreak": [3]}));
+
         // The config's batch size caps the request's.
         let mut capped = SqliteConfig::for_path(&path);
         capped.batch_size = Some(7);
@@ -334,7 +349,7 @@ fn full_read_comes_in_batches_and_resumes_after_a_checkpoint() {
         // Unknown streams and fields are schema errors that list what exists.
         let e = read_err(&mut conn, full("nope", 10)).await;
         assert_eq!(e.kind, ErrorKind::SCHEMA);
-        assert!(e.message.contains("log, t"), "{}", e.message);
+        assert!(e.message.contains("log, loose, t"), "{}", e.message);
         let mut request = full("t", 10);
         request.fields = Some(vec!["nope".into()]);
         let e = read_err(&mut conn, request).await;
@@ -1212,4 +1227,61 @@ fn manifest_names_roles_features_and_config_keys() {
             "{key}"
         );
     }
+}
+
+#[test]
+fn uuids_are_written_in_canonical_form() {
+    block_on(async {
+        let (_dir, path) = temp_db();
+        let fields = vec![
+            field("id", DataType::Uuid, false),
+            field("n", DataType::Int64, true),
+        ];
+        let mut dest = destination(&path).await;
+        let mut writer = dest
+            .start_write(open_request("u", &fields, &["id"]))
+            .await
+            .unwrap();
+        let upper = json!([{"id": "550E8400-E29B-41D4-A716-446655440000", "n": 1}]);
+        assert_eq!(
+            counts(&writer.upsert(batch(&fields, upper)).await.unwrap()),
+            (1, 0, 0)
+        );
+        let braces = json!([{"id": "{550e8400e29b41d4a716446655440000}", "n": 1}, {"id": "nope"}]);
+        let outcome = writer.upsert(batch(&fields, braces)).await.unwrap();
+        assert_eq!(
+            counts(&outcome),
+            (0, 0, 1),
+            "the same UUID, spelled differently"
+        );
+        assert_eq!(outcome.rejected.len(), 1);
+        assert_eq!(outcome.rejected[0].row, 1);
+        writer.flush().await.unwrap();
+        let read = read_all(&mut source(&path).await, full("u", 10)).await;
+        assert_eq!(
+            rows_from_batch(&read[0].0)[0]["id"],
+            json!("550e8400-e29b-41d4-a716-446655440000")
+        );
+    });
+}
+
+#[test]
+fn a_read_by_keys_returns_only_those_records() {
+    block_on(async {
+        let (_dir, path) = temp_db();
+        let mut statements = vec!["CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT)".to_string()];
+        for i in 1..=30 {
+            statements.push(format!("INSERT INTO t VALUES ({i}, 'n{i}')"));
+        }
+        let refs: Vec<&str> = statements.iter().map(String::as_str).collect();
+        setup(&path, &refs).await;
+        let mut conn = source(&path).await;
+        let mut request = full("t", 2);
+        request.keys = Some(vec![vec![json!(3)], vec![json!(17)], vec![json!(29)], vec![json!(99)]]);
+        let batches = read_all(&mut conn, request).await;
+        assert_eq!(ints(&batches, "id"), [3, 17, 29]);
+        let mut none = full("t", 10);
+        none.keys = Some(vec![]);
+        assert!(ints(&read_all(&mut conn, none).await, "id").is_empty());
+    });
 }

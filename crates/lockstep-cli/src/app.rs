@@ -90,6 +90,36 @@ pub enum Command {
         #[arg(long, short, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
     },
+    /// Run every scheduled sync of the config, each run in a worker process, with metrics,
+    /// health and a JSON API over HTTP. SIGHUP reloads the config; SIGTERM stops after the
+    /// batches in hand.
+    Daemon {
+        /// The HTTP address, overriding [daemon] listen (default 127.0.0.1:9464).
+        #[arg(long)]
+        listen: Option<String>,
+        /// How long a worker may take to stop after SIGTERM (run timeout, daemon shutdown)
+        /// before it is killed.
+        #[arg(long, default_value = "30s", value_parser = parse_duration_arg)]
+        kill_grace: std::time::Duration,
+    },
+    /// Run one sync in this process for the daemon: one JSON line on stdout when the run
+    /// starts and one with its report; logs as JSON on stderr.
+    #[command(hide = true)]
+    Worker {
+        sync: String,
+        /// Read the config text from the first stdin line and stop when stdin closes.
+        #[arg(long)]
+        supervised: bool,
+    },
+    /// List the syncs with their schedule, next run and last run.
+    Status {
+        #[arg(long, short, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
+}
+
+fn parse_duration_arg(text: &str) -> Result<std::time::Duration, String> {
+    lockstep_config::parse_duration(text).map_err(|e| e.to_string())
 }
 
 #[derive(Subcommand, Debug)]

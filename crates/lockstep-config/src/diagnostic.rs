@@ -107,6 +107,9 @@ pub enum ErrorKind {
     UnsetVariable,
     /// A malformed `${...}` interpolation.
     InvalidInterpolation,
+    /// A field-mapping expression that does not parse, calls an unknown function or passes
+    /// wrong arguments.
+    InvalidExpression,
     /// Any other problem, for diagnostics that later stages (the CLI) add in the same format.
     Other,
 }
@@ -138,6 +141,7 @@ impl ErrorKind {
             ErrorKind::InvalidAddress => "lockstep::config::invalid-address",
             ErrorKind::UnsetVariable => "lockstep::config::unset-variable",
             ErrorKind::InvalidInterpolation => "lockstep::config::invalid-interpolation",
+            ErrorKind::InvalidExpression => "lockstep::config::invalid-expression",
             ErrorKind::Other => "lockstep::config::error",
         }
     }

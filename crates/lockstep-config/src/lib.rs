@@ -45,6 +45,8 @@
 //! enabled = true
 //! [syncs.contacts.fields]              # destination_field = "source_field", in order
 //! email_address = "email"
+//! email_key = { expr = "lower(trim(email))" }  # computed: expr, concat, constant, from + cast,
+//!                                      # parse, format, map, hash or split, and default
 //! [syncs.contacts.schedule]            # optional; used by the daemon
 //! cron = "*/5 * * * *"                 # or every = "5m": exactly one of the two
 //! timezone = "Europe/Paris"            # IANA name, default UTC

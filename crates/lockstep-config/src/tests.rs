@@ -9,6 +9,8 @@ use serde_json::json;
 
 use crate::*;
 
+mod fields;
+
 const PATH: &str = "/etc/lockstep/lockstep.toml";
 
 const CRM_PASSWORD: &str = "crm-pw-5f1e2d";
@@ -199,14 +201,8 @@ fn the_full_example_parses_into_the_expected_model() {
             cursor_field: Some("updated_at".into()),
             key: vec!["email_address".into()],
             fields: vec![
-                FieldMapping {
-                    target: "email_address".into(),
-                    source: "email".into(),
-                },
-                FieldMapping {
-                    target: "given_name".into(),
-                    source: "first_name".into(),
-                },
+                FieldMapping::copy("email_address", "email"),
+                FieldMapping::copy("given_name", "first_name"),
             ],
             batch_size: 5000,
             delete: DeletePolicy {
@@ -643,8 +639,9 @@ fn wrong_type_a_dotted_destination_field() {
         &error,
         ErrorKind::WrongType,
         9,
-        "`syncs.contacts.fields.address` must be a string (the source field), found a table",
-        "a destination field name with dots must be quoted: \"address.<rest>\" = \"source_field\"",
+        "`syncs.contacts.fields.address` must be a source field or a field table ({ from = \
+         \"...\" }, { expr = \"...\" }...), found a table with `city`",
+        "a destination field name with dots must be quoted: \"address.city\" = \"source_field\"",
     );
 }
 

@@ -16,13 +16,15 @@ use serde_json::Value as Json;
 use toml::de::{DeString, DeTable, DeValue};
 use toml::Spanned;
 
+mod fields;
+
 use crate::diagnostic::{source_file, ConfigError, ConfigErrors, ErrorKind, Location, SourceFile};
 use crate::duration::{parse_duration, DURATION_FORMS};
 use crate::interpolate::{interpolate, InterpolationError};
 use crate::model::{
-    AlertsConfig, CatchUp, Config, Connection, DaemonConfig, EmailAlert, FieldLocation, LogFormat,
-    RetryPolicy, Schedule, StartTls, Sync, SyncLocations, Trigger, WebhookAlert,
-    DEFAULT_BATCH_SIZE, DEFAULT_STATE_URL, MAX_BATCH_SIZE,
+    AlertsConfig, CatchUp, Config, Connection, DaemonConfig, EmailAlert, LogFormat, RetryPolicy,
+    Schedule, StartTls, Sync, SyncLocations, Trigger, WebhookAlert, DEFAULT_BATCH_SIZE,
+    DEFAULT_STATE_URL, MAX_BATCH_SIZE,
 };
 use crate::secrets::Secrets;
 use crate::suggest::did_you_mean;
@@ -1213,66 +1215,6 @@ impl Builder<'_> {
         Some((EndpointSpec { connection, stream }, value.span()))
     }
 
-    fn fields(&mut self, t: &Tbl<'_, '_>) -> (Vec<FieldMapping>, Vec<FieldLocation>) {
-        let mut fields = Vec::new();
-        let mut locations = Vec::new();
-        let Some(ft) = self.table(t, "fields") else {
-            return (fields, locations);
-        };
-        for (key, value) in entries(ft.table) {
-            let target: &str = key.get_ref();
-            let path = ft.child(target);
-            if target.trim().is_empty() {
-                self.error(
-                    ErrorKind::InvalidValue,
-                    key.span(),
-                    format!("`{}` maps an empty destination field name", ft.path),
-                    "empty name",
-                    "write the destination field's name: name = \"source_field\"",
-                );
-                continue;
-            }
-            if let DeValue::Table(_) = value.get_ref() {
-                self.error(
-                    ErrorKind::WrongType,
-                    key.span(),
-                    format!("`{path}` must be a string (the source field), found a table"),
-                    "expected a string",
-                    format!(
-                        "a destination field name with dots must be quoted: \"{target}.<rest>\" \
-                         = \"source_field\""
-                    ),
-                );
-                continue;
-            }
-            let Some(source) = self.as_string(&path, target, value) else {
-                continue;
-            };
-            if source.value.trim().is_empty() {
-                self.error(
-                    ErrorKind::InvalidValue,
-                    source.span,
-                    format!("`{path}` names an empty source field"),
-                    "empty",
-                    format!(
-                        "write the source field that feeds `{target}`: {} = \"field\"",
-                        path_key(target)
-                    ),
-                );
-                continue;
-            }
-            fields.push(FieldMapping {
-                target: target.to_owned(),
-                source: source.value.to_owned(),
-            });
-            locations.push(FieldLocation {
-                target: self.loc(&key.span()),
-                source: self.loc(&source.span),
-            });
-        }
-        (fields, locations)
-    }
-
     fn key(&mut self, t: &Tbl<'_, '_>, fields: &[FieldMapping]) -> (Vec<String>, Option<Location>) {
         let Some((names, span)) = self.strings(t, "key", true) else {
             return (Vec::new(), None);
@@ -1290,7 +1232,14 @@ impl Builder<'_> {
                  on the source's primary key",
             );
         }
-        let targets: Vec<&str> = fields.iter().map(|f| f.target.as_str()).collect();
+        // Destination fields: `props.score` writes field `props`.
+        let columns: Vec<String> = fields.iter().map(FieldMapping::column).collect();
+        let mut targets: Vec<&str> = Vec::new();
+        for c in &columns {
+            if !targets.contains(&c.as_str()) {
+                targets.push(c);
+            }
+        }
         let mut seen = BTreeSet::new();
         let mut key = Vec::new();
         for name in &names {

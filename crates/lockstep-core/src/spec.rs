@@ -2,6 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod expr;
+
+pub use expr::{Expr, ExprError, Literal};
+
 /// One side of a sync: a connection and a stream in it.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct EndpointSpec {
@@ -88,12 +92,66 @@ impl std::fmt::Display for RejectLimit {
 }
 
 /// One destination field and where its value comes from.
+///
+/// A copy (`expr` is `None`) reads `source`; a computed field evaluates `expr`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct FieldMapping {
-    /// The field's name in the destination.
+    /// The field's name in the destination. With dots (`props.score`), a path into a JSON
+    /// field the mapping builds (`props`); a part in backticks is taken as it is
+    /// (`` `a.b` `` is the field named `a.b`). See [`expr::parse_path`].
     pub target: String,
-    /// The source field it is copied from.
+    /// For a copy: the source field it is copied from, or a dotted path into a JSON source
+    /// field (`address.city`). For a computed field: the expression's text, for messages.
     pub source: String,
+    /// How the value is computed; `None` for a copy of `source`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expr: Option<Expr>,
+}
+
+impl FieldMapping {
+    /// `target` copied from source field (or path) `source`.
+    pub fn copy(target: impl Into<String>, source: impl Into<String>) -> Self {
+        FieldMapping {
+            target: target.into(),
+            source: source.into(),
+            expr: None,
+        }
+    }
+
+    /// `target` computed by `expr`.
+    pub fn computed(target: impl Into<String>, expr: Expr) -> Self {
+        FieldMapping {
+            target: target.into(),
+            source: expr.to_string(),
+            expr: Some(expr),
+        }
+    }
+
+    /// Whether the field is a copy of a source field (a rename, or a path into a JSON field).
+    pub fn is_copy(&self) -> bool {
+        self.expr.is_none()
+    }
+
+    /// The destination path: one part for a plain field, more for a path into a JSON field.
+    pub fn target_path(&self) -> Result<Vec<String>, ExprError> {
+        expr::parse_path(&self.target)
+    }
+
+    /// The destination field (column) this mapping writes: the first part of its path.
+    pub fn column(&self) -> String {
+        match self.target_path() {
+            Ok(mut path) => path.swap_remove(0),
+            Err(_) => self.target.clone(),
+        }
+    }
+
+    /// What the field's value is computed from: `expr`, or the copied field.
+    pub fn value(&self) -> Result<Expr, ExprError> {
+        match &self.expr {
+            Some(e) => Ok(e.clone()),
+            None => Expr::field(&self.source),
+        }
+    }
 }
 
 /// A sync: what to copy from where to where, and how.
@@ -124,7 +182,7 @@ impl SyncSpec {
         }
         self.fields
             .iter()
-            .find(|m| m.source == source)
+            .find(|m| m.is_copy() && m.source == source)
             .map(|m| m.target.as_str())
     }
 
@@ -135,7 +193,7 @@ impl SyncSpec {
         }
         self.fields
             .iter()
-            .find(|m| m.target == target)
+            .find(|m| m.is_copy() && m.target == target)
             .map(|m| m.source.as_str())
     }
 }
@@ -186,9 +244,38 @@ mod tests {
         let s = spec(vec![FieldMapping {
             target: "email_address".into(),
             source: "email".into(),
+            expr: None,
         }]);
         assert_eq!(s.target_of("email"), Some("email_address"));
         assert_eq!(s.source_of("email_address"), Some("email"));
         assert_eq!(s.target_of("phone"), None);
+    }
+
+    #[test]
+    fn computed_fields_are_not_renames() {
+        let key = expr::parse("lower(trim(email))").unwrap();
+        let s = spec(vec![
+            FieldMapping::copy("props.score", "score"),
+            FieldMapping::computed("email_key", key.clone()),
+            FieldMapping::copy("`a.b`", "x"),
+        ]);
+        assert_eq!(s.fields[1].source, "lower(trim(email))");
+        assert_eq!(s.source_of("email_key"), None);
+        assert_eq!(s.target_of("email"), None);
+        assert_eq!(s.source_of("props.score"), Some("score"));
+        assert_eq!(s.fields[0].column(), "props");
+        assert_eq!(s.fields[0].target_path().unwrap(), ["props", "score"]);
+        assert_eq!(s.fields[2].column(), "a.b");
+        assert_eq!(s.fields[1].value().unwrap(), key);
+        assert_eq!(
+            s.fields[0].value().unwrap(),
+            Expr::Field(vec!["score".into()])
+        );
+        // A spec serializes with the expression as text, and a copy without `expr`.
+        let json = serde_json::to_value(&s.fields).unwrap();
+        assert_eq!(json[1]["expr"], "lower(trim(email))");
+        assert!(json[0].get("expr").is_none());
+        let back: Vec<FieldMapping> = serde_json::from_value(json).unwrap();
+        assert_eq!(back, s.fields);
     }
 }

@@ -1,20 +1,44 @@
 //! Schema mapping on Arrow record batches: from the source stream's fields to the
 //! destination's, as a sync's field mapping says.
 //!
+//! A destination field is a copy of a source field (a rename), a path into a JSON source field
+//! (`address.city`), or computed by an expression of [`lockstep_core::spec::expr`]
+//! (`lower(trim(email))`, `cast(score, 'int64')`, `map(level, {'1': 'gold'}, 'bronze')`...).
+//! A destination name with dots (`props.score`) is a path into a JSON field the mapping
+//! builds (`props`).
+//!
 //! Invariants:
 //! - Pure: no I/O, no clock, no randomness. The same batch and mapping give the same output.
 //! - A mapping problem that can be known from the schemas alone (an unknown source field, a
-//!   duplicate target) is found by [`Mapper::new`], before any record is read.
-//! - A record that cannot be mapped is rejected with its row, field and reason; it never
-//!   fails the whole batch and is never dropped silently.
+//!   duplicate target, lower() of a number, a path into a field that is not JSON, a cast that
+//!   cannot work, a key that is not a mapped field) is found by [`Mapper::new`], before any
+//!   record is read.
+//! - A record that cannot be mapped (a value that does not cast, a date that does not parse, a
+//!   missing JSON path without a default, a null key) is rejected with its row, field and
+//!   reason; it never fails the whole batch and is never dropped silently. Each rejected
+//!   record has one rejection, for the first field (in destination order) that failed.
+//! - Every destination field has the type its expression declares: a copy keeps the source's
+//!   type, `cast` gives its target, string functions text, paths and nested fields json.
+
+mod cast;
+mod compile;
+mod eval;
+
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, RecordBatch};
+use arrow::array::{Array, ArrayRef, RecordBatch, StringArray};
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use lockstep_core::protocol::arrow_types::arrow_schema;
-use lockstep_core::protocol::{FieldInfo, StreamInfo};
+use lockstep_core::protocol::{DataType, FieldInfo, StreamInfo};
+use lockstep_core::spec::expr::path_text;
 use lockstep_core::SyncSpec;
+
+use crate::cast::Errors;
+use crate::compile::{Compiler, Node, Op};
+use crate::eval::{eval, Ctx};
 
 /// A mapping that does not fit the source stream.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -30,11 +54,38 @@ pub enum MappingError {
     },
     #[error("field mapping of sync `{sync}`: destination field `{target}` is mapped twice; give each destination field one source")]
     DuplicateTarget { sync: String, target: String },
+    #[error("field mapping of sync `{sync}`: `{target}` conflicts with `{other}`: `{at}` cannot be both a value and a JSON object built from paths; keep one")]
+    ConflictingTarget {
+        sync: String,
+        /// The later of the two destination fields, as written.
+        target: String,
+        other: String,
+        /// The destination path both write.
+        at: String,
+    },
+    #[error("field mapping of sync `{sync}`: destination field `{target}`: {message}")]
+    InvalidExpression {
+        sync: String,
+        target: String,
+        message: String,
+    },
+    #[error("field mapping of sync `{sync}`: destination field `{target}`: {message}")]
+    IncompatibleType {
+        sync: String,
+        target: String,
+        message: String,
+    },
     #[error("sync `{sync}`: key field `{key}` is not among the destination fields ({available}); name key fields by their destination names")]
     UnknownKey {
         sync: String,
         key: String,
         available: String,
+    },
+    #[error("sync `{sync}`: key field `{key}` {reason}")]
+    InvalidKey {
+        sync: String,
+        key: String,
+        reason: String,
     },
     #[error("sync `{sync}`: cursor field `{cursor}` is not a field of stream `{stream}`; its fields are: {available}")]
     UnknownCursor {
@@ -53,6 +104,21 @@ pub enum MappingError {
     InvalidBatch(String),
 }
 
+impl MappingError {
+    /// The destination field (as written in the mapping) the error is about, if it is about
+    /// one: to point a diagnostic at that line of `[syncs.NAME.fields]`.
+    pub fn target(&self) -> Option<&str> {
+        match self {
+            MappingError::UnknownSourceField { target, .. }
+            | MappingError::DuplicateTarget { target, .. }
+            | MappingError::InvalidExpression { target, .. }
+            | MappingError::IncompatibleType { target, .. }
+            | MappingError::ConflictingTarget { target, .. } => Some(target),
+            _ => None,
+        }
+    }
+}
+
 /// A record that could not be mapped.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RowRejection {
@@ -68,22 +134,40 @@ pub struct MappedBatch {
     pub batch: RecordBatch,
     /// For each row of `batch`, its row index in the source batch.
     pub source_rows: Vec<usize>,
+    /// In row order, one per rejected row.
     pub rejected: Vec<RowRejection>,
+}
+
+/// One destination field (column) and how it is computed.
+#[derive(Debug, Clone)]
+struct Column {
+    field: FieldInfo,
+    value: Value,
+}
+
+#[derive(Debug, Clone)]
+enum Value {
+    /// `target` as written in the mapping.
+    Node { target: String, node: Node },
+    /// A JSON object built from paths: (target as written, path below the column, value).
+    Object(Vec<(String, Vec<String>, Node)>),
 }
 
 /// A compiled mapping from one source stream to destination fields.
 #[derive(Debug, Clone)]
 pub struct Mapper {
-    /// (source column name, destination field) in destination order.
-    columns: Vec<(String, FieldInfo)>,
+    columns: Vec<Column>,
     schema: SchemaRef,
     key: Vec<String>,
     source_key: Vec<String>,
+    sources: Vec<String>,
 }
 
 impl Mapper {
-    /// Compiles the mapping of `spec` against the source stream, checking every field.
+    /// Compiles the mapping of `spec` against the source stream, checking every field, every
+    /// expression and the key.
     pub fn new(spec: &SyncSpec, stream: &StreamInfo) -> Result<Self, MappingError> {
+        let sync = spec.name.as_str();
         let available = || {
             stream
                 .fields
@@ -92,50 +176,74 @@ impl Mapper {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let mut columns: Vec<(String, FieldInfo)> = Vec::new();
+        let mut columns: Vec<Column> = Vec::new();
         if spec.fields.is_empty() {
             for f in &stream.fields {
-                columns.push((f.name.clone(), f.clone()));
-            }
-        } else {
-            for m in &spec.fields {
-                let source = stream.field(&m.source).ok_or_else(|| MappingError::UnknownSourceField {
-                    sync: spec.name.clone(),
-                    target: m.target.clone(),
-                    source_field: m.source.clone(),
-                    stream: stream.name.clone(),
-                    available: available(),
-                })?;
-                if columns.iter().any(|(_, f)| f.name == m.target) {
-                    return Err(MappingError::DuplicateTarget {
-                        sync: spec.name.clone(),
-                        target: m.target.clone(),
-                    });
-                }
-                columns.push((
-                    m.source.clone(),
-                    FieldInfo {
-                        name: m.target.clone(),
+                columns.push(Column {
+                    field: FieldInfo {
                         native_type: None,
-                        ..source.clone()
+                        ..f.clone()
                     },
-                ));
+                    value: Value::Node {
+                        target: f.name.clone(),
+                        node: Compiler {
+                            sync,
+                            target: &f.name,
+                            stream,
+                        }
+                        .compile(&lockstep_core::spec::Expr::Field(vec![f.name.clone()]))?,
+                    },
+                });
             }
         }
+        for m in &spec.fields {
+            let invalid = |message: String| MappingError::InvalidExpression {
+                sync: sync.to_owned(),
+                target: m.target.clone(),
+                message,
+            };
+            let path = m
+                .target_path()
+                .map_err(|e| invalid(format!("invalid destination name: {}", e.message)))?;
+            let expr = m
+                .value()
+                .map_err(|e| invalid(format!("invalid source `{}`: {}", m.source, e.message)))?;
+            let node = Compiler {
+                sync,
+                target: &m.target,
+                stream,
+            }
+            .compile(&expr)?;
+            if node.null_literal {
+                return Err(invalid(
+                    "a constant null has no type; give it one, e.g. cast(null, 'text')".to_owned(),
+                ));
+            }
+            add_column(&mut columns, sync, &m.target, path, node)?;
+        }
+
         if let Some(cursor) = &spec.cursor_field {
             if stream.field(cursor).is_none() {
                 return Err(MappingError::UnknownCursor {
-                    sync: spec.name.clone(),
+                    sync: sync.to_owned(),
                     cursor: cursor.clone(),
                     stream: stream.name.clone(),
                     available: available(),
                 });
             }
         }
+
+        let plain_source = |c: &Column| match &c.value {
+            Value::Node { node, .. } => match &node.op {
+                Op::Column(s) => Some(s.clone()),
+                _ => None,
+            },
+            Value::Object(_) => None,
+        };
         let key = if spec.key.is_empty() {
             if stream.primary_key.is_empty() {
                 return Err(MappingError::NoKey {
-                    sync: spec.name.clone(),
+                    sync: sync.to_owned(),
                     stream: stream.name.clone(),
                 });
             }
@@ -145,10 +253,10 @@ impl Mapper {
                 .map(|pk| {
                     columns
                         .iter()
-                        .find(|(s, _)| s == pk)
-                        .map(|(_, f)| f.name.clone())
+                        .find(|c| plain_source(c).as_ref() == Some(pk))
+                        .map(|c| c.field.name.clone())
                         .ok_or_else(|| MappingError::KeyNotMapped {
-                            sync: spec.name.clone(),
+                            sync: sync.to_owned(),
                             field: pk.clone(),
                         })
                 })
@@ -156,47 +264,115 @@ impl Mapper {
         } else {
             spec.key.clone()
         };
-        let mut source_key = Vec::with_capacity(key.len());
+        let mut key_sources: Vec<Option<String>> = Vec::new();
+        let mut key_reads: Vec<String> = Vec::new();
         for k in &key {
-            let source = columns
-                .iter()
-                .find(|(_, f)| &f.name == k)
-                .map(|(s, _)| s.clone())
-                .ok_or_else(|| MappingError::UnknownKey {
-                    sync: spec.name.clone(),
+            let column = columns.iter().find(|c| &c.field.name == k).ok_or_else(|| {
+                MappingError::UnknownKey {
+                    sync: sync.to_owned(),
                     key: k.clone(),
                     available: columns
                         .iter()
-                        .map(|(_, f)| f.name.as_str())
+                        .map(|c| c.field.name.as_str())
                         .collect::<Vec<_>>()
                         .join(", "),
-                })?;
-            source_key.push(source);
+                }
+            })?;
+            let invalid_key = |reason: String| MappingError::InvalidKey {
+                sync: sync.to_owned(),
+                key: k.clone(),
+                reason,
+            };
+            let node = match &column.value {
+                Value::Object(leaves) => {
+                    return Err(invalid_key(format!(
+                        "is a JSON object built from paths ({}); a key must be a plain field",
+                        leaves
+                            .iter()
+                            .map(|(t, _, _)| format!("`{t}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )))
+                }
+                Value::Node { node, .. } => node,
+            };
+            let mut reads = Vec::new();
+            node.columns(&mut reads);
+            if reads.is_empty() {
+                return Err(invalid_key(format!(
+                    "is the constant `{}`: every record would have the same key; compute the key \
+                     from source fields",
+                    node.text
+                )));
+            }
+            for r in reads {
+                if !key_reads.iter().any(|x| x == r) {
+                    key_reads.push(r.to_owned());
+                }
+            }
+            key_sources.push(plain_source(column));
         }
+        // Reads are ordered (and cursor ties broken) by the source fields of the key when it
+        // is made of copies; otherwise by the source's primary key, else by what the key reads.
+        let source_key: Vec<String> = if key_sources.iter().all(Option::is_some) {
+            key_sources.into_iter().flatten().collect()
+        } else if !stream.primary_key.is_empty()
+            && stream
+                .primary_key
+                .iter()
+                .all(|pk| stream.field(pk).is_some())
+        {
+            stream.primary_key.clone()
+        } else {
+            key_reads
+        };
+
         // Key fields are never null in the destination.
-        for (_, f) in columns.iter_mut() {
-            if key.contains(&f.name) {
-                f.nullable = false;
+        for c in columns.iter_mut() {
+            if key.contains(&c.field.name) {
+                c.field.nullable = false;
             }
         }
-        let fields: Vec<FieldInfo> = columns.iter().map(|(_, f)| f.clone()).collect();
+
+        let mut sources: Vec<String> = Vec::new();
+        {
+            let mut reads: Vec<&str> = Vec::new();
+            for c in &columns {
+                match &c.value {
+                    Value::Node { node, .. } => node.columns(&mut reads),
+                    Value::Object(leaves) => {
+                        leaves.iter().for_each(|(_, _, n)| n.columns(&mut reads))
+                    }
+                }
+            }
+            sources.extend(reads.into_iter().map(str::to_owned));
+        }
+        for k in &source_key {
+            if !sources.contains(k) {
+                sources.push(k.clone());
+            }
+        }
+
+        let fields: Vec<FieldInfo> = columns.iter().map(|c| c.field.clone()).collect();
         let schema = Arc::new(arrow_schema(&fields));
         Ok(Self {
             columns,
             schema,
             key,
             source_key,
+            sources,
         })
     }
 
     /// The destination fields, in order.
     pub fn target_fields(&self) -> Vec<FieldInfo> {
-        self.columns.iter().map(|(_, f)| f.clone()).collect()
+        self.columns.iter().map(|c| c.field.clone()).collect()
     }
 
-    /// The source fields the mapping reads.
+    /// The source fields the mapping reads (each once, in order of first use), the fields of
+    /// [`Mapper::source_key`] included.
     pub fn source_fields(&self) -> Vec<String> {
-        self.columns.iter().map(|(s, _)| s.clone()).collect()
+        self.sources.clone()
     }
 
     /// The match key, in destination field names.
@@ -204,9 +380,46 @@ impl Mapper {
         &self.key
     }
 
-    /// The match key, in source field names.
+    /// The source fields that order reads and break cursor ties: the source fields of the
+    /// match key when each key field is a copy of one; otherwise (a computed key such as
+    /// `lower(trim(email))`) the source's primary key, or when it has none the fields the key
+    /// is computed from.
     pub fn source_key(&self) -> &[String] {
         &self.source_key
+    }
+
+    /// The key fields that can be null (a nullable source field, a JSON path): records whose
+    /// key is null are rejected, one by one. For `validate` and `plan` to warn about.
+    pub fn nullable_key_fields(&self) -> Vec<(String, String)> {
+        self.key
+            .iter()
+            .filter_map(|k| {
+                let c = self.columns.iter().find(|c| &c.field.name == k)?;
+                match &c.value {
+                    Value::Node { node, .. } if node.nullable => {
+                        Some((k.clone(), node.text.clone()))
+                    }
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+
+    /// Each destination field as written in the mapping (`props.score` for a nested one) and
+    /// what it is computed from, as expression text, in destination order.
+    pub fn describe(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for c in &self.columns {
+            match &c.value {
+                Value::Node { target, node } => out.push((target.clone(), node.text.clone())),
+                Value::Object(leaves) => {
+                    for (target, _, node) in leaves {
+                        out.push((target.clone(), node.text.clone()));
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// The destination schema.
@@ -214,34 +427,51 @@ impl Mapper {
         self.schema.clone()
     }
 
-    /// Maps one source batch. Rows whose key is null are rejected.
+    /// Maps one source batch. Rows that fail (a cast, a parse, a missing JSON path, a null
+    /// key...) are rejected with their reason; the others are mapped.
     pub fn map(&self, batch: &RecordBatch) -> Result<MappedBatch, MappingError> {
-        let source_schema = batch.schema();
+        let rows = batch.num_rows();
+        let mut ctx = Ctx::new(batch);
+        let mut rejected: Vec<Option<RowRejection>> = vec![None; rows];
         let mut arrays: Vec<ArrayRef> = Vec::with_capacity(self.columns.len());
-        let mut fields: Vec<Field> = Vec::with_capacity(self.columns.len());
-        for (index, (source, target)) in self.columns.iter().enumerate() {
-            let i = source_schema
-                .index_of(source)
-                .map_err(|_| MappingError::MissingColumn(source.clone()))?;
-            arrays.push(batch.column(i).clone());
-            let mut field = self.schema.field(index).clone();
-            // Nullability follows the data so that null keys surface as rejections below.
-            field = field.with_nullable(target.nullable || batch.column(i).null_count() > 0);
-            fields.push(field);
+        for column in &self.columns {
+            let array = match &column.value {
+                Value::Node { target, node } => evaluate(node, target, &mut ctx, &mut rejected)?,
+                Value::Object(leaves) => {
+                    let mut values = Vec::with_capacity(leaves.len());
+                    for (target, path, node) in leaves {
+                        values.push((
+                            path,
+                            node.ty,
+                            evaluate(node, target, &mut ctx, &mut rejected)?,
+                        ));
+                    }
+                    let objects: StringArray = (0..rows)
+                        .map(|row| {
+                            let mut object = serde_json::Map::new();
+                            for (path, ty, array) in &values {
+                                eval::insert_path(
+                                    &mut object,
+                                    path,
+                                    eval::leaf_json(array, row, *ty),
+                                );
+                            }
+                            Some(serde_json::Value::Object(object).to_string())
+                        })
+                        .collect();
+                    Arc::new(objects)
+                }
+            };
+            arrays.push(array);
         }
-        let mapped = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
-            .map_err(|e| MappingError::InvalidBatch(e.to_string()))?;
-        let mut rejected = Vec::new();
-        let mut keep = vec![true; mapped.num_rows()];
-        for k in &self.key {
-            let column = mapped.column(mapped.schema().index_of(k).expect("key is mapped"));
-            if column.null_count() == 0 {
+        for (index, column) in self.columns.iter().enumerate() {
+            let k = &column.field.name;
+            if !self.key.contains(k) || arrays[index].null_count() == 0 {
                 continue;
             }
-            for (row, keep_row) in keep.iter_mut().enumerate() {
-                if column.is_null(row) && *keep_row {
-                    *keep_row = false;
-                    rejected.push(RowRejection {
+            for (row, slot) in rejected.iter_mut().enumerate() {
+                if slot.is_none() && arrays[index].is_null(row) {
+                    *slot = Some(RowRejection {
                         row,
                         field: Some(k.clone()),
                         reason: format!("key field `{k}` is null; every record needs a key"),
@@ -249,15 +479,31 @@ impl Mapper {
                 }
             }
         }
-        let source_rows: Vec<usize> = (0..mapped.num_rows()).filter(|r| keep[*r]).collect();
-        let batch = if rejected.is_empty() {
+        let keep: Vec<bool> = rejected.iter().map(Option::is_none).collect();
+        let rejected: Vec<RowRejection> = rejected.into_iter().flatten().collect();
+        let source_rows: Vec<usize> = (0..rows).filter(|r| keep[*r]).collect();
+        // Nullability follows the data until rejected rows are filtered out.
+        let fields: Vec<Field> = self
+            .schema
+            .fields()
+            .iter()
+            .zip(&arrays)
+            .map(|(f, a)| {
+                f.as_ref()
+                    .clone()
+                    .with_nullable(f.is_nullable() || a.null_count() > 0)
+            })
+            .collect();
+        let mapped = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
+            .map_err(|e| MappingError::InvalidBatch(e.to_string()))?;
+        let mapped = if rejected.is_empty() {
             mapped
         } else {
             let mask = arrow::array::BooleanArray::from(keep);
             arrow::compute::filter_record_batch(&mapped, &mask)
                 .map_err(|e| MappingError::InvalidBatch(e.to_string()))?
         };
-        let batch = RecordBatch::try_new(self.schema.clone(), batch.columns().to_vec())
+        let batch = RecordBatch::try_new(self.schema.clone(), mapped.columns().to_vec())
             .map_err(|e| MappingError::InvalidBatch(e.to_string()))?;
         Ok(MappedBatch {
             batch,
@@ -267,107 +513,100 @@ impl Mapper {
     }
 }
 
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use arrow::array::{Int64Array, StringArray};
-    use lockstep_core::protocol::DataType;
-    use lockstep_core::{DeletePolicy, EndpointSpec, FieldMapping, SyncMode};
-
-    fn stream() -> StreamInfo {
-        StreamInfo {
-            name: "contacts".into(),
-            fields: vec![
-                FieldInfo {
-                    name: "id".into(),
-                    data_type: DataType::Int64,
-                    nullable: false,
-                    native_type: None,
-                },
-                FieldInfo {
-                    name: "email".into(),
-                    data_type: DataType::Text,
-                    nullable: true,
-                    native_type: Some("TEXT".into()),
-                },
-            ],
-            primary_key: vec!["id".into()],
-            cursor_candidates: vec![],
+/// Evaluates one destination value, recording the rows that failed as rejections of `target`.
+fn evaluate(
+    node: &Node,
+    target: &str,
+    ctx: &mut Ctx<'_>,
+    rejected: &mut [Option<RowRejection>],
+) -> Result<ArrayRef, MappingError> {
+    let mut errors: Vec<Option<String>> = vec![None; ctx.rows];
+    let out = eval(node, ctx, &mut errors)?;
+    let errors: &mut Errors = &mut errors;
+    for (row, reason) in out.missing {
+        cast::fail(errors, row, || reason);
+    }
+    for (row, reason) in errors.iter_mut().enumerate() {
+        if let (Some(reason), None) = (reason.take(), &rejected[row]) {
+            rejected[row] = Some(RowRejection {
+                row,
+                field: Some(target.to_owned()),
+                reason: format!("field `{target}`: {reason}"),
+            });
         }
     }
+    // A destination field has its declared type whatever the expression's Arrow form.
+    cast::normalize(&out.array, node.ty, target)
+}
 
-    fn spec(fields: Vec<(&str, &str)>, key: Vec<&str>) -> SyncSpec {
-        SyncSpec {
-            name: "s".into(),
-            source: EndpointSpec {
-                connection: "a".into(),
-                stream: "contacts".into(),
+/// Adds destination `target` (at `path`) to the columns, checking that no field is mapped
+/// twice and that a JSON field is either built from paths or mapped whole.
+fn add_column(
+    columns: &mut Vec<Column>,
+    sync: &str,
+    target: &str,
+    path: Vec<String>,
+    node: Node,
+) -> Result<(), MappingError> {
+    let name = path[0].clone();
+    let duplicate = || MappingError::DuplicateTarget {
+        sync: sync.to_owned(),
+        target: target.to_owned(),
+    };
+    let conflict = |other: String, at: String| MappingError::ConflictingTarget {
+        sync: sync.to_owned(),
+        target: target.to_owned(),
+        other,
+        at,
+    };
+    let existing = columns.iter_mut().find(|c| c.field.name == name);
+    match (existing, path.len()) {
+        (None, 1) => columns.push(Column {
+            field: FieldInfo {
+                name,
+                data_type: node.ty,
+                nullable: node.nullable,
+                native_type: None,
             },
-            destination: EndpointSpec {
-                connection: "b".into(),
-                stream: "people".into(),
+            value: Value::Node {
+                target: target.to_owned(),
+                node,
             },
-            mode: SyncMode::Full,
-            cursor_field: None,
-            key: key.into_iter().map(String::from).collect(),
-            fields: fields
-                .into_iter()
-                .map(|(t, s)| FieldMapping {
-                    target: t.into(),
-                    source: s.into(),
-                })
-                .collect(),
-            batch_size: 10,
-            delete: DeletePolicy::default(),
+        }),
+        (None, _) => columns.push(Column {
+            field: FieldInfo {
+                name,
+                data_type: DataType::Json,
+                nullable: false,
+                native_type: None,
+            },
+            value: Value::Object(vec![(target.to_owned(), path[1..].to_vec(), node)]),
+        }),
+        (Some(c), 1) => {
+            return Err(match &c.value {
+                Value::Node { .. } => duplicate(),
+                Value::Object(leaves) => conflict(leaves[0].0.clone(), path_text(&path)),
+            })
+        }
+        (Some(c), _) => {
+            let leaves = match &mut c.value {
+                Value::Object(leaves) => leaves,
+                Value::Node { target: other, .. } => {
+                    return Err(conflict(other.clone(), path_text(&path[..1])))
+                }
+            };
+            let below = &path[1..];
+            for (other, p, _) in leaves.iter() {
+                if p.as_slice() == below {
+                    return Err(duplicate());
+                }
+                let shorter = p.len().min(below.len());
+                if p[..shorter] == below[..shorter] {
+                    return Err(conflict(other.clone(), path_text(&path[..=shorter])));
+                }
+            }
+            leaves.push((target.to_owned(), below.to_vec(), node));
         }
     }
-
-    fn batch(emails: Vec<Option<&str>>) -> RecordBatch {
-        let ids: Vec<i64> = (1..=emails.len() as i64).collect();
-        RecordBatch::try_new(
-            Arc::new(arrow_schema(&stream().fields)),
-            vec![
-                Arc::new(Int64Array::from(ids)),
-                Arc::new(StringArray::from(emails)),
-            ],
-        )
-        .unwrap()
-    }
-
-    #[test]
-    fn renames_and_keys_follow_the_mapping() {
-        let m = Mapper::new(&spec(vec![("person_id", "id"), ("mail", "email")], vec![]), &stream())
-            .unwrap();
-        assert_eq!(m.key(), ["person_id"]);
-        assert_eq!(m.source_key(), ["id"]);
-        let out = m.map(&batch(vec![Some("a@x"), None])).unwrap();
-        assert_eq!(out.batch.schema().field(1).name(), "mail");
-        assert_eq!(out.batch.num_rows(), 2);
-        assert!(out.rejected.is_empty());
-    }
-
-    #[test]
-    fn schema_problems_are_found_before_reading() {
-        let e = Mapper::new(&spec(vec![("mail", "e_mail")], vec!["mail"]), &stream()).unwrap_err();
-        assert!(e.to_string().contains("`e_mail`") && e.to_string().contains("id, email"), "{e}");
-        let e = Mapper::new(&spec(vec![("mail", "email")], vec![]), &stream()).unwrap_err();
-        assert!(matches!(e, MappingError::KeyNotMapped { .. }), "{e}");
-        let e = Mapper::new(&spec(vec![("a", "id"), ("a", "email")], vec![]), &stream()).unwrap_err();
-        assert!(matches!(e, MappingError::DuplicateTarget { .. }), "{e}");
-        let e = Mapper::new(&spec(vec![], vec!["nope"]), &stream()).unwrap_err();
-        assert!(matches!(e, MappingError::UnknownKey { .. }), "{e}");
-    }
-
-    #[test]
-    fn null_keys_are_rejected_per_row() {
-        let m = Mapper::new(&spec(vec![("mail", "email"), ("id", "id")], vec!["mail"]), &stream())
-            .unwrap();
-        let out = m.map(&batch(vec![Some("a@x"), None, Some("b@x")])).unwrap();
-        assert_eq!(out.batch.num_rows(), 2);
-        assert_eq!(out.source_rows, vec![0, 2]);
-        assert_eq!(out.rejected.len(), 1);
-        assert_eq!(out.rejected[0].row, 1);
-        assert_eq!(out.rejected[0].field.as_deref(), Some("mail"));
-    }
+    Ok(())
 }

@@ -7,7 +7,7 @@
 //! only spare a record that should have been deleted (never delete one that should not), and
 //! at 64 bits it is vanishingly rare.
 
-use arrow::array::{BooleanArray, RecordBatch};
+use arrow::array::{Array, BooleanArray, RecordBatch};
 use arrow::compute::{concat_batches, filter_record_batch};
 use lockstep_core::protocol::{ReadMode, ReadRequest, Role};
 use lockstep_core::{record_keys, RunMetrics};
@@ -72,6 +72,8 @@ pub(crate) async fn run(
     let mut reader = source.read(&request).await?;
     let mut source_keys: Vec<u64> = Vec::new();
     while let Some((batch, _)) = reader.next().await? {
+        // Records without a key were rejected by the runs; they match nothing.
+        let batch = without_null_keys(&batch, ctx.mapper.source_key())?;
         for key in record_keys(&batch, ctx.mapper.source_key())? {
             source_keys.push(xxh3_64(key.as_bytes()));
         }
@@ -174,6 +176,21 @@ pub(crate) async fn run(
             mark_done(ctx, &sink, run).await
         }
     }
+}
+
+/// The rows of `batch` whose key columns are all set.
+fn without_null_keys(batch: &RecordBatch, key: &[String]) -> Result<RecordBatch, EngineError> {
+    let columns: Vec<_> = crate::pipeline::key_indices(batch, key)?
+        .into_iter()
+        .map(|i| batch.column(i).clone())
+        .collect();
+    if columns.iter().all(|c| c.null_count() == 0) {
+        return Ok(batch.clone());
+    }
+    let keep: Vec<bool> = (0..batch.num_rows())
+        .map(|row| columns.iter().all(|c| c.is_valid(row)))
+        .collect();
+    Ok(filter_record_batch(batch, &BooleanArray::from(keep))?)
 }
 
 async fn mark_done(ctx: &Context<'_>, sink: &Sink<'_>, run: &RunState) -> Result<(), EngineError> {

@@ -74,7 +74,6 @@ contact_id = "id"
 email_address = "email"
 full_name = "name"
 score = "score"
-changed = "updated_at"
 "#
     );
     let path = dir.join("lockstep.toml");
@@ -137,7 +136,8 @@ fn incremental_sync_counts_changes_and_records_history() {
     assert_eq!(first["metrics"]["updated"], 0);
     assert_eq!(source_digest(dir.path()), destination_digest(dir.path()));
 
-    // Change 4 rows (one to the same values but a newer cursor) and add 2.
+    // Change 3 rows, touch a fourth without changing a mapped value (the cursor is not
+    // mapped), and add 2.
     rt().block_on(async {
         let pool = pool(&dir.path().join("crm.db")).await;
         sqlx::query("UPDATE contacts SET score = score + 1, updated_at = '2026-03-01 00:00:00' WHERE id IN (1, 2, 3)")

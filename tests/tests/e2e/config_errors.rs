@@ -46,7 +46,7 @@ fn each_documented_error_names_file_line_and_hint() {
     let dir = tempfile::tempdir().unwrap();
     // (what to break, expected message fragment, expected line)
     let cases: &[(&str, &str, &str, usize)] = &[
-        ("cursor = \"updated_at\"", "curser = \"updated_at\"", "did you mean `cursor`", 17),
+        ("cursor = \"updated_at\"", "curser = \"updated_at\"", "did you mean `cursor`", 16),
         ("source = \"crm.contacts\"", "source = \"crn.contacts\"", "crn", 13),
         ("mode = \"incremental\"", "mode = \"sometimes\"", "sometimes", 15),
         ("${LOCKSTEP_TEST_SECRET}", "${LOCKSTEP_UNSET_VARIABLE}", "LOCKSTEP_UNSET_VARIABLE", 10),

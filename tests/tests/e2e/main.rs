@@ -2,5 +2,7 @@
 
 mod cli;
 mod config_errors;
+mod crash;
+mod engine;
 mod plugins;
 mod tidy;

@@ -1,11 +1,14 @@
 //! The subcommands, and what they share: loading the config, finding plugins, logging.
 
 mod connectors;
+mod daemon;
 mod plan;
 mod rejects;
 mod run;
 mod runs;
+mod status;
 mod validate;
+mod worker;
 
 use std::io::IsTerminal;
 use std::path::Path;
@@ -33,7 +36,10 @@ impl<E: std::fmt::Display> From<E> for CliError {
 }
 
 pub async fn dispatch(cli: Cli) -> ExitCode {
-    init_logging(cli.log_format, matches!(cli.command, Command::Run { .. }));
+    // The daemon sets up logging itself, once it knows the config's log format.
+    if !matches!(cli.command, Command::Daemon { .. }) {
+        init_logging(cli.log_format, matches!(cli.command, Command::Run { .. }));
+    }
     let result = match cli.command {
         Command::Validate { offline } => validate::run(&cli.config, offline).await,
         Command::Connectors { command } => match command {
@@ -51,6 +57,11 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
         Command::Runs { sync, limit, output } => {
             runs::run(&cli.config, sync.as_deref(), limit, output).await
         }
+        Command::Daemon { listen, kill_grace } => {
+            daemon::run(&cli.config, cli.log_format, listen, kill_grace).await
+        }
+        Command::Worker { sync, supervised } => worker::run(&cli.config, &sync, supervised).await,
+        Command::Status { output } => status::run(&cli.config, output).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

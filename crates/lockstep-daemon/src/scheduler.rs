@@ -1,0 +1,580 @@
+//! One task per scheduled sync: wait for the tick, run the sync in a worker (retrying
+//! transient failures with exponential backoff), record crashes, raise alerts, and work out
+//! the next tick.
+//!
+//! Runs of one sync are sequential by construction: the task waits for its worker before it
+//! looks at the clock again. Ticks that pass while a run goes on are missed; the sync's
+//! `catch_up` policy says whether to forget them (`skip`: wait for the next tick) or to run
+//! once at once (`run-once`). The same policy applies at start-up, to the ticks missed since
+//! the sync's last recorded run.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use lockstep_config::{CatchUp, Config, Schedule};
+use lockstep_core::{RunMetrics, RunStatus};
+use lockstep_state::RunEnd;
+use tracing::Instrument;
+
+use crate::alerts::{self, Alert, AlertKind, Execution};
+use crate::daemon::{backoff, Running, Shared};
+use crate::protocol::LEASE_HELD;
+use crate::schedule::{human, jitter, Plan};
+use crate::supervisor::{run_worker, WorkerSpec};
+
+/// How many ticks are counted when telling how many were missed.
+const MISSED_CAP: u32 = 10_000;
+
+/// Schedules `name` until the daemon stops or the sync is no longer scheduled.
+pub(crate) async fn sync_loop(shared: Arc<Shared>, name: String) {
+    let mut config_rx = shared.config.subscribe();
+    let mut shutdown = shared.shutdown.clone();
+    let mut current: Option<(Schedule, Plan)> = None;
+    let mut due: Option<DateTime<Utc>> = None;
+    let mut fire_at: Option<DateTime<Utc>> = None;
+    let mut starting = true;
+    loop {
+        if shared.stopping() {
+            break;
+        }
+        let config = config_rx.borrow_and_update().clone();
+        let Some(schedule) = config
+            .sync(&name)
+            .filter(|s| s.enabled)
+            .and_then(|s| s.schedule.clone())
+        else {
+            tracing::info!(sync = %name, "the sync is no longer scheduled");
+            shared.update_runtime(&name, |r| r.next_run = None);
+            break;
+        };
+        if current.as_ref().is_none_or(|(old, _)| !same_schedule(old, &schedule)) {
+            let plan = match Plan::new(&schedule) {
+                Ok(plan) => plan,
+                Err(e) => {
+                    tracing::error!(sync = %name, "cannot schedule the sync: {e}");
+                    break;
+                }
+            };
+            let now = Utc::now();
+            due = if starting {
+                initial_due(&shared, &name, &schedule, &plan, now).await
+            } else {
+                tracing::info!(sync = %name, "schedule changed: {}", plan.describe());
+                plan.next_after(now)
+            };
+            tracing::info!(
+                sync = %name,
+                "scheduled {}; next run at {}",
+                plan.describe(),
+                due.map(|d| d.to_rfc3339()).unwrap_or_else(|| "never".into())
+            );
+            fire_at = None;
+            starting = false;
+            current = Some((schedule, plan));
+        }
+        let Some((schedule, plan)) = current.clone() else { break };
+        let Some(due_at) = due else {
+            tracing::warn!(sync = %name, "the schedule {} has no future tick", plan.describe());
+            shared.update_runtime(&name, |r| r.next_run = None);
+            tokio::select! {
+                changed = config_rx.changed() => if changed.is_err() { break },
+                _ = shutdown.changed() => {}
+            }
+            current = None;
+            continue;
+        };
+        let fire = *fire_at.get_or_insert_with(|| {
+            due_at + chrono::Duration::from_std(jitter(schedule.jitter)).unwrap_or_default()
+        });
+        shared.update_runtime(&name, |r| r.next_run = Some(fire));
+        let wait = (fire - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            changed = config_rx.changed() => {
+                if changed.is_err() { break; }
+                continue;
+            }
+            _ = shutdown.changed() => continue,
+        }
+        shared.update_runtime(&name, |r| r.next_run = None);
+        // The config of the moment: a reload while waiting is honoured.
+        let config = shared.config();
+        if config.sync(&name).is_none_or(|s| !s.enabled) {
+            continue;
+        }
+        execute(&shared, &config, &name).await;
+        if shared.stopping() {
+            break;
+        }
+        let now = Utc::now();
+        let missed = plan.ticks_between(due_at, now, MISSED_CAP);
+        fire_at = None;
+        due = if missed == 0 {
+            plan.next_after(due_at)
+        } else {
+            match schedule.catch_up {
+                CatchUp::Skip => {
+                    tracing::info!(
+                        sync = %name,
+                        "{missed} tick(s) passed during the run; skipped (catch_up = \"skip\")"
+                    );
+                    plan.next_after(now)
+                }
+                CatchUp::RunOnce => {
+                    tracing::info!(
+                        sync = %name,
+                        "{missed} tick(s) passed during the run; running once now (catch_up = \"run-once\")"
+                    );
+                    Some(now)
+                }
+            }
+        };
+    }
+    shared.update_runtime(&name, |r| r.next_run = None);
+}
+
+/// Whether two schedules tick the same way (their place in the file aside).
+fn same_schedule(a: &Schedule, b: &Schedule) -> bool {
+    a.trigger == b.trigger
+        && a.timezone == b.timezone
+        && a.jitter == b.jitter
+        && a.catch_up == b.catch_up
+        && a.timeout == b.timeout
+}
+
+/// The first due time at start-up: now if ticks were missed since the last run and the policy
+/// is `run-once`, else the next tick.
+async fn initial_due(
+    shared: &Shared,
+    name: &str,
+    schedule: &Schedule,
+    plan: &Plan,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    let next = plan.next_after(now);
+    let last = match shared.state.runs(Some(name), 1).await {
+        Ok(runs) => runs.into_iter().next(),
+        Err(e) => {
+            tracing::warn!(sync = name, "cannot read the last run: {e}");
+            None
+        }
+    };
+    let Some(started) = last
+        .and_then(|r| DateTime::parse_from_rfc3339(&r.started_at).ok())
+        .map(|t| t.with_timezone(&Utc))
+    else {
+        return next;
+    };
+    let missed = plan.ticks_between(started, now, MISSED_CAP);
+    if missed == 0 {
+        return next;
+    }
+    match schedule.catch_up {
+        CatchUp::RunOnce => {
+            tracing::info!(
+                sync = name,
+                "{missed} tick(s) missed since the last run started at {}; running once now (catch_up = \"run-once\")",
+                started.to_rfc3339()
+            );
+            Some(now)
+        }
+        CatchUp::Skip => {
+            tracing::info!(
+                sync = name,
+                "{missed} tick(s) missed since the last run started at {}; skipped (catch_up = \"skip\")",
+                started.to_rfc3339()
+            );
+            next
+        }
+    }
+}
+
+/// How one attempt ended, as recorded.
+#[derive(Clone, Debug)]
+struct Attempt {
+    run: Option<i64>,
+    status: RunStatus,
+    metrics: RunMetrics,
+    duration: Duration,
+    error_kind: Option<String>,
+    error: Option<String>,
+    exit_detail: Option<String>,
+    retryable: bool,
+    retry_after: Option<Duration>,
+    /// Another process holds the sync: nothing ran, nothing to record or alert.
+    lease_held: bool,
+}
+
+impl Attempt {
+    fn failed(kind: &str, error: String, duration: Duration) -> Attempt {
+        Attempt {
+            run: None,
+            status: RunStatus::Failed,
+            metrics: RunMetrics::default(),
+            duration,
+            error_kind: Some(kind.to_owned()),
+            error: Some(error),
+            exit_detail: None,
+            retryable: false,
+            retry_after: None,
+            lease_held: false,
+        }
+    }
+
+    fn reason(&self) -> Option<String> {
+        self.error.as_ref().map(|e| match &self.error_kind {
+            Some(kind) => format!("{kind}: {e}"),
+            None => e.clone(),
+        })
+    }
+}
+
+/// One scheduled execution: attempts until success, a failure that is not retryable, the
+/// last attempt, or shutdown; then the alerts.
+async fn execute(shared: &Arc<Shared>, config: &Arc<Config>, name: &str) {
+    let Some(sync) = config.sync(name) else { return };
+    let policy = sync.retry;
+    let timeout = sync.schedule.as_ref().and_then(|s| s.timeout);
+    let mut runs = Vec::new();
+    let mut attempt_no = 1u32;
+    let last = loop {
+        let attempt = attempt_once(shared, config, name, timeout, attempt_no).await;
+        shared.update_runtime(name, |r| r.running = None);
+        if attempt.lease_held {
+            tracing::info!(
+                sync = name,
+                "skipped: another process is running this sync ({})",
+                attempt.error.as_deref().unwrap_or("its lease is held")
+            );
+            return;
+        }
+        if let Some(run) = attempt.run {
+            runs.push(run);
+        }
+        shared.metrics.run_finished(
+            name,
+            attempt.status,
+            &attempt.metrics,
+            attempt.duration,
+            Utc::now().timestamp_millis() as f64 / 1000.0,
+        );
+        let retry = attempt.status == RunStatus::Failed
+            && attempt.retryable
+            && attempt_no < policy.max_attempts
+            && !shared.stopping();
+        if !retry {
+            break attempt;
+        }
+        let delay = backoff(&policy, attempt_no).max(attempt.retry_after.unwrap_or_default());
+        tracing::warn!(
+            sync = name,
+            run = attempt.run,
+            "the run failed with a {} error; retrying in {} (attempt {} of {})",
+            attempt.error_kind.as_deref().unwrap_or("retryable"),
+            human(delay),
+            attempt_no + 1,
+            policy.max_attempts
+        );
+        shared.metrics.retried(name);
+        shared.update_runtime(name, |r| r.next_run = Some(Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default()));
+        let mut shutdown = shared.shutdown.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.changed() => {
+                tracing::info!(sync = name, "stopping: the retry is dropped");
+                break attempt;
+            }
+        }
+        attempt_no += 1;
+    };
+    conclude(shared, config, name, &last, runs, attempt_no).await;
+}
+
+/// Runs one worker and records how it ended when the worker could not.
+async fn attempt_once(
+    shared: &Arc<Shared>,
+    config: &Arc<Config>,
+    name: &str,
+    timeout: Option<Duration>,
+    attempt_no: u32,
+) -> Attempt {
+    let span = tracing::info_span!("run", sync = name, run = tracing::field::Empty);
+    async {
+        let since = Utc::now();
+        shared.update_runtime(name, |r| {
+            r.running = Some(Running {
+                run: None,
+                pid: None,
+                since,
+                attempt: attempt_no,
+            })
+        });
+        tracing::info!(attempt = attempt_no, "starting a worker");
+        let started = Instant::now();
+        let spec = WorkerSpec {
+            exe: &shared.worker_exe,
+            config_path: &config.path,
+            config_text: config.source_text(),
+            sync: name,
+            timeout,
+            grace: shared.kill_grace,
+            secrets: &config.secrets,
+        };
+        let on_started = |run: i64, pid: Option<u32>| {
+            tracing::Span::current().record("run", run);
+            shared.update_runtime(name, |r| {
+                if let Some(running) = r.running.as_mut() {
+                    running.run = Some(run);
+                    running.pid = pid;
+                }
+            });
+            tracing::info!(pid, "run started");
+        };
+        let exit = match run_worker(&spec, shared.shutdown.clone(), on_started).await {
+            Ok(exit) => exit,
+            Err(e) => {
+                let error = format!("cannot start the worker `{} worker`: {e}", shared.worker_exe.display());
+                tracing::error!("{error}");
+                let mut attempt = Attempt::failed("internal", error, started.elapsed());
+                attempt.run = record_unstarted(shared, name, &attempt).await;
+                return attempt;
+            }
+        };
+        let duration = started.elapsed();
+        if let (Some(report), false) = (&exit.report, exit.crashed()) {
+            let error = report.error.as_ref();
+            let mut attempt = Attempt {
+                run: report.run,
+                status: report.status,
+                metrics: report.metrics,
+                duration,
+                error_kind: error.map(|e| e.kind.clone()),
+                error: error.map(|e| e.message.clone()),
+                exit_detail: None,
+                retryable: error.is_some_and(|e| e.retryable),
+                retry_after: error.and_then(|e| e.retry_after_ms).map(Duration::from_millis),
+                lease_held: error.is_some_and(|e| e.kind == LEASE_HELD),
+            };
+            if attempt.lease_held {
+                return attempt;
+            }
+            if attempt.run.is_none() {
+                // The run could not start (no plugin, no state store): it is recorded all the
+                // same, so that `lockstep runs` and the alerts show it.
+                attempt.run = record_unstarted(shared, name, &attempt).await;
+            } else if exit.timed_out && attempt.status == RunStatus::Cancelled {
+                attempt.status = RunStatus::Failed;
+                attempt.error_kind = Some("timeout".into());
+                attempt.error = Some(format!(
+                    "the run exceeded its timeout of {} and was stopped after the batch in hand",
+                    human(timeout.unwrap_or_default())
+                ));
+                attempt.retryable = false;
+                refinish(shared, config, name, &attempt).await;
+            }
+            match attempt.status {
+                RunStatus::Succeeded => tracing::info!(
+                    status = "succeeded",
+                    read = attempt.metrics.read,
+                    written = attempt.metrics.written(),
+                    "run succeeded in {}",
+                    human(Duration::from_millis(duration.as_millis() as u64))
+                ),
+                RunStatus::Cancelled => tracing::info!("run cancelled after the batch in hand"),
+                _ => tracing::error!(
+                    kind = attempt.error_kind.as_deref().unwrap_or("unknown"),
+                    retryable = attempt.retryable,
+                    "run failed: {}",
+                    attempt.error.as_deref().unwrap_or("no reason given")
+                ),
+            }
+            return attempt;
+        }
+
+        // The worker died without a report: by a signal (abort, segfault, out of memory,
+        // the timeout's SIGKILL) or by exiting early. The daemon records the run itself.
+        shared.metrics.worker_crashed(name);
+        let how = exit.describe();
+        let (kind, error) = if exit.timed_out {
+            (
+                "timeout",
+                format!(
+                    "the run exceeded its timeout of {}; the worker {how}",
+                    human(timeout.unwrap_or_default())
+                ),
+            )
+        } else if exit.killed {
+            (
+                "killed",
+                format!(
+                    "the worker did not stop within {} of SIGTERM and {how}",
+                    human(shared.kill_grace)
+                ),
+            )
+        } else {
+            ("crash", format!("the worker process {how}; the connector crashed the run"))
+        };
+        let exit_detail = format!(
+            "the worker process {how}\n--- the last {} bytes of its stderr ---\n{}",
+            exit.stderr_tail.len(),
+            exit.stderr_tail
+        );
+        let exit_detail = config.secrets.redact(&exit_detail);
+        tracing::error!(kind, "run failed: {error}");
+        let mut attempt = Attempt {
+            run: exit.run,
+            status: RunStatus::Failed,
+            metrics: RunMetrics::default(),
+            duration,
+            error_kind: Some(kind.to_owned()),
+            error: Some(error),
+            exit_detail: Some(exit_detail),
+            retryable: false,
+            retry_after: None,
+            lease_held: false,
+        };
+        match attempt.run {
+            Some(run) => {
+                // The progress committed batch by batch stays as the run's metrics.
+                if let Ok(Some(summary)) = shared.state.run(run).await {
+                    attempt.metrics = summary.metrics;
+                }
+                refinish(shared, config, name, &attempt).await;
+            }
+            None => attempt.run = record_unstarted(shared, name, &attempt).await,
+        }
+        attempt
+    }
+    .instrument(span)
+    .await
+}
+
+/// Records the end of `attempt` on its run (which the worker started or finished).
+async fn refinish(shared: &Shared, config: &Config, name: &str, attempt: &Attempt) {
+    let Some(run) = attempt.run else { return };
+    let cursor_after = match config.sync(name) {
+        Some(s) if s.spec.mode.uses_cursor() => shared.state.checkpoint(name).await.ok().flatten(),
+        _ => None,
+    };
+    let end = RunEnd {
+        status: attempt.status,
+        metrics: attempt.metrics,
+        error_kind: attempt.error_kind.clone(),
+        error: attempt.error.clone(),
+        cursor_after,
+        exit_detail: attempt.exit_detail.clone(),
+    };
+    if let Err(e) = shared.state.finish_run(run, &end).await {
+        tracing::error!(run, "cannot record the end of the run: {e}");
+    }
+}
+
+/// Records a run for an attempt that has none (the worker failed before starting one).
+async fn record_unstarted(shared: &Shared, name: &str, attempt: &Attempt) -> Option<i64> {
+    let run = match shared.state.start_run(name, None).await {
+        Ok(run) => run,
+        Err(e) => {
+            tracing::error!("cannot record the failed run: {e}");
+            return None;
+        }
+    };
+    tracing::Span::current().record("run", run);
+    let end = RunEnd {
+        status: attempt.status,
+        metrics: attempt.metrics,
+        error_kind: attempt.error_kind.clone(),
+        error: attempt.error.clone(),
+        cursor_after: None,
+        exit_detail: attempt.exit_detail.clone(),
+    };
+    if let Err(e) = shared.state.finish_run(run, &end).await {
+        tracing::error!(run, "cannot record the failed run: {e}");
+    }
+    Some(run)
+}
+
+/// After an execution: gauges, the alert rules, and delivery.
+async fn conclude(
+    shared: &Arc<Shared>,
+    config: &Arc<Config>,
+    name: &str,
+    last: &Attempt,
+    runs: Vec<i64>,
+    attempts: u32,
+) {
+    shared.refresh_rejected(name).await;
+    if last.status == RunStatus::Cancelled {
+        return;
+    }
+    let window = config.alerts.low_volume_window.max(1) as usize;
+    let history = match shared.state.runs(Some(name), window * 3 + attempts as usize + 50).await {
+        Ok(history) => history,
+        Err(e) => {
+            tracing::warn!(sync = name, "cannot read the run history for alerts: {e}");
+            Vec::new()
+        }
+    };
+    let runtime = shared.runtime_of(name);
+    let execution = Execution {
+        status: last.status,
+        metrics: last.metrics,
+        runs,
+        attempts,
+    };
+    let reason = last.reason();
+    let (raised, in_a_row) = alerts::decide(
+        &config.alerts,
+        &execution,
+        reason.as_deref(),
+        &history,
+        runtime.alerted_failure,
+    );
+    let failed = matches!(last.status, RunStatus::Failed | RunStatus::Abandoned);
+    shared.update_runtime(name, |r| {
+        r.consecutive_failures = in_a_row;
+        r.alerted_failure = failed;
+    });
+    let host = hostname();
+    for (kind, reason) in raised {
+        let alert = Alert {
+            kind,
+            sync: name.to_owned(),
+            run: last.run,
+            status: last.status,
+            metrics: last.metrics,
+            reason,
+            error_kind: last.error_kind.clone(),
+            attempts,
+            consecutive_failures: in_a_row,
+            duration: last.duration,
+            exit_detail: last.exit_detail.clone(),
+            host: host.clone(),
+        }
+        .redacted(&config.secrets);
+        let level_warn = kind != AlertKind::Recovery;
+        if level_warn {
+            tracing::warn!(sync = name, run = last.run, alert = kind.name(), "alert: {}: {}", alert.headline(), alert.reason);
+        } else {
+            tracing::info!(sync = name, run = last.run, alert = kind.name(), "alert: {}: {}", alert.headline(), alert.reason);
+        }
+        shared.metrics.alert_sent(name, kind.name());
+        let shared2 = shared.clone();
+        let config = config.clone();
+        let mut tasks = shared.alert_tasks.lock().unwrap_or_else(|p| p.into_inner());
+        // Finished deliveries are dropped so the set stays small.
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(async move {
+            crate::channels::deliver(&config.alerts, &config.secrets, &shared2.http, &shared2.metrics, &alert).await;
+        });
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".to_owned())
+}

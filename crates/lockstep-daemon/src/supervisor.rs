@@ -1,0 +1,369 @@
+//! One run in a `lockstep worker` child process: spawn it, hand it the config, follow its
+//! events, forward its logs, enforce the timeout, and tell how it ended.
+//!
+//! The worker gets its own process group, so a Ctrl-C at the daemon's terminal reaches the
+//! daemon only; the daemon decides when workers stop (SIGTERM: stop after the batch in hand)
+//! and, past a grace period, kills them (SIGKILL). The worker's stdin stays open for its whole
+//! life: if the daemon dies, the worker reads end of file and stops the same graceful way.
+
+use std::collections::VecDeque;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use lockstep_config::Secrets;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::Command;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::protocol::{WorkerEvent, WorkerInput, WorkerReport};
+
+/// How much of the worker's stderr is kept for the record of a crash.
+pub(crate) const STDERR_TAIL_BYTES: usize = 4096;
+
+/// What to run.
+pub(crate) struct WorkerSpec<'a> {
+    pub exe: &'a Path,
+    pub config_path: &'a Path,
+    pub config_text: &'a str,
+    pub sync: &'a str,
+    pub timeout: Option<Duration>,
+    /// How long a worker may take to stop after SIGTERM before it is killed.
+    pub grace: Duration,
+    pub secrets: &'a Secrets,
+}
+
+/// How a worker process ended.
+#[derive(Debug)]
+pub(crate) struct WorkerExit {
+    /// The run the worker announced, if it got that far.
+    pub run: Option<i64>,
+    /// The final report, if the worker wrote one.
+    pub report: Option<WorkerReport>,
+    pub status: ExitStatus,
+    /// The end of its stderr, logs rendered as text, secrets redacted.
+    pub stderr_tail: String,
+    /// The timeout expired and the worker was told to stop.
+    pub timed_out: bool,
+    /// The worker was killed with SIGKILL after the grace period.
+    pub killed: bool,
+}
+
+impl WorkerExit {
+    /// "exited with status 3", "was killed by signal SIGSEGV (invalid memory access)".
+    pub(crate) fn describe(&self) -> String {
+        describe_status(&self.status)
+    }
+
+    /// Whether the process died by a signal or ended without a report: a crash, not a failed
+    /// run.
+    pub(crate) fn crashed(&self) -> bool {
+        self.report.is_none() || self.status.signal().is_some()
+    }
+}
+
+/// Runs one worker to its end. `on_started` is called with the run id and the worker's pid
+/// as soon as the worker announces its run.
+pub(crate) async fn run_worker(
+    spec: &WorkerSpec<'_>,
+    mut shutdown: watch::Receiver<bool>,
+    on_started: impl Fn(i64, Option<u32>),
+) -> std::io::Result<WorkerExit> {
+    let mut child = Command::new(spec.exe)
+        .arg("--config")
+        .arg(spec.config_path)
+        .args(["--log-format", "json", "worker", "--supervised"])
+        .arg(spec.sync)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .process_group(0)
+        .spawn()?;
+    let pid = child.id();
+    tracing::debug!(pid, "worker started");
+
+    // The config goes first; stdin then stays open until the worker ends.
+    let mut stdin = child.stdin.take();
+    if let Some(input) = stdin.as_mut() {
+        let line = serde_json::to_string(&WorkerInput {
+            config: spec.config_text.to_owned(),
+        })
+        .map_err(std::io::Error::other)?;
+        // A worker that died at once shows up in its exit status below.
+        let _ = input.write_all(format!("{line}\n").as_bytes()).await;
+        let _ = input.flush().await;
+    }
+
+    let (event_tx, mut events) = mpsc::unbounded_channel();
+    let stdout = child.stdout.take();
+    let stdout_task = tokio::spawn(
+        async move {
+            let Some(stdout) = stdout else { return };
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                match WorkerEvent::parse(&line) {
+                    Some(event) => {
+                        let _ = event_tx.send(event);
+                    }
+                    None if !line.trim().is_empty() => tracing::info!("worker stdout: {line}"),
+                    None => {}
+                }
+            }
+        }
+        .in_current_span(),
+    );
+    let stderr = child.stderr.take();
+    let secrets = spec.secrets.clone();
+    let stderr_task = tokio::spawn(
+        async move {
+            let mut tail = Tail::default();
+            let Some(stderr) = stderr else { return tail.text() };
+            let mut reader = BufReader::new(stderr);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match reader.read_until(b'\n', &mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let line = secrets.redact(String::from_utf8_lossy(&buf).trim_end());
+                        if !line.is_empty() {
+                            tail.push(forward_log_line(&line));
+                        }
+                    }
+                }
+            }
+            tail.text()
+        }
+        .in_current_span(),
+    );
+
+    let mut run = None;
+    let mut report = None;
+    let deadline = spec.timeout.map(|t| Instant::now() + t);
+    let mut term_sent: Option<Instant> = None;
+    let mut timed_out = false;
+    let mut killed = false;
+    let mut events_open = true;
+    let far = Instant::now() + Duration::from_secs(100 * 365 * 86_400);
+    let status = loop {
+        let kill_at = term_sent.map(|t| t + spec.grace).unwrap_or(far);
+        tokio::select! {
+            status = child.wait() => break status?,
+            event = events.recv(), if events_open => match event {
+                Some(WorkerEvent::Started { run: id }) => {
+                    run = Some(id);
+                    on_started(id, pid);
+                }
+                Some(WorkerEvent::Finished(r)) => report = Some(r),
+                None => events_open = false,
+            },
+            _ = tokio::time::sleep_until(deadline.unwrap_or(far)), if deadline.is_some() && term_sent.is_none() => {
+                timed_out = true;
+                tracing::warn!(
+                    "the run exceeded its timeout of {}; asking the worker to stop after the batch in hand",
+                    crate::schedule::human(spec.timeout.unwrap_or_default())
+                );
+                terminate(&child);
+                term_sent = Some(Instant::now());
+            }
+            changed = shutdown.changed(), if term_sent.is_none() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    tracing::info!("stopping: asking the worker to stop after the batch in hand");
+                    terminate(&child);
+                    term_sent = Some(Instant::now());
+                }
+            }
+            _ = tokio::time::sleep_until(kill_at), if term_sent.is_some() && !killed => {
+                tracing::warn!(
+                    "the worker did not stop within {} of SIGTERM; killing it",
+                    crate::schedule::human(spec.grace)
+                );
+                let _ = child.start_kill();
+                killed = true;
+            }
+        }
+    };
+    drop(stdin);
+    let _ = stdout_task.await;
+    while let Ok(event) = events.try_recv() {
+        match event {
+            WorkerEvent::Started { run: id } => {
+                run = Some(id);
+                on_started(id, pid);
+            }
+            WorkerEvent::Finished(r) => report = Some(r),
+        }
+    }
+    let stderr_tail = stderr_task.await.unwrap_or_default();
+    if run.is_none() {
+        run = report.as_ref().and_then(|r| r.run);
+    }
+    Ok(WorkerExit {
+        run,
+        report,
+        status,
+        stderr_tail,
+        timed_out,
+        killed,
+    })
+}
+
+/// Sends SIGTERM to the worker, unless it has already been reaped.
+fn terminate(child: &tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        // SAFETY: kill(2) takes plain integers and has no memory effects. `child.id()` is
+        // `Some` only while the child has not been reaped, so the pid is still its own.
+        let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        if rc != 0 {
+            tracing::debug!("SIGTERM to worker {pid}: {}", std::io::Error::last_os_error());
+        }
+    }
+}
+
+/// Re-logs one stderr line of the worker in the daemon's log (inside the current span, which
+/// names the sync and the run) and returns it as text for the tail. Worker logs are JSON
+/// lines; anything else (a panic message, the runtime's abort notice) is logged as a warning.
+fn forward_log_line(line: &str) -> String {
+    let Some(parsed) = line
+        .starts_with('{')
+        .then(|| serde_json::from_str::<serde_json::Value>(line).ok())
+        .flatten()
+        .and_then(|v| match v {
+            serde_json::Value::Object(map) => Some(map),
+            _ => None,
+        })
+    else {
+        tracing::warn!(target: "lockstep::worker", "{line}");
+        return line.to_owned();
+    };
+    let level = parsed.get("level").and_then(|l| l.as_str()).unwrap_or("INFO").to_owned();
+    let target = parsed.get("target").and_then(|t| t.as_str()).unwrap_or("worker").to_owned();
+    let message = parsed.get("message").and_then(|m| m.as_str()).unwrap_or("").to_owned();
+    let skip = [
+        "timestamp", "level", "target", "message", "span", "spans", "filename", "line_number",
+        "threadId", "threadName",
+    ];
+    let mut fields = String::new();
+    for (key, value) in &parsed {
+        if skip.contains(&key.as_str()) {
+            continue;
+        }
+        let value = match value {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        fields.push_str(&format!(" {key}={value}"));
+    }
+    let text = format!("{message}{fields}");
+    match level.as_str() {
+        "ERROR" => tracing::error!(target: "lockstep::worker", worker_target = %target, "{text}"),
+        "WARN" => tracing::warn!(target: "lockstep::worker", worker_target = %target, "{text}"),
+        "DEBUG" => tracing::debug!(target: "lockstep::worker", worker_target = %target, "{text}"),
+        "TRACE" => tracing::trace!(target: "lockstep::worker", worker_target = %target, "{text}"),
+        _ => tracing::info!(target: "lockstep::worker", worker_target = %target, "{text}"),
+    }
+    format!("{level} {target}: {text}")
+}
+
+/// The last lines of a stream, up to [`STDERR_TAIL_BYTES`].
+#[derive(Default)]
+struct Tail {
+    lines: VecDeque<String>,
+    bytes: usize,
+}
+
+impl Tail {
+    fn push(&mut self, line: String) {
+        let line = if line.len() > STDERR_TAIL_BYTES {
+            let mut start = line.len() - STDERR_TAIL_BYTES;
+            while !line.is_char_boundary(start) {
+                start += 1;
+            }
+            line[start..].to_owned()
+        } else {
+            line
+        };
+        self.bytes += line.len() + 1;
+        self.lines.push_back(line);
+        while self.bytes > STDERR_TAIL_BYTES {
+            match self.lines.pop_front() {
+                Some(old) => self.bytes -= old.len() + 1,
+                None => break,
+            }
+        }
+    }
+
+    fn text(&self) -> String {
+        self.lines.iter().map(String::as_str).collect::<Vec<_>>().join("\n")
+    }
+}
+
+/// How a process ended, for people.
+pub(crate) fn describe_status(status: &ExitStatus) -> String {
+    if let Some(signal) = status.signal() {
+        let (name, meaning) = signal_name(signal);
+        let core = if status.core_dumped() { ", core dumped" } else { "" };
+        match meaning {
+            Some(meaning) => format!("was killed by signal {name} ({meaning}{core})"),
+            None => format!("was killed by signal {name}{core}"),
+        }
+    } else {
+        match status.code() {
+            Some(code) => format!("exited with status {code}"),
+            None => "ended in an unknown way".to_owned(),
+        }
+    }
+}
+
+/// The name of a signal and, for those a crash produces, what it usually means.
+pub(crate) fn signal_name(signal: i32) -> (String, Option<&'static str>) {
+    let (name, meaning) = match signal {
+        libc::SIGSEGV => ("SIGSEGV", Some("invalid memory access")),
+        libc::SIGABRT => ("SIGABRT", Some("the process aborted, e.g. a failed allocation or a panic while panicking")),
+        libc::SIGBUS => ("SIGBUS", Some("bus error")),
+        libc::SIGILL => ("SIGILL", Some("illegal instruction")),
+        libc::SIGFPE => ("SIGFPE", Some("arithmetic error")),
+        libc::SIGKILL => ("SIGKILL", Some("killed: by the out-of-memory killer, an operator or the daemon's timeout")),
+        libc::SIGTERM => ("SIGTERM", None),
+        libc::SIGINT => ("SIGINT", None),
+        libc::SIGHUP => ("SIGHUP", None),
+        libc::SIGQUIT => ("SIGQUIT", None),
+        libc::SIGPIPE => ("SIGPIPE", Some("wrote to a closed pipe")),
+        libc::SIGTRAP => ("SIGTRAP", Some("trap")),
+        libc::SIGSYS => ("SIGSYS", Some("bad system call")),
+        libc::SIGXCPU => ("SIGXCPU", Some("CPU time limit exceeded")),
+        libc::SIGXFSZ => ("SIGXFSZ", Some("file size limit exceeded")),
+        other => return (format!("{other}"), None),
+    };
+    (name.to_owned(), meaning)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tail_keeps_the_last_bytes() {
+        let mut tail = Tail::default();
+        for i in 0..2000 {
+            tail.push(format!("line {i}"));
+        }
+        let text = tail.text();
+        assert!(text.len() <= STDERR_TAIL_BYTES, "{}", text.len());
+        assert!(text.ends_with("line 1999"));
+        tail.push("é".repeat(STDERR_TAIL_BYTES));
+        assert!(tail.text().len() <= STDERR_TAIL_BYTES);
+    }
+
+    #[test]
+    fn signals_are_named() {
+        let segv = ExitStatus::from_raw(libc::SIGSEGV);
+        assert_eq!(describe_status(&segv), "was killed by signal SIGSEGV (invalid memory access)");
+        let code = ExitStatus::from_raw(3 << 8);
+        assert_eq!(describe_status(&code), "exited with status 3");
+    }
+}

@@ -1,0 +1,294 @@
+//! Engine semantics through the binary on SQLite: mirror deletes (tombstones and key-set
+//! reconciliation) behind the mass-delete guard, plans, rejected records, leases, SIGTERM,
+//! and the PostgreSQL state store.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use lockstep_e2e::{lockstep, run};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
+use sqlx::Row;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+async fn pool(path: &Path) -> SqlitePool {
+    SqlitePool::connect_with(SqliteConnectOptions::new().filename(path).create_if_missing(true))
+        .await
+        .unwrap()
+}
+
+fn sql(db: &Path, statements: &[&str]) {
+    rt().block_on(async {
+        let pool = pool(db).await;
+        for s in statements {
+            sqlx::query(s).execute(&pool).await.unwrap_or_else(|e| panic!("{s}: {e}"));
+        }
+        pool.close().await;
+    });
+}
+
+fn count(db: &Path, query: &str) -> i64 {
+    rt().block_on(async {
+        let pool = pool(db).await;
+        let n: i64 = sqlx::query(query).fetch_one(&pool).await.unwrap().get(0);
+        pool.close().await;
+        n
+    })
+}
+
+/// A source `items` table with `rows` rows and a nullable soft-delete column.
+fn create_items(dir: &Path, rows: i64) {
+    sql(
+        &dir.join("src.db"),
+        &["CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, code TEXT, deleted_at TIMESTAMP, updated_at TIMESTAMP NOT NULL)"],
+    );
+    rt().block_on(async {
+        let pool = pool(&dir.join("src.db")).await;
+        let mut tx = pool.begin().await.unwrap();
+        for id in 1..=rows {
+            sqlx::query("INSERT INTO items VALUES (?, ?, ?, NULL, ?)")
+                .bind(id)
+                .bind(format!("item {id}"))
+                .bind(format!("C{id:06}"))
+                .bind(format!("2026-01-01 00:00:{:02}", id % 60))
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+        }
+        tx.commit().await.unwrap();
+        pool.close().await;
+    });
+}
+
+fn config(dir: &Path, state_url: &str, sync_extra: &str) {
+    let text = format!(
+        r#"
+[state]
+url = "{state_url}"
+
+[connections.src]
+connector = "sqlite"
+config = {{ path = "src.db" }}
+
+[connections.dst]
+connector = "sqlite"
+config = {{ path = "dst.db" }}
+
+[syncs.items]
+source = "src.items"
+destination = "dst.items"
+mode = "mirror"
+cursor = "updated_at"
+batch_size = 100
+{sync_extra}
+
+[syncs.items.fields]
+id = "id"
+name = "name"
+code = "code"
+"#
+    );
+    std::fs::write(dir.join("lockstep.toml"), text).unwrap();
+}
+
+fn run_json(dir: &Path, args: &[&str]) -> (bool, serde_json::Value, String) {
+    let mut all = vec!["run", "items", "--output", "json"];
+    all.extend_from_slice(args);
+    let (out, stdout, stderr) = run(lockstep(dir).args(&all));
+    let value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}\n{stderr}"));
+    (out.status.success(), value, stderr)
+}
+
+#[test]
+fn mirror_deletes_arrive_from_tombstones_and_from_reconciliation_behind_the_guard() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    create_items(d, 1000);
+    config(d, "sqlite://state.db", "tombstone = \"deleted_at\"\nmax_delete_fraction = 0.1");
+    let (ok, first, stderr) = run_json(d, &[]);
+    assert!(ok, "{first}\n{stderr}");
+    assert_eq!(first["metrics"]["added"], 1000);
+
+    // A soft delete travels with the incremental read.
+    sql(&d.join("src.db"), &["UPDATE items SET deleted_at = '2026-02-01', updated_at = '2026-02-01 00:00:00' WHERE id IN (10, 20)"]);
+    let (ok, second, _) = run_json(d, &[]);
+    assert!(ok, "{second}");
+    assert_eq!(second["metrics"]["deleted"], 2, "{second}");
+    assert_eq!(count(&d.join("dst.db"), "SELECT count(*) FROM items WHERE id IN (10, 20)"), 0);
+
+    // Hard deletes are found by reconciliation.
+    sql(&d.join("src.db"), &["DELETE FROM items WHERE id BETWEEN 100 AND 149"]);
+    let (ok, third, _) = run_json(d, &[]);
+    assert!(ok, "{third}");
+    assert_eq!(third["metrics"]["deleted"], 50, "{third}");
+    assert_eq!(count(&d.join("dst.db"), "SELECT count(*) FROM items"), 948);
+
+    // Past max_delete_fraction the run refuses, deletes nothing and says how to proceed.
+    sql(&d.join("src.db"), &["DELETE FROM items WHERE id > 500"]);
+    let (ok, refused, _) = run_json(d, &[]);
+    assert!(!ok);
+    let message = refused["error"]["message"].as_str().unwrap();
+    assert_eq!(refused["error"]["kind"], "mass-delete");
+    assert!(message.contains("would delete 500 of the 948") && message.contains("--allow-mass-delete"), "{message}");
+    assert_eq!(count(&d.join("dst.db"), "SELECT count(*) FROM items"), 948);
+    let (ok, allowed, _) = run_json(d, &["--allow-mass-delete"]);
+    assert!(ok, "{allowed}");
+    assert_eq!(allowed["metrics"]["deleted"], 500);
+    assert_eq!(count(&d.join("dst.db"), "SELECT count(*) FROM items"), 448);
+    assert_eq!(
+        count(&d.join("src.db"), "SELECT count(*) FROM items WHERE deleted_at IS NULL"),
+        448
+    );
+}
+
+#[test]
+fn reconcile_every_n_runs_skips_the_runs_between() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    create_items(d, 100);
+    config(d, "sqlite://state.db", "reconcile_every = 3");
+    assert!(run_json(d, &[]).0); // run 1 reconciles (none before)
+    sql(&d.join("src.db"), &["DELETE FROM items WHERE id = 1"]);
+    let (_, r2, _) = run_json(d, &[]);
+    let (_, r3, _) = run_json(d, &[]);
+    let (_, r4, _) = run_json(d, &[]);
+    let deleted: Vec<u64> = [r2, r3, r4].iter().map(|r| r["metrics"]["deleted"].as_u64().unwrap()).collect();
+    assert_eq!(deleted, [0, 0, 1], "reconciliation runs every third run");
+}
+
+#[test]
+fn plan_shows_what_a_run_would_do_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    create_items(d, 50);
+    config(d, "sqlite://state.db", "");
+    assert!(run_json(d, &[]).0);
+    sql(&d.join("src.db"), &[
+        "UPDATE items SET name = 'renamed', updated_at = '2026-03-01 00:00:00' WHERE id = 7",
+        "INSERT INTO items VALUES (51, 'fresh', 'C000051', NULL, '2026-03-01 00:00:01')",
+        "DELETE FROM items WHERE id = 3",
+    ]);
+    let before = std::fs::read(d.join("dst.db")).unwrap();
+    let (out, stdout, stderr) = run(lockstep(d).args(["plan", "items", "--output", "json"]));
+    assert!(out.status.success(), "{stderr}");
+    let plan: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(plan["metrics"]["added"], 1, "{plan}");
+    assert_eq!(plan["metrics"]["updated"], 1, "{plan}");
+    assert_eq!(plan["metrics"]["deleted"], 1, "{plan}");
+    assert_eq!(plan["adds"][0]["name"], "fresh");
+    assert_eq!(plan["deletes"][0], "[3]");
+    let change = &plan["updates"][0];
+    assert_eq!(change["key"], "[7]");
+    assert_eq!(change["changes"][0]["field"], "name");
+    assert_eq!(change["changes"][0]["after"], "renamed");
+    assert_eq!(change["changes"][0]["before"], "item 7", "{plan}");
+    assert_eq!(std::fs::read(d.join("dst.db")).unwrap(), before, "plan wrote to the destination");
+    // The text form says the same.
+    let (_, text, _) = run(lockstep(d).args(["plan", "items"]));
+    assert!(text.contains("nothing was written") && text.contains("name: \"item 7\" -> \"renamed\""), "{text}");
+    // And the next run does what the plan said.
+    let (_, after, _) = run_json(d, &[]);
+    assert_eq!((after["metrics"]["added"].as_u64(), after["metrics"]["updated"].as_u64(), after["metrics"]["deleted"].as_u64()), (Some(1), Some(1), Some(1)));
+}
+
+#[test]
+fn rejected_records_are_kept_listed_and_limit_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    create_items(d, 100);
+    // The match key is `code`, and three items have none: they cannot be matched.
+    sql(&d.join("src.db"), &["UPDATE items SET code = NULL WHERE id IN (5, 6, 7)"]);
+    config(d, "sqlite://state.db", "key = [\"code\"]\nmax_rejected = 5");
+    let (ok, report, stderr) = run_json(d, &[]);
+    assert!(ok, "{report}\n{stderr}");
+    assert_eq!(report["metrics"]["rejected"], 3);
+    assert_eq!(report["metrics"]["added"], 97);
+    let (_, stdout, _) = run(lockstep(d).args(["rejects", "list", "items", "--output", "json"]));
+    let rejects: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(rejects.as_array().unwrap().len(), 3);
+    let first = &rejects[0];
+    assert_eq!(first["field"], "code");
+    assert!(first["reason"].as_str().unwrap().contains("null"), "{first}");
+    assert!(first["raw"]["id"].as_i64().unwrap() >= 5 && first["raw"]["name"].as_str().unwrap().starts_with("item "), "the raw record is kept: {first}");
+    let id = first["id"].as_i64().unwrap().to_string();
+    let (out, shown, _) = run(lockstep(d).args(["rejects", "show", &id]));
+    assert!(out.status.success() && shown.contains("\"reason\""), "{shown}");
+
+    // Retrying without fixing anything fails again, and says why.
+    let (out, retried, _) = run(lockstep(d).args(["rejects", "retry", "items"]));
+    assert!(!out.status.success());
+    assert!(retried.contains("3 failed again"), "{retried}");
+
+    // Past max_rejected the run fails and points at the rejects.
+    sql(&d.join("src.db"), &["UPDATE items SET code = NULL, updated_at = '2026-04-01 00:00:00' WHERE id BETWEEN 20 AND 29"]);
+    let (ok, failed, _) = run_json(d, &[]);
+    assert!(!ok);
+    assert_eq!(failed["error"]["kind"], "too-many-rejected");
+    assert!(failed["error"]["message"].as_str().unwrap().contains("lockstep rejects list items"), "{failed}");
+}
+
+#[test]
+fn a_second_run_of_the_same_sync_is_refused_naming_the_holder_and_sigterm_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    create_items(d, 100_000);
+    config(d, "sqlite://state.db", "reconcile_every = 0");
+    let mut first = lockstep(d)
+        .args(["run", "items", "--output", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until it holds the lease and has written something.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !d.join("dst.db").exists()
+        || count(&d.join("state.db"), "SELECT count(*) FROM ledger") < 1000
+    {
+        assert!(Instant::now() < deadline, "the first run made no progress");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (out, _, stderr) = run(lockstep(d).args(["run", "items"]));
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("already being run by process") && stderr.contains(&first.id().to_string()),
+        "{stderr}"
+    );
+
+    // SIGTERM: the first run commits the batch in hand and ends cancelled.
+    unsafe { libc::kill(first.id() as i32, libc::SIGTERM) };
+    let output = first.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(130));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["status"], "cancelled", "{report}");
+    let written = report["metrics"]["added"].as_i64().unwrap();
+    assert!(written > 0 && written < 100_000, "{report}");
+    assert_eq!(count(&d.join("dst.db"), "SELECT count(*) FROM items"), written, "what was committed is exactly what was written");
+
+    // The rerun finishes the job.
+    let (ok, rest, _) = run_json(d, &[]);
+    assert!(ok, "{rest}");
+    assert_eq!(count(&d.join("dst.db"), "SELECT count(*) FROM items"), 100_000);
+}
+
+#[test]
+fn the_state_store_can_live_in_postgresql() {
+    let Some(db) = lockstep_e2e::postgres_database("state") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    create_items(d, 300);
+    config(d, &db.url, "");
+    let (ok, first, stderr) = run_json(d, &[]);
+    assert!(ok, "{first}\n{stderr}");
+    assert_eq!(first["metrics"]["added"], 300);
+    sql(&d.join("src.db"), &["UPDATE items SET name = 'x', updated_at = '2026-05-01 00:00:00' WHERE id = 1"]);
+    let (ok, second, _) = run_json(d, &[]);
+    assert!(ok);
+    assert_eq!((second["metrics"]["read"].as_u64(), second["metrics"]["updated"].as_u64()), (Some(1), Some(1)));
+    let (_, stdout, _) = run(lockstep(d).args(["runs", "--output", "json"]));
+    let runs: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(runs.as_array().unwrap().len(), 2);
+    assert!(!d.join("state.db").exists(), "no SQLite state was created");
+}
