@@ -204,7 +204,9 @@ pub(crate) fn redact(message: &str, secret: Option<&str>) -> String {
 /// The MySQL error number of a server error.
 pub(crate) fn error_number(e: &sqlx::Error) -> Option<u16> {
     match e {
-        sqlx::Error::Database(d) => d.try_downcast_ref::<MySqlDatabaseError>().map(|m| m.number()),
+        sqlx::Error::Database(d) => d
+            .try_downcast_ref::<MySqlDatabaseError>()
+            .map(|m| m.number()),
         _ => None,
     }
 }
@@ -226,8 +228,8 @@ const TRANSIENT: &[u16] = &[
 const AUTH: &[u16] = &[1044, 1045, 1142, 1143, 1227, 1251, 1698, 1862, 3118];
 const CONFIG: &[u16] = &[1049];
 const SCHEMA: &[u16] = &[
-    1005, 1048, 1054, 1060, 1062, 1071, 1074, 1091, 1101, 1113, 1117, 1118, 1146, 1166, 1170,
-    1215, 1264, 1265, 1292, 1364, 1366, 1406, 1690, 3140, 3780, 3819, 4025,
+    1005, 1048, 1054, 1060, 1062, 1071, 1074, 1091, 1101, 1113, 1117, 1118, 1146, 1166, 1170, 1215,
+    1264, 1265, 1292, 1364, 1366, 1406, 1690, 3140, 3780, 3819, 4025,
 ];
 
 /// The error kind the host needs to decide whether to retry.
@@ -310,7 +312,9 @@ mod tests {
             batch_size: None,
             lookback: None,
         };
-        let e = Db::from_config(&config("mysql://root:sekret99@h:3306")).err().unwrap();
+        let e = Db::from_config(&config("mysql://root:sekret99@h:3306"))
+            .err()
+            .unwrap();
         assert_eq!(e.kind, ErrorKind::CONFIG);
         assert!(!e.message.contains("sekret99"), "{}", e.message);
         let e = Db::from_config(&config("postgres://h/db")).err().unwrap();

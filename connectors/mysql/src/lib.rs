@@ -224,7 +224,14 @@ impl SourceConnector for MySqlSource {
                 return Err(e);
             }
         };
-        MySqlReader::open(db, table, request, self.shared.batch_size, self.shared.lookback_us).await
+        MySqlReader::open(
+            db,
+            table,
+            request,
+            self.shared.batch_size,
+            self.shared.lookback_us,
+        )
+        .await
     }
 }
 

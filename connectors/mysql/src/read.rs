@@ -70,10 +70,14 @@ pub(crate) fn parse_lookback(text: &str) -> Result<i64> {
     let mut total: i64 = 0;
     let mut rest = t;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let n: i64 = rest[..digits].parse().map_err(|_| bad())?;
         rest = &rest[digits..];
-        let letters = rest.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(rest.len());
+        let letters = rest
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(rest.len());
         let unit = match &rest[..letters] {
             "ms" => 1_000,
             "s" => 1_000_000,
@@ -125,7 +129,12 @@ impl MySqlReader {
                 .iter()
                 .map(|n| find(n, "requested field"))
                 .collect::<Result<_>>()?,
-            None => table.columns.iter().filter(|c| c.mapping.is_some()).cloned().collect(),
+            None => table
+                .columns
+                .iter()
+                .filter(|c| c.mapping.is_some())
+                .cloned()
+                .collect(),
         };
         let fields: Vec<FieldInfo> = columns.iter().filter_map(Column::field_info).collect();
 
@@ -204,7 +213,10 @@ impl MySqlReader {
     }
 
     fn order_exprs(&self) -> Vec<String> {
-        self.order.iter().map(|&i| self.columns[i].order_expr()).collect()
+        self.order
+            .iter()
+            .map(|&i| self.columns[i].order_expr())
+            .collect()
     }
 
     /// The SELECT of the next page and its parameters.
@@ -213,7 +225,8 @@ impl MySqlReader {
         let exprs = self.order_exprs();
         let mut conditions = Vec::new();
         let mut args = MySqlArguments::default();
-        let bind_err = |e: String| ConnectorError::config(format!("resuming `{}`: {e}", self.table));
+        let bind_err =
+            |e: String| ConnectorError::config(format!("resuming `{}`: {e}", self.table));
         if self.incremental {
             conditions.push(format!("{} IS NOT NULL", exprs[0]));
         }
@@ -235,8 +248,9 @@ impl MySqlReader {
                     // the same cut exactly.
                     let mut disjuncts = Vec::new();
                     for i in 0..cols.len() {
-                        let mut terms: Vec<String> =
-                            (0..i).map(|j| format!("{} = {}", exprs[j], marks[j])).collect();
+                        let mut terms: Vec<String> = (0..i)
+                            .map(|j| format!("{} = {}", exprs[j], marks[j]))
+                            .collect();
                         terms.push(format!("{} > {}", exprs[i], marks[i]));
                         for j in 0..=i {
                             bind_json(&mut args, &values[j], cols[j]).map_err(bind_err)?;
@@ -285,7 +299,11 @@ fn start_position(
             request.stream
         ))
     };
-    let keys_expected = if incremental { order.len() - 1 } else { order.len() };
+    let keys_expected = if incremental {
+        order.len() - 1
+    } else {
+        order.len()
+    };
     if !incremental {
         let key = checkpoint
             .get("key")
@@ -403,7 +421,8 @@ impl Builder {
             DataType::Float32 => Builder::F32(Float32Builder::with_capacity(capacity)),
             DataType::Float64 => Builder::F64(Float64Builder::with_capacity(capacity)),
             DataType::Decimal { precision, scale } => Builder::Dec(
-                Decimal128Builder::with_capacity(capacity).with_precision_and_scale(precision, scale)?,
+                Decimal128Builder::with_capacity(capacity)
+                    .with_precision_and_scale(precision, scale)?,
                 precision,
                 scale,
             ),
@@ -413,10 +432,12 @@ impl Builder {
             DataType::Binary => Builder::Bin(BinaryBuilder::with_capacity(capacity, capacity * 16)),
             DataType::Date => Builder::Date(Date32Builder::with_capacity(capacity)),
             DataType::Time => Builder::Time(Time64MicrosecondBuilder::with_capacity(capacity)),
-            DataType::Timestamp => Builder::Ts(TimestampMicrosecondBuilder::with_capacity(capacity)),
-            DataType::TimestampTz => {
-                Builder::Ts(TimestampMicrosecondBuilder::with_capacity(capacity).with_timezone("UTC"))
+            DataType::Timestamp => {
+                Builder::Ts(TimestampMicrosecondBuilder::with_capacity(capacity))
             }
+            DataType::TimestampTz => Builder::Ts(
+                TimestampMicrosecondBuilder::with_capacity(capacity).with_timezone("UTC"),
+            ),
         })
     }
 
@@ -453,10 +474,12 @@ impl Builder {
             }
             (Builder::Bool(b), _) => b.append_value(int(v)? != 0),
             (Builder::I32(b), _) => b.append_value(
-                i32::try_from(int(v)?).map_err(|_| "value does not fit a 32-bit integer".to_owned())?,
+                i32::try_from(int(v)?)
+                    .map_err(|_| "value does not fit a 32-bit integer".to_owned())?,
             ),
             (Builder::I64(b), _) => b.append_value(
-                i64::try_from(int(v)?).map_err(|_| "value does not fit a 64-bit integer".to_owned())?,
+                i64::try_from(int(v)?)
+                    .map_err(|_| "value does not fit a 64-bit integer".to_owned())?,
             ),
             (Builder::F32(b), _) => b.append_value(dec::<f32>(v)?),
             (Builder::F64(b), _) => b.append_value(dec::<f64>(v)?),

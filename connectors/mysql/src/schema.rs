@@ -3,7 +3,9 @@
 
 use std::collections::HashMap;
 
-use lockstep_plugin_sdk::{tracing, Catalog, ConnectorError, DataType, FieldInfo, Result, StreamInfo};
+use lockstep_plugin_sdk::{
+    tracing, Catalog, ConnectorError, DataType, FieldInfo, Result, StreamInfo,
+};
 use sqlx::mysql::MySqlConnection;
 use sqlx::Row;
 
@@ -107,8 +109,10 @@ impl Table {
             .columns
             .iter()
             .filter(|c| {
-                matches!(c.logical(), Some(DataType::Timestamp | DataType::TimestampTz))
-                    || (c.auto_increment && matches!(c.mapping, Some((_, Wire::Int | Wire::UInt))))
+                matches!(
+                    c.logical(),
+                    Some(DataType::Timestamp | DataType::TimestampTz)
+                ) || (c.auto_increment && matches!(c.mapping, Some((_, Wire::Int | Wire::UInt))))
             })
             .map(|c| c.name.clone())
             .collect();
@@ -207,7 +211,11 @@ pub(crate) async fn load_tables(
     only: Option<&str>,
 ) -> Result<Vec<Table>> {
     let what = format!("reading the tables of {}", db.location);
-    let filter = if only.is_some() { " AND c.TABLE_NAME = ?" } else { "" };
+    let filter = if only.is_some() {
+        " AND c.TABLE_NAME = ?"
+    } else {
+        ""
+    };
     // Every value is selected as text: MySQL and MariaDB disagree on the types of
     // information_schema columns, and text decodes the same way on both.
     let columns_sql = format!(
@@ -224,7 +232,10 @@ pub(crate) async fn load_tables(
     if let Some(name) = only {
         query = query.bind(name);
     }
-    let rows = query.fetch_all(&mut *conn).await.map_err(|e| db.error(e, &what))?;
+    let rows = query
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|e| db.error(e, &what))?;
 
     let json_checks = if flavor.mariadb {
         load_json_checks(db, conn, only).await?
@@ -280,30 +291,44 @@ pub(crate) async fn load_tables(
         }
     }
     tables.sort_by(|a, b| a.name.cmp(&b.name));
-    let by_name: HashMap<String, usize> =
-        tables.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
+    let by_name: HashMap<String, usize> = tables
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.name.clone(), i))
+        .collect();
 
     let index_sql = format!(
         "SELECT TABLE_NAME, INDEX_NAME, COLUMN_NAME, CAST(SUB_PART AS CHAR) \
          FROM information_schema.STATISTICS \
          WHERE TABLE_SCHEMA = DATABASE() AND NON_UNIQUE = 0{} \
          ORDER BY SEQ_IN_INDEX",
-        if only.is_some() { " AND TABLE_NAME = ?" } else { "" }
+        if only.is_some() {
+            " AND TABLE_NAME = ?"
+        } else {
+            ""
+        }
     );
     let mut query = sqlx::query(&index_sql);
     if let Some(name) = only {
         query = query.bind(name);
     }
-    let rows = query.fetch_all(&mut *conn).await.map_err(|e| db.error(e, &what))?;
+    let rows = query
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|e| db.error(e, &what))?;
     // (table, index) -> (columns in index order, whether any column is only a prefix)
-    let mut indexes: Vec<((String, String), (Vec<String>, bool))> = Vec::new();
+    type Index = ((String, String), (Vec<String>, bool));
+    let mut indexes: Vec<Index> = Vec::new();
     for row in &rows {
         let decode = |e| db.error(e, &what);
         let table = text(row, 0).map_err(decode)?.unwrap_or_default();
         let index = text(row, 1).map_err(decode)?.unwrap_or_default();
         let column = text(row, 2).map_err(decode)?.unwrap_or_default();
         let prefix = text(row, 3).map_err(decode)?.is_some();
-        match indexes.iter_mut().find(|((t, i), _)| *t == table && *i == index) {
+        match indexes
+            .iter_mut()
+            .find(|((t, i), _)| *t == table && *i == index)
+        {
             Some((_, (cols, p))) => {
                 cols.push(column);
                 *p |= prefix;
@@ -335,17 +360,28 @@ async fn load_json_checks(
     let sql = format!(
         "SELECT TABLE_NAME, CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS \
          WHERE CONSTRAINT_SCHEMA = DATABASE(){}",
-        if only.is_some() { " AND TABLE_NAME = ?" } else { "" }
+        if only.is_some() {
+            " AND TABLE_NAME = ?"
+        } else {
+            ""
+        }
     );
     let mut query = sqlx::query(&sql);
     if let Some(name) = only {
         query = query.bind(name);
     }
-    let rows = query.fetch_all(&mut *conn).await.map_err(|e| db.error(e, &what))?;
+    let rows = query
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|e| db.error(e, &what))?;
     let mut out = Vec::new();
     for row in &rows {
-        let table = text(row, 0).map_err(|e| db.error(e, &what))?.unwrap_or_default();
-        let clause = text(row, 1).map_err(|e| db.error(e, &what))?.unwrap_or_default();
+        let table = text(row, 0)
+            .map_err(|e| db.error(e, &what))?
+            .unwrap_or_default();
+        let clause = text(row, 1)
+            .map_err(|e| db.error(e, &what))?
+            .unwrap_or_default();
         if let Some(column) = json_valid_column(&clause) {
             out.push((table, column));
         }
@@ -369,7 +405,11 @@ fn json_valid_column(clause: &str) -> Option<String> {
 }
 
 /// The catalog of the connection's database.
-pub(crate) async fn catalog(db: &Db, conn: &mut MySqlConnection, flavor: Flavor) -> Result<Catalog> {
+pub(crate) async fn catalog(
+    db: &Db,
+    conn: &mut MySqlConnection,
+    flavor: Flavor,
+) -> Result<Catalog> {
     let tables = load_tables(db, conn, flavor, None).await?;
     Ok(Catalog {
         streams: tables.iter().map(Table::stream_info).collect(),
@@ -383,7 +423,11 @@ pub(crate) async fn require_table(
     flavor: Flavor,
     name: &str,
 ) -> Result<Table> {
-    if let Some(t) = load_tables(db, conn, flavor, Some(name)).await?.into_iter().next() {
+    if let Some(t) = load_tables(db, conn, flavor, Some(name))
+        .await?
+        .into_iter()
+        .next()
+    {
         return Ok(t);
     }
     let all = load_tables(db, conn, flavor, None).await?;
@@ -434,7 +478,9 @@ pub(crate) fn create_type(t: DataType, is_key: bool, flavor: Flavor) -> Result<S
                 // MySQL has no negative scale: widen to integers that hold every value.
                 let p = precision as i32 - scale as i32;
                 if p > 65 {
-                    return Err(format!("decimal({precision},{scale}) needs more than 65 digits"));
+                    return Err(format!(
+                        "decimal({precision},{scale}) needs more than 65 digits"
+                    ));
                 }
                 format!("DECIMAL({p},0)")
             } else if scale > 30 {
@@ -508,8 +554,14 @@ mod tests {
 
     #[test]
     fn json_checks_are_recognized() {
-        assert_eq!(json_valid_column("json_valid(`doc`)").as_deref(), Some("doc"));
-        assert_eq!(json_valid_column("json_valid(`a``b`)").as_deref(), Some("a`b"));
+        assert_eq!(
+            json_valid_column("json_valid(`doc`)").as_deref(),
+            Some("doc")
+        );
+        assert_eq!(
+            json_valid_column("json_valid(`a``b`)").as_deref(),
+            Some("a`b")
+        );
         assert_eq!(json_valid_column("`x` > 0"), None);
     }
 }

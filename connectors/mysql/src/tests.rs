@@ -12,8 +12,7 @@ use lockstep_plugin_sdk::rows::{batch_from_rows, rows_from_batch};
 use lockstep_plugin_sdk::serde_json::{self, json, Map, Value};
 use lockstep_plugin_sdk::{
     block_on, standalone_context, BatchReader, ConnectorError, CursorCheckpoint, DataType,
-    FieldInfo, ReadMode,
-    SchemaEvolution, StreamWriter, WriteOutcome,
+    FieldInfo, ReadMode, SchemaEvolution, StreamWriter, WriteOutcome,
 };
 use sqlx::{Connection, Row};
 
@@ -37,14 +36,24 @@ struct TestDb {
 impl TestDb {
     async fn new() -> Option<Self> {
         let server = base_url();
+        // For messages: the URL without any user or password.
+        let shown = match server.split_once("://") {
+            Some((scheme, rest)) => {
+                format!(
+                    "{scheme}://{}",
+                    rest.rsplit_once('@').map_or(rest, |(_, h)| h)
+                )
+            }
+            None => server.clone(),
+        };
         let mut admin = match MySqlConnection::connect(&server).await {
             Ok(c) => c,
             Err(e) => {
                 if std::env::var("CI").as_deref() == Ok("true") {
-                    panic!("the MySQL/MariaDB server at {server} is unreachable ({e}); CI needs it");
+                    panic!("the MySQL/MariaDB server at {shown} is unreachable ({e}); CI needs it");
                 }
                 eprintln!(
-                    "\n!!!!!!!! MySQL/MariaDB at {server} is unreachable ({e}): \
+                    "\n!!!!!!!! MySQL/MariaDB at {shown} is unreachable ({e}): \
                      test SKIPPED (set CI=true to fail instead) !!!!!!!!\n"
                 );
                 return None;
@@ -63,7 +72,10 @@ impl TestDb {
             .execute(format!("CREATE DATABASE `{name}`").as_str())
             .await
             .unwrap();
-        admin.execute(format!("USE `{name}`").as_str()).await.unwrap();
+        admin
+            .execute(format!("USE `{name}`").as_str())
+            .await
+            .unwrap();
         admin
             .execute("SET SESSION sql_mode = 'STRICT_ALL_TABLES', time_zone = '+00:00'")
             .await
@@ -99,11 +111,15 @@ impl TestDb {
     }
 
     async fn source(&self) -> MySqlSource {
-        MySqlSource::open(self.config(), standalone_context()).await.unwrap()
+        MySqlSource::open(self.config(), standalone_context())
+            .await
+            .unwrap()
     }
 
     async fn destination(&self) -> MySqlDestination {
-        MySqlDestination::open(self.config(), standalone_context()).await.unwrap()
+        MySqlDestination::open(self.config(), standalone_context())
+            .await
+            .unwrap()
     }
 }
 
@@ -114,7 +130,9 @@ impl Drop for TestDb {
         let _ = std::thread::spawn(move || {
             block_on(async move {
                 if let Ok(mut c) = MySqlConnection::connect(&base_url()).await {
-                    let _ = c.execute(format!("DROP DATABASE IF EXISTS `{name}`").as_str()).await;
+                    let _ = c
+                        .execute(format!("DROP DATABASE IF EXISTS `{name}`").as_str())
+                        .await;
                 }
             })
         })
@@ -174,7 +192,10 @@ async fn read_all(source: &mut MySqlSource, req: ReadRequest) -> Result<Vec<(Rec
 }
 
 fn all_rows(batches: &[(RecordBatch, Value)]) -> Vec<Map<String, Value>> {
-    batches.iter().flat_map(|(b, _)| rows_from_batch(b)).collect()
+    batches
+        .iter()
+        .flat_map(|(b, _)| rows_from_batch(b))
+        .collect()
 }
 
 fn counts(o: &WriteOutcome) -> (Option<u64>, Option<u64>, Option<u64>) {
@@ -227,7 +248,10 @@ fn manifest_describes_the_config() {
     let m = MySqlConnector::manifest();
     assert_eq!(m.name, "mysql");
     for key in ["url", "password_env", "batch_size", "lookback"] {
-        assert!(m.config_schema["properties"][key]["description"].is_string(), "{key}");
+        assert!(
+            m.config_schema["properties"][key]["description"].is_string(),
+            "{key}"
+        );
     }
     assert!(m.features.iter().any(|f| f == "incremental"));
 }
@@ -291,7 +315,10 @@ fn discover_maps_types_keys_and_cursors() {
         assert!(!every.field("id").unwrap().nullable);
         assert!(every.field("vc").unwrap().nullable);
         assert!(!every.field("updated_at").unwrap().nullable);
-        assert_eq!(every.field("j").unwrap().native_type.as_deref(), Some("json"));
+        assert_eq!(
+            every.field("j").unwrap().native_type.as_deref(),
+            Some("json")
+        );
         assert_eq!(every.cursor_candidates, ["dtm", "ts", "updated_at"]);
 
         let pairs = catalog.stream("pairs").unwrap();
@@ -304,22 +331,35 @@ fn discover_maps_types_keys_and_cursors() {
 #[test]
 fn full_reads_page_by_key_and_resume_from_checkpoints() {
     with_db(|mut db| async move {
-        db.exec("CREATE TABLE items (g VARCHAR(10), n INT, label TEXT, PRIMARY KEY (g, n))").await;
+        db.exec("CREATE TABLE items (g VARCHAR(10), n INT, label TEXT, PRIMARY KEY (g, n))")
+            .await;
         let values: Vec<String> = (0..25)
             .map(|i| format!("('{}', {}, 'item {i}')", ["b", "a", "c"][i % 3], i))
             .collect();
-        db.exec(&format!("INSERT INTO items VALUES {}", values.join(", "))).await;
+        db.exec(&format!("INSERT INTO items VALUES {}", values.join(", ")))
+            .await;
         let mut source = db.source().await;
         let req = ReadRequest {
             batch_size: Some(10),
             ..request("items")
         };
         let batches = read_all(&mut source, req.clone()).await.unwrap();
-        assert_eq!(batches.iter().map(|(b, _)| b.num_rows()).collect::<Vec<_>>(), [10, 10, 5]);
+        assert_eq!(
+            batches
+                .iter()
+                .map(|(b, _)| b.num_rows())
+                .collect::<Vec<_>>(),
+            [10, 10, 5]
+        );
         let got = all_rows(&batches);
         let keys: Vec<(String, i64)> = got
             .iter()
-            .map(|r| (r["g"].as_str().unwrap().to_owned(), r["n"].as_i64().unwrap()))
+            .map(|r| {
+                (
+                    r["g"].as_str().unwrap().to_owned(),
+                    r["n"].as_i64().unwrap(),
+                )
+            })
             .collect();
         let mut sorted = keys.clone();
         sorted.sort();
@@ -387,21 +427,36 @@ fn keys_of_unusual_types_page_consistently() {
     with_db(|mut db| async move {
         // MariaDB's UUID type sorts in its own order, ENUM by index, DECIMAL numerically:
         // pages must agree with ORDER BY for each.
-        db.exec("CREATE TABLE by_uuid (u UUID PRIMARY KEY, n INT)").await;
+        db.exec("CREATE TABLE by_uuid (u UUID PRIMARY KEY, n INT)")
+            .await;
         let uuids: Vec<String> = (0..30)
-            .map(|i| format!("('{:08x}-{:04x}-1{:03x}-8000-{:012x}', {i})", i * 7919 % 1000, i * 31, i, 999 - i))
+            .map(|i| {
+                format!(
+                    "('{:08x}-{:04x}-1{:03x}-8000-{:012x}', {i})",
+                    i * 7919 % 1000,
+                    i * 31,
+                    i,
+                    999 - i
+                )
+            })
             .collect();
-        db.exec(&format!("INSERT INTO by_uuid VALUES {}", uuids.join(", "))).await;
-        db.exec("CREATE TABLE by_enum (e ENUM('b','a','c') PRIMARY KEY)").await;
-        db.exec("INSERT INTO by_enum VALUES ('a'), ('b'), ('c')").await;
-        db.exec("CREATE TABLE by_dec (d DECIMAL(30,5) PRIMARY KEY)").await;
+        db.exec(&format!("INSERT INTO by_uuid VALUES {}", uuids.join(", ")))
+            .await;
+        db.exec("CREATE TABLE by_enum (e ENUM('b','a','c') PRIMARY KEY)")
+            .await;
+        db.exec("INSERT INTO by_enum VALUES ('a'), ('b'), ('c')")
+            .await;
+        db.exec("CREATE TABLE by_dec (d DECIMAL(30,5) PRIMARY KEY)")
+            .await;
         db.exec(
             "INSERT INTO by_dec VALUES (1234567890123456789012345.00001), \
              (1234567890123456789012345.00002), (-1), (0.5), (99)",
         )
         .await;
         let mut source = db.source().await;
-        for (table, expected, batch_size) in [("by_uuid", 30, 7), ("by_enum", 3, 1), ("by_dec", 5, 2)] {
+        for (table, expected, batch_size) in
+            [("by_uuid", 30, 7), ("by_enum", 3, 1), ("by_dec", 5, 2)]
+        {
             let rows = all_rows(
                 &read_all(
                     &mut source,
@@ -413,8 +468,15 @@ fn keys_of_unusual_types_page_consistently() {
                 .await
                 .unwrap(),
             );
-            let distinct: BTreeSet<String> = rows.iter().map(|r| Value::Object(r.clone()).to_string()).collect();
-            assert_eq!((rows.len(), distinct.len()), (expected, expected), "{table}");
+            let distinct: BTreeSet<String> = rows
+                .iter()
+                .map(|r| Value::Object(r.clone()).to_string())
+                .collect();
+            assert_eq!(
+                (rows.len(), distinct.len()),
+                (expected, expected),
+                "{table}"
+            );
         }
     });
 }
@@ -422,14 +484,16 @@ fn keys_of_unusual_types_page_consistently() {
 #[test]
 fn incremental_reads_are_tie_safe() {
     with_db(|mut db| async move {
-        db.exec("CREATE TABLE events (id INT PRIMARY KEY, at DATETIME(6), note TEXT)").await;
+        db.exec("CREATE TABLE events (id INT PRIMARY KEY, at DATETIME(6), note TEXT)")
+            .await;
         // 40 rows share one cursor value; the batch (7) is smaller than the group.
         let mut values: Vec<String> = (1..=40)
             .map(|i| format!("({i}, '2024-05-01 10:00:00', 'same {i}')"))
             .collect();
         values.extend((41..=45).map(|i| format!("({i}, '2024-05-01 09:00:00', 'early {i}')")));
         values.push("(46, NULL, 'no cursor')".into());
-        db.exec(&format!("INSERT INTO events VALUES {}", values.join(", "))).await;
+        db.exec(&format!("INSERT INTO events VALUES {}", values.join(", ")))
+            .await;
         let mut source = db.source().await;
         let req = ReadRequest {
             mode: ReadMode::Incremental,
@@ -438,9 +502,15 @@ fn incremental_reads_are_tie_safe() {
             ..request("events")
         };
         let batches = read_all(&mut source, req.clone()).await.unwrap();
-        let ids: Vec<i64> = all_rows(&batches).iter().map(|r| r["id"].as_i64().unwrap()).collect();
+        let ids: Vec<i64> = all_rows(&batches)
+            .iter()
+            .map(|r| r["id"].as_i64().unwrap())
+            .collect();
         let expected: Vec<i64> = (41..=45).chain(1..=40).collect();
-        assert_eq!(ids, expected, "each row exactly once, in (cursor, key) order");
+        assert_eq!(
+            ids, expected,
+            "each row exactly once, in (cursor, key) order"
+        );
         let first: CursorCheckpoint = serde_json::from_value(batches[0].1.clone()).unwrap();
         // Five early rows, then the first two of the tied group.
         assert_eq!(first.cursor, json!("2024-05-01T10:00:00"));
@@ -459,7 +529,10 @@ fn incremental_reads_are_tie_safe() {
         )
         .await
         .unwrap();
-        let ids: Vec<i64> = all_rows(&resumed).iter().map(|r| r["id"].as_i64().unwrap()).collect();
+        let ids: Vec<i64> = all_rows(&resumed)
+            .iter()
+            .map(|r| r["id"].as_i64().unwrap())
+            .collect();
         assert_eq!(ids, expected[21..]);
 
         // At the end, a new row with the same cursor and a higher key is picked up; one
@@ -476,12 +549,17 @@ fn incremental_reads_are_tie_safe() {
         )
         .await
         .unwrap();
-        let ids: Vec<i64> = all_rows(&after).iter().map(|r| r["id"].as_i64().unwrap()).collect();
+        let ids: Vec<i64> = all_rows(&after)
+            .iter()
+            .map(|r| r["id"].as_i64().unwrap())
+            .collect();
         assert_eq!(ids, [50]);
 
         let mut config = db.config();
         config.lookback = Some("30m".into());
-        let mut with_lookback = MySqlSource::open(config, standalone_context()).await.unwrap();
+        let mut with_lookback = MySqlSource::open(config, standalone_context())
+            .await
+            .unwrap();
         let again = read_all(
             &mut with_lookback,
             ReadRequest {
@@ -491,8 +569,15 @@ fn incremental_reads_are_tie_safe() {
         )
         .await
         .unwrap();
-        let ids: Vec<i64> = all_rows(&again).iter().map(|r| r["id"].as_i64().unwrap()).collect();
-        assert_eq!(ids.len(), 42, "the whole 10:00 group again, the 09:00 rows not: {ids:?}");
+        let ids: Vec<i64> = all_rows(&again)
+            .iter()
+            .map(|r| r["id"].as_i64().unwrap())
+            .collect();
+        assert_eq!(
+            ids.len(),
+            42,
+            "the whole 10:00 group again, the 09:00 rows not: {ids:?}"
+        );
         assert!(ids.contains(&0) && ids.contains(&50) && !ids.contains(&41));
 
         // No cursor field: a clear error.
@@ -587,11 +672,17 @@ fn every_type_round_trips_with_nulls_unicode_and_extremes() {
         let copy = copy_catalog.stream("copy").unwrap();
         assert_eq!(copy.field("u").unwrap().data_type, DataType::Uuid);
         assert_eq!(copy.field("j").unwrap().data_type, DataType::Json);
-        assert_eq!(copy.field("biu").unwrap().data_type, stream.field("biu").unwrap().data_type);
+        assert_eq!(
+            copy.field("biu").unwrap().data_type,
+            stream.field("biu").unwrap().data_type
+        );
         let create = db.strings("SHOW CREATE TABLE copy").await;
         let ddl = create[0][1].clone().unwrap();
         assert!(ddl.contains("`vc` longtext"), "{ddl}");
-        assert!(ddl.contains("COLLATE=utf8mb4_nopad_bin") || ddl.contains("utf8mb4_0900_bin"), "{ddl}");
+        assert!(
+            ddl.contains("COLLATE=utf8mb4_nopad_bin") || ddl.contains("utf8mb4_0900_bin"),
+            "{ddl}"
+        );
     });
 }
 
@@ -616,9 +707,15 @@ fn upserts_count_inserted_updated_and_unchanged() {
         let o = writer.upsert(first.clone()).await.unwrap();
         assert_eq!(counts(&o), (Some(4), Some(0), Some(0)));
         // Not visible to others before the flush, visible after.
-        assert_eq!(db.strings("SELECT CAST(COUNT(*) AS CHAR) FROM kv").await[0][0].as_deref(), Some("0"));
+        assert_eq!(
+            db.strings("SELECT CAST(COUNT(*) AS CHAR) FROM kv").await[0][0].as_deref(),
+            Some("0")
+        );
         writer.flush().await.unwrap();
-        assert_eq!(db.strings("SELECT CAST(COUNT(*) AS CHAR) FROM kv").await[0][0].as_deref(), Some("4"));
+        assert_eq!(
+            db.strings("SELECT CAST(COUNT(*) AS CHAR) FROM kv").await[0][0].as_deref(),
+            Some("4")
+        );
 
         let o = writer.upsert(first).await.unwrap();
         assert_eq!(counts(&o), (Some(0), Some(0), Some(4)));
@@ -633,7 +730,9 @@ fn upserts_count_inserted_updated_and_unchanged() {
         // "new" twice: inserted, then updated by its second row.
         assert_eq!(counts(&o), (Some(1), Some(3), Some(1)));
         writer.flush().await.unwrap();
-        let rows = db.strings("SELECT k, CAST(v AS CHAR), note FROM kv ORDER BY k").await;
+        let rows = db
+            .strings("SELECT k, CAST(v AS CHAR), note FROM kv ORDER BY k")
+            .await;
         let rows: Vec<(String, String, Option<String>)> = rows
             .into_iter()
             .map(|r| (r[0].clone().unwrap(), r[1].clone().unwrap(), r[2].clone()))
@@ -644,7 +743,10 @@ fn upserts_count_inserted_updated_and_unchanged() {
         assert_eq!(rows.len(), 5);
 
         // A batch with only some columns leaves the others alone.
-        let partial = vec![field("k", DataType::Text, false), field("note", DataType::Text, true)];
+        let partial = vec![
+            field("k", DataType::Text, false),
+            field("note", DataType::Text, true),
+        ];
         let o = writer
             .upsert(batch(&partial, json!([{"k": "a", "note": "only note"}])))
             .await
@@ -652,19 +754,28 @@ fn upserts_count_inserted_updated_and_unchanged() {
         assert_eq!(counts(&o), (Some(0), Some(1), Some(0)));
         writer.flush().await.unwrap();
         assert_eq!(
-            db.strings("SELECT CAST(v AS CHAR), note FROM kv WHERE k = 'a' COLLATE utf8mb4_bin").await,
+            db.strings("SELECT CAST(v AS CHAR), note FROM kv WHERE k = 'a' COLLATE utf8mb4_bin")
+                .await,
             [[Some("10".to_owned()), Some("only note".to_owned())]]
         );
 
         // Large batches are split into several statements and still counted exactly.
-        let big: Vec<Value> = (0..25_000).map(|i| json!({"k": format!("big{i}"), "v": i})).collect();
-        let o = writer.upsert(batch(&fields, Value::Array(big.clone()))).await.unwrap();
+        let big: Vec<Value> = (0..25_000)
+            .map(|i| json!({"k": format!("big{i}"), "v": i}))
+            .collect();
+        let o = writer
+            .upsert(batch(&fields, Value::Array(big.clone())))
+            .await
+            .unwrap();
         assert_eq!(counts(&o), (Some(25_000), Some(0), Some(0)));
         let mut changed = big;
         for row in changed.iter_mut().take(100) {
             row["v"] = json!(-1);
         }
-        let o = writer.upsert(batch(&fields, Value::Array(changed))).await.unwrap();
+        let o = writer
+            .upsert(batch(&fields, Value::Array(changed)))
+            .await
+            .unwrap();
         assert_eq!(counts(&o), (Some(0), Some(100), Some(24_900)));
         writer.flush().await.unwrap();
     });
@@ -683,10 +794,18 @@ fn deletes_remove_rows_by_key() {
             .open_stream(open_request("pairs", fields.clone(), &["a", "b"]))
             .await
             .unwrap();
-        let rows: Vec<Value> = (0..10).map(|i| json!({"a": i % 3, "b": format!("k{i}"), "v": "x"})).collect();
-        writer.upsert(batch(&fields, Value::Array(rows))).await.unwrap();
+        let rows: Vec<Value> = (0..10)
+            .map(|i| json!({"a": i % 3, "b": format!("k{i}"), "v": "x"}))
+            .collect();
+        writer
+            .upsert(batch(&fields, Value::Array(rows)))
+            .await
+            .unwrap();
         writer.flush().await.unwrap();
-        let keys = vec![field("a", DataType::Int32, false), field("b", DataType::Text, false)];
+        let keys = vec![
+            field("a", DataType::Int32, false),
+            field("b", DataType::Text, false),
+        ];
         let o = writer
             .delete(batch(
                 &keys,
@@ -699,7 +818,9 @@ fn deletes_remove_rows_by_key() {
         let mut source = db.source().await;
         let left = all_rows(&read_all(&mut source, request("pairs")).await.unwrap());
         assert_eq!(left.len(), 8);
-        assert!(!left.iter().any(|r| r["b"] == json!("k0") || r["b"] == json!("k1")));
+        assert!(!left
+            .iter()
+            .any(|r| r["b"] == json!("k0") || r["b"] == json!("k1")));
         // A delete batch may carry more than the key; only the key is used.
         let o = writer
             .delete(batch(&fields, json!([{"a": 2, "b": "k2", "v": "ignored"}])))
@@ -713,7 +834,8 @@ fn deletes_remove_rows_by_key() {
 #[test]
 fn schema_evolution_adds_ignores_or_fails() {
     with_db(|mut db| async move {
-        db.exec("CREATE TABLE people (id BIGINT PRIMARY KEY, name VARCHAR(50))").await;
+        db.exec("CREATE TABLE people (id BIGINT PRIMARY KEY, name VARCHAR(50))")
+            .await;
         db.exec("CREATE TABLE loose (id BIGINT, name TEXT)").await;
         let fields = vec![
             field("id", DataType::Int64, false),
@@ -772,7 +894,14 @@ fn odd_identifiers_are_quoted_everywhere() {
             field("a b", DataType::Text, false),
             field("x`y", DataType::Text, true),
             field("ünï", DataType::TimestampTz, true),
-            field("order", DataType::Decimal { precision: 12, scale: 2 }, true),
+            field(
+                "order",
+                DataType::Decimal {
+                    precision: 12,
+                    scale: 2,
+                },
+                true,
+            ),
         ];
         let mut destination = db.destination().await;
         let mut writer = destination
@@ -786,8 +915,14 @@ fn odd_identifiers_are_quoted_everywhere() {
         ]);
         let o = writer.upsert(batch(&fields, written)).await.unwrap();
         assert_eq!(o.inserted, Some(3));
-        let keys = vec![field("select", DataType::Int32, false), field("a b", DataType::Text, false)];
-        let o = writer.delete(batch(&keys, json!([{"select": 1, "a b": "r"}]))).await.unwrap();
+        let keys = vec![
+            field("select", DataType::Int32, false),
+            field("a b", DataType::Text, false),
+        ];
+        let o = writer
+            .delete(batch(&keys, json!([{"select": 1, "a b": "r"}])))
+            .await
+            .unwrap();
         assert_eq!(o.deleted, Some(1));
         writer.flush().await.unwrap();
 
@@ -809,7 +944,10 @@ fn odd_identifiers_are_quoted_everywhere() {
             .await
             .unwrap(),
         );
-        assert_eq!(got, rows(json!([{"x`y": "`", "order": "1.50"}, {"x`y": "''", "order": "-0.01"}])));
+        assert_eq!(
+            got,
+            rows(json!([{"x`y": "`", "order": "1.50"}, {"x`y": "''", "order": "-0.01"}]))
+        );
     });
 }
 
@@ -826,7 +964,14 @@ fn values_that_do_not_fit_are_rejected_not_truncated() {
             field("n", DataType::Int64, true),
             field("s", DataType::Text, true),
             field("m", DataType::Text, true),
-            field("p", DataType::Decimal { precision: 10, scale: 4 }, true),
+            field(
+                "p",
+                DataType::Decimal {
+                    precision: 10,
+                    scale: 4,
+                },
+                true,
+            ),
             field("at", DataType::Timestamp, true),
             field("tm", DataType::Time, true),
             field("j", DataType::Json, true),
@@ -867,8 +1012,11 @@ fn values_that_do_not_fit_are_rejected_not_truncated() {
         b = RecordBatch::try_new(b.schema(), columns).unwrap();
 
         let o = writer.upsert(b).await.unwrap();
-        let rejected: Vec<(usize, Option<&str>)> =
-            o.rejected.iter().map(|r| (r.row, r.field.as_deref())).collect();
+        let rejected: Vec<(usize, Option<&str>)> = o
+            .rejected
+            .iter()
+            .map(|r| (r.row, r.field.as_deref()))
+            .collect();
         assert_eq!(
             rejected,
             [
@@ -889,20 +1037,38 @@ fn values_that_do_not_fit_are_rejected_not_truncated() {
         assert_eq!(o.inserted, Some(1));
         writer.flush().await.unwrap();
         assert_eq!(
-            db.strings("SELECT CAST(id AS CHAR), s, CAST(p AS CHAR) FROM strict_t").await,
-            [[Some("1".to_owned()), Some("abc".to_owned()), Some("1.25".to_owned())]]
+            db.strings("SELECT CAST(id AS CHAR), s, CAST(p AS CHAR) FROM strict_t")
+                .await,
+            [[
+                Some("1".to_owned()),
+                Some("abc".to_owned()),
+                Some("1.25".to_owned())
+            ]]
         );
 
         // Created tables refuse dates before year 1000 too.
-        let ts = vec![field("id", DataType::Int32, false), field("at", DataType::TimestampTz, true)];
-        let mut writer = destination.open_stream(open_request("times", ts.clone(), &["id"])).await.unwrap();
+        let ts = vec![
+            field("id", DataType::Int32, false),
+            field("at", DataType::TimestampTz, true),
+        ];
+        let mut writer = destination
+            .open_stream(open_request("times", ts.clone(), &["id"]))
+            .await
+            .unwrap();
         let o = writer
             .upsert(batch(&ts, json!([{"id": 1, "at": "0500-01-01T00:00:00Z"}, {"id": 2, "at": "1000-01-01T00:00:00Z"}])))
             .await
             .unwrap();
         assert_eq!(o.rejected.len(), 1);
-        assert_eq!((o.rejected[0].row, o.rejected[0].field.as_deref()), (0, Some("at")));
-        assert!(o.rejected[0].reason.contains("year 500"), "{}", o.rejected[0].reason);
+        assert_eq!(
+            (o.rejected[0].row, o.rejected[0].field.as_deref()),
+            (0, Some("at"))
+        );
+        assert!(
+            o.rejected[0].reason.contains("year 500"),
+            "{}",
+            o.rejected[0].reason
+        );
         writer.flush().await.unwrap();
     });
 }
@@ -910,9 +1076,11 @@ fn values_that_do_not_fit_are_rejected_not_truncated() {
 #[test]
 fn a_connection_killed_mid_read_is_transient_and_the_read_resumes() {
     with_db(|mut db| async move {
-        db.exec("CREATE TABLE big (id INT PRIMARY KEY, v TEXT)").await;
+        db.exec("CREATE TABLE big (id INT PRIMARY KEY, v TEXT)")
+            .await;
         let values: Vec<String> = (0..20).map(|i| format!("({i}, 'v{i}')")).collect();
-        db.exec(&format!("INSERT INTO big VALUES {}", values.join(", "))).await;
+        db.exec(&format!("INSERT INTO big VALUES {}", values.join(", ")))
+            .await;
         let mut source = db.source().await;
         let mut reader = source
             .read(ReadRequest {
@@ -922,17 +1090,29 @@ fn a_connection_killed_mid_read_is_transient_and_the_read_resumes() {
             .await
             .unwrap();
         let (first, _) = reader.next_batch().await.unwrap().unwrap();
-        let mut ids: Vec<i64> = rows_from_batch(&first).iter().map(|r| r["id"].as_i64().unwrap()).collect();
-        db.exec(&format!("KILL CONNECTION {}", reader.connection_id())).await;
-        let e = reader.next_batch().await.err().expect("the killed connection fails");
+        let mut ids: Vec<i64> = rows_from_batch(&first)
+            .iter()
+            .map(|r| r["id"].as_i64().unwrap())
+            .collect();
+        db.exec(&format!("KILL CONNECTION {}", reader.connection_id()))
+            .await;
+        let e = reader
+            .next_batch()
+            .await
+            .expect_err("the killed connection fails");
         assert_eq!(e.kind, ErrorKind::TRANSIENT, "{}", e.message);
         while let Some((b, _)) = reader.next_batch().await.unwrap() {
-            ids.extend(rows_from_batch(&b).iter().map(|r| r["id"].as_i64().unwrap()));
+            ids.extend(
+                rows_from_batch(&b)
+                    .iter()
+                    .map(|r| r["id"].as_i64().unwrap()),
+            );
         }
         assert_eq!(ids, (0..20).collect::<Vec<i64>>());
 
         // Killed while a query runs: a view that sleeps per row keeps the query busy.
-        db.exec("CREATE VIEW slow AS SELECT id, v, SLEEP(0.1) AS z FROM big").await;
+        db.exec("CREATE VIEW slow AS SELECT id, v, SLEEP(0.1) AS z FROM big")
+            .await;
         let mut reader = source
             .read(ReadRequest {
                 key: vec!["id".into()],
@@ -946,10 +1126,15 @@ fn a_connection_killed_mid_read_is_transient_and_the_read_resumes() {
             std::thread::sleep(std::time::Duration::from_millis(400));
             block_on(async move {
                 let mut c = MySqlConnection::connect(&base_url()).await.unwrap();
-                c.execute(format!("KILL CONNECTION {id}").as_str()).await.unwrap();
+                c.execute(format!("KILL CONNECTION {id}").as_str())
+                    .await
+                    .unwrap();
             })
         });
-        let e = reader.next_batch().await.err().expect("the killed query fails");
+        let e = reader
+            .next_batch()
+            .await
+            .expect_err("the killed query fails");
         killer.join().unwrap();
         assert_eq!(e.kind, ErrorKind::TRANSIENT, "{}", e.message);
     });
@@ -960,54 +1145,102 @@ fn a_writer_whose_transaction_was_lost_fails_its_flush() {
     with_db(|mut db| async move {
         let fields = vec![field("id", DataType::Int32, false)];
         let mut destination = db.destination().await;
-        let mut writer = destination.open_stream(open_request("w", fields.clone(), &["id"])).await.unwrap();
-        writer.upsert(batch(&fields, json!([{"id": 1}]))).await.unwrap();
+        let mut writer = destination
+            .open_stream(open_request("w", fields.clone(), &["id"]))
+            .await
+            .unwrap();
+        writer
+            .upsert(batch(&fields, json!([{"id": 1}])))
+            .await
+            .unwrap();
         let id = db
             .strings("SELECT CAST(ID AS CHAR) FROM information_schema.PROCESSLIST WHERE DB = DATABASE() AND ID <> CONNECTION_ID()")
             .await;
         for row in id {
-            db.exec(&format!("KILL CONNECTION {}", row[0].clone().unwrap())).await;
+            db.exec(&format!("KILL CONNECTION {}", row[0].clone().unwrap()))
+                .await;
         }
-        let e = writer.upsert(batch(&fields, json!([{"id": 2}]))).await.err().unwrap();
+        let e = writer
+            .upsert(batch(&fields, json!([{"id": 2}])))
+            .await
+            .err()
+            .unwrap();
         assert_eq!(e.kind, ErrorKind::TRANSIENT, "{}", e.message);
         let e = writer.flush().await.err().unwrap();
         assert_eq!(e.kind, ErrorKind::TRANSIENT);
         assert!(e.message.contains("lost"), "{}", e.message);
         // The writer reconnects and goes on.
-        writer.upsert(batch(&fields, json!([{"id": 1}, {"id": 2}]))).await.unwrap();
+        writer
+            .upsert(batch(&fields, json!([{"id": 1}, {"id": 2}])))
+            .await
+            .unwrap();
         writer.flush().await.unwrap();
-        assert_eq!(db.strings("SELECT CAST(COUNT(*) AS CHAR) FROM w").await[0][0].as_deref(), Some("2"));
+        assert_eq!(
+            db.strings("SELECT CAST(COUNT(*) AS CHAR) FROM w").await[0][0].as_deref(),
+            Some("2")
+        );
     });
 }
 
 #[test]
 fn deadlocks_are_transient_and_the_victim_reports_lost_writes() {
     with_db(|db| async move {
-        let fields = vec![field("id", DataType::Int32, false), field("by", DataType::Text, true)];
+        let fields = vec![
+            field("id", DataType::Int32, false),
+            field("by", DataType::Text, true),
+        ];
         let mut destination = db.destination().await;
-        let mut a = destination.open_stream(open_request("locks", fields.clone(), &["id"])).await.unwrap();
-        let mut b = destination.open_stream(open_request("locks", fields.clone(), &["id"])).await.unwrap();
-        a.upsert(batch(&fields, json!([{"id": 1, "by": "a"}]))).await.unwrap();
-        b.upsert(batch(&fields, json!([{"id": 2, "by": "b"}]))).await.unwrap();
+        let mut b = destination
+            .open_stream(open_request("locks", fields.clone(), &["id"]))
+            .await
+            .unwrap();
+        b.upsert(batch(&fields, json!([{"id": 2, "by": "b"}])))
+            .await
+            .unwrap();
+        // Writer A lives on a thread with its own runtime (connections belong to the
+        // runtime that opened them): it locks row 1, then waits for row 2, held by B.
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let config = db.config();
         let fields_a = fields.clone();
         let waiting = std::thread::spawn(move || {
             block_on(async move {
-                let r = a.upsert(batch(&fields_a, json!([{"id": 2, "by": "a"}]))).await;
+                let mut destination = MySqlDestination::open(config, standalone_context())
+                    .await
+                    .unwrap();
+                let mut a = destination
+                    .open_stream(open_request("locks", fields_a.clone(), &["id"]))
+                    .await
+                    .unwrap();
+                a.upsert(batch(&fields_a, json!([{"id": 1, "by": "a"}])))
+                    .await
+                    .unwrap();
+                ready_tx.send(()).unwrap();
+                let r = a
+                    .upsert(batch(&fields_a, json!([{"id": 2, "by": "a"}])))
+                    .await;
                 let flushed = a.flush().await;
                 (r, flushed)
             })
         });
+        ready_rx.recv().unwrap();
         std::thread::sleep(std::time::Duration::from_millis(300));
-        let r_b = b.upsert(batch(&fields, json!([{"id": 1, "by": "b"}]))).await;
+        let r_b = b
+            .upsert(batch(&fields, json!([{"id": 1, "by": "b"}])))
+            .await;
         let flushed_b = b.flush().await;
         let (r_a, flushed_a) = waiting.join().unwrap();
         let (victim, victim_flush, winner, winner_flush) = match r_b {
             Err(e) => (e, flushed_b, r_a, flushed_a),
-            Ok(o) => (r_a.err().expect("one side is the deadlock victim"), flushed_a, Ok(o), flushed_b),
+            Ok(o) => (
+                r_a.expect_err("one side is the deadlock victim"),
+                flushed_a,
+                Ok(o),
+                flushed_b,
+            ),
         };
         assert_eq!(victim.kind, ErrorKind::TRANSIENT, "{}", victim.message);
         assert!(victim.message.contains("1213"), "{}", victim.message);
-        let lost = victim_flush.err().expect("the victim's earlier write was rolled back");
+        let lost = victim_flush.expect_err("the victim's earlier write was rolled back");
         assert_eq!(lost.kind, ErrorKind::TRANSIENT);
         winner.unwrap();
         winner_flush.unwrap();
@@ -1020,7 +1253,7 @@ fn open_error(config: Config) -> ConnectorError {
             Ok(s) => s,
             Err(e) => return e,
         };
-        source.check().await.err().expect("the check fails")
+        source.check().await.expect_err("the check fails")
     })
 }
 
@@ -1029,7 +1262,11 @@ fn errors_have_the_right_kinds_and_no_secrets() {
     with_db(|db| async move {
         let url = base_url();
         let (scheme, host) = url.split_once("://").unwrap();
-        let host = host.rsplit_once('@').map(|(_, h)| h).unwrap_or(host).to_owned();
+        let host = host
+            .rsplit_once('@')
+            .map(|(_, h)| h)
+            .unwrap_or(host)
+            .to_owned();
         let scheme = scheme.to_owned();
         let name = db.name.clone();
         let results = std::thread::spawn(move || {
@@ -1039,9 +1276,15 @@ fn errors_have_the_right_kinds_and_no_secrets() {
                 batch_size: None,
                 lookback: None,
             };
-            let auth = open_error(config(format!("{scheme}://nobody_here:s3cret-pw@{host}/{name}")));
-            let unknown_db = open_error(config(format!("{scheme}://root@{host}/lockstep_no_such_db")));
-            let refused = open_error(config(format!("{scheme}://root:s3cret-pw@127.0.0.1:1/{name}")));
+            let auth = open_error(config(format!(
+                "{scheme}://nobody_here:s3cret-pw@{host}/{name}"
+            )));
+            let unknown_db = open_error(config(format!(
+                "{scheme}://root@{host}/lockstep_no_such_db"
+            )));
+            let refused = open_error(config(format!(
+                "{scheme}://root:s3cret-pw@127.0.0.1:1/{name}"
+            )));
             std::env::set_var("LOCKSTEP_TEST_MYSQL_PW", "env-s3cret");
             let env_auth = open_error(Config {
                 password_env: Some("LOCKSTEP_TEST_MYSQL_PW".into()),
@@ -1073,7 +1316,12 @@ fn errors_have_the_right_kinds_and_no_secrets() {
         assert_eq!(env_auth.kind, ErrorKind::AUTH, "{}", env_auth.message);
         assert_eq!(unknown_db.kind, ErrorKind::CONFIG, "{}", unknown_db.message);
         assert_eq!(refused.kind, ErrorKind::TRANSIENT, "{}", refused.message);
-        assert_eq!(missing_env.kind, ErrorKind::CONFIG, "{}", missing_env.message);
+        assert_eq!(
+            missing_env.kind,
+            ErrorKind::CONFIG,
+            "{}",
+            missing_env.message
+        );
         for e in [&auth, &unknown_db, &refused, &env_auth, &missing_env] {
             assert!(!e.message.contains("s3cret"), "{}", e.message);
         }
@@ -1081,7 +1329,9 @@ fn errors_have_the_right_kinds_and_no_secrets() {
         // TLS required against a server without it is refused, not downgraded.
         let mut tls = db.config();
         tls.url.push_str("?ssl-mode=required");
-        let mut plain = MySqlSource::open(db.config(), standalone_context()).await.unwrap();
+        let mut plain = MySqlSource::open(db.config(), standalone_context())
+            .await
+            .unwrap();
         let admin = plain.shared.conn().await.unwrap();
         let have_ssl: String = sqlx::query("SELECT CAST(@@have_ssl AS CHAR)")
             .fetch_one(&mut *admin.0)

@@ -69,7 +69,11 @@ fn days_to_date(days: i32) -> Result<NaiveDate, String> {
 }
 
 /// Binds a checkpoint value (as `json_value` wrote it) for a comparison with `column`.
-pub(crate) fn bind_json(args: &mut MySqlArguments, v: &Value, column: &Column) -> Result<(), String> {
+pub(crate) fn bind_json(
+    args: &mut MySqlArguments,
+    v: &Value,
+    column: &Column,
+) -> Result<(), String> {
     let Some((logical, wire)) = column.mapping else {
         return Err(format!("column `{}` has no Lockstep type", column.name));
     };
@@ -86,7 +90,12 @@ pub(crate) fn bind_json(args: &mut MySqlArguments, v: &Value, column: &Column) -
         }
         (DataType::Decimal { .. }, Wire::UInt) => {
             let t = text().map_err(|_| bad("a number"))?;
-            add(args, t.trim().parse::<u64>().map_err(|_| bad("an unsigned integer"))?)
+            add(
+                args,
+                t.trim()
+                    .parse::<u64>()
+                    .map_err(|_| bad("an unsigned integer"))?,
+            )
         }
         (DataType::Float32 | DataType::Float64, _) => {
             add(args, v.as_f64().ok_or_else(|| bad("a number"))?)
@@ -98,7 +107,8 @@ pub(crate) fn bind_json(args: &mut MySqlArguments, v: &Value, column: &Column) -
         }
         (DataType::Time, _) => {
             let t = text().map_err(|_| bad("a time"))?;
-            let d = NaiveTime::parse_from_str(t.trim(), "%H:%M:%S%.f").map_err(|_| bad("a time"))?;
+            let d =
+                NaiveTime::parse_from_str(t.trim(), "%H:%M:%S%.f").map_err(|_| bad("a time"))?;
             add(args, d)
         }
         (DataType::Timestamp | DataType::TimestampTz, _) => {
@@ -108,7 +118,10 @@ pub(crate) fn bind_json(args: &mut MySqlArguments, v: &Value, column: &Column) -
         }
         (DataType::Binary, _) => {
             let t = text().map_err(|_| bad("hex bytes"))?;
-            add(args, parse_hex(&t).ok_or_else(|| bad("`\\x`-prefixed hex bytes"))?)
+            add(
+                args,
+                parse_hex(&t).ok_or_else(|| bad("`\\x`-prefixed hex bytes"))?,
+            )
         }
         // Decimals (compared through CAST), text, uuid and json travel as text.
         _ => add(args, text().map_err(|_| bad("a value"))?),
@@ -134,7 +147,9 @@ pub(crate) fn minus_lookback(v: &Value, logical: DataType, lookback_us: i64) -> 
         DataType::Timestamp | DataType::TimestampTz => {
             let us = parse_timestamp_micros(s).ok()? - lookback_us;
             let dt = micros_to_datetime(us).ok()?;
-            Some(Value::String(dt.format("%Y-%m-%dT%H:%M:%S%.6f").to_string()))
+            Some(Value::String(
+                dt.format("%Y-%m-%dT%H:%M:%S%.6f").to_string(),
+            ))
         }
         DataType::Date => {
             let d = NaiveDate::parse_from_str(s, "%Y-%m-%d").ok()?;
@@ -166,7 +181,12 @@ fn dc<T: 'static>(array: &ArrayRef) -> &T {
 
 /// Why `column` cannot take the value at `row`, when the server would otherwise round,
 /// truncate or misread it, or when it cannot be encoded at all.
-pub(crate) fn refuse(array: &ArrayRef, row: usize, logical: DataType, column: &Column) -> Option<String> {
+pub(crate) fn refuse(
+    array: &ArrayRef,
+    row: usize,
+    logical: DataType,
+    column: &Column,
+) -> Option<String> {
     if array.is_null(row) {
         return None;
     }
@@ -185,7 +205,8 @@ pub(crate) fn refuse(array: &ArrayRef, row: usize, logical: DataType, column: &C
     };
     let fraction_digits = |micros: u32| -> Option<String> {
         let precision = column.datetime_precision?;
-        if !matches!(column.data_type.as_str(), "datetime" | "timestamp" | "time") || precision >= 6 {
+        if !matches!(column.data_type.as_str(), "datetime" | "timestamp" | "time") || precision >= 6
+        {
             return None;
         }
         let unit = 10u32.pow(6 - precision);
@@ -228,7 +249,8 @@ pub(crate) fn refuse(array: &ArrayRef, row: usize, logical: DataType, column: &C
                     .or_else(|| fraction_digits(dt.nanosecond() / 1000))
                     .or_else(|| {
                         (column.data_type == "date" && dt.time() != NaiveTime::MIN).then(|| {
-                            "a timestamp with a time of day would lose it in a DATE column".to_owned()
+                            "a timestamp with a time of day would lose it in a DATE column"
+                                .to_owned()
                         })
                     }),
                 Err(e) => Some(e),
@@ -277,14 +299,22 @@ pub(crate) fn bind_cell(
             if null {
                 add(args, None::<NaiveDate>)
             } else {
-                add(args, Some(days_to_date(dc::<Date32Array>(array).value(row))?))
+                add(
+                    args,
+                    Some(days_to_date(dc::<Date32Array>(array).value(row))?),
+                )
             }
         }
         DataType::Time => {
             if null {
                 add(args, None::<NaiveTime>)
             } else {
-                add(args, Some(micros_to_time(dc::<Time64MicrosecondArray>(array).value(row))?))
+                add(
+                    args,
+                    Some(micros_to_time(
+                        dc::<Time64MicrosecondArray>(array).value(row),
+                    )?),
+                )
             }
         }
         DataType::Timestamp | DataType::TimestampTz => {

@@ -70,10 +70,20 @@ pub struct MySqlWriter {
 
 async fn session_setup(db: &Db, conn: &mut MySqlConnection, flavor: Flavor) -> Result<usize> {
     // READ COMMITTED lets the counting queries see rows other sessions committed since the
-    // transaction began, exactly as the upsert itself does, and takes fewer gap locks.
-    conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+    // transaction began, exactly as the upsert itself does, and takes fewer gap locks. With
+    // statement-based binary logging InnoDB refuses writes under it, so the session then
+    // keeps the server's level.
+    let binlog = sqlx::query("SELECT CAST(@@SESSION.binlog_format AS CHAR)")
+        .fetch_one(&mut *conn)
         .await
-        .map_err(|e| db.error(e, "setting up the writer session"))?;
+        .ok()
+        .and_then(|r| r.try_get_unchecked::<Option<String>, _>(0).ok().flatten())
+        .unwrap_or_default();
+    if !binlog.eq_ignore_ascii_case("STATEMENT") {
+        conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            .await
+            .map_err(|e| db.error(e, "setting up the writer session"))?;
+    }
     if flavor.mariadb {
         // MariaDB rewrites long IN lists into joins with a derived table, which for
         // composite keys probe the index by its first column only; plain IN lists become
@@ -115,7 +125,9 @@ impl MySqlWriter {
         }
         let (mut conn, flavor) = db.connect().await?;
         let max_packet = session_setup(&db, &mut conn, flavor).await?;
-        let existing = load_tables(&db, &mut conn, flavor, Some(&stream)).await?.pop();
+        let existing = load_tables(&db, &mut conn, flavor, Some(&stream))
+            .await?
+            .pop();
         let mut ignored = HashSet::new();
         let table = match existing {
             None if !request.create_if_missing => {
@@ -130,7 +142,9 @@ impl MySqlWriter {
                     .await?
                     .pop()
                     .ok_or_else(|| {
-                        ConnectorError::internal(format!("table `{stream}` vanished after creation"))
+                        ConnectorError::internal(format!(
+                            "table `{stream}` vanished after creation"
+                        ))
                     })?
             }
             Some(table) => {
@@ -173,7 +187,10 @@ impl MySqlWriter {
                             }
                             let sql = format!("ALTER TABLE {} {}", quote(&stream), adds.join(", "));
                             conn.execute(sql.as_str()).await.map_err(|e| {
-                                db.error(e, format!("adding columns {} to `{stream}`", names.join(", ")))
+                                db.error(
+                                    e,
+                                    format!("adding columns {} to `{stream}`", names.join(", ")),
+                                )
                             })?;
                             tracing::info!(stream = %stream, fields = ?names, "columns added");
                             load_tables(&db, &mut conn, flavor, Some(&stream))
@@ -359,7 +376,11 @@ impl MySqlWriter {
         let keys: Vec<&BatchColumn> = self
             .key
             .iter()
-            .map(|k| cols.iter().find(|c| &c.name == k).expect("checked by batch_columns"))
+            .map(|k| {
+                cols.iter()
+                    .find(|c| &c.name == k)
+                    .expect("checked by batch_columns")
+            })
             .collect();
         let names: Vec<String> = keys.iter().map(|c| quote(&c.name)).collect();
         let tuple: Vec<String> = keys.iter().map(|c| placeholder(&c.column)).collect();
@@ -376,8 +397,9 @@ impl MySqlWriter {
         let mut args = MySqlArguments::default();
         for &row in rows {
             for c in &keys {
-                bind_cell(&mut args, &c.array, row, c.logical)
-                    .map_err(|e| ConnectorError::schema(format!("row {row}, field `{}`: {e}", c.name)))?;
+                bind_cell(&mut args, &c.array, row, c.logical).map_err(|e| {
+                    ConnectorError::schema(format!("row {row}, field `{}`: {e}", c.name))
+                })?;
             }
         }
         let list = vec![one; rows.len()].join(", ");
@@ -393,7 +415,11 @@ impl MySqlWriter {
                 quote(&self.table.name)
             );
             let conn = self.connection().await?;
-            match sqlx::query_with(&sql, args).persistent(false).fetch_one(conn).await {
+            match sqlx::query_with(&sql, args)
+                .persistent(false)
+                .fetch_one(conn)
+                .await
+            {
                 Ok(row) => {
                     total += row
                         .try_get_unchecked::<String, _>(0)
@@ -439,8 +465,9 @@ impl MySqlWriter {
         let mut args = MySqlArguments::default();
         for &row in rows {
             for c in cols {
-                bind_cell(&mut args, &c.array, row, c.logical)
-                    .map_err(|e| ConnectorError::schema(format!("row {row}, field `{}`: {e}", c.name)))?;
+                bind_cell(&mut args, &c.array, row, c.logical).map_err(|e| {
+                    ConnectorError::schema(format!("row {row}, field `{}`: {e}", c.name))
+                })?;
             }
         }
         let before = if self.key.is_empty() {
@@ -449,9 +476,15 @@ impl MySqlWriter {
             self.count_existing(cols, rows).await?
         };
         let conn = self.connection().await?;
-        let affected = match sqlx::query_with(&sql, args).persistent(false).execute(conn).await {
+        let affected = match sqlx::query_with(&sql, args)
+            .persistent(false)
+            .execute(conn)
+            .await
+        {
             Ok(r) => r.rows_affected(),
-            Err(e) if error_number(&e).is_some_and(|n| DATA_ERRORS.contains(&n)) => return Ok(Err(e)),
+            Err(e) if error_number(&e).is_some_and(|n| DATA_ERRORS.contains(&n)) => {
+                return Ok(Err(e))
+            }
             Err(e) => return Err(self.fail(e, "upserting rows").await),
         };
         let n = rows.len() as u64;
@@ -524,7 +557,10 @@ impl MySqlWriter {
 /// The `at row N` of a MySQL data error.
 fn row_number(message: &str) -> Option<usize> {
     let at = message.rfind("at row ")?;
-    let digits: String = message[at + 7..].chars().take_while(char::is_ascii_digit).collect();
+    let digits: String = message[at + 7..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
     digits.parse().ok()
 }
 
@@ -553,7 +589,11 @@ async fn create_table(
         let is_key = request.key.contains(&f.name);
         let t = create_type(f.data_type, is_key, flavor)
             .map_err(|e| ConnectorError::schema(format!("field `{}`: {e}", f.name)))?;
-        let null = if is_key || !f.nullable { "NOT NULL" } else { "NULL" };
+        let null = if is_key || !f.nullable {
+            "NOT NULL"
+        } else {
+            "NULL"
+        };
         defs.push(format!("{} {t} {null}", quote(&f.name)));
     }
     if !request.key.is_empty() {
@@ -628,7 +668,11 @@ impl StreamWriter for MySqlWriter {
             let (filter, args) = self.key_filter(&cols, &rows)?;
             let sql = format!("DELETE FROM {} WHERE {filter}", quote(&self.table.name));
             let conn = self.connection().await?;
-            match sqlx::query_with(&sql, args).persistent(false).execute(conn).await {
+            match sqlx::query_with(&sql, args)
+                .persistent(false)
+                .execute(conn)
+                .await
+            {
                 Ok(r) => {
                     *outcome.deleted.get_or_insert(0) += r.rows_affected();
                     self.tx_writes += rows.len() as u64;
@@ -662,7 +706,10 @@ mod tests {
 
     #[test]
     fn row_numbers_are_read_from_messages() {
-        assert_eq!(row_number("Out of range value for column 'n' at row 2"), Some(2));
+        assert_eq!(
+            row_number("Out of range value for column 'n' at row 2"),
+            Some(2)
+        );
         assert_eq!(row_number("Column 'id' cannot be null"), None);
     }
 }

@@ -805,6 +805,14 @@ impl PgWriter {
     }
 }
 
+impl PgWriter {
+    /// For benchmarks: always go through staging.
+    #[doc(hidden)]
+    pub fn direct_off_for_bench(&mut self) {
+        self.direct = false;
+    }
+}
+
 impl StreamWriter for PgWriter {
     async fn upsert(&mut self, batch: RecordBatch) -> Result<WriteOutcome> {
         self.guard()?;

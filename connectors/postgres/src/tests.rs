@@ -938,6 +938,52 @@ fn bench_full_sync_against_psql_copy() {
     });
     let connector = start.elapsed();
     assert_eq!(synced, rows);
+    if std::env::var("LOCKSTEP_BENCH_PARTS").is_ok() {
+        block_on(async {
+            let t = std::time::Instant::now();
+            let mut source = db.source(Some(50_000)).await;
+            let mut reader = ok(source.read(request("src")).await);
+            let mut batches = Vec::new();
+            while let Some((b, _)) = ok(reader.next_batch().await) {
+                batches.push(b);
+            }
+            println!("read alone {:.2?}", t.elapsed());
+            let fields = ok(source.discover().await).stream("src").unwrap().fields.clone();
+            db.exec("CREATE TABLE part_dst (LIKE src INCLUDING ALL)").await;
+            let mut dest = db.dest().await;
+            let t = std::time::Instant::now();
+            let mut writer = ok(dest.open_stream(open_request("part_dst", &fields, &["id"])).await);
+            for b in &batches {
+                ok(writer.upsert(b.clone()).await);
+                ok(writer.flush().await);
+            }
+            println!("write alone (direct COPY) {:.2?}", t.elapsed());
+            let t = std::time::Instant::now();
+            let mut writer = ok(dest.open_stream(open_request("part_dst", &fields, &["id"])).await);
+            for b in &batches {
+                ok(writer.upsert(b.clone()).await);
+                ok(writer.flush().await);
+            }
+            println!("write again (staging, all unchanged) {:.2?}", t.elapsed());
+            db.exec("TRUNCATE part_dst").await;
+            let t = std::time::Instant::now();
+            let mut writer = ok(dest.open_stream(open_request("part_dst", &fields, &["id"])).await);
+            db.exec("INSERT INTO part_dst SELECT * FROM src WHERE id = -1").await;
+            writer.direct_off_for_bench();
+            for b in &batches {
+                ok(writer.upsert(b.clone()).await);
+                ok(writer.flush().await);
+            }
+            println!("write into empty via staging (all inserted) {:.2?}", t.elapsed());
+        });
+        let url = db.url();
+        let t = std::time::Instant::now();
+        std::process::Command::new("bash").arg("-c").arg(format!("psql -X -q '{url}' -c 'COPY src TO STDOUT (FORMAT binary)' > /tmp/lockstep_bench.copy")).status().unwrap();
+        println!("psql COPY out alone {:.2?}", t.elapsed());
+        let t = std::time::Instant::now();
+        std::process::Command::new("bash").arg("-c").arg(format!("psql -X -q '{url}' -c 'TRUNCATE psql_dst' && psql -X -q '{url}' -c 'COPY psql_dst FROM STDIN (FORMAT binary)' < /tmp/lockstep_bench.copy")).status().unwrap();
+        println!("psql COPY in alone {:.2?}", t.elapsed());
+    }
     println!(
         "{rows} rows: psql COPY pipe {:.2?}, connector {:.2?}, ratio {:.2}",
         psql,

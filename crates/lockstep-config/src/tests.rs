@@ -210,6 +210,7 @@ fn the_full_example_parses_into_the_expected_model() {
                 ..DeletePolicy::default()
             },
             max_rejected: RejectLimit::default(),
+            use_ledger: true,
         }
     );
     assert!(contacts.enabled);
@@ -1154,6 +1155,9 @@ fn reject_limits_and_delete_options_parse() {
     assert_eq!(spec.max_rejected, RejectLimit::Count(25));
     assert_eq!(spec.delete.tombstone.as_deref(), Some("deleted_at"));
     assert_eq!(spec.delete.reconcile_every, 5);
+    assert!(spec.use_ledger);
+    let config = parse_ok(&with_sync("ledger = false"));
+    assert!(!config.syncs[0].spec.use_ledger);
     let config = parse_ok(&with_sync("max_rejected = 0.02"));
     assert_eq!(config.syncs[0].spec.max_rejected, RejectLimit::Fraction(0.02));
     let error = only_error(&with_sync("max_rejected = 1.5"));

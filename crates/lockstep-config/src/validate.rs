@@ -56,6 +56,7 @@ const SYNC_KEYS: &[&str] = &[
     "tombstone",
     "reconcile_every",
     "max_rejected",
+    "ledger",
     "enabled",
     "fields",
     "schedule",
@@ -1058,6 +1059,7 @@ impl Builder<'_> {
             )
             .map_or(DeletePolicy::default().reconcile_every, |n| n as u32);
         let max_rejected = self.reject_limit(t);
+        let use_ledger = self.bool(t, "ledger").unwrap_or(true);
         let enabled = self.bool(t, "enabled").unwrap_or(true);
         let schedule = self.schedule(t);
         let retry = self.retry(t);
@@ -1080,6 +1082,7 @@ impl Builder<'_> {
                     reconcile_every,
                 },
                 max_rejected,
+                use_ledger,
             },
             enabled,
             schedule,

@@ -172,6 +172,10 @@ pub struct SyncSpec {
     pub delete: DeletePolicy,
     /// How many rejected records the run tolerates.
     pub max_rejected: RejectLimit,
+    /// Keep the record ledger (fingerprints of what was written). Without it every record
+    /// read is sent, and the destination's own upsert tells added, updated and unchanged
+    /// apart: the fast path for database-to-database syncs.
+    pub use_ledger: bool,
 }
 
 impl SyncSpec {
@@ -220,6 +224,7 @@ mod tests {
             batch_size: 100,
             delete: DeletePolicy::default(),
             max_rejected: RejectLimit::default(),
+            use_ledger: true,
         }
     }
 

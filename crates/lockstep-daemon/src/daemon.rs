@@ -240,6 +240,7 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
         let _ = task.await;
     }
     let mut alerts = std::mem::take(&mut *shared.alert_tasks.lock().unwrap_or_else(|p| p.into_inner()));
+    while alerts.try_join_next().is_some() {}
     if !alerts.is_empty() {
         tracing::info!("sending {} pending alert(s)", alerts.len());
         let drained = tokio::time::timeout(ALERT_DRAIN, async {

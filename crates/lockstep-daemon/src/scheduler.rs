@@ -415,11 +415,15 @@ async fn attempt_once(
         } else {
             ("crash", format!("the worker process {how}; the connector crashed the run"))
         };
-        let exit_detail = format!(
-            "the worker process {how}\n--- the last {} bytes of its stderr ---\n{}",
-            exit.stderr_tail.len(),
-            exit.stderr_tail
-        );
+        let exit_detail = if exit.stderr_tail.is_empty() {
+            format!("the worker process {how}; its stderr was empty")
+        } else {
+            format!(
+                "the worker process {how}\n--- the last {} bytes of its stderr ---\n{}",
+                exit.stderr_tail.len(),
+                exit.stderr_tail
+            )
+        };
         let exit_detail = config.secrets.redact(&exit_detail);
         tracing::error!(kind, "run failed: {error}");
         let mut attempt = Attempt {

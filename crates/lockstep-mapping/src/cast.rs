@@ -131,6 +131,15 @@ pub(crate) fn text_at(array: &ArrayRef, row: usize, t: DataType) -> Option<Strin
     if is_textual(t) {
         return Some(array.as_string::<i32>().value(row).to_owned());
     }
+    if t == DataType::Float32 {
+        // As an f32, not widened to f64 digits (0.1, not 0.10000000149011612).
+        let v = array.as_primitive::<Float32Type>().value(row);
+        return Some(if v.is_finite() && v.fract() == 0.0 && v.abs() < 1e15 {
+            format!("{v:.1}")
+        } else {
+            v.to_string()
+        });
+    }
     Some(match json_value(array, row, Some(t)) {
         serde_json::Value::String(s) => s,
         other => other.to_string(),

@@ -285,6 +285,14 @@ impl Compiler<'_> {
             return Ok(null_node(ty, node.text));
         }
         if let Op::Const(array) = &node.op {
+            if ty == DataType::Json {
+                // A constant where JSON is expected is that JSON value: 'none' is the string
+                // "none" (cast('...', 'json') parses text instead).
+                let value =
+                    lockstep_core::protocol::arrow_types::json_value(array, 0, Some(node.ty));
+                let json: ArrayRef = Arc::new(StringArray::from(vec![value.to_string()]));
+                return Ok(Node::new(Op::Const(json), ty, false, node.text));
+            }
             if can_cast(node.ty, ty) {
                 let mut errors = vec![None];
                 let converted = cast(array, node.ty, ty, &mut errors)?;

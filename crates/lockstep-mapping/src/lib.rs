@@ -388,6 +388,38 @@ impl Mapper {
         &self.source_key
     }
 
+    /// The mapping of the key fields alone: what reads only the match key of source records
+    /// needs (a key-set reconciliation): read [`Mapper::source_fields`] of it, map, and take
+    /// [`lockstep_core::record_keys`] of the mapped batch with [`Mapper::key`]. The keys are
+    /// those the full mapping gives, computed keys included.
+    pub fn key_mapper(&self) -> Mapper {
+        let columns: Vec<Column> = self
+            .key
+            .iter()
+            .filter_map(|k| self.columns.iter().find(|c| &c.field.name == k).cloned())
+            .collect();
+        let mut reads: Vec<&str> = Vec::new();
+        for c in &columns {
+            if let Value::Node { node, .. } = &c.value {
+                node.columns(&mut reads);
+            }
+        }
+        let mut sources: Vec<String> = reads.into_iter().map(str::to_owned).collect();
+        for k in &self.source_key {
+            if !sources.contains(k) {
+                sources.push(k.clone());
+            }
+        }
+        let fields: Vec<FieldInfo> = columns.iter().map(|c| c.field.clone()).collect();
+        Mapper {
+            schema: Arc::new(arrow_schema(&fields)),
+            columns,
+            key: self.key.clone(),
+            source_key: self.source_key.clone(),
+            sources,
+        }
+    }
+
     /// The key fields that can be null (a nullable source field, a JSON path): records whose
     /// key is null are rejected, one by one. For `validate` and `plan` to warn about.
     pub fn nullable_key_fields(&self) -> Vec<(String, String)> {

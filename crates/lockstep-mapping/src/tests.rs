@@ -66,6 +66,7 @@ fn spec(fields: Vec<FieldMapping>, key: &[&str]) -> SyncSpec {
         batch_size: 10,
         delete: DeletePolicy::default(),
         max_rejected: RejectLimit::default(),
+        use_ledger: true,
     }
 }
 
@@ -753,6 +754,55 @@ fn hashes_in_hex() {
     assert_eq!(texts(&out, "raw")[0].as_deref(), Some(abc));
 }
 
+#[test]
+fn binary_that_is_not_text_is_rejected_when_used_as_text() {
+    let m = mapper(vec![
+        computed("s", "concat(bytes)"),
+        computed("h", "xxh3(bytes)"),
+    ]);
+    let out = m
+        .map(&batch(vec![(
+            "bytes",
+            Arc::new(BinaryArray::from(vec![
+                Some(b"ok".as_ref()),
+                Some(&[0xff, 0xfe][..]),
+            ])),
+        )]))
+        .unwrap();
+    assert_eq!(texts(&out, "s"), some(&["ok"]));
+    assert_eq!(
+        reasons(&out),
+        [(
+            1,
+            "field `s`: a binary value is not valid UTF-8 text".to_owned()
+        )]
+    );
+}
+
+#[test]
+fn float32_values_read_as_written() {
+    let mut s = stream();
+    s.fields.push(field("f", DataType::Float32, true));
+    let m = Mapper::new(
+        &spec(vec![copy("id", "id"), computed("t", "concat(f)")], &[]),
+        &s,
+    )
+    .unwrap();
+    let schema = Arc::new(arrow_schema(&[
+        s.field("id").unwrap().clone(),
+        s.field("f").unwrap().clone(),
+    ]));
+    let b = RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(Int64Array::from(vec![1, 2])),
+            Arc::new(arrow::array::Float32Array::from(vec![0.1f32, 2.0])),
+        ],
+    )
+    .unwrap();
+    assert_eq!(texts(&m.map(&b).unwrap(), "t"), some(&["0.1", "2.0"]));
+}
+
 // ---- Nested paths ------------------------------------------------------------------------
 
 fn addresses() -> RecordBatch {
@@ -945,12 +995,24 @@ fn conflicting_and_duplicate_destinations() {
     );
     assert_eq!(e.target(), Some("props.x"));
     let e = mapper_err(vec![copy("props.x", "email"), copy("props", "score")]);
-    assert!(e.to_string().contains("`props` conflicts with `props.x`: `props` cannot"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("`props` conflicts with `props.x`: `props` cannot"),
+        "{e}"
+    );
     assert_eq!(e.target(), Some("props"));
     let e = mapper_err(vec![copy("p.a", "email"), copy("p.a.b", "score")]);
-    assert!(e.to_string().contains("`p.a.b` conflicts with `p.a`: `p.a` cannot"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("`p.a.b` conflicts with `p.a`: `p.a` cannot"),
+        "{e}"
+    );
     let e = mapper_err(vec![copy("p.a.b", "email"), copy("p.a", "score")]);
-    assert!(e.to_string().contains("`p.a` conflicts with `p.a.b`: `p.a` cannot"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("`p.a` conflicts with `p.a.b`: `p.a` cannot"),
+        "{e}"
+    );
     let e = mapper_err(vec![copy("p.a", "email"), copy("p.a", "score")]);
     assert!(matches!(e, MappingError::DuplicateTarget { .. }), "{e}");
     let e = mapper_err(vec![copy("p..a", "email")]);
@@ -987,6 +1049,19 @@ fn computed_match_keys() {
     );
     let keys = lockstep_core::record_keys(&out.batch, m.key()).unwrap();
     assert_eq!(keys, [r#"["ada@x.io"]"#, r#"["bob@x.io"]"#]);
+
+    // The key alone, for a key-set reconciliation, gives the same keys.
+    let keys_only = m.key_mapper();
+    assert_eq!(keys_only.source_fields(), ["email", "id"]);
+    assert_eq!(keys_only.target_fields().len(), 1);
+    let out = keys_only
+        .map(&emails(vec![Some(" Ada@X.io"), None, Some("bob@x.io ")]))
+        .unwrap();
+    assert_eq!(
+        lockstep_core::record_keys(&out.batch, keys_only.key()).unwrap(),
+        keys
+    );
+    assert_eq!(out.rejected.len(), 1);
 
     // Without a primary key, reads are ordered by what the key is computed from.
     let mut no_pk = stream();

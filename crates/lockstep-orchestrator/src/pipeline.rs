@@ -96,6 +96,9 @@ pub(crate) async fn execute(
         .and_then(|c| stream.field(c))
         .map(|f| f.data_type);
 
+    // Whether the destination stream exists before this run: a stream this run creates has
+    // nothing that could need deleting.
+    let mut destination_is_new = false;
     let mut writer = match plan {
         Some(_) => None,
         None => {
@@ -103,6 +106,13 @@ pub(crate) async fn execute(
             let mut destination = plugin
                 .open_destination(&job.destination.config, engine.redactor.clone())
                 .await?;
+            if spec.mode == SyncMode::Mirror {
+                destination_is_new = destination
+                    .discover()
+                    .await?
+                    .stream(&spec.destination.stream)
+                    .is_none();
+            }
             Some(
                 destination
                     .open_stream(&OpenStreamRequest {
@@ -222,7 +232,10 @@ pub(crate) async fn execute(
     }
     check_rejections(job, &run.metrics)?;
 
-    if spec.mode == SyncMode::Mirror && reconcile::due(engine, job, run.run_id).await? {
+    if spec.mode == SyncMode::Mirror
+        && !destination_is_new
+        && reconcile::due(engine, job, run.run_id).await?
+    {
         let sink = match (&mut writer, &mut plan) {
             (Some(w), _) => Sink::Write(w),
             (None, Some(p)) => Sink::Plan(p),
@@ -295,6 +308,10 @@ pub(crate) async fn apply_batch(
         .iter()
         .map(|r| rejection(sync, run.run_id, None, r.field.clone(), &r.reason, &batch, r.row))
         .collect();
+    if !spec.use_ledger {
+        return apply_without_ledger(ctx, sink, run, &batch, mapped, rejected, metrics, checkpoint)
+            .await;
+    }
 
     let keys = record_keys(&mapped.batch, ctx.mapper.key())?;
     let prints = fingerprints(&mapped.batch)?;
@@ -466,6 +483,121 @@ pub(crate) async fn apply_batch(
         run.checkpoint = Some(c);
     }
     tracing::debug!(batch = run.batches, ?metrics, "batch committed");
+    Ok(())
+}
+
+/// `apply_batch` for syncs without a ledger: every record read is sent, and the
+/// destination's upsert says what was added, updated or unchanged. No keys or fingerprints
+/// are computed, which keeps database-to-database syncs close to the databases' own speed.
+#[allow(clippy::too_many_arguments)]
+async fn apply_without_ledger(
+    ctx: &Context<'_>,
+    sink: Sink<'_>,
+    run: &mut RunState,
+    batch: &RecordBatch,
+    mapped: lockstep_mapping::MappedBatch,
+    mut rejected: Vec<RejectedRecord>,
+    mut metrics: RunMetrics,
+    checkpoint: Value,
+) -> Result<(), EngineError> {
+    let spec = &ctx.job.spec;
+    let sync = spec.name.as_str();
+    let batch_number = run.batches + 1;
+    let deleted_in_source: Option<Vec<bool>> = match (&spec.delete.tombstone, spec.mode) {
+        (Some(field), SyncMode::Mirror) => {
+            let marks = tombstoned(batch, field).unwrap_or_default();
+            let rows: Vec<bool> = mapped
+                .source_rows
+                .iter()
+                .map(|&r| marks.get(r).copied().unwrap_or(false))
+                .collect();
+            rows.iter().any(|d| *d).then_some(rows)
+        }
+        _ => None,
+    };
+    let (to_write, to_delete) = match &deleted_in_source {
+        None => (mapped.batch.clone(), None),
+        Some(deleted) => {
+            let keep: Vec<bool> = deleted.iter().map(|d| !d).collect();
+            let keys_only = mapped.batch.project(&key_indices(&mapped.batch, ctx.mapper.key())?)?;
+            (
+                filter_record_batch(&mapped.batch, &BooleanArray::from(keep))?,
+                Some(filter_record_batch(&keys_only, &BooleanArray::from(deleted.clone()))?),
+            )
+        }
+    };
+    let written = to_write.num_rows() as u64;
+    let writer = match sink {
+        Sink::Plan(_) => {
+            // Without a ledger a plan cannot tell added from updated or unchanged.
+            metrics.updated += written;
+            metrics.deleted += to_delete.map_or(0, |d| d.num_rows() as u64);
+            metrics.rejected = rejected.len() as u64;
+            run.metrics.add(&metrics);
+            run.batches += 1;
+            if spec.mode.uses_cursor() {
+                run.checkpoint = Some(checkpoint);
+            }
+            return Ok(());
+        }
+        Sink::Write(writer) => writer,
+    };
+    fault_point(FaultPoint::BeforeWrite, batch_number);
+    let outcome = if written > 0 {
+        writer.upsert(to_write.clone()).await?
+    } else {
+        WriteOutcome::default()
+    };
+    if let Some(keys) = to_delete {
+        let n = keys.num_rows() as u64;
+        metrics.deleted += writer.delete(keys).await?.deleted.unwrap_or(n);
+    }
+    fault_point(FaultPoint::BeforeFlush, batch_number);
+    writer.flush().await?;
+    fault_point(FaultPoint::AfterFlush, batch_number);
+    for r in &outcome.rejected {
+        let key = record_keys(&to_write.slice(r.row.min(to_write.num_rows().saturating_sub(1)), 1), ctx.mapper.key())
+            .ok()
+            .and_then(|k| k.into_iter().next());
+        // Without tombstones the written rows are the mapped rows, in order.
+        let source_row = match &deleted_in_source {
+            None => mapped.source_rows.get(r.row).copied(),
+            Some(_) => None,
+        };
+        rejected.push(RejectedRecord {
+            raw: source_row
+                .map(|row| Value::Object(row_json(batch, row)))
+                .unwrap_or_else(|| Value::Object(row_json(&to_write, r.row))),
+            ..rejection(sync, run.run_id, key, r.field.clone(), &r.reason, &to_write, r.row)
+        });
+    }
+    let refused = outcome.rejected.len() as u64;
+    metrics.added += outcome.inserted.unwrap_or(0);
+    metrics.unchanged += outcome.unchanged.unwrap_or(0);
+    metrics.updated += outcome.updated.unwrap_or_else(|| {
+        written.saturating_sub(refused + outcome.inserted.unwrap_or(0) + outcome.unchanged.unwrap_or(0))
+    });
+    metrics.rejected = rejected.len() as u64;
+    run.metrics.add(&metrics);
+    run.batches += 1;
+    let new_checkpoint = spec.mode.uses_cursor().then_some(checkpoint);
+    ctx.engine
+        .state
+        .commit_batch(&BatchCommit {
+            sync,
+            run: run.run_id,
+            lease_token: ctx.lease.map(|l| l.token),
+            ledger_upserts: &[],
+            ledger_deletes: &[],
+            checkpoint: new_checkpoint.as_ref(),
+            metrics: &run.metrics,
+            rejected: &rejected,
+        })
+        .await?;
+    fault_point(FaultPoint::AfterCommit, batch_number);
+    if let Some(c) = new_checkpoint {
+        run.checkpoint = Some(c);
+    }
     Ok(())
 }
 

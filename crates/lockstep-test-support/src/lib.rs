@@ -53,6 +53,8 @@ mod source;
 mod util;
 
 pub use report::{Check, Failures, Outcome, Report};
+/// The Arrow crate the kit (and the host) use, for building batches in tests.
+pub use arrow;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

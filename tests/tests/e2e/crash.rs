@@ -23,7 +23,7 @@ fn rt() -> tokio::runtime::Runtime {
 /// Every row of a table as canonical text, ordered by id: what "equal" means here.
 type Rows = Vec<String>;
 
-fn canonical(id: i64, email: &str, name: Option<&str>, score: i32, amount: &str) -> String {
+fn canonical(id: i64, email: &str, name: Option<&str>, score: i64, amount: &str) -> String {
     // Amounts are compared as exact decimals with two places, whatever the system prints.
     let amount = format!("{:.2}", amount.parse::<f64>().unwrap_or(f64::NAN));
     format!("{id}|{email}|{}|{score}|{amount}", name.unwrap_or("∅"))
@@ -119,15 +119,15 @@ impl Side<'_> {
     }
 
     async fn rows(&self) -> Rows {
-        let q = "SELECT id, email, name, score, CAST(amount AS CHAR(40)) FROM contacts ORDER BY id";
-        let pq = "SELECT id, email, name, score, amount::text FROM contacts ORDER BY id";
+        let q = "SELECT CAST(id AS SIGNED), CONVERT(email USING utf8mb4), CONVERT(name USING utf8mb4), CAST(score AS SIGNED), CAST(amount AS CHAR(40)) FROM contacts ORDER BY id";
+        let pq = "SELECT id::bigint, email, name, score::bigint, amount::text FROM contacts ORDER BY id";
         use sqlx::Row;
         match self {
             Side::Sqlite(p) => {
                 let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(p);
                 let mut c = sqlx::SqliteConnection::connect_with(&opts).await.unwrap();
                 let rows = sqlx::query("SELECT id, email, name, score, CAST(amount AS TEXT) FROM contacts ORDER BY id").fetch_all(&mut c).await.unwrap();
-                rows.iter().map(|r| canonical(r.get(0), r.get::<&str, _>(1), r.get::<Option<&str>, _>(2), r.get::<i64, _>(3) as i32, r.get::<&str, _>(4))).collect()
+                rows.iter().map(|r| canonical(r.get(0), r.get::<&str, _>(1), r.get::<Option<&str>, _>(2), r.get::<i64, _>(3), r.get::<&str, _>(4))).collect()
             }
             Side::Postgres(db) => {
                 let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();

@@ -324,6 +324,14 @@ fn paths_and_names_are_checked() {
 }
 
 #[test]
+fn a_key_on_a_field_with_an_error_is_not_reported_twice() {
+    let error = only_error(&with_sync(
+        "key = \"k\"\n[syncs.contacts.fields]\nk = { expr = \"lowr(email)\" }",
+    ));
+    assert_eq!(error.kind(), ErrorKind::InvalidExpression);
+}
+
+#[test]
 fn every_field_problem_is_reported_at_once() {
     let all = errors(&with_sync(
         "[syncs.contacts.fields]\na = { expr = \"lowr(x)\" }\nb = { from = \"x\", cast = \"nope\" }\nc = \"ok\"\nd = { expr = \"concat(\" }",

@@ -75,13 +75,13 @@ impl Builder<'_> {
                 }
                 _ => self.field_string(target, &path, value),
             };
-            if let Some(mapping) = mapping {
-                fields.push(mapping);
-                locations.push(FieldLocation {
-                    target: self.loc(&key.span()),
-                    source: self.loc(&value.span()),
-                });
-            }
+            // A field whose value has errors still names its destination, so that `key` does
+            // not report it as unmapped too (the config is not returned with errors).
+            fields.push(mapping.unwrap_or_else(|| FieldMapping::copy(target, "")));
+            locations.push(FieldLocation {
+                target: self.loc(&key.span()),
+                source: self.loc(&value.span()),
+            });
         }
         (fields, locations)
     }

@@ -143,13 +143,17 @@ impl Expr {
 
 // ---- Printing --------------------------------------------------------------------------------
 
+/// Whether a path segment prints without backticks: an identifier, or after the first
+/// segment an array index (digits).
 fn is_plain_ident(s: &str, first: bool) -> bool {
+    if !first && !s.is_empty() && s.chars().all(|c| c.is_ascii_digit()) {
+        return true;
+    }
     let mut chars = s.chars();
     let Some(c) = chars.next() else {
         return false;
     };
-    let starts = c.is_ascii_alphabetic() || c == '_' || (!first && c.is_ascii_digit());
-    starts
+    (c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
         && !(first && matches!(s, "true" | "false" | "null"))
 }
@@ -1140,6 +1144,8 @@ mod tests {
             "address.city",
             "tags.0",
             "items.0.name",
+            "a.`0x`.`b c`",
+            "`true`.null",
             "`first name`",
             "`a.b`.c",
             "cast(score_text, 'int64')",
