@@ -5,7 +5,8 @@
 //! row's key, and cursor for incremental reads) is handed to the server as session settings
 //! bound as parameters (`set_config`), and read back in the query as
 //! `(SELECT current_setting('lockstep.k0')::type)`: COPY takes no parameters, and values never
-//! go into SQL text. Each reader owns its own connection.
+//! go into SQL text. Each reader owns its own connection, on a worker thread that fetches one
+//! batch ahead.
 
 use std::future::poll_fn;
 use std::pin::Pin;
@@ -22,9 +23,10 @@ use lockstep_plugin_sdk::{
 };
 use serde_json::{json, Value};
 use sqlx::PgConnection;
+use tokio::sync::mpsc;
 
 use crate::catalog::{ReadExpr, Table, Wire};
-use crate::config::{effective_batch_size, Config};
+use crate::config::{effective_batch_size, Config, Settings};
 use crate::decode::CopyDecoder;
 use crate::errors::map_sqlx;
 use crate::session::Session;
@@ -61,14 +63,7 @@ impl SourceConnector for PgSource {
             return Err(self.session.unknown_stream(&request.stream).await);
         };
         let plan = ReadPlan::new(&table, &request, &self.session)?;
-        let conn = self.session.settings.connect().await?;
-        Ok(PgReader {
-            conn,
-            plan,
-            ctx: self.ctx.clone(),
-            done: false,
-            secrets_scrub: self.session.settings.clone(),
-        })
+        PgReader::start(plan, self.session.settings.clone(), self.ctx.clone())
     }
 }
 
@@ -94,6 +89,8 @@ struct ReadPlan {
     position: Option<Vec<String>>,
     /// The lookback interval, for the first query only.
     lookback: Option<String>,
+    /// The last batch was short: nothing is left.
+    done: bool,
 }
 
 impl ReadPlan {
@@ -209,6 +206,7 @@ impl ReadPlan {
             position,
             lookback,
             label,
+            done: false,
         })
     }
 
@@ -309,87 +307,168 @@ fn parse_checkpoint(
         .map(Some)
 }
 
-/// Reads one stream.
+type BatchResult = Result<Option<(RecordBatch, Value)>>;
+
+/// Reads one stream. A worker thread with its own connection and runtime fetches the batches
+/// one ahead of the caller, so that reading the next batch overlaps with whatever the host
+/// does with the current one (writing it, typically). At most two batches exist at a time:
+/// the one handed out and the one being fetched.
 pub struct PgReader {
-    conn: PgConnection,
-    plan: ReadPlan,
+    label: String,
     ctx: Context,
+    /// Asks the worker for one more batch.
+    go: mpsc::UnboundedSender<()>,
+    batches: mpsc::Receiver<BatchResult>,
+    /// A batch was asked for and not received yet.
+    pending: bool,
     done: bool,
-    secrets_scrub: crate::config::Settings,
 }
 
 impl PgReader {
-    async fn fetch(&mut self) -> Result<Option<(RecordBatch, Value)>> {
-        let plan = &mut self.plan;
-        let (sql, params) = plan.next_query();
-        if !params.is_empty() {
-            let calls: Vec<String> = (0..params.len())
-                .map(|i| format!("set_config(${}, ${}, false)", 2 * i + 1, 2 * i + 2))
-                .collect();
-            let query = format!("SELECT {}", calls.join(", "));
-            let mut q = sqlx::query(&query);
-            for (name, value) in &params {
-                q = q.bind(name).bind(value);
-            }
-            q.execute(&mut self.conn).await.map_err(map_sqlx)?;
-        }
-        let mut decoder = CopyDecoder::new(&plan.columns, plan.limit.min(65_536), 1 << 16);
-        {
-            let mut stream = self.conn.copy_out_raw(&sql).await.map_err(map_sqlx)?;
-            while let Some(chunk) = poll_fn(|cx| Pin::new(&mut stream).poll_next(cx)).await {
-                let chunk = chunk.map_err(map_sqlx)?;
-                decoder
-                    .feed(&chunk)
-                    .map_err(|e| ConnectorError::schema(e.to_string()))?;
-            }
-        }
-        let rows = decoder.rows();
-        let columns = decoder
-            .finish()
-            .map_err(|e| ConnectorError::internal(e.to_string()))?;
-        plan.lookback = None;
-        if rows < plan.limit {
-            self.done = true;
-        }
-        if rows == 0 {
-            return Ok(None);
-        }
-        let last = rows - 1;
-        let values: Vec<Value> = plan
-            .order_idx
-            .iter()
-            .map(|&i| checkpoint_value(&columns[i], last, plan.logical[i]))
-            .collect();
-        let texts = values
-            .iter()
-            .zip(&plan.order)
-            .map(|(v, name)| {
-                json_to_text(v).ok_or_else(|| {
-                    ConnectorError::schema(format!(
-                        "the key field {name} is NULL in a row; paging needs keys without \
-                         NULLs (choose another `key`)"
-                    ))
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        plan.position = Some(texts);
-        let checkpoint = if plan.incremental {
-            let mut values = values.into_iter();
-            let cursor = values.next().unwrap_or(Value::Null);
-            serde_json::to_value(CursorCheckpoint {
-                cursor,
-                key: values.collect(),
-            })
-            .map_err(|e| ConnectorError::internal(e.to_string()))?
-        } else {
-            json!({ "key": values })
+    fn start(plan: ReadPlan, settings: Settings, ctx: Context) -> Result<Self> {
+        let label = plan.label.clone();
+        let (go, go_rx) = mpsc::unbounded_channel();
+        let (tx, batches) = mpsc::channel(1);
+        std::thread::Builder::new()
+            .name("lockstep-pg-reader".into())
+            .spawn(move || worker(plan, settings, go_rx, tx))
+            .map_err(|e| ConnectorError::internal(format!("cannot start a reader thread: {e}")))?;
+        let mut reader = PgReader {
+            label,
+            ctx,
+            go,
+            batches,
+            pending: false,
+            done: false,
         };
-        let mut columns = columns;
-        columns.truncate(plan.out_fields);
-        let batch = RecordBatch::try_new(plan.schema.clone(), columns)
-            .map_err(|e| ConnectorError::schema(e.to_string()))?;
-        Ok(Some((batch, checkpoint)))
+        // Start on the first batch at once.
+        reader.ask();
+        Ok(reader)
     }
+
+    fn ask(&mut self) {
+        if !self.pending && self.go.send(()).is_ok() {
+            self.pending = true;
+        }
+    }
+}
+
+/// The worker: fetches one batch per request until the end, the reader's drop, or forever
+/// failing. A transient failure drops the connection; the next request reconnects and
+/// retries the same batch.
+fn worker(
+    mut plan: ReadPlan,
+    settings: Settings,
+    mut go: mpsc::UnboundedReceiver<()>,
+    tx: mpsc::Sender<BatchResult>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = tx.blocking_send(Err(ConnectorError::internal(format!(
+                "cannot start the reader's runtime: {e}"
+            ))));
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let mut conn: Option<PgConnection> = None;
+        while go.recv().await.is_some() {
+            let result = async {
+                if conn.is_none() {
+                    conn = Some(settings.connect().await?);
+                }
+                fetch(conn.as_mut().expect("set just above"), &mut plan).await
+            }
+            .await;
+            let result = result.map_err(|e| {
+                if e.kind == ErrorKind::TRANSIENT {
+                    conn = None;
+                }
+                settings.scrub_error(e.context(&plan.label))
+            });
+            let end = matches!(result, Ok(None));
+            if tx.send(result).await.is_err() || end {
+                break;
+            }
+        }
+    });
+}
+
+/// Fetches the next batch of `plan`. A failed batch leaves the position where it was, so
+/// that a retry reads it again.
+async fn fetch(conn: &mut PgConnection, plan: &mut ReadPlan) -> BatchResult {
+    if plan.done {
+        return Ok(None);
+    }
+    let (sql, params) = plan.next_query();
+    if !params.is_empty() {
+        let calls: Vec<String> = (0..params.len())
+            .map(|i| format!("set_config(${}, ${}, false)", 2 * i + 1, 2 * i + 2))
+            .collect();
+        let query = format!("SELECT {}", calls.join(", "));
+        let mut q = sqlx::query(&query);
+        for (name, value) in &params {
+            q = q.bind(name).bind(value);
+        }
+        q.execute(&mut *conn).await.map_err(map_sqlx)?;
+    }
+    let mut decoder = CopyDecoder::new(&plan.columns, plan.limit.min(65_536), 1 << 16);
+    {
+        let mut stream = conn.copy_out_raw(&sql).await.map_err(map_sqlx)?;
+        while let Some(chunk) = poll_fn(|cx| Pin::new(&mut stream).poll_next(cx)).await {
+            let chunk = chunk.map_err(map_sqlx)?;
+            decoder
+                .feed(&chunk)
+                .map_err(|e| ConnectorError::schema(e.to_string()))?;
+        }
+    }
+    let rows = decoder.rows();
+    let columns = decoder
+        .finish()
+        .map_err(|e| ConnectorError::internal(e.to_string()))?;
+    plan.lookback = None;
+    if rows < plan.limit {
+        plan.done = true;
+    }
+    if rows == 0 {
+        return Ok(None);
+    }
+    let last = rows - 1;
+    let values: Vec<Value> = plan
+        .order_idx
+        .iter()
+        .map(|&i| checkpoint_value(&columns[i], last, plan.logical[i]))
+        .collect();
+    let texts = values
+        .iter()
+        .zip(&plan.order)
+        .map(|(v, name)| {
+            json_to_text(v).ok_or_else(|| {
+                ConnectorError::schema(format!(
+                    "the key field {name} is NULL in a row; paging needs keys without NULLs \
+                     (choose another `key`)"
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    plan.position = Some(texts);
+    let checkpoint = if plan.incremental {
+        let mut values = values.into_iter();
+        let cursor = values.next().unwrap_or(Value::Null);
+        serde_json::to_value(CursorCheckpoint {
+            cursor,
+            key: values.collect(),
+        })
+        .map_err(|e| ConnectorError::internal(e.to_string()))?
+    } else {
+        json!({ "key": values })
+    };
+    let mut columns = columns;
+    columns.truncate(plan.out_fields);
+    let batch = RecordBatch::try_new(plan.schema.clone(), columns)
+        .map_err(|e| ConnectorError::schema(e.to_string()))?;
+    Ok(Some((batch, checkpoint)))
 }
 
 impl BatchReader for PgReader {
@@ -400,16 +479,22 @@ impl BatchReader for PgReader {
         if self.ctx.is_cancelled() {
             return Err(ConnectorError::new(
                 ErrorKind::CANCELLED,
-                format!("{}: cancelled", self.plan.label),
+                format!("{}: cancelled", self.label),
             ));
         }
-        match self.fetch().await {
-            Ok(batch) => Ok(batch),
-            Err(e) => {
-                // A failed batch leaves the position where it was: retrying reads it again.
-                let label = self.plan.label.clone();
-                Err(self.secrets_scrub.scrub_error(e.context(label)))
-            }
+        self.ask();
+        let result = self.batches.recv().await.unwrap_or_else(|| {
+            Err(ConnectorError::internal(format!(
+                "{}: the reader thread stopped",
+                self.label
+            )))
+        });
+        self.pending = false;
+        match &result {
+            Ok(Some(_)) => self.ask(),
+            Ok(None) => self.done = true,
+            Err(_) => {}
         }
+        result
     }
 }

@@ -2,50 +2,59 @@
 //!
 //! `lockstep-bench boundary [--rows N] [--batch-size N] [--runs N] [--plugin PATH]` measures
 //! what the plugin boundary costs. It moves the same rows from the passthrough test
-//! connector's source to its destination twice over:
+//! connector's source to its destination, one batch at a time (read a batch, then write it),
+//! three ways:
 //!
-//! - direct: in this process, through the SDK traits, calling the very code the plugin
-//!   contains (the passthrough crate's rlib);
-//! - plugin: through `lockstep-plugin-host`, loading the passthrough cdylib, with every call on
-//!   a blocking thread and every batch exported, validated and imported across the C Data
-//!   Interface, as a sync does.
+//! - direct: in one thread of this process, through the SDK traits, calling the very code
+//!   the plugin contains (the passthrough crate's rlib);
+//! - threads: the same, but the source and the destination each on a thread of their own, a
+//!   batch handed from one to the other through channels: the cost of the host's threading
+//!   model (two thread hops per batch, batches changing cores) without the ABI;
+//! - plugin: through `lockstep-plugin-host`, loading the passthrough cdylib, every call on a
+//!   blocking thread and every batch exported, validated in full and imported across the
+//!   Arrow C Data Interface.
 //!
-//! The two alternate, the medians are compared, and both checksums must agree. The last line
-//! of output is `boundary_overhead=<fraction>`, (plugin - direct) / direct, for scripts.
+//! The paths take turns (their order rotates), the medians are compared, and all checksums
+//! must agree. The last line of output is `boundary_overhead=<fraction>`,
+//! (plugin - direct) / direct, for scripts.
+//!
+//! `lockstep-bench hops` measures the round trip of an empty `spawn_blocking` call, the floor
+//! of every plugin call's cost.
 
 use std::path::PathBuf;
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context as _, Result};
+use anyhow::{anyhow, bail, ensure, Context as _, Result};
 use lockstep_plugin_host::{no_redaction, LoadedPlugin};
+use lockstep_plugin_sdk::arrow::array::RecordBatch;
 use lockstep_plugin_sdk::{
     block_on, standalone_context, BatchReader as _, DestinationConnector as _,
     SourceConnector as _, StreamWriter as _,
 };
 use lockstep_protocol::{OpenStreamRequest, ReadMode, ReadRequest, SchemaEvolution};
 use lockstep_testplugin_passthrough::{
-    fields, Checksum, Config, PassthroughDestination, PassthroughSource, STREAM,
+    fields, Checksum, Config, Generator, PassthroughDestination, PassthroughSource, Summer, STREAM,
 };
 use serde_json::{json, Value};
 use tracing_subscriber::layer::SubscriberExt as _;
 
-const USAGE: &str =
-    "usage: lockstep-bench boundary [--rows N] [--batch-size N] [--runs N] [--plugin PATH]";
+const USAGE: &str = "usage: lockstep-bench boundary [--rows N] [--batch-size N] [--runs N] \
+                     [--plugin PATH]\n       lockstep-bench hops";
 
 struct Options {
     rows: u64,
     batch_size: usize,
     runs: usize,
     plugin: Option<PathBuf>,
-    /// `direct` or `plugin`: time one path only (for profiling one of them).
-    only: Option<String>,
 }
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("boundary") => boundary(parse(&args[1..])?),
+        Some("hops") => hops(),
         _ => bail!("{USAGE}"),
     }
 }
@@ -56,7 +65,6 @@ fn parse(args: &[String]) -> Result<Options> {
         batch_size: 65_536,
         runs: 5,
         plugin: None,
-        only: None,
     };
     let mut args = args.iter();
     while let Some(flag) = args.next() {
@@ -69,7 +77,6 @@ fn parse(args: &[String]) -> Result<Options> {
             "--batch-size" => options.batch_size = value()?.replace('_', "").parse()?,
             "--runs" => options.runs = value()?.parse()?,
             "--plugin" => options.plugin = Some(PathBuf::from(value()?)),
-            "--only" => options.only = Some(value()?.clone()),
             other => bail!("unknown argument `{other}`; {USAGE}"),
         }
     }
@@ -102,6 +109,13 @@ fn plugin_path(given: Option<PathBuf>) -> Result<PathBuf> {
         })
 }
 
+fn config(o: &Options) -> Config {
+    Config {
+        rows: o.rows,
+        batch_size: o.batch_size,
+    }
+}
+
 fn read_request(batch_size: usize) -> ReadRequest {
     ReadRequest {
         stream: STREAM.into(),
@@ -121,38 +135,105 @@ fn open_request() -> OpenStreamRequest {
     }
 }
 
-/// One run in this process, through the SDK traits. Times from the read to the flush.
+async fn open_reader(config: Config) -> Result<Generator> {
+    let batch_size = config.batch_size;
+    let mut source = PassthroughSource::open(config, standalone_context()).await?;
+    Ok(source.read(read_request(batch_size)).await?)
+}
+
+async fn open_writer(config: Config) -> Result<Summer> {
+    let mut destination = PassthroughDestination::open(config, standalone_context()).await?;
+    Ok(destination.open_stream(open_request()).await?)
+}
+
+/// One direct run. Times from the read to the flush, like the other paths.
 ///
 /// It runs on a thread of its own, as the plugin's calls do (on the host's blocking
 /// threads): glibc's allocator trims the main thread's heap back after every batch is freed,
 /// so on the main thread every batch would fault its pages in afresh, and the comparison
 /// would measure that instead of the boundary.
 fn run_direct(o: &Options) -> Result<(Duration, Checksum)> {
-    let config = Config {
-        rows: o.rows,
-        batch_size: o.batch_size,
-    };
-    let batch_size = o.batch_size;
+    let config = config(o);
     std::thread::scope(|scope| {
         scope
-            .spawn(move || direct_on_this_thread(config, batch_size))
+            .spawn(move || {
+                block_on(async {
+                    let start = Instant::now();
+                    let mut reader = open_reader(config.clone()).await?;
+                    let mut writer = open_writer(config).await?;
+                    while let Some((batch, _checkpoint)) = reader.next_batch().await? {
+                        writer.upsert(batch).await?;
+                    }
+                    writer.flush().await?;
+                    Ok((start.elapsed(), writer.checksum()))
+                })
+            })
             .join()
-            .map_err(|_| anyhow::anyhow!("the direct run panicked"))?
+            .map_err(|_| anyhow!("the direct run panicked"))?
     })
 }
 
-fn direct_on_this_thread(config: Config, batch_size: usize) -> Result<(Duration, Checksum)> {
-    block_on(async {
-        let mut source = PassthroughSource::open(config.clone(), standalone_context()).await?;
-        let mut destination = PassthroughDestination::open(config, standalone_context()).await?;
+/// One run with the source and the destination on threads of their own, driven batch by
+/// batch from this thread as the host drives plugins: no ABI, but the same thread hops.
+fn run_threads(o: &Options) -> Result<(Duration, Checksum)> {
+    let config = config(o);
+    let (ask_source, source_asked) = mpsc::channel::<()>();
+    let (source_answers, source_answer) = mpsc::channel::<Result<Option<RecordBatch>>>();
+    let (ask_destination, destination_asked) = mpsc::channel::<Option<RecordBatch>>();
+    let (destination_answers, destination_answer) = mpsc::channel::<Result<Option<Checksum>>>();
+    std::thread::scope(|scope| {
+        let source_config = config.clone();
+        scope.spawn(move || {
+            block_on(async {
+                let mut reader = match open_reader(source_config).await {
+                    Ok(reader) => reader,
+                    Err(e) => return drop(source_answers.send(Err(e))),
+                };
+                while source_asked.recv().is_ok() {
+                    let next = reader.next_batch().await.map(|b| b.map(|(batch, _)| batch));
+                    let end = !matches!(next, Ok(Some(_)));
+                    if source_answers.send(next.map_err(Into::into)).is_err() || end {
+                        break;
+                    }
+                }
+            })
+        });
+        scope.spawn(move || {
+            block_on(async {
+                let mut writer = match open_writer(config).await {
+                    Ok(writer) => writer,
+                    Err(e) => return drop(destination_answers.send(Err(e))),
+                };
+                while let Ok(message) = destination_asked.recv() {
+                    let answer = match message {
+                        Some(batch) => writer.upsert(batch).await.map(|_| None),
+                        None => writer.flush().await.map(|()| Some(writer.checksum())),
+                    };
+                    if destination_answers
+                        .send(answer.map_err(Into::into))
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            })
+        });
         let start = Instant::now();
-        let mut reader = source.read(read_request(batch_size)).await?;
-        let mut writer = destination.open_stream(open_request()).await?;
-        while let Some((batch, _checkpoint)) = reader.next_batch().await? {
-            writer.upsert(batch).await?;
+        let gone = || anyhow!("a thread of the threads run stopped");
+        loop {
+            ask_source.send(()).map_err(|_| gone())?;
+            let Some(batch) = source_answer.recv().map_err(|_| gone())?? else {
+                break;
+            };
+            ask_destination.send(Some(batch)).map_err(|_| gone())?;
+            destination_answer.recv().map_err(|_| gone())??;
         }
-        writer.flush().await?;
-        Ok((start.elapsed(), writer.checksum()))
+        ask_destination.send(None).map_err(|_| gone())?;
+        let checksum = destination_answer.recv().map_err(|_| gone())??;
+        let elapsed = start.elapsed();
+        drop(ask_source);
+        drop(ask_destination);
+        Ok((elapsed, checksum.context("the flush returned no checksum")?))
     })
 }
 
@@ -182,7 +263,7 @@ async fn run_plugin(
     );
     let fields = logged
         .lock()
-        .map_err(|_| anyhow::anyhow!("the log capture panicked"))?
+        .map_err(|_| anyhow!("the log capture panicked"))?
         .take()
         .context("the plugin destination logged no checksum on flush")?;
     let number = |name: &str| fields.get(name).and_then(Value::as_u64);
@@ -193,7 +274,7 @@ async fn run_plugin(
     Ok((elapsed, checksum))
 }
 
-/// The structured fields of the last `lockstep::plugin` log event.
+/// The structured fields of the last `lockstep::plugin` log event with a checksum.
 type Logged = Arc<Mutex<Option<serde_json::Map<String, Value>>>>;
 
 /// Keeps the fields of plugin log events (the host forwards them as one JSON `fields` value).
@@ -223,7 +304,30 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
     }
 }
 
-fn median(times: &mut [Duration]) -> Duration {
+/// The round trip of one `spawn_blocking` call that does nothing: the floor of what each
+/// plugin call costs through the host.
+fn hops() -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    const CALLS: u32 = 20_000;
+    let elapsed = runtime.block_on(async {
+        tokio::task::spawn_blocking(|| ()).await?;
+        let start = Instant::now();
+        for _ in 0..CALLS {
+            tokio::task::spawn_blocking(|| ()).await?;
+        }
+        Ok::<_, anyhow::Error>(start.elapsed())
+    })?;
+    println!(
+        "spawn_blocking round trip: {:.1} µs",
+        elapsed.as_secs_f64() * 1e6 / f64::from(CALLS)
+    );
+    Ok(())
+}
+
+fn median(times: &[Duration]) -> Duration {
+    let mut times = times.to_vec();
     times.sort();
     let n = times.len();
     if n % 2 == 1 {
@@ -235,6 +339,25 @@ fn median(times: &mut [Duration]) -> Duration {
 
 fn millis(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
+#[derive(Clone, Copy)]
+enum Path {
+    Direct,
+    Threads,
+    Plugin,
+}
+
+const PATHS: [Path; 3] = [Path::Direct, Path::Threads, Path::Plugin];
+
+impl Path {
+    fn name(self) -> &'static str {
+        match self {
+            Path::Direct => "direct",
+            Path::Threads => "threads",
+            Path::Plugin => "plugin",
+        }
+    }
 }
 
 fn boundary(o: Options) -> Result<()> {
@@ -250,76 +373,63 @@ fn boundary(o: Options) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    let run = |which: Path| match which {
+        Path::Direct => run_direct(&o),
+        Path::Threads => run_threads(&o),
+        Path::Plugin => runtime.block_on(run_plugin(&plugin, &o, &logged)),
+    };
     let batches = o.rows.div_ceil(o.batch_size as u64);
     println!(
-        "boundary: {} rows of (id int64, value int64, flag boolean) in {batches} batches of {}, \
-         {} runs each, interleaved, after one warm-up each",
+        "boundary: {} rows of (id int64, value int64, flag boolean) in {batches} batches of {}; \
+         {} runs of each path in rotating order, after one warm-up each",
         o.rows, o.batch_size, o.runs
     );
     println!("plugin: {}", path.display());
 
-    let (_, expected) = run_direct(&o)?;
-    runtime.block_on(run_plugin(&plugin, &o, &logged))?;
-    let (mut direct, mut plugged) = (Vec::new(), Vec::new());
-    for run in 0..o.runs {
-        // Alternate which goes first, so that neither always runs on a warmer machine.
-        let order = if run % 2 == 0 {
-            [true, false]
-        } else {
-            [false, true]
-        };
-        for direct_now in order {
-            if o.only
-                .as_deref()
-                .is_some_and(|only| (only == "direct") != direct_now)
-            {
-                continue;
-            }
-            let (time, checksum) = if direct_now {
-                run_direct(&o)?
-            } else {
-                runtime.block_on(run_plugin(&plugin, &o, &logged))?
-            };
-            let path = if direct_now { "direct" } else { "plugin" };
+    let (_, expected) = run(Path::Direct)?;
+    for which in PATHS {
+        run(which)?;
+    }
+    let mut times: [Vec<Duration>; 3] = Default::default();
+    for round in 0..o.runs {
+        for i in 0..PATHS.len() {
+            let which = PATHS[(round + i) % PATHS.len()];
+            let (time, checksum) = run(which)?;
             ensure!(
                 checksum == expected,
-                "the {path} checksum {checksum:?} differs from the direct one {expected:?}"
+                "the {} checksum {checksum:?} differs from the direct one {expected:?}",
+                which.name()
             );
-            if direct_now {
-                &mut direct
-            } else {
-                &mut plugged
-            }
-            .push(time);
+            times[which as usize].push(time);
         }
     }
-    let list = |times: &[Duration]| {
-        times
-            .iter()
-            .map(|t| millis(*t))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+
     let rate = |d: Duration| o.rows as f64 / d.as_secs_f64() / 1e6;
-    for (name, times) in [("direct", &mut direct), ("plugin", &mut plugged)] {
-        if !times.is_empty() {
-            println!("{name} runs: {}", list(times));
-            let m = median(times);
-            println!("{name}: median {}, {:.1} M rows/s", millis(m), rate(m));
-        }
+    let medians = times.each_ref().map(|t| median(t));
+    for which in PATHS {
+        let list: Vec<String> = times[which as usize].iter().map(|t| millis(*t)).collect();
+        let m = medians[which as usize];
+        println!(
+            "{:>7}: median {} ({:.1} M rows/s); runs: {}",
+            which.name(),
+            millis(m),
+            rate(m),
+            list.join(", ")
+        );
     }
-    if o.only.is_some() {
-        return Ok(());
-    }
-    let (direct, plugged) = (median(&mut direct), median(&mut plugged));
-    let per_batch = (plugged.as_secs_f64() - direct.as_secs_f64()) / batches.max(1) as f64;
+    let [direct, threads, plugin] = medians.map(|d| d.as_secs_f64());
+    let per_batch = |from: f64, to: f64| (to - from) / batches.max(1) as f64 * 1e6;
     println!(
-        "checksums agree: rows {}, sum {:#018x}; boundary cost per batch: {:.1} µs",
-        expected.rows,
-        expected.sum,
-        per_batch * 1e6
+        "checksums agree: {} rows, sum {:#018x}",
+        expected.rows, expected.sum
     );
-    let overhead = (plugged.as_secs_f64() - direct.as_secs_f64()) / direct.as_secs_f64();
-    println!("boundary_overhead={overhead:.3}");
+    println!(
+        "cost per batch over direct: threads {:+.1} µs, plugin {:+.1} µs (of which the ABI, \
+         over threads: {:+.1} µs)",
+        per_batch(direct, threads),
+        per_batch(direct, plugin),
+        per_batch(threads, plugin)
+    );
+    println!("boundary_overhead={:.3}", (plugin - direct) / direct);
     Ok(())
 }

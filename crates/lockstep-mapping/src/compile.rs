@@ -421,7 +421,8 @@ impl Compiler<'_> {
                 if input.ty == to {
                     return Ok(Node { text, ..input });
                 }
-                let nullable = input.nullable;
+                // A JSON `null` document becomes a null.
+                let nullable = input.nullable || input.ty == DataType::Json;
                 Node::new(Op::Cast(Box::new(input)), to, nullable, text)
             }
             "parse" => {
@@ -578,7 +579,8 @@ impl Compiler<'_> {
 }
 
 fn to_text(node: Node) -> Node {
-    let nullable = node.nullable;
+    // A JSON `null` document becomes a null.
+    let nullable = node.nullable || node.ty == DataType::Json;
     let text = node.text.clone();
     Node::new(Op::Cast(Box::new(node)), DataType::Text, nullable, text)
 }

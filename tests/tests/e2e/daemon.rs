@@ -7,7 +7,6 @@
 //! make slow sources (`sleep_ms`), flaky ones (`fail_transient_times`) and crashing ones
 //! (`segv_in`, `abort_in`, `panic_in`).
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -143,16 +142,17 @@ struct Daemon {
 
 impl Daemon {
     fn start(dir: &Path) -> Daemon {
-        Self::start_with(dir, &[])
+        Self::start_with(dir, "daemon", &[])
     }
 
-    fn start_with(dir: &Path, envs: &[(&str, &str)]) -> Daemon {
+    /// Starts a daemon in `dir`, logging to `<name>.log`.
+    fn start_with(dir: &Path, name: &str, envs: &[(&str, &str)]) -> Daemon {
         let addr = format!("127.0.0.1:{}", free_port());
-        let log = dir.join("daemon.log");
+        let log = dir.join(format!("{name}.log"));
         let mut cmd = lockstep(dir);
         cmd.args(["daemon", "--listen", &addr, "--kill-grace", "5s"])
             .stdin(Stdio::null())
-            .stdout(File::create(dir.join("daemon.out")).unwrap())
+            .stdout(File::create(dir.join(format!("{name}.out"))).unwrap())
             .stderr(File::create(&log).unwrap());
         for (k, v) in envs {
             cmd.env(k, v);
@@ -525,6 +525,32 @@ fn sigterm_stops_after_the_batch_in_hand() {
 }
 
 #[test]
+fn two_daemons_sharing_a_state_store_never_run_a_sync_twice_at_once() {
+    let dir = scratch();
+    let mut config = config_head();
+    config += &panicky_sync("shared", "{ sleep_ms = 400 }", r#"every = "1s""#, "batch_size = 1\n");
+    write(dir.path(), &config);
+    let first = Daemon::start_with(dir.path(), "first", &[]);
+    let second = Daemon::start_with(dir.path(), "second", &[]);
+    first.wait_for(Duration::from_secs(60), "runs of the shared sync and a skip", |d| {
+        let skipped = d.logs().contains("skipped: another process is running this sync")
+            || second.logs().contains("skipped: another process is running this sync");
+        count(&d.finished_runs("shared"), "succeeded") >= 4 && skipped
+    });
+    let runs = first.finished_runs("shared");
+    for pair in runs.windows(2) {
+        let finished = epoch(pair[0]["finished_at"].as_str().unwrap());
+        let started = epoch(pair[1]["started_at"].as_str().unwrap());
+        assert!(started >= finished, "runs overlap:\n{}\n{}", pair[0], pair[1]);
+    }
+    // A skip is not a failure: nothing failed, nothing was alerted.
+    assert_eq!(count(&runs, "failed"), 0, "{runs:?}");
+    for d in [&first, &second] {
+        assert!(!d.logs().contains("alert:"), "{}", d.logs());
+    }
+}
+
+#[test]
 fn sighup_reloads_a_valid_config_and_keeps_the_old_one_otherwise() {
     let dir = scratch();
     let first = config_head() + &panicky_sync("alpha", "{}", r#"every = "1s""#, "");
@@ -784,7 +810,7 @@ destination = "mkt.subscribers"
 every = "1s"
 "#;
     write(dir.path(), &config);
-    let daemon = Daemon::start_with(dir.path(), &[("SMTP_PASSWORD", PASSWORD)]);
+    let daemon = Daemon::start_with(dir.path(), "daemon", &[("SMTP_PASSWORD", PASSWORD)]);
 
     daemon.wait_for(Duration::from_secs(60), "three runs of contacts and flaky's recovery", |d| {
         count(&d.finished_runs("contacts"), "succeeded") >= 3 && count(&d.finished_runs("flaky"), "succeeded") >= 1
@@ -899,13 +925,4 @@ fn delete_contacts(db: &Path) {
         sqlx::query("DELETE FROM contacts").execute(&pool).await.unwrap();
         pool.close().await;
     });
-}
-
-#[allow(dead_code)]
-fn by_sync(runs: &[Value]) -> BTreeMap<String, usize> {
-    let mut map = BTreeMap::new();
-    for r in runs {
-        *map.entry(r["sync"].as_str().unwrap_or_default().to_owned()).or_default() += 1;
-    }
-    map
 }

@@ -150,13 +150,18 @@ fn reconcile_every_n_runs_skips_the_runs_between() {
     let d = dir.path();
     create_items(d, 100);
     config(d, "sqlite://state.db", "reconcile_every = 3");
-    assert!(run_json(d, &[]).0); // run 1 reconciles (none before)
+    // Run 1 creates the destination: nothing there can need deleting, so it does not
+    // reconcile; run 2 is the first to, then every third run.
+    assert!(run_json(d, &[]).0);
     sql(&d.join("src.db"), &["DELETE FROM items WHERE id = 1"]);
     let (_, r2, _) = run_json(d, &[]);
-    let (_, r3, _) = run_json(d, &[]);
-    let (_, r4, _) = run_json(d, &[]);
-    let deleted: Vec<u64> = [r2, r3, r4].iter().map(|r| r["metrics"]["deleted"].as_u64().unwrap()).collect();
-    assert_eq!(deleted, [0, 0, 1], "reconciliation runs every third run");
+    sql(&d.join("src.db"), &["DELETE FROM items WHERE id = 2"]);
+    let mut deleted = vec![r2["metrics"]["deleted"].as_u64().unwrap()];
+    for _ in 3..=5 {
+        let (_, r, _) = run_json(d, &[]);
+        deleted.push(r["metrics"]["deleted"].as_u64().unwrap());
+    }
+    assert_eq!(deleted, [1, 0, 0, 1], "reconciliation runs on run 2, then every third run");
 }
 
 #[test]
@@ -291,4 +296,30 @@ fn the_state_store_can_live_in_postgresql() {
     let runs: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(runs.as_array().unwrap().len(), 2);
     assert!(!d.join("state.db").exists(), "no SQLite state was created");
+}
+
+#[test]
+fn without_a_ledger_the_destination_tells_added_updated_and_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    create_items(d, 200);
+    config(d, "sqlite://state.db", "ledger = false\ntombstone = \"deleted_at\"");
+    let (ok, first, stderr) = run_json(d, &[]);
+    assert!(ok, "{first}\n{stderr}");
+    assert_eq!(first["metrics"]["added"], 200, "{first}");
+    sql(&d.join("src.db"), &[
+        "UPDATE items SET name = 'changed', updated_at = '2026-06-01 00:00:00' WHERE id IN (1, 2)",
+        "UPDATE items SET updated_at = '2026-06-01 00:00:00' WHERE id = 3",
+        "UPDATE items SET deleted_at = '2026-06-01', updated_at = '2026-06-01 00:00:00' WHERE id = 4",
+    ]);
+    let (ok, second, _) = run_json(d, &[]);
+    assert!(ok, "{second}");
+    let m = &second["metrics"];
+    assert_eq!(
+        (m["read"].as_u64(), m["updated"].as_u64(), m["unchanged"].as_u64(), m["deleted"].as_u64()),
+        (Some(4), Some(2), Some(1), Some(1)),
+        "{second}"
+    );
+    assert_eq!(count(&d.join("state.db"), "SELECT count(*) FROM ledger"), 0, "no ledger was kept");
+    assert_eq!(count(&d.join("dst.db"), "SELECT count(*) FROM items"), 199);
 }
