@@ -7,7 +7,7 @@
 //! only spare a record that should have been deleted (never delete one that should not), and
 //! at 64 bits it is vanishingly rare.
 
-use arrow::array::{Array, BooleanArray, RecordBatch};
+use arrow::array::{BooleanArray, RecordBatch};
 use arrow::compute::{concat_batches, filter_record_batch};
 use lockstep_core::protocol::{ReadMode, ReadRequest, Role};
 use lockstep_core::{record_keys, RunMetrics};
@@ -59,22 +59,24 @@ pub(crate) async fn run(
     }
     let read_size = spec.batch_size.max(50_000);
 
-    // The source's keys, as sorted hashes.
+    // The source's keys, as sorted hashes, computed through the mapping of the key alone so
+    // that computed keys (`lower(trim(email))`) compare equal to what the runs wrote.
+    let key_mapper = ctx.mapper.key_mapper();
     let (mut source, _) = open_source_stream(engine, job).await?;
     let mut request = ReadRequest {
         stream: spec.source.stream.clone(),
         mode: ReadMode::Full,
-        fields: Some(ctx.mapper.source_key().to_vec()),
-        key: ctx.mapper.source_key().to_vec(),
+        fields: Some(key_mapper.source_fields()),
+        key: key_mapper.source_key().to_vec(),
         batch_size: Some(read_size),
         ..Default::default()
     };
     let mut reader = source.read(&request).await?;
     let mut source_keys: Vec<u64> = Vec::new();
     while let Some((batch, _)) = reader.next().await? {
-        // Records without a key were rejected by the runs; they match nothing.
-        let batch = without_null_keys(&batch, ctx.mapper.source_key())?;
-        for key in record_keys(&batch, ctx.mapper.source_key())? {
+        // Records whose key cannot be mapped were rejected by the runs; they match nothing.
+        let mapped = key_mapper.map(&batch)?;
+        for key in record_keys(&mapped.batch, key_mapper.key())? {
             source_keys.push(xxh3_64(key.as_bytes()));
         }
     }
@@ -176,21 +178,6 @@ pub(crate) async fn run(
             mark_done(ctx, &sink, run).await
         }
     }
-}
-
-/// The rows of `batch` whose key columns are all set.
-fn without_null_keys(batch: &RecordBatch, key: &[String]) -> Result<RecordBatch, EngineError> {
-    let columns: Vec<_> = crate::pipeline::key_indices(batch, key)?
-        .into_iter()
-        .map(|i| batch.column(i).clone())
-        .collect();
-    if columns.iter().all(|c| c.null_count() == 0) {
-        return Ok(batch.clone());
-    }
-    let keep: Vec<bool> = (0..batch.num_rows())
-        .map(|row| columns.iter().all(|c| c.is_valid(row)))
-        .collect();
-    Ok(filter_record_batch(batch, &BooleanArray::from(keep))?)
 }
 
 async fn mark_done(ctx: &Context<'_>, sink: &Sink<'_>, run: &RunState) -> Result<(), EngineError> {

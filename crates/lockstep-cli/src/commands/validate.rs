@@ -103,8 +103,28 @@ async fn live_errors(config: &Config, registry: &PluginRegistry) -> Vec<ConfigEr
             ));
             continue;
         };
-        if let Err(e) = Mapper::new(spec, stream) {
-            errors.push(config.error_at(sync.location, e.to_string(), "fix the sync's `fields`, `key` or `cursor` to match the source stream"));
+        match Mapper::new(spec, stream) {
+            Err(e) => {
+                // Point at the field's own line when the error is about one field.
+                let location = e
+                    .target()
+                    .and_then(|t| spec.fields.iter().position(|f| f.target == t))
+                    .and_then(|i| sync.locations.fields.get(i))
+                    .map_or(sync.location, |f| f.source);
+                errors.push(config.error_at(
+                    location,
+                    e.to_string(),
+                    "fix the sync's `fields`, `key` or `cursor` to match the source stream",
+                ));
+            }
+            Ok(mapper) => {
+                for (field, reason) in mapper.nullable_key_fields() {
+                    eprintln!(
+                        "warning: sync `{}`: key field `{field}` can be null ({reason}); records without a key are rejected",
+                        spec.name
+                    );
+                }
+            }
         }
         let Some(dest) = config.connections.get(&spec.destination.connection) else { continue };
         let Ok(dest_plugin) = registry.get(&dest.connector) else { continue };
