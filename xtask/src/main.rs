@@ -4,7 +4,9 @@
 //!   them, changes a few rows and syncs again to show incremental counts.
 //! - `test`: builds every crate and plugin, then runs the whole test suite.
 //! - `bench boundary`: the plugin-boundary benchmark (release build).
+//! - `bench pg`: PostgreSQL sync speed against PostgreSQL's own COPY pipe.
 
+mod bench_pg;
 mod demo;
 
 use std::path::{Path, PathBuf};
@@ -19,13 +21,15 @@ fn main() -> Result<()> {
         ["demo"] => demo::run(),
         ["test", rest @ ..] => test(rest),
         ["bench", "boundary", rest @ ..] => bench_boundary(rest),
+        ["bench", "pg", rest @ ..] => bench_pg::run(rest),
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
                  commands:\n  \
                  demo                 a real sync between two SQLite databases, then an incremental one\n  \
                  test [ARGS...]       build everything and run every test (ARGS go to cargo test)\n  \
-                 bench boundary       plugin-boundary overhead benchmark"
+                 bench boundary       plugin-boundary overhead benchmark\n  \
+                 bench pg [--rows N]  PostgreSQL sync speed against the COPY pipe (needs PostgreSQL and MariaDB)"
             );
             bail!("unknown or missing command");
         }

@@ -15,7 +15,9 @@
 //!   Arrow C Data Interface.
 //!
 //! The paths take turns (their order rotates), the medians are compared, and all checksums
-//! must agree. The last line of output is `boundary_overhead=<fraction>`,
+//! must agree. Besides wall time, each run's process CPU time is shown: on a shared machine
+//! it varies less, and the difference between the two is time spent waiting (for a core, or
+//! for a thread to wake up). The last line of output is `boundary_overhead=<fraction>`,
 //! (plugin - direct) / direct, for scripts.
 //!
 //! `lockstep-bench hops` measures the round trip of an empty `spawn_blocking` call, the floor
@@ -326,6 +328,21 @@ fn hops() -> Result<()> {
     Ok(())
 }
 
+/// The CPU time this process has used so far (all threads).
+fn process_cpu_time() -> Duration {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid timespec for the call to fill in.
+    let ok = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) } == 0;
+    if ok {
+        Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+    } else {
+        Duration::ZERO
+    }
+}
+
 fn median(times: &[Duration]) -> Duration {
     let mut times = times.to_vec();
     times.sort();
@@ -391,10 +408,13 @@ fn boundary(o: Options) -> Result<()> {
         run(which)?;
     }
     let mut times: [Vec<Duration>; 3] = Default::default();
+    let mut cpu: [Vec<Duration>; 3] = Default::default();
     for round in 0..o.runs {
         for i in 0..PATHS.len() {
             let which = PATHS[(round + i) % PATHS.len()];
+            let cpu_before = process_cpu_time();
             let (time, checksum) = run(which)?;
+            cpu[which as usize].push(process_cpu_time().saturating_sub(cpu_before));
             ensure!(
                 checksum == expected,
                 "the {} checksum {checksum:?} differs from the direct one {expected:?}",
@@ -410,10 +430,11 @@ fn boundary(o: Options) -> Result<()> {
         let list: Vec<String> = times[which as usize].iter().map(|t| millis(*t)).collect();
         let m = medians[which as usize];
         println!(
-            "{:>7}: median {} ({:.1} M rows/s); runs: {}",
+            "{:>7}: median {} ({:.1} M rows/s), CPU {}; runs: {}",
             which.name(),
             millis(m),
             rate(m),
+            millis(median(&cpu[which as usize])),
             list.join(", ")
         );
     }

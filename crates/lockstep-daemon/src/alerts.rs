@@ -114,7 +114,10 @@ impl Alert {
             text.push_str(&format!("Attempts: {}\n", self.attempts));
         }
         if self.consecutive_failures > 0 {
-            text.push_str(&format!("Failed runs in a row: {}\n", self.consecutive_failures));
+            text.push_str(&format!(
+                "Failed runs in a row: {}\n",
+                self.consecutive_failures
+            ));
         }
         text.push_str(&format!("Host: {}\n", self.host));
         if let Some(detail) = &self.exit_detail {
@@ -229,7 +232,11 @@ pub(crate) fn decide(
 }
 
 /// The low-volume verdict of a successful run with `metrics`, against the earlier runs.
-fn low_volume(config: &AlertsConfig, metrics: &RunMetrics, earlier: &[&RunSummary]) -> Option<String> {
+fn low_volume(
+    config: &AlertsConfig,
+    metrics: &RunMetrics,
+    earlier: &[&RunSummary],
+) -> Option<String> {
     let fraction = config.low_volume_fraction;
     if fraction <= 0.0 {
         return None;
@@ -245,7 +252,11 @@ fn low_volume(config: &AlertsConfig, metrics: &RunMetrics, earlier: &[&RunSummar
     }
     let checks = [
         ("read", metrics.read, median(window.iter().map(|m| m.read))),
-        ("wrote", metrics.written(), median(window.iter().map(|m| m.written()))),
+        (
+            "wrote",
+            metrics.written(),
+            median(window.iter().map(|m| m.written())),
+        ),
     ];
     let low: Vec<String> = checks
         .iter()
@@ -327,18 +338,48 @@ mod tests {
         let f2 = run(2, RunStatus::Failed, 0, 0);
         let f3 = run(3, RunStatus::Failed, 0, 0);
         // The first failure after a success.
-        let (alerts, n) = decide(&config, &execution(RunStatus::Failed, &[2], 0), Some("boom"), &[f2.clone(), ok.clone()], false);
+        let (alerts, n) = decide(
+            &config,
+            &execution(RunStatus::Failed, &[2], 0),
+            Some("boom"),
+            &[f2.clone(), ok.clone()],
+            false,
+        );
         assert_eq!(alerts, vec![(AlertKind::Failure, "boom".to_owned())]);
         assert_eq!(n, 1);
         // The third in a row, cancelled runs in between do not break the streak.
         let cancelled = run(4, RunStatus::Cancelled, 0, 0);
-        let history = [run(5, RunStatus::Failed, 0, 0), cancelled, f3.clone(), f2.clone(), ok.clone()];
-        let (alerts, n) = decide(&config, &execution(RunStatus::Failed, &[5], 0), Some("boom"), &history, true);
+        let history = [
+            run(5, RunStatus::Failed, 0, 0),
+            cancelled,
+            f3.clone(),
+            f2.clone(),
+            ok.clone(),
+        ];
+        let (alerts, n) = decide(
+            &config,
+            &execution(RunStatus::Failed, &[5], 0),
+            Some("boom"),
+            &history,
+            true,
+        );
         assert_eq!(alerts[0].0, AlertKind::ConsecutiveFailures);
         assert_eq!(n, 3);
         // The fourth is a plain failure again.
-        let history = [run(6, RunStatus::Failed, 0, 0), run(5, RunStatus::Failed, 0, 0), f3, f2, ok];
-        let (alerts, n) = decide(&config, &execution(RunStatus::Failed, &[6], 0), None, &history, true);
+        let history = [
+            run(6, RunStatus::Failed, 0, 0),
+            run(5, RunStatus::Failed, 0, 0),
+            f3,
+            f2,
+            ok,
+        ];
+        let (alerts, n) = decide(
+            &config,
+            &execution(RunStatus::Failed, &[6], 0),
+            None,
+            &history,
+            true,
+        );
         assert_eq!(alerts[0].0, AlertKind::Failure);
         assert_eq!(n, 4);
     }
@@ -346,8 +387,18 @@ mod tests {
     #[test]
     fn retries_count_as_runs_in_a_row() {
         let config = AlertsConfig::default();
-        let history = [run(3, RunStatus::Failed, 0, 0), run(2, RunStatus::Failed, 0, 0), run(1, RunStatus::Failed, 0, 0)];
-        let (alerts, n) = decide(&config, &execution(RunStatus::Failed, &[1, 2, 3], 0), None, &history, false);
+        let history = [
+            run(3, RunStatus::Failed, 0, 0),
+            run(2, RunStatus::Failed, 0, 0),
+            run(1, RunStatus::Failed, 0, 0),
+        ];
+        let (alerts, n) = decide(
+            &config,
+            &execution(RunStatus::Failed, &[1, 2, 3], 0),
+            None,
+            &history,
+            false,
+        );
         assert_eq!(alerts[0].0, AlertKind::ConsecutiveFailures);
         assert_eq!(n, 3);
     }
@@ -355,10 +406,31 @@ mod tests {
     #[test]
     fn recovery_only_after_an_alerted_failure() {
         let config = AlertsConfig::default();
-        let history = [run(3, RunStatus::Succeeded, 5, 0), run(2, RunStatus::Failed, 0, 0)];
-        let (alerts, _) = decide(&config, &execution(RunStatus::Succeeded, &[3], 5), None, &history, true);
-        assert_eq!(alerts, vec![(AlertKind::Recovery, "the run succeeded after 1 failed run".to_owned())]);
-        let (alerts, _) = decide(&config, &execution(RunStatus::Succeeded, &[3], 5), None, &history, false);
+        let history = [
+            run(3, RunStatus::Succeeded, 5, 0),
+            run(2, RunStatus::Failed, 0, 0),
+        ];
+        let (alerts, _) = decide(
+            &config,
+            &execution(RunStatus::Succeeded, &[3], 5),
+            None,
+            &history,
+            true,
+        );
+        assert_eq!(
+            alerts,
+            vec![(
+                AlertKind::Recovery,
+                "the run succeeded after 1 failed run".to_owned()
+            )]
+        );
+        let (alerts, _) = decide(
+            &config,
+            &execution(RunStatus::Succeeded, &[3], 5),
+            None,
+            &history,
+            false,
+        );
         assert!(alerts.is_empty());
     }
 
@@ -377,7 +449,13 @@ mod tests {
             run(6, RunStatus::Succeeded, 110, 0),
             run(5, RunStatus::Succeeded, 1, 0),
         ];
-        let (alerts, _) = decide(&config, &execution(RunStatus::Succeeded, &[10], 0), None, &history, false);
+        let (alerts, _) = decide(
+            &config,
+            &execution(RunStatus::Succeeded, &[10], 0),
+            None,
+            &history,
+            false,
+        );
         assert_eq!(alerts.len(), 1);
         assert_eq!(alerts[0].0, AlertKind::LowVolume);
         // Window: 100, 90, 110, 1: median 95.
@@ -386,10 +464,22 @@ mod tests {
             "read 0 records, below 50% of the median of the last 4 successful runs (95)"
         );
         // Enough volume: nothing.
-        let (alerts, _) = decide(&config, &execution(RunStatus::Succeeded, &[10], 60), None, &history, false);
+        let (alerts, _) = decide(
+            &config,
+            &execution(RunStatus::Succeeded, &[10], 60),
+            None,
+            &history,
+            false,
+        );
         assert!(alerts.is_empty());
         // Too little history: nothing.
-        let (alerts, _) = decide(&config, &execution(RunStatus::Succeeded, &[10], 0), None, &history[..3], false);
+        let (alerts, _) = decide(
+            &config,
+            &execution(RunStatus::Succeeded, &[10], 0),
+            None,
+            &history[..3],
+            false,
+        );
         assert!(alerts.is_empty());
     }
 
@@ -416,14 +506,23 @@ mod tests {
         .redacted(&Secrets::new(["hunter2"]));
         assert_eq!(alert.subject(), "[lockstep] sync contacts failed (run 42)");
         let text = alert.text();
-        assert!(text.starts_with("Sync contacts failed (run 42).\n"), "{text}");
+        assert!(
+            text.starts_with("Sync contacts failed (run 42).\n"),
+            "{text}"
+        );
         assert!(text.contains("Reason: password *** refused"), "{text}");
-        assert!(text.contains("Counts: read 7, added 2, updated 0"), "{text}");
+        assert!(
+            text.contains("Counts: read 7, added 2, updated 0"),
+            "{text}"
+        );
         let body = alert.webhook_body();
         assert_eq!(body["sync"], "contacts");
         assert_eq!(body["run"], 42);
         assert_eq!(body["metrics"]["read"], 7);
-        assert!(body["text"].as_str().unwrap().contains("sync contacts failed (run 42)"));
+        assert!(body["text"]
+            .as_str()
+            .unwrap()
+            .contains("sync contacts failed (run 42)"));
         assert!(!body.to_string().contains("hunter2"));
     }
 }

@@ -73,7 +73,11 @@ pub(crate) async fn deliver(
     }
 }
 
-async fn post_webhook(http: &reqwest::Client, hook: &WebhookAlert, alert: &Alert) -> Result<(), String> {
+async fn post_webhook(
+    http: &reqwest::Client,
+    hook: &WebhookAlert,
+    alert: &Alert,
+) -> Result<(), String> {
     let response = http
         .post(&hook.url)
         .timeout(SEND_TIMEOUT)
@@ -120,10 +124,11 @@ async fn send_email(email: &EmailAlert, alert: &Alert) -> Result<(), String> {
         StartTls::Opportunistic => Tls::Opportunistic(tls_parameters(&email.smtp_host)?),
         StartTls::Required => Tls::Required(tls_parameters(&email.smtp_host)?),
     };
-    let mut transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(email.smtp_host.as_str())
-        .port(email.smtp_port)
-        .tls(tls)
-        .timeout(Some(SEND_TIMEOUT));
+    let mut transport =
+        AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(email.smtp_host.as_str())
+            .port(email.smtp_port)
+            .tls(tls)
+            .timeout(Some(SEND_TIMEOUT));
     if let (Some(user), Some(password)) = (&email.username, &email.password) {
         transport = transport.credentials(Credentials::new(user.clone(), password.clone()));
     }
@@ -143,10 +148,12 @@ fn tls_parameters(host: &str) -> Result<TlsParameters, String> {
 fn url_host(url: &str) -> String {
     reqwest::Url::parse(url)
         .ok()
-        .and_then(|u| u.host_str().map(|h| match u.port() {
-            Some(port) => format!("{h}:{port}"),
-            None => h.to_owned(),
-        }))
+        .and_then(|u| {
+            u.host_str().map(|h| match u.port() {
+                Some(port) => format!("{h}:{port}"),
+                None => h.to_owned(),
+            })
+        })
         .unwrap_or_else(|| "(invalid url)".to_owned())
 }
 
@@ -156,7 +163,13 @@ mod tests {
 
     #[test]
     fn logs_name_only_the_webhook_host() {
-        assert_eq!(url_host("https://hooks.example.com/services/T000/SECRET"), "hooks.example.com");
-        assert_eq!(url_host("http://user:pw@127.0.0.1:8080/x"), "127.0.0.1:8080");
+        assert_eq!(
+            url_host("https://hooks.example.com/services/T000/SECRET"),
+            "hooks.example.com"
+        );
+        assert_eq!(
+            url_host("http://user:pw@127.0.0.1:8080/x"),
+            "127.0.0.1:8080"
+        );
     }
 }

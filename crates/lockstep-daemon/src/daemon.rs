@@ -127,7 +127,9 @@ impl Shared {
             ..Default::default()
         };
         match self.state.rejected(&filter).await {
-            Ok(records) => self.metrics.set_rejected_pending(sync, records.len() as u64),
+            Ok(records) => self
+                .metrics
+                .set_rejected_pending(sync, records.len() as u64),
             Err(e) => tracing::warn!(sync, "cannot count rejected records: {e}"),
         }
     }
@@ -145,7 +147,10 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
         .await
         .map_err(DaemonError::Plugins)?;
     let state: Arc<dyn StateStore> = Arc::from(lockstep_state::open(&config.state_url).await?);
-    let listen = options.listen.clone().unwrap_or_else(|| config.daemon.listen.clone());
+    let listen = options
+        .listen
+        .clone()
+        .unwrap_or_else(|| config.daemon.listen.clone());
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .map_err(|source| DaemonError::Listen {
@@ -184,7 +189,10 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
                     }
                 }
             };
-            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(stopped)
+                .await
+            {
                 tracing::error!("the HTTP server failed: {e}");
             }
         })
@@ -233,13 +241,16 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
             _ = terminate.recv() => {}
             _ = interrupt.recv() => {}
         }
-        tracing::warn!("second signal: exiting now; workers stop on their own after the batch in hand");
+        tracing::warn!(
+            "second signal: exiting now; workers stop on their own after the batch in hand"
+        );
         std::process::exit(130);
     });
     for (_, task) in tasks.drain() {
         let _ = task.await;
     }
-    let mut alerts = std::mem::take(&mut *shared.alert_tasks.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut alerts =
+        std::mem::take(&mut *shared.alert_tasks.lock().unwrap_or_else(|p| p.into_inner()));
     while alerts.try_join_next().is_some() {}
     if !alerts.is_empty() {
         tracing::info!("sending {} pending alert(s)", alerts.len());
@@ -248,7 +259,10 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
         })
         .await;
         if drained.is_err() {
-            tracing::warn!("gave up on alerts still unsent after {}s", ALERT_DRAIN.as_secs());
+            tracing::warn!(
+                "gave up on alerts still unsent after {}s",
+                ALERT_DRAIN.as_secs()
+            );
         }
     }
     let _ = server.await;
@@ -273,7 +287,10 @@ fn spawn_missing(shared: &Arc<Shared>, tasks: &mut HashMap<String, JoinHandle<()
     for sync in scheduled(&config) {
         let name = sync.name().to_owned();
         if let std::collections::hash_map::Entry::Vacant(slot) = tasks.entry(name.clone()) {
-            slot.insert(tokio::spawn(crate::scheduler::sync_loop(shared.clone(), name)));
+            slot.insert(tokio::spawn(crate::scheduler::sync_loop(
+                shared.clone(),
+                name,
+            )));
         }
     }
 }
@@ -351,22 +368,46 @@ async fn reload(shared: &Shared) {
     if new.daemon.log_format != old.daemon.log_format {
         tracing::warn!("[daemon] log_format changed; it takes effect at the next restart");
     }
-    let now_scheduled: Vec<String> = scheduled(&new).iter().map(|s| s.name().to_owned()).collect();
-    let before: Vec<String> = scheduled(&old).iter().map(|s| s.name().to_owned()).collect();
-    let added: Vec<&String> = now_scheduled.iter().filter(|s| !before.contains(s)).collect();
-    let removed: Vec<&String> = before.iter().filter(|s| !now_scheduled.contains(s)).collect();
+    let now_scheduled: Vec<String> = scheduled(&new)
+        .iter()
+        .map(|s| s.name().to_owned())
+        .collect();
+    let before: Vec<String> = scheduled(&old)
+        .iter()
+        .map(|s| s.name().to_owned())
+        .collect();
+    let added: Vec<&String> = now_scheduled
+        .iter()
+        .filter(|s| !before.contains(s))
+        .collect();
+    let removed: Vec<&String> = before
+        .iter()
+        .filter(|s| !now_scheduled.contains(s))
+        .collect();
     shared.config.send_replace(Arc::new(new));
     shared.metrics.config_reload("ok");
     tracing::info!(
         "config reloaded: {} syncs scheduled{}{}",
         now_scheduled.len(),
-        if added.is_empty() { String::new() } else { format!("; added: {}", join(&added)) },
-        if removed.is_empty() { String::new() } else { format!("; no longer scheduled: {}", join(&removed)) },
+        if added.is_empty() {
+            String::new()
+        } else {
+            format!("; added: {}", join(&added))
+        },
+        if removed.is_empty() {
+            String::new()
+        } else {
+            format!("; no longer scheduled: {}", join(&removed))
+        },
     );
 }
 
 fn join(names: &[&String]) -> String {
-    names.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+    names
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Checks that the config's connectors exist and play their roles, in a

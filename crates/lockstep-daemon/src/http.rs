@@ -48,7 +48,10 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         })
         .collect();
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         shared.metrics.render(&gauges),
     )
         .into_response()
@@ -129,6 +132,10 @@ impl From<lockstep_state::StateError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "error": self.0 }))).into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "error": self.0 })),
+        )
+            .into_response()
     }
 }

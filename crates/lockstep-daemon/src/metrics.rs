@@ -48,7 +48,9 @@ pub(crate) struct SyncGauge {
 
 impl Metrics {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Counts one finished run.
@@ -61,7 +63,9 @@ impl Metrics {
         finished_at: f64,
     ) {
         let mut m = self.lock();
-        *m.runs.entry((sync.to_owned(), status.as_str())).or_default() += 1;
+        *m.runs
+            .entry((sync.to_owned(), status.as_str()))
+            .or_default() += 1;
         for (kind, value) in metrics.entries() {
             *m.records.entry((sync.to_owned(), kind)).or_default() += value;
         }
@@ -100,7 +104,11 @@ impl Metrics {
     }
 
     pub(crate) fn alert_sent(&self, sync: &str, kind: &'static str) {
-        *self.lock().alerts.entry((sync.to_owned(), kind)).or_default() += 1;
+        *self
+            .lock()
+            .alerts
+            .entry((sync.to_owned(), kind))
+            .or_default() += 1;
     }
 
     pub(crate) fn alert_failed(&self, channel: &'static str) {
@@ -118,9 +126,17 @@ impl Metrics {
         let mut out = String::new();
         let mut lines: Vec<String> = Vec::new();
 
-        let name = family(&mut out, "lockstep_runs_total", "counter", "Runs finished, by sync and status.");
+        let name = family(
+            &mut out,
+            "lockstep_runs_total",
+            "counter",
+            "Runs finished, by sync and status.",
+        );
         for ((sync, status), v) in &m.runs {
-            lines.push(format!("{name}{{sync=\"{}\",status=\"{status}\"}} {v}", esc(sync)));
+            lines.push(format!(
+                "{name}{{sync=\"{}\",status=\"{status}\"}} {v}",
+                esc(sync)
+            ));
         }
         flush(&mut out, &mut lines);
 
@@ -129,23 +145,39 @@ impl Metrics {
             "Records of finished runs, by sync and kind (read, added, updated, unchanged, deleted, conflicts, rejected).",
         );
         for ((sync, kind), v) in &m.records {
-            lines.push(format!("{name}{{sync=\"{}\",kind=\"{kind}\"}} {v}", esc(sync)));
+            lines.push(format!(
+                "{name}{{sync=\"{}\",kind=\"{kind}\"}} {v}",
+                esc(sync)
+            ));
         }
         flush(&mut out, &mut lines);
 
-        let name = family(&mut out, "lockstep_run_duration_seconds", "histogram", "How long runs took, by sync.");
+        let name = family(
+            &mut out,
+            "lockstep_run_duration_seconds",
+            "histogram",
+            "How long runs took, by sync.",
+        );
         for (sync, h) in &m.durations {
             let sync = esc(sync);
             for (i, bound) in DURATION_BUCKETS.iter().enumerate() {
-                lines.push(format!("{name}_bucket{{sync=\"{sync}\",le=\"{bound}\"}} {}", h.buckets[i]));
+                lines.push(format!(
+                    "{name}_bucket{{sync=\"{sync}\",le=\"{bound}\"}} {}",
+                    h.buckets[i]
+                ));
             }
-            lines.push(format!("{name}_bucket{{sync=\"{sync}\",le=\"+Inf\"}} {}", h.count));
+            lines.push(format!(
+                "{name}_bucket{{sync=\"{sync}\",le=\"+Inf\"}} {}",
+                h.count
+            ));
             lines.push(format!("{name}_sum{{sync=\"{sync}\"}} {}", h.sum));
             lines.push(format!("{name}_count{{sync=\"{sync}\"}} {}", h.count));
         }
         flush(&mut out, &mut lines);
 
-        let name = family(&mut out, "lockstep_last_success_timestamp_seconds",
+        let name = family(
+            &mut out,
+            "lockstep_last_success_timestamp_seconds",
             "gauge",
             "When the sync last finished a run successfully (Unix time).",
         );
@@ -154,7 +186,9 @@ impl Metrics {
         }
         flush(&mut out, &mut lines);
 
-        let name = family(&mut out, "lockstep_rejected_records",
+        let name = family(
+            &mut out,
+            "lockstep_rejected_records",
             "gauge",
             "Rejected records not yet retried, by sync (counted up to 10000).",
         );
@@ -164,7 +198,9 @@ impl Metrics {
         }
         flush(&mut out, &mut lines);
 
-        let name = family(&mut out, "lockstep_open_conflicts",
+        let name = family(
+            &mut out,
+            "lockstep_open_conflicts",
             "gauge",
             "Conflicts waiting for a person, by sync (two-way sync only).",
         );
@@ -173,13 +209,24 @@ impl Metrics {
         }
         flush(&mut out, &mut lines);
 
-        let name = family(&mut out, "lockstep_sync_running", "gauge", "1 while a worker runs the sync.");
+        let name = family(
+            &mut out,
+            "lockstep_sync_running",
+            "gauge",
+            "1 while a worker runs the sync.",
+        );
         for s in syncs {
-            lines.push(format!("{name}{{sync=\"{}\"}} {}", esc(&s.name), u8::from(s.running)));
+            lines.push(format!(
+                "{name}{{sync=\"{}\"}} {}",
+                esc(&s.name),
+                u8::from(s.running)
+            ));
         }
         flush(&mut out, &mut lines);
 
-        let name = family(&mut out, "lockstep_worker_crashes_total",
+        let name = family(
+            &mut out,
+            "lockstep_worker_crashes_total",
             "counter",
             "Worker processes that died without a report (signal, abort, out of memory).",
         );
@@ -188,19 +235,34 @@ impl Metrics {
         }
         flush(&mut out, &mut lines);
 
-        let name = family(&mut out, "lockstep_retries_total", "counter", "Runs retried after a transient or rate-limited failure.");
+        let name = family(
+            &mut out,
+            "lockstep_retries_total",
+            "counter",
+            "Runs retried after a transient or rate-limited failure.",
+        );
         for (sync, v) in &m.retries {
             lines.push(format!("{name}{{sync=\"{}\"}} {v}", esc(sync)));
         }
         flush(&mut out, &mut lines);
 
-        let name = family(&mut out, "lockstep_alerts_total", "counter", "Alerts raised, by sync and kind.");
+        let name = family(
+            &mut out,
+            "lockstep_alerts_total",
+            "counter",
+            "Alerts raised, by sync and kind.",
+        );
         for ((sync, kind), v) in &m.alerts {
-            lines.push(format!("{name}{{sync=\"{}\",kind=\"{kind}\"}} {v}", esc(sync)));
+            lines.push(format!(
+                "{name}{{sync=\"{}\",kind=\"{kind}\"}} {v}",
+                esc(sync)
+            ));
         }
         flush(&mut out, &mut lines);
 
-        let name = family(&mut out, "lockstep_alert_delivery_failures_total",
+        let name = family(
+            &mut out,
+            "lockstep_alert_delivery_failures_total",
             "counter",
             "Alerts a channel (webhook, email) could not deliver.",
         );
@@ -209,7 +271,12 @@ impl Metrics {
         }
         flush(&mut out, &mut lines);
 
-        let name = family(&mut out, "lockstep_config_reloads_total", "counter", "Config reloads on SIGHUP, by result.");
+        let name = family(
+            &mut out,
+            "lockstep_config_reloads_total",
+            "counter",
+            "Config reloads on SIGHUP, by result.",
+        );
         for (result, v) in &m.reloads {
             lines.push(format!("{name}{{result=\"{result}\"}} {v}"));
         }
@@ -233,7 +300,10 @@ fn flush(out: &mut String, lines: &mut Vec<String>) {
 
 /// A label value escaped for the text format.
 fn esc(value: &str) -> String {
-    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -248,20 +318,59 @@ mod tests {
             added: 2,
             ..Default::default()
         };
-        m.run_finished("a\"b", RunStatus::Succeeded, &metrics, Duration::from_millis(700), 1700000000.0);
-        m.run_finished("a\"b", RunStatus::Failed, &RunMetrics::default(), Duration::from_secs(3), 1700000005.0);
+        m.run_finished(
+            "a\"b",
+            RunStatus::Succeeded,
+            &metrics,
+            Duration::from_millis(700),
+            1700000000.0,
+        );
+        m.run_finished(
+            "a\"b",
+            RunStatus::Failed,
+            &RunMetrics::default(),
+            Duration::from_secs(3),
+            1700000005.0,
+        );
         let text = m.render(&[SyncGauge {
             name: "a\"b".into(),
             running: true,
         }]);
-        assert!(text.contains("lockstep_runs_total{sync=\"a\\\"b\",status=\"succeeded\"} 1"), "{text}");
-        assert!(text.contains("lockstep_records_total{sync=\"a\\\"b\",kind=\"read\"} 5"), "{text}");
-        assert!(text.contains("lockstep_run_duration_seconds_bucket{sync=\"a\\\"b\",le=\"1\"} 1"), "{text}");
-        assert!(text.contains("lockstep_run_duration_seconds_bucket{sync=\"a\\\"b\",le=\"5\"} 2"), "{text}");
-        assert!(text.contains("lockstep_run_duration_seconds_count{sync=\"a\\\"b\"} 2"), "{text}");
-        assert!(text.contains("lockstep_last_success_timestamp_seconds{sync=\"a\\\"b\"} 1700000000"), "{text}");
-        assert!(text.contains("lockstep_open_conflicts{sync=\"a\\\"b\"} 0"), "{text}");
-        assert!(text.contains("lockstep_sync_running{sync=\"a\\\"b\"} 1"), "{text}");
-        assert!(text.contains("# TYPE lockstep_run_duration_seconds histogram"), "{text}");
+        assert!(
+            text.contains("lockstep_runs_total{sync=\"a\\\"b\",status=\"succeeded\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lockstep_records_total{sync=\"a\\\"b\",kind=\"read\"} 5"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lockstep_run_duration_seconds_bucket{sync=\"a\\\"b\",le=\"1\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lockstep_run_duration_seconds_bucket{sync=\"a\\\"b\",le=\"5\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lockstep_run_duration_seconds_count{sync=\"a\\\"b\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lockstep_last_success_timestamp_seconds{sync=\"a\\\"b\"} 1700000000"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lockstep_open_conflicts{sync=\"a\\\"b\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lockstep_sync_running{sync=\"a\\\"b\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE lockstep_run_duration_seconds histogram"),
+            "{text}"
+        );
     }
 }

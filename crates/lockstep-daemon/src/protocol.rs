@@ -31,7 +31,10 @@ impl WorkerEvent {
     /// The event as one JSON line, without the newline.
     pub fn to_line(&self) -> String {
         serde_json::to_string(self).unwrap_or_else(|e| {
-            format!(r#"{{"event":"invalid","error":{}}}"#, serde_json::Value::String(e.to_string()))
+            format!(
+                r#"{{"event":"invalid","error":{}}}"#,
+                serde_json::Value::String(e.to_string())
+            )
         })
     }
 
@@ -103,7 +106,10 @@ mod tests {
             }),
         });
         let line = finished.to_line();
-        assert!(line.starts_with(r#"{"event":"finished","run":42,"#), "{line}");
+        assert!(
+            line.starts_with(r#"{"event":"finished","run":42,"#),
+            "{line}"
+        );
         assert_eq!(WorkerEvent::parse(&line), Some(finished));
         assert_eq!(WorkerEvent::parse("hello from a plugin"), None);
         assert_eq!(WorkerEvent::parse(r#"{"event":"unknown"}"#), None);

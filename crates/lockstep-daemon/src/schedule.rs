@@ -52,7 +52,10 @@ impl Plan {
                 if every.is_zero() {
                     return Err("the interval `every` must be greater than zero".to_owned());
                 }
-                (PlanTrigger::Every(*every), format!("every {}", human(*every)))
+                (
+                    PlanTrigger::Every(*every),
+                    format!("every {}", human(*every)),
+                )
             }
         };
         Ok(Plan { trigger, tz, text })
@@ -120,7 +123,13 @@ pub fn human(d: Duration) -> String {
     }
     let mut out = String::new();
     let mut rest = ms;
-    for (unit, size) in [("d", 86_400_000u128), ("h", 3_600_000), ("m", 60_000), ("s", 1_000), ("ms", 1)] {
+    for (unit, size) in [
+        ("d", 86_400_000u128),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+        ("ms", 1),
+    ] {
         if rest >= size {
             out.push_str(&format!("{}{unit}", rest / size));
             rest %= size;
@@ -146,16 +155,27 @@ mod tests {
     }
 
     fn at(text: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
+        DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .with_timezone(&Utc)
     }
 
     #[test]
     fn intervals_are_aligned_to_the_epoch() {
         let plan = Plan::new(&schedule(Trigger::Every(Duration::from_secs(300)), "UTC")).unwrap();
         assert_eq!(plan.describe(), "every 5m");
-        assert_eq!(plan.next_after(at("2026-03-01T10:02:17Z")), Some(at("2026-03-01T10:05:00Z")));
-        assert_eq!(plan.next_after(at("2026-03-01T10:05:00Z")), Some(at("2026-03-01T10:10:00Z")));
-        assert_eq!(plan.ticks_between(at("2026-03-01T10:00:00Z"), at("2026-03-01T10:20:00Z"), 100), 4);
+        assert_eq!(
+            plan.next_after(at("2026-03-01T10:02:17Z")),
+            Some(at("2026-03-01T10:05:00Z"))
+        );
+        assert_eq!(
+            plan.next_after(at("2026-03-01T10:05:00Z")),
+            Some(at("2026-03-01T10:10:00Z"))
+        );
+        assert_eq!(
+            plan.ticks_between(at("2026-03-01T10:00:00Z"), at("2026-03-01T10:20:00Z"), 100),
+            4
+        );
     }
 
     #[test]
@@ -163,12 +183,24 @@ mod tests {
         let plan = Plan::new(&schedule(Trigger::Cron("0 2 * * *".into()), "Europe/Paris")).unwrap();
         assert_eq!(plan.describe(), "cron 0 2 * * * (Europe/Paris)");
         // Winter: Paris is UTC+1; summer: UTC+2.
-        assert_eq!(plan.next_after(at("2026-01-10T12:00:00Z")), Some(at("2026-01-11T01:00:00Z")));
-        assert_eq!(plan.next_after(at("2026-07-10T12:00:00Z")), Some(at("2026-07-11T00:00:00Z")));
+        assert_eq!(
+            plan.next_after(at("2026-01-10T12:00:00Z")),
+            Some(at("2026-01-11T01:00:00Z"))
+        );
+        assert_eq!(
+            plan.next_after(at("2026-07-10T12:00:00Z")),
+            Some(at("2026-07-11T00:00:00Z"))
+        );
 
         let seconds = Plan::new(&schedule(Trigger::Cron("*/2 * * * * *".into()), "UTC")).unwrap();
-        assert_eq!(seconds.next_after(at("2026-01-01T00:00:01Z")), Some(at("2026-01-01T00:00:02Z")));
-        assert_eq!(seconds.next_after(at("2026-01-01T00:00:02Z")), Some(at("2026-01-01T00:00:04Z")));
+        assert_eq!(
+            seconds.next_after(at("2026-01-01T00:00:01Z")),
+            Some(at("2026-01-01T00:00:02Z"))
+        );
+        assert_eq!(
+            seconds.next_after(at("2026-01-01T00:00:02Z")),
+            Some(at("2026-01-01T00:00:04Z"))
+        );
     }
 
     #[test]

@@ -48,7 +48,10 @@ pub(crate) async fn sync_loop(shared: Arc<Shared>, name: String) {
             shared.update_runtime(&name, |r| r.next_run = None);
             break;
         };
-        if current.as_ref().is_none_or(|(old, _)| !same_schedule(old, &schedule)) {
+        if current
+            .as_ref()
+            .is_none_or(|(old, _)| !same_schedule(old, &schedule))
+        {
             let plan = match Plan::new(&schedule) {
                 Ok(plan) => plan,
                 Err(e) => {
@@ -73,7 +76,9 @@ pub(crate) async fn sync_loop(shared: Arc<Shared>, name: String) {
             starting = false;
             current = Some((schedule, plan));
         }
-        let Some((schedule, plan)) = current.clone() else { break };
+        let Some((schedule, plan)) = current.clone() else {
+            break;
+        };
         let Some(due_at) = due else {
             tracing::warn!(sync = %name, "the schedule {} has no future tick", plan.describe());
             shared.update_runtime(&name, |r| r.next_run = None);
@@ -233,7 +238,9 @@ impl Attempt {
 /// One scheduled execution: attempts until success, a failure that is not retryable, the
 /// last attempt, or shutdown; then the alerts.
 async fn execute(shared: &Arc<Shared>, config: &Arc<Config>, name: &str) {
-    let Some(sync) = config.sync(name) else { return };
+    let Some(sync) = config.sync(name) else {
+        return;
+    };
     let policy = sync.retry;
     let timeout = sync.schedule.as_ref().and_then(|s| s.timeout);
     let mut runs = Vec::new();
@@ -277,7 +284,9 @@ async fn execute(shared: &Arc<Shared>, config: &Arc<Config>, name: &str) {
             policy.max_attempts
         );
         shared.metrics.retried(name);
-        shared.update_runtime(name, |r| r.next_run = Some(Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default()));
+        shared.update_runtime(name, |r| {
+            r.next_run = Some(Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default())
+        });
         let mut shutdown = shared.shutdown.clone();
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
@@ -334,7 +343,10 @@ async fn attempt_once(
         let exit = match run_worker(&spec, shared.shutdown.clone(), on_started).await {
             Ok(exit) => exit,
             Err(e) => {
-                let error = format!("cannot start the worker `{} worker`: {e}", shared.worker_exe.display());
+                let error = format!(
+                    "cannot start the worker `{} worker`: {e}",
+                    shared.worker_exe.display()
+                );
                 tracing::error!("{error}");
                 let mut attempt = Attempt::failed("internal", error, started.elapsed());
                 attempt.run = record_unstarted(shared, name, &attempt).await;
@@ -353,7 +365,9 @@ async fn attempt_once(
                 error: error.map(|e| e.message.clone()),
                 exit_detail: None,
                 retryable: error.is_some_and(|e| e.retryable),
-                retry_after: error.and_then(|e| e.retry_after_ms).map(Duration::from_millis),
+                retry_after: error
+                    .and_then(|e| e.retry_after_ms)
+                    .map(Duration::from_millis),
                 lease_held: error.is_some_and(|e| e.kind == LEASE_HELD),
             };
             if attempt.lease_held {
@@ -413,7 +427,10 @@ async fn attempt_once(
                 ),
             )
         } else {
-            ("crash", format!("the worker process {how}; the connector crashed the run"))
+            (
+                "crash",
+                format!("the worker process {how}; the connector crashed the run"),
+            )
         };
         let exit_detail = if exit.stderr_tail.is_empty() {
             format!("the worker process {how}; its stderr was empty")
@@ -512,7 +529,11 @@ async fn conclude(
         return;
     }
     let window = config.alerts.low_volume_window.max(1) as usize;
-    let history = match shared.state.runs(Some(name), window * 3 + attempts as usize + 50).await {
+    let history = match shared
+        .state
+        .runs(Some(name), window * 3 + attempts as usize + 50)
+        .await
+    {
         Ok(history) => history,
         Err(e) => {
             tracing::warn!(sync = name, "cannot read the run history for alerts: {e}");
@@ -558,9 +579,23 @@ async fn conclude(
         .redacted(&config.secrets);
         let level_warn = kind != AlertKind::Recovery;
         if level_warn {
-            tracing::warn!(sync = name, run = last.run, alert = kind.name(), "alert: {}: {}", alert.headline(), alert.reason);
+            tracing::warn!(
+                sync = name,
+                run = last.run,
+                alert = kind.name(),
+                "alert: {}: {}",
+                alert.headline(),
+                alert.reason
+            );
         } else {
-            tracing::info!(sync = name, run = last.run, alert = kind.name(), "alert: {}: {}", alert.headline(), alert.reason);
+            tracing::info!(
+                sync = name,
+                run = last.run,
+                alert = kind.name(),
+                "alert: {}: {}",
+                alert.headline(),
+                alert.reason
+            );
         }
         shared.metrics.alert_sent(name, kind.name());
         let shared2 = shared.clone();
@@ -569,7 +604,14 @@ async fn conclude(
         // Finished deliveries are dropped so the set stays small.
         while tasks.try_join_next().is_some() {}
         tasks.spawn(async move {
-            crate::channels::deliver(&config.alerts, &config.secrets, &shared2.http, &shared2.metrics, &alert).await;
+            crate::channels::deliver(
+                &config.alerts,
+                &config.secrets,
+                &shared2.http,
+                &shared2.metrics,
+                &alert,
+            )
+            .await;
         });
     }
 }

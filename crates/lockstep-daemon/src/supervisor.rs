@@ -121,7 +121,9 @@ pub(crate) async fn run_worker(
     let stderr_task = tokio::spawn(
         async move {
             let mut tail = Tail::default();
-            let Some(stderr) = stderr else { return tail.text() };
+            let Some(stderr) = stderr else {
+                return tail.text();
+            };
             let mut reader = BufReader::new(stderr);
             let mut buf = Vec::new();
             loop {
@@ -219,7 +221,10 @@ fn terminate(child: &tokio::process::Child) {
         // `Some` only while the child has not been reaped, so the pid is still its own.
         let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
         if rc != 0 {
-            tracing::debug!("SIGTERM to worker {pid}: {}", std::io::Error::last_os_error());
+            tracing::debug!(
+                "SIGTERM to worker {pid}: {}",
+                std::io::Error::last_os_error()
+            );
         }
     }
 }
@@ -240,12 +245,32 @@ fn forward_log_line(line: &str) -> String {
         tracing::warn!(target: "lockstep::worker", "{line}");
         return line.to_owned();
     };
-    let level = parsed.get("level").and_then(|l| l.as_str()).unwrap_or("INFO").to_owned();
-    let target = parsed.get("target").and_then(|t| t.as_str()).unwrap_or("worker").to_owned();
-    let message = parsed.get("message").and_then(|m| m.as_str()).unwrap_or("").to_owned();
+    let level = parsed
+        .get("level")
+        .and_then(|l| l.as_str())
+        .unwrap_or("INFO")
+        .to_owned();
+    let target = parsed
+        .get("target")
+        .and_then(|t| t.as_str())
+        .unwrap_or("worker")
+        .to_owned();
+    let message = parsed
+        .get("message")
+        .and_then(|m| m.as_str())
+        .unwrap_or("")
+        .to_owned();
     let skip = [
-        "timestamp", "level", "target", "message", "span", "spans", "filename", "line_number",
-        "threadId", "threadName",
+        "timestamp",
+        "level",
+        "target",
+        "message",
+        "span",
+        "spans",
+        "filename",
+        "line_number",
+        "threadId",
+        "threadName",
     ];
     let mut fields = String::new();
     for (key, value) in &parsed {
@@ -298,7 +323,11 @@ impl Tail {
     }
 
     fn text(&self) -> String {
-        self.lines.iter().map(String::as_str).collect::<Vec<_>>().join("\n")
+        self.lines
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 
@@ -306,7 +335,11 @@ impl Tail {
 pub(crate) fn describe_status(status: &ExitStatus) -> String {
     if let Some(signal) = status.signal() {
         let (name, meaning) = signal_name(signal);
-        let core = if status.core_dumped() { ", core dumped" } else { "" };
+        let core = if status.core_dumped() {
+            ", core dumped"
+        } else {
+            ""
+        };
         match meaning {
             Some(meaning) => format!("was killed by signal {name} ({meaning}{core})"),
             None => format!("was killed by signal {name}{core}"),
@@ -323,11 +356,17 @@ pub(crate) fn describe_status(status: &ExitStatus) -> String {
 pub(crate) fn signal_name(signal: i32) -> (String, Option<&'static str>) {
     let (name, meaning) = match signal {
         libc::SIGSEGV => ("SIGSEGV", Some("invalid memory access")),
-        libc::SIGABRT => ("SIGABRT", Some("the process aborted, e.g. a failed allocation or a panic while panicking")),
+        libc::SIGABRT => (
+            "SIGABRT",
+            Some("the process aborted, e.g. a failed allocation or a panic while panicking"),
+        ),
         libc::SIGBUS => ("SIGBUS", Some("bus error")),
         libc::SIGILL => ("SIGILL", Some("illegal instruction")),
         libc::SIGFPE => ("SIGFPE", Some("arithmetic error")),
-        libc::SIGKILL => ("SIGKILL", Some("killed: by the out-of-memory killer, an operator or the daemon's timeout")),
+        libc::SIGKILL => (
+            "SIGKILL",
+            Some("killed: by the out-of-memory killer, an operator or the daemon's timeout"),
+        ),
         libc::SIGTERM => ("SIGTERM", None),
         libc::SIGINT => ("SIGINT", None),
         libc::SIGHUP => ("SIGHUP", None),
@@ -362,7 +401,10 @@ mod tests {
     #[test]
     fn signals_are_named() {
         let segv = ExitStatus::from_raw(libc::SIGSEGV);
-        assert_eq!(describe_status(&segv), "was killed by signal SIGSEGV (invalid memory access)");
+        assert_eq!(
+            describe_status(&segv),
+            "was killed by signal SIGSEGV (invalid memory access)"
+        );
         let code = ExitStatus::from_raw(3 << 8);
         assert_eq!(describe_status(&code), "exited with status 3");
     }

@@ -23,7 +23,11 @@ use serde_json::Value;
 // ---------------------------------------------------------------------------------------
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A scratch directory with the panicky plugin installed as connector `panicky` in
@@ -84,8 +88,14 @@ fn write(dir: &Path, config: &str) -> PathBuf {
 /// A minimal HTTP/1.1 GET.
 fn http_get(addr: &str, path: &str) -> Result<(u16, String), String> {
     let mut stream = TcpStream::connect(addr).map_err(|e| e.to_string())?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
     stream.read_to_end(&mut buf).map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&buf).into_owned();
@@ -95,7 +105,10 @@ fn http_get(addr: &str, path: &str) -> Result<(u16, String), String> {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or("no status")?;
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(body)
     } else {
         body.to_owned()
@@ -106,7 +119,9 @@ fn http_get(addr: &str, path: &str) -> Result<(u16, String), String> {
 fn dechunk(mut body: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(size) = usize::from_str_radix(size.trim(), 16) else { break };
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
         if size == 0 || rest.len() < size {
             break;
         }
@@ -118,7 +133,10 @@ fn dechunk(mut body: &str) -> String {
 
 /// Seconds since the epoch of the state store's `2026-01-02T03:04:05.678901Z`.
 fn epoch(text: &str) -> f64 {
-    let (date, time) = text.trim_end_matches('Z').split_once('T').expect("an RFC 3339 time");
+    let (date, time) = text
+        .trim_end_matches('Z')
+        .split_once('T')
+        .expect("an RFC 3339 time");
     let d: Vec<i64> = date.split('-').map(|p| p.parse().unwrap()).collect();
     let (y, m, day) = (d[0], d[1], d[2]);
     // Days from civil (Howard Hinnant's algorithm).
@@ -170,9 +188,16 @@ impl Daemon {
                 break;
             }
             if let Ok(Some(status)) = daemon.child.try_wait() {
-                panic!("the daemon exited at start-up ({status}):\n{}", daemon.logs());
+                panic!(
+                    "the daemon exited at start-up ({status}):\n{}",
+                    daemon.logs()
+                );
             }
-            assert!(Instant::now() < deadline, "the daemon did not come up:\n{}", daemon.logs());
+            assert!(
+                Instant::now() < deadline,
+                "the daemon did not come up:\n{}",
+                daemon.logs()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         daemon
@@ -196,13 +221,20 @@ impl Daemon {
 
     /// Runs of `sync`, oldest first, from `/api/runs`.
     fn runs(&self, sync: &str) -> Vec<Value> {
-        let mut runs = self.json(&format!("/api/runs?sync={sync}&limit=500")).as_array().unwrap().clone();
+        let mut runs = self
+            .json(&format!("/api/runs?sync={sync}&limit=500"))
+            .as_array()
+            .unwrap()
+            .clone();
         runs.reverse();
         runs
     }
 
     fn finished_runs(&self, sync: &str) -> Vec<Value> {
-        self.runs(sync).into_iter().filter(|r| r["status"] != "running").collect()
+        self.runs(sync)
+            .into_iter()
+            .filter(|r| r["status"] != "running")
+            .collect()
     }
 
     fn signal(&self, signal: i32) {
@@ -215,7 +247,11 @@ impl Daemon {
     fn wait_for(&self, timeout: Duration, what: &str, mut check: impl FnMut(&Daemon) -> bool) {
         let deadline = Instant::now() + timeout;
         while !check(self) {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}:\n{}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}:\n{}",
+                self.logs()
+            );
             std::thread::sleep(Duration::from_millis(150));
         }
     }
@@ -228,7 +264,11 @@ impl Daemon {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "the daemon did not stop within {timeout:?}:\n{}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "the daemon did not stop within {timeout:?}:\n{}",
+                self.logs()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -241,14 +281,19 @@ impl Drop for Daemon {
             let _ = self.child.wait();
         }
         if std::thread::panicking() {
-            eprintln!("--- daemon log ({}) ---\n{}", self.dir.display(), self.logs());
+            eprintln!(
+                "--- daemon log ({}) ---\n{}",
+                self.dir.display(),
+                self.logs()
+            );
         }
     }
 }
 
 /// `lockstep runs --output json` for `sync`, oldest first.
 fn cli_runs(dir: &Path, sync: &str) -> Vec<Value> {
-    let (out, stdout, stderr) = run(lockstep(dir).args(["runs", sync, "--limit", "500", "--output", "json"]));
+    let (out, stdout, stderr) =
+        run(lockstep(dir).args(["runs", sync, "--limit", "500", "--output", "json"]));
     assert!(out.status.success(), "{stderr}");
     let mut runs: Vec<Value> = serde_json::from_str(&stdout).unwrap();
     runs.reverse();
@@ -268,7 +313,10 @@ struct Receiver {
 impl Receiver {
     fn start() -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/hooks/T000/SECRET", listener.local_addr().unwrap());
+        let url = format!(
+            "http://{}/hooks/T000/SECRET",
+            listener.local_addr().unwrap()
+        );
         let bodies = Arc::new(Mutex::new(Vec::new()));
         let store = bodies.clone();
         std::thread::spawn(move || {
@@ -331,7 +379,16 @@ impl Maildev {
         let smtp_port = free_port();
         let web_port = free_port();
         let child = Command::new("maildev")
-            .args(["--ip", "127.0.0.1", "--web-ip", "127.0.0.1", "-s", &smtp_port.to_string(), "-w", &web_port.to_string()])
+            .args([
+                "--ip",
+                "127.0.0.1",
+                "--web-ip",
+                "127.0.0.1",
+                "-s",
+                &smtp_port.to_string(),
+                "-w",
+                &web_port.to_string(),
+            ])
             .args(["--incoming-user", user, "--incoming-pass", password])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -364,7 +421,10 @@ impl Maildev {
                 service_available("maildev", error);
                 return None;
             }
-            assert!(Instant::now() < deadline, "maildev did not come up within 30s");
+            assert!(
+                Instant::now() < deadline,
+                "maildev did not come up within 30s"
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -390,13 +450,22 @@ impl Drop for Maildev {
 fn the_daemon_never_loads_plugins_itself() {
     // The daemon crate must not be able to: it depends on neither the plugin host nor the
     // engine (docs/architecture.md, "Architecture invariant").
-    let manifest: toml::Table = std::fs::read_to_string(workspace_root().join("crates/lockstep-daemon/Cargo.toml"))
-        .unwrap()
-        .parse()
-        .unwrap();
+    let manifest: toml::Table =
+        std::fs::read_to_string(workspace_root().join("crates/lockstep-daemon/Cargo.toml"))
+            .unwrap()
+            .parse()
+            .unwrap();
     let deps = manifest["dependencies"].as_table().unwrap();
-    for forbidden in ["lockstep-plugin-host", "lockstep-orchestrator", "abi_stable", "libloading"] {
-        assert!(!deps.contains_key(forbidden), "lockstep-daemon depends on {forbidden}");
+    for forbidden in [
+        "lockstep-plugin-host",
+        "lockstep-orchestrator",
+        "abi_stable",
+        "libloading",
+    ] {
+        assert!(
+            !deps.contains_key(forbidden),
+            "lockstep-daemon depends on {forbidden}"
+        );
     }
 }
 
@@ -407,7 +476,12 @@ fn syncs_run_on_schedule_and_a_slow_one_never_overlaps() {
     config += &panicky_sync("every_second", "{}", r#"every = "1s""#, "");
     config += &panicky_sync("cron_two", "{}", r#"cron = "*/2 * * * * *""#, "");
     // Three batches of one row, 700ms each: a run takes over two seconds, ticks every second.
-    config += &panicky_sync("slow", "{ sleep_ms = 700 }", r#"every = "1s""#, "batch_size = 1\n");
+    config += &panicky_sync(
+        "slow",
+        "{ sleep_ms = 700 }",
+        r#"every = "1s""#,
+        "batch_size = 1\n",
+    );
     write(dir.path(), &config);
 
     let daemon = Daemon::start(dir.path());
@@ -422,10 +496,16 @@ fn syncs_run_on_schedule_and_a_slow_one_never_overlaps() {
     // On time: an every-second sync starts close to each second; a 2-second cron on even
     // seconds. Start-up of a worker process is part of the delay, so the bounds are loose.
     let fast = daemon.finished_runs("every_second");
-    let starts: Vec<f64> = fast.iter().map(|r| epoch(r["started_at"].as_str().unwrap())).collect();
+    let starts: Vec<f64> = fast
+        .iter()
+        .map(|r| epoch(r["started_at"].as_str().unwrap()))
+        .collect();
     for pair in starts.windows(2) {
         let gap = pair[1] - pair[0];
-        assert!((0.3..=2.5).contains(&gap), "every_second runs {gap:.2}s apart: {starts:?}");
+        assert!(
+            (0.3..=2.5).contains(&gap),
+            "every_second runs {gap:.2}s apart: {starts:?}"
+        );
     }
     assert!(
         fast.len() as f64 <= elapsed + 2.0,
@@ -433,10 +513,16 @@ fn syncs_run_on_schedule_and_a_slow_one_never_overlaps() {
         fast.len()
     );
     let cron = daemon.finished_runs("cron_two");
-    let starts: Vec<f64> = cron.iter().map(|r| epoch(r["started_at"].as_str().unwrap())).collect();
+    let starts: Vec<f64> = cron
+        .iter()
+        .map(|r| epoch(r["started_at"].as_str().unwrap()))
+        .collect();
     for pair in starts.windows(2) {
         let gap = pair[1] - pair[0];
-        assert!((1.0..=4.5).contains(&gap), "cron_two runs {gap:.2}s apart: {starts:?}");
+        assert!(
+            (1.0..=4.5).contains(&gap),
+            "cron_two runs {gap:.2}s apart: {starts:?}"
+        );
     }
 
     // The slow sync: each run starts after the previous one finished, and reads all rows.
@@ -451,15 +537,26 @@ fn syncs_run_on_schedule_and_a_slow_one_never_overlaps() {
         assert_eq!(r["metrics"]["read"], 3, "{r}");
         assert!(r["duration_ms"].as_i64().unwrap() >= 2000, "{r}");
     }
-    assert!(daemon.logs().contains("passed during the run; skipped"), "missed ticks are logged");
+    assert!(
+        daemon.logs().contains("passed during the run; skipped"),
+        "missed ticks are logged"
+    );
 
     // The JSON API and the metrics.
     let syncs = daemon.json("/api/syncs");
-    let names: Vec<&str> = syncs.as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = syncs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["every_second", "cron_two", "slow"]);
     let cron_sync = &syncs[1];
     assert_eq!(cron_sync["schedule"]["description"], "cron */2 * * * * *");
-    assert!(cron_sync["last_run"]["id"].as_i64().is_some(), "{cron_sync}");
+    assert!(
+        cron_sync["last_run"]["id"].as_i64().is_some(),
+        "{cron_sync}"
+    );
     let metrics = daemon.get("/metrics");
     for needle in [
         "# TYPE lockstep_runs_total counter",
@@ -470,10 +567,16 @@ fn syncs_run_on_schedule_and_a_slow_one_never_overlaps() {
         "lockstep_rejected_records{sync=\"slow\"} 0",
         "lockstep_open_conflicts{sync=\"slow\"} 0",
     ] {
-        assert!(metrics.contains(needle), "/metrics lacks {needle}:\n{metrics}");
+        assert!(
+            metrics.contains(needle),
+            "/metrics lacks {needle}:\n{metrics}"
+        );
     }
     eprintln!("--- /metrics excerpt ---");
-    for line in metrics.lines().filter(|l| l.contains("sync=\"slow\"") && !l.contains("_bucket")) {
+    for line in metrics
+        .lines()
+        .filter(|l| l.contains("sync=\"slow\"") && !l.contains("_bucket"))
+    {
         eprintln!("{line}");
     }
 
@@ -488,7 +591,10 @@ fn syncs_run_on_schedule_and_a_slow_one_never_overlaps() {
     // `lockstep status` while the daemon runs.
     let (out, stdout, stderr) = run(lockstep(dir.path()).args(["status"]));
     assert!(out.status.success(), "{stderr}");
-    assert!(stdout.lines().next().unwrap().contains("NEXT RUN"), "{stdout}");
+    assert!(
+        stdout.lines().next().unwrap().contains("NEXT RUN"),
+        "{stdout}"
+    );
     let slow_line = stdout.lines().find(|l| l.starts_with("slow ")).unwrap();
     assert!(slow_line.contains("every 1s"), "{stdout}");
     let (out, stdout, _) = run(lockstep(dir.path()).args(["status", "--output", "json"]));
@@ -496,52 +602,97 @@ fn syncs_run_on_schedule_and_a_slow_one_never_overlaps() {
     let status: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(status[1]["schedule"], "cron */2 * * * * *");
     assert!(status[1]["next_run"].as_str().is_some(), "{status}");
-    assert!(status[1]["last_run"]["metrics"]["read"].as_u64().is_some(), "{status}");
+    assert!(
+        status[1]["last_run"]["metrics"]["read"].as_u64().is_some(),
+        "{status}"
+    );
 }
 
 #[test]
 fn sigterm_stops_after_the_batch_in_hand() {
     let dir = scratch();
     let mut config = config_head();
-    config += &panicky_sync("slow", "{ sleep_ms = 1500 }", r#"every = "1s""#, "batch_size = 1\n");
+    config += &panicky_sync(
+        "slow",
+        "{ sleep_ms = 1500 }",
+        r#"every = "1s""#,
+        "batch_size = 1\n",
+    );
     write(dir.path(), &config);
     let mut daemon = Daemon::start(dir.path());
     // Wait for the first batch of a run to be committed.
-    daemon.wait_for(Duration::from_secs(40), "a run with one batch committed", |d| {
-        d.runs("slow").iter().any(|r| r["status"] == "running" && r["metrics"]["read"] == 1)
-    });
+    daemon.wait_for(
+        Duration::from_secs(40),
+        "a run with one batch committed",
+        |d| {
+            d.runs("slow")
+                .iter()
+                .any(|r| r["status"] == "running" && r["metrics"]["read"] == 1)
+        },
+    );
     let status = daemon.stop(Duration::from_secs(30));
-    assert!(status.success(), "the daemon exits 0 after a graceful stop: {status}");
+    assert!(
+        status.success(),
+        "the daemon exits 0 after a graceful stop: {status}"
+    );
     let logs = daemon.logs();
-    assert!(logs.contains("stopping: waiting for slow to finish the batch in hand"), "{logs}");
+    assert!(
+        logs.contains("stopping: waiting for slow to finish the batch in hand"),
+        "{logs}"
+    );
     assert!(logs.contains("lockstep daemon stopped"), "{logs}");
 
     let runs = cli_runs(dir.path(), "slow");
     let last = runs.last().unwrap();
     assert_eq!(last["status"], "cancelled", "{last}");
     let read = last["metrics"]["read"].as_u64().unwrap();
-    assert!((1..=2).contains(&read), "the run stopped after the batch in hand: {last}");
-    assert_eq!(count(&runs, "running"), 0, "no run is left running: {runs:?}");
+    assert!(
+        (1..=2).contains(&read),
+        "the run stopped after the batch in hand: {last}"
+    );
+    assert_eq!(
+        count(&runs, "running"),
+        0,
+        "no run is left running: {runs:?}"
+    );
 }
 
 #[test]
 fn two_daemons_sharing_a_state_store_never_run_a_sync_twice_at_once() {
     let dir = scratch();
     let mut config = config_head();
-    config += &panicky_sync("shared", "{ sleep_ms = 400 }", r#"every = "1s""#, "batch_size = 1\n");
+    config += &panicky_sync(
+        "shared",
+        "{ sleep_ms = 400 }",
+        r#"every = "1s""#,
+        "batch_size = 1\n",
+    );
     write(dir.path(), &config);
     let first = Daemon::start_with(dir.path(), "first", &[]);
     let second = Daemon::start_with(dir.path(), "second", &[]);
-    first.wait_for(Duration::from_secs(60), "runs of the shared sync and a skip", |d| {
-        let skipped = d.logs().contains("skipped: another process is running this sync")
-            || second.logs().contains("skipped: another process is running this sync");
-        count(&d.finished_runs("shared"), "succeeded") >= 4 && skipped
-    });
+    first.wait_for(
+        Duration::from_secs(60),
+        "runs of the shared sync and a skip",
+        |d| {
+            let skipped = d
+                .logs()
+                .contains("skipped: another process is running this sync")
+                || second
+                    .logs()
+                    .contains("skipped: another process is running this sync");
+            count(&d.finished_runs("shared"), "succeeded") >= 4 && skipped
+        },
+    );
     let runs = first.finished_runs("shared");
     for pair in runs.windows(2) {
         let finished = epoch(pair[0]["finished_at"].as_str().unwrap());
         let started = epoch(pair[1]["started_at"].as_str().unwrap());
-        assert!(started >= finished, "runs overlap:\n{}\n{}", pair[0], pair[1]);
+        assert!(
+            started >= finished,
+            "runs overlap:\n{}\n{}",
+            pair[0],
+            pair[1]
+        );
     }
     // A skip is not a failure: nothing failed, nothing was alerted.
     assert_eq!(count(&runs, "failed"), 0, "{runs:?}");
@@ -556,25 +707,37 @@ fn sighup_reloads_a_valid_config_and_keeps_the_old_one_otherwise() {
     let first = config_head() + &panicky_sync("alpha", "{}", r#"every = "1s""#, "");
     write(dir.path(), &first);
     let daemon = Daemon::start(dir.path());
-    daemon.wait_for(Duration::from_secs(40), "a run of alpha", |d| count(&d.finished_runs("alpha"), "succeeded") >= 1);
+    daemon.wait_for(Duration::from_secs(40), "a run of alpha", |d| {
+        count(&d.finished_runs("alpha"), "succeeded") >= 1
+    });
 
     // Invalid TOML: kept, with the error logged.
-    write(dir.path(), &(first.clone() + "\n[syncs.alpha.schedule\nevery = 1s\n"));
+    write(
+        dir.path(),
+        &(first.clone() + "\n[syncs.alpha.schedule\nevery = 1s\n"),
+    );
     daemon.signal(libc::SIGHUP);
-    daemon.wait_for(Duration::from_secs(20), "the invalid config to be refused", |d| {
-        d.logs().contains("the config was not reloaded")
-    });
+    daemon.wait_for(
+        Duration::from_secs(20),
+        "the invalid config to be refused",
+        |d| d.logs().contains("the config was not reloaded"),
+    );
     let logs = daemon.logs();
-    assert!(logs.contains("lockstep.toml:"), "the error names the file and line:\n{logs}");
+    assert!(
+        logs.contains("lockstep.toml:"),
+        "the error names the file and line:\n{logs}"
+    );
 
     // Valid TOML, but a connector that is not installed: refused by the plugin check.
     let missing = first.clone()
         + "\n[connections.ghost]\nconnector = \"nonexistent\"\n\n[syncs.ghostly]\nsource = \"ghost.items\"\ndestination = \"sink.ghostly\"\n[syncs.ghostly.schedule]\nevery = \"1s\"\n";
     write(dir.path(), &missing);
     daemon.signal(libc::SIGHUP);
-    daemon.wait_for(Duration::from_secs(60), "the config with a missing connector to be refused", |d| {
-        d.logs().matches("the config was not reloaded").count() >= 2
-    });
+    daemon.wait_for(
+        Duration::from_secs(60),
+        "the config with a missing connector to be refused",
+        |d| d.logs().matches("the config was not reloaded").count() >= 2,
+    );
     assert!(daemon.logs().contains("nonexistent"), "{}", daemon.logs());
 
     // The old config still runs.
@@ -588,24 +751,55 @@ fn sighup_reloads_a_valid_config_and_keeps_the_old_one_otherwise() {
     let second = config_head() + &panicky_sync("beta", "{}", r#"cron = "* * * * * *""#, "");
     write(dir.path(), &second);
     daemon.signal(libc::SIGHUP);
-    daemon.wait_for(Duration::from_secs(60), "beta to run", |d| count(&d.finished_runs("beta"), "succeeded") >= 2);
+    daemon.wait_for(Duration::from_secs(60), "beta to run", |d| {
+        count(&d.finished_runs("beta"), "succeeded") >= 2
+    });
     let logs = daemon.logs();
-    assert!(logs.contains("config reloaded: 1 syncs scheduled; added: beta; no longer scheduled: alpha"), "{logs}");
+    assert!(
+        logs.contains(
+            "config reloaded: 1 syncs scheduled; added: beta; no longer scheduled: alpha"
+        ),
+        "{logs}"
+    );
     let alpha_done = daemon.finished_runs("alpha").len();
     std::thread::sleep(Duration::from_secs(3));
-    assert!(daemon.runs("alpha").len() <= alpha_done + 1, "alpha is no longer scheduled");
+    assert!(
+        daemon.runs("alpha").len() <= alpha_done + 1,
+        "alpha is no longer scheduled"
+    );
     let metrics = daemon.get("/metrics");
-    assert!(metrics.contains("lockstep_config_reloads_total{result=\"invalid\"} 2"), "{metrics}");
-    assert!(metrics.contains("lockstep_config_reloads_total{result=\"ok\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("lockstep_config_reloads_total{result=\"invalid\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("lockstep_config_reloads_total{result=\"ok\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[test]
 fn crashing_plugins_fail_their_run_and_the_daemon_keeps_scheduling() {
     let dir = scratch();
     let mut config = config_head();
-    config += &panicky_sync("segfaults", r#"{ segv_in = "next_batch" }"#, r#"every = "1s""#, "");
-    config += &panicky_sync("aborts", r#"{ abort_in = "next_batch" }"#, r#"every = "1s""#, "");
-    config += &panicky_sync("panics", r#"{ panic_in = "next_batch" }"#, r#"every = "1s""#, "");
+    config += &panicky_sync(
+        "segfaults",
+        r#"{ segv_in = "next_batch" }"#,
+        r#"every = "1s""#,
+        "",
+    );
+    config += &panicky_sync(
+        "aborts",
+        r#"{ abort_in = "next_batch" }"#,
+        r#"every = "1s""#,
+        "",
+    );
+    config += &panicky_sync(
+        "panics",
+        r#"{ panic_in = "next_batch" }"#,
+        r#"every = "1s""#,
+        "",
+    );
     // Over its timeout after the second batch: asked to stop, it stops after the batch in hand.
     config += &panicky_sync(
         "too_slow",
@@ -616,13 +810,17 @@ fn crashing_plugins_fail_their_run_and_the_daemon_keeps_scheduling() {
     config += &panicky_sync("healthy", "{}", r#"every = "1s""#, "");
     write(dir.path(), &config);
     let daemon = Daemon::start(dir.path());
-    daemon.wait_for(Duration::from_secs(90), "crashes, a timeout and healthy runs", |d| {
-        d.finished_runs("segfaults").len() >= 2
-            && d.finished_runs("aborts").len() >= 2
-            && d.finished_runs("panics").len() >= 1
-            && !d.finished_runs("too_slow").is_empty()
-            && count(&d.finished_runs("healthy"), "succeeded") >= 4
-    });
+    daemon.wait_for(
+        Duration::from_secs(90),
+        "crashes, a timeout and healthy runs",
+        |d| {
+            d.finished_runs("segfaults").len() >= 2
+                && d.finished_runs("aborts").len() >= 2
+                && !d.finished_runs("panics").is_empty()
+                && !d.finished_runs("too_slow").is_empty()
+                && count(&d.finished_runs("healthy"), "succeeded") >= 4
+        },
+    );
 
     for (sync, signal) in [("segfaults", "SIGSEGV"), ("aborts", "SIGABRT")] {
         for r in daemon.finished_runs(sync) {
@@ -630,8 +828,14 @@ fn crashing_plugins_fail_their_run_and_the_daemon_keeps_scheduling() {
             assert_eq!(r["error_kind"], "crash", "{r}");
             assert!(r["error"].as_str().unwrap().contains(signal), "{r}");
             let detail = r["exit_detail"].as_str().unwrap_or_default();
-            assert!(detail.contains(&format!("was killed by signal {signal}")), "{r}");
-            assert!(detail.contains("stderr"), "the exit detail carries the stderr tail: {r}");
+            assert!(
+                detail.contains(&format!("was killed by signal {signal}")),
+                "{r}"
+            );
+            assert!(
+                detail.contains("stderr"),
+                "the exit detail carries the stderr tail: {r}"
+            );
         }
     }
     // A panic is caught by the SDK: a normal failed report, no crash.
@@ -644,32 +848,68 @@ fn crashing_plugins_fail_their_run_and_the_daemon_keeps_scheduling() {
     assert_eq!(timed_out["status"], "failed", "{timed_out}");
     assert_eq!(timed_out["error_kind"], "timeout", "{timed_out}");
     let read = timed_out["metrics"]["read"].as_u64().unwrap();
-    assert!((1..=2).contains(&read), "stopped after the batch in hand: {timed_out}");
+    assert!(
+        (1..=2).contains(&read),
+        "stopped after the batch in hand: {timed_out}"
+    );
 
     // The healthy sync ran on, also after the crashes.
-    let first_crash = daemon.finished_runs("segfaults")[0]["finished_at"].as_str().unwrap().to_owned();
+    let first_crash = daemon.finished_runs("segfaults")[0]["finished_at"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let healthy_after = daemon
         .finished_runs("healthy")
         .iter()
-        .filter(|r| r["status"] == "succeeded" && epoch(r["started_at"].as_str().unwrap()) > epoch(&first_crash))
+        .filter(|r| {
+            r["status"] == "succeeded"
+                && epoch(r["started_at"].as_str().unwrap()) > epoch(&first_crash)
+        })
         .count();
-    assert!(healthy_after >= 2, "healthy runs after the first crash: {healthy_after}");
+    assert!(
+        healthy_after >= 2,
+        "healthy runs after the first crash: {healthy_after}"
+    );
     assert_eq!(http_get(&daemon.addr, "/healthz").unwrap().0, 200);
     let metrics = daemon.get("/metrics");
-    assert!(metrics.contains("lockstep_worker_crashes_total{sync=\"segfaults\"}"), "{metrics}");
-    assert!(metrics.contains("lockstep_runs_total{sync=\"aborts\",status=\"failed\"}"), "{metrics}");
+    assert!(
+        metrics.contains("lockstep_worker_crashes_total{sync=\"segfaults\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("lockstep_runs_total{sync=\"aborts\",status=\"failed\"}"),
+        "{metrics}"
+    );
 
     // `lockstep runs` shows the crashes.
     let (out, stdout, stderr) = run(lockstep(dir.path()).args(["runs", "segfaults"]));
     assert!(out.status.success(), "{stderr}");
-    assert!(stdout.contains("crash: the worker process was killed by signal SIGSEGV"), "{stdout}");
+    assert!(
+        stdout.contains("crash: the worker process was killed by signal SIGSEGV"),
+        "{stdout}"
+    );
     let json = cli_runs(dir.path(), "aborts");
-    assert!(json[0]["error"].as_str().unwrap().contains("SIGABRT"), "{}", json[0]);
+    assert!(
+        json[0]["error"].as_str().unwrap().contains("SIGABRT"),
+        "{}",
+        json[0]
+    );
     let (out, stdout, _) = run(lockstep(dir.path()).args(["status", "--output", "json"]));
     assert!(out.status.success());
     let status: Value = serde_json::from_str(&stdout).unwrap();
-    let segv = status.as_array().unwrap().iter().find(|s| s["name"] == "segfaults").unwrap();
-    assert!(segv["last_run"]["exit_detail"].as_str().unwrap().contains("SIGSEGV"), "{segv}");
+    let segv = status
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "segfaults")
+        .unwrap();
+    assert!(
+        segv["last_run"]["exit_detail"]
+            .as_str()
+            .unwrap()
+            .contains("SIGSEGV"),
+        "{segv}"
+    );
 }
 
 #[test]
@@ -679,13 +919,21 @@ fn transient_failures_are_retried_with_backoff_and_config_errors_are_not() {
     let mut config = config_head();
     config += &panicky_sync(
         "flaky",
-        &format!("{{ fail_transient_times = 2, state_file = {:?} }}", state_file.to_str().unwrap()),
+        &format!(
+            "{{ fail_transient_times = 2, state_file = {:?} }}",
+            state_file.to_str().unwrap()
+        ),
         r#"every = "1h""#,
         "",
     );
     config += "[syncs.flaky.retry]\nmax_attempts = 3\ninitial_backoff = \"300ms\"\nmax_backoff = \"2s\"\n";
     // A config error: never retried.
-    config += &panicky_sync("misconfigured", r#"{ panic_in = "nowhere" }"#, r#"every = "1h""#, "");
+    config += &panicky_sync(
+        "misconfigured",
+        r#"{ panic_in = "nowhere" }"#,
+        r#"every = "1h""#,
+        "",
+    );
     config += "[syncs.misconfigured.retry]\nmax_attempts = 5\ninitial_backoff = \"100ms\"\n";
     // catch_up = run-once with no history: nothing to catch up; so both run at start via a
     // one-off run of each first.
@@ -705,38 +953,73 @@ fn transient_failures_are_retried_with_backoff_and_config_errors_are_not() {
     daemon.wait_for(Duration::from_secs(60), "flaky to recover", |d| {
         count(&d.finished_runs("flaky"), "succeeded") >= 1
     });
-    daemon.wait_for(Duration::from_secs(30), "misconfigured to fail", |d| d.finished_runs("misconfigured").len() >= 2);
+    daemon.wait_for(Duration::from_secs(30), "misconfigured to fail", |d| {
+        d.finished_runs("misconfigured").len() >= 2
+    });
     std::thread::sleep(Duration::from_secs(2));
 
     let flaky = daemon.finished_runs("flaky");
     let statuses: Vec<(&str, &str)> = flaky
         .iter()
-        .map(|r| (r["status"].as_str().unwrap(), r["error_kind"].as_str().unwrap_or("-")))
+        .map(|r| {
+            (
+                r["status"].as_str().unwrap(),
+                r["error_kind"].as_str().unwrap_or("-"),
+            )
+        })
         .collect();
     // The by-hand run, then the daemon's: one transient failure, a retry that succeeds.
     assert_eq!(
         statuses,
-        [("failed", "transient"), ("failed", "transient"), ("succeeded", "-")],
+        [
+            ("failed", "transient"),
+            ("failed", "transient"),
+            ("succeeded", "-")
+        ],
         "{flaky:?}"
     );
-    let gap = epoch(flaky[2]["started_at"].as_str().unwrap()) - epoch(flaky[1]["finished_at"].as_str().unwrap());
+    let gap = epoch(flaky[2]["started_at"].as_str().unwrap())
+        - epoch(flaky[1]["finished_at"].as_str().unwrap());
     assert!(gap >= 0.3, "the retry waited for the backoff: {gap:.2}s");
     let logs = daemon.logs();
-    assert!(logs.contains("retrying in 300ms (attempt 2 of 3)"), "{logs}");
+    assert!(
+        logs.contains("retrying in 300ms (attempt 2 of 3)"),
+        "{logs}"
+    );
 
     // The config error ran once at start-up (catch-up) and was not retried.
     let misconfigured = daemon.finished_runs("misconfigured");
-    assert_eq!(misconfigured.len(), 2, "the by-hand run and one daemon run: {misconfigured:?}");
-    assert_eq!(misconfigured[1]["error_kind"], "config", "{}", misconfigured[1]);
+    assert_eq!(
+        misconfigured.len(),
+        2,
+        "the by-hand run and one daemon run: {misconfigured:?}"
+    );
+    assert_eq!(
+        misconfigured[1]["error_kind"], "config",
+        "{}",
+        misconfigured[1]
+    );
     let metrics = daemon.get("/metrics");
-    assert!(metrics.contains("lockstep_retries_total{sync=\"flaky\"} 1"), "{metrics}");
-    assert!(!metrics.contains("lockstep_retries_total{sync=\"misconfigured\"}"), "{metrics}");
-    assert!(logs.contains("running once now (catch_up = \"run-once\")"), "{logs}");
+    assert!(
+        metrics.contains("lockstep_retries_total{sync=\"flaky\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("lockstep_retries_total{sync=\"misconfigured\"}"),
+        "{metrics}"
+    );
+    assert!(
+        logs.contains("running once now (catch_up = \"run-once\")"),
+        "{logs}"
+    );
 }
 
 /// Moves every recorded run two hours back.
 fn rewind_history(dir: &Path) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
         let pool = SqlitePool::connect_with(SqliteConnectOptions::new().filename(dir.join("state.db")))
@@ -756,7 +1039,9 @@ fn rewind_history(dir: &Path) {
 #[test]
 fn alerts_arrive_by_webhook_and_email_with_the_right_content() {
     const PASSWORD: &str = "s3cr3t-smtp-pw";
-    let Some(maildev) = Maildev::start("lockstep", PASSWORD) else { return };
+    let Some(maildev) = Maildev::start("lockstep", PASSWORD) else {
+        return;
+    };
     let receiver = Receiver::start();
     let dir = scratch();
     let state_file = dir.path().join("flaky.count");
@@ -788,7 +1073,10 @@ to = ["ops@example.com"]
     // Fails twice (no retries), then succeeds: failure, 2 in a row, recovery.
     config += &panicky_sync(
         "flaky",
-        &format!("{{ fail_transient_times = 2, state_file = {:?} }}", state_file.to_str().unwrap()),
+        &format!(
+            "{{ fail_transient_times = 2, state_file = {:?} }}",
+            state_file.to_str().unwrap()
+        ),
         r#"every = "2s""#,
         "",
     );
@@ -812,37 +1100,88 @@ every = "1s"
     write(dir.path(), &config);
     let daemon = Daemon::start_with(dir.path(), "daemon", &[("SMTP_PASSWORD", PASSWORD)]);
 
-    daemon.wait_for(Duration::from_secs(60), "three runs of contacts and flaky's recovery", |d| {
-        count(&d.finished_runs("contacts"), "succeeded") >= 3 && count(&d.finished_runs("flaky"), "succeeded") >= 1
-    });
+    daemon.wait_for(
+        Duration::from_secs(60),
+        "three runs of contacts and flaky's recovery",
+        |d| {
+            count(&d.finished_runs("contacts"), "succeeded") >= 3
+                && count(&d.finished_runs("flaky"), "succeeded") >= 1
+        },
+    );
     delete_contacts(&dir.path().join("crm.db"));
     let bodies_of = |kind: &str| -> Vec<Value> {
-        receiver.bodies().into_iter().filter(|b| b["kind"] == kind).collect()
+        receiver
+            .bodies()
+            .into_iter()
+            .filter(|b| b["kind"] == kind)
+            .collect()
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     while bodies_of("low-volume").is_empty() || bodies_of("recovery").is_empty() {
-        assert!(Instant::now() < deadline, "alerts missing; received: {:?}\n{}", receiver.bodies(), daemon.logs());
+        assert!(
+            Instant::now() < deadline,
+            "alerts missing; received: {:?}\n{}",
+            receiver.bodies(),
+            daemon.logs()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 
     // Webhook: failure, then 2 in a row, then recovery, for flaky.
     let flaky_runs = daemon.finished_runs("flaky");
-    let flaky: Vec<Value> = receiver.bodies().into_iter().filter(|b| b["sync"] == "flaky").collect();
+    let flaky: Vec<Value> = receiver
+        .bodies()
+        .into_iter()
+        .filter(|b| b["sync"] == "flaky")
+        .collect();
     let kinds: Vec<&str> = flaky.iter().map(|b| b["kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds[..3], ["failure", "consecutive-failures", "recovery"], "{flaky:?}");
+    assert_eq!(
+        kinds[..3],
+        ["failure", "consecutive-failures", "recovery"],
+        "{flaky:?}"
+    );
     for (body, run) in flaky.iter().zip(&flaky_runs) {
         assert_eq!(body["run"], run["id"], "{body}");
         assert_eq!(body["status"], run["status"], "{body}");
     }
     let failure = &flaky[0];
-    assert!(failure["reason"].as_str().unwrap().contains("transient"), "{failure}");
-    assert!(failure["reason"].as_str().unwrap().contains("deliberate transient failure 1 of 2"), "{failure}");
+    assert!(
+        failure["reason"].as_str().unwrap().contains("transient"),
+        "{failure}"
+    );
+    assert!(
+        failure["reason"]
+            .as_str()
+            .unwrap()
+            .contains("deliberate transient failure 1 of 2"),
+        "{failure}"
+    );
     assert_eq!(failure["metrics"]["read"], 0, "{failure}");
     let text = failure["text"].as_str().unwrap();
-    assert!(text.starts_with(&format!("[lockstep] sync flaky failed (run {})", flaky_runs[0]["id"])), "{text}");
-    assert!(flaky[1]["text"].as_str().unwrap().contains("failed 2 times in a row"), "{}", flaky[1]);
+    assert!(
+        text.starts_with(&format!(
+            "[lockstep] sync flaky failed (run {})",
+            flaky_runs[0]["id"]
+        )),
+        "{text}"
+    );
+    assert!(
+        flaky[1]["text"]
+            .as_str()
+            .unwrap()
+            .contains("failed 2 times in a row"),
+        "{}",
+        flaky[1]
+    );
     assert_eq!(flaky[1]["consecutive_failures"], 2);
-    assert!(flaky[2]["reason"].as_str().unwrap().contains("succeeded after 2 failed runs"), "{}", flaky[2]);
+    assert!(
+        flaky[2]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("succeeded after 2 failed runs"),
+        "{}",
+        flaky[2]
+    );
     assert_eq!(flaky[2]["metrics"]["read"], 3);
 
     // Low volume: the zero-record run after the source was emptied.
@@ -851,7 +1190,10 @@ every = "1s"
     assert_eq!(low["status"], "succeeded");
     assert_eq!(low["metrics"]["read"], 0, "{low}");
     let reason = low["reason"].as_str().unwrap();
-    assert!(reason.contains("read 0 records, below 50% of the median of the last"), "{reason}");
+    assert!(
+        reason.contains("read 0 records, below 50% of the median of the last"),
+        "{reason}"
+    );
     assert!(reason.contains("(20)"), "the median is 20: {reason}");
 
     // Email: the same alerts through SMTP with authentication.
@@ -862,45 +1204,83 @@ every = "1s"
         if emails.iter().any(|e| e["subject"] == wanted.as_str()) {
             break;
         }
-        assert!(Instant::now() < deadline, "no email `{wanted}`; got {emails:?}\n{}", daemon.logs());
+        assert!(
+            Instant::now() < deadline,
+            "no email `{wanted}`; got {emails:?}\n{}",
+            daemon.logs()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let emails = maildev.emails();
     let subject_of = |e: &Value| e["subject"].as_str().unwrap_or_default().to_owned();
     let failure_mail = emails
         .iter()
-        .find(|e| subject_of(e) == format!("[lockstep] sync flaky failed (run {})", flaky_runs[0]["id"]))
+        .find(|e| {
+            subject_of(e) == format!("[lockstep] sync flaky failed (run {})", flaky_runs[0]["id"])
+        })
         .unwrap_or_else(|| panic!("no failure email: {emails:?}"));
     let body = failure_mail["text"].as_str().unwrap();
     assert!(body.contains("Reason: transient: "), "{body}");
     assert!(body.contains("Sync: flaky"), "{body}");
-    assert!(body.contains("Counts: read 0, added 0, updated 0, unchanged 0, deleted 0"), "{body}");
+    assert!(
+        body.contains("Counts: read 0, added 0, updated 0, unchanged 0, deleted 0"),
+        "{body}"
+    );
     assert_eq!(failure_mail["to"][0]["address"], "ops@example.com");
     assert_eq!(failure_mail["from"][0]["address"], "lockstep@example.com");
     let low_mail = emails.iter().find(|e| subject_of(e) == wanted).unwrap();
     let low_body = low_mail["text"].as_str().unwrap();
     assert!(low_body.contains("Counts: read 0"), "{low_body}");
     assert!(low_body.contains("below 50% of the median"), "{low_body}");
-    eprintln!("--- received email ---\nSubject: {}\n\n{}", subject_of(low_mail), low_body);
-    eprintln!("--- received email ---\nSubject: {}\n\n{}", subject_of(failure_mail), body);
+    eprintln!(
+        "--- received email ---\nSubject: {}\n\n{}",
+        subject_of(low_mail),
+        low_body
+    );
+    eprintln!(
+        "--- received email ---\nSubject: {}\n\n{}",
+        subject_of(failure_mail),
+        body
+    );
 
     // The SMTP password and the webhook's token never show up in logs or alerts.
     let logs = daemon.logs();
-    assert!(!logs.contains(PASSWORD), "the SMTP password leaked into the logs");
-    assert!(!logs.contains("SECRET"), "the webhook url's token leaked into the logs");
-    assert!(!serde_json::to_string(&receiver.bodies()).unwrap().contains(PASSWORD));
+    assert!(
+        !logs.contains(PASSWORD),
+        "the SMTP password leaked into the logs"
+    );
+    assert!(
+        !logs.contains("SECRET"),
+        "the webhook url's token leaked into the logs"
+    );
+    assert!(!serde_json::to_string(&receiver.bodies())
+        .unwrap()
+        .contains(PASSWORD));
     let metrics = daemon.get("/metrics");
-    assert!(metrics.contains("lockstep_alerts_total{sync=\"contacts\",kind=\"low-volume\"}"), "{metrics}");
-    assert!(!metrics.contains("lockstep_alert_delivery_failures_total{"), "{metrics}");
+    assert!(
+        metrics.contains("lockstep_alerts_total{sync=\"contacts\",kind=\"low-volume\"}"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("lockstep_alert_delivery_failures_total{"),
+        "{metrics}"
+    );
 }
 
 fn create_contacts(db: &Path, rows: i64) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
-        let pool = SqlitePool::connect_with(SqliteConnectOptions::new().filename(db).create_if_missing(true))
-            .await
-            .unwrap();
+        let pool = SqlitePool::connect_with(
+            SqliteConnectOptions::new()
+                .filename(db)
+                .create_if_missing(true),
+        )
+        .await
+        .unwrap();
         sqlx::query("CREATE TABLE contacts (id INTEGER PRIMARY KEY, email TEXT NOT NULL)")
             .execute(&pool)
             .await
@@ -918,11 +1298,19 @@ fn create_contacts(db: &Path, rows: i64) {
 }
 
 fn delete_contacts(db: &Path) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
-        let pool = SqlitePool::connect_with(SqliteConnectOptions::new().filename(db)).await.unwrap();
-        sqlx::query("DELETE FROM contacts").execute(&pool).await.unwrap();
+        let pool = SqlitePool::connect_with(SqliteConnectOptions::new().filename(db))
+            .await
+            .unwrap();
+        sqlx::query("DELETE FROM contacts")
+            .execute(&pool)
+            .await
+            .unwrap();
         pool.close().await;
     });
 }

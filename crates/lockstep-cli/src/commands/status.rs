@@ -20,10 +20,16 @@ pub async fn run(config_path: &Path, output: OutputFormat) -> CmdResult {
     for sync in &config.syncs {
         let name = sync.name();
         let plan = match &sync.schedule {
-            Some(schedule) => Some(Plan::new(schedule).map_err(|e| CliError::Message(format!("sync `{name}`: {e}")))?),
+            Some(schedule) => Some(
+                Plan::new(schedule)
+                    .map_err(|e| CliError::Message(format!("sync `{name}`: {e}")))?,
+            ),
             None => None,
         };
-        let next = plan.as_ref().filter(|_| sync.enabled).and_then(|p| p.next_after(now));
+        let next = plan
+            .as_ref()
+            .filter(|_| sync.enabled)
+            .and_then(|p| p.next_after(now));
         let last = state.runs(Some(name), 1).await?.into_iter().next();
         let exit_detail = match &last {
             Some(run) => state.run_exit_detail(run.id).await?,
@@ -59,8 +65,8 @@ pub async fn run(config_path: &Path, output: OutputFormat) -> CmdResult {
         return Ok(());
     }
     let mut table = Table::new([
-        "SYNC", "SCHEDULE", "NEXT RUN", "LAST RUN", "STATUS", "STARTED", "DURATION", "READ", "ADDED",
-        "UPDATED", "DELETED", "REJECTED", "ERROR",
+        "SYNC", "SCHEDULE", "NEXT RUN", "LAST RUN", "STATUS", "STARTED", "DURATION", "READ",
+        "ADDED", "UPDATED", "DELETED", "REJECTED", "ERROR",
     ]);
     for (sync, plan, next, last, _) in &rows {
         let schedule = match plan {
@@ -70,7 +76,8 @@ pub async fn run(config_path: &Path, output: OutputFormat) -> CmdResult {
         let next = if !sync.enabled {
             "disabled".to_owned()
         } else {
-            next.map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string()).unwrap_or_else(|| "-".into())
+            next.map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+                .unwrap_or_else(|| "-".into())
         };
         let mut row = vec![sync.name().to_owned(), schedule, next];
         match last {
@@ -90,11 +97,19 @@ pub async fn run(config_path: &Path, output: OutputFormat) -> CmdResult {
                     m.rejected.to_string(),
                     r.error
                         .as_ref()
-                        .map(|e| format!("{}: {}", r.error_kind.as_deref().unwrap_or("error"), first_line(e)))
+                        .map(|e| {
+                            format!(
+                                "{}: {}",
+                                r.error_kind.as_deref().unwrap_or("error"),
+                                first_line(e)
+                            )
+                        })
                         .unwrap_or_default(),
                 ]);
             }
-            None => row.extend(["-", "never run", "", "", "", "", "", "", "", ""].map(String::from)),
+            None => {
+                row.extend(["-", "never run", "", "", "", "", "", "", "", ""].map(String::from))
+            }
         }
         table.row(row);
     }

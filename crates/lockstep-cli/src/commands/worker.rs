@@ -39,7 +39,14 @@ pub async fn run(config_path: &Path, sync: &str, supervised: bool) -> CmdResult 
         match load_config(config_path) {
             Ok(config) => config,
             Err(e) => {
-                let _ = unstarted(sync, started, "config", "the config file is invalid (see the errors above)".into(), false, None);
+                let _ = unstarted(
+                    sync,
+                    started,
+                    "config",
+                    "the config file is invalid (see the errors above)".into(),
+                    false,
+                    None,
+                );
                 return Err(e);
             }
         }
@@ -47,7 +54,9 @@ pub async fn run(config_path: &Path, sync: &str, supervised: bool) -> CmdResult 
     let redact = redactor(&config);
     let job = match job(&config, sync) {
         Ok(job) => job,
-        Err(CliError::Message(message)) => return unstarted(sync, started, "config", message, false, None),
+        Err(CliError::Message(message)) => {
+            return unstarted(sync, started, "config", message, false, None)
+        }
         Err(e) => return Err(e),
     };
     let span = tracing::info_span!("worker", sync);
@@ -113,13 +122,14 @@ async fn supervised_config(path: &Path, stop: Arc<watch::Sender<bool>>) -> Resul
         Ok(Some(Err(e))) => return Err(format!("cannot read the config from stdin: {e}")),
         _ => return Err("stdin closed before the config was sent".to_owned()),
     };
-    let input: WorkerInput =
-        serde_json::from_str(&first).map_err(|e| format!("the config line on stdin is not valid: {e}"))?;
+    let input: WorkerInput = serde_json::from_str(&first)
+        .map_err(|e| format!("the config line on stdin is not valid: {e}"))?;
     let path = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
-    let config = lockstep_config::parse(&input.config, &path, &|name| std::env::var(name).ok()).map_err(|errors| {
-        print_config_errors(&errors);
-        errors.summary()
-    })?;
+    let config = lockstep_config::parse(&input.config, &path, &|name| std::env::var(name).ok())
+        .map_err(|errors| {
+            print_config_errors(&errors);
+            errors.summary()
+        })?;
     if let Some(dir) = config.path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::env::set_current_dir(dir)
             .map_err(|e| format!("cannot enter the config's directory {}: {e}", dir.display()))?;
@@ -132,7 +142,10 @@ async fn supervised_config(path: &Path, stop: Arc<watch::Sender<bool>>) -> Resul
 fn spawn_signal_handler(stop: Arc<watch::Sender<bool>>) {
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
             return;
         };
         loop {
@@ -178,7 +191,14 @@ fn worker_error(e: &EngineError, redact: &Redactor) -> WorkerError {
 fn engine_error(sync: &str, started: Instant, e: &EngineError, redact: &Redactor) -> CmdResult {
     let error = worker_error(e, redact);
     tracing::error!(kind = %error.kind, "the run could not start: {}", error.message);
-    unstarted(sync, started, &error.kind, error.message, error.retryable, error.retry_after_ms)
+    unstarted(
+        sync,
+        started,
+        &error.kind,
+        error.message,
+        error.retryable,
+        error.retry_after_ms,
+    )
 }
 
 /// Reports a run that could not start, and fails.
