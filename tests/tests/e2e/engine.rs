@@ -323,3 +323,50 @@ fn without_a_ledger_the_destination_tells_added_updated_and_unchanged() {
     assert_eq!(count(&d.join("state.db"), "SELECT count(*) FROM ledger"), 0, "no ledger was kept");
     assert_eq!(count(&d.join("dst.db"), "SELECT count(*) FROM items"), 199);
 }
+
+#[test]
+fn records_the_destination_refused_succeed_on_retry_once_it_is_fixed() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    sql(&d.join("src.db"), &[
+        "CREATE TABLE orders (id INTEGER PRIMARY KEY, qty INTEGER NOT NULL, updated_at TIMESTAMP NOT NULL)",
+        "WITH RECURSIVE n(v) AS (SELECT 1 UNION ALL SELECT v + 1 FROM n WHERE v < 10) \
+         INSERT INTO orders SELECT v, CASE v WHEN 4 THEN -4 ELSE v END, '2026-01-01 00:00:00' FROM n",
+    ]);
+    // The destination refuses negative quantities.
+    sql(&d.join("dst.db"), &["CREATE TABLE orders (id INTEGER PRIMARY KEY, qty INTEGER CHECK (qty >= 0))"]);
+    std::fs::write(
+        d.join("lockstep.toml"),
+        "[connections.src]\nconnector = \"sqlite\"\nconfig = { path = \"src.db\" }\n\
+         [connections.dst]\nconnector = \"sqlite\"\nconfig = { path = \"dst.db\" }\n\
+         [syncs.orders]\nsource = \"src.orders\"\ndestination = \"dst.orders\"\nmode = \"incremental\"\ncursor = \"updated_at\"\n\
+         [syncs.orders.fields]\nid = \"id\"\nqty = \"qty\"\n",
+    )
+    .unwrap();
+    let (out, stdout, stderr) = run(lockstep(d).args(["run", "orders", "--output", "json"]));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!((report["metrics"]["added"].as_u64(), report["metrics"]["rejected"].as_u64()), (Some(9), Some(1)), "{report}");
+    let (_, listed, _) = run(lockstep(d).args(["rejects", "list", "orders", "--output", "json"]));
+    let rejects: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(rejects[0]["key"], "[4]", "{rejects}");
+    assert!(rejects[0]["reason"].as_str().unwrap().to_lowercase().contains("check"), "{rejects}");
+
+    // Fix the destination, then retry: the stored record goes through.
+    sql(&d.join("dst.db"), &[
+        "ALTER TABLE orders RENAME TO refusing",
+        "CREATE TABLE orders (id INTEGER PRIMARY KEY, qty INTEGER)",
+        "INSERT INTO orders SELECT id, qty FROM refusing",
+        "DROP TABLE refusing",
+    ]);
+    let (out, retried, stderr) = run(lockstep(d).args(["rejects", "retry", "orders"]));
+    assert!(out.status.success(), "{retried}\n{stderr}");
+    assert!(retried.contains("1 succeeded, 0 failed again"), "{retried}");
+    assert_eq!(count(&d.join("dst.db"), "SELECT qty FROM orders WHERE id = 4"), -4);
+    assert_eq!(count(&d.join("dst.db"), "SELECT count(*) FROM orders"), 10);
+    let (_, pending, _) = run(lockstep(d).args(["rejects", "list", "orders", "--output", "json"]));
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&pending).unwrap(), serde_json::json!([]));
+    // The retry is a run of its own in the history.
+    let (_, runs, _) = run(lockstep(d).args(["runs", "orders", "--output", "json"]));
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&runs).unwrap().as_array().unwrap().len(), 2);
+}
