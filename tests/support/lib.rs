@@ -115,7 +115,8 @@ fn unique_name(prefix: &str) -> String {
     )
 }
 
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
+/// Runs a future to completion on a fresh current-thread runtime.
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -211,4 +212,43 @@ impl Drop for TempDatabase {
             eprintln!("warning: could not drop test database {}: {e}", self.name);
         }
     }
+}
+
+/// A pool on the SQLite file at `path`, created when missing.
+pub async fn sqlite_pool(path: &Path) -> sqlx::SqlitePool {
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true);
+    sqlx::SqlitePool::connect_with(options)
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Runs `statements` in order on the SQLite file at `db`.
+pub fn sqlite_exec(db: &Path, statements: &[&str]) {
+    block_on(async {
+        let pool = sqlite_pool(db).await;
+        for s in statements {
+            sqlx::query(s)
+                .execute(&pool)
+                .await
+                .unwrap_or_else(|e| panic!("{s}: {e}"));
+        }
+        pool.close().await;
+    });
+}
+
+/// The first column of the first row of `query` on the SQLite file at `db`, as an integer.
+pub fn sqlite_count(db: &Path, query: &str) -> i64 {
+    use sqlx::Row;
+    block_on(async {
+        let pool = sqlite_pool(db).await;
+        let n: i64 = sqlx::query(query)
+            .fetch_one(&pool)
+            .await
+            .unwrap_or_else(|e| panic!("{query}: {e}"))
+            .get(0);
+        pool.close().await;
+        n
+    })
 }

@@ -5,18 +5,11 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use lockstep_e2e::{lockstep, run};
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
+use lockstep_e2e::{lockstep, run, sqlite_pool as pool};
 use sqlx::Row;
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
-}
-
-async fn pool(path: &Path) -> SqlitePool {
-    SqlitePool::connect_with(SqliteConnectOptions::new().filename(path).create_if_missing(true))
-        .await
-        .unwrap()
 }
 
 /// Creates `crm.db` with `rows` contacts whose `updated_at` values repeat in groups of 7.

@@ -6,37 +6,18 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use lockstep_e2e::{lockstep, run};
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
-use sqlx::Row;
+use lockstep_e2e::{lockstep, run, sqlite_count, sqlite_exec, sqlite_pool as pool};
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
 
-async fn pool(path: &Path) -> SqlitePool {
-    SqlitePool::connect_with(SqliteConnectOptions::new().filename(path).create_if_missing(true))
-        .await
-        .unwrap()
-}
-
 fn sql(db: &Path, statements: &[&str]) {
-    rt().block_on(async {
-        let pool = pool(db).await;
-        for s in statements {
-            sqlx::query(s).execute(&pool).await.unwrap_or_else(|e| panic!("{s}: {e}"));
-        }
-        pool.close().await;
-    });
+    sqlite_exec(db, statements)
 }
 
 fn count(db: &Path, query: &str) -> i64 {
-    rt().block_on(async {
-        let pool = pool(db).await;
-        let n: i64 = sqlx::query(query).fetch_one(&pool).await.unwrap().get(0);
-        pool.close().await;
-        n
-    })
+    sqlite_count(db, query)
 }
 
 /// A source `items` table with `rows` rows and a nullable soft-delete column.
@@ -241,7 +222,7 @@ fn a_second_run_of_the_same_sync_is_refused_naming_the_holder_and_sigterm_stops_
     let d = dir.path();
     create_items(d, 100_000);
     config(d, "sqlite://state.db", "reconcile_every = 0");
-    let mut first = lockstep(d)
+    let first = lockstep(d)
         .args(["run", "items", "--output", "json"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
