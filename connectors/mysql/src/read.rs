@@ -472,7 +472,18 @@ impl Builder {
             (Builder::Bool(b), Wire::Bits) => {
                 b.append_value(dec::<&[u8]>(v)?.iter().any(|x| *x != 0))
             }
-            (Builder::Bool(b), _) => b.append_value(int(v)? != 0),
+            // tinyint(1) holds -128..127: only 0 and 1 are booleans, anything else would
+            // arrive as `true` and come back as 1.
+            (Builder::Bool(b), _) => b.append_value(match int(v)? {
+                0 => false,
+                1 => true,
+                other => {
+                    return Err(format!(
+                        "{other} is not a boolean (0 or 1); change the column to TINYINT to \
+                         read it as an integer"
+                    ))
+                }
+            }),
             (Builder::I32(b), _) => b.append_value(
                 i32::try_from(int(v)?)
                     .map_err(|_| "value does not fit a 32-bit integer".to_owned())?,

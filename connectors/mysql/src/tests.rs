@@ -687,6 +687,30 @@ fn every_type_round_trips_with_nulls_unicode_and_extremes() {
 }
 
 #[test]
+fn a_boolean_column_holding_another_number_is_a_read_error_not_true() {
+    with_db(|mut db| async move {
+        db.exec("CREATE TABLE flags (id INT PRIMARY KEY, flag BOOLEAN, bit1 BIT(1))")
+            .await;
+        db.exec("INSERT INTO flags VALUES (1, 0, 0), (2, 1, 1), (3, NULL, NULL)")
+            .await;
+        let mut source = db.source().await;
+        let got = all_rows(&read_all(&mut source, request("flags")).await.unwrap());
+        let flags: Vec<&Value> = got.iter().map(|r| &r["flag"]).collect();
+        assert_eq!(flags, [&json!(false), &json!(true), &Value::Null]);
+
+        db.exec("INSERT INTO flags VALUES (4, 2, 1)").await;
+        let e = read_all(&mut source, request("flags")).await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::SCHEMA);
+        for part in ["`flag`", "tinyint(1)", "2 is not a boolean"] {
+            assert!(e.message.contains(part), "{part} in {}", e.message);
+        }
+        db.exec("UPDATE flags SET flag = -1 WHERE id = 4").await;
+        let e = read_all(&mut source, request("flags")).await.unwrap_err();
+        assert!(e.message.contains("-1 is not a boolean"), "{}", e.message);
+    });
+}
+
+#[test]
 fn upserts_count_inserted_updated_and_unchanged() {
     with_db(|mut db| async move {
         let fields = vec![

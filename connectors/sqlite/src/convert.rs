@@ -97,7 +97,7 @@ impl ColumnBuilder {
                 b.append_value(i32::try_from(i).map_err(|_| format!("{i} does not fit int32"))?)
             }
             Self::Int64(b) => b.append_value(to_i64(value)?),
-            Self::Float32(b) => b.append_value(to_f64(value)? as f32),
+            Self::Float32(b) => b.append_value(to_f32(value)?),
             Self::Float64(b) => b.append_value(to_f64(value)?),
             Self::Decimal(b, precision, scale) => {
                 b.append_value(to_decimal(value, *precision, *scale)?)
@@ -189,6 +189,17 @@ fn to_f64(value: &SqlValue) -> Result<f64, String> {
         },
         _ => Err("not a number".into()),
     }
+}
+
+/// A number as float32: rounded to the nearest float32, but a finite value beyond float32's
+/// range is an error, never an infinity.
+fn to_f32(value: &SqlValue) -> Result<f32, String> {
+    let wide = to_f64(value)?;
+    let narrow = wide as f32;
+    if wide.is_finite() && narrow.is_infinite() {
+        return Err(format!("{} is out of range for float32", format_real(wide)));
+    }
+    Ok(narrow)
 }
 
 fn to_decimal(value: &SqlValue, precision: u8, scale: i8) -> Result<i128, String> {

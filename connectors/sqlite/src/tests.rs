@@ -1140,6 +1140,41 @@ fn a_stored_value_of_the_wrong_type_is_a_schema_error() {
     });
 }
 
+#[test]
+fn a_real_beyond_float32_in_a_float4_column_is_a_schema_error_not_an_infinity() {
+    block_on(async {
+        let (_dir, path) = temp_db();
+        setup(
+            &path,
+            &[
+                "CREATE TABLE f (id INTEGER PRIMARY KEY, x FLOAT4)",
+                "INSERT INTO f VALUES (1, 1.5), (2, -3.4028234663852886e38), (3, 1e-50)",
+                "CREATE TABLE g (id INTEGER PRIMARY KEY, x FLOAT4)",
+                "INSERT INTO g VALUES (1, 1.5), (2, 1e300)",
+            ],
+        )
+        .await;
+        let mut src = source(&path).await;
+        // In range: rounded to the nearest float32 (1e-50 to zero), as PostgreSQL's real does.
+        let batches = read_all(&mut src, full("f", 10)).await;
+        let x: Vec<Value> = rows_from_batch(&batches[0].0)
+            .iter()
+            .map(|r| r["x"].clone())
+            .collect();
+        assert_eq!(x, [json!(1.5), json!(-3.4028234663852886e38), json!(0.0)]);
+        let e = read_err(&mut src, full("g", 10)).await;
+        assert_eq!(e.kind, ErrorKind::SCHEMA);
+        for part in [
+            "`x`",
+            "id\" = 2",
+            "not a valid float32",
+            "out of range for float32",
+        ] {
+            assert!(e.message.contains(part), "{part} in {}", e.message);
+        }
+    });
+}
+
 // ---- Config -------------------------------------------------------------------------------
 
 #[test]

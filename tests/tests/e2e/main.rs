@@ -7,3 +7,4 @@ mod crash;
 mod engine;
 mod plugins;
 mod tidy;
+mod types;
