@@ -19,7 +19,10 @@ pub enum Wire {
     Float4,
     Float8,
     /// `numeric(p,s)` read into a decimal(p,s).
-    Decimal { precision: u8, scale: i8 },
+    Decimal {
+        precision: u8,
+        scale: i8,
+    },
     /// Any `numeric` read into its exact text.
     NumericText,
     /// UTF-8 text as is: text, varchar, char(n), name, json, enum labels, and `::text` casts.
@@ -194,7 +197,9 @@ impl Table {
             .filter(|c| {
                 let name = c.name.to_lowercase();
                 matches!(c.logical, DataType::Timestamp | DataType::TimestampTz)
-                    && ["updated", "modified", "changed"].iter().any(|w| name.contains(w))
+                    && ["updated", "modified", "changed"]
+                        .iter()
+                        .any(|w| name.contains(w))
             })
             .map(|c| c.name.clone())
             .collect();
@@ -349,7 +354,11 @@ pub async fn load_tables(
             name: r.get(2),
             native: r.get(6),
             cast_type: crate::sql::qualified(&base.schema, &base.name),
-            base: if base.builtin { base.name.clone() } else { String::new() },
+            base: if base.builtin {
+                base.name.clone()
+            } else {
+                String::new()
+            },
             base_type: base.formatted.clone(),
             is_enum: base.typtype == b'e',
             is_array: base.category == b'A',
@@ -481,6 +490,9 @@ mod tests {
         assert_eq!(numeric_typmod((10 << 16 | 2) + 4), Some((10, 2)));
         assert_eq!(numeric_typmod(-1), None);
         // numeric(5,-2): the scale is stored as an 11-bit two's complement field.
-        assert_eq!(numeric_typmod((5 << 16 | (0x7ff & -2i32)) + 4), Some((5, -2)));
+        assert_eq!(
+            numeric_typmod((5 << 16 | (0x7ff & -2i32)) + 4),
+            Some((5, -2))
+        );
     }
 }

@@ -142,7 +142,11 @@ impl Settings {
         // server-side casts) never depend on the server's defaults.
         options = options
             .application_name("lockstep-postgres")
-            .options([("TimeZone", "UTC"), ("DateStyle", "ISO"), ("IntervalStyle", "postgres")])
+            .options([
+                ("TimeZone", "UTC"),
+                ("DateStyle", "ISO"),
+                ("IntervalStyle", "postgres"),
+            ])
             .disable_statement_logging();
         Ok(Settings {
             options,
@@ -158,7 +162,9 @@ impl Settings {
     pub async fn connect(&self) -> Result<PgConnection> {
         PgConnection::connect_with(&self.options)
             .await
-            .map_err(|e| self.scrub_error(map_sqlx(e).context(format!("connecting to {}", self.display_url))))
+            .map_err(|e| {
+                self.scrub_error(map_sqlx(e).context(format!("connecting to {}", self.display_url)))
+            })
     }
 
     /// Removes secrets from an error's message.
@@ -172,11 +178,12 @@ impl Settings {
         let Some(text) = self.lookback.clone() else {
             return Ok(());
         };
-        let row: std::result::Result<(bool, bool), sqlx::Error> =
-            sqlx::query_as("SELECT $1::text::interval > interval '0', $1::text::interval < interval '0'")
-                .bind(&text)
-                .fetch_one(&mut *conn)
-                .await;
+        let row: std::result::Result<(bool, bool), sqlx::Error> = sqlx::query_as(
+            "SELECT $1::text::interval > interval '0', $1::text::interval < interval '0'",
+        )
+        .bind(&text)
+        .fetch_one(&mut *conn)
+        .await;
         match row {
             Ok((positive, negative)) => {
                 if negative {
@@ -279,10 +286,16 @@ mod tests {
             "postgres://db.example:5432/app"
         );
         assert_eq!(redact_url("postgres://h/db"), "postgres://h/db");
-        assert_eq!(url_password("postgres://bob:s3cr%40t@h/db").as_deref(), Some("s3cr%40t"));
+        assert_eq!(
+            url_password("postgres://bob:s3cr%40t@h/db").as_deref(),
+            Some("s3cr%40t")
+        );
         assert_eq!(url_password("postgres://bob@h/db"), None);
         let secrets = vec!["s3cr%40t".to_owned()];
-        assert_eq!(scrub("bad s3cr@t and s3cr%40t", &secrets), "bad *** and ***");
+        assert_eq!(
+            scrub("bad s3cr@t and s3cr%40t", &secrets),
+            "bad *** and ***"
+        );
     }
 
     #[test]

@@ -311,11 +311,13 @@ impl CopyDecoder {
                 } else {
                     let v = &buf[p..p + len as usize];
                     p += len as usize;
-                    builder.append(v, &mut self.scratch).map_err(|reason| DecodeError {
-                        row: Some(self.rows),
-                        field: Some(self.names[i].clone()),
-                        reason,
-                    })?;
+                    builder
+                        .append(v, &mut self.scratch)
+                        .map_err(|reason| DecodeError {
+                            row: Some(self.rows),
+                            field: Some(self.names[i].clone()),
+                            reason,
+                        })?;
                 }
             }
             self.rows += 1;

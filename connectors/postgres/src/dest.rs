@@ -24,7 +24,7 @@ use lockstep_plugin_sdk::api::ErrorKind;
 use lockstep_plugin_sdk::arrow::array::RecordBatch;
 use lockstep_plugin_sdk::arrow::datatypes::Schema;
 use lockstep_plugin_sdk::{
-    tracing, Catalog, Context, ConnectorError, DataType, DestinationConnector, OpenStreamRequest,
+    tracing, Catalog, ConnectorError, Context, DataType, DestinationConnector, OpenStreamRequest,
     RejectedRow, Result, SchemaEvolution, StreamWriter, WriteOutcome,
 };
 use sqlx::{PgConnection, Row};
@@ -106,7 +106,10 @@ async fn open_writer(
         .execute(&mut *conn)
         .await
         .map_err(map_sqlx)?;
-    let existing = load_tables(conn, schema, Some(&request.stream)).await?.into_iter().next();
+    let existing = load_tables(conn, schema, Some(&request.stream))
+        .await?
+        .into_iter()
+        .next();
     let mut created = false;
     let table = match existing {
         None => {
@@ -133,17 +136,27 @@ async fn open_writer(
                 .fields
                 .iter()
                 .map(|f| {
-                    let not_null = if !f.nullable || key.contains(&f.name) { " NOT NULL" } else { "" };
+                    let not_null = if !f.nullable || key.contains(&f.name) {
+                        " NOT NULL"
+                    } else {
+                        ""
+                    };
                     format!("{} {}{not_null}", ident(&f.name), native_for(f.data_type))
                 })
                 .collect();
-            defs.push(format!("PRIMARY KEY ({})", ident_list(key.iter().map(String::as_str), "")));
+            defs.push(format!(
+                "PRIMARY KEY ({})",
+                ident_list(key.iter().map(String::as_str), "")
+            ));
             let ddl = format!("CREATE TABLE IF NOT EXISTS {target} ({})", defs.join(", "));
             sqlx::raw_sql(&format!("CREATE SCHEMA IF NOT EXISTS {}", ident(schema)))
                 .execute(&mut *conn)
                 .await
                 .map_err(map_sqlx)?;
-            sqlx::raw_sql(&ddl).execute(&mut *conn).await.map_err(map_sqlx)?;
+            sqlx::raw_sql(&ddl)
+                .execute(&mut *conn)
+                .await
+                .map_err(map_sqlx)?;
             tracing::info!(table = %target, "created the table");
             created = true;
             reload(conn, schema, &request.stream).await?
@@ -190,7 +203,11 @@ async fn open_writer(
     let table = if missing.is_empty() {
         table
     } else {
-        let names = missing.iter().map(|f| format!("`{}`", f.name)).collect::<Vec<_>>().join(", ");
+        let names = missing
+            .iter()
+            .map(|f| format!("`{}`", f.name))
+            .collect::<Vec<_>>()
+            .join(", ");
         match request.schema_evolution {
             SchemaEvolution::Fail => {
                 return Err(ConnectorError::schema(format!(
@@ -209,7 +226,10 @@ async fn open_writer(
                         ident(&f.name),
                         native_for(f.data_type)
                     );
-                    sqlx::raw_sql(&ddl).execute(&mut *conn).await.map_err(map_sqlx)?;
+                    sqlx::raw_sql(&ddl)
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(map_sqlx)?;
                 }
                 tracing::info!(table = %target, columns = %names, "added columns");
                 reload(conn, schema, &request.stream).await?
@@ -231,7 +251,9 @@ async fn reload(conn: &mut PgConnection, schema: &str, name: &str) -> Result<Tab
         .await?
         .into_iter()
         .next()
-        .ok_or_else(|| ConnectorError::schema(format!("table `{name}` vanished while being opened")))
+        .ok_or_else(|| {
+            ConnectorError::schema(format!("table `{name}` vanished while being opened"))
+        })
 }
 
 /// One written column of a batch shape.
@@ -492,7 +514,10 @@ impl PgWriter {
                 ident(ROW_COLUMN)
             ),
             copy_direct: columns.iter().all(|c| c.enc.direct_ok()).then(|| {
-                format!("COPY {} ({cols_sql}) FROM STDIN (FORMAT binary)", self.qualified)
+                format!(
+                    "COPY {} ({cols_sql}) FROM STDIN (FORMAT binary)",
+                    self.qualified
+                )
             }),
             columns,
             stage,
@@ -505,7 +530,11 @@ impl PgWriter {
     }
 
     /// The target columns a batch shape writes, by the schema evolution rule.
-    fn plan_columns(&mut self, shape: &[(String, DataType)], keys_only: bool) -> Result<Vec<PlanColumn>> {
+    fn plan_columns(
+        &mut self,
+        shape: &[(String, DataType)],
+        keys_only: bool,
+    ) -> Result<Vec<PlanColumn>> {
         let mut columns = Vec::new();
         for (i, (name, logical)) in shape.iter().enumerate() {
             if keys_only && !self.key.contains(name) {
@@ -586,9 +615,10 @@ impl PgWriter {
         }
         let plan = &self.plans[index];
         exec(&mut self.conn, &format!("TRUNCATE pg_temp.{}", plan.stage)).await?;
-        let (_, mut rejected) = copy_rows(&mut self.conn, &plan.copy_stage, &cols, rows, true, false)
-            .await
-            .map_err(|e| e.into_connector().context("copying into the staging table"))?;
+        let (_, mut rejected) =
+            copy_rows(&mut self.conn, &plan.copy_stage, &cols, rows, true, false)
+                .await
+                .map_err(|e| e.into_connector().context("copying into the staging table"))?;
         let (inserted, updated) = self.insert_staged(index, rows, &mut rejected).await?;
         rejected.sort_by_key(|r| r.row);
         let unchanged = (rows as u64)
@@ -615,7 +645,11 @@ impl PgWriter {
         let (mut inserted, mut updated) = (0u64, 0u64);
         while let Some((lo, hi)) = ranges.pop() {
             let plan = &self.plans[index];
-            let sql = if dedupe { &plan.insert_dedupe } else { &plan.insert };
+            let sql = if dedupe {
+                &plan.insert_dedupe
+            } else {
+                &plan.insert
+            };
             exec(&mut self.conn, "SAVEPOINT lockstep_try").await?;
             let result = sqlx::query(sql)
                 .bind(lo as i32)
@@ -697,7 +731,10 @@ impl PgWriter {
             .collect();
         for (name, sql) in probes {
             exec(&mut self.conn, "SAVEPOINT lockstep_probe").await?;
-            let result = sqlx::query(&sql).bind(row as i32).fetch_all(&mut self.conn).await;
+            let result = sqlx::query(&sql)
+                .bind(row as i32)
+                .fetch_all(&mut self.conn)
+                .await;
             let release = if result.is_ok() {
                 "RELEASE SAVEPOINT lockstep_probe"
             } else {
@@ -757,7 +794,10 @@ impl PgWriter {
                 .collect();
             self.delete_plan = Some(DeletePlan {
                 shape,
-                create_stage: format!("CREATE TEMP TABLE IF NOT EXISTS {stage} ({})", defs.join(", ")),
+                create_stage: format!(
+                    "CREATE TEMP TABLE IF NOT EXISTS {stage} ({})",
+                    defs.join(", ")
+                ),
                 copy_stage: format!("COPY pg_temp.{stage} ({names}) FROM STDIN (FORMAT binary)"),
                 delete: format!(
                     "DELETE FROM {} AS t USING pg_temp.{stage} s WHERE {}",
@@ -789,9 +829,19 @@ impl PgWriter {
             exec(&mut self.conn, &plan.create_stage).await?;
         }
         exec(&mut self.conn, &format!("TRUNCATE pg_temp.{}", plan.stage)).await?;
-        let (_, rejected) = copy_rows(&mut self.conn, &plan.copy_stage, &cols, keys.num_rows(), false, false)
-            .await
-            .map_err(|e| e.into_connector().context("copying keys into the staging table"))?;
+        let (_, rejected) = copy_rows(
+            &mut self.conn,
+            &plan.copy_stage,
+            &cols,
+            keys.num_rows(),
+            false,
+            false,
+        )
+        .await
+        .map_err(|e| {
+            e.into_connector()
+                .context("copying keys into the staging table")
+        })?;
         let deleted = sqlx::query(&plan.delete)
             .execute(&mut self.conn)
             .await
@@ -811,6 +861,37 @@ impl PgWriter {
     pub fn direct_off_for_bench(&mut self) {
         self.direct = false;
     }
+
+    /// For benchmarks: encodes a batch for the target without sending it; returns its size.
+    #[doc(hidden)]
+    pub fn encode_only_for_bench(&mut self, batch: &RecordBatch) -> Result<usize> {
+        let index = self.plan_index(&batch.schema())?;
+        let plan = &self.plans[index];
+        let prepared = plan
+            .columns
+            .iter()
+            .map(|c| Prepared::new(batch.column(c.batch_index), c.logical, &c.column.name))
+            .collect::<Result<Vec<_>>>()?;
+        let cols: Vec<EncColumn> = plan
+            .columns
+            .iter()
+            .zip(&prepared)
+            .map(|(c, data)| EncColumn {
+                column: &c.column,
+                enc: c.enc,
+                data,
+            })
+            .collect();
+        let mut encoder = BatchEncoder::new(&cols, false, true)?;
+        let mut buf = Vec::with_capacity(CHUNK + (64 << 10));
+        let (mut row, mut total) = (0, 0);
+        while row < batch.num_rows() {
+            row = encoder.encode(row, batch.num_rows(), &mut buf, CHUNK);
+            total += buf.len();
+            buf.clear();
+        }
+        Ok(total)
+    }
 }
 
 impl StreamWriter for PgWriter {
@@ -824,7 +905,9 @@ impl StreamWriter for PgWriter {
                 ..WriteOutcome::default()
             });
         }
-        let index = self.plan_index(&batch.schema()).map_err(|e| self.finish_error(e))?;
+        let index = self
+            .plan_index(&batch.schema())
+            .map_err(|e| self.finish_error(e))?;
         if let Err(e) = self.begin().await {
             self.broken = Some(e.message.clone());
             return Err(self.finish_error(e));

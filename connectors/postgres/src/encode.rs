@@ -16,6 +16,7 @@ use lockstep_plugin_sdk::arrow::array::{
     Float64Array, Int32Array, Int64Array, StringArray, Time64MicrosecondArray,
     TimestampMicrosecondArray,
 };
+use lockstep_plugin_sdk::arrow::buffer::NullBuffer;
 use lockstep_plugin_sdk::arrow::compute::cast;
 use lockstep_plugin_sdk::protocol::arrow_types::{format_decimal, hex};
 use lockstep_plugin_sdk::{ConnectorError, DataType, RejectedRow, Result};
@@ -81,7 +82,12 @@ impl Enc {
             return Enc::Enum;
         }
         let is_citext = column.base.is_empty()
-            && column.base_type.rsplit('.').next().map(|t| t.trim_matches('"')) == Some("citext");
+            && column
+                .base_type
+                .rsplit('.')
+                .next()
+                .map(|t| t.trim_matches('"'))
+                == Some("citext");
         if is_citext {
             return Enc::Text {
                 limit: None,
@@ -89,7 +95,10 @@ impl Enc {
                 max_bytes: None,
             };
         }
-        let ints = matches!(src, D::Int32 | D::Int64 | D::Decimal { .. } | D::Float32 | D::Float64);
+        let ints = matches!(
+            src,
+            D::Int32 | D::Int64 | D::Decimal { .. } | D::Float32 | D::Float64
+        );
         let temporal = matches!(src, D::Timestamp | D::TimestampTz | D::Date);
         match column.base.as_str() {
             "bool" if src == D::Boolean => Enc::Bool,
@@ -140,9 +149,12 @@ impl Enc {
             Enc::Time(_) => "time",
             Enc::Timestamp(_) => "timestamp",
             Enc::TimestampTz(_) => "timestamptz",
-            Enc::Text { .. } | Enc::Json | Enc::Jsonb | Enc::Enum | Enc::Cast | Enc::ArrayLiteral => {
-                "text"
-            }
+            Enc::Text { .. }
+            | Enc::Json
+            | Enc::Jsonb
+            | Enc::Enum
+            | Enc::Cast
+            | Enc::ArrayLiteral => "text",
         }
     }
 
@@ -220,7 +232,7 @@ pub struct EncColumn<'a> {
 
 /// Encodes the rows of one batch.
 pub struct BatchEncoder<'a> {
-    cols: Vec<(Enc, Src<'a>, &'a Column, &'a Prepared)>,
+    cols: Vec<(Enc, Src<'a>, &'a Column, Option<&'a NullBuffer>)>,
     /// Staging tables get the batch row index as their first column.
     with_row_index: bool,
     /// Encoding for the target itself (jsonb carries its version byte) rather than staging.
@@ -243,7 +255,7 @@ impl<'a> BatchEncoder<'a> {
                         c.data.logical.describe()
                     ))
                 })?;
-                Ok((c.enc, src, c.column, c.data))
+                Ok((c.enc, src, c.column, c.data.array.nulls()))
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(BatchEncoder {
@@ -269,8 +281,8 @@ impl<'a> BatchEncoder<'a> {
                 out.extend_from_slice(&(row as i32).to_be_bytes());
             }
             let mut refused = None;
-            for (enc, src, column, data) in &self.cols {
-                if data.array.is_null(row) {
+            for (enc, src, column, nulls) in &self.cols {
+                if nulls.is_some_and(|n| n.is_null(row)) {
                     if column.not_null {
                         refused = Some((column, "null in a NOT NULL column".to_string()));
                         break;
@@ -278,7 +290,9 @@ impl<'a> BatchEncoder<'a> {
                     out.extend_from_slice(&(-1i32).to_be_bytes());
                     continue;
                 }
-                if let Err(reason) = encode_value(*enc, src, row, out, self.direct, &mut self.scratch) {
+                if let Err(reason) =
+                    encode_value(*enc, src, row, out, self.direct, &mut self.scratch)
+                {
                     refused = Some((column, reason));
                     break;
                 }
@@ -331,7 +345,8 @@ fn int_value(src: &Src, row: usize) -> std::result::Result<i64, String> {
                     format_decimal(v, *scale)
                 ));
             }
-            i64::try_from(v / div).map_err(|_| format!("{} is out of range", format_decimal(v, *scale)))
+            i64::try_from(v / div)
+                .map_err(|_| format!("{} is out of range", format_decimal(v, *scale)))
         }
         Src::F32(a) => float_to_int(a.value(row) as f64),
         Src::F64(a) => float_to_int(a.value(row)),
@@ -340,7 +355,8 @@ fn int_value(src: &Src, row: usize) -> std::result::Result<i64, String> {
 }
 
 fn float_to_int(v: f64) -> std::result::Result<i64, String> {
-    if v.fract() != 0.0 || !v.is_finite() || v < -9.223372036854776e18 || v >= 9.223372036854776e18 {
+    // The i64 range as floats: [-2^63, 2^63).
+    if v.fract() != 0.0 || !(-9.223372036854776e18..9.223372036854776e18).contains(&v) {
         return Err(format!("{} is not an integer in range", format_float(v)));
     }
     Ok(v as i64)
@@ -393,7 +409,11 @@ fn no_nul(s: &str) -> std::result::Result<(), String> {
     Ok(())
 }
 
-fn check_precision(micros: i64, precision: Option<u32>, what: &str) -> std::result::Result<(), String> {
+fn check_precision(
+    micros: i64,
+    precision: Option<u32>,
+    what: &str,
+) -> std::result::Result<(), String> {
     if let Some(p) = precision {
         if micros != i64::MIN && micros != i64::MAX && micros % 10i64.pow(6 - p) != 0 {
             return Err(format!(
@@ -465,8 +485,7 @@ fn encode_value(
                 if s.len() > n {
                     let chars = s.chars().count();
                     // char(n) drops trailing spaces beyond n, as PostgreSQL does.
-                    let excess_is_spaces =
-                        bpchar && s.chars().skip(n).all(|c| c == ' ');
+                    let excess_is_spaces = bpchar && s.chars().skip(n).all(|c| c == ' ');
                     if chars > n && !excess_is_spaces {
                         return Err(format!(
                             "text of {chars} characters is longer than the column's limit of {n}"
@@ -556,8 +575,8 @@ fn encode_value(
             };
             no_nul(s)?;
             if s.trim_start().starts_with('[') {
-                let v: Value = serde_json::from_str(s)
-                    .map_err(|e| format!("not a JSON array: {e}"))?;
+                let v: Value =
+                    serde_json::from_str(s).map_err(|e| format!("not a JSON array: {e}"))?;
                 scratch.clear();
                 array_literal(&v, scratch)?;
                 put(out, scratch.as_bytes());
@@ -600,7 +619,9 @@ fn parse_time_text(s: &str) -> std::result::Result<i64, String> {
         .map_err(|_| format!("`{s}` is not a time (HH:MM:SS[.ffffff])"))?;
     use chrono::Timelike;
     if time.nanosecond() % 1000 != 0 {
-        return Err(format!("`{s}` has sub-microsecond digits; a time column would round them"));
+        return Err(format!(
+            "`{s}` has sub-microsecond digits; a time column would round them"
+        ));
     }
     Ok(time.num_seconds_from_midnight() as i64 * 1_000_000 + (time.nanosecond() / 1000) as i64)
 }
@@ -611,9 +632,13 @@ fn parse_timestamp_text(s: &str) -> std::result::Result<i64, String> {
     if let Some(positive) = infinity(s) {
         return Ok(if positive { i64::MAX } else { i64::MIN });
     }
-    let fraction = s.split_once('.').map_or(0, |(_, f)| f.bytes().take_while(u8::is_ascii_digit).count());
+    let fraction = s
+        .split_once('.')
+        .map_or(0, |(_, f)| f.bytes().take_while(u8::is_ascii_digit).count());
     if fraction > 6 {
-        return Err(format!("`{s}` has sub-microsecond digits; a timestamp column would round them"));
+        return Err(format!(
+            "`{s}` has sub-microsecond digits; a timestamp column would round them"
+        ));
     }
     lockstep_plugin_sdk::rows::parse_timestamp_micros(s)
 }
@@ -638,7 +663,9 @@ fn encode_json_other(
             };
             // Finite floats and decimals are JSON numbers; everything else is a string.
             match serde_json::from_str::<serde_json::Number>(&text) {
-                Ok(n) if matches!(src, Src::F32(_) | Src::F64(_) | Src::Dec(..)) => Value::Number(n),
+                Ok(n) if matches!(src, Src::F32(_) | Src::F64(_) | Src::Dec(..)) => {
+                    Value::Number(n)
+                }
                 _ => Value::String(text),
             }
         }

@@ -7,9 +7,7 @@ use sqlx::postgres::PgDatabaseError;
 /// The error kind a SQLSTATE stands for.
 pub fn kind_of_sqlstate(code: &str) -> ErrorKind {
     match code {
-        "57P01" | "57P02" | "57P03" | "40001" | "40P01" | "55P03" | "57014" => {
-            ErrorKind::TRANSIENT
-        }
+        "57P01" | "57P02" | "57P03" | "40001" | "40P01" | "55P03" | "57014" => ErrorKind::TRANSIENT,
         "3D000" | "3F000" => ErrorKind::CONFIG,
         _ if code.starts_with("08") || code.starts_with("53") => ErrorKind::TRANSIENT,
         _ if code.starts_with("28") => ErrorKind::AUTH,

@@ -53,10 +53,16 @@ impl Connector for PostgresConnector {
             description: "PostgreSQL tables and views (views read-only), moved with binary COPY"
                 .into(),
             roles: vec![Role::Source, Role::Destination],
-            features: ["incremental", "upsert", "delete", "create-stream", "lookback"]
-                .into_iter()
-                .map(String::from)
-                .collect(),
+            features: [
+                "incremental",
+                "upsert",
+                "delete",
+                "create-stream",
+                "lookback",
+            ]
+            .into_iter()
+            .map(String::from)
+            .collect(),
             config_schema: config::config_schema(),
             abi_version: String::new(),
             sdk_version: String::new(),

@@ -126,7 +126,11 @@ impl<'a> Numeric<'a> {
             let mut written = 0;
             let mut i = weight + 1;
             while written < dscale {
-                let d = if i >= 0 && i < n { self.digit(i as usize) } else { 0 };
+                let d = if i >= 0 && i < n {
+                    self.digit(i as usize)
+                } else {
+                    0
+                };
                 let group = [
                     (d / 1000) as u8,
                     (d / 100 % 10) as u8,
@@ -190,10 +194,7 @@ pub fn parse_text(text: &str) -> Result<Parsed, String> {
         _ => (false, t),
     };
     let (mantissa, exponent) = match rest.find(['e', 'E']) {
-        Some(i) => (
-            &rest[..i],
-            rest[i + 1..].parse::<i64>().map_err(|_| bad())?,
-        ),
+        Some(i) => (&rest[..i], rest[i + 1..].parse::<i64>().map_err(|_| bad())?),
         None => (rest, 0),
     };
     let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
@@ -216,11 +217,17 @@ pub fn parse_text(text: &str) -> Result<Parsed, String> {
 
 /// Appends the binary numeric for numeric text, refusing what a `numeric(p,s)` target
 /// (`typmod`) would round or overflow. The shown scale is kept (it is `s` under a typmod).
-pub fn encode_text(text: &str, typmod: Option<(i32, i32)>, out: &mut Vec<u8>) -> Result<(), String> {
+pub fn encode_text(
+    text: &str,
+    typmod: Option<(i32, i32)>,
+    out: &mut Vec<u8>,
+) -> Result<(), String> {
     match parse_text(text)? {
         Parsed::Special(sign) => {
             if sign != NAN && typmod.is_some() {
-                return Err(format!("`{text}` cannot be stored in a numeric with a precision"));
+                return Err(format!(
+                    "`{text}` cannot be stored in a numeric with a precision"
+                ));
             }
             encode_special(sign, out);
             Ok(())
@@ -271,7 +278,10 @@ pub fn encode_unscaled(
     let scale = scale.max(0) as usize;
     let mut frac_buf = [b'0'; 40];
     let (int, frac): (&[u8], &[u8]) = if digits.len() > scale {
-        (&digits[..digits.len() - scale], &digits[digits.len() - scale..])
+        (
+            &digits[..digits.len() - scale],
+            &digits[digits.len() - scale..],
+        )
     } else {
         let pad = scale - digits.len();
         frac_buf[pad..scale].copy_from_slice(digits);
@@ -306,7 +316,11 @@ fn encode_split(
             format!(
                 "{}{}{}{}",
                 if negative { "-" } else { "" },
-                if int.is_empty() { "0".to_string() } else { shown(int) },
+                if int.is_empty() {
+                    "0".to_string()
+                } else {
+                    shown(int)
+                },
                 if frac.is_empty() { "" } else { "." },
                 shown(frac)
             )
@@ -337,54 +351,57 @@ fn encode_split(
         None => (frac, frac.len()),
     };
     if dscale > 0x3FFF {
-        return Err(format!("{} has too many decimal places for PostgreSQL", describe()));
+        return Err(format!(
+            "{} has too many decimal places for PostgreSQL",
+            describe()
+        ));
     }
-    // Base-10000 groups aligned on the decimal point.
+    // Base-10000 groups aligned on the decimal point, computed on the fly (no allocation).
     let int_groups = int.len().div_ceil(4);
     let frac_groups = frac.len().div_ceil(4);
-    let mut groups: Vec<i16> = Vec::with_capacity(int_groups + frac_groups);
+    let total = int_groups + frac_groups;
     let lead = int_groups * 4 - int.len();
-    let mut acc = 0i16;
-    for (k, &b) in std::iter::repeat_n(&b'0', lead).chain(int.iter()).enumerate() {
-        acc = acc * 10 + (b - b'0') as i16;
-        if k % 4 == 3 {
-            groups.push(acc);
-            acc = 0;
+    let digit_at = |pos: usize| -> i16 {
+        if pos < lead {
+            0
+        } else if pos < lead + int.len() {
+            (int[pos - lead] - b'0') as i16
+        } else {
+            frac.get(pos - lead - int.len())
+                .map_or(0, |b| (b - b'0') as i16)
         }
-    }
-    let trail = frac_groups * 4 - frac.len();
-    for (k, &b) in frac.iter().chain(std::iter::repeat_n(&b'0', trail)).enumerate() {
-        acc = acc * 10 + (b - b'0') as i16;
-        if k % 4 == 3 {
-            groups.push(acc);
-            acc = 0;
-        }
-    }
-    let mut weight = int_groups as i64 - 1;
-    // Leading and trailing zero groups are not stored.
-    let first = groups.iter().position(|&g| g != 0);
-    let (start, end) = match first {
-        Some(f) => {
-            let last = groups.iter().rposition(|&g| g != 0).unwrap_or(f);
-            (f, last + 1)
+    };
+    let group = |k: usize| (0..4).fold(0i16, |acc, j| acc * 10 + digit_at(k * 4 + j));
+    let (start, end) = match (0..total).find(|&k| group(k) != 0) {
+        Some(first) => {
+            let last = (first..total)
+                .rev()
+                .find(|&k| group(k) != 0)
+                .unwrap_or(first);
+            (first, last + 1)
         }
         None => (0, 0),
     };
-    weight -= start as i64;
-    let digits = &groups[start..end];
-    if digits.is_empty() {
-        weight = 0;
+    let ndigits = end - start;
+    let weight = if ndigits == 0 {
+        0
+    } else {
+        int_groups as i64 - 1 - start as i64
+    };
+    if weight > i16::MAX as i64 || weight < i16::MIN as i64 || ndigits > i16::MAX as usize {
+        return Err(format!(
+            "{} is beyond PostgreSQL's numeric range",
+            describe()
+        ));
     }
-    if weight > i16::MAX as i64 || weight < i16::MIN as i64 || digits.len() > i16::MAX as usize {
-        return Err(format!("{} is beyond PostgreSQL's numeric range", describe()));
-    }
-    out.extend_from_slice(&(digits.len() as i16).to_be_bytes());
+    out.reserve(8 + 2 * ndigits);
+    out.extend_from_slice(&(ndigits as i16).to_be_bytes());
     out.extend_from_slice(&(weight as i16).to_be_bytes());
-    let sign = if negative && !digits.is_empty() { NEG } else { POS };
+    let sign = if negative && ndigits > 0 { NEG } else { POS };
     out.extend_from_slice(&sign.to_be_bytes());
     out.extend_from_slice(&(dscale as i16).to_be_bytes());
-    for d in digits {
-        out.extend_from_slice(&d.to_be_bytes());
+    for k in start..end {
+        out.extend_from_slice(&group(k).to_be_bytes());
     }
     Ok(())
 }
@@ -402,9 +419,21 @@ mod tests {
     #[test]
     fn text_round_trips_exactly() {
         for t in [
-            "0", "1", "-1", "12.50", "0.0001", "-0.05", "10000", "123456789.123456789",
-            "99999999999999999999999999999999999999", "0.00000000000000000000000000000000000001",
-            "NaN", "Infinity", "-Infinity", "1.000", "100000000.00000001",
+            "0",
+            "1",
+            "-1",
+            "12.50",
+            "0.0001",
+            "-0.05",
+            "10000",
+            "123456789.123456789",
+            "99999999999999999999999999999999999999",
+            "0.00000000000000000000000000000000000001",
+            "NaN",
+            "Infinity",
+            "-Infinity",
+            "1.000",
+            "100000000.00000001",
         ] {
             let mut out = Vec::new();
             encode_text(t, None, &mut out).unwrap();
@@ -449,6 +478,9 @@ mod tests {
         };
         assert!(Numeric::parse(&n).unwrap().to_unscaled(10, 2).is_err());
         assert!(Numeric::parse(&n).unwrap().to_unscaled(4, 3).is_err());
-        assert_eq!(Numeric::parse(&n).unwrap().to_unscaled(10, 4).unwrap(), 1234560);
+        assert_eq!(
+            Numeric::parse(&n).unwrap().to_unscaled(10, 4).unwrap(),
+            1234560
+        );
     }
 }

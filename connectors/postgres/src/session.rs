@@ -57,7 +57,10 @@ impl Session {
             let reused = self.conn.is_some();
             let result = async {
                 let conn = self.conn().await?;
-                sqlx::query("SELECT 1").execute(&mut *conn).await.map_err(map_sqlx)?;
+                sqlx::query("SELECT 1")
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(map_sqlx)?;
                 if !schema_exists(conn, &schema).await? {
                     return Err(ConnectorError::config(format!(
                         "schema `{schema}` does not exist in {display}; set `schema` to an \
@@ -122,7 +125,11 @@ impl Session {
         ConnectorError::schema(format!(
             "stream `{name}` is not a table or view of schema `{}`; streams: {}",
             self.settings.schema,
-            if names.is_empty() { "none".into() } else { names }
+            if names.is_empty() {
+                "none".into()
+            } else {
+                names
+            }
         ))
     }
 }

@@ -18,8 +18,8 @@ use lockstep_plugin_sdk::arrow::array::RecordBatch;
 use lockstep_plugin_sdk::arrow::datatypes::SchemaRef;
 use lockstep_plugin_sdk::protocol::arrow_types::arrow_schema;
 use lockstep_plugin_sdk::{
-    BatchReader, Catalog, Context, ConnectorError, CursorCheckpoint, DataType, FieldInfo,
-    ReadMode, ReadRequest, Result, SourceConnector,
+    BatchReader, Catalog, ConnectorError, Context, CursorCheckpoint, DataType, FieldInfo, ReadMode,
+    ReadRequest, Result, SourceConnector,
 };
 use serde_json::{json, Value};
 use sqlx::PgConnection;
@@ -140,7 +140,9 @@ impl ReadPlan {
         }
         let mut order_types = Vec::new();
         for name in &order {
-            let c = table.column(name).ok_or_else(|| unknown("key or cursor field", name))?;
+            let c = table
+                .column(name)
+                .ok_or_else(|| unknown("key or cursor field", name))?;
             if c.expr == ReadExpr::Json {
                 return Err(ConnectorError::schema(format!(
                     "{label}: `{name}` is an array column ({}); it cannot order a read",
@@ -179,11 +181,21 @@ impl ReadPlan {
             .collect();
         let exprs: Vec<String> = selected
             .iter()
-            .map(|f| table.column(&f.name).expect("fields come from the table").read_expr())
+            .map(|f| {
+                table
+                    .column(&f.name)
+                    .expect("fields come from the table")
+                    .read_expr()
+            })
             .collect();
         let order_idx = order
             .iter()
-            .map(|n| selected.iter().position(|f| &f.name == n).expect("selected above"))
+            .map(|n| {
+                selected
+                    .iter()
+                    .position(|f| &f.name == n)
+                    .expect("selected above")
+            })
             .collect();
         let out: Vec<FieldInfo> = wanted.iter().map(|f| (*f).clone()).collect();
         let schema = Arc::new(arrow_schema(&out));
@@ -232,16 +244,21 @@ impl ReadPlan {
                 _ => {
                     // A checkpoint may carry fewer values than there are order columns (a
                     // cursor without a key): compare the prefix it has.
-                    let n = values.len().min(self.order.len());
                     let mut left = Vec::new();
                     let mut right = Vec::new();
-                    for i in 0..n {
+                    for (i, ((column, ty), value)) in self
+                        .order
+                        .iter()
+                        .zip(&self.order_types)
+                        .zip(values)
+                        .enumerate()
+                    {
                         let name = format!("lockstep.p{i}");
-                        left.push(self.order[i].clone());
-                        right.push(setting(&name, &self.order_types[i]));
-                        params.push((name, values[i].clone()));
+                        left.push(column.clone());
+                        right.push(setting(&name, ty));
+                        params.push((name, value.clone()));
                     }
-                    if n > 0 {
+                    if !left.is_empty() {
                         conditions.push(format!("{} > {}", row_of(&left), row_of(&right)));
                     }
                 }
@@ -362,7 +379,10 @@ fn worker(
     mut go: mpsc::UnboundedReceiver<()>,
     tx: mpsc::Sender<BatchResult>,
 ) {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             let _ = tx.blocking_send(Err(ConnectorError::internal(format!(

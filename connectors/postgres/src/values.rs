@@ -68,7 +68,10 @@ pub fn date_to_pg(v: i32) -> Result<i32, String> {
         _ => {
             let pg = v - PG_EPOCH_DAYS;
             if pg >= END_DATE_PG {
-                Err(format!("{} is after PostgreSQL's last date", format_date(v)))
+                Err(format!(
+                    "{} is after PostgreSQL's last date",
+                    format_date(v)
+                ))
             } else {
                 Ok(pg)
             }
@@ -104,7 +107,13 @@ fn push_time(out: &mut String, micros: i64) {
     use std::fmt::Write;
     let secs = micros / 1_000_000;
     let frac = micros % 1_000_000;
-    let _ = write!(out, "{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60);
+    let _ = write!(
+        out,
+        "{:02}:{:02}:{:02}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    );
     if frac != 0 {
         let _ = write!(out, ".{frac:06}");
         while out.ends_with('0') {
@@ -189,6 +198,32 @@ pub fn format_uuid(b: &[u8; 16], out: &mut [u8; 36]) {
 /// Parses a UUID in the forms PostgreSQL accepts most often: hyphenated or not, any case,
 /// optionally in braces.
 pub fn parse_uuid(s: &str) -> Result<[u8; 16], String> {
+    // The canonical form first: 8-4-4-4-12 hex digits.
+    let b = s.as_bytes();
+    if b.len() == 36 && b[8] == b'-' && b[13] == b'-' && b[18] == b'-' && b[23] == b'-' {
+        let hex = |c: u8| match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            b'A'..=b'F' => Some(c - b'A' + 10),
+            _ => None,
+        };
+        let mut out = [0u8; 16];
+        let mut i = 0;
+        let mut ok = true;
+        for (n, slot) in out.iter_mut().enumerate() {
+            if matches!(n, 4 | 6 | 8 | 10) {
+                i += 1;
+            }
+            match (hex(b[i]), hex(b[i + 1])) {
+                (Some(h), Some(l)) => *slot = h << 4 | l,
+                _ => ok = false,
+            }
+            i += 2;
+        }
+        if ok {
+            return Ok(out);
+        }
+    }
     let t = s.trim();
     let t = t
         .strip_prefix('{')
@@ -234,15 +269,18 @@ pub fn checkpoint_value(array: &ArrayRef, row: usize, logical: DataType) -> Valu
         DataType::Int64 => downcast::<Int64Array>(array).value(row).into(),
         DataType::Float32 => float_json(downcast::<Float32Array>(array).value(row) as f64),
         DataType::Float64 => float_json(downcast::<Float64Array>(array).value(row)),
-        DataType::Decimal { scale, .. } => {
-            text(format_decimal(downcast::<Decimal128Array>(array).value(row), scale))
-        }
+        DataType::Decimal { scale, .. } => text(format_decimal(
+            downcast::<Decimal128Array>(array).value(row),
+            scale,
+        )),
         DataType::Text | DataType::Uuid | DataType::Json => {
             text(array.as_string::<i32>().value(row).to_owned())
         }
         DataType::Binary => text(hex(downcast::<BinaryArray>(array).value(row))),
         DataType::Date => text(format_date(downcast::<Date32Array>(array).value(row))),
-        DataType::Time => text(format_time(downcast::<Time64MicrosecondArray>(array).value(row))),
+        DataType::Time => text(format_time(
+            downcast::<Time64MicrosecondArray>(array).value(row),
+        )),
         DataType::Timestamp => text(format_timestamp(
             downcast::<TimestampMicrosecondArray>(array).value(row),
             false,
@@ -288,8 +326,14 @@ mod tests {
     fn temporal_text_is_what_postgres_prints() {
         assert_eq!(format_date(0), "1970-01-01");
         assert_eq!(format_date(i32::MAX), "infinity");
-        assert_eq!(format_timestamp(1_500_000, true, true), "1970-01-01T00:00:01.5Z");
-        assert_eq!(format_timestamp(-1, false, false), "1969-12-31 23:59:59.999999");
+        assert_eq!(
+            format_timestamp(1_500_000, true, true),
+            "1970-01-01T00:00:01.5Z"
+        );
+        assert_eq!(
+            format_timestamp(-1, false, false),
+            "1969-12-31 23:59:59.999999"
+        );
         // 44 BC is astronomical year -43.
         let ides = -(2_025 + 43) as i64 * 365 * MICROS_PER_DAY;
         assert!(format_timestamp(ides, true, false).ends_with("+00 BC"));
@@ -311,7 +355,10 @@ mod tests {
         let b = parse_uuid("A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11").unwrap();
         let mut out = [0u8; 36];
         format_uuid(&b, &mut out);
-        assert_eq!(std::str::from_utf8(&out).unwrap(), "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11");
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"
+        );
         assert!(parse_uuid("{a0eebc999c0b4ef8bb6d6bb9bd380a11}").is_ok());
         assert!(parse_uuid("a0eebc99").is_err());
         assert_eq!(format_float(1.0), "1");
