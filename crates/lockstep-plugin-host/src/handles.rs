@@ -1,4 +1,4 @@
-//! Async handles over the ABI's trait objects. Every plugin call runs on a blocking thread.
+//! Async handles over the ABI's trait objects. Every plugin call runs on a plugin thread.
 
 use std::sync::Arc;
 
@@ -114,7 +114,8 @@ impl Caller {
         })
     }
 
-    /// Runs `f` on a blocking thread with the object taken out of `slot` and put back after.
+    /// Runs `f` on a plugin thread (see [`crate::threads`]) with the object taken out of
+    /// `slot` and put back after.
     async fn blocking<T, O>(
         &self,
         operation: &'static str,
@@ -132,7 +133,7 @@ impl Caller {
             )
         })?;
         let span = tracing::Span::current();
-        let (object, out) = tokio::task::spawn_blocking(move || {
+        let (object, out) = crate::threads::run(move || {
             let _entered = span.enter();
             let out = f(&mut object);
             (object, out)

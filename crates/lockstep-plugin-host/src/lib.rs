@@ -7,8 +7,8 @@
 //! trait objects in async handles ([`SourceHandle`], [`DestinationHandle`]).
 //!
 //! Invariants:
-//! - Plugin code never runs on an async worker thread: every call goes through
-//!   `spawn_blocking`, so a slow or blocking plugin cannot stall the runtime.
+//! - Plugin code never runs on an async worker thread: every call runs on one of the host's
+//!   plugin threads (`threads.rs`), so a slow or blocking plugin cannot stall the runtime.
 //! - Every batch a plugin hands over is validated (buffers, offsets, UTF-8) before use.
 //! - Libraries are never unloaded (abi_stable leaks them by design), so release callbacks
 //!   and vtables stay valid for the life of the process.
@@ -16,6 +16,7 @@
 
 mod handles;
 mod loader;
+mod threads;
 
 pub use handles::{BatchStream, CancelHandle, DestinationHandle, SourceHandle, StreamWriterHandle};
 pub use loader::{default_search_path, LoadedPlugin, PluginRegistry};

@@ -52,9 +52,9 @@ mod report;
 mod source;
 mod util;
 
-pub use report::{Check, Failures, Outcome, Report};
 /// The Arrow crate the kit (and the host) use, for building batches in tests.
 pub use arrow;
+pub use report::{Check, Failures, Outcome, Report};
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
