@@ -77,7 +77,9 @@ pub fn run(cmd: &mut Command) -> (Output, String, String) {
 
 /// Whether the tests run in CI, where a missing service is a failure, not a skip.
 pub fn in_ci() -> bool {
-    std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false)
+    std::env::var("CI")
+        .map(|v| v == "true" || v == "1")
+        .unwrap_or(false)
 }
 
 /// Reports a missing service: fails under CI, otherwise prints a loud notice and returns
@@ -86,7 +88,9 @@ pub fn service_available(name: &str, error: impl std::fmt::Display) -> bool {
     if in_ci() {
         panic!("{name} is required in CI (CI=true) but is not reachable: {error}");
     }
-    eprintln!("NOTICE: skipping: {name} is not reachable ({error}); set CI=true to make this a failure");
+    eprintln!(
+        "NOTICE: skipping: {name} is not reachable ({error}); set CI=true to make this a failure"
+    );
     false
 }
 
@@ -144,14 +148,19 @@ pub fn postgres_database(prefix: &str) -> Option<TempDatabase> {
     let name = unique_name(prefix);
     let created = block_on(async {
         let mut c = sqlx::PgConnection::connect(&admin_url).await?;
-        sqlx::query(&format!("CREATE DATABASE \"{name}\"")).execute(&mut c).await?;
+        sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+            .execute(&mut c)
+            .await?;
         c.close().await
     });
     if let Err(e) = created {
         service_available("PostgreSQL at 127.0.0.1:5432", e);
         return None;
     }
-    let base = admin_url.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin_url);
+    let base = admin_url
+        .rsplit_once('/')
+        .map(|(b, _)| b)
+        .unwrap_or(&admin_url);
     Some(TempDatabase {
         url: format!("{base}/{name}"),
         name,
@@ -168,14 +177,19 @@ pub fn mysql_database(prefix: &str) -> Option<TempDatabase> {
     let name = unique_name(prefix);
     let created = block_on(async {
         let mut c = sqlx::MySqlConnection::connect(&admin_url).await?;
-        sqlx::query(&format!("CREATE DATABASE `{name}`")).execute(&mut c).await?;
+        sqlx::query(&format!("CREATE DATABASE `{name}`"))
+            .execute(&mut c)
+            .await?;
         c.close().await
     });
     if let Err(e) = created {
         service_available("MariaDB at 127.0.0.1:3306", e);
         return None;
     }
-    let base = admin_url.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin_url);
+    let base = admin_url
+        .rsplit_once('/')
+        .map(|(b, _)| b)
+        .unwrap_or(&admin_url);
     Some(TempDatabase {
         url: format!("{base}/{name}"),
         name,

@@ -22,11 +22,13 @@ const PG: &str = "postgres://postgres@127.0.0.1:5432";
 const MY: &str = "mysql://root@127.0.0.1:3306";
 
 /// The columns compared between source and destination, as one text per row.
-const PG_ROW: &str = "concat_ws('|', id, email, first_name, last_name, company, phone, lifecycle_stage, score, \
+const PG_ROW: &str =
+    "concat_ws('|', id, email, first_name, last_name, company, phone, lifecycle_stage, score, \
      to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US'), \
      to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US'), props::text)";
 /// The columns both PostgreSQL and MariaDB print the same way.
-const PORTABLE_ROW: &str = "concat_ws('|', id, email, first_name, last_name, company, phone, lifecycle_stage, score)";
+const PORTABLE_ROW: &str =
+    "concat_ws('|', id, email, first_name, last_name, company, phone, lifecycle_stage, score)";
 
 pub fn run(args: &[&str]) -> Result<()> {
     let mut rows: i64 = 1_000_000;
@@ -37,20 +39,39 @@ pub fn run(args: &[&str]) -> Result<()> {
             other => bail!("unknown argument `{other}`; usage: cargo xtask bench pg [--rows N]"),
         }
     }
-    cargo(&["build", "--release", "-p", "lockstep-cli", "-p", "lockstep-connector-postgres", "-p", "lockstep-connector-mysql"])?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "lockstep-cli",
+        "-p",
+        "lockstep-connector-postgres",
+        "-p",
+        "lockstep-connector-mysql",
+    ])?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let tag = std::process::id();
-    let names = [format!("lockstep_bench_src_{tag}"), format!("lockstep_bench_dst_{tag}"), format!("lockstep_bench_copy_{tag}")];
+    let names = [
+        format!("lockstep_bench_src_{tag}"),
+        format!("lockstep_bench_dst_{tag}"),
+        format!("lockstep_bench_copy_{tag}"),
+    ];
     let my_name = format!("lockstep_bench_my_{tag}");
     let result = rt.block_on(bench(rows, &names, &my_name));
     rt.block_on(async {
         if let Ok(mut c) = sqlx::PgConnection::connect(&format!("{PG}/test")).await {
             for n in &names {
-                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{n}\" WITH (FORCE)")).execute(&mut c).await;
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{n}\" WITH (FORCE)"))
+                    .execute(&mut c)
+                    .await;
             }
         }
         if let Ok(mut c) = sqlx::MySqlConnection::connect(&format!("{MY}/test")).await {
-            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{my_name}`")).execute(&mut c).await;
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{my_name}`"))
+                .execute(&mut c)
+                .await;
         }
     });
     result
@@ -58,25 +79,45 @@ pub fn run(args: &[&str]) -> Result<()> {
 
 async fn bench(rows: i64, names: &[String; 3], my_name: &str) -> Result<()> {
     let [src, dst, copy] = names;
-    let mut admin = sqlx::PgConnection::connect(&format!("{PG}/test")).await.context("PostgreSQL at 127.0.0.1:5432")?;
+    let mut admin = sqlx::PgConnection::connect(&format!("{PG}/test"))
+        .await
+        .context("PostgreSQL at 127.0.0.1:5432")?;
     for n in names {
-        sqlx::query(&format!("CREATE DATABASE \"{n}\"")).execute(&mut admin).await?;
+        sqlx::query(&format!("CREATE DATABASE \"{n}\""))
+            .execute(&mut admin)
+            .await?;
     }
-    let mut my = sqlx::MySqlConnection::connect(&format!("{MY}/test")).await.context("MariaDB at 127.0.0.1:3306")?;
-    sqlx::query(&format!("CREATE DATABASE `{my_name}`")).execute(&mut my).await?;
+    let mut my = sqlx::MySqlConnection::connect(&format!("{MY}/test"))
+        .await
+        .context("MariaDB at 127.0.0.1:3306")?;
+    sqlx::query(&format!("CREATE DATABASE `{my_name}`"))
+        .execute(&mut my)
+        .await?;
 
     eprintln!("generating {rows} contacts…");
     let mut source = sqlx::PgConnection::connect(&format!("{PG}/{src}")).await?;
     sqlx::query(DDL).execute(&mut source).await?;
-    sqlx::query(GENERATE).bind(rows).execute(&mut source).await?;
+    sqlx::query(GENERATE)
+        .bind(rows)
+        .execute(&mut source)
+        .await?;
     // Incremental reads page by (cursor, key); like any cursor-based sync, they need an index
     // on it. The COPY baseline's target gets no index, so the comparison favours the baseline.
     sqlx::query("CREATE INDEX contacts_cursor ON contacts (updated_at, id)")
         .execute(&mut source)
         .await?;
-    sqlx::query("VACUUM ANALYZE contacts").execute(&mut source).await?;
-    let bytes: i64 = sqlx::query("SELECT pg_table_size('contacts')").fetch_one(&mut source).await?.get(0);
-    eprintln!("source table: {} MiB, {} bytes a row", bytes >> 20, bytes / rows.max(1));
+    sqlx::query("VACUUM ANALYZE contacts")
+        .execute(&mut source)
+        .await?;
+    let bytes: i64 = sqlx::query("SELECT pg_table_size('contacts')")
+        .fetch_one(&mut source)
+        .await?
+        .get(0);
+    eprintln!(
+        "source table: {} MiB, {} bytes a row",
+        bytes >> 20,
+        bytes / rows.max(1)
+    );
 
     // (a) The baseline: PostgreSQL's own binary COPY pipe into an empty table.
     let mut target = sqlx::PgConnection::connect(&format!("{PG}/{copy}")).await?;
@@ -110,7 +151,12 @@ async fn bench(rows: i64, names: &[String; 3], my_name: &str) -> Result<()> {
     sqlx::query(CHANGE).bind(rows).execute(&mut source).await?;
     let (incr_s, rss_incr) = lockstep(&dir, "pg_to_pg")?;
     check_equal(&mut source, &mut dest, "incremental sync").await?;
-    report("lockstep incremental", rows / 100 + rows / 200, incr_s, Some(rss_incr));
+    report(
+        "lockstep incremental",
+        rows / 100 + rows / 200,
+        incr_s,
+        Some(rss_incr),
+    );
 
     // (d) An incremental run with nothing to do.
     let (noop_s, rss_noop) = lockstep(&dir, "pg_to_pg")?;
@@ -120,9 +166,17 @@ async fn bench(rows: i64, names: &[String; 3], my_name: &str) -> Result<()> {
     let (maria_s, rss_maria) = lockstep(&dir, "pg_to_mariadb")?;
     let mut maria = sqlx::MySqlConnection::connect(&format!("{MY}/{my_name}")).await?;
     check_mariadb(&mut source, &mut maria).await?;
-    report("lockstep full to MariaDB", rows + rows / 200 - rows / 500, maria_s, Some(rss_maria));
+    report(
+        "lockstep full to MariaDB",
+        rows + rows / 200 - rows / 500,
+        maria_s,
+        Some(rss_maria),
+    );
 
-    let peak = [rss_full, rss_incr, rss_noop, rss_maria].into_iter().max().unwrap_or(0);
+    let peak = [rss_full, rss_incr, rss_noop, rss_maria]
+        .into_iter()
+        .max()
+        .unwrap_or(0);
     println!(
         "full_vs_copy={:.2} incr_s={:.2} noop_s={:.2} peak_rss_mib={}",
         full_s / copy_s,
@@ -134,8 +188,13 @@ async fn bench(rows: i64, names: &[String; 3], my_name: &str) -> Result<()> {
 }
 
 fn report(what: &str, rows: i64, seconds: f64, rss: Option<u64>) {
-    let rss = rss.map(|b| format!(", peak RSS {} MiB", b >> 20)).unwrap_or_default();
-    println!("{what:<26} {seconds:>8.2} s  {:>12.0} rows/s{rss}", rows as f64 / seconds.max(1e-9));
+    let rss = rss
+        .map(|b| format!(", peak RSS {} MiB", b >> 20))
+        .unwrap_or_default();
+    println!(
+        "{what:<26} {seconds:>8.2} s  {:>12.0} rows/s{rss}",
+        rows as f64 / seconds.max(1e-9)
+    );
 }
 
 /// Runs `lockstep run SYNC` and returns (seconds, peak RSS in bytes).
@@ -155,7 +214,10 @@ fn lockstep(dir: &Path, sync: &str) -> Result<(f64, u64)> {
     let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     let seconds = started.elapsed().as_secs_f64();
     if waited != pid {
-        bail!("waiting for lockstep failed: {}", std::io::Error::last_os_error());
+        bail!(
+            "waiting for lockstep failed: {}",
+            std::io::Error::last_os_error()
+        );
     }
     let mut stdout = String::new();
     if let Some(mut out) = child.stdout {
@@ -165,22 +227,38 @@ fn lockstep(dir: &Path, sync: &str) -> Result<(f64, u64)> {
     if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
         bail!("lockstep run {sync} failed:\n{stdout}");
     }
-    let report: serde_json::Value = serde_json::from_str(&stdout).context("lockstep's JSON report")?;
+    let report: serde_json::Value =
+        serde_json::from_str(&stdout).context("lockstep's JSON report")?;
     eprintln!("  {sync}: {}", report["metrics"]);
     Ok((seconds, usage.ru_maxrss as u64 * 1024))
 }
 
 async fn checksum_pg(c: &mut sqlx::PgConnection, row: &str) -> Result<(i64, String)> {
-    let r = sqlx::query(&format!("SELECT count(*), coalesce(md5(string_agg({row}, E'\\n' ORDER BY id)), '') FROM contacts"))
-        .fetch_one(c)
-        .await?;
+    let r = sqlx::query(&format!(
+        "SELECT count(*), coalesce(md5(string_agg({row}, E'\\n' ORDER BY id)), '') FROM contacts"
+    ))
+    .fetch_one(c)
+    .await?;
     Ok((r.get(0), r.get(1)))
 }
 
-async fn check_equal(source: &mut sqlx::PgConnection, dest: &mut sqlx::PgConnection, what: &str) -> Result<()> {
-    let (a, b) = (checksum_pg(source, PG_ROW).await?, checksum_pg(dest, PG_ROW).await?);
+async fn check_equal(
+    source: &mut sqlx::PgConnection,
+    dest: &mut sqlx::PgConnection,
+    what: &str,
+) -> Result<()> {
+    let (a, b) = (
+        checksum_pg(source, PG_ROW).await?,
+        checksum_pg(dest, PG_ROW).await?,
+    );
     if a != b {
-        bail!("{what}: the destination differs from the source (rows {} vs {}, md5 {} vs {})", a.0, b.0, a.1, b.1);
+        bail!(
+            "{what}: the destination differs from the source (rows {} vs {}, md5 {} vs {})",
+            a.0,
+            b.0,
+            a.1,
+            b.1
+        );
     }
     Ok(())
 }
@@ -193,7 +271,10 @@ macro_rules! paged_digest {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         let (mut last, mut rows) = (i64::MIN, 0i64);
         loop {
-            let page = sqlx::query($query).bind(last).fetch_all(&mut *$conn).await?;
+            let page = sqlx::query($query)
+                .bind(last)
+                .fetch_all(&mut *$conn)
+                .await?;
             if page.is_empty() {
                 break;
             }
@@ -207,15 +288,25 @@ macro_rules! paged_digest {
     }};
 }
 
-async fn check_mariadb(source: &mut sqlx::PgConnection, dest: &mut sqlx::MySqlConnection) -> Result<()> {
-    let a = paged_digest!(source, &format!(
-        "SELECT id, {PORTABLE_ROW} FROM contacts WHERE id > $1 ORDER BY id LIMIT 50000"
-    ));
+async fn check_mariadb(
+    source: &mut sqlx::PgConnection,
+    dest: &mut sqlx::MySqlConnection,
+) -> Result<()> {
+    let a = paged_digest!(
+        source,
+        &format!("SELECT id, {PORTABLE_ROW} FROM contacts WHERE id > $1 ORDER BY id LIMIT 50000")
+    );
     let b = paged_digest!(dest, &format!(
         "SELECT CAST(id AS SIGNED), CONVERT({PORTABLE_ROW} USING utf8mb4) FROM contacts WHERE id > ? ORDER BY id LIMIT 50000"
     ));
     if a != b {
-        bail!("MariaDB: the destination differs from the source (rows {} vs {}, digest {:x} vs {:x})", a.0, b.0, a.1, b.1);
+        bail!(
+            "MariaDB: the destination differs from the source (rows {} vs {}, digest {:x} vs {:x})",
+            a.0,
+            b.0,
+            a.1,
+            b.1
+        );
     }
     Ok(())
 }

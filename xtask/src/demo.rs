@@ -46,17 +46,28 @@ last_changed = "updated_at"
 const CONTACTS: i64 = 1000;
 
 pub fn run() -> Result<()> {
-    cargo(&["build", "-p", "lockstep-cli", "-p", "lockstep-connector-sqlite"])?;
+    cargo(&[
+        "build",
+        "-p",
+        "lockstep-cli",
+        "-p",
+        "lockstep-connector-sqlite",
+    ])?;
     let dir = root().join("target/demo");
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
     }
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("lockstep.toml"), CONFIG)?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let crm = dir.join("crm.db");
     rt.block_on(create_crm(&crm))?;
-    println!("\nCreated {} with {CONTACTS} contacts, and an empty marketing.db.", crm.display());
+    println!(
+        "\nCreated {} with {CONTACTS} contacts, and an empty marketing.db.",
+        crm.display()
+    );
 
     lockstep(&dir, &["validate"])?;
     lockstep(&dir, &["connectors", "list"])?;
@@ -95,7 +106,9 @@ fn lockstep(dir: &Path, args: &[&str]) -> Result<()> {
 }
 
 async fn open(path: &Path) -> Result<SqlitePool> {
-    let options = SqliteConnectOptions::new().filename(path).create_if_missing(true);
+    let options = SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true);
     Ok(SqlitePool::connect_with(options).await?)
 }
 
@@ -115,8 +128,12 @@ async fn create_crm(path: &Path) -> Result<()> {
     )
     .execute(&pool)
     .await?;
-    let first = ["Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "Ken"];
-    let last = ["Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Knuth", "Allen", "Thompson"];
+    let first = [
+        "Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "Ken",
+    ];
+    let last = [
+        "Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Knuth", "Allen", "Thompson",
+    ];
     let companies = ["Acme", "Globex", "Initech", "Umbrella", "Hooli"];
     let stages = ["lead", "subscriber", "customer", "evangelist"];
     let mut tx = pool.begin().await?;
@@ -124,7 +141,9 @@ async fn create_crm(path: &Path) -> Result<()> {
         let i = id as usize;
         sqlx::query("INSERT INTO contacts VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
             .bind(id)
-            .bind(format!("{}.{}{}@example.com", first[i % 8], last[(i / 8) % 8], id).to_lowercase())
+            .bind(
+                format!("{}.{}{}@example.com", first[i % 8], last[(i / 8) % 8], id).to_lowercase(),
+            )
             .bind(first[i % 8])
             .bind(last[(i / 8) % 8])
             .bind(companies[i % 5])
@@ -148,7 +167,11 @@ async fn change_crm(path: &Path) -> Result<()> {
     )
     .execute(&pool)
     .await?;
-    for (id, email) in [(1001, "new.one@example.com"), (1002, "new.two@example.com"), (1003, "new.three@example.com")] {
+    for (id, email) in [
+        (1001, "new.one@example.com"),
+        (1002, "new.two@example.com"),
+        (1003, "new.three@example.com"),
+    ] {
         sqlx::query(
             "INSERT INTO contacts VALUES (?, ?, 'New', 'Contact', 'Acme', 'lead', 0, '2026-02-01 10:05:00')",
         )

@@ -1312,7 +1312,12 @@ fn a_read_by_keys_returns_only_those_records() {
         setup(&path, &refs).await;
         let mut conn = source(&path).await;
         let mut request = full("t", 2);
-        request.keys = Some(vec![vec![json!(3)], vec![json!(17)], vec![json!(29)], vec![json!(99)]]);
+        request.keys = Some(vec![
+            vec![json!(3)],
+            vec![json!(17)],
+            vec![json!(29)],
+            vec![json!(99)],
+        ]);
         let batches = read_all(&mut conn, request).await;
         assert_eq!(ints(&batches, "id"), [3, 17, 29]);
         let mut none = full("t", 10);

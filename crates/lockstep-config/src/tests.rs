@@ -1159,7 +1159,14 @@ fn reject_limits_and_delete_options_parse() {
     let config = parse_ok(&with_sync("ledger = false"));
     assert!(!config.syncs[0].spec.use_ledger);
     let config = parse_ok(&with_sync("max_rejected = 0.02"));
-    assert_eq!(config.syncs[0].spec.max_rejected, RejectLimit::Fraction(0.02));
+    assert_eq!(
+        config.syncs[0].spec.max_rejected,
+        RejectLimit::Fraction(0.02)
+    );
     let error = only_error(&with_sync("max_rejected = 1.5"));
-    assert!(error.message().contains("between 0.0 and 1.0"), "{}", error.message());
+    assert!(
+        error.message().contains("between 0.0 and 1.0"),
+        "{}",
+        error.message()
+    );
 }

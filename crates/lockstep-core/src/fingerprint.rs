@@ -108,7 +108,11 @@ fn hash_column(column: &ArrayRef, hashers: &mut [Xxh3]) -> Result<(), ()> {
         ArrowType::Boolean => {
             let a = column.as_boolean();
             for (row, h) in hashers.iter_mut().enumerate() {
-                h.update(&[if a.is_null(row) { 0 } else { 1 + a.value(row) as u8 }]);
+                h.update(&[if a.is_null(row) {
+                    0
+                } else {
+                    1 + a.value(row) as u8
+                }]);
             }
         }
         ArrowType::Int8 => ints!(Int8Type),
@@ -224,7 +228,11 @@ mod tests {
 
     #[test]
     fn floats_fold_negative_zero() {
-        let schema = Arc::new(Schema::new(vec![Field::new("f", ArrowType::Float64, false)]));
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "f",
+            ArrowType::Float64,
+            false,
+        )]));
         let b = RecordBatch::try_new(schema, vec![Arc::new(Float64Array::from(vec![0.0, -0.0]))])
             .unwrap();
         let f = fingerprints(&b).unwrap();

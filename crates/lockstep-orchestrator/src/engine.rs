@@ -174,7 +174,11 @@ impl Engine<'_> {
         let sync = job.spec.name.as_str();
         let abandoned = self.state.mark_abandoned(sync).await?;
         if abandoned > 0 {
-            tracing::warn!(sync, abandoned, "earlier runs ended without a record; marked abandoned");
+            tracing::warn!(
+                sync,
+                abandoned,
+                "earlier runs ended without a record; marked abandoned"
+            );
         }
         if options.full_refresh {
             self.state.reset_sync(sync).await?;
@@ -216,7 +220,11 @@ impl Engine<'_> {
         let _entered = span.enter();
         match &error {
             None => tracing::info!(status = status.as_str(), metrics = ?run.metrics, "run ended"),
-            Some(e) => tracing::error!(kind = e.kind_name(), "run failed: {}", (self.redactor)(&e.to_string())),
+            Some(e) => tracing::error!(
+                kind = e.kind_name(),
+                "run failed: {}",
+                (self.redactor)(&e.to_string())
+            ),
         }
         Ok(RunReport {
             run_id,

@@ -18,7 +18,9 @@ mod plan;
 mod reconcile;
 mod retry;
 
-pub use engine::{hostname, Endpoint, Engine, Progress, ProgressFn, RunOptions, RunReport, StartFn, SyncJob};
+pub use engine::{
+    hostname, Endpoint, Engine, Progress, ProgressFn, RunOptions, RunReport, StartFn, SyncJob,
+};
 pub use error::EngineError;
-pub use retry::RetryOutcome;
 pub use plan::{FieldChange, PlanReport, PlannedRejection, PlannedUpdate, SAMPLE_SIZE};
+pub use retry::RetryOutcome;

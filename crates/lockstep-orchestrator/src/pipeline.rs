@@ -52,19 +52,22 @@ pub(crate) async fn open_source_stream(
         .open_source(&job.source.config, engine.redactor.clone())
         .await?;
     let catalog = source.discover().await?;
-    let stream = catalog.stream(&spec.source.stream).cloned().ok_or_else(|| {
-        EngineError::Schema(format!(
-            "connection `{}` has no stream `{}`; it has: {}",
-            spec.source.connection,
-            spec.source.stream,
-            catalog
-                .streams
-                .iter()
-                .map(|s| s.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))
-    })?;
+    let stream = catalog
+        .stream(&spec.source.stream)
+        .cloned()
+        .ok_or_else(|| {
+            EngineError::Schema(format!(
+                "connection `{}` has no stream `{}`; it has: {}",
+                spec.source.connection,
+                spec.source.stream,
+                catalog
+                    .streams
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?;
     Ok((source, stream))
 }
 
@@ -128,7 +131,10 @@ pub(crate) async fn execute(
     };
 
     let mut fields = mapper.source_fields();
-    for extra in [&spec.cursor_field, &spec.delete.tombstone].into_iter().flatten() {
+    for extra in [&spec.cursor_field, &spec.delete.tombstone]
+        .into_iter()
+        .flatten()
+    {
         if !fields.contains(extra) {
             fields.push(extra.clone());
         }
@@ -279,7 +285,9 @@ fn tombstoned(batch: &RecordBatch, field: &str) -> Option<Vec<bool>> {
         ArrowType::Int32 | ArrowType::Int64 => {
             let values = arrow::compute::cast(column, &ArrowType::Int64).ok()?;
             let a = values.as_primitive::<arrow::datatypes::Int64Type>();
-            (0..rows).map(|r| a.is_valid(r) && a.value(r) != 0).collect()
+            (0..rows)
+                .map(|r| a.is_valid(r) && a.value(r) != 0)
+                .collect()
         }
         _ => (0..rows).map(|r| column.is_valid(r)).collect(),
     })
@@ -306,11 +314,23 @@ pub(crate) async fn apply_batch(
     let mut rejected: Vec<RejectedRecord> = mapped
         .rejected
         .iter()
-        .map(|r| rejection(sync, run.run_id, None, r.field.clone(), &r.reason, &batch, r.row))
+        .map(|r| {
+            rejection(
+                sync,
+                run.run_id,
+                None,
+                r.field.clone(),
+                &r.reason,
+                &batch,
+                r.row,
+            )
+        })
         .collect();
     if !spec.use_ledger {
-        return apply_without_ledger(ctx, sink, run, &batch, mapped, rejected, metrics, checkpoint)
-            .await;
+        return apply_without_ledger(
+            ctx, sink, run, &batch, mapped, rejected, metrics, checkpoint,
+        )
+        .await;
     }
 
     let keys = record_keys(&mapped.batch, ctx.mapper.key())?;
@@ -364,13 +384,21 @@ pub(crate) async fn apply_batch(
     let to_write = if written_rows.is_empty() {
         None
     } else {
-        Some(filter_record_batch(&mapped.batch, &BooleanArray::from(write_mask.clone()))?)
+        Some(filter_record_batch(
+            &mapped.batch,
+            &BooleanArray::from(write_mask.clone()),
+        )?)
     };
     let to_delete = if deleted_rows.is_empty() {
         None
     } else {
-        let keys_only = mapped.batch.project(&key_indices(&mapped.batch, ctx.mapper.key())?)?;
-        Some(filter_record_batch(&keys_only, &BooleanArray::from(delete_mask.clone()))?)
+        let keys_only = mapped
+            .batch
+            .project(&key_indices(&mapped.batch, ctx.mapper.key())?)?;
+        Some(filter_record_batch(
+            &keys_only,
+            &BooleanArray::from(delete_mask.clone()),
+        )?)
     };
 
     let writer = match sink {
@@ -519,10 +547,15 @@ async fn apply_without_ledger(
         None => (mapped.batch.clone(), None),
         Some(deleted) => {
             let keep: Vec<bool> = deleted.iter().map(|d| !d).collect();
-            let keys_only = mapped.batch.project(&key_indices(&mapped.batch, ctx.mapper.key())?)?;
+            let keys_only = mapped
+                .batch
+                .project(&key_indices(&mapped.batch, ctx.mapper.key())?)?;
             (
                 filter_record_batch(&mapped.batch, &BooleanArray::from(keep))?,
-                Some(filter_record_batch(&keys_only, &BooleanArray::from(deleted.clone()))?),
+                Some(filter_record_batch(
+                    &keys_only,
+                    &BooleanArray::from(deleted.clone()),
+                )?),
             )
         }
     };
@@ -556,9 +589,12 @@ async fn apply_without_ledger(
     writer.flush().await?;
     fault_point(FaultPoint::AfterFlush, batch_number);
     for r in &outcome.rejected {
-        let key = record_keys(&to_write.slice(r.row.min(to_write.num_rows().saturating_sub(1)), 1), ctx.mapper.key())
-            .ok()
-            .and_then(|k| k.into_iter().next());
+        let key = record_keys(
+            &to_write.slice(r.row.min(to_write.num_rows().saturating_sub(1)), 1),
+            ctx.mapper.key(),
+        )
+        .ok()
+        .and_then(|k| k.into_iter().next());
         // Without tombstones the written rows are the mapped rows, in order.
         let source_row = match &deleted_in_source {
             None => mapped.source_rows.get(r.row).copied(),
@@ -568,14 +604,24 @@ async fn apply_without_ledger(
             raw: source_row
                 .map(|row| Value::Object(row_json(batch, row)))
                 .unwrap_or_else(|| Value::Object(row_json(&to_write, r.row))),
-            ..rejection(sync, run.run_id, key, r.field.clone(), &r.reason, &to_write, r.row)
+            ..rejection(
+                sync,
+                run.run_id,
+                key,
+                r.field.clone(),
+                &r.reason,
+                &to_write,
+                r.row,
+            )
         });
     }
     let refused = outcome.rejected.len() as u64;
     metrics.added += outcome.inserted.unwrap_or(0);
     metrics.unchanged += outcome.unchanged.unwrap_or(0);
     metrics.updated += outcome.updated.unwrap_or_else(|| {
-        written.saturating_sub(refused + outcome.inserted.unwrap_or(0) + outcome.unchanged.unwrap_or(0))
+        written.saturating_sub(
+            refused + outcome.inserted.unwrap_or(0) + outcome.unchanged.unwrap_or(0),
+        )
     });
     metrics.rejected = rejected.len() as u64;
     run.metrics.add(&metrics);

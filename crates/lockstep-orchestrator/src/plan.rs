@@ -84,7 +84,10 @@ impl PlanCollector {
     }
 
     pub(crate) fn reject(&mut self, rejected: &[RejectedRecord]) {
-        for r in rejected.iter().take(SAMPLE_SIZE.saturating_sub(self.rejected.len())) {
+        for r in rejected
+            .iter()
+            .take(SAMPLE_SIZE.saturating_sub(self.rejected.len()))
+        {
             self.rejected.push(PlannedRejection {
                 key: r.key.clone(),
                 field: r.field.clone(),
@@ -96,7 +99,11 @@ impl PlanCollector {
 
 impl Engine<'_> {
     /// What `run` would do now, without writing to the destination or the state store.
-    pub async fn plan(&self, job: &SyncJob, options: RunOptions) -> Result<PlanReport, EngineError> {
+    pub async fn plan(
+        &self,
+        job: &SyncJob,
+        options: RunOptions,
+    ) -> Result<PlanReport, EngineError> {
         let sync = &job.spec.name;
         let cursor_before = if job.spec.mode.uses_cursor() && !options.full_refresh {
             self.state.checkpoint(sync).await?
@@ -169,8 +176,16 @@ impl Engine<'_> {
         job: &SyncJob,
         updates: &[(String, Map<String, Value>)],
     ) -> Result<std::collections::HashMap<String, Map<String, Value>>, String> {
-        let plugin = self.registry.get(&job.destination.connector).map_err(|e| e.to_string())?;
-        if !plugin.manifest.features.iter().any(|f| f == FEATURE_READ_BY_KEYS) {
+        let plugin = self
+            .registry
+            .get(&job.destination.connector)
+            .map_err(|e| e.to_string())?;
+        if !plugin
+            .manifest
+            .features
+            .iter()
+            .any(|f| f == FEATURE_READ_BY_KEYS)
+        {
             return Err(format!(
                 "connector `{}` cannot read records by key",
                 job.destination.connector
@@ -179,7 +194,8 @@ impl Engine<'_> {
         let (_, stream) = crate::pipeline::open_source_stream(self, job)
             .await
             .map_err(|e| e.to_string())?;
-        let mapper = lockstep_mapping::Mapper::new(&job.spec, &stream).map_err(|e| e.to_string())?;
+        let mapper =
+            lockstep_mapping::Mapper::new(&job.spec, &stream).map_err(|e| e.to_string())?;
         let key = mapper.key().to_vec();
         let keys: Vec<Vec<Value>> = updates
             .iter()

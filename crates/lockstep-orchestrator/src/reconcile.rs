@@ -23,7 +23,11 @@ fn marker(job: &SyncJob) -> String {
 }
 
 /// Whether this run should reconcile, by the sync's `reconcile_every`.
-pub(crate) async fn due(engine: &Engine<'_>, job: &SyncJob, run_id: i64) -> Result<bool, EngineError> {
+pub(crate) async fn due(
+    engine: &Engine<'_>,
+    job: &SyncJob,
+    run_id: i64,
+) -> Result<bool, EngineError> {
     let every = job.spec.delete.reconcile_every;
     if every <= 1 {
         return Ok(every == 1);
@@ -34,8 +38,14 @@ pub(crate) async fn due(engine: &Engine<'_>, job: &SyncJob, run_id: i64) -> Resu
         .await?
         .and_then(|v| v.get("run").and_then(|r| r.as_i64()));
     let Some(last) = last else { return Ok(true) };
-    let recent = engine.state.runs(Some(&job.spec.name), every as usize).await?;
-    let since = recent.iter().filter(|r| r.id > last && r.id <= run_id).count();
+    let recent = engine
+        .state
+        .runs(Some(&job.spec.name), every as usize)
+        .await?;
+    let since = recent
+        .iter()
+        .filter(|r| r.id > last && r.id <= run_id)
+        .count();
     Ok(since >= every as usize)
 }
 
@@ -50,7 +60,10 @@ pub(crate) async fn run(
     let engine = ctx.engine;
     let job = ctx.job;
     let spec = &job.spec;
-    if !engine.registry.supports(&job.destination.connector, Role::Source) {
+    if !engine
+        .registry
+        .supports(&job.destination.connector, Role::Source)
+    {
         return Err(EngineError::Config(format!(
             "sync `{}`: mirror reconciliation reads the destination's keys, but connector `{}` \
              cannot be read; set reconcile_every = 0 and mark deletes with a `tombstone` field",
@@ -109,7 +122,12 @@ pub(crate) async fn run(
             .map(|k| source_keys.binary_search(&xxh3_64(k.as_bytes())).is_err())
             .collect();
         if mask.iter().any(|m| *m) {
-            gone_keys.extend(keys.into_iter().zip(&mask).filter(|(_, m)| **m).map(|(k, _)| k));
+            gone_keys.extend(
+                keys.into_iter()
+                    .zip(&mask)
+                    .filter(|(_, m)| **m)
+                    .map(|(k, _)| k),
+            );
             gone.push(filter_record_batch(&batch, &BooleanArray::from(mask))?);
         }
     }
@@ -173,7 +191,10 @@ pub(crate) async fn run(
                     .await?;
                 offset += len;
             }
-            tracing::info!(deleted = count, "reconciliation deleted records the source no longer has");
+            tracing::info!(
+                deleted = count,
+                "reconciliation deleted records the source no longer has"
+            );
             let sink = Sink::Write(writer);
             mark_done(ctx, &sink, run).await
         }
@@ -184,7 +205,11 @@ async fn mark_done(ctx: &Context<'_>, sink: &Sink<'_>, run: &RunState) -> Result
     if let Sink::Write(_) = sink {
         ctx.engine
             .state
-            .put_checkpoint(&marker(ctx.job), Some(run.run_id), &serde_json::json!({ "run": run.run_id }))
+            .put_checkpoint(
+                &marker(ctx.job),
+                Some(run.run_id),
+                &serde_json::json!({ "run": run.run_id }),
+            )
             .await?;
     }
     Ok(())

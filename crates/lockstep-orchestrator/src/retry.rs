@@ -66,7 +66,9 @@ impl Engine<'_> {
         }
         let run_id = self.state.start_run(sync, None).await?;
         outcome.run_id = run_id;
-        let result = self.retry_records(job, lease, run_id, &records, &mut outcome).await;
+        let result = self
+            .retry_records(job, lease, run_id, &records, &mut outcome)
+            .await;
         let mut metrics = RunMetrics {
             read: records.len() as u64,
             rejected: outcome.failed.len() as u64,
@@ -74,7 +76,11 @@ impl Engine<'_> {
         };
         metrics.updated = outcome.succeeded as u64;
         let mut end = RunEnd::new(
-            if result.is_ok() { RunStatus::Succeeded } else { RunStatus::Failed },
+            if result.is_ok() {
+                RunStatus::Succeeded
+            } else {
+                RunStatus::Failed
+            },
             metrics,
         );
         if let Err(e) = &result {
@@ -117,11 +123,18 @@ impl Engine<'_> {
             let row = match record.raw.as_object() {
                 Some(o) => o.clone(),
                 None => {
-                    outcome.failed.push((record.id, "the stored record is not a JSON object".into()));
+                    outcome
+                        .failed
+                        .push((record.id, "the stored record is not a JSON object".into()));
                     continue;
                 }
             };
-            let fields: Vec<_> = stream.fields.iter().filter(|f| row.contains_key(&f.name)).cloned().collect();
+            let fields: Vec<_> = stream
+                .fields
+                .iter()
+                .filter(|f| row.contains_key(&f.name))
+                .cloned()
+                .collect();
             let batch: RecordBatch = match batch_from_rows(&fields, std::slice::from_ref(&row)) {
                 Ok(b) => b,
                 Err(e) => {

@@ -23,8 +23,7 @@ use std::ffi::{c_char, c_void};
 use abi_stable::{
     declare_root_module_statics,
     library::RootModule,
-    package_version_strings,
-    sabi_trait,
+    package_version_strings, sabi_trait,
     sabi_types::VersionStrings,
     std_types::{RArc, RBox, ROption, RResult, RStr, RString},
     StableAbi,

@@ -6,8 +6,8 @@ use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RArc, ROption, RResult, RStr};
 use arrow::array::RecordBatch;
 use lockstep_plugin_api::{
-    BatchReaderBox, CancellerBox, ConnectorModuleRef, DestinationBox, HostContext,
-    HostContextBox, HostContext_TO, LogLevel, PluginError, SourceBox, StreamWriterBox,
+    BatchReaderBox, CancellerBox, ConnectorModuleRef, DestinationBox, HostContext, HostContextBox,
+    HostContext_TO, LogLevel, PluginError, SourceBox, StreamWriterBox,
 };
 use lockstep_plugin_sdk::ffi::{export_batch, import_batch, Validation};
 use lockstep_protocol::{Catalog, OpenStreamRequest, ReadRequest, WriteOutcome};
@@ -233,14 +233,20 @@ impl SourceHandle {
 
     /// Checks connectivity and credentials.
     pub async fn check(&mut self) -> Result<(), HostError> {
-        let r = self.caller.clone().blocking("check", &mut self.inner, |s| s.check()).await?;
+        let r = self
+            .caller
+            .clone()
+            .blocking("check", &mut self.inner, |s| s.check())
+            .await?;
         self.caller.lift("check", r)
     }
 
     /// The source's catalog.
     pub async fn discover(&mut self) -> Result<Catalog, HostError> {
         let caller = self.caller.clone();
-        let r = caller.blocking("discover", &mut self.inner, |s| s.discover()).await?;
+        let r = caller
+            .blocking("discover", &mut self.inner, |s| s.discover())
+            .await?;
         let text = caller.lift("discover", r)?;
         caller.json("discover", text.as_str())
     }
@@ -250,7 +256,9 @@ impl SourceHandle {
         let caller = self.caller.clone();
         let request = to_json_arg(request);
         let r = caller
-            .blocking("read", &mut self.inner, move |s| s.read(RStr::from_str(&request)))
+            .blocking("read", &mut self.inner, move |s| {
+                s.read(RStr::from_str(&request))
+            })
             .await?;
         let reader = caller.lift("read", r)?;
         Ok(BatchStream {
@@ -327,14 +335,20 @@ impl DestinationHandle {
 
     /// Checks connectivity and credentials.
     pub async fn check(&mut self) -> Result<(), HostError> {
-        let r = self.caller.clone().blocking("check", &mut self.inner, |d| d.check()).await?;
+        let r = self
+            .caller
+            .clone()
+            .blocking("check", &mut self.inner, |d| d.check())
+            .await?;
         self.caller.lift("check", r)
     }
 
     /// The streams that exist in the destination.
     pub async fn discover(&mut self) -> Result<Catalog, HostError> {
         let caller = self.caller.clone();
-        let r = caller.blocking("discover", &mut self.inner, |d| d.discover()).await?;
+        let r = caller
+            .blocking("discover", &mut self.inner, |d| d.discover())
+            .await?;
         let text = caller.lift("discover", r)?;
         caller.json("discover", text.as_str())
     }
@@ -400,7 +414,11 @@ impl StreamWriterHandle {
 
     /// Makes every write so far durable.
     pub async fn flush(&mut self) -> Result<(), HostError> {
-        let r = self.caller.clone().blocking("flush", &mut self.inner, |w| w.flush()).await?;
+        let r = self
+            .caller
+            .clone()
+            .blocking("flush", &mut self.inner, |w| w.flush())
+            .await?;
         self.caller.lift("flush", r)
     }
 }

@@ -64,7 +64,8 @@ impl LoadedPlugin {
             None => {
                 let module = init_module(&canonical)?;
                 if let Ok(mut map) = LOADED.lock() {
-                    map.get_or_insert_with(HashMap::new).insert(canonical, module);
+                    map.get_or_insert_with(HashMap::new)
+                        .insert(canonical, module);
                 }
                 module
             }
@@ -124,7 +125,10 @@ fn init_module(path: &Path) -> Result<ConnectorModuleRef, HostError> {
     }
     let found = header.version_strings();
     let found_text = found.version.to_string();
-    let found_major = found_text.split('.').next().and_then(|m| m.parse::<u32>().ok());
+    let found_major = found_text
+        .split('.')
+        .next()
+        .and_then(|m| m.parse::<u32>().ok());
     if found_major != Some(ABI_MAJOR) {
         return Err(HostError::IncompatibleAbi {
             path: path.to_owned(),
@@ -160,13 +164,13 @@ fn read_manifest(path: &Path, module: ConnectorModuleRef) -> Result<Manifest, Ho
         reason,
     };
     let text = (module.manifest())();
-    let value: Value = serde_json::from_str(text.as_str())
-        .map_err(|e| bad(format!("it is not JSON: {e}")))?;
+    let value: Value =
+        serde_json::from_str(text.as_str()).map_err(|e| bad(format!("it is not JSON: {e}")))?;
     if let Some(error) = value.get("error").and_then(Value::as_str) {
         return Err(bad(error.to_owned()));
     }
-    let manifest: Manifest =
-        serde_json::from_value(value).map_err(|e| bad(format!("it does not fit the schema: {e}")))?;
+    let manifest: Manifest = serde_json::from_value(value)
+        .map_err(|e| bad(format!("it does not fit the schema: {e}")))?;
     let valid_name = !manifest.name.is_empty()
         && manifest
             .name
@@ -319,18 +323,29 @@ mod tests {
     #[test]
     fn plugin_file_names_are_recognized() {
         let so = std::env::consts::DLL_SUFFIX;
-        assert!(is_plugin_file(Path::new(&format!("/x/liblockstep_connector_sqlite{so}"))));
-        assert!(is_plugin_file(Path::new(&format!("lockstep_connector_a{so}"))));
-        assert!(!is_plugin_file(Path::new(&format!("/x/liblockstep_connector_{so}"))));
+        assert!(is_plugin_file(Path::new(&format!(
+            "/x/liblockstep_connector_sqlite{so}"
+        ))));
+        assert!(is_plugin_file(Path::new(&format!(
+            "lockstep_connector_a{so}"
+        ))));
+        assert!(!is_plugin_file(Path::new(&format!(
+            "/x/liblockstep_connector_{so}"
+        ))));
         assert!(!is_plugin_file(Path::new(&format!("/x/libsqlite3{so}"))));
-        assert!(!is_plugin_file(Path::new("/x/liblockstep_connector_sqlite.rlib")));
+        assert!(!is_plugin_file(Path::new(
+            "/x/liblockstep_connector_sqlite.rlib"
+        )));
     }
 
     #[test]
     fn a_file_that_is_not_a_library_is_refused_with_its_path() {
         let dir = std::env::temp_dir().join(format!("lockstep-host-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join(format!("liblockstep_connector_fake{}", std::env::consts::DLL_SUFFIX));
+        let file = dir.join(format!(
+            "liblockstep_connector_fake{}",
+            std::env::consts::DLL_SUFFIX
+        ));
         std::fs::write(&file, b"not a library").unwrap();
         let registry = PluginRegistry::scan(std::slice::from_ref(&dir));
         assert!(registry.plugins().is_empty());

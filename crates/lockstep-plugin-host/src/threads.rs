@@ -66,7 +66,9 @@ where
             Ok(Ok(value)) => Ok(value),
             Ok(Err(payload)) => Err(CallFailed::Panicked(panic_text(payload.as_ref()))),
             // The job owns the sender and always sends, unless the thread died under it.
-            Err(_) => Err(CallFailed::Panicked("the plugin thread ended mid-call".into())),
+            Err(_) => Err(CallFailed::Panicked(
+                "the plugin thread ended mid-call".into(),
+            )),
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use abi_stable::prefix_type::PrefixTypeTrait;
 use abi_stable::sabi_trait::TD_Opaque;
-use abi_stable::std_types::{RResult, RStr, RString, ROption};
+use abi_stable::std_types::{ROption, RResult, RStr, RString};
 use lockstep_plugin_api::{
     self as api, BatchReaderBox, BatchReader_TO, CancellerBox, Canceller_TO, ConnectorModule,
     ConnectorModuleRef, DestinationBox, Destination_TO, FfiBatch, HostContextBox, PluginError,
@@ -15,8 +15,8 @@ use crate::error::ConnectorError;
 use crate::ffi::{export_batch, import_batch, Validation};
 use crate::guard::{self, CancelState, Instance};
 use crate::{
-    logging, BatchReader, Connector, Context, DestinationConnector, SourceConnector,
-    StreamWriter, SDK_VERSION,
+    logging, BatchReader, Connector, Context, DestinationConnector, SourceConnector, StreamWriter,
+    SDK_VERSION,
 };
 
 /// The root module for connector `C`; called by [`crate::export_connector!`].

@@ -136,7 +136,9 @@ impl SourceConnector for Unsupported {
     type Config = serde_json::Value;
     type Reader = Unsupported;
     async fn open(_: Self::Config, _: Context) -> Result<Self> {
-        Err(ConnectorError::unsupported("this connector cannot be used as a source"))
+        Err(ConnectorError::unsupported(
+            "this connector cannot be used as a source",
+        ))
     }
     async fn check(&mut self) -> Result<()> {
         match *self {}

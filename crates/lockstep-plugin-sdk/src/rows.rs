@@ -38,11 +38,16 @@ impl From<RowError> for ConnectorError {
 }
 
 /// Builds a batch with one column per field from rows of JSON objects. A missing key is null.
-pub fn batch_from_rows(fields: &[FieldInfo], rows: &[Map<String, Value>]) -> Result<RecordBatch, RowError> {
+pub fn batch_from_rows(
+    fields: &[FieldInfo],
+    rows: &[Map<String, Value>],
+) -> Result<RecordBatch, RowError> {
     let schema = Arc::new(arrow_schema(fields));
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(fields.len());
     for field in fields {
-        let values = rows.iter().map(|r| r.get(&field.name).unwrap_or(&Value::Null));
+        let values = rows
+            .iter()
+            .map(|r| r.get(&field.name).unwrap_or(&Value::Null));
         columns.push(build_column(field, values)?);
     }
     RecordBatch::try_new(schema, columns).map_err(|e| RowError {
@@ -53,7 +58,10 @@ pub fn batch_from_rows(fields: &[FieldInfo], rows: &[Map<String, Value>]) -> Res
 }
 
 /// Builds a batch from any serializable rows (structs with serde derives, for instance).
-pub fn batch_from_serialize<T: Serialize>(fields: &[FieldInfo], rows: &[T]) -> Result<RecordBatch, RowError> {
+pub fn batch_from_serialize<T: Serialize>(
+    fields: &[FieldInfo],
+    rows: &[T],
+) -> Result<RecordBatch, RowError> {
     let objects = rows
         .iter()
         .enumerate()
@@ -77,20 +85,32 @@ pub fn batch_from_serialize<T: Serialize>(fields: &[FieldInfo], rows: &[T]) -> R
 /// The rows of a batch as JSON objects (the inverse of [`batch_from_rows`]).
 pub fn rows_from_batch(batch: &RecordBatch) -> Vec<Map<String, Value>> {
     let schema = batch.schema();
-    let logical: Vec<_> = schema.fields().iter().map(|f| DataType::from_arrow_field(f)).collect();
+    let logical: Vec<_> = schema
+        .fields()
+        .iter()
+        .map(|f| DataType::from_arrow_field(f))
+        .collect();
     (0..batch.num_rows())
         .map(|row| {
             schema
                 .fields()
                 .iter()
                 .enumerate()
-                .map(|(i, f)| (f.name().clone(), json_value(batch.column(i), row, logical[i])))
+                .map(|(i, f)| {
+                    (
+                        f.name().clone(),
+                        json_value(batch.column(i), row, logical[i]),
+                    )
+                })
                 .collect()
         })
         .collect()
 }
 
-fn build_column<'a>(field: &FieldInfo, values: impl Iterator<Item = &'a Value>) -> Result<ArrayRef, RowError> {
+fn build_column<'a>(
+    field: &FieldInfo,
+    values: impl Iterator<Item = &'a Value>,
+) -> Result<ArrayRef, RowError> {
     let err = |row: usize, reason: String| RowError {
         row,
         field: field.name.clone(),
@@ -115,8 +135,9 @@ fn build_column<'a>(field: &FieldInfo, values: impl Iterator<Item = &'a Value>) 
     }
     Ok(match field.data_type {
         DataType::Boolean => build!(BooleanBuilder::new(), to_bool),
-        DataType::Int32 => build!(Int32Builder::new(), |v| to_i64(v)
-            .and_then(|i| i32::try_from(i).map_err(|_| format!("{i} does not fit a 32-bit integer")))),
+        DataType::Int32 => build!(Int32Builder::new(), |v| to_i64(v).and_then(|i| {
+            i32::try_from(i).map_err(|_| format!("{i} does not fit a 32-bit integer"))
+        })),
         DataType::Int64 => build!(Int64Builder::new(), to_i64),
         DataType::Float32 => build!(Float32Builder::new(), |v| to_f64(v).map(|f| f as f32)),
         DataType::Float64 => build!(Float64Builder::new(), to_f64),
@@ -127,11 +148,15 @@ fn build_column<'a>(field: &FieldInfo, values: impl Iterator<Item = &'a Value>) 
             build!(b, |v| to_decimal(v, precision, scale))
         }
         DataType::Text | DataType::Uuid => build!(StringBuilder::new(), to_text),
-        DataType::Json => build!(StringBuilder::new(), |v: &Value| Ok::<_, String>(v.to_string())),
+        DataType::Json => build!(StringBuilder::new(), |v: &Value| Ok::<_, String>(
+            v.to_string()
+        )),
         DataType::Binary => build!(BinaryBuilder::new(), to_binary),
         DataType::Date => build!(Date32Builder::new(), to_date),
         DataType::Time => build!(Time64MicrosecondBuilder::new(), to_time),
-        DataType::Timestamp => build!(TimestampMicrosecondBuilder::new(), |v| to_timestamp(v, false)),
+        DataType::Timestamp => build!(TimestampMicrosecondBuilder::new(), |v| to_timestamp(
+            v, false
+        )),
         DataType::TimestampTz => build!(
             TimestampMicrosecondBuilder::new().with_timezone("UTC"),
             |v| to_timestamp(v, true)
@@ -181,7 +206,10 @@ fn to_i64(v: &Value) -> Result<i64, String> {
 fn to_f64(v: &Value) -> Result<f64, String> {
     match v {
         Value::Number(n) => n.as_f64().ok_or_else(|| format!("{n} is not a float")),
-        Value::String(s) => s.trim().parse().map_err(|_| format!("`{s}` is not a number")),
+        Value::String(s) => s
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{s}` is not a number")),
         other => Err(format!("expected a number, found {}", describe(other))),
     }
 }
@@ -204,10 +232,14 @@ pub fn parse_decimal(text: &str, precision: u8, scale: i8) -> Result<i128, Strin
     let scale_u = scale.max(0) as usize;
     let frac_trimmed = frac.trim_end_matches('0');
     if frac_trimmed.len() > scale_u {
-        return Err(format!("`{text}` has more than {scale} decimal places; it would be rounded"));
+        return Err(format!(
+            "`{text}` has more than {scale} decimal places; it would be rounded"
+        ));
     }
     let mut unscaled: i128 = 0;
-    let all = int.chars().chain(frac.chars().chain(std::iter::repeat('0')).take(scale_u));
+    let all = int
+        .chars()
+        .chain(frac.chars().chain(std::iter::repeat('0')).take(scale_u));
     for c in all {
         unscaled = unscaled
             .checked_mul(10)
@@ -215,7 +247,9 @@ pub fn parse_decimal(text: &str, precision: u8, scale: i8) -> Result<i128, Strin
             .ok_or_else(|| format!("`{text}` is too large for a decimal"))?;
     }
     if unscaled >= 10i128.pow(precision as u32) {
-        return Err(format!("`{text}` does not fit decimal({precision},{scale})"));
+        return Err(format!(
+            "`{text}` does not fit decimal({precision},{scale})"
+        ));
     }
     Ok(if negative { -unscaled } else { unscaled })
 }
@@ -237,7 +271,10 @@ fn to_text(v: &Value) -> Result<String, String> {
 
 fn to_binary(v: &Value) -> Result<Vec<u8>, String> {
     let Value::String(s) = v else {
-        return Err(format!("expected `\\x`-prefixed hex text, found {}", describe(v)));
+        return Err(format!(
+            "expected `\\x`-prefixed hex text, found {}",
+            describe(v)
+        ));
     };
     let hex = s
         .strip_prefix("\\x")
@@ -255,7 +292,10 @@ const EPOCH: NaiveDate = NaiveDate::from_ymd_opt(1970, 1, 1).expect("1970-01-01 
 
 fn to_date(v: &Value) -> Result<i32, String> {
     let Value::String(s) = v else {
-        return Err(format!("expected a date (YYYY-MM-DD), found {}", describe(v)));
+        return Err(format!(
+            "expected a date (YYYY-MM-DD), found {}",
+            describe(v)
+        ));
     };
     let date = NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d")
         .map_err(|_| format!("`{s}` is not a date (YYYY-MM-DD)"))?;
@@ -290,7 +330,9 @@ pub fn parse_timestamp_micros(s: &str) -> Result<i64, String> {
     if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
         return Ok((d - EPOCH).num_days() * 86_400_000_000);
     }
-    Err(format!("`{s}` is not a timestamp (RFC 3339 or YYYY-MM-DD HH:MM:SS[.ffffff])"))
+    Err(format!(
+        "`{s}` is not a timestamp (RFC 3339 or YYYY-MM-DD HH:MM:SS[.ffffff])"
+    ))
 }
 
 fn to_timestamp(v: &Value, _utc: bool) -> Result<i64, String> {
@@ -319,7 +361,14 @@ mod tests {
         let fields = vec![
             field("id", DataType::Int64, false),
             field("name", DataType::Text, true),
-            field("price", DataType::Decimal { precision: 10, scale: 2 }, true),
+            field(
+                "price",
+                DataType::Decimal {
+                    precision: 10,
+                    scale: 2,
+                },
+                true,
+            ),
             field("at", DataType::TimestampTz, true),
             field("day", DataType::Date, true),
             field("doc", DataType::Json, true),
@@ -349,15 +398,25 @@ mod tests {
 
     #[test]
     fn values_that_do_not_fit_are_errors_not_truncations() {
-        let fields = vec![field("p", DataType::Decimal { precision: 4, scale: 1 }, true)];
+        let fields = vec![field(
+            "p",
+            DataType::Decimal {
+                precision: 4,
+                scale: 1,
+            },
+            true,
+        )];
         let row = |v: Value| vec![json!({ "p": v }).as_object().unwrap().clone()];
         let e = batch_from_rows(&fields, &row(json!("1.25"))).unwrap_err();
         assert!(e.reason.contains("rounded"), "{e}");
         let e = batch_from_rows(&fields, &row(json!("12345"))).unwrap_err();
         assert!(e.reason.contains("does not fit"), "{e}");
         let ints = vec![field("i", DataType::Int32, false)];
-        let e = batch_from_rows(&ints, &[json!({"i": 1u64 << 40}).as_object().unwrap().clone()])
-            .unwrap_err();
+        let e = batch_from_rows(
+            &ints,
+            &[json!({"i": 1u64 << 40}).as_object().unwrap().clone()],
+        )
+        .unwrap_err();
         assert_eq!((e.row, e.field.as_str()), (0, "i"));
         let e = batch_from_rows(&ints, &[Map::new()]).unwrap_err();
         assert!(e.reason.contains("not nullable"), "{e}");

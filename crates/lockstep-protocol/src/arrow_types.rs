@@ -4,13 +4,13 @@
 use std::collections::HashMap;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BinaryArray, Date32Array, Decimal128Array,
-    Float32Array, Float64Array, Int32Array, Int64Array, LargeStringArray, StringArray,
-    Time64MicrosecondArray, TimestampMicrosecondArray,
+    Array, ArrayRef, AsArray, BinaryArray, Date32Array, Decimal128Array, Float32Array,
+    Float64Array, Int32Array, Int64Array, LargeStringArray, StringArray, Time64MicrosecondArray,
+    TimestampMicrosecondArray,
 };
 use arrow::datatypes::{
-    DataType as ArrowType, Field, Int16Type, Int8Type, Schema, TimeUnit,
-    UInt16Type, UInt32Type, UInt64Type, UInt8Type,
+    DataType as ArrowType, Field, Int16Type, Int8Type, Schema, TimeUnit, UInt16Type, UInt32Type,
+    UInt64Type, UInt8Type,
 };
 use serde_json::Value;
 
@@ -31,7 +31,9 @@ impl DataType {
             DataType::Date => ArrowType::Date32,
             DataType::Time => ArrowType::Time64(TimeUnit::Microsecond),
             DataType::Timestamp => ArrowType::Timestamp(TimeUnit::Microsecond, None),
-            DataType::TimestampTz => ArrowType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            DataType::TimestampTz => {
+                ArrowType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+            }
         }
     }
 
@@ -47,7 +49,10 @@ impl DataType {
 
     /// The logical type of an Arrow field, or `None` when Lockstep has no equivalent.
     pub fn from_arrow_field(field: &Field) -> Option<DataType> {
-        let tagged = field.metadata().get(LOGICAL_TYPE_METADATA_KEY).map(String::as_str);
+        let tagged = field
+            .metadata()
+            .get(LOGICAL_TYPE_METADATA_KEY)
+            .map(String::as_str);
         Some(match (field.data_type(), tagged) {
             (ArrowType::Utf8 | ArrowType::LargeUtf8, Some("uuid")) => DataType::Uuid,
             (ArrowType::Utf8 | ArrowType::LargeUtf8, Some("json")) => DataType::Json,
@@ -87,7 +92,12 @@ impl FieldInfo {
 
 /// The Arrow schema of a list of fields.
 pub fn arrow_schema(fields: &[FieldInfo]) -> Schema {
-    Schema::new(fields.iter().map(FieldInfo::to_arrow_field).collect::<Vec<_>>())
+    Schema::new(
+        fields
+            .iter()
+            .map(FieldInfo::to_arrow_field)
+            .collect::<Vec<_>>(),
+    )
 }
 
 /// The fields of an Arrow schema, or the name of the first field without a logical type.
@@ -97,7 +107,11 @@ pub fn fields_from_arrow(schema: &Schema) -> Result<Vec<FieldInfo>, String> {
         .iter()
         .map(|f| {
             let data_type = DataType::from_arrow_field(f).ok_or_else(|| {
-                format!("field `{}` has Arrow type {} which Lockstep does not carry", f.name(), f.data_type())
+                format!(
+                    "field `{}` has Arrow type {} which Lockstep does not carry",
+                    f.name(),
+                    f.data_type()
+                )
             })?;
             Ok(FieldInfo {
                 name: f.name().clone(),
@@ -240,7 +254,12 @@ pub fn format_timestamp(us: i64, utc: bool) -> String {
     let days = us.div_euclid(86_400_000_000);
     let rest = us.rem_euclid(86_400_000_000);
     let date = chrono_date(days as i32).unwrap_or_else(|| format!("day {days}"));
-    format!("{}T{}{}", date, format_time(rest), if utc { "Z" } else { "" })
+    format!(
+        "{}T{}{}",
+        date,
+        format_time(rest),
+        if utc { "Z" } else { "" }
+    )
 }
 
 #[cfg(test)]
@@ -281,7 +300,10 @@ mod tests {
         assert_eq!(format_decimal(7, -2), "700");
         assert_eq!(chrono_date(0).unwrap(), "1970-01-01");
         assert_eq!(chrono_date(19_723).unwrap(), "2024-01-01");
-        assert_eq!(format_timestamp(1_500_000, true), "1970-01-01T00:00:01.500000Z");
+        assert_eq!(
+            format_timestamp(1_500_000, true),
+            "1970-01-01T00:00:01.500000Z"
+        );
         assert_eq!(hex(&[0, 255]), "\\x00ff");
     }
 }

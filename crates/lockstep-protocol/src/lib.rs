@@ -263,9 +263,16 @@ mod tests {
         ];
         for t in types {
             let text = serde_json::to_string(&t).unwrap();
-            assert_eq!(serde_json::from_str::<DataType>(&text).unwrap(), t, "{text}");
+            assert_eq!(
+                serde_json::from_str::<DataType>(&text).unwrap(),
+                t,
+                "{text}"
+            );
         }
-        assert_eq!(serde_json::to_string(&DataType::TimestampTz).unwrap(), "\"timestamp-tz\"");
+        assert_eq!(
+            serde_json::to_string(&DataType::TimestampTz).unwrap(),
+            "\"timestamp-tz\""
+        );
         assert_eq!(
             DataType::Decimal {
                 precision: 10,

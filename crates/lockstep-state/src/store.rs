@@ -47,8 +47,12 @@ pub trait StateStore: Send + Sync {
     /// Stores `value` under `key` in the checkpoint table, outside any batch commit. For
     /// bookkeeping that is not a source position, such as when a sync last reconciled its
     /// key sets; keys should extend the sync's name (`"<sync>/reconciled"`).
-    async fn put_checkpoint(&self, key: &str, run: Option<i64>, value: &serde_json::Value)
-        -> Result<()>;
+    async fn put_checkpoint(
+        &self,
+        key: &str,
+        run: Option<i64>,
+        value: &serde_json::Value,
+    ) -> Result<()>;
 
     /// The ledger entries of `sync` for those of `keys` that have one.
     async fn ledger_lookup(

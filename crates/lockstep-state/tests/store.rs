@@ -487,9 +487,14 @@ async fn a_gone_holders_lease_can_be_expired_at_once(store: Box<dyn StateStore>)
     let gone = holder("alpha.example", 4242);
     let lease = store.acquire_lease("s", &gone, MINUTE).await.unwrap();
     // Only the named holder's lease is expired.
-    assert!(!store.expire_lease("s", &holder("alpha.example", 1)).await.unwrap());
+    assert!(!store
+        .expire_lease("s", &holder("alpha.example", 1))
+        .await
+        .unwrap());
     assert!(matches!(
-        store.acquire_lease("s", &holder("beta.example", 7), MINUTE).await,
+        store
+            .acquire_lease("s", &holder("beta.example", 7), MINUTE)
+            .await,
         Err(StateError::LeaseHeld { .. })
     ));
     assert!(store.expire_lease("s", &gone).await.unwrap());
@@ -500,15 +505,19 @@ async fn a_gone_holders_lease_can_be_expired_at_once(store: Box<dyn StateStore>)
     assert!(next.token > lease.token);
 }
 
-async fn put_checkpoint_stores_bookkeeping_beside_the_source_position(
-    store: Box<dyn StateStore>,
-) {
+async fn put_checkpoint_stores_bookkeeping_beside_the_source_position(store: Box<dyn StateStore>) {
     let value = serde_json::json!({ "run": 7 });
-    store.put_checkpoint("s/reconciled", Some(7), &value).await.unwrap();
+    store
+        .put_checkpoint("s/reconciled", Some(7), &value)
+        .await
+        .unwrap();
     assert_eq!(store.checkpoint("s/reconciled").await.unwrap(), Some(value));
     assert_eq!(store.checkpoint("s").await.unwrap(), None);
     let newer = serde_json::json!({ "run": 9 });
-    store.put_checkpoint("s/reconciled", None, &newer).await.unwrap();
+    store
+        .put_checkpoint("s/reconciled", None, &newer)
+        .await
+        .unwrap();
     assert_eq!(store.checkpoint("s/reconciled").await.unwrap(), Some(newer));
 }
 

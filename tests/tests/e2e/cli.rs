@@ -9,7 +9,10 @@ use lockstep_e2e::{lockstep, run, sqlite_pool as pool};
 use sqlx::Row;
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 /// Creates `crm.db` with `rows` contacts whose `updated_at` values repeat in groups of 7.
@@ -28,9 +31,17 @@ fn create_source(dir: &Path, rows: i64) {
             sqlx::query("INSERT INTO contacts VALUES (?, ?, ?, ?, ?)")
                 .bind(id)
                 .bind(format!("user{id}@example.com"))
-                .bind(if id % 10 == 0 { None } else { Some(format!("Zoë {id}")) })
+                .bind(if id % 10 == 0 {
+                    None
+                } else {
+                    Some(format!("Zoë {id}"))
+                })
                 .bind(id % 100)
-                .bind(format!("2026-01-01 00:{:02}:{:02}", (id / 7) / 60 % 60, (id / 7) % 60))
+                .bind(format!(
+                    "2026-01-01 00:{:02}:{:02}",
+                    (id / 7) / 60 % 60,
+                    (id / 7) % 60
+                ))
                 .execute(&mut *tx)
                 .await
                 .unwrap();
@@ -76,7 +87,10 @@ score = "score"
 
 fn run_json(dir: &Path) -> serde_json::Value {
     let (out, stdout, stderr) = run(lockstep(dir).args(["run", "contacts", "--output", "json"]));
-    assert!(out.status.success(), "run failed:\nstdout: {stdout}\nstderr: {stderr}");
+    assert!(
+        out.status.success(),
+        "run failed:\nstdout: {stdout}\nstderr: {stderr}"
+    );
     serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
 }
 
@@ -143,9 +157,20 @@ fn incremental_sync_counts_changes_and_records_history() {
     });
     let second = run_json(dir.path());
     let m = &second["metrics"];
-    assert_eq!((m["read"].as_u64(), m["added"].as_u64(), m["updated"].as_u64(), m["unchanged"].as_u64()),
-               (Some(6), Some(2), Some(3), Some(1)), "{second}");
-    assert!(second["cursor_after"].to_string().contains("2026-03-01"), "{second}");
+    assert_eq!(
+        (
+            m["read"].as_u64(),
+            m["added"].as_u64(),
+            m["updated"].as_u64(),
+            m["unchanged"].as_u64()
+        ),
+        (Some(6), Some(2), Some(3), Some(1)),
+        "{second}"
+    );
+    assert!(
+        second["cursor_after"].to_string().contains("2026-03-01"),
+        "{second}"
+    );
     assert_eq!(source_digest(dir.path()), destination_digest(dir.path()));
 
     let third = run_json(dir.path());
@@ -155,12 +180,23 @@ fn incremental_sync_counts_changes_and_records_history() {
     assert!(out.status.success(), "{stderr}");
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 4, "a header and three runs:\n{stdout}");
-    assert!(lines[0].contains("READ") && lines[1].contains("succeeded"), "{stdout}");
+    assert!(
+        lines[0].contains("READ") && lines[1].contains("succeeded"),
+        "{stdout}"
+    );
 
     // The text summary names every metric.
     let (out, stdout, _) = run(lockstep(dir.path()).args(["run", "contacts"]));
     assert!(out.status.success());
-    for metric in ["read", "added", "updated", "unchanged", "deleted", "conflicts", "rejected"] {
+    for metric in [
+        "read",
+        "added",
+        "updated",
+        "unchanged",
+        "deleted",
+        "conflicts",
+        "rejected",
+    ] {
         assert!(stdout.contains(metric), "summary lacks {metric}:\n{stdout}");
     }
 }
@@ -170,11 +206,16 @@ fn a_failed_run_exits_non_zero_and_is_recorded() {
     let dir = tempfile::tempdir().unwrap();
     create_source(dir.path(), 10);
     let config = write_config(dir.path(), 64).to_string_lossy().into_owned();
-    let text = std::fs::read_to_string(&config).unwrap().replace("crm.contacts", "crm.contactz");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("crm.contacts", "crm.contactz");
     std::fs::write(&config, text).unwrap();
     let (out, stdout, stderr) = run(lockstep(dir.path()).args(["run", "contacts"]));
     assert!(!out.status.success());
-    assert!(stderr.contains("no stream `contactz`") && stderr.contains("contacts"), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("no stream `contactz`") && stderr.contains("contacts"),
+        "{stdout}\n{stderr}"
+    );
     let (_, stdout, _) = run(lockstep(dir.path()).args(["runs", "--output", "json"]));
     let runs: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(runs[0]["status"], "failed");
@@ -220,7 +261,10 @@ fn kill_9_mid_sync_then_rerun_loses_and_duplicates_nothing() {
     child.kill().unwrap();
     child.wait().unwrap();
     let (partial, _, _) = destination_digest(dir.path());
-    assert!(partial > 0 && partial < rows, "killed mid-way: {partial} of {rows} rows written");
+    assert!(
+        partial > 0 && partial < rows,
+        "killed mid-way: {partial} of {rows} rows written"
+    );
 
     let rerun = run_json(dir.path());
     assert_eq!(rerun["status"], "succeeded", "{rerun}");
@@ -228,12 +272,22 @@ fn kill_9_mid_sync_then_rerun_loses_and_duplicates_nothing() {
     let read = m["read"].as_u64().unwrap();
     assert_eq!(
         read,
-        m["added"].as_u64().unwrap() + m["updated"].as_u64().unwrap() + m["unchanged"].as_u64().unwrap() + m["rejected"].as_u64().unwrap(),
+        m["added"].as_u64().unwrap()
+            + m["updated"].as_u64().unwrap()
+            + m["unchanged"].as_u64().unwrap()
+            + m["rejected"].as_u64().unwrap(),
         "metrics add up: {rerun}"
     );
-    assert!(read < rows as u64, "the rerun resumed from the checkpoint instead of starting over: {rerun}");
+    assert!(
+        read < rows as u64,
+        "the rerun resumed from the checkpoint instead of starting over: {rerun}"
+    );
     let (count, distinct, digest) = destination_digest(dir.path());
-    assert_eq!((count, distinct), (rows, rows), "no duplicates, nothing lost");
+    assert_eq!(
+        (count, distinct),
+        (rows, rows),
+        "no duplicates, nothing lost"
+    );
     assert_eq!(digest, source_digest(dir.path()).2);
     // The killed run is not left "running".
     let (_, stdout, _) = run(lockstep(dir.path()).args(["runs", "--output", "json"]));

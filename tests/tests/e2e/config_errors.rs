@@ -29,7 +29,10 @@ fn validate(dir: &Path, text: &str) -> (i32, String) {
     let (out, stdout, stderr) = run(lockstep(dir)
         .args(["validate", "--offline"])
         .env("LOCKSTEP_TEST_SECRET", "hunter2-very-secret"));
-    assert!(!stdout.contains("hunter2") && !stderr.contains("hunter2"), "a secret leaked:\n{stdout}\n{stderr}");
+    assert!(
+        !stdout.contains("hunter2") && !stderr.contains("hunter2"),
+        "a secret leaked:\n{stdout}\n{stderr}"
+    );
     (out.status.code().unwrap_or(-1), format!("{stdout}{stderr}"))
 }
 
@@ -46,20 +49,57 @@ fn each_documented_error_names_file_line_and_hint() {
     let dir = tempfile::tempdir().unwrap();
     // (what to break, expected message fragment, expected line)
     let cases: &[(&str, &str, &str, usize)] = &[
-        ("cursor = \"updated_at\"", "curser = \"updated_at\"", "did you mean `cursor`", 16),
-        ("source = \"crm.contacts\"", "source = \"crn.contacts\"", "crn", 13),
-        ("mode = \"incremental\"", "mode = \"sometimes\"", "sometimes", 15),
-        ("${LOCKSTEP_TEST_SECRET}", "${LOCKSTEP_UNSET_VARIABLE}", "LOCKSTEP_UNSET_VARIABLE", 10),
-        ("connector = \"sqlite\"\nconfig = { path = \"crm.db\" }", "connector = \"salesforce\"\nconfig = { path = \"crm.db\" }", "salesforce", 5),
+        (
+            "cursor = \"updated_at\"",
+            "curser = \"updated_at\"",
+            "did you mean `cursor`",
+            16,
+        ),
+        (
+            "source = \"crm.contacts\"",
+            "source = \"crn.contacts\"",
+            "crn",
+            13,
+        ),
+        (
+            "mode = \"incremental\"",
+            "mode = \"sometimes\"",
+            "sometimes",
+            15,
+        ),
+        (
+            "${LOCKSTEP_TEST_SECRET}",
+            "${LOCKSTEP_UNSET_VARIABLE}",
+            "LOCKSTEP_UNSET_VARIABLE",
+            10,
+        ),
+        (
+            "connector = \"sqlite\"\nconfig = { path = \"crm.db\" }",
+            "connector = \"salesforce\"\nconfig = { path = \"crm.db\" }",
+            "salesforce",
+            5,
+        ),
         ("[syncs.contacts]", "[syncs.contacts", "", 12),
     ];
     for (from, to, fragment, line) in cases {
         let text = GOOD.replacen(from, to, 1);
         let (code, output) = validate(dir.path(), &text);
-        assert_eq!(code, 2, "breaking `{from}` should fail validation:\n{output}");
-        assert!(output.contains(fragment), "breaking `{from}`: expected `{fragment}` in:\n{output}");
-        assert!(output.contains(&format!("lockstep.toml:{line}:")), "breaking `{from}`: expected line {line} in:\n{output}");
-        assert!(output.to_lowercase().contains("hint") || output.contains("help"), "breaking `{from}`: no hint in:\n{output}");
+        assert_eq!(
+            code, 2,
+            "breaking `{from}` should fail validation:\n{output}"
+        );
+        assert!(
+            output.contains(fragment),
+            "breaking `{from}`: expected `{fragment}` in:\n{output}"
+        );
+        assert!(
+            output.contains(&format!("lockstep.toml:{line}:")),
+            "breaking `{from}`: expected line {line} in:\n{output}"
+        );
+        assert!(
+            output.to_lowercase().contains("hint") || output.contains("help"),
+            "breaking `{from}`: no hint in:\n{output}"
+        );
     }
 }
 
@@ -73,7 +113,10 @@ fn every_error_in_a_file_is_reported_at_once() {
     let (code, output) = validate(dir.path(), &text);
     assert_eq!(code, 2);
     for fragment in ["curser", "crn", "LOCKSTEP_UNSET_VARIABLE"] {
-        assert!(output.contains(fragment), "missing `{fragment}` in:\n{output}");
+        assert!(
+            output.contains(fragment),
+            "missing `{fragment}` in:\n{output}"
+        );
     }
 }
 
@@ -83,5 +126,8 @@ fn a_missing_config_file_names_the_path() {
     let (out, _, stderr) = run(lockstep(dir.path()).args(["--config", "nope.toml", "validate"]));
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("nope.toml"), "{stderr}");
-    assert!(stderr.contains("--config"), "the hint says how to pass a config: {stderr}");
+    assert!(
+        stderr.contains("--config"),
+        "the hint says how to pass a config: {stderr}"
+    );
 }

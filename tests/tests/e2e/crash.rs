@@ -14,10 +14,18 @@ use sqlx::Connection;
 
 const ROWS: i64 = 100_000;
 const BATCH: usize = 2_000;
-const FAULT_POINTS: [&str; 4] = ["before-write", "before-flush", "after-flush", "after-commit"];
+const FAULT_POINTS: [&str; 4] = [
+    "before-write",
+    "before-flush",
+    "after-flush",
+    "after-commit",
+];
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 /// Every row of a table as canonical text, ordered by id: what "equal" means here.
@@ -32,7 +40,11 @@ fn canonical(id: i64, email: &str, name: Option<&str>, score: i64, amount: &str)
 fn generate(id: i64, round: i64) -> (String, Option<String>, i32, String, String) {
     (
         format!("user{id}@example.com"),
-        if id % 11 == 0 { None } else { Some(format!("Ünïcode {id} r{round}")) },
+        if id % 11 == 0 {
+            None
+        } else {
+            Some(format!("Ünïcode {id} r{round}"))
+        },
         ((id * 7 + round) % 1000) as i32,
         format!("{}.{:02}", (id * 13 + round) % 100_000, id % 100),
         format!("2026-01-{:02} 00:00:{:02}", 1 + round, id % 60),
@@ -48,26 +60,43 @@ enum Side<'a> {
 impl Side<'_> {
     fn connection(&self, name: &str) -> String {
         match self {
-            Side::Sqlite(p) => format!("[connections.{name}]\nconnector = \"sqlite\"\nconfig = {{ path = \"{}\" }}\n", p.display()),
-            Side::Postgres(db) => format!("[connections.{name}]\nconnector = \"postgres\"\nconfig = {{ url = \"{}\" }}\n", db.url),
-            Side::Mysql(db) => format!("[connections.{name}]\nconnector = \"mysql\"\nconfig = {{ url = \"{}\" }}\n", db.url),
+            Side::Sqlite(p) => format!(
+                "[connections.{name}]\nconnector = \"sqlite\"\nconfig = {{ path = \"{}\" }}\n",
+                p.display()
+            ),
+            Side::Postgres(db) => format!(
+                "[connections.{name}]\nconnector = \"postgres\"\nconfig = {{ url = \"{}\" }}\n",
+                db.url
+            ),
+            Side::Mysql(db) => format!(
+                "[connections.{name}]\nconnector = \"mysql\"\nconfig = {{ url = \"{}\" }}\n",
+                db.url
+            ),
         }
     }
 
     async fn exec(&self, statements: &[String]) {
         match self {
             Side::Sqlite(p) => {
-                let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(p).create_if_missing(true);
+                let opts = sqlx::sqlite::SqliteConnectOptions::new()
+                    .filename(p)
+                    .create_if_missing(true);
                 let mut c = sqlx::SqliteConnection::connect_with(&opts).await.unwrap();
-                for s in statements { sqlx::query(s).execute(&mut c).await.unwrap(); }
+                for s in statements {
+                    sqlx::query(s).execute(&mut c).await.unwrap();
+                }
             }
             Side::Postgres(db) => {
                 let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
-                for s in statements { sqlx::query(s).execute(&mut c).await.unwrap(); }
+                for s in statements {
+                    sqlx::query(s).execute(&mut c).await.unwrap();
+                }
             }
             Side::Mysql(db) => {
                 let mut c = sqlx::MySqlConnection::connect(&db.url).await.unwrap();
-                for s in statements { sqlx::query(s).execute(&mut c).await.unwrap(); }
+                for s in statements {
+                    sqlx::query(s).execute(&mut c).await.unwrap();
+                }
             }
         }
     }
@@ -86,7 +115,9 @@ impl Side<'_> {
                 .iter()
                 .map(|&id| {
                     let (email, name, score, amount, at) = generate(id, 0);
-                    let name = name.map(|n| format!("'{n}'")).unwrap_or_else(|| "NULL".into());
+                    let name = name
+                        .map(|n| format!("'{n}'"))
+                        .unwrap_or_else(|| "NULL".into());
                     format!("({id}, '{email}', {name}, {score}, {amount}, '{at}')")
                 })
                 .collect();
@@ -100,15 +131,21 @@ impl Side<'_> {
         let mut statements = Vec::new();
         for id in (round..ROWS).step_by(23) {
             let (_, name, score, amount, at) = generate(id, round);
-            let name = name.map(|n| format!("'{n}'")).unwrap_or_else(|| "NULL".into());
+            let name = name
+                .map(|n| format!("'{n}'"))
+                .unwrap_or_else(|| "NULL".into());
             statements.push(format!(
                 "UPDATE contacts SET name = {name}, score = {score}, amount = {amount}, updated_at = '{at}' WHERE id = {id}"
             ));
         }
         for id in (ROWS + round * 1000)..(ROWS + round * 1000 + 500) {
             let (email, name, score, amount, at) = generate(id, round);
-            let name = name.map(|n| format!("'{n}'")).unwrap_or_else(|| "NULL".into());
-            statements.push(format!("INSERT INTO contacts VALUES ({id}, '{email}', {name}, {score}, {amount}, '{at}')"));
+            let name = name
+                .map(|n| format!("'{n}'"))
+                .unwrap_or_else(|| "NULL".into());
+            statements.push(format!(
+                "INSERT INTO contacts VALUES ({id}, '{email}', {name}, {score}, {amount}, '{at}')"
+            ));
         }
         statements.push(format!("DELETE FROM contacts WHERE id % 97 = {round}"));
         // One transaction keeps this quick on every system.
@@ -120,24 +157,60 @@ impl Side<'_> {
 
     async fn rows(&self) -> Rows {
         let q = "SELECT CAST(id AS SIGNED), CONVERT(email USING utf8mb4), CONVERT(name USING utf8mb4), CAST(score AS SIGNED), CAST(amount AS CHAR(40)) FROM contacts ORDER BY id";
-        let pq = "SELECT id::bigint, email, name, score::bigint, amount::text FROM contacts ORDER BY id";
+        let pq =
+            "SELECT id::bigint, email, name, score::bigint, amount::text FROM contacts ORDER BY id";
         use sqlx::Row;
         match self {
             Side::Sqlite(p) => {
                 let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(p);
                 let mut c = sqlx::SqliteConnection::connect_with(&opts).await.unwrap();
-                let rows = sqlx::query("SELECT id, email, name, score, CAST(amount AS TEXT) FROM contacts ORDER BY id").fetch_all(&mut c).await.unwrap();
-                rows.iter().map(|r| canonical(r.get(0), r.get::<&str, _>(1), r.get::<Option<&str>, _>(2), r.get::<i64, _>(3), r.get::<&str, _>(4))).collect()
+                let rows = sqlx::query(
+                    "SELECT id, email, name, score, CAST(amount AS TEXT) FROM contacts ORDER BY id",
+                )
+                .fetch_all(&mut c)
+                .await
+                .unwrap();
+                rows.iter()
+                    .map(|r| {
+                        canonical(
+                            r.get(0),
+                            r.get::<&str, _>(1),
+                            r.get::<Option<&str>, _>(2),
+                            r.get::<i64, _>(3),
+                            r.get::<&str, _>(4),
+                        )
+                    })
+                    .collect()
             }
             Side::Postgres(db) => {
                 let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
                 let rows = sqlx::query(pq).fetch_all(&mut c).await.unwrap();
-                rows.iter().map(|r| canonical(r.get(0), r.get::<&str, _>(1), r.get::<Option<&str>, _>(2), r.get(3), r.get::<&str, _>(4))).collect()
+                rows.iter()
+                    .map(|r| {
+                        canonical(
+                            r.get(0),
+                            r.get::<&str, _>(1),
+                            r.get::<Option<&str>, _>(2),
+                            r.get(3),
+                            r.get::<&str, _>(4),
+                        )
+                    })
+                    .collect()
             }
             Side::Mysql(db) => {
                 let mut c = sqlx::MySqlConnection::connect(&db.url).await.unwrap();
                 let rows = sqlx::query(q).fetch_all(&mut c).await.unwrap();
-                rows.iter().map(|r| canonical(r.get(0), r.get::<&str, _>(1), r.get::<Option<&str>, _>(2), r.get(3), r.get::<&str, _>(4))).collect()
+                rows.iter()
+                    .map(|r| {
+                        canonical(
+                            r.get(0),
+                            r.get::<&str, _>(1),
+                            r.get::<Option<&str>, _>(2),
+                            r.get(3),
+                            r.get::<&str, _>(4),
+                        )
+                    })
+                    .collect()
             }
         }
     }
@@ -155,11 +228,18 @@ fn config(dir: &Path, source: &Side, destination: &Side) {
 /// Runs to completion and checks that the run's metrics add up.
 fn complete_run(dir: &Path) -> serde_json::Value {
     let (out, stdout, stderr) = run(lockstep(dir).args(["run", "contacts", "--output", "json"]));
-    assert!(out.status.success(), "the recovery run failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "the recovery run failed:\n{stdout}\n{stderr}"
+    );
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     let m = &report["metrics"];
     let n = |k: &str| m[k].as_u64().unwrap();
-    assert_eq!(n("read"), n("added") + n("updated") + n("unchanged") + n("rejected"), "metrics add up: {report}");
+    assert_eq!(
+        n("read"),
+        n("added") + n("updated") + n("unchanged") + n("rejected"),
+        "metrics add up: {report}"
+    );
     assert_eq!(n("rejected"), 0, "{report}");
     report
 }
@@ -175,21 +255,30 @@ fn kill_and_recover(dir: &Path, source: &Side, destination: &Side) -> usize {
             rt.block_on(source.mutate(round));
         }
         // Injected aborts: every point at batch positions 1..=5 of the round's first runs.
-        let positions: &[u64] = if round == 0 { &[1, 2, 3, 4, 5] } else { &[1, 2] };
+        let positions: &[u64] = if round == 0 {
+            &[1, 2, 3, 4, 5]
+        } else {
+            &[1, 2]
+        };
         for &batch in positions {
             for point in FAULT_POINTS {
                 let (out, _, stderr) = run(lockstep(dir)
                     .args(["run", "contacts"])
                     .env("LOCKSTEP_FAULT", format!("{point}:{batch}")));
                 if !out.status.success() {
-                    assert!(stderr.contains("injected fault"), "a run failed for another reason:\n{stderr}");
+                    assert!(
+                        stderr.contains("injected fault"),
+                        "a run failed for another reason:\n{stderr}"
+                    );
                     kills += 1;
                 }
             }
         }
         // External SIGKILLs at pseudo-random moments.
         for _ in 0..4 {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let delay = Duration::from_millis(150 + (seed >> 33) % 900);
             let mut child = lockstep(dir)
                 .args(["run", "contacts"])
@@ -206,9 +295,16 @@ fn kill_and_recover(dir: &Path, source: &Side, destination: &Side) -> usize {
         }
         complete_run(dir);
         let (want, got) = rt.block_on(async { (source.rows().await, destination.rows().await) });
-        assert_eq!(got.len(), want.len(), "round {round}: row counts differ (duplicates or losses)");
+        assert_eq!(
+            got.len(),
+            want.len(),
+            "round {round}: row counts differ (duplicates or losses)"
+        );
         if let Some(i) = (0..want.len()).find(|&i| want[i] != got[i]) {
-            panic!("round {round}: first difference at row {i}:\n source {}\n   dest {}", want[i], got[i]);
+            panic!(
+                "round {round}: first difference at row {i}:\n source {}\n   dest {}",
+                want[i], got[i]
+            );
         }
         // A further run finds nothing to do.
         let again = complete_run(dir);
@@ -219,7 +315,9 @@ fn kill_and_recover(dir: &Path, source: &Side, destination: &Side) -> usize {
 
 #[test]
 fn sqlite_to_postgres_survives_kills_at_every_point() {
-    let Some(pg) = postgres_database("crash_dst") else { return };
+    let Some(pg) = postgres_database("crash_dst") else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let src_path = dir.path().join("src.db");
     let source = Side::Sqlite(&src_path);
@@ -233,8 +331,12 @@ fn sqlite_to_postgres_survives_kills_at_every_point() {
 
 #[test]
 fn postgres_to_mariadb_survives_kills_at_every_point() {
-    let Some(pg) = postgres_database("crash_src") else { return };
-    let Some(my) = mysql_database("crash_dst") else { return };
+    let Some(pg) = postgres_database("crash_src") else {
+        return;
+    };
+    let Some(my) = mysql_database("crash_dst") else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let source = Side::Postgres(&pg);
     let destination = Side::Mysql(&my);

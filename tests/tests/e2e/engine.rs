@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 use lockstep_e2e::{lockstep, run, sqlite_count, sqlite_exec, sqlite_pool as pool};
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 fn sql(db: &Path, statements: &[&str]) {
@@ -79,7 +82,8 @@ fn run_json(dir: &Path, args: &[&str]) -> (bool, serde_json::Value, String) {
     let mut all = vec!["run", "items", "--output", "json"];
     all.extend_from_slice(args);
     let (out, stdout, stderr) = run(lockstep(dir).args(&all));
-    let value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}\n{stderr}"));
+    let value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}\n{stderr}"));
     (out.status.success(), value, stderr)
 }
 
@@ -88,7 +92,11 @@ fn mirror_deletes_arrive_from_tombstones_and_from_reconciliation_behind_the_guar
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     create_items(d, 1000);
-    config(d, "sqlite://state.db", "tombstone = \"deleted_at\"\nmax_delete_fraction = 0.1");
+    config(
+        d,
+        "sqlite://state.db",
+        "tombstone = \"deleted_at\"\nmax_delete_fraction = 0.1",
+    );
     let (ok, first, stderr) = run_json(d, &[]);
     assert!(ok, "{first}\n{stderr}");
     assert_eq!(first["metrics"]["added"], 1000);
@@ -98,10 +106,19 @@ fn mirror_deletes_arrive_from_tombstones_and_from_reconciliation_behind_the_guar
     let (ok, second, _) = run_json(d, &[]);
     assert!(ok, "{second}");
     assert_eq!(second["metrics"]["deleted"], 2, "{second}");
-    assert_eq!(count(&d.join("dst.db"), "SELECT count(*) FROM items WHERE id IN (10, 20)"), 0);
+    assert_eq!(
+        count(
+            &d.join("dst.db"),
+            "SELECT count(*) FROM items WHERE id IN (10, 20)"
+        ),
+        0
+    );
 
     // Hard deletes are found by reconciliation.
-    sql(&d.join("src.db"), &["DELETE FROM items WHERE id BETWEEN 100 AND 149"]);
+    sql(
+        &d.join("src.db"),
+        &["DELETE FROM items WHERE id BETWEEN 100 AND 149"],
+    );
     let (ok, third, _) = run_json(d, &[]);
     assert!(ok, "{third}");
     assert_eq!(third["metrics"]["deleted"], 50, "{third}");
@@ -113,14 +130,20 @@ fn mirror_deletes_arrive_from_tombstones_and_from_reconciliation_behind_the_guar
     assert!(!ok);
     let message = refused["error"]["message"].as_str().unwrap();
     assert_eq!(refused["error"]["kind"], "mass-delete");
-    assert!(message.contains("would delete 500 of the 948") && message.contains("--allow-mass-delete"), "{message}");
+    assert!(
+        message.contains("would delete 500 of the 948") && message.contains("--allow-mass-delete"),
+        "{message}"
+    );
     assert_eq!(count(&d.join("dst.db"), "SELECT count(*) FROM items"), 948);
     let (ok, allowed, _) = run_json(d, &["--allow-mass-delete"]);
     assert!(ok, "{allowed}");
     assert_eq!(allowed["metrics"]["deleted"], 500);
     assert_eq!(count(&d.join("dst.db"), "SELECT count(*) FROM items"), 448);
     assert_eq!(
-        count(&d.join("src.db"), "SELECT count(*) FROM items WHERE deleted_at IS NULL"),
+        count(
+            &d.join("src.db"),
+            "SELECT count(*) FROM items WHERE deleted_at IS NULL"
+        ),
         448
     );
 }
@@ -142,7 +165,11 @@ fn reconcile_every_n_runs_skips_the_runs_between() {
         let (_, r, _) = run_json(d, &[]);
         deleted.push(r["metrics"]["deleted"].as_u64().unwrap());
     }
-    assert_eq!(deleted, [1, 0, 0, 1], "reconciliation runs on run 2, then every third run");
+    assert_eq!(
+        deleted,
+        [1, 0, 0, 1],
+        "reconciliation runs on run 2, then every third run"
+    );
 }
 
 #[test]
@@ -152,11 +179,14 @@ fn plan_shows_what_a_run_would_do_and_writes_nothing() {
     create_items(d, 50);
     config(d, "sqlite://state.db", "");
     assert!(run_json(d, &[]).0);
-    sql(&d.join("src.db"), &[
-        "UPDATE items SET name = 'renamed', updated_at = '2026-03-01 00:00:00' WHERE id = 7",
-        "INSERT INTO items VALUES (51, 'fresh', 'C000051', NULL, '2026-03-01 00:00:01')",
-        "DELETE FROM items WHERE id = 3",
-    ]);
+    sql(
+        &d.join("src.db"),
+        &[
+            "UPDATE items SET name = 'renamed', updated_at = '2026-03-01 00:00:00' WHERE id = 7",
+            "INSERT INTO items VALUES (51, 'fresh', 'C000051', NULL, '2026-03-01 00:00:01')",
+            "DELETE FROM items WHERE id = 3",
+        ],
+    );
     let before = std::fs::read(d.join("dst.db")).unwrap();
     let (out, stdout, stderr) = run(lockstep(d).args(["plan", "items", "--output", "json"]));
     assert!(out.status.success(), "{stderr}");
@@ -171,13 +201,27 @@ fn plan_shows_what_a_run_would_do_and_writes_nothing() {
     assert_eq!(change["changes"][0]["field"], "name");
     assert_eq!(change["changes"][0]["after"], "renamed");
     assert_eq!(change["changes"][0]["before"], "item 7", "{plan}");
-    assert_eq!(std::fs::read(d.join("dst.db")).unwrap(), before, "plan wrote to the destination");
+    assert_eq!(
+        std::fs::read(d.join("dst.db")).unwrap(),
+        before,
+        "plan wrote to the destination"
+    );
     // The text form says the same.
     let (_, text, _) = run(lockstep(d).args(["plan", "items"]));
-    assert!(text.contains("nothing was written") && text.contains("name: \"item 7\" -> \"renamed\""), "{text}");
+    assert!(
+        text.contains("nothing was written") && text.contains("name: \"item 7\" -> \"renamed\""),
+        "{text}"
+    );
     // And the next run does what the plan said.
     let (_, after, _) = run_json(d, &[]);
-    assert_eq!((after["metrics"]["added"].as_u64(), after["metrics"]["updated"].as_u64(), after["metrics"]["deleted"].as_u64()), (Some(1), Some(1), Some(1)));
+    assert_eq!(
+        (
+            after["metrics"]["added"].as_u64(),
+            after["metrics"]["updated"].as_u64(),
+            after["metrics"]["deleted"].as_u64()
+        ),
+        (Some(1), Some(1), Some(1))
+    );
 }
 
 #[test]
@@ -186,7 +230,10 @@ fn rejected_records_are_kept_listed_and_limit_the_run() {
     let d = dir.path();
     create_items(d, 100);
     // The match key is `code`, and three items have none: they cannot be matched.
-    sql(&d.join("src.db"), &["UPDATE items SET code = NULL WHERE id IN (5, 6, 7)"]);
+    sql(
+        &d.join("src.db"),
+        &["UPDATE items SET code = NULL WHERE id IN (5, 6, 7)"],
+    );
     config(d, "sqlite://state.db", "key = [\"code\"]\nmax_rejected = 5");
     let (ok, report, stderr) = run_json(d, &[]);
     assert!(ok, "{report}\n{stderr}");
@@ -197,11 +244,21 @@ fn rejected_records_are_kept_listed_and_limit_the_run() {
     assert_eq!(rejects.as_array().unwrap().len(), 3);
     let first = &rejects[0];
     assert_eq!(first["field"], "code");
-    assert!(first["reason"].as_str().unwrap().contains("null"), "{first}");
-    assert!(first["raw"]["id"].as_i64().unwrap() >= 5 && first["raw"]["name"].as_str().unwrap().starts_with("item "), "the raw record is kept: {first}");
+    assert!(
+        first["reason"].as_str().unwrap().contains("null"),
+        "{first}"
+    );
+    assert!(
+        first["raw"]["id"].as_i64().unwrap() >= 5
+            && first["raw"]["name"].as_str().unwrap().starts_with("item "),
+        "the raw record is kept: {first}"
+    );
     let id = first["id"].as_i64().unwrap().to_string();
     let (out, shown, _) = run(lockstep(d).args(["rejects", "show", &id]));
-    assert!(out.status.success() && shown.contains("\"reason\""), "{shown}");
+    assert!(
+        out.status.success() && shown.contains("\"reason\""),
+        "{shown}"
+    );
 
     // Retrying without fixing anything fails again, and says why.
     let (out, retried, _) = run(lockstep(d).args(["rejects", "retry", "items"]));
@@ -213,7 +270,13 @@ fn rejected_records_are_kept_listed_and_limit_the_run() {
     let (ok, failed, _) = run_json(d, &[]);
     assert!(!ok);
     assert_eq!(failed["error"]["kind"], "too-many-rejected");
-    assert!(failed["error"]["message"].as_str().unwrap().contains("lockstep rejects list items"), "{failed}");
+    assert!(
+        failed["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("lockstep rejects list items"),
+        "{failed}"
+    );
 }
 
 #[test]
@@ -251,17 +314,26 @@ fn a_second_run_of_the_same_sync_is_refused_naming_the_holder_and_sigterm_stops_
     assert_eq!(report["status"], "cancelled", "{report}");
     let written = report["metrics"]["added"].as_i64().unwrap();
     assert!(written > 0 && written < 100_000, "{report}");
-    assert_eq!(count(&d.join("dst.db"), "SELECT count(*) FROM items"), written, "what was committed is exactly what was written");
+    assert_eq!(
+        count(&d.join("dst.db"), "SELECT count(*) FROM items"),
+        written,
+        "what was committed is exactly what was written"
+    );
 
     // The rerun finishes the job.
     let (ok, rest, _) = run_json(d, &[]);
     assert!(ok, "{rest}");
-    assert_eq!(count(&d.join("dst.db"), "SELECT count(*) FROM items"), 100_000);
+    assert_eq!(
+        count(&d.join("dst.db"), "SELECT count(*) FROM items"),
+        100_000
+    );
 }
 
 #[test]
 fn the_state_store_can_live_in_postgresql() {
-    let Some(db) = lockstep_e2e::postgres_database("state") else { return };
+    let Some(db) = lockstep_e2e::postgres_database("state") else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     create_items(d, 300);
@@ -269,10 +341,19 @@ fn the_state_store_can_live_in_postgresql() {
     let (ok, first, stderr) = run_json(d, &[]);
     assert!(ok, "{first}\n{stderr}");
     assert_eq!(first["metrics"]["added"], 300);
-    sql(&d.join("src.db"), &["UPDATE items SET name = 'x', updated_at = '2026-05-01 00:00:00' WHERE id = 1"]);
+    sql(
+        &d.join("src.db"),
+        &["UPDATE items SET name = 'x', updated_at = '2026-05-01 00:00:00' WHERE id = 1"],
+    );
     let (ok, second, _) = run_json(d, &[]);
     assert!(ok);
-    assert_eq!((second["metrics"]["read"].as_u64(), second["metrics"]["updated"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(
+        (
+            second["metrics"]["read"].as_u64(),
+            second["metrics"]["updated"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
     let (_, stdout, _) = run(lockstep(d).args(["runs", "--output", "json"]));
     let runs: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(runs.as_array().unwrap().len(), 2);
@@ -284,7 +365,11 @@ fn without_a_ledger_the_destination_tells_added_updated_and_unchanged() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     create_items(d, 200);
-    config(d, "sqlite://state.db", "ledger = false\ntombstone = \"deleted_at\"");
+    config(
+        d,
+        "sqlite://state.db",
+        "ledger = false\ntombstone = \"deleted_at\"",
+    );
     let (ok, first, stderr) = run_json(d, &[]);
     assert!(ok, "{first}\n{stderr}");
     assert_eq!(first["metrics"]["added"], 200, "{first}");
@@ -297,11 +382,20 @@ fn without_a_ledger_the_destination_tells_added_updated_and_unchanged() {
     assert!(ok, "{second}");
     let m = &second["metrics"];
     assert_eq!(
-        (m["read"].as_u64(), m["updated"].as_u64(), m["unchanged"].as_u64(), m["deleted"].as_u64()),
+        (
+            m["read"].as_u64(),
+            m["updated"].as_u64(),
+            m["unchanged"].as_u64(),
+            m["deleted"].as_u64()
+        ),
         (Some(4), Some(2), Some(1), Some(1)),
         "{second}"
     );
-    assert_eq!(count(&d.join("state.db"), "SELECT count(*) FROM ledger"), 0, "no ledger was kept");
+    assert_eq!(
+        count(&d.join("state.db"), "SELECT count(*) FROM ledger"),
+        0,
+        "no ledger was kept"
+    );
     assert_eq!(count(&d.join("dst.db"), "SELECT count(*) FROM items"), 199);
 }
 
@@ -315,7 +409,10 @@ fn records_the_destination_refused_succeed_on_retry_once_it_is_fixed() {
          INSERT INTO orders SELECT v, CASE v WHEN 4 THEN -4 ELSE v END, '2026-01-01 00:00:00' FROM n",
     ]);
     // The destination refuses negative quantities.
-    sql(&d.join("dst.db"), &["CREATE TABLE orders (id INTEGER PRIMARY KEY, qty INTEGER CHECK (qty >= 0))"]);
+    sql(
+        &d.join("dst.db"),
+        &["CREATE TABLE orders (id INTEGER PRIMARY KEY, qty INTEGER CHECK (qty >= 0))"],
+    );
     std::fs::write(
         d.join("lockstep.toml"),
         "[connections.src]\nconnector = \"sqlite\"\nconfig = { path = \"src.db\" }\n\
@@ -327,27 +424,57 @@ fn records_the_destination_refused_succeed_on_retry_once_it_is_fixed() {
     let (out, stdout, stderr) = run(lockstep(d).args(["run", "orders", "--output", "json"]));
     assert!(out.status.success(), "{stdout}\n{stderr}");
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    assert_eq!((report["metrics"]["added"].as_u64(), report["metrics"]["rejected"].as_u64()), (Some(9), Some(1)), "{report}");
+    assert_eq!(
+        (
+            report["metrics"]["added"].as_u64(),
+            report["metrics"]["rejected"].as_u64()
+        ),
+        (Some(9), Some(1)),
+        "{report}"
+    );
     let (_, listed, _) = run(lockstep(d).args(["rejects", "list", "orders", "--output", "json"]));
     let rejects: serde_json::Value = serde_json::from_str(&listed).unwrap();
     assert_eq!(rejects[0]["key"], "[4]", "{rejects}");
-    assert!(rejects[0]["reason"].as_str().unwrap().to_lowercase().contains("check"), "{rejects}");
+    assert!(
+        rejects[0]["reason"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("check"),
+        "{rejects}"
+    );
 
     // Fix the destination, then retry: the stored record goes through.
-    sql(&d.join("dst.db"), &[
-        "ALTER TABLE orders RENAME TO refusing",
-        "CREATE TABLE orders (id INTEGER PRIMARY KEY, qty INTEGER)",
-        "INSERT INTO orders SELECT id, qty FROM refusing",
-        "DROP TABLE refusing",
-    ]);
+    sql(
+        &d.join("dst.db"),
+        &[
+            "ALTER TABLE orders RENAME TO refusing",
+            "CREATE TABLE orders (id INTEGER PRIMARY KEY, qty INTEGER)",
+            "INSERT INTO orders SELECT id, qty FROM refusing",
+            "DROP TABLE refusing",
+        ],
+    );
     let (out, retried, stderr) = run(lockstep(d).args(["rejects", "retry", "orders"]));
     assert!(out.status.success(), "{retried}\n{stderr}");
     assert!(retried.contains("1 succeeded, 0 failed again"), "{retried}");
-    assert_eq!(count(&d.join("dst.db"), "SELECT qty FROM orders WHERE id = 4"), -4);
+    assert_eq!(
+        count(&d.join("dst.db"), "SELECT qty FROM orders WHERE id = 4"),
+        -4
+    );
     assert_eq!(count(&d.join("dst.db"), "SELECT count(*) FROM orders"), 10);
     let (_, pending, _) = run(lockstep(d).args(["rejects", "list", "orders", "--output", "json"]));
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&pending).unwrap(), serde_json::json!([]));
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&pending).unwrap(),
+        serde_json::json!([])
+    );
     // The retry is a run of its own in the history.
     let (_, runs, _) = run(lockstep(d).args(["runs", "orders", "--output", "json"]));
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&runs).unwrap().as_array().unwrap().len(), 2);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&runs)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
 }

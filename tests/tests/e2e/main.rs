@@ -2,8 +2,8 @@
 
 mod cli;
 mod config_errors;
-mod daemon;
 mod crash;
+mod daemon;
 mod engine;
 mod plugins;
 mod tidy;

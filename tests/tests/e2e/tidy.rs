@@ -8,7 +8,8 @@ use lockstep_e2e::workspace_root;
 
 fn manifest(path: &Path) -> toml::Table {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    text.parse().unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    text.parse()
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// The normal (not dev) dependency names of a crate.
@@ -40,7 +41,10 @@ fn the_plugin_api_depends_on_abi_stable_alone() {
 fn connectors_depend_on_the_sdk_and_never_on_host_crates() {
     let mut dirs = crate_dirs("connectors");
     dirs.extend(crate_dirs("tests/plugins"));
-    assert!(dirs.len() >= 4, "expected the connectors and test plugins, found {dirs:?}");
+    assert!(
+        dirs.len() >= 4,
+        "expected the connectors and test plugins, found {dirs:?}"
+    );
     for dir in dirs {
         for dep in dependencies(&dir) {
             if dep.starts_with("lockstep-") {
@@ -62,11 +66,27 @@ fn connectors_depend_on_the_sdk_and_never_on_host_crates() {
 
 #[test]
 fn pure_crates_do_no_io() {
-    let io_crates = ["sqlx", "tokio", "reqwest", "libloading", "abi_stable", "axum", "lettre"];
-    for name in ["lockstep-core", "lockstep-config", "lockstep-mapping", "lockstep-protocol"] {
+    let io_crates = [
+        "sqlx",
+        "tokio",
+        "reqwest",
+        "libloading",
+        "abi_stable",
+        "axum",
+        "lettre",
+    ];
+    for name in [
+        "lockstep-core",
+        "lockstep-config",
+        "lockstep-mapping",
+        "lockstep-protocol",
+    ] {
         let deps = dependencies(&workspace_root().join("crates").join(name));
         for dep in io_crates {
-            assert!(!deps.contains(dep), "{name} must do no I/O but depends on {dep}");
+            assert!(
+                !deps.contains(dep),
+                "{name} must do no I/O but depends on {dep}"
+            );
         }
     }
 }
@@ -76,9 +96,21 @@ fn only_the_host_loads_libraries() {
     for dir in crate_dirs("crates") {
         let name = dir.file_name().unwrap().to_string_lossy().into_owned();
         let deps = dependencies(&dir);
-        if !["lockstep-plugin-api", "lockstep-plugin-sdk", "lockstep-plugin-host"].contains(&name.as_str()) {
-            assert!(!deps.contains("abi_stable"), "{name} depends on abi_stable; keep it inside api, sdk and host");
-            assert!(!deps.contains("libloading"), "{name} depends on libloading; only the host loads libraries");
+        if ![
+            "lockstep-plugin-api",
+            "lockstep-plugin-sdk",
+            "lockstep-plugin-host",
+        ]
+        .contains(&name.as_str())
+        {
+            assert!(
+                !deps.contains("abi_stable"),
+                "{name} depends on abi_stable; keep it inside api, sdk and host"
+            );
+            assert!(
+                !deps.contains("libloading"),
+                "{name} depends on libloading; only the host loads libraries"
+            );
         }
     }
 }

@@ -38,7 +38,9 @@ pub async fn list(config: &Path, output: OutputFormat) -> CmdResult {
         let failures: Vec<String> = registry.failures().iter().map(|e| e.to_string()).collect();
         println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "connectors": plugins, "failures": failures }))?
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "connectors": plugins, "failures": failures })
+            )?
         );
         return Ok(());
     }
@@ -48,7 +50,12 @@ pub async fn list(config: &Path, output: OutputFormat) -> CmdResult {
             .manifest
             .roles
             .iter()
-            .map(|r| serde_json::to_value(r).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default())
+            .map(|r| {
+                serde_json::to_value(r)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default()
+            })
             .collect();
         table.row([
             p.manifest.name.clone(),
@@ -93,10 +100,15 @@ pub async fn inspect(config: &Path, plugin: &str) -> CmdResult {
     println!("SDK:          {}", m.sdk_version);
     println!(
         "roles:        {}",
-        serde_json::to_string(&m.roles)?.trim_matches(|c| c == '[' || c == ']').replace('"', "")
+        serde_json::to_string(&m.roles)?
+            .trim_matches(|c| c == '[' || c == ']')
+            .replace('"', "")
     );
     println!("features:     {}", m.features.join(", "));
-    println!("config schema:\n{}", serde_json::to_string_pretty(&m.config_schema)?);
+    println!(
+        "config schema:\n{}",
+        serde_json::to_string_pretty(&m.config_schema)?
+    );
     Ok(())
 }
 

@@ -44,7 +44,9 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
         Command::Validate { offline } => validate::run(&cli.config, offline).await,
         Command::Connectors { command } => match command {
             ConnectorsCommand::List { output } => connectors::list(&cli.config, output).await,
-            ConnectorsCommand::Inspect { plugin } => connectors::inspect(&cli.config, &plugin).await,
+            ConnectorsCommand::Inspect { plugin } => {
+                connectors::inspect(&cli.config, &plugin).await
+            }
         },
         Command::Run {
             sync,
@@ -54,9 +56,11 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
         } => run::run(&cli.config, &sync, full_refresh, allow_mass_delete, output).await,
         Command::Plan { sync, output } => plan::run(&cli.config, &sync, output).await,
         Command::Rejects { command } => rejects::run(&cli.config, command).await,
-        Command::Runs { sync, limit, output } => {
-            runs::run(&cli.config, sync.as_deref(), limit, output).await
-        }
+        Command::Runs {
+            sync,
+            limit,
+            output,
+        } => runs::run(&cli.config, sync.as_deref(), limit, output).await,
         Command::Daemon { listen, kill_grace } => {
             daemon::run(&cli.config, cli.log_format, listen, kill_grace).await
         }
@@ -77,7 +81,11 @@ fn init_logging(format: LogFormat, interactive_run: bool) {
     use tracing_subscriber::EnvFilter;
     // During an interactive run the progress bar and summary say what happens; logs stay
     // at warnings unless asked for.
-    let default = if interactive_run { "warn" } else { "warn,lockstep=info" };
+    let default = if interactive_run {
+        "warn"
+    } else {
+        "warn,lockstep=info"
+    };
     let filter = std::env::var("LOCKSTEP_LOG")
         .ok()
         .and_then(|f| EnvFilter::try_new(f).ok())
@@ -101,7 +109,10 @@ pub fn load_config(path: &Path) -> Result<Config, CliError> {
         Ok(config) => {
             if let Some(dir) = config.path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::env::set_current_dir(dir).map_err(|e| {
-                    CliError::Message(format!("cannot enter the config's directory {}: {e}", dir.display()))
+                    CliError::Message(format!(
+                        "cannot enter the config's directory {}: {e}",
+                        dir.display()
+                    ))
                 })?;
             }
             Ok(config)
@@ -131,7 +142,9 @@ pub fn redactor(config: &Config) -> Redactor {
 
 /// Every plugin in the config's connector paths and the default ones.
 pub fn registry(config: Option<&Config>) -> PluginRegistry {
-    let paths = config.map(|c| c.connector_paths.clone()).unwrap_or_default();
+    let paths = config
+        .map(|c| c.connector_paths.clone())
+        .unwrap_or_default();
     PluginRegistry::scan(&default_search_path(&paths))
 }
 
@@ -142,12 +155,18 @@ pub fn job(config: &Config, name: &str) -> Result<SyncJob, CliError> {
         return Err(CliError::Message(format!(
             "{}: no sync named `{name}`; defined syncs: {}",
             config.path.display(),
-            if names.is_empty() { "none".to_owned() } else { names.join(", ") }
+            if names.is_empty() {
+                "none".to_owned()
+            } else {
+                names.join(", ")
+            }
         )));
     };
     let endpoint = |connection: &str| -> Result<Endpoint, CliError> {
         let c = config.connections.get(connection).ok_or_else(|| {
-            CliError::Message(format!("sync `{name}` names unknown connection `{connection}`"))
+            CliError::Message(format!(
+                "sync `{name}` names unknown connection `{connection}`"
+            ))
         })?;
         Ok(Endpoint {
             connector: c.connector.clone(),

@@ -43,7 +43,10 @@ fn render(report: &PlanReport) -> String {
         }
     }
     if !report.updates.is_empty() {
-        out.push_str(&format!("\n\nwould update (first {}):", report.updates.len()));
+        out.push_str(&format!(
+            "\n\nwould update (first {}):",
+            report.updates.len()
+        ));
         for update in &report.updates {
             out.push_str(&format!("\n  ~ {}", update.key));
             for change in &update.changes {
@@ -52,18 +55,27 @@ fn render(report: &PlanReport) -> String {
                     .as_ref()
                     .map(|v| v.to_string())
                     .unwrap_or_else(|| "?".into());
-                out.push_str(&format!("\n      {}: {} -> {}", change.field, before, change.after));
+                out.push_str(&format!(
+                    "\n      {}: {} -> {}",
+                    change.field, before, change.after
+                ));
             }
         }
     }
     if !report.deletes.is_empty() {
-        out.push_str(&format!("\n\nwould delete (first {}):", report.deletes.len()));
+        out.push_str(&format!(
+            "\n\nwould delete (first {}):",
+            report.deletes.len()
+        ));
         for key in &report.deletes {
             out.push_str(&format!("\n  - {key}"));
         }
     }
     if !report.rejected.is_empty() {
-        out.push_str(&format!("\n\nwould reject (first {}):", report.rejected.len()));
+        out.push_str(&format!(
+            "\n\nwould reject (first {}):",
+            report.rejected.len()
+        ));
         for r in &report.rejected {
             out.push_str(&format!(
                 "\n  ! {} {}: {}",

@@ -68,7 +68,10 @@ pub async fn run(
     }
     let report = report.map_err(|e| CliError::Message(redactor(&e.to_string())))?;
     match output {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&json_report(&report, &redactor))?),
+        OutputFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&json_report(&report, &redactor))?
+        ),
         OutputFormat::Text => print_summary(&report, &redactor),
     }
     match report.status {
@@ -81,10 +84,11 @@ pub async fn run(
 /// The first SIGINT or SIGTERM stops the run after the batch in hand; a second one exits.
 fn spawn_signal_handler(stop: watch::Sender<bool>) {
     tokio::spawn(async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return,
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return,
+            };
         let mut count = 0;
         loop {
             tokio::select! {
@@ -132,7 +136,9 @@ fn print_summary(report: &RunReport, redact: &lockstep_plugin_host::Redactor) {
     println!("{}", table.render());
     if report.cursor_before.is_some() || report.cursor_after.is_some() {
         let show = |c: &Option<serde_json::Value>| {
-            c.as_ref().map(|v| v.to_string()).unwrap_or_else(|| "(none)".into())
+            c.as_ref()
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "(none)".into())
         };
         println!(
             "cursor: {} -> {}",

@@ -7,7 +7,12 @@ use super::{load_config, state, CmdResult};
 use crate::app::OutputFormat;
 use crate::output::{human_duration, Table};
 
-pub async fn run(config: &Path, sync: Option<&str>, limit: usize, output: OutputFormat) -> CmdResult {
+pub async fn run(
+    config: &Path,
+    sync: Option<&str>,
+    limit: usize,
+    output: OutputFormat,
+) -> CmdResult {
     let config = load_config(config)?;
     let state = state(&config).await?;
     let runs = state.runs(sync, limit).await?;
@@ -16,12 +21,26 @@ pub async fn run(config: &Path, sync: Option<&str>, limit: usize, output: Output
         return Ok(());
     }
     if runs.is_empty() {
-        println!("No runs yet{}.", sync.map(|s| format!(" of sync `{s}`")).unwrap_or_default());
+        println!(
+            "No runs yet{}.",
+            sync.map(|s| format!(" of sync `{s}`")).unwrap_or_default()
+        );
         return Ok(());
     }
     let mut table = Table::new([
-        "RUN", "SYNC", "STATUS", "STARTED", "DURATION", "READ", "ADDED", "UPDATED", "UNCHANGED",
-        "DELETED", "CONFLICTS", "REJECTED", "ERROR",
+        "RUN",
+        "SYNC",
+        "STATUS",
+        "STARTED",
+        "DURATION",
+        "READ",
+        "ADDED",
+        "UPDATED",
+        "UNCHANGED",
+        "DELETED",
+        "CONFLICTS",
+        "REJECTED",
+        "ERROR",
     ]);
     for r in &runs {
         let m = &r.metrics;
@@ -42,7 +61,13 @@ pub async fn run(config: &Path, sync: Option<&str>, limit: usize, output: Output
             m.rejected.to_string(),
             r.error
                 .as_ref()
-                .map(|e| format!("{}: {}", r.error_kind.as_deref().unwrap_or("error"), one_line(e)))
+                .map(|e| {
+                    format!(
+                        "{}: {}",
+                        r.error_kind.as_deref().unwrap_or("error"),
+                        one_line(e)
+                    )
+                })
                 .unwrap_or_default(),
         ]);
     }

@@ -32,7 +32,11 @@ pub async fn run(path: &Path, offline: bool) -> CmdResult {
         config.path.display(),
         config.connections.len(),
         config.syncs.len(),
-        if offline { "; live systems not checked" } else { "; streams and mappings checked against the live systems" }
+        if offline {
+            "; live systems not checked"
+        } else {
+            "; streams and mappings checked against the live systems"
+        }
     );
     Ok(())
 }
@@ -41,7 +45,11 @@ fn plugin_errors(config: &Config, registry: &PluginRegistry) -> Vec<ConfigError>
     let mut errors = Vec::new();
     let available = || {
         let names: Vec<&str> = registry.plugins().iter().map(|p| p.name()).collect();
-        if names.is_empty() { "none were found".to_owned() } else { names.join(", ") }
+        if names.is_empty() {
+            "none were found".to_owned()
+        } else {
+            names.join(", ")
+        }
     };
     for connection in config.connections.values() {
         if registry.get(&connection.connector).is_err() {
@@ -54,11 +62,23 @@ fn plugin_errors(config: &Config, registry: &PluginRegistry) -> Vec<ConfigError>
     }
     for sync in &config.syncs {
         let checks = [
-            (&sync.spec.source.connection, Role::Source, sync.locations.source, "source"),
-            (&sync.spec.destination.connection, Role::Destination, sync.locations.destination, "destination"),
+            (
+                &sync.spec.source.connection,
+                Role::Source,
+                sync.locations.source,
+                "source",
+            ),
+            (
+                &sync.spec.destination.connection,
+                Role::Destination,
+                sync.locations.destination,
+                "destination",
+            ),
         ];
         for (connection, role, location, side) in checks {
-            let Some(c) = config.connections.get(connection.as_str()) else { continue };
+            let Some(c) = config.connections.get(connection.as_str()) else {
+                continue;
+            };
             if registry.get(&c.connector).is_ok() && !registry.supports(&c.connector, role) {
                 errors.push(config.error_at(
                     location,
@@ -76,10 +96,16 @@ async fn live_errors(config: &Config, registry: &PluginRegistry) -> Vec<ConfigEr
     let redact = redactor(config);
     for sync in &config.syncs {
         let spec = &sync.spec;
-        let Some(connection) = config.connections.get(&spec.source.connection) else { continue };
-        let Ok(plugin) = registry.get(&connection.connector) else { continue };
+        let Some(connection) = config.connections.get(&spec.source.connection) else {
+            continue;
+        };
+        let Ok(plugin) = registry.get(&connection.connector) else {
+            continue;
+        };
         let catalog = async {
-            let mut source = plugin.open_source(&connection.config, redact.clone()).await?;
+            let mut source = plugin
+                .open_source(&connection.config, redact.clone())
+                .await?;
             source.discover().await
         }
         .await;
@@ -98,8 +124,18 @@ async fn live_errors(config: &Config, registry: &PluginRegistry) -> Vec<ConfigEr
             let names: Vec<&str> = catalog.streams.iter().map(|s| s.name.as_str()).collect();
             errors.push(config.error_at(
                 sync.locations.source,
-                format!("sync `{}`: connection `{}` has no stream `{}`", spec.name, spec.source.connection, spec.source.stream),
-                format!("its streams are: {}", if names.is_empty() { "none".to_owned() } else { names.join(", ") }),
+                format!(
+                    "sync `{}`: connection `{}` has no stream `{}`",
+                    spec.name, spec.source.connection, spec.source.stream
+                ),
+                format!(
+                    "its streams are: {}",
+                    if names.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        names.join(", ")
+                    }
+                ),
             ));
             continue;
         };
@@ -126,10 +162,16 @@ async fn live_errors(config: &Config, registry: &PluginRegistry) -> Vec<ConfigEr
                 }
             }
         }
-        let Some(dest) = config.connections.get(&spec.destination.connection) else { continue };
-        let Ok(dest_plugin) = registry.get(&dest.connector) else { continue };
+        let Some(dest) = config.connections.get(&spec.destination.connection) else {
+            continue;
+        };
+        let Ok(dest_plugin) = registry.get(&dest.connector) else {
+            continue;
+        };
         let checked = async {
-            let mut d = dest_plugin.open_destination(&dest.config, redact.clone()).await?;
+            let mut d = dest_plugin
+                .open_destination(&dest.config, redact.clone())
+                .await?;
             d.check().await
         }
         .await;
