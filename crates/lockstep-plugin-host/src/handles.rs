@@ -149,12 +149,15 @@ fn to_json_arg<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("protocol messages always serialize")
 }
 
-pub(crate) async fn open_source(
-    module: ConnectorModuleRef,
+/// Calls one of the root module's constructors on a plugin thread and returns the instance
+/// with the caller identity its handle needs.
+async fn construct<T: Send + 'static>(
+    operation: &'static str,
     connector: &str,
     config: &Value,
     redactor: Redactor,
-) -> Result<SourceHandle, HostError> {
+    new: impl FnOnce(RStr<'_>, HostContextBox) -> RResult<T, PluginError> + Send + 'static,
+) -> Result<(T, Caller), HostError> {
     let caller = Caller {
         connector: connector.into(),
         redactor: redactor.clone(),
@@ -163,15 +166,27 @@ pub(crate) async fn open_source(
     let config = config.to_string();
     let mut slot = Some(());
     let result = caller
-        .blocking("new_source", &mut slot, move |_| {
-            (module.new_source())(RStr::from_str(&config), ctx)
+        .blocking(operation, &mut slot, move |_| {
+            new(RStr::from_str(&config), ctx)
         })
         .await?;
-    let inner = caller.lift("new_source", result)?;
-    let canceller = Arc::new(inner.canceller());
+    let inner = caller.lift(operation, result)?;
+    Ok((inner, caller))
+}
+
+pub(crate) async fn open_source(
+    module: ConnectorModuleRef,
+    connector: &str,
+    config: &Value,
+    redactor: Redactor,
+) -> Result<SourceHandle, HostError> {
+    let (inner, caller) = construct("new_source", connector, config, redactor, move |c, h| {
+        (module.new_source())(c, h)
+    })
+    .await?;
     Ok(SourceHandle {
+        canceller: Arc::new(inner.canceller()),
         inner: Some(inner),
-        canceller,
         caller,
     })
 }
@@ -182,23 +197,17 @@ pub(crate) async fn open_destination(
     config: &Value,
     redactor: Redactor,
 ) -> Result<DestinationHandle, HostError> {
-    let caller = Caller {
-        connector: connector.into(),
-        redactor: redactor.clone(),
-    };
-    let ctx = host_context(connector, redactor);
-    let config = config.to_string();
-    let mut slot = Some(());
-    let result = caller
-        .blocking("new_destination", &mut slot, move |_| {
-            (module.new_destination())(RStr::from_str(&config), ctx)
-        })
-        .await?;
-    let inner = caller.lift("new_destination", result)?;
-    let canceller = Arc::new(inner.canceller());
+    let (inner, caller) = construct(
+        "new_destination",
+        connector,
+        config,
+        redactor,
+        move |c, h| (module.new_destination())(c, h),
+    )
+    .await?;
     Ok(DestinationHandle {
+        canceller: Arc::new(inner.canceller()),
         inner: Some(inner),
-        canceller,
         caller,
     })
 }
