@@ -143,47 +143,50 @@ pub fn mysql_admin_url() -> String {
 /// A fresh PostgreSQL database, or `None` (after a notice) when the server is not reachable
 /// outside CI.
 pub fn postgres_database(prefix: &str) -> Option<TempDatabase> {
-    use sqlx::Connection;
-    let admin_url = postgres_admin_url();
-    let name = unique_name(prefix);
-    let created = block_on(async {
-        let mut c = sqlx::PgConnection::connect(&admin_url).await?;
-        sqlx::query(&format!("CREATE DATABASE \"{name}\""))
-            .execute(&mut c)
-            .await?;
-        c.close().await
-    });
-    if let Err(e) = created {
-        service_available("PostgreSQL at 127.0.0.1:5432", e);
-        return None;
-    }
-    let base = admin_url
-        .rsplit_once('/')
-        .map(|(b, _)| b)
-        .unwrap_or(&admin_url);
-    Some(TempDatabase {
-        url: format!("{base}/{name}"),
-        name,
-        admin_url,
-        kind: DbKind::Postgres,
-    })
+    temp_database(DbKind::Postgres, prefix)
 }
 
 /// A fresh MariaDB/MySQL database, or `None` (after a notice) when the server is not
 /// reachable outside CI.
 pub fn mysql_database(prefix: &str) -> Option<TempDatabase> {
+    temp_database(DbKind::MySql, prefix)
+}
+
+/// Runs one administrative statement on the server of `kind`.
+fn admin_statement(kind: DbKind, admin_url: &str, statement: &str) -> Result<(), sqlx::Error> {
     use sqlx::Connection;
-    let admin_url = mysql_admin_url();
+    block_on(async {
+        match kind {
+            DbKind::Postgres => {
+                let mut c = sqlx::PgConnection::connect(admin_url).await?;
+                sqlx::query(statement).execute(&mut c).await?;
+                c.close().await
+            }
+            DbKind::MySql => {
+                let mut c = sqlx::MySqlConnection::connect(admin_url).await?;
+                sqlx::query(statement).execute(&mut c).await?;
+                c.close().await
+            }
+        }
+    })
+}
+
+fn temp_database(kind: DbKind, prefix: &str) -> Option<TempDatabase> {
+    let (admin_url, create, server) = match kind {
+        DbKind::Postgres => (
+            postgres_admin_url(),
+            "CREATE DATABASE \"{}\"",
+            "PostgreSQL at 127.0.0.1:5432",
+        ),
+        DbKind::MySql => (
+            mysql_admin_url(),
+            "CREATE DATABASE `{}`",
+            "MariaDB at 127.0.0.1:3306",
+        ),
+    };
     let name = unique_name(prefix);
-    let created = block_on(async {
-        let mut c = sqlx::MySqlConnection::connect(&admin_url).await?;
-        sqlx::query(&format!("CREATE DATABASE `{name}`"))
-            .execute(&mut c)
-            .await?;
-        c.close().await
-    });
-    if let Err(e) = created {
-        service_available("MariaDB at 127.0.0.1:3306", e);
+    if let Err(e) = admin_statement(kind, &admin_url, &create.replace("{}", &name)) {
+        service_available(server, e);
         return None;
     }
     let base = admin_url
@@ -194,35 +197,17 @@ pub fn mysql_database(prefix: &str) -> Option<TempDatabase> {
         url: format!("{base}/{name}"),
         name,
         admin_url,
-        kind: DbKind::MySql,
+        kind,
     })
 }
 
 impl Drop for TempDatabase {
     fn drop(&mut self) {
-        use sqlx::Connection;
-        let name = self.name.clone();
-        let admin_url = self.admin_url.clone();
-        let kind = self.kind;
-        let dropped = block_on(async move {
-            match kind {
-                DbKind::Postgres => {
-                    let mut c = sqlx::PgConnection::connect(&admin_url).await?;
-                    sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                        .execute(&mut c)
-                        .await?;
-                    c.close().await
-                }
-                DbKind::MySql => {
-                    let mut c = sqlx::MySqlConnection::connect(&admin_url).await?;
-                    sqlx::query(&format!("DROP DATABASE IF EXISTS `{name}`"))
-                        .execute(&mut c)
-                        .await?;
-                    c.close().await
-                }
-            }
-        });
-        if let Err(e) = dropped {
+        let statement = match self.kind {
+            DbKind::Postgres => format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name),
+            DbKind::MySql => format!("DROP DATABASE IF EXISTS `{}`", self.name),
+        };
+        if let Err(e) = admin_statement(self.kind, &self.admin_url, &statement) {
             eprintln!("warning: could not drop test database {}: {e}", self.name);
         }
     }
