@@ -7,8 +7,9 @@
 //! trait objects in async handles ([`SourceHandle`], [`DestinationHandle`]).
 //!
 //! Invariants:
-//! - Plugin code never runs on an async worker thread: every call runs on one of the host's
-//!   plugin threads (`threads.rs`), so a slow or blocking plugin cannot stall the runtime.
+//! - Plugin code never stalls the async runtime: reads run under `block_in_place` (the worker
+//!   becomes a blocking thread for the call) on a multi-threaded runtime, and every other call
+//!   runs on one of the host's plugin threads (`threads.rs`).
 //! - Every batch a plugin hands over is validated (buffers, offsets, UTF-8) before use.
 //! - Libraries are never unloaded (abi_stable leaks them by design), so release callbacks
 //!   and vtables stay valid for the life of the process.
