@@ -105,7 +105,7 @@ impl Engine<'_> {
         options: RunOptions,
     ) -> Result<PlanReport, EngineError> {
         let sync = &job.spec.name;
-        let cursor_before = if job.spec.mode.uses_cursor() && !options.full_refresh {
+        let cursor_before = if job.spec.mode.uses_cursor() {
             self.state.checkpoint(sync).await?
         } else {
             None
@@ -119,8 +119,12 @@ impl Engine<'_> {
         let mut collector = PlanCollector::default();
         crate::pipeline::execute(self, job, &options, None, &mut run, Some(&mut collector)).await?;
         let mut notes = Vec::new();
-        if options.full_refresh {
-            notes.push("--full-refresh: counted as if the ledger were empty is not modelled; the plan compares against the current ledger".to_owned());
+        if !job.spec.use_ledger {
+            notes.push(
+                "this sync keeps no ledger: every record read counts as updated; the \
+                 destination tells added from updated and unchanged only when writing"
+                    .to_owned(),
+            );
         }
         let updates = self.before_values(job, collector.updates, &mut notes).await;
         Ok(PlanReport {
