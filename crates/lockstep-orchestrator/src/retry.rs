@@ -18,8 +18,23 @@ pub struct RetryOutcome {
     pub run_id: i64,
     pub retried: usize,
     pub succeeded: usize,
+    /// Of the succeeded records, those the destination did not have before.
+    pub added: usize,
     /// (rejected record id, why it failed again)
     pub failed: Vec<(i64, String)>,
+}
+
+impl RetryOutcome {
+    /// The counts of the retry's run.
+    fn metrics(&self) -> RunMetrics {
+        RunMetrics {
+            read: self.retried as u64,
+            added: self.added as u64,
+            updated: (self.succeeded - self.added) as u64,
+            rejected: self.failed.len() as u64,
+            ..Default::default()
+        }
+    }
 }
 
 impl Engine<'_> {
@@ -69,12 +84,7 @@ impl Engine<'_> {
         let result = self
             .retry_records(job, lease, run_id, &records, &mut outcome)
             .await;
-        let mut metrics = RunMetrics {
-            read: records.len() as u64,
-            rejected: outcome.failed.len() as u64,
-            ..Default::default()
-        };
-        metrics.updated = outcome.succeeded as u64;
+        let metrics = outcome.metrics();
         let mut end = RunEnd::new(
             if result.is_ok() {
                 RunStatus::Succeeded
@@ -171,12 +181,11 @@ impl Engine<'_> {
         }
         writer.flush().await?;
         outcome.succeeded = ok_ids.len();
-        let metrics = RunMetrics {
-            read: records.len() as u64,
-            updated: ok_ids.len() as u64,
-            rejected: outcome.failed.len() as u64,
-            ..Default::default()
-        };
+        // A record the ledger did not know was added by this retry; the rest were updates.
+        let keys: Vec<String> = ledger.iter().map(|e| e.key.clone()).collect();
+        let known = self.state.ledger_lookup(sync, &keys).await?;
+        outcome.added = keys.iter().filter(|k| !known.contains_key(*k)).count();
+        let metrics = outcome.metrics();
         self.state
             .commit_batch(&BatchCommit {
                 sync,

@@ -261,6 +261,43 @@ impl CancelHandle {
     }
 }
 
+/// The methods every plugin instance handle has: its name, cancellation, `check` and
+/// `discover`. (A macro, because the ABI's source and destination trait objects share these
+/// methods but no trait.)
+macro_rules! instance_methods {
+    () => {
+        /// The connector's name.
+        pub fn connector(&self) -> &str {
+            &self.caller.connector
+        }
+
+        /// A handle that cancels this instance's calls in flight.
+        pub fn cancel_handle(&self) -> CancelHandle {
+            CancelHandle(self.canceller.clone())
+        }
+
+        /// Checks connectivity and credentials.
+        pub async fn check(&mut self) -> Result<(), HostError> {
+            let r = self
+                .caller
+                .clone()
+                .blocking("check", &mut self.inner, |i| i.check())
+                .await?;
+            self.caller.lift("check", r)
+        }
+
+        /// The streams this instance offers (a source) or holds (a destination).
+        pub async fn discover(&mut self) -> Result<Catalog, HostError> {
+            let caller = self.caller.clone();
+            let r = caller
+                .blocking("discover", &mut self.inner, |i| i.discover())
+                .await?;
+            let text = caller.lift("discover", r)?;
+            caller.json("discover", text.as_str())
+        }
+    };
+}
+
 /// A source plugin instance.
 pub struct SourceHandle {
     inner: Option<SourceBox>,
@@ -269,35 +306,7 @@ pub struct SourceHandle {
 }
 
 impl SourceHandle {
-    /// The connector's name.
-    pub fn connector(&self) -> &str {
-        &self.caller.connector
-    }
-
-    /// A handle that cancels this instance's calls in flight.
-    pub fn cancel_handle(&self) -> CancelHandle {
-        CancelHandle(self.canceller.clone())
-    }
-
-    /// Checks connectivity and credentials.
-    pub async fn check(&mut self) -> Result<(), HostError> {
-        let r = self
-            .caller
-            .clone()
-            .blocking("check", &mut self.inner, |s| s.check())
-            .await?;
-        self.caller.lift("check", r)
-    }
-
-    /// The source's catalog.
-    pub async fn discover(&mut self) -> Result<Catalog, HostError> {
-        let caller = self.caller.clone();
-        let r = caller
-            .blocking("discover", &mut self.inner, |s| s.discover())
-            .await?;
-        let text = caller.lift("discover", r)?;
-        caller.json("discover", text.as_str())
-    }
+    instance_methods!();
 
     /// Starts reading a stream.
     pub async fn read(&mut self, request: &ReadRequest) -> Result<BatchStream, HostError> {
@@ -376,35 +385,7 @@ pub struct DestinationHandle {
 }
 
 impl DestinationHandle {
-    /// The connector's name.
-    pub fn connector(&self) -> &str {
-        &self.caller.connector
-    }
-
-    /// A handle that cancels this instance's calls in flight.
-    pub fn cancel_handle(&self) -> CancelHandle {
-        CancelHandle(self.canceller.clone())
-    }
-
-    /// Checks connectivity and credentials.
-    pub async fn check(&mut self) -> Result<(), HostError> {
-        let r = self
-            .caller
-            .clone()
-            .blocking("check", &mut self.inner, |d| d.check())
-            .await?;
-        self.caller.lift("check", r)
-    }
-
-    /// The streams that exist in the destination.
-    pub async fn discover(&mut self) -> Result<Catalog, HostError> {
-        let caller = self.caller.clone();
-        let r = caller
-            .blocking("discover", &mut self.inner, |d| d.discover())
-            .await?;
-        let text = caller.lift("discover", r)?;
-        caller.json("discover", text.as_str())
-    }
+    instance_methods!();
 
     /// Prepares a stream for writing.
     pub async fn open_stream(
