@@ -22,7 +22,14 @@ use std::time::Duration;
 /// How long an idle thread waits for work before it ends.
 const KEEP_ALIVE: Duration = Duration::from_secs(10);
 
-type Job = Box<dyn FnOnce() + Send>;
+/// A call: it runs the plugin code and returns what delivers the result to the caller, so
+/// that the thread can put itself back on the idle list *before* the caller wakes up. A
+/// caller that issues its next call straight away then finds this thread idle, as the
+/// pool's "idle last takes the next call" rule promises.
+type Job = Box<dyn FnOnce() -> Delivery + Send>;
+
+/// Hands a finished call's result to the caller.
+type Delivery = Box<dyn FnOnce() + Send>;
 
 /// Where a dispatcher leaves a job for one idle thread.
 #[derive(Default)]
@@ -57,7 +64,10 @@ where
 {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let job: Job = Box::new(move || {
-        let _ = tx.send(catch_unwind(AssertUnwindSafe(f)));
+        let result = catch_unwind(AssertUnwindSafe(f));
+        Box::new(move || {
+            let _ = tx.send(result);
+        })
     });
     let dispatched = dispatch(job);
     async move {
@@ -102,8 +112,9 @@ fn dispatch(job: Job) -> std::io::Result<()> {
 fn work(slot: Arc<Slot>, first: Job) {
     let mut job = first;
     loop {
-        job();
+        let deliver = job();
         lock(&IDLE).push(slot.clone());
+        deliver();
         let mut waiting = lock(&slot.job);
         job = loop {
             if let Some(next) = waiting.take() {
@@ -135,6 +146,7 @@ mod tests {
 
     #[tokio::test]
     async fn calls_run_off_the_runtime_and_return_their_results() {
+        let _serial = SERIAL.lock().await;
         let here = std::thread::current().id();
         let (value, there) = run(move || (6 * 7, std::thread::current().id()))
             .await
