@@ -6,7 +6,9 @@
 
 use std::path::{Path, PathBuf};
 
-use lockstep_e2e::{block_on, lockstep, mysql_database, postgres_database, run, TempDatabase};
+use lockstep_e2e::{
+    block_on, lockstep, mysql_database, plugin_library, postgres_database, run, TempDatabase,
+};
 use sqlx::Connection;
 
 /// One side of a sync: a database holding an `orders` table.
@@ -276,4 +278,52 @@ fn plan_shows_before_values_from_mariadb() {
     let (ok, first) = json(d, &["run", "orders"]);
     assert!(ok, "{first}");
     plan_shows_before_values(&source, d);
+}
+
+/// A source without `read-by-keys` cannot give a record's current version: the retry is
+/// refused, says why and what to do, and leaves the rejected record pending.
+#[test]
+fn retry_is_refused_for_a_source_that_cannot_read_by_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // The panicky test plugin's source offers `items` (ids 1 to 3; 3 has no name) and no
+    // read-by-keys.
+    std::fs::create_dir_all(d.join("plugins")).unwrap();
+    std::fs::copy(
+        plugin_library("lockstep_testplugin_panicky"),
+        d.join("plugins").join(format!(
+            "{}lockstep_connector_panicky{}",
+            std::env::consts::DLL_PREFIX,
+            std::env::consts::DLL_SUFFIX
+        )),
+    )
+    .unwrap();
+    let destination = Side::Sqlite(d.join("dst.db"));
+    destination.exec(&["CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL)"]);
+    std::fs::write(
+        d.join("lockstep.toml"),
+        format!(
+            "[connectors]\npaths = [\"plugins\"]\n\n[connections.src]\nconnector = \"panicky\"\n\n\
+             {}[syncs.items]\nsource = \"src.items\"\ndestination = \"dst.items\"\n\
+             max_rejected = 5\n",
+            destination.connection_toml("dst")
+        ),
+    )
+    .unwrap();
+    let (ok, first) = json(d, &["run", "items"]);
+    assert!(ok, "{first}");
+    assert_eq!(counts(&first, &["added", "rejected"]), [2, 1], "{first}");
+
+    let (out, stdout, stderr) = run(lockstep(d).args(["rejects", "retry", "items"]));
+    assert!(!out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("`panicky`")
+            && stderr.contains("`read-by-keys`")
+            && stderr.contains("nothing was retried"),
+        "{stderr}"
+    );
+    let (ok, listed) = json(d, &["rejects", "list", "items"]);
+    assert!(ok, "{listed}");
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    assert_eq!(listed[0]["retried"], serde_json::Value::Null, "{listed}");
 }
