@@ -9,7 +9,8 @@
 //!   are refused before they are sent.
 //! - Reads never use OFFSET: pages follow the key (full) or (cursor, key) (incremental)
 //!   with row comparisons, so rows that share a cursor value are neither skipped nor re-read.
-//!   A page holds at most `batch_size` rows.
+//!   A page holds at most `batch_size` rows. A read by keys binds every key value as its
+//!   column's type, in chunks of bounded size.
 //! - Identifiers are always quoted with backticks (embedded backticks doubled); values are
 //!   always bound parameters of prepared statements.
 //! - Writes of one stream run in one transaction from the first write after a flush to the
@@ -89,6 +90,7 @@ impl Connector for MySqlConnector {
             features: [
                 "incremental",
                 "lookback",
+                lockstep_plugin_sdk::protocol::FEATURE_READ_BY_KEYS,
                 "upsert",
                 "delete",
                 "create-stream",

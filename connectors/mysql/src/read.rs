@@ -1,5 +1,12 @@
 //! Reading a table in keyset pages, decoded straight from rows into Arrow builders.
+//!
+//! A read by keys (`request.keys`, the `read-by-keys` feature) instead selects chunks of at
+//! most [`KEYS_PER_QUERY`] keys (never more than the batch size) with `WHERE (k1, k2) IN ((?,
+//! ?), ...)`: every value is a bound parameter of its column's type (decimals cast to the
+//! column's precision), so comparisons are the column's own, and the statement stays bounded
+//! however many keys are asked for. Keys that match no row, or hold a null, find nothing.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use chrono::NaiveDate;
@@ -51,7 +58,12 @@ pub struct MySqlReader {
     batch_size: usize,
     done: bool,
     connection_id: u64,
+    /// A read by keys: the chunks of keys still to read.
+    keys: Option<VecDeque<Vec<Vec<Value>>>>,
 }
+
+/// The most keys one query of a read by keys asks for.
+pub const KEYS_PER_QUERY: usize = 1000;
 
 /// Parses a lookback such as `0s`, `90s`, `5m`, `1h30m`, `2d` or `250ms` into microseconds.
 pub(crate) fn parse_lookback(text: &str) -> Result<i64> {
@@ -176,6 +188,34 @@ impl MySqlReader {
         }
 
         let position = start_position(&request, &columns, &order, incremental, lookback_us)?;
+        let batch_size = request.batch_size.unwrap_or(default_batch_size).max(1);
+        let keys = match &request.keys {
+            None => None,
+            Some(keys) => {
+                let mut usable = Vec::with_capacity(keys.len());
+                for k in keys {
+                    if k.len() != key.len() {
+                        return Err(ConnectorError::config(format!(
+                            "reading `{stream}` by keys: a key has {} values but the key ({}) \
+                             has {} fields",
+                            k.len(),
+                            key.join(", "),
+                            key.len()
+                        )));
+                    }
+                    // A null equals nothing: such a key finds no row.
+                    if k.iter().all(|v| !v.is_null()) {
+                        usable.push(k.clone());
+                    }
+                }
+                Some(
+                    usable
+                        .chunks(KEYS_PER_QUERY.min(batch_size))
+                        .map(<[_]>::to_vec)
+                        .collect(),
+                )
+            }
+        };
         let (conn, _) = db.connect().await?;
         let mut reader = MySqlReader {
             db,
@@ -186,9 +226,10 @@ impl MySqlReader {
             order,
             incremental,
             position,
-            batch_size: request.batch_size.unwrap_or(default_batch_size).max(1),
+            batch_size,
             done: false,
             connection_id: 0,
+            keys,
         };
         reader.connection_id = reader.fetch_connection_id().await?;
         Ok(reader)
@@ -217,6 +258,83 @@ impl MySqlReader {
             .iter()
             .map(|&i| self.columns[i].order_expr())
             .collect()
+    }
+
+    /// The SELECT of one chunk of a read by keys and its parameters.
+    fn keys_query(&self, keys: &[Vec<Value>]) -> Result<(String, MySqlArguments)> {
+        let select: Vec<String> = self.columns.iter().map(|c| quote(&c.name)).collect();
+        // The key columns are the order columns after the cursor.
+        let key_cols: Vec<&Column> = self.order[self.incremental as usize..]
+            .iter()
+            .map(|&i| &self.columns[i])
+            .collect();
+        let names: Vec<String> = key_cols.iter().map(|c| quote(&c.name)).collect();
+        let marks: Vec<String> = key_cols.iter().map(|c| placeholder(c)).collect();
+        let one = if key_cols.len() == 1 {
+            marks[0].clone()
+        } else {
+            format!("({})", marks.join(", "))
+        };
+        let left = if key_cols.len() == 1 {
+            names[0].clone()
+        } else {
+            format!("({})", names.join(", "))
+        };
+        let mut args = MySqlArguments::default();
+        for key in keys {
+            for (v, c) in key.iter().zip(&key_cols) {
+                bind_json(&mut args, v, c).map_err(|e| {
+                    ConnectorError::config(format!("reading `{}` by keys: {e}", self.table))
+                })?;
+            }
+        }
+        let sql = format!(
+            "SELECT {} FROM {} WHERE {left} IN ({}) ORDER BY {}",
+            select.join(", "),
+            quote(&self.table),
+            vec![one; keys.len()].join(", "),
+            self.order_exprs().join(", ")
+        );
+        Ok((sql, args))
+    }
+
+    /// The next chunk of a read by keys that finds rows; chunks that find none are skipped.
+    /// A failed chunk stays first, so that a retried `next_batch` reads it again.
+    async fn next_keys_batch(&mut self) -> Result<Option<(RecordBatch, Value)>> {
+        let what = format!("reading `{}` by keys from {}", self.table, self.db.location);
+        loop {
+            let Some(chunk) = self.keys.as_ref().and_then(|k| k.front().cloned()) else {
+                self.done = true;
+                return Ok(None);
+            };
+            if self.conn.is_none() {
+                let (conn, _) = self.db.connect().await?;
+                self.conn = Some(conn);
+                self.connection_id = self.fetch_connection_id().await?;
+            }
+            let (sql, args) = self.keys_query(&chunk)?;
+            let conn = self.conn.as_mut().expect("connected above");
+            let rows = match sqlx::query_with(&sql, args).fetch_all(&mut *conn).await {
+                Ok(rows) => rows,
+                Err(e) => {
+                    if connection_lost(&e) {
+                        self.conn = None;
+                    }
+                    return Err(self.db.error(e, &what));
+                }
+            };
+            if let Some(keys) = self.keys.as_mut() {
+                keys.pop_front();
+            }
+            if rows.is_empty() {
+                continue;
+            }
+            let arrays = decode_rows(&rows, &self.columns).map_err(|e| e.context(&what))?;
+            let schema = Arc::new(arrow_schema(&self.fields));
+            let batch = RecordBatch::try_new(schema, arrays[..self.fields.len()].to_vec())
+                .map_err(|e| ConnectorError::internal(format!("{what}: {e}")))?;
+            return Ok(Some((batch, Value::Null)));
+        }
     }
 
     /// The SELECT of the next page and its parameters.
@@ -343,6 +461,9 @@ impl BatchReader for MySqlReader {
     async fn next_batch(&mut self) -> Result<Option<(RecordBatch, Value)>> {
         if self.done {
             return Ok(None);
+        }
+        if self.keys.is_some() {
+            return self.next_keys_batch().await;
         }
         let what = format!("reading `{}` from {}", self.table, self.db.location);
         if self.conn.is_none() {

@@ -482,6 +482,136 @@ fn keys_of_unusual_types_page_consistently() {
 }
 
 #[test]
+fn reads_by_keys_find_composite_typed_and_many_keys_and_skip_missing_ones() {
+    with_db(|mut db| async move {
+        db.exec(
+            "CREATE TABLE `lines` (`order` VARCHAR(20), line INT, amount DECIMAL(10,2) NOT NULL, \
+             at DATETIME(6) NOT NULL, PRIMARY KEY (`order`, line))",
+        )
+        .await;
+        db.exec("CREATE TABLE digits (d INT)").await;
+        db.exec("INSERT INTO digits VALUES (0), (1), (2), (3), (4), (5), (6), (7), (8), (9)")
+            .await;
+        db.exec(
+            "INSERT INTO `lines` SELECT CONCAT('o', n DIV 10), n MOD 10, n / 4, \
+             TIMESTAMPADD(MINUTE, n, '2026-01-01 00:00:00') FROM (SELECT a.d + 10 * b.d + \
+             100 * c.d + 1000 * e.d AS n FROM digits a, digits b, digits c, digits e \
+             WHERE e.d < 3) g",
+        )
+        .await;
+        let mut source = db.source().await;
+        let by_keys = |key: &[&str], keys: Value, batch_size: Option<usize>| ReadRequest {
+            key: key.iter().map(|k| k.to_string()).collect(),
+            keys: Some(
+                keys.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|k| k.as_array().unwrap().clone())
+                    .collect(),
+            ),
+            batch_size,
+            ..request("lines")
+        };
+        let pairs = |batches: &[(RecordBatch, Value)]| -> Vec<(String, i64)> {
+            all_rows(batches)
+                .iter()
+                .map(|r| {
+                    (
+                        r["order"].as_str().unwrap().to_owned(),
+                        r["line"].as_i64().unwrap(),
+                    )
+                })
+                .collect()
+        };
+
+        // A composite key, with keys that match nothing (a null among them); rows come in
+        // key order.
+        let found = read_all(
+            &mut source,
+            by_keys(
+                &["order", "line"],
+                json!([
+                    ["o5", 3],
+                    ["missing", 1],
+                    ["o299", 9],
+                    ["o5", 99],
+                    ["o5", null]
+                ]),
+                None,
+            ),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            pairs(&found),
+            [("o299".to_owned(), 9), ("o5".to_owned(), 3)]
+        );
+        assert_eq!(found[0].1, Value::Null, "a read by keys has no position");
+
+        // Values compare as their column's type: 1.5 is the decimal 1.50, and a datetime read
+        // from the table finds its row.
+        let found = read_all(
+            &mut source,
+            by_keys(&["amount"], json!([[1.5], ["2.25"]]), None),
+        )
+        .await
+        .unwrap();
+        assert_eq!(pairs(&found), [("o0".to_owned(), 6), ("o0".to_owned(), 9)]);
+        let everything = read_all(
+            &mut source,
+            ReadRequest {
+                fields: Some(vec!["at".into()]),
+                ..request("lines")
+            },
+        )
+        .await
+        .unwrap();
+        let at_10 = all_rows(&everything)[10]["at"].clone();
+        let found = read_all(&mut source, by_keys(&["at"], json!([[at_10]]), None))
+            .await
+            .unwrap();
+        assert_eq!(pairs(&found), [("o1".to_owned(), 0)]);
+
+        // Many keys go in chunks of at most the batch size; a chunk that finds nothing is
+        // skipped, and every row is found once.
+        let real: Vec<Value> = (0..3000)
+            .map(|g| json!([format!("o{}", g / 10), g % 10]))
+            .collect();
+        let mut keys = real[..1400].to_vec();
+        keys.extend((0..700).map(|g| json!([format!("none{g}"), 1])));
+        keys.extend_from_slice(&real[1400..]);
+        let found = read_all(
+            &mut source,
+            by_keys(&["order", "line"], Value::Array(keys), Some(700)),
+        )
+        .await
+        .unwrap();
+        let sizes: Vec<usize> = found.iter().map(|(b, _)| b.num_rows()).collect();
+        assert_eq!(sizes, [700, 700, 700, 700, 200]);
+        let distinct: BTreeSet<(String, i64)> = pairs(&found).into_iter().collect();
+        assert_eq!(distinct.len(), 3000);
+
+        // No keys, no rows; a key of the wrong width is refused with the key's fields.
+        let none = read_all(&mut source, by_keys(&["order", "line"], json!([]), None))
+            .await
+            .unwrap();
+        assert!(none.is_empty());
+        let e = read_all(
+            &mut source,
+            by_keys(&["order", "line"], json!([["o1"]]), None),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::CONFIG);
+        assert!(e.message.contains("order, line"), "{}", e.message);
+        assert!(MySqlConnector::manifest()
+            .features
+            .iter()
+            .any(|f| f == "read-by-keys"));
+    });
+}
+
+#[test]
 fn incremental_reads_are_tie_safe() {
     with_db(|mut db| async move {
         db.exec("CREATE TABLE events (id INT PRIMARY KEY, at DATETIME(6), note TEXT)")

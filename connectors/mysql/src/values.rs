@@ -68,7 +68,7 @@ fn days_to_date(days: i32) -> Result<NaiveDate, String> {
         .ok_or_else(|| format!("{days} days from 1970-01-01 is outside the representable dates"))
 }
 
-/// Binds a checkpoint value (as `json_value` wrote it) for a comparison with `column`.
+/// Binds a checkpoint or key value (as `json_value` wrote it) for a comparison with `column`.
 pub(crate) fn bind_json(
     args: &mut MySqlArguments,
     v: &Value,
@@ -82,7 +82,7 @@ pub(crate) fn bind_json(
         Value::Null => Err("null".to_owned()),
         other => Ok(other.to_string()),
     };
-    let bad = |what: &str| format!("checkpoint value {v} for `{}` is not {what}", column.name);
+    let bad = |what: &str| format!("value {v} for `{}` is not {what}", column.name);
     match (logical, wire) {
         (DataType::Boolean, _) => add(args, v.as_bool().ok_or_else(|| bad("a boolean"))?),
         (DataType::Int32 | DataType::Int64, _) => {

@@ -17,6 +17,8 @@
 //! - The URL's password never appears in errors or logs.
 //! - Rows sharing a cursor value are neither skipped nor re-read forever: incremental reads
 //!   order and resume by (cursor, key).
+//! - A read by keys (`read-by-keys`) compares each key value as its column's type, and its
+//!   statement does not grow with the number of keys.
 
 pub mod catalog;
 pub mod config;
@@ -59,6 +61,7 @@ impl Connector for PostgresConnector {
                 "delete",
                 "create-stream",
                 "lookback",
+                lockstep_plugin_sdk::protocol::FEATURE_READ_BY_KEYS,
             ]
             .into_iter()
             .map(String::from)

@@ -7,7 +7,16 @@
 //! `(SELECT current_setting('lockstep.k0')::type)`: COPY takes no parameters, and values never
 //! go into SQL text. Each reader owns its own connection, on a worker thread that fetches one
 //! batch ahead.
+//!
+//! A read by keys (`request.keys`, the `read-by-keys` feature) sends the keys the same way:
+//! each chunk of at most [`KEYS_PER_QUERY`] keys (and never more than the batch size) is one
+//! JSON setting, and the query selects `WHERE (k1, k2) IN (SELECT (e->>0)::type1, (e->>1)::type2
+//! FROM jsonb_array_elements(current_setting('lockstep.keys')::jsonb) e)`: each key value is
+//! cast to its column's type, so comparisons are the column's own (numbers as numbers,
+//! timestamps as timestamps), composite keys compare as rows, and the statement's size does not
+//! grow with the number of keys. Keys that match no row are simply absent from the result.
 
+use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -67,6 +76,67 @@ impl SourceConnector for PgSource {
     }
 }
 
+/// The most keys one query of a read by keys asks for.
+pub const KEYS_PER_QUERY: usize = 1000;
+
+/// A read by keys: the key columns and the chunks of keys still to read.
+struct KeyFilter {
+    /// The condition selecting the rows whose key is in the `lockstep.keys` setting.
+    condition: String,
+    /// Each chunk's keys as a JSON array of arrays of text (null for a SQL NULL).
+    chunks: VecDeque<String>,
+}
+
+impl KeyFilter {
+    fn new(
+        table: &Table,
+        key: &[String],
+        keys: &[Vec<Value>],
+        limit: usize,
+        label: &str,
+    ) -> Result<Self> {
+        let mut columns = Vec::new();
+        let mut casts = Vec::new();
+        for (i, name) in key.iter().enumerate() {
+            let c = table.column(name).ok_or_else(|| {
+                ConnectorError::schema(format!(
+                    "{label}: key field `{name}` is not a column; columns: {}",
+                    table.column_names()
+                ))
+            })?;
+            columns.push(ident(&c.name));
+            casts.push(format!("(e->>{i})::{}", c.cast_type));
+        }
+        let condition = format!(
+            "{} IN (SELECT {} FROM jsonb_array_elements(current_setting('lockstep.keys')::jsonb) \
+             AS e)",
+            row_of(&columns),
+            casts.join(", ")
+        );
+        let mut chunks = VecDeque::new();
+        for chunk in keys.chunks(KEYS_PER_QUERY.min(limit).max(1)) {
+            let mut texts = Vec::with_capacity(chunk.len());
+            for k in chunk {
+                if k.len() != key.len() {
+                    return Err(ConnectorError::config(format!(
+                        "{label}: a key to read has {} values but the key ({}) has {} fields",
+                        k.len(),
+                        key.join(", "),
+                        key.len()
+                    )));
+                }
+                texts.push(Value::Array(
+                    k.iter()
+                        .map(|v| json_to_text(v).map_or(Value::Null, Value::String))
+                        .collect(),
+                ));
+            }
+            chunks.push_back(Value::Array(texts).to_string());
+        }
+        Ok(KeyFilter { condition, chunks })
+    }
+}
+
 /// Everything a reader needs to build its queries.
 struct ReadPlan {
     label: String,
@@ -91,6 +161,8 @@ struct ReadPlan {
     lookback: Option<String>,
     /// The last batch was short: nothing is left.
     done: bool,
+    /// Only these keys (`request.keys`); the read then ignores positions and checkpoints.
+    keys: Option<KeyFilter>,
 }
 
 impl ReadPlan {
@@ -200,7 +272,13 @@ impl ReadPlan {
         let out: Vec<FieldInfo> = wanted.iter().map(|f| (*f).clone()).collect();
         let schema = Arc::new(arrow_schema(&out));
         let position = parse_checkpoint(request, &order, incremental, &label)?;
+        let limit = effective_batch_size(request.batch_size, session.settings.batch_size);
+        let keys = match &request.keys {
+            Some(keys) => Some(KeyFilter::new(table, &key, keys, limit, &label)?),
+            None => None,
+        };
         Ok(ReadPlan {
+            keys,
             select: format!(
                 "SELECT {} FROM {}",
                 exprs.join(", "),
@@ -209,7 +287,7 @@ impl ReadPlan {
             order: order.iter().map(|n| ident(n)).collect(),
             order_types,
             incremental,
-            limit: effective_batch_size(request.batch_size, session.settings.batch_size),
+            limit,
             logical: selected.iter().map(|f| f.data_type).collect(),
             columns,
             out_fields: out.len(),
@@ -220,6 +298,17 @@ impl ReadPlan {
             label,
             done: false,
         })
+    }
+
+    /// The COPY statement for the next chunk of a read by keys and the setting it reads.
+    fn next_keys_query(&self, chunk: &str) -> (String, Vec<(String, String)>) {
+        let condition = self.keys.as_ref().map_or("", |k| k.condition.as_str());
+        let sql = format!(
+            "COPY ({} WHERE {condition} ORDER BY {}) TO STDOUT (FORMAT binary)",
+            self.select,
+            self.order.join(", ")
+        );
+        (sql, vec![("lockstep.keys".into(), chunk.to_owned())])
     }
 
     /// The COPY statement for the next batch and the settings it reads.
@@ -415,27 +504,27 @@ fn worker(
     });
 }
 
-/// Fetches the next batch of `plan`. A failed batch leaves the position where it was, so
-/// that a retry reads it again.
-async fn fetch(conn: &mut PgConnection, plan: &mut ReadPlan) -> BatchResult {
-    if plan.done {
-        return Ok(None);
-    }
-    let (sql, params) = plan.next_query();
+/// Runs one COPY of `plan`'s columns with its settings: the row count and the columns.
+async fn copy_rows(
+    conn: &mut PgConnection,
+    plan: &ReadPlan,
+    sql: &str,
+    params: &[(String, String)],
+) -> Result<(usize, Vec<lockstep_plugin_sdk::arrow::array::ArrayRef>)> {
     if !params.is_empty() {
         let calls: Vec<String> = (0..params.len())
             .map(|i| format!("set_config(${}, ${}, false)", 2 * i + 1, 2 * i + 2))
             .collect();
         let query = format!("SELECT {}", calls.join(", "));
         let mut q = sqlx::query(&query);
-        for (name, value) in &params {
+        for (name, value) in params {
             q = q.bind(name).bind(value);
         }
         q.execute(&mut *conn).await.map_err(map_sqlx)?;
     }
     let mut decoder = CopyDecoder::new(&plan.columns, plan.limit.min(65_536), 1 << 16);
     {
-        let mut stream = conn.copy_out_raw(&sql).await.map_err(map_sqlx)?;
+        let mut stream = conn.copy_out_raw(sql).await.map_err(map_sqlx)?;
         while let Some(chunk) = poll_fn(|cx| Pin::new(&mut stream).poll_next(cx)).await {
             let chunk = chunk.map_err(map_sqlx)?;
             decoder
@@ -447,6 +536,49 @@ async fn fetch(conn: &mut PgConnection, plan: &mut ReadPlan) -> BatchResult {
     let columns = decoder
         .finish()
         .map_err(|e| ConnectorError::internal(e.to_string()))?;
+    Ok((rows, columns))
+}
+
+/// The batch of the first selected columns of a COPY's result.
+fn out_batch(
+    plan: &ReadPlan,
+    mut columns: Vec<lockstep_plugin_sdk::arrow::array::ArrayRef>,
+) -> Result<RecordBatch> {
+    columns.truncate(plan.out_fields);
+    RecordBatch::try_new(plan.schema.clone(), columns)
+        .map_err(|e| ConnectorError::schema(e.to_string()))
+}
+
+/// Fetches the next chunk of a read by keys that finds rows; chunks that find none are
+/// skipped. A failed chunk stays first, so that a retry reads it again.
+async fn fetch_keys(conn: &mut PgConnection, plan: &mut ReadPlan) -> BatchResult {
+    loop {
+        let Some(chunk) = plan.keys.as_ref().and_then(|k| k.chunks.front().cloned()) else {
+            plan.done = true;
+            return Ok(None);
+        };
+        let (sql, params) = plan.next_keys_query(&chunk);
+        let (rows, columns) = copy_rows(conn, plan, &sql, &params).await?;
+        if let Some(keys) = plan.keys.as_mut() {
+            keys.chunks.pop_front();
+        }
+        if rows > 0 {
+            return Ok(Some((out_batch(plan, columns)?, Value::Null)));
+        }
+    }
+}
+
+/// Fetches the next batch of `plan`. A failed batch leaves the position where it was, so
+/// that a retry reads it again.
+async fn fetch(conn: &mut PgConnection, plan: &mut ReadPlan) -> BatchResult {
+    if plan.done {
+        return Ok(None);
+    }
+    if plan.keys.is_some() {
+        return fetch_keys(conn, plan).await;
+    }
+    let (sql, params) = plan.next_query();
+    let (rows, columns) = copy_rows(conn, plan, &sql, &params).await?;
     plan.lookback = None;
     if rows < plan.limit {
         plan.done = true;
@@ -484,11 +616,7 @@ async fn fetch(conn: &mut PgConnection, plan: &mut ReadPlan) -> BatchResult {
     } else {
         json!({ "key": values })
     };
-    let mut columns = columns;
-    columns.truncate(plan.out_fields);
-    let batch = RecordBatch::try_new(plan.schema.clone(), columns)
-        .map_err(|e| ConnectorError::schema(e.to_string()))?;
-    Ok(Some((batch, checkpoint)))
+    Ok(Some((out_batch(plan, columns)?, checkpoint)))
 }
 
 impl BatchReader for PgReader {

@@ -413,6 +413,112 @@ fn full_reads_page_by_key_and_resume_from_checkpoints() {
 }
 
 #[test]
+fn reads_by_keys_find_composite_typed_and_many_keys_and_skip_missing_ones() {
+    let Some(db) = TestDb::create() else { return };
+    block_on(async {
+        db.exec(
+            "CREATE TABLE lines (\"order\" text, line int, at timestamptz NOT NULL, \
+             amount numeric(10,2) NOT NULL, PRIMARY KEY (\"order\", line)); \
+             INSERT INTO lines SELECT 'o' || (g / 10), g % 10, \
+             timestamptz '2026-01-01 00:00:00+00' + g * interval '1 minute', g / 4.0 \
+             FROM generate_series(0, 2999) g;",
+        )
+        .await;
+        let mut source = db.source(None).await;
+        let by_keys = |key: &[&str], keys: Value, batch_size: Option<usize>| {
+            let mut r = request("lines");
+            r.key = key.iter().map(|k| k.to_string()).collect();
+            r.keys = Some(
+                keys.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|k| k.as_array().unwrap().clone())
+                    .collect(),
+            );
+            r.batch_size = batch_size;
+            r
+        };
+        let rows_of = |batches: &[(RecordBatch, Value)]| -> Vec<(String, i64)> {
+            batches
+                .iter()
+                .flat_map(|(b, _)| rows_from_batch(b))
+                .map(|r| {
+                    (
+                        r["order"].as_str().unwrap().to_owned(),
+                        r["line"].as_i64().unwrap(),
+                    )
+                })
+                .collect()
+        };
+
+        // A composite key, with keys that match nothing; rows come in key order.
+        let mut reader = ok(source
+            .read(by_keys(
+                &["order", "line"],
+                json!([["o5", 3], ["missing", 1], ["o299", 9], ["o5", 99]]),
+                None,
+            ))
+            .await);
+        let found = read_all(&mut reader).await;
+        assert_eq!(
+            rows_of(&found),
+            [("o299".to_owned(), 9), ("o5".to_owned(), 3)]
+        );
+        assert_eq!(found[0].1, Value::Null, "a read by keys has no position");
+
+        // Values compare as their column's type: 1.5 is the numeric 1.50, and a timestamp
+        // read from the table finds its row.
+        let mut reader = ok(source
+            .read(by_keys(&["amount"], json!([[1.5], ["2.25"]]), None))
+            .await);
+        assert_eq!(
+            rows_of(&read_all(&mut reader).await),
+            [("o0".to_owned(), 6), ("o0".to_owned(), 9)]
+        );
+        let mut all = request("lines");
+        all.fields = Some(vec!["at".into()]);
+        let at_10 = rows_from_batch(&read_all(&mut ok(source.read(all).await)).await[0].0)[10]
+            ["at"]
+            .clone();
+        let mut reader = ok(source.read(by_keys(&["at"], json!([[at_10]]), None)).await);
+        assert_eq!(
+            rows_of(&read_all(&mut reader).await),
+            [("o1".to_owned(), 0)]
+        );
+
+        // Many keys go in chunks of at most the batch size; a chunk that finds nothing is
+        // skipped, and every row is found once.
+        let real: Vec<Value> = (0..3000)
+            .map(|g| json!([format!("o{}", g / 10), g % 10]))
+            .collect();
+        let mut keys = real[..1400].to_vec();
+        keys.extend((0..700).map(|g| json!([format!("none{g}"), 1])));
+        keys.extend_from_slice(&real[1400..]);
+        let mut reader = ok(source
+            .read(by_keys(&["order", "line"], Value::Array(keys), Some(700)))
+            .await);
+        let found = read_all(&mut reader).await;
+        let sizes: Vec<usize> = found.iter().map(|(b, _)| b.num_rows()).collect();
+        assert_eq!(sizes, [700, 700, 700, 700, 200]);
+        let mut rows = rows_of(&found);
+        rows.sort();
+        rows.dedup();
+        assert_eq!(rows.len(), 3000);
+
+        // No keys, no rows; a key of the wrong width is refused with the key's fields.
+        let mut reader = ok(source
+            .read(by_keys(&["order", "line"], json!([]), None))
+            .await);
+        assert!(read_all(&mut reader).await.is_empty());
+        let e = err(source
+            .read(by_keys(&["order", "line"], json!([["o1"]]), None))
+            .await);
+        assert_eq!(e.kind, ErrorKind::CONFIG);
+        assert!(e.message.contains("order, line"), "{}", e.message);
+    });
+}
+
+#[test]
 fn incremental_reads_neither_skip_nor_repeat_rows_sharing_a_cursor() {
     let Some(db) = TestDb::create() else { return };
     block_on(async {

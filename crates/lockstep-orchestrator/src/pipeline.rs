@@ -493,7 +493,8 @@ pub(crate) async fn apply_batch(
     metrics.rejected = rejected.len() as u64;
     run.metrics.add(&metrics);
     run.batches += 1;
-    let new_checkpoint = spec.mode.uses_cursor().then_some(checkpoint);
+    // A null checkpoint (a read by keys, for a retry) leaves the stored one where it is.
+    let new_checkpoint = (spec.mode.uses_cursor() && !checkpoint.is_null()).then_some(checkpoint);
     state
         .commit_batch(&BatchCommit {
             sync,
@@ -626,7 +627,8 @@ async fn apply_without_ledger(
     metrics.rejected = rejected.len() as u64;
     run.metrics.add(&metrics);
     run.batches += 1;
-    let new_checkpoint = spec.mode.uses_cursor().then_some(checkpoint);
+    // A null checkpoint (a read by keys, for a retry) leaves the stored one where it is.
+    let new_checkpoint = (spec.mode.uses_cursor() && !checkpoint.is_null()).then_some(checkpoint);
     ctx.engine
         .state
         .commit_batch(&BatchCommit {

@@ -1,40 +1,65 @@
-//! Retrying rejected records: the stored source rows go through the mapping and into the
-//! destination again, as a run of their own so that history shows it.
+//! Retrying rejected records, as a run of its own so that history shows it.
+//!
+//! A retry never replays the row stored with a rejected record: the record may have changed
+//! and synced since, and writing the stored row would put older data over newer. Instead it
+//! reads the current version of each record from the source by its source key (the
+//! connector's `read-by-keys` feature) and sends what it reads through the same path as a
+//! run: mapping, the ledger diff, the destination write and one state commit per batch.
+//!
+//! Invariants:
+//! - Nothing older than the source's current record is written; a source connector without
+//!   `read-by-keys` is refused before anything happens.
+//! - A rejected record is resolved only when the current version of its key is in the
+//!   destination (written now, or already there by the ledger) or when the record no longer
+//!   exists in the source (then nothing is written, in any mode).
+//! - A record that fails again stays pending: the retry's run stores it as a new rejected
+//!   record with today's reason and value, and the old one notes the retry.
+//! - The stored checkpoint does not move: a read by keys is not a position in the source.
 
-use arrow::array::RecordBatch;
-use lockstep_core::protocol::{OpenStreamRequest, SchemaEvolution};
-use lockstep_core::{fingerprints, record_keys, RunMetrics, RunStatus};
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use lockstep_core::protocol::{
+    OpenStreamRequest, ReadMode, ReadRequest, SchemaEvolution, FEATURE_READ_BY_KEYS,
+};
+use lockstep_core::{RunMetrics, RunStatus};
 use lockstep_mapping::Mapper;
 use lockstep_plugin_sdk::rows::batch_from_rows;
-use lockstep_state::{BatchCommit, LedgerEntry, RejectedFilter, RunEnd};
+use lockstep_state::{BatchCommit, Lease, RejectedFilter, RejectedRecord, RunEnd};
+use serde_json::Value;
 
-use crate::engine::{Engine, RunOptions, SyncJob};
+use crate::engine::{Engine, RunOptions, RunState, SyncJob};
 use crate::error::EngineError;
-use crate::pipeline::open_source_stream;
+use crate::pipeline::{apply_batch, open_source_stream, Context, Sink};
+
+/// The most keys one read by keys asks for.
+const KEYS_PER_READ: usize = 500;
 
 /// What a retry did.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct RetryOutcome {
     pub run_id: i64,
+    /// The rejected records retried.
     pub retried: usize,
+    /// Of those, the records whose current version is now in the destination.
     pub succeeded: usize,
-    /// Of the succeeded records, those the destination did not have before.
+    /// Records the destination did not have before (counted once per key).
     pub added: usize,
-    /// (rejected record id, why it failed again)
+    /// The ids of rejected records whose key no longer exists in the source: resolved, and
+    /// nothing was written for them.
+    pub gone: Vec<i64>,
+    /// (rejected record id, why it failed again); each stays pending as a new rejected
+    /// record of the retry's run.
     pub failed: Vec<(i64, String)>,
+    /// The counts of the retry's run.
+    pub metrics: RunMetrics,
 }
 
-impl RetryOutcome {
-    /// The counts of the retry's run.
-    fn metrics(&self) -> RunMetrics {
-        RunMetrics {
-            read: self.retried as u64,
-            added: self.added as u64,
-            updated: (self.succeeded - self.added) as u64,
-            rejected: self.failed.len() as u64,
-            ..Default::default()
-        }
-    }
+/// The canonical text of a record's source key, from a row as JSON; `None` when a key field
+/// is missing or null (the record cannot be looked up).
+fn source_key_of(row: &serde_json::Map<String, Value>, key: &[String]) -> Option<Vec<Value>> {
+    key.iter()
+        .map(|k| row.get(k).filter(|v| !v.is_null()).cloned())
+        .collect()
 }
 
 impl Engine<'_> {
@@ -58,7 +83,7 @@ impl Engine<'_> {
         &self,
         job: &SyncJob,
         ids: &[i64],
-        lease: &lockstep_state::Lease,
+        lease: &Lease,
     ) -> Result<RetryOutcome, EngineError> {
         let sync = job.spec.name.as_str();
         let mut records = self
@@ -79,19 +104,45 @@ impl Engine<'_> {
         if records.is_empty() {
             return Ok(outcome);
         }
+        let plugin = self.registry.get(&job.source.connector)?;
+        if !plugin
+            .manifest
+            .features
+            .iter()
+            .any(|f| f == FEATURE_READ_BY_KEYS)
+        {
+            return Err(EngineError::Config(format!(
+                "sync `{sync}`: connector `{}` of connection `{}` cannot read records by key \
+                 (it does not declare the `{FEATURE_READ_BY_KEYS}` feature), so a retry cannot \
+                 fetch the current version of the {} rejected records, and replaying the stored \
+                 rows could overwrite newer data; nothing was retried. A run resolves a rejected \
+                 record when it writes a newer version of its key: fix the record in the source \
+                 and run `lockstep run {sync}`",
+                job.source.connector,
+                job.spec.source.connection,
+                records.len()
+            )));
+        }
         let run_id = self.state.start_run(sync, None).await?;
         outcome.run_id = run_id;
+        let mut run = RunState {
+            run_id,
+            metrics: RunMetrics::default(),
+            checkpoint: None,
+            batches: 0,
+        };
         let result = self
-            .retry_records(job, lease, run_id, &records, &mut outcome)
+            .retry_records(job, lease, &mut run, &records, &mut outcome)
             .await;
-        let metrics = outcome.metrics();
+        outcome.metrics = run.metrics;
+        outcome.added = run.metrics.added as usize;
         let mut end = RunEnd::new(
             if result.is_ok() {
                 RunStatus::Succeeded
             } else {
                 RunStatus::Failed
             },
-            metrics,
+            run.metrics,
         );
         if let Err(e) = &result {
             end.error_kind = Some(e.kind_name().to_owned());
@@ -105,107 +156,225 @@ impl Engine<'_> {
     async fn retry_records(
         &self,
         job: &SyncJob,
-        lease: &lockstep_state::Lease,
-        run_id: i64,
-        records: &[lockstep_state::RejectedRecord],
+        lease: &Lease,
+        run: &mut RunState,
+        records: &[RejectedRecord],
         outcome: &mut RetryOutcome,
     ) -> Result<(), EngineError> {
-        let sync = job.spec.name.as_str();
-        let (_, stream) = open_source_stream(self, job).await?;
-        let mapper = Mapper::new(&job.spec, &stream)?;
-        let mut ok_ids = Vec::new();
-        let mut ledger = Vec::new();
+        let spec = &job.spec;
+        let run_id = run.run_id;
+        let (mut source, stream) = open_source_stream(self, job).await?;
+        let mapper = Mapper::new(spec, &stream)?;
+        let source_key = mapper.source_key().to_vec();
+
+        // The records by source key; several rejects (from several runs) may share one.
+        let mut by_key: BTreeMap<String, (Vec<Value>, Vec<&RejectedRecord>)> = BTreeMap::new();
+        let mut unkeyed: Vec<&RejectedRecord> = Vec::new();
+        for record in records {
+            match record
+                .raw
+                .as_object()
+                .and_then(|row| source_key_of(row, &source_key))
+            {
+                Some(values) => {
+                    let text = Value::Array(values.clone()).to_string();
+                    by_key
+                        .entry(text)
+                        .or_insert_with(|| (values, Vec::new()))
+                        .1
+                        .push(record);
+                }
+                None => unkeyed.push(record),
+            }
+        }
+
         let plugin = self.registry.get(&job.destination.connector)?;
         let mut destination = plugin
             .open_destination(&job.destination.config, self.redactor.clone())
             .await?;
         let mut writer = destination
             .open_stream(&OpenStreamRequest {
-                stream: job.spec.destination.stream.clone(),
+                stream: spec.destination.stream.clone(),
                 fields: mapper.target_fields(),
                 key: mapper.key().to_vec(),
                 create_if_missing: true,
                 schema_evolution: SchemaEvolution::AddColumns,
             })
             .await?;
-        // One record at a time: each succeeds or fails on its own, with its own reason.
-        for record in records {
-            let row = match record.raw.as_object() {
-                Some(o) => o.clone(),
-                None => {
-                    outcome
-                        .failed
-                        .push((record.id, "the stored record is not a JSON object".into()));
-                    continue;
-                }
-            };
-            let fields: Vec<_> = stream
-                .fields
-                .iter()
-                .filter(|f| row.contains_key(&f.name))
-                .cloned()
-                .collect();
-            let batch: RecordBatch = match batch_from_rows(&fields, std::slice::from_ref(&row)) {
-                Ok(b) => b,
-                Err(e) => {
-                    outcome.failed.push((record.id, e.to_string()));
-                    continue;
-                }
-            };
-            let mapped = match mapper.map(&batch) {
-                Ok(m) => m,
-                Err(e) => {
-                    outcome.failed.push((record.id, e.to_string()));
-                    continue;
-                }
-            };
-            if let Some(r) = mapped.rejected.first() {
-                outcome.failed.push((record.id, r.reason.clone()));
-                continue;
+        let ctx = Context {
+            engine: self,
+            job,
+            mapper: &mapper,
+            cursor_type: spec
+                .cursor_field
+                .as_ref()
+                .and_then(|c| stream.field(c))
+                .map(|f| f.data_type),
+            lease: Some(lease),
+        };
+        let mut fields = mapper.source_fields();
+        for extra in [&spec.cursor_field, &spec.delete.tombstone]
+            .into_iter()
+            .flatten()
+        {
+            if !fields.contains(extra) {
+                fields.push(extra.clone());
             }
-            let keys = record_keys(&mapped.batch, mapper.key())?;
-            let prints = fingerprints(&mapped.batch)?;
-            let written = writer.upsert(mapped.batch.clone()).await?;
-            if let Some(r) = written.rejected.first() {
-                outcome.failed.push((record.id, r.reason.clone()));
-                continue;
+        }
+
+        // Read the current records and apply them as a run would.
+        let wanted: Vec<Vec<Value>> = by_key.values().map(|(v, _)| v.clone()).collect();
+        let mut found: HashSet<String> = HashSet::new();
+        for chunk in wanted.chunks(KEYS_PER_READ) {
+            let mut reader = source
+                .read(&ReadRequest {
+                    stream: spec.source.stream.clone(),
+                    mode: ReadMode::Full,
+                    fields: Some(fields.clone()),
+                    cursor_field: None,
+                    key: source_key.clone(),
+                    checkpoint: None,
+                    batch_size: Some(spec.batch_size),
+                    keys: Some(chunk.to_vec()),
+                })
+                .await?;
+            while let Some((batch, _)) = reader.next().await? {
+                for row in 0..batch.num_rows() {
+                    let json = crate::pipeline::row_json(&batch, row);
+                    if let Some(values) = source_key_of(&json, &source_key) {
+                        found.insert(Value::Array(values).to_string());
+                    }
+                }
+                // A null checkpoint leaves the sync's stored checkpoint where it is.
+                apply_batch(&ctx, Sink::Write(&mut writer), run, batch, Value::Null).await?;
             }
-            ok_ids.push(record.id);
-            ledger.push(LedgerEntry {
-                key: keys[0].clone(),
-                dest_key: None,
-                fingerprint: prints[0],
-                source_version: None,
-                synced_at: None,
-            });
         }
         writer.flush().await?;
-        outcome.succeeded = ok_ids.len();
-        // A record the ledger did not know was added by this retry; the rest were updates.
-        let keys: Vec<String> = ledger.iter().map(|e| e.key.clone()).collect();
-        let known = self.state.ledger_lookup(sync, &keys).await?;
-        outcome.added = keys.iter().filter(|k| !known.contains_key(*k)).count();
-        let metrics = outcome.metrics();
-        self.state
-            .commit_batch(&BatchCommit {
-                sync,
-                run: run_id,
-                lease_token: Some(lease.token),
-                ledger_upserts: &ledger,
-                ledger_deletes: &[],
-                checkpoint: None,
-                metrics: &metrics,
-                rejected: &[],
+
+        // The records this retry's run rejected again, by source key, with their reason.
+        let mut again: HashMap<String, String> = HashMap::new();
+        for r in self
+            .state
+            .rejected(&RejectedFilter {
+                run: Some(run_id),
+                ..Default::default()
             })
-            .await?;
-        self.state
-            .mark_rejected_retried(&ok_ids, &format!("succeeded in run {run_id}"))
-            .await?;
-        for (id, reason) in &outcome.failed {
+            .await?
+        {
+            if let Some(values) = r
+                .raw
+                .as_object()
+                .and_then(|o| source_key_of(o, &source_key))
+            {
+                again.insert(Value::Array(values).to_string(), r.reason);
+            }
+        }
+
+        let mut succeeded = Vec::new();
+        let mut failed_again: Vec<(i64, String)> = Vec::new();
+        for (text, (_, group)) in &by_key {
+            let ids = group.iter().map(|r| r.id);
+            if !found.contains(text) {
+                outcome.gone.extend(ids);
+            } else if let Some(reason) = again.get(text) {
+                failed_again.extend(ids.map(|id| (id, reason.clone())));
+            } else {
+                succeeded.extend(ids);
+            }
+        }
+
+        // Records without a source key cannot be looked up: they fail again, with the
+        // mapping's reason when their stored row does not map either.
+        let mut carried = Vec::new();
+        for record in &unkeyed {
+            let reason = self.unkeyed_reason(&mapper, &stream, record, &source_key);
+            failed_again.push((record.id, reason.clone()));
+            carried.push(RejectedRecord {
+                reason,
+                ..(*record).clone()
+            });
+        }
+        if !carried.is_empty() {
+            run.metrics.rejected += carried.len() as u64;
             self.state
-                .mark_rejected_retried(&[*id], &format!("failed again in run {run_id}: {reason}"))
+                .commit_batch(&BatchCommit {
+                    sync: &spec.name,
+                    run: run_id,
+                    lease_token: Some(lease.token),
+                    ledger_upserts: &[],
+                    ledger_deletes: &[],
+                    checkpoint: None,
+                    metrics: &run.metrics,
+                    rejected: &carried,
+                })
                 .await?;
         }
+
+        self.state
+            .mark_rejected_retried(&succeeded, &format!("succeeded in run {run_id}"))
+            .await?;
+        self.state
+            .mark_rejected_retried(
+                &outcome.gone,
+                &format!(
+                    "resolved in run {run_id}: the record no longer exists in the source; \
+                     nothing was written"
+                ),
+            )
+            .await?;
+        for (id, reason) in &failed_again {
+            self.state
+                .mark_rejected_retried(
+                    &[*id],
+                    &format!(
+                        "failed again in run {run_id} (pending there as a new record): {reason}"
+                    ),
+                )
+                .await?;
+        }
+        outcome.succeeded = succeeded.len();
+        failed_again.sort();
+        outcome.failed = failed_again;
+        outcome.gone.sort();
         Ok(())
+    }
+
+    /// Why a rejected record whose stored row lacks its source key fails again: the
+    /// mapping's reason when the stored row does not map, else that it cannot be looked up.
+    fn unkeyed_reason(
+        &self,
+        mapper: &Mapper,
+        stream: &lockstep_core::protocol::StreamInfo,
+        record: &RejectedRecord,
+        source_key: &[String],
+    ) -> String {
+        let cannot_look_up = format!(
+            "the stored record has no value for its source key ({}), so its current version \
+             cannot be read from the source; fix the record there and a run will sync it",
+            source_key
+                .iter()
+                .map(|k| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let Some(row) = record.raw.as_object() else {
+            return cannot_look_up;
+        };
+        let fields: Vec<_> = stream
+            .fields
+            .iter()
+            .filter(|f| row.contains_key(&f.name))
+            .cloned()
+            .collect();
+        let mapped = batch_from_rows(&fields, std::slice::from_ref(row))
+            .map_err(|e| e.to_string())
+            .and_then(|batch| mapper.map(&batch).map_err(|e| e.to_string()));
+        match mapped {
+            Err(reason) => reason,
+            Ok(m) => match m.rejected.first() {
+                Some(r) => r.reason.clone(),
+                None => cannot_look_up,
+            },
+        }
     }
 }

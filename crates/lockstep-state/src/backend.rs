@@ -308,6 +308,18 @@ macro_rules! impl_state_store {
                     }
                     query.execute(&mut *tx).await.map_err(db(OP))?;
                 }
+                // A pending rejected record of a key this commit writes is superseded: the
+                // destination now holds a newer version of that record. Resolved before this
+                // batch's own rejects are inserted, so those stay pending.
+                let resolved = sql::rejected_resolved_note(c.run);
+                for chunk in upserts.chunks(sql::KEY_CHUNK) {
+                    let text = sql::rejected_resolve_sql(chunk.len());
+                    let mut query = sqlx::query(&text).bind(resolved.as_str()).bind(c.sync);
+                    for entry in chunk {
+                        query = query.bind(entry.key.as_str());
+                    }
+                    query.execute(&mut *tx).await.map_err(db(OP))?;
+                }
                 if let Some(checkpoint) = &checkpoint {
                     sqlx::query(sql::checkpoint_upsert_sql())
                         .bind(c.sync)

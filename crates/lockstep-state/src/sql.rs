@@ -194,6 +194,21 @@ pub(crate) fn rejected_retried_sql(ids: usize) -> String {
     )
 }
 
+/// Marks the pending rejected records of sync `$2` whose key is one of `keys` parameters
+/// (from `$3`) as resolved with the note `$1`.
+pub(crate) fn rejected_resolve_sql(keys: usize) -> String {
+    format!(
+        r#"UPDATE "rejected" SET "retried" = $1
+           WHERE "sync" = $2 AND "retried" IS NULL AND "key" IN ({})"#,
+        params(3, keys)
+    )
+}
+
+/// The note a batch commit leaves on the rejected records it supersedes.
+pub(crate) fn rejected_resolved_note(run: i64) -> String {
+    format!("resolved in run {run}: a newer version of the record was written")
+}
+
 /// A parameter of a dynamically built query.
 pub(crate) enum Param {
     Int(i64),

@@ -74,8 +74,10 @@ pub trait StateStore: Send + Sync {
     ) -> Result<Vec<String>>;
 
     /// Commits one batch in one transaction: the fencing check, the run's progress, ledger
-    /// upserts then deletes, the checkpoint and rejected records. On any error nothing is
-    /// written; with a stale lease token the error is `LeaseLost`.
+    /// upserts then deletes, the checkpoint and rejected records. The pending rejected records
+    /// of every key the commit upserts are resolved in the same transaction (the destination
+    /// now holds a newer version); the commit's own rejected records stay pending. On any
+    /// error nothing is written; with a stale lease token the error is `LeaseLost`.
     async fn commit_batch(&self, commit: &BatchCommit<'_>) -> Result<()>;
 
     /// Rejected records matching `filter`, newest first.

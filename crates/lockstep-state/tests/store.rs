@@ -782,8 +782,87 @@ async fn rejected_records_round_trip(store: Box<dyn StateStore>) {
     assert_eq!(pending, [of_s[0].id, of_s[1].id]);
 }
 
+async fn a_ledger_write_of_a_key_resolves_its_pending_rejects(store: Box<dyn StateStore>) {
+    let metrics = RunMetrics::default();
+    let run1 = store.start_run("s", None).await.unwrap();
+    let refused = [
+        rejected(Some("[1]"), Some("qty"), "check failed", json!({"id": 1})),
+        rejected(Some("[2]"), Some("qty"), "check failed", json!({"id": 2})),
+        rejected(None, Some("code"), "null key", json!({"id": 3})),
+    ];
+    store
+        .commit_batch(&BatchCommit {
+            rejected: &refused,
+            ..batch("s", run1, &metrics)
+        })
+        .await
+        .unwrap();
+    let other = store.start_run("t", None).await.unwrap();
+    store
+        .commit_batch(&BatchCommit {
+            rejected: &[rejected(Some("[1]"), None, "elsewhere", json!({}))],
+            ..batch("t", other, &metrics)
+        })
+        .await
+        .unwrap();
+
+    // A later run writes key [1] and refuses key [2] again in the same commit.
+    let run2 = store.start_run("s", None).await.unwrap();
+    store
+        .commit_batch(&BatchCommit {
+            ledger_upserts: &[entry("[1]", 1)],
+            rejected: &[rejected(
+                Some("[2]"),
+                None,
+                "still refused",
+                json!({"id": 2}),
+            )],
+            ..batch("s", run2, &metrics)
+        })
+        .await
+        .unwrap();
+    let pending = |sync: &str| RejectedFilter {
+        sync: Some(sync.into()),
+        pending_only: true,
+        ..Default::default()
+    };
+    let left: Vec<(Option<String>, String)> = store
+        .rejected(&pending("s"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.key, r.reason))
+        .collect();
+    assert_eq!(
+        left,
+        [
+            (Some("[2]".to_owned()), "still refused".to_owned()),
+            (None, "null key".to_owned()),
+            (Some("[2]".to_owned()), "check failed".to_owned()),
+        ]
+    );
+    let all = store
+        .rejected(&RejectedFilter {
+            run: Some(run1),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let first = all
+        .iter()
+        .find(|r| r.key.as_deref() == Some("[1]"))
+        .unwrap();
+    assert_eq!(
+        first.retried.as_deref(),
+        Some(format!("resolved in run {run2}: a newer version of the record was written").as_str())
+    );
+    // Another sync's record of the same key is left alone.
+    assert_eq!(store.rejected(&pending("t")).await.unwrap().len(), 1);
+}
+
 on_both_backends!(
     run_lifecycle_and_history,
+    a_ledger_write_of_a_key_resolves_its_pending_rejects,
     mark_abandoned_spares_runs_under_the_live_lease,
     commit_batch_writes_ledger_checkpoint_progress_and_rejects,
     lease_lost_commit_writes_nothing,

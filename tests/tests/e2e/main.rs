@@ -6,5 +6,6 @@ mod crash;
 mod daemon;
 mod engine;
 mod plugins;
+mod retry;
 mod tidy;
 mod types;

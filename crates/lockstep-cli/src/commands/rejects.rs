@@ -84,15 +84,21 @@ pub async fn run(config_path: &Path, command: RejectsCommand) -> CmdResult {
                 println!("No pending rejected records to retry for sync `{sync}`.");
             } else {
                 println!(
-                    "retried {} records of sync {} in run {}: {} succeeded, {} failed again",
+                    "retried {} records of sync {} in run {} from their current source version: \
+                     {} succeeded, {} failed again, {} no longer in the source (resolved, \
+                     nothing written)",
                     outcome.retried,
                     sync,
                     outcome.run_id,
                     outcome.succeeded,
-                    outcome.failed.len()
+                    outcome.failed.len(),
+                    outcome.gone.len()
                 );
+                for id in &outcome.gone {
+                    println!("  {id}: no longer in the source");
+                }
                 for (id, reason) in &outcome.failed {
-                    println!("  {id}: {}", redact(reason));
+                    println!("  {id}: failed again: {}", redact(reason));
                 }
             }
             if outcome.failed.is_empty() {
