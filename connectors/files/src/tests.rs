@@ -472,3 +472,26 @@ fn the_destination_rolls_files_by_size_and_writes_json_lines() {
     ids.sort();
     assert_eq!(ids, [1, 2, 3, 4]);
 }
+
+#[test]
+fn a_stream_does_not_read_the_files_of_a_stream_whose_name_it_prefixes() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = json!({ "dir": dir.path().display().to_string() });
+    let mut dest = FilesConnector::open_destination(config(conf.clone())).unwrap();
+    block_on(async {
+        for stream in ["contacts", "contacts-archive"] {
+            let mut writer = dest
+                .start_write(OpenStreamRequest {
+                    stream: stream.into(),
+                    ..open_request()
+                })
+                .unwrap();
+            writer.upsert(test_batch()).await.unwrap();
+            writer.flush().await.unwrap();
+        }
+    });
+    assert_eq!(visible_files(dir.path()).len(), 2);
+    let mut back = source(conf);
+    let (rows, _) = read(&mut back, "contacts", None, 10).unwrap();
+    assert_eq!(rows.len(), 4);
+}

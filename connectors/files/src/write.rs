@@ -31,6 +31,9 @@ use serde_json::Value;
 
 use crate::config::{CsvOptions, Encoding, FilesConfig, Format, StreamSpec};
 
+/// The format of `{run}` in file names: the UTC time the writer opened, to the millisecond.
+const RUN_FORMAT: &str = "%Y%m%dT%H%M%S%3fZ";
+
 /// The directory under a destination's `dir` that holds the stream descriptions.
 pub(crate) const DESCRIPTIONS_DIR: &str = ".lockstep";
 
@@ -193,10 +196,15 @@ pub(crate) fn open_writer(config: &FilesConfig, request: OpenStreamRequest) -> R
     };
     fs::create_dir_all(dir.join(DESCRIPTIONS_DIR)).map_err(|e| io_error(&dir, e))?;
     let ext = format.extension();
-    let pattern = template
+    // Digits where the template has `{run}` and `{seq}`, so that stream `a` does not match
+    // the files of stream `a-b`.
+    let digit = "[0-9]";
+    let run_pattern = format!("{}T{}Z", digit.repeat(8), digit.repeat(9));
+    let seq_pattern = format!("{}*", digit.repeat(5));
+    let pattern = glob::Pattern::escape(&template)
         .replace("{stream}", &glob::Pattern::escape(&stream))
-        .replace("{run}", "*")
-        .replace("{seq}", "*")
+        .replace("{run}", &run_pattern)
+        .replace("{seq}", &seq_pattern)
         .replace("{ext}", ext);
     let delimiter = config.destination_delimiter()?;
     let null = config.null.clone().unwrap_or_default();
@@ -215,7 +223,7 @@ pub(crate) fn open_writer(config: &FilesConfig, request: OpenStreamRequest) -> R
     Ok(FilesWriter {
         base_name: template
             .replace("{stream}", &stream)
-            .replace("{run}", &Utc::now().format("%Y%m%dT%H%M%S%3fZ").to_string())
+            .replace("{run}", &Utc::now().format(RUN_FORMAT).to_string())
             .replace("{ext}", ext),
         dir,
         fields,
