@@ -239,18 +239,21 @@ impl CsvRecords {
     }
 
     fn next_record(&mut self) -> Result<Next> {
-        let more = self
-            .reader
-            .read_byte_record(&mut self.record)
-            .map_err(|e| self.csv_error(e))?;
-        if !more {
-            return Ok(None);
+        loop {
+            let more = self
+                .reader
+                .read_byte_record(&mut self.record)
+                .map_err(|e| self.csv_error(e))?;
+            if !more {
+                return Ok(None);
+            }
+            // A line holding nothing at all is not a record (a trailing blank line).
+            let blank = self.record.len() == 1 && self.record[0].is_empty();
+            if !(blank && self.columns.len() > 1) {
+                break;
+            }
         }
         let line = self.record.position().map(|p| p.line()).unwrap_or(0);
-        // A line holding nothing at all is not a record (a trailing blank line).
-        if self.record.len() == 1 && self.record[0].is_empty() && self.columns.len() > 1 {
-            return self.next_record();
-        }
         if self.record.len() != self.columns.len() {
             let quote_hint = if self.record.len() < self.columns.len() {
                 "a value with the delimiter or a line break in it that is not quoted, or a \

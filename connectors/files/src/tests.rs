@@ -495,3 +495,37 @@ fn a_stream_does_not_read_the_files_of_a_stream_whose_name_it_prefixes() {
     let (rows, _) = read(&mut back, "contacts", None, 10).unwrap();
     assert_eq!(rows.len(), 4);
 }
+
+#[test]
+fn a_file_appearing_while_a_run_reads_is_left_for_the_next_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name);
+    write_old(&p("a-1.csv"), b"id,name\n1,a\n2,b\n");
+    let mut conn = source(json!({ "streams": { "a": {
+        "path": format!("{}/a-*.csv", dir.path().display()), "settle": "0s",
+    }}}));
+    let (first, checkpoint) = block_on(async {
+        conn.catalog().unwrap();
+        let mut reader = conn
+            .start_read(ReadRequest {
+                stream: "a".into(),
+                batch_size: Some(1),
+                ..Default::default()
+            })
+            .unwrap();
+        let mut rows = Vec::new();
+        let mut last = None;
+        while let Some((batch, cp)) = reader.next_batch().await.unwrap() {
+            rows.extend(rows_from_batch(&batch));
+            last = Some(cp);
+            if rows.len() == 1 {
+                // A new export lands in the middle of the read.
+                write_old(&p("a-2.csv"), b"id,name\n3,c\n");
+            }
+        }
+        (rows, last)
+    });
+    assert_eq!(names(&first), ["a", "b"]);
+    let (rows, _) = read(&mut conn, "a", checkpoint, 10).unwrap();
+    assert_eq!(names(&rows), ["c"]);
+}
