@@ -263,9 +263,13 @@ impl FilesReader {
                 Some(Ok(record)) => record,
             };
             let shown = open.to_read.found.name.clone();
+            // A CSV file's columns were checked against the stream once, at its header.
+            let checked = open.records.columns().is_some();
             let mut values = record.values;
-            if let Some(unknown) = values.keys().find(|k| self.stream.field(k).is_none()) {
-                return Err(self.unknown_field(&shown, record.line, unknown));
+            if !checked {
+                if let Some(unknown) = values.keys().find(|k| self.stream.field(k).is_none()) {
+                    return Err(self.unknown_field(&shown, record.line, unknown));
+                }
             }
             if let Some(name) = &self.spec.file_field {
                 values.insert(name.clone(), Value::String(shown.clone()));

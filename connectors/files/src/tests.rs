@@ -529,3 +529,31 @@ fn a_file_appearing_while_a_run_reads_is_left_for_the_next_run() {
     let (rows, _) = read(&mut conn, "a", checkpoint, 10).unwrap();
     assert_eq!(names(&rows), ["c"]);
 }
+
+#[test]
+fn a_field_the_stream_does_not_have_is_an_error_naming_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    write_old(
+        &dir.path().join("u.jsonl"),
+        b"{\"id\": 1}\n{\"id\": 2, \"extra\": true}\n",
+    );
+    write_old(&dir.path().join("u-1.csv"), b"id\n1\n");
+    write_old(&dir.path().join("u-2.csv"), b"id,extra\n2,x\n");
+    let mut conn = source(json!({ "streams": {
+        "j": { "path": format!("{}/u.jsonl", dir.path().display()), "infer_rows": 1 },
+        "c": { "path": format!("{}/u-*.csv", dir.path().display()) },
+    }}));
+    let e = read(&mut conn, "j", None, 10).unwrap_err();
+    assert!(
+        e.message.contains("u.jsonl`, line 2: field `extra`"),
+        "{}",
+        e.message
+    );
+    assert!(
+        e.message.contains("declare it in `streams.j.fields`"),
+        "{}",
+        e.message
+    );
+    let e = read(&mut conn, "c", None, 10).unwrap_err();
+    assert!(e.message.contains("field `extra`"), "{}", e.message);
+}
