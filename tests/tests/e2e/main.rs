@@ -5,6 +5,7 @@ mod config_errors;
 mod crash;
 mod daemon;
 mod engine;
+mod files;
 mod plugins;
 mod retry;
 mod tidy;

@@ -1,0 +1,559 @@
+//! Tests of the connector's types, driven directly on real files in temporary directories.
+
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use lockstep_plugin_sdk::rows::rows_from_batch;
+use lockstep_plugin_sdk::{
+    block_on, BatchReader, ConnectorError, DataType, OpenStreamRequest, ReadMode, ReadRequest,
+    SchemaEvolution, StreamWriter,
+};
+use serde_json::{json, Map, Value};
+
+use crate::{FilesConfig, FilesConnector};
+
+type Row = Map<String, Value>;
+
+fn config(value: Value) -> FilesConfig {
+    serde_json::from_value(value).expect("a valid test config")
+}
+
+fn source(value: Value) -> FilesConnector {
+    FilesConnector::open_source(config(value)).expect("the source opens")
+}
+
+/// Sets a file's modification time `ago` in the past, as if written then.
+fn age(path: &Path, ago: Duration) {
+    let file = fs::File::options().write(true).open(path).unwrap();
+    file.set_modified(SystemTime::now() - ago).unwrap();
+}
+
+fn write_old(path: &Path, bytes: &[u8]) {
+    fs::write(path, bytes).unwrap();
+    age(path, Duration::from_secs(60));
+}
+
+/// Reads a stream to the end: its rows and the last checkpoint (or the one given).
+fn read(
+    conn: &mut FilesConnector,
+    stream: &str,
+    checkpoint: Option<Value>,
+    batch_size: usize,
+) -> Result<(Vec<Row>, Option<Value>), ConnectorError> {
+    block_on(async {
+        conn.catalog()?;
+        let mut reader = conn.start_read(ReadRequest {
+            stream: stream.into(),
+            mode: ReadMode::Incremental,
+            checkpoint: checkpoint.clone(),
+            batch_size: Some(batch_size),
+            ..Default::default()
+        })?;
+        let mut rows = Vec::new();
+        let mut last = checkpoint;
+        while let Some((batch, cp)) = reader.next_batch().await? {
+            assert!(batch.num_rows() <= batch_size);
+            rows.extend(rows_from_batch(&batch));
+            last = Some(cp);
+        }
+        Ok((rows, last))
+    })
+}
+
+fn names(rows: &[Row]) -> Vec<String> {
+    rows.iter()
+        .map(|r| r["name"].as_str().unwrap_or("<null>").to_owned())
+        .collect()
+}
+
+#[test]
+fn erp_csv_in_latin1_with_quoted_commas_and_embedded_newlines() {
+    let dir = tempfile::tempdir().unwrap();
+    let (latin1, _, _) = encoding_rs::WINDOWS_1252
+        .encode("id;name;city;balance\n1;Zoë Ærø;\"Paris; 8e\";12.50\n2;\"Müller, Hans\nSohn\";Köln;\n3;plain;;-3\n");
+    write_old(&dir.path().join("parties-1.csv"), &latin1);
+    let mut conn = source(json!({ "streams": { "parties": {
+        "path": format!("{}/parties-*.csv", dir.path().display()),
+        "delimiter": ";", "encoding": "latin-1",
+        "fields": { "balance": "decimal(10,2)" },
+        "primary_key": ["id"],
+        "line_field": "_line", "file_field": "_file",
+    }}}));
+    let catalog = conn.catalog().unwrap();
+    let stream = catalog.stream("parties").unwrap();
+    let types: Vec<(&str, DataType)> = stream
+        .fields
+        .iter()
+        .map(|f| (f.name.as_str(), f.data_type))
+        .collect();
+    assert_eq!(
+        types,
+        [
+            ("id", DataType::Int64),
+            ("name", DataType::Text),
+            ("city", DataType::Text),
+            (
+                "balance",
+                DataType::Decimal {
+                    precision: 10,
+                    scale: 2
+                }
+            ),
+            ("_file", DataType::Text),
+            ("_line", DataType::Int64),
+        ]
+    );
+    let (rows, _) = read(&mut conn, "parties", None, 2).unwrap();
+    assert_eq!(names(&rows), ["Zoë Ærø", "Müller, Hans\nSohn", "plain"]);
+    assert_eq!(rows[0]["city"], json!("Paris; 8e"));
+    assert_eq!(rows[0]["balance"], json!("12.50"));
+    assert_eq!(rows[1]["balance"], Value::Null);
+    assert_eq!(rows[2]["city"], Value::Null);
+    // The second record spans lines 3 and 4; the third starts on line 5.
+    let lines: Vec<&Value> = rows.iter().map(|r| &r["_line"]).collect();
+    assert_eq!(lines, [&json!(2), &json!(3), &json!(5)]);
+    assert!(rows[0]["_file"]
+        .as_str()
+        .unwrap()
+        .ends_with("parties-1.csv"));
+}
+
+#[test]
+fn a_utf8_bom_is_accepted_and_json_lines_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    write_old(
+        &dir.path().join("a.csv"),
+        "\u{feff}id,name\n1,Zoë\n".as_bytes(),
+    );
+    write_old(
+        &dir.path().join("b.jsonl"),
+        b"{\"id\": 1, \"name\": \"x\", \"tags\": [1, 2]}\n\n{\"id\": 2, \"name\": null}\n",
+    );
+    let mut conn = source(json!({ "streams": {
+        "a": { "path": format!("{}/a.csv", dir.path().display()) },
+        "b": { "path": format!("{}/b.jsonl", dir.path().display()) },
+    }}));
+    let (rows, _) = read(&mut conn, "a", None, 10).unwrap();
+    assert_eq!(rows[0]["id"], json!(1));
+    assert_eq!(names(&rows), ["Zoë"]);
+    let catalog = conn.catalog().unwrap();
+    let b = catalog.stream("b").unwrap();
+    assert_eq!(b.field("tags").unwrap().data_type, DataType::Json);
+    let (rows, _) = read(&mut conn, "b", None, 10).unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["tags"], json!([1, 2]));
+    assert_eq!(rows[1]["name"], Value::Null);
+}
+
+#[test]
+fn incremental_reads_take_new_and_rewritten_files_but_not_renamed_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name);
+    write_old(&p("x-1.csv"), b"id,name\n1,a\n2,b\n");
+    let mut conn = source(json!({ "streams": { "x": {
+        "path": format!("{}/x-*.csv", dir.path().display()), "settle": "0s",
+    }}}));
+    let (rows, cp) = read(&mut conn, "x", None, 10).unwrap();
+    assert_eq!(names(&rows), ["a", "b"]);
+
+    // Nothing new: nothing read.
+    let (rows, cp) = read(&mut conn, "x", cp, 10).unwrap();
+    assert!(rows.is_empty(), "{rows:?}");
+
+    // A renamed file is not read again; a touched one neither.
+    fs::rename(p("x-1.csv"), p("x-1-renamed.csv")).unwrap();
+    age(&p("x-1-renamed.csv"), Duration::from_secs(30));
+    let (rows, cp) = read(&mut conn, "x", cp, 10).unwrap();
+    assert!(rows.is_empty(), "{rows:?}");
+
+    // A file rewritten in place is read again; a new file is read.
+    write_old(&p("x-1-renamed.csv"), b"id,name\n1,a2\n2,b\n");
+    write_old(&p("x-2.csv"), b"id,name\n3,c\n");
+    let (rows, cp) = read(&mut conn, "x", cp, 10).unwrap();
+    let mut got = names(&rows);
+    got.sort();
+    assert_eq!(got, ["a2", "b", "c"]);
+    let (rows, _) = read(&mut conn, "x", cp, 10).unwrap();
+    assert!(rows.is_empty(), "{rows:?}");
+}
+
+#[test]
+fn a_read_resumes_inside_a_file_after_its_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    write_old(
+        &dir.path().join("r.csv"),
+        b"id,name\n1,a\n2,b\n3,c\n4,d\n5,e\n",
+    );
+    let mut conn = source(json!({ "streams": { "r": {
+        "path": format!("{}/r.csv", dir.path().display()),
+    }}}));
+    let first = block_on(async {
+        conn.catalog().unwrap();
+        let mut reader = conn
+            .start_read(ReadRequest {
+                stream: "r".into(),
+                batch_size: Some(2),
+                ..Default::default()
+            })
+            .unwrap();
+        reader.next_batch().await.unwrap().unwrap()
+    });
+    assert_eq!(names(&rows_from_batch(&first.0)), ["a", "b"]);
+    let (rest, _) = read(&mut conn, "r", Some(first.1), 2).unwrap();
+    assert_eq!(names(&rest), ["c", "d", "e"]);
+}
+
+#[test]
+fn files_still_being_written_are_left_for_a_later_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name);
+    let mut conn = source(json!({ "streams": { "s": {
+        "path": format!("{}/*.csv", dir.path().display()), "settle": "10s",
+    }}}));
+    write_old(&p("done.csv"), b"id,name\n1,done\n");
+    // Written just now: within the settle time.
+    fs::write(p("growing.csv"), b"id,name\n2,first half\n").unwrap();
+    // A temporary name, however old.
+    write_old(&p("upload.csv.part"), b"id,name\n3,partial\n");
+    write_old(&p(".hidden.csv"), b"id,name\n4,hidden\n");
+    let (rows, cp) = read(&mut conn, "s", None, 10).unwrap();
+    assert_eq!(names(&rows), ["done"]);
+
+    // It grows during the settle time: still not read.
+    let mut text = fs::read(p("growing.csv")).unwrap();
+    text.extend_from_slice(b"5,second half\n");
+    fs::write(p("growing.csv"), &text).unwrap();
+    let (rows, cp) = read(&mut conn, "s", cp, 10).unwrap();
+    assert!(rows.is_empty(), "{rows:?}");
+
+    // Once it has been left alone for the settle time, it is read whole.
+    age(&p("growing.csv"), Duration::from_secs(11));
+    let (rows, _) = read(&mut conn, "s", cp, 10).unwrap();
+    assert_eq!(names(&rows), ["first half", "second half"]);
+}
+
+#[test]
+fn malformed_rows_fail_the_read_naming_every_line() {
+    let dir = tempfile::tempdir().unwrap();
+    write_old(
+        &dir.path().join("bad.csv"),
+        b"id,name,amount\n1,a,1\n2,b\n3,c,3\n4,d,4,extra\n",
+    );
+    write_old(
+        &dir.path().join("bad.jsonl"),
+        b"{\"id\": 1}\n{\"id\": 2\n[3]\n",
+    );
+    let mut conn = source(json!({ "streams": {
+        "c": { "path": format!("{}/bad.csv", dir.path().display()) },
+        "j": { "path": format!("{}/bad.jsonl", dir.path().display()) },
+    }}));
+    let e = read(&mut conn, "c", None, 10).unwrap_err();
+    assert!(e.message.contains("bad.csv"), "{}", e.message);
+    assert!(e.message.contains("2 malformed records"), "{}", e.message);
+    assert!(
+        e.message
+            .contains("line 3: 2 values where the header has 3 columns"),
+        "{}",
+        e.message
+    );
+    assert!(e.message.contains("line 5: 4 values"), "{}", e.message);
+    assert_eq!(e.details["malformed"][0]["line"], json!(3));
+    let e = read(&mut conn, "j", None, 10).unwrap_err();
+    assert!(e.message.contains("line 2: invalid JSON"), "{}", e.message);
+    assert!(
+        e.message
+            .contains("line 3: a JSON Lines record must be an object"),
+        "{}",
+        e.message
+    );
+}
+
+#[test]
+fn a_value_that_does_not_parse_as_its_declared_type_names_file_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    write_old(&dir.path().join("t.csv"), b"id,amount\n1,2.5\n2,abc\n");
+    let mut conn = source(json!({ "streams": { "t": {
+        "path": format!("{}/t.csv", dir.path().display()),
+        "fields": { "amount": "decimal(10,2)" },
+    }}}));
+    let e = read(&mut conn, "t", None, 10).unwrap_err();
+    assert!(
+        e.message.contains("t.csv`, line 3: field `amount`"),
+        "{}",
+        e.message
+    );
+    assert!(
+        e.message.contains("`abc` is not a decimal number"),
+        "{}",
+        e.message
+    );
+}
+
+#[test]
+fn a_wrong_encoding_names_the_file_and_the_option_to_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let (latin1, _, _) = encoding_rs::WINDOWS_1252.encode("id,name\n1,Zoë\n");
+    write_old(&dir.path().join("l.csv"), &latin1);
+    let mut conn = source(json!({ "streams": { "l": {
+        "path": format!("{}/l.csv", dir.path().display()),
+    }}}));
+    let e = conn.catalog().unwrap_err();
+    assert_eq!(e.kind, lockstep_plugin_sdk::api::ErrorKind::CONFIG);
+    assert!(e.message.contains("l.csv`, line 2"), "{}", e.message);
+    assert!(e.message.contains("not valid UTF-8"), "{}", e.message);
+    assert!(
+        e.message.contains("set `encoding = \"windows-1252\"`") && e.message.contains("streams.l"),
+        "{}",
+        e.message
+    );
+}
+
+#[test]
+fn bad_configs_are_refused_naming_the_key() {
+    let bad = |value: Value, expected: &str| {
+        let e = FilesConfig::deserialize_and_open(value).unwrap_err();
+        assert!(
+            e.message.contains(expected),
+            "{} (expected {expected})",
+            e.message
+        );
+    };
+    bad(json!({}), "needs `streams`");
+    bad(
+        json!({ "streams": { "s": { "path": "a.csv", "encoding": "ebcdic" } } }),
+        "`streams.s.encoding` must be",
+    );
+    bad(
+        json!({ "streams": { "s": { "path": "a.dat" } } }),
+        "set `streams.s.format`",
+    );
+    bad(
+        json!({ "streams": { "s": { "path": "a.csv", "fields": { "x": "int" } } } }),
+        "unknown type `int`",
+    );
+    bad(
+        json!({ "streams": { "s": { "path": "a.csv", "settle": "5 minutes" } } }),
+        "`streams.s.settle`: invalid duration",
+    );
+    bad(
+        json!({ "streams": { "s": { "path": "a.csv", "delimiter": ";;" } } }),
+        "one ASCII character",
+    );
+}
+
+impl FilesConfig {
+    fn deserialize_and_open(value: Value) -> Result<FilesConnector, ConnectorError> {
+        let config: FilesConfig =
+            serde_json::from_value(value).map_err(|e| ConnectorError::config(e.to_string()))?;
+        FilesConnector::open_source(config)
+    }
+}
+
+fn test_batch() -> lockstep_plugin_sdk::arrow::array::RecordBatch {
+    use lockstep_plugin_sdk::rows::batch_from_rows;
+    let rows: Vec<Row> = (1..=4)
+        .map(|i| {
+            let Value::Object(row) = json!({
+                "id": i,
+                "name": format!("name, {i}\n\"quoted\""),
+                "amount": format!("{i}.25"),
+            }) else {
+                unreachable!()
+            };
+            row
+        })
+        .collect();
+    batch_from_rows(&dest_fields(), &rows).unwrap()
+}
+
+fn dest_fields() -> Vec<lockstep_plugin_sdk::FieldInfo> {
+    let field = |name: &str, data_type| lockstep_plugin_sdk::FieldInfo {
+        name: name.into(),
+        data_type,
+        nullable: true,
+        native_type: None,
+    };
+    vec![
+        field("id", DataType::Int64),
+        field("name", DataType::Text),
+        field(
+            "amount",
+            DataType::Decimal {
+                precision: 10,
+                scale: 2,
+            },
+        ),
+    ]
+}
+
+fn open_request() -> OpenStreamRequest {
+    OpenStreamRequest {
+        stream: "contacts".into(),
+        fields: dest_fields(),
+        key: vec!["id".into()],
+        create_if_missing: true,
+        schema_evolution: SchemaEvolution::AddColumns,
+    }
+}
+
+fn visible_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn the_destination_publishes_files_on_flush_and_a_source_reads_them_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = json!({ "dir": dir.path().display().to_string() });
+    let mut dest = FilesConnector::open_destination(config(conf.clone())).unwrap();
+    block_on(async {
+        let mut writer = dest.start_write(open_request()).unwrap();
+        writer.upsert(test_batch()).await.unwrap();
+        // Nothing is visible before the flush.
+        assert!(visible_files(dir.path()).is_empty());
+        writer.flush().await.unwrap();
+        let files = visible_files(dir.path());
+        assert_eq!(files.len(), 1, "{files:?}");
+        assert!(files[0].starts_with("contacts-") && files[0].ends_with("-00001.csv"));
+        // A delete is refused as unsupported: files only add records.
+        let e = writer.delete(test_batch()).await.unwrap_err();
+        assert_eq!(e.kind, lockstep_plugin_sdk::api::ErrorKind::UNSUPPORTED);
+        // Written but not flushed: gone with the writer.
+        writer.upsert(test_batch()).await.unwrap();
+    });
+    assert_eq!(visible_files(dir.path()).len(), 1);
+    assert_eq!(
+        fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .count(),
+        0
+    );
+
+    let mut back = source(conf);
+    let catalog = back.catalog().unwrap();
+    let stream = catalog.stream("contacts").unwrap();
+    assert_eq!(stream.fields, dest_fields());
+    assert_eq!(stream.primary_key, ["id"]);
+    let (rows, _) = read(&mut back, "contacts", None, 3).unwrap();
+    let expected = lockstep_plugin_sdk::rows::rows_from_batch(&test_batch());
+    assert_eq!(rows, expected);
+}
+
+#[test]
+fn the_destination_rolls_files_by_size_and_writes_json_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = json!({
+        "dir": dir.path().display().to_string(),
+        "format": "jsonl",
+        "max_file_bytes": 100,
+        "file_name": "{stream}_{seq}_{run}.{ext}",
+    });
+    let mut dest = FilesConnector::open_destination(config(conf.clone())).unwrap();
+    block_on(async {
+        let mut writer = dest.start_write(open_request()).unwrap();
+        writer.upsert(test_batch()).await.unwrap();
+        writer.flush().await.unwrap();
+    });
+    let files = visible_files(dir.path());
+    assert!(files.len() >= 2, "{files:?}");
+    assert!(files.iter().all(|f| f.ends_with(".jsonl")));
+    let mut back = source(conf);
+    let (rows, _) = read(&mut back, "contacts", None, 10).unwrap();
+    let mut ids: Vec<i64> = rows.iter().map(|r| r["id"].as_i64().unwrap()).collect();
+    ids.sort();
+    assert_eq!(ids, [1, 2, 3, 4]);
+}
+
+#[test]
+fn a_stream_does_not_read_the_files_of_a_stream_whose_name_it_prefixes() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = json!({ "dir": dir.path().display().to_string() });
+    let mut dest = FilesConnector::open_destination(config(conf.clone())).unwrap();
+    block_on(async {
+        for stream in ["contacts", "contacts-archive"] {
+            let mut writer = dest
+                .start_write(OpenStreamRequest {
+                    stream: stream.into(),
+                    ..open_request()
+                })
+                .unwrap();
+            writer.upsert(test_batch()).await.unwrap();
+            writer.flush().await.unwrap();
+        }
+    });
+    assert_eq!(visible_files(dir.path()).len(), 2);
+    let mut back = source(conf);
+    let (rows, _) = read(&mut back, "contacts", None, 10).unwrap();
+    assert_eq!(rows.len(), 4);
+}
+
+#[test]
+fn a_file_appearing_while_a_run_reads_is_left_for_the_next_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name);
+    write_old(&p("a-1.csv"), b"id,name\n1,a\n2,b\n");
+    let mut conn = source(json!({ "streams": { "a": {
+        "path": format!("{}/a-*.csv", dir.path().display()), "settle": "0s",
+    }}}));
+    let (first, checkpoint) = block_on(async {
+        conn.catalog().unwrap();
+        let mut reader = conn
+            .start_read(ReadRequest {
+                stream: "a".into(),
+                batch_size: Some(1),
+                ..Default::default()
+            })
+            .unwrap();
+        let mut rows = Vec::new();
+        let mut last = None;
+        while let Some((batch, cp)) = reader.next_batch().await.unwrap() {
+            rows.extend(rows_from_batch(&batch));
+            last = Some(cp);
+            if rows.len() == 1 {
+                // A new export lands in the middle of the read.
+                write_old(&p("a-2.csv"), b"id,name\n3,c\n");
+            }
+        }
+        (rows, last)
+    });
+    assert_eq!(names(&first), ["a", "b"]);
+    let (rows, _) = read(&mut conn, "a", checkpoint, 10).unwrap();
+    assert_eq!(names(&rows), ["c"]);
+}
+
+#[test]
+fn a_field_the_stream_does_not_have_is_an_error_naming_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    write_old(
+        &dir.path().join("u.jsonl"),
+        b"{\"id\": 1}\n{\"id\": 2, \"extra\": true}\n",
+    );
+    write_old(&dir.path().join("u-1.csv"), b"id\n1\n");
+    write_old(&dir.path().join("u-2.csv"), b"id,extra\n2,x\n");
+    let mut conn = source(json!({ "streams": {
+        "j": { "path": format!("{}/u.jsonl", dir.path().display()), "infer_rows": 1 },
+        "c": { "path": format!("{}/u-*.csv", dir.path().display()) },
+    }}));
+    let e = read(&mut conn, "j", None, 10).unwrap_err();
+    assert!(
+        e.message.contains("u.jsonl`, line 2: field `extra`"),
+        "{}",
+        e.message
+    );
+    assert!(
+        e.message.contains("declare it in `streams.j.fields`"),
+        "{}",
+        e.message
+    );
+    let e = read(&mut conn, "c", None, 10).unwrap_err();
+    assert!(e.message.contains("field `extra`"), "{}", e.message);
+}

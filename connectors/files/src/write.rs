@@ -1,0 +1,486 @@
+//! Writing a stream as files in a directory: CSV or JSON Lines, named from a template
+//! (`{stream}-{run}-{seq}.{ext}`).
+//!
+//! Records are written to a temporary name (`.<name>.tmp`, which readers skip) and renamed
+//! into place by `flush`, after the data and then the directory are synced: a reader never
+//! sees half a file, and what `flush` returned for is durable. A file holds the records of
+//! one flush, or fewer when `max_file_bytes` rolls it over. Data written but not flushed when
+//! the writer goes away is removed with its temporary file.
+//!
+//! A file destination only adds records: it cannot update a record in place or delete one,
+//! and says so (`delete` is refused as unsupported, and the manifest declares neither
+//! `upsert` nor `delete`).
+//!
+//! Each stream has a description, `<dir>/.lockstep/<stream>.json` (its fields with their
+//! logical types, its key and how its files are named), so that a files source on the same
+//! directory reads the stream back with the types it was written with.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use chrono::Utc;
+use lockstep_plugin_sdk::arrow::array::RecordBatch;
+use lockstep_plugin_sdk::protocol::arrow_types::json_value;
+use lockstep_plugin_sdk::{
+    tracing, ConnectorError, DataType, FieldInfo, OpenStreamRequest, Result, SchemaEvolution,
+    StreamWriter, WriteOutcome,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::config::{CsvOptions, Encoding, FilesConfig, Format, StreamSpec};
+
+/// The format of `{run}` in file names: the UTC time the writer opened, to the millisecond.
+const RUN_FORMAT: &str = "%Y%m%dT%H%M%S%3fZ";
+
+/// The directory under a destination's `dir` that holds the stream descriptions.
+pub(crate) const DESCRIPTIONS_DIR: &str = ".lockstep";
+
+/// What a destination wrote about a stream, for sources reading it back.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct StreamDescription {
+    pub stream: String,
+    pub fields: Vec<FieldInfo>,
+    #[serde(default)]
+    pub primary_key: Vec<String>,
+    pub format: String,
+    /// A glob of the stream's file names, relative to the directory.
+    pub pattern: String,
+    #[serde(default)]
+    pub delimiter: Option<String>,
+    #[serde(default)]
+    pub null: String,
+}
+
+impl StreamDescription {
+    /// The source view of the stream, reading files in `dir`.
+    pub(crate) fn source_spec(&self, dir: &Path) -> Result<StreamSpec> {
+        let format = Format::parse(&self.format, "format")?;
+        let mut csv = CsvOptions::default();
+        if let Some(d) = self.delimiter.as_deref().and_then(|d| d.bytes().next()) {
+            csv.delimiter = d;
+        }
+        csv.null = self.null.clone();
+        let prefix = glob::Pattern::escape(&dir.to_string_lossy());
+        Ok(StreamSpec {
+            name: self.stream.clone(),
+            pattern: format!("{prefix}/{}", self.pattern),
+            format,
+            csv,
+            encoding: Encoding::Utf8,
+            declared: Default::default(),
+            declared_order: Some(
+                self.fields
+                    .iter()
+                    .map(|f| (f.name.clone(), f.data_type, f.nullable))
+                    .collect(),
+            ),
+            primary_key: self.primary_key.clone(),
+            infer_rows: 1,
+            // The destination renames complete files into place: none is ever half written.
+            settle: std::time::Duration::ZERO,
+            temporary: crate::config::DEFAULT_TEMPORARY
+                .iter()
+                .filter_map(|p| glob::Pattern::new(p).ok())
+                .collect(),
+            file_field: None,
+            line_field: None,
+            modified_field: None,
+        })
+    }
+}
+
+/// The descriptions of the streams written into `dir`.
+pub(crate) fn descriptions(dir: &Path) -> Result<Vec<StreamDescription>> {
+    let folder = dir.join(DESCRIPTIONS_DIR);
+    let entries = match fs::read_dir(&folder) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(ConnectorError::transient(format!(
+                "listing `{}`: {e}",
+                folder.display()
+            )))
+        }
+    };
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("json") {
+            continue;
+        }
+        let text = fs::read_to_string(&path)
+            .map_err(|e| ConnectorError::transient(format!("reading `{}`: {e}", path.display())))?;
+        let description: StreamDescription = serde_json::from_str(&text).map_err(|e| {
+            ConnectorError::schema(format!(
+                "`{}` is not a stream description the files connector wrote ({e}); remove it \
+                 or restore it",
+                path.display()
+            ))
+        })?;
+        found.push(description);
+    }
+    found.sort_by(|a, b| a.stream.cmp(&b.stream));
+    Ok(found)
+}
+
+fn description_path(dir: &Path, stream: &str) -> PathBuf {
+    dir.join(DESCRIPTIONS_DIR).join(format!("{stream}.json"))
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file, synced, renamed over it.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let parent = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temp = parent.join(format!(".{name}.tmp"));
+    let io = |e: std::io::Error| io_error(&temp, e);
+    let mut file = File::create(&temp).map_err(io)?;
+    file.write_all(bytes).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    fs::rename(&temp, path).map_err(|e| io_error(path, e))?;
+    sync_dir(parent)
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error(dir, e))
+}
+
+fn io_error(path: &Path, e: std::io::Error) -> ConnectorError {
+    let message = format!("writing `{}`: {e}", path.display());
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied => ConnectorError::config(format!(
+            "{message}; give the user Lockstep runs as write access to the directory"
+        )),
+        _ => ConnectorError::transient(message),
+    }
+}
+
+/// Prepares `request.stream` for writing into `config`'s directory.
+pub(crate) fn open_writer(config: &FilesConfig, request: OpenStreamRequest) -> Result<FilesWriter> {
+    config.check_destination()?;
+    let dir = config.destination_dir()?;
+    let format = config.destination_format()?;
+    let template = config.file_name_template()?;
+    let stream = request.stream.clone();
+    if stream.is_empty()
+        || stream.starts_with('.')
+        || stream.contains(['/', '\\'])
+        || stream.chars().any(char::is_control)
+    {
+        return Err(ConnectorError::config(format!(
+            "the stream name `{stream}` cannot be part of a file name; use letters, digits, `_`, \
+             `-` and `.` (not first)"
+        )));
+    }
+    let existing = descriptions(&dir)?.into_iter().find(|d| d.stream == stream);
+    if existing.is_none() && !request.create_if_missing {
+        return Err(ConnectorError::schema(format!(
+            "stream `{stream}` does not exist in `{}` and the request does not allow creating it",
+            dir.display()
+        )));
+    }
+    let fields = match &existing {
+        None => request.fields.clone(),
+        Some(old) => evolve(
+            &stream,
+            &old.fields,
+            &request.fields,
+            request.schema_evolution,
+        )?,
+    };
+    fs::create_dir_all(dir.join(DESCRIPTIONS_DIR)).map_err(|e| io_error(&dir, e))?;
+    let ext = format.extension();
+    // Digits where the template has `{run}` and `{seq}`, so that stream `a` does not match
+    // the files of stream `a-b`.
+    let digit = "[0-9]";
+    let run_pattern = format!("{}T{}Z", digit.repeat(8), digit.repeat(9));
+    let seq_pattern = format!("{}*", digit.repeat(5));
+    let pattern = glob::Pattern::escape(&template)
+        .replace("{stream}", &glob::Pattern::escape(&stream))
+        .replace("{run}", &run_pattern)
+        .replace("{seq}", &seq_pattern)
+        .replace("{ext}", ext);
+    let delimiter = config.destination_delimiter()?;
+    let null = config.null.clone().unwrap_or_default();
+    let description = StreamDescription {
+        stream: stream.clone(),
+        fields: fields.clone(),
+        primary_key: request.key.clone(),
+        format: format.name().to_owned(),
+        pattern,
+        delimiter: Some((delimiter as char).to_string()),
+        null: null.clone(),
+    };
+    let text = serde_json::to_vec_pretty(&description)
+        .map_err(|e| ConnectorError::internal(e.to_string()))?;
+    write_atomically(&description_path(&dir, &stream), &text)?;
+    Ok(FilesWriter {
+        base_name: template
+            .replace("{stream}", &stream)
+            .replace("{run}", &Utc::now().format(RUN_FORMAT).to_string())
+            .replace("{ext}", ext),
+        dir,
+        fields,
+        format,
+        delimiter,
+        null,
+        max_file_bytes: config.max_file_bytes,
+        seq: 0,
+        open: None,
+        staged: Vec::new(),
+    })
+}
+
+/// The fields after applying the request's schema evolution policy to the stream's fields.
+fn evolve(
+    stream: &str,
+    old: &[FieldInfo],
+    new: &[FieldInfo],
+    policy: SchemaEvolution,
+) -> Result<Vec<FieldInfo>> {
+    let missing: Vec<&FieldInfo> = new
+        .iter()
+        .filter(|f| !old.iter().any(|o| o.name == f.name))
+        .collect();
+    match policy {
+        SchemaEvolution::AddColumns => {
+            let mut fields = old.to_vec();
+            fields.extend(missing.into_iter().cloned());
+            Ok(fields)
+        }
+        SchemaEvolution::Ignore => Ok(old.to_vec()),
+        SchemaEvolution::Fail if missing.is_empty() => Ok(old.to_vec()),
+        SchemaEvolution::Fail => Err(ConnectorError::schema(format!(
+            "stream `{stream}` has no fields {}, and the schema evolution policy is `fail`",
+            missing
+                .iter()
+                .map(|f| format!("`{}`", f.name))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+/// A file being written under its temporary name.
+struct PendingFile {
+    temp: PathBuf,
+    target: PathBuf,
+    out: BufWriter<File>,
+    bytes: u64,
+}
+
+/// Writes one stream's records into files.
+pub struct FilesWriter {
+    dir: PathBuf,
+    /// The file name with `{seq}` still to fill in.
+    base_name: String,
+    fields: Vec<FieldInfo>,
+    format: Format,
+    delimiter: u8,
+    null: String,
+    max_file_bytes: Option<u64>,
+    seq: u64,
+    open: Option<PendingFile>,
+    /// Complete files waiting under their temporary names for the next flush.
+    staged: Vec<PendingFile>,
+}
+
+impl FilesWriter {
+    fn start_file(&mut self) -> Result<PendingFile> {
+        self.seq += 1;
+        let name = self.base_name.replace("{seq}", &format!("{:05}", self.seq));
+        let target = self.dir.join(&name);
+        if target.exists() {
+            return Err(ConnectorError::internal(format!(
+                "file `{}` already exists; the files destination never overwrites a file (check \
+                 that `file_name` has `{{run}}` so that runs get names of their own)",
+                target.display()
+            )));
+        }
+        let temp = self.dir.join(format!(".{name}.tmp"));
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&temp)
+            .map_err(|e| io_error(&temp, e))?;
+        let mut pending = PendingFile {
+            temp,
+            target,
+            out: BufWriter::with_capacity(256 * 1024, file),
+            bytes: 0,
+        };
+        if self.format == Format::Csv {
+            let header: Vec<&str> = self.fields.iter().map(|f| f.name.as_str()).collect();
+            let line = self.csv_line(&header)?;
+            write_bytes(&mut pending, &line)?;
+        }
+        Ok(pending)
+    }
+
+    fn csv_line<S: AsRef<[u8]>>(&self, cells: &[S]) -> Result<Vec<u8>> {
+        let mut writer = csv::WriterBuilder::new()
+            .delimiter(self.delimiter)
+            .from_writer(Vec::new());
+        writer
+            .write_record(cells)
+            .map_err(|e| ConnectorError::internal(format!("encoding CSV: {e}")))?;
+        writer
+            .into_inner()
+            .map_err(|e| ConnectorError::internal(format!("encoding CSV: {e}")))
+    }
+
+    /// One row as a line of the file.
+    fn encode_row(
+        &self,
+        batch: &RecordBatch,
+        columns: &[Option<usize>],
+        row: usize,
+    ) -> Result<Vec<u8>> {
+        let values = columns
+            .iter()
+            .zip(&self.fields)
+            .map(|(column, field)| match column {
+                Some(i) => json_value(batch.column(*i), row, Some(field.data_type)),
+                None => Value::Null,
+            });
+        match self.format {
+            Format::JsonLines => {
+                let object: serde_json::Map<String, Value> = self
+                    .fields
+                    .iter()
+                    .map(|f| f.name.clone())
+                    .zip(values)
+                    .collect();
+                let mut line = serde_json::to_vec(&object)
+                    .map_err(|e| ConnectorError::internal(format!("encoding JSON: {e}")))?;
+                line.push(b'\n');
+                Ok(line)
+            }
+            Format::Csv => {
+                let cells: Vec<String> = values
+                    .zip(&self.fields)
+                    .map(|(value, field)| match value {
+                        Value::Null => self.null.clone(),
+                        Value::String(s) => s,
+                        // JSON documents keep their JSON text; other values their plain text.
+                        other if field.data_type == DataType::Json => other.to_string(),
+                        other => other.to_string(),
+                    })
+                    .collect();
+                self.csv_line(&cells)
+            }
+        }
+    }
+
+    fn write(&mut self, batch: &RecordBatch) -> Result<u64> {
+        let schema = batch.schema();
+        let columns: Vec<Option<usize>> = self
+            .fields
+            .iter()
+            .map(|f| schema.index_of(&f.name).ok())
+            .collect();
+        if let Some(extra) = schema
+            .fields()
+            .iter()
+            .find(|f| !self.fields.iter().any(|o| &o.name == f.name()))
+        {
+            return Err(ConnectorError::schema(format!(
+                "the batch has field `{}`, which the stream's files do not have; open the \
+                 stream with schema evolution `add-columns`",
+                extra.name()
+            )));
+        }
+        for row in 0..batch.num_rows() {
+            let line = self.encode_row(batch, &columns, row)?;
+            if self.open.is_none() {
+                self.open = Some(self.start_file()?);
+            }
+            let Some(pending) = self.open.as_mut() else {
+                continue;
+            };
+            write_bytes(pending, &line)?;
+            if self.max_file_bytes.is_some_and(|max| pending.bytes >= max) {
+                if let Some(full) = self.open.take() {
+                    self.staged.push(close(full)?);
+                }
+            }
+        }
+        Ok(batch.num_rows() as u64)
+    }
+
+    fn publish(&mut self) -> Result<()> {
+        if let Some(open) = self.open.take() {
+            self.staged.push(close(open)?);
+        }
+        if self.staged.is_empty() {
+            return Ok(());
+        }
+        for file in std::mem::take(&mut self.staged) {
+            fs::rename(&file.temp, &file.target).map_err(|e| io_error(&file.target, e))?;
+            tracing::debug!(file = %file.target.display(), bytes = file.bytes, "file written");
+        }
+        sync_dir(&self.dir)
+    }
+}
+
+fn write_bytes(pending: &mut PendingFile, bytes: &[u8]) -> Result<()> {
+    pending
+        .out
+        .write_all(bytes)
+        .map_err(|e| io_error(&pending.temp, e))?;
+    pending.bytes += bytes.len() as u64;
+    Ok(())
+}
+
+/// Flushes and syncs a file's data; it stays under its temporary name.
+fn close(mut pending: PendingFile) -> Result<PendingFile> {
+    pending
+        .out
+        .flush()
+        .map_err(|e| io_error(&pending.temp, e))?;
+    pending
+        .out
+        .get_ref()
+        .sync_all()
+        .map_err(|e| io_error(&pending.temp, e))?;
+    Ok(pending)
+}
+
+impl Drop for FilesWriter {
+    fn drop(&mut self) {
+        // Records never flushed were never promised: their temporary files go.
+        for file in self.open.take().into_iter().chain(self.staged.drain(..)) {
+            if let Err(e) = fs::remove_file(&file.temp) {
+                tracing::warn!(file = %file.temp.display(), "cannot remove an unflushed temporary file: {e}");
+            }
+        }
+    }
+}
+
+impl StreamWriter for FilesWriter {
+    async fn upsert(&mut self, batch: RecordBatch) -> Result<WriteOutcome> {
+        let written = self.write(&batch)?;
+        Ok(WriteOutcome {
+            inserted: Some(written),
+            ..Default::default()
+        })
+    }
+
+    async fn delete(&mut self, _keys: RecordBatch) -> Result<WriteOutcome> {
+        Err(ConnectorError::unsupported(
+            "a files destination cannot delete records: it only adds files. Use mode `full` or \
+             `incremental` for a sync into files, not `mirror`",
+        ))
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        self.publish()
+    }
+}
