@@ -107,6 +107,21 @@ impl FakeHubSpot {
         store.create(object, props, now).id.to_string()
     }
 
+    /// Changes a record directly, as a person in HubSpot's UI would: sets the properties and
+    /// the last-modified time. Returns false when there is no such record.
+    pub fn update(&self, object: ObjectType, id: &str, properties: &[(&str, &str)]) -> bool {
+        let mut store = self.state.store.lock().unwrap();
+        let now = store.tick();
+        let Some(record) = id.parse().ok().and_then(|id| store.get_mut(object, id)) else {
+            return false;
+        };
+        for (k, v) in properties {
+            record.properties.insert(k.to_string(), v.to_string());
+        }
+        record.updated_ms = now;
+        true
+    }
+
     /// Every record of `object`, archived or not, in id order.
     pub fn records(&self, object: ObjectType) -> Vec<Record> {
         self.state.store.lock().unwrap().all(object)

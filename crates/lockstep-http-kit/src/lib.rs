@@ -39,6 +39,7 @@ pub use budget::{RateBudget, RateLimit};
 pub use client::{ClientConfig, HttpClient, RateLimitHeaders, Request, Response};
 pub use error::HttpError;
 pub use paging::{Page, Pager, PagerState, Paging, TokenPlacement};
+pub use reqwest::header::HeaderName;
 pub use reqwest::{Method, StatusCode};
 pub use retry::RetryPolicy;
 pub use secrecy::{ExposeSecret, SecretString};
