@@ -395,19 +395,19 @@ async fn search(
             .collect();
         if let Some((property, descending)) = &sort {
             let kind = kind_of(object, property);
-            found.sort_by(|a, b| {
-                let order = compare(
-                    kind,
-                    a.property(object, property).as_deref(),
-                    b.property(object, property).as_deref(),
-                )
-                .then(a.id.cmp(&b.id));
+            let mut keyed: Vec<_> = found
+                .into_iter()
+                .map(|r| (Typed::of(object, r, property, kind), r))
+                .collect();
+            keyed.sort_by(|(a, ra), (b, rb)| {
+                let order = compare(a.as_ref(), b.as_ref()).then(ra.id.cmp(&rb.id));
                 if *descending {
                     order.reverse()
                 } else {
                     order
                 }
             });
+            found = keyed.into_iter().map(|(_, r)| r).collect();
         }
         let total = found.len();
         let page: Vec<Value> = found
@@ -435,54 +435,95 @@ fn kind_of(object: ObjectType, property: &str) -> PropertyType {
         .unwrap_or(PropertyType::String)
 }
 
-/// Compares two values by the property's type; no value sorts first.
-fn compare(kind: PropertyType, a: Option<&str>, b: Option<&str>) -> std::cmp::Ordering {
+/// A value as its property's type compares it.
+#[derive(Debug, Clone, PartialEq)]
+enum Typed {
+    Number(f64),
+    Millis(i64),
+    Text(String),
+}
+
+impl Typed {
+    fn parse(kind: PropertyType, text: &str) -> Option<Self> {
+        Some(match kind {
+            PropertyType::Number => Typed::Number(text.parse().ok()?),
+            PropertyType::DateTime => Typed::Millis(parse_datetime_ms(text)?),
+            _ => Typed::Text(text.to_owned()),
+        })
+    }
+
+    /// A record's value of `property`, read without formatting the system timestamps.
+    fn of(
+        object: ObjectType,
+        record: &crate::Record,
+        property: &str,
+        kind: PropertyType,
+    ) -> Option<Self> {
+        match property {
+            "hs_object_id" => Some(Typed::Number(record.id as f64)),
+            "createdate" => Some(Typed::Millis(record.created_ms)),
+            p if p == object.last_modified_property() => Some(Typed::Millis(record.updated_ms)),
+            p => Self::parse(kind, record.properties.get(p).filter(|v| !v.is_empty())?),
+        }
+    }
+}
+
+/// Compares two values; no value sorts first.
+fn compare(a: Option<&Typed>, b: Option<&Typed>) -> std::cmp::Ordering {
+    use std::cmp::Ordering::*;
     match (a, b) {
-        (None, None) => std::cmp::Ordering::Equal,
-        (None, Some(_)) => std::cmp::Ordering::Less,
-        (Some(_), None) => std::cmp::Ordering::Greater,
-        (Some(a), Some(b)) => match kind {
-            PropertyType::Number => a
-                .parse::<f64>()
-                .unwrap_or(0.0)
-                .total_cmp(&b.parse::<f64>().unwrap_or(0.0)),
-            PropertyType::DateTime => parse_datetime_ms(a).cmp(&parse_datetime_ms(b)),
-            _ => a.cmp(b),
-        },
+        (None, None) => Equal,
+        (None, Some(_)) => Less,
+        (Some(_), None) => Greater,
+        (Some(Typed::Number(a)), Some(Typed::Number(b))) => a.total_cmp(b),
+        (Some(Typed::Millis(a)), Some(Typed::Millis(b))) => a.cmp(b),
+        (Some(Typed::Text(a)), Some(Typed::Text(b))) => a.cmp(b),
+        // A filter value that does not parse as the property's type matches nothing.
+        _ => Less,
     }
 }
 
 struct Filter {
     property: String,
+    kind: PropertyType,
     operator: String,
-    value: Option<String>,
-    high: Option<String>,
-    values: Vec<String>,
+    text: Option<String>,
+    value: Option<Typed>,
+    high: Option<Typed>,
+    values: Vec<Typed>,
 }
 
 impl Filter {
     fn matches(&self, object: ObjectType, record: &crate::Record) -> bool {
-        let kind = kind_of(object, &self.property);
-        let actual = record.property(object, &self.property);
-        let cmp = |v: &Option<String>| compare(kind, actual.as_deref(), v.as_deref());
+        let actual = Typed::of(object, record, &self.property, self.kind);
+        let cmp = |v: Option<&Typed>| compare(actual.as_ref(), v);
         use std::cmp::Ordering::*;
         match self.operator.as_str() {
             "HAS_PROPERTY" => actual.is_some(),
             "NOT_HAS_PROPERTY" => actual.is_none(),
             _ if actual.is_none() => false,
-            "EQ" => cmp(&self.value) == Equal,
-            "NEQ" => cmp(&self.value) != Equal,
-            "LT" => cmp(&self.value) == Less,
-            "LTE" => cmp(&self.value) != Greater,
-            "GT" => cmp(&self.value) == Greater,
-            "GTE" => cmp(&self.value) != Less,
-            "BETWEEN" => cmp(&self.value) != Less && cmp(&self.high) != Greater,
-            "IN" => self.values.iter().any(|v| cmp(&Some(v.clone())) == Equal),
-            "NOT_IN" => !self.values.iter().any(|v| cmp(&Some(v.clone())) == Equal),
-            "CONTAINS_TOKEN" => actual.zip(self.value.as_deref()).is_some_and(|(a, v)| {
-                a.to_lowercase()
-                    .contains(&v.trim_matches('*').to_lowercase())
-            }),
+            "EQ" => cmp(self.value.as_ref()) == Equal,
+            "NEQ" => cmp(self.value.as_ref()) != Equal,
+            "LT" => cmp(self.value.as_ref()) == Less,
+            "LTE" => cmp(self.value.as_ref()) != Greater,
+            "GT" => cmp(self.value.as_ref()) == Greater,
+            "GTE" => cmp(self.value.as_ref()) != Less,
+            "BETWEEN" => cmp(self.value.as_ref()) != Less && cmp(self.high.as_ref()) != Greater,
+            "IN" => self.values.iter().any(|v| cmp(Some(v)) == Equal),
+            "NOT_IN" => !self.values.iter().any(|v| cmp(Some(v)) == Equal),
+            "CONTAINS_TOKEN" | "NOT_CONTAINS_TOKEN" => {
+                let text = record
+                    .property(object, &self.property)
+                    .unwrap_or_default()
+                    .to_lowercase();
+                let token = self
+                    .text
+                    .as_deref()
+                    .unwrap_or_default()
+                    .trim_matches('*')
+                    .to_lowercase();
+                text.contains(&token) == (self.operator == "CONTAINS_TOKEN")
+            }
             _ => false,
         }
     }
@@ -563,12 +604,14 @@ fn parse_filter_groups(
             if !OPERATORS.contains(&operator.as_str()) {
                 return Err(validation(format!("Unknown filter operator: {operator}")));
             }
-            let value = f.get("value").and_then(value_text);
+            let kind = kind_of(object, &property);
+            let text = f.get("value").and_then(value_text);
+            let value = text.as_deref().and_then(|t| Typed::parse(kind, t));
             let needs_value = !matches!(
                 operator.as_str(),
                 "HAS_PROPERTY" | "NOT_HAS_PROPERTY" | "IN" | "NOT_IN"
             );
-            if needs_value && value.is_none() {
+            if needs_value && text.is_none() {
                 return Err(validation(format!(
                     "The {operator} filter on {property} needs a value"
                 )));
@@ -576,13 +619,24 @@ fn parse_filter_groups(
             let values = f
                 .get("values")
                 .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(value_text).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(value_text)
+                        .filter_map(|t| Typed::parse(kind, &t))
+                        .collect()
+                })
                 .unwrap_or_default();
+            let high = f
+                .get("highValue")
+                .and_then(value_text)
+                .and_then(|t| Typed::parse(kind, &t));
             group_filters.push(Filter {
                 property,
+                kind,
                 operator,
+                text,
                 value,
-                high: f.get("highValue").and_then(value_text),
+                high,
                 values,
             });
         }
