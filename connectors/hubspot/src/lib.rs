@@ -4,7 +4,8 @@
 //!
 //! Fields come from the Properties API; full reads page through the list endpoint;
 //! incremental reads query the search endpoint by the last-modified property (see
-//! [`read`] for how ties and the 10,000-result cap are handled).
+//! [`read`] for how ties and the 10,000-result cap are handled); writes go through the batch
+//! endpoints, and refused records become rejects ([`write`]).
 //!
 //! Invariants:
 //! - Every request goes through the kit's client: the account's rate budget (100 requests
@@ -17,17 +18,20 @@
 mod config;
 pub mod read;
 mod schema;
+pub mod write;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use lockstep_http_kit::{HttpClient, RateBudget, RateLimit, Request};
 use lockstep_plugin_sdk::{
-    Catalog, Connector, Context, Manifest, ReadRequest, Result, Role, SourceConnector, Unsupported,
+    Catalog, Connector, Context, DestinationConnector, Manifest, OpenStreamRequest, ReadRequest,
+    Result, Role, SourceConnector,
 };
 
 pub use config::HubSpotConfig;
 pub use read::HubSpotReader;
+pub use write::HubSpotWriter;
 
 /// A connection to one HubSpot account.
 pub struct HubSpot {
@@ -79,6 +83,13 @@ impl HubSpot {
         )
     }
 
+    /// Prepares one object type for writing. HubSpot's object types and properties exist
+    /// already: a field that is not a writable property is a schema error.
+    pub async fn start_write(&self, request: OpenStreamRequest) -> Result<HubSpotWriter> {
+        let schema = schema::load(&self.client, &request.stream, None).await?;
+        write::open(self.client.clone(), schema, request)
+    }
+
     /// Checks that HubSpot answers and takes the token: one list request of one contact.
     pub async fn check_access(&self) -> Result<()> {
         self.client
@@ -94,15 +105,17 @@ impl HubSpot {
 
 impl Connector for HubSpot {
     type Source = HubSpot;
-    type Destination = Unsupported;
+    type Destination = HubSpot;
 
     fn manifest() -> Manifest {
         Manifest {
             name: "hubspot".into(),
             version: env!("CARGO_PKG_VERSION").into(),
             description: "HubSpot CRM contacts, companies and deals (CRM v3 API).".into(),
-            roles: vec![Role::Source],
-            features: vec!["incremental".into()],
+            roles: vec![Role::Source, Role::Destination],
+            features: ["incremental", "upsert", "delete"]
+                .map(String::from)
+                .to_vec(),
             config_schema: config::config_schema(),
             abi_version: String::new(),
             sdk_version: String::new(),
@@ -128,6 +141,27 @@ impl SourceConnector for HubSpot {
 
     async fn read(&mut self, request: ReadRequest) -> Result<HubSpotReader> {
         self.start_read(request).await
+    }
+}
+
+impl DestinationConnector for HubSpot {
+    type Config = HubSpotConfig;
+    type Writer = HubSpotWriter;
+
+    async fn open(config: HubSpotConfig, _ctx: Context) -> Result<Self> {
+        Self::connect(config)
+    }
+
+    async fn check(&mut self) -> Result<()> {
+        self.check_access().await
+    }
+
+    async fn discover(&mut self) -> Result<Catalog> {
+        self.catalog().await
+    }
+
+    async fn open_stream(&mut self, request: OpenStreamRequest) -> Result<HubSpotWriter> {
+        self.start_write(request).await
     }
 }
 
