@@ -9,6 +9,7 @@
 //! the records at that timestamp are then read by a query on that exact timestamp sorted by
 //! `hs_object_id`. Ties at a page boundary are thus neither skipped nor repeated.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use lockstep_http_kit::convert::{batch_from_json, JsonField};
@@ -38,6 +39,9 @@ pub struct HubSpotReader {
     finished: bool,
 }
 
+/// A record with its (last-modified in ms, id).
+type Positioned = ((i64, i64), Value);
+
 enum How {
     Full(Box<Pager>),
     Incremental {
@@ -46,6 +50,9 @@ enum How {
         after: Option<(i64, i64)>,
         /// Reading the records of exactly this timestamp, by id.
         tie: Option<i64>,
+        /// Archived records changed after the checkpoint, in (last-modified, id) order, not
+        /// yet delivered; loaded from the list's archived view at the read's start.
+        archived: Option<VecDeque<Positioned>>,
     },
 }
 
@@ -75,7 +82,7 @@ pub(crate) fn open(
     let cursor = last_modified(&schema.name);
     let mut asked: Vec<String> = fields
         .iter()
-        .filter(|f| f.field.name != "id")
+        .filter(|f| f.field.name != "id" && f.field.name != "archived")
         .map(|f| f.field.name.clone())
         .collect();
     if !asked.iter().any(|n| n == cursor) {
@@ -123,6 +130,7 @@ pub(crate) fn open(
                 search_budget,
                 after: parse_checkpoint(request.checkpoint.as_ref())?,
                 tie: None,
+                archived: None,
             }
         }
     };
@@ -206,6 +214,33 @@ impl HubSpotReader {
         })
     }
 
+    /// The archived records changed after `after`, in (last-modified, id) order. Search never
+    /// finds archived records; per "List contacts", the list endpoint with `archived=true`
+    /// does, without a time filter, so the whole archived view is read once per read.
+    async fn archived_since(&self, after: Option<(i64, i64)>) -> Result<VecDeque<Positioned>> {
+        let template = Request::get(format!("/crm/v3/objects/{}", self.stream))
+            .query("limit", LIST_PAGE)
+            .query("archived", "true")
+            .query("properties", self.asked.join(","))
+            .describe(format!("listing archived HubSpot {}", self.stream));
+        let paging = Paging::PageToken {
+            token_at: "/paging/next/after".into(),
+            placement: TokenPlacement::Query("after".into()),
+        };
+        let mut pager = Pager::new(template, paging, "/results");
+        let mut found = Vec::new();
+        while let Some(page) = pager.next_page(&self.client).await? {
+            for record in page.records {
+                let position = self.position(&record)?;
+                if after.is_none_or(|after| position > after) {
+                    found.push((position, record));
+                }
+            }
+        }
+        found.sort_by_key(|(p, _)| *p);
+        Ok(found.into())
+    }
+
     async fn search(&self, budget: &Arc<RateBudget>, body: Value) -> Result<Vec<Value>> {
         let request = Request::post(format!("/crm/v3/objects/{}/search", self.stream))
             .json(body)
@@ -241,6 +276,17 @@ impl BatchReader for HubSpotReader {
         }
         let cursor = last_modified(&self.stream);
         loop {
+            if let How::Incremental {
+                archived: None,
+                after,
+                ..
+            } = &self.how
+            {
+                let loaded = self.archived_since(*after).await?;
+                if let How::Incremental { archived, .. } = &mut self.how {
+                    *archived = Some(loaded);
+                }
+            }
             match &mut self.how {
                 How::Full(pager) => {
                     let Some(page) = pager.next_page(&self.client).await? else {
@@ -263,6 +309,7 @@ impl BatchReader for HubSpotReader {
                     search_budget,
                     after,
                     tie,
+                    ..
                 } => {
                     let budget = search_budget.clone();
                     let limit = self.batch_size;
@@ -311,7 +358,13 @@ impl BatchReader for HubSpotReader {
                         .map(|r| self.position(&r).map(|p| (p, r)))
                         .collect::<Result<Vec<_>>>()?;
                     positioned.sort_by_key(|(p, _)| *p);
-                    let How::Incremental { after, tie, .. } = &mut self.how else {
+                    let How::Incremental {
+                        after,
+                        tie,
+                        archived,
+                        ..
+                    } = &mut self.how
+                    else {
                         unreachable!("matched above")
                     };
                     if tie_query {
@@ -323,8 +376,14 @@ impl BatchReader for HubSpotReader {
                         }
                     } else {
                         if positioned.is_empty() {
-                            self.finished = true;
-                            return Ok(None);
+                            // The changes are all read: the archived records come last.
+                            let pending = archived.as_mut().expect("loaded above");
+                            if pending.is_empty() {
+                                self.finished = true;
+                                return Ok(None);
+                            }
+                            let take = pending.len().min(limit);
+                            positioned = pending.drain(..take).collect();
                         }
                         if full {
                             let last = positioned.last().expect("a full page").0 .0;
@@ -333,8 +392,25 @@ impl BatchReader for HubSpotReader {
                                 *tie = Some(last);
                                 continue;
                             }
-                        } else {
-                            self.finished = true;
+                        }
+                    }
+                    // Archived records up to this batch's last position join it, in order; the
+                    // batch is cut back to the batch size, and whatever the cut leaves is read
+                    // again after the new checkpoint.
+                    let bound = positioned.last().expect("not empty").0;
+                    let pending = archived.as_mut().expect("loaded above");
+                    while pending.front().is_some_and(|(p, _)| *p <= bound) {
+                        positioned.push(pending.pop_front().expect("checked above"));
+                    }
+                    positioned.sort_by_key(|(p, _)| *p);
+                    if positioned.len() > limit {
+                        // Archived records cut off go back to the queue, in order; live ones
+                        // are found again by the next query, which starts after this batch.
+                        let cut = positioned.split_off(limit);
+                        for entry in cut.into_iter().rev() {
+                            if entry.1["archived"] == Value::Bool(true) {
+                                pending.push_front(entry);
+                            }
                         }
                     }
                     let position = positioned.last().expect("not empty").0;

@@ -83,6 +83,17 @@ impl StreamSchema {
             },
             "/id",
         )];
+        // Archived records arrive in incremental reads with `archived = true`: a mirror
+        // sync's tombstone.
+        fields.push(JsonField::at(
+            FieldInfo {
+                name: "archived".into(),
+                data_type: DataType::Boolean,
+                nullable: false,
+                native_type: Some("archived flag (read-only)".into()),
+            },
+            "/archived",
+        ));
         for p in &self.properties {
             fields.push(JsonField::at(
                 FieldInfo {

@@ -14,9 +14,14 @@ use serde_json::{json, Map, Value};
 const TOKEN: &str = "pat-na1-fake-token-for-destination-tests";
 const TOKEN_VAR: &str = "LOCKSTEP_HUBSPOT_DESTINATION_TEST_TOKEN";
 
-async fn start() -> (FakeHubSpot, HubSpot) {
+/// Sets the token's variable once, before any test reads the environment.
+fn environment() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| std::env::set_var(TOKEN_VAR, TOKEN));
+}
+
+async fn start() -> (FakeHubSpot, HubSpot) {
+    environment();
     let fake = FakeHubSpot::start(Options {
         token: TOKEN.into(),
         ..Options::default()
@@ -193,4 +198,41 @@ async fn streams_keys_and_fields_hubspot_cannot_take_are_refused_up_front() {
         .err()
         .unwrap();
     assert_eq!(error.kind, ErrorKind::SCHEMA);
+}
+
+#[tokio::test]
+async fn with_faults_writes_are_exact_and_stay_within_the_budget() {
+    environment();
+    let fake = FakeHubSpot::start(Options {
+        token: TOKEN.into(),
+        rate_limit: Some((3, std::time::Duration::from_secs(1))),
+        fault_rate: 0.1,
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let config: HubSpotConfig = serde_json::from_value(json!({
+        "token_env": TOKEN_VAR, "base_url": fake.base_url(),
+        "rate_limit": {"requests": 3, "per_seconds": 1}
+    }))
+    .unwrap();
+    let hubspot = HubSpot::connect(config).unwrap();
+    let mut writer = hubspot
+        .start_write(request("contacts", "email", contact_fields()))
+        .await
+        .unwrap();
+    for round in 0..2 {
+        let values = (0..250)
+            .map(|i| json!({"email": format!("c{i}@x.io"), "firstname": format!("R{round}")}))
+            .collect();
+        let outcome = writer
+            .upsert(batch_from_rows(&contact_fields(), &rows(values)).unwrap())
+            .await
+            .unwrap();
+        assert!(outcome.rejected.is_empty(), "{:?}", outcome.rejected);
+    }
+    let records = fake.records(ObjectType::Contacts);
+    assert_eq!(records.len(), 250, "retried upserts never duplicate");
+    assert!(records.iter().all(|r| r.properties["firstname"] == "R1"));
+    assert_eq!(fake.counts().1, 0, "no 429: the budget kept to the limit");
 }

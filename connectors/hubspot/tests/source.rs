@@ -146,7 +146,7 @@ async fn discovery_maps_properties_to_logical_types() {
         .iter()
         .map(|f| f.name.clone())
         .collect();
-    assert_eq!(names, ["id", "email", "lastmodifieddate"]);
+    assert_eq!(names, ["id", "archived", "email", "lastmodifieddate"]);
     let unknown = HubSpot::connect(config(
         &fake,
         json!({"properties": {"contacts": ["emial"]}}),
@@ -205,6 +205,76 @@ async fn incremental_reads_deliver_each_change_once_across_timestamp_ties() {
         BTreeSet::from([5, 42, 300])
     );
     assert_eq!(changed.len(), 3);
+}
+
+#[tokio::test]
+async fn archived_records_arrive_in_incremental_reads_flagged_for_mirror_syncs() {
+    let fake = fake(Options::default()).await;
+    let ids = insert_contacts(&fake, 30);
+    let hubspot = HubSpot::connect(config(&fake, json!({"search_per_second": 1000}))).unwrap();
+    let (first, checkpoint, _) = read_all(&hubspot, incremental(4, None)).await;
+    assert_eq!(first.len(), 30);
+    // A few milliseconds apart, so that the three changes have distinct timestamps.
+    for id in [&ids[3], &ids[17]] {
+        std::thread::sleep(Duration::from_millis(3));
+        assert!(fake.archive(ObjectType::Contacts, id));
+    }
+    std::thread::sleep(Duration::from_millis(3));
+    assert!(fake.update(ObjectType::Contacts, &ids[9], &[("firstname", "Live")]));
+    let mut reader = hubspot
+        .start_read(incremental(4, checkpoint.clone()))
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    while let Some((batch, _)) = reader.next_batch().await.unwrap() {
+        let id = batch
+            .column_by_name("id")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap()
+            .clone();
+        let archived = batch
+            .column_by_name("archived")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<lockstep_plugin_sdk::arrow::array::BooleanArray>()
+            .unwrap()
+            .clone();
+        seen.extend((0..batch.num_rows()).map(|i| (id.value(i), archived.value(i))));
+    }
+    let expected = |i: usize, archived: bool| (ids[i].parse::<i64>().unwrap(), archived);
+    // In (last-modified, id) order: the two archived records, then the later update.
+    assert_eq!(
+        seen,
+        vec![expected(3, true), expected(17, true), expected(9, false)]
+    );
+
+    // A later read from the end delivers nothing again.
+    let (_, end, _) = read_all(&hubspot, incremental(4, checkpoint)).await;
+    let (again, _, _) = read_all(&hubspot, incremental(4, end)).await;
+    assert!(again.is_empty(), "{again:?}");
+}
+
+#[tokio::test]
+async fn archived_records_and_updates_sharing_timestamps_are_each_read_once() {
+    let fake = fake(Options::default()).await;
+    let ids = insert_contacts(&fake, 200);
+    let hubspot = HubSpot::connect(config(&fake, json!({"search_per_second": 1000}))).unwrap();
+    let (_, checkpoint, _) = read_all(&hubspot, incremental(50, None)).await;
+    let mut expected = BTreeSet::new();
+    for (i, id) in ids.iter().enumerate().step_by(5) {
+        if i % 2 == 0 {
+            assert!(fake.archive(ObjectType::Contacts, id));
+        } else {
+            assert!(fake.update(ObjectType::Contacts, id, &[("firstname", "Changed")]));
+        }
+        expected.insert(id.parse::<i64>().unwrap());
+    }
+    let (changed, _, batches) = read_all(&hubspot, incremental(7, checkpoint)).await;
+    assert_eq!(changed.len(), expected.len(), "no change read twice");
+    assert_eq!(changed.into_iter().collect::<BTreeSet<_>>(), expected);
+    assert!(batches >= 6, "{batches}");
 }
 
 #[tokio::test]

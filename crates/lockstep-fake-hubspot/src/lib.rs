@@ -122,6 +122,21 @@ impl FakeHubSpot {
         true
     }
 
+    /// Archives a record directly, as a person in HubSpot's UI would. Returns false when
+    /// there is no such live record.
+    pub fn archive(&self, object: ObjectType, id: &str) -> bool {
+        let mut store = self.state.store.lock().unwrap();
+        let now = store.tick();
+        match id.parse().ok().and_then(|id| store.get_mut(object, id)) {
+            Some(record) if record.archived_ms.is_none() => {
+                record.archived_ms = Some(now);
+                record.updated_ms = now;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Every record of `object`, archived or not, in id order.
     pub fn records(&self, object: ObjectType) -> Vec<Record> {
         self.state.store.lock().unwrap().all(object)
