@@ -75,22 +75,16 @@ pub fn run(cmd: &mut Command) -> (Output, String, String) {
     (output, stdout, stderr)
 }
 
-/// Whether the tests run in CI, where a missing service is a failure, not a skip.
-pub fn in_ci() -> bool {
-    std::env::var("CI")
-        .map(|v| v == "true" || v == "1")
-        .unwrap_or(false)
-}
+/// Whether the tests run in CI (`CI=true` or `CI=1`), where a missing service is a failure,
+/// not a skip.
+pub use lockstep_test_support::skip::in_ci;
 
-/// Reports a missing service: fails under CI, otherwise prints a loud notice and returns
-/// false so the caller can return early.
+/// Reports a missing service: fails under CI, otherwise prints a loud notice, records the
+/// test as skipped (see `lockstep_test_support::skip`) and returns false so the caller can
+/// return early.
+#[track_caller]
 pub fn service_available(name: &str, error: impl std::fmt::Display) -> bool {
-    if in_ci() {
-        panic!("{name} is required in CI (CI=true) but is not reachable: {error}");
-    }
-    eprintln!(
-        "NOTICE: skipping: {name} is not reachable ({error}); set CI=true to make this a failure"
-    );
+    lockstep_test_support::skip::skip_or_fail(format!("{name} is not reachable ({error})"));
     false
 }
 

@@ -59,43 +59,113 @@ pub fn cargo(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// The file, under `target/`, that tests which could not run record themselves in (see
+/// `lockstep_test_support::skip`).
+const SKIP_LOG: &str = "target/skipped-tests.log";
+
 fn test(extra: &[&str]) -> Result<()> {
     // The end-to-end tests drive the built binary and plugins, so build them all first.
     cargo(&["build", "--workspace"])?;
     let mut args = vec!["test", "--workspace", "--no-fail-fast"];
     args.extend_from_slice(extra);
+    let skip_log = root().join(SKIP_LOG);
+    // A fresh log: only this run's skips count.
+    match std::fs::remove_file(&skip_log) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            bail!("cannot clear {}: {e}", skip_log.display())
+        }
+        _ => {}
+    }
     let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     eprintln!("$ cargo {}", args.join(" "));
     let mut child = Command::new(cargo_bin)
         .args(&args)
         .current_dir(root())
+        .env("LOCKSTEP_SKIPPED_TESTS", &skip_log)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .context("running cargo test")?;
-    // Pass the output through, adding up every test binary's result line.
-    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    // Pass the output through, keeping it for the closing line.
     let stdout = child.stdout.take().context("cargo test's output")?;
+    let mut output = Vec::new();
     for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
         let line = line?;
         println!("{line}");
-        if let Some(rest) = line.strip_prefix("test result: ") {
-            let count = |word: &str| -> u64 {
-                rest.split(';')
-                    .find_map(|part| part.trim().strip_suffix(word))
-                    .and_then(|n| n.trim().rsplit(' ').next()?.parse().ok())
-                    .unwrap_or(0)
-            };
-            passed += count(" passed");
-            failed += count(" failed");
-            ignored += count(" ignored");
-        }
+        output.push(line);
     }
     let status = child.wait()?;
-    println!("\ntests: {passed} passed, {failed} failed, {ignored} skipped");
+    let skips = std::fs::read_to_string(&skip_log).unwrap_or_default();
+    let summary = Summary::of(&output, &skips);
+    if !summary.skipped_tests.is_empty() {
+        println!("\nskipped (a service they need is not reachable; CI=true makes this a failure):");
+        for test in &summary.skipped_tests {
+            println!("  {test}");
+        }
+    }
+    println!("\n{}", summary.line());
     if !status.success() {
         bail!("`cargo {}` failed ({status})", args.join(" "));
     }
     Ok(())
+}
+
+/// The closing count of a `cargo test` run.
+#[derive(Debug, Default, PartialEq)]
+struct Summary {
+    passed: u64,
+    failed: u64,
+    skipped: u64,
+    /// The tests that skipped themselves, with why: `binary::test: reason`.
+    skipped_tests: Vec<String>,
+}
+
+impl Summary {
+    /// Adds up libtest's `test result:` lines, then moves the tests recorded in `skip_log`
+    /// (one `binary::test: reason` line each; a test may record several) from passed to
+    /// skipped. A test that recorded a skip and then failed stays failed. Ignored tests are
+    /// skipped too.
+    fn of(output: &[String], skip_log: &str) -> Summary {
+        let mut summary = Summary::default();
+        let mut failed_tests = std::collections::BTreeSet::new();
+        for line in output {
+            if let Some(rest) = line.strip_prefix("test result: ") {
+                let count = |word: &str| -> u64 {
+                    rest.split(';')
+                        .find_map(|part| part.trim().strip_suffix(word))
+                        .and_then(|n| n.trim().rsplit(' ').next()?.parse().ok())
+                        .unwrap_or(0)
+                };
+                summary.passed += count(" passed");
+                summary.failed += count(" failed");
+                summary.skipped += count(" ignored");
+            } else if let Some(name) = line
+                .strip_prefix("test ")
+                .and_then(|rest| rest.strip_suffix(" ... FAILED"))
+            {
+                failed_tests.insert(name.to_owned());
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for entry in skip_log.lines().filter(|l| !l.trim().is_empty()) {
+            let id = entry.split_once(": ").map_or(entry, |(id, _)| id);
+            let test = id.split_once("::").map_or(id, |(_, test)| test);
+            if failed_tests.contains(test) || !seen.insert(id.to_owned()) {
+                continue;
+            }
+            summary.skipped_tests.push(entry.to_owned());
+            summary.passed = summary.passed.saturating_sub(1);
+            summary.skipped += 1;
+        }
+        summary
+    }
+
+    /// `tests: N passed, N failed, N skipped`.
+    fn line(&self) -> String {
+        format!(
+            "tests: {} passed, {} failed, {} skipped",
+            self.passed, self.failed, self.skipped
+        )
+    }
 }
 
 fn bench_boundary(extra: &[&str]) -> Result<()> {
@@ -117,4 +187,44 @@ fn bench_boundary(extra: &[&str]) -> Result<()> {
         bail!("the boundary benchmark failed ({status})");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(text: &str) -> Vec<String> {
+        text.lines().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn skipped_tests_are_counted_as_skipped_not_passed() {
+        let output = lines(
+            "test a::one ... ok\n\
+             test a::two ... ok\n\
+             test a::three ... ignored\n\
+             test result: ok. 2 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out\n\
+             test b::four ... ok\n\
+             test b::five ... FAILED\n\
+             test b::six ... ok\n\
+             test result: FAILED. 2 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out",
+        );
+        // `two` skipped twice (two backends), `five` skipped a part and then failed.
+        let log = "a-123::a::two: PostgreSQL is not reachable\n\
+                   a-123::a::two: MariaDB is not reachable\n\
+                   b-456::b::five: PostgreSQL is not reachable\n\
+                   b-456::b::six: maildev is not reachable\n";
+        let summary = Summary::of(&output, log);
+        assert_eq!(summary.line(), "tests: 2 passed, 1 failed, 3 skipped");
+        assert_eq!(
+            summary.skipped_tests,
+            [
+                "a-123::a::two: PostgreSQL is not reachable",
+                "b-456::b::six: maildev is not reachable"
+            ]
+        );
+        // Without skips, the libtest counts stand.
+        let summary = Summary::of(&output, "");
+        assert_eq!(summary.line(), "tests: 4 passed, 1 failed, 1 skipped");
+    }
 }

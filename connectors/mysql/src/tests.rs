@@ -1,7 +1,8 @@
 //! Tests against a real server: MariaDB or MySQL at `LOCKSTEP_MYSQL_URL` (default
 //! `mysql://root@127.0.0.1:3306`, a URL without a database). Each test works in its own
-//! database `lockstep_my_<pid>_<n>` and drops it, even when it fails. With `CI=true` an
-//! unreachable server fails the tests; otherwise they print a notice and pass.
+//! database `lockstep_my_<pid>_<n>` and drops it, even when it fails. With `CI=true` (or
+//! `CI=1`) an unreachable server fails the tests; otherwise they print a notice and are
+//! recorded as skipped.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -27,6 +28,35 @@ fn base_url() -> String {
         .to_owned()
 }
 
+/// A test that cannot run here: fails under CI (`CI=true` or `CI=1`); otherwise prints a
+/// notice and records the skip for `cargo xtask test` (the protocol of
+/// `lockstep_test_support::skip`, which connectors may not depend on: one line
+/// `<test binary>::<test name>: <reason>` appended to the file `LOCKSTEP_SKIPPED_TESTS` names).
+fn skip_or_fail(reason: &str) {
+    let ci = std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
+    if ci {
+        panic!("{reason}; CI is set (CI=true or CI=1), so the test must run and this fails it");
+    }
+    eprintln!("\n!!!!!!!! test SKIPPED: {reason} (set CI=true to fail instead) !!!!!!!!\n");
+    if let Some(log) = std::env::var_os("LOCKSTEP_SKIPPED_TESTS") {
+        use std::io::Write as _;
+        let binary = std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_default();
+        let test = std::thread::current()
+            .name()
+            .unwrap_or("unknown")
+            .to_owned();
+        let line = format!("{binary}::{test}: {}\n", reason.replace('\n', " "));
+        let _ = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .and_then(|mut file| file.write_all(line.as_bytes()));
+    }
+}
+
 /// A database of its own for one test, dropped when the value is.
 struct TestDb {
     name: String,
@@ -49,13 +79,9 @@ impl TestDb {
         let mut admin = match MySqlConnection::connect(&server).await {
             Ok(c) => c,
             Err(e) => {
-                if std::env::var("CI").as_deref() == Ok("true") {
-                    panic!("the MySQL/MariaDB server at {shown} is unreachable ({e}); CI needs it");
-                }
-                eprintln!(
-                    "\n!!!!!!!! MySQL/MariaDB at {shown} is unreachable ({e}): \
-                     test SKIPPED (set CI=true to fail instead) !!!!!!!!\n"
-                );
+                skip_or_fail(&format!(
+                    "the MySQL/MariaDB server at {shown} is unreachable ({e})"
+                ));
                 return None;
             }
         };

@@ -1,7 +1,7 @@
 //! Tests against the real server at 127.0.0.1:5432 (user `postgres`, trust auth). Each test
 //! creates its own database through the `test` database and drops it when done, even when
-//! the test fails. With the server unreachable a test prints a loud notice and passes, except
-//! under `CI=true`, where it fails.
+//! the test fails. With the server unreachable a test prints a loud notice and is recorded as
+//! skipped, except under `CI=true` (or `CI=1`), where it fails.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -22,6 +22,35 @@ use crate::{PgDestination, PgReader, PgSource, PgWriter};
 
 const SERVER: &str = "postgres://postgres@127.0.0.1:5432";
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A test that cannot run here: fails under CI (`CI=true` or `CI=1`); otherwise prints a
+/// notice and records the skip for `cargo xtask test` (the protocol of
+/// `lockstep_test_support::skip`, which connectors may not depend on: one line
+/// `<test binary>::<test name>: <reason>` appended to the file `LOCKSTEP_SKIPPED_TESTS` names).
+fn skip_or_fail(reason: &str) {
+    let ci = std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
+    if ci {
+        panic!("{reason}; CI is set (CI=true or CI=1), so the test must run and this fails it");
+    }
+    eprintln!("\n!!!!!!!! test SKIPPED: {reason} (set CI=true to fail instead) !!!!!!!!\n");
+    if let Some(log) = std::env::var_os("LOCKSTEP_SKIPPED_TESTS") {
+        use std::io::Write as _;
+        let binary = std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_default();
+        let test = std::thread::current()
+            .name()
+            .unwrap_or("unknown")
+            .to_owned();
+        let line = format!("{binary}::{test}: {}\n", reason.replace('\n', " "));
+        let _ = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .and_then(|mut file| file.write_all(line.as_bytes()));
+    }
+}
 
 /// A database of its own for one test, dropped on drop.
 struct TestDb {
@@ -45,13 +74,9 @@ impl TestDb {
         match result {
             Ok(()) => Some(TestDb { name }),
             Err(e) => {
-                if std::env::var("CI").as_deref() == Ok("true") {
-                    panic!("PostgreSQL at 127.0.0.1:5432 (database `test`) is unreachable and CI=true: {e}");
-                }
-                eprintln!(
-                    "\n!!!!!!!! SKIPPED: PostgreSQL at 127.0.0.1:5432 is unreachable ({e}); \
-                     this test did not run !!!!!!!!\n"
-                );
+                skip_or_fail(&format!(
+                    "PostgreSQL at 127.0.0.1:5432 (database `test`) is unreachable ({e})"
+                ));
                 None
             }
         }

@@ -89,6 +89,11 @@ pub enum Command {
         limit: usize,
         #[arg(long, short, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
+        /// Read the history from this state store (sqlite:PATH or postgres://...) instead of
+        /// the config's. Without it, an invalid config file falls back to the state store of
+        /// its last valid version.
+        #[arg(long, value_name = "URL")]
+        state: Option<String>,
     },
     /// Run every scheduled sync of the config, each run in a worker process, with metrics,
     /// health and a JSON API over HTTP. SIGHUP reloads the config; SIGTERM stops after the
@@ -115,6 +120,11 @@ pub enum Command {
     Status {
         #[arg(long, short, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
+        /// Read the history from this state store (sqlite:PATH or postgres://...) instead of
+        /// the config's. Without it, an invalid config file falls back to the state store of
+        /// its last valid version.
+        #[arg(long, value_name = "URL")]
+        state: Option<String>,
     },
 }
 

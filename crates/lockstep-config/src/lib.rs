@@ -64,6 +64,7 @@
 //!
 //! [alerts]
 //! consecutive_failures = 3
+//! repeat_interval = "4h"               # while failing, alert again at most this often
 //! on_recovery = true
 //! low_volume_fraction = 0.2
 //! low_volume_window = 10
@@ -101,7 +102,7 @@ pub use duration::{parse_duration, DurationError, DURATION_FORMS};
 pub use model::{
     AlertsConfig, CatchUp, Config, Connection, DaemonConfig, EmailAlert, FieldLocation, LogFormat,
     RetryPolicy, Schedule, StartTls, Sync, SyncLocations, Trigger, WebhookAlert,
-    DEFAULT_BATCH_SIZE, DEFAULT_LISTEN, DEFAULT_STATE_URL, MAX_BATCH_SIZE,
+    DEFAULT_BATCH_SIZE, DEFAULT_LISTEN, DEFAULT_REPEAT_INTERVAL, DEFAULT_STATE_URL, MAX_BATCH_SIZE,
 };
 pub use secrets::{Secrets, REDACTED};
 

@@ -13,6 +13,9 @@ use crate::secrets::{redacted_debug, Secrets};
 /// The state url used when the file has no `[state]` table (resolved against the config file's
 /// directory).
 pub const DEFAULT_STATE_URL: &str = "sqlite://.lockstep/state.db";
+/// How often a sync that keeps failing is alerted again, when `[alerts] repeat_interval` is not
+/// set (Alertmanager's default).
+pub const DEFAULT_REPEAT_INTERVAL: Duration = Duration::from_secs(4 * 3600);
 /// The daemon's default metrics and health address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
 /// Rows per batch when a sync does not say.
@@ -52,6 +55,22 @@ impl Config {
     /// the environment).
     pub fn source_text(&self) -> &str {
         self.source.inner()
+    }
+
+    /// The file's `[state]` table alone, as TOML text before interpolation (so with no value
+    /// from the environment): a config file of its own that [`crate::parse`] turns into this
+    /// config's state url again, e.g. to find the run history while the file is invalid. Empty
+    /// when the file has no state url (the default applies).
+    pub fn state_section(&self) -> String {
+        let url = self
+            .source_text()
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|doc| doc.get("state")?.get("url")?.as_str().map(str::to_owned));
+        match url {
+            Some(url) => format!("[state]\nurl = {}\n", toml::Value::String(url)),
+            None => String::new(),
+        }
     }
 
     /// A diagnostic about this file at `location`, in the same format as the ones `load`
@@ -295,6 +314,9 @@ impl LogFormat {
 pub struct AlertsConfig {
     /// Alert after this many failed runs in a row; at least 1.
     pub consecutive_failures: u32,
+    /// While a sync keeps failing, alert again at most this often (after the first failure and
+    /// the `consecutive_failures` alert); greater than zero.
+    pub repeat_interval: Duration,
     /// Alert when a sync succeeds again after an alerted failure.
     pub on_recovery: bool,
     /// Alert when a successful run read or wrote below this fraction of the median of the last
@@ -309,6 +331,7 @@ impl Default for AlertsConfig {
     fn default() -> Self {
         AlertsConfig {
             consecutive_failures: 3,
+            repeat_interval: DEFAULT_REPEAT_INTERVAL,
             on_recovery: true,
             low_volume_fraction: 0.2,
             low_volume_window: 10,

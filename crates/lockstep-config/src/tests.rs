@@ -132,6 +132,7 @@ log_format = "json"
 
 [alerts]
 consecutive_failures = 3
+repeat_interval = "1h"
 on_recovery = true
 low_volume_fraction = 0.2
 low_volume_window = 10
@@ -274,6 +275,7 @@ fn the_full_example_parses_into_the_expected_model() {
 
     let alerts = &config.alerts;
     assert_eq!(alerts.consecutive_failures, 3);
+    assert_eq!(alerts.repeat_interval, Duration::from_secs(3600));
     assert!(alerts.on_recovery);
     assert_eq!(alerts.low_volume_fraction, 0.2);
     assert_eq!(alerts.low_volume_window, 10);
@@ -292,6 +294,29 @@ fn the_full_example_parses_into_the_expected_model() {
     assert!(config.secrets.contains(CRM_PASSWORD));
     assert!(config.secrets.contains(SMTP_USER));
     assert!(config.secrets.contains(SMTP_PASSWORD));
+}
+
+#[test]
+fn the_state_section_gives_the_same_state_url_without_secrets() {
+    let env = |name: &str| (name == "PG_PW").then(|| "pw-from-env".to_owned());
+    let config = parse(
+        "[state]\nurl = \"postgres://sync:${PG_PW}@db/lockstep\"\n",
+        Path::new(PATH),
+        &env,
+    )
+    .unwrap();
+    let section = config.state_section();
+    assert!(!section.contains("pw-from-env"), "{section}");
+    let again = parse(&section, Path::new(PATH), &env).unwrap();
+    assert_eq!(again.state_url, "postgres://sync:pw-from-env@db/lockstep");
+    // A relative SQLite path resolves against the config's directory again.
+    let config = parse("[state]\nurl = \"sqlite://s.db\"", Path::new(PATH), &env).unwrap();
+    let again = parse(&config.state_section(), Path::new(PATH), &env).unwrap();
+    assert_eq!(again.state_url, "sqlite:///etc/lockstep/s.db");
+    assert_eq!(
+        parse("", Path::new(PATH), &env).unwrap().state_section(),
+        ""
+    );
 }
 
 #[test]
@@ -941,6 +966,28 @@ fn out_of_range_a_zero_interval() {
         9,
         "`syncs.contacts.schedule.every` must be longer than zero",
         "write a positive duration, e.g. every = \"5m\"",
+    );
+}
+
+#[test]
+fn alerts_repeat_interval_defaults_to_four_hours_and_must_be_positive() {
+    let config = parse("[alerts]\nconsecutive_failures = 2", Path::new(PATH), &env).unwrap();
+    assert_eq!(config.alerts.repeat_interval, Duration::from_secs(4 * 3600));
+    let error = only_error("[alerts]\nrepeat_interval = \"0s\"");
+    check(
+        &error,
+        ErrorKind::OutOfRange,
+        2,
+        "`alerts.repeat_interval` must be longer than zero",
+        "write a positive duration, e.g. repeat_interval = \"5m\"",
+    );
+    let error = only_error("[alerts]\nrepeat_interval = \"often\"");
+    check(
+        &error,
+        ErrorKind::InvalidDuration,
+        2,
+        "invalid duration `often` for `alerts.repeat_interval`",
+        &format!("write {}", crate::DURATION_FORMS),
     );
 }
 

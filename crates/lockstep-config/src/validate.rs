@@ -68,6 +68,7 @@ const RETRY_KEYS: &[&str] = &["max_attempts", "initial_backoff", "max_backoff"];
 const DAEMON_KEYS: &[&str] = &["listen", "log_format"];
 const ALERTS_KEYS: &[&str] = &[
     "consecutive_failures",
+    "repeat_interval",
     "on_recovery",
     "low_volume_fraction",
     "low_volume_window",
@@ -1492,6 +1493,9 @@ impl Builder<'_> {
             "alert after this many failed runs in a row; the default is 3",
         ) {
             alerts.consecutive_failures = n as u32;
+        }
+        if let Some((d, _)) = self.duration(&t, "repeat_interval", true) {
+            alerts.repeat_interval = d;
         }
         if let Some(b) = self.bool(&t, "on_recovery") {
             alerts.on_recovery = b;

@@ -1,9 +1,11 @@
 //! When to alert, and what an alert says.
 //!
-//! Alerts are decided once per scheduled execution of a sync, after its retries: on failure
-//! (every failed execution), on the N-th consecutive failed run (the alert that crosses
-//! `consecutive_failures` says so), on recovery (the first success after an alerted failure)
-//! and on low volume (a successful run that read or wrote below `low_volume_fraction` of the
+//! Alerts are decided once per scheduled execution of a sync, after its retries: on the first
+//! failure after a success, on the N-th consecutive failed run (the alert that crosses
+//! `consecutive_failures` says so), then, while the sync keeps failing, once more every
+//! `repeat_interval` at most (a `still-failing` reminder, like Alertmanager's
+//! `repeat_interval`; the first failed execution after a daemon restart reminds too), on
+//! recovery (the first success after an alerted failure) and on low volume (a successful run that read or wrote below `low_volume_fraction` of the
 //! median of the last `low_volume_window` successful runs, with at least three of them). A
 //! cancelled run (graceful stop) and a run skipped because another daemon holds the sync are
 //! not alerted.
@@ -24,6 +26,8 @@ pub(crate) const LOW_VOLUME_MIN_HISTORY: usize = 3;
 pub(crate) enum AlertKind {
     Failure,
     ConsecutiveFailures,
+    /// A reminder: the sync is still failing, `repeat_interval` after the last alert.
+    StillFailing,
     Recovery,
     LowVolume,
 }
@@ -33,6 +37,7 @@ impl AlertKind {
         match self {
             AlertKind::Failure => "failure",
             AlertKind::ConsecutiveFailures => "consecutive-failures",
+            AlertKind::StillFailing => "still-failing",
             AlertKind::Recovery => "recovery",
             AlertKind::LowVolume => "low-volume",
         }
@@ -76,6 +81,10 @@ impl Alert {
             AlertKind::Failure => format!("sync {} failed ({run})", self.sync),
             AlertKind::ConsecutiveFailures => format!(
                 "sync {} failed {} times in a row ({run})",
+                self.sync, self.consecutive_failures
+            ),
+            AlertKind::StillFailing => format!(
+                "sync {} still failing: {} failed runs in a row ({run})",
                 self.sync, self.consecutive_failures
             ),
             AlertKind::Recovery => format!("sync {} recovered ({run})", self.sync),
@@ -179,16 +188,28 @@ pub(crate) struct Execution {
     pub attempts: u32,
 }
 
+impl AlertKind {
+    /// Whether the alert is about the sync failing (and so restarts the reminder interval).
+    pub(crate) fn is_failure(self) -> bool {
+        matches!(
+            self,
+            AlertKind::Failure | AlertKind::ConsecutiveFailures | AlertKind::StillFailing
+        )
+    }
+}
+
 /// What to raise for `execution`, given the sync's earlier runs (newest first; runs of this
-/// execution are ignored) and whether a failure of the sync has been alerted and not yet
-/// followed by a success. Returns the alerts' kinds with their reasons, and the number of
-/// failed runs in a row.
+/// execution are ignored), whether a failure of the sync has been alerted and not yet
+/// followed by a success, and how long ago the last failure alert of the current streak went
+/// out (`None`: none this daemon knows of). Returns the alerts' kinds with their reasons, and
+/// the number of failed runs in a row.
 pub(crate) fn decide(
     config: &AlertsConfig,
     execution: &Execution,
     error_reason: Option<&str>,
     history: &[RunSummary],
     alerted_failure: bool,
+    since_failure_alert: Option<Duration>,
 ) -> (Vec<(AlertKind, String)>, u32) {
     let earlier: Vec<&RunSummary> = history
         .iter()
@@ -207,8 +228,10 @@ pub(crate) fn decide(
             let reason = error_reason.unwrap_or("the run failed").to_owned();
             if threshold > 1 && failed_before < threshold && in_a_row >= threshold {
                 alerts.push((AlertKind::ConsecutiveFailures, reason));
-            } else {
+            } else if failed_before == 0 {
                 alerts.push((AlertKind::Failure, reason));
+            } else if since_failure_alert.is_none_or(|ago| ago >= config.repeat_interval) {
+                alerts.push((AlertKind::StillFailing, reason));
             }
             (alerts, in_a_row)
         }
@@ -344,6 +367,7 @@ mod tests {
             Some("boom"),
             &[f2.clone(), ok.clone()],
             false,
+            None,
         );
         assert_eq!(alerts, vec![(AlertKind::Failure, "boom".to_owned())]);
         assert_eq!(n, 1);
@@ -362,10 +386,11 @@ mod tests {
             Some("boom"),
             &history,
             true,
+            Some(Duration::from_secs(1)),
         );
         assert_eq!(alerts[0].0, AlertKind::ConsecutiveFailures);
         assert_eq!(n, 3);
-        // The fourth is a plain failure again.
+        // The fourth is not alerted: the last alert is more recent than the repeat interval.
         let history = [
             run(6, RunStatus::Failed, 0, 0),
             run(5, RunStatus::Failed, 0, 0),
@@ -373,15 +398,51 @@ mod tests {
             f2,
             ok,
         ];
+        let fourth = |since: Option<Duration>| {
+            decide(
+                &config,
+                &execution(RunStatus::Failed, &[6], 0),
+                None,
+                &history,
+                true,
+                since,
+            )
+        };
+        let (alerts, n) = fourth(Some(config.repeat_interval - Duration::from_secs(1)));
+        assert!(alerts.is_empty(), "{alerts:?}");
+        assert_eq!(n, 4);
+        // Once the interval has passed, a reminder; also when no alert is known (a restart).
+        for since in [Some(config.repeat_interval), None] {
+            let (alerts, _) = fourth(since);
+            assert_eq!(
+                alerts,
+                vec![(AlertKind::StillFailing, "the run failed".to_owned())]
+            );
+        }
+    }
+
+    #[test]
+    fn the_first_failure_alerts_whatever_the_interval() {
+        let config = AlertsConfig {
+            consecutive_failures: 1,
+            repeat_interval: Duration::from_secs(3600),
+            ..Default::default()
+        };
+        let history = [
+            run(3, RunStatus::Failed, 0, 0),
+            run(2, RunStatus::Succeeded, 0, 0),
+            run(1, RunStatus::Failed, 0, 0),
+        ];
         let (alerts, n) = decide(
             &config,
-            &execution(RunStatus::Failed, &[6], 0),
-            None,
+            &execution(RunStatus::Failed, &[3], 0),
+            Some("boom"),
             &history,
-            true,
+            false,
+            Some(Duration::from_secs(5)),
         );
-        assert_eq!(alerts[0].0, AlertKind::Failure);
-        assert_eq!(n, 4);
+        assert_eq!(alerts, vec![(AlertKind::Failure, "boom".to_owned())]);
+        assert_eq!(n, 1);
     }
 
     #[test]
@@ -398,6 +459,7 @@ mod tests {
             None,
             &history,
             false,
+            None,
         );
         assert_eq!(alerts[0].0, AlertKind::ConsecutiveFailures);
         assert_eq!(n, 3);
@@ -416,6 +478,7 @@ mod tests {
             None,
             &history,
             true,
+            None,
         );
         assert_eq!(
             alerts,
@@ -430,6 +493,7 @@ mod tests {
             None,
             &history,
             false,
+            None,
         );
         assert!(alerts.is_empty());
     }
@@ -455,6 +519,7 @@ mod tests {
             None,
             &history,
             false,
+            None,
         );
         assert_eq!(alerts.len(), 1);
         assert_eq!(alerts[0].0, AlertKind::LowVolume);
@@ -470,6 +535,7 @@ mod tests {
             None,
             &history,
             false,
+            None,
         );
         assert!(alerts.is_empty());
         // Too little history: nothing.
@@ -479,6 +545,7 @@ mod tests {
             None,
             &history[..3],
             false,
+            None,
         );
         assert!(alerts.is_empty());
     }

@@ -88,6 +88,10 @@ pub(crate) struct SyncRuntime {
     /// A failure was alerted and no success followed yet (for the recovery alert).
     #[serde(skip)]
     pub alerted_failure: bool,
+    /// When the last failure alert of the current run of failures went out (for
+    /// `[alerts] repeat_interval`); `None` after a success and at start-up.
+    #[serde(skip)]
+    pub last_failure_alert: Option<std::time::Instant>,
 }
 
 /// A worker at work.

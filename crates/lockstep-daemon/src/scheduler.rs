@@ -554,11 +554,32 @@ async fn conclude(
         reason.as_deref(),
         &history,
         runtime.alerted_failure,
+        runtime.last_failure_alert.map(|at| at.elapsed()),
     );
     let failed = matches!(last.status, RunStatus::Failed | RunStatus::Abandoned);
+    let failure_alerted = raised.iter().any(|(kind, _)| kind.is_failure());
+    if failed && !failure_alerted {
+        let next = runtime
+            .last_failure_alert
+            .map(|at| config.alerts.repeat_interval.saturating_sub(at.elapsed()))
+            .unwrap_or_default();
+        tracing::info!(
+            sync = name,
+            run = last.run,
+            "failed {in_a_row} times in a row; not alerted again before the repeat interval \
+             ([alerts] repeat_interval = {}) has passed, in {}",
+            human(config.alerts.repeat_interval),
+            human(Duration::from_secs(next.as_secs()))
+        );
+    }
     shared.update_runtime(name, |r| {
         r.consecutive_failures = in_a_row;
         r.alerted_failure = failed;
+        if !failed {
+            r.last_failure_alert = None;
+        } else if failure_alerted {
+            r.last_failure_alert = Some(Instant::now());
+        }
     });
     let host = hostname();
     for (kind, reason) in raised {

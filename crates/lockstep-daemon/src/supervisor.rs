@@ -3,8 +3,14 @@
 //!
 //! The worker gets its own process group, so a Ctrl-C at the daemon's terminal reaches the
 //! daemon only; the daemon decides when workers stop (SIGTERM: stop after the batch in hand)
-//! and, past a grace period, kills them (SIGKILL). The worker's stdin stays open for its whole
-//! life: if the daemon dies, the worker reads end of file and stops the same graceful way.
+//! and, past a grace period, kills them (SIGKILL). Both signals go to the whole group, so
+//! processes a plugin started get them too, and once the worker has ended, whatever is left
+//! in its group is killed: nothing a run started outlives it. The worker's stdin stays open
+//! for its whole life: if the daemon dies, the worker reads end of file and stops the same
+//! graceful way.
+//!
+//! Everything the worker writes (log lines on stderr, stray lines on stdout) is redacted with
+//! the config's secrets before the daemon logs or keeps it.
 
 use std::collections::VecDeque;
 use std::os::unix::process::ExitStatusExt;
@@ -100,6 +106,7 @@ pub(crate) async fn run_worker(
 
     let (event_tx, mut events) = mpsc::unbounded_channel();
     let stdout = child.stdout.take();
+    let stdout_secrets = spec.secrets.clone();
     let stdout_task = tokio::spawn(
         async move {
             let Some(stdout) = stdout else { return };
@@ -109,7 +116,9 @@ pub(crate) async fn run_worker(
                     Some(event) => {
                         let _ = event_tx.send(event);
                     }
-                    None if !line.trim().is_empty() => tracing::info!("worker stdout: {line}"),
+                    None if !line.trim().is_empty() => {
+                        tracing::info!("worker stdout: {}", stdout_secrets.redact(&line))
+                    }
                     None => {}
                 }
             }
@@ -169,13 +178,13 @@ pub(crate) async fn run_worker(
                     "the run exceeded its timeout of {}; asking the worker to stop after the batch in hand",
                     crate::schedule::human(spec.timeout.unwrap_or_default())
                 );
-                terminate(&child);
+                signal_group(pid, libc::SIGTERM);
                 term_sent = Some(Instant::now());
             }
             changed = shutdown.changed(), if term_sent.is_none() => {
                 if changed.is_err() || *shutdown.borrow() {
                     tracing::info!("stopping: asking the worker to stop after the batch in hand");
-                    terminate(&child);
+                    signal_group(pid, libc::SIGTERM);
                     term_sent = Some(Instant::now());
                 }
             }
@@ -184,11 +193,16 @@ pub(crate) async fn run_worker(
                     "the worker did not stop within {} of SIGTERM; killing it",
                     crate::schedule::human(spec.grace)
                 );
-                let _ = child.start_kill();
+                signal_group(pid, libc::SIGKILL);
                 killed = true;
             }
         }
     };
+    // Helper processes a plugin started (and left running when the worker ended, crashed or
+    // was killed) end with the run.
+    if signal_group(pid, libc::SIGKILL) {
+        tracing::warn!("killed the processes the worker left running in its process group");
+    }
     drop(stdin);
     let _ = stdout_task.await;
     while let Ok(event) = events.try_recv() {
@@ -214,19 +228,31 @@ pub(crate) async fn run_worker(
     })
 }
 
-/// Sends SIGTERM to the worker, unless it has already been reaped.
-fn terminate(child: &tokio::process::Child) {
-    if let Some(pid) = child.id() {
-        // SAFETY: kill(2) takes plain integers and has no memory effects. `child.id()` is
-        // `Some` only while the child has not been reaped, so the pid is still its own.
-        let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
-        if rc != 0 {
-            tracing::debug!(
-                "SIGTERM to worker {pid}: {}",
-                std::io::Error::last_os_error()
-            );
+/// Sends `signal` to every process of the worker's process group (the worker was started as
+/// the leader of a group of its own, so the group's id is the worker's pid). Returns whether
+/// a process received it.
+///
+/// After the worker has been reaped, the group's id stays reserved as long as any process of
+/// the group is alive, so the signal cannot reach a stranger while a helper is left; only when
+/// the group is already empty could its id have been reused, within the moments since the
+/// worker ended.
+fn signal_group(pid: Option<u32>, signal: libc::c_int) -> bool {
+    let Some(pid) = pid.and_then(|p| libc::pid_t::try_from(p).ok()) else {
+        return false;
+    };
+    if pid <= 1 {
+        return false;
+    }
+    // SAFETY: kill(2) takes plain integers and has no memory effects; a negative pid names
+    // the process group.
+    let rc = unsafe { libc::kill(-pid, signal) };
+    if rc != 0 {
+        let error = std::io::Error::last_os_error();
+        if error.raw_os_error() != Some(libc::ESRCH) {
+            tracing::debug!("signal {signal} to worker group {pid}: {error}");
         }
     }
+    rc == 0
 }
 
 /// Re-logs one stderr line of the worker in the daemon's log (inside the current span, which

@@ -218,12 +218,15 @@ impl Engine<'_> {
         };
         self.state.finish_run(run_id, &end).await?;
         let _entered = span.enter();
+        // The error itself is the caller's to report (the CLI's summary, the worker's report,
+        // the daemon's log): logging it here too would say it twice.
         match &error {
             None => tracing::info!(status = status.as_str(), metrics = ?run.metrics, "run ended"),
-            Some(e) => tracing::error!(
+            Some(e) => tracing::info!(
+                status = status.as_str(),
                 kind = e.kind_name(),
-                "run failed: {}",
-                (self.redactor)(&e.to_string())
+                metrics = ?run.metrics,
+                "run ended"
             ),
         }
         Ok(RunReport {

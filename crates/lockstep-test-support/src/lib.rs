@@ -49,6 +49,7 @@
 
 mod destination;
 mod report;
+pub mod skip;
 mod source;
 mod util;
 

@@ -22,7 +22,7 @@ use serde_json::Value;
 // Helpers
 // ---------------------------------------------------------------------------------------
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -32,7 +32,7 @@ fn free_port() -> u16 {
 
 /// A scratch directory with the panicky plugin installed as connector `panicky` in
 /// `plugins/`.
-fn scratch() -> tempfile::TempDir {
+pub(crate) fn scratch() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let plugins = dir.path().join("plugins");
     std::fs::create_dir_all(&plugins).unwrap();
@@ -47,7 +47,7 @@ fn scratch() -> tempfile::TempDir {
 }
 
 /// The head of a config: state, plugins, and the `[daemon]` table.
-fn config_head() -> String {
+pub(crate) fn config_head() -> String {
     r#"
 [state]
 url = "sqlite://state.db"
@@ -62,7 +62,7 @@ connector = "panicky"
 }
 
 /// A panicky-to-panicky sync with a source connection of its own.
-fn panicky_sync(name: &str, source_config: &str, schedule: &str, extra: &str) -> String {
+pub(crate) fn panicky_sync(name: &str, source_config: &str, schedule: &str, extra: &str) -> String {
     format!(
         r#"
 [connections.{name}_src]
@@ -79,14 +79,14 @@ destination = "sink.{name}"
     )
 }
 
-fn write(dir: &Path, config: &str) -> PathBuf {
+pub(crate) fn write(dir: &Path, config: &str) -> PathBuf {
     let path = dir.join("lockstep.toml");
     std::fs::write(&path, config).unwrap();
     path
 }
 
 /// A minimal HTTP/1.1 GET.
-fn http_get(addr: &str, path: &str) -> Result<(u16, String), String> {
+pub(crate) fn http_get(addr: &str, path: &str) -> Result<(u16, String), String> {
     let mut stream = TcpStream::connect(addr).map_err(|e| e.to_string())?;
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -132,7 +132,7 @@ fn dechunk(mut body: &str) -> String {
 }
 
 /// Seconds since the epoch of the state store's `2026-01-02T03:04:05.678901Z`.
-fn epoch(text: &str) -> f64 {
+pub(crate) fn epoch(text: &str) -> f64 {
     let (date, time) = text
         .trim_end_matches('Z')
         .split_once('T')
@@ -151,20 +151,20 @@ fn epoch(text: &str) -> f64 {
 }
 
 /// A running `lockstep daemon`, killed when dropped.
-struct Daemon {
+pub(crate) struct Daemon {
     child: Child,
-    addr: String,
+    pub(crate) addr: String,
     log: PathBuf,
     dir: PathBuf,
 }
 
 impl Daemon {
-    fn start(dir: &Path) -> Daemon {
+    pub(crate) fn start(dir: &Path) -> Daemon {
         Self::start_with(dir, "daemon", &[])
     }
 
     /// Starts a daemon in `dir`, logging to `<name>.log`.
-    fn start_with(dir: &Path, name: &str, envs: &[(&str, &str)]) -> Daemon {
+    pub(crate) fn start_with(dir: &Path, name: &str, envs: &[(&str, &str)]) -> Daemon {
         let addr = format!("127.0.0.1:{}", free_port());
         let log = dir.join(format!("{name}.log"));
         let mut cmd = lockstep(dir);
@@ -203,24 +203,24 @@ impl Daemon {
         daemon
     }
 
-    fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn get(&self, path: &str) -> String {
+    pub(crate) fn get(&self, path: &str) -> String {
         match http_get(&self.addr, path) {
             Ok((200, body)) => body,
             other => panic!("GET {path}: {other:?}\n{}", self.logs()),
         }
     }
 
-    fn json(&self, path: &str) -> Value {
+    pub(crate) fn json(&self, path: &str) -> Value {
         let body = self.get(path);
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: not JSON ({e}): {body}"))
     }
 
     /// Runs of `sync`, oldest first, from `/api/runs`.
-    fn runs(&self, sync: &str) -> Vec<Value> {
+    pub(crate) fn runs(&self, sync: &str) -> Vec<Value> {
         let mut runs = self
             .json(&format!("/api/runs?sync={sync}&limit=500"))
             .as_array()
@@ -230,21 +230,26 @@ impl Daemon {
         runs
     }
 
-    fn finished_runs(&self, sync: &str) -> Vec<Value> {
+    pub(crate) fn finished_runs(&self, sync: &str) -> Vec<Value> {
         self.runs(sync)
             .into_iter()
             .filter(|r| r["status"] != "running")
             .collect()
     }
 
-    fn signal(&self, signal: i32) {
+    pub(crate) fn signal(&self, signal: i32) {
         // SAFETY: kill(2) with plain integers; the child has not been reaped yet.
         let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
         assert_eq!(rc, 0, "kill failed");
     }
 
     /// Waits until `what` holds, polling; panics with the logs after `timeout`.
-    fn wait_for(&self, timeout: Duration, what: &str, mut check: impl FnMut(&Daemon) -> bool) {
+    pub(crate) fn wait_for(
+        &self,
+        timeout: Duration,
+        what: &str,
+        mut check: impl FnMut(&Daemon) -> bool,
+    ) {
         let deadline = Instant::now() + timeout;
         while !check(self) {
             assert!(
@@ -257,7 +262,7 @@ impl Daemon {
     }
 
     /// SIGTERM, then waits for the exit.
-    fn stop(&mut self, timeout: Duration) -> ExitStatus {
+    pub(crate) fn stop(&mut self, timeout: Duration) -> ExitStatus {
         self.signal(libc::SIGTERM);
         let deadline = Instant::now() + timeout;
         loop {
@@ -291,7 +296,7 @@ impl Drop for Daemon {
 }
 
 /// `lockstep runs --output json` for `sync`, oldest first.
-fn cli_runs(dir: &Path, sync: &str) -> Vec<Value> {
+pub(crate) fn cli_runs(dir: &Path, sync: &str) -> Vec<Value> {
     let (out, stdout, stderr) =
         run(lockstep(dir).args(["runs", sync, "--limit", "500", "--output", "json"]));
     assert!(out.status.success(), "{stderr}");
@@ -300,18 +305,18 @@ fn cli_runs(dir: &Path, sync: &str) -> Vec<Value> {
     runs
 }
 
-fn count(runs: &[Value], status: &str) -> usize {
+pub(crate) fn count(runs: &[Value], status: &str) -> usize {
     runs.iter().filter(|r| r["status"] == status).count()
 }
 
 /// A local webhook receiver that stores every JSON body POSTed to it.
-struct Receiver {
-    url: String,
+pub(crate) struct Receiver {
+    pub(crate) url: String,
     bodies: Arc<Mutex<Vec<Value>>>,
 }
 
 impl Receiver {
-    fn start() -> Receiver {
+    pub(crate) fn start() -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!(
             "http://{}/hooks/T000/SECRET",
@@ -331,7 +336,7 @@ impl Receiver {
         Receiver { url, bodies }
     }
 
-    fn bodies(&self) -> Vec<Value> {
+    pub(crate) fn bodies(&self) -> Vec<Value> {
         self.bodies.lock().unwrap().clone()
     }
 }
@@ -366,16 +371,16 @@ fn serve_one(stream: TcpStream, store: &Mutex<Vec<Value>>) -> std::io::Result<()
 }
 
 /// A maildev SMTP server on free ports, stopped when dropped.
-struct Maildev {
+pub(crate) struct Maildev {
     child: Child,
-    smtp_port: u16,
+    pub(crate) smtp_port: u16,
     web: String,
 }
 
 impl Maildev {
     /// Starts maildev, or returns `None` after a notice when it is not installed (a failure
     /// under CI; `.ci/run` installs it).
-    fn start(user: &str, password: &str) -> Option<Maildev> {
+    pub(crate) fn start(user: &str, password: &str) -> Option<Maildev> {
         let smtp_port = free_port();
         let web_port = free_port();
         let child = Command::new("maildev")
@@ -429,7 +434,7 @@ impl Maildev {
         }
     }
 
-    fn emails(&self) -> Vec<Value> {
+    pub(crate) fn emails(&self) -> Vec<Value> {
         let (_, body) = http_get(&self.web, "/api/email").expect("maildev answers");
         serde_json::from_str(&body).unwrap_or_default()
     }

@@ -15,6 +15,7 @@ pub async fn run(
     kill_grace: Duration,
 ) -> CmdResult {
     let config = load_config(config_path)?;
+    super::history::remember_state(&config);
     // JSON when either the command line or the config asks for it.
     let format = if log_format == LogFormat::Json
         || config.daemon.log_format == lockstep_config::LogFormat::Json

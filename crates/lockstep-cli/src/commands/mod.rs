@@ -2,6 +2,7 @@
 
 mod connectors;
 mod daemon;
+mod history;
 mod plan;
 mod rejects;
 mod run;
@@ -60,12 +61,24 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
             sync,
             limit,
             output,
-        } => runs::run(&cli.config, sync.as_deref(), limit, output).await,
+            state,
+        } => {
+            runs::run(
+                &cli.config,
+                sync.as_deref(),
+                limit,
+                output,
+                state.as_deref(),
+            )
+            .await
+        }
         Command::Daemon { listen, kill_grace } => {
             daemon::run(&cli.config, cli.log_format, listen, kill_grace).await
         }
         Command::Worker { sync, supervised } => worker::run(&cli.config, &sync, supervised).await,
-        Command::Status { output } => status::run(&cli.config, output).await,
+        Command::Status { output, state } => {
+            status::run(&cli.config, output, state.as_deref()).await
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -107,14 +120,7 @@ pub fn load_config(path: &Path) -> Result<Config, CliError> {
     let path = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
     match lockstep_config::load(&path) {
         Ok(config) => {
-            if let Some(dir) = config.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::env::set_current_dir(dir).map_err(|e| {
-                    CliError::Message(format!(
-                        "cannot enter the config's directory {}: {e}",
-                        dir.display()
-                    ))
-                })?;
-            }
+            enter_config_dir(&config)?;
             Ok(config)
         }
         Err(errors) => {
@@ -122,6 +128,19 @@ pub fn load_config(path: &Path) -> Result<Config, CliError> {
             Err(CliError::Reported(2))
         }
     }
+}
+
+/// Moves into the config file's directory, so that relative paths in it resolve there.
+pub fn enter_config_dir(config: &Config) -> Result<(), CliError> {
+    if let Some(dir) = config.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::env::set_current_dir(dir).map_err(|e| {
+            CliError::Message(format!(
+                "cannot enter the config's directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+    }
+    Ok(())
 }
 
 pub fn print_config_errors(errors: &ConfigErrors) {
@@ -180,9 +199,12 @@ pub fn job(config: &Config, name: &str) -> Result<SyncJob, CliError> {
     })
 }
 
-/// Opens the config's state store.
+/// Opens the config's state store, and remembers where it is for the time the config file
+/// is invalid (see [`history`]).
 pub async fn state(config: &Config) -> Result<Box<dyn lockstep_state::StateStore>, CliError> {
-    lockstep_state::open(&config.state_url)
+    let state = lockstep_state::open(&config.state_url)
         .await
-        .map_err(|e| CliError::Message(e.to_string()))
+        .map_err(|e| CliError::Message(e.to_string()))?;
+    history::remember_state(config);
+    Ok(state)
 }

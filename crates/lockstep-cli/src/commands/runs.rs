@@ -1,9 +1,10 @@
-//! `lockstep runs [SYNC]`: run history, newest first.
+//! `lockstep runs [SYNC]`: run history, newest first (also while the config file is invalid:
+//! see `history`).
 
 use std::path::Path;
 use std::time::Duration;
 
-use super::{load_config, state, CmdResult};
+use super::{history, CmdResult};
 use crate::app::OutputFormat;
 use crate::output::{human_duration, Table};
 
@@ -12,10 +13,11 @@ pub async fn run(
     sync: Option<&str>,
     limit: usize,
     output: OutputFormat,
+    state_url: Option<&str>,
 ) -> CmdResult {
-    let config = load_config(config)?;
-    let state = state(&config).await?;
-    let runs = state.runs(sync, limit).await?;
+    let history = history::open(config, state_url).await?;
+    let runs = history.state.runs(sync, limit).await?;
+    history.state.close().await;
     if output == OutputFormat::Json {
         println!("{}", serde_json::to_string_pretty(&runs)?);
         return Ok(());

@@ -1,5 +1,7 @@
 //! `lockstep status`: every sync of the config with its schedule, its next run (as the
-//! schedule computes it now, before jitter) and its last run's status and counts.
+//! schedule computes it now, before jitter) and its last run's status and counts. While the
+//! config file is invalid, the syncs found in the run history with their last runs (see
+//! `history`).
 
 use std::path::Path;
 use std::time::Duration;
@@ -8,50 +10,93 @@ use chrono::Utc;
 use lockstep_daemon::schedule::Plan;
 use serde_json::json;
 
-use super::{load_config, state, CliError, CmdResult};
+use super::{history, CliError, CmdResult};
 use crate::app::OutputFormat;
 use crate::output::{human_duration, Table};
 
-pub async fn run(config_path: &Path, output: OutputFormat) -> CmdResult {
-    let config = load_config(config_path)?;
-    let state = state(&config).await?;
+/// One line of the status: a sync of the config, or, while the config file is invalid, a
+/// sync found in the run history (whose schedule is then unknown).
+struct Row<'a> {
+    name: String,
+    sync: Option<&'a lockstep_config::Sync>,
+    plan: Option<Plan>,
+    next: Option<chrono::DateTime<Utc>>,
+    last: Option<lockstep_core::RunSummary>,
+    exit_detail: Option<String>,
+}
+
+/// How many recent runs are searched for the syncs to show while the config is invalid.
+const HISTORY_SCAN: usize = 10_000;
+
+pub async fn run(config_path: &Path, output: OutputFormat, state_url: Option<&str>) -> CmdResult {
+    let history = history::open(config_path, state_url).await?;
+    let state = history.state;
     let now = Utc::now();
-    let mut rows = Vec::with_capacity(config.syncs.len());
-    for sync in &config.syncs {
-        let name = sync.name();
-        let plan = match &sync.schedule {
-            Some(schedule) => Some(
-                Plan::new(schedule)
-                    .map_err(|e| CliError::Message(format!("sync `{name}`: {e}")))?,
-            ),
-            None => None,
-        };
-        let next = plan
-            .as_ref()
-            .filter(|_| sync.enabled)
-            .and_then(|p| p.next_after(now));
-        let last = state.runs(Some(name), 1).await?.into_iter().next();
-        let exit_detail = match &last {
-            Some(run) => state.run_exit_detail(run.id).await?,
-            None => None,
-        };
-        rows.push((sync, plan, next, last, exit_detail));
+    let mut rows = Vec::new();
+    match &history.config {
+        Some(config) => {
+            for sync in &config.syncs {
+                let name = sync.name();
+                let plan = match &sync.schedule {
+                    Some(schedule) => Some(
+                        Plan::new(schedule)
+                            .map_err(|e| CliError::Message(format!("sync `{name}`: {e}")))?,
+                    ),
+                    None => None,
+                };
+                let next = plan
+                    .as_ref()
+                    .filter(|_| sync.enabled)
+                    .and_then(|p| p.next_after(now));
+                let last = state.runs(Some(name), 1).await?.into_iter().next();
+                rows.push(Row {
+                    name: name.to_owned(),
+                    sync: Some(sync),
+                    plan,
+                    next,
+                    last,
+                    exit_detail: None,
+                });
+            }
+        }
+        None => {
+            // Newest first: the first run seen of each sync is its last.
+            let mut seen = std::collections::BTreeSet::new();
+            for run in state.runs(None, HISTORY_SCAN).await? {
+                if seen.insert(run.sync.clone()) {
+                    rows.push(Row {
+                        name: run.sync.clone(),
+                        sync: None,
+                        plan: None,
+                        next: None,
+                        last: Some(run),
+                        exit_detail: None,
+                    });
+                }
+            }
+            rows.sort_by(|a, b| a.name.cmp(&b.name));
+        }
+    }
+    for row in &mut rows {
+        if let Some(run) = &row.last {
+            row.exit_detail = state.run_exit_detail(run.id).await?;
+        }
     }
     state.close().await;
 
     if output == OutputFormat::Json {
         let list: Vec<_> = rows
             .iter()
-            .map(|(sync, plan, next, last, exit_detail)| {
+            .map(|row| {
                 json!({
-                    "name": sync.name(),
-                    "enabled": sync.enabled,
-                    "schedule": plan.as_ref().map(|p| p.describe()),
-                    "timezone": sync.schedule.as_ref().map(|s| s.timezone.as_str()),
-                    "next_run": next.map(|t| t.to_rfc3339()),
-                    "last_run": last.as_ref().map(|r| {
+                    "name": row.name,
+                    "enabled": row.sync.map(|s| s.enabled),
+                    "schedule": row.plan.as_ref().map(|p| p.describe()),
+                    "timezone": row.sync.and_then(|s| s.schedule.as_ref()).map(|s| s.timezone.as_str()),
+                    "next_run": row.next.map(|t| t.to_rfc3339()),
+                    "last_run": row.last.as_ref().map(|r| {
                         let mut value = serde_json::to_value(r).unwrap_or_default();
-                        value["exit_detail"] = json!(exit_detail);
+                        value["exit_detail"] = json!(row.exit_detail);
                         value
                     }),
                 })
@@ -61,25 +106,42 @@ pub async fn run(config_path: &Path, output: OutputFormat) -> CmdResult {
         return Ok(());
     }
     if rows.is_empty() {
-        println!("No syncs in {}.", config.path.display());
+        match &history.config {
+            Some(config) => println!("No syncs in {}.", config.path.display()),
+            None => println!("No runs in the state store."),
+        }
         return Ok(());
     }
     let mut table = Table::new([
         "SYNC", "SCHEDULE", "NEXT RUN", "LAST RUN", "STATUS", "STARTED", "DURATION", "READ",
         "ADDED", "UPDATED", "DELETED", "REJECTED", "ERROR",
     ]);
-    for (sync, plan, next, last, _) in &rows {
-        let schedule = match plan {
-            Some(p) => p.describe().to_owned(),
-            None => "- (run by hand)".to_owned(),
+    for Row {
+        name,
+        sync,
+        plan,
+        next,
+        last,
+        ..
+    } in &rows
+    {
+        let (schedule, next) = match sync {
+            // The config is invalid: its schedules are unknown.
+            None => ("? (config invalid)".to_owned(), "?".to_owned()),
+            Some(sync) => (
+                match plan {
+                    Some(p) => p.describe().to_owned(),
+                    None => "- (run by hand)".to_owned(),
+                },
+                if !sync.enabled {
+                    "disabled".to_owned()
+                } else {
+                    next.map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+                        .unwrap_or_else(|| "-".into())
+                },
+            ),
         };
-        let next = if !sync.enabled {
-            "disabled".to_owned()
-        } else {
-            next.map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
-                .unwrap_or_else(|| "-".into())
-        };
-        let mut row = vec![sync.name().to_owned(), schedule, next];
+        let mut row = vec![name.clone(), schedule, next];
         match last {
             Some(r) => {
                 let m = &r.metrics;

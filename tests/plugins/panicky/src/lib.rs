@@ -11,6 +11,14 @@
 //! `state_file`, so it survives from one process to the next), and `{"sleep_ms": M}` sleeps M
 //! milliseconds before each batch (a slow source).
 //!
+//! More options for the daemon's tests: `{"rate_limited_times": N, "retry_after_ms": M,
+//! "state_file": "path"}` fails the first N reads as rate-limited, asking to wait M
+//! milliseconds; `{"spawn_child": "path"}` starts two `sleep` child processes when the read
+//! begins, one of them deaf to SIGTERM, and appends their pids to that file (a plugin whose
+//! helper processes must not outlive a killed run); `{"leak": "text"}` fails the read with an auth error whose message, and a
+//! warning logged just before it, echo `text` (give it a secret from the environment to test
+//! redaction), and `"leak_stdout": true` also prints `text` on the process's stdout.
+//!
 //! Panics are for in-process tests of the SDK's panic guard and the host's handling of it;
 //! aborts and segfaults kill the process that loaded the plugin, so they are only for tests
 //! of worker-process isolation and must never be used in the test process itself. This crate
@@ -60,6 +68,21 @@ pub struct Trip {
     /// Sleep this long before each batch.
     #[serde(default)]
     pub sleep_ms: Option<u64>,
+    /// Fail this many reads as rate-limited before succeeding; needs `state_file`.
+    #[serde(default)]
+    pub rate_limited_times: Option<u64>,
+    /// How long a rate-limited read asks the caller to wait.
+    #[serde(default)]
+    pub retry_after_ms: Option<u64>,
+    /// Start two helper processes when the read begins, appending their pids to this file.
+    #[serde(default)]
+    pub spawn_child: Option<String>,
+    /// Fail the read with an auth error that echoes this text (and log it first).
+    #[serde(default)]
+    pub leak: Option<String>,
+    /// With `leak`: print the text on stdout too.
+    #[serde(default)]
+    pub leak_stdout: bool,
 }
 
 impl Trip {
@@ -80,27 +103,99 @@ impl Trip {
                 "`fail_transient_times` needs a `state_file` to count the failures in",
             ));
         }
+        if self.rate_limited_times.is_some() && self.state_file.is_none() {
+            return Err(ConnectorError::config(
+                "`rate_limited_times` needs a `state_file` to count the failures in",
+            ));
+        }
         Ok(())
     }
 
-    /// Fails with a transient error while fewer than `fail_transient_times` reads have failed.
-    fn transient_failure(&self) -> Result<()> {
-        let (Some(times), Some(file)) = (self.fail_transient_times, &self.state_file) else {
-            return Ok(());
+    /// Counts one more failure in `state_file` while fewer than `times` have been counted;
+    /// returns the failure's number, or `None` when enough have failed.
+    fn count_failure(&self, times: Option<u64>) -> Result<Option<(u64, u64)>> {
+        let (Some(times), Some(file)) = (times, &self.state_file) else {
+            return Ok(None);
         };
         let failed: u64 = std::fs::read_to_string(file)
             .ok()
             .and_then(|text| text.trim().parse().ok())
             .unwrap_or(0);
         if failed >= times {
-            return Ok(());
+            return Ok(None);
         }
         std::fs::write(file, (failed + 1).to_string())
             .map_err(|e| ConnectorError::internal(format!("cannot write `{file}`: {e}")))?;
-        Err(ConnectorError::transient(format!(
-            "panicky: deliberate transient failure {} of {times}",
-            failed + 1
+        Ok(Some((failed + 1, times)))
+    }
+
+    /// Fails as rate-limited while fewer than `rate_limited_times` reads have failed.
+    fn rate_limit(&self) -> Result<()> {
+        match self.count_failure(self.rate_limited_times)? {
+            None => Ok(()),
+            Some((n, times)) => Err(ConnectorError::rate_limited(
+                format!("panicky: deliberate rate limit {n} of {times}"),
+                self.retry_after_ms.unwrap_or(0),
+            )),
+        }
+    }
+
+    /// Starts the two helper processes of `spawn_child` and appends their pids to its file:
+    /// `plain PID` (a `sleep` that SIGTERM ends) and `stubborn PID` (one that ignores SIGTERM,
+    /// so only SIGKILL ends it).
+    fn spawn_child(&self) -> Result<()> {
+        let Some(file) = &self.spawn_child else {
+            return Ok(());
+        };
+        let start = |label: &str, program: &str, args: &[&str]| -> Result<String> {
+            let child = std::process::Command::new(program)
+                .args(args)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .map_err(|e| ConnectorError::internal(format!("cannot start `{program}`: {e}")))?;
+            let line = format!("{label} {}\n", child.id());
+            // The child is deliberately neither waited for nor killed: whoever runs the
+            // plugin must end it with the run.
+            std::mem::forget(child);
+            Ok(line)
+        };
+        let mut lines = start("plain", "sleep", &["300"])?;
+        // An ignored signal stays ignored across exec, so the sleep ignores SIGTERM.
+        lines += &start("stubborn", "sh", &["-c", "trap '' TERM; exec sleep 300"])?;
+        use std::io::Write as _;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(file)
+            .and_then(|mut f| f.write_all(lines.as_bytes()))
+            .map_err(|e| ConnectorError::internal(format!("cannot write `{file}`: {e}")))?;
+        Ok(())
+    }
+
+    /// Fails with an auth error echoing `leak`, the way a careless connector would.
+    fn leak(&self) -> Result<()> {
+        let Some(text) = &self.leak else {
+            return Ok(());
+        };
+        lockstep_plugin_sdk::tracing::warn!("panicky: logging in with token {text}");
+        if self.leak_stdout {
+            println!("panicky: token {text} refused");
+        }
+        Err(ConnectorError::auth(format!(
+            "panicky: the server refused token {text}"
         )))
+    }
+
+    /// Fails with a transient error while fewer than `fail_transient_times` reads have failed.
+    fn transient_failure(&self) -> Result<()> {
+        match self.count_failure(self.fail_transient_times)? {
+            None => Ok(()),
+            Some((n, times)) => Err(ConnectorError::transient(format!(
+                "panicky: deliberate transient failure {n} of {times}"
+            ))),
+        }
     }
 
     /// Fails the way the config says if `entry` is the one it names.
@@ -145,7 +240,12 @@ impl Connector for Panicky {
                     "segv_in": entry,
                     "fail_transient_times": {"type": "integer", "minimum": 0},
                     "state_file": {"type": "string"},
-                    "sleep_ms": {"type": "integer", "minimum": 0}
+                    "sleep_ms": {"type": "integer", "minimum": 0},
+                    "rate_limited_times": {"type": "integer", "minimum": 0},
+                    "retry_after_ms": {"type": "integer", "minimum": 0},
+                    "spawn_child": {"type": "string"},
+                    "leak": {"type": "string"},
+                    "leak_stdout": {"type": "boolean"}
                 }
             }),
             abi_version: String::new(),
@@ -206,6 +306,9 @@ impl SourceConnector for PanickySource {
     async fn read(&mut self, request: ReadRequest) -> Result<Rows> {
         self.trip.at("read");
         self.trip.transient_failure()?;
+        self.trip.rate_limit()?;
+        self.trip.leak()?;
+        self.trip.spawn_child()?;
         if request.stream != "items" {
             return Err(ConnectorError::schema(format!(
                 "no stream `{}`; panicky offers `items`",
