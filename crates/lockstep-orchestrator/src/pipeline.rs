@@ -311,6 +311,7 @@ pub(crate) async fn apply_batch(
         ..Default::default()
     };
     let mapped = ctx.mapper.map(&batch)?;
+    let mut reject_keys = mapping_reject_keys(ctx.mapper, &batch, &mapped.rejected);
     let mut rejected: Vec<RejectedRecord> = mapped
         .rejected
         .iter()
@@ -318,7 +319,7 @@ pub(crate) async fn apply_batch(
             rejection(
                 sync,
                 run.run_id,
-                None,
+                reject_keys.remove(&r.row),
                 r.field.clone(),
                 &r.reason,
                 &batch,
@@ -647,6 +648,44 @@ async fn apply_without_ledger(
         run.checkpoint = Some(c);
     }
     Ok(())
+}
+
+/// The match key of each source row the mapping rejected, where the key fields themselves
+/// map (the failure is in another field): so that a later run that writes that key resolves
+/// the reject. Rows whose key cannot be computed are absent.
+fn mapping_reject_keys(
+    mapper: &Mapper,
+    batch: &RecordBatch,
+    rejected: &[lockstep_mapping::RowRejection],
+) -> HashMap<usize, String> {
+    if rejected.is_empty() {
+        return HashMap::new();
+    }
+    let rows: Vec<u32> = rejected
+        .iter()
+        .filter_map(|r| u32::try_from(r.row).ok())
+        .collect();
+    let keys = (|| {
+        let indices = arrow::array::UInt32Array::from(rows.clone());
+        let columns = batch
+            .columns()
+            .iter()
+            .map(|c| arrow::compute::take(c, &indices, None))
+            .collect::<Result<Vec<_>, _>>()
+            .ok()?;
+        let subset = RecordBatch::try_new(batch.schema(), columns).ok()?;
+        let mapped = mapper.key_mapper().map(&subset).ok()?;
+        let keys = record_keys(&mapped.batch, mapper.key()).ok()?;
+        Some((mapped.source_rows, keys))
+    })();
+    let Some((source_rows, keys)) = keys else {
+        return HashMap::new();
+    };
+    source_rows
+        .into_iter()
+        .zip(keys)
+        .filter_map(|(i, key)| Some((*rows.get(i)? as usize, key)))
+        .collect()
 }
 
 /// The column indices of `key` in `batch`.

@@ -327,3 +327,42 @@ fn retry_is_refused_for_a_source_that_cannot_read_by_key() {
     assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
     assert_eq!(listed[0]["retried"], serde_json::Value::Null, "{listed}");
 }
+
+/// A record the mapping rejects (in a field other than the key) keeps its key, so the run
+/// that later writes a fixed version of it resolves the reject.
+#[test]
+fn a_run_that_writes_a_fixed_record_resolves_its_mapping_reject() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (source, destination) = (
+        Side::Sqlite(d.join("src.db")),
+        Side::Sqlite(d.join("dst.db")),
+    );
+    source.exec(&[
+        "CREATE TABLE orders (id INTEGER PRIMARY KEY, qty TEXT, updated_at TIMESTAMP NOT NULL)",
+        "INSERT INTO orders VALUES (1, '1', '2026-01-01 00:00:00'), \
+         (2, 'two', '2026-01-01 00:00:00'), (3, '3', '2026-01-01 00:00:00')",
+    ]);
+    std::fs::write(
+        d.join("lockstep.toml"),
+        format!(
+            "{}{}[syncs.orders]\nsource = \"src.orders\"\ndestination = \"dst.orders\"\n\
+             mode = \"incremental\"\ncursor = \"updated_at\"\nmax_rejected = 5\n\
+             [syncs.orders.fields]\nid = \"id\"\nqty = {{ from = \"qty\", cast = \"int64\" }}\n",
+            source.connection_toml("src"),
+            destination.connection_toml("dst"),
+        ),
+    )
+    .unwrap();
+    let (ok, first) = json(d, &["run", "orders"]);
+    assert!(ok, "{first}");
+    assert_eq!(counts(&first, &["added", "rejected"]), [2, 1], "{first}");
+    assert_eq!(pending_keys(d), ["[2]"]);
+
+    source.exec(&["UPDATE orders SET qty = '2', updated_at = '2026-02-01 00:00:00' WHERE id = 2"]);
+    let (ok, second) = json(d, &["run", "orders"]);
+    assert!(ok, "{second}");
+    assert_eq!(counts(&second, &["added", "rejected"]), [1, 0], "{second}");
+    assert_eq!(pending_keys(d), Vec::<String>::new());
+    assert_eq!(destination.quantities(), [(1, 1), (2, 2), (3, 3)]);
+}
