@@ -168,7 +168,8 @@ async fn apply_approved(
         let keys = state
             .pending_delete_keys(
                 sync,
-                DeleteStatus::Approved,
+                Some(DeleteStatus::Approved),
+                None,
                 after.as_deref(),
                 spec.batch_size,
             )

@@ -97,6 +97,9 @@ pub(crate) async fn run(
     drop(source);
     source_keys.sort_unstable();
     source_keys.dedup();
+    if let Sink::Write(_) = &sink {
+        cancel_returned(ctx, run, &source_keys).await?;
+    }
 
     // The destination's keys that are not among them.
     let plugin = engine.registry.get(&job.destination.connector)?;
@@ -147,6 +150,42 @@ pub(crate) async fn run(
     }
     mark_done(ctx, run).await?;
     Ok(Some(in_destination))
+}
+
+/// Cancels the waiting deletes found by earlier reconciliations whose key the source has
+/// again (inserted again, possibly with a cursor value the incremental read has passed), a
+/// page at a time. Tombstone deletes are left alone: their records are still in the source.
+async fn cancel_returned(
+    ctx: &Context<'_>,
+    run: &mut RunState,
+    source_keys: &[u64],
+) -> Result<(), EngineError> {
+    if !run.deletes_waiting {
+        return Ok(());
+    }
+    let mut after: Option<String> = None;
+    loop {
+        let keys = ctx
+            .engine
+            .state
+            .pending_delete_keys(
+                &ctx.job.spec.name,
+                None,
+                Some(DeleteOrigin::Reconcile),
+                after.as_deref(),
+                10_000,
+            )
+            .await?;
+        let Some(last) = keys.last() else {
+            return Ok(());
+        };
+        after = Some(last.clone());
+        let returned: Vec<String> = keys
+            .into_iter()
+            .filter(|k| source_keys.binary_search(&xxh3_64(k.as_bytes())).is_ok())
+            .collect();
+        deletes::record(ctx, run, DeleteOrigin::Reconcile, &[], &returned).await?;
+    }
 }
 
 /// How many records the destination stream holds, by reading its keys; `None` when its

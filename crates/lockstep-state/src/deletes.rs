@@ -124,12 +124,14 @@ pub trait PendingDeleteStore: Send + Sync {
     /// The deletes waiting for `sync`: counts by status and up to `sample` keys.
     async fn pending_deletes(&self, sync: &str, sample: usize) -> Result<PendingDeletes>;
 
-    /// Up to `limit` keys of `sync`'s deletes in `status`, greater than `after`, in byte
-    /// order (for paging through them).
+    /// Up to `limit` keys of `sync`'s deletes in `status` (any status when `None`) found by
+    /// `origin` (any when `None`), greater than `after`, in byte order (for paging through
+    /// them).
     async fn pending_delete_keys(
         &self,
         sync: &str,
-        status: DeleteStatus,
+        status: Option<DeleteStatus>,
+        origin: Option<DeleteOrigin>,
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<String>>;
@@ -195,14 +197,30 @@ pub(crate) fn sample_sql() -> &'static str {
     r#"SELECT "key" FROM "pending_deletes" WHERE "sync" = $1 ORDER BY "key" LIMIT $2"#
 }
 
-pub(crate) fn keys_sql(after: bool) -> &'static str {
-    if after {
-        r#"SELECT "key" FROM "pending_deletes" WHERE "sync" = $1 AND "status" = $2
-           AND "key" > $3 ORDER BY "key" LIMIT $4"#
-    } else {
-        r#"SELECT "key" FROM "pending_deletes" WHERE "sync" = $1 AND "status" = $2
-           ORDER BY "key" LIMIT $3"#
+/// The paging query of `pending_delete_keys` with its text parameters after `$1` (the sync);
+/// the limit is the last parameter.
+pub(crate) fn keys_query(
+    status: Option<DeleteStatus>,
+    origin: Option<DeleteOrigin>,
+    after: Option<&str>,
+) -> (String, Vec<&str>) {
+    let mut text = r#"SELECT "key" FROM "pending_deletes" WHERE "sync" = $1"#.to_owned();
+    let mut binds = Vec::new();
+    for (column, value) in [
+        ("status", status.map(DeleteStatus::as_str)),
+        ("origin", origin.map(DeleteOrigin::as_str)),
+    ] {
+        if let Some(value) = value {
+            binds.push(value);
+            text.push_str(&format!(r#" AND "{column}" = ${}"#, binds.len() + 1));
+        }
     }
+    if let Some(after) = after {
+        binds.push(after);
+        text.push_str(&format!(r#" AND "key" > ${}"#, binds.len() + 1));
+    }
+    text.push_str(&format!(r#" ORDER BY "key" LIMIT ${}"#, binds.len() + 2));
+    (text, binds)
 }
 
 pub(crate) fn discard_sql() -> &'static str {
@@ -318,31 +336,21 @@ macro_rules! impl_pending_delete_store {
             async fn pending_delete_keys(
                 &self,
                 sync: &str,
-                status: $crate::deletes::DeleteStatus,
+                status: Option<$crate::deletes::DeleteStatus>,
+                origin: Option<$crate::deletes::DeleteOrigin>,
                 after: Option<&str>,
                 limit: usize,
             ) -> $crate::error::Result<Vec<String>> {
-                use $crate::deletes::keys_sql;
-                match after {
-                    Some(after) => {
-                        sqlx::query_scalar(keys_sql(true))
-                            .bind(sync)
-                            .bind(status.as_str())
-                            .bind(after)
-                            .bind($crate::sql::limit(limit))
-                            .fetch_all(&self.pool)
-                            .await
-                    }
-                    None => {
-                        sqlx::query_scalar(keys_sql(false))
-                            .bind(sync)
-                            .bind(status.as_str())
-                            .bind($crate::sql::limit(limit))
-                            .fetch_all(&self.pool)
-                            .await
-                    }
+                let (text, binds) = $crate::deletes::keys_query(status, origin, after);
+                let mut query = sqlx::query_scalar(&text).bind(sync);
+                for value in binds {
+                    query = query.bind(value);
                 }
-                .map_err($crate::error::db("listing pending deletes"))
+                query
+                    .bind($crate::sql::limit(limit))
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err($crate::error::db("listing pending deletes"))
             }
 
             async fn set_pending_delete_status(
@@ -414,5 +422,11 @@ mod tests {
             .contains("($1, $5, $2, 'pending', $3, $4), ($1, $6, $2, 'pending', $3, $4)"));
         assert!(remove_sql(2).ends_with("IN ($2, $3)"));
         assert!(set_status_sql(2).ends_with("IN ($3, $4)"));
+        let (text, binds) = keys_query(None, Some(DeleteOrigin::Reconcile), Some("[1]"));
+        assert!(
+            text.ends_with(r#""origin" = $2 AND "key" > $3 ORDER BY "key" LIMIT $4"#),
+            "{text}"
+        );
+        assert_eq!(binds, ["reconcile", "[1]"]);
     }
 }

@@ -83,19 +83,25 @@ async fn pending_deletes_move_from_pending_to_held_to_approved_and_go(store: Box
 
     // Paging through held keys in byte order.
     let first = store
-        .pending_delete_keys("s", DeleteStatus::Held, None, 1000)
+        .pending_delete_keys("s", Some(DeleteStatus::Held), None, None, 1000)
         .await
         .unwrap();
     let rest = store
         .pending_delete_keys(
             "s",
-            DeleteStatus::Held,
+            Some(DeleteStatus::Held),
+            Some(DeleteOrigin::Tombstone),
             first.last().map(|k| k.as_str()),
             1000,
         )
         .await
         .unwrap();
     assert_eq!(first.len() + rest.len(), 1490);
+    let by_reconciliation = store
+        .pending_delete_keys("s", None, Some(DeleteOrigin::Reconcile), None, 10)
+        .await
+        .unwrap();
+    assert!(by_reconciliation.is_empty(), "{by_reconciliation:?}");
     assert!(first.windows(2).all(|w| w[0] < w[1]) && first.last() < rest.first());
 
     // A stale lease token changes nothing.
