@@ -1,7 +1,8 @@
 //! The state store of Lockstep: run history and metrics, source checkpoints, the record ledger,
-//! rejected records, deletes waiting behind the mass-delete guard, and the leases that keep two runs of one sync from overlapping. It has two
-//! backends behind the [`StateStore`] trait: SQLite (embedded, the default) and PostgreSQL
-//! (shared by several daemons). [`open`] picks one by URL and brings the schema up to date.
+//! rejected records, deletes waiting behind the mass-delete guard, and the leases that keep two
+//! runs of one sync from overlapping. It has two backends behind the [`StateStore`] trait:
+//! SQLite (embedded, the default) and PostgreSQL (shared by several daemons). [`open`] picks
+//! one by URL and brings the schema up to date.
 //!
 //! Invariants:
 //! - Only this crate talks to the state database; other crates go through [`StateStore`].
