@@ -81,6 +81,12 @@ pub enum Command {
         #[command(subcommand)]
         command: RejectsCommand,
     },
+    /// List, approve or discard the deletes a mirror sync holds because they were past its
+    /// max_delete_fraction.
+    Deletes {
+        #[command(subcommand)]
+        command: DeletesCommand,
+    },
     /// Show run history, newest first.
     Runs {
         /// Only this sync's runs.
@@ -157,6 +163,30 @@ pub enum RejectsCommand {
         #[arg(long, short, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DeletesCommand {
+    /// How many deletes wait (held, approved, pending) and a sample of their keys.
+    List {
+        sync: String,
+        /// How many keys to show.
+        #[arg(long, default_value_t = lockstep_orchestrator::DELETE_SAMPLE_KEYS)]
+        sample: usize,
+        #[arg(long, short, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
+    /// Approve the held deletes and run the sync once to apply them.
+    Approve {
+        sync: String,
+        /// Only approve them; the sync's next run applies them.
+        #[arg(long)]
+        no_run: bool,
+        #[arg(long, short, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
+    /// Forget the held deletes: the records stay in the destination.
+    Discard { sync: String },
 }
 
 #[derive(Subcommand, Debug)]

@@ -15,6 +15,9 @@ pub enum RunStatus {
     Cancelled,
     /// The process running it died without recording an end (found later as stale).
     Abandoned,
+    /// The run's upserts committed, but its deletes were past `max_delete_fraction` and are
+    /// held in the state store until a person approves them (`lockstep deletes approve`).
+    Held,
 }
 
 impl RunStatus {
@@ -26,6 +29,7 @@ impl RunStatus {
             RunStatus::Failed => "failed",
             RunStatus::Cancelled => "cancelled",
             RunStatus::Abandoned => "abandoned",
+            RunStatus::Held => "held",
         }
     }
 
@@ -37,6 +41,7 @@ impl RunStatus {
             "failed" => RunStatus::Failed,
             "cancelled" => RunStatus::Cancelled,
             "abandoned" => RunStatus::Abandoned,
+            "held" => RunStatus::Held,
             _ => return None,
         })
     }
@@ -74,6 +79,7 @@ mod tests {
             RunStatus::Failed,
             RunStatus::Cancelled,
             RunStatus::Abandoned,
+            RunStatus::Held,
         ] {
             assert_eq!(RunStatus::parse(s.as_str()), Some(s));
         }

@@ -8,7 +8,9 @@
 //! recovery (the first success after an alerted failure) and on low volume (a successful run that read or wrote below `low_volume_fraction` of the
 //! median of the last `low_volume_window` successful runs, with at least three of them). A
 //! cancelled run (graceful stop) and a run skipped because another daemon holds the sync are
-//! not alerted.
+//! not alerted. A `held` run (deletes past `max_delete_fraction` wait for approval) raises a
+//! deletes-held alert, unless the run before it was held with the same message; held runs
+//! neither break nor extend a streak of failures.
 //!
 //! The content is plain text without links; every string is redacted with the config's
 //! secrets before it leaves the process.
@@ -30,6 +32,7 @@ pub(crate) enum AlertKind {
     StillFailing,
     Recovery,
     LowVolume,
+    DeletesHeld,
 }
 
 impl AlertKind {
@@ -40,6 +43,7 @@ impl AlertKind {
             AlertKind::StillFailing => "still-failing",
             AlertKind::Recovery => "recovery",
             AlertKind::LowVolume => "low-volume",
+            AlertKind::DeletesHeld => "deletes-held",
         }
     }
 }
@@ -89,6 +93,9 @@ impl Alert {
             ),
             AlertKind::Recovery => format!("sync {} recovered ({run})", self.sync),
             AlertKind::LowVolume => format!("sync {}: low volume ({run})", self.sync),
+            AlertKind::DeletesHeld => {
+                format!("sync {}: deletes held for approval ({run})", self.sync)
+            }
         }
     }
 
@@ -214,7 +221,12 @@ pub(crate) fn decide(
     let earlier: Vec<&RunSummary> = history
         .iter()
         .filter(|r| !execution.runs.contains(&r.id))
-        .filter(|r| !matches!(r.status, RunStatus::Running | RunStatus::Cancelled))
+        .filter(|r| {
+            !matches!(
+                r.status,
+                RunStatus::Running | RunStatus::Cancelled | RunStatus::Held
+            )
+        })
         .collect();
     let failed_before = earlier
         .iter()
@@ -249,6 +261,21 @@ pub(crate) fn decide(
                 alerts.push((AlertKind::LowVolume, reason));
             }
             (alerts, 0)
+        }
+        RunStatus::Held => {
+            let reason = error_reason.unwrap_or("deletes are held").to_owned();
+            let previous = history
+                .iter()
+                .filter(|r| !execution.runs.contains(&r.id))
+                .find(|r| !matches!(r.status, RunStatus::Running | RunStatus::Cancelled));
+            let repeated = previous.is_some_and(|r| {
+                r.status == RunStatus::Held
+                    && r.error.as_deref().is_some_and(|e| reason.ends_with(e))
+            });
+            if !repeated {
+                alerts.push((AlertKind::DeletesHeld, reason));
+            }
+            (alerts, failed_before)
         }
         RunStatus::Cancelled | RunStatus::Running => (alerts, failed_before),
     }
@@ -349,6 +376,63 @@ mod tests {
             runs: runs.to_vec(),
             attempts: runs.len() as u32,
         }
+    }
+
+    #[test]
+    fn a_held_run_alerts_once_per_new_hold_and_leaves_failure_streaks_alone() {
+        let config = AlertsConfig::default();
+        let message = "sync `contacts`: 500 deletes are held";
+        let reason = format!("mass-delete: {message}");
+        let failed = run(1, RunStatus::Failed, 0, 0);
+        let (alerts, n) = decide(
+            &config,
+            &execution(RunStatus::Held, &[2], 1000),
+            Some(&reason),
+            &[run(2, RunStatus::Held, 1000, 0), failed.clone()],
+            true,
+        );
+        assert_eq!(alerts, vec![(AlertKind::DeletesHeld, reason.clone())]);
+        assert_eq!(n, 1, "a held run neither breaks nor extends the streak");
+        let held_before = RunSummary {
+            error: Some(message.to_owned()),
+            ..run(2, RunStatus::Held, 1000, 0)
+        };
+        // The same hold again says nothing new; a different one does.
+        let (alerts, _) = decide(
+            &config,
+            &execution(RunStatus::Held, &[3], 0),
+            Some(&reason),
+            &[held_before.clone(), failed.clone()],
+            false,
+        );
+        assert!(alerts.is_empty(), "{alerts:?}");
+        let (alerts, _) = decide(
+            &config,
+            &execution(RunStatus::Held, &[3], 0),
+            Some("mass-delete: sync `contacts`: 600 deletes are held"),
+            &[held_before, failed],
+            false,
+        );
+        assert_eq!(alerts[0].0, AlertKind::DeletesHeld);
+        let alert = Alert {
+            kind: AlertKind::DeletesHeld,
+            sync: "contacts".into(),
+            run: Some(3),
+            status: RunStatus::Held,
+            metrics: RunMetrics::default(),
+            reason: reason.clone(),
+            error_kind: Some("mass-delete".into()),
+            attempts: 1,
+            consecutive_failures: 0,
+            duration: Duration::from_secs(1),
+            exit_detail: None,
+            host: "h".into(),
+        };
+        assert_eq!(
+            alert.headline(),
+            "sync contacts: deletes held for approval (run 3)"
+        );
+        assert_eq!(alert.webhook_body()["status"], "held");
     }
 
     #[test]

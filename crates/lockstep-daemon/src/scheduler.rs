@@ -396,6 +396,14 @@ async fn attempt_once(
                     human(Duration::from_millis(duration.as_millis() as u64))
                 ),
                 RunStatus::Cancelled => tracing::info!("run cancelled after the batch in hand"),
+                RunStatus::Held => tracing::warn!(
+                    status = "held",
+                    "run held its deletes: {}",
+                    attempt
+                        .error
+                        .as_deref()
+                        .unwrap_or("past max_delete_fraction")
+                ),
                 _ => tracing::error!(
                     kind = attempt.error_kind.as_deref().unwrap_or("unknown"),
                     retryable = attempt.retryable,

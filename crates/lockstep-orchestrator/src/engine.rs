@@ -62,7 +62,7 @@ pub struct RunOptions {
     /// How long a lease lives without renewal; renewed every third of it.
     pub lease_ttl: Duration,
     pub holder: LeaseHolder,
-    /// Apply deletes even past the sync's `max_delete_fraction`.
+    /// Apply deletes even past the sync's `max_delete_fraction` (held ones included).
     pub allow_mass_delete: bool,
 }
 
@@ -199,12 +199,17 @@ impl Engine<'_> {
             metrics: RunMetrics::default(),
             checkpoint: cursor_before.clone(),
             batches: 0,
+            deletes_waiting: false,
+            held: None,
         };
         let outcome = crate::pipeline::execute(self, job, options, Some(lease), &mut run, None)
             .instrument(span.clone())
             .await;
         let (status, error) = match outcome {
-            Ok(true) => (RunStatus::Succeeded, None),
+            Ok(true) => match run.held.take() {
+                Some(message) => (RunStatus::Held, Some(EngineError::MassDelete(message))),
+                None => (RunStatus::Succeeded, None),
+            },
             Ok(false) => (RunStatus::Cancelled, None),
             Err(e) => (RunStatus::Failed, Some(e)),
         };
@@ -248,6 +253,11 @@ pub(crate) struct RunState {
     pub(crate) metrics: RunMetrics,
     pub(crate) checkpoint: Option<Value>,
     pub(crate) batches: u64,
+    /// Whether the sync may have deletes waiting in the state store (checked at the start of
+    /// a mirror run, set when the run records one): records seen again then cancel theirs.
+    pub(crate) deletes_waiting: bool,
+    /// Set when the mass-delete guard held deletes: what the run reports.
+    pub(crate) held: Option<String>,
 }
 
 /// Whether process `pid` exists on this machine. Where that cannot be told (no `/proc`), it

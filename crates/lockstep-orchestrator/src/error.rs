@@ -22,7 +22,8 @@ pub enum EngineError {
     /// More records were rejected than the sync's `max_rejected` allows.
     #[error("{0}")]
     TooManyRejected(String),
-    /// A reconciliation would delete more than `max_delete_fraction` of the destination.
+    /// A run would delete more than `max_delete_fraction` of the destination: its deletes
+    /// are held (the run's status is `held`, and this is its message).
     #[error("{0}")]
     MassDelete(String),
     #[error("Arrow error while processing a batch: {0}")]

@@ -1,9 +1,13 @@
 //! Fault injection for the crash tests: `LOCKSTEP_FAULT=<point>:<batch>` aborts the process
 //! at that point of that batch, as a `kill -9` would, with nothing flushed or cleaned up.
 //!
-//! Points: `before-write`, `before-flush`, `after-flush` (the destination has the batch but
-//! the state store does not: the window the commit protocol must survive) and
-//! `after-commit`. Unset, it costs one relaxed load per batch.
+//! Points of a batch (with or without a ledger): `before-write`, `before-flush`,
+//! `after-flush` (the destination has the batch but the state store does not: the window the
+//! commit protocol must survive) and `after-commit`. Points of the delete phase, where the
+//! number counts pages of approved deletes (from tombstones and reconciliation alike):
+//! `before-delete` (the ledger has forgotten the page's records, the destination still has
+//! them) and `after-delete` (the destination has flushed the delete, the state store still
+//! lists it as approved). Unset, it costs one relaxed load per batch.
 
 use std::sync::OnceLock;
 
@@ -13,6 +17,8 @@ pub(crate) enum FaultPoint {
     BeforeFlush,
     AfterFlush,
     AfterCommit,
+    BeforeDelete,
+    AfterDelete,
 }
 
 impl FaultPoint {
@@ -22,6 +28,8 @@ impl FaultPoint {
             "before-flush" => FaultPoint::BeforeFlush,
             "after-flush" => FaultPoint::AfterFlush,
             "after-commit" => FaultPoint::AfterCommit,
+            "before-delete" => FaultPoint::BeforeDelete,
+            "after-delete" => FaultPoint::AfterDelete,
             _ => return None,
         })
     }

@@ -7,9 +7,12 @@
 //!   fencing token.
 //! - Two runs of one sync never overlap: a run holds the sync's lease from start to end.
 //! - Every record read is counted exactly once as added, updated, unchanged or rejected.
+//! - No delete reaches the destination before the mass-delete guard has counted every delete
+//!   of the run (see `deletes`).
 //! - Plugins are reached only through `lockstep-plugin-host`, the state only through
 //!   `lockstep-state`.
 
+mod deletes;
 mod engine;
 mod error;
 mod faults;
@@ -18,6 +21,7 @@ mod plan;
 mod reconcile;
 mod retry;
 
+pub use deletes::SAMPLE_KEYS as DELETE_SAMPLE_KEYS;
 pub use engine::{
     hostname, Endpoint, Engine, Progress, ProgressFn, RunOptions, RunReport, StartFn, SyncJob,
 };

@@ -13,7 +13,7 @@ use lockstep_core::protocol::{
 use lockstep_core::{fingerprints, record_keys, RunMetrics, SyncMode};
 use lockstep_mapping::Mapper;
 use lockstep_plugin_host::{SourceHandle, StreamWriterHandle};
-use lockstep_state::{BatchCommit, Lease, LedgerEntry, RejectedRecord};
+use lockstep_state::{BatchCommit, DeleteOrigin, Lease, LedgerEntry, RejectedRecord};
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tracing::Instrument;
@@ -22,7 +22,7 @@ use crate::engine::{Engine, Progress, RunOptions, RunState, SyncJob};
 use crate::error::EngineError;
 use crate::faults::{fault_point, FaultPoint};
 use crate::plan::PlanCollector;
-use crate::reconcile;
+use crate::{deletes, reconcile};
 
 /// Where a batch's changes go.
 pub(crate) enum Sink<'a> {
@@ -39,6 +39,9 @@ pub(crate) struct Context<'a> {
     pub(crate) mapper: &'a Mapper,
     pub(crate) cursor_type: Option<DataType>,
     pub(crate) lease: Option<&'a Lease>,
+    /// Whether this run created the destination stream: a new stream holds nothing that
+    /// could need deleting.
+    pub(crate) destination_is_new: bool,
 }
 
 /// Opens a source instance and finds the sync's stream in its catalog.
@@ -177,7 +180,11 @@ pub(crate) async fn execute(
         mapper: &mapper,
         cursor_type,
         lease,
+        destination_is_new,
     };
+    if writer.is_some() && spec.mode == SyncMode::Mirror {
+        run.deletes_waiting = engine.state.pending_deletes(&spec.name, 0).await?.total() > 0;
+    }
     let mut stop = options.stop.clone();
     let renew_every = options.lease_ttl / 3;
     let completed = loop {
@@ -238,6 +245,7 @@ pub(crate) async fn execute(
     }
     check_rejections(job, &run.metrics)?;
 
+    let mut destination_size = None;
     if spec.mode == SyncMode::Mirror
         && !destination_is_new
         && reconcile::due(engine, job, run.run_id).await?
@@ -247,7 +255,19 @@ pub(crate) async fn execute(
             (None, Some(p)) => Sink::Plan(p),
             (None, None) => unreachable!("a run has a writer or a plan"),
         };
-        reconcile::run(&ctx, sink, run, options.allow_mass_delete).await?;
+        destination_size = reconcile::run(&ctx, sink, run).await?;
+    }
+    // Every delete the run found now waits in the state store: they are checked against the
+    // guard together, then applied or held.
+    if let (Some(writer), SyncMode::Mirror) = (&mut writer, spec.mode) {
+        deletes::finish(
+            &ctx,
+            writer,
+            run,
+            options.allow_mass_delete,
+            destination_size,
+        )
+        .await?;
     }
     Ok(true)
 }
@@ -390,17 +410,6 @@ pub(crate) async fn apply_batch(
             &BooleanArray::from(write_mask.clone()),
         )?)
     };
-    let to_delete = if deleted_rows.is_empty() {
-        None
-    } else {
-        let keys_only = mapped
-            .batch
-            .project(&key_indices(&mapped.batch, ctx.mapper.key())?)?;
-        Some(filter_record_batch(
-            &keys_only,
-            &BooleanArray::from(delete_mask.clone()),
-        )?)
-    };
 
     let writer = match sink {
         Sink::Plan(plan) => {
@@ -436,10 +445,6 @@ pub(crate) async fn apply_batch(
     let mut outcome = WriteOutcome::default();
     if let Some(batch) = to_write {
         outcome = writer.upsert(batch).await?;
-    }
-    let mut deleted_outcome = WriteOutcome::default();
-    if let Some(keys_batch) = to_delete {
-        deleted_outcome = writer.delete(keys_batch).await?;
     }
     fault_point(FaultPoint::BeforeFlush, batch_number);
     writer.flush().await?;
@@ -484,13 +489,24 @@ pub(crate) async fn apply_batch(
             synced_at: None,
         });
     }
-    let ledger_deletes: Vec<String> = deleted_rows.iter().map(|&r| keys[r].clone()).collect();
-    metrics.deleted = deleted_outcome.deleted.unwrap_or_else(|| {
-        ledger_deletes
+    // Tombstones are not applied here: they wait in the state store until the end of the run
+    // has counted every delete against the guard. A record present (not deleted) cancels the
+    // delete that waits for it. A stream this run created has nothing to delete.
+    let found: Vec<String> = if ctx.destination_is_new {
+        Vec::new()
+    } else {
+        deleted_rows.iter().map(|&r| keys[r].clone()).collect()
+    };
+    let seen: Vec<String> = if run.deletes_waiting {
+        last_row
             .iter()
-            .filter(|k| ledger.contains_key(*k))
-            .count() as u64
-    });
+            .filter(|(_, &row)| !delete_mask[row])
+            .map(|(key, _)| (*key).to_owned())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    deletes::record(ctx, run, DeleteOrigin::Tombstone, &found, &seen).await?;
     metrics.rejected = rejected.len() as u64;
     run.metrics.add(&metrics);
     run.batches += 1;
@@ -502,7 +518,7 @@ pub(crate) async fn apply_batch(
             run: run.run_id,
             lease_token: ctx.lease.map(|l| l.token),
             ledger_upserts: &upserts,
-            ledger_deletes: &ledger_deletes,
+            ledger_deletes: &[],
             checkpoint: new_checkpoint.as_ref(),
             metrics: &run.metrics,
             rejected: &rejected,
@@ -562,6 +578,16 @@ async fn apply_without_ledger(
         }
     };
     let written = to_write.num_rows() as u64;
+    // Tombstoned records wait in the state store like any delete (see `deletes`); their keys
+    // are computed only then, and the keys of the written records only when deletes wait.
+    let found = match (&to_delete, ctx.destination_is_new, &sink) {
+        (Some(keys_batch), false, Sink::Write(_)) => record_keys(keys_batch, ctx.mapper.key())?,
+        _ => Vec::new(),
+    };
+    let seen = match (run.deletes_waiting, &sink) {
+        (true, Sink::Write(_)) => record_keys(&to_write, ctx.mapper.key())?,
+        _ => Vec::new(),
+    };
     let writer = match sink {
         Sink::Plan(_) => {
             // Without a ledger a plan cannot tell added from updated or unchanged.
@@ -583,10 +609,6 @@ async fn apply_without_ledger(
     } else {
         WriteOutcome::default()
     };
-    if let Some(keys) = to_delete {
-        let n = keys.num_rows() as u64;
-        metrics.deleted += writer.delete(keys).await?.deleted.unwrap_or(n);
-    }
     fault_point(FaultPoint::BeforeFlush, batch_number);
     writer.flush().await?;
     fault_point(FaultPoint::AfterFlush, batch_number);
@@ -617,6 +639,7 @@ async fn apply_without_ledger(
             )
         });
     }
+    deletes::record(ctx, run, DeleteOrigin::Tombstone, &found, &seen).await?;
     let refused = outcome.rejected.len() as u64;
     metrics.added += outcome.inserted.unwrap_or(0);
     metrics.unchanged += outcome.unchanged.unwrap_or(0);

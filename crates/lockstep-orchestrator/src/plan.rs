@@ -115,6 +115,8 @@ impl Engine<'_> {
             metrics: RunMetrics::default(),
             checkpoint: cursor_before.clone(),
             batches: 0,
+            deletes_waiting: false,
+            held: None,
         };
         let mut collector = PlanCollector::default();
         crate::pipeline::execute(self, job, &options, None, &mut run, Some(&mut collector)).await?;

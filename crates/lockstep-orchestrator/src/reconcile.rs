@@ -1,5 +1,6 @@
 //! Key-set reconciliation for mirror mode: destination records whose key the source no
-//! longer has are deleted, behind the mass-delete guard.
+//! longer has are recorded as pending deletes, which the end of the run checks against the
+//! mass-delete guard with every other delete of the run before applying any (see `deletes`).
 //!
 //! Both key sets are streamed. The source's keys are kept as sorted 64-bit hashes (8 bytes a
 //! record) and each destination key is looked up among them, so memory stays at a few bytes
@@ -7,13 +8,12 @@
 //! only spare a record that should have been deleted (never delete one that should not), and
 //! at 64 bits it is vanishingly rare.
 
-use arrow::array::{BooleanArray, RecordBatch};
-use arrow::compute::{concat_batches, filter_record_batch};
 use lockstep_core::protocol::{ReadMode, ReadRequest, Role};
-use lockstep_core::{record_keys, RunMetrics};
-use lockstep_state::BatchCommit;
+use lockstep_core::record_keys;
+use lockstep_state::DeleteOrigin;
 use xxhash_rust::xxh3::xxh3_64;
 
+use crate::deletes;
 use crate::engine::{Engine, RunState, SyncJob};
 use crate::error::EngineError;
 use crate::pipeline::{open_source_stream, Context, Sink};
@@ -49,14 +49,14 @@ pub(crate) async fn due(
     Ok(since >= every as usize)
 }
 
-/// Finds the destination's keys that the source no longer has and deletes them (or, for a
-/// plan, counts them).
+/// Finds the destination's keys that the source no longer has and records them as pending
+/// deletes (or, for a plan, counts them). Returns how many records the destination holds,
+/// when it could be read.
 pub(crate) async fn run(
     ctx: &Context<'_>,
     sink: Sink<'_>,
     run: &mut RunState,
-    allow_mass_delete: bool,
-) -> Result<(), EngineError> {
+) -> Result<Option<u64>, EngineError> {
     let engine = ctx.engine;
     let job = ctx.job;
     let spec = &job.spec;
@@ -97,6 +97,9 @@ pub(crate) async fn run(
     drop(source);
     source_keys.sort_unstable();
     source_keys.dedup();
+    if let Sink::Write(_) = &sink {
+        cancel_returned(ctx, run, &source_keys).await?;
+    }
 
     // The destination's keys that are not among them.
     let plugin = engine.registry.get(&job.destination.connector)?;
@@ -105,112 +108,137 @@ pub(crate) async fn run(
         .await?;
     let catalog = destination.discover().await?;
     if catalog.stream(&spec.destination.stream).is_none() {
-        return Ok(());
+        return Ok(None);
     }
     request.stream = spec.destination.stream.clone();
     request.fields = Some(ctx.mapper.key().to_vec());
     request.key = ctx.mapper.key().to_vec();
     let mut reader = destination.read(&request).await?;
     let mut in_destination = 0u64;
-    let mut gone: Vec<RecordBatch> = Vec::new();
-    let mut gone_keys: Vec<String> = Vec::new();
+    let mut count = 0u64;
+    let mut plan = match sink {
+        Sink::Plan(plan) => Some(plan),
+        Sink::Write(_) => None,
+    };
     while let Some((batch, _)) = reader.next().await? {
         in_destination += batch.num_rows() as u64;
-        let keys = record_keys(&batch, ctx.mapper.key())?;
-        let mask: Vec<bool> = keys
-            .iter()
-            .map(|k| source_keys.binary_search(&xxh3_64(k.as_bytes())).is_err())
+        let gone: Vec<String> = record_keys(&batch, ctx.mapper.key())?
+            .into_iter()
+            .filter(|k| source_keys.binary_search(&xxh3_64(k.as_bytes())).is_err())
             .collect();
-        if mask.iter().any(|m| *m) {
-            gone_keys.extend(
-                keys.into_iter()
-                    .zip(&mask)
-                    .filter(|(_, m)| **m)
-                    .map(|(k, _)| k),
-            );
-            gone.push(filter_record_batch(&batch, &BooleanArray::from(mask))?);
+        count += gone.len() as u64;
+        match &mut plan {
+            Some(plan) => gone.iter().for_each(|key| plan.delete(key)),
+            // Recorded a destination batch at a time: memory stays at the source's hashes.
+            None => deletes::record(ctx, run, DeleteOrigin::Reconcile, &gone, &[]).await?,
         }
     }
     drop(reader);
     drop(destination);
     drop(source_keys);
 
-    let count = gone_keys.len() as u64;
-    if count == 0 {
-        return mark_done(ctx, &sink, run).await;
+    if plan.is_some() {
+        run.metrics.deleted += count;
+        return Ok(Some(in_destination));
     }
-    let limit = spec.delete.max_delete_fraction;
-    if count as f64 > limit * in_destination as f64 && !allow_mass_delete {
-        return Err(EngineError::MassDelete(format!(
-            "sync `{}`: this run would delete {count} of the {in_destination} records in `{}` \
-             ({:.1}%), more than max_delete_fraction allows ({:.1}%). Nothing was deleted. If \
-             the source really lost those records, run again with --allow-mass-delete, or \
-             raise max_delete_fraction for this sync",
-            spec.name,
-            spec.destination.stream,
-            100.0 * count as f64 / in_destination.max(1) as f64,
-            100.0 * limit
-        )));
+    if count > 0 {
+        tracing::info!(
+            found = count,
+            in_destination,
+            "reconciliation found records the source no longer has"
+        );
     }
+    mark_done(ctx, run).await?;
+    Ok(Some(in_destination))
+}
 
-    match sink {
-        Sink::Plan(plan) => {
-            run.metrics.deleted += count;
-            for key in &gone_keys {
-                plan.delete(key);
-            }
-            Ok(())
-        }
-        Sink::Write(writer) => {
-            let all = concat_batches(&gone[0].schema(), &gone)?;
-            drop(gone);
-            let mut offset = 0;
-            while offset < all.num_rows() {
-                let len = spec.batch_size.min(all.num_rows() - offset);
-                let chunk = all.slice(offset, len);
-                let outcome = writer.delete(chunk).await?;
-                writer.flush().await?;
-                let keys = &gone_keys[offset..offset + len];
-                let deleted = outcome.deleted.unwrap_or(len as u64);
-                run.metrics.add(&RunMetrics {
-                    deleted,
-                    ..Default::default()
-                });
-                engine
-                    .state
-                    .commit_batch(&BatchCommit {
-                        sync: &spec.name,
-                        run: run.run_id,
-                        lease_token: ctx.lease.map(|l| l.token),
-                        ledger_upserts: &[],
-                        ledger_deletes: keys,
-                        checkpoint: None,
-                        metrics: &run.metrics,
-                        rejected: &[],
-                    })
-                    .await?;
-                offset += len;
-            }
-            tracing::info!(
-                deleted = count,
-                "reconciliation deleted records the source no longer has"
-            );
-            let sink = Sink::Write(writer);
-            mark_done(ctx, &sink, run).await
-        }
+/// Cancels the waiting deletes found by earlier reconciliations whose key the source has
+/// again (inserted again, possibly with a cursor value the incremental read has passed), a
+/// page at a time. Tombstone deletes are left alone: their records are still in the source.
+async fn cancel_returned(
+    ctx: &Context<'_>,
+    run: &mut RunState,
+    source_keys: &[u64],
+) -> Result<(), EngineError> {
+    if !run.deletes_waiting {
+        return Ok(());
+    }
+    let mut after: Option<String> = None;
+    loop {
+        let keys = ctx
+            .engine
+            .state
+            .pending_delete_keys(
+                &ctx.job.spec.name,
+                None,
+                Some(DeleteOrigin::Reconcile),
+                after.as_deref(),
+                10_000,
+            )
+            .await?;
+        let Some(last) = keys.last() else {
+            return Ok(());
+        };
+        after = Some(last.clone());
+        let returned: Vec<String> = keys
+            .into_iter()
+            .filter(|k| source_keys.binary_search(&xxh3_64(k.as_bytes())).is_ok())
+            .collect();
+        deletes::record(ctx, run, DeleteOrigin::Reconcile, &[], &returned).await?;
     }
 }
 
-async fn mark_done(ctx: &Context<'_>, sink: &Sink<'_>, run: &RunState) -> Result<(), EngineError> {
-    if let Sink::Write(_) = sink {
-        ctx.engine
-            .state
-            .put_checkpoint(
-                &marker(ctx.job),
-                Some(run.run_id),
-                &serde_json::json!({ "run": run.run_id }),
-            )
-            .await?;
+/// How many records the destination stream holds, by reading its keys; `None` when its
+/// connector cannot read or the stream does not exist. For syncs without a ledger, whose
+/// guard needs the destination's size when no reconciliation counted it.
+pub(crate) async fn destination_size(ctx: &Context<'_>) -> Result<Option<u64>, EngineError> {
+    let engine = ctx.engine;
+    let job = ctx.job;
+    let spec = &job.spec;
+    if !engine
+        .registry
+        .supports(&job.destination.connector, Role::Source)
+    {
+        return Ok(None);
     }
+    let plugin = engine.registry.get(&job.destination.connector)?;
+    let mut destination = plugin
+        .open_source(&job.destination.config, engine.redactor.clone())
+        .await?;
+    if destination
+        .discover()
+        .await?
+        .stream(&spec.destination.stream)
+        .is_none()
+    {
+        return Ok(None);
+    }
+    let mut reader = destination
+        .read(&ReadRequest {
+            stream: spec.destination.stream.clone(),
+            mode: ReadMode::Full,
+            fields: Some(ctx.mapper.key().to_vec()),
+            key: ctx.mapper.key().to_vec(),
+            batch_size: Some(spec.batch_size.max(50_000)),
+            ..Default::default()
+        })
+        .await?;
+    let mut size = 0u64;
+    while let Some((batch, _)) = reader.next().await? {
+        size += batch.num_rows() as u64;
+    }
+    Ok(Some(size))
+}
+
+/// Records that this run reconciled, for `reconcile_every`.
+async fn mark_done(ctx: &Context<'_>, run: &RunState) -> Result<(), EngineError> {
+    ctx.engine
+        .state
+        .put_checkpoint(
+            &marker(ctx.job),
+            Some(run.run_id),
+            &serde_json::json!({ "run": run.run_id }),
+        )
+        .await?;
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! The state store of Lockstep: run history and metrics, source checkpoints, the record ledger,
-//! rejected records and the leases that keep two runs of one sync from overlapping. It has two
-//! backends behind the [`StateStore`] trait: SQLite (embedded, the default) and PostgreSQL
-//! (shared by several daemons). [`open`] picks one by URL and brings the schema up to date.
+//! rejected records, deletes waiting behind the mass-delete guard, and the leases that keep two
+//! runs of one sync from overlapping. It has two backends behind the [`StateStore`] trait:
+//! SQLite (embedded, the default) and PostgreSQL (shared by several daemons). [`open`] picks
+//! one by URL and brings the schema up to date.
 //!
 //! Invariants:
 //! - Only this crate talks to the state database; other crates go through [`StateStore`].
@@ -14,6 +15,7 @@
 //! - No error or log line carries a database password: URLs are redacted first.
 
 mod backend;
+mod deletes;
 mod error;
 mod postgres;
 mod sql;
@@ -22,6 +24,9 @@ mod store;
 mod types;
 mod url;
 
+pub use deletes::{
+    DeleteOrigin, DeleteStatus, PendingDeleteChange, PendingDeleteStore, PendingDeletes,
+};
 pub use error::{Result, StateError};
 pub use store::StateStore;
 pub use types::{

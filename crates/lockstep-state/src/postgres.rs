@@ -8,6 +8,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection, Postgres, Transaction};
 
 use crate::backend::impl_state_store;
+use crate::deletes::impl_pending_delete_store;
 use crate::error::{db, Result, StateError};
 use crate::url::{redact_url, scrub};
 
@@ -79,3 +80,4 @@ impl PgStore {
 }
 
 impl_state_store!(PgStore);
+impl_pending_delete_store!(PgStore);

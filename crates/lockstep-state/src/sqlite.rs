@@ -11,6 +11,7 @@ use sqlx::sqlite::{
 use sqlx::{Sqlite, Transaction};
 
 use crate::backend::impl_state_store;
+use crate::deletes::impl_pending_delete_store;
 use crate::error::{db, Result, StateError};
 use crate::url::redact_url;
 
@@ -98,3 +99,4 @@ impl SqliteStore {
 }
 
 impl_state_store!(SqliteStore);
+impl_pending_delete_store!(SqliteStore);

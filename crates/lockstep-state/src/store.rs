@@ -6,6 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use lockstep_core::RunSummary;
 
+use crate::deletes::PendingDeleteStore;
 use crate::error::Result;
 use crate::types::{
     BatchCommit, Lease, LeaseHolder, LedgerEntry, RejectedFilter, RejectedRecord, RunEnd,
@@ -14,7 +15,7 @@ use crate::types::{
 /// Everything the engine keeps between runs: run history, checkpoints, the record ledger,
 /// rejected records and leases. Open one with [`crate::open`].
 #[async_trait]
-pub trait StateStore: Send + Sync {
+pub trait StateStore: PendingDeleteStore + Send + Sync {
     /// Records a new run of `sync` with status `running` and returns its id. When the sync has
     /// a live lease, the run is tied to it (see [`StateStore::mark_abandoned`]).
     async fn start_run(&self, sync: &str, cursor_before: Option<&serde_json::Value>)

@@ -1,5 +1,5 @@
 //! Engine semantics through the binary on SQLite: mirror deletes (tombstones and key-set
-//! reconciliation) behind the mass-delete guard, plans, rejected records, leases, SIGTERM,
+//! reconciliation) behind the mass-delete guard (held deletes: `deletes.rs`), plans, rejected records, leases, SIGTERM,
 //! and the PostgreSQL state store.
 
 use std::path::Path;
@@ -124,14 +124,18 @@ fn mirror_deletes_arrive_from_tombstones_and_from_reconciliation_behind_the_guar
     assert_eq!(third["metrics"]["deleted"], 50, "{third}");
     assert_eq!(count(&d.join("dst.db"), "SELECT count(*) FROM items"), 948);
 
-    // Past max_delete_fraction the run refuses, deletes nothing and says how to proceed.
+    // Past max_delete_fraction the run holds its deletes, deletes nothing and says how to
+    // proceed.
     sql(&d.join("src.db"), &["DELETE FROM items WHERE id > 500"]);
     let (ok, refused, _) = run_json(d, &[]);
     assert!(!ok);
+    assert_eq!(refused["status"], "held", "{refused}");
     let message = refused["error"]["message"].as_str().unwrap();
     assert_eq!(refused["error"]["kind"], "mass-delete");
     assert!(
-        message.contains("would delete 500 of the 948") && message.contains("--allow-mass-delete"),
+        message.contains("would delete 500 of the 948")
+            && message.contains("--allow-mass-delete")
+            && message.contains("lockstep deletes approve items"),
         "{message}"
     );
     assert_eq!(count(&d.join("dst.db"), "SELECT count(*) FROM items"), 948);

@@ -4,6 +4,7 @@ mod cli;
 mod config_errors;
 mod crash;
 mod daemon;
+mod deletes;
 mod engine;
 mod files;
 mod ops;

@@ -2,6 +2,7 @@
 
 mod connectors;
 mod daemon;
+mod deletes;
 mod history;
 mod plan;
 mod rejects;
@@ -57,6 +58,7 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
         } => run::run(&cli.config, &sync, full_refresh, allow_mass_delete, output).await,
         Command::Plan { sync, output } => plan::run(&cli.config, &sync, output).await,
         Command::Rejects { command } => rejects::run(&cli.config, command).await,
+        Command::Deletes { command } => deletes::run(&cli.config, command).await,
         Command::Runs {
             sync,
             limit,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
+use lockstep_config::Config;
 use lockstep_core::RunStatus;
 use lockstep_orchestrator::{Engine, Progress, RunOptions, RunReport};
 use tokio::sync::watch;
@@ -23,10 +24,24 @@ pub async fn run(
     output: OutputFormat,
 ) -> CmdResult {
     let config = load_config(config_path)?;
-    let job = job(&config, sync)?;
-    let registry = registry(Some(&config));
-    let state = state(&config).await?;
-    let redactor = redactor(&config);
+    run_loaded(&config, sync, full_refresh, allow_mass_delete, output).await
+}
+
+/// Exit code of a run whose deletes are held (past `max_delete_fraction`).
+pub const HELD_EXIT_CODE: u8 = 3;
+
+/// One run of `sync` of an already loaded config.
+pub async fn run_loaded(
+    config: &Config,
+    sync: &str,
+    full_refresh: bool,
+    allow_mass_delete: bool,
+    output: OutputFormat,
+) -> CmdResult {
+    let job = job(config, sync)?;
+    let registry = registry(Some(config));
+    let state = state(config).await?;
+    let redactor = redactor(config);
 
     let (stop_tx, stop_rx) = watch::channel(false);
     spawn_signal_handler(stop_tx);
@@ -77,6 +92,7 @@ pub async fn run(
     match report.status {
         RunStatus::Succeeded => Ok(()),
         RunStatus::Cancelled => Err(CliError::Reported(130)),
+        RunStatus::Held => Err(CliError::Reported(HELD_EXIT_CODE)),
         _ => Err(CliError::Reported(1)),
     }
 }
@@ -146,7 +162,11 @@ fn print_summary(report: &RunReport, redact: &lockstep_plugin_host::Redactor) {
             show(&report.cursor_after)
         );
     }
-    if let Some(e) = &report.error {
-        eprintln!("error ({}): {}", e.kind_name(), redact(&e.to_string()));
+    match &report.error {
+        Some(e) if report.status == RunStatus::Held => {
+            eprintln!("held: {}", redact(&e.to_string()))
+        }
+        Some(e) => eprintln!("error ({}): {}", e.kind_name(), redact(&e.to_string())),
+        None => {}
     }
 }

@@ -89,6 +89,7 @@ pub async fn run(config_path: &Path, sync: &str, supervised: bool) -> CmdResult 
                 match report.status {
                     RunStatus::Succeeded => Ok(()),
                     RunStatus::Cancelled => Err(CliError::Reported(130)),
+                    RunStatus::Held => Err(CliError::Reported(super::run::HELD_EXIT_CODE)),
                     _ => Err(CliError::Reported(1)),
                 }
             }

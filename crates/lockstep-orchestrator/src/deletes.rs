@@ -1,0 +1,266 @@
+//! The delete phase of a mirror run: every delete a run finds (a tombstone in a batch, a key
+//! that reconciliation finds only in the destination) is recorded as pending in the state
+//! store, never applied where it is found. When the read and the reconciliation are done, all
+//! waiting deletes are checked together against the sync's `max_delete_fraction`; within it
+//! (or with `--allow-mass-delete`) they are approved and applied, past it they are held for a
+//! person, and the run ends `held`.
+//!
+//! Invariants:
+//! - No delete reaches the destination before the guard has counted every delete of the run.
+//! - The ledger never claims a record the destination may no longer hold: a page of deletes
+//!   leaves the ledger (one state commit) before the destination deletes it, and leaves the
+//!   pending table only after the destination has flushed. A crash in between leaves the
+//!   deletes `approved`; the next run applies them again, which is harmless.
+//! - Memory stays bounded: deletes are applied a page (`batch_size` keys) at a time, read back
+//!   from the state store in key order.
+
+use lockstep_core::protocol::FieldInfo;
+use lockstep_plugin_host::StreamWriterHandle;
+use lockstep_plugin_sdk::rows::batch_from_rows;
+use lockstep_state::{BatchCommit, DeleteOrigin, DeleteStatus, PendingDeleteChange};
+use serde_json::{Map, Value};
+
+use crate::engine::RunState;
+use crate::error::EngineError;
+use crate::faults::{fault_point, FaultPoint};
+use crate::pipeline::Context;
+
+/// How many keys `lockstep deletes list` and the held message show.
+pub const SAMPLE_KEYS: usize = 10;
+
+/// Records the deletes a batch (or a reconciliation page) found as pending, and cancels the
+/// waiting deletes of `seen`, records the source has again. A no-op when there is nothing to
+/// record and the sync has no waiting deletes.
+pub(crate) async fn record(
+    ctx: &Context<'_>,
+    run: &mut RunState,
+    origin: DeleteOrigin,
+    found: &[String],
+    seen: &[String],
+) -> Result<(), EngineError> {
+    let seen: &[String] = if run.deletes_waiting { seen } else { &[] };
+    if found.is_empty() && seen.is_empty() {
+        return Ok(());
+    }
+    let cancelled = ctx
+        .engine
+        .state
+        .change_pending_deletes(&PendingDeleteChange {
+            sync: &ctx.job.spec.name,
+            run: run.run_id,
+            lease_token: ctx.lease.map(|l| l.token),
+            origin,
+            add: found,
+            cancel: seen,
+        })
+        .await?;
+    if cancelled > 0 {
+        tracing::info!(
+            cancelled,
+            "records the source has again cancelled their waiting deletes"
+        );
+    }
+    if !found.is_empty() {
+        run.deletes_waiting = true;
+    }
+    Ok(())
+}
+
+/// Ends the delete phase of a completed mirror run: checks the waiting deletes against the
+/// guard, then applies the approved ones. `destination_size` is the number of records in the
+/// destination when reconciliation counted them in this run. Sets `run.held` when the guard
+/// held deletes.
+pub(crate) async fn finish(
+    ctx: &Context<'_>,
+    writer: &mut StreamWriterHandle,
+    run: &mut RunState,
+    allow_mass_delete: bool,
+    destination_size: Option<u64>,
+) -> Result<(), EngineError> {
+    let state = ctx.engine.state;
+    let spec = &ctx.job.spec;
+    let sync = spec.name.as_str();
+    let token = ctx.lease.map(|l| l.token);
+    let waiting = state.pending_deletes(sync, SAMPLE_KEYS).await?;
+    if waiting.total() == 0 {
+        return Ok(());
+    }
+    let unapproved = waiting.pending + waiting.held;
+    if unapproved > 0 {
+        let size = match destination_size {
+            Some(n) => Some(n),
+            None if spec.use_ledger => Some(state.ledger_count(sync).await?),
+            None => crate::reconcile::destination_size(ctx).await?,
+        };
+        let limit = spec.delete.max_delete_fraction;
+        let within = size.is_some_and(|n| unapproved as f64 <= limit * n as f64);
+        if within || allow_mass_delete {
+            state
+                .set_pending_delete_status(
+                    sync,
+                    &[DeleteStatus::Pending, DeleteStatus::Held],
+                    DeleteStatus::Approved,
+                    token,
+                )
+                .await?;
+        } else {
+            state
+                .set_pending_delete_status(
+                    sync,
+                    &[DeleteStatus::Pending],
+                    DeleteStatus::Held,
+                    token,
+                )
+                .await?;
+            run.held = Some(held_message(ctx, unapproved, size, &waiting.sample));
+        }
+    }
+    apply_approved(ctx, writer, run).await
+}
+
+/// What a held run says: how many deletes wait, why, and how to approve or drop them.
+fn held_message(ctx: &Context<'_>, held: u64, size: Option<u64>, sample: &[String]) -> String {
+    let spec = &ctx.job.spec;
+    let name = &spec.name;
+    let limit = 100.0 * spec.delete.max_delete_fraction;
+    let why = match size {
+        Some(size) => format!(
+            "this run would delete {held} of the {size} records in `{}` ({:.1}%), more than \
+             max_delete_fraction allows ({limit:.1}%)",
+            spec.destination.stream,
+            100.0 * held as f64 / size.max(1) as f64,
+        ),
+        None => format!(
+            "this run would delete {held} records from `{}`, whose size cannot be read to \
+             check max_delete_fraction ({limit:.1}%): its connector cannot read",
+            spec.destination.stream
+        ),
+    };
+    format!(
+        "sync `{name}`: {held} deletes are held: {why}. The run's other changes were committed; \
+         none of these records was deleted. Keys: {}{}. See them with `lockstep deletes list \
+         {name}`; apply them with `lockstep deletes approve {name}` (or `lockstep run {name} \
+         --allow-mass-delete`), or keep the records with `lockstep deletes discard {name}`",
+        sample.join(", "),
+        if (sample.len() as u64) < held {
+            ", ..."
+        } else {
+            ""
+        }
+    )
+}
+
+/// Applies every approved delete, a page at a time.
+async fn apply_approved(
+    ctx: &Context<'_>,
+    writer: &mut StreamWriterHandle,
+    run: &mut RunState,
+) -> Result<(), EngineError> {
+    let state = ctx.engine.state;
+    let spec = &ctx.job.spec;
+    let sync = spec.name.as_str();
+    let token = ctx.lease.map(|l| l.token);
+    let key_fields = key_fields(ctx)?;
+    let mut after: Option<String> = None;
+    let mut page = 0u64;
+    let mut applied = 0u64;
+    loop {
+        let keys = state
+            .pending_delete_keys(
+                sync,
+                Some(DeleteStatus::Approved),
+                None,
+                after.as_deref(),
+                spec.batch_size,
+            )
+            .await?;
+        let Some(last) = keys.last() else { break };
+        after = Some(last.clone());
+        page += 1;
+        let batch = keys_batch(&key_fields, ctx.mapper.key(), &keys)?;
+        if spec.use_ledger {
+            // The ledger stops claiming these records before the destination loses them, so
+            // that a crash after the delete cannot leave a ledger entry for a record the
+            // destination no longer holds (a record coming back would be skipped as unchanged).
+            state
+                .commit_batch(&BatchCommit {
+                    sync,
+                    run: run.run_id,
+                    lease_token: token,
+                    ledger_upserts: &[],
+                    ledger_deletes: &keys,
+                    checkpoint: None,
+                    metrics: &run.metrics,
+                    rejected: &[],
+                })
+                .await?;
+        }
+        fault_point(FaultPoint::BeforeDelete, page);
+        let outcome = writer.delete(batch).await?;
+        writer.flush().await?;
+        fault_point(FaultPoint::AfterDelete, page);
+        let deleted = outcome.deleted.unwrap_or(keys.len() as u64);
+        run.metrics.deleted += deleted;
+        applied += deleted;
+        state
+            .change_pending_deletes(&PendingDeleteChange {
+                sync,
+                run: run.run_id,
+                lease_token: token,
+                origin: DeleteOrigin::Tombstone,
+                add: &[],
+                cancel: &keys,
+            })
+            .await?;
+    }
+    if page > 0 {
+        tracing::info!(deleted = applied, pages = page, "deletes applied");
+    }
+    Ok(())
+}
+
+/// The mapped key fields, in key order.
+fn key_fields(ctx: &Context<'_>) -> Result<Vec<FieldInfo>, EngineError> {
+    let targets = ctx.mapper.target_fields();
+    ctx.mapper
+        .key()
+        .iter()
+        .map(|name| {
+            targets
+                .iter()
+                .find(|f| &f.name == name)
+                .cloned()
+                .ok_or_else(|| {
+                    EngineError::Internal(format!("key field `{name}` is not a mapped field"))
+                })
+        })
+        .collect()
+}
+
+/// A batch of key columns from stored record keys (canonical JSON arrays of the key values).
+fn keys_batch(
+    fields: &[FieldInfo],
+    names: &[String],
+    keys: &[String],
+) -> Result<arrow::array::RecordBatch, EngineError> {
+    let mut rows = Vec::with_capacity(keys.len());
+    for key in keys {
+        let values = match serde_json::from_str::<Value>(key) {
+            Ok(Value::Array(values)) if values.len() == names.len() => values,
+            _ => {
+                return Err(EngineError::Internal(format!(
+                    "the waiting delete of key `{key}` does not match the sync's key ({}); \
+                     if the key changed, drop the waiting deletes with `lockstep deletes \
+                     discard`",
+                    names.join(", ")
+                )))
+            }
+        };
+        rows.push(names.iter().cloned().zip(values).collect::<Map<_, _>>());
+    }
+    batch_from_rows(fields, &rows).map_err(|e| {
+        EngineError::Internal(format!(
+            "the keys of waiting deletes cannot be turned into a batch: {e}"
+        ))
+    })
+}
