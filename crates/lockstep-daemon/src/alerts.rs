@@ -390,6 +390,7 @@ mod tests {
             Some(&reason),
             &[run(2, RunStatus::Held, 1000, 0), failed.clone()],
             true,
+            None,
         );
         assert_eq!(alerts, vec![(AlertKind::DeletesHeld, reason.clone())]);
         assert_eq!(n, 1, "a held run neither breaks nor extends the streak");
@@ -404,6 +405,7 @@ mod tests {
             Some(&reason),
             &[held_before.clone(), failed.clone()],
             false,
+            None,
         );
         assert!(alerts.is_empty(), "{alerts:?}");
         let (alerts, _) = decide(
@@ -412,6 +414,7 @@ mod tests {
             Some("mass-delete: sync `contacts`: 600 deletes are held"),
             &[held_before, failed],
             false,
+            None,
         );
         assert_eq!(alerts[0].0, AlertKind::DeletesHeld);
         let alert = Alert {

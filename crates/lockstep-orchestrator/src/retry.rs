@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use lockstep_core::protocol::{
     OpenStreamRequest, ReadMode, ReadRequest, SchemaEvolution, FEATURE_READ_BY_KEYS,
 };
-use lockstep_core::{RunMetrics, RunStatus};
+use lockstep_core::{RunMetrics, RunStatus, SyncMode};
 use lockstep_mapping::Mapper;
 use lockstep_plugin_sdk::rows::batch_from_rows;
 use lockstep_state::{BatchCommit, Lease, RejectedFilter, RejectedRecord, RunEnd};
@@ -130,6 +130,8 @@ impl Engine<'_> {
             metrics: RunMetrics::default(),
             checkpoint: None,
             batches: 0,
+            deletes_waiting: false,
+            held: None,
         };
         let result = self
             .retry_records(job, lease, &mut run, &records, &mut outcome)
@@ -211,7 +213,13 @@ impl Engine<'_> {
                 .and_then(|c| stream.field(c))
                 .map(|f| f.data_type),
             lease: Some(lease),
+            // A retry writes into a stream that exists: its records were refused there.
+            destination_is_new: false,
         };
+        // A record the retry writes cancels a delete that waits for its key, as in a run.
+        if spec.mode == SyncMode::Mirror {
+            run.deletes_waiting = self.state.pending_deletes(&spec.name, 0).await?.total() > 0;
+        }
         let mut fields = mapper.source_fields();
         for extra in [&spec.cursor_field, &spec.delete.tombstone]
             .into_iter()
