@@ -204,12 +204,13 @@ fn postgres_into_a_csv_drop_is_read_back_equal_by_a_second_sync() {
         &db.url,
         &[
             "CREATE TABLE contacts (id bigint PRIMARY KEY, name text, score numeric(10,2),
-                                    active boolean, born date, updated_at timestamptz NOT NULL)",
+                                    active boolean, born date, updated_at timestamptz NOT NULL, props jsonb)",
             "INSERT INTO contacts VALUES
-               (1, 'Zoë \"quoted\" O''Brien', 1.50, true, '1990-02-28', '2026-01-01 10:00:00+00'),
+               (1, 'Zoë \"quoted\" O''Brien', 1.50, true, '1990-02-28', '2026-01-01 10:00:00+00',
+                '{\"vip\": true, \"tags\": [\"a, b\", \"c\"]}'),
                (2, 'four, with a comma
-and a newline', -0.25, false, NULL, '2026-01-02 11:30:00.123456+00'),
-               (3, NULL, NULL, NULL, NULL, '2026-01-03 00:00:00+00')",
+and a newline', -0.25, false, NULL, '2026-01-02 11:30:00.123456+00', '\"just a string\"'),
+               (3, NULL, NULL, NULL, NULL, '2026-01-03 00:00:00+00', NULL)",
         ],
     );
     let dir = tempfile::tempdir().unwrap();
