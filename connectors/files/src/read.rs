@@ -45,6 +45,8 @@ pub struct FilesReader {
     /// The fields the request asked for, in the stream's order.
     fields: Vec<FieldInfo>,
     batch_size: usize,
+    /// The fields of type json, whose CSV text is parsed as JSON.
+    json_fields: Vec<String>,
     done: Vec<FileEntry>,
     queue: VecDeque<ToRead>,
     current: Option<OpenFile>,
@@ -101,7 +103,14 @@ pub(crate) fn open_reader(
         already_read = plan.done.len(),
         "files planned"
     );
+    let json_fields = stream
+        .fields
+        .iter()
+        .filter(|f| f.data_type == lockstep_plugin_sdk::DataType::Json)
+        .map(|f| f.name.clone())
+        .collect();
     Ok(FilesReader {
+        json_fields,
         batch_size: request.batch_size.unwrap_or(default_batch_size).max(1),
         spec,
         stream,
@@ -269,6 +278,23 @@ impl FilesReader {
             if !checked {
                 if let Some(unknown) = values.keys().find(|k| self.stream.field(k).is_none()) {
                     return Err(self.unknown_field(&shown, record.line, unknown));
+                }
+            } else {
+                // A CSV value of a json field is JSON text: parse it, so that it is not taken
+                // for a JSON string.
+                for name in &self.json_fields {
+                    if let Some(value) = values.get_mut(name) {
+                        if let Value::String(text) = value {
+                            *value = serde_json::from_str(text).map_err(|e| {
+                                ConnectorError::schema(format!(
+                                    "file `{shown}`, line {}: field `{name}` is declared json, \
+                                     but its value is not JSON ({e}); fix the value or declare \
+                                     the field as text in `streams.{}.fields`",
+                                    record.line, self.spec.name
+                                ))
+                            })?;
+                        }
+                    }
                 }
             }
             if let Some(name) = &self.spec.file_field {

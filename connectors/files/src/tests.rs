@@ -358,6 +358,7 @@ fn test_batch() -> lockstep_plugin_sdk::arrow::array::RecordBatch {
                 "id": i,
                 "name": format!("name, {i}\n\"quoted\""),
                 "amount": format!("{i}.25"),
+                "props": if i % 2 == 0 { json!({"vip": i, "tags": ["a, b"]}) } else { json!("plain \"text\"") },
             }) else {
                 unreachable!()
             };
@@ -384,6 +385,7 @@ fn dest_fields() -> Vec<lockstep_plugin_sdk::FieldInfo> {
                 scale: 2,
             },
         ),
+        field("props", DataType::Json),
     ]
 }
 

@@ -368,9 +368,9 @@ impl FilesWriter {
                     .zip(&self.fields)
                     .map(|(value, field)| match value {
                         Value::Null => self.null.clone(),
+                        // A JSON document is written as its JSON text (a JSON string quoted).
+                        json if field.data_type == DataType::Json => json.to_string(),
                         Value::String(s) => s,
-                        // JSON documents keep their JSON text; other values their plain text.
-                        other if field.data_type == DataType::Json => other.to_string(),
                         other => other.to_string(),
                     })
                     .collect();

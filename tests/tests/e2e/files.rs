@@ -80,7 +80,7 @@ connector = "files"
 path = "exports/parties-*.csv"
 encoding = "latin-1"
 primary_key = ["id"]
-settle = "2s"
+settle = "1h"
 modified_field = "exported_at"
 fields = {{ balance = "decimal(12,2)" }}
 
@@ -110,10 +110,10 @@ balance = "balance"
     export(
         &d.join("exports/parties-20261201.csv"),
         &latin1(first),
-        Duration::from_secs(120),
+        Duration::from_secs(3 * 3600),
     );
-    // An export still being written (just now, within the settle time) and one under a
-    // temporary name wait for a later run.
+    // An export still being written (just now, well within the settle time, however slow the
+    // machine) and one under a temporary name wait for a later run.
     export(
         &d.join("exports/parties-20261203.csv"),
         &latin1("id,name,address,balance\n9,Later,,1\n"),
@@ -122,7 +122,7 @@ balance = "balance"
     export(
         &d.join("exports/parties-20261204.csv.part"),
         &latin1("id,name,address,balance\n8,Partial,,1\n"),
-        Duration::from_secs(120),
+        Duration::from_secs(3 * 3600),
     );
 
     let (ok, report, stderr) = run_json(d, "parties");
@@ -163,13 +163,13 @@ balance = "balance"
     export(
         &d.join("exports/parties-20261202.csv"),
         &latin1(second),
-        Duration::from_secs(60),
+        Duration::from_secs(2 * 3600),
     );
     std::fs::File::options()
         .write(true)
         .open(d.join("exports/parties-20261201.csv"))
         .unwrap()
-        .set_modified(SystemTime::now() - Duration::from_secs(30))
+        .set_modified(SystemTime::now() - Duration::from_secs(90 * 60))
         .unwrap();
     let (ok, report, stderr) = run_json(d, "parties");
     assert!(ok, "{report}\n{stderr}");
@@ -204,12 +204,13 @@ fn postgres_into_a_csv_drop_is_read_back_equal_by_a_second_sync() {
         &db.url,
         &[
             "CREATE TABLE contacts (id bigint PRIMARY KEY, name text, score numeric(10,2),
-                                    active boolean, born date, updated_at timestamptz NOT NULL)",
+                                    active boolean, born date, updated_at timestamptz NOT NULL, props jsonb)",
             "INSERT INTO contacts VALUES
-               (1, 'Zoë \"quoted\" O''Brien', 1.50, true, '1990-02-28', '2026-01-01 10:00:00+00'),
+               (1, 'Zoë \"quoted\" O''Brien', 1.50, true, '1990-02-28', '2026-01-01 10:00:00+00',
+                '{\"vip\": true, \"tags\": [\"a, b\", \"c\"]}'),
                (2, 'four, with a comma
-and a newline', -0.25, false, NULL, '2026-01-02 11:30:00.123456+00'),
-               (3, NULL, NULL, NULL, NULL, '2026-01-03 00:00:00+00')",
+and a newline', -0.25, false, NULL, '2026-01-02 11:30:00.123456+00', '\"just a string\"'),
+               (3, NULL, NULL, NULL, NULL, '2026-01-03 00:00:00+00', NULL)",
         ],
     );
     let dir = tempfile::tempdir().unwrap();
