@@ -47,8 +47,8 @@ impl Engine<'_> {
     ) -> Result<RetryOutcome, EngineError> {
         let sync = job.spec.name.as_str();
         let lease = self.acquire_lease_for(sync, &options).await?;
-        let result = self.retry_leased(job, ids, &lease).await;
-        if let Err(e) = self.state.release_lease(&lease).await {
+        let result = self.retry_leased(job, ids, lease.lease()).await;
+        if let Err(e) = lease.release().await {
             tracing::warn!(sync, "could not release the lease: {e}");
         }
         result

@@ -5,6 +5,7 @@ mod config_errors;
 mod crash;
 mod daemon;
 mod engine;
+mod lease;
 mod plugins;
 mod tidy;
 mod types;
