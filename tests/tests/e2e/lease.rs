@@ -1,7 +1,8 @@
 //! The lease on a sync, end to end: a run keeps it for as long as it lasts, however its time
 //! is spent (many small batches, or one slow read), so a second run of the same sync is
 //! refused, naming the holder; and a run whose lease is taken over stops before its next
-//! write, saying what happened.
+//! write, saying what happened. Three daemons sharing a PostgreSQL state store never run the
+//! sync twice at once, and take over from one killed in the middle of a run.
 //!
 //! The lease lives 2 s (`state.lease_ttl`), so a run of 10 s or more needs many renewals. The
 //! source is the panicky test plugin (installed into a scratch directory as a connector) with
@@ -12,8 +13,11 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use lockstep_e2e::{lockstep, plugin_library, run, sqlite_count, sqlite_exec};
+use lockstep_e2e::{
+    block_on, lockstep, plugin_library, postgres_database, run, sqlite_count, sqlite_exec,
+};
 use serde_json::Value;
+use sqlx::Connection;
 
 /// A scratch directory with the panicky plugin as connector `panicky` and a config syncing
 /// its `items` (`rows` rows, `sleep_ms` before each batch of `batch_size`) into SQLite.
@@ -181,5 +185,207 @@ fn a_run_whose_lease_is_taken_over_stops_before_its_next_write_and_says_so() {
     assert!(
         lasted < 3500,
         "the run went on for {lasted} ms after losing its lease 1 s in: {report}"
+    );
+}
+
+/// One run row as stored: id, status, start and finish (fixed-width RFC 3339 text).
+type RunRow = (i64, String, String, Option<String>);
+
+/// The runs of sync `shared` in the PostgreSQL state store at `url`, by start.
+fn shared_runs(url: &str) -> Vec<RunRow> {
+    block_on(async {
+        let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+        let rows = sqlx::query_as(
+            r#"SELECT "id", "status", "started_at", "finished_at" FROM "runs"
+               WHERE "sync" = 'shared' ORDER BY "started_at", "id""#,
+        )
+        .fetch_all(&mut c)
+        .await
+        .unwrap_or_default();
+        let _ = c.close().await;
+        rows
+    })
+}
+
+/// The process holding the live lease on sync `shared`, if any.
+fn shared_holder(url: &str) -> Option<u32> {
+    block_on(async {
+        let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+        let pid: Option<i64> = sqlx::query_scalar(
+            r#"SELECT "pid" FROM "leases" WHERE "sync" = 'shared'
+               AND "expires_at" > to_char(now() AT TIME ZONE 'UTC',
+                                          'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"#,
+        )
+        .fetch_optional(&mut c)
+        .await
+        .ok()
+        .flatten();
+        let _ = c.close().await;
+        pid.map(|p| p as u32)
+    })
+}
+
+/// The parent of process `pid`, from `/proc`.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces; the parent follows.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Three daemons share one PostgreSQL state store and run one sync every second for over 200
+/// ticks; one of them is killed (with its worker) in the middle of a run. No two runs of the
+/// sync overlap, another daemon takes the sync over within the lease's TTL, and the
+/// destination ends equal to the source.
+#[test]
+fn three_daemons_on_one_state_store_never_overlap_and_take_over_a_killed_one() {
+    let Some(db) = postgres_database("lease_nodes") else {
+        return;
+    };
+    const ROWS: i64 = 20;
+    // Longer than the other tests' 2 s: three daemons starting a worker every second on a
+    // shared 2-core machine can delay a PostgreSQL round trip past a 2 s lease's margin.
+    const TTL: Duration = Duration::from_secs(5);
+    let dir = scratch(ROWS as u64, 2, 100);
+    let d = dir.path();
+    let config = std::fs::read_to_string(d.join("lockstep.toml"))
+        .unwrap()
+        .replace("sqlite://state.db", &db.url)
+        .replace("[syncs.items]", "[syncs.shared]")
+        .replace(
+            "lease_ttl = \"2s\"",
+            &format!("lease_ttl = \"{}s\"", TTL.as_secs()),
+        )
+        + "[syncs.shared.schedule]\nevery = \"1s\"\n";
+    std::fs::write(d.join("lockstep.toml"), config).unwrap();
+
+    let started = Instant::now();
+    let mut daemons: Vec<Child> = (0..3)
+        .map(|i| {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            lockstep(d)
+                .args(["daemon", "--listen", &format!("127.0.0.1:{port}")])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(d.join(format!("daemon{i}.log"))).unwrap())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let logs = |d: &Path| {
+        (0..3)
+            .map(|i| std::fs::read_to_string(d.join(format!("daemon{i}.log"))).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    };
+
+    // About a third of the way in, kill the daemon whose worker is running the sync, and the
+    // worker with it, as a machine dying would.
+    std::thread::sleep(Duration::from_secs(60));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (killed, worker) = loop {
+        assert!(
+            Instant::now() < deadline,
+            "no run in progress to kill:\n{}",
+            logs(d)
+        );
+        let found = shared_holder(&db.url).and_then(|worker| {
+            let parent = parent_of(worker)?;
+            let daemon = daemons.iter().position(|c| c.id() == parent)?;
+            Some((daemon, worker))
+        });
+        if let Some(found) = found {
+            break found;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // SAFETY: kill(2) with plain integers; both processes are alive children of this test or
+    // of its daemon.
+    unsafe {
+        libc::kill(worker as libc::pid_t, libc::SIGKILL);
+        libc::kill(daemons[killed].id() as libc::pid_t, libc::SIGKILL);
+    }
+    let killed_at = Instant::now();
+    let _ = daemons[killed].wait();
+
+    // Another daemon takes the sync over (marking the killed run abandoned) and runs it within
+    // the TTL, give or take a tick. (On the same host the dead worker's lease is taken over at
+    // once; from another host, after the TTL.)
+    let takeover_deadline = Instant::now() + Duration::from_secs(30);
+    let (killed_run, taken_over) = loop {
+        let runs = shared_runs(&db.url);
+        if let Some(killed_run) = runs.iter().find(|r| r.1 == "abandoned").map(|r| r.0) {
+            if runs.iter().any(|r| r.0 > killed_run && r.1 == "succeeded") {
+                break (killed_run, killed_at.elapsed());
+            }
+        }
+        assert!(
+            Instant::now() < takeover_deadline,
+            "no takeover:\n{}",
+            logs(d)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        taken_over < TTL + Duration::from_secs(4),
+        "the sync was taken over only {taken_over:?} after the kill"
+    );
+
+    // At least 200 ticks in all, then stop the survivors.
+    std::thread::sleep(Duration::from_secs(205).saturating_sub(started.elapsed()));
+    for (i, daemon) in daemons.iter_mut().enumerate() {
+        if i != killed {
+            // SAFETY: as above.
+            unsafe { libc::kill(daemon.id() as libc::pid_t, libc::SIGTERM) };
+            let _ = daemon.wait();
+        }
+    }
+
+    let runs = shared_runs(&db.url);
+    let succeeded = runs.iter().filter(|r| r.1 == "succeeded").count();
+    assert!(
+        succeeded >= 50,
+        "only {succeeded} runs succeeded:\n{}",
+        logs(d)
+    );
+    assert!(
+        runs.iter().all(|r| r.1 != "failed"),
+        "failed runs: {runs:?}\n{}",
+        logs(d)
+    );
+    let abandoned: Vec<i64> = runs
+        .iter()
+        .filter(|r| r.1 == "abandoned")
+        .map(|r| r.0)
+        .collect();
+    assert_eq!(
+        abandoned,
+        [killed_run],
+        "only the killed run is abandoned: {runs:?}"
+    );
+    for pair in runs.windows(2) {
+        let finished = pair[0].3.as_deref().expect("every run has finished");
+        assert!(
+            pair[1].2.as_str() >= finished,
+            "runs overlap: {:?} and {:?}",
+            pair[0],
+            pair[1]
+        );
+    }
+    assert_eq!(
+        sqlite_count(&d.join("dst.db"), "SELECT count(*) FROM items"),
+        ROWS
+    );
+    assert_eq!(
+        sqlite_count(&d.join("dst.db"), "SELECT sum(id) FROM items"),
+        ROWS * (ROWS + 1) / 2
     );
 }
