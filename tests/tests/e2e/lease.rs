@@ -248,9 +248,11 @@ fn three_daemons_on_one_state_store_never_overlap_and_take_over_a_killed_one() {
     };
     const ROWS: i64 = 20;
     // Longer than the other tests' 2 s: three daemons starting a worker every second on a
-    // shared 2-core machine can delay a PostgreSQL round trip past a 2 s lease's margin.
-    const TTL: Duration = Duration::from_secs(5);
-    let dir = scratch(ROWS as u64, 2, 100);
+    // shared 2-core machine have been seen to delay a PostgreSQL commit by seconds.
+    const TTL: Duration = Duration::from_secs(10);
+    // Runs of 10 batches 1.2 s apart: each lasts longer than the TTL, so only renewal keeps
+    // the other daemons (which try every second) out.
+    let dir = scratch(ROWS as u64, 2, 1200);
     let d = dir.path();
     let config = std::fs::read_to_string(d.join("lockstep.toml"))
         .unwrap()
@@ -297,11 +299,15 @@ fn three_daemons_on_one_state_store_never_overlap_and_take_over_a_killed_one() {
             "no run in progress to kill:\n{}",
             logs(d)
         );
-        let found = shared_holder(&db.url).and_then(|worker| {
-            let parent = parent_of(worker)?;
-            let daemon = daemons.iter().position(|c| c.id() == parent)?;
-            Some((daemon, worker))
-        });
+        // A live lease and a run in progress (runs last 12 s; it cannot end before the kill).
+        let running = shared_runs(&db.url).iter().any(|r| r.1 == "running");
+        let found = shared_holder(&db.url)
+            .filter(|_| running)
+            .and_then(|worker| {
+                let parent = parent_of(worker)?;
+                let daemon = daemons.iter().position(|c| c.id() == parent)?;
+                Some((daemon, worker))
+            });
         if let Some(found) = found {
             break found;
         }
@@ -323,7 +329,7 @@ fn three_daemons_on_one_state_store_never_overlap_and_take_over_a_killed_one() {
     let (killed_run, taken_over) = loop {
         let runs = shared_runs(&db.url);
         if let Some(killed_run) = runs.iter().find(|r| r.1 == "abandoned").map(|r| r.0) {
-            if runs.iter().any(|r| r.0 > killed_run && r.1 == "succeeded") {
+            if runs.iter().any(|r| r.0 > killed_run) {
                 break (killed_run, killed_at.elapsed());
             }
         }
@@ -352,7 +358,7 @@ fn three_daemons_on_one_state_store_never_overlap_and_take_over_a_killed_one() {
     let runs = shared_runs(&db.url);
     let succeeded = runs.iter().filter(|r| r.1 == "succeeded").count();
     assert!(
-        succeeded >= 50,
+        succeeded >= 5,
         "only {succeeded} runs succeeded:\n{}",
         logs(d)
     );
@@ -360,6 +366,10 @@ fn three_daemons_on_one_state_store_never_overlap_and_take_over_a_killed_one() {
         runs.iter().all(|r| r.1 != "failed"),
         "failed runs: {runs:?}\n{}",
         logs(d)
+    );
+    assert!(
+        runs.iter().any(|r| r.0 > killed_run && r.1 == "succeeded"),
+        "no run succeeded after the takeover: {runs:?}"
     );
     let abandoned: Vec<i64> = runs
         .iter()
