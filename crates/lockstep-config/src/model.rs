@@ -16,6 +16,12 @@ pub const DEFAULT_STATE_URL: &str = "sqlite://.lockstep/state.db";
 /// How often a sync that keeps failing is alerted again, when `[alerts] repeat_interval` is not
 /// set (Alertmanager's default).
 pub const DEFAULT_REPEAT_INTERVAL: Duration = Duration::from_secs(4 * 3600);
+/// How long a run's lease on its sync lives without renewal, when `state.lease_ttl` is not set.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);
+/// The shortest accepted `state.lease_ttl`.
+pub const MIN_LEASE_TTL: Duration = Duration::from_secs(1);
+/// The longest accepted `state.lease_ttl`.
+pub const MAX_LEASE_TTL: Duration = Duration::from_secs(3600);
 /// The daemon's default metrics and health address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
 /// Rows per batch when a sync does not say.
@@ -34,6 +40,9 @@ pub struct Config {
     /// The state store url, interpolated; a relative SQLite path is resolved against the config
     /// file's directory.
     pub state_url: String,
+    /// How long a run's lease on its sync lives without renewal (`state.lease_ttl`): a run
+    /// renews it every third of this, and another node takes over a crashed run's sync after it.
+    pub lease_ttl: Duration,
     /// Extra plugin directories, resolved against the config file's directory.
     pub connector_paths: Vec<PathBuf>,
     pub connections: BTreeMap<String, Connection>,
@@ -98,6 +107,7 @@ impl fmt::Debug for Config {
         struct Config<'a> {
             path: &'a PathBuf,
             state_url: &'a str,
+            lease_ttl: Duration,
             connector_paths: &'a [PathBuf],
             connections: &'a BTreeMap<String, Connection>,
             syncs: &'a [Sync],
@@ -108,6 +118,7 @@ impl fmt::Debug for Config {
         let view = Config {
             path: &self.path,
             state_url: &self.state_url,
+            lease_ttl: self.lease_ttl,
             connector_paths: &self.connector_paths,
             connections: &self.connections,
             syncs: &self.syncs,

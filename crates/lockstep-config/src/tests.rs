@@ -943,6 +943,28 @@ fn out_of_range_max_delete_fraction() {
 }
 
 #[test]
+fn the_lease_ttl_defaults_to_30s_and_accepts_1s_to_1h() {
+    assert_eq!(parse_ok("").lease_ttl, Duration::from_secs(30));
+    assert_eq!(
+        parse_ok("[state]\nlease_ttl = \"2s\"").lease_ttl,
+        Duration::from_secs(2)
+    );
+    let error = only_error("[state]\nlease_ttl = \"500ms\"");
+    check(
+        &error,
+        ErrorKind::OutOfRange,
+        2,
+        "`state.lease_ttl` must be between 1s and 3600s, found 500ms",
+        "a run renews its lease every third of lease_ttl, and a crashed run's sync is taken \
+         over by another node after it; the default is 30s",
+    );
+    let error = only_error("[state]\nlease_ttl = \"2h\"");
+    assert!(error.message().ends_with("found 7200s"), "{error:#?}");
+    let error = only_error("[state]\nlease_ttl = 30");
+    assert_eq!(error.kind(), ErrorKind::WrongType, "{error:#?}");
+}
+
+#[test]
 fn out_of_range_backoffs() {
     let error = only_error(&with_sync(
         "[syncs.contacts.retry]\ninitial_backoff = \"10m\"\nmax_backoff = \"1m\"",

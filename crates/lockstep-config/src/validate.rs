@@ -24,7 +24,7 @@ use crate::interpolate::{interpolate, InterpolationError};
 use crate::model::{
     AlertsConfig, CatchUp, Config, Connection, DaemonConfig, EmailAlert, LogFormat, RetryPolicy,
     Schedule, StartTls, Sync, SyncLocations, Trigger, WebhookAlert, DEFAULT_BATCH_SIZE,
-    DEFAULT_STATE_URL, MAX_BATCH_SIZE,
+    DEFAULT_LEASE_TTL, DEFAULT_STATE_URL, MAX_BATCH_SIZE, MAX_LEASE_TTL, MIN_LEASE_TTL,
 };
 use crate::secrets::Secrets;
 use crate::suggest::did_you_mean;
@@ -42,7 +42,7 @@ const ROOT_KEYS: &[&str] = &[
     "daemon",
     "alerts",
 ];
-const STATE_KEYS: &[&str] = &["url"];
+const STATE_KEYS: &[&str] = &["url", "lease_ttl"];
 const CONNECTORS_KEYS: &[&str] = &["paths"];
 const CONNECTION_KEYS: &[&str] = &["connector", "config"];
 const SYNC_KEYS: &[&str] = &[
@@ -808,6 +808,7 @@ impl Builder<'_> {
         self.check_keys(&root, ROOT_KEYS);
         let (mut connections, connection_names) = self.connections(&root);
         let state_url = self.state(&root);
+        let lease_ttl = self.lease_ttl(&root);
         let connector_paths = self.connectors(&root);
         let syncs = self.syncs(&root, &connection_names);
         let daemon = self.daemon(&root);
@@ -834,6 +835,7 @@ impl Builder<'_> {
         Ok(Config {
             path: self.path.to_path_buf(),
             state_url,
+            lease_ttl,
             connector_paths,
             connections,
             syncs,
@@ -872,6 +874,46 @@ impl Builder<'_> {
              url = \"postgres://user:${PGPASSWORD}@host/db\"",
         );
         String::new()
+    }
+
+    /// `state.lease_ttl`: how long a run's lease on its sync lives without renewal.
+    fn lease_ttl(&mut self, root: &Tbl<'_, '_>) -> Duration {
+        // A `state` that is not a table was reported by `state`.
+        let Some(value) = root.get("state") else {
+            return DEFAULT_LEASE_TTL;
+        };
+        let DeValue::Table(table) = value.get_ref() else {
+            return DEFAULT_LEASE_TTL;
+        };
+        let t = Tbl {
+            table,
+            path: root.child("state"),
+            span: value.span(),
+        };
+        let Some((ttl, span)) = self.duration(&t, "lease_ttl", true) else {
+            return DEFAULT_LEASE_TTL;
+        };
+        if !(MIN_LEASE_TTL..=MAX_LEASE_TTL).contains(&ttl) {
+            self.error(
+                ErrorKind::OutOfRange,
+                span,
+                format!(
+                    "`state.lease_ttl` must be between {}s and {}s, found {}",
+                    MIN_LEASE_TTL.as_secs(),
+                    MAX_LEASE_TTL.as_secs(),
+                    if ttl.subsec_millis() == 0 {
+                        format!("{}s", ttl.as_secs())
+                    } else {
+                        format!("{}ms", ttl.as_millis())
+                    }
+                ),
+                "out of range",
+                "a run renews its lease every third of lease_ttl, and a crashed run's sync is \
+                 taken over by another node after it; the default is 30s",
+            );
+            return DEFAULT_LEASE_TTL;
+        }
+        ttl
     }
 
     /// `sqlite:` + `rest`, with a relative path resolved against the config file's directory.

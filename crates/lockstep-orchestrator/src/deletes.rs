@@ -15,7 +15,6 @@
 //!   from the state store in key order.
 
 use lockstep_core::protocol::FieldInfo;
-use lockstep_plugin_host::StreamWriterHandle;
 use lockstep_plugin_sdk::rows::batch_from_rows;
 use lockstep_state::{BatchCommit, DeleteOrigin, DeleteStatus, PendingDeleteChange};
 use serde_json::{Map, Value};
@@ -23,6 +22,7 @@ use serde_json::{Map, Value};
 use crate::engine::RunState;
 use crate::error::EngineError;
 use crate::faults::{fault_point, FaultPoint};
+use crate::lease::FencedWriter;
 use crate::pipeline::Context;
 
 /// How many keys `lockstep deletes list` and the held message show.
@@ -72,7 +72,7 @@ pub(crate) async fn record(
 /// held deletes.
 pub(crate) async fn finish(
     ctx: &Context<'_>,
-    writer: &mut StreamWriterHandle,
+    writer: &mut FencedWriter,
     run: &mut RunState,
     allow_mass_delete: bool,
     destination_size: Option<u64>,
@@ -153,7 +153,7 @@ fn held_message(ctx: &Context<'_>, held: u64, size: Option<u64>, sample: &[Strin
 /// Applies every approved delete, a page at a time.
 async fn apply_approved(
     ctx: &Context<'_>,
-    writer: &mut StreamWriterHandle,
+    writer: &mut FencedWriter,
     run: &mut RunState,
 ) -> Result<(), EngineError> {
     let state = ctx.engine.state;

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::error::EngineError;
+use crate::lease::HeldLease;
 
 /// A connection as the engine needs it: which connector, with what config.
 #[derive(Clone, Debug)]
@@ -59,7 +60,8 @@ pub struct RunOptions {
     pub progress: Option<ProgressFn>,
     /// Called when the run has been recorded, with its id.
     pub on_start: Option<StartFn>,
-    /// How long a lease lives without renewal; renewed every third of it.
+    /// How long a lease lives without renewal (`state.lease_ttl`); a task of the run renews it
+    /// every third of it, from acquisition to release.
     pub lease_ttl: Duration,
     pub holder: LeaseHolder,
     /// Apply deletes even past the sync's `max_delete_fraction` (held ones included).
@@ -132,17 +134,30 @@ impl Engine<'_> {
         let sync = job.spec.name.as_str();
         let lease = self.acquire_lease_for(sync, &options).await?;
         let result = self.run_leased(job, &options, &lease).await;
-        if let Err(e) = self.state.release_lease(&lease).await {
+        if let Err(e) = lease.release().await {
             tracing::warn!(sync, "could not release the lease: {e}");
         }
         result
     }
 
+    /// Takes the sync's lease and starts renewing it; the caller releases it with
+    /// [`HeldLease::release`] when the run is over.
     pub(crate) async fn acquire_lease_for(
         &self,
         sync: &str,
         options: &RunOptions,
-    ) -> Result<Lease, EngineError> {
+    ) -> Result<HeldLease, EngineError> {
+        let requested = tokio::time::Instant::now();
+        let lease = self.acquire_lease(sync, options).await?;
+        Ok(HeldLease::start(
+            self.state,
+            lease,
+            options.lease_ttl,
+            requested,
+        ))
+    }
+
+    async fn acquire_lease(&self, sync: &str, options: &RunOptions) -> Result<Lease, EngineError> {
         match self
             .state
             .acquire_lease(sync, &options.holder, options.lease_ttl)
@@ -169,7 +184,7 @@ impl Engine<'_> {
         &self,
         job: &SyncJob,
         options: &RunOptions,
-        lease: &Lease,
+        lease: &HeldLease,
     ) -> Result<RunReport, EngineError> {
         let sync = job.spec.name.as_str();
         let abandoned = self.state.mark_abandoned(sync).await?;

@@ -26,6 +26,10 @@ pub enum EngineError {
     /// are held (the run's status is `held`, and this is its message).
     #[error("{0}")]
     MassDelete(String),
+    /// The run's lease was taken over, or could not be renewed; the run stopped before its
+    /// next destination write.
+    #[error("{0}")]
+    LeaseLost(String),
     #[error("Arrow error while processing a batch: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
     #[error("internal error: {0}")]
@@ -39,7 +43,9 @@ impl EngineError {
         match self {
             EngineError::Host(e) => e.kind().name(),
             EngineError::State(StateError::LeaseHeld { .. }) => "lease-held",
-            EngineError::State(StateError::LeaseLost { .. }) => "lease-lost",
+            EngineError::State(StateError::LeaseLost { .. }) | EngineError::LeaseLost(_) => {
+                "lease-lost"
+            }
             EngineError::State(StateError::Connect { .. }) => ErrorKind::TRANSIENT.name(),
             EngineError::State(_) => "state",
             EngineError::Mapping(_) | EngineError::Fingerprint(_) | EngineError::Schema(_) => {

@@ -5,7 +5,8 @@
 //! - A source checkpoint is committed only after the destination has flushed the writes of
 //!   the same batch, in the same state transaction as the ledger changes, under the lease's
 //!   fencing token.
-//! - Two runs of one sync never overlap: a run holds the sync's lease from start to end.
+//! - Two runs of one sync never overlap: a run holds the sync's lease from start to end,
+//!   renewed by a task of its own, and stops before its next destination write if it loses it.
 //! - Every record read is counted exactly once as added, updated, unchanged or rejected.
 //! - No delete reaches the destination before the mass-delete guard has counted every delete
 //!   of the run (see `deletes`).
@@ -16,6 +17,7 @@ mod deletes;
 mod engine;
 mod error;
 mod faults;
+mod lease;
 mod pipeline;
 mod plan;
 mod reconcile;

@@ -12,7 +12,7 @@ use lockstep_core::protocol::{
 };
 use lockstep_core::{fingerprints, record_keys, RunMetrics, SyncMode};
 use lockstep_mapping::Mapper;
-use lockstep_plugin_host::{SourceHandle, StreamWriterHandle};
+use lockstep_plugin_host::SourceHandle;
 use lockstep_state::{BatchCommit, DeleteOrigin, Lease, LedgerEntry, RejectedRecord};
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -21,13 +21,15 @@ use tracing::Instrument;
 use crate::engine::{Engine, Progress, RunOptions, RunState, SyncJob};
 use crate::error::EngineError;
 use crate::faults::{fault_point, FaultPoint};
+use crate::lease::{FencedWriter, HeldLease, LeaseWatch};
 use crate::plan::PlanCollector;
 use crate::{deletes, reconcile};
 
 /// Where a batch's changes go.
 pub(crate) enum Sink<'a> {
-    /// Written to the destination and committed to the state store.
-    Write(&'a mut StreamWriterHandle),
+    /// Written to the destination (unless the run's lease is lost) and committed to the state
+    /// store.
+    Write(&'a mut FencedWriter),
     /// Counted and sampled for a plan; nothing is written anywhere.
     Plan(&'a mut PlanCollector),
 }
@@ -81,7 +83,7 @@ pub(crate) async fn execute(
     engine: &Engine<'_>,
     job: &SyncJob,
     options: &RunOptions,
-    lease: Option<&Lease>,
+    lease: Option<&HeldLease>,
     run: &mut RunState,
     mut plan: Option<&mut PlanCollector>,
 ) -> Result<bool, EngineError> {
@@ -119,17 +121,16 @@ pub(crate) async fn execute(
                     .stream(&spec.destination.stream)
                     .is_none();
             }
-            Some(
-                destination
-                    .open_stream(&OpenStreamRequest {
-                        stream: spec.destination.stream.clone(),
-                        fields: mapper.target_fields(),
-                        key: mapper.key().to_vec(),
-                        create_if_missing: true,
-                        schema_evolution: SchemaEvolution::AddColumns,
-                    })
-                    .await?,
-            )
+            let stream = destination
+                .open_stream(&OpenStreamRequest {
+                    stream: spec.destination.stream.clone(),
+                    fields: mapper.target_fields(),
+                    key: mapper.key().to_vec(),
+                    create_if_missing: true,
+                    schema_evolution: SchemaEvolution::AddColumns,
+                })
+                .await?;
+            Some(FencedWriter::new(stream, lease.map(HeldLease::watch)))
         }
     };
 
@@ -179,14 +180,15 @@ pub(crate) async fn execute(
         job,
         mapper: &mapper,
         cursor_type,
-        lease,
+        lease: lease.map(HeldLease::lease),
         destination_is_new,
     };
     if writer.is_some() && spec.mode == SyncMode::Mirror {
         run.deletes_waiting = engine.state.pending_deletes(&spec.name, 0).await?.total() > 0;
     }
     let mut stop = options.stop.clone();
-    let renew_every = options.lease_ttl / 3;
+    // The lease is renewed by its own task; losing it stops the run, even in a slow read.
+    let mut lease_watch = lease.map(HeldLease::watch);
     let completed = loop {
         if *stop.borrow() {
             break false;
@@ -194,6 +196,10 @@ pub(crate) async fn execute(
         let next = tokio::select! {
             next = rx.recv() => next,
             _ = stop.changed() => continue,
+            error = lease_lost(&mut lease_watch) => {
+                source_cancel.cancel();
+                return Err(error);
+            }
         };
         let Some(next) = next else {
             return Err(EngineError::Internal(
@@ -208,21 +214,7 @@ pub(crate) async fn execute(
             (None, Some(p)) => Sink::Plan(p),
             (None, None) => unreachable!("a run has a writer or a plan"),
         };
-        // The lease is renewed while the batch is applied, however long that takes.
-        {
-            let apply = apply_batch(&ctx, sink, run, batch, checkpoint);
-            tokio::pin!(apply);
-            loop {
-                tokio::select! {
-                    result = &mut apply => { result?; break; }
-                    _ = tokio::time::sleep(renew_every) => {
-                        if let Some(lease) = lease {
-                            engine.state.renew_lease(lease, options.lease_ttl).await?;
-                        }
-                    }
-                }
-            }
-        }
+        apply_batch(&ctx, sink, run, batch, checkpoint).await?;
         if let lockstep_core::RejectLimit::Count(_) = spec.max_rejected {
             check_rejections(job, &run.metrics)?;
         }
@@ -270,6 +262,14 @@ pub(crate) async fn execute(
         .await?;
     }
     Ok(true)
+}
+
+/// Resolves when the run's lease is lost; never without a lease (a dry run).
+async fn lease_lost(watch: &mut Option<LeaseWatch>) -> EngineError {
+    match watch {
+        Some(watch) => watch.lost().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Fails the run when its rejected records are past the sync's `max_rejected`.

@@ -24,11 +24,12 @@ use lockstep_core::protocol::{
 use lockstep_core::{RunMetrics, RunStatus, SyncMode};
 use lockstep_mapping::Mapper;
 use lockstep_plugin_sdk::rows::batch_from_rows;
-use lockstep_state::{BatchCommit, Lease, RejectedFilter, RejectedRecord, RunEnd};
+use lockstep_state::{BatchCommit, RejectedFilter, RejectedRecord, RunEnd};
 use serde_json::Value;
 
 use crate::engine::{Engine, RunOptions, RunState, SyncJob};
 use crate::error::EngineError;
+use crate::lease::{FencedWriter, HeldLease};
 use crate::pipeline::{apply_batch, open_source_stream, Context, Sink};
 
 /// The most keys one read by keys asks for.
@@ -73,7 +74,7 @@ impl Engine<'_> {
         let sync = job.spec.name.as_str();
         let lease = self.acquire_lease_for(sync, &options).await?;
         let result = self.retry_leased(job, ids, &lease).await;
-        if let Err(e) = self.state.release_lease(&lease).await {
+        if let Err(e) = lease.release().await {
             tracing::warn!(sync, "could not release the lease: {e}");
         }
         result
@@ -83,7 +84,7 @@ impl Engine<'_> {
         &self,
         job: &SyncJob,
         ids: &[i64],
-        lease: &Lease,
+        lease: &HeldLease,
     ) -> Result<RetryOutcome, EngineError> {
         let sync = job.spec.name.as_str();
         let mut records = self
@@ -158,7 +159,7 @@ impl Engine<'_> {
     async fn retry_records(
         &self,
         job: &SyncJob,
-        lease: &Lease,
+        held: &HeldLease,
         run: &mut RunState,
         records: &[RejectedRecord],
         outcome: &mut RetryOutcome,
@@ -194,7 +195,8 @@ impl Engine<'_> {
         let mut destination = plugin
             .open_destination(&job.destination.config, self.redactor.clone())
             .await?;
-        let mut writer = destination
+        let lease = held.lease();
+        let writer = destination
             .open_stream(&OpenStreamRequest {
                 stream: spec.destination.stream.clone(),
                 fields: mapper.target_fields(),
@@ -203,6 +205,8 @@ impl Engine<'_> {
                 schema_evolution: SchemaEvolution::AddColumns,
             })
             .await?;
+        // Every write is refused once the lease is lost, as in a run.
+        let mut writer = FencedWriter::new(writer, Some(held.watch()));
         let ctx = Context {
             engine: self,
             job,

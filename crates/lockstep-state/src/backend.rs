@@ -4,7 +4,7 @@
 //! backends, so the implementation is written once as a macro and expanded for each backend
 //! type. A backend type provides:
 //!
-//! - a `pool` field (`sqlx::Pool<DB>`);
+//! - a `pool` field (`sqlx::Pool<DB>`), its only field (cloning the pool shares the store);
 //! - `async fn now(&self) -> Result<DateTime<Utc>>`, the clock leases and timestamps use;
 //! - `async fn begin_write(&self) -> Result<sqlx::Transaction<'static, DB>>`, a transaction
 //!   that is allowed to write.
@@ -505,6 +505,12 @@ macro_rules! impl_state_store {
                     .await
                     .map_err($crate::error::db("expiring a lease"))?;
                 Ok(done.rows_affected() > 0)
+            }
+
+            fn shared(&self) -> std::sync::Arc<dyn $crate::store::StateStore> {
+                std::sync::Arc::new(Self {
+                    pool: self.pool.clone(),
+                })
             }
 
             async fn reset_sync(&self, sync: &str) -> $crate::error::Result<()> {

@@ -61,9 +61,14 @@ pub enum StateError {
     },
 
     /// The caller's lease was taken over (or never existed): its token is no longer current.
+    /// From a batch commit, the state store recorded nothing of the batch, though the
+    /// destination may already hold its writes.
     #[error(
-        "the lease on sync `{sync}` was lost to another holder, so nothing was written. Stop \
-         this run; the new holder carries on from the last committed checkpoint"
+        "the lease on sync `{sync}` is no longer this run's: another holder took it over, so \
+         the state store refused to record this run's work. If a batch was already written to \
+         the destination, it is not recorded as done: the current holder re-reads from the last \
+         committed checkpoint and writes it again, which is harmless because writes are upserts \
+         by key. Stop this run"
     )]
     LeaseLost { sync: String },
 

@@ -107,6 +107,10 @@ pub trait StateStore: PendingDeleteStore + Send + Sync {
     /// whether a lease was expired.
     async fn expire_lease(&self, sync: &str, holder: &LeaseHolder) -> Result<bool>;
 
+    /// Another handle on this store, sharing its connections, that a task can own for as long
+    /// as it needs: a run's lease renewal runs in a task of its own, beside the run.
+    fn shared(&self) -> std::sync::Arc<dyn StateStore>;
+
     /// Forgets the checkpoint and the ledger of `sync`, so that its next run is a full
     /// refresh. Run history, rejected records and the lease are kept.
     async fn reset_sync(&self, sync: &str) -> Result<()>;

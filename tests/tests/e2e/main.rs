@@ -7,6 +7,7 @@ mod daemon;
 mod deletes;
 mod engine;
 mod files;
+mod lease;
 mod ops;
 mod plugins;
 mod retry;

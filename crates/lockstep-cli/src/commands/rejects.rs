@@ -75,7 +75,14 @@ pub async fn run(config_path: &Path, command: RejectsCommand) -> CmdResult {
                 redactor: redact.clone(),
             };
             let outcome = engine
-                .retry_rejected(&job, &ids, RunOptions::new())
+                .retry_rejected(
+                    &job,
+                    &ids,
+                    RunOptions {
+                        lease_ttl: config.lease_ttl,
+                        ..RunOptions::new()
+                    },
+                )
                 .await
                 .map_err(|e| CliError::Message(redact(&e.to_string())))?;
             if output == OutputFormat::Json {

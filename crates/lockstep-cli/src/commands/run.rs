@@ -60,6 +60,7 @@ pub async fn run_loaded(
     let sync_name = sync.to_owned();
     let mut options = RunOptions::new();
     options.full_refresh = full_refresh;
+    options.lease_ttl = config.lease_ttl;
     options.allow_mass_delete = allow_mass_delete;
     options.stop = stop_rx;
     options.progress = Some(Arc::new(move |p: &Progress| {

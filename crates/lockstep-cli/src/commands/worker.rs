@@ -75,6 +75,7 @@ pub async fn run(config_path: &Path, sync: &str, supervised: bool) -> CmdResult 
         };
         let mut options = RunOptions::new();
         options.stop = stop_rx;
+        options.lease_ttl = config.lease_ttl;
         options.on_start = Some(Arc::new(|run: i64| emit(&WorkerEvent::Started { run })));
         let engine = Engine {
             registry: &registry,

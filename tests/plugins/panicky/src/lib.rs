@@ -9,7 +9,9 @@
 //! Two more options shape a source for scheduler tests: `{"fail_transient_times": N,
 //! "state_file": "path"}` fails the first N reads with a transient error (the count lives in
 //! `state_file`, so it survives from one process to the next), and `{"sleep_ms": M}` sleeps M
-//! milliseconds before each batch (a slow source).
+//! milliseconds before each batch (a slow source). `{"rows": N}` makes the source N rows long
+//! instead of 3 (with `batch_size` and `sleep_ms`, a run of many small batches that lasts as
+//! long as a test needs).
 //!
 //! More options for the daemon's tests: `{"rate_limited_times": N, "retry_after_ms": M,
 //! "state_file": "path"}` fails the first N reads as rate-limited, asking to wait M
@@ -83,6 +85,9 @@ pub struct Trip {
     /// With `leak`: print the text on stdout too.
     #[serde(default)]
     pub leak_stdout: bool,
+    /// How many rows the source has (ids 1 to `rows`); 3 when unset.
+    #[serde(default)]
+    pub rows: Option<i64>,
 }
 
 impl Trip {
@@ -245,7 +250,8 @@ impl Connector for Panicky {
                     "retry_after_ms": {"type": "integer", "minimum": 0},
                     "spawn_child": {"type": "string"},
                     "leak": {"type": "string"},
-                    "leak_stdout": {"type": "boolean"}
+                    "leak_stdout": {"type": "boolean"},
+                    "rows": {"type": "integer", "minimum": 0}
                 }
             }),
             abi_version: String::new(),
@@ -328,7 +334,7 @@ impl SourceConnector for PanickySource {
     }
 }
 
-/// The rows of one read: ids `next..=3`.
+/// The rows of one read: ids `next..=rows` (3 unless the config says).
 pub struct Rows {
     trip: Trip,
     next: i64,
@@ -338,13 +344,14 @@ pub struct Rows {
 impl BatchReader for Rows {
     async fn next_batch(&mut self) -> Result<Option<(RecordBatch, Value)>> {
         self.trip.at("next_batch");
-        if self.next > 3 {
+        let rows = self.trip.rows.unwrap_or(3);
+        if self.next > rows {
             return Ok(None);
         }
         if let Some(ms) = self.trip.sleep_ms {
             std::thread::sleep(std::time::Duration::from_millis(ms));
         }
-        let last = (self.next + self.batch_size - 1).min(3);
+        let last = (self.next + self.batch_size - 1).min(rows);
         let names = ["one", "two"];
         let rows: Vec<Map<String, Value>> = (self.next..=last)
             .map(|id| {
