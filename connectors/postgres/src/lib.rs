@@ -28,6 +28,7 @@ pub mod numeric;
 pub mod session;
 pub mod source;
 pub mod sql;
+pub mod summary;
 pub mod values;
 
 #[cfg(test)]
@@ -59,6 +60,7 @@ impl Connector for PostgresConnector {
                 "delete",
                 "create-stream",
                 "lookback",
+                lockstep_plugin_sdk::protocol::FEATURE_KEY_SUMMARY,
             ]
             .into_iter()
             .map(String::from)

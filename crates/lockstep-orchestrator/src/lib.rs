@@ -17,6 +17,7 @@ mod pipeline;
 mod plan;
 mod reconcile;
 mod retry;
+mod summary;
 
 pub use engine::{
     hostname, Endpoint, Engine, Progress, ProgressFn, RunOptions, RunReport, StartFn, SyncJob,

@@ -70,6 +70,10 @@ pub(crate) async fn run(
             spec.name, job.destination.connector
         )));
     }
+    if crate::summary::key_sets_match(ctx).await {
+        tracing::info!("reconciliation: the key sets' summaries match, nothing to delete");
+        return mark_done(ctx, &sink, run).await;
+    }
     let read_size = spec.batch_size.max(50_000);
 
     // The source's keys, as sorted hashes, computed through the mapping of the key alone so
