@@ -1,13 +1,27 @@
-//! `cargo xtask bench pg [--rows N]`: PostgreSQL-to-PostgreSQL sync speed against
-//! PostgreSQL's own `COPY ... TO STDOUT | COPY ... FROM STDIN` pipe, measured in one run.
+//! `cargo xtask bench pg [--rows N] [--state sqlite|postgres]`: PostgreSQL-to-PostgreSQL
+//! sync speed against PostgreSQL's own `COPY ... TO STDOUT | COPY ... FROM STDIN` pipe,
+//! measured in one run.
 //!
 //! It builds release binaries, generates a `contacts` table of N rows (about 300 bytes each)
-//! in a scratch source database, then measures: (a) the psql binary COPY pipe into an empty
-//! table; (b) a full `lockstep run` into an empty destination; (c) an incremental run after
-//! updating 1%, inserting 0.5% and deleting 0.2% of the rows; (d) an incremental run with no
-//! changes; (e) the same full sync into MariaDB. Each lockstep run's peak RSS comes from the
-//! kernel (`wait4`). Every result is checked against the source with a content checksum.
-//! The last line reads `full_vs_copy=<ratio> incr_s=<s> noop_s=<s> peak_rss_mib=<n>`.
+//! in a scratch source database, then measures two paths side by side:
+//!
+//! - the fast path (opt-in): `ledger = false`, into a table the first run creates, a
+//!   key-set reconciliation every second run;
+//! - the default path, what a user who writes the README's config gets: the record ledger
+//!   on, mode mirror with `reconcile_every = 1`, into an existing destination table whose
+//!   only indexes are the primary key on `id` and an index on `updated_at`.
+//!
+//! For each: a full run, an incremental run after 1% of the rows were updated, 0.5% inserted
+//! and 0.2% deleted (both paths see the same changes), and a run with no changes. The
+//! baseline is the psql binary COPY pipe into an empty table, timed in the same run; last,
+//! the fast path's full sync into MariaDB. The state store is a SQLite file, or with
+//! `--state postgres` a scratch PostgreSQL database. Each lockstep run's peak RSS comes from
+//! the kernel (`wait4`). Every result is checked against the source by content.
+//!
+//! The last line reads `full_vs_copy=<ratio> default_vs_copy=<ratio>
+//! default_incr_vs_copy=<ratio> incr_s=<s> noop_s=<s> peak_rss_mib=<n>`: `full_vs_copy` is
+//! the fast path's full run, `incr_s` its incremental run, `noop_s` the default path's
+//! no-op run (which reconciles), and `peak_rss_mib` the largest of all lockstep runs.
 
 use std::path::Path;
 use std::process::Command;
@@ -30,13 +44,43 @@ const PG_ROW: &str =
 const PORTABLE_ROW: &str =
     "concat_ws('|', id, email, first_name, last_name, company, phone, lifecycle_stage, score)";
 
+const USAGE: &str = "usage: cargo xtask bench pg [--rows N] [--state sqlite|postgres]";
+
+/// Where the lockstep runs keep their state.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum StateBackend {
+    Sqlite,
+    Postgres,
+}
+
 pub fn run(args: &[&str]) -> Result<()> {
     let mut rows: i64 = 1_000_000;
+    let mut state = StateBackend::Sqlite;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match *arg {
-            "--rows" => rows = it.next().context("--rows takes a number")?.parse()?,
-            other => bail!("unknown argument `{other}`; usage: cargo xtask bench pg [--rows N]"),
+            "--rows" => {
+                let value = it
+                    .next()
+                    .with_context(|| format!("--rows takes a number; {USAGE}"))?;
+                rows = value.replace('_', "").parse().with_context(|| {
+                    format!("--rows takes a positive number of rows, found `{value}`; {USAGE}")
+                })?;
+                if rows < 1 {
+                    bail!("--rows takes a positive number of rows, found {rows}; {USAGE}");
+                }
+            }
+            "--state" => {
+                state = match it.next().copied() {
+                    Some("sqlite") => StateBackend::Sqlite,
+                    Some("postgres") => StateBackend::Postgres,
+                    other => bail!(
+                        "--state takes `sqlite` or `postgres`, found {}; {USAGE}",
+                        other.map_or("nothing".to_owned(), |o| format!("`{o}`"))
+                    ),
+                }
+            }
+            other => bail!("unknown argument `{other}`; {USAGE}"),
         }
     }
     cargo(&[
@@ -53,23 +97,25 @@ pub fn run(args: &[&str]) -> Result<()> {
         .enable_all()
         .build()?;
     let tag = std::process::id();
-    let names = [
-        format!("lockstep_bench_src_{tag}"),
-        format!("lockstep_bench_dst_{tag}"),
-        format!("lockstep_bench_copy_{tag}"),
-    ];
-    let my_name = format!("lockstep_bench_my_{tag}");
-    let result = rt.block_on(bench(rows, &names, &my_name));
+    let names = Names {
+        src: format!("lockstep_bench_src_{tag}"),
+        dst: format!("lockstep_bench_dst_{tag}"),
+        default_dst: format!("lockstep_bench_default_{tag}"),
+        copy: format!("lockstep_bench_copy_{tag}"),
+        state: format!("lockstep_bench_state_{tag}"),
+        maria: format!("lockstep_bench_my_{tag}"),
+    };
+    let result = rt.block_on(bench(rows, state, &names));
     rt.block_on(async {
         if let Ok(mut c) = sqlx::PgConnection::connect(&format!("{PG}/test")).await {
-            for n in &names {
+            for n in names.postgres() {
                 let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{n}\" WITH (FORCE)"))
                     .execute(&mut c)
                     .await;
             }
         }
         if let Ok(mut c) = sqlx::MySqlConnection::connect(&format!("{MY}/test")).await {
-            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{my_name}`"))
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{}`", names.maria))
                 .execute(&mut c)
                 .await;
         }
@@ -77,12 +123,44 @@ pub fn run(args: &[&str]) -> Result<()> {
     result
 }
 
-async fn bench(rows: i64, names: &[String; 3], my_name: &str) -> Result<()> {
-    let [src, dst, copy] = names;
+/// The scratch databases of one bench run.
+struct Names {
+    src: String,
+    /// The fast path's destination, created by its first run.
+    dst: String,
+    /// The default path's destination, created beforehand like a user's existing table.
+    default_dst: String,
+    copy: String,
+    /// The PostgreSQL state store, with `--state postgres`.
+    state: String,
+    maria: String,
+}
+
+impl Names {
+    fn postgres(&self) -> [&str; 5] {
+        [
+            &self.src,
+            &self.dst,
+            &self.default_dst,
+            &self.copy,
+            &self.state,
+        ]
+    }
+}
+
+/// The timings of one path's three runs.
+struct PathRuns {
+    full_s: f64,
+    incr_s: f64,
+    noop_s: f64,
+    peak_rss: u64,
+}
+
+async fn bench(rows: i64, state: StateBackend, names: &Names) -> Result<()> {
     let mut admin = sqlx::PgConnection::connect(&format!("{PG}/test"))
         .await
         .context("PostgreSQL at 127.0.0.1:5432")?;
-    for n in names {
+    for n in names.postgres() {
         sqlx::query(&format!("CREATE DATABASE \"{n}\""))
             .execute(&mut admin)
             .await?;
@@ -90,12 +168,12 @@ async fn bench(rows: i64, names: &[String; 3], my_name: &str) -> Result<()> {
     let mut my = sqlx::MySqlConnection::connect(&format!("{MY}/test"))
         .await
         .context("MariaDB at 127.0.0.1:3306")?;
-    sqlx::query(&format!("CREATE DATABASE `{my_name}`"))
+    sqlx::query(&format!("CREATE DATABASE `{}`", names.maria))
         .execute(&mut my)
         .await?;
 
     eprintln!("generating {rows} contacts…");
-    let mut source = sqlx::PgConnection::connect(&format!("{PG}/{src}")).await?;
+    let mut source = sqlx::PgConnection::connect(&format!("{PG}/{}", names.src)).await?;
     sqlx::query(DDL).execute(&mut source).await?;
     sqlx::query(GENERATE)
         .bind(rows)
@@ -119,14 +197,24 @@ async fn bench(rows: i64, names: &[String; 3], my_name: &str) -> Result<()> {
         bytes / rows.max(1)
     );
 
+    // The default path's destination exists before the first run, as a user's table would,
+    // with the indexes most tables have: the primary key and one on the modification time.
+    let mut default_dest =
+        sqlx::PgConnection::connect(&format!("{PG}/{}", names.default_dst)).await?;
+    sqlx::query(DDL).execute(&mut default_dest).await?;
+    sqlx::query("CREATE INDEX contacts_updated_at ON contacts (updated_at)")
+        .execute(&mut default_dest)
+        .await?;
+
     // (a) The baseline: PostgreSQL's own binary COPY pipe into an empty table.
-    let mut target = sqlx::PgConnection::connect(&format!("{PG}/{copy}")).await?;
+    let mut target = sqlx::PgConnection::connect(&format!("{PG}/{}", names.copy)).await?;
     sqlx::query(DDL).execute(&mut target).await?;
     let started = Instant::now();
     let status = Command::new("bash")
         .arg("-c")
         .arg(format!(
-            "set -o pipefail; psql -X -q -h 127.0.0.1 -U postgres -d {src} -c 'COPY contacts TO STDOUT (FORMAT binary)' | psql -X -q -h 127.0.0.1 -U postgres -d {copy} -c 'COPY contacts FROM STDIN (FORMAT binary)'"
+            "set -o pipefail; psql -X -q -h 127.0.0.1 -U postgres -d {} -c 'COPY contacts TO STDOUT (FORMAT binary)' | psql -X -q -h 127.0.0.1 -U postgres -d {} -c 'COPY contacts FROM STDIN (FORMAT binary)'",
+            names.src, names.copy
         ))
         .status()?;
     let copy_s = started.elapsed().as_secs_f64();
@@ -138,50 +226,105 @@ async fn bench(rows: i64, names: &[String; 3], my_name: &str) -> Result<()> {
 
     let dir = root().join("target/bench-pg");
     std::fs::create_dir_all(&dir)?;
-    let _ = std::fs::remove_file(dir.join("state.db"));
-    std::fs::write(dir.join("lockstep.toml"), config(src, dst, my_name))?;
+    for file in ["state.db", "state.db-wal", "state.db-shm"] {
+        let _ = std::fs::remove_file(dir.join(file));
+    }
+    let state_url = match state {
+        StateBackend::Sqlite => "sqlite://state.db".to_owned(),
+        StateBackend::Postgres => format!("{PG}/{}", names.state),
+    };
+    std::fs::write(dir.join("lockstep.toml"), config(&state_url, names))?;
+    let mut dest = sqlx::PgConnection::connect(&format!("{PG}/{}", names.dst)).await?;
 
-    // (b) A full sync into an empty destination.
-    let (full_s, rss_full) = lockstep(&dir, "pg_to_pg")?;
-    let mut dest = sqlx::PgConnection::connect(&format!("{PG}/{dst}")).await?;
-    check_equal(&mut source, &mut dest, "full sync").await?;
-    report("lockstep full", rows, full_s, Some(rss_full));
+    // Full runs into empty destinations.
+    let (fast_full_s, fast_full_rss) = lockstep(&dir, "pg_to_pg")?;
+    check_equal(&mut source, &mut dest, "fast path, full sync").await?;
+    report("fast path full", rows, fast_full_s, Some(fast_full_rss));
+    let (full_s, full_rss) = lockstep(&dir, "pg_default")?;
+    check_equal(&mut source, &mut default_dest, "default path, full sync").await?;
+    report("default path full", rows, full_s, Some(full_rss));
 
-    // (c) An incremental run after changes: 1% updated, 0.5% inserted, 0.2% deleted.
+    // Incremental runs after changes: 1% updated, 0.5% inserted, 0.2% deleted.
     sqlx::query(CHANGE).bind(rows).execute(&mut source).await?;
-    let (incr_s, rss_incr) = lockstep(&dir, "pg_to_pg")?;
-    check_equal(&mut source, &mut dest, "incremental sync").await?;
+    let changed = rows / 100 + rows / 200;
+    let (fast_incr_s, fast_incr_rss) = lockstep(&dir, "pg_to_pg")?;
+    check_equal(&mut source, &mut dest, "fast path, incremental sync").await?;
     report(
-        "lockstep incremental",
-        rows / 100 + rows / 200,
-        incr_s,
-        Some(rss_incr),
+        "fast path incremental",
+        changed,
+        fast_incr_s,
+        Some(fast_incr_rss),
     );
+    let (incr_s, incr_rss) = lockstep(&dir, "pg_default")?;
+    check_equal(
+        &mut source,
+        &mut default_dest,
+        "default path, incremental sync",
+    )
+    .await?;
+    report("default path incremental", changed, incr_s, Some(incr_rss));
 
-    // (d) An incremental run with nothing to do.
-    let (noop_s, rss_noop) = lockstep(&dir, "pg_to_pg")?;
-    report("lockstep no-op", 0, noop_s, Some(rss_noop));
+    // Runs with nothing to do; both reconcile key sets (the fast path every second run).
+    let (fast_noop_s, fast_noop_rss) = lockstep(&dir, "pg_to_pg")?;
+    check_equal(&mut source, &mut dest, "fast path, no-op sync").await?;
+    report("fast path no-op", 0, fast_noop_s, Some(fast_noop_rss));
+    let (noop_s, noop_rss) = lockstep(&dir, "pg_default")?;
+    check_equal(&mut source, &mut default_dest, "default path, no-op sync").await?;
+    report("default path no-op", 0, noop_s, Some(noop_rss));
 
-    // (e) The same full sync into MariaDB.
+    let fast = PathRuns {
+        full_s: fast_full_s,
+        incr_s: fast_incr_s,
+        noop_s: fast_noop_s,
+        peak_rss: fast_full_rss.max(fast_incr_rss).max(fast_noop_rss),
+    };
+    let default = PathRuns {
+        full_s,
+        incr_s,
+        noop_s,
+        peak_rss: full_rss.max(incr_rss).max(noop_rss),
+    };
+
+    // The fast path's full sync into MariaDB.
     let (maria_s, rss_maria) = lockstep(&dir, "pg_to_mariadb")?;
-    let mut maria = sqlx::MySqlConnection::connect(&format!("{MY}/{my_name}")).await?;
+    let mut maria = sqlx::MySqlConnection::connect(&format!("{MY}/{}", names.maria)).await?;
     check_mariadb(&mut source, &mut maria).await?;
     report(
-        "lockstep full to MariaDB",
+        "fast path full to MariaDB",
         rows + rows / 200 - rows / 500,
         maria_s,
         Some(rss_maria),
     );
 
-    let peak = [rss_full, rss_incr, rss_noop, rss_maria]
-        .into_iter()
-        .max()
-        .unwrap_or(0);
+    let state_name = match state {
+        StateBackend::Sqlite => "SQLite",
+        StateBackend::Postgres => "PostgreSQL",
+    };
+    for (name, path) in [
+        ("fast path (ledger = false, opt-in)", &fast),
+        (
+            "default path (ledger, mirror, reconcile_every = 1)",
+            &default,
+        ),
+    ] {
+        println!(
+            "{name}, {state_name} state: full {:.2}x COPY, incremental {:.2}x COPY, \
+             no-op {:.2} s, peak RSS {} MiB",
+            path.full_s / copy_s,
+            path.incr_s / copy_s,
+            path.noop_s,
+            path.peak_rss >> 20
+        );
+    }
+    let peak = fast.peak_rss.max(default.peak_rss).max(rss_maria);
     println!(
-        "full_vs_copy={:.2} incr_s={:.2} noop_s={:.2} peak_rss_mib={}",
-        full_s / copy_s,
-        incr_s,
-        noop_s,
+        "full_vs_copy={:.2} default_vs_copy={:.2} default_incr_vs_copy={:.2} incr_s={:.2} \
+         noop_s={:.2} peak_rss_mib={}",
+        fast.full_s / copy_s,
+        default.full_s / copy_s,
+        default.incr_s / copy_s,
+        fast.incr_s,
+        default.noop_s,
         peak >> 20
     );
     Ok(())
@@ -311,10 +454,17 @@ async fn check_mariadb(
     Ok(())
 }
 
-fn config(src: &str, dst: &str, my: &str) -> String {
+fn config(state_url: &str, names: &Names) -> String {
+    let Names {
+        src,
+        dst,
+        default_dst,
+        maria,
+        ..
+    } = names;
     format!(
         r#"[state]
-url = "sqlite://state.db"
+url = "{state_url}"
 
 [connections.source]
 connector = "postgres"
@@ -324,9 +474,21 @@ config = {{ url = "{PG}/{src}" }}
 connector = "postgres"
 config = {{ url = "{PG}/{dst}" }}
 
+[connections.default_dest]
+connector = "postgres"
+config = {{ url = "{PG}/{default_dst}" }}
+
 [connections.maria]
 connector = "mysql"
-config = {{ url = "{MY}/{my}" }}
+config = {{ url = "{MY}/{maria}" }}
+
+# The default path: what the README's config gives, in mode mirror (the ledger on, a key-set
+# reconciliation every run, default batch size and guard).
+[syncs.pg_default]
+source = "source.contacts"
+destination = "default_dest.contacts"
+mode = "mirror"
+cursor = "updated_at"
 
 # Database to database: no ledger (the destination's upsert tells added from updated), and a
 # key-set reconciliation every second run for the deletes.

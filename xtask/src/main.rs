@@ -4,7 +4,8 @@
 //!   them, changes a few rows and syncs again to show incremental counts.
 //! - `test`: builds every crate and plugin, then runs the whole test suite.
 //! - `bench boundary`: the plugin-boundary benchmark (release build).
-//! - `bench pg`: PostgreSQL sync speed against PostgreSQL's own COPY pipe.
+//! - `bench pg [--rows N] [--state sqlite|postgres]`: PostgreSQL sync speed, fast and default
+//!   paths, against PostgreSQL's own COPY pipe.
 
 mod bench_files;
 mod bench_pg;
@@ -31,7 +32,8 @@ fn main() -> Result<()> {
                  demo                 a real sync between two SQLite databases, then an incremental one\n  \
                  test [ARGS...]       build everything and run every test (ARGS go to cargo test)\n  \
                  bench boundary       plugin-boundary overhead benchmark\n  \
-                 bench pg [--rows N]  PostgreSQL sync speed against the COPY pipe (needs PostgreSQL and MariaDB)"
+                 bench pg [--rows N] [--state sqlite|postgres]\n                      \
+                 PostgreSQL sync speed against the COPY pipe (needs PostgreSQL and MariaDB)"
             );
             bail!("unknown or missing command");
         }

@@ -30,6 +30,7 @@ pub mod numeric;
 pub mod session;
 pub mod source;
 pub mod sql;
+pub mod summary;
 pub mod values;
 
 #[cfg(test)]
@@ -62,6 +63,7 @@ impl Connector for PostgresConnector {
                 "create-stream",
                 "lookback",
                 lockstep_plugin_sdk::protocol::FEATURE_READ_BY_KEYS,
+                lockstep_plugin_sdk::protocol::FEATURE_KEY_SUMMARY,
             ]
             .into_iter()
             .map(String::from)

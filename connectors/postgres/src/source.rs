@@ -71,6 +71,12 @@ impl SourceConnector for PgSource {
         let Some(table) = self.session.table(&request.stream).await? else {
             return Err(self.session.unknown_stream(&request.stream).await);
         };
+        if request.key_summary {
+            let summary = crate::summary::key_summary(&self.session.settings, &table, &request)
+                .await
+                .map_err(|e| self.session.settings.scrub_error(e))?;
+            return Ok(PgReader::ready(&table.name, self.ctx.clone(), summary));
+        }
         let plan = ReadPlan::new(&table, &request, &self.session)?;
         PgReader::start(plan, self.session.settings.clone(), self.ctx.clone())
     }
@@ -450,6 +456,23 @@ impl PgReader {
         // Start on the first batch at once.
         reader.ask();
         Ok(reader)
+    }
+
+    /// A reader of one batch made already (a key summary), without a worker.
+    pub(crate) fn ready(table: &str, ctx: Context, batch: RecordBatch) -> Self {
+        let (go, _) = mpsc::unbounded_channel();
+        let (tx, batches) = mpsc::channel(2);
+        // The channel has room for both, and its receiver is alive: neither send fails.
+        let _ = tx.try_send(Ok(Some((batch, Value::Null))));
+        let _ = tx.try_send(Ok(None));
+        PgReader {
+            label: format!("summarizing the keys of `{table}`"),
+            ctx,
+            go,
+            batches,
+            pending: false,
+            done: false,
+        }
     }
 
     fn ask(&mut self) {

@@ -1396,3 +1396,58 @@ fn bench_full_sync_against_psql_copy() {
 // Keep `PgWriter` in the public surface tested here.
 #[allow(dead_code)]
 fn _writer_type(_: &PgWriter) {}
+
+#[test]
+fn key_summaries_match_equal_key_sets_and_tell_different_ones_apart() {
+    let Some(db) = TestDb::create() else { return };
+    block_on(async {
+        // The same keys inserted in different orders, with different other columns.
+        db.exec(
+            "CREATE TABLE a (id bigint PRIMARY KEY, name text); \
+             CREATE TABLE b (ident bigint PRIMARY KEY, other int); \
+             INSERT INTO a SELECT g, 'n' || g FROM generate_series(1, 1000) g; \
+             INSERT INTO b SELECT g, 7 FROM generate_series(1000, 1, -1) g;",
+        )
+        .await;
+        let mut source = db.source(None).await;
+        let a = key_summary(&mut source, "a", "id").await;
+        assert_eq!(a.count, 1000);
+        assert_eq!(a.algorithm, crate::summary::ALGORITHM);
+        assert_eq!(key_summary(&mut source, "b", "ident").await, a);
+
+        // One key replaced by another: same count, another hash.
+        db.exec("UPDATE b SET ident = 5000 WHERE ident = 17").await;
+        let replaced = key_summary(&mut source, "b", "ident").await;
+        assert_eq!(replaced.count, 1000);
+        assert_ne!(replaced.hash, a.hash);
+        // One key gone: another count.
+        db.exec("DELETE FROM b WHERE ident = 5000").await;
+        assert_eq!(key_summary(&mut source, "b", "ident").await.count, 999);
+
+        // An empty table and an unknown key field.
+        db.exec("CREATE TABLE c (id bigint PRIMARY KEY)").await;
+        let empty = key_summary(&mut source, "c", "id").await;
+        assert_eq!((empty.count, empty.hash.as_str()), (0, "0"));
+        let mut req = request("a");
+        req.key = vec!["nope".into()];
+        req.key_summary = true;
+        let e = err(source.read(req).await);
+        assert_eq!(e.kind, ErrorKind::SCHEMA);
+        assert!(e.message.contains("nope"), "{}", e.message);
+    });
+}
+
+/// The key summary of `stream` by `key`, read as the host reads it.
+async fn key_summary(
+    source: &mut PgSource,
+    stream: &str,
+    key: &str,
+) -> lockstep_plugin_sdk::protocol::KeySummary {
+    let mut req = request(stream);
+    req.key = vec![key.into()];
+    req.key_summary = true;
+    let mut reader = ok(source.read(req).await);
+    let batches = read_all(&mut reader).await;
+    assert_eq!(batches.len(), 1, "one summary batch");
+    lockstep_plugin_sdk::protocol::KeySummary::from_batch(&batches[0].0).unwrap()
+}

@@ -388,6 +388,26 @@ impl Mapper {
         &self.source_key
     }
 
+    /// The source field each key field copies, in key order, when every key field is a plain
+    /// copy of one (renamed or not, without a transform or cast); `None` otherwise. Such a
+    /// key has the same values on both sides, so the two systems can compare their key sets
+    /// in place, without the engine mapping them.
+    pub fn key_copies(&self) -> Option<Vec<String>> {
+        self.key
+            .iter()
+            .map(|k| {
+                let column = self.columns.iter().find(|c| &c.field.name == k)?;
+                match &column.value {
+                    Value::Node { node, .. } => match &node.op {
+                        Op::Column(source) => Some(source.clone()),
+                        _ => None,
+                    },
+                    Value::Object(_) => None,
+                }
+            })
+            .collect()
+    }
+
     /// The mapping of the key fields alone: what reads only the match key of source records
     /// needs (a key-set reconciliation): read [`Mapper::source_fields`] of it, map, and take
     /// [`lockstep_core::record_keys`] of the mapped batch with [`Mapper::key`]. The keys are

@@ -22,6 +22,7 @@ mod pipeline;
 mod plan;
 mod reconcile;
 mod retry;
+mod summary;
 
 pub use deletes::SAMPLE_KEYS as DELETE_SAMPLE_KEYS;
 pub use engine::{

@@ -155,7 +155,7 @@ pub(crate) async fn execute(
         key: mapper.source_key().to_vec(),
         checkpoint: run.checkpoint.clone(),
         batch_size: Some(spec.batch_size),
-        keys: None,
+        ..Default::default()
     };
     let mut reader = source.read(&request).await?;
     let source_cancel = source.cancel_handle();

@@ -248,6 +248,7 @@ impl Engine<'_> {
                     checkpoint: None,
                     batch_size: Some(spec.batch_size),
                     keys: Some(chunk.to_vec()),
+                    ..Default::default()
                 })
                 .await?;
             while let Some((batch, _)) = reader.next().await? {

@@ -14,7 +14,7 @@ use arrow::datatypes::{
 };
 use serde_json::Value;
 
-use crate::{DataType, FieldInfo, LOGICAL_TYPE_METADATA_KEY};
+use crate::{DataType, FieldInfo, KeySummary, LOGICAL_TYPE_METADATA_KEY};
 
 impl DataType {
     /// The Arrow type that carries values of this logical type.
@@ -262,6 +262,61 @@ pub fn format_timestamp(us: i64, utc: bool) -> String {
     )
 }
 
+impl KeySummary {
+    /// The summary as the one-row batch a key-summary read returns.
+    pub fn to_batch(&self) -> Result<arrow::array::RecordBatch, String> {
+        let count = i64::try_from(self.count)
+            .map_err(|_| format!("a key summary's count {} is too large", self.count))?;
+        let schema = Schema::new(vec![
+            Field::new("algorithm", ArrowType::Utf8, false),
+            Field::new("count", ArrowType::Int64, false),
+            Field::new("hash", ArrowType::Utf8, false),
+        ]);
+        arrow::array::RecordBatch::try_new(
+            std::sync::Arc::new(schema),
+            vec![
+                std::sync::Arc::new(StringArray::from(vec![self.algorithm.as_str()])),
+                std::sync::Arc::new(Int64Array::from(vec![count])),
+                std::sync::Arc::new(StringArray::from(vec![self.hash.as_str()])),
+            ],
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    /// Reads a summary back from the batch a key-summary read returned, explaining what is
+    /// wrong with a batch of another shape.
+    pub fn from_batch(batch: &arrow::array::RecordBatch) -> Result<KeySummary, String> {
+        if batch.num_rows() != 1 {
+            return Err(format!(
+                "a key summary is one row, this batch has {}",
+                batch.num_rows()
+            ));
+        }
+        let column = |name: &str| {
+            batch
+                .column_by_name(name)
+                .filter(|c| c.is_valid(0))
+                .ok_or_else(|| format!("a key summary needs a non-null `{name}` field"))
+        };
+        let text = |name: &str| -> Result<String, String> {
+            column(name)?
+                .as_string_opt::<i32>()
+                .map(|a| a.value(0).to_owned())
+                .ok_or_else(|| format!("a key summary's `{name}` must be text"))
+        };
+        let count = column("count")?
+            .as_primitive_opt::<arrow::datatypes::Int64Type>()
+            .map(|a| a.value(0))
+            .ok_or_else(|| "a key summary's `count` must be an int64".to_owned())?;
+        Ok(KeySummary {
+            algorithm: text("algorithm")?,
+            count: u64::try_from(count)
+                .map_err(|_| format!("a key summary's `count` is negative: {count}"))?,
+            hash: text("hash")?,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -305,5 +360,18 @@ mod tests {
             "1970-01-01T00:00:01.500000Z"
         );
         assert_eq!(hex(&[0, 255]), "\\x00ff");
+    }
+
+    #[test]
+    fn key_summaries_survive_the_data_plane() {
+        let summary = KeySummary {
+            algorithm: "test-v1".into(),
+            count: 3,
+            hash: "12345".into(),
+        };
+        let batch = summary.to_batch().unwrap();
+        assert_eq!(KeySummary::from_batch(&batch).unwrap(), summary);
+        let err = KeySummary::from_batch(&batch.slice(0, 0)).unwrap_err();
+        assert!(err.contains("one row"), "{err}");
     }
 }

@@ -179,10 +179,34 @@ pub struct ReadRequest {
     /// [`FEATURE_READ_BY_KEYS`]; the host never sends it to others.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keys: Option<Vec<Vec<Value>>>,
+    /// Instead of the records, a summary of the stream's key set (the `key` fields): one
+    /// batch of one row, a [`KeySummary`]. Honoured by connectors that declare the feature
+    /// [`FEATURE_KEY_SUMMARY`]; the host never sends it to others.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub key_summary: bool,
 }
 
 /// Manifest feature: reads honour [`ReadRequest::keys`].
 pub const FEATURE_READ_BY_KEYS: &str = "read-by-keys";
+
+/// Manifest feature: reads honour [`ReadRequest::key_summary`].
+pub const FEATURE_KEY_SUMMARY: &str = "key-summary";
+
+/// A summary of a stream's key set: how many records it has and an order-independent hash
+/// of their keys, computed where the records are (in the database, for database
+/// connectors). Two summaries of the same `algorithm` are equal when the key sets are equal,
+/// and differ, but for a hash collision, when they are not. The algorithm names the hash and
+/// the text form of the keys it hashes; summaries of different algorithms are not
+/// comparable.
+///
+/// On the data plane it is a batch of one row with the fields `algorithm` (text), `count`
+/// (int64) and `hash` (text), in that order (`KeySummary::to_batch`, `KeySummary::from_batch`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct KeySummary {
+    pub algorithm: String,
+    pub count: u64,
+    pub hash: String,
+}
 
 /// The conventional checkpoint of a cursor-based read: the last (cursor, key) delivered.
 /// Connectors may use any JSON; this shape lets the host print cursors.

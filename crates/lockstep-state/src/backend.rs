@@ -7,7 +7,11 @@
 //! - a `pool` field (`sqlx::Pool<DB>`), its only field (cloning the pool shares the store);
 //! - `async fn now(&self) -> Result<DateTime<Utc>>`, the clock leases and timestamps use;
 //! - `async fn begin_write(&self) -> Result<sqlx::Transaction<'static, DB>>`, a transaction
-//!   that is allowed to write.
+//!   that is allowed to write;
+//! - the record ledger's bulk statements, whose SQL and parameters differ by backend (see
+//!   `ledger.rs`): `async fn ledger_lookup_chunk(&self, sync, keys) -> Result<Vec<LedgerRow>>`,
+//!   and `ledger_upsert_chunk(tx, sync, now, entries)` and `ledger_delete_chunk(tx, sync,
+//!   keys)` on a transaction's connection.
 //!
 //! Inside a transaction the code only uses the transaction, never the pool, so that a pool of
 //! one connection (in-memory SQLite) cannot deadlock.
@@ -186,16 +190,8 @@ macro_rules! impl_state_store {
                 std::collections::HashMap<String, $crate::types::LedgerEntry>,
             > {
                 let mut found = std::collections::HashMap::with_capacity(keys.len());
-                for chunk in keys.chunks($crate::sql::KEY_CHUNK) {
-                    let sql = $crate::sql::ledger_lookup_sql(chunk.len());
-                    let mut query = sqlx::query_as::<_, $crate::sql::LedgerRow>(&sql).bind(sync);
-                    for key in chunk {
-                        query = query.bind(key.as_str());
-                    }
-                    let rows = query
-                        .fetch_all(&self.pool)
-                        .await
-                        .map_err($crate::error::db("looking up ledger entries"))?;
+                for chunk in keys.chunks($crate::ledger::LEDGER_CHUNK) {
+                    let rows = self.ledger_lookup_chunk(sync, chunk).await?;
                     $crate::sql::ledger_map(rows, &mut found)?;
                 }
                 Ok(found)
@@ -287,26 +283,11 @@ macro_rules! impl_state_store {
                 if progressed.rows_affected() == 0 {
                     return Err(StateError::UnknownRun { run: c.run });
                 }
-                for chunk in upserts.chunks(sql::UPSERT_CHUNK) {
-                    let text = sql::ledger_upsert_sql(chunk.len());
-                    let mut query = sqlx::query(&text).bind(c.sync);
-                    for entry in chunk {
-                        query = query
-                            .bind(entry.key.as_str())
-                            .bind(entry.dest_key.as_deref())
-                            .bind(entry.fingerprint.to_be_bytes().to_vec())
-                            .bind(entry.source_version.as_deref())
-                            .bind(entry.synced_at.as_deref().unwrap_or(now.as_str()));
-                    }
-                    query.execute(&mut *tx).await.map_err(db(OP))?;
+                for chunk in upserts.chunks($crate::ledger::LEDGER_CHUNK) {
+                    Self::ledger_upsert_chunk(&mut *tx, c.sync, &now, chunk).await?;
                 }
-                for chunk in c.ledger_deletes.chunks(sql::KEY_CHUNK) {
-                    let text = sql::ledger_delete_sql(chunk.len());
-                    let mut query = sqlx::query(&text).bind(c.sync);
-                    for key in chunk {
-                        query = query.bind(key.as_str());
-                    }
-                    query.execute(&mut *tx).await.map_err(db(OP))?;
+                for chunk in c.ledger_deletes.chunks($crate::ledger::LEDGER_CHUNK) {
+                    Self::ledger_delete_chunk(&mut *tx, c.sync, chunk).await?;
                 }
                 // A pending rejected record of a key this commit writes is superseded: the
                 // destination now holds a newer version of that record. Resolved before this

@@ -11,12 +11,15 @@
 //! - The fencing token of a lease is checked inside that transaction: a holder whose lease was
 //!   taken over writes nothing. Tokens only grow, per sync (lease rows are never deleted).
 //! - Both backends run the same SQL on logically identical schemas (`migrations/`), with
-//!   quoted identifiers, `$N` parameters, RFC 3339 UTC text times and byte-order text keys.
+//!   quoted identifiers, `$N` parameters, RFC 3339 UTC text times and byte-order text keys;
+//!   only the ledger's bulk statements differ (`ledger.rs`), each carrying a whole batch in a
+//!   few parameters.
 //! - No error or log line carries a database password: URLs are redacted first.
 
 mod backend;
 mod deletes;
 mod error;
+mod ledger;
 mod postgres;
 mod sql;
 mod sqlite;

@@ -10,6 +10,9 @@ use sqlx::{Connection, Postgres, Transaction};
 use crate::backend::impl_state_store;
 use crate::deletes::impl_pending_delete_store;
 use crate::error::{db, Result, StateError};
+use crate::ledger;
+use crate::sql::LedgerRow;
+use crate::types::LedgerEntry;
 use crate::url::{redact_url, scrub};
 
 /// How long opening the store waits for the server to answer.
@@ -76,6 +79,50 @@ impl PgStore {
             .begin()
             .await
             .map_err(db("starting a transaction"))
+    }
+
+    /// The ledger rows of those of `keys` that have one; the keys travel as one array.
+    async fn ledger_lookup_chunk(&self, sync: &str, keys: &[String]) -> Result<Vec<LedgerRow>> {
+        sqlx::query_as(ledger::postgres::lookup_sql())
+            .bind(sync)
+            .bind(keys)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("looking up ledger entries"))
+    }
+
+    /// Upserts `entries` (each key once) in one statement; a missing `synced_at` becomes
+    /// `now`.
+    async fn ledger_upsert_chunk(
+        tx: &mut PgConnection,
+        sync: &str,
+        now: &str,
+        entries: &[&LedgerEntry],
+    ) -> Result<()> {
+        let columns = ledger::postgres::columns(entries);
+        sqlx::query(ledger::postgres::upsert_sql())
+            .bind(sync)
+            .bind(now)
+            .bind(&columns.keys)
+            .bind(&columns.dest_keys)
+            .bind(&columns.fingerprints)
+            .bind(&columns.source_versions)
+            .bind(&columns.synced_at)
+            .execute(tx)
+            .await
+            .map_err(db("committing a batch"))?;
+        Ok(())
+    }
+
+    /// Forgets `keys` in one statement.
+    async fn ledger_delete_chunk(tx: &mut PgConnection, sync: &str, keys: &[String]) -> Result<()> {
+        sqlx::query(ledger::postgres::delete_sql())
+            .bind(sync)
+            .bind(keys)
+            .execute(tx)
+            .await
+            .map_err(db("committing a batch"))?;
+        Ok(())
     }
 }
 

@@ -12,10 +12,9 @@ use lockstep_core::{RunMetrics, RunStatus, RunSummary};
 use crate::error::{Result, StateError};
 use crate::types::{LeaseHolder, LedgerEntry, RejectedFilter, RejectedRecord};
 
-/// Keys per statement for ledger lookups and deletes.
+/// Ids per statement for marking rejected records retried. (The ledger's bulk statements
+/// are in `ledger.rs`.)
 pub(crate) const KEY_CHUNK: usize = 1000;
-/// Rows per statement for ledger upserts (5 parameters each).
-pub(crate) const UPSERT_CHUNK: usize = 1000;
 /// Rows per statement for rejected records (7 parameters each).
 pub(crate) const REJECTED_CHUNK: usize = 500;
 
@@ -132,36 +131,6 @@ pub(crate) fn progress_sql() -> &'static str {
            "deleted" = $7, "conflicts" = $8, "rejected" = $9, "progress_at" = $10,
            "lease_token" = COALESCE($11, "lease_token")
        WHERE "id" = $1 AND "sync" = $2"#
-}
-
-/// Upserts `rows` ledger entries; `$1` is the sync, then 5 parameters per row.
-pub(crate) fn ledger_upsert_sql(rows: usize) -> String {
-    let values = (0..rows)
-        .map(|r| format!("($1, {})", params(2 + r * 5, 5)))
-        .collect::<Vec<_>>()
-        .join(", ");
-    format!(
-        r#"INSERT INTO "ledger" ("sync", "key", "dest_key", "fingerprint", "source_version", "synced_at")
-           VALUES {values}
-           ON CONFLICT ("sync", "key") DO UPDATE SET "dest_key" = excluded."dest_key",
-               "fingerprint" = excluded."fingerprint",
-               "source_version" = excluded."source_version", "synced_at" = excluded."synced_at""#
-    )
-}
-
-pub(crate) fn ledger_delete_sql(keys: usize) -> String {
-    format!(
-        r#"DELETE FROM "ledger" WHERE "sync" = $1 AND "key" IN ({})"#,
-        params(2, keys)
-    )
-}
-
-pub(crate) fn ledger_lookup_sql(keys: usize) -> String {
-    format!(
-        r#"SELECT "key", "dest_key", "fingerprint", "source_version", "synced_at"
-           FROM "ledger" WHERE "sync" = $1 AND "key" IN ({})"#,
-        params(2, keys)
-    )
 }
 
 pub(crate) fn ledger_keys_sql(after: bool) -> &'static str {
@@ -463,9 +432,6 @@ mod tests {
     fn parameters_are_numbered_in_order() {
         assert_eq!(params(2, 3), "$2, $3, $4");
         assert_eq!(row_params(1, 2, 2), "($1, $2), ($3, $4)");
-        assert!(
-            ledger_upsert_sql(2).contains("($1, $2, $3, $4, $5, $6), ($1, $7, $8, $9, $10, $11)")
-        );
     }
 
     #[test]

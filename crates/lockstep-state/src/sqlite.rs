@@ -8,11 +8,14 @@ use chrono::{DateTime, Utc};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Sqlite, Transaction};
+use sqlx::{Sqlite, SqliteConnection, Transaction};
 
 use crate::backend::impl_state_store;
 use crate::deletes::impl_pending_delete_store;
 use crate::error::{db, Result, StateError};
+use crate::ledger;
+use crate::sql::LedgerRow;
+use crate::types::LedgerEntry;
 use crate::url::redact_url;
 
 /// How long a statement waits for another connection's write lock before failing.
@@ -95,6 +98,48 @@ impl SqliteStore {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db("starting a transaction"))
+    }
+
+    /// The ledger rows of those of `keys` that have one; the keys travel as one JSON array.
+    async fn ledger_lookup_chunk(&self, sync: &str, keys: &[String]) -> Result<Vec<LedgerRow>> {
+        sqlx::query_as(ledger::sqlite::lookup_sql())
+            .bind(sync)
+            .bind(ledger::sqlite::keys_json(keys))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("looking up ledger entries"))
+    }
+
+    /// Upserts `entries` in one statement; a missing `synced_at` becomes `now`.
+    async fn ledger_upsert_chunk(
+        tx: &mut SqliteConnection,
+        sync: &str,
+        now: &str,
+        entries: &[&LedgerEntry],
+    ) -> Result<()> {
+        sqlx::query(ledger::sqlite::upsert_sql())
+            .bind(sync)
+            .bind(now)
+            .bind(ledger::sqlite::rows_json(entries))
+            .execute(tx)
+            .await
+            .map_err(db("committing a batch"))?;
+        Ok(())
+    }
+
+    /// Forgets `keys` in one statement.
+    async fn ledger_delete_chunk(
+        tx: &mut SqliteConnection,
+        sync: &str,
+        keys: &[String],
+    ) -> Result<()> {
+        sqlx::query(ledger::sqlite::delete_sql())
+            .bind(sync)
+            .bind(ledger::sqlite::keys_json(keys))
+            .execute(tx)
+            .await
+            .map_err(db("committing a batch"))?;
+        Ok(())
     }
 }
 

@@ -1,0 +1,85 @@
+//! Key-set summaries (the `key-summary` feature): how many rows a table has and an
+//! order-independent hash of their keys, computed by the server in one aggregate. A mirror
+//! sync's reconciliation compares the source's summary with the destination's and streams
+//! the keys only when they differ.
+//!
+//! The hash is the sum, modulo 2^64, of `hashtextextended(key text, 0)` over the rows, where
+//! a row's key text is the text forms of its key columns joined by U+001F. PostgreSQL's hash
+//! partitioning relies on `hashtextextended`, so it gives the same value on every server
+//! version. Summaries name their algorithm ([`ALGORITHM`]); the host compares only summaries
+//! of the same algorithm, so another connector's summary is never mistaken for this one's.
+
+use lockstep_plugin_sdk::arrow::array::RecordBatch;
+use lockstep_plugin_sdk::protocol::KeySummary;
+use lockstep_plugin_sdk::{ConnectorError, ReadRequest, Result};
+use sqlx::Row;
+
+use crate::catalog::Table;
+use crate::config::Settings;
+use crate::errors::map_sqlx;
+use crate::sql::{ident, qualified};
+
+/// The name of this connector's summary algorithm.
+pub const ALGORITHM: &str = "postgres-hashtextextended-sum-v1";
+
+/// 2^64, to bring the signed sum into `0..2^64` whatever its sign.
+const MODULUS: &str = "18446744073709551616";
+
+/// The aggregate query summarizing the key set `key` of `table` (its primary key when
+/// `key` is empty).
+fn summary_sql(schema: &str, table: &Table, key: &[String]) -> Result<String> {
+    let key = if key.is_empty() {
+        &table.primary_key
+    } else {
+        key
+    };
+    if key.is_empty() {
+        return Err(ConnectorError::schema(format!(
+            "summarizing the keys of `{}`: it has no primary key; give the read a `key`",
+            table.name
+        )));
+    }
+    let mut texts = Vec::with_capacity(key.len());
+    for name in key {
+        let column = table.column(name).ok_or_else(|| {
+            ConnectorError::schema(format!(
+                "summarizing the keys of `{}`: key field `{name}` is not a column; columns: {}",
+                table.name,
+                table.column_names()
+            ))
+        })?;
+        texts.push(format!("{}::text", ident(&column.name)));
+    }
+    Ok(format!(
+        "SELECT count(*)::int8, \
+         ((coalesce(sum(hashtextextended(concat_ws(chr(31), {}), 0)::numeric), 0) \
+           % {MODULUS} + {MODULUS}) % {MODULUS})::text \
+         FROM {}",
+        texts.join(", "),
+        qualified(schema, &table.name)
+    ))
+}
+
+/// The summary of the key set of `table` that `request` reads, as the one-row batch of a
+/// [`KeySummary`].
+pub async fn key_summary(
+    settings: &Settings,
+    table: &Table,
+    request: &ReadRequest,
+) -> Result<RecordBatch> {
+    let sql = summary_sql(&settings.schema, table, &request.key)?;
+    let mut conn = settings.connect().await?;
+    let row = sqlx::query(&sql)
+        .fetch_one(&mut conn)
+        .await
+        .map_err(map_sqlx)?;
+    let count: i64 = row.try_get(0).map_err(map_sqlx)?;
+    let hash: String = row.try_get(1).map_err(map_sqlx)?;
+    KeySummary {
+        algorithm: ALGORITHM.to_owned(),
+        count: u64::try_from(count).unwrap_or(0),
+        hash,
+    }
+    .to_batch()
+    .map_err(|e| ConnectorError::internal(format!("summarizing the keys of `{}`: {e}", table.name)))
+}
