@@ -485,3 +485,117 @@ fn records_the_destination_refused_succeed_on_retry_once_it_is_fixed() {
         "{runs}"
     );
 }
+
+/// Runs one statement batch on a PostgreSQL database.
+fn pg_exec(url: &str, statements: &str) {
+    use sqlx::Connection;
+    lockstep_e2e::block_on(async {
+        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+        sqlx::raw_sql(statements).execute(&mut conn).await.unwrap();
+    });
+}
+
+fn pg_count(url: &str, query: &str) -> i64 {
+    use sqlx::Connection;
+    lockstep_e2e::block_on(async {
+        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+        sqlx::query_scalar(query)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+    })
+}
+
+#[test]
+fn mirror_reconciliation_compares_key_summaries_first_and_streams_keys_only_when_they_differ() {
+    let Some(src) = lockstep_e2e::postgres_database("summary_src") else {
+        return;
+    };
+    let Some(dst) = lockstep_e2e::postgres_database("summary_dst") else {
+        return;
+    };
+    pg_exec(
+        &src.url,
+        "CREATE TABLE items (id bigint PRIMARY KEY, name text, updated_at timestamptz NOT NULL);
+         INSERT INTO items SELECT g, 'item ' || g, timestamptz '2026-01-01' + make_interval(secs => g)
+         FROM generate_series(1, 500) g;",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("lockstep.toml"),
+        format!(
+            r#"
+[state]
+url = "sqlite://state.db"
+
+[connections.src]
+connector = "postgres"
+config = {{ url = "{}" }}
+
+[connections.dst]
+connector = "postgres"
+config = {{ url = "{}" }}
+
+[syncs.items]
+source = "src.items"
+destination = "dst.items"
+mode = "mirror"
+cursor = "updated_at"
+batch_size = 100
+reconcile_every = 1
+"#,
+            src.url, dst.url
+        ),
+    )
+    .unwrap();
+    let run_logged = || {
+        let (out, stdout, stderr) = run(lockstep(d)
+            .env("LOCKSTEP_LOG", "info")
+            .args(["run", "items", "--output", "json"]));
+        let value: serde_json::Value = serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}\n{stderr}"));
+        assert!(out.status.success(), "{value}\n{stderr}");
+        (value, stderr)
+    };
+    const MATCHED: &str = "summaries match";
+    let (first, _) = run_logged();
+    assert_eq!(first["metrics"]["added"], 500);
+
+    // Nothing changed: the summaries match and nothing is deleted.
+    let (second, stderr) = run_logged();
+    assert_eq!(second["metrics"]["deleted"], 0, "{second}");
+    assert!(stderr.contains(MATCHED), "{stderr}");
+
+    // Hard deletes in the source: the summaries differ, the keys are compared, and the
+    // deletes arrive.
+    pg_exec(&src.url, "DELETE FROM items WHERE id IN (3, 30, 300)");
+    let (third, stderr) = run_logged();
+    assert_eq!(third["metrics"]["deleted"], 3, "{third}");
+    assert!(!stderr.contains(MATCHED), "{stderr}");
+    assert_eq!(pg_count(&dst.url, "SELECT count(*) FROM items"), 497);
+
+    // A key the source never had, in a destination that lost another row so that both
+    // sides count 496: the hashes differ, so the keys are compared and the stray is deleted.
+    pg_exec(
+        &dst.url,
+        "DELETE FROM items WHERE id IN (4, 5); INSERT INTO items VALUES (9999, 'stray', now());",
+    );
+    pg_exec(&src.url, "DELETE FROM items WHERE id = 4");
+    let (fourth, stderr) = run_logged();
+    assert_eq!(fourth["metrics"]["deleted"], 1, "{fourth}");
+    assert!(!stderr.contains(MATCHED), "{stderr}");
+    assert_eq!(
+        pg_count(&dst.url, "SELECT count(*) FROM items WHERE id = 9999"),
+        0
+    );
+
+    // Once the lost row is written again, the key sets are equal again.
+    pg_exec(
+        &src.url,
+        "UPDATE items SET updated_at = timestamptz '2026-06-01' WHERE id = 5",
+    );
+    let (fifth, stderr) = run_logged();
+    assert_eq!(fifth["metrics"]["deleted"], 0, "{fifth}");
+    assert!(stderr.contains(MATCHED), "{stderr}");
+}
