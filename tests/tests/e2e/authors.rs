@@ -287,3 +287,28 @@ fn validate_refuses_a_mirror_sync_into_a_destination_without_delete() {
     let (out, stdout, stderr) = run(lockstep(dir.path()).args(["validate", "--offline"]));
     assert!(out.status.success(), "{stdout}\n{stderr}");
 }
+
+#[test]
+fn validate_refuses_an_incremental_sync_from_a_source_without_incremental() {
+    // The panicky test plugin reads, but declares no `incremental` feature.
+    let dir = crate::daemon::scratch();
+    write_config(
+        dir.path(),
+        "[connectors]\npaths = [\"plugins\"]\n\n[connections.src]\nconnector = \"panicky\"\n\n\
+         [connections.dst]\nconnector = \"sqlite\"\nconfig = { path = \"dst.db\" }\n\n\
+         [syncs.items]\nsource = \"src.items\"\ndestination = \"dst.items\"\n\
+         mode = \"incremental\"\ncursor = \"updated_at\"\n",
+    );
+    let (out, stdout, stderr) = run(lockstep(dir.path()).args(["validate", "--offline"]));
+    assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains(
+            "lockstep.toml:17:8: error: sync `items` uses mode `incremental`, which reads only \
+             what changed since the last run, but its source connector `panicky` (connection \
+             `src`) does not declare the `incremental` feature"
+        ),
+        "{stderr}"
+    );
+    assert!(stderr.contains("use mode = \"full\""), "{stderr}");
+    assert!(stderr.contains("1 error"), "only this error: {stderr}");
+}
