@@ -175,7 +175,7 @@ pub enum ConnectorsCommand {
     /// Exits 1 when a check fails.
     Check {
         /// A connection of the config file, as in [connections.NAME].
-        #[arg(required_unless_present = "connector")]
+        #[arg(required_unless_present = "connector", conflicts_with = "connector")]
         connection: Option<String>,
         #[command(flatten)]
         target: crate::commands::probe::TargetArgs,
@@ -186,7 +186,7 @@ pub enum ConnectorsCommand {
     /// candidates, and the connector's features.
     Discover {
         /// A connection of the config file, as in [connections.NAME].
-        #[arg(required_unless_present = "connector")]
+        #[arg(required_unless_present = "connector", conflicts_with = "connector")]
         connection: Option<String>,
         #[command(flatten)]
         target: crate::commands::probe::TargetArgs,

@@ -220,6 +220,19 @@ fn a_connector_and_its_config_work_without_a_config_file() {
     ]));
     assert!(!out.status.success());
     assert!(stderr.contains("--config is not valid JSON"), "{stderr}");
+
+    // A connection name and --connector together are ambiguous, and refused.
+    let (out, _, stderr) = run(lockstep(dir.path()).args([
+        "connectors",
+        "check",
+        "crm",
+        "--connector",
+        "sqlite",
+        "--config",
+        config,
+    ]));
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("cannot be used with"), "{stderr}");
 }
 
 #[test]
