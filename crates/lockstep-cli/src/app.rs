@@ -201,4 +201,39 @@ pub enum ConnectorsCommand {
         /// A plugin file, or the name of a connector in the connector directories.
         plugin: String,
     },
+    /// Open a connection and run its connector's check: ok, or the error and what to fix.
+    /// Exits 1 when a check fails.
+    Check {
+        /// A connection of the config file, as in [connections.NAME].
+        #[arg(required_unless_present = "connector", conflicts_with = "connector")]
+        connection: Option<String>,
+        #[command(flatten)]
+        target: crate::commands::probe::TargetArgs,
+        #[arg(long, short, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
+    /// Show a connection's catalog: streams, fields with their logical types, keys, cursor
+    /// candidates, and the connector's features.
+    Discover {
+        /// A connection of the config file, as in [connections.NAME].
+        #[arg(required_unless_present = "connector", conflicts_with = "connector")]
+        connection: Option<String>,
+        #[command(flatten)]
+        target: crate::commands::probe::TargetArgs,
+        #[arg(long, short, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
+    /// Read records of one stream without a sync: nothing is written, the state store is not
+    /// opened. A table, or JSON lines with --output json.
+    Read {
+        /// CONNECTION.STREAM, or only STREAM with --connector.
+        stream: String,
+        /// Stop after this many records; 0 reads the whole stream.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[command(flatten)]
+        target: crate::commands::probe::TargetArgs,
+        #[arg(long, short, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
 }

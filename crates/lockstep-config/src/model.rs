@@ -209,6 +209,8 @@ impl Sync {
 pub struct SyncLocations {
     pub source: Location,
     pub destination: Location,
+    /// The `mode` value, when the sync sets one.
+    pub mode: Option<Location>,
     pub cursor: Option<Location>,
     pub key: Option<Location>,
     /// One per entry of `spec.fields`, in the same order.

@@ -1044,6 +1044,7 @@ impl Builder<'_> {
         }
 
         let mode = self.enumerated(t, "mode", MODES).unwrap_or_default();
+        let mode_location = t.get("mode").map(|v| self.loc(&v.span()));
         let cursor = self.name_string(
             t,
             "cursor",
@@ -1134,6 +1135,7 @@ impl Builder<'_> {
             locations: SyncLocations {
                 source: self.loc(&source_span),
                 destination: self.loc(&destination_span),
+                mode: mode_location,
                 cursor: cursor.map(|c| self.loc(&c.span)),
                 key: key_location,
                 fields: field_locations,

@@ -1,5 +1,6 @@
 //! End-to-end tests: one binary, one module per area.
 
+mod authors;
 mod cli;
 mod config_errors;
 mod crash;

@@ -5,6 +5,7 @@ mod daemon;
 mod deletes;
 mod history;
 mod plan;
+pub(crate) mod probe;
 mod rejects;
 mod run;
 mod runs;
@@ -49,6 +50,22 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
             ConnectorsCommand::Inspect { plugin } => {
                 connectors::inspect(&cli.config, &plugin).await
             }
+            ConnectorsCommand::Check {
+                connection,
+                target,
+                output,
+            } => probe::check(&cli.config, connection.as_deref(), &target, output).await,
+            ConnectorsCommand::Discover {
+                connection,
+                target,
+                output,
+            } => probe::discover(&cli.config, connection.as_deref(), &target, output).await,
+            ConnectorsCommand::Read {
+                stream,
+                limit,
+                target,
+                output,
+            } => probe::read(&cli.config, &stream, limit, &target, output).await,
         },
         Command::Run {
             sync,

@@ -1,12 +1,14 @@
 //! `lockstep validate`: staged checks that report every problem with its location.
 //!
 //! Stages: the file (syntax, structure, references, environment; done by lockstep-config),
-//! then the plugins (every connector exists and plays the role its syncs need), then, unless
-//! `--offline`, the live systems (each source stream exists and the field mapping fits it).
+//! then the plugins (every connector exists, plays the role its syncs need and declares the
+//! features their modes rely on), then, unless `--offline`, the live systems (each source
+//! stream exists and the field mapping fits it).
 
 use std::path::Path;
 
 use lockstep_config::{Config, ConfigError, ConfigErrors};
+use lockstep_core::SyncMode;
 use lockstep_mapping::Mapper;
 use lockstep_plugin_host::PluginRegistry;
 use lockstep_protocol::Role;
@@ -86,6 +88,95 @@ fn plugin_errors(config: &Config, registry: &PluginRegistry) -> Vec<ConfigError>
                     format!("pick a connection whose connector supports the {side} role (see `lockstep connectors list`)"),
                 ));
             }
+        }
+    }
+    errors.extend(feature_errors(config, registry));
+    errors
+}
+
+/// Syncs whose mode needs a feature (or role) their connectors do not declare. The engine
+/// would otherwise fail only at run time, or, worse, read or write something else than the
+/// mode promises. What each feature promises is in docs/connector-guide.md.
+fn feature_errors(config: &Config, registry: &PluginRegistry) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    let plugin = |connection: &str| {
+        config
+            .connections
+            .get(connection)
+            .and_then(|c| registry.get(&c.connector).ok())
+    };
+    let hint_tail = "`lockstep connectors list --output json` shows each connector's features, \
+                     and docs/connector-guide.md what each one means";
+    for sync in &config.syncs {
+        let spec = &sync.spec;
+        let mode_location = sync.locations.mode.unwrap_or(sync.location);
+        let mode = match spec.mode {
+            SyncMode::Full => "full",
+            SyncMode::Incremental => "incremental",
+            SyncMode::Mirror => "mirror",
+        };
+        let source = plugin(&spec.source.connection);
+        let destination = plugin(&spec.destination.connection);
+        let lacks = |p: &lockstep_plugin_host::LoadedPlugin, feature: &str| {
+            !p.manifest.features.iter().any(|f| f == feature)
+        };
+        if let Some(source) = source {
+            if spec.mode.uses_cursor() && lacks(source, "incremental") {
+                errors.push(config.error_at(
+                    mode_location,
+                    format!(
+                        "sync `{}` uses mode `{mode}`, which reads only what changed since the \
+                         last run, but its source connector `{}` (connection `{}`) does not \
+                         declare the `incremental` feature",
+                        spec.name,
+                        source.name(),
+                        spec.source.connection
+                    ),
+                    format!(
+                        "use mode = \"full\" for this sync, or a source whose connector \
+                         declares `incremental`; {hint_tail}"
+                    ),
+                ));
+            }
+        }
+        let Some(destination) = destination else {
+            continue;
+        };
+        if spec.mode == SyncMode::Mirror && lacks(destination, "delete") {
+            errors.push(config.error_at(
+                mode_location,
+                format!(
+                    "sync `{}` uses mode `mirror`, which deletes from its destination the \
+                     records deleted in the source, but its destination connector `{}` \
+                     (connection `{}`) does not declare the `delete` feature",
+                    spec.name,
+                    destination.name(),
+                    spec.destination.connection
+                ),
+                format!(
+                    "use mode = \"incremental\" (no deletes) for this sync, or a destination \
+                     whose connector declares `delete`; {hint_tail}"
+                ),
+            ));
+        }
+        if spec.mode == SyncMode::Mirror
+            && spec.delete.reconcile_every > 0
+            && !destination.manifest.roles.contains(&Role::Source)
+        {
+            errors.push(config.error_at(
+                mode_location,
+                format!(
+                    "sync `{}` reconciles key sets (mode `mirror` with reconcile_every = {}), \
+                     which reads the destination's keys, but its destination connector `{}` \
+                     (connection `{}`) cannot be read: it is not a source",
+                    spec.name,
+                    spec.delete.reconcile_every,
+                    destination.name(),
+                    spec.destination.connection
+                ),
+                "set reconcile_every = 0 and mark deletes with a `tombstone` field, or use a \
+                 destination whose connector is also a source",
+            ));
         }
     }
     errors
