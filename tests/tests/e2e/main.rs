@@ -6,6 +6,7 @@ mod crash;
 mod daemon;
 mod engine;
 mod files;
+mod hubspot;
 mod ops;
 mod plugins;
 mod retry;
