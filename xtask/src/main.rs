@@ -6,6 +6,7 @@
 //! - `bench boundary`: the plugin-boundary benchmark (release build).
 //! - `bench pg`: PostgreSQL sync speed against PostgreSQL's own COPY pipe.
 
+mod bench_hubspot;
 mod bench_pg;
 mod demo;
 
@@ -22,6 +23,7 @@ fn main() -> Result<()> {
         ["test", rest @ ..] => test(rest),
         ["bench", "boundary", rest @ ..] => bench_boundary(rest),
         ["bench", "pg", rest @ ..] => bench_pg::run(rest),
+        ["bench", "hubspot", rest @ ..] => bench_hubspot::run(rest),
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
