@@ -6,8 +6,11 @@
 //! - `bench boundary`: the plugin-boundary benchmark (release build).
 //! - `bench pg [--rows N] [--state sqlite|postgres]`: PostgreSQL sync speed, fast and default
 //!   paths, against PostgreSQL's own COPY pipe.
+//! - `bench files`: a CSV drop into PostgreSQL against PostgreSQL's own `COPY FROM`.
+//! - `bench hubspot`: how much of HubSpot's request budget a sync to and from the fake uses.
 
 mod bench_files;
+mod bench_hubspot;
 mod bench_pg;
 mod demo;
 
@@ -25,6 +28,7 @@ fn main() -> Result<()> {
         ["bench", "boundary", rest @ ..] => bench_boundary(rest),
         ["bench", "pg", rest @ ..] => bench_pg::run(rest),
         ["bench", "files", rest @ ..] => bench_files::run(rest),
+        ["bench", "hubspot", rest @ ..] => bench_hubspot::run(rest),
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
@@ -33,7 +37,9 @@ fn main() -> Result<()> {
                  test [ARGS...]       build everything and run every test (ARGS go to cargo test)\n  \
                  bench boundary       plugin-boundary overhead benchmark\n  \
                  bench pg [--rows N] [--state sqlite|postgres]\n                      \
-                 PostgreSQL sync speed against the COPY pipe (needs PostgreSQL and MariaDB)"
+                 PostgreSQL sync speed against the COPY pipe (needs PostgreSQL and MariaDB)\n  \
+                 bench files          a CSV drop into PostgreSQL against COPY FROM\n  \
+                 bench hubspot        request-budget use against the fake HubSpot (needs PostgreSQL)"
             );
             bail!("unknown or missing command");
         }

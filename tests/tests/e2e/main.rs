@@ -8,6 +8,7 @@ mod daemon;
 mod deletes;
 mod engine;
 mod files;
+mod hubspot;
 mod lease;
 mod ops;
 mod plugins;
