@@ -16,45 +16,13 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use sqlx::{Connection, Row};
 
+use crate::bench_pg::{lockstep, report, DDL, GENERATE, PG};
 use crate::{cargo, root};
-
-const PG: &str = "postgres://postgres@127.0.0.1:5432";
 
 /// The columns compared between source and destination, as one text per row.
 const ROW: &str = "concat_ws('|', id, email, first_name, last_name, company, phone, \
      lifecycle_stage, score, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US'), \
      to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US'), props::jsonb::text)";
-
-/// The `bench pg` contacts table.
-const DDL: &str = "CREATE TABLE contacts (
-    id bigint PRIMARY KEY,
-    email text NOT NULL,
-    first_name text,
-    last_name text,
-    company text,
-    phone text,
-    lifecycle_stage text,
-    score integer,
-    created_at timestamptz NOT NULL,
-    updated_at timestamptz NOT NULL,
-    props jsonb
-)";
-
-/// The `bench pg` contacts rows: about 300 bytes each.
-const GENERATE: &str = "INSERT INTO contacts
-SELECT g,
-       'contact.' || g || '@example-company-' || (g % 20000) || '.com',
-       (ARRAY['Ada','Grace','Alan','Edsger','Barbara','Donald','Frances','Ken'])[1 + g % 8] || ' ' || (g % 977),
-       (ARRAY['Lovelace','Hopper','Turing','Dijkstra','Liskov','Knuth','Allen','Thompson'])[1 + (g / 8) % 8] || '-' || (g % 4421),
-       'Company ' || (g % 20000) || ' Holdings International Ltd',
-       '+1-555-' || lpad((g % 10000000)::text, 7, '0'),
-       (ARRAY['lead','subscriber','marketing-qualified','customer','evangelist'])[1 + g % 5],
-       (g * 37) % 100,
-       timestamptz '2024-01-01 00:00:00+00' + make_interval(secs => g * 7),
-       timestamptz '2025-01-01 00:00:00+00' + make_interval(secs => g * 3),
-       jsonb_build_object('source', (ARRAY['web','import','api','event'])[1 + g % 4], 'campaign', 'spring-' || (g % 50),
-                          'visits', g % 17, 'vip', g % 7 = 0, 'region', 'region-' || (g % 9))
-FROM generate_series(1, $1) AS g";
 
 pub fn run(args: &[&str]) -> Result<()> {
     let mut rows: i64 = 1_000_000;
@@ -187,52 +155,6 @@ async fn bench(rows: i64, names: &[String; 3], dir: &Path) -> Result<()> {
         rss >> 20
     );
     Ok(())
-}
-
-fn report(what: &str, rows: i64, seconds: f64, rss: Option<u64>) {
-    let rss = rss
-        .map(|b| format!(", peak RSS {} MiB", b >> 20))
-        .unwrap_or_default();
-    println!(
-        "{what:<26} {seconds:>8.2} s  {:>12.0} rows/s{rss}",
-        rows as f64 / seconds.max(1e-9)
-    );
-}
-
-/// Runs `lockstep run SYNC` and returns (seconds, peak RSS in bytes).
-fn lockstep(dir: &Path, sync: &str) -> Result<(f64, u64)> {
-    let bin = root().join("target/release/lockstep");
-    let started = Instant::now();
-    let child = Command::new(&bin)
-        .args(["--config", "lockstep.toml", "run", sync, "--output", "json"])
-        .current_dir(dir)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .with_context(|| format!("running {}", bin.display()))?;
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: rusage is plain data; wait4 fills it for the child we spawned.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    let seconds = started.elapsed().as_secs_f64();
-    if waited != pid {
-        bail!(
-            "waiting for lockstep failed: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-    let mut stdout = String::new();
-    if let Some(mut out) = child.stdout {
-        use std::io::Read;
-        out.read_to_string(&mut stdout)?;
-    }
-    if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
-        bail!("lockstep run {sync} failed:\n{stdout}");
-    }
-    let report: serde_json::Value =
-        serde_json::from_str(&stdout).context("lockstep's JSON report")?;
-    eprintln!("  {sync}: {}", report["metrics"]);
-    Ok((seconds, usage.ru_maxrss as u64 * 1024))
 }
 
 async fn check_equal(

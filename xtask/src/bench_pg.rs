@@ -32,7 +32,7 @@ use sqlx::{Connection, Row};
 
 use crate::{cargo, root};
 
-const PG: &str = "postgres://postgres@127.0.0.1:5432";
+pub(crate) const PG: &str = "postgres://postgres@127.0.0.1:5432";
 const MY: &str = "mysql://root@127.0.0.1:3306";
 
 /// The columns compared between source and destination, as one text per row.
@@ -330,7 +330,7 @@ async fn bench(rows: i64, state: StateBackend, names: &Names) -> Result<()> {
     Ok(())
 }
 
-fn report(what: &str, rows: i64, seconds: f64, rss: Option<u64>) {
+pub(crate) fn report(what: &str, rows: i64, seconds: f64, rss: Option<u64>) {
     let rss = rss
         .map(|b| format!(", peak RSS {} MiB", b >> 20))
         .unwrap_or_default();
@@ -341,7 +341,7 @@ fn report(what: &str, rows: i64, seconds: f64, rss: Option<u64>) {
 }
 
 /// Runs `lockstep run SYNC` and returns (seconds, peak RSS in bytes).
-fn lockstep(dir: &Path, sync: &str) -> Result<(f64, u64)> {
+pub(crate) fn lockstep(dir: &Path, sync: &str) -> Result<(f64, u64)> {
     let bin = root().join("target/release/lockstep");
     let started = Instant::now();
     let child = Command::new(&bin)
@@ -512,7 +512,7 @@ ledger = false
     )
 }
 
-const DDL: &str = "CREATE TABLE contacts (
+pub(crate) const DDL: &str = "CREATE TABLE contacts (
     id bigint PRIMARY KEY,
     email text NOT NULL,
     first_name text,
@@ -526,7 +526,7 @@ const DDL: &str = "CREATE TABLE contacts (
     props jsonb
 )";
 
-const GENERATE: &str = "INSERT INTO contacts
+pub(crate) const GENERATE: &str = "INSERT INTO contacts
 SELECT g,
        'contact.' || g || '@example-company-' || (g % 20000) || '.com',
        (ARRAY['Ada','Grace','Alan','Edsger','Barbara','Donald','Frances','Ken'])[1 + g % 8] || ' ' || (g % 977),

@@ -6,79 +6,22 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use lockstep_http_kit::auth::AuthScheme;
 use lockstep_http_kit::{
-    Auth, ClientConfig, HttpClient, HttpError, Pager, Paging, RateLimit, Request, RetryPolicy,
-    SecretString, TokenPlacement,
+    Auth, ClientConfig, HttpClient, HttpError, Pager, Paging, RateLimit, Request, SecretString,
+    TokenPlacement,
 };
 use lockstep_plugin_sdk::api::ErrorKind;
 use lockstep_plugin_sdk::ConnectorError;
 use serde_json::{json, Value};
 
-const SECRET: &str = "pat-na1-0123-secret-token";
+mod common;
 
-async fn serve(app: Router) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    format!("http://{addr}")
-}
-
-fn bearer() -> Auth {
-    Auth::with_secret(
-        AuthScheme::Bearer,
-        "token_env",
-        "ACME_TOKEN",
-        SecretString::from(SECRET),
-    )
-}
-
-fn fast_retries(max_attempts: u32) -> RetryPolicy {
-    RetryPolicy {
-        max_attempts,
-        base_delay: Duration::from_millis(10),
-        max_delay: Duration::from_millis(50),
-        max_wait: Duration::from_secs(5),
-    }
-}
-
-fn make_client(base: &str, configure: impl FnOnce(&mut ClientConfig)) -> HttpClient {
-    let mut config = ClientConfig::new("Acme", base, bearer());
-    config.retry = fast_retries(4);
-    configure(&mut config);
-    HttpClient::new(config).unwrap()
-}
-
-/// A status, headers and a JSON body.
-type Answer = (u16, Vec<(&'static str, &'static str)>, Value);
-
-/// A router whose one route answers `answers[n]` to the n-th call (the last one after that)
-/// and counts the calls.
-fn scripted(answers: Vec<Answer>) -> (Router, Arc<AtomicUsize>) {
-    let calls = Arc::new(AtomicUsize::new(0));
-    let counter = calls.clone();
-    let handler = move || {
-        let n = counter.fetch_add(1, Ordering::SeqCst);
-        let (status, headers, body) = answers[n.min(answers.len() - 1)].clone();
-        async move {
-            let mut response = (StatusCode::from_u16(status).unwrap(), Json(body)).into_response();
-            for (name, value) in headers {
-                response.headers_mut().insert(name, value.parse().unwrap());
-            }
-            response
-        }
-    };
-    (
-        Router::new()
-            .route("/x", get(handler.clone()))
-            .route("/x", post(handler)),
-        calls,
-    )
-}
+use common::*;
 
 #[tokio::test]
 async fn each_auth_scheme_reaches_the_server_and_debug_hides_it() {
@@ -600,58 +543,4 @@ async fn a_next_page_on_another_host_is_refused_rather_than_sent_the_token() {
             .contains("outside the connection's base URL"),
         "{error}"
     );
-}
-
-/// A `tracing` writer into a shared buffer.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-#[tokio::test]
-async fn requests_and_answers_are_logged_at_debug_without_the_secret() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-    let (app, _) = scripted(vec![
-        (500, vec![], json!({"message": format!("echoing {SECRET}")})),
-        (200, vec![], json!({"token": SECRET})),
-    ]);
-    let client = make_client(&serve(app).await, |_| {});
-    client
-        .send(
-            &Request::post("/x?api_key=abc")
-                .idempotent(true)
-                .json(json!({"q": SECRET})),
-        )
-        .await
-        .unwrap();
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-    for needle in [
-        "HTTP request",
-        "HTTP response",
-        "status=500",
-        "status=200",
-        "retrying",
-    ] {
-        assert!(logs.contains(needle), "{needle} missing from:\n{logs}");
-    }
-    assert!(
-        !logs.contains(SECRET),
-        "the secret leaked into the logs:\n{logs}"
-    );
-    assert!(logs.contains("[REDACTED]"), "{logs}");
 }

@@ -12,7 +12,7 @@ use lockstep_core::protocol::{
 };
 use lockstep_core::{fingerprints, record_keys, RunMetrics, SyncMode};
 use lockstep_mapping::Mapper;
-use lockstep_plugin_host::SourceHandle;
+use lockstep_plugin_host::{DestinationHandle, SourceHandle, StreamWriterHandle};
 use lockstep_state::{BatchCommit, DeleteOrigin, Lease, LedgerEntry, RejectedRecord};
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -76,6 +76,40 @@ pub(crate) async fn open_source_stream(
     Ok((source, stream))
 }
 
+/// Opens the sync's destination stream, created from the mapped schema when missing and
+/// given the columns the mapping added since.
+pub(crate) async fn open_destination_stream(
+    destination: &mut DestinationHandle,
+    job: &SyncJob,
+    mapper: &Mapper,
+) -> Result<StreamWriterHandle, EngineError> {
+    Ok(destination
+        .open_stream(&OpenStreamRequest {
+            stream: job.spec.destination.stream.clone(),
+            fields: mapper.target_fields(),
+            key: mapper.key().to_vec(),
+            create_if_missing: true,
+            schema_evolution: SchemaEvolution::AddColumns,
+        })
+        .await?)
+}
+
+/// The source fields a read of the sync asks for: the mapping's, and the cursor and
+/// tombstone fields the engine itself needs.
+pub(crate) fn fields_to_read(job: &SyncJob, mapper: &Mapper) -> Vec<String> {
+    let spec = &job.spec;
+    let mut fields = mapper.source_fields();
+    for extra in [&spec.cursor_field, &spec.delete.tombstone]
+        .into_iter()
+        .flatten()
+    {
+        if !fields.contains(extra) {
+            fields.push(extra.clone());
+        }
+    }
+    fields
+}
+
 /// Runs the sync's read and applies it to the sink. With `plan` set, nothing is written:
 /// the changes are collected instead. Returns Ok(true) when the read completed, Ok(false)
 /// when it was stopped.
@@ -121,28 +155,12 @@ pub(crate) async fn execute(
                     .stream(&spec.destination.stream)
                     .is_none();
             }
-            let stream = destination
-                .open_stream(&OpenStreamRequest {
-                    stream: spec.destination.stream.clone(),
-                    fields: mapper.target_fields(),
-                    key: mapper.key().to_vec(),
-                    create_if_missing: true,
-                    schema_evolution: SchemaEvolution::AddColumns,
-                })
-                .await?;
+            let stream = open_destination_stream(&mut destination, job, &mapper).await?;
             Some(FencedWriter::new(stream, lease.map(HeldLease::watch)))
         }
     };
 
-    let mut fields = mapper.source_fields();
-    for extra in [&spec.cursor_field, &spec.delete.tombstone]
-        .into_iter()
-        .flatten()
-    {
-        if !fields.contains(extra) {
-            fields.push(extra.clone());
-        }
-    }
+    let fields = fields_to_read(job, &mapper);
     let request = ReadRequest {
         stream: spec.source.stream.clone(),
         mode: if spec.mode.uses_cursor() {

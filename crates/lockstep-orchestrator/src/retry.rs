@@ -18,9 +18,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use lockstep_core::protocol::{
-    OpenStreamRequest, ReadMode, ReadRequest, SchemaEvolution, FEATURE_READ_BY_KEYS,
-};
+use lockstep_core::protocol::{ReadMode, ReadRequest, FEATURE_READ_BY_KEYS};
 use lockstep_core::{RunMetrics, RunStatus, SyncMode};
 use lockstep_mapping::Mapper;
 use lockstep_plugin_sdk::rows::batch_from_rows;
@@ -30,7 +28,9 @@ use serde_json::Value;
 use crate::engine::{Engine, RunOptions, RunState, SyncJob};
 use crate::error::EngineError;
 use crate::lease::{FencedWriter, HeldLease};
-use crate::pipeline::{apply_batch, open_source_stream, Context, Sink};
+use crate::pipeline::{
+    apply_batch, fields_to_read, open_destination_stream, open_source_stream, Context, Sink,
+};
 
 /// The most keys one read by keys asks for.
 const KEYS_PER_READ: usize = 500;
@@ -196,15 +196,7 @@ impl Engine<'_> {
             .open_destination(&job.destination.config, self.redactor.clone())
             .await?;
         let lease = held.lease();
-        let writer = destination
-            .open_stream(&OpenStreamRequest {
-                stream: spec.destination.stream.clone(),
-                fields: mapper.target_fields(),
-                key: mapper.key().to_vec(),
-                create_if_missing: true,
-                schema_evolution: SchemaEvolution::AddColumns,
-            })
-            .await?;
+        let writer = open_destination_stream(&mut destination, job, &mapper).await?;
         // Every write is refused once the lease is lost, as in a run.
         let mut writer = FencedWriter::new(writer, Some(held.watch()));
         let ctx = Context {
@@ -224,15 +216,7 @@ impl Engine<'_> {
         if spec.mode == SyncMode::Mirror {
             run.deletes_waiting = self.state.pending_deletes(&spec.name, 0).await?.total() > 0;
         }
-        let mut fields = mapper.source_fields();
-        for extra in [&spec.cursor_field, &spec.delete.tombstone]
-            .into_iter()
-            .flatten()
-        {
-            if !fields.contains(extra) {
-                fields.push(extra.clone());
-            }
-        }
+        let fields = fields_to_read(job, &mapper);
 
         // Read the current records and apply them as a run would.
         let wanted: Vec<Vec<Value>> = by_key.values().map(|(v, _)| v.clone()).collect();

@@ -281,16 +281,17 @@ impl Checksum {
                     .fold(0i64, i64::wrapping_add)
                     as u64,
                 ArrowType::Utf8 => {
+                    // Each value's own rolling hash (the order of its bytes counts), summed, so
+                    // that the checksum does not depend on where the batches are cut.
                     column
                         .as_string::<i32>()
                         .iter()
                         .flatten()
-                        .fold(0u64, |acc, text| {
-                            // A rolling hash, so that the order of bytes and of values counts.
-                            text.bytes().fold(acc.wrapping_mul(31), |h, b| {
-                                h.wrapping_mul(131).wrapping_add(u64::from(b))
-                            })
+                        .map(|text| {
+                            text.bytes()
+                                .fold(0u64, |h, b| h.wrapping_mul(131).wrapping_add(u64::from(b)))
                         })
+                        .fold(0u64, u64::wrapping_add)
                 }
                 ArrowType::Int64 => {
                     let column = column.as_primitive::<Int64Type>();
