@@ -13,7 +13,6 @@
 //! The last line reads `rate_use=<achieved/allowed> throttled=<n> peak_rss_mib=<n>`.
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -231,41 +230,10 @@ fn phase(fake: &FakeHubSpot, dir: &Path, sync: &str) -> Result<Phase> {
             fake.counts().1
         })
     };
-    let bin = root().join("target/release/lockstep");
-    let started = Instant::now();
-    let child = Command::new(&bin)
-        .args(["--config", "lockstep.toml", "run", sync, "--output", "json"])
-        .current_dir(dir)
-        .env(TOKEN_VAR, TOKEN)
-        .env_remove("RUST_LOG")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .with_context(|| format!("running {}", bin.display()))?;
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: rusage is plain data; wait4 fills it for the child we spawned.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    let seconds = started.elapsed().as_secs_f64();
+    let run = crate::bench_pg::lockstep_with_env(dir, sync, &[(TOKEN_VAR, TOKEN)]);
     done.store(true, Ordering::SeqCst);
     let throttled_at_window_end = watcher.join().expect("the watcher thread");
-    if waited != pid {
-        bail!(
-            "waiting for lockstep failed: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-    let mut stdout = String::new();
-    if let Some(mut out) = child.stdout {
-        use std::io::Read;
-        out.read_to_string(&mut stdout)?;
-    }
-    if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
-        bail!("lockstep run {sync} failed:\n{stdout}");
-    }
-    let report: serde_json::Value =
-        serde_json::from_str(&stdout).context("lockstep's JSON report")?;
-    eprintln!("  {sync}: {}", report["metrics"]);
+    let (seconds, peak_rss) = run?;
     let (requests_after, throttled_after) = fake.counts();
     // A run shorter than the window has no "after the first window": its watcher saw the
     // final count, and the difference is zero.
@@ -273,6 +241,6 @@ fn phase(fake: &FakeHubSpot, dir: &Path, sync: &str) -> Result<Phase> {
         requests: requests_after - requests_before,
         seconds,
         throttled_after_first_window: throttled_after - throttled_at_window_end,
-        peak_rss: usage.ru_maxrss as u64 * 1024,
+        peak_rss,
     })
 }

@@ -342,11 +342,23 @@ pub(crate) fn report(what: &str, rows: i64, seconds: f64, rss: Option<u64>) {
 
 /// Runs `lockstep run SYNC` and returns (seconds, peak RSS in bytes).
 pub(crate) fn lockstep(dir: &Path, sync: &str) -> Result<(f64, u64)> {
+    lockstep_with_env(dir, sync, &[])
+}
+
+/// Runs `lockstep run SYNC` with `env` added to its environment (and without `RUST_LOG`, so
+/// that logging costs what it costs a user) and returns (seconds, peak RSS in bytes).
+pub(crate) fn lockstep_with_env(
+    dir: &Path,
+    sync: &str,
+    env: &[(&str, &str)],
+) -> Result<(f64, u64)> {
     let bin = root().join("target/release/lockstep");
     let started = Instant::now();
     let child = Command::new(&bin)
         .args(["--config", "lockstep.toml", "run", sync, "--output", "json"])
         .current_dir(dir)
+        .envs(env.iter().copied())
+        .env_remove("RUST_LOG")
         .stdout(std::process::Stdio::piped())
         .spawn()
         .with_context(|| format!("running {}", bin.display()))?;
