@@ -51,6 +51,7 @@ mod destination;
 mod report;
 pub mod skip;
 mod source;
+pub mod tryton;
 mod util;
 
 /// The Arrow crate the kit (and the host) use, for building batches in tests.
