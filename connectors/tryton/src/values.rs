@@ -169,7 +169,11 @@ pub fn encode(value: &Value, kind: Kind) -> Result<Value, String> {
                 .map_err(|e| format!("`{s}` is not a JSON document ({e})"))?,
             other => other.clone(),
         },
-        Kind::Text => Value::String(text()),
+        // Text is sent as it is: spaces are data.
+        Kind::Text => match value {
+            Value::String(s) => Value::String(s.clone()),
+            other => Value::String(other.to_string()),
+        },
     })
 }
 

@@ -14,4 +14,5 @@ mod ops;
 mod plugins;
 mod retry;
 mod tidy;
+mod tryton;
 mod types;
