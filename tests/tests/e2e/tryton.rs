@@ -580,8 +580,15 @@ customer_name = "name"
         elapsed < Duration::from_secs(15),
         "an auth failure is not retried: {elapsed:?}"
     );
-    let (_, text_out, text_err) = run(lockstep_with(d, wrong).args(["run", "customers"]));
+    // The text form, with every log line down to trace level (the login body included).
+    let (_, text_out, text_err) = run(lockstep_with(d, wrong)
+        .env("RUST_LOG", "trace")
+        .args(["run", "customers"]));
     assert!(text_err.contains("password_env"), "{text_err}");
+    assert!(
+        text_err.contains("logging in to Tryton"),
+        "the plugin's request log is on: {text_err}"
+    );
 
     // The server killed and started again while a run reads: the run retries and completes.
     let mut child = lockstep_with(d, ADMIN_PASSWORD)
