@@ -39,6 +39,9 @@ pub const REQUIREMENTS: [&str; 3] = [
 pub const ADMIN_LOGIN: &str = "admin";
 /// The administrator's password in the template database.
 pub const ADMIN_PASSWORD: &str = "lockstep-tryton-admin-5c1e9f";
+/// The template's file name; bump it when the template's recipe changes, so that caches made
+/// by an older recipe are not used.
+pub const TEMPLATE_FILE: &str = "lockstep-v1.sqlite";
 /// The name of the template's company.
 pub const COMPANY_NAME: &str = "Lockstep Test Company";
 
@@ -180,7 +183,7 @@ pub fn ensure_venv() -> Result<PathBuf, TrytonUnavailable> {
 /// The template database file, initialising it once.
 pub fn ensure_template() -> Result<PathBuf, TrytonUnavailable> {
     let bin = ensure_venv()?;
-    let template = home().join("template").join("lockstep.sqlite");
+    let template = home().join("template").join(TEMPLATE_FILE);
     if template.exists() {
         return Ok(template);
     }
@@ -250,16 +253,17 @@ pub fn ensure_template() -> Result<PathBuf, TrytonUnavailable> {
     let output = console
         .wait_with_output()
         .map_err(|e| unavailable(format!("trytond-console: {e}")))?;
-    if !output.status.success() || !output.stderr.is_empty() {
+    // The console goes on after an exception, printing its traceback to stderr.
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() || stderr.contains("Traceback") || stderr.contains("Error") {
         return Err(unavailable(format!(
-            "creating the template's company failed: {}",
-            String::from_utf8_lossy(&output.stderr)
+            "creating the template's company failed: {stderr}"
         )));
     }
     let dir = template.parent().expect("the template is in a directory");
     fs::create_dir_all(dir)
         .map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
-    let staged = dir.join("lockstep.sqlite.new");
+    let staged = dir.join(format!("{TEMPLATE_FILE}.new"));
     fs::copy(work.join(format!("{database}.sqlite")), &staged)
         .and_then(|_| fs::rename(&staged, &template))
         .map_err(|e| unavailable(format!("cannot publish the template: {e}")))?;
