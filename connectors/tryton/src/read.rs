@@ -14,7 +14,8 @@
 //! keeps the pairs whose change time lies within the window of the watermark.
 //!
 //! Checkpoints: `{"after_id": X}` for full reads; `{"from": T, "after_id": X, "max": M,
-//! "seen": [[id, micros], …]}` for incremental ones, where `after_id` is null once the read
+//! "seen": [[id, micros], …], "recent": [[id, micros], …]}` for incremental ones, where
+//! `after_id` is null once the read
 //! is complete. A read holds back one record past each batch, so the last batch of a read
 //! always carries the completed checkpoint.
 //!
@@ -53,8 +54,13 @@ pub struct TrytonReader {
     delivered_after: i64,
     /// Incremental: the latest change delivered so far (this read or earlier ones).
     max: Option<i64>,
-    /// Incremental: (id, change time) pairs delivered that this read may meet again.
+    /// Incremental: (id, change time) pairs delivered by earlier reads that this read may
+    /// meet again (those inside the overlap window of their watermark).
     seen: BTreeSet<(i64, i64)>,
+    /// Incremental: pairs this read delivered that a later read may meet again (those
+    /// inside the overlap window of this read's latest change so far). Kept apart from
+    /// `seen` so that each set stays as small as its own window.
+    recent: BTreeSet<(i64, i64)>,
     /// Fetched records not yet delivered: (id, change time, record).
     buffer: VecDeque<(i64, Option<i64>, Value)>,
     exhausted: bool,
@@ -137,6 +143,7 @@ pub(crate) fn open(
         delivered_after: 0,
         max: None,
         seen: BTreeSet::new(),
+        recent: BTreeSet::new(),
         buffer: VecDeque::new(),
         exhausted: false,
         resumed: false,
@@ -178,16 +185,18 @@ impl TrytonReader {
             }
         };
         self.max = micros(&checkpoint["max"])?;
-        for pair in checkpoint["seen"]
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-        {
-            match (pair[0].as_i64(), pair[1].as_i64()) {
-                (Some(id), Some(at)) => {
-                    self.seen.insert((id, at));
+        for (member, set) in [("seen", &mut self.seen), ("recent", &mut self.recent)] {
+            for pair in checkpoint[member]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+            {
+                match (pair[0].as_i64(), pair[1].as_i64()) {
+                    (Some(id), Some(at)) => {
+                        set.insert((id, at));
+                    }
+                    _ => return Err(bad("n incremental")),
                 }
-                _ => return Err(bad("n incremental")),
             }
         }
         match after_id {
@@ -256,7 +265,7 @@ impl TrytonReader {
             let changed = datetime_micros(&record["write_date"])
                 .or_else(|| datetime_micros(&record["create_date"]));
             if let (true, Some(at)) = (self.incremental, changed) {
-                if self.seen.contains(&(id, at)) {
+                if self.seen.contains(&(id, at)) || self.recent.contains(&(id, at)) {
                     continue;
                 }
             }
@@ -288,20 +297,39 @@ impl TrytonReader {
         if !self.incremental {
             return json!({ "after_id": self.delivered_after });
         }
-        let floor = match (complete, self.max, self.from) {
-            (true, Some(max), _) => Some(max - self.overlap_micros),
-            (false, _, from) => from,
-            (true, None, _) => None,
-        };
-        if let Some(floor) = floor {
-            self.seen.retain(|(_, at)| *at >= floor);
+        // A later read starts at its watermark minus the overlap: older pairs cannot meet
+        // it again.
+        let later_floor = self.max.map(|max| max - self.overlap_micros);
+        if let Some(floor) = later_floor {
+            self.recent.retain(|(_, at)| *at >= floor);
         }
-        let seen: Vec<[i64; 2]> = self.seen.iter().map(|(id, at)| [*id, *at]).collect();
+        let pairs = |set: &BTreeSet<(i64, i64)>| -> Vec<[i64; 2]> {
+            set.iter().map(|(id, at)| [*id, *at]).collect()
+        };
+        if complete {
+            let mut all = std::mem::take(&mut self.seen);
+            all.append(&mut self.recent);
+            if let Some(floor) = later_floor {
+                all.retain(|(_, at)| *at >= floor);
+            }
+            self.seen = all;
+            return json!({
+                "from": self.from,
+                "after_id": Value::Null,
+                "max": self.max,
+                "seen": pairs(&self.seen),
+            });
+        }
+        // This read still meets the earlier reads' pairs from `from` on.
+        if let Some(from) = self.from {
+            self.seen.retain(|(_, at)| *at >= from);
+        }
         json!({
             "from": self.from,
-            "after_id": if complete { Value::Null } else { json!(self.delivered_after) },
+            "after_id": self.delivered_after,
             "max": self.max,
-            "seen": seen,
+            "seen": pairs(&self.seen),
+            "recent": pairs(&self.recent),
         })
     }
 }
@@ -332,7 +360,7 @@ impl BatchReader for TrytonReader {
             records.push(self.plain(id, &record)?);
             self.delivered_after = id;
             if let Some(at) = changed {
-                self.seen.insert((id, at));
+                self.recent.insert((id, at));
                 self.max = Some(self.max.map_or(at, |m| m.max(at)));
             }
         }
