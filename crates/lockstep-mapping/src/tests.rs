@@ -1,3 +1,7 @@
+//! Unit tests of the mapping on real Arrow batches: renames, transforms, casts, paths, keys
+//! and the errors found before reading. Each test builds its batches by hand, so a failure
+//! points at one rule of the mapping rather than at a connector.
+
 use std::sync::Arc;
 
 use arrow::array::{

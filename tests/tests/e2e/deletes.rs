@@ -274,3 +274,104 @@ fn held_deletes_into_sqlite_can_be_discarded_and_ledgerless_syncs_hold_too() {
         980
     );
 }
+
+#[test]
+fn a_held_run_in_the_daemon_raises_one_deletes_held_alert() {
+    use std::time::{Duration, Instant};
+
+    use crate::daemon::{count, Daemon, Receiver};
+
+    let receiver = Receiver::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    create_source(d, 100);
+    let sqlite = "[connections.dst]\nconnector = \"sqlite\"\nconfig = { path = \"dst.db\" }\n";
+    config(
+        d,
+        sqlite,
+        &format!(
+            "tombstone = \"deleted_at\"\nreconcile_every = 0\n\n\
+             [syncs.items.schedule]\nevery = \"1s\"\n\n\
+             [[alerts.webhook]]\nurl = \"{}\"\n",
+            receiver.url
+        ),
+    );
+    let daemon = Daemon::start(d);
+    daemon.wait_for(Duration::from_secs(60), "a first run of items", |d| {
+        count(&d.finished_runs("items"), "succeeded") >= 1
+    });
+    assert_eq!(
+        sqlite_count(&d.join("dst.db"), "SELECT count(*) FROM items"),
+        100
+    );
+
+    // Half the records are soft-deleted: past the guard of 10%, the next run holds them.
+    src(d, &["UPDATE items SET deleted_at = '2026-02-01', updated_at = '2026-02-01 00:00:00' WHERE id <= 50"]);
+    let held_alerts = || -> Vec<serde_json::Value> {
+        receiver
+            .bodies()
+            .into_iter()
+            .filter(|b| b["kind"] == "deletes-held")
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while held_alerts().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no deletes-held alert; received: {:?}\n{}",
+            receiver.bodies(),
+            daemon.logs()
+        );
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    // Later runs stay held with the same message: they do not alert again.
+    daemon.wait_for(Duration::from_secs(60), "three held runs", |d| {
+        count(&d.finished_runs("items"), "held") >= 3
+    });
+
+    let alerts = held_alerts();
+    assert_eq!(
+        alerts.len(),
+        1,
+        "one alert for a hold that does not change: {alerts:?}"
+    );
+    let alert = &alerts[0];
+    let runs = daemon.finished_runs("items");
+    let first_held = runs.iter().find(|r| r["status"] == "held").unwrap();
+    assert_eq!(alert["sync"], "items", "{alert}");
+    assert_eq!(alert["status"], "held", "{alert}");
+    assert_eq!(alert["run"], first_held["id"], "{alert}");
+    let reason = alert["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("50 deletes are held")
+            && reason.contains("would delete 50 of the 100")
+            && reason.contains("lockstep deletes approve items"),
+        "{reason}"
+    );
+    assert!(
+        alert["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("[lockstep] sync items: deletes held for approval (run "),
+        "{alert}"
+    );
+    assert!(
+        receiver
+            .bodies()
+            .iter()
+            .all(|b| b["kind"] == "deletes-held"),
+        "a held run is not a failure: {:?}",
+        receiver.bodies()
+    );
+    let metrics = daemon.get("/metrics");
+    assert!(
+        metrics.contains("lockstep_alerts_total{sync=\"items\",kind=\"deletes-held\"} 1"),
+        "{metrics}"
+    );
+    assert_eq!(
+        sqlite_count(&d.join("dst.db"), "SELECT count(*) FROM items"),
+        100,
+        "held deletes are not applied"
+    );
+    assert_eq!(waiting(d)["held"], 50);
+}

@@ -1,5 +1,6 @@
 //! End-to-end tests: one binary, one module per area.
 
+mod abi_compat;
 mod authors;
 mod cli;
 mod config_errors;

@@ -212,7 +212,7 @@ async fn a_bad_panicky_config_is_a_config_error_naming_the_entry_points() {
 }
 
 /// `cargo`, as the one running these tests, with nothing inherited that would redirect it.
-fn cargo(dir: &Path) -> Command {
+pub(crate) fn cargo(dir: &Path) -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(dir)
         .env_remove("CARGO_TARGET_DIR")

@@ -136,3 +136,220 @@ fn every_crate_root_opens_with_a_purpose_paragraph() {
         );
     }
 }
+
+/// Every crate of the repository: the workspace's members and the crates it excludes on
+/// purpose (the example connector, built out of tree).
+fn repository_crates() -> Vec<PathBuf> {
+    let root = workspace_root();
+    let workspace = manifest(&root.join("Cargo.toml"));
+    let list = |key: &str| -> Vec<PathBuf> {
+        workspace["workspace"]
+            .get(key)
+            .and_then(|v| v.as_array())
+            .map(|a| {
+                a.iter()
+                    .map(|m| root.join(m.as_str().expect("a member path")))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut dirs = list("members");
+    dirs.extend(list("exclude"));
+    assert!(
+        dirs.len() >= 10,
+        "expected the workspace's crates in Cargo.toml, found {dirs:?}"
+    );
+    dirs
+}
+
+/// The Rust files of the crate in `dir`: everything under it but build output, Node modules
+/// and crates nested inside it (`tests/plugins/*` inside `tests/`), which are checked as
+/// crates of their own.
+fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    fn walk(dir: &Path, top: bool, out: &mut Vec<PathBuf>) {
+        if !top && dir.join("Cargo.toml").exists() {
+            return;
+        }
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        entries.sort();
+        for path in entries {
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            if path.is_dir() {
+                if !["target", "node_modules"].contains(&name.as_ref()) && !name.starts_with('.') {
+                    walk(&path, false, out);
+                }
+            } else if name.ends_with(".rs") {
+                out.push(path);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(dir, true, &mut files);
+    files
+}
+
+/// Whether `text` opens with `//!` docs once blank lines and attributes (`#![...]`,
+/// `#[...]`, possibly over several lines) are skipped.
+fn opens_with_module_docs(text: &str) -> bool {
+    let mut open_brackets = 0i32;
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if open_brackets > 0 || trimmed.starts_with("#[") || trimmed.starts_with("#![") {
+            open_brackets += trimmed.matches('[').count() as i32;
+            open_brackets -= trimmed.matches(']').count() as i32;
+            continue;
+        }
+        if trimmed.is_empty() {
+            continue;
+        }
+        return trimmed.starts_with("//!");
+    }
+    false
+}
+
+#[test]
+fn every_module_opens_with_module_docs() {
+    let mut missing = Vec::new();
+    let mut checked = 0;
+    for dir in repository_crates() {
+        for file in rust_files(&dir) {
+            checked += 1;
+            let text = std::fs::read_to_string(&file)
+                .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            if !opens_with_module_docs(&text) {
+                missing.push(file.display().to_string());
+            }
+        }
+    }
+    assert!(checked >= 100, "only {checked} Rust files found");
+    assert!(
+        missing.is_empty(),
+        "these files must open with `//!` docs (after attributes) saying what the module is \
+         for and what must hold in it:\n  {}",
+        missing.join("\n  ")
+    );
+}
+
+#[test]
+fn the_module_docs_check_skips_attributes_and_blank_lines_only() {
+    assert!(opens_with_module_docs("//! Docs.\nfn f() {}"));
+    assert!(opens_with_module_docs(
+        "\n#![allow(\n    dead_code,\n)]\n#[cfg(test)]\n\n//! Docs."
+    ));
+    assert!(!opens_with_module_docs("use std::fs;\n//! Docs."));
+    assert!(!opens_with_module_docs("// A comment.\n//! Docs."));
+    assert!(!opens_with_module_docs("/// An item's docs.\nfn f() {}"));
+    assert!(!opens_with_module_docs(""));
+}
+
+/// Dependencies a crate declares without naming them in its code, with the reason. Each is
+/// used through a feature or a macro's expansion only. Keep this list short and commented.
+const DEPENDENCIES_USED_WITHOUT_A_PATH: &[(&str, &str)] = &[];
+
+/// Whether `name` (a crate's name as code spells it) appears in `code` as the first segment
+/// of a path (`name::`, `use name;`, `use name as`, `extern crate name`), outside `//`
+/// comments.
+fn names_crate(code: &str, name: &str) -> bool {
+    let is_ident = |c: char| c.is_alphanumeric() || c == '_';
+    code.lines()
+        .map(str::trim_start)
+        .filter(|line| !line.starts_with("//"))
+        .any(|line| {
+            line.match_indices(name).any(|(at, _)| {
+                let before = line[..at].chars().next_back();
+                if before.is_some_and(|c| is_ident(c) || c == ':') {
+                    return false;
+                }
+                let after = line[at + name.len()..].trim_start();
+                if after.starts_with("::") {
+                    return true;
+                }
+                let head = line[..at].trim_end();
+                let as_item = head.ends_with("use") || head.ends_with("extern crate");
+                as_item && (after.starts_with(';') || after.starts_with("as ") || after.is_empty())
+            })
+        })
+}
+
+/// The dependency keys of every dependency table of a manifest: `[dependencies]`,
+/// `[dev-dependencies]`, `[build-dependencies]` and their `[target.*]` forms. A renamed
+/// dependency (`key = { package = "..." }`) is used in code under its key.
+fn declared_dependencies(manifest: &toml::Table) -> Vec<(String, String)> {
+    let tables = ["dependencies", "dev-dependencies", "build-dependencies"];
+    let mut found = Vec::new();
+    let mut collect = |table: &toml::Table, prefix: &str| {
+        for kind in tables {
+            if let Some(deps) = table.get(kind).and_then(|d| d.as_table()) {
+                for key in deps.keys() {
+                    found.push((format!("{prefix}{kind}"), key.clone()));
+                }
+            }
+        }
+    };
+    collect(manifest, "");
+    if let Some(targets) = manifest.get("target").and_then(|t| t.as_table()) {
+        for (cfg, table) in targets {
+            if let Some(table) = table.as_table() {
+                collect(table, &format!("target.{cfg}."));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn no_crate_declares_a_dependency_it_does_not_use() {
+    let mut unused = Vec::new();
+    for dir in repository_crates() {
+        let manifest = manifest(&dir.join("Cargo.toml"));
+        let package = manifest["package"]["name"]
+            .as_str()
+            .expect("a package name")
+            .to_owned();
+        let code: String = rust_files(&dir)
+            .iter()
+            .map(|f| std::fs::read_to_string(f).unwrap_or_else(|e| panic!("{}: {e}", f.display())))
+            .collect::<Vec<_>>()
+            .join("\n");
+        for (table, key) in declared_dependencies(&manifest) {
+            let excepted = DEPENDENCIES_USED_WITHOUT_A_PATH
+                .iter()
+                .any(|(name, _)| *name == format!("{package}/{key}"));
+            if !excepted && !names_crate(&code, &key.replace('-', "_")) {
+                unused.push(format!(
+                    "{}: [{table}] {key}",
+                    dir.join("Cargo.toml").display()
+                ));
+            }
+        }
+    }
+    assert!(
+        unused.is_empty(),
+        "these dependencies are declared but no code of their crate names them; remove them, \
+         or, when one is needed for a feature or a macro only, add `<crate>/<dependency>` with \
+         the reason to DEPENDENCIES_USED_WITHOUT_A_PATH in tests/tests/e2e/tidy.rs:\n  {}",
+        unused.join("\n  ")
+    );
+}
+
+#[test]
+fn the_dependency_check_recognises_paths_only() {
+    assert!(names_crate("use serde_json::Value;", "serde_json"));
+    assert!(names_crate(
+        "    let v = serde_json :: json!({});",
+        "serde_json"
+    ));
+    assert!(names_crate("#[tokio::test]", "tokio"));
+    assert!(names_crate("use libc;", "libc"));
+    assert!(names_crate("extern crate abi_stable as abi;", "abi_stable"));
+    assert!(!names_crate(
+        "use lockstep_test_support::arrow::array;",
+        "arrow"
+    ));
+    assert!(!names_crate("// serde::Deserialize is not needed", "serde"));
+    assert!(!names_crate("use my_serde::X;", "serde"));
+    assert!(!names_crate("let serde = 1;", "serde"));
+}
