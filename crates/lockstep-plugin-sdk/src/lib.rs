@@ -22,16 +22,22 @@ compile_error!(
      [profile.*] sections of your Cargo.toml."
 );
 
+pub mod checkpoint;
 mod entry;
 mod error;
+pub mod evolution;
 pub mod ffi;
 mod guard;
 mod logging;
+pub mod resolve;
 pub mod rows;
 
 pub use abi_stable;
 pub use arrow;
+pub use checkpoint::{checkpoint_after, resume_point, ResumePoint};
 pub use error::{ConnectorError, Result};
+pub use evolution::{plan_evolution, EvolutionPlan};
+pub use resolve::{resolve_read, ResolvedRead};
 pub use lockstep_plugin_api as api;
 pub use lockstep_protocol as protocol;
 pub use lockstep_protocol::{
