@@ -6,6 +6,7 @@
 //! column's precision), so comparisons are the column's own, and the statement stays bounded
 //! however many keys are asked for. Keys that match no row, or hold a null, find nothing.
 
+use lockstep_sql_kit::{Dialect, MySqlDialect};
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -26,9 +27,10 @@ use sqlx::mysql::types::MySqlTime;
 use sqlx::mysql::{MySqlArguments, MySqlConnection, MySqlRow, MySqlValueRef};
 use sqlx::{Decode, MySql, Row, ValueRef};
 
-use crate::conn::{connection_lost, quote, Db};
-use crate::schema::{Column, Table, Wire};
-use crate::values::{bind_json, minus_lookback, placeholder};
+use crate::error::connection_lost;
+use crate::session::Db;
+use crate::catalog::{Column, Table, Wire};
+use crate::types::{bind_json, minus_lookback, placeholder};
 
 /// Where the next page starts.
 #[derive(Clone, Debug)]
@@ -262,13 +264,13 @@ impl MySqlReader {
 
     /// The SELECT of one chunk of a read by keys and its parameters.
     fn keys_query(&self, keys: &[Vec<Value>]) -> Result<(String, MySqlArguments)> {
-        let select: Vec<String> = self.columns.iter().map(|c| quote(&c.name)).collect();
+        let select: Vec<String> = self.columns.iter().map(|c| MySqlDialect.quote_ident(&c.name)).collect();
         // The key columns are the order columns after the cursor.
         let key_cols: Vec<&Column> = self.order[self.incremental as usize..]
             .iter()
             .map(|&i| &self.columns[i])
             .collect();
-        let names: Vec<String> = key_cols.iter().map(|c| quote(&c.name)).collect();
+        let names: Vec<String> = key_cols.iter().map(|c| MySqlDialect.quote_ident(&c.name)).collect();
         let marks: Vec<String> = key_cols.iter().map(|c| placeholder(c)).collect();
         let one = if key_cols.len() == 1 {
             marks[0].clone()
@@ -291,7 +293,7 @@ impl MySqlReader {
         let sql = format!(
             "SELECT {} FROM {} WHERE {left} IN ({}) ORDER BY {}",
             select.join(", "),
-            quote(&self.table),
+            MySqlDialect.quote_ident(&self.table),
             vec![one; keys.len()].join(", "),
             self.order_exprs().join(", ")
         );
@@ -339,7 +341,7 @@ impl MySqlReader {
 
     /// The SELECT of the next page and its parameters.
     fn page_query(&self) -> Result<(String, MySqlArguments)> {
-        let select: Vec<String> = self.columns.iter().map(|c| quote(&c.name)).collect();
+        let select: Vec<String> = self.columns.iter().map(|c| MySqlDialect.quote_ident(&c.name)).collect();
         let exprs = self.order_exprs();
         let mut conditions = Vec::new();
         let mut args = MySqlArguments::default();
@@ -386,7 +388,7 @@ impl MySqlReader {
         let sql = format!(
             "SELECT {} FROM {}{} ORDER BY {} LIMIT ?",
             select.join(", "),
-            quote(&self.table),
+            MySqlDialect.quote_ident(&self.table),
             if conditions.is_empty() {
                 String::new()
             } else {

@@ -1,6 +1,7 @@
 //! Writing a table: creation and evolution at `open_stream`, multi-row upserts, deletes by
 //! key, and the transaction that `flush` commits.
 
+use lockstep_sql_kit::{Dialect, MySqlDialect};
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -12,9 +13,10 @@ use lockstep_plugin_sdk::{
 use sqlx::mysql::{MySqlArguments, MySqlConnection};
 use sqlx::{Executor, Row};
 
-use crate::conn::{connection_lost, error_number, quote, Db, Flavor};
-use crate::schema::{create_type, key_collation, load_tables, Column, Table};
-use crate::values::{bind_cell, normalize, placeholder, refuse, wire_size};
+use crate::error::{connection_lost, error_number};
+use crate::session::{Db, Flavor};
+use crate::catalog::{create_type, key_collation, load_tables, Column, Table};
+use crate::types::{bind_cell, normalize, placeholder, refuse, wire_size};
 
 /// MySQL's limit of parameters in one prepared statement.
 const MAX_PARAMS: usize = 65_535;
@@ -183,9 +185,9 @@ impl MySqlWriter {
                                 let t = create_type(f.data_type, false, flavor).map_err(|e| {
                                     ConnectorError::schema(format!("field `{}`: {e}", f.name))
                                 })?;
-                                adds.push(format!("ADD COLUMN {} {t} NULL", quote(&f.name)));
+                                adds.push(format!("ADD COLUMN {} {t} NULL", MySqlDialect.quote_ident(&f.name)));
                             }
-                            let sql = format!("ALTER TABLE {} {}", quote(&stream), adds.join(", "));
+                            let sql = format!("ALTER TABLE {} {}", MySqlDialect.quote_ident(&stream), adds.join(", "));
                             conn.execute(sql.as_str()).await.map_err(|e| {
                                 db.error(
                                     e,
@@ -210,12 +212,12 @@ impl MySqlWriter {
             request.key.clone()
         };
         if !key.is_empty() && !table.has_unique_key(&key) {
-            let cols: Vec<String> = key.iter().map(|k| quote(k)).collect();
+            let cols: Vec<String> = key.iter().map(|k| MySqlDialect.quote_ident(k)).collect();
             return Err(ConnectorError::schema(format!(
                 "table `{stream}` has no primary key or unique index on ({}), so rows cannot \
                  be matched by that key; fix it with: ALTER TABLE {} ADD UNIQUE ({})",
                 key.join(", "),
-                quote(&stream),
+                MySqlDialect.quote_ident(&stream),
                 cols.join(", ")
             )));
         }
@@ -382,7 +384,7 @@ impl MySqlWriter {
                     .expect("checked by batch_columns")
             })
             .collect();
-        let names: Vec<String> = keys.iter().map(|c| quote(&c.name)).collect();
+        let names: Vec<String> = keys.iter().map(|c| MySqlDialect.quote_ident(&c.name)).collect();
         let tuple: Vec<String> = keys.iter().map(|c| placeholder(&c.column)).collect();
         let one = if keys.len() == 1 {
             tuple[0].clone()
@@ -412,7 +414,7 @@ impl MySqlWriter {
             let (filter, args) = self.key_filter(cols, part)?;
             let sql = format!(
                 "SELECT CAST(COUNT(*) AS CHAR) FROM {} WHERE {filter}",
-                quote(&self.table.name)
+                MySqlDialect.quote_ident(&self.table.name)
             );
             let conn = self.connection().await?;
             match sqlx::query_with(&sql, args)
@@ -439,22 +441,22 @@ impl MySqlWriter {
         cols: &[BatchColumn],
         rows: &[usize],
     ) -> Result<std::result::Result<(u64, u64, u64), sqlx::Error>> {
-        let names: Vec<String> = cols.iter().map(|c| quote(&c.name)).collect();
+        let names: Vec<String> = cols.iter().map(|c| MySqlDialect.quote_ident(&c.name)).collect();
         let tuple = format!("({})", vec!["?"; cols.len()].join(", "));
         let values = vec![tuple.as_str(); rows.len()].join(", ");
         let mut sql = format!(
             "INSERT INTO {} ({}) VALUES {values}",
-            quote(&self.table.name),
+            MySqlDialect.quote_ident(&self.table.name),
             names.join(", ")
         );
         if !self.key.is_empty() {
             let updates: Vec<String> = cols
                 .iter()
                 .filter(|c| !self.key.contains(&c.name))
-                .map(|c| format!("{0} = VALUES({0})", quote(&c.name)))
+                .map(|c| format!("{0} = VALUES({0})", MySqlDialect.quote_ident(&c.name)))
                 .collect();
             let updates = if updates.is_empty() {
-                let k = quote(&self.key[0]);
+                let k = MySqlDialect.quote_ident(&self.key[0]);
                 format!("{k} = {k}")
             } else {
                 updates.join(", ")
@@ -594,15 +596,15 @@ async fn create_table(
         } else {
             "NULL"
         };
-        defs.push(format!("{} {t} {null}", quote(&f.name)));
+        defs.push(format!("{} {t} {null}", MySqlDialect.quote_ident(&f.name)));
     }
     if !request.key.is_empty() {
-        let key: Vec<String> = request.key.iter().map(|k| quote(k)).collect();
+        let key: Vec<String> = request.key.iter().map(|k| MySqlDialect.quote_ident(k)).collect();
         defs.push(format!("PRIMARY KEY ({})", key.join(", ")));
     }
     let sql = format!(
         "CREATE TABLE IF NOT EXISTS {} ({}) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE={collation}",
-        quote(&request.stream),
+        MySqlDialect.quote_ident(&request.stream),
         defs.join(", ")
     );
     conn.execute(sql.as_str())
@@ -666,7 +668,7 @@ impl StreamWriter for MySqlWriter {
         self.begin().await?;
         for rows in chunks {
             let (filter, args) = self.key_filter(&cols, &rows)?;
-            let sql = format!("DELETE FROM {} WHERE {filter}", quote(&self.table.name));
+            let sql = format!("DELETE FROM {} WHERE {filter}", MySqlDialect.quote_ident(&self.table.name));
             let conn = self.connection().await?;
             match sqlx::query_with(&sql, args)
                 .persistent(false)

@@ -1,12 +1,13 @@
 //! What the database has: tables and views of the schema, their columns with native and
 //! logical types, and their keys. Also the one mapping of native types to logical types.
 
+use lockstep_sql_kit::{Dialect, PostgresDialect};
 use std::collections::HashMap;
 
 use lockstep_plugin_sdk::{ConnectorError, DataType, FieldInfo, Result, StreamInfo};
 use sqlx::{PgConnection, Row};
 
-use crate::errors::map_sqlx;
+use crate::error::map_sqlx;
 
 /// How a column's values arrive in a binary COPY.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,7 +82,7 @@ pub struct Column {
 impl Column {
     /// The select-list expression that reads this column.
     pub fn read_expr(&self) -> String {
-        let col = crate::sql::ident(&self.name);
+        let col = PostgresDialect.quote_ident(&self.name);
         match self.expr {
             ReadExpr::Plain => col,
             ReadExpr::Text => format!("{col}::text"),
@@ -353,7 +354,7 @@ pub async fn load_tables(
         let column = Column {
             name: r.get(2),
             native: r.get(6),
-            cast_type: crate::sql::qualified(&base.schema, &base.name),
+            cast_type: qualified(&base.schema, &base.name),
             base: if base.builtin {
                 base.name.clone()
             } else {
@@ -478,6 +479,15 @@ pub fn native_for(data_type: DataType) -> String {
         DataType::Uuid => "uuid".into(),
         DataType::Json => "jsonb".into(),
     }
+}
+
+/// `"schema"."table"`.
+pub fn qualified(schema: &str, table: &str) -> String {
+    format!(
+        "{}.{}",
+        PostgresDialect.quote_ident(schema),
+        PostgresDialect.quote_ident(table)
+    )
 }
 
 #[cfg(test)]

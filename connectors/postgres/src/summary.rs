@@ -16,8 +16,9 @@ use sqlx::Row;
 
 use crate::catalog::Table;
 use crate::config::Settings;
-use crate::errors::map_sqlx;
-use crate::sql::{ident, qualified};
+use crate::error::map_sqlx;
+use crate::catalog::qualified;
+use lockstep_sql_kit::{Dialect, PostgresDialect};
 
 /// The name of this connector's summary algorithm.
 pub const ALGORITHM: &str = "postgres-hashtextextended-sum-v1";
@@ -48,7 +49,7 @@ fn summary_sql(schema: &str, table: &Table, key: &[String]) -> Result<String> {
                 table.column_names()
             ))
         })?;
-        texts.push(format!("{}::text", ident(&column.name)));
+        texts.push(format!("{}::text", PostgresDialect.quote_ident(&column.name)));
     }
     Ok(format!(
         "SELECT count(*)::int8, \

@@ -17,7 +17,7 @@ use serde_json::{json, Map, Value};
 use sqlx::{Connection, PgConnection};
 
 use crate::config::Config;
-use crate::sql::ident;
+use lockstep_sql_kit::{Dialect, PostgresDialect};
 use crate::{PgDestination, PgReader, PgSource, PgWriter};
 
 const SERVER: &str = "postgres://postgres@127.0.0.1:5432";
@@ -66,7 +66,7 @@ impl TestDb {
         );
         let result = block_on(async {
             let mut c = PgConnection::connect(&format!("{SERVER}/test")).await?;
-            sqlx::raw_sql(&format!("CREATE DATABASE {}", ident(&name)))
+            sqlx::raw_sql(&format!("CREATE DATABASE {}", PostgresDialect.quote_ident(&name)))
                 .execute(&mut c)
                 .await?;
             Ok::<_, sqlx::Error>(())
@@ -139,7 +139,7 @@ impl Drop for TestDb {
             let mut c = PgConnection::connect(&format!("{SERVER}/test")).await?;
             sqlx::raw_sql(&format!(
                 "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                ident(&name)
+                PostgresDialect.quote_ident(&name)
             ))
             .execute(&mut c)
             .await?;

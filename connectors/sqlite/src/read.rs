@@ -20,8 +20,8 @@ use sqlx::Row;
 
 use crate::convert::ColumnBuilder;
 use crate::error::db_error;
-use crate::schema::{self, Table};
-use crate::sql::ident;
+use crate::catalog::{self, Table};
+use lockstep_sql_kit::{Dialect, SqliteDialect};
 use crate::values::SqlValue;
 use crate::Shared;
 
@@ -84,7 +84,7 @@ fn key_filter(key_names: &[String], keys: &[Vec<Value>]) -> Result<(String, Vec<
         "({})",
         key_names
             .iter()
-            .map(|k| format!("{} = ?", ident(k)))
+            .map(|k| format!("{} = ?", SqliteDialect.quote_ident(k)))
             .collect::<Vec<_>>()
             .join(" AND ")
     );
@@ -118,9 +118,9 @@ pub(crate) async fn open_reader(
     let table = {
         let mut state = shared.lock().await;
         let conn = &mut state.conn;
-        match schema::find_table(conn, &request.stream).await? {
+        match catalog::find_table(conn, &request.stream).await? {
             Some(t) => t,
-            None => return Err(schema::unknown_stream(conn, &request.stream).await),
+            None => return Err(catalog::unknown_stream(conn, &request.stream).await),
         }
     };
     let what = format!("reading table `{}`", table.name);
@@ -157,7 +157,7 @@ pub(crate) async fn open_reader(
         if rowid_key {
             name.to_owned()
         } else {
-            ident(name)
+            SqliteDialect.quote_ident(name)
         }
     };
 
@@ -171,7 +171,7 @@ pub(crate) async fn open_reader(
                 .ok_or_else(|| missing_cursor(&table))?;
             let column = field_of(&table, name)?.name.clone();
             order.push(OrderColumn {
-                sql: ident(&column),
+                sql: SqliteDialect.quote_ident(&column),
                 role: Role::Cursor,
             });
             Some(column)
@@ -201,7 +201,7 @@ pub(crate) async fn open_reader(
                 .filter(|p| !ordered.iter().any(|o| o.eq_ignore_ascii_case(p)));
             for (i, p) in rest.enumerate() {
                 order.push(OrderColumn {
-                    sql: ident(p),
+                    sql: SqliteDialect.quote_ident(p),
                     role: Role::Tiebreak(i),
                 });
             }
@@ -245,9 +245,9 @@ pub(crate) async fn open_reader(
     let columns: Vec<String> = order
         .iter()
         .map(|o| o.sql.clone())
-        .chain(fields.iter().map(|f| ident(&f.name)))
+        .chain(fields.iter().map(|f| SqliteDialect.quote_ident(&f.name)))
         .collect();
-    let select = format!("SELECT {} FROM {}", columns.join(", "), ident(&table.name));
+    let select = format!("SELECT {} FROM {}", columns.join(", "), SqliteDialect.quote_ident(&table.name));
     let order_by = order
         .iter()
         .map(|o| o.sql.as_str())
@@ -290,7 +290,7 @@ fn missing_cursor(table: &Table) -> ConnectorError {
 }
 
 /// The column for a requested field name, or a schema error listing the table's columns.
-fn field_of<'t>(table: &'t Table, name: &str) -> Result<&'t crate::schema::Column> {
+fn field_of<'t>(table: &'t Table, name: &str) -> Result<&'t crate::catalog::Column> {
     table.column(name).ok_or_else(|| {
         let names: Vec<&str> = table.columns.iter().map(|c| c.name.as_str()).collect();
         ConnectorError::schema(format!(

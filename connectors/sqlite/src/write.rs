@@ -19,8 +19,8 @@ use sqlx::{Executor, Row};
 
 use crate::convert::{sql_value, to_uuid, writable};
 use crate::error::{db_error, db_message, is_data_error};
-use crate::schema::{self, Table};
-use crate::sql::{ident, placeholders, MAX_PARAMS};
+use crate::catalog::{self, Table};
+use lockstep_sql_kit::{Dialect, SqliteDialect};
 use crate::types::declared_type;
 use crate::values::{numeric_text_loses_precision, SqlValue};
 use crate::{Shared, State};
@@ -46,7 +46,7 @@ pub(crate) async fn open_writer(
     check_request(&request)?;
     let mut state = shared.lock().await;
     let conn = &mut state.conn;
-    let table = match schema::find_table(conn, stream).await? {
+    let table = match catalog::find_table(conn, stream).await? {
         Some(table) => table,
         None if !request.create_if_missing => {
             return Err(ConnectorError::schema(format!(
@@ -56,7 +56,7 @@ pub(crate) async fn open_writer(
         }
         None => {
             create_table(conn, &request).await?;
-            schema::load_table(conn, stream).await?
+            catalog::load_table(conn, stream).await?
         }
     };
     let table = evolve(conn, table, &request.fields, request.schema_evolution).await?;
@@ -79,9 +79,9 @@ pub(crate) async fn open_writer(
     // SQLite confirm it before the first write.
     let probe = format!(
         "INSERT INTO {} ({}) VALUES {} ON CONFLICT ({}) DO NOTHING",
-        ident(&table.name),
+        SqliteDialect.quote_ident(&table.name),
         idents(&key),
-        placeholders(key.len()),
+        SqliteDialect.placeholder_row(1, key.len()),
         idents(&key)
     );
     if let Err(e) = conn.prepare(probe.as_str()).await {
@@ -91,7 +91,7 @@ pub(crate) async fn open_writer(
             table.name,
             key.join(", "),
             db_message(&e),
-            ident(&table.name),
+            SqliteDialect.quote_ident(&table.name),
             idents(&key)
         )));
     }
@@ -147,12 +147,11 @@ fn check_request(request: &OpenStreamRequest) -> Result<()> {
     Ok(())
 }
 
+/// SQLite's default limit on bound parameters per statement (SQLITE_MAX_VARIABLE_NUMBER).
+const MAX_PARAMS: usize = 32_766;
+
 fn idents(names: &[String]) -> String {
-    names
-        .iter()
-        .map(|n| ident(n))
-        .collect::<Vec<_>>()
-        .join(", ")
+    SqliteDialect.ident_list(names.iter().map(String::as_str), "")
 }
 
 fn not_unique(table: &Table, key: &[String]) -> ConnectorError {
@@ -162,8 +161,8 @@ fn not_unique(table: &Table, key: &[String]) -> ConnectorError {
          with CREATE UNIQUE INDEX {} ON {} ({}), or use the table's primary key ({}) as the key",
         key.join(", "),
         table.name,
-        ident(&format!("{}_lockstep_key", table.name)),
-        ident(&table.name),
+        SqliteDialect.quote_ident(&format!("{}_lockstep_key", table.name)),
+        SqliteDialect.quote_ident(&table.name),
         idents(key),
         if table.primary_key.is_empty() {
             "none".into()
@@ -188,14 +187,14 @@ async fn create_table(conn: &mut SqliteConnection, request: &OpenStreamRequest) 
             };
             format!(
                 "{} {}{not_null}",
-                ident(&f.name),
+                SqliteDialect.quote_ident(&f.name),
                 declared_type(f.data_type)
             )
         })
         .collect();
     let sql = format!(
         "CREATE TABLE IF NOT EXISTS {} ({}, PRIMARY KEY ({}))",
-        ident(&request.stream),
+        SqliteDialect.quote_ident(&request.stream),
         columns.join(", "),
         idents(&request.key)
     );
@@ -245,8 +244,8 @@ async fn evolve(
                 // nullable, and existing rows hold NULL.
                 let sql = format!(
                     "ALTER TABLE {} ADD COLUMN {} {}",
-                    ident(&table.name),
-                    ident(&f.name),
+                    SqliteDialect.quote_ident(&table.name),
+                    SqliteDialect.quote_ident(&f.name),
                     declared_type(f.data_type)
                 );
                 sqlx::query(&sql)
@@ -258,7 +257,7 @@ async fn evolve(
                     )))?;
                 tracing::info!(table = %table.name, column = %f.name, "added column");
             }
-            schema::load_table(conn, &table.name).await
+            catalog::load_table(conn, &table.name).await
         }
     }
 }
@@ -434,8 +433,8 @@ impl SqliteWriter {
     }
 
     fn upsert_sql(&self, plan: &Plan, rows: usize) -> String {
-        let table = ident(&self.table.name);
-        let row = placeholders(plan.columns.len());
+        let table = SqliteDialect.quote_ident(&self.table.name);
+        let row = SqliteDialect.placeholder_row(1, plan.columns.len());
         let values = vec![row.as_str(); rows].join(", ");
         let others: Vec<&String> = plan
             .columns
@@ -447,13 +446,13 @@ impl SqliteWriter {
         } else {
             let set: Vec<String> = others
                 .iter()
-                .map(|c| format!("{0} = excluded.{0}", ident(c)))
+                .map(|c| format!("{0} = excluded.{0}", SqliteDialect.quote_ident(c)))
                 .collect();
             // Rows whose values are all unchanged are not touched: SQLite then does not
             // count them as changed, which tells updated from unchanged.
             let changed: Vec<String> = others
                 .iter()
-                .map(|c| format!("{table}.{0} IS NOT excluded.{0}", ident(c)))
+                .map(|c| format!("{table}.{0} IS NOT excluded.{0}", SqliteDialect.quote_ident(c)))
                 .collect();
             format!(
                 "DO UPDATE SET {} WHERE {}",
@@ -475,7 +474,7 @@ impl SqliteWriter {
         plan: &Plan,
         rows: &[&(usize, Vec<SqlValue>)],
     ) -> Result<Vec<bool>> {
-        let table = ident(&self.table.name);
+        let table = SqliteDialect.quote_ident(&self.table.name);
         let n = plan.key_positions.len();
         let values: Vec<String> = (0..rows.len())
             .map(|i| format!("({i}, {})", vec!["?"; n].join(", ")))
@@ -484,7 +483,7 @@ impl SqliteWriter {
             .key
             .iter()
             .enumerate()
-            .map(|(j, k)| format!("{table}.{} = v.column{}", ident(k), j + 2))
+            .map(|(j, k)| format!("{table}.{} = v.column{}", SqliteDialect.quote_ident(k), j + 2))
             .collect();
         let sql = format!(
             "SELECT v.column1 FROM (VALUES {}) AS v JOIN {table} ON {}",
@@ -615,7 +614,7 @@ impl StreamWriter for SqliteWriter {
         let mut deleted = 0u64;
         let n = plan.key_positions.len();
         let per_statement = self.rows_per_statement(n);
-        let table = ident(&self.table.name);
+        let table = SqliteDialect.quote_ident(&self.table.name);
         let mut state = self.shared.lock().await;
         if !rows.is_empty() {
             begin(&mut state).await?;
@@ -626,11 +625,11 @@ impl StreamWriter for SqliteWriter {
             let sql = if n == 1 {
                 format!(
                     "DELETE FROM {table} WHERE {} IN ({})",
-                    ident(&self.key[0]),
+                    SqliteDialect.quote_ident(&self.key[0]),
                     vec!["?"; chunk.len()].join(", ")
                 )
             } else {
-                let row = placeholders(n);
+                let row = SqliteDialect.placeholder_row(1, n);
                 format!(
                     "DELETE FROM {table} WHERE ({}) IN (VALUES {})",
                     idents(&self.key),

@@ -59,9 +59,9 @@ pub trait Dialect {
 
 /// PostgreSQL: `"ident"`, `$n`, NULLs last.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Postgres;
+pub struct PostgresDialect;
 
-impl Dialect for Postgres {
+impl Dialect for PostgresDialect {
     fn quote_char(&self) -> char {
         '"'
     }
@@ -75,9 +75,9 @@ impl Dialect for Postgres {
 
 /// MySQL and MariaDB: `` `ident` ``, `?`, NULLs first, expanded keyset cuts.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct MySql;
+pub struct MySqlDialect;
 
-impl Dialect for MySql {
+impl Dialect for MySqlDialect {
     fn quote_char(&self) -> char {
         '`'
     }
@@ -94,9 +94,9 @@ impl Dialect for MySql {
 
 /// SQLite: `"ident"`, `?`, NULLs first.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Sqlite;
+pub struct SqliteDialect;
 
-impl Dialect for Sqlite {
+impl Dialect for SqliteDialect {
     fn quote_char(&self) -> char {
         '"'
     }
@@ -124,19 +124,19 @@ mod tests {
 
     #[test]
     fn identifiers_are_quoted_with_the_quote_character_doubled() {
-        assert_eq!(Postgres.quote_ident("order"), "\"order\"");
-        assert_eq!(Postgres.quote_ident("a\"b c"), "\"a\"\"b c\"");
-        assert_eq!(Sqlite.quote_ident("ünï"), "\"ünï\"");
-        assert_eq!(MySql.quote_ident("a`b c"), "`a``b c`");
-        assert_eq!(MySql.quote_ident("a\"b"), "`a\"b`");
-        assert_eq!(Postgres.ident_list(["a", "b"], "t."), "t.\"a\", t.\"b\"");
+        assert_eq!(PostgresDialect.quote_ident("order"), "\"order\"");
+        assert_eq!(PostgresDialect.quote_ident("a\"b c"), "\"a\"\"b c\"");
+        assert_eq!(SqliteDialect.quote_ident("ünï"), "\"ünï\"");
+        assert_eq!(MySqlDialect.quote_ident("a`b c"), "`a``b c`");
+        assert_eq!(MySqlDialect.quote_ident("a\"b"), "`a\"b`");
+        assert_eq!(PostgresDialect.ident_list(["a", "b"], "t."), "t.\"a\", t.\"b\"");
     }
 
     #[test]
     fn placeholders_follow_the_dialect() {
-        assert_eq!(Postgres.placeholder_row(3, 2), "($3, $4)");
-        assert_eq!(MySql.placeholder_row(1, 3), "(?, ?, ?)");
-        assert_eq!(Sqlite.placeholder_row(1, 1), "(?)");
+        assert_eq!(PostgresDialect.placeholder_row(3, 2), "($3, $4)");
+        assert_eq!(MySqlDialect.placeholder_row(1, 3), "(?, ?, ?)");
+        assert_eq!(SqliteDialect.placeholder_row(1, 1), "(?)");
         assert_eq!(row_of(&["a".into()]), "a");
         assert_eq!(row_of(&["a".into(), "b".into()]), "(a, b)");
     }

@@ -18,5 +18,5 @@
 pub mod dialect;
 pub mod keyset;
 
-pub use dialect::{Dialect, MySql, Postgres, Sqlite};
+pub use dialect::{Dialect, MySqlDialect, PostgresDialect, SqliteDialect};
 pub use keyset::{keyset_after, KeysetPredicate};

@@ -1,6 +1,7 @@
 //! Tables as information_schema describes them, the mapping of MySQL types onto logical
 //! types (for reading) and of logical types onto MySQL types (for creating tables).
 
+use lockstep_sql_kit::{Dialect, MySqlDialect};
 use std::collections::HashMap;
 
 use lockstep_plugin_sdk::{
@@ -9,7 +10,7 @@ use lockstep_plugin_sdk::{
 use sqlx::mysql::MySqlConnection;
 use sqlx::Row;
 
-use crate::conn::{quote, Db, Flavor};
+use crate::session::{Db, Flavor};
 
 /// How a column's values come off the wire; the logical type says what they become.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,9 +81,9 @@ impl Column {
     /// The SQL expression to order and compare this column by.
     pub fn order_expr(&self) -> String {
         if self.sorts_by_index() {
-            format!("CAST({} AS CHAR)", quote(&self.name))
+            format!("CAST({} AS CHAR)", MySqlDialect.quote_ident(&self.name))
         } else {
-            quote(&self.name)
+            MySqlDialect.quote_ident(&self.name)
         }
     }
 }

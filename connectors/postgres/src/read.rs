@@ -36,11 +36,13 @@ use tokio::sync::mpsc;
 
 use crate::catalog::{ReadExpr, Table, Wire};
 use crate::config::{effective_batch_size, Config, Settings};
-use crate::decode::CopyDecoder;
-use crate::errors::map_sqlx;
+use crate::copy_decode::CopyDecoder;
+use crate::error::map_sqlx;
 use crate::session::Session;
-use crate::sql::{ident, qualified, row_of};
-use crate::values::{checkpoint_value, json_to_text};
+use crate::catalog::qualified;
+use lockstep_sql_kit::dialect::row_of;
+use lockstep_sql_kit::{Dialect, PostgresDialect};
+use crate::types::{checkpoint_value, json_to_text};
 
 /// The PostgreSQL source.
 pub struct PgSource {
@@ -110,7 +112,7 @@ impl KeyFilter {
                     table.column_names()
                 ))
             })?;
-            columns.push(ident(&c.name));
+            columns.push(PostgresDialect.quote_ident(&c.name));
             casts.push(format!("(e->>{i})::{}", c.cast_type));
         }
         let condition = format!(
@@ -290,7 +292,7 @@ impl ReadPlan {
                 exprs.join(", "),
                 qualified(&session.settings.schema, &table.name)
             ),
-            order: order.iter().map(|n| ident(n)).collect(),
+            order: order.iter().map(|n| PostgresDialect.quote_ident(n)).collect(),
             order_types,
             incremental,
             limit,

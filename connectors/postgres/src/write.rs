@@ -31,10 +31,12 @@ use sqlx::{PgConnection, Row};
 
 use crate::catalog::{load_tables, native_for, Column, RelKind, Table};
 use crate::config::{Config, Settings};
-use crate::encode::{BatchEncoder, Enc, EncColumn, Prepared, HEADER, TRAILER};
-use crate::errors::{db_message, is_data_error, map_sqlx, sqlstate};
+use crate::copy_encode::{BatchEncoder, Enc, EncColumn, Prepared, HEADER, TRAILER};
+use crate::error::{db_message, is_data_error, map_sqlx, sqlstate};
 use crate::session::Session;
-use crate::sql::{ident, ident_list, qualified, row_of};
+use crate::catalog::qualified;
+use lockstep_sql_kit::dialect::row_of;
+use lockstep_sql_kit::{Dialect, PostgresDialect};
 
 /// Bytes of COPY data sent per message.
 const CHUNK: usize = 1 << 20;
@@ -141,15 +143,15 @@ async fn open_writer(
                     } else {
                         ""
                     };
-                    format!("{} {}{not_null}", ident(&f.name), native_for(f.data_type))
+                    format!("{} {}{not_null}", PostgresDialect.quote_ident(&f.name), native_for(f.data_type))
                 })
                 .collect();
             defs.push(format!(
                 "PRIMARY KEY ({})",
-                ident_list(key.iter().map(String::as_str), "")
+                PostgresDialect.ident_list(key.iter().map(String::as_str), "")
             ));
             let ddl = format!("CREATE TABLE IF NOT EXISTS {target} ({})", defs.join(", "));
-            sqlx::raw_sql(&format!("CREATE SCHEMA IF NOT EXISTS {}", ident(schema)))
+            sqlx::raw_sql(&format!("CREATE SCHEMA IF NOT EXISTS {}", PostgresDialect.quote_ident(schema)))
                 .execute(&mut *conn)
                 .await
                 .map_err(map_sqlx)?;
@@ -192,7 +194,7 @@ async fn open_writer(
             "the key ({}) is not unique in {target}: upserts need a primary key or unique \
              index on exactly these columns; add one with CREATE UNIQUE INDEX ON {target} ({})",
             key.join(", "),
-            ident_list(key.iter().map(String::as_str), "")
+            PostgresDialect.ident_list(key.iter().map(String::as_str), "")
         )));
     }
     let missing: Vec<_> = request
@@ -223,7 +225,7 @@ async fn open_writer(
                 for f in &missing {
                     let ddl = format!(
                         "ALTER TABLE {target} ADD COLUMN IF NOT EXISTS {} {}",
-                        ident(&f.name),
+                        PostgresDialect.quote_ident(&f.name),
                         native_for(f.data_type)
                     );
                     sqlx::raw_sql(&ddl)
@@ -436,12 +438,12 @@ impl PgWriter {
             }
         }
         self.next_id += 1;
-        let stage = ident(&format!("lockstep_stage_{}", self.next_id));
+        let stage = PostgresDialect.quote_ident(&format!("lockstep_stage_{}", self.next_id));
         let names: Vec<&str> = columns.iter().map(|c| c.column.name.as_str()).collect();
-        let cols_sql = ident_list(names.iter().copied(), "");
+        let cols_sql = PostgresDialect.ident_list(names.iter().copied(), "");
         let exprs: Vec<String> = columns
             .iter()
-            .map(|c| format!("s.{}::{}", ident(&c.column.name), c.column.cast_type))
+            .map(|c| format!("s.{}::{}", PostgresDialect.quote_ident(&c.column.name), c.column.cast_type))
             .collect();
         let non_key: Vec<&PlanColumn> = columns
             .iter()
@@ -452,13 +454,13 @@ impl PgWriter {
         } else {
             let sets: Vec<String> = non_key
                 .iter()
-                .map(|c| format!("{0} = EXCLUDED.{0}", ident(&c.column.name)))
+                .map(|c| format!("{0} = EXCLUDED.{0}", PostgresDialect.quote_ident(&c.column.name)))
                 .collect();
             let compared = |prefix: &str| -> Vec<String> {
                 non_key
                     .iter()
                     .map(|c| {
-                        let v = format!("{prefix}{}", ident(&c.column.name));
+                        let v = format!("{prefix}{}", PostgresDialect.quote_ident(&c.column.name));
                         if c.column.comparable() {
                             v
                         } else {
@@ -474,9 +476,9 @@ impl PgWriter {
                 row_of(&compared("EXCLUDED."))
             )
         };
-        let keys = ident_list(self.key.iter().map(String::as_str), "");
-        let skeys = ident_list(self.key.iter().map(String::as_str), "s.");
-        let range = format!("s.{0} >= $1 AND s.{0} < $2", ident(ROW_COLUMN));
+        let keys = PostgresDialect.ident_list(self.key.iter().map(String::as_str), "");
+        let skeys = PostgresDialect.ident_list(self.key.iter().map(String::as_str), "s.");
+        let range = format!("s.{0} >= $1 AND s.{0} < $2", PostgresDialect.quote_ident(ROW_COLUMN));
         let insert_with = |select: String| {
             format!(
                 "WITH w AS (INSERT INTO {} AS t ({cols_sql}) OVERRIDING SYSTEM VALUE {select} \
@@ -494,13 +496,13 @@ impl PgWriter {
             "SELECT DISTINCT ON ({skeys}) {} FROM pg_temp.{stage} s WHERE {range} \
              ORDER BY {skeys}, s.{} DESC",
             exprs.join(", "),
-            ident(ROW_COLUMN)
+            PostgresDialect.quote_ident(ROW_COLUMN)
         ));
-        let stage_defs: Vec<String> = std::iter::once(format!("{} integer", ident(ROW_COLUMN)))
+        let stage_defs: Vec<String> = std::iter::once(format!("{} integer", PostgresDialect.quote_ident(ROW_COLUMN)))
             .chain(
                 columns
                     .iter()
-                    .map(|c| format!("{} {}", ident(&c.column.name), c.enc.stage_type())),
+                    .map(|c| format!("{} {}", PostgresDialect.quote_ident(&c.column.name), c.enc.stage_type())),
             )
             .collect();
         let plan = UpsertPlan {
@@ -511,7 +513,7 @@ impl PgWriter {
             ),
             copy_stage: format!(
                 "COPY pg_temp.{stage} ({}, {cols_sql}) FROM STDIN (FORMAT binary)",
-                ident(ROW_COLUMN)
+                PostgresDialect.quote_ident(ROW_COLUMN)
             ),
             copy_direct: columns.iter().all(|c| c.enc.direct_ok()).then(|| {
                 format!(
@@ -721,10 +723,10 @@ impl PgWriter {
                     c.column.name.clone(),
                     format!(
                         "SELECT s.{}::{} FROM pg_temp.{} s WHERE s.{} = $1",
-                        ident(&c.column.name),
+                        PostgresDialect.quote_ident(&c.column.name),
                         c.column.cast_type,
                         plan.stage,
-                        ident(ROW_COLUMN)
+                        PostgresDialect.quote_ident(ROW_COLUMN)
                     ),
                 )
             })
@@ -779,16 +781,16 @@ impl PgWriter {
                 })
                 .collect::<Vec<_>>();
             self.next_id += 1;
-            let stage = ident(&format!("lockstep_keys_{}", self.next_id));
-            let names = ident_list(columns.iter().map(|c| c.column.name.as_str()), "");
+            let stage = PostgresDialect.quote_ident(&format!("lockstep_keys_{}", self.next_id));
+            let names = PostgresDialect.ident_list(columns.iter().map(|c| c.column.name.as_str()), "");
             let defs: Vec<String> = columns
                 .iter()
-                .map(|c| format!("{} {}", ident(&c.column.name), c.enc.stage_type()))
+                .map(|c| format!("{} {}", PostgresDialect.quote_ident(&c.column.name), c.enc.stage_type()))
                 .collect();
             let on: Vec<String> = columns
                 .iter()
                 .map(|c| {
-                    let n = ident(&c.column.name);
+                    let n = PostgresDialect.quote_ident(&c.column.name);
                     format!("t.{n} = s.{n}::{}", c.column.cast_type)
                 })
                 .collect();
