@@ -27,9 +27,9 @@ use sqlx::mysql::types::MySqlTime;
 use sqlx::mysql::{MySqlArguments, MySqlConnection, MySqlRow, MySqlValueRef};
 use sqlx::{Decode, MySql, Row, ValueRef};
 
+use crate::catalog::{Column, Table, Wire};
 use crate::error::connection_lost;
 use crate::session::Db;
-use crate::catalog::{Column, Table, Wire};
 use crate::types::{bind_json, minus_lookback, placeholder};
 
 /// Where the next page starts.
@@ -264,13 +264,20 @@ impl MySqlReader {
 
     /// The SELECT of one chunk of a read by keys and its parameters.
     fn keys_query(&self, keys: &[Vec<Value>]) -> Result<(String, MySqlArguments)> {
-        let select: Vec<String> = self.columns.iter().map(|c| MySqlDialect.quote_ident(&c.name)).collect();
+        let select: Vec<String> = self
+            .columns
+            .iter()
+            .map(|c| MySqlDialect.quote_ident(&c.name))
+            .collect();
         // The key columns are the order columns after the cursor.
         let key_cols: Vec<&Column> = self.order[self.incremental as usize..]
             .iter()
             .map(|&i| &self.columns[i])
             .collect();
-        let names: Vec<String> = key_cols.iter().map(|c| MySqlDialect.quote_ident(&c.name)).collect();
+        let names: Vec<String> = key_cols
+            .iter()
+            .map(|c| MySqlDialect.quote_ident(&c.name))
+            .collect();
         let marks: Vec<String> = key_cols.iter().map(|c| placeholder(c)).collect();
         let one = if key_cols.len() == 1 {
             marks[0].clone()
@@ -341,7 +348,11 @@ impl MySqlReader {
 
     /// The SELECT of the next page and its parameters.
     fn page_query(&self) -> Result<(String, MySqlArguments)> {
-        let select: Vec<String> = self.columns.iter().map(|c| MySqlDialect.quote_ident(&c.name)).collect();
+        let select: Vec<String> = self
+            .columns
+            .iter()
+            .map(|c| MySqlDialect.quote_ident(&c.name))
+            .collect();
         let exprs = self.order_exprs();
         let mut conditions = Vec::new();
         let mut args = MySqlArguments::default();

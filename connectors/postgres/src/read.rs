@@ -34,15 +34,15 @@ use serde_json::{json, Value};
 use sqlx::PgConnection;
 use tokio::sync::mpsc;
 
+use crate::catalog::qualified;
 use crate::catalog::{ReadExpr, Table, Wire};
 use crate::config::{effective_batch_size, Config, Settings};
 use crate::copy_decode::CopyDecoder;
 use crate::error::map_sqlx;
 use crate::session::Session;
-use crate::catalog::qualified;
+use crate::types::{checkpoint_value, json_to_text};
 use lockstep_sql_kit::dialect::row_of;
 use lockstep_sql_kit::{Dialect, PostgresDialect};
-use crate::types::{checkpoint_value, json_to_text};
 
 /// The PostgreSQL source.
 pub struct PgSource {
@@ -292,7 +292,10 @@ impl ReadPlan {
                 exprs.join(", "),
                 qualified(&session.settings.schema, &table.name)
             ),
-            order: order.iter().map(|n| PostgresDialect.quote_ident(n)).collect(),
+            order: order
+                .iter()
+                .map(|n| PostgresDialect.quote_ident(n))
+                .collect(),
             order_types,
             incremental,
             limit,

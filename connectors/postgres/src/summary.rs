@@ -14,10 +14,10 @@ use lockstep_plugin_sdk::protocol::KeySummary;
 use lockstep_plugin_sdk::{ConnectorError, ReadRequest, Result};
 use sqlx::Row;
 
+use crate::catalog::qualified;
 use crate::catalog::Table;
 use crate::config::Settings;
 use crate::error::map_sqlx;
-use crate::catalog::qualified;
 use lockstep_sql_kit::{Dialect, PostgresDialect};
 
 /// The name of this connector's summary algorithm.
@@ -49,7 +49,10 @@ fn summary_sql(schema: &str, table: &Table, key: &[String]) -> Result<String> {
                 table.column_names()
             ))
         })?;
-        texts.push(format!("{}::text", PostgresDialect.quote_ident(&column.name)));
+        texts.push(format!(
+            "{}::text",
+            PostgresDialect.quote_ident(&column.name)
+        ));
     }
     Ok(format!(
         "SELECT count(*)::int8, \

@@ -17,8 +17,8 @@ use serde_json::{json, Map, Value};
 use sqlx::{Connection, PgConnection};
 
 use crate::config::Config;
-use lockstep_sql_kit::{Dialect, PostgresDialect};
 use crate::{PgDestination, PgReader, PgSource, PgWriter};
+use lockstep_sql_kit::{Dialect, PostgresDialect};
 
 const SERVER: &str = "postgres://postgres@127.0.0.1:5432";
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
@@ -66,9 +66,12 @@ impl TestDb {
         );
         let result = block_on(async {
             let mut c = PgConnection::connect(&format!("{SERVER}/test")).await?;
-            sqlx::raw_sql(&format!("CREATE DATABASE {}", PostgresDialect.quote_ident(&name)))
-                .execute(&mut c)
-                .await?;
+            sqlx::raw_sql(&format!(
+                "CREATE DATABASE {}",
+                PostgresDialect.quote_ident(&name)
+            ))
+            .execute(&mut c)
+            .await?;
             Ok::<_, sqlx::Error>(())
         });
         match result {

@@ -23,18 +23,19 @@ use std::collections::HashSet;
 use lockstep_plugin_sdk::api::ErrorKind;
 use lockstep_plugin_sdk::arrow::array::RecordBatch;
 use lockstep_plugin_sdk::arrow::datatypes::Schema;
+use lockstep_plugin_sdk::evolution::plan_evolution;
 use lockstep_plugin_sdk::{
     tracing, Catalog, ConnectorError, Context, DataType, DestinationConnector, OpenStreamRequest,
     RejectedRow, Result, SchemaEvolution, StreamWriter, WriteOutcome,
 };
 use sqlx::{PgConnection, Row};
 
+use crate::catalog::qualified;
 use crate::catalog::{load_tables, native_for, Column, RelKind, Table};
 use crate::config::{Config, Settings};
 use crate::copy_encode::{BatchEncoder, Enc, EncColumn, Prepared, HEADER, TRAILER};
 use crate::error::{db_message, is_data_error, map_sqlx, sqlstate};
 use crate::session::Session;
-use crate::catalog::qualified;
 use lockstep_sql_kit::dialect::row_of;
 use lockstep_sql_kit::{Dialect, PostgresDialect};
 
@@ -143,7 +144,11 @@ async fn open_writer(
                     } else {
                         ""
                     };
-                    format!("{} {}{not_null}", PostgresDialect.quote_ident(&f.name), native_for(f.data_type))
+                    format!(
+                        "{} {}{not_null}",
+                        PostgresDialect.quote_ident(&f.name),
+                        native_for(f.data_type)
+                    )
                 })
                 .collect();
             defs.push(format!(
@@ -151,10 +156,13 @@ async fn open_writer(
                 PostgresDialect.ident_list(key.iter().map(String::as_str), "")
             ));
             let ddl = format!("CREATE TABLE IF NOT EXISTS {target} ({})", defs.join(", "));
-            sqlx::raw_sql(&format!("CREATE SCHEMA IF NOT EXISTS {}", PostgresDialect.quote_ident(schema)))
-                .execute(&mut *conn)
-                .await
-                .map_err(map_sqlx)?;
+            sqlx::raw_sql(&format!(
+                "CREATE SCHEMA IF NOT EXISTS {}",
+                PostgresDialect.quote_ident(schema)
+            ))
+            .execute(&mut *conn)
+            .await
+            .map_err(map_sqlx)?;
             sqlx::raw_sql(&ddl)
                 .execute(&mut *conn)
                 .await
@@ -197,46 +205,23 @@ async fn open_writer(
             PostgresDialect.ident_list(key.iter().map(String::as_str), "")
         )));
     }
-    let missing: Vec<_> = request
-        .fields
-        .iter()
-        .filter(|f| table.column(&f.name).is_none())
-        .collect();
-    let table = if missing.is_empty() {
+    let plan = plan_evolution(request, |name| table.column(name).is_some())?;
+    let table = if plan.added().is_empty() {
         table
     } else {
-        let names = missing
-            .iter()
-            .map(|f| format!("`{}`", f.name))
-            .collect::<Vec<_>>()
-            .join(", ");
-        match request.schema_evolution {
-            SchemaEvolution::Fail => {
-                return Err(ConnectorError::schema(format!(
-                    "{target} lacks the columns {names} and schema evolution is `fail`; add \
-                     them or set schema evolution to `add-columns` or `ignore`"
-                )));
-            }
-            SchemaEvolution::Ignore => {
-                tracing::info!(table = %target, columns = %names, "not writing missing columns");
-                table
-            }
-            SchemaEvolution::AddColumns => {
-                for f in &missing {
-                    let ddl = format!(
-                        "ALTER TABLE {target} ADD COLUMN IF NOT EXISTS {} {}",
-                        PostgresDialect.quote_ident(&f.name),
-                        native_for(f.data_type)
-                    );
-                    sqlx::raw_sql(&ddl)
-                        .execute(&mut *conn)
-                        .await
-                        .map_err(map_sqlx)?;
-                }
-                tracing::info!(table = %target, columns = %names, "added columns");
-                reload(conn, schema, &request.stream).await?
-            }
+        for f in plan.added() {
+            let ddl = format!(
+                "ALTER TABLE {target} ADD COLUMN IF NOT EXISTS {} {}",
+                PostgresDialect.quote_ident(&f.name),
+                native_for(f.data_type)
+            );
+            sqlx::raw_sql(&ddl)
+                .execute(&mut *conn)
+                .await
+                .map_err(map_sqlx)?;
         }
+        tracing::info!(table = %target, columns = %plan.names(), "added columns");
+        reload(conn, schema, &request.stream).await?
     };
     let empty = created || {
         let sql = format!("SELECT NOT EXISTS (SELECT 1 FROM {target})");
@@ -443,7 +428,13 @@ impl PgWriter {
         let cols_sql = PostgresDialect.ident_list(names.iter().copied(), "");
         let exprs: Vec<String> = columns
             .iter()
-            .map(|c| format!("s.{}::{}", PostgresDialect.quote_ident(&c.column.name), c.column.cast_type))
+            .map(|c| {
+                format!(
+                    "s.{}::{}",
+                    PostgresDialect.quote_ident(&c.column.name),
+                    c.column.cast_type
+                )
+            })
             .collect();
         let non_key: Vec<&PlanColumn> = columns
             .iter()
@@ -454,7 +445,12 @@ impl PgWriter {
         } else {
             let sets: Vec<String> = non_key
                 .iter()
-                .map(|c| format!("{0} = EXCLUDED.{0}", PostgresDialect.quote_ident(&c.column.name)))
+                .map(|c| {
+                    format!(
+                        "{0} = EXCLUDED.{0}",
+                        PostgresDialect.quote_ident(&c.column.name)
+                    )
+                })
                 .collect();
             let compared = |prefix: &str| -> Vec<String> {
                 non_key
@@ -478,7 +474,10 @@ impl PgWriter {
         };
         let keys = PostgresDialect.ident_list(self.key.iter().map(String::as_str), "");
         let skeys = PostgresDialect.ident_list(self.key.iter().map(String::as_str), "s.");
-        let range = format!("s.{0} >= $1 AND s.{0} < $2", PostgresDialect.quote_ident(ROW_COLUMN));
+        let range = format!(
+            "s.{0} >= $1 AND s.{0} < $2",
+            PostgresDialect.quote_ident(ROW_COLUMN)
+        );
         let insert_with = |select: String| {
             format!(
                 "WITH w AS (INSERT INTO {} AS t ({cols_sql}) OVERRIDING SYSTEM VALUE {select} \
@@ -498,13 +497,18 @@ impl PgWriter {
             exprs.join(", "),
             PostgresDialect.quote_ident(ROW_COLUMN)
         ));
-        let stage_defs: Vec<String> = std::iter::once(format!("{} integer", PostgresDialect.quote_ident(ROW_COLUMN)))
-            .chain(
-                columns
-                    .iter()
-                    .map(|c| format!("{} {}", PostgresDialect.quote_ident(&c.column.name), c.enc.stage_type())),
+        let stage_defs: Vec<String> = std::iter::once(format!(
+            "{} integer",
+            PostgresDialect.quote_ident(ROW_COLUMN)
+        ))
+        .chain(columns.iter().map(|c| {
+            format!(
+                "{} {}",
+                PostgresDialect.quote_ident(&c.column.name),
+                c.enc.stage_type()
             )
-            .collect();
+        }))
+        .collect();
         let plan = UpsertPlan {
             shape,
             create_stage: format!(
@@ -782,10 +786,17 @@ impl PgWriter {
                 .collect::<Vec<_>>();
             self.next_id += 1;
             let stage = PostgresDialect.quote_ident(&format!("lockstep_keys_{}", self.next_id));
-            let names = PostgresDialect.ident_list(columns.iter().map(|c| c.column.name.as_str()), "");
+            let names =
+                PostgresDialect.ident_list(columns.iter().map(|c| c.column.name.as_str()), "");
             let defs: Vec<String> = columns
                 .iter()
-                .map(|c| format!("{} {}", PostgresDialect.quote_ident(&c.column.name), c.enc.stage_type()))
+                .map(|c| {
+                    format!(
+                        "{} {}",
+                        PostgresDialect.quote_ident(&c.column.name),
+                        c.enc.stage_type()
+                    )
+                })
                 .collect();
             let on: Vec<String> = columns
                 .iter()

@@ -18,12 +18,12 @@ use lockstep_plugin_sdk::{
 use serde_json::{json, Map, Value};
 use sqlx::Row;
 
+use crate::catalog::{self, Table};
 use crate::convert::ColumnBuilder;
 use crate::error::db_error;
-use crate::catalog::{self, Table};
-use lockstep_sql_kit::{Dialect, SqliteDialect};
 use crate::values::SqlValue;
 use crate::Shared;
+use lockstep_sql_kit::{Dialect, SqliteDialect};
 
 /// What an ordering column is to the checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -247,7 +247,11 @@ pub(crate) async fn open_reader(
         .map(|o| o.sql.clone())
         .chain(fields.iter().map(|f| SqliteDialect.quote_ident(&f.name)))
         .collect();
-    let select = format!("SELECT {} FROM {}", columns.join(", "), SqliteDialect.quote_ident(&table.name));
+    let select = format!(
+        "SELECT {} FROM {}",
+        columns.join(", "),
+        SqliteDialect.quote_ident(&table.name)
+    );
     let order_by = order
         .iter()
         .map(|o| o.sql.as_str())

@@ -10,6 +10,7 @@
 use std::collections::HashSet;
 
 use lockstep_plugin_sdk::arrow::array::RecordBatch;
+use lockstep_plugin_sdk::evolution::plan_fields;
 use lockstep_plugin_sdk::{
     tracing, ConnectorError, DataType, FieldInfo, OpenStreamRequest, RejectedRow, Result,
     SchemaEvolution, StreamWriter, WriteOutcome,
@@ -17,13 +18,13 @@ use lockstep_plugin_sdk::{
 use sqlx::sqlite::SqliteConnection;
 use sqlx::{Executor, Row};
 
+use crate::catalog::{self, Table};
 use crate::convert::{sql_value, to_uuid, writable};
 use crate::error::{db_error, db_message, is_data_error};
-use crate::catalog::{self, Table};
-use lockstep_sql_kit::{Dialect, SqliteDialect};
 use crate::types::declared_type;
 use crate::values::{numeric_text_loses_precision, SqlValue};
 use crate::{Shared, State};
+use lockstep_sql_kit::{Dialect, SqliteDialect};
 
 /// Writes to one table.
 pub struct SqliteWriter {
@@ -206,60 +207,39 @@ async fn create_table(conn: &mut SqliteConnection, request: &OpenStreamRequest) 
     Ok(())
 }
 
-/// Adds, ignores or refuses the `fields` the table lacks, as `evolution` says.
+/// Adds the `fields` the table lacks, or writes without them, or refuses, as `evolution`
+/// says (the SDK's planner decides; this carries the plan out).
 async fn evolve(
     conn: &mut SqliteConnection,
     table: Table,
     fields: &[FieldInfo],
     evolution: SchemaEvolution,
 ) -> Result<Table> {
-    let missing: Vec<&FieldInfo> = fields
-        .iter()
-        .filter(|f| table.column(&f.name).is_none())
-        .collect();
-    if missing.is_empty() {
+    let plan = plan_fields(&table.name, fields, evolution, |name| {
+        table.column(name).is_some()
+    })?;
+    if plan.added().is_empty() {
         return Ok(table);
     }
-    let names: Vec<&str> = missing.iter().map(|f| f.name.as_str()).collect();
-    match evolution {
-        SchemaEvolution::Ignore => {
-            tracing::info!(
-                table = %table.name,
-                "fields missing from the table are not written: {}",
-                names.join(", ")
-            );
-            Ok(table)
-        }
-        SchemaEvolution::Fail => {
-            Err(ConnectorError::schema(format!(
-            "table `{}` lacks the columns {} and the sync's schema evolution is `fail`; add them \
-             (ALTER TABLE ... ADD COLUMN) or set schema evolution to `add-columns` or `ignore`",
-            table.name,
-            names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
-        )))
-        }
-        SchemaEvolution::AddColumns => {
-            for f in missing {
-                // SQLite cannot add a NOT NULL column without a default: added columns are
-                // nullable, and existing rows hold NULL.
-                let sql = format!(
-                    "ALTER TABLE {} ADD COLUMN {} {}",
-                    SqliteDialect.quote_ident(&table.name),
-                    SqliteDialect.quote_ident(&f.name),
-                    declared_type(f.data_type)
-                );
-                sqlx::query(&sql)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(db_error(format!(
-                        "adding column `{}` to table `{}`",
-                        f.name, table.name
-                    )))?;
-                tracing::info!(table = %table.name, column = %f.name, "added column");
-            }
-            catalog::load_table(conn, &table.name).await
-        }
+    for f in plan.added() {
+        // SQLite cannot add a NOT NULL column without a default: added columns are
+        // nullable, and existing rows hold NULL.
+        let sql = format!(
+            "ALTER TABLE {} ADD COLUMN {} {}",
+            SqliteDialect.quote_ident(&table.name),
+            SqliteDialect.quote_ident(&f.name),
+            declared_type(f.data_type)
+        );
+        sqlx::query(&sql)
+            .execute(&mut *conn)
+            .await
+            .map_err(db_error(format!(
+                "adding column `{}` to table `{}`",
+                f.name, table.name
+            )))?;
+        tracing::info!(table = %table.name, column = %f.name, "added column");
     }
+    catalog::load_table(conn, &table.name).await
 }
 
 /// Begins the write transaction unless one is open.
@@ -452,7 +432,12 @@ impl SqliteWriter {
             // count them as changed, which tells updated from unchanged.
             let changed: Vec<String> = others
                 .iter()
-                .map(|c| format!("{table}.{0} IS NOT excluded.{0}", SqliteDialect.quote_ident(c)))
+                .map(|c| {
+                    format!(
+                        "{table}.{0} IS NOT excluded.{0}",
+                        SqliteDialect.quote_ident(c)
+                    )
+                })
                 .collect();
             format!(
                 "DO UPDATE SET {} WHERE {}",
@@ -483,7 +468,13 @@ impl SqliteWriter {
             .key
             .iter()
             .enumerate()
-            .map(|(j, k)| format!("{table}.{} = v.column{}", SqliteDialect.quote_ident(k), j + 2))
+            .map(|(j, k)| {
+                format!(
+                    "{table}.{} = v.column{}",
+                    SqliteDialect.quote_ident(k),
+                    j + 2
+                )
+            })
             .collect();
         let sql = format!(
             "SELECT v.column1 FROM (VALUES {}) AS v JOIN {table} ON {}",

@@ -56,8 +56,11 @@ pub fn resume_point(
         ))
     };
     let parsed: CursorCheckpoint = match checkpoint {
-        Value::Object(_) => serde_json::from_value(checkpoint.clone())
-            .map_err(|e| bad(&format!("expected {{\"cursor\": ..., \"key\": [...]}} ({e})")))?,
+        Value::Object(_) => serde_json::from_value(checkpoint.clone()).map_err(|e| {
+            bad(&format!(
+                "expected {{\"cursor\": ..., \"key\": [...]}} ({e})"
+            ))
+        })?,
         _ => return Err(bad("it is not a JSON object")),
     };
     if !parsed.key.is_empty() && parsed.key.len() != key_len {
@@ -100,7 +103,10 @@ mod tests {
     fn missing_null_and_empty_checkpoints_start_from_the_beginning() {
         for mode in [ReadMode::Full, ReadMode::Incremental] {
             assert_eq!(resume_point("s", None, mode, 1).unwrap(), None);
-            assert_eq!(resume_point("s", Some(&Value::Null), mode, 1).unwrap(), None);
+            assert_eq!(
+                resume_point("s", Some(&Value::Null), mode, 1).unwrap(),
+                None
+            );
         }
         let cp = json!({"cursor": null, "key": [1]});
         assert_eq!(
@@ -108,7 +114,10 @@ mod tests {
             None
         );
         let cp = json!({"key": []});
-        assert_eq!(resume_point("s", Some(&cp), ReadMode::Full, 1).unwrap(), None);
+        assert_eq!(
+            resume_point("s", Some(&cp), ReadMode::Full, 1).unwrap(),
+            None
+        );
     }
 
     #[test]
@@ -124,7 +133,9 @@ mod tests {
         );
         let cp = checkpoint_after(false, vec![json!(7)]);
         assert_eq!(cp, json!({"key": [7]}));
-        let point = resume_point("s", Some(&cp), ReadMode::Full, 1).unwrap().unwrap();
+        let point = resume_point("s", Some(&cp), ReadMode::Full, 1)
+            .unwrap()
+            .unwrap();
         assert_eq!(point.order_values(), [json!(7)]);
     }
 
@@ -139,8 +150,8 @@ mod tests {
 
     #[test]
     fn checkpoints_that_do_not_fit_the_read_are_config_errors_naming_the_stream() {
-        let e = resume_point("people", Some(&json!({"key": [1, 2]})), ReadMode::Full, 1)
-            .unwrap_err();
+        let e =
+            resume_point("people", Some(&json!({"key": [1, 2]})), ReadMode::Full, 1).unwrap_err();
         assert_eq!(e.kind, crate::api::ErrorKind::CONFIG);
         assert!(e.message.contains("`people`"), "{}", e.message);
         assert!(e.message.contains("2 key values"), "{}", e.message);

@@ -37,13 +37,13 @@ pub use arrow;
 pub use checkpoint::{checkpoint_after, resume_point, ResumePoint};
 pub use error::{ConnectorError, Result};
 pub use evolution::{plan_evolution, EvolutionPlan};
-pub use resolve::{resolve_read, ResolvedRead};
 pub use lockstep_plugin_api as api;
 pub use lockstep_protocol as protocol;
 pub use lockstep_protocol::{
     Catalog, CursorCheckpoint, DataType, FieldInfo, Manifest, OpenStreamRequest, ReadMode,
     ReadRequest, RejectedRow, Role, SchemaEvolution, StreamInfo, WriteOutcome,
 };
+pub use resolve::{resolve_read, ResolvedRead};
 pub use serde_json;
 pub use tracing;
 

@@ -129,7 +129,10 @@ mod tests {
         assert_eq!(SqliteDialect.quote_ident("ünï"), "\"ünï\"");
         assert_eq!(MySqlDialect.quote_ident("a`b c"), "`a``b c`");
         assert_eq!(MySqlDialect.quote_ident("a\"b"), "`a\"b`");
-        assert_eq!(PostgresDialect.ident_list(["a", "b"], "t."), "t.\"a\", t.\"b\"");
+        assert_eq!(
+            PostgresDialect.ident_list(["a", "b"], "t."),
+            "t.\"a\", t.\"b\""
+        );
     }
 
     #[test]

@@ -121,12 +121,27 @@ mod tests {
 
     #[test]
     fn without_nulls_the_cut_is_one_row_comparison() {
-        let p = keyset_after(&SqliteDialect, &cols(&SqliteDialect, &["at", "id"]), &marks(2), false);
+        let p = keyset_after(
+            &SqliteDialect,
+            &cols(&SqliteDialect, &["at", "id"]),
+            &marks(2),
+            false,
+        );
         assert_eq!(p.sql, "(\"at\", \"id\") > (?, ?)");
         assert_eq!(p.binds, [0, 1]);
-        let p = keyset_after(&SqliteDialect, &cols(&SqliteDialect, &["at", "id"]), &marks(2), true);
+        let p = keyset_after(
+            &SqliteDialect,
+            &cols(&SqliteDialect, &["at", "id"]),
+            &marks(2),
+            true,
+        );
         assert_eq!(p.sql, "(\"at\", \"id\") >= (?, ?)");
-        let p = keyset_after(&MySqlDialect, &cols(&MySqlDialect, &["id"]), &marks(1), false);
+        let p = keyset_after(
+            &MySqlDialect,
+            &cols(&MySqlDialect, &["id"]),
+            &marks(1),
+            false,
+        );
         assert_eq!(p.sql, "`id` > ?");
         assert_eq!(p.binds, [0]);
     }
@@ -134,16 +149,31 @@ mod tests {
     #[test]
     fn postgres_compares_rows_of_the_expressions_it_is_given() {
         let values = vec![Some("$1".to_owned()), Some("$2".to_owned())];
-        let p = keyset_after(&PostgresDialect, &cols(&PostgresDialect, &["at", "id"]), &values, false);
+        let p = keyset_after(
+            &PostgresDialect,
+            &cols(&PostgresDialect, &["at", "id"]),
+            &values,
+            false,
+        );
         assert_eq!(p.sql, "(\"at\", \"id\") > ($1, $2)");
         // A prefix of the order (a cursor without a key) compares the prefix.
-        let p = keyset_after(&PostgresDialect, &cols(&PostgresDialect, &["at", "id"]), &values[..1], false);
+        let p = keyset_after(
+            &PostgresDialect,
+            &cols(&PostgresDialect, &["at", "id"]),
+            &values[..1],
+            false,
+        );
         assert_eq!(p.sql, "\"at\" > $1");
     }
 
     #[test]
     fn mysql_spells_the_cut_out_next_to_the_row_comparison() {
-        let p = keyset_after(&MySqlDialect, &cols(&MySqlDialect, &["at", "id"]), &marks(2), false);
+        let p = keyset_after(
+            &MySqlDialect,
+            &cols(&MySqlDialect, &["at", "id"]),
+            &marks(2),
+            false,
+        );
         assert_eq!(
             p.sql,
             "((`at` > ?) OR (`at` = ? AND `id` > ?)) AND (`at`, `id`) > (?, ?)"
@@ -154,13 +184,23 @@ mod tests {
     #[test]
     fn nulls_are_compared_where_the_dialect_sorts_them() {
         let values = vec![None, Some("?".to_owned())];
-        let p = keyset_after(&SqliteDialect, &cols(&SqliteDialect, &["at", "id"]), &values, false);
+        let p = keyset_after(
+            &SqliteDialect,
+            &cols(&SqliteDialect, &["at", "id"]),
+            &values,
+            false,
+        );
         assert_eq!(
             p.sql,
             "((\"at\" IS NOT NULL) OR (\"at\" IS NULL AND \"id\" > ?))"
         );
         assert_eq!(p.binds, [1]);
-        let p = keyset_after(&SqliteDialect, &cols(&SqliteDialect, &["at", "id"]), &values, true);
+        let p = keyset_after(
+            &SqliteDialect,
+            &cols(&SqliteDialect, &["at", "id"]),
+            &values,
+            true,
+        );
         assert_eq!(
             p.sql,
             "((\"at\" IS NOT NULL) OR (\"at\" IS NULL AND \"id\" > ?) OR (\"at\" IS NULL AND \
@@ -168,7 +208,12 @@ mod tests {
         );
         assert_eq!(p.binds, [1, 1]);
         let values = vec![Some("$1".to_owned()), None];
-        let p = keyset_after(&PostgresDialect, &cols(&PostgresDialect, &["at", "id"]), &values, false);
+        let p = keyset_after(
+            &PostgresDialect,
+            &cols(&PostgresDialect, &["at", "id"]),
+            &values,
+            false,
+        );
         assert_eq!(
             p.sql,
             "(((\"at\" > $1 OR \"at\" IS NULL)) OR (\"at\" = $1 AND FALSE))"
