@@ -127,13 +127,7 @@ impl Table {
 
     /// Whether a unique index covers exactly `key` (in any order).
     pub fn has_unique_key(&self, key: &[String]) -> bool {
-        let mut wanted: Vec<&String> = key.iter().collect();
-        wanted.sort();
-        self.unique_keys.iter().any(|k| {
-            let mut have: Vec<&String> = k.iter().collect();
-            have.sort();
-            have == wanted
-        })
+        lockstep_sql_kit::keys::has_unique_key(&self.unique_keys, key)
     }
 }
 

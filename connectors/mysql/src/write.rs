@@ -1,6 +1,7 @@
 //! Writing a table: creation and evolution at `open_stream`, multi-row upserts, deletes by
 //! key, and the transaction that `flush` commits.
 
+use lockstep_sql_kit::ddl::table_body;
 use lockstep_sql_kit::{Dialect, MySqlDialect};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -580,30 +581,19 @@ async fn create_table(
     request: &OpenStreamRequest,
 ) -> Result<()> {
     let collation = key_collation(db, conn).await?;
-    let mut defs = Vec::new();
-    for f in &request.fields {
-        let is_key = request.key.contains(&f.name);
-        let t = create_type(f.data_type, is_key, flavor)
-            .map_err(|e| ConnectorError::schema(format!("field `{}`: {e}", f.name)))?;
-        let null = if is_key || !f.nullable {
-            "NOT NULL"
-        } else {
-            "NULL"
-        };
-        defs.push(format!("{} {t} {null}", MySqlDialect.quote_ident(&f.name)));
-    }
-    if !request.key.is_empty() {
-        let key: Vec<String> = request
-            .key
-            .iter()
-            .map(|k| MySqlDialect.quote_ident(k))
-            .collect();
-        defs.push(format!("PRIMARY KEY ({})", key.join(", ")));
-    }
+    let body = table_body(
+        &MySqlDialect,
+        request,
+        |name| request.key.iter().any(|k| k == name),
+        |f, is_key| {
+            create_type(f.data_type, is_key, flavor)
+                .map_err(|e| ConnectorError::schema(format!("field `{}`: {e}", f.name)))
+        },
+        " NULL",
+    )?;
     let sql = format!(
-        "CREATE TABLE IF NOT EXISTS {} ({}) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE={collation}",
-        MySqlDialect.quote_ident(&request.stream),
-        defs.join(", ")
+        "CREATE TABLE IF NOT EXISTS {} ({body}) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE={collation}",
+        MySqlDialect.quote_ident(&request.stream)
     );
     conn.execute(sql.as_str())
         .await

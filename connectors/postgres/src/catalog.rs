@@ -162,13 +162,7 @@ impl Table {
 
     /// Whether `key` (in any order) is exactly the column set of a unique index.
     pub fn has_unique_key(&self, key: &[String]) -> bool {
-        let mut wanted: Vec<&str> = key.iter().map(String::as_str).collect();
-        wanted.sort_unstable();
-        self.unique_keys.iter().any(|k| {
-            let mut have: Vec<&str> = k.iter().map(String::as_str).collect();
-            have.sort_unstable();
-            have == wanted
-        })
+        lockstep_sql_kit::keys::has_unique_key(&self.unique_keys, key)
     }
 
     /// The column names, for messages.

@@ -36,7 +36,9 @@ use crate::config::{Config, Settings};
 use crate::copy_encode::{BatchEncoder, Enc, EncColumn, Prepared, HEADER, TRAILER};
 use crate::error::{db_message, is_data_error, map_sqlx, sqlstate};
 use crate::session::Session;
+use lockstep_sql_kit::ddl::table_body;
 use lockstep_sql_kit::dialect::row_of;
+use lockstep_sql_kit::upsert::conflict_action;
 use lockstep_sql_kit::{Dialect, PostgresDialect};
 
 /// Bytes of COPY data sent per message.
@@ -135,27 +137,14 @@ async fn open_writer(
                     )));
                 }
             }
-            let mut defs: Vec<String> = request
-                .fields
-                .iter()
-                .map(|f| {
-                    let not_null = if !f.nullable || key.contains(&f.name) {
-                        " NOT NULL"
-                    } else {
-                        ""
-                    };
-                    format!(
-                        "{} {}{not_null}",
-                        PostgresDialect.quote_ident(&f.name),
-                        native_for(f.data_type)
-                    )
-                })
-                .collect();
-            defs.push(format!(
-                "PRIMARY KEY ({})",
-                PostgresDialect.ident_list(key.iter().map(String::as_str), "")
-            ));
-            let ddl = format!("CREATE TABLE IF NOT EXISTS {target} ({})", defs.join(", "));
+            let body = table_body(
+                &PostgresDialect,
+                request,
+                |name| key.iter().any(|k| k == name),
+                |f, _| Ok(native_for(f.data_type)),
+                "",
+            )?;
+            let ddl = format!("CREATE TABLE IF NOT EXISTS {target} ({body})");
             sqlx::raw_sql(&format!(
                 "CREATE SCHEMA IF NOT EXISTS {}",
                 PostgresDialect.quote_ident(schema)
@@ -440,18 +429,8 @@ impl PgWriter {
             .iter()
             .filter(|c| !self.key.contains(&c.column.name))
             .collect();
-        let conflict = if non_key.is_empty() {
-            "DO NOTHING".to_string()
-        } else {
-            let sets: Vec<String> = non_key
-                .iter()
-                .map(|c| {
-                    format!(
-                        "{0} = EXCLUDED.{0}",
-                        PostgresDialect.quote_ident(&c.column.name)
-                    )
-                })
-                .collect();
+        let names: Vec<&str> = non_key.iter().map(|c| c.column.name.as_str()).collect();
+        let conflict = conflict_action(&PostgresDialect, &names, || {
             let compared = |prefix: &str| -> Vec<String> {
                 non_key
                     .iter()
@@ -466,12 +445,11 @@ impl PgWriter {
                     .collect()
             };
             format!(
-                "DO UPDATE SET {} WHERE {} IS DISTINCT FROM {}",
-                sets.join(", "),
+                "{} IS DISTINCT FROM {}",
                 row_of(&compared("t.")),
                 row_of(&compared("EXCLUDED."))
             )
-        };
+        });
         let keys = PostgresDialect.ident_list(self.key.iter().map(String::as_str), "");
         let skeys = PostgresDialect.ident_list(self.key.iter().map(String::as_str), "s.");
         let range = format!(
@@ -868,15 +846,17 @@ impl PgWriter {
     }
 }
 
+/// Hooks for the connector's own benchmark only (feature `bench-hooks`), never for
+/// production callers.
 impl PgWriter {
     /// For benchmarks: always go through staging.
-    #[doc(hidden)]
+    #[cfg(feature = "bench-hooks")]
     pub fn direct_off_for_bench(&mut self) {
         self.direct = false;
     }
 
     /// For benchmarks: encodes a batch for the target without sending it; returns its size.
-    #[doc(hidden)]
+    #[cfg(feature = "bench-hooks")]
     pub fn encode_only_for_bench(&mut self, batch: &RecordBatch) -> Result<usize> {
         let index = self.plan_index(&batch.schema())?;
         let plan = &self.plans[index];

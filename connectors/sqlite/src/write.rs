@@ -24,6 +24,8 @@ use crate::error::{db_error, db_message, is_data_error};
 use crate::types::declared_type;
 use crate::values::{numeric_text_loses_precision, SqlValue};
 use crate::{Shared, State};
+use lockstep_sql_kit::ddl::table_body;
+use lockstep_sql_kit::upsert::conflict_action;
 use lockstep_sql_kit::{Dialect, SqliteDialect};
 
 /// Writes to one table.
@@ -176,28 +178,16 @@ fn not_unique(table: &Table, key: &[String]) -> ConnectorError {
 /// `CREATE TABLE IF NOT EXISTS` with the declared types of [`declared_type`], NOT NULL for
 /// key and non-nullable fields, and the key as primary key.
 async fn create_table(conn: &mut SqliteConnection, request: &OpenStreamRequest) -> Result<()> {
-    let columns: Vec<String> = request
-        .fields
-        .iter()
-        .map(|f| {
-            let is_key = request.key.iter().any(|k| k.eq_ignore_ascii_case(&f.name));
-            let not_null = if is_key || !f.nullable {
-                " NOT NULL"
-            } else {
-                ""
-            };
-            format!(
-                "{} {}{not_null}",
-                SqliteDialect.quote_ident(&f.name),
-                declared_type(f.data_type)
-            )
-        })
-        .collect();
+    let body = table_body(
+        &SqliteDialect,
+        request,
+        |name| request.key.iter().any(|k| k.eq_ignore_ascii_case(name)),
+        |f, _| Ok(declared_type(f.data_type)),
+        "",
+    )?;
     let sql = format!(
-        "CREATE TABLE IF NOT EXISTS {} ({}, PRIMARY KEY ({}))",
-        SqliteDialect.quote_ident(&request.stream),
-        columns.join(", "),
-        idents(&request.key)
+        "CREATE TABLE IF NOT EXISTS {} ({body})",
+        SqliteDialect.quote_ident(&request.stream)
     );
     sqlx::query(&sql)
         .execute(&mut *conn)
@@ -421,16 +411,11 @@ impl SqliteWriter {
             .iter()
             .filter(|c| !self.key.contains(c))
             .collect();
-        let action = if others.is_empty() {
-            "DO NOTHING".to_string()
-        } else {
-            let set: Vec<String> = others
-                .iter()
-                .map(|c| format!("{0} = excluded.{0}", SqliteDialect.quote_ident(c)))
-                .collect();
-            // Rows whose values are all unchanged are not touched: SQLite then does not
-            // count them as changed, which tells updated from unchanged.
-            let changed: Vec<String> = others
+        let names: Vec<&str> = others.iter().map(|c| c.as_str()).collect();
+        // Rows whose values are all unchanged are not touched: SQLite then does not count
+        // them as changed, which tells updated from unchanged.
+        let action = conflict_action(&SqliteDialect, &names, || {
+            others
                 .iter()
                 .map(|c| {
                     format!(
@@ -438,13 +423,9 @@ impl SqliteWriter {
                         SqliteDialect.quote_ident(c)
                     )
                 })
-                .collect();
-            format!(
-                "DO UPDATE SET {} WHERE {}",
-                set.join(", "),
-                changed.join(" OR ")
-            )
-        };
+                .collect::<Vec<_>>()
+                .join(" OR ")
+        });
         format!(
             "INSERT INTO {table} ({}) VALUES {values} ON CONFLICT ({}) {action}",
             idents(&plan.columns),

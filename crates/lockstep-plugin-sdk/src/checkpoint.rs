@@ -16,7 +16,7 @@
 
 use serde_json::{json, Value};
 
-use crate::{ConnectorError, CursorCheckpoint, ReadMode, Result};
+use crate::{ConnectorError, CursorCheckpoint, ReadMode, ReadRequest, Result};
 
 /// Where a read resumes: strictly after these order values.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,9 +37,22 @@ impl ResumePoint {
     }
 }
 
-/// Reads `checkpoint` back for a read of `stream` in `mode` whose key has `key_len` fields.
+/// Reads back the checkpoint of `request`, a read ordered by `order_len` columns (the
+/// cursor, when the read is incremental, then the key fields not already ordered).
 /// `None` means "read from the start".
-pub fn resume_point(
+pub fn resume_point(request: &ReadRequest, order_len: usize) -> Result<Option<ResumePoint>> {
+    let key_len = order_len.saturating_sub((request.mode == ReadMode::Incremental) as usize);
+    resume(
+        &request.stream,
+        request.checkpoint.as_ref(),
+        request.mode,
+        key_len,
+    )
+}
+
+/// [`resume_point`] with the request's parts apart; `key_len` counts the key values a
+/// checkpoint holds.
+fn resume(
     stream: &str,
     checkpoint: Option<&Value>,
     mode: ReadMode,
@@ -102,29 +115,23 @@ mod tests {
     #[test]
     fn missing_null_and_empty_checkpoints_start_from_the_beginning() {
         for mode in [ReadMode::Full, ReadMode::Incremental] {
-            assert_eq!(resume_point("s", None, mode, 1).unwrap(), None);
-            assert_eq!(
-                resume_point("s", Some(&Value::Null), mode, 1).unwrap(),
-                None
-            );
+            assert_eq!(resume("s", None, mode, 1).unwrap(), None);
+            assert_eq!(resume("s", Some(&Value::Null), mode, 1).unwrap(), None);
         }
         let cp = json!({"cursor": null, "key": [1]});
         assert_eq!(
-            resume_point("s", Some(&cp), ReadMode::Incremental, 1).unwrap(),
+            resume("s", Some(&cp), ReadMode::Incremental, 1).unwrap(),
             None
         );
         let cp = json!({"key": []});
-        assert_eq!(
-            resume_point("s", Some(&cp), ReadMode::Full, 1).unwrap(),
-            None
-        );
+        assert_eq!(resume("s", Some(&cp), ReadMode::Full, 1).unwrap(), None);
     }
 
     #[test]
     fn checkpoints_round_trip_through_their_order_values() {
         let cp = checkpoint_after(true, vec![json!("2024-01-01"), json!(7), json!("a")]);
         assert_eq!(cp, json!({"cursor": "2024-01-01", "key": [7, "a"]}));
-        let point = resume_point("s", Some(&cp), ReadMode::Incremental, 2)
+        let point = resume("s", Some(&cp), ReadMode::Incremental, 2)
             .unwrap()
             .unwrap();
         assert_eq!(
@@ -133,16 +140,14 @@ mod tests {
         );
         let cp = checkpoint_after(false, vec![json!(7)]);
         assert_eq!(cp, json!({"key": [7]}));
-        let point = resume_point("s", Some(&cp), ReadMode::Full, 1)
-            .unwrap()
-            .unwrap();
+        let point = resume("s", Some(&cp), ReadMode::Full, 1).unwrap().unwrap();
         assert_eq!(point.order_values(), [json!(7)]);
     }
 
     #[test]
     fn a_cursor_without_key_values_is_a_prefix() {
         let cp = json!({"cursor": 5});
-        let point = resume_point("s", Some(&cp), ReadMode::Incremental, 2)
+        let point = resume("s", Some(&cp), ReadMode::Incremental, 2)
             .unwrap()
             .unwrap();
         assert_eq!(point.order_values(), [json!(5)]);
@@ -150,15 +155,14 @@ mod tests {
 
     #[test]
     fn checkpoints_that_do_not_fit_the_read_are_config_errors_naming_the_stream() {
-        let e =
-            resume_point("people", Some(&json!({"key": [1, 2]})), ReadMode::Full, 1).unwrap_err();
+        let e = resume("people", Some(&json!({"key": [1, 2]})), ReadMode::Full, 1).unwrap_err();
         assert_eq!(e.kind, crate::api::ErrorKind::CONFIG);
         assert!(e.message.contains("`people`"), "{}", e.message);
         assert!(e.message.contains("2 key values"), "{}", e.message);
         assert!(e.message.contains("reset"), "{}", e.message);
-        let e = resume_point("people", Some(&json!([1])), ReadMode::Full, 1).unwrap_err();
+        let e = resume("people", Some(&json!([1])), ReadMode::Full, 1).unwrap_err();
         assert!(e.message.contains("not a JSON object"), "{}", e.message);
-        let e = resume_point("people", Some(&json!({"key": 5})), ReadMode::Full, 1).unwrap_err();
+        let e = resume("people", Some(&json!({"key": 5})), ReadMode::Full, 1).unwrap_err();
         assert!(e.message.contains("expected"), "{}", e.message);
     }
 }

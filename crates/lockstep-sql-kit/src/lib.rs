@@ -3,7 +3,10 @@
 //!
 //! - [`dialect`]: the [`Dialect`] trait (identifier quoting, placeholders, where NULL sorts,
 //!   how a keyset cut is best written) and its three implementations.
+//! - [`ddl`]: the body of a `CREATE TABLE` for an open-stream request.
+//! - [`keys`]: whether a table's unique keys allow an upsert by a key.
 //! - [`keyset`]: the predicate "strictly after (cursor, key)" of keyset paging.
+//! - [`upsert`]: the `ON CONFLICT` action of an upsert by key.
 //!
 //! The connector-agnostic parts (the schema-evolution planner, the resolution of a read
 //! request, checkpoints) live in the SDK, since file and API connectors need them too.
@@ -15,8 +18,11 @@
 //!   they are placeholders or expressions the connector supplies.
 //! - Builds text only: no I/O, no driver.
 
+pub mod ddl;
 pub mod dialect;
+pub mod keys;
 pub mod keyset;
+pub mod upsert;
 
 pub use dialect::{Dialect, MySqlDialect, PostgresDialect, SqliteDialect};
 pub use keyset::{keyset_after, KeysetPredicate};

@@ -48,6 +48,7 @@
 //! same way in Lockstep.
 
 mod destination;
+pub mod live_db;
 mod report;
 pub mod skip;
 mod source;
@@ -55,6 +56,7 @@ mod util;
 
 /// The Arrow crate the kit (and the host) use, for building batches in tests.
 pub use arrow;
+pub use live_db::{LiveDb, Server};
 pub use report::{Check, Failures, Outcome, Report};
 
 use std::path::{Path, PathBuf};
