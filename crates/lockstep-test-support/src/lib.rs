@@ -48,6 +48,7 @@
 //! same way in Lockstep.
 
 mod destination;
+#[cfg(feature = "live-db")]
 pub mod live_db;
 mod report;
 pub mod skip;
@@ -56,6 +57,7 @@ mod util;
 
 /// The Arrow crate the kit (and the host) use, for building batches in tests.
 pub use arrow;
+#[cfg(feature = "live-db")]
 pub use live_db::{LiveDb, Server};
 pub use report::{Check, Failures, Outcome, Report};
 
