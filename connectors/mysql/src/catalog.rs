@@ -1,6 +1,7 @@
 //! Tables as information_schema describes them, the mapping of MySQL types onto logical
 //! types (for reading) and of logical types onto MySQL types (for creating tables).
 
+use lockstep_sql_kit::keys::TableKeys;
 use lockstep_sql_kit::{Dialect, MySqlDialect};
 use std::collections::HashMap;
 
@@ -93,9 +94,9 @@ impl Column {
 pub(crate) struct Table {
     pub name: String,
     pub columns: Vec<Column>,
-    pub primary_key: Vec<String>,
-    /// Every unique index (the primary key included) over whole column values.
-    pub unique_keys: Vec<Vec<String>>,
+    /// The primary key, and every unique index (the primary key included) over whole column
+    /// values.
+    pub keys: TableKeys,
 }
 
 impl Table {
@@ -120,14 +121,14 @@ impl Table {
         StreamInfo {
             name: self.name.clone(),
             fields,
-            primary_key: self.primary_key.clone(),
+            primary_key: self.keys.primary_key.clone(),
             cursor_candidates,
         }
     }
 
     /// Whether a unique index covers exactly `key` (in any order).
     pub fn has_unique_key(&self, key: &[String]) -> bool {
-        lockstep_sql_kit::keys::has_unique_key(&self.unique_keys, key)
+        self.keys.has_unique_key(key)
     }
 }
 
@@ -279,8 +280,7 @@ pub(crate) async fn load_tables(
                 tables.push(Table {
                     name: table,
                     columns: vec![column],
-                    primary_key: Vec::new(),
-                    unique_keys: Vec::new(),
+                    keys: TableKeys::default(),
                 });
             }
         }
@@ -335,12 +335,9 @@ pub(crate) async fn load_tables(
         let Some(&i) = by_name.get(&table) else {
             continue;
         };
-        if index == "PRIMARY" {
-            tables[i].primary_key = columns.clone();
-        }
-        if !prefix {
-            tables[i].unique_keys.push(columns);
-        }
+        tables[i]
+            .keys
+            .add_unique_index(columns, index == "PRIMARY", !prefix);
     }
     Ok(tables)
 }

@@ -196,7 +196,7 @@ impl MySqlWriter {
             }
         };
         let key = if request.key.is_empty() {
-            table.primary_key.clone()
+            table.keys.primary_key.clone()
         } else {
             request.key.clone()
         };

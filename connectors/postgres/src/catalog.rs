@@ -1,6 +1,7 @@
 //! What the database has: tables and views of the schema, their columns with native and
 //! logical types, and their keys. Also the one mapping of native types to logical types.
 
+use lockstep_sql_kit::keys::TableKeys;
 use lockstep_sql_kit::{Dialect, PostgresDialect};
 use std::collections::HashMap;
 
@@ -150,9 +151,9 @@ pub struct Table {
     pub name: String,
     pub kind: RelKind,
     pub columns: Vec<Column>,
-    pub primary_key: Vec<String>,
-    /// The column sets of every unique, non-partial, immediate index without expressions.
-    pub unique_keys: Vec<Vec<String>>,
+    /// The primary key, and the column sets of every unique, non-partial, immediate index
+    /// without expressions.
+    pub keys: TableKeys,
 }
 
 impl Table {
@@ -162,7 +163,7 @@ impl Table {
 
     /// Whether `key` (in any order) is exactly the column set of a unique index.
     pub fn has_unique_key(&self, key: &[String]) -> bool {
-        lockstep_sql_kit::keys::has_unique_key(&self.unique_keys, key)
+        self.keys.has_unique_key(key)
     }
 
     /// The column names, for messages.
@@ -198,7 +199,7 @@ impl Table {
             })
             .map(|c| c.name.clone())
             .collect();
-        if let [pk] = self.primary_key.as_slice() {
+        if let [pk] = self.keys.primary_key.as_slice() {
             if self
                 .column(pk)
                 .is_some_and(|c| matches!(c.base.as_str(), "int2" | "int4" | "int8"))
@@ -209,7 +210,7 @@ impl Table {
         StreamInfo {
             name: self.name.clone(),
             fields,
-            primary_key: self.primary_key.clone(),
+            primary_key: self.keys.primary_key.clone(),
             cursor_candidates,
         }
     }
@@ -326,8 +327,7 @@ pub async fn load_tables(
                 name: table_name,
                 kind,
                 columns: Vec::new(),
-                primary_key: Vec::new(),
-                unique_keys: Vec::new(),
+                keys: TableKeys::default(),
             });
         }
         let type_oid = r.get::<i64, _>(3) as u32;
@@ -394,10 +394,7 @@ pub async fn load_tables(
         let primary: bool = r.get(1);
         let columns: Vec<String> = r.get(2);
         if let Some(t) = tables.iter_mut().find(|t| t.name == name) {
-            if primary {
-                t.primary_key = columns.clone();
-            }
-            t.unique_keys.push(columns);
+            t.keys.add_unique_index(columns, primary, true);
         }
     }
     Ok(tables)

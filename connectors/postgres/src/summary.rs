@@ -30,7 +30,7 @@ const MODULUS: &str = "18446744073709551616";
 /// `key` is empty).
 fn summary_sql(schema: &str, table: &Table, key: &[String]) -> Result<String> {
     let key = if key.is_empty() {
-        &table.primary_key
+        &table.keys.primary_key
     } else {
         key
     };

@@ -24,6 +24,7 @@ use lockstep_plugin_sdk::api::ErrorKind;
 use lockstep_plugin_sdk::arrow::array::RecordBatch;
 use lockstep_plugin_sdk::arrow::datatypes::Schema;
 use lockstep_plugin_sdk::evolution::plan_evolution;
+use lockstep_plugin_sdk::outcome::upsert_outcome;
 use lockstep_plugin_sdk::{
     tracing, Catalog, ConnectorError, Context, DataType, DestinationConnector, OpenStreamRequest,
     RejectedRow, Result, SchemaEvolution, StreamWriter, WriteOutcome,
@@ -169,7 +170,7 @@ async fn open_writer(
         )));
     }
     let key = if request.key.is_empty() {
-        table.primary_key.clone()
+        table.keys.primary_key.clone()
     } else {
         request.key.clone()
     };
@@ -604,17 +605,10 @@ impl PgWriter {
                 .await
                 .map_err(|e| e.into_connector().context("copying into the staging table"))?;
         let (inserted, updated) = self.insert_staged(index, rows, &mut rejected).await?;
-        rejected.sort_by_key(|r| r.row);
         let unchanged = (rows as u64)
             .saturating_sub(rejected.len() as u64)
             .saturating_sub(inserted + updated);
-        Ok(WriteOutcome {
-            inserted: Some(inserted),
-            updated: Some(updated),
-            unchanged: Some(unchanged),
-            deleted: None,
-            rejected,
-        })
+        Ok(upsert_outcome(inserted, updated, unchanged, rejected))
     }
 
     /// Moves the staged rows into the target, isolating refused rows by bisection.

@@ -11,6 +11,7 @@ use std::collections::HashSet;
 
 use lockstep_plugin_sdk::arrow::array::RecordBatch;
 use lockstep_plugin_sdk::evolution::plan_fields;
+use lockstep_plugin_sdk::outcome::upsert_outcome;
 use lockstep_plugin_sdk::{
     tracing, ConnectorError, DataType, FieldInfo, OpenStreamRequest, RejectedRow, Result,
     SchemaEvolution, StreamWriter, WriteOutcome,
@@ -570,14 +571,7 @@ impl StreamWriter for SqliteWriter {
                 Err(e) => return Err(db_error(what())(e)),
             }
         }
-        rejected.sort_by_key(|r| r.row);
-        Ok(WriteOutcome {
-            inserted: Some(inserted),
-            updated: Some(updated),
-            unchanged: Some(unchanged),
-            deleted: None,
-            rejected,
-        })
+        Ok(upsert_outcome(inserted, updated, unchanged, rejected))
     }
 
     async fn delete(&mut self, keys: RecordBatch) -> Result<WriteOutcome> {

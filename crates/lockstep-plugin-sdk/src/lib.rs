@@ -29,6 +29,7 @@ pub mod evolution;
 pub mod ffi;
 mod guard;
 mod logging;
+pub mod outcome;
 pub mod resolve;
 pub mod rows;
 

@@ -4,7 +4,7 @@
 //! - [`dialect`]: the [`Dialect`] trait (identifier quoting, placeholders, where NULL sorts,
 //!   how a keyset cut is best written) and its three implementations.
 //! - [`ddl`]: the body of a `CREATE TABLE` for an open-stream request.
-//! - [`keys`]: whether a table's unique keys allow an upsert by a key.
+//! - [`keys`]: a table's primary and unique keys, and whether they allow an upsert by a key.
 //! - [`keyset`]: the predicate "strictly after (cursor, key)" of keyset paging.
 //! - [`upsert`]: the `ON CONFLICT` action of an upsert by key.
 //!
