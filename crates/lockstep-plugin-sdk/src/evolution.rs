@@ -103,9 +103,14 @@ fn refusal(stream: &str, missing: &[&FieldInfo]) -> ConnectorError {
 }
 
 fn field_names(fields: &[&FieldInfo]) -> String {
-    fields
-        .iter()
-        .map(|f| format!("`{}`", f.name))
+    backticked(fields.iter().map(|f| f.name.as_str()))
+}
+
+/// Names in backticks, joined by `, `, as every refusal of the SDK lists them.
+pub(crate) fn backticked<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
+    names
+        .into_iter()
+        .map(|n| format!("`{n}`"))
         .collect::<Vec<_>>()
         .join(", ")
 }

@@ -102,12 +102,7 @@ pub fn unknown_field(stream: &StreamInfo, name: &str, role: &str) -> ConnectorEr
     ConnectorError::schema(format!(
         "stream `{}` has no field `{name}` ({role}); its fields: {}",
         stream.name,
-        stream
-            .fields
-            .iter()
-            .map(|f| format!("`{}`", f.name))
-            .collect::<Vec<_>>()
-            .join(", ")
+        crate::evolution::backticked(stream.fields.iter().map(|f| f.name.as_str()))
     ))
 }
 
