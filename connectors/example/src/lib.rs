@@ -24,10 +24,11 @@ use std::path::{Path, PathBuf};
 use lockstep_plugin_sdk::arrow::array::RecordBatch;
 use lockstep_plugin_sdk::rows::{batch_from_rows, rows_from_batch};
 use lockstep_plugin_sdk::serde_json::{self, json, Map, Value};
+use lockstep_plugin_sdk::evolution::plan_evolution;
 use lockstep_plugin_sdk::{
     tracing, BatchReader, Catalog, Connector, ConnectorError, Context, DataType,
     DestinationConnector, FieldInfo, Manifest, OpenStreamRequest, ReadMode, ReadRequest,
-    RejectedRow, Result, Role, SchemaEvolution, SourceConnector, StreamInfo, StreamWriter,
+    RejectedRow, Result, Role, SourceConnector, StreamInfo, StreamWriter,
     WriteOutcome,
 };
 use serde::Deserialize;
@@ -491,24 +492,12 @@ impl DestinationConnector for JsonlDestination {
                 info.primary_key, request.key
             )));
         }
-        let missing: Vec<FieldInfo> = request
-            .fields
+        let added: Vec<FieldInfo> = plan_evolution(&request, |n| info.field(n).is_some())?
+            .added()
             .iter()
-            .filter(|f| info.field(&f.name).is_none())
-            .cloned()
+            .map(|f| (*f).clone())
             .collect();
-        match request.schema_evolution {
-            SchemaEvolution::AddColumns => info.fields.extend(missing),
-            SchemaEvolution::Ignore => {}
-            SchemaEvolution::Fail if missing.is_empty() => {}
-            SchemaEvolution::Fail => {
-                let names: Vec<&str> = missing.iter().map(|f| f.name.as_str()).collect();
-                return Err(ConnectorError::schema(format!(
-                    "stream `{name}` lacks fields {} and schema evolution is `fail`",
-                    names.join(", ")
-                )));
-            }
-        }
+        info.fields.extend(added);
 
         // The schema file records the exact types, so that reads need not infer them.
         let schema_file = self.dir.schema_file(name);

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 
 use chrono::Utc;
 use lockstep_plugin_sdk::arrow::array::RecordBatch;
+use lockstep_plugin_sdk::evolution::plan_fields;
 use lockstep_plugin_sdk::protocol::arrow_types::json_value;
 use lockstep_plugin_sdk::{
     tracing, ConnectorError, DataType, FieldInfo, OpenStreamRequest, Result, SchemaEvolution,
@@ -244,27 +245,12 @@ fn evolve(
     new: &[FieldInfo],
     policy: SchemaEvolution,
 ) -> Result<Vec<FieldInfo>> {
-    let missing: Vec<&FieldInfo> = new
-        .iter()
-        .filter(|f| !old.iter().any(|o| o.name == f.name))
-        .collect();
-    match policy {
-        SchemaEvolution::AddColumns => {
-            let mut fields = old.to_vec();
-            fields.extend(missing.into_iter().cloned());
-            Ok(fields)
-        }
-        SchemaEvolution::Ignore => Ok(old.to_vec()),
-        SchemaEvolution::Fail if missing.is_empty() => Ok(old.to_vec()),
-        SchemaEvolution::Fail => Err(ConnectorError::schema(format!(
-            "stream `{stream}` has no fields {}, and the schema evolution policy is `fail`",
-            missing
-                .iter()
-                .map(|f| format!("`{}`", f.name))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))),
-    }
+    let plan = plan_fields(stream, new, policy, |name| {
+        old.iter().any(|o| o.name == name)
+    })?;
+    let mut fields = old.to_vec();
+    fields.extend(plan.added().iter().map(|f| (*f).clone()));
+    Ok(fields)
 }
 
 /// A file being written under its temporary name.

@@ -17,10 +17,12 @@
 //!   next flush. A transaction lost to an error with writes in it makes the next flush fail.
 //! - Passwords never appear in errors or logs.
 
-mod conn;
+mod catalog;
+mod config;
+mod error;
 mod read;
-mod schema;
-mod values;
+mod session;
+mod types;
 mod write;
 
 #[cfg(test)]
@@ -33,44 +35,14 @@ use lockstep_plugin_sdk::{
     export_connector, Catalog, Connector, Context, DestinationConnector, Manifest,
     OpenStreamRequest, ReadRequest, Result, Role, SourceConnector,
 };
-use serde::Deserialize;
 use sqlx::mysql::MySqlConnection;
 use sqlx::Executor;
 
 pub use read::MySqlReader;
 pub use write::MySqlWriter;
 
-use conn::{Db, Flavor};
-
-/// The default number of rows per batch.
-pub const DEFAULT_BATCH_SIZE: usize = 10_000;
-
-/// A connection's config.
-#[derive(Deserialize, Clone)]
-pub struct Config {
-    /// `mysql://user[:password]@host[:port]/database[?ssl-mode=...]`.
-    pub url: String,
-    /// The environment variable that holds the password (overrides one in the URL).
-    #[serde(default)]
-    pub password_env: Option<String>,
-    /// Rows per batch when the read request sets none.
-    #[serde(default)]
-    pub batch_size: Option<usize>,
-    /// How far incremental reads reach back behind the checkpoint (`0s`, `5m`, `1h`).
-    #[serde(default)]
-    pub lookback: Option<String>,
-}
-
-impl std::fmt::Debug for Config {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The URL may hold a password: it is never printed.
-        f.debug_struct("Config")
-            .field("password_env", &self.password_env)
-            .field("batch_size", &self.batch_size)
-            .field("lookback", &self.lookback)
-            .finish_non_exhaustive()
-    }
-}
+pub use config::{Config, DEFAULT_BATCH_SIZE};
+use session::{Db, Flavor};
 
 /// The connector.
 pub struct MySqlConnector;
@@ -183,7 +155,7 @@ impl Shared {
     async fn discover(&mut self) -> Result<Catalog> {
         let db = Arc::clone(&self.db);
         let (conn, flavor) = self.conn().await?;
-        let result = schema::catalog(&db, conn, flavor).await;
+        let result = catalog::catalog(&db, conn, flavor).await;
         if result.is_err() {
             self.conn = None;
         }
@@ -217,7 +189,7 @@ impl SourceConnector for MySqlSource {
     async fn read(&mut self, request: ReadRequest) -> Result<MySqlReader> {
         let db = Arc::clone(&self.shared.db);
         let (conn, flavor) = self.shared.conn().await?;
-        let table = match schema::require_table(&db, conn, flavor, &request.stream).await {
+        let table = match catalog::require_table(&db, conn, flavor, &request.stream).await {
             Ok(t) => t,
             Err(e) => {
                 if e.kind == lockstep_plugin_sdk::api::ErrorKind::TRANSIENT {

@@ -6,6 +6,7 @@
 //! column's precision), so comparisons are the column's own, and the statement stays bounded
 //! however many keys are asked for. Keys that match no row, or hold a null, find nothing.
 
+use lockstep_sql_kit::{keyset_after, Dialect, MySqlDialect};
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -16,19 +17,21 @@ use lockstep_plugin_sdk::arrow::array::{
     Time64MicrosecondBuilder, TimestampMicrosecondBuilder,
 };
 use lockstep_plugin_sdk::protocol::arrow_types::{arrow_schema, json_value};
+use lockstep_plugin_sdk::resolve::unknown_field;
 use lockstep_plugin_sdk::rows::parse_decimal;
-use lockstep_plugin_sdk::serde_json::{self, json, Value};
+use lockstep_plugin_sdk::serde_json::Value;
 use lockstep_plugin_sdk::{
-    tracing, BatchReader, ConnectorError, CursorCheckpoint, DataType, FieldInfo, ReadMode,
-    ReadRequest, Result,
+    checkpoint_after, resolve_read, resume_point, tracing, BatchReader, ConnectorError, DataType,
+    FieldInfo, ReadRequest, ResolvedRead, Result,
 };
 use sqlx::mysql::types::MySqlTime;
 use sqlx::mysql::{MySqlArguments, MySqlConnection, MySqlRow, MySqlValueRef};
 use sqlx::{Decode, MySql, Row, ValueRef};
 
-use crate::conn::{connection_lost, quote, Db};
-use crate::schema::{Column, Table, Wire};
-use crate::values::{bind_json, minus_lookback, placeholder};
+use crate::catalog::{Column, Table, Wire};
+use crate::error::connection_lost;
+use crate::session::Db;
+use crate::types::{bind_json, minus_lookback, placeholder};
 
 /// Where the next page starts.
 #[derive(Clone, Debug)]
@@ -117,77 +120,47 @@ impl MySqlReader {
         lookback_us: i64,
     ) -> Result<Self> {
         let stream = &request.stream;
-        let find = |name: &str, role: &str| -> Result<Column> {
-            match table.column(name) {
-                Some(c) if c.mapping.is_some() => Ok(c.clone()),
-                Some(c) => Err(ConnectorError::schema(format!(
-                    "{role} `{name}` of stream `{stream}` has type {}, which Lockstep cannot read",
+        let stream_info = table.stream_info();
+        // A column of a type Lockstep cannot read exists: say so rather than "no field".
+        let named = request.fields.iter().flatten();
+        for name in named.chain(&request.key).chain(&request.cursor_field) {
+            if let Some(c) = table.column(name).filter(|c| c.mapping.is_none()) {
+                return Err(ConnectorError::schema(format!(
+                    "field `{name}` of stream `{stream}` has type {}, which Lockstep cannot read",
                     c.column_type
-                ))),
-                None => Err(ConnectorError::schema(format!(
-                    "stream `{stream}` has no field `{name}` ({role}); its fields: {}",
-                    table
-                        .columns
-                        .iter()
-                        .filter(|c| c.mapping.is_some())
-                        .map(|c| c.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))),
+                )));
             }
-        };
-        let mut columns: Vec<Column> = match &request.fields {
-            Some(names) => names
-                .iter()
-                .map(|n| find(n, "requested field"))
-                .collect::<Result<_>>()?,
-            None => table
-                .columns
-                .iter()
-                .filter(|c| c.mapping.is_some())
-                .cloned()
-                .collect(),
-        };
-        let fields: Vec<FieldInfo> = columns.iter().filter_map(Column::field_info).collect();
-
-        let key: Vec<String> = if request.key.is_empty() {
-            table.primary_key.clone()
-        } else {
-            request.key.clone()
-        };
-        let incremental = request.mode == ReadMode::Incremental;
-        let cursor = if incremental {
-            let name = request.cursor_field.as_deref().ok_or_else(|| {
-                ConnectorError::config(format!(
-                    "an incremental read of `{stream}` needs a cursor field; candidates: {}",
-                    table.stream_info().cursor_candidates.join(", ")
-                ))
-            })?;
-            Some(find(name, "cursor field")?)
-        } else {
-            None
-        };
-        if key.is_empty() {
-            return Err(ConnectorError::schema(format!(
-                "stream `{stream}` has no primary key: set the sync's key to fields that are \
-                 unique, so that it can be read in order and resumed"
-            )));
         }
-        let mut order_names: Vec<String> = cursor.iter().map(|c| c.name.clone()).collect();
-        order_names.extend(key.iter().cloned());
+        let ResolvedRead {
+            fields,
+            key,
+            cursor,
+            order: order_names,
+        } = resolve_read(&request, &stream_info)?;
+        let incremental = cursor.is_some();
+        let column = |name: &str| {
+            table
+                .column(name)
+                .cloned()
+                .ok_or_else(|| unknown_field(&stream_info, name, "field"))
+        };
+        let mut columns: Vec<Column> = fields
+            .iter()
+            .map(|f| column(&f.name))
+            .collect::<Result<_>>()?;
         let mut order = Vec::new();
         for name in &order_names {
             let at = match columns.iter().position(|c| &c.name == name) {
                 Some(i) => i,
                 None => {
-                    columns.push(find(name, "key field")?);
+                    columns.push(column(name)?);
                     columns.len() - 1
                 }
             };
             order.push(at);
         }
 
-        let position = start_position(&request, &columns, &order, incremental, lookback_us)?;
+        let position = start_position(&request, &columns, &order, lookback_us)?;
         let batch_size = request.batch_size.unwrap_or(default_batch_size).max(1);
         let keys = match &request.keys {
             None => None,
@@ -262,13 +235,20 @@ impl MySqlReader {
 
     /// The SELECT of one chunk of a read by keys and its parameters.
     fn keys_query(&self, keys: &[Vec<Value>]) -> Result<(String, MySqlArguments)> {
-        let select: Vec<String> = self.columns.iter().map(|c| quote(&c.name)).collect();
+        let select: Vec<String> = self
+            .columns
+            .iter()
+            .map(|c| MySqlDialect.quote_ident(&c.name))
+            .collect();
         // The key columns are the order columns after the cursor.
         let key_cols: Vec<&Column> = self.order[self.incremental as usize..]
             .iter()
             .map(|&i| &self.columns[i])
             .collect();
-        let names: Vec<String> = key_cols.iter().map(|c| quote(&c.name)).collect();
+        let names: Vec<String> = key_cols
+            .iter()
+            .map(|c| MySqlDialect.quote_ident(&c.name))
+            .collect();
         let marks: Vec<String> = key_cols.iter().map(|c| placeholder(c)).collect();
         let one = if key_cols.len() == 1 {
             marks[0].clone()
@@ -291,7 +271,7 @@ impl MySqlReader {
         let sql = format!(
             "SELECT {} FROM {} WHERE {left} IN ({}) ORDER BY {}",
             select.join(", "),
-            quote(&self.table),
+            MySqlDialect.quote_ident(&self.table),
             vec![one; keys.len()].join(", "),
             self.order_exprs().join(", ")
         );
@@ -339,7 +319,11 @@ impl MySqlReader {
 
     /// The SELECT of the next page and its parameters.
     fn page_query(&self) -> Result<(String, MySqlArguments)> {
-        let select: Vec<String> = self.columns.iter().map(|c| quote(&c.name)).collect();
+        let select: Vec<String> = self
+            .columns
+            .iter()
+            .map(|c| MySqlDialect.quote_ident(&c.name))
+            .collect();
         let exprs = self.order_exprs();
         let mut conditions = Vec::new();
         let mut args = MySqlArguments::default();
@@ -357,36 +341,22 @@ impl MySqlReader {
             }
             Position::After(values) => {
                 let cols: Vec<&Column> = self.order.iter().map(|&i| &self.columns[i]).collect();
-                let marks: Vec<String> = cols.iter().map(|c| placeholder(c)).collect();
-                if cols.len() == 1 {
-                    conditions.push(format!("{} > {}", exprs[0], marks[0]));
-                } else {
-                    // The expanded form `a > ? OR (a = ? AND b > ?) ...` gives the optimizer
-                    // an index range over every ordering column; the row comparison states
-                    // the same cut exactly.
-                    let mut disjuncts = Vec::new();
-                    for i in 0..cols.len() {
-                        let mut terms: Vec<String> = (0..i)
-                            .map(|j| format!("{} = {}", exprs[j], marks[j]))
-                            .collect();
-                        terms.push(format!("{} > {}", exprs[i], marks[i]));
-                        for j in 0..=i {
-                            bind_json(&mut args, &values[j], cols[j]).map_err(bind_err)?;
-                        }
-                        disjuncts.push(format!("({})", terms.join(" AND ")));
-                    }
-                    conditions.push(format!("({})", disjuncts.join(" OR ")));
-                    conditions.push(format!("({}) > ({})", exprs.join(", "), marks.join(", ")));
-                }
-                for (v, c) in values.iter().zip(&cols) {
-                    bind_json(&mut args, v, c).map_err(bind_err)?;
+                let marks: Vec<Option<String>> = values
+                    .iter()
+                    .zip(&cols)
+                    .map(|(v, c)| (!v.is_null()).then(|| placeholder(c)))
+                    .collect();
+                let cut = keyset_after(&MySqlDialect, &exprs, &marks, false);
+                conditions.push(cut.sql);
+                for i in cut.binds {
+                    bind_json(&mut args, &values[i], cols[i]).map_err(bind_err)?;
                 }
             }
         }
         let sql = format!(
             "SELECT {} FROM {}{} ORDER BY {} LIMIT ?",
             select.join(", "),
-            quote(&self.table),
+            MySqlDialect.quote_ident(&self.table),
             if conditions.is_empty() {
                 String::new()
             } else {
@@ -405,42 +375,15 @@ fn start_position(
     request: &ReadRequest,
     columns: &[Column],
     order: &[usize],
-    incremental: bool,
     lookback_us: i64,
 ) -> Result<Position> {
-    let Some(checkpoint) = request.checkpoint.as_ref().filter(|c| !c.is_null()) else {
+    let Some(point) = resume_point(request, order.len())? else {
         return Ok(Position::Start);
     };
-    let bad = |why: &str| {
-        ConnectorError::config(format!(
-            "the checkpoint {checkpoint} of `{}` is not one this read can resume from: {why}",
-            request.stream
-        ))
-    };
-    let keys_expected = if incremental {
-        order.len() - 1
-    } else {
-        order.len()
-    };
-    if !incremental {
-        let key = checkpoint
-            .get("key")
-            .and_then(Value::as_array)
-            .ok_or_else(|| bad("expected {\"key\": [...]}"))?;
-        if key.len() != keys_expected {
-            return Err(bad(&format!("expected {keys_expected} key values")));
-        }
-        return Ok(Position::After(key.clone()));
-    }
-    let cp: CursorCheckpoint = serde_json::from_value(checkpoint.clone())
-        .map_err(|_| bad("expected {\"cursor\": ..., \"key\": [...]}"))?;
-    if cp.cursor.is_null() {
-        return Ok(Position::Start);
-    }
-    let cursor = &columns[order[0]];
-    if lookback_us > 0 {
+    if let (true, Some(cursor_value)) = (lookback_us > 0, &point.cursor) {
+        let cursor = &columns[order[0]];
         let logical = cursor.logical().unwrap_or(DataType::Text);
-        if let Some(start) = minus_lookback(&cp.cursor, logical, lookback_us) {
+        if let Some(start) = minus_lookback(cursor_value, logical, lookback_us) {
             return Ok(Position::AtLeast(start));
         }
         tracing::warn!(
@@ -449,12 +392,7 @@ fn start_position(
             "lookback applies to timestamp and date cursors only; ignored for this cursor"
         );
     }
-    if cp.key.len() != keys_expected {
-        return Err(bad(&format!("expected {keys_expected} key values")));
-    }
-    let mut values = vec![cp.cursor];
-    values.extend(cp.key);
-    Ok(Position::After(values))
+    Ok(Position::After(point.order_values()))
 }
 
 impl BatchReader for MySqlReader {
@@ -496,15 +434,7 @@ impl BatchReader for MySqlReader {
             .iter()
             .map(|&i| json_value(&arrays[i], last, self.columns[i].logical()))
             .collect();
-        let checkpoint = if self.incremental {
-            serde_json::to_value(CursorCheckpoint {
-                cursor: values[0].clone(),
-                key: values[1..].to_vec(),
-            })
-            .map_err(|e| ConnectorError::internal(e.to_string()))?
-        } else {
-            json!({ "key": values.clone() })
-        };
+        let checkpoint = checkpoint_after(self.incremental, values.clone());
         self.position = Position::After(values);
         let schema = Arc::new(arrow_schema(&self.fields));
         let batch = RecordBatch::try_new(schema, arrays[..self.fields.len()].to_vec())

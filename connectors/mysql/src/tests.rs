@@ -1,11 +1,9 @@
-//! Tests against a real server: MariaDB or MySQL at `LOCKSTEP_MYSQL_URL` (default
-//! `mysql://root@127.0.0.1:3306`, a URL without a database). Each test works in its own
-//! database `lockstep_my_<pid>_<n>` and drops it, even when it fails. With `CI=true` (or
-//! `CI=1`) an unreachable server fails the tests; otherwise they print a notice and are
-//! recorded as skipped.
+//! Tests against a real server: MariaDB or MySQL at `LOCKSTEP_TEST_MYSQL_URL` (default
+//! `mysql://root@127.0.0.1:3306/test`). Each test works in a database of
+//! its own from `lockstep_test_support::LiveDb`, dropped even when the test fails; an
+//! unreachable server is a recorded skip, and a failure under CI.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use lockstep_plugin_sdk::api::ErrorKind;
 use lockstep_plugin_sdk::arrow::array::RecordBatch;
@@ -18,95 +16,36 @@ use lockstep_plugin_sdk::{
 use sqlx::{Connection, Row};
 
 use super::*;
-
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
+use lockstep_test_support::{LiveDb, Server};
 
 fn base_url() -> String {
-    std::env::var("LOCKSTEP_MYSQL_URL")
-        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".to_owned())
-        .trim_end_matches('/')
-        .to_owned()
+    Server::MySql.base_url()
 }
 
-/// A test that cannot run here: fails under CI (`CI=true` or `CI=1`); otherwise prints a
-/// notice and records the skip for `cargo xtask test` (the protocol of
-/// `lockstep_test_support::skip`, which connectors may not depend on: one line
-/// `<test binary>::<test name>: <reason>` appended to the file `LOCKSTEP_SKIPPED_TESTS` names).
-fn skip_or_fail(reason: &str) {
-    let ci = std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
-    if ci {
-        panic!("{reason}; CI is set (CI=true or CI=1), so the test must run and this fails it");
-    }
-    eprintln!("\n!!!!!!!! test SKIPPED: {reason} (set CI=true to fail instead) !!!!!!!!\n");
-    if let Some(log) = std::env::var_os("LOCKSTEP_SKIPPED_TESTS") {
-        use std::io::Write as _;
-        let binary = std::env::current_exe()
-            .ok()
-            .and_then(|exe| exe.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .unwrap_or_default();
-        let test = std::thread::current()
-            .name()
-            .unwrap_or("unknown")
-            .to_owned();
-        let line = format!("{binary}::{test}: {}\n", reason.replace('\n', " "));
-        let _ = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .and_then(|mut file| file.write_all(line.as_bytes()));
-    }
-}
-
-/// A database of its own for one test, dropped when the value is.
+/// A database of its own for one test (the shared live-database fixture), dropped when the
+/// value is, with an administration connection into it.
 struct TestDb {
     name: String,
     admin: MySqlConnection,
+    // Declared last: the connection closes before the database is dropped.
+    _live: LiveDb,
 }
 
 impl TestDb {
     async fn new() -> Option<Self> {
-        let server = base_url();
-        // For messages: the URL without any user or password.
-        let shown = match server.split_once("://") {
-            Some((scheme, rest)) => {
-                format!(
-                    "{scheme}://{}",
-                    rest.rsplit_once('@').map_or(rest, |(_, h)| h)
-                )
-            }
-            None => server.clone(),
-        };
-        let mut admin = match MySqlConnection::connect(&server).await {
-            Ok(c) => c,
-            Err(e) => {
-                skip_or_fail(&format!(
-                    "the MySQL/MariaDB server at {shown} is unreachable ({e})"
-                ));
-                return None;
-            }
-        };
-        let name = format!(
-            "lockstep_my_{}_{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        );
-        admin
-            .execute(format!("DROP DATABASE IF EXISTS `{name}`").as_str())
+        let live = LiveDb::create(Server::MySql, "lockstep_my")?;
+        let mut admin = MySqlConnection::connect(&live.url())
             .await
-            .unwrap();
-        admin
-            .execute(format!("CREATE DATABASE `{name}`").as_str())
-            .await
-            .unwrap();
-        admin
-            .execute(format!("USE `{name}`").as_str())
-            .await
-            .unwrap();
+            .expect("connect to the fresh test database");
         admin
             .execute("SET SESSION sql_mode = 'STRICT_ALL_TABLES', time_zone = '+00:00'")
             .await
             .unwrap();
-        Some(TestDb { name, admin })
+        Some(TestDb {
+            name: live.name().to_owned(),
+            admin,
+            _live: live,
+        })
     }
 
     fn config(&self) -> Config {
@@ -146,23 +85,6 @@ impl TestDb {
         MySqlDestination::open(self.config(), standalone_context())
             .await
             .unwrap()
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        // Drop runs inside the test's runtime, so the cleanup gets a thread of its own.
-        let _ = std::thread::spawn(move || {
-            block_on(async move {
-                if let Ok(mut c) = MySqlConnection::connect(&base_url()).await {
-                    let _ = c
-                        .execute(format!("DROP DATABASE IF EXISTS `{name}`").as_str())
-                        .await;
-                }
-            })
-        })
-        .join();
     }
 }
 

@@ -1,20 +1,24 @@
 //! Writing a table: creation and evolution at `open_stream`, multi-row upserts, deletes by
 //! key, and the transaction that `flush` commits.
 
+use lockstep_sql_kit::ddl::table_body;
+use lockstep_sql_kit::{Dialect, MySqlDialect};
 use std::collections::HashSet;
 use std::sync::Arc;
 
 use lockstep_plugin_sdk::arrow::array::{ArrayRef, RecordBatch};
+use lockstep_plugin_sdk::evolution::{plan_evolution, EvolutionPlan};
 use lockstep_plugin_sdk::{
-    tracing, ConnectorError, DataType, OpenStreamRequest, RejectedRow, Result, SchemaEvolution,
-    StreamWriter, WriteOutcome,
+    tracing, ConnectorError, DataType, OpenStreamRequest, RejectedRow, Result, StreamWriter,
+    WriteOutcome,
 };
 use sqlx::mysql::{MySqlArguments, MySqlConnection};
 use sqlx::{Executor, Row};
 
-use crate::conn::{connection_lost, error_number, quote, Db, Flavor};
-use crate::schema::{create_type, key_collation, load_tables, Column, Table};
-use crate::values::{bind_cell, normalize, placeholder, refuse, wire_size};
+use crate::catalog::{create_type, key_collation, load_tables, Column, Table};
+use crate::error::{connection_lost, error_number};
+use crate::session::{Db, Flavor};
+use crate::types::{bind_cell, normalize, placeholder, refuse, wire_size};
 
 /// MySQL's limit of parameters in one prepared statement.
 const MAX_PARAMS: usize = 65_535;
@@ -148,74 +152,61 @@ impl MySqlWriter {
                     })?
             }
             Some(table) => {
-                let missing: Vec<_> = request
-                    .fields
-                    .iter()
-                    .filter(|f| table.column(&f.name).is_none())
-                    .collect();
-                if let Some(k) = missing.iter().find(|f| request.key.contains(&f.name)) {
+                if let Some(k) = request.key.iter().find(|k| table.column(k).is_none()) {
                     return Err(ConnectorError::schema(format!(
-                        "table `{stream}` has no column for key field `{}`; add it with a \
-                         unique index, or choose another key",
-                        k.name
+                        "table `{stream}` has no column for key field `{k}`; add it with a \
+                         unique index, or choose another key"
                     )));
                 }
-                if missing.is_empty() {
-                    table
-                } else {
-                    let names: Vec<&str> = missing.iter().map(|f| f.name.as_str()).collect();
-                    match request.schema_evolution {
-                        SchemaEvolution::Fail => {
-                            return Err(ConnectorError::schema(format!(
-                                "table `{stream}` lacks the fields {} and schema evolution is \
-                                 `fail`; add the columns or set it to `add-columns` or `ignore`",
-                                names.join(", ")
-                            )))
-                        }
-                        SchemaEvolution::Ignore => {
-                            tracing::info!(stream = %stream, fields = ?names, "fields ignored: the table lacks them");
-                            ignored.extend(names.iter().map(|s| s.to_string()));
-                            table
-                        }
-                        SchemaEvolution::AddColumns => {
-                            let mut adds = Vec::new();
-                            for f in &missing {
-                                let t = create_type(f.data_type, false, flavor).map_err(|e| {
-                                    ConnectorError::schema(format!("field `{}`: {e}", f.name))
-                                })?;
-                                adds.push(format!("ADD COLUMN {} {t} NULL", quote(&f.name)));
-                            }
-                            let sql = format!("ALTER TABLE {} {}", quote(&stream), adds.join(", "));
-                            conn.execute(sql.as_str()).await.map_err(|e| {
-                                db.error(
-                                    e,
-                                    format!("adding columns {} to `{stream}`", names.join(", ")),
-                                )
+                match plan_evolution(&request, |name| table.column(name).is_some())? {
+                    EvolutionPlan::Unchanged => table,
+                    EvolutionPlan::Ignore(fields) => {
+                        ignored.extend(fields.iter().map(|f| f.name.clone()));
+                        table
+                    }
+                    EvolutionPlan::Add(fields) => {
+                        let mut adds = Vec::new();
+                        for f in &fields {
+                            let t = create_type(f.data_type, false, flavor).map_err(|e| {
+                                ConnectorError::schema(format!("field `{}`: {e}", f.name))
                             })?;
-                            tracing::info!(stream = %stream, fields = ?names, "columns added");
-                            load_tables(&db, &mut conn, flavor, Some(&stream))
-                                .await?
-                                .pop()
-                                .ok_or_else(|| {
-                                    ConnectorError::internal(format!("table `{stream}` vanished"))
-                                })?
+                            adds.push(format!(
+                                "ADD COLUMN {} {t} NULL",
+                                MySqlDialect.quote_ident(&f.name)
+                            ));
                         }
+                        let names = EvolutionPlan::Add(fields).names();
+                        let sql = format!(
+                            "ALTER TABLE {} {}",
+                            MySqlDialect.quote_ident(&stream),
+                            adds.join(", ")
+                        );
+                        conn.execute(sql.as_str()).await.map_err(|e| {
+                            db.error(e, format!("adding columns {names} to `{stream}`"))
+                        })?;
+                        tracing::info!(stream = %stream, fields = %names, "columns added");
+                        load_tables(&db, &mut conn, flavor, Some(&stream))
+                            .await?
+                            .pop()
+                            .ok_or_else(|| {
+                                ConnectorError::internal(format!("table `{stream}` vanished"))
+                            })?
                     }
                 }
             }
         };
         let key = if request.key.is_empty() {
-            table.primary_key.clone()
+            table.keys.primary_key.clone()
         } else {
             request.key.clone()
         };
         if !key.is_empty() && !table.has_unique_key(&key) {
-            let cols: Vec<String> = key.iter().map(|k| quote(k)).collect();
+            let cols: Vec<String> = key.iter().map(|k| MySqlDialect.quote_ident(k)).collect();
             return Err(ConnectorError::schema(format!(
                 "table `{stream}` has no primary key or unique index on ({}), so rows cannot \
                  be matched by that key; fix it with: ALTER TABLE {} ADD UNIQUE ({})",
                 key.join(", "),
-                quote(&stream),
+                MySqlDialect.quote_ident(&stream),
                 cols.join(", ")
             )));
         }
@@ -382,7 +373,10 @@ impl MySqlWriter {
                     .expect("checked by batch_columns")
             })
             .collect();
-        let names: Vec<String> = keys.iter().map(|c| quote(&c.name)).collect();
+        let names: Vec<String> = keys
+            .iter()
+            .map(|c| MySqlDialect.quote_ident(&c.name))
+            .collect();
         let tuple: Vec<String> = keys.iter().map(|c| placeholder(&c.column)).collect();
         let one = if keys.len() == 1 {
             tuple[0].clone()
@@ -412,7 +406,7 @@ impl MySqlWriter {
             let (filter, args) = self.key_filter(cols, part)?;
             let sql = format!(
                 "SELECT CAST(COUNT(*) AS CHAR) FROM {} WHERE {filter}",
-                quote(&self.table.name)
+                MySqlDialect.quote_ident(&self.table.name)
             );
             let conn = self.connection().await?;
             match sqlx::query_with(&sql, args)
@@ -439,22 +433,25 @@ impl MySqlWriter {
         cols: &[BatchColumn],
         rows: &[usize],
     ) -> Result<std::result::Result<(u64, u64, u64), sqlx::Error>> {
-        let names: Vec<String> = cols.iter().map(|c| quote(&c.name)).collect();
+        let names: Vec<String> = cols
+            .iter()
+            .map(|c| MySqlDialect.quote_ident(&c.name))
+            .collect();
         let tuple = format!("({})", vec!["?"; cols.len()].join(", "));
         let values = vec![tuple.as_str(); rows.len()].join(", ");
         let mut sql = format!(
             "INSERT INTO {} ({}) VALUES {values}",
-            quote(&self.table.name),
+            MySqlDialect.quote_ident(&self.table.name),
             names.join(", ")
         );
         if !self.key.is_empty() {
             let updates: Vec<String> = cols
                 .iter()
                 .filter(|c| !self.key.contains(&c.name))
-                .map(|c| format!("{0} = VALUES({0})", quote(&c.name)))
+                .map(|c| format!("{0} = VALUES({0})", MySqlDialect.quote_ident(&c.name)))
                 .collect();
             let updates = if updates.is_empty() {
-                let k = quote(&self.key[0]);
+                let k = MySqlDialect.quote_ident(&self.key[0]);
                 format!("{k} = {k}")
             } else {
                 updates.join(", ")
@@ -584,26 +581,19 @@ async fn create_table(
     request: &OpenStreamRequest,
 ) -> Result<()> {
     let collation = key_collation(db, conn).await?;
-    let mut defs = Vec::new();
-    for f in &request.fields {
-        let is_key = request.key.contains(&f.name);
-        let t = create_type(f.data_type, is_key, flavor)
-            .map_err(|e| ConnectorError::schema(format!("field `{}`: {e}", f.name)))?;
-        let null = if is_key || !f.nullable {
-            "NOT NULL"
-        } else {
-            "NULL"
-        };
-        defs.push(format!("{} {t} {null}", quote(&f.name)));
-    }
-    if !request.key.is_empty() {
-        let key: Vec<String> = request.key.iter().map(|k| quote(k)).collect();
-        defs.push(format!("PRIMARY KEY ({})", key.join(", ")));
-    }
+    let body = table_body(
+        &MySqlDialect,
+        request,
+        |name| request.key.iter().any(|k| k == name),
+        |f, is_key| {
+            create_type(f.data_type, is_key, flavor)
+                .map_err(|e| ConnectorError::schema(format!("field `{}`: {e}", f.name)))
+        },
+        " NULL",
+    )?;
     let sql = format!(
-        "CREATE TABLE IF NOT EXISTS {} ({}) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE={collation}",
-        quote(&request.stream),
-        defs.join(", ")
+        "CREATE TABLE IF NOT EXISTS {} ({body}) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE={collation}",
+        MySqlDialect.quote_ident(&request.stream)
     );
     conn.execute(sql.as_str())
         .await
@@ -666,7 +656,10 @@ impl StreamWriter for MySqlWriter {
         self.begin().await?;
         for rows in chunks {
             let (filter, args) = self.key_filter(&cols, &rows)?;
-            let sql = format!("DELETE FROM {} WHERE {filter}", quote(&self.table.name));
+            let sql = format!(
+                "DELETE FROM {} WHERE {filter}",
+                MySqlDialect.quote_ident(&self.table.name)
+            );
             let conn = self.connection().await?;
             match sqlx::query_with(&sql, args)
                 .persistent(false)

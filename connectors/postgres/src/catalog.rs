@@ -1,12 +1,14 @@
 //! What the database has: tables and views of the schema, their columns with native and
 //! logical types, and their keys. Also the one mapping of native types to logical types.
 
+use lockstep_sql_kit::keys::TableKeys;
+use lockstep_sql_kit::{Dialect, PostgresDialect};
 use std::collections::HashMap;
 
 use lockstep_plugin_sdk::{ConnectorError, DataType, FieldInfo, Result, StreamInfo};
 use sqlx::{PgConnection, Row};
 
-use crate::errors::map_sqlx;
+use crate::error::map_sqlx;
 
 /// How a column's values arrive in a binary COPY.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,7 +83,7 @@ pub struct Column {
 impl Column {
     /// The select-list expression that reads this column.
     pub fn read_expr(&self) -> String {
-        let col = crate::sql::ident(&self.name);
+        let col = PostgresDialect.quote_ident(&self.name);
         match self.expr {
             ReadExpr::Plain => col,
             ReadExpr::Text => format!("{col}::text"),
@@ -149,9 +151,9 @@ pub struct Table {
     pub name: String,
     pub kind: RelKind,
     pub columns: Vec<Column>,
-    pub primary_key: Vec<String>,
-    /// The column sets of every unique, non-partial, immediate index without expressions.
-    pub unique_keys: Vec<Vec<String>>,
+    /// The primary key, and the column sets of every unique, non-partial, immediate index
+    /// without expressions.
+    pub keys: TableKeys,
 }
 
 impl Table {
@@ -161,13 +163,7 @@ impl Table {
 
     /// Whether `key` (in any order) is exactly the column set of a unique index.
     pub fn has_unique_key(&self, key: &[String]) -> bool {
-        let mut wanted: Vec<&str> = key.iter().map(String::as_str).collect();
-        wanted.sort_unstable();
-        self.unique_keys.iter().any(|k| {
-            let mut have: Vec<&str> = k.iter().map(String::as_str).collect();
-            have.sort_unstable();
-            have == wanted
-        })
+        self.keys.has_unique_key(key)
     }
 
     /// The column names, for messages.
@@ -203,7 +199,7 @@ impl Table {
             })
             .map(|c| c.name.clone())
             .collect();
-        if let [pk] = self.primary_key.as_slice() {
+        if let [pk] = self.keys.primary_key.as_slice() {
             if self
                 .column(pk)
                 .is_some_and(|c| matches!(c.base.as_str(), "int2" | "int4" | "int8"))
@@ -214,7 +210,7 @@ impl Table {
         StreamInfo {
             name: self.name.clone(),
             fields,
-            primary_key: self.primary_key.clone(),
+            primary_key: self.keys.primary_key.clone(),
             cursor_candidates,
         }
     }
@@ -331,8 +327,7 @@ pub async fn load_tables(
                 name: table_name,
                 kind,
                 columns: Vec::new(),
-                primary_key: Vec::new(),
-                unique_keys: Vec::new(),
+                keys: TableKeys::default(),
             });
         }
         let type_oid = r.get::<i64, _>(3) as u32;
@@ -353,7 +348,7 @@ pub async fn load_tables(
         let column = Column {
             name: r.get(2),
             native: r.get(6),
-            cast_type: crate::sql::qualified(&base.schema, &base.name),
+            cast_type: qualified(&base.schema, &base.name),
             base: if base.builtin {
                 base.name.clone()
             } else {
@@ -399,10 +394,7 @@ pub async fn load_tables(
         let primary: bool = r.get(1);
         let columns: Vec<String> = r.get(2);
         if let Some(t) = tables.iter_mut().find(|t| t.name == name) {
-            if primary {
-                t.primary_key = columns.clone();
-            }
-            t.unique_keys.push(columns);
+            t.keys.add_unique_index(columns, primary, true);
         }
     }
     Ok(tables)
@@ -478,6 +470,15 @@ pub fn native_for(data_type: DataType) -> String {
         DataType::Uuid => "uuid".into(),
         DataType::Json => "jsonb".into(),
     }
+}
+
+/// `"schema"."table"`.
+pub fn qualified(schema: &str, table: &str) -> String {
+    format!(
+        "{}.{}",
+        PostgresDialect.quote_ident(schema),
+        PostgresDialect.quote_ident(table)
+    )
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection};
 
-use crate::errors::map_sqlx;
+use crate::error::map_sqlx;
 
 /// Rows per batch when neither the config nor the request says.
 pub const DEFAULT_BATCH_SIZE: usize = 10_000;

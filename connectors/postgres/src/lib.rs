@@ -2,10 +2,10 @@
 //! schema, moving data with binary COPY in both directions.
 //!
 //! Reads are keyset-paged: one `COPY (SELECT ... ORDER BY key LIMIT n) TO STDOUT (FORMAT
-//! binary)` per batch, decoded straight into Arrow builders ([`decode`]). Writes COPY each
-//! batch in binary, encoded from Arrow directly ([`encode`]), into a session TEMP staging
+//! binary)` per batch, decoded straight into Arrow builders ([`copy_decode`]). Writes COPY each
+//! batch in binary, encoded from Arrow directly ([`copy_encode`]), into a session TEMP staging
 //! table and upsert from there with one `INSERT ... ON CONFLICT` that reports inserted and
-//! updated rows ([`dest`]).
+//! updated rows ([`write`]).
 //!
 //! Invariants:
 //! - Identifiers are always quoted; values never appear in SQL text (read positions travel as
@@ -22,16 +22,15 @@
 
 pub mod catalog;
 pub mod config;
-pub mod decode;
-pub mod dest;
-pub mod encode;
-pub mod errors;
+pub mod copy_decode;
+pub mod copy_encode;
+pub mod error;
 pub mod numeric;
+pub mod read;
 pub mod session;
-pub mod source;
-pub mod sql;
 pub mod summary;
-pub mod values;
+pub mod types;
+pub mod write;
 
 #[cfg(test)]
 mod tests;
@@ -39,8 +38,8 @@ mod tests;
 use lockstep_plugin_sdk::{Connector, Manifest, Role};
 
 pub use config::Config;
-pub use dest::{PgDestination, PgWriter};
-pub use source::{PgReader, PgSource};
+pub use read::{PgReader, PgSource};
+pub use write::{PgDestination, PgWriter};
 
 /// The connector: a [`PgSource`] and a [`PgDestination`].
 pub struct PostgresConnector;

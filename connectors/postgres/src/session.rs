@@ -6,7 +6,7 @@ use sqlx::PgConnection;
 
 use crate::catalog::{load_tables, schema_exists, Table};
 use crate::config::{Config, Settings};
-use crate::errors::map_sqlx;
+use crate::error::map_sqlx;
 
 /// Settings plus one lazily (re)opened connection.
 pub struct Session {

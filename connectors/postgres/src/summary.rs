@@ -14,10 +14,11 @@ use lockstep_plugin_sdk::protocol::KeySummary;
 use lockstep_plugin_sdk::{ConnectorError, ReadRequest, Result};
 use sqlx::Row;
 
+use crate::catalog::qualified;
 use crate::catalog::Table;
 use crate::config::Settings;
-use crate::errors::map_sqlx;
-use crate::sql::{ident, qualified};
+use crate::error::map_sqlx;
+use lockstep_sql_kit::{Dialect, PostgresDialect};
 
 /// The name of this connector's summary algorithm.
 pub const ALGORITHM: &str = "postgres-hashtextextended-sum-v1";
@@ -29,7 +30,7 @@ const MODULUS: &str = "18446744073709551616";
 /// `key` is empty).
 fn summary_sql(schema: &str, table: &Table, key: &[String]) -> Result<String> {
     let key = if key.is_empty() {
-        &table.primary_key
+        &table.keys.primary_key
     } else {
         key
     };
@@ -48,7 +49,10 @@ fn summary_sql(schema: &str, table: &Table, key: &[String]) -> Result<String> {
                 table.column_names()
             ))
         })?;
-        texts.push(format!("{}::text", ident(&column.name)));
+        texts.push(format!(
+            "{}::text",
+            PostgresDialect.quote_ident(&column.name)
+        ));
     }
     Ok(format!(
         "SELECT count(*)::int8, \

@@ -1,9 +1,7 @@
-//! Tests against the real server at 127.0.0.1:5432 (user `postgres`, trust auth). Each test
-//! creates its own database through the `test` database and drops it when done, even when
-//! the test fails. With the server unreachable a test prints a loud notice and is recorded as
-//! skipped, except under `CI=true` (or `CI=1`), where it fails.
-
-use std::sync::atomic::{AtomicUsize, Ordering};
+//! Tests against the real server at `LOCKSTEP_TEST_POSTGRES_URL` (by default 127.0.0.1:5432, user
+//! `postgres`, trust auth). Each test works in a database of its own from
+//! `lockstep_test_support::LiveDb`, dropped when done, even when the test fails; an
+//! unreachable server is a recorded skip, and a failure under CI.
 
 use lockstep_plugin_sdk::api::ErrorKind;
 use lockstep_plugin_sdk::arrow::array::RecordBatch;
@@ -17,73 +15,26 @@ use serde_json::{json, Map, Value};
 use sqlx::{Connection, PgConnection};
 
 use crate::config::Config;
-use crate::sql::ident;
 use crate::{PgDestination, PgReader, PgSource, PgWriter};
+use lockstep_test_support::{LiveDb, Server};
 
-const SERVER: &str = "postgres://postgres@127.0.0.1:5432";
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-/// A test that cannot run here: fails under CI (`CI=true` or `CI=1`); otherwise prints a
-/// notice and records the skip for `cargo xtask test` (the protocol of
-/// `lockstep_test_support::skip`, which connectors may not depend on: one line
-/// `<test binary>::<test name>: <reason>` appended to the file `LOCKSTEP_SKIPPED_TESTS` names).
-fn skip_or_fail(reason: &str) {
-    let ci = std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
-    if ci {
-        panic!("{reason}; CI is set (CI=true or CI=1), so the test must run and this fails it");
-    }
-    eprintln!("\n!!!!!!!! test SKIPPED: {reason} (set CI=true to fail instead) !!!!!!!!\n");
-    if let Some(log) = std::env::var_os("LOCKSTEP_SKIPPED_TESTS") {
-        use std::io::Write as _;
-        let binary = std::env::current_exe()
-            .ok()
-            .and_then(|exe| exe.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .unwrap_or_default();
-        let test = std::thread::current()
-            .name()
-            .unwrap_or("unknown")
-            .to_owned();
-        let line = format!("{binary}::{test}: {}\n", reason.replace('\n', " "));
-        let _ = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .and_then(|mut file| file.write_all(line.as_bytes()));
-    }
+/// The server the tests run against, without a database.
+fn server() -> String {
+    Server::Postgres.base_url()
 }
 
-/// A database of its own for one test, dropped on drop.
+/// A database of its own for one test (the shared live-database fixture), dropped on drop.
 struct TestDb {
-    name: String,
+    live: LiveDb,
 }
 
 impl TestDb {
     fn create() -> Option<TestDb> {
-        let name = format!(
-            "lockstep_pg_{}_{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        );
-        let result = block_on(async {
-            let mut c = PgConnection::connect(&format!("{SERVER}/test")).await?;
-            sqlx::raw_sql(&format!("CREATE DATABASE {}", ident(&name)))
-                .execute(&mut c)
-                .await?;
-            Ok::<_, sqlx::Error>(())
-        });
-        match result {
-            Ok(()) => Some(TestDb { name }),
-            Err(e) => {
-                skip_or_fail(&format!(
-                    "PostgreSQL at 127.0.0.1:5432 (database `test`) is unreachable ({e})"
-                ));
-                None
-            }
-        }
+        LiveDb::create(Server::Postgres, "lockstep_pg").map(|live| TestDb { live })
     }
 
     fn url(&self) -> String {
-        format!("{SERVER}/{}", self.name)
+        self.live.url()
     }
 
     fn config(&self, schema: &str, batch_size: Option<usize>, lookback: Option<&str>) -> Config {
@@ -129,25 +80,6 @@ impl TestDb {
 
     async fn dest(&self) -> PgDestination {
         ok(PgDestination::open(self.config("public", None, None), standalone_context()).await)
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        let result = block_on(async move {
-            let mut c = PgConnection::connect(&format!("{SERVER}/test")).await?;
-            sqlx::raw_sql(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                ident(&name)
-            ))
-            .execute(&mut c)
-            .await?;
-            Ok::<_, sqlx::Error>(())
-        });
-        if let Err(e) = result {
-            eprintln!("could not drop test database {}: {e}", self.name);
-        }
     }
 }
 
@@ -1105,14 +1037,14 @@ fn a_terminated_backend_mid_read_is_a_transient_error() {
         let mut source = db.source(Some(100)).await;
         let mut reader = ok(source.read(request("big")).await);
         assert!(ok(reader.next_batch().await).is_some());
-        let mut admin = PgConnection::connect(&format!("{SERVER}/test"))
+        let mut admin = PgConnection::connect(&format!("{}/test", server()))
             .await
             .unwrap();
         let killed: i64 = sqlx::query_scalar(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
              WHERE datname = $1 AND application_name = 'lockstep-postgres'",
         )
-        .bind(&db.name)
+        .bind(db.live.name())
         .fetch_one(&mut admin)
         .await
         .unwrap();
@@ -1154,7 +1086,7 @@ fn connection_problems_map_to_error_kinds_without_secrets() {
             };
             PgSource::open(config, standalone_context())
         };
-        let e = err(open(format!("{SERVER}/no_such_db_here"), "public").await);
+        let e = err(open(format!("{}/no_such_db_here", server()), "public").await);
         assert_eq!(e.kind, ErrorKind::CONFIG, "{}", e.message);
         let e = err(open(
             "postgres://postgres:sekrit99@127.0.0.1:1/x".into(),
@@ -1231,7 +1163,8 @@ fn views_are_read_only_and_keys_must_be_unique() {
 /// Times a PostgreSQL-to-PostgreSQL full sync through the connector against
 /// `psql COPY TO STDOUT (FORMAT binary) | psql COPY FROM STDIN (FORMAT binary)`.
 /// Run with `cargo test --release -p lockstep-connector-postgres -- --ignored bench --nocapture`
-/// (`LOCKSTEP_BENCH_ROWS` sets the row count).
+/// (`LOCKSTEP_BENCH_ROWS` sets the row count; `--features bench-hooks` with
+/// `LOCKSTEP_BENCH_PARTS=1` times reading, encoding and writing apart).
 #[test]
 #[ignore]
 fn bench_full_sync_against_psql_copy() {
@@ -1303,6 +1236,8 @@ fn bench_full_sync_against_psql_copy() {
     connector_times.sort();
     let psql = psql_times[reps / 2];
     let connector = connector_times[reps / 2];
+    // The parts need the writer's bench hooks: `--features bench-hooks`.
+    #[cfg(feature = "bench-hooks")]
     if std::env::var("LOCKSTEP_BENCH_PARTS").is_ok() {
         block_on(async {
             let t = std::time::Instant::now();

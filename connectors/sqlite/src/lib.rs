@@ -15,12 +15,11 @@
 //! - Writes happen in one transaction per flush; nothing is committed before `flush`.
 //! - Identifiers are always quoted; values are always bound parameters.
 
+mod catalog;
 mod config;
 mod convert;
 mod error;
 mod read;
-mod schema;
-mod sql;
 mod types;
 mod values;
 mod write;
@@ -110,7 +109,7 @@ impl SqliteConnector {
     /// The streams: every ordinary table, with its columns, key and cursor candidates.
     pub async fn catalog(&mut self) -> Result<Catalog> {
         let mut state = self.shared.lock().await;
-        schema::catalog(&mut state.conn).await
+        catalog::catalog(&mut state.conn).await
     }
 
     /// Starts reading one table.

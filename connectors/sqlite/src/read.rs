@@ -18,12 +18,12 @@ use lockstep_plugin_sdk::{
 use serde_json::{json, Map, Value};
 use sqlx::Row;
 
+use crate::catalog::{self, Table};
 use crate::convert::ColumnBuilder;
 use crate::error::db_error;
-use crate::schema::{self, Table};
-use crate::sql::ident;
 use crate::values::SqlValue;
 use crate::Shared;
+use lockstep_sql_kit::{keyset_after, Dialect, SqliteDialect};
 
 /// What an ordering column is to the checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,7 +84,7 @@ fn key_filter(key_names: &[String], keys: &[Vec<Value>]) -> Result<(String, Vec<
         "({})",
         key_names
             .iter()
-            .map(|k| format!("{} = ?", ident(k)))
+            .map(|k| format!("{} = ?", SqliteDialect.quote_ident(k)))
             .collect::<Vec<_>>()
             .join(" AND ")
     );
@@ -118,9 +118,9 @@ pub(crate) async fn open_reader(
     let table = {
         let mut state = shared.lock().await;
         let conn = &mut state.conn;
-        match schema::find_table(conn, &request.stream).await? {
+        match catalog::find_table(conn, &request.stream).await? {
             Some(t) => t,
-            None => return Err(schema::unknown_stream(conn, &request.stream).await),
+            None => return Err(catalog::unknown_stream(conn, &request.stream).await),
         }
     };
     let what = format!("reading table `{}`", table.name);
@@ -157,7 +157,7 @@ pub(crate) async fn open_reader(
         if rowid_key {
             name.to_owned()
         } else {
-            ident(name)
+            SqliteDialect.quote_ident(name)
         }
     };
 
@@ -171,7 +171,7 @@ pub(crate) async fn open_reader(
                 .ok_or_else(|| missing_cursor(&table))?;
             let column = field_of(&table, name)?.name.clone();
             order.push(OrderColumn {
-                sql: ident(&column),
+                sql: SqliteDialect.quote_ident(&column),
                 role: Role::Cursor,
             });
             Some(column)
@@ -201,7 +201,7 @@ pub(crate) async fn open_reader(
                 .filter(|p| !ordered.iter().any(|o| o.eq_ignore_ascii_case(p)));
             for (i, p) in rest.enumerate() {
                 order.push(OrderColumn {
-                    sql: ident(p),
+                    sql: SqliteDialect.quote_ident(p),
                     role: Role::Tiebreak(i),
                 });
             }
@@ -245,9 +245,13 @@ pub(crate) async fn open_reader(
     let columns: Vec<String> = order
         .iter()
         .map(|o| o.sql.clone())
-        .chain(fields.iter().map(|f| ident(&f.name)))
+        .chain(fields.iter().map(|f| SqliteDialect.quote_ident(&f.name)))
         .collect();
-    let select = format!("SELECT {} FROM {}", columns.join(", "), ident(&table.name));
+    let select = format!(
+        "SELECT {} FROM {}",
+        columns.join(", "),
+        SqliteDialect.quote_ident(&table.name)
+    );
     let order_by = order
         .iter()
         .map(|o| o.sql.as_str())
@@ -290,7 +294,7 @@ fn missing_cursor(table: &Table) -> ConnectorError {
 }
 
 /// The column for a requested field name, or a schema error listing the table's columns.
-fn field_of<'t>(table: &'t Table, name: &str) -> Result<&'t crate::schema::Column> {
+fn field_of<'t>(table: &'t Table, name: &str) -> Result<&'t crate::catalog::Column> {
     table.column(name).ok_or_else(|| {
         let names: Vec<&str> = table.columns.iter().map(|c| c.name.as_str()).collect();
         ConnectorError::schema(format!(
@@ -350,55 +354,6 @@ fn decode_checkpoint(
     Ok((values, inclusive))
 }
 
-/// The predicate "ordering columns after (or at, when `inclusive`) `values`" in SQLite's
-/// order, where NULL sorts first. Without NULLs among the values it is one row-value
-/// comparison, which SQLite answers from an index; a NULL needs the expanded form.
-fn after_predicate(columns: &[&str], values: &[SqlValue], inclusive: bool) -> String {
-    let n = values.len();
-    let op = if inclusive { ">=" } else { ">" };
-    if !values.iter().any(SqlValue::is_null) {
-        let placeholders = vec!["?"; n].join(", ");
-        return format!("({}) {op} ({placeholders})", columns[..n].join(", "));
-    }
-    let eq = |i: usize| match values[i] {
-        SqlValue::Null => format!("{} IS NULL", columns[i]),
-        _ => format!("{} = ?", columns[i]),
-    };
-    let gt = |i: usize| match values[i] {
-        SqlValue::Null => format!("{} IS NOT NULL", columns[i]),
-        _ => format!("{} > ?", columns[i]),
-    };
-    let mut terms = Vec::new();
-    for i in 0..n {
-        let mut parts: Vec<String> = (0..i).map(eq).collect();
-        parts.push(gt(i));
-        terms.push(format!("({})", parts.join(" AND ")));
-    }
-    if inclusive {
-        terms.push(format!(
-            "({})",
-            (0..n).map(eq).collect::<Vec<_>>().join(" AND ")
-        ));
-    }
-    terms.join(" OR ")
-}
-
-/// The values bound by [`after_predicate`], in the order of its placeholders.
-fn after_binds(values: &[SqlValue], inclusive: bool) -> Vec<&SqlValue> {
-    let n = values.len();
-    if !values.iter().any(SqlValue::is_null) {
-        return values.iter().collect();
-    }
-    let mut binds = Vec::new();
-    for i in 0..n {
-        binds.extend(values[..=i].iter().filter(|v| !v.is_null()));
-    }
-    if inclusive {
-        binds.extend(values.iter().filter(|v| !v.is_null()));
-    }
-    binds
-}
-
 impl SqliteReader {
     fn checkpoint(&self, last: &[SqlValue]) -> Value {
         let mut key = vec![Value::Null; self.key_names.len()];
@@ -446,11 +401,20 @@ impl BatchReader for SqliteReader {
         if self.done {
             return Ok(None);
         }
-        let columns: Vec<&str> = self.order.iter().map(|o| o.sql.as_str()).collect();
         let mut sql = self.select.clone();
         let mut conditions = Vec::new();
+        // The values to resume after, in the order of their placeholders.
+        let mut binds = Vec::new();
         if !self.after.is_empty() {
-            conditions.push(after_predicate(&columns, &self.after, self.inclusive));
+            let columns: Vec<String> = self.order.iter().map(|o| o.sql.clone()).collect();
+            let marks: Vec<Option<String>> = self
+                .after
+                .iter()
+                .map(|v| (!v.is_null()).then(|| SqliteDialect.placeholder(1)))
+                .collect();
+            let cut = keyset_after(&SqliteDialect, &columns, &marks, self.inclusive);
+            conditions.push(cut.sql);
+            binds.extend(cut.binds.into_iter().map(|i| &self.after[i]));
         }
         if let Some((condition, _)) = &self.key_filter {
             conditions.push(condition.clone());
@@ -460,7 +424,6 @@ impl BatchReader for SqliteReader {
             sql.push_str(&conditions.join(" AND "));
         }
         sql.push_str(&format!(" ORDER BY {} LIMIT ?", self.order_by));
-        let binds = after_binds(&self.after, self.inclusive);
         let mut query = sqlx::query(&sql);
         for value in binds {
             query = value.bind(query);
@@ -552,25 +515,5 @@ impl SqliteReader {
             "value": value.describe(),
             "expected": field.data_type.describe(),
         }))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn predicates_are_null_safe() {
-        let cols = ["c", "k"];
-        let v = [SqlValue::Int(1), SqlValue::Int(2)];
-        assert_eq!(after_predicate(&cols, &v, false), "(c, k) > (?, ?)");
-        let v = [SqlValue::Null, SqlValue::Int(2)];
-        assert_eq!(
-            after_predicate(&cols, &v, false),
-            "(c IS NOT NULL) OR (c IS NULL AND k > ?)"
-        );
-        assert_eq!(after_binds(&v, false), vec![&SqlValue::Int(2)]);
-        let v = [SqlValue::Int(1)];
-        assert_eq!(after_predicate(&cols, &v, true), "(c) >= (?)");
     }
 }

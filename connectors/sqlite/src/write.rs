@@ -10,6 +10,8 @@
 use std::collections::HashSet;
 
 use lockstep_plugin_sdk::arrow::array::RecordBatch;
+use lockstep_plugin_sdk::evolution::plan_fields;
+use lockstep_plugin_sdk::outcome::upsert_outcome;
 use lockstep_plugin_sdk::{
     tracing, ConnectorError, DataType, FieldInfo, OpenStreamRequest, RejectedRow, Result,
     SchemaEvolution, StreamWriter, WriteOutcome,
@@ -17,13 +19,15 @@ use lockstep_plugin_sdk::{
 use sqlx::sqlite::SqliteConnection;
 use sqlx::{Executor, Row};
 
+use crate::catalog::{self, Table};
 use crate::convert::{sql_value, to_uuid, writable};
 use crate::error::{db_error, db_message, is_data_error};
-use crate::schema::{self, Table};
-use crate::sql::{ident, placeholders, MAX_PARAMS};
 use crate::types::declared_type;
 use crate::values::{numeric_text_loses_precision, SqlValue};
 use crate::{Shared, State};
+use lockstep_sql_kit::ddl::table_body;
+use lockstep_sql_kit::upsert::conflict_action;
+use lockstep_sql_kit::{Dialect, SqliteDialect};
 
 /// Writes to one table.
 pub struct SqliteWriter {
@@ -46,7 +50,7 @@ pub(crate) async fn open_writer(
     check_request(&request)?;
     let mut state = shared.lock().await;
     let conn = &mut state.conn;
-    let table = match schema::find_table(conn, stream).await? {
+    let table = match catalog::find_table(conn, stream).await? {
         Some(table) => table,
         None if !request.create_if_missing => {
             return Err(ConnectorError::schema(format!(
@@ -56,7 +60,7 @@ pub(crate) async fn open_writer(
         }
         None => {
             create_table(conn, &request).await?;
-            schema::load_table(conn, stream).await?
+            catalog::load_table(conn, stream).await?
         }
     };
     let table = evolve(conn, table, &request.fields, request.schema_evolution).await?;
@@ -79,9 +83,9 @@ pub(crate) async fn open_writer(
     // SQLite confirm it before the first write.
     let probe = format!(
         "INSERT INTO {} ({}) VALUES {} ON CONFLICT ({}) DO NOTHING",
-        ident(&table.name),
+        SqliteDialect.quote_ident(&table.name),
         idents(&key),
-        placeholders(key.len()),
+        SqliteDialect.placeholder_row(1, key.len()),
         idents(&key)
     );
     if let Err(e) = conn.prepare(probe.as_str()).await {
@@ -91,7 +95,7 @@ pub(crate) async fn open_writer(
             table.name,
             key.join(", "),
             db_message(&e),
-            ident(&table.name),
+            SqliteDialect.quote_ident(&table.name),
             idents(&key)
         )));
     }
@@ -147,12 +151,11 @@ fn check_request(request: &OpenStreamRequest) -> Result<()> {
     Ok(())
 }
 
+/// SQLite's default limit on bound parameters per statement (SQLITE_MAX_VARIABLE_NUMBER).
+const MAX_PARAMS: usize = 32_766;
+
 fn idents(names: &[String]) -> String {
-    names
-        .iter()
-        .map(|n| ident(n))
-        .collect::<Vec<_>>()
-        .join(", ")
+    SqliteDialect.ident_list(names.iter().map(String::as_str), "")
 }
 
 fn not_unique(table: &Table, key: &[String]) -> ConnectorError {
@@ -162,8 +165,8 @@ fn not_unique(table: &Table, key: &[String]) -> ConnectorError {
          with CREATE UNIQUE INDEX {} ON {} ({}), or use the table's primary key ({}) as the key",
         key.join(", "),
         table.name,
-        ident(&format!("{}_lockstep_key", table.name)),
-        ident(&table.name),
+        SqliteDialect.quote_ident(&format!("{}_lockstep_key", table.name)),
+        SqliteDialect.quote_ident(&table.name),
         idents(key),
         if table.primary_key.is_empty() {
             "none".into()
@@ -176,28 +179,16 @@ fn not_unique(table: &Table, key: &[String]) -> ConnectorError {
 /// `CREATE TABLE IF NOT EXISTS` with the declared types of [`declared_type`], NOT NULL for
 /// key and non-nullable fields, and the key as primary key.
 async fn create_table(conn: &mut SqliteConnection, request: &OpenStreamRequest) -> Result<()> {
-    let columns: Vec<String> = request
-        .fields
-        .iter()
-        .map(|f| {
-            let is_key = request.key.iter().any(|k| k.eq_ignore_ascii_case(&f.name));
-            let not_null = if is_key || !f.nullable {
-                " NOT NULL"
-            } else {
-                ""
-            };
-            format!(
-                "{} {}{not_null}",
-                ident(&f.name),
-                declared_type(f.data_type)
-            )
-        })
-        .collect();
+    let body = table_body(
+        &SqliteDialect,
+        request,
+        |name| request.key.iter().any(|k| k.eq_ignore_ascii_case(name)),
+        |f, _| Ok(declared_type(f.data_type)),
+        "",
+    )?;
     let sql = format!(
-        "CREATE TABLE IF NOT EXISTS {} ({}, PRIMARY KEY ({}))",
-        ident(&request.stream),
-        columns.join(", "),
-        idents(&request.key)
+        "CREATE TABLE IF NOT EXISTS {} ({body})",
+        SqliteDialect.quote_ident(&request.stream)
     );
     sqlx::query(&sql)
         .execute(&mut *conn)
@@ -207,60 +198,39 @@ async fn create_table(conn: &mut SqliteConnection, request: &OpenStreamRequest) 
     Ok(())
 }
 
-/// Adds, ignores or refuses the `fields` the table lacks, as `evolution` says.
+/// Adds the `fields` the table lacks, or writes without them, or refuses, as `evolution`
+/// says (the SDK's planner decides; this carries the plan out).
 async fn evolve(
     conn: &mut SqliteConnection,
     table: Table,
     fields: &[FieldInfo],
     evolution: SchemaEvolution,
 ) -> Result<Table> {
-    let missing: Vec<&FieldInfo> = fields
-        .iter()
-        .filter(|f| table.column(&f.name).is_none())
-        .collect();
-    if missing.is_empty() {
+    let plan = plan_fields(&table.name, fields, evolution, |name| {
+        table.column(name).is_some()
+    })?;
+    if plan.added().is_empty() {
         return Ok(table);
     }
-    let names: Vec<&str> = missing.iter().map(|f| f.name.as_str()).collect();
-    match evolution {
-        SchemaEvolution::Ignore => {
-            tracing::info!(
-                table = %table.name,
-                "fields missing from the table are not written: {}",
-                names.join(", ")
-            );
-            Ok(table)
-        }
-        SchemaEvolution::Fail => {
-            Err(ConnectorError::schema(format!(
-            "table `{}` lacks the columns {} and the sync's schema evolution is `fail`; add them \
-             (ALTER TABLE ... ADD COLUMN) or set schema evolution to `add-columns` or `ignore`",
-            table.name,
-            names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
-        )))
-        }
-        SchemaEvolution::AddColumns => {
-            for f in missing {
-                // SQLite cannot add a NOT NULL column without a default: added columns are
-                // nullable, and existing rows hold NULL.
-                let sql = format!(
-                    "ALTER TABLE {} ADD COLUMN {} {}",
-                    ident(&table.name),
-                    ident(&f.name),
-                    declared_type(f.data_type)
-                );
-                sqlx::query(&sql)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(db_error(format!(
-                        "adding column `{}` to table `{}`",
-                        f.name, table.name
-                    )))?;
-                tracing::info!(table = %table.name, column = %f.name, "added column");
-            }
-            schema::load_table(conn, &table.name).await
-        }
+    for f in plan.added() {
+        // SQLite cannot add a NOT NULL column without a default: added columns are
+        // nullable, and existing rows hold NULL.
+        let sql = format!(
+            "ALTER TABLE {} ADD COLUMN {} {}",
+            SqliteDialect.quote_ident(&table.name),
+            SqliteDialect.quote_ident(&f.name),
+            declared_type(f.data_type)
+        );
+        sqlx::query(&sql)
+            .execute(&mut *conn)
+            .await
+            .map_err(db_error(format!(
+                "adding column `{}` to table `{}`",
+                f.name, table.name
+            )))?;
+        tracing::info!(table = %table.name, column = %f.name, "added column");
     }
+    catalog::load_table(conn, &table.name).await
 }
 
 /// Begins the write transaction unless one is open.
@@ -434,33 +404,29 @@ impl SqliteWriter {
     }
 
     fn upsert_sql(&self, plan: &Plan, rows: usize) -> String {
-        let table = ident(&self.table.name);
-        let row = placeholders(plan.columns.len());
+        let table = SqliteDialect.quote_ident(&self.table.name);
+        let row = SqliteDialect.placeholder_row(1, plan.columns.len());
         let values = vec![row.as_str(); rows].join(", ");
         let others: Vec<&String> = plan
             .columns
             .iter()
             .filter(|c| !self.key.contains(c))
             .collect();
-        let action = if others.is_empty() {
-            "DO NOTHING".to_string()
-        } else {
-            let set: Vec<String> = others
+        let names: Vec<&str> = others.iter().map(|c| c.as_str()).collect();
+        // Rows whose values are all unchanged are not touched: SQLite then does not count
+        // them as changed, which tells updated from unchanged.
+        let action = conflict_action(&SqliteDialect, &names, || {
+            others
                 .iter()
-                .map(|c| format!("{0} = excluded.{0}", ident(c)))
-                .collect();
-            // Rows whose values are all unchanged are not touched: SQLite then does not
-            // count them as changed, which tells updated from unchanged.
-            let changed: Vec<String> = others
-                .iter()
-                .map(|c| format!("{table}.{0} IS NOT excluded.{0}", ident(c)))
-                .collect();
-            format!(
-                "DO UPDATE SET {} WHERE {}",
-                set.join(", "),
-                changed.join(" OR ")
-            )
-        };
+                .map(|c| {
+                    format!(
+                        "{table}.{0} IS NOT excluded.{0}",
+                        SqliteDialect.quote_ident(c)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(" OR ")
+        });
         format!(
             "INSERT INTO {table} ({}) VALUES {values} ON CONFLICT ({}) {action}",
             idents(&plan.columns),
@@ -475,7 +441,7 @@ impl SqliteWriter {
         plan: &Plan,
         rows: &[&(usize, Vec<SqlValue>)],
     ) -> Result<Vec<bool>> {
-        let table = ident(&self.table.name);
+        let table = SqliteDialect.quote_ident(&self.table.name);
         let n = plan.key_positions.len();
         let values: Vec<String> = (0..rows.len())
             .map(|i| format!("({i}, {})", vec!["?"; n].join(", ")))
@@ -484,7 +450,13 @@ impl SqliteWriter {
             .key
             .iter()
             .enumerate()
-            .map(|(j, k)| format!("{table}.{} = v.column{}", ident(k), j + 2))
+            .map(|(j, k)| {
+                format!(
+                    "{table}.{} = v.column{}",
+                    SqliteDialect.quote_ident(k),
+                    j + 2
+                )
+            })
             .collect();
         let sql = format!(
             "SELECT v.column1 FROM (VALUES {}) AS v JOIN {table} ON {}",
@@ -599,14 +571,7 @@ impl StreamWriter for SqliteWriter {
                 Err(e) => return Err(db_error(what())(e)),
             }
         }
-        rejected.sort_by_key(|r| r.row);
-        Ok(WriteOutcome {
-            inserted: Some(inserted),
-            updated: Some(updated),
-            unchanged: Some(unchanged),
-            deleted: None,
-            rejected,
-        })
+        Ok(upsert_outcome(inserted, updated, unchanged, rejected))
     }
 
     async fn delete(&mut self, keys: RecordBatch) -> Result<WriteOutcome> {
@@ -615,7 +580,7 @@ impl StreamWriter for SqliteWriter {
         let mut deleted = 0u64;
         let n = plan.key_positions.len();
         let per_statement = self.rows_per_statement(n);
-        let table = ident(&self.table.name);
+        let table = SqliteDialect.quote_ident(&self.table.name);
         let mut state = self.shared.lock().await;
         if !rows.is_empty() {
             begin(&mut state).await?;
@@ -626,11 +591,11 @@ impl StreamWriter for SqliteWriter {
             let sql = if n == 1 {
                 format!(
                     "DELETE FROM {table} WHERE {} IN ({})",
-                    ident(&self.key[0]),
+                    SqliteDialect.quote_ident(&self.key[0]),
                     vec!["?"; chunk.len()].join(", ")
                 )
             } else {
-                let row = placeholders(n);
+                let row = SqliteDialect.placeholder_row(1, n);
                 format!(
                     "DELETE FROM {table} WHERE ({}) IN (VALUES {})",
                     idents(&self.key),

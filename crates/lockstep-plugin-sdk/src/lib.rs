@@ -22,22 +22,29 @@ compile_error!(
      [profile.*] sections of your Cargo.toml."
 );
 
+pub mod checkpoint;
 mod entry;
 mod error;
+pub mod evolution;
 pub mod ffi;
 mod guard;
 mod logging;
+pub mod outcome;
+pub mod resolve;
 pub mod rows;
 
 pub use abi_stable;
 pub use arrow;
+pub use checkpoint::{checkpoint_after, resume_point, ResumePoint};
 pub use error::{ConnectorError, Result};
+pub use evolution::{plan_evolution, EvolutionPlan};
 pub use lockstep_plugin_api as api;
 pub use lockstep_protocol as protocol;
 pub use lockstep_protocol::{
     Catalog, CursorCheckpoint, DataType, FieldInfo, Manifest, OpenStreamRequest, ReadMode,
     ReadRequest, RejectedRow, Role, SchemaEvolution, StreamInfo, WriteOutcome,
 };
+pub use resolve::{resolve_read, ResolvedRead};
 pub use serde_json;
 pub use tracing;
 

@@ -48,6 +48,8 @@
 //! same way in Lockstep.
 
 mod destination;
+#[cfg(feature = "live-db")]
+pub mod live_db;
 mod report;
 pub mod skip;
 mod source;
@@ -56,6 +58,8 @@ mod util;
 
 /// The Arrow crate the kit (and the host) use, for building batches in tests.
 pub use arrow;
+#[cfg(feature = "live-db")]
+pub use live_db::{LiveDb, Server};
 pub use report::{Check, Failures, Outcome, Report};
 
 use std::path::{Path, PathBuf};

@@ -48,12 +48,17 @@ fn connectors_depend_on_the_sdk_and_never_on_host_crates() {
     for dir in dirs {
         for dep in dependencies(&dir) {
             if dep.starts_with("lockstep-") {
-                // The HTTP kit depends on the SDK alone, so it keeps connectors buildable
-                // out of tree.
+                // The HTTP and SQL kits depend on the SDK alone, so they keep connectors
+                // buildable out of tree.
                 assert!(
-                    ["lockstep-plugin-sdk", "lockstep-http-kit"].contains(&dep.as_str()),
-                    "{} depends on {dep}; connectors may use lockstep-plugin-sdk and \
-                     lockstep-http-kit only",
+                    [
+                        "lockstep-plugin-sdk",
+                        "lockstep-http-kit",
+                        "lockstep-sql-kit"
+                    ]
+                    .contains(&dep.as_str()),
+                    "{} depends on {dep}; connectors may use lockstep-plugin-sdk, \
+                     lockstep-http-kit and lockstep-sql-kit only",
                     dir.display()
                 );
             }

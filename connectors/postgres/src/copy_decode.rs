@@ -17,7 +17,7 @@ use lockstep_plugin_sdk::arrow::array::{
 
 use crate::catalog::Wire;
 use crate::numeric::Numeric;
-use crate::values::{date_from_pg, format_uuid, timestamp_from_pg};
+use crate::types::{date_from_pg, format_uuid, timestamp_from_pg};
 
 const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
 

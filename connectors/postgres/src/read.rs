@@ -26,21 +26,24 @@ use lockstep_plugin_sdk::api::ErrorKind;
 use lockstep_plugin_sdk::arrow::array::RecordBatch;
 use lockstep_plugin_sdk::arrow::datatypes::SchemaRef;
 use lockstep_plugin_sdk::protocol::arrow_types::arrow_schema;
+use lockstep_plugin_sdk::resolve::unknown_field;
 use lockstep_plugin_sdk::{
-    BatchReader, Catalog, ConnectorError, Context, CursorCheckpoint, DataType, FieldInfo, ReadMode,
-    ReadRequest, Result, SourceConnector,
+    checkpoint_after, resolve_read, resume_point, BatchReader, Catalog, ConnectorError, Context,
+    DataType, FieldInfo, ReadRequest, ResolvedRead, Result, SourceConnector,
 };
-use serde_json::{json, Value};
+use serde_json::Value;
 use sqlx::PgConnection;
 use tokio::sync::mpsc;
 
+use crate::catalog::qualified;
 use crate::catalog::{ReadExpr, Table, Wire};
 use crate::config::{effective_batch_size, Config, Settings};
-use crate::decode::CopyDecoder;
-use crate::errors::map_sqlx;
+use crate::copy_decode::CopyDecoder;
+use crate::error::map_sqlx;
 use crate::session::Session;
-use crate::sql::{ident, qualified, row_of};
-use crate::values::{checkpoint_value, json_to_text};
+use crate::types::{checkpoint_value, json_to_text};
+use lockstep_sql_kit::dialect::row_of;
+use lockstep_sql_kit::{keyset_after, Dialect, PostgresDialect};
 
 /// The PostgreSQL source.
 pub struct PgSource {
@@ -110,7 +113,7 @@ impl KeyFilter {
                     table.column_names()
                 ))
             })?;
-            columns.push(ident(&c.name));
+            columns.push(PostgresDialect.quote_ident(&c.name));
             casts.push(format!("(e->>{i})::{}", c.cast_type));
         }
         let condition = format!(
@@ -175,52 +178,19 @@ impl ReadPlan {
     fn new(table: &Table, request: &ReadRequest, session: &Session) -> Result<Self> {
         let label = format!("reading `{}`", table.name);
         let stream = table.stream_info();
-        let unknown = |what: &str, name: &str| {
-            ConnectorError::schema(format!(
-                "{label}: {what} `{name}` is not a column; columns: {}",
-                table.column_names()
-            ))
-        };
-        let wanted: Vec<&FieldInfo> = match &request.fields {
-            Some(names) => names
-                .iter()
-                .map(|n| stream.field(n).ok_or_else(|| unknown("field", n)))
-                .collect::<Result<_>>()?,
-            None => stream.fields.iter().collect(),
-        };
-        let key: Vec<String> = if request.key.is_empty() {
-            table.primary_key.clone()
-        } else {
-            request.key.clone()
-        };
-        if key.is_empty() {
-            return Err(ConnectorError::schema(format!(
-                "{label}: the {} has no primary key; give the read a `key` (fields that \
-                 identify a row) so that it can be paged",
-                table.kind.describe()
-            )));
-        }
-        let mut order: Vec<String> = Vec::new();
-        let incremental = request.mode == ReadMode::Incremental;
-        if incremental {
-            let cursor = request.cursor_field.as_ref().ok_or_else(|| {
-                ConnectorError::config(format!(
-                    "{label}: an incremental read needs a `cursor_field`; candidates: {}",
-                    stream.cursor_candidates.join(", ")
-                ))
-            })?;
-            order.push(cursor.clone());
-        }
-        for k in &key {
-            if !order.contains(k) {
-                order.push(k.clone());
-            }
-        }
+        let ResolvedRead {
+            fields,
+            key,
+            cursor,
+            order,
+        } = resolve_read(request, &stream)?;
+        let wanted: Vec<&FieldInfo> = fields.iter().collect();
+        let incremental = cursor.is_some();
         let mut order_types = Vec::new();
         for name in &order {
             let c = table
                 .column(name)
-                .ok_or_else(|| unknown("key or cursor field", name))?;
+                .ok_or_else(|| unknown_field(&stream, name, "key or cursor field"))?;
             if c.expr == ReadExpr::Json {
                 return Err(ConnectorError::schema(format!(
                     "{label}: `{name}` is an array column ({}); it cannot order a read",
@@ -277,7 +247,7 @@ impl ReadPlan {
             .collect();
         let out: Vec<FieldInfo> = wanted.iter().map(|f| (*f).clone()).collect();
         let schema = Arc::new(arrow_schema(&out));
-        let position = parse_checkpoint(request, &order, incremental, &label)?;
+        let position = parse_checkpoint(request, &order, &label)?;
         let limit = effective_batch_size(request.batch_size, session.settings.batch_size);
         let keys = match &request.keys {
             Some(keys) => Some(KeyFilter::new(table, &key, keys, limit, &label)?),
@@ -290,7 +260,10 @@ impl ReadPlan {
                 exprs.join(", "),
                 qualified(&session.settings.schema, &table.name)
             ),
-            order: order.iter().map(|n| ident(n)).collect(),
+            order: order
+                .iter()
+                .map(|n| PostgresDialect.quote_ident(n))
+                .collect(),
             order_types,
             incremental,
             limit,
@@ -338,23 +311,16 @@ impl ReadPlan {
                 }
                 _ => {
                     // A checkpoint may carry fewer values than there are order columns (a
-                    // cursor without a key): compare the prefix it has.
-                    let mut left = Vec::new();
-                    let mut right = Vec::new();
-                    for (i, ((column, ty), value)) in self
-                        .order
-                        .iter()
-                        .zip(&self.order_types)
-                        .zip(values)
-                        .enumerate()
-                    {
+                    // cursor without a key): the predicate compares the prefix it has.
+                    let mut exprs = Vec::new();
+                    for (i, (ty, value)) in self.order_types.iter().zip(values).enumerate() {
                         let name = format!("lockstep.p{i}");
-                        left.push(column.clone());
-                        right.push(setting(&name, ty));
+                        exprs.push(Some(setting(&name, ty)));
                         params.push((name, value.clone()));
                     }
-                    if !left.is_empty() {
-                        conditions.push(format!("{} > {}", row_of(&left), row_of(&right)));
+                    if !exprs.is_empty() {
+                        let cut = keyset_after(&PostgresDialect, &self.order, &exprs, false);
+                        conditions.push(cut.sql);
                     }
                 }
             }
@@ -378,43 +344,22 @@ impl ReadPlan {
 fn parse_checkpoint(
     request: &ReadRequest,
     order: &[String],
-    incremental: bool,
     label: &str,
 ) -> Result<Option<Vec<String>>> {
-    let Some(checkpoint) = &request.checkpoint else {
+    let Some(point) = resume_point(request, order.len())? else {
         return Ok(None);
     };
-    if checkpoint.is_null() {
-        return Ok(None);
-    }
-    let bad = |why: &str| {
-        ConnectorError::config(format!(
-            "{label}: the checkpoint {checkpoint} cannot be resumed: {why}"
-        ))
-    };
-    let parsed: CursorCheckpoint =
-        serde_json::from_value(checkpoint.clone()).map_err(|e| bad(&e.to_string()))?;
-    let mut values: Vec<Value> = Vec::new();
-    if incremental {
-        if parsed.cursor.is_null() {
-            return Ok(None);
-        }
-        values.push(parsed.cursor);
-    }
-    let key_len = order.len() - incremental as usize;
-    if !parsed.key.is_empty() && parsed.key.len() != key_len {
-        return Err(bad(&format!(
-            "it has {} key values and the key has {key_len} fields",
-            parsed.key.len()
-        )));
-    }
-    if !incremental && parsed.key.is_empty() {
-        return Ok(None);
-    }
-    values.extend(parsed.key);
-    values
+    point
+        .order_values()
         .iter()
-        .map(|v| json_to_text(v).ok_or_else(|| bad("it holds a null")))
+        .map(|v| {
+            json_to_text(v).ok_or_else(|| {
+                ConnectorError::config(format!(
+                    "{label}: the checkpoint {} cannot be resumed: it holds a null",
+                    request.checkpoint.as_ref().unwrap_or(&Value::Null)
+                ))
+            })
+        })
         .collect::<Result<Vec<_>>>()
         .map(Some)
 }
@@ -628,17 +573,7 @@ async fn fetch(conn: &mut PgConnection, plan: &mut ReadPlan) -> BatchResult {
         })
         .collect::<Result<Vec<_>>>()?;
     plan.position = Some(texts);
-    let checkpoint = if plan.incremental {
-        let mut values = values.into_iter();
-        let cursor = values.next().unwrap_or(Value::Null);
-        serde_json::to_value(CursorCheckpoint {
-            cursor,
-            key: values.collect(),
-        })
-        .map_err(|e| ConnectorError::internal(e.to_string()))?
-    } else {
-        json!({ "key": values })
-    };
+    let checkpoint = checkpoint_after(plan.incremental, values);
     Ok(Some((out_batch(plan, columns)?, checkpoint)))
 }
 

@@ -18,7 +18,7 @@ use lockstep_plugin_sdk::DataType;
 use sqlx::mysql::MySqlArguments;
 use sqlx::Arguments;
 
-use crate::schema::{Column, Wire};
+use crate::catalog::{Column, Wire};
 
 const EPOCH: NaiveDate = match NaiveDate::from_ymd_opt(1970, 1, 1) {
     Some(d) => d,

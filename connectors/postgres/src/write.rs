@@ -23,18 +23,24 @@ use std::collections::HashSet;
 use lockstep_plugin_sdk::api::ErrorKind;
 use lockstep_plugin_sdk::arrow::array::RecordBatch;
 use lockstep_plugin_sdk::arrow::datatypes::Schema;
+use lockstep_plugin_sdk::evolution::plan_evolution;
+use lockstep_plugin_sdk::outcome::upsert_outcome;
 use lockstep_plugin_sdk::{
     tracing, Catalog, ConnectorError, Context, DataType, DestinationConnector, OpenStreamRequest,
     RejectedRow, Result, SchemaEvolution, StreamWriter, WriteOutcome,
 };
 use sqlx::{PgConnection, Row};
 
+use crate::catalog::qualified;
 use crate::catalog::{load_tables, native_for, Column, RelKind, Table};
 use crate::config::{Config, Settings};
-use crate::encode::{BatchEncoder, Enc, EncColumn, Prepared, HEADER, TRAILER};
-use crate::errors::{db_message, is_data_error, map_sqlx, sqlstate};
+use crate::copy_encode::{BatchEncoder, Enc, EncColumn, Prepared, HEADER, TRAILER};
+use crate::error::{db_message, is_data_error, map_sqlx, sqlstate};
 use crate::session::Session;
-use crate::sql::{ident, ident_list, qualified, row_of};
+use lockstep_sql_kit::ddl::table_body;
+use lockstep_sql_kit::dialect::row_of;
+use lockstep_sql_kit::upsert::conflict_action;
+use lockstep_sql_kit::{Dialect, PostgresDialect};
 
 /// Bytes of COPY data sent per message.
 const CHUNK: usize = 1 << 20;
@@ -132,27 +138,21 @@ async fn open_writer(
                     )));
                 }
             }
-            let mut defs: Vec<String> = request
-                .fields
-                .iter()
-                .map(|f| {
-                    let not_null = if !f.nullable || key.contains(&f.name) {
-                        " NOT NULL"
-                    } else {
-                        ""
-                    };
-                    format!("{} {}{not_null}", ident(&f.name), native_for(f.data_type))
-                })
-                .collect();
-            defs.push(format!(
-                "PRIMARY KEY ({})",
-                ident_list(key.iter().map(String::as_str), "")
-            ));
-            let ddl = format!("CREATE TABLE IF NOT EXISTS {target} ({})", defs.join(", "));
-            sqlx::raw_sql(&format!("CREATE SCHEMA IF NOT EXISTS {}", ident(schema)))
-                .execute(&mut *conn)
-                .await
-                .map_err(map_sqlx)?;
+            let body = table_body(
+                &PostgresDialect,
+                request,
+                |name| key.iter().any(|k| k == name),
+                |f, _| Ok(native_for(f.data_type)),
+                "",
+            )?;
+            let ddl = format!("CREATE TABLE IF NOT EXISTS {target} ({body})");
+            sqlx::raw_sql(&format!(
+                "CREATE SCHEMA IF NOT EXISTS {}",
+                PostgresDialect.quote_ident(schema)
+            ))
+            .execute(&mut *conn)
+            .await
+            .map_err(map_sqlx)?;
             sqlx::raw_sql(&ddl)
                 .execute(&mut *conn)
                 .await
@@ -170,7 +170,7 @@ async fn open_writer(
         )));
     }
     let key = if request.key.is_empty() {
-        table.primary_key.clone()
+        table.keys.primary_key.clone()
     } else {
         request.key.clone()
     };
@@ -192,49 +192,26 @@ async fn open_writer(
             "the key ({}) is not unique in {target}: upserts need a primary key or unique \
              index on exactly these columns; add one with CREATE UNIQUE INDEX ON {target} ({})",
             key.join(", "),
-            ident_list(key.iter().map(String::as_str), "")
+            PostgresDialect.ident_list(key.iter().map(String::as_str), "")
         )));
     }
-    let missing: Vec<_> = request
-        .fields
-        .iter()
-        .filter(|f| table.column(&f.name).is_none())
-        .collect();
-    let table = if missing.is_empty() {
+    let plan = plan_evolution(request, |name| table.column(name).is_some())?;
+    let table = if plan.added().is_empty() {
         table
     } else {
-        let names = missing
-            .iter()
-            .map(|f| format!("`{}`", f.name))
-            .collect::<Vec<_>>()
-            .join(", ");
-        match request.schema_evolution {
-            SchemaEvolution::Fail => {
-                return Err(ConnectorError::schema(format!(
-                    "{target} lacks the columns {names} and schema evolution is `fail`; add \
-                     them or set schema evolution to `add-columns` or `ignore`"
-                )));
-            }
-            SchemaEvolution::Ignore => {
-                tracing::info!(table = %target, columns = %names, "not writing missing columns");
-                table
-            }
-            SchemaEvolution::AddColumns => {
-                for f in &missing {
-                    let ddl = format!(
-                        "ALTER TABLE {target} ADD COLUMN IF NOT EXISTS {} {}",
-                        ident(&f.name),
-                        native_for(f.data_type)
-                    );
-                    sqlx::raw_sql(&ddl)
-                        .execute(&mut *conn)
-                        .await
-                        .map_err(map_sqlx)?;
-                }
-                tracing::info!(table = %target, columns = %names, "added columns");
-                reload(conn, schema, &request.stream).await?
-            }
+        for f in plan.added() {
+            let ddl = format!(
+                "ALTER TABLE {target} ADD COLUMN IF NOT EXISTS {} {}",
+                PostgresDialect.quote_ident(&f.name),
+                native_for(f.data_type)
+            );
+            sqlx::raw_sql(&ddl)
+                .execute(&mut *conn)
+                .await
+                .map_err(map_sqlx)?;
         }
+        tracing::info!(table = %target, columns = %plan.names(), "added columns");
+        reload(conn, schema, &request.stream).await?
     };
     let empty = created || {
         let sql = format!("SELECT NOT EXISTS (SELECT 1 FROM {target})");
@@ -436,29 +413,30 @@ impl PgWriter {
             }
         }
         self.next_id += 1;
-        let stage = ident(&format!("lockstep_stage_{}", self.next_id));
+        let stage = PostgresDialect.quote_ident(&format!("lockstep_stage_{}", self.next_id));
         let names: Vec<&str> = columns.iter().map(|c| c.column.name.as_str()).collect();
-        let cols_sql = ident_list(names.iter().copied(), "");
+        let cols_sql = PostgresDialect.ident_list(names.iter().copied(), "");
         let exprs: Vec<String> = columns
             .iter()
-            .map(|c| format!("s.{}::{}", ident(&c.column.name), c.column.cast_type))
+            .map(|c| {
+                format!(
+                    "s.{}::{}",
+                    PostgresDialect.quote_ident(&c.column.name),
+                    c.column.cast_type
+                )
+            })
             .collect();
         let non_key: Vec<&PlanColumn> = columns
             .iter()
             .filter(|c| !self.key.contains(&c.column.name))
             .collect();
-        let conflict = if non_key.is_empty() {
-            "DO NOTHING".to_string()
-        } else {
-            let sets: Vec<String> = non_key
-                .iter()
-                .map(|c| format!("{0} = EXCLUDED.{0}", ident(&c.column.name)))
-                .collect();
+        let names: Vec<&str> = non_key.iter().map(|c| c.column.name.as_str()).collect();
+        let conflict = conflict_action(&PostgresDialect, &names, || {
             let compared = |prefix: &str| -> Vec<String> {
                 non_key
                     .iter()
                     .map(|c| {
-                        let v = format!("{prefix}{}", ident(&c.column.name));
+                        let v = format!("{prefix}{}", PostgresDialect.quote_ident(&c.column.name));
                         if c.column.comparable() {
                             v
                         } else {
@@ -468,15 +446,17 @@ impl PgWriter {
                     .collect()
             };
             format!(
-                "DO UPDATE SET {} WHERE {} IS DISTINCT FROM {}",
-                sets.join(", "),
+                "{} IS DISTINCT FROM {}",
                 row_of(&compared("t.")),
                 row_of(&compared("EXCLUDED."))
             )
-        };
-        let keys = ident_list(self.key.iter().map(String::as_str), "");
-        let skeys = ident_list(self.key.iter().map(String::as_str), "s.");
-        let range = format!("s.{0} >= $1 AND s.{0} < $2", ident(ROW_COLUMN));
+        });
+        let keys = PostgresDialect.ident_list(self.key.iter().map(String::as_str), "");
+        let skeys = PostgresDialect.ident_list(self.key.iter().map(String::as_str), "s.");
+        let range = format!(
+            "s.{0} >= $1 AND s.{0} < $2",
+            PostgresDialect.quote_ident(ROW_COLUMN)
+        );
         let insert_with = |select: String| {
             format!(
                 "WITH w AS (INSERT INTO {} AS t ({cols_sql}) OVERRIDING SYSTEM VALUE {select} \
@@ -494,15 +474,20 @@ impl PgWriter {
             "SELECT DISTINCT ON ({skeys}) {} FROM pg_temp.{stage} s WHERE {range} \
              ORDER BY {skeys}, s.{} DESC",
             exprs.join(", "),
-            ident(ROW_COLUMN)
+            PostgresDialect.quote_ident(ROW_COLUMN)
         ));
-        let stage_defs: Vec<String> = std::iter::once(format!("{} integer", ident(ROW_COLUMN)))
-            .chain(
-                columns
-                    .iter()
-                    .map(|c| format!("{} {}", ident(&c.column.name), c.enc.stage_type())),
+        let stage_defs: Vec<String> = std::iter::once(format!(
+            "{} integer",
+            PostgresDialect.quote_ident(ROW_COLUMN)
+        ))
+        .chain(columns.iter().map(|c| {
+            format!(
+                "{} {}",
+                PostgresDialect.quote_ident(&c.column.name),
+                c.enc.stage_type()
             )
-            .collect();
+        }))
+        .collect();
         let plan = UpsertPlan {
             shape,
             create_stage: format!(
@@ -511,7 +496,7 @@ impl PgWriter {
             ),
             copy_stage: format!(
                 "COPY pg_temp.{stage} ({}, {cols_sql}) FROM STDIN (FORMAT binary)",
-                ident(ROW_COLUMN)
+                PostgresDialect.quote_ident(ROW_COLUMN)
             ),
             copy_direct: columns.iter().all(|c| c.enc.direct_ok()).then(|| {
                 format!(
@@ -620,17 +605,10 @@ impl PgWriter {
                 .await
                 .map_err(|e| e.into_connector().context("copying into the staging table"))?;
         let (inserted, updated) = self.insert_staged(index, rows, &mut rejected).await?;
-        rejected.sort_by_key(|r| r.row);
         let unchanged = (rows as u64)
             .saturating_sub(rejected.len() as u64)
             .saturating_sub(inserted + updated);
-        Ok(WriteOutcome {
-            inserted: Some(inserted),
-            updated: Some(updated),
-            unchanged: Some(unchanged),
-            deleted: None,
-            rejected,
-        })
+        Ok(upsert_outcome(inserted, updated, unchanged, rejected))
     }
 
     /// Moves the staged rows into the target, isolating refused rows by bisection.
@@ -721,10 +699,10 @@ impl PgWriter {
                     c.column.name.clone(),
                     format!(
                         "SELECT s.{}::{} FROM pg_temp.{} s WHERE s.{} = $1",
-                        ident(&c.column.name),
+                        PostgresDialect.quote_ident(&c.column.name),
                         c.column.cast_type,
                         plan.stage,
-                        ident(ROW_COLUMN)
+                        PostgresDialect.quote_ident(ROW_COLUMN)
                     ),
                 )
             })
@@ -779,16 +757,23 @@ impl PgWriter {
                 })
                 .collect::<Vec<_>>();
             self.next_id += 1;
-            let stage = ident(&format!("lockstep_keys_{}", self.next_id));
-            let names = ident_list(columns.iter().map(|c| c.column.name.as_str()), "");
+            let stage = PostgresDialect.quote_ident(&format!("lockstep_keys_{}", self.next_id));
+            let names =
+                PostgresDialect.ident_list(columns.iter().map(|c| c.column.name.as_str()), "");
             let defs: Vec<String> = columns
                 .iter()
-                .map(|c| format!("{} {}", ident(&c.column.name), c.enc.stage_type()))
+                .map(|c| {
+                    format!(
+                        "{} {}",
+                        PostgresDialect.quote_ident(&c.column.name),
+                        c.enc.stage_type()
+                    )
+                })
                 .collect();
             let on: Vec<String> = columns
                 .iter()
                 .map(|c| {
-                    let n = ident(&c.column.name);
+                    let n = PostgresDialect.quote_ident(&c.column.name);
                     format!("t.{n} = s.{n}::{}", c.column.cast_type)
                 })
                 .collect();
@@ -855,15 +840,17 @@ impl PgWriter {
     }
 }
 
+/// Hooks for the connector's own benchmark only (feature `bench-hooks`), never for
+/// production callers.
 impl PgWriter {
     /// For benchmarks: always go through staging.
-    #[doc(hidden)]
+    #[cfg(feature = "bench-hooks")]
     pub fn direct_off_for_bench(&mut self) {
         self.direct = false;
     }
 
     /// For benchmarks: encodes a batch for the target without sending it; returns its size.
-    #[doc(hidden)]
+    #[cfg(feature = "bench-hooks")]
     pub fn encode_only_for_bench(&mut self, batch: &RecordBatch) -> Result<usize> {
         let index = self.plan_index(&batch.schema())?;
         let plan = &self.plans[index];

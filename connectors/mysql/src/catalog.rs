@@ -1,6 +1,8 @@
 //! Tables as information_schema describes them, the mapping of MySQL types onto logical
 //! types (for reading) and of logical types onto MySQL types (for creating tables).
 
+use lockstep_sql_kit::keys::TableKeys;
+use lockstep_sql_kit::{Dialect, MySqlDialect};
 use std::collections::HashMap;
 
 use lockstep_plugin_sdk::{
@@ -9,7 +11,7 @@ use lockstep_plugin_sdk::{
 use sqlx::mysql::MySqlConnection;
 use sqlx::Row;
 
-use crate::conn::{quote, Db, Flavor};
+use crate::session::{Db, Flavor};
 
 /// How a column's values come off the wire; the logical type says what they become.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,9 +82,9 @@ impl Column {
     /// The SQL expression to order and compare this column by.
     pub fn order_expr(&self) -> String {
         if self.sorts_by_index() {
-            format!("CAST({} AS CHAR)", quote(&self.name))
+            format!("CAST({} AS CHAR)", MySqlDialect.quote_ident(&self.name))
         } else {
-            quote(&self.name)
+            MySqlDialect.quote_ident(&self.name)
         }
     }
 }
@@ -92,9 +94,9 @@ impl Column {
 pub(crate) struct Table {
     pub name: String,
     pub columns: Vec<Column>,
-    pub primary_key: Vec<String>,
-    /// Every unique index (the primary key included) over whole column values.
-    pub unique_keys: Vec<Vec<String>>,
+    /// The primary key, and every unique index (the primary key included) over whole column
+    /// values.
+    pub keys: TableKeys,
 }
 
 impl Table {
@@ -119,20 +121,14 @@ impl Table {
         StreamInfo {
             name: self.name.clone(),
             fields,
-            primary_key: self.primary_key.clone(),
+            primary_key: self.keys.primary_key.clone(),
             cursor_candidates,
         }
     }
 
     /// Whether a unique index covers exactly `key` (in any order).
     pub fn has_unique_key(&self, key: &[String]) -> bool {
-        let mut wanted: Vec<&String> = key.iter().collect();
-        wanted.sort();
-        self.unique_keys.iter().any(|k| {
-            let mut have: Vec<&String> = k.iter().collect();
-            have.sort();
-            have == wanted
-        })
+        self.keys.has_unique_key(key)
     }
 }
 
@@ -284,8 +280,7 @@ pub(crate) async fn load_tables(
                 tables.push(Table {
                     name: table,
                     columns: vec![column],
-                    primary_key: Vec::new(),
-                    unique_keys: Vec::new(),
+                    keys: TableKeys::default(),
                 });
             }
         }
@@ -340,12 +335,9 @@ pub(crate) async fn load_tables(
         let Some(&i) = by_name.get(&table) else {
             continue;
         };
-        if index == "PRIMARY" {
-            tables[i].primary_key = columns.clone();
-        }
-        if !prefix {
-            tables[i].unique_keys.push(columns);
-        }
+        tables[i]
+            .keys
+            .add_unique_index(columns, index == "PRIMARY", !prefix);
     }
     Ok(tables)
 }

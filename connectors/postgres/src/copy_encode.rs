@@ -24,7 +24,7 @@ use serde_json::Value;
 
 use crate::catalog::Column;
 use crate::numeric;
-use crate::values::{
+use crate::types::{
     date_to_pg, format_date, format_float, format_time, format_timestamp, parse_uuid,
     timestamp_to_pg, MICROS_PER_DAY,
 };

@@ -1,0 +1,72 @@
+//! The connection's config, and the password its URL may carry (never printed).
+
+use serde::Deserialize;
+
+/// The default number of rows per batch.
+pub const DEFAULT_BATCH_SIZE: usize = 10_000;
+
+/// A connection's config.
+#[derive(Deserialize, Clone)]
+pub struct Config {
+    /// `mysql://user[:password]@host[:port]/database[?ssl-mode=...]`.
+    pub url: String,
+    /// The environment variable that holds the password (overrides one in the URL).
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// Rows per batch when the read request sets none.
+    #[serde(default)]
+    pub batch_size: Option<usize>,
+    /// How far incremental reads reach back behind the checkpoint (`0s`, `5m`, `1h`).
+    #[serde(default)]
+    pub lookback: Option<String>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may hold a password: it is never printed.
+        f.debug_struct("Config")
+            .field("password_env", &self.password_env)
+            .field("batch_size", &self.batch_size)
+            .field("lookback", &self.lookback)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The password of a `user:password@host` URL body, percent-decoded, if any.
+pub(crate) fn url_password(rest: &str) -> Option<String> {
+    let authority = rest.split(['/', '?']).next()?;
+    let userinfo = authority.rsplit_once('@')?.0;
+    let password = userinfo.split_once(':')?.1;
+    let decoded = percent_decode(password);
+    (!decoded.is_empty()).then_some(decoded)
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push(h * 16 + l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_found_and_percent_decoded() {
+        assert_eq!(url_password("u:p%40ss1@h:1/db").as_deref(), Some("p@ss1"));
+        assert_eq!(url_password("u@h/db"), None);
+    }
+}
