@@ -89,7 +89,6 @@ mod duration;
 mod interpolate;
 mod model;
 mod secrets;
-mod suggest;
 mod validate;
 
 #[cfg(test)]
