@@ -91,6 +91,19 @@ pub struct LeaseHolder {
     pub pid: u32,
 }
 
+/// This machine's host name, for lease holders and alerts: the one place it is read.
+///
+/// Falls back to `localhost` when the system cannot say (or the name is not UTF-8), so that a
+/// lease can always be taken; the pid still tells processes apart.
+pub fn hostname() -> String {
+    hostname::get()
+        .ok()
+        .and_then(|name| name.into_string().ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
 impl fmt::Display for LeaseHolder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "process {} on host `{}`", self.pid, self.host)
