@@ -177,8 +177,8 @@ fn docs_config_names_every_key_the_validator_accepts() {
     let mut keys = BTreeSet::new();
     let mut list_names = BTreeSet::new();
     for source in &sources {
-        let text = std::fs::read_to_string(source)
-            .unwrap_or_else(|e| panic!("{}: {e}", source.display()));
+        let text =
+            std::fs::read_to_string(source).unwrap_or_else(|e| panic!("{}: {e}", source.display()));
         for (name, list) in accepted_key_lists(&text) {
             list_names.insert(name);
             keys.extend(list);
