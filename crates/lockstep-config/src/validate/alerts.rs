@@ -34,6 +34,7 @@ pub(super) const EMAIL_KEYS: &[&str] = &[
     "to",
 ];
 
+/// The accepted values of `starttls`.
 pub(super) const STARTTLS: &[(&str, StartTls)] = &[
     ("off", StartTls::Off),
     ("opportunistic", StartTls::Opportunistic),

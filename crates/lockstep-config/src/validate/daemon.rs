@@ -1,13 +1,13 @@
 //! `[daemon]`: the address of the daemon's HTTP endpoint and its log format.
 
-use super::reader::Reader;
-use super::reader::Tbl;
+use super::reader::{Reader, Tbl};
 use crate::diagnostic::ErrorKind;
 use crate::model::{DaemonConfig, LogFormat};
 
 /// The keys accepted in `[daemon]`.
 pub(super) const DAEMON_KEYS: &[&str] = &["listen", "log_format"];
 
+/// The accepted values of `log_format`.
 pub(super) const LOG_FORMATS: &[(&str, LogFormat)] =
     &[("text", LogFormat::Text), ("json", LogFormat::Json)];
 

@@ -29,6 +29,8 @@ pub(super) type Key<'i> = Spanned<DeString<'i>>;
 pub(super) type Val<'i> = Spanned<DeValue<'i>>;
 pub(super) type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 
+/// A TOML syntax error as a diagnostic, with a plainer message and a hint for the usual
+/// mistakes (an unquoted string, a repeated key, an unclosed string or table).
 pub(super) fn syntax_error(
     text: &str,
     path: &Path,
@@ -201,6 +203,8 @@ pub(super) struct Str<'t> {
     pub(super) span: Span,
 }
 
+/// The document being read: its text and path, where values come from, and every problem
+/// found so far.
 pub(super) struct Reader<'a> {
     pub(super) text: &'a str,
     pub(super) path: &'a Path,

@@ -17,6 +17,7 @@ use crate::model::{CatchUp, Schedule, Trigger};
 pub(super) const SCHEDULE_KEYS: &[&str] =
     &["cron", "every", "timezone", "jitter", "catch_up", "timeout"];
 
+/// The accepted values of `catch_up`.
 pub(super) const CATCH_UPS: &[(&str, CatchUp)] =
     &[("skip", CatchUp::Skip), ("run-once", CatchUp::RunOnce)];
 

@@ -37,6 +37,7 @@ pub(super) const ENDPOINT_KEYS: &[&str] = &["connection", "stream"];
 /// The keys accepted in `[syncs.NAME.retry]`.
 pub(super) const RETRY_KEYS: &[&str] = &["max_attempts", "initial_backoff", "max_backoff"];
 
+/// The accepted values of `mode`.
 pub(super) const MODES: &[(&str, SyncMode)] = &[
     ("full", SyncMode::Full),
     ("incremental", SyncMode::Incremental),
