@@ -142,3 +142,15 @@ pub struct BatchCommit<'a> {
     /// are ignored: the store assigns them from this commit.
     pub rejected: &'a [RejectedRecord],
 }
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn hostname_is_the_kernels() {
+        // The name the two hand-written copies used to read, which lease holders written by
+        // older versions carry.
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+        assert_eq!(super::hostname(), kernel.trim());
+    }
+}
