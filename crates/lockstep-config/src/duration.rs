@@ -1,4 +1,9 @@
-//! Durations as the config file writes them: `"500ms"`, `"30s"`, `"5m"`, `"2h"`, `"1d"`.
+//! Durations as the config file and the command line write them: `"500ms"`, `"30s"`, `"5m"`,
+//! `"2h"`, `"1d"`, `"1h30m"`.
+//!
+//! Parsing is `humantime`'s, which also takes the longer unit names (`"5min"`, `"2hours"`,
+//! `"1w"`) and fractions (`"1.5h"`). The one rule added here: a duration holds no whitespace, so that `"5 minutes"` reads
+//! as the mistake it is in a config value rather than as a second form to document.
 
 use std::time::Duration;
 
@@ -14,40 +19,16 @@ pub struct DurationError {
     pub input: String,
 }
 
-/// Parses a duration: one or more `<digits><unit>` parts with unit `ms`, `s`, `m`, `h` or `d`,
-/// no spaces, e.g. `"500ms"`, `"30s"`, `"5m"`, `"2h"`, `"1d"`, `"1h30m"`.
+/// Parses a duration: one or more `<digits><unit>` parts without spaces, e.g. `"500ms"`,
+/// `"30s"`, `"5m"`, `"2h"`, `"1d"`, `"1h30m"`.
 pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
     let error = || DurationError {
         input: input.to_owned(),
     };
-    let mut rest = input;
-    let mut total = Duration::ZERO;
-    if rest.is_empty() {
+    if input.is_empty() || input.chars().any(char::is_whitespace) {
         return Err(error());
     }
-    while !rest.is_empty() {
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return Err(error());
-        }
-        let number: u64 = rest[..digits].parse().map_err(|_| error())?;
-        rest = &rest[digits..];
-        let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
-        let millis_per_unit: u64 = match &rest[..unit_len] {
-            "ms" => 1,
-            "s" => 1_000,
-            "m" => 60_000,
-            "h" => 3_600_000,
-            "d" => 86_400_000,
-            _ => return Err(error()),
-        };
-        rest = &rest[unit_len..];
-        let millis = number.checked_mul(millis_per_unit).ok_or_else(error)?;
-        total = total
-            .checked_add(Duration::from_millis(millis))
-            .ok_or_else(error)?;
-    }
-    Ok(total)
+    humantime::parse_duration(input).map_err(|_| error())
 }
 
 #[cfg(test)]
@@ -63,6 +44,9 @@ mod tests {
         assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
         assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
         assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        // humantime's longer unit names and fractions are taken too.
+        assert_eq!(parse_duration("5min"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5400)));
     }
 
     #[test]
@@ -72,8 +56,7 @@ mod tests {
             "5",
             "m",
             "5 m",
-            "5min",
-            "1.5h",
+            "5 minutes",
             "-1s",
             "5m ",
             "99999999999999999999d",

@@ -82,14 +82,18 @@
 //!
 //! Interpolation applies to every string of a connection's `config`, to `state.url` and to the
 //! strings of `[alerts]` (urls, host, credentials, addresses); nowhere else. Durations are a
-//! whole number and a unit (`ms`, `s`, `m`, `h`, `d`), possibly combined (`"1h30m"`).
+//! whole number and a unit (`ms`, `s`, `m`, `h`, `d`), possibly combined (`"1h30m"`), read by
+//! `humantime` (see [`parse_duration`]).
+//!
+//! The validator's layout: `validate/reader.rs` reads TOML keeping positions; one file of rules
+//! per section (`state`, `connections`, `syncs`, `fields`, `schedule`, `daemon`, `alerts`) owns
+//! the `*_KEYS` list of keys it accepts.
 
 mod diagnostic;
 mod duration;
 mod interpolate;
 mod model;
 mod secrets;
-mod suggest;
 mod validate;
 
 #[cfg(test)]

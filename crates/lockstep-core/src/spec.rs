@@ -2,9 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
-pub mod expr;
-
-pub use expr::{Expr, ExprError, Literal};
+/// The expression language, re-exported so that a spec's types are reachable from here.
+pub use lockstep_expr as expr;
+pub use lockstep_expr::{Expr, ExprError, Literal};
 
 /// One side of a sync: a connection and a stream in it.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]

@@ -1,43 +1,126 @@
-//! The daemon's Prometheus metrics, kept in memory and written in the text exposition format
-//! (version 0.0.4) by hand: a handful of counters, gauges and one histogram need no library.
+//! The daemon's Prometheus metrics, kept in memory with `prometheus-client` and written in the
+//! OpenMetrics text format.
+//!
+//! Counters and the run duration histogram live as long as the daemon; the per-sync gauges
+//! (`lockstep_rejected_records`, `lockstep_open_conflicts`, `lockstep_sync_running`) are built
+//! at each scrape from the configured syncs, so that every sync has them before its first run
+//! and a sync removed from the config loses them.
+//!
+//! Hand-written here: the escaping of label values ([`Escaped`]), because `prometheus-client`
+//! writes label values as they are and a `"` or `\` in one would break the exposition.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use lockstep_core::{RunMetrics, RunStatus};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
 /// Upper bounds of the run duration histogram, in seconds.
 const DURATION_BUCKETS: [f64; 14] = [
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0,
 ];
 
-#[derive(Default)]
+/// A label value, escaped for the text format when it is written.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct Escaped(String);
+
+impl From<&str> for Escaped {
+    fn from(value: &str) -> Self {
+        Self(value.to_owned())
+    }
+}
+
+impl EncodeLabelValue for Escaped {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        for c in self.0.chars() {
+            match c {
+                '\\' => encoder.write_str("\\\\")?,
+                '"' => encoder.write_str("\\\"")?,
+                '\n' => encoder.write_str("\\n")?,
+                other => encoder.write_char(other)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SyncLabel {
+    sync: Escaped,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SyncStatusLabels {
+    sync: Escaped,
+    status: Escaped,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SyncKindLabels {
+    sync: Escaped,
+    kind: Escaped,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ChannelLabel {
+    channel: Escaped,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: Escaped,
+}
+
+fn sync_label(sync: &str) -> SyncLabel {
+    SyncLabel { sync: sync.into() }
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(DURATION_BUCKETS)
+}
+
+/// A gauge that holds seconds since the epoch.
+type TimeGauge = Gauge<f64, AtomicU64>;
+
 pub(crate) struct Metrics {
-    inner: Mutex<Inner>,
+    runs: Family<SyncStatusLabels, Counter>,
+    records: Family<SyncKindLabels, Counter>,
+    durations: Family<SyncLabel, Histogram, fn() -> Histogram>,
+    last_success: Family<SyncLabel, TimeGauge>,
+    /// Serializes updates of `last_success`, which keep the latest time.
+    last_success_update: Mutex<()>,
+    rejected_pending: Mutex<BTreeMap<String, u64>>,
+    crashes: Family<SyncLabel, Counter>,
+    retries: Family<SyncLabel, Counter>,
+    alerts: Family<SyncKindLabels, Counter>,
+    alert_failures: Family<ChannelLabel, Counter>,
+    reloads: Family<ResultLabel, Counter>,
 }
 
-#[derive(Default)]
-struct Inner {
-    runs: BTreeMap<(String, &'static str), u64>,
-    records: BTreeMap<(String, &'static str), u64>,
-    durations: BTreeMap<String, Histogram>,
-    last_success: BTreeMap<String, f64>,
-    rejected_pending: BTreeMap<String, u64>,
-    crashes: BTreeMap<String, u64>,
-    retries: BTreeMap<String, u64>,
-    alerts: BTreeMap<(String, &'static str), u64>,
-    alert_failures: BTreeMap<&'static str, u64>,
-    reloads: BTreeMap<&'static str, u64>,
-}
-
-#[derive(Default, Clone)]
-struct Histogram {
-    /// Cumulative counts per bucket of [`DURATION_BUCKETS`].
-    buckets: [u64; DURATION_BUCKETS.len()],
-    count: u64,
-    sum: f64,
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            runs: Family::default(),
+            records: Family::default(),
+            durations: Family::new_with_constructor(duration_histogram),
+            last_success: Family::default(),
+            last_success_update: Mutex::new(()),
+            rejected_pending: Mutex::new(BTreeMap::new()),
+            crashes: Family::default(),
+            retries: Family::default(),
+            alerts: Family::default(),
+            alert_failures: Family::default(),
+            reloads: Family::default(),
+        }
+    }
 }
 
 /// What `/metrics` needs to know about a configured sync besides the counters.
@@ -47,12 +130,6 @@ pub(crate) struct SyncGauge {
 }
 
 impl Metrics {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     /// Counts one finished run.
     pub(crate) fn run_finished(
         &self,
@@ -62,248 +139,177 @@ impl Metrics {
         duration: Duration,
         finished_at: f64,
     ) {
-        let mut m = self.lock();
-        *m.runs
-            .entry((sync.to_owned(), status.as_str()))
-            .or_default() += 1;
+        self.runs
+            .get_or_create(&SyncStatusLabels {
+                sync: sync.into(),
+                status: status.as_str().into(),
+            })
+            .inc();
         for (kind, value) in metrics.entries() {
-            *m.records.entry((sync.to_owned(), kind)).or_default() += value;
+            self.records
+                .get_or_create(&SyncKindLabels {
+                    sync: sync.into(),
+                    kind: kind.into(),
+                })
+                .inc_by(value);
         }
-        let seconds = duration.as_secs_f64();
-        let h = m.durations.entry(sync.to_owned()).or_default();
-        for (i, bound) in DURATION_BUCKETS.iter().enumerate() {
-            if seconds <= *bound {
-                h.buckets[i] += 1;
-            }
-        }
-        h.count += 1;
-        h.sum += seconds;
+        self.durations
+            .get_or_create(&sync_label(sync))
+            .observe(duration.as_secs_f64());
         if status == RunStatus::Succeeded {
-            m.last_success.insert(sync.to_owned(), finished_at);
+            let _update = self.lock(&self.last_success_update);
+            self.last_success
+                .get_or_create(&sync_label(sync))
+                .set(finished_at);
         }
     }
 
     /// Sets the last success time (seconds since the epoch) without counting a run, for
     /// history read at start-up.
     pub(crate) fn set_last_success(&self, sync: &str, at: f64) {
-        let mut m = self.lock();
-        let entry = m.last_success.entry(sync.to_owned()).or_insert(at);
-        *entry = entry.max(at);
+        let _update = self.lock(&self.last_success_update);
+        let gauge = self.last_success.get_or_create(&sync_label(sync));
+        if at > gauge.get() {
+            gauge.set(at);
+        }
     }
 
     pub(crate) fn set_rejected_pending(&self, sync: &str, count: u64) {
-        self.lock().rejected_pending.insert(sync.to_owned(), count);
+        self.lock(&self.rejected_pending)
+            .insert(sync.to_owned(), count);
     }
 
     pub(crate) fn worker_crashed(&self, sync: &str) {
-        *self.lock().crashes.entry(sync.to_owned()).or_default() += 1;
+        self.crashes.get_or_create(&sync_label(sync)).inc();
     }
 
     pub(crate) fn retried(&self, sync: &str) {
-        *self.lock().retries.entry(sync.to_owned()).or_default() += 1;
+        self.retries.get_or_create(&sync_label(sync)).inc();
     }
 
     pub(crate) fn alert_sent(&self, sync: &str, kind: &'static str) {
-        *self
-            .lock()
-            .alerts
-            .entry((sync.to_owned(), kind))
-            .or_default() += 1;
+        self.alerts
+            .get_or_create(&SyncKindLabels {
+                sync: sync.into(),
+                kind: kind.into(),
+            })
+            .inc();
     }
 
     pub(crate) fn alert_failed(&self, channel: &'static str) {
-        *self.lock().alert_failures.entry(channel).or_default() += 1;
+        self.alert_failures
+            .get_or_create(&ChannelLabel {
+                channel: channel.into(),
+            })
+            .inc();
     }
 
     pub(crate) fn config_reload(&self, result: &'static str) {
-        *self.lock().reloads.entry(result).or_default() += 1;
+        self.reloads
+            .get_or_create(&ResultLabel {
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    fn lock<'m, T>(&self, mutex: &'m Mutex<T>) -> std::sync::MutexGuard<'m, T> {
+        mutex
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The exposition text. `syncs` are the configured syncs: each gets its gauges even
     /// before its first run.
     pub(crate) fn render(&self, syncs: &[SyncGauge]) -> String {
-        let m = self.lock();
-        let mut out = String::new();
-        let mut lines: Vec<String> = Vec::new();
-
-        let name = family(
-            &mut out,
-            "lockstep_runs_total",
-            "counter",
-            "Runs finished, by sync and status.",
+        let mut registry = Registry::default();
+        // Help texts end without a period: the library adds one.
+        registry.register(
+            "lockstep_runs",
+            "Runs finished, by sync and status",
+            self.runs.clone(),
         );
-        for ((sync, status), v) in &m.runs {
-            lines.push(format!(
-                "{name}{{sync=\"{}\",status=\"{status}\"}} {v}",
-                esc(sync)
-            ));
-        }
-        flush(&mut out, &mut lines);
-
-        let name = family(&mut out, "lockstep_records_total",
-            "counter",
-            "Records of finished runs, by sync and kind (read, added, updated, unchanged, deleted, conflicts, rejected).",
+        registry.register(
+            "lockstep_records",
+            "Records of finished runs, by sync and kind (read, added, updated, unchanged, \
+             deleted, conflicts, rejected)",
+            self.records.clone(),
         );
-        for ((sync, kind), v) in &m.records {
-            lines.push(format!(
-                "{name}{{sync=\"{}\",kind=\"{kind}\"}} {v}",
-                esc(sync)
-            ));
-        }
-        flush(&mut out, &mut lines);
-
-        let name = family(
-            &mut out,
+        registry.register(
             "lockstep_run_duration_seconds",
-            "histogram",
-            "How long runs took, by sync.",
+            "How long runs took, by sync",
+            self.durations.clone(),
         );
-        for (sync, h) in &m.durations {
-            let sync = esc(sync);
-            for (i, bound) in DURATION_BUCKETS.iter().enumerate() {
-                lines.push(format!(
-                    "{name}_bucket{{sync=\"{sync}\",le=\"{bound}\"}} {}",
-                    h.buckets[i]
-                ));
-            }
-            lines.push(format!(
-                "{name}_bucket{{sync=\"{sync}\",le=\"+Inf\"}} {}",
-                h.count
-            ));
-            lines.push(format!("{name}_sum{{sync=\"{sync}\"}} {}", h.sum));
-            lines.push(format!("{name}_count{{sync=\"{sync}\"}} {}", h.count));
-        }
-        flush(&mut out, &mut lines);
-
-        let name = family(
-            &mut out,
+        registry.register(
             "lockstep_last_success_timestamp_seconds",
-            "gauge",
-            "When the sync last finished a run successfully (Unix time).",
+            "When the sync last finished a run successfully (Unix time)",
+            self.last_success.clone(),
         );
-        for (sync, v) in &m.last_success {
-            lines.push(format!("{name}{{sync=\"{}\"}} {v}", esc(sync)));
-        }
-        flush(&mut out, &mut lines);
 
-        let name = family(
-            &mut out,
+        let rejected = Family::<SyncLabel, Gauge>::default();
+        let conflicts = Family::<SyncLabel, Gauge>::default();
+        let running = Family::<SyncLabel, Gauge>::default();
+        {
+            let pending = self.lock(&self.rejected_pending);
+            for s in syncs {
+                let label = sync_label(&s.name);
+                let count = pending.get(&s.name).copied().unwrap_or(0);
+                rejected
+                    .get_or_create(&label)
+                    .set(i64::try_from(count).unwrap_or(i64::MAX));
+                // Conflicts exist only in two-way sync, which is not there yet.
+                conflicts.get_or_create(&label).set(0);
+                running.get_or_create(&label).set(i64::from(s.running));
+            }
+        }
+        registry.register(
             "lockstep_rejected_records",
-            "gauge",
-            "Rejected records not yet retried, by sync (counted up to 10000).",
+            "Rejected records not yet retried, by sync (counted up to 10000)",
+            rejected,
         );
-        for s in syncs {
-            let v = m.rejected_pending.get(&s.name).copied().unwrap_or(0);
-            lines.push(format!("{name}{{sync=\"{}\"}} {v}", esc(&s.name)));
-        }
-        flush(&mut out, &mut lines);
-
-        let name = family(
-            &mut out,
+        registry.register(
             "lockstep_open_conflicts",
-            "gauge",
-            "Conflicts waiting for a person, by sync (two-way sync only).",
+            "Conflicts waiting for a person, by sync (two-way sync only)",
+            conflicts,
         );
-        for s in syncs {
-            lines.push(format!("{name}{{sync=\"{}\"}} 0", esc(&s.name)));
-        }
-        flush(&mut out, &mut lines);
-
-        let name = family(
-            &mut out,
+        registry.register(
             "lockstep_sync_running",
-            "gauge",
-            "1 while a worker runs the sync.",
+            "1 while a worker runs the sync",
+            running,
         );
-        for s in syncs {
-            lines.push(format!(
-                "{name}{{sync=\"{}\"}} {}",
-                esc(&s.name),
-                u8::from(s.running)
-            ));
-        }
-        flush(&mut out, &mut lines);
+        registry.register(
+            "lockstep_worker_crashes",
+            "Worker processes that died without a report (signal, abort, out of memory)",
+            self.crashes.clone(),
+        );
+        registry.register(
+            "lockstep_retries",
+            "Runs retried after a transient or rate-limited failure",
+            self.retries.clone(),
+        );
+        registry.register(
+            "lockstep_alerts",
+            "Alerts raised, by sync and kind",
+            self.alerts.clone(),
+        );
+        registry.register(
+            "lockstep_alert_delivery_failures",
+            "Alerts a channel (webhook, email) could not deliver",
+            self.alert_failures.clone(),
+        );
+        registry.register(
+            "lockstep_config_reloads",
+            "Config reloads on SIGHUP, by result",
+            self.reloads.clone(),
+        );
 
-        let name = family(
-            &mut out,
-            "lockstep_worker_crashes_total",
-            "counter",
-            "Worker processes that died without a report (signal, abort, out of memory).",
-        );
-        for (sync, v) in &m.crashes {
-            lines.push(format!("{name}{{sync=\"{}\"}} {v}", esc(sync)));
+        let mut out = String::new();
+        // Writing to a String fails only if a metric cannot be encoded, which none of these
+        // can (every gauge holds an i64 or an f64); the text so far is still served.
+        if let Err(error) = prometheus_client::encoding::text::encode(&mut out, &registry) {
+            tracing::warn!(%error, "could not encode every metric");
         }
-        flush(&mut out, &mut lines);
-
-        let name = family(
-            &mut out,
-            "lockstep_retries_total",
-            "counter",
-            "Runs retried after a transient or rate-limited failure.",
-        );
-        for (sync, v) in &m.retries {
-            lines.push(format!("{name}{{sync=\"{}\"}} {v}", esc(sync)));
-        }
-        flush(&mut out, &mut lines);
-
-        let name = family(
-            &mut out,
-            "lockstep_alerts_total",
-            "counter",
-            "Alerts raised, by sync and kind.",
-        );
-        for ((sync, kind), v) in &m.alerts {
-            lines.push(format!(
-                "{name}{{sync=\"{}\",kind=\"{kind}\"}} {v}",
-                esc(sync)
-            ));
-        }
-        flush(&mut out, &mut lines);
-
-        let name = family(
-            &mut out,
-            "lockstep_alert_delivery_failures_total",
-            "counter",
-            "Alerts a channel (webhook, email) could not deliver.",
-        );
-        for (channel, v) in &m.alert_failures {
-            lines.push(format!("{name}{{channel=\"{channel}\"}} {v}"));
-        }
-        flush(&mut out, &mut lines);
-
-        let name = family(
-            &mut out,
-            "lockstep_config_reloads_total",
-            "counter",
-            "Config reloads on SIGHUP, by result.",
-        );
-        for (result, v) in &m.reloads {
-            lines.push(format!("{name}{{result=\"{result}\"}} {v}"));
-        }
-        flush(&mut out, &mut lines);
         out
     }
-}
-
-fn family(out: &mut String, name: &str, kind: &str, help: &str) -> String {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-    name.to_owned()
-}
-
-fn flush(out: &mut String, lines: &mut Vec<String>) {
-    for line in lines.drain(..) {
-        out.push_str(&line);
-        out.push('\n');
-    }
-}
-
-/// A label value escaped for the text format.
-fn esc(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -332,6 +338,9 @@ mod tests {
             Duration::from_secs(3),
             1700000005.0,
         );
+        m.set_last_success("a\"b", 1600000000.0);
+        m.set_rejected_pending("a\"b", 7);
+        m.config_reload("ok");
         let text = m.render(&[SyncGauge {
             name: "a\"b".into(),
             running: true,
@@ -345,11 +354,11 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("lockstep_run_duration_seconds_bucket{sync=\"a\\\"b\",le=\"1\"} 1"),
+            text.contains("lockstep_run_duration_seconds_bucket{le=\"1.0\",sync=\"a\\\"b\"} 1"),
             "{text}"
         );
         assert!(
-            text.contains("lockstep_run_duration_seconds_bucket{sync=\"a\\\"b\",le=\"5\"} 2"),
+            text.contains("lockstep_run_duration_seconds_bucket{le=\"5.0\",sync=\"a\\\"b\"} 2"),
             "{text}"
         );
         assert!(
@@ -358,6 +367,14 @@ mod tests {
         );
         assert!(
             text.contains("lockstep_last_success_timestamp_seconds{sync=\"a\\\"b\"} 1700000000"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lockstep_rejected_records{sync=\"a\\\"b\"} 7"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lockstep_config_reloads_total{result=\"ok\"} 1"),
             "{text}"
         );
         assert!(
@@ -372,5 +389,11 @@ mod tests {
             text.contains("# TYPE lockstep_run_duration_seconds histogram"),
             "{text}"
         );
+        assert!(text.contains("# TYPE lockstep_runs counter"), "{text}");
+        assert!(
+            text.contains("# HELP lockstep_runs Runs finished, by sync and status.\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
     }
 }

@@ -589,7 +589,7 @@ async fn conclude(
             r.last_failure_alert = Some(Instant::now());
         }
     });
-    let host = hostname();
+    let host = lockstep_state::hostname();
     for (kind, reason) in raised {
         let alert = Alert {
             kind,
@@ -643,13 +643,4 @@ async fn conclude(
             .await;
         });
     }
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "localhost".to_owned())
 }

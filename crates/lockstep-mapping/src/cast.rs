@@ -17,7 +17,7 @@ use arrow::datatypes::{
 };
 use lockstep_core::protocol::arrow_types::json_value;
 use lockstep_core::protocol::DataType;
-use lockstep_core::spec::expr::type_name;
+use lockstep_expr::type_name;
 
 use crate::MappingError;
 

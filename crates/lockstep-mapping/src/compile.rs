@@ -8,7 +8,7 @@ use std::sync::Arc;
 use arrow::array::{new_null_array, ArrayRef, BooleanArray, Float64Array, Int64Array, StringArray};
 use chrono::format::{Item, StrftimeItems};
 use lockstep_core::protocol::{DataType, StreamInfo};
-use lockstep_core::spec::expr::{self, path_text, type_name, Expr, Literal};
+use lockstep_expr::{self as expr, path_text, type_name, Expr, Literal};
 
 use crate::cast::{a_type, can_cast, cast};
 use crate::MappingError;

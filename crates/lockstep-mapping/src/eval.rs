@@ -18,7 +18,7 @@ use arrow::datatypes::{Date32Type, Time64MicrosecondType, TimestampMicrosecondTy
 use chrono::format::{parse as chrono_parse, Item, Parsed, StrftimeItems};
 use chrono::{DateTime, NaiveDate, NaiveTime, Timelike, Utc};
 use lockstep_core::protocol::DataType;
-use lockstep_core::spec::expr::path_text;
+use lockstep_expr::path_text;
 use serde_json::Value as Json;
 use sha2::Digest;
 

@@ -2,7 +2,7 @@
 //! destination's, as a sync's field mapping says.
 //!
 //! A destination field is a copy of a source field (a rename), a path into a JSON source field
-//! (`address.city`), or computed by an expression of [`lockstep_core::spec::expr`]
+//! (`address.city`), or computed by an expression of [`lockstep_expr`]
 //! (`lower(trim(email))`, `cast(score, 'int64')`, `map(level, {'1': 'gold'}, 'bronze')`...).
 //! A destination name with dots (`props.score`) is a path into a JSON field the mapping
 //! builds (`props`).
@@ -33,8 +33,8 @@ use arrow::array::{Array, ArrayRef, RecordBatch, StringArray};
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use lockstep_core::protocol::arrow_types::arrow_schema;
 use lockstep_core::protocol::{DataType, FieldInfo, StreamInfo};
-use lockstep_core::spec::expr::path_text;
 use lockstep_core::SyncSpec;
+use lockstep_expr::path_text;
 
 use crate::cast::Errors;
 use crate::compile::{Compiler, Node, Op};

@@ -11,8 +11,8 @@ use arrow::array::{
 use arrow::datatypes::{Date32Type, Int32Type, Int64Type, Schema, TimestampMicrosecondType};
 use lockstep_core::protocol::arrow_types::arrow_schema;
 use lockstep_core::protocol::{DataType, FieldInfo, StreamInfo};
-use lockstep_core::spec::expr::{self, Expr};
 use lockstep_core::{DeletePolicy, EndpointSpec, FieldMapping, RejectLimit, SyncMode, SyncSpec};
+use lockstep_expr::{self as expr, Expr};
 
 use super::*;
 

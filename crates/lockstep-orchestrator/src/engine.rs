@@ -96,15 +96,8 @@ impl Default for RunOptions {
     }
 }
 
-/// This machine's host name, for lease holders.
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "localhost".to_owned())
-}
+/// This machine's host name, for lease holders (one function, in lockstep-state).
+pub use lockstep_state::hostname;
 
 /// What a run did.
 #[derive(Debug)]

@@ -33,7 +33,7 @@ pub use deletes::{
 pub use error::{Result, StateError};
 pub use store::StateStore;
 pub use types::{
-    BatchCommit, Lease, LeaseHolder, LedgerEntry, RejectedFilter, RejectedRecord, RunEnd,
+    hostname, BatchCommit, Lease, LeaseHolder, LedgerEntry, RejectedFilter, RejectedRecord, RunEnd,
 };
 pub use url::redact_url;
 

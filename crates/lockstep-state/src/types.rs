@@ -91,6 +91,19 @@ pub struct LeaseHolder {
     pub pid: u32,
 }
 
+/// This machine's host name, for lease holders and alerts: the one place it is read.
+///
+/// Falls back to `localhost` when the system cannot say (or the name is not UTF-8), so that a
+/// lease can always be taken; the pid still tells processes apart.
+pub fn hostname() -> String {
+    hostname::get()
+        .ok()
+        .and_then(|name| name.into_string().ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
 impl fmt::Display for LeaseHolder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "process {} on host `{}`", self.pid, self.host)
@@ -128,4 +141,16 @@ pub struct BatchCommit<'a> {
     /// Records rejected in this batch. Their `id`, `sync`, `run`, `created_at` and `retried`
     /// are ignored: the store assigns them from this commit.
     pub rejected: &'a [RejectedRecord],
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn hostname_is_the_kernels() {
+        // The name the two hand-written copies used to read, which lease holders written by
+        // older versions carry.
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+        assert_eq!(super::hostname(), kernel.trim());
+    }
 }

@@ -1,6 +1,15 @@
 //! Parsing state store URLs, and keeping their secrets out of messages.
+//!
+//! `postgres://` URLs are parsed by `url::Url` (and then by sqlx's `PgConnectOptions` when the
+//! store connects); SQLite URLs are a prefix and a file path, which is all they are here, since
+//! relative paths (`sqlite://state.db`) are not URLs to a URL parser.
+//!
+//! Invariant: no function here returns or formats a password or a password query parameter.
 
 use std::path::PathBuf;
+
+use percent_encoding::percent_decode_str;
+use url::Url;
 
 use crate::error::StateError;
 
@@ -47,44 +56,61 @@ impl Target {
             }
             return Ok(Target::SqliteFile(PathBuf::from(rest)));
         }
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            return Ok(Target::Postgres);
+        if !url.contains("://") {
+            return Ok(Target::SqliteFile(PathBuf::from(url)));
         }
-        if let Some((scheme, _)) = url.split_once("://") {
-            return Err(invalid(&format!(
-                "the scheme `{scheme}` is not supported (only `sqlite` and `postgres`)"
-            )));
+        match Url::parse(url) {
+            Ok(parsed) if matches!(parsed.scheme(), "postgres" | "postgresql") => {
+                Ok(Target::Postgres)
+            }
+            Ok(parsed) => Err(invalid(&format!(
+                "the scheme `{}` is not supported (only `sqlite` and `postgres`)",
+                parsed.scheme()
+            ))),
+            Err(error) => Err(invalid(&format!("it is not a valid URL ({error})"))),
         }
-        Ok(Target::SqliteFile(PathBuf::from(url)))
     }
 }
 
 /// Returns `url` without userinfo (user and password) and with the values of password query
 /// parameters replaced by `REDACTED`, fit for messages and logs.
 ///
-/// Text without `://` (a plain file path) is returned unchanged.
+/// Text without `://` (a plain file path) is returned unchanged. A URL that does not parse
+/// (a bad port, a password with an unescaped `/`) loses everything up to its last `@`, which
+/// errs on the side of hiding too much, so that the message can still name the server.
 pub fn redact_url(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
         return url.to_owned();
     };
-    let (scheme, rest) = url.split_at(scheme_end + 3);
-    // The userinfo ends at the last `@`. Searching the whole rest, not only the authority,
-    // errs on the side of hiding too much when a password holds an unescaped `/` or `?`.
-    let rest = match rest.rfind('@') {
-        Some(at) => &rest[at + 1..],
-        None => rest,
+    let Ok(mut parsed) = Url::parse(url) else {
+        let (scheme, rest) = url.split_at(scheme_end + 3);
+        let rest = rest.rfind('@').map_or(rest, |at| &rest[at + 1..]);
+        return match rest.split_once('?') {
+            Some((before_query, query)) => {
+                format!("{scheme}{before_query}?{}", redact_query(query))
+            }
+            None => format!("{scheme}{rest}"),
+        };
     };
-    let Some((before_query, query)) = rest.split_once('?') else {
-        return format!("{scheme}{rest}");
-    };
-    let query: Vec<String> = query
+    // Clearing fails only for URLs that cannot have a user (no host), which hold none.
+    let _ = parsed.set_username("");
+    let _ = parsed.set_password(None);
+    if let Some(query) = parsed.query().map(redact_query) {
+        parsed.set_query(Some(&query));
+    }
+    parsed.to_string()
+}
+
+/// A query string with the values of password parameters replaced by `REDACTED`.
+fn redact_query(query: &str) -> String {
+    let pairs: Vec<String> = query
         .split('&')
         .map(|pair| match pair.split_once('=') {
             Some((name, _)) if is_secret_param(name) => format!("{name}=REDACTED"),
             _ => pair.to_owned(),
         })
         .collect();
-    format!("{scheme}{before_query}?{}", query.join("&"))
+    pairs.join("&")
 }
 
 /// Replaces the secrets of `url` (its password, raw and percent-decoded, and password query
@@ -103,26 +129,33 @@ pub(crate) fn scrub(text: &str, url: &str) -> String {
 /// replaced whole).
 fn secrets(url: &str) -> Vec<String> {
     let mut found = Vec::new();
-    let Some(scheme_end) = url.find("://") else {
-        return found;
-    };
-    let rest = &url[scheme_end + 3..];
-    if let Some(at) = rest.rfind('@') {
-        let userinfo = &rest[..at];
-        if let Some((_, password)) = userinfo.split_once(':') {
-            found.push(password.to_owned());
+    match Url::parse(url) {
+        Ok(parsed) => {
+            if let Some(password) = parsed.password() {
+                found.push(password.to_owned());
+            }
+            for pair in parsed.query().unwrap_or_default().split('&') {
+                if let Some((name, value)) = pair.split_once('=') {
+                    if is_secret_param(name) {
+                        found.push(value.to_owned());
+                    }
+                }
+            }
         }
-    }
-    if let Some((_, query)) = rest.split_once('?') {
-        for pair in query.split('&') {
-            if let Some((name, value)) = pair.split_once('=') {
-                if is_secret_param(name) {
-                    found.push(value.to_owned());
+        // A URL that does not parse never reaches a driver's connection; still, everything
+        // between the scheme and the last `@` is treated as a secret.
+        Err(_) => {
+            if let (Some(scheme_end), Some(at)) = (url.find("://"), url.rfind('@')) {
+                if let Some(userinfo) = url.get(scheme_end + 3..at) {
+                    found.push(userinfo.to_owned());
                 }
             }
         }
     }
-    let decoded: Vec<String> = found.iter().map(|s| percent_decode(s)).collect();
+    let decoded: Vec<String> = found
+        .iter()
+        .map(|s| percent_decode_str(s).decode_utf8_lossy().into_owned())
+        .collect();
     found.extend(decoded);
     found.retain(|s| !s.is_empty());
     found.sort_by_key(|s| std::cmp::Reverse(s.len()));
@@ -132,26 +165,6 @@ fn secrets(url: &str) -> Vec<String> {
 
 fn is_secret_param(name: &str) -> bool {
     SECRET_PARAMS.iter().any(|p| name.eq_ignore_ascii_case(p))
-}
-
-/// Decodes `%XX` escapes; invalid escapes and invalid UTF-8 are kept as they are.
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
-            if let Some(byte) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                out.push(byte);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8(out).unwrap_or_else(|_| text.to_owned())
 }
 
 #[cfg(test)]
@@ -217,9 +230,20 @@ mod tests {
             "postgres://host:5432/db"
         );
         assert_eq!(
-            redact_url("postgres://u:p/a?s@s@host/db?sslmode=require&password=x&PWD=y"),
+            redact_url("postgres://u:p%2Fa%3Fs%40s@host/db?sslmode=require&password=x&PWD=y"),
             "postgres://host/db?sslmode=require&password=REDACTED&PWD=REDACTED"
         );
+        // An unescaped `/` in the password makes the URL invalid: all up to the last `@` goes.
+        assert_eq!(
+            redact_url("postgres://u:p/a?s@s@host/db?sslmode=require&password=x"),
+            "postgres://host/db?sslmode=require&password=REDACTED"
+        );
+        assert_eq!(
+            redact_url("postgres://u:secret@127.0.0.1:notaport/db"),
+            "postgres://127.0.0.1:notaport/db"
+        );
+        assert_eq!(redact_url("sqlite://a/b.db"), "sqlite://a/b.db");
+        assert_eq!(redact_url("sqlite::memory:"), "sqlite::memory:");
         assert_eq!(redact_url("postgres://host/db"), "postgres://host/db");
         assert_eq!(redact_url("some/file.db"), "some/file.db");
     }
@@ -229,7 +253,8 @@ mod tests {
         let url = "postgres://u:s%40cret99@host/db?password=other-secret";
         let text = "a s%40cret99 b s@cret99 c other-secret";
         assert_eq!(scrub(text, url), "a REDACTED b REDACTED c REDACTED");
-        assert_eq!(percent_decode("a%2"), "a%2");
-        assert_eq!(percent_decode("%41%zz"), "A%zz");
+        // A URL that does not parse shows none of what might be a secret.
+        let broken = "postgres://u:p/a?s@s@host/db";
+        assert_eq!(scrub("x u:p/a?s@s y", broken), "x REDACTED y");
     }
 }

@@ -564,10 +564,10 @@ fn syncs_run_on_schedule_and_a_slow_one_never_overlaps() {
     );
     let metrics = daemon.get("/metrics");
     for needle in [
-        "# TYPE lockstep_runs_total counter",
+        "# TYPE lockstep_runs counter",
         "lockstep_runs_total{sync=\"every_second\",status=\"succeeded\"}",
         "lockstep_records_total{sync=\"slow\",kind=\"read\"}",
-        "lockstep_run_duration_seconds_bucket{sync=\"slow\",le=\"+Inf\"}",
+        "lockstep_run_duration_seconds_bucket{le=\"+Inf\",sync=\"slow\"}",
         "lockstep_last_success_timestamp_seconds{sync=\"cron_two\"}",
         "lockstep_rejected_records{sync=\"slow\"} 0",
         "lockstep_open_conflicts{sync=\"slow\"} 0",

@@ -85,6 +85,7 @@ fn pure_crates_do_no_io() {
     for name in [
         "lockstep-core",
         "lockstep-config",
+        "lockstep-expr",
         "lockstep-mapping",
         "lockstep-protocol",
     ] {
@@ -357,4 +358,97 @@ fn the_dependency_check_recognises_paths_only() {
     assert!(!names_crate("// serde::Deserialize is not needed", "serde"));
     assert!(!names_crate("use my_serde::X;", "serde"));
     assert!(!names_crate("let serde = 1;", "serde"));
+}
+/// The string literals of every `*_KEYS: &[&str] = &[...]` const in `text`: the keys a section
+/// of the config validator accepts.
+fn accepted_key_lists(text: &str) -> Vec<(String, Vec<String>)> {
+    let mut lists = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("_KEYS: &[&str] =") {
+        let name_start = rest[..at]
+            .rfind(|c: char| !(c.is_ascii_uppercase() || c == '_'))
+            .map_or(0, |i| i + 1);
+        let name = format!("{}_KEYS", &rest[name_start..at]);
+        let body_start = at + rest[at..].find("&[").expect("a key list starts") + 2;
+        let body_end = body_start + rest[body_start..].find("];").expect("a key list ends");
+        let keys = rest[body_start..body_end]
+            .split('"')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect();
+        lists.push((name, keys));
+        rest = &rest[body_end..];
+    }
+    lists
+}
+
+#[test]
+fn docs_config_names_every_key_the_validator_accepts() {
+    let root = workspace_root();
+    let validate = root.join("crates/lockstep-config/src/validate");
+    let mut sources = vec![root.join("crates/lockstep-config/src/validate.rs")];
+    sources.extend(
+        std::fs::read_dir(&validate)
+            .unwrap_or_else(|e| panic!("{}: {e}", validate.display()))
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "rs")),
+    );
+    sources.sort();
+    let mut keys = BTreeSet::new();
+    let mut list_names = BTreeSet::new();
+    for source in &sources {
+        let text =
+            std::fs::read_to_string(source).unwrap_or_else(|e| panic!("{}: {e}", source.display()));
+        for (name, list) in accepted_key_lists(&text) {
+            list_names.insert(name);
+            keys.extend(list);
+        }
+    }
+    // Every section's rules own a key list; finding fewer means the lists moved and this test
+    // would check nothing.
+    for section in [
+        "ROOT_KEYS",
+        "STATE_KEYS",
+        "CONNECTORS_KEYS",
+        "CONNECTION_KEYS",
+        "SYNC_KEYS",
+        "FIELD_KEYS",
+        "SCHEDULE_KEYS",
+        "RETRY_KEYS",
+        "DAEMON_KEYS",
+        "ALERTS_KEYS",
+        "EMAIL_KEYS",
+    ] {
+        assert!(
+            list_names.contains(section),
+            "no `const {section}: &[&str]` found in {sources:?}; the tidy test reads the \
+             accepted keys from these lists"
+        );
+    }
+
+    let docs_path = root.join("docs/config.md");
+    let docs = std::fs::read_to_string(&docs_path)
+        .unwrap_or_else(|e| panic!("{}: {e}", docs_path.display()));
+    // A key is documented when the reference names it in backticks (`cursor`, or with its
+    // value: `cast = "type"`), or as a table (`[connections.NAME]`, `[[alerts.webhook]]`).
+    let missing: Vec<&String> = keys
+        .iter()
+        .filter(|key| {
+            ![
+                format!("`{key}`"),
+                format!("`{key} ="),
+                format!("[{key}]"),
+                format!("[{key}."),
+                format!(".{key}]"),
+            ]
+            .iter()
+            .any(|form| docs.contains(form.as_str()))
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/config.md does not name these keys that the config validator accepts: {missing:?}; \
+         document each in the reference table of its section"
+    );
 }

@@ -1,20 +1,20 @@
 //! `[syncs.NAME.fields]`: destination field = a source field, or a table that computes it.
 //!
-//! The table forms are sugar for expressions of [`lockstep_core::spec::expr`]:
+//! The table forms are sugar for expressions of [`lockstep_expr`]:
 //! `{ from = "level", map = { "1" = "gold" }, default = "bronze" }` is
 //! `map(level, {'1': 'gold'}, 'bronze')`. Syntax problems (an expression that does not parse,
 //! an unknown function, a cast to an unknown type, a bad date format) are reported here, with
 //! the place in the file; problems that need the source's catalog (an unknown field, lower()
 //! of a number) are found by `lockstep-mapping` when the catalog is known.
 
-use lockstep_core::spec::expr::{self, Expr, ExprError, Literal};
 use lockstep_core::FieldMapping;
+use lockstep_expr::{self as expr, Expr, ExprError, Literal};
 use toml::de::DeValue;
 
-use super::{entries, path_key, with_article, Builder, Span, Tbl, Val};
+use super::reader::{entries, path_key, with_article, Reader, Span, Tbl, Val};
 use crate::diagnostic::ErrorKind;
 use crate::model::FieldLocation;
-use crate::suggest::did_you_mean;
+use lockstep_expr::did_you_mean;
 
 /// The keys of a field table.
 const FIELD_KEYS: &[&str] = &[
@@ -30,7 +30,7 @@ const FIELD_FORMS: &str = "write name = \"source_field\", or a table: { from = \
                            { expr = \"lower(trim(email))\" }, { concat = [\"a\", \"' '\", \"b\"] } \
                            or { constant = \"crm\" }";
 
-impl Builder<'_> {
+impl Reader<'_> {
     pub(super) fn fields(&mut self, t: &Tbl<'_, '_>) -> (Vec<FieldMapping>, Vec<FieldLocation>) {
         let mut fields = Vec::new();
         let mut locations = Vec::new();
@@ -492,14 +492,14 @@ impl Builder<'_> {
                 let value = t.get(key)?;
                 let path = t.child(key);
                 let DeValue::Table(table) = value.get_ref() else {
-                    self.wrong_type(&path, key, value, super::Expected::Table);
+                    self.wrong_type(&path, key, value, super::reader::Expected::Table);
                     return None;
                 };
                 let mut pairs = Vec::new();
                 let mut ok = true;
                 for (k, v) in entries(table) {
                     let name: &str = k.get_ref();
-                    let item_path = super::join_path(&path, name);
+                    let item_path = super::reader::join_path(&path, name);
                     match self.literal(&item_path, name, v) {
                         Some(Expr::Literal(l)) => pairs.push((name.to_owned(), l)),
                         Some(_) => {

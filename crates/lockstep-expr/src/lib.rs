@@ -1,10 +1,15 @@
 //! The field-mapping expression language: a computed destination field such as
 //! `lower(trim(email))`, `concat(first_name, ' ', last_name)` or `cast(score_text, 'int64')`.
 //!
-//! This module is the syntax: the AST, its parser and printer, and the checks that need no
+//! This crate is the syntax: the AST, its parser and printer, and the checks that need no
 //! catalog (function names, argument counts, literal arguments such as type names, date formats
-//! and hash algorithms). The config crate uses it to report syntax problems with a file
-//! location; `lockstep-mapping` types an expression against the source stream and evaluates it.
+//! and hash algorithms). `lockstep-config` uses it to report syntax problems with a file
+//! location; `lockstep-mapping` types an expression against the source stream and evaluates it;
+//! `lockstep-core` keeps parsed expressions in its sync specifications.
+//!
+//! Invariants:
+//! - Pure: no I/O, no clock, no global state; every function is deterministic.
+//! - An expression prints back (`Display`) to text that parses to the same expression.
 //!
 //! Syntax:
 //! - a field: `email`; a path into a JSON field: `address.city`, `tags.0`; any name in
@@ -20,6 +25,10 @@ use std::str::FromStr;
 use chrono::format::{Fixed, Item, Numeric, StrftimeItems};
 use lockstep_protocol::DataType;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+mod suggest;
+
+pub use suggest::did_you_mean;
 
 /// A mapping expression.
 ///
@@ -488,7 +497,7 @@ pub fn parse_type(name: &str) -> Result<DataType, String> {
                 .strip_prefix("decimal(")
                 .and_then(|r| r.strip_suffix(')'))
             else {
-                let hint = match suggest(&lower, TYPE_NAMES.iter().copied()) {
+                let hint = match did_you_mean(&lower, TYPE_NAMES.iter().copied()) {
                     Some(s) => format!("did you mean `{s}`? "),
                     None => String::new(),
                 };
@@ -590,7 +599,7 @@ pub fn parse_format_type(format: &str) -> Result<DataType, String> {
 /// argument at fault (its index), or the call itself (`None`).
 pub fn check_call(name: &str, args: &[Expr]) -> Result<(), (Option<usize>, String)> {
     let Some(f) = function(name) else {
-        let hint = match suggest(name, FUNCTIONS.iter().map(|f| f.name)) {
+        let hint = match did_you_mean(name, FUNCTIONS.iter().map(|f| f.name)) {
             Some(s) => format!("did you mean `{s}`?"),
             None => format!(
                 "the functions are: {}",
@@ -713,37 +722,6 @@ fn ordinal(index: usize) -> &'static str {
         .get(index)
         .copied()
         .unwrap_or("next")
-}
-
-/// The closest of `candidates` to `word`, when close enough to be a likely typo.
-pub fn suggest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
-    let mut best: Option<(usize, &str)> = None;
-    for c in candidates {
-        let d = distance(word, c);
-        if d <= (word.chars().count().max(c.chars().count()) / 3).max(1)
-            && best.is_none_or(|(bd, _)| d < bd)
-        {
-            best = Some((d, c));
-        }
-    }
-    best.map(|(_, c)| c)
-}
-
-fn distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cur = row[j + 1];
-            row[j + 1] = (prev + usize::from(ca != *cb))
-                .min(row[j] + 1)
-                .min(row[j + 1] + 1);
-            prev = cur;
-        }
-    }
-    row[b.len()]
 }
 
 // ---- Parsing ---------------------------------------------------------------------------------
