@@ -92,16 +92,12 @@ pub(crate) async fn apply_batch<S: Sink>(
     if writes {
         fault_point(FaultPoint::AfterFlush, batch_number);
     }
-    let settled = changes.settle(
-        ctx,
-        run,
-        &batch,
-        &mapped,
-        &outcome,
-        writes,
-        &mut metrics,
-        &mut rejected,
-    )?;
+    let written = Written {
+        batch: &batch,
+        mapped: &mapped,
+        outcome: &outcome,
+    };
+    let settled = changes.settle(ctx, run, &written, writes, &mut metrics, &mut rejected)?;
     // Tombstones are not applied here: they wait in the state store until the end of the run
     // has counted every delete against the guard. A record present (not deleted) cancels the
     // delete that waits for it.
@@ -148,6 +144,14 @@ enum BatchChanges {
     Direct(DirectChanges),
 }
 
+/// A source batch, its mapping, and what the destination did with the rows sent.
+#[derive(Clone, Copy)]
+struct Written<'b> {
+    batch: &'b RecordBatch,
+    mapped: &'b MappedBatch,
+    outcome: &'b WriteOutcome,
+}
+
 /// What a batch commits besides its metrics and rejects, once its writes flushed.
 struct Settled {
     /// Ledger rows of the records the destination accepted.
@@ -169,25 +173,18 @@ impl BatchChanges {
 
     /// Counts what the destination did with the rows sent, turns the rows it refused into
     /// rejects, and hands over what the commit records.
-    #[allow(clippy::too_many_arguments)]
     fn settle(
         self,
         ctx: &Context<'_>,
         run: &RunState,
-        batch: &RecordBatch,
-        mapped: &MappedBatch,
-        outcome: &WriteOutcome,
+        written: &Written<'_>,
         writes: bool,
         metrics: &mut RunMetrics,
         rejected: &mut Vec<RejectedRecord>,
     ) -> Result<Settled, EngineError> {
         match self {
-            BatchChanges::Ledger(l) => {
-                l.settle(ctx, run, batch, mapped, outcome, writes, metrics, rejected)
-            }
-            BatchChanges::Direct(d) => {
-                d.settle(ctx, run, batch, mapped, outcome, metrics, rejected)
-            }
+            BatchChanges::Ledger(l) => l.settle(ctx, run, written, writes, metrics, rejected),
+            BatchChanges::Direct(d) => d.settle(ctx, run, written, metrics, rejected),
         }
     }
 }
@@ -260,19 +257,21 @@ impl LedgerChanges {
         })
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn settle(
         self,
         ctx: &Context<'_>,
         run: &RunState,
-        batch: &RecordBatch,
-        mapped: &MappedBatch,
-        outcome: &WriteOutcome,
+        written: &Written<'_>,
         writes: bool,
         metrics: &mut RunMetrics,
         rejected: &mut Vec<RejectedRecord>,
     ) -> Result<Settled, EngineError> {
         let spec = &ctx.job.spec;
+        let Written {
+            batch,
+            mapped,
+            outcome,
+        } = *written;
         let LedgerChanges {
             keys,
             fingerprints,
@@ -413,13 +412,16 @@ impl DirectChanges {
         self,
         ctx: &Context<'_>,
         run: &RunState,
-        batch: &RecordBatch,
-        mapped: &MappedBatch,
-        outcome: &WriteOutcome,
+        written: &Written<'_>,
         metrics: &mut RunMetrics,
         rejected: &mut Vec<RejectedRecord>,
     ) -> Result<Settled, EngineError> {
         let sync = ctx.job.spec.name.as_str();
+        let Written {
+            batch,
+            mapped,
+            outcome,
+        } = *written;
         let to_write = &self.to_write;
         for r in &outcome.rejected {
             let key = record_keys(
@@ -448,12 +450,12 @@ impl DirectChanges {
                 )
             });
         }
-        let written = to_write.num_rows() as u64;
+        let sent = to_write.num_rows() as u64;
         let refused = outcome.rejected.len() as u64;
         metrics.added += outcome.inserted.unwrap_or(0);
         metrics.unchanged += outcome.unchanged.unwrap_or(0);
         metrics.updated += outcome.updated.unwrap_or_else(|| {
-            written.saturating_sub(
+            sent.saturating_sub(
                 refused + outcome.inserted.unwrap_or(0) + outcome.unchanged.unwrap_or(0),
             )
         });
