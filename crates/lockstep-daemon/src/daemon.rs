@@ -1,4 +1,4 @@
-//! Start-up, signals and shared state: the daemon as a whole.
+//! Start-up and signals: the daemon as a whole. What its parts share is in `shared`.
 //!
 //! SIGHUP reloads the config: the file is loaded and validated again (and its plugins checked
 //! in a `lockstep validate --offline` child); on success the new config replaces the old one
@@ -15,20 +15,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use lockstep_config::{Config, RetryPolicy};
+use lockstep_config::Config;
 use lockstep_core::RunStatus;
-use lockstep_state::{RejectedFilter, StateError, StateStore};
-use serde::Serialize;
+use lockstep_state::{StateError, StateStore};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::metrics::Metrics;
+use crate::shared::{scheduled, Shared};
 
 /// How long pending alerts may take to go out when the daemon stops.
 const ALERT_DRAIN: Duration = Duration::from_secs(30);
-/// Rejected records counted per sync for the gauge.
-pub(crate) const REJECTED_COUNT_CAP: usize = 10_000;
 
 /// How to run the daemon.
 pub struct DaemonOptions {
@@ -61,82 +59,6 @@ pub enum DaemonError {
     Plugins(String),
     #[error("cannot set up signal handling: {0}")]
     Signals(std::io::Error),
-}
-
-/// What every part of the daemon shares.
-pub(crate) struct Shared {
-    pub config: watch::Sender<Arc<Config>>,
-    pub state: Arc<dyn StateStore>,
-    pub metrics: Metrics,
-    pub runtime: Mutex<BTreeMap<String, SyncRuntime>>,
-    pub worker_exe: PathBuf,
-    pub kill_grace: Duration,
-    pub shutdown: watch::Receiver<bool>,
-    pub http: reqwest::Client,
-    pub alert_tasks: Mutex<JoinSet<()>>,
-    pub started_at: DateTime<Utc>,
-}
-
-/// What the daemon knows of a sync between runs.
-#[derive(Clone, Debug, Default, Serialize)]
-pub(crate) struct SyncRuntime {
-    /// When the next run is due (jitter included); `None` while running or unscheduled.
-    pub next_run: Option<DateTime<Utc>>,
-    pub running: Option<Running>,
-    /// Failed runs in a row, as of the last execution.
-    pub consecutive_failures: u32,
-    /// A failure was alerted and no success followed yet (for the recovery alert).
-    #[serde(skip)]
-    pub alerted_failure: bool,
-    /// When the last failure alert of the current run of failures went out (for
-    /// `[alerts] repeat_interval`); `None` after a success and at start-up.
-    #[serde(skip)]
-    pub last_failure_alert: Option<std::time::Instant>,
-}
-
-/// A worker at work.
-#[derive(Clone, Debug, Serialize)]
-pub(crate) struct Running {
-    pub run: Option<i64>,
-    pub pid: Option<u32>,
-    pub since: DateTime<Utc>,
-    pub attempt: u32,
-}
-
-impl Shared {
-    pub(crate) fn config(&self) -> Arc<Config> {
-        self.config.borrow().clone()
-    }
-
-    pub(crate) fn update_runtime(&self, sync: &str, f: impl FnOnce(&mut SyncRuntime)) {
-        let mut runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
-        f(runtime.entry(sync.to_owned()).or_default());
-    }
-
-    pub(crate) fn runtime_of(&self, sync: &str) -> SyncRuntime {
-        let runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
-        runtime.get(sync).cloned().unwrap_or_default()
-    }
-
-    pub(crate) fn stopping(&self) -> bool {
-        *self.shutdown.borrow()
-    }
-
-    /// Refreshes the rejected-records gauge of `sync` from the state store.
-    pub(crate) async fn refresh_rejected(&self, sync: &str) {
-        let filter = RejectedFilter {
-            sync: Some(sync.to_owned()),
-            pending_only: true,
-            limit: Some(REJECTED_COUNT_CAP),
-            ..Default::default()
-        };
-        match self.state.rejected(&filter).await {
-            Ok(records) => self
-                .metrics
-                .set_rejected_pending(sync, records.len() as u64),
-            Err(e) => tracing::warn!(sync, "cannot count rejected records: {e}"),
-        }
-    }
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -273,15 +195,6 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
     shared.state.close().await;
     tracing::info!("lockstep daemon stopped");
     Ok(())
-}
-
-/// The syncs the daemon runs: enabled, with a schedule.
-pub(crate) fn scheduled(config: &Config) -> Vec<&lockstep_config::Sync> {
-    config
-        .syncs
-        .iter()
-        .filter(|s| s.enabled && s.schedule.is_some())
-        .collect()
 }
 
 /// Starts a task for each scheduled sync that has none running.
@@ -438,31 +351,4 @@ async fn check_plugins(exe: &Path, config: &Path) -> Result<(), String> {
         stderr.trim_end(),
         crate::supervisor::describe_status(&output.status)
     ))
-}
-
-/// The delay before retry number `attempt` (1 for the first retry): the initial backoff,
-/// doubled each time, capped.
-pub(crate) fn backoff(policy: &RetryPolicy, attempt: u32) -> Duration {
-    let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(31));
-    policy
-        .initial_backoff
-        .saturating_mul(factor)
-        .min(policy.max_backoff.max(policy.initial_backoff))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap() {
-        let policy = RetryPolicy {
-            max_attempts: 10,
-            initial_backoff: Duration::from_secs(1),
-            max_backoff: Duration::from_secs(5),
-        };
-        let delays: Vec<u64> = (1..=5).map(|a| backoff(&policy, a).as_secs()).collect();
-        assert_eq!(delays, [1, 2, 4, 5, 5]);
-        assert_eq!(backoff(&policy, 100), Duration::from_secs(5));
-    }
 }

@@ -13,9 +13,9 @@ use lockstep_core::RunSummary;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::daemon::{scheduled, Shared};
 use crate::metrics::SyncGauge;
 use crate::schedule::{human, Plan};
+use crate::shared::{scheduled, Shared};
 
 /// At most this many runs per `/api/runs` request.
 const MAX_RUNS: usize = 1000;

@@ -5,8 +5,9 @@
 //! `scheduler` (one task per sync: ticks, catch-up, retries with backoff, never two runs of a
 //! sync at once), `supervisor` (the `lockstep worker` child process: events, logs, timeout,
 //! crashes), `alerts` and `channels` (what to say, and webhooks and email to say it),
-//! `metrics` and `http` (`/healthz`, `/metrics`, `/api/syncs`, `/api/runs`), and `daemon`
-//! (start-up, SIGHUP reload, SIGTERM graceful stop). [`protocol`] is the line protocol between
+//! `metrics` and `http` (`/healthz`, `/metrics`, `/api/syncs`, `/api/runs`), `shared` (what
+//! those parts share, so that none of them imports another back), and `daemon` (start-up,
+//! SIGHUP reload, SIGTERM graceful stop). [`protocol`] is the line protocol between
 //! daemon and worker, shared with the CLI's `worker` command.
 //!
 //! Invariants:
@@ -29,6 +30,7 @@ mod metrics;
 pub mod protocol;
 pub mod schedule;
 mod scheduler;
+mod shared;
 mod supervisor;
 
 pub use daemon::{run, DaemonError, DaemonOptions};

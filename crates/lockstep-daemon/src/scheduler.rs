@@ -12,15 +12,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use lockstep_config::{CatchUp, Config, Schedule};
-use lockstep_core::{RunMetrics, RunStatus};
+use lockstep_config::{CatchUp, Config, RetryPolicy, Schedule};
+use lockstep_core::{RunErrorKind, RunMetrics, RunStatus};
 use lockstep_state::RunEnd;
 use tracing::Instrument;
 
 use crate::alerts::{self, Alert, AlertKind, Execution};
-use crate::daemon::{backoff, Running, Shared};
 use crate::protocol::LEASE_HELD;
 use crate::schedule::{human, jitter, Plan};
+use crate::shared::{Running, Shared};
 use crate::supervisor::{run_worker, WorkerSpec};
 
 /// How many ticks are counted when telling how many were missed.
@@ -202,7 +202,7 @@ struct Attempt {
     status: RunStatus,
     metrics: RunMetrics,
     duration: Duration,
-    error_kind: Option<String>,
+    error_kind: Option<RunErrorKind>,
     error: Option<String>,
     exit_detail: Option<String>,
     retryable: bool,
@@ -212,13 +212,13 @@ struct Attempt {
 }
 
 impl Attempt {
-    fn failed(kind: &str, error: String, duration: Duration) -> Attempt {
+    fn failed(kind: RunErrorKind, error: String, duration: Duration) -> Attempt {
         Attempt {
             run: None,
             status: RunStatus::Failed,
             metrics: RunMetrics::default(),
             duration,
-            error_kind: Some(kind.to_owned()),
+            error_kind: Some(kind),
             error: Some(error),
             exit_detail: None,
             retryable: false,
@@ -233,6 +233,15 @@ impl Attempt {
             None => e.clone(),
         })
     }
+}
+
+/// The run error kind a worker reported by name; a name this daemon does not know (a worker
+/// of another version) is recorded as `unknown`.
+fn worker_error_kind(name: &str) -> RunErrorKind {
+    RunErrorKind::parse(name).unwrap_or_else(|| {
+        tracing::warn!("the worker reported an error kind this daemon does not know: `{name}`");
+        RunErrorKind::Unknown
+    })
 }
 
 /// One scheduled execution: attempts until success, a failure that is not retryable, the
@@ -278,7 +287,7 @@ async fn execute(shared: &Arc<Shared>, config: &Arc<Config>, name: &str) {
             sync = name,
             run = attempt.run,
             "the run failed with a {} error; retrying in {} (attempt {} of {})",
-            attempt.error_kind.as_deref().unwrap_or("retryable"),
+            attempt.error_kind.map_or("retryable", RunErrorKind::as_str),
             human(delay),
             attempt_no + 1,
             policy.max_attempts
@@ -348,7 +357,7 @@ async fn attempt_once(
                     shared.worker_exe.display()
                 );
                 tracing::error!("{error}");
-                let mut attempt = Attempt::failed("internal", error, started.elapsed());
+                let mut attempt = Attempt::failed(RunErrorKind::Internal, error, started.elapsed());
                 attempt.run = record_unstarted(shared, name, &attempt).await;
                 return attempt;
             }
@@ -361,7 +370,7 @@ async fn attempt_once(
                 status: report.status,
                 metrics: report.metrics,
                 duration,
-                error_kind: error.map(|e| e.kind.clone()),
+                error_kind: error.map(|e| worker_error_kind(&e.kind)),
                 error: error.map(|e| e.message.clone()),
                 exit_detail: None,
                 retryable: error.is_some_and(|e| e.retryable),
@@ -379,7 +388,7 @@ async fn attempt_once(
                 attempt.run = record_unstarted(shared, name, &attempt).await;
             } else if exit.timed_out && attempt.status == RunStatus::Cancelled {
                 attempt.status = RunStatus::Failed;
-                attempt.error_kind = Some("timeout".into());
+                attempt.error_kind = Some(RunErrorKind::Timeout);
                 attempt.error = Some(format!(
                     "the run exceeded its timeout of {} and was stopped after the batch in hand",
                     human(timeout.unwrap_or_default())
@@ -405,7 +414,7 @@ async fn attempt_once(
                         .unwrap_or("past max_delete_fraction")
                 ),
                 _ => tracing::error!(
-                    kind = attempt.error_kind.as_deref().unwrap_or("unknown"),
+                    kind = attempt.error_kind.map_or("unknown", RunErrorKind::as_str),
                     retryable = attempt.retryable,
                     "run failed: {}",
                     attempt.error.as_deref().unwrap_or("no reason given")
@@ -420,7 +429,7 @@ async fn attempt_once(
         let how = exit.describe();
         let (kind, error) = if exit.timed_out {
             (
-                "timeout",
+                RunErrorKind::Timeout,
                 format!(
                     "the run exceeded its timeout of {}; the worker {how}",
                     human(timeout.unwrap_or_default())
@@ -428,7 +437,7 @@ async fn attempt_once(
             )
         } else if exit.killed {
             (
-                "killed",
+                RunErrorKind::Killed,
                 format!(
                     "the worker did not stop within {} of SIGTERM and {how}",
                     human(shared.kill_grace)
@@ -436,7 +445,7 @@ async fn attempt_once(
             )
         } else {
             (
-                "crash",
+                RunErrorKind::Crash,
                 format!("the worker process {how}; the connector crashed the run"),
             )
         };
@@ -450,13 +459,13 @@ async fn attempt_once(
             )
         };
         let exit_detail = config.secrets.redact(&exit_detail);
-        tracing::error!(kind, "run failed: {error}");
+        tracing::error!(kind = kind.as_str(), "run failed: {error}");
         let mut attempt = Attempt {
             run: exit.run,
             status: RunStatus::Failed,
             metrics: RunMetrics::default(),
             duration,
-            error_kind: Some(kind.to_owned()),
+            error_kind: Some(kind),
             error: Some(error),
             exit_detail: Some(exit_detail),
             retryable: false,
@@ -489,7 +498,7 @@ async fn refinish(shared: &Shared, config: &Config, name: &str, attempt: &Attemp
     let end = RunEnd {
         status: attempt.status,
         metrics: attempt.metrics,
-        error_kind: attempt.error_kind.clone(),
+        error_kind: attempt.error_kind,
         error: attempt.error.clone(),
         cursor_after,
         exit_detail: attempt.exit_detail.clone(),
@@ -512,7 +521,7 @@ async fn record_unstarted(shared: &Shared, name: &str, attempt: &Attempt) -> Opt
     let end = RunEnd {
         status: attempt.status,
         metrics: attempt.metrics,
-        error_kind: attempt.error_kind.clone(),
+        error_kind: attempt.error_kind,
         error: attempt.error.clone(),
         cursor_after: None,
         exit_detail: attempt.exit_detail.clone(),
@@ -598,7 +607,7 @@ async fn conclude(
             status: last.status,
             metrics: last.metrics,
             reason,
-            error_kind: last.error_kind.clone(),
+            error_kind: last.error_kind.map(|k| k.as_str().to_owned()),
             attempts,
             consecutive_failures: in_a_row,
             duration: last.duration,
@@ -642,5 +651,33 @@ async fn conclude(
             )
             .await;
         });
+    }
+}
+
+
+/// The delay before retry number `attempt` (1 for the first retry): the initial backoff,
+/// doubled each time, capped.
+pub(crate) fn backoff(policy: &RetryPolicy, attempt: u32) -> Duration {
+    let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(31));
+    policy
+        .initial_backoff
+        .saturating_mul(factor)
+        .min(policy.max_backoff.max(policy.initial_backoff))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let policy = RetryPolicy {
+            max_attempts: 10,
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(5),
+        };
+        let delays: Vec<u64> = (1..=5).map(|a| backoff(&policy, a).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 5, 5]);
+        assert_eq!(backoff(&policy, 100), Duration::from_secs(5));
     }
 }

@@ -1,6 +1,6 @@
 //! The delete phase of a mirror run: every delete a run finds (a tombstone in a batch, a key
 //! that reconciliation finds only in the destination) is recorded as pending in the state
-//! store, never applied where it is found. When the read and the reconciliation are done, all
+//! store by the sink (`Sink::wait_deletes`), never applied where it is found. When the read and the reconciliation are done, all
 //! waiting deletes are checked together against the sync's `max_delete_fraction`; within it
 //! (or with `--allow-mass-delete`) they are approved and applied, past it they are held for a
 //! person, and the run ends `held`.
@@ -14,73 +14,35 @@
 //! - Memory stays bounded: deletes are applied a page (`batch_size` keys) at a time, read back
 //!   from the state store in key order.
 
-use lockstep_core::protocol::FieldInfo;
+use lockstep_core::protocol::{FieldInfo, ReadMode, ReadRequest, Role};
 use lockstep_plugin_sdk::rows::batch_from_rows;
 use lockstep_state::{BatchCommit, DeleteOrigin, DeleteStatus, PendingDeleteChange};
 use serde_json::{Map, Value};
 
-use crate::engine::RunState;
+use crate::context::Context;
 use crate::error::EngineError;
 use crate::faults::{fault_point, FaultPoint};
-use crate::lease::FencedWriter;
-use crate::pipeline::Context;
+use crate::job::RunState;
+use crate::sink::Sink;
 
 /// How many keys `lockstep deletes list` and the held message show.
 pub const SAMPLE_KEYS: usize = 10;
-
-/// Records the deletes a batch (or a reconciliation page) found as pending, and cancels the
-/// waiting deletes of `seen`, records the source has again. A no-op when there is nothing to
-/// record and the sync has no waiting deletes.
-pub(crate) async fn record(
-    ctx: &Context<'_>,
-    run: &mut RunState,
-    origin: DeleteOrigin,
-    found: &[String],
-    seen: &[String],
-) -> Result<(), EngineError> {
-    let seen: &[String] = if run.deletes_waiting { seen } else { &[] };
-    if found.is_empty() && seen.is_empty() {
-        return Ok(());
-    }
-    let cancelled = ctx
-        .engine
-        .state
-        .change_pending_deletes(&PendingDeleteChange {
-            sync: &ctx.job.spec.name,
-            run: run.run_id,
-            lease_token: ctx.lease.map(|l| l.token),
-            origin,
-            add: found,
-            cancel: seen,
-        })
-        .await?;
-    if cancelled > 0 {
-        tracing::info!(
-            cancelled,
-            "records the source has again cancelled their waiting deletes"
-        );
-    }
-    if !found.is_empty() {
-        run.deletes_waiting = true;
-    }
-    Ok(())
-}
 
 /// Ends the delete phase of a completed mirror run: checks the waiting deletes against the
 /// guard, then applies the approved ones. `destination_size` is the number of records in the
 /// destination when reconciliation counted them in this run. Sets `run.held` when the guard
 /// held deletes.
-pub(crate) async fn finish(
+pub(crate) async fn finish<S: Sink>(
     ctx: &Context<'_>,
-    writer: &mut FencedWriter,
+    sink: &mut S,
     run: &mut RunState,
     allow_mass_delete: bool,
     destination_size: Option<u64>,
 ) -> Result<(), EngineError> {
-    let state = ctx.engine.state;
+    let state = ctx.services.state;
     let spec = &ctx.job.spec;
     let sync = spec.name.as_str();
-    let token = ctx.lease.map(|l| l.token);
+    let token = ctx.lease_token();
     let waiting = state.pending_deletes(sync, SAMPLE_KEYS).await?;
     if waiting.total() == 0 {
         return Ok(());
@@ -90,7 +52,7 @@ pub(crate) async fn finish(
         let size = match destination_size {
             Some(n) => Some(n),
             None if spec.use_ledger => Some(state.ledger_count(sync).await?),
-            None => crate::reconcile::destination_size(ctx).await?,
+            None => read_destination_size(ctx).await?,
         };
         let limit = spec.delete.max_delete_fraction;
         let within = size.is_some_and(|n| unapproved as f64 <= limit * n as f64);
@@ -115,7 +77,7 @@ pub(crate) async fn finish(
             run.held = Some(held_message(ctx, unapproved, size, &waiting.sample));
         }
     }
-    apply_approved(ctx, writer, run).await
+    apply_approved(ctx, sink, run).await
 }
 
 /// What a held run says: how many deletes wait, why, and how to approve or drop them.
@@ -151,15 +113,15 @@ fn held_message(ctx: &Context<'_>, held: u64, size: Option<u64>, sample: &[Strin
 }
 
 /// Applies every approved delete, a page at a time.
-async fn apply_approved(
+async fn apply_approved<S: Sink>(
     ctx: &Context<'_>,
-    writer: &mut FencedWriter,
+    sink: &mut S,
     run: &mut RunState,
 ) -> Result<(), EngineError> {
-    let state = ctx.engine.state;
+    let state = ctx.services.state;
     let spec = &ctx.job.spec;
     let sync = spec.name.as_str();
-    let token = ctx.lease.map(|l| l.token);
+    let token = ctx.lease_token();
     let key_fields = key_fields(ctx)?;
     let mut after: Option<String> = None;
     let mut page = 0u64;
@@ -182,22 +144,21 @@ async fn apply_approved(
             // The ledger stops claiming these records before the destination loses them, so
             // that a crash after the delete cannot leave a ledger entry for a record the
             // destination no longer holds (a record coming back would be skipped as unchanged).
-            state
-                .commit_batch(&BatchCommit {
-                    sync,
-                    run: run.run_id,
-                    lease_token: token,
-                    ledger_upserts: &[],
-                    ledger_deletes: &keys,
-                    checkpoint: None,
-                    metrics: &run.metrics,
-                    rejected: &[],
-                })
-                .await?;
+            sink.commit(&BatchCommit {
+                sync,
+                run: run.run_id,
+                lease_token: token,
+                ledger_upserts: &[],
+                ledger_deletes: &keys,
+                checkpoint: None,
+                metrics: &run.metrics,
+                rejected: &[],
+            })
+            .await?;
         }
         fault_point(FaultPoint::BeforeDelete, page);
-        let outcome = writer.delete(batch).await?;
-        writer.flush().await?;
+        let outcome = sink.delete(batch).await?;
+        sink.flush().await?;
         fault_point(FaultPoint::AfterDelete, page);
         let deleted = outcome.deleted.unwrap_or(keys.len() as u64);
         run.metrics.deleted += deleted;
@@ -217,6 +178,45 @@ async fn apply_approved(
         tracing::info!(deleted = applied, pages = page, "deletes applied");
     }
     Ok(())
+}
+
+/// How many records the destination stream holds, by reading its keys; `None` when its
+/// connector cannot read or the stream does not exist. For syncs without a ledger, whose
+/// guard needs the destination's size when no reconciliation counted it.
+async fn read_destination_size(ctx: &Context<'_>) -> Result<Option<u64>, EngineError> {
+    let services = ctx.services;
+    let job = ctx.job;
+    let spec = &job.spec;
+    if !services
+        .registry
+        .supports(&job.destination.connector, Role::Source)
+    {
+        return Ok(None);
+    }
+    let mut destination = services.open_source(&job.destination).await?;
+    if destination
+        .discover()
+        .await?
+        .stream(&spec.destination.stream)
+        .is_none()
+    {
+        return Ok(None);
+    }
+    let mut reader = destination
+        .read(&ReadRequest {
+            stream: spec.destination.stream.clone(),
+            mode: ReadMode::Full,
+            fields: Some(ctx.mapper.key().to_vec()),
+            key: ctx.mapper.key().to_vec(),
+            batch_size: Some(spec.batch_size.max(50_000)),
+            ..Default::default()
+        })
+        .await?;
+    let mut size = 0u64;
+    while let Some((batch, _)) = reader.next().await? {
+        size += batch.num_rows() as u64;
+    }
+    Ok(Some(size))
 }
 
 /// The mapped key fields, in key order.

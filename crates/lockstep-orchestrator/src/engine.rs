@@ -1,4 +1,5 @@
-//! One run of one sync: read, map, diff against the ledger, write, commit.
+//! The engine, the public entry point of a run: it takes the sync's lease, records the run,
+//! hands the run's services to the pipeline, and records how the run ended.
 //!
 //! The commit protocol (semantics.md, "Durability and idempotence"): for each batch the
 //! destination writes and flushes first; only then does one state transaction record the
@@ -6,98 +7,18 @@
 //! lease's fencing token. A crash anywhere re-reads from the last committed checkpoint and
 //! re-applies idempotent upserts: nothing is lost and nothing is duplicated.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lockstep_core::{RunMetrics, RunStatus, SyncSpec};
+use lockstep_core::{RunMetrics, RunStatus};
 use lockstep_plugin_host::{PluginRegistry, Redactor};
-use lockstep_state::{Lease, LeaseHolder, RunEnd, StateError, StateStore};
+use lockstep_state::{Lease, RunEnd, StateError, StateStore};
 use serde_json::Value;
-use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::error::EngineError;
+use crate::job::{RunOptions, RunState, SyncJob};
 use crate::lease::HeldLease;
-
-/// A connection as the engine needs it: which connector, with what config.
-#[derive(Clone, Debug)]
-pub struct Endpoint {
-    pub connector: String,
-    /// The connector's config, secrets already interpolated.
-    pub config: Value,
-}
-
-/// A sync with its two connections resolved.
-#[derive(Clone, Debug)]
-pub struct SyncJob {
-    pub spec: SyncSpec,
-    pub source: Endpoint,
-    pub destination: Endpoint,
-}
-
-/// Progress reported after each committed batch.
-#[derive(Clone, Debug)]
-pub struct Progress {
-    pub run_id: i64,
-    pub metrics: RunMetrics,
-    pub batches: u64,
-}
-
-/// Called after each committed batch.
-pub type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
-
-/// Called once with the run's id as soon as the run is recorded, before any plugin is called
-/// (a supervisor learns which run to close if the process dies).
-pub type StartFn = Arc<dyn Fn(i64) + Send + Sync>;
-
-/// How to run.
-#[derive(Clone)]
-pub struct RunOptions {
-    /// Forget the checkpoint and ledger first: read everything and rewrite what differs.
-    pub full_refresh: bool,
-    /// When it turns true, the run stops after committing the batch in hand.
-    pub stop: watch::Receiver<bool>,
-    pub progress: Option<ProgressFn>,
-    /// Called when the run has been recorded, with its id.
-    pub on_start: Option<StartFn>,
-    /// How long a lease lives without renewal (`state.lease_ttl`); a task of the run renews it
-    /// every third of it, from acquisition to release.
-    pub lease_ttl: Duration,
-    pub holder: LeaseHolder,
-    /// Apply deletes even past the sync's `max_delete_fraction` (held ones included).
-    pub allow_mass_delete: bool,
-}
-
-impl RunOptions {
-    /// Options for a run in this process, never stopped from outside.
-    pub fn new() -> Self {
-        let (tx, stop) = watch::channel(false);
-        // The sender is leaked on purpose: a dropped sender would read as "never stop" anyway,
-        // and keeping it alive keeps `changed()` pending instead of erroring.
-        std::mem::forget(tx);
-        Self {
-            full_refresh: false,
-            stop,
-            progress: None,
-            on_start: None,
-            lease_ttl: Duration::from_secs(30),
-            holder: LeaseHolder {
-                host: hostname(),
-                pid: std::process::id(),
-            },
-            allow_mass_delete: false,
-        }
-    }
-}
-
-impl Default for RunOptions {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// This machine's host name, for lease holders (one function, in lockstep-state).
-pub use lockstep_state::hostname;
+use crate::services::Services;
 
 /// What a run did.
 #[derive(Debug)]
@@ -120,6 +41,15 @@ pub struct Engine<'a> {
 }
 
 impl Engine<'_> {
+    /// The services a run takes from the engine.
+    pub(crate) fn services(&self) -> Services<'_> {
+        Services {
+            registry: self.registry,
+            state: self.state,
+            redactor: &self.redactor,
+        }
+    }
+
     /// Runs `job` once. Errors before the run exists (the lease is held elsewhere, the state
     /// store is down) are returned as `Err`; anything after is recorded on the run and
     /// returned in the report with status `failed`.
@@ -202,15 +132,8 @@ impl Engine<'_> {
         }
         let started = Instant::now();
         let span = tracing::info_span!("run", sync, run = run_id);
-        let mut run = RunState {
-            run_id,
-            metrics: RunMetrics::default(),
-            checkpoint: cursor_before.clone(),
-            batches: 0,
-            deletes_waiting: false,
-            held: None,
-        };
-        let outcome = crate::pipeline::execute(self, job, options, Some(lease), &mut run, None)
+        let mut run = RunState::new(run_id, cursor_before.clone());
+        let outcome = crate::pipeline::run_sync(self.services(), job, options, lease, &mut run)
             .instrument(span.clone())
             .await;
         let (status, error) = match outcome {
@@ -224,7 +147,7 @@ impl Engine<'_> {
         let end = RunEnd {
             status,
             metrics: run.metrics,
-            error_kind: error.as_ref().map(|e| e.kind_name().to_owned()),
+            error_kind: error.as_ref().map(EngineError::kind),
             error: error.as_ref().map(|e| (self.redactor)(&e.to_string())),
             cursor_after: run.checkpoint.clone(),
             exit_detail: None,
@@ -237,7 +160,7 @@ impl Engine<'_> {
             None => tracing::info!(status = status.as_str(), metrics = ?run.metrics, "run ended"),
             Some(e) => tracing::info!(
                 status = status.as_str(),
-                kind = e.kind_name(),
+                kind = e.kind().as_str(),
                 metrics = ?run.metrics,
                 "run ended"
             ),
@@ -253,19 +176,6 @@ impl Engine<'_> {
             error,
         })
     }
-}
-
-/// Mutable state of a run in progress.
-pub(crate) struct RunState {
-    pub(crate) run_id: i64,
-    pub(crate) metrics: RunMetrics,
-    pub(crate) checkpoint: Option<Value>,
-    pub(crate) batches: u64,
-    /// Whether the sync may have deletes waiting in the state store (checked at the start of
-    /// a mirror run, set when the run records one): records seen again then cancel theirs.
-    pub(crate) deletes_waiting: bool,
-    /// Set when the mass-delete guard held deletes: what the run reports.
-    pub(crate) held: Option<String>,
 }
 
 /// Whether process `pid` exists on this machine. Where that cannot be told (no `/proc`), it

@@ -1,5 +1,6 @@
 //! Errors of a run, each with a kind that decides whether a retry may help.
 
+use lockstep_core::RunErrorKind;
 use lockstep_plugin_host::{ErrorKind, HostError};
 use lockstep_state::StateError;
 
@@ -37,25 +38,31 @@ pub enum EngineError {
 }
 
 impl EngineError {
-    /// The kind's stable name: config, auth, transient, rate-limited, schema, panic,
-    /// internal, cancelled, unsupported, lease-held or state.
-    pub fn kind_name(&self) -> &'static str {
+    /// The kind recorded on the run (and reported by the CLI and the worker).
+    pub fn kind(&self) -> RunErrorKind {
         match self {
-            EngineError::Host(e) => e.kind().name(),
-            EngineError::State(StateError::LeaseHeld { .. }) => "lease-held",
+            EngineError::Host(e) => plugin_kind(e.kind()),
+            EngineError::State(StateError::LeaseHeld { .. }) => RunErrorKind::LeaseHeld,
             EngineError::State(StateError::LeaseLost { .. }) | EngineError::LeaseLost(_) => {
-                "lease-lost"
+                RunErrorKind::LeaseLost
             }
-            EngineError::State(StateError::Connect { .. }) => ErrorKind::TRANSIENT.name(),
-            EngineError::State(_) => "state",
+            EngineError::State(StateError::Connect { .. }) => RunErrorKind::Transient,
+            EngineError::State(_) => RunErrorKind::State,
             EngineError::Mapping(_) | EngineError::Fingerprint(_) | EngineError::Schema(_) => {
-                ErrorKind::SCHEMA.name()
+                RunErrorKind::Schema
             }
-            EngineError::Config(_) => ErrorKind::CONFIG.name(),
-            EngineError::TooManyRejected(_) => "too-many-rejected",
-            EngineError::MassDelete(_) => "mass-delete",
-            EngineError::Arrow(_) | EngineError::Internal(_) => ErrorKind::INTERNAL.name(),
+            EngineError::Config(_) => RunErrorKind::Config,
+            EngineError::TooManyRejected(_) => RunErrorKind::TooManyRejected,
+            EngineError::MassDelete(_) => RunErrorKind::MassDelete,
+            EngineError::Arrow(_) | EngineError::Internal(_) => RunErrorKind::Internal,
         }
+    }
+
+    /// The kind's stable name, as stored in the run history: config, auth, transient,
+    /// rate-limited, schema, panic, internal, cancelled, unsupported, lease-held, lease-lost,
+    /// state, too-many-rejected or mass-delete.
+    pub fn kind_name(&self) -> &'static str {
+        self.kind().as_str()
     }
 
     /// Whether running again later may succeed (transient and rate-limited failures).
@@ -74,6 +81,35 @@ impl EngineError {
                 Some(std::time::Duration::from_millis(*retry_after_ms))
             }
             _ => None,
+        }
+    }
+}
+
+/// The run error kind of a plugin's error kind; a kind newer than this host is `unknown`.
+fn plugin_kind(kind: ErrorKind) -> RunErrorKind {
+    match kind {
+        ErrorKind::CONFIG => RunErrorKind::Config,
+        ErrorKind::AUTH => RunErrorKind::Auth,
+        ErrorKind::TRANSIENT => RunErrorKind::Transient,
+        ErrorKind::RATE_LIMITED => RunErrorKind::RateLimited,
+        ErrorKind::SCHEMA => RunErrorKind::Schema,
+        ErrorKind::PANIC => RunErrorKind::Panic,
+        ErrorKind::INTERNAL => RunErrorKind::Internal,
+        ErrorKind::CANCELLED => RunErrorKind::Cancelled,
+        ErrorKind::UNSUPPORTED => RunErrorKind::Unsupported,
+        _ => RunErrorKind::Unknown,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plugin_kinds_keep_their_names_in_the_run_history() {
+        for code in 0..=12 {
+            let kind = ErrorKind(code);
+            assert_eq!(plugin_kind(kind).as_str(), kind.name(), "error kind {code}");
         }
     }
 }

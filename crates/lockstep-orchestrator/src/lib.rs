@@ -13,21 +13,31 @@
 //! - Plugins are reached only through `lockstep-plugin-host`, the state only through
 //!   `lockstep-state`.
 
+// The run's modules form a line, each using only those above it: `job`, `services`,
+// `context`, `rows` and `diff` know nothing of how a run proceeds; `sink` is where changes
+// go; `batch` is the one path from a batch to a commit; `reconcile` and `deletes` are the
+// mirror phases; `pipeline` runs them; `engine`, `plan` and `retry` are the entry points.
+mod batch;
+mod context;
 mod deletes;
+mod diff;
 mod engine;
 mod error;
 mod faults;
+mod job;
 mod lease;
 mod pipeline;
 mod plan;
 mod reconcile;
 mod retry;
+mod rows;
+mod services;
+mod sink;
 mod summary;
 
 pub use deletes::SAMPLE_KEYS as DELETE_SAMPLE_KEYS;
-pub use engine::{
-    hostname, Endpoint, Engine, Progress, ProgressFn, RunOptions, RunReport, StartFn, SyncJob,
-};
+pub use engine::{Engine, RunReport};
 pub use error::EngineError;
+pub use job::{hostname, Endpoint, Progress, ProgressFn, RunOptions, StartFn, SyncJob};
 pub use plan::{FieldChange, PlanReport, PlannedRejection, PlannedUpdate, SAMPLE_SIZE};
 pub use retry::RetryOutcome;

@@ -1,16 +1,25 @@
 //! `plan`: a dry run that reads and diffs like a run but writes nothing, and reports the
 //! counts a run would produce with samples of the records it would add, update and delete.
+//!
+//! Invariants:
+//! - A plan goes through the same batch path as a run, with a sink that counts and samples:
+//!   it writes nothing to the destination or the state store, and takes no lease.
 
 use arrow::array::RecordBatch;
-use lockstep_core::protocol::{ReadMode, ReadRequest, FEATURE_READ_BY_KEYS};
-use lockstep_core::RunMetrics;
-use lockstep_state::RejectedRecord;
+use lockstep_core::protocol::{ReadMode, ReadRequest, WriteOutcome, FEATURE_READ_BY_KEYS};
+use lockstep_state::{BatchCommit, DeleteOrigin, RejectedRecord};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::engine::{Engine, RunOptions, RunState, SyncJob};
+use crate::context::Context;
+use crate::diff::Upsert;
+use crate::engine::Engine;
 use crate::error::EngineError;
-use crate::pipeline::row_json;
+use crate::job::{RunOptions, RunState, SyncJob};
+use crate::pipeline::{execute, open_source, OpenedSource};
+use crate::rows::row_json;
+use crate::sink::Sink;
+use lockstep_core::RunMetrics;
 
 /// How many records of each kind a plan shows.
 pub const SAMPLE_SIZE: usize = 10;
@@ -65,25 +74,25 @@ pub(crate) struct PlanCollector {
 }
 
 impl PlanCollector {
-    pub(crate) fn add(&mut self, batch: &RecordBatch, row: usize, _key: &str) {
+    fn sample_add(&mut self, batch: &RecordBatch, row: usize) {
         if self.adds.len() < SAMPLE_SIZE {
             self.adds.push(row_json(batch, row));
         }
     }
 
-    pub(crate) fn update(&mut self, batch: &RecordBatch, row: usize, key: &str) {
+    fn sample_update(&mut self, batch: &RecordBatch, row: usize, key: &str) {
         if self.updates.len() < SAMPLE_SIZE {
             self.updates.push((key.to_owned(), row_json(batch, row)));
         }
     }
 
-    pub(crate) fn delete(&mut self, key: &str) {
+    fn sample_delete(&mut self, key: &str) {
         if self.deletes.len() < SAMPLE_SIZE {
             self.deletes.push(key.to_owned());
         }
     }
 
-    pub(crate) fn reject(&mut self, rejected: &[RejectedRecord]) {
+    fn sample_reject(&mut self, rejected: &[RejectedRecord]) {
         for r in rejected
             .iter()
             .take(SAMPLE_SIZE.saturating_sub(self.rejected.len()))
@@ -94,6 +103,62 @@ impl PlanCollector {
                 reason: r.reason.clone(),
             });
         }
+    }
+}
+
+/// A plan's sink: counts and samples what a run would write, and writes nothing.
+impl Sink for PlanCollector {
+    fn writes(&self) -> bool {
+        false
+    }
+
+    async fn upsert(&mut self, _rows: RecordBatch) -> Result<WriteOutcome, EngineError> {
+        // Nothing is refused: a plan counts every record it would send.
+        Ok(WriteOutcome::default())
+    }
+
+    async fn delete(&mut self, _keys: RecordBatch) -> Result<WriteOutcome, EngineError> {
+        Ok(WriteOutcome::default())
+    }
+
+    async fn flush(&mut self) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    async fn wait_deletes(
+        &mut self,
+        _ctx: &Context<'_>,
+        run: &mut RunState,
+        _origin: DeleteOrigin,
+        found: &[String],
+        _seen: &[String],
+    ) -> Result<(), EngineError> {
+        run.metrics.deleted += found.len() as u64;
+        for key in found
+            .iter()
+            .take(SAMPLE_SIZE.saturating_sub(self.deletes.len()))
+        {
+            self.sample_delete(key);
+        }
+        Ok(())
+    }
+
+    async fn commit(&mut self, _commit: &BatchCommit<'_>) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    fn sample(&mut self, mapped: &RecordBatch, keys: &[String], upserts: &[Upsert]) {
+        for upsert in upserts {
+            if upsert.added {
+                self.sample_add(mapped, upsert.row);
+            } else {
+                self.sample_update(mapped, upsert.row, &keys[upsert.row]);
+            }
+        }
+    }
+
+    fn sample_rejects(&mut self, rejected: &[RejectedRecord]) {
+        self.sample_reject(rejected);
     }
 }
 
@@ -110,16 +175,23 @@ impl Engine<'_> {
         } else {
             None
         };
-        let mut run = RunState {
-            run_id: 0,
-            metrics: RunMetrics::default(),
-            checkpoint: cursor_before.clone(),
-            batches: 0,
-            deletes_waiting: false,
-            held: None,
-        };
+        let mut run = RunState::new(0, cursor_before.clone());
         let mut collector = PlanCollector::default();
-        crate::pipeline::execute(self, job, &options, None, &mut run, Some(&mut collector)).await?;
+        let OpenedSource {
+            source,
+            mapper,
+            cursor_type,
+            ..
+        } = open_source(self.services(), job).await?;
+        let ctx = Context {
+            services: self.services(),
+            job,
+            mapper: &mapper,
+            cursor_type,
+            lease: None,
+            destination_is_new: false,
+        };
+        execute(&ctx, source, &mut collector, &options, None, &mut run).await?;
         let mut notes = Vec::new();
         if !job.spec.use_ledger {
             notes.push(
@@ -197,7 +269,9 @@ impl Engine<'_> {
                 job.destination.connector
             ));
         }
-        let (_, stream) = crate::pipeline::open_source_stream(self, job)
+        let (_, stream) = self
+            .services()
+            .open_source_stream(job)
             .await
             .map_err(|e| e.to_string())?;
         let mapper =
@@ -207,8 +281,9 @@ impl Engine<'_> {
             .iter()
             .filter_map(|(k, _)| serde_json::from_str::<Vec<Value>>(k).ok())
             .collect();
-        let mut source = plugin
-            .open_source(&job.destination.config, self.redactor.clone())
+        let mut source = self
+            .services()
+            .open_source(&job.destination)
             .await
             .map_err(|e| e.to_string())?;
         let mut reader = source

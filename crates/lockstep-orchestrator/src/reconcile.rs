@@ -11,12 +11,13 @@
 use lockstep_core::protocol::{ReadMode, ReadRequest, Role};
 use lockstep_core::record_keys;
 use lockstep_state::DeleteOrigin;
-use xxhash_rust::xxh3::xxh3_64;
 
-use crate::deletes;
-use crate::engine::{Engine, RunState, SyncJob};
+use crate::context::Context;
+use crate::diff::KeySet;
 use crate::error::EngineError;
-use crate::pipeline::{open_source_stream, Context, Sink};
+use crate::job::{RunState, SyncJob};
+use crate::services::Services;
+use crate::sink::Sink;
 
 fn marker(job: &SyncJob) -> String {
     format!("{}/reconciled", job.spec.name)
@@ -24,7 +25,7 @@ fn marker(job: &SyncJob) -> String {
 
 /// Whether this run should reconcile, by the sync's `reconcile_every`.
 pub(crate) async fn due(
-    engine: &Engine<'_>,
+    services: Services<'_>,
     job: &SyncJob,
     run_id: i64,
 ) -> Result<bool, EngineError> {
@@ -32,13 +33,13 @@ pub(crate) async fn due(
     if every <= 1 {
         return Ok(every == 1);
     }
-    let last = engine
+    let last = services
         .state
         .checkpoint(&marker(job))
         .await?
         .and_then(|v| v.get("run").and_then(|r| r.as_i64()));
     let Some(last) = last else { return Ok(true) };
-    let recent = engine
+    let recent = services
         .state
         .runs(Some(&job.spec.name), every as usize)
         .await?;
@@ -50,17 +51,17 @@ pub(crate) async fn due(
 }
 
 /// Finds the destination's keys that the source no longer has and records them as pending
-/// deletes (or, for a plan, counts them). Returns how many records the destination holds,
-/// when it could be read.
-pub(crate) async fn run(
+/// deletes (a plan counts them). Returns how many records the destination holds, when it
+/// could be read.
+pub(crate) async fn run<S: Sink>(
     ctx: &Context<'_>,
-    sink: Sink<'_>,
+    sink: &mut S,
     run: &mut RunState,
 ) -> Result<Option<u64>, EngineError> {
-    let engine = ctx.engine;
+    let services = ctx.services;
     let job = ctx.job;
     let spec = &job.spec;
-    if !engine
+    if !services
         .registry
         .supports(&job.destination.connector, Role::Source)
     {
@@ -75,17 +76,17 @@ pub(crate) async fn run(
     if !run.deletes_waiting && crate::summary::key_sets_match(ctx).await {
         tracing::info!("reconciliation: the key sets' summaries match, nothing to delete");
         // A plan records nothing; a run records that it reconciled.
-        if matches!(sink, Sink::Write(_)) {
+        if sink.writes() {
             mark_done(ctx, run).await?;
         }
         return Ok(None);
     }
     let read_size = spec.batch_size.max(50_000);
 
-    // The source's keys, as sorted hashes, computed through the mapping of the key alone so
+    // The source's keys, as a set of hashes, computed through the mapping of the key alone so
     // that computed keys (`lower(trim(email))`) compare equal to what the runs wrote.
     let key_mapper = ctx.mapper.key_mapper();
-    let (mut source, _) = open_source_stream(engine, job).await?;
+    let (mut source, _) = services.open_source_stream(job).await?;
     let mut request = ReadRequest {
         stream: spec.source.stream.clone(),
         mode: ReadMode::Full,
@@ -95,27 +96,23 @@ pub(crate) async fn run(
         ..Default::default()
     };
     let mut reader = source.read(&request).await?;
-    let mut source_keys: Vec<u64> = Vec::new();
+    let mut source_keys = KeySet::default();
     while let Some((batch, _)) = reader.next().await? {
         // Records whose key cannot be mapped were rejected by the runs; they match nothing.
         let mapped = key_mapper.map(&batch)?;
         for key in record_keys(&mapped.batch, key_mapper.key())? {
-            source_keys.push(xxh3_64(key.as_bytes()));
+            source_keys.insert(&key);
         }
     }
     drop(reader);
     drop(source);
-    source_keys.sort_unstable();
-    source_keys.dedup();
-    if let Sink::Write(_) = &sink {
-        cancel_returned(ctx, run, &source_keys).await?;
+    source_keys.seal();
+    if sink.writes() {
+        cancel_returned(ctx, sink, run, &source_keys).await?;
     }
 
     // The destination's keys that are not among them.
-    let plugin = engine.registry.get(&job.destination.connector)?;
-    let mut destination = plugin
-        .open_source(&job.destination.config, engine.redactor.clone())
-        .await?;
+    let mut destination = services.open_source(&job.destination).await?;
     let catalog = destination.discover().await?;
     if catalog.stream(&spec.destination.stream).is_none() {
         return Ok(None);
@@ -126,29 +123,19 @@ pub(crate) async fn run(
     let mut reader = destination.read(&request).await?;
     let mut in_destination = 0u64;
     let mut count = 0u64;
-    let mut plan = match sink {
-        Sink::Plan(plan) => Some(plan),
-        Sink::Write(_) => None,
-    };
     while let Some((batch, _)) = reader.next().await? {
         in_destination += batch.num_rows() as u64;
-        let gone: Vec<String> = record_keys(&batch, ctx.mapper.key())?
-            .into_iter()
-            .filter(|k| source_keys.binary_search(&xxh3_64(k.as_bytes())).is_err())
-            .collect();
+        let gone = source_keys.missing(record_keys(&batch, ctx.mapper.key())?);
         count += gone.len() as u64;
-        match &mut plan {
-            Some(plan) => gone.iter().for_each(|key| plan.delete(key)),
-            // Recorded a destination batch at a time: memory stays at the source's hashes.
-            None => deletes::record(ctx, run, DeleteOrigin::Reconcile, &gone, &[]).await?,
-        }
+        // Recorded a destination batch at a time: memory stays at the source's hashes.
+        sink.wait_deletes(ctx, run, DeleteOrigin::Reconcile, &gone, &[])
+            .await?;
     }
     drop(reader);
     drop(destination);
     drop(source_keys);
 
-    if plan.is_some() {
-        run.metrics.deleted += count;
+    if !sink.writes() {
         return Ok(Some(in_destination));
     }
     if count > 0 {
@@ -165,10 +152,11 @@ pub(crate) async fn run(
 /// Cancels the waiting deletes found by earlier reconciliations whose key the source has
 /// again (inserted again, possibly with a cursor value the incremental read has passed), a
 /// page at a time. Tombstone deletes are left alone: their records are still in the source.
-async fn cancel_returned(
+async fn cancel_returned<S: Sink>(
     ctx: &Context<'_>,
+    sink: &mut S,
     run: &mut RunState,
-    source_keys: &[u64],
+    source_keys: &KeySet,
 ) -> Result<(), EngineError> {
     if !run.deletes_waiting {
         return Ok(());
@@ -176,7 +164,7 @@ async fn cancel_returned(
     let mut after: Option<String> = None;
     loop {
         let keys = ctx
-            .engine
+            .services
             .state
             .pending_delete_keys(
                 &ctx.job.spec.name,
@@ -192,57 +180,16 @@ async fn cancel_returned(
         after = Some(last.clone());
         let returned: Vec<String> = keys
             .into_iter()
-            .filter(|k| source_keys.binary_search(&xxh3_64(k.as_bytes())).is_ok())
+            .filter(|k| source_keys.contains(k))
             .collect();
-        deletes::record(ctx, run, DeleteOrigin::Reconcile, &[], &returned).await?;
+        sink.wait_deletes(ctx, run, DeleteOrigin::Reconcile, &[], &returned)
+            .await?;
     }
-}
-
-/// How many records the destination stream holds, by reading its keys; `None` when its
-/// connector cannot read or the stream does not exist. For syncs without a ledger, whose
-/// guard needs the destination's size when no reconciliation counted it.
-pub(crate) async fn destination_size(ctx: &Context<'_>) -> Result<Option<u64>, EngineError> {
-    let engine = ctx.engine;
-    let job = ctx.job;
-    let spec = &job.spec;
-    if !engine
-        .registry
-        .supports(&job.destination.connector, Role::Source)
-    {
-        return Ok(None);
-    }
-    let plugin = engine.registry.get(&job.destination.connector)?;
-    let mut destination = plugin
-        .open_source(&job.destination.config, engine.redactor.clone())
-        .await?;
-    if destination
-        .discover()
-        .await?
-        .stream(&spec.destination.stream)
-        .is_none()
-    {
-        return Ok(None);
-    }
-    let mut reader = destination
-        .read(&ReadRequest {
-            stream: spec.destination.stream.clone(),
-            mode: ReadMode::Full,
-            fields: Some(ctx.mapper.key().to_vec()),
-            key: ctx.mapper.key().to_vec(),
-            batch_size: Some(spec.batch_size.max(50_000)),
-            ..Default::default()
-        })
-        .await?;
-    let mut size = 0u64;
-    while let Some((batch, _)) = reader.next().await? {
-        size += batch.num_rows() as u64;
-    }
-    Ok(Some(size))
 }
 
 /// Records that this run reconciled, for `reconcile_every`.
 async fn mark_done(ctx: &Context<'_>, run: &RunState) -> Result<(), EngineError> {
-    ctx.engine
+    ctx.services
         .state
         .put_checkpoint(
             &marker(ctx.job),

@@ -25,12 +25,15 @@ use lockstep_plugin_sdk::rows::batch_from_rows;
 use lockstep_state::{BatchCommit, RejectedFilter, RejectedRecord, RunEnd};
 use serde_json::Value;
 
-use crate::engine::{Engine, RunOptions, RunState, SyncJob};
+use crate::batch::apply_batch;
+use crate::context::{fields_to_read, Context};
+use crate::engine::Engine;
 use crate::error::EngineError;
+use crate::job::{RunOptions, RunState, SyncJob};
 use crate::lease::{FencedWriter, HeldLease};
-use crate::pipeline::{
-    apply_batch, fields_to_read, open_destination_stream, open_source_stream, Context, Sink,
-};
+use crate::rows::row_json;
+use crate::services::open_destination_stream;
+use crate::sink::{Sink, WriteSink};
 
 /// The most keys one read by keys asks for.
 const KEYS_PER_READ: usize = 500;
@@ -126,14 +129,7 @@ impl Engine<'_> {
         }
         let run_id = self.state.start_run(sync, None).await?;
         outcome.run_id = run_id;
-        let mut run = RunState {
-            run_id,
-            metrics: RunMetrics::default(),
-            checkpoint: None,
-            batches: 0,
-            deletes_waiting: false,
-            held: None,
-        };
+        let mut run = RunState::new(run_id, None);
         let result = self
             .retry_records(job, lease, &mut run, &records, &mut outcome)
             .await;
@@ -148,7 +144,7 @@ impl Engine<'_> {
             run.metrics,
         );
         if let Err(e) = &result {
-            end.error_kind = Some(e.kind_name().to_owned());
+            end.error_kind = Some(e.kind());
             end.error = Some((self.redactor)(&e.to_string()));
         }
         end.exit_detail = Some(format!("retry of {} rejected records", records.len()));
@@ -166,7 +162,8 @@ impl Engine<'_> {
     ) -> Result<(), EngineError> {
         let spec = &job.spec;
         let run_id = run.run_id;
-        let (mut source, stream) = open_source_stream(self, job).await?;
+        let services = self.services();
+        let (mut source, stream) = services.open_source_stream(job).await?;
         let mapper = Mapper::new(spec, &stream)?;
         let source_key = mapper.source_key().to_vec();
 
@@ -191,16 +188,13 @@ impl Engine<'_> {
             }
         }
 
-        let plugin = self.registry.get(&job.destination.connector)?;
-        let mut destination = plugin
-            .open_destination(&job.destination.config, self.redactor.clone())
-            .await?;
+        let mut destination = services.open_destination(&job.destination).await?;
         let lease = held.lease();
         let writer = open_destination_stream(&mut destination, job, &mapper).await?;
         // Every write is refused once the lease is lost, as in a run.
-        let mut writer = FencedWriter::new(writer, Some(held.watch()));
+        let mut sink = WriteSink::new(FencedWriter::new(writer, Some(held.watch())), self.state);
         let ctx = Context {
-            engine: self,
+            services,
             job,
             mapper: &mapper,
             cursor_type: spec
@@ -237,16 +231,16 @@ impl Engine<'_> {
                 .await?;
             while let Some((batch, _)) = reader.next().await? {
                 for row in 0..batch.num_rows() {
-                    let json = crate::pipeline::row_json(&batch, row);
+                    let json = row_json(&batch, row);
                     if let Some(values) = source_key_of(&json, &source_key) {
                         found.insert(Value::Array(values).to_string());
                     }
                 }
                 // A null checkpoint leaves the sync's stored checkpoint where it is.
-                apply_batch(&ctx, Sink::Write(&mut writer), run, batch, Value::Null).await?;
+                apply_batch(&ctx, &mut sink, run, batch, Value::Null).await?;
             }
         }
-        writer.flush().await?;
+        sink.flush().await?;
 
         // The records this retry's run rejected again, by source key, with their reason.
         let mut again: HashMap<String, String> = HashMap::new();

@@ -12,11 +12,11 @@
 //! - Summaries only ever skip work: they never delete anything themselves.
 
 use lockstep_core::protocol::{KeySummary, ReadMode, ReadRequest, FEATURE_KEY_SUMMARY};
-use lockstep_plugin_host::SourceHandle;
 
-use crate::engine::Engine;
+use crate::context::Context;
 use crate::error::EngineError;
-use crate::pipeline::Context;
+use crate::job::Endpoint;
+use crate::services::Services;
 
 /// Whether the source's and the destination's key sets are known to be equal, by their
 /// summaries. `false` means "not known": the caller streams the keys.
@@ -25,22 +25,20 @@ pub(crate) async fn key_sets_match(ctx: &Context<'_>) -> bool {
     let Some(source_key) = ctx.mapper.key_copies() else {
         return false;
     };
-    if !summarizes(ctx.engine, &job.source.connector)
-        || !summarizes(ctx.engine, &job.destination.connector)
+    if !summarizes(ctx.services, &job.source.connector)
+        || !summarizes(ctx.services, &job.destination.connector)
     {
         return false;
     }
     let source = summary(
-        ctx.engine,
-        &job.source.connector,
-        &job.source.config,
+        ctx.services,
+        &job.source,
         &job.spec.source.stream,
         source_key,
     );
     let destination = summary(
-        ctx.engine,
-        &job.destination.connector,
-        &job.destination.config,
+        ctx.services,
+        &job.destination,
         &job.spec.destination.stream,
         ctx.mapper.key().to_vec(),
     );
@@ -68,8 +66,8 @@ pub(crate) async fn key_sets_match(ctx: &Context<'_>) -> bool {
 }
 
 /// Whether connector `name` declares the `key-summary` feature.
-fn summarizes(engine: &Engine<'_>, name: &str) -> bool {
-    engine
+fn summarizes(services: Services<'_>, name: &str) -> bool {
+    services
         .registry
         .get(name)
         .map(|p| p.manifest.features.iter().any(|f| f == FEATURE_KEY_SUMMARY))
@@ -77,16 +75,15 @@ fn summarizes(engine: &Engine<'_>, name: &str) -> bool {
 }
 
 /// The summary of the key set `key` of `stream`, read through a source instance of
-/// `connector`.
+/// `endpoint`'s connector.
 async fn summary(
-    engine: &Engine<'_>,
-    connector: &str,
-    config: &serde_json::Value,
+    services: Services<'_>,
+    endpoint: &Endpoint,
     stream: &str,
     key: Vec<String>,
 ) -> Result<KeySummary, EngineError> {
-    let plugin = engine.registry.get(connector)?;
-    let mut source: SourceHandle = plugin.open_source(config, engine.redactor.clone()).await?;
+    let connector = &endpoint.connector;
+    let mut source = services.open_source(endpoint).await?;
     let request = ReadRequest {
         stream: stream.to_owned(),
         mode: ReadMode::Full,

@@ -70,7 +70,7 @@ macro_rules! impl_state_store {
                     .bind(metrics[4])
                     .bind(metrics[5])
                     .bind(metrics[6])
-                    .bind(end.error_kind.as_deref())
+                    .bind(end.error_kind.map(lockstep_core::RunErrorKind::as_str))
                     .bind(end.error.as_deref())
                     .bind(end.cursor_after.as_ref().map(|v| v.to_string()))
                     .bind(end.exit_detail.as_deref())

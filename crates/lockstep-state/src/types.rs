@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use lockstep_core::{RunMetrics, RunStatus};
+use lockstep_core::{RunErrorKind, RunMetrics, RunStatus};
 use serde::{Deserialize, Serialize};
 
 /// How a run ended, as recorded by [`crate::StateStore::finish_run`].
@@ -12,8 +12,8 @@ pub struct RunEnd {
     pub status: RunStatus,
     /// The final metrics of the run; they replace the progress stored at each commit.
     pub metrics: RunMetrics,
-    /// The error kind (`transient`, `config`, ...) when the run failed.
-    pub error_kind: Option<String>,
+    /// Why the run failed, stored as the kind's stable text (`transient`, `config`, ...).
+    pub error_kind: Option<RunErrorKind>,
     pub error: Option<String>,
     /// The source checkpoint when the run ended.
     pub cursor_after: Option<serde_json::Value>,

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lockstep_core::{RunMetrics, RunStatus};
+use lockstep_core::{RunErrorKind, RunMetrics, RunStatus};
 use lockstep_state::{
     open, BatchCommit, LeaseHolder, LedgerEntry, RejectedFilter, RejectedRecord, RunEnd,
     StateError, StateStore,
@@ -115,7 +115,7 @@ async fn run_lifecycle_and_history(store: Box<dyn StateStore>) {
     };
     store.finish_run(a1, &end).await.unwrap();
     let failed = RunEnd {
-        error_kind: Some("transient".into()),
+        error_kind: Some(RunErrorKind::Transient),
         error: Some("connection reset by peer".into()),
         exit_detail: Some("killed by signal 9; stderr tail: out of memory".into()),
         ..RunEnd::new(RunStatus::Failed, RunMetrics::default())

@@ -450,5 +450,138 @@ fn docs_config_names_every_key_the_validator_accepts() {
         missing.is_empty(),
         "docs/config.md does not name these keys that the config validator accepts: {missing:?}; \
          document each in the reference table of its section"
+/// The `crate::module` paths a module file refers to: `crate::engine::Engine`,
+/// `crate::{deletes, reconcile}` and `crate::lease::{FencedWriter, HeldLease}` name the
+/// modules `engine`, `deletes`, `reconcile` and `lease`. Line comments are skipped.
+fn crate_module_references(text: &str) -> BTreeSet<String> {
+    let code: String = text
+        .lines()
+        .map(|line| match line.find("//") {
+            Some(at) => &line[..at],
+            None => line,
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let identifier = |s: &str| -> String {
+        s.trim_start()
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect()
+    };
+    let mut modules = BTreeSet::new();
+    let mut rest = code.as_str();
+    while let Some(at) = rest.find("crate::") {
+        // `lockstep_state::crate_x` or `my_crate::` are not `crate::` paths.
+        let before = rest[..at].chars().next_back();
+        rest = &rest[at + "crate::".len()..];
+        if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
+            continue;
+        }
+        if let Some(group) = rest.strip_prefix('{') {
+            // A group: the first segment of each top-level item names a module.
+            let mut depth = 0usize;
+            let mut item_start = true;
+            for (i, c) in group.char_indices() {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => break,
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => item_start = true,
+                    _ if item_start && !c.is_whitespace() => {
+                        modules.insert(identifier(&group[i..]));
+                        item_start = false;
+                    }
+                    _ => {}
+                }
+            }
+        } else {
+            modules.insert(identifier(rest));
+        }
+    }
+    modules.remove("");
+    modules
+}
+
+/// The cycles among the module files of `src`: each as the path of modules from one module
+/// back to itself, every step a `crate::module` reference.
+fn module_cycles(src: &Path) -> Vec<Vec<String>> {
+    let mut graph: std::collections::BTreeMap<String, BTreeSet<String>> = Default::default();
+    for entry in std::fs::read_dir(src).unwrap_or_else(|e| panic!("{}: {e}", src.display())) {
+        let path = entry.unwrap().path();
+        let Some(name) = path.file_stem().map(|s| s.to_string_lossy().into_owned()) else {
+            continue;
+        };
+        if path.extension().is_none_or(|e| e != "rs") || name == "lib" || name == "main" {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        graph.insert(name, crate_module_references(&text));
+    }
+    let modules: BTreeSet<String> = graph.keys().cloned().collect();
+    for references in graph.values_mut() {
+        // Only module files count: `crate::SomeReexport` names the crate root.
+        references.retain(|m| modules.contains(m));
+    }
+    // From each module, search for a path that comes back to it (shortest first).
+    let mut cycles: Vec<Vec<String>> = Vec::new();
+    let mut reported: BTreeSet<BTreeSet<String>> = BTreeSet::new();
+    for start in graph.keys() {
+        let mut came_from: std::collections::BTreeMap<&str, &str> = Default::default();
+        let mut queue = std::collections::VecDeque::from([start.as_str()]);
+        let mut closing = None;
+        while let Some(module) = queue.pop_front() {
+            for next in &graph[module] {
+                if next == start {
+                    closing = Some(module);
+                    break;
+                }
+                if !came_from.contains_key(next.as_str()) {
+                    came_from.insert(next, module);
+                    queue.push_back(next);
+                }
+            }
+            if closing.is_some() {
+                break;
+            }
+        }
+        let Some(mut at) = closing else { continue };
+        // Walk back from the module that closes the circle to the start, then read forward.
+        let mut back = Vec::new();
+        while at != start {
+            back.push(at.to_owned());
+            at = came_from[at];
+        }
+        let mut path = vec![start.clone()];
+        path.extend(back.into_iter().rev());
+        path.push(start.clone());
+        if reported.insert(path.iter().cloned().collect()) {
+            cycles.push(path);
+        }
+    }
+    cycles
+}
+
+#[test]
+fn no_module_of_the_orchestrator_or_the_daemon_imports_one_that_imports_it_back() {
+    assert_eq!(
+        crate_module_references(
+            "use crate::{deletes, lease::{A, B}};\nuse crate::engine::Engine; // crate::not_this\n\
+             let x = lockstep_crate::y; crate::faults::fault_point(p, 1);"
+        ),
+        BTreeSet::from(["deletes", "lease", "engine", "faults"].map(String::from)),
+        "the reference parser itself"
+    );
+    let mut problems = Vec::new();
+    for krate in ["crates/lockstep-orchestrator", "crates/lockstep-daemon"] {
+        let src = workspace_root().join(krate).join("src");
+        for cycle in module_cycles(&src) {
+            problems.push(format!("{krate}: {}", cycle.join(" -> ")));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "modules import each other in a circle (each arrow is a `crate::module` reference); \
+         move what both need into a module of its own that neither imports back:\n{}",
+        problems.join("\n")
     );
 }
