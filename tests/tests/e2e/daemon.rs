@@ -805,11 +805,13 @@ fn crashing_plugins_fail_their_run_and_the_daemon_keeps_scheduling() {
         r#"every = "1s""#,
         "",
     );
-    // Over its timeout after the second batch: asked to stop, it stops after the batch in hand.
+    // Over its timeout during its first or second batch: asked to stop, it stops after the
+    // batch in hand. A batch takes 3 s and the timeout is 4 s, so the count is 1 or 2 for any
+    // worker start-up under 4 s (a loaded machine takes over a second to start one).
     config += &panicky_sync(
         "too_slow",
-        "{ sleep_ms = 1000 }",
-        "every = \"1s\"\ntimeout = \"1500ms\"",
+        "{ sleep_ms = 3000 }",
+        "every = \"1s\"\ntimeout = \"4s\"",
         "batch_size = 1\n",
     );
     config += &panicky_sync("healthy", "{}", r#"every = "1s""#, "");

@@ -450,6 +450,9 @@ fn docs_config_names_every_key_the_validator_accepts() {
         missing.is_empty(),
         "docs/config.md does not name these keys that the config validator accepts: {missing:?}; \
          document each in the reference table of its section"
+    );
+}
+
 /// The `crate::module` paths a module file refers to: `crate::engine::Engine`,
 /// `crate::{deletes, reconcile}` and `crate::lease::{FencedWriter, HeldLease}` name the
 /// modules `engine`, `deletes`, `reconcile` and `lease`. Line comments are skipped.
