@@ -36,7 +36,7 @@ pub mod values;
 #[cfg(test)]
 mod tests;
 
-use lockstep_plugin_sdk::{Connector, Manifest, Role};
+use lockstep_plugin_sdk::{Connector, Manifest};
 
 pub use config::Config;
 pub use dest::{PgDestination, PgWriter};
@@ -55,7 +55,6 @@ impl Connector for PostgresConnector {
             version: env!("CARGO_PKG_VERSION").into(),
             description: "PostgreSQL tables and views (views read-only), moved with binary COPY"
                 .into(),
-            roles: vec![Role::Source, Role::Destination],
             features: [
                 "incremental",
                 "upsert",
@@ -68,9 +67,6 @@ impl Connector for PostgresConnector {
             .into_iter()
             .map(String::from)
             .collect(),
-            config_schema: config::config_schema(),
-            abi_version: String::new(),
-            sdk_version: String::new(),
         }
     }
 }

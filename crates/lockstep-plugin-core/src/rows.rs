@@ -25,7 +25,6 @@ use lockstep_protocol::{DataType, FieldInfo};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-
 /// A value that does not fit its field.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("row {row}, field `{field}`: {reason}")]

@@ -232,7 +232,8 @@ macro_rules! export_connector {
         // (a unit test of the SDK checks it).
         #[doc(hidden)]
         #[export_name = "_1as_0lib_1header_0root_bmodule_bloader"]
-        pub static LOCKSTEP_CONNECTOR_LIB_HEADER: $crate::__private::abi_stable::library::LibHeader = {
+        pub static LOCKSTEP_CONNECTOR_LIB_HEADER:
+            $crate::__private::abi_stable::library::LibHeader = {
             extern "C" fn erased_root_module(
             ) -> $crate::__private::abi_stable::library::RootModuleResult {
                 $crate::__private::abi_stable::library::__call_root_module_loader(

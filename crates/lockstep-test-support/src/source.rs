@@ -12,8 +12,8 @@ use serde_json::{Map, Value};
 use crate::checks;
 use crate::report::{CallError, Recorder};
 use crate::util::{identity, schema_mismatch, some_of};
-use lockstep_plugin_core::rows::rows_from_batch;
 use crate::Conformance;
+use lockstep_plugin_core::rows::rows_from_batch;
 
 /// A read that does not end after this many rows is taken to be looping.
 const MAX_ROWS: usize = 1_000_000;

@@ -136,3 +136,36 @@ fn every_crate_root_opens_with_a_purpose_paragraph() {
         );
     }
 }
+
+#[test]
+fn the_engine_side_never_depends_on_the_author_sdk() {
+    // The SDK is what connector authors write against. What the host and the plugins share
+    // lives in lockstep-plugin-core; the engine side depends on that, so that the author's
+    // surface can change without touching the engine (docs/architecture.md).
+    let engine = [
+        "lockstep-plugin-core",
+        "lockstep-plugin-host",
+        "lockstep-orchestrator",
+        "lockstep-daemon",
+        "lockstep-cli",
+        "lockstep-state",
+        "lockstep-core",
+        "lockstep-config",
+        "lockstep-mapping",
+        "lockstep-protocol",
+        "lockstep-plugin-api",
+    ];
+    for name in engine {
+        let dir = workspace_root().join("crates").join(name);
+        assert!(
+            dir.join("Cargo.toml").exists(),
+            "{name} is not in crates/; update this list"
+        );
+        let deps = dependencies(&dir);
+        assert!(
+            !deps.contains("lockstep-plugin-sdk"),
+            "{name} depends on lockstep-plugin-sdk, the crate for connector authors; use \
+             lockstep-plugin-core for what the host and plugins share"
+        );
+    }
+}
