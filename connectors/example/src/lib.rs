@@ -27,8 +27,8 @@ use lockstep_plugin_sdk::serde_json::{self, json, Map, Value};
 use lockstep_plugin_sdk::evolution::plan_evolution;
 use lockstep_plugin_sdk::{
     tracing, BatchReader, Catalog, Connector, ConnectorError, Context, DataType,
-    DestinationConnector, FieldInfo, Manifest, OpenStreamRequest, ReadMode, ReadRequest,
-    RejectedRow, Result, Role, SourceConnector, StreamInfo, StreamWriter,
+    DestinationConnector, FieldInfo, JsonSchema, Manifest, OpenStreamRequest, ReadMode,
+    ReadRequest, RejectedRow, Result, SourceConnector, StreamInfo, StreamWriter,
     WriteOutcome,
 };
 use serde::Deserialize;
@@ -51,22 +51,7 @@ impl Connector for Example {
             name: "example".into(),
             version: env!("CARGO_PKG_VERSION").into(),
             description: "JSON Lines files in a directory, one file per stream.".into(),
-            roles: vec![Role::Source, Role::Destination],
             features: vec!["upsert".into(), "delete".into(), "create-stream".into()],
-            config_schema: json!({
-                "type": "object",
-                "additionalProperties": false,
-                "required": ["dir"],
-                "properties": {
-                    "dir": {
-                        "type": "string",
-                        "description": "The directory holding one `<stream>.jsonl` file per stream."
-                    }
-                }
-            }),
-            // The SDK fills these two in.
-            abi_version: String::new(),
-            sdk_version: String::new(),
         }
     }
 }
@@ -74,10 +59,16 @@ impl Connector for Example {
 lockstep_plugin_sdk::export_connector!(Example);
 
 /// The connection's config. Unknown keys are refused, so that typos do not pass silently.
-#[derive(Debug, Deserialize)]
+///
+/// The manifest's config schema is derived from this type: the doc comment of each field
+/// becomes its description, and `deny_unknown_fields` becomes `additionalProperties: false`.
+/// `crate = ...` points the derive at the SDK's copy of `schemars`, so that the connector
+/// needs no dependency of its own on it.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(crate = "lockstep_plugin_sdk::schemars")]
 pub struct Config {
-    /// The directory holding the streams' files.
+    /// The directory holding one `<stream>.jsonl` file per stream.
     pub dir: PathBuf,
 }
 

@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use lockstep_plugin_sdk::{ConnectorError, DataType, Result};
+use schemars::JsonSchema;
 use serde::Deserialize;
-use serde_json::{json, Value};
 
 /// The rows per read batch when neither the request nor the config says.
 pub(crate) const DEFAULT_BATCH_SIZE: usize = 10_000;
@@ -34,11 +34,13 @@ pub(crate) const DEFAULT_TEMPORARY: &[&str] = &[
     "*.crdownload",
 ];
 
+/// Files connection (CSV and JSON Lines)
+///
 /// The `config` table of a files connection.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FilesConfig {
-    /// Source: the streams, each a glob of files.
+    /// Source streams by name; each is a glob of files.
     #[serde(default)]
     pub streams: BTreeMap<String, StreamConfig>,
     /// Destination: the directory files are written to. A source with `dir` also offers the
@@ -47,12 +49,14 @@ pub struct FilesConfig {
     pub dir: Option<String>,
     /// Destination: `csv` (default) or `jsonl`.
     #[serde(default)]
+    #[schemars(extend("enum" = ["csv", "jsonl"], "default" = "csv"))]
     pub format: Option<String>,
     /// Destination: the file name template (`{stream}`, `{run}`, `{seq}`, `{ext}`).
     #[serde(default)]
     pub file_name: Option<String>,
     /// Destination: start a new file once one holds this many bytes.
     #[serde(default)]
+    #[schemars(range(min = 1))]
     pub max_file_bytes: Option<u64>,
     /// Destination: CSV field delimiter (one ASCII character, default `,`).
     #[serde(default)]
@@ -62,26 +66,31 @@ pub struct FilesConfig {
     pub null: Option<String>,
     /// The largest number of rows per read batch.
     #[serde(default)]
+    #[schemars(range(min = 1), extend("default" = DEFAULT_BATCH_SIZE))]
     pub batch_size: Option<usize>,
 }
 
 /// One source stream: which files, how to parse them, and their fields.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StreamConfig {
     /// A glob of files, relative to the config file's directory: `exports/parties-*.csv`.
     pub path: String,
     /// `csv` or `jsonl`; by default from the pattern's extension.
     #[serde(default)]
+    #[schemars(extend("enum" = ["csv", "jsonl"]))]
     pub format: Option<String>,
     /// Whether CSV files start with a header row naming the columns (default true).
     #[serde(default)]
+    #[schemars(extend("default" = true))]
     pub header: Option<bool>,
     /// Column names, for CSV files without a header row.
     #[serde(default)]
     pub columns: Option<Vec<String>>,
+    /// One ASCII character; default `,`; `\t` for a tab.
     #[serde(default)]
     pub delimiter: Option<String>,
+    /// One ASCII character; default `"`.
     #[serde(default)]
     pub quote: Option<String>,
     /// An escape character for quotes inside quoted values (default none: quotes are doubled).
@@ -89,6 +98,10 @@ pub struct StreamConfig {
     pub escape: Option<String>,
     /// `utf-8` (default), `latin-1`, `iso-8859-1` or `windows-1252`.
     #[serde(default)]
+    #[schemars(extend(
+        "enum" = ["utf-8", "latin-1", "iso-8859-1", "windows-1252"],
+        "default" = "utf-8"
+    ))]
     pub encoding: Option<String>,
     /// The text that means null in CSV (default: an empty value).
     #[serde(default)]
@@ -97,12 +110,15 @@ pub struct StreamConfig {
     /// types by name.
     #[serde(default)]
     pub fields: BTreeMap<String, String>,
+    /// The fields that identify a record.
     #[serde(default)]
     pub primary_key: Vec<String>,
     /// How many records of the first file to infer types from.
     #[serde(default)]
+    #[schemars(range(min = 1), extend("default" = DEFAULT_INFER_ROWS))]
     pub infer_rows: Option<usize>,
-    /// How long a file's size and modification time must be unchanged before it is read.
+    /// How long a file's size and modification time must be unchanged before it is read
+    /// (default `5s`).
     #[serde(default)]
     pub settle: Option<String>,
     /// Glob patterns of file names never read (files still being written).
@@ -522,52 +538,4 @@ pub(crate) fn parse_duration(text: &str) -> std::result::Result<Duration, String
         total += Duration::from_millis(number.saturating_mul(millis));
     }
     Ok(total)
-}
-
-/// The JSON Schema of [`FilesConfig`], for the manifest.
-pub(crate) fn config_schema() -> Value {
-    let text = |description: &str| json!({ "type": "string", "description": description });
-    json!({
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "title": "Files connection (CSV and JSON Lines)",
-        "type": "object",
-        "additionalProperties": false,
-        "properties": {
-            "streams": {
-                "type": "object",
-                "description": "Source streams by name; each is a glob of files.",
-                "additionalProperties": {
-                    "type": "object",
-                    "required": ["path"],
-                    "additionalProperties": false,
-                    "properties": {
-                        "path": text("A glob of files relative to the config file's directory, e.g. `exports/parties-*.csv`."),
-                        "format": { "enum": ["csv", "jsonl"] },
-                        "header": { "type": "boolean", "default": true },
-                        "columns": { "type": "array", "items": { "type": "string" } },
-                        "delimiter": text("One ASCII character; default `,`; `\\t` for a tab."),
-                        "quote": text("One ASCII character; default `\"`."),
-                        "escape": text("One ASCII character escaping quotes inside quoted values; default none (quotes are doubled)."),
-                        "encoding": { "enum": ["utf-8", "latin-1", "iso-8859-1", "windows-1252"], "default": "utf-8" },
-                        "null": text("The CSV text that means null; default the empty value."),
-                        "fields": { "type": "object", "additionalProperties": { "type": "string" }, "description": "Types by field name, overriding inference." },
-                        "primary_key": { "type": "array", "items": { "type": "string" } },
-                        "infer_rows": { "type": "integer", "minimum": 1, "default": DEFAULT_INFER_ROWS },
-                        "settle": text("How long a file must be left unchanged before it is read; default `5s`."),
-                        "temporary": { "type": "array", "items": { "type": "string" }, "description": "File name globs never read." },
-                        "file_field": text("Adds a field with each record's file name."),
-                        "line_field": text("Adds a field with each record's line number."),
-                        "modified_field": text("Adds a field with each record's file modification time.")
-                    }
-                }
-            },
-            "dir": text("Destination: the directory to write files into."),
-            "format": { "enum": ["csv", "jsonl"], "default": "csv" },
-            "file_name": text("Destination: file name template with {stream}, {run}, {seq}, {ext}."),
-            "max_file_bytes": { "type": "integer", "minimum": 1 },
-            "delimiter": text("Destination: CSV delimiter."),
-            "null": text("Destination: the CSV text for null."),
-            "batch_size": { "type": "integer", "minimum": 1, "default": DEFAULT_BATCH_SIZE }
-        }
-    })
 }

@@ -32,7 +32,7 @@ use std::path::{Component, Path, PathBuf};
 
 use lockstep_plugin_sdk::{
     Catalog, Connector, ConnectorError, Context, DestinationConnector, Manifest, OpenStreamRequest,
-    ReadRequest, Result, Role, SourceConnector, StreamInfo,
+    ReadRequest, Result, SourceConnector, StreamInfo,
 };
 
 pub use config::FilesConfig;
@@ -203,14 +203,10 @@ impl Connector for FilesConnector {
             description: "CSV and JSON Lines files: globs of files as sources, a directory of \
                           files as a destination (records are only added)."
                 .into(),
-            roles: vec![Role::Source, Role::Destination],
             // No `upsert` and no `delete`: a files destination only adds records.
             features: ["incremental", "create-stream", "add-columns", "append-only"]
                 .map(String::from)
                 .to_vec(),
-            config_schema: config::config_schema(),
-            abi_version: String::new(),
-            sdk_version: String::new(),
         }
     }
 }

@@ -5,14 +5,14 @@ use std::time::Duration;
 
 use lockstep_http_kit::{Auth, ClientConfig, HeaderName, HttpClient, RateLimit, RateLimitHeaders};
 use lockstep_plugin_sdk::{ConnectorError, Result};
+use schemars::JsonSchema;
 use serde::Deserialize;
-use serde_json::{json, Value};
 
 /// HubSpot's API host.
 pub const DEFAULT_BASE_URL: &str = "https://api.hubapi.com";
 
 /// The `config` table of a HubSpot connection.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HubSpotConfig {
     /// The environment variable holding the private app's access token.
@@ -27,6 +27,7 @@ pub struct HubSpotConfig {
     /// Search requests per second. Per "CRM search": the search endpoints are limited to
     /// five requests per second per account; the default stays one under it.
     #[serde(default)]
+    #[schemars(range(min = 1), extend("default" = 4))]
     pub search_per_second: Option<u32>,
     /// Which properties to read, per stream (`{ contacts = ["email", "firstname"] }`); every
     /// property when a stream is not named.
@@ -34,14 +35,19 @@ pub struct HubSpotConfig {
     pub properties: BTreeMap<String, Vec<String>>,
     /// Requests in flight at once (default 4).
     #[serde(default)]
+    #[schemars(range(min = 1), extend("default" = 4))]
     pub concurrency: Option<usize>,
 }
 
 /// `requests` per `per_seconds`.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitConfig {
+    /// How many requests the window allows.
+    #[schemars(range(min = 1))]
     pub requests: u32,
+    /// The window's length in seconds.
+    #[schemars(extend("exclusiveMinimum" = 0))]
     pub per_seconds: f64,
 }
 
@@ -87,21 +93,4 @@ impl HubSpotConfig {
     pub fn search_per_second(&self) -> u32 {
         self.search_per_second.unwrap_or(4).max(1)
     }
-}
-
-/// The config's JSON Schema, for the manifest.
-pub fn config_schema() -> Value {
-    json!({
-        "type": "object",
-        "required": ["token_env"],
-        "additionalProperties": false,
-        "properties": {
-            "token_env": {"type": "string", "description": "The environment variable holding the private app's access token."},
-            "base_url": {"type": "string", "default": DEFAULT_BASE_URL},
-            "rate_limit": {"type": "object", "properties": {"requests": {"type": "integer", "minimum": 1}, "per_seconds": {"type": "number", "exclusiveMinimum": 0}}},
-            "search_per_second": {"type": "integer", "minimum": 1, "default": 4},
-            "properties": {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "string"}}},
-            "concurrency": {"type": "integer", "minimum": 1, "default": 4}
-        }
-    })
 }

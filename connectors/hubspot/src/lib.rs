@@ -26,7 +26,7 @@ use std::time::Duration;
 use lockstep_http_kit::{HttpClient, RateBudget, RateLimit, Request};
 use lockstep_plugin_sdk::{
     Catalog, Connector, Context, DestinationConnector, Manifest, OpenStreamRequest, ReadRequest,
-    Result, Role, SourceConnector,
+    Result, SourceConnector,
 };
 
 pub use config::HubSpotConfig;
@@ -112,13 +112,9 @@ impl Connector for HubSpot {
             name: "hubspot".into(),
             version: env!("CARGO_PKG_VERSION").into(),
             description: "HubSpot CRM contacts, companies and deals (CRM v3 API).".into(),
-            roles: vec![Role::Source, Role::Destination],
             features: ["incremental", "upsert", "delete"]
                 .map(String::from)
                 .to_vec(),
-            config_schema: config::config_schema(),
-            abi_version: String::new(),
-            sdk_version: String::new(),
         }
     }
 }

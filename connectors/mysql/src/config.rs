@@ -1,23 +1,29 @@
 //! The connection's config, and the password its URL may carry (never printed).
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 /// The default number of rows per batch.
 pub const DEFAULT_BATCH_SIZE: usize = 10_000;
 
 /// A connection's config.
-#[derive(Deserialize, Clone)]
+#[derive(Deserialize, Clone, JsonSchema)]
 pub struct Config {
-    /// `mysql://user[:password]@host[:port]/database[?ssl-mode=...]`.
+    /// `mysql://user[:password]@host[:port]/database[?ssl-mode=disabled|preferred|required|verify_ca|verify_identity&ssl-ca=/path/ca.pem]`.
+    /// The database is required. Prefer `password_env` to a password in the URL.
     pub url: String,
-    /// The environment variable that holds the password (overrides one in the URL).
+    /// Name of the environment variable holding the password; overrides a password in the
+    /// URL.
     #[serde(default)]
     pub password_env: Option<String>,
     /// Rows per batch when the read request sets none.
     #[serde(default)]
+    #[schemars(range(min = 1), extend("default" = DEFAULT_BATCH_SIZE))]
     pub batch_size: Option<usize>,
-    /// How far incremental reads reach back behind the checkpoint (`0s`, `5m`, `1h`).
+    /// Incremental reads restart this far before the checkpoint's cursor (timestamp and date
+    /// cursors only), to catch late commits: `0s`, `30s`, `5m`, `1h30m`, `2d`.
     #[serde(default)]
+    #[schemars(extend("default" = "0s"))]
     pub lookback: Option<String>,
 }
 

@@ -30,10 +30,9 @@ mod tests;
 
 use std::sync::Arc;
 
-use lockstep_plugin_sdk::serde_json::json;
 use lockstep_plugin_sdk::{
     export_connector, Catalog, Connector, Context, DestinationConnector, Manifest,
-    OpenStreamRequest, ReadRequest, Result, Role, SourceConnector,
+    OpenStreamRequest, ReadRequest, Result, SourceConnector,
 };
 use sqlx::mysql::MySqlConnection;
 use sqlx::Executor;
@@ -58,7 +57,6 @@ impl Connector for MySqlConnector {
             description: "MySQL 8 and MariaDB 10.5+ tables: full and incremental keyset reads, \
                           upserts, deletes, table creation and schema evolution"
                 .into(),
-            roles: vec![Role::Source, Role::Destination],
             features: [
                 "incremental",
                 "lookback",
@@ -71,33 +69,6 @@ impl Connector for MySqlConnector {
             .into_iter()
             .map(String::from)
             .collect(),
-            config_schema: json!({
-                "type": "object",
-                "required": ["url"],
-                "properties": {
-                    "url": {
-                        "type": "string",
-                        "description": "mysql://user[:password]@host[:port]/database[?ssl-mode=disabled|preferred|required|verify_ca|verify_identity&ssl-ca=/path/ca.pem]. The database is required. Prefer password_env to a password in the URL."
-                    },
-                    "password_env": {
-                        "type": "string",
-                        "description": "Name of the environment variable holding the password; overrides a password in the URL."
-                    },
-                    "batch_size": {
-                        "type": "integer",
-                        "minimum": 1,
-                        "default": DEFAULT_BATCH_SIZE,
-                        "description": "Rows per batch when the read request sets none."
-                    },
-                    "lookback": {
-                        "type": "string",
-                        "default": "0s",
-                        "description": "Incremental reads restart this far before the checkpoint's cursor (timestamp and date cursors only), to catch late commits: 0s, 30s, 5m, 1h30m, 2d."
-                    }
-                }
-            }),
-            abi_version: String::new(),
-            sdk_version: String::new(),
         }
     }
 }

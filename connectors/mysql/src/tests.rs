@@ -193,7 +193,7 @@ const EVERY_ROWS: &str = "INSERT INTO every
 
 #[test]
 fn manifest_describes_the_config() {
-    let m = MySqlConnector::manifest();
+    let m = lockstep_plugin_sdk::full_manifest::<MySqlConnector>();
     assert_eq!(m.name, "mysql");
     for key in ["url", "password_env", "batch_size", "lookback"] {
         assert!(

@@ -4,6 +4,7 @@
 use std::str::FromStr;
 
 use lockstep_plugin_sdk::{ConnectorError, Result};
+use schemars::JsonSchema;
 use serde::Deserialize;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection};
@@ -14,21 +15,28 @@ use crate::error::map_sqlx;
 pub const DEFAULT_BATCH_SIZE: usize = 10_000;
 
 /// The `config` table of a PostgreSQL connection.
-#[derive(Deserialize, Clone)]
+#[derive(Deserialize, Clone, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// `postgres://user[:password]@host:port/db?sslmode=...`.
+    /// Connection URL:
+    /// `postgres://user[:password]@host:5432/db?sslmode=disable|prefer|require|verify-ca|verify-full`.
+    /// TLS is configured by `sslmode` (and `sslrootcert`). The password is never logged.
     pub url: String,
-    /// The schema whose tables and views are the streams.
+    /// The schema whose tables (read-write) and views (read-only) are the streams.
     #[serde(default = "default_schema")]
     pub schema: String,
-    /// Rows per batch (reads; writes take whatever batch they are given).
+    /// Rows per read batch (one `COPY ... LIMIT n` per batch). The smaller of this and the
+    /// host's request wins; writes take whatever batch they are given.
     #[serde(default)]
+    #[schemars(range(min = 1), extend("default" = DEFAULT_BATCH_SIZE))]
     pub batch_size: Option<usize>,
-    /// An interval (`"5m"`, `"1 hour"`): incremental reads restart this much before the cursor.
+    /// A PostgreSQL interval (`"5m"`, `"1 hour"`). Incremental reads on a date or timestamp
+    /// cursor restart at (checkpoint cursor - lookback) to catch late commits; upserts make
+    /// the overlap harmless.
     #[serde(default)]
+    #[schemars(extend("default" = "0s"))]
     pub lookback: Option<String>,
-    /// The environment variable holding the password, for URLs without one.
+    /// Name of an environment variable holding the password, for URLs without one.
     #[serde(default)]
     pub password_env: Option<String>,
 }
@@ -48,41 +56,6 @@ impl std::fmt::Debug for Config {
             .field("password_env", &self.password_env)
             .finish()
     }
-}
-
-/// The JSON Schema of [`Config`], for the manifest.
-pub fn config_schema() -> serde_json::Value {
-    serde_json::json!({
-        "type": "object",
-        "additionalProperties": false,
-        "required": ["url"],
-        "properties": {
-            "url": {
-                "type": "string",
-                "description": "Connection URL: postgres://user[:password]@host:5432/db?sslmode=disable|prefer|require|verify-ca|verify-full. TLS is configured by `sslmode` (and `sslrootcert`). The password is never logged."
-            },
-            "schema": {
-                "type": "string",
-                "default": "public",
-                "description": "The schema whose tables (read-write) and views (read-only) are the streams."
-            },
-            "batch_size": {
-                "type": "integer",
-                "minimum": 1,
-                "default": DEFAULT_BATCH_SIZE,
-                "description": "Rows per read batch (one COPY ... LIMIT n per batch). The smaller of this and the host's request wins."
-            },
-            "lookback": {
-                "type": "string",
-                "default": "0s",
-                "description": "A PostgreSQL interval (\"5m\", \"1 hour\"). Incremental reads on a date or timestamp cursor restart at (checkpoint cursor - lookback) to catch late commits; upserts make the overlap harmless."
-            },
-            "password_env": {
-                "type": "string",
-                "description": "Name of an environment variable holding the password, for URLs without one."
-            }
-        }
-    })
 }
 
 /// What a connection needs after the config was checked.

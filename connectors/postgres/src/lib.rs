@@ -35,7 +35,7 @@ pub mod write;
 #[cfg(test)]
 mod tests;
 
-use lockstep_plugin_sdk::{Connector, Manifest, Role};
+use lockstep_plugin_sdk::{Connector, Manifest};
 
 pub use config::Config;
 pub use read::{PgReader, PgSource};
@@ -54,7 +54,6 @@ impl Connector for PostgresConnector {
             version: env!("CARGO_PKG_VERSION").into(),
             description: "PostgreSQL tables and views (views read-only), moved with binary COPY"
                 .into(),
-            roles: vec![Role::Source, Role::Destination],
             features: [
                 "incremental",
                 "upsert",
@@ -67,9 +66,6 @@ impl Connector for PostgresConnector {
             .into_iter()
             .map(String::from)
             .collect(),
-            config_schema: config::config_schema(),
-            abi_version: String::new(),
-            sdk_version: String::new(),
         }
     }
 }

@@ -4,8 +4,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use lockstep_plugin_sdk::{ConnectorError, Result};
+use schemars::JsonSchema;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous};
 use sqlx::ConnectOptions;
 
@@ -17,21 +18,30 @@ pub(crate) const DEFAULT_BATCH_SIZE: usize = 10_000;
 /// How long a statement waits for another connection's lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The `config` table of a SQLite connection.
-#[derive(Debug, Clone, Deserialize)]
+/// SQLite connection
+///
+/// The `config` table of a SQLite connection: `path` or `url` names the database file.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend("oneOf" = [{ "required": ["path"] }, { "required": ["url"] }]))]
 pub struct SqliteConfig {
-    /// The database file; relative paths resolve against the current directory.
+    /// The database file. A relative path resolves against the current directory, which the
+    /// CLI sets to the config file's directory.
     #[serde(default)]
     pub path: Option<String>,
-    /// The database as a URL, `sqlite://file.db` or `sqlite:///abs/file.db`, instead of `path`.
+    /// The database as a URL instead of `path`: `sqlite://data.db` (relative) or
+    /// `sqlite:///var/data/data.db` (absolute). No query parameters.
     #[serde(default)]
     pub url: Option<String>,
-    /// Whether a destination creates a missing file (default true). Sources never do.
+    /// Destinations only: create the database file when it does not exist (default true). A
+    /// source always requires an existing file.
     #[serde(default)]
+    #[schemars(extend("default" = true))]
     pub create_if_missing: Option<bool>,
-    /// The largest number of rows per read batch and per write statement.
+    /// The largest number of rows per read batch (a smaller batch size in the read request
+    /// wins) and per write statement.
     #[serde(default)]
+    #[schemars(range(min = 1), extend("default" = DEFAULT_BATCH_SIZE))]
     pub batch_size: Option<usize>,
 }
 
@@ -192,44 +202,4 @@ fn display_path(path: &Path) -> String {
         ),
         Err(_) => format!("`{}`", path.display()),
     }
-}
-
-/// The JSON Schema of [`SqliteConfig`], for the manifest.
-pub(crate) fn config_schema() -> Value {
-    json!({
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "title": "SQLite connection",
-        "type": "object",
-        "additionalProperties": false,
-        "properties": {
-            "path": {
-                "type": "string",
-                "description": "The database file. A relative path resolves against the current \
-                                directory, which the CLI sets to the config file's directory."
-            },
-            "url": {
-                "type": "string",
-                "description": "The database as a URL instead of `path`: `sqlite://data.db` \
-                                (relative) or `sqlite:///var/data/data.db` (absolute). No query \
-                                parameters."
-            },
-            "create_if_missing": {
-                "type": "boolean",
-                "default": true,
-                "description": "Destinations only: create the database file when it does not \
-                                exist. A source always requires an existing file."
-            },
-            "batch_size": {
-                "type": "integer",
-                "minimum": 1,
-                "default": DEFAULT_BATCH_SIZE,
-                "description": "The largest number of rows per read batch (a smaller batch size \
-                                in the read request wins) and per write statement."
-            }
-        },
-        "oneOf": [
-            { "required": ["path"] },
-            { "required": ["url"] }
-        ]
-    })
 }

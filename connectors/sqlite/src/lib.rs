@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 use lockstep_plugin_sdk::{
     Catalog, Connector, Context, DestinationConnector, Manifest, OpenStreamRequest, ReadRequest,
-    Result, Role as ManifestRole, SourceConnector,
+    Result, SourceConnector,
 };
 use sqlx::sqlite::SqliteConnection;
 use tokio::sync::Mutex;
@@ -133,7 +133,6 @@ impl Connector for SqliteConnector {
             version: env!("CARGO_PKG_VERSION").into(),
             description: "Tables of a SQLite database file, as a source and as a destination."
                 .into(),
-            roles: vec![ManifestRole::Source, ManifestRole::Destination],
             features: [
                 "incremental",
                 "upsert",
@@ -144,9 +143,6 @@ impl Connector for SqliteConnector {
             ]
             .map(String::from)
             .to_vec(),
-            config_schema: config::config_schema(),
-            abi_version: String::new(),
-            sdk_version: String::new(),
         }
     }
 }

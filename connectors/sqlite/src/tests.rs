@@ -1249,8 +1249,7 @@ fn config_errors_name_the_file_and_the_fix() {
 
 #[test]
 fn manifest_names_roles_features_and_config_keys() {
-    use lockstep_plugin_sdk::Connector;
-    let m = SqliteConnector::manifest();
+    let m = lockstep_plugin_sdk::full_manifest::<SqliteConnector>();
     assert_eq!(m.name, "sqlite");
     assert_eq!(m.roles.len(), 2);
     for f in ["incremental", "upsert", "delete", "create-stream"] {

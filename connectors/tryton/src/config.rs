@@ -8,8 +8,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use lockstep_plugin_sdk::{ConnectorError, Result};
+use schemars::JsonSchema;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 /// The models served when `models` is not set.
 pub const DEFAULT_MODELS: [&str; 5] = [
@@ -21,7 +22,7 @@ pub const DEFAULT_MODELS: [&str; 5] = [
 ];
 
 /// The `config` table of a Tryton connection.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TrytonConfig {
     /// The server's address, e.g. `https://erp.example.com` (without the database).
@@ -34,6 +35,7 @@ pub struct TrytonConfig {
     pub password_env: String,
     /// The models exposed as streams.
     #[serde(default)]
+    #[schemars(extend("default" = DEFAULT_MODELS))]
     pub models: Option<Vec<String>>,
     /// Which fields to read, per model (`{ "party.party" = ["name", "code"] }`); every
     /// stored field when a model is not named.
@@ -47,12 +49,15 @@ pub struct TrytonConfig {
     /// (default 60): Tryton stamps a record with its transaction's start, so a transaction
     /// that commits late can hold records stamped before the watermark.
     #[serde(default)]
+    #[schemars(range(min = 0.0), extend("default" = 60))]
     pub overlap_seconds: Option<f64>,
     /// Records per `search_read` call (default 500).
     #[serde(default)]
+    #[schemars(range(min = 1), extend("default" = 500))]
     pub page_size: Option<usize>,
     /// Records per `create`, `write` or `delete` call (default 100).
     #[serde(default)]
+    #[schemars(range(min = 1), extend("default" = 100))]
     pub write_batch: Option<usize>,
     /// Extra context sent with every call, merged over the user's preferences
     /// (`{ company = 1 }`).
@@ -60,6 +65,7 @@ pub struct TrytonConfig {
     pub context: serde_json::Map<String, Value>,
     /// Requests in flight at once (default 2).
     #[serde(default)]
+    #[schemars(range(min = 1), extend("default" = 2))]
     pub concurrency: Option<usize>,
 }
 
@@ -128,27 +134,4 @@ impl TrytonConfig {
     pub fn write_batch(&self) -> usize {
         self.write_batch.unwrap_or(100)
     }
-}
-
-/// The config's JSON Schema, for the manifest.
-pub fn config_schema() -> Value {
-    json!({
-        "type": "object",
-        "required": ["url", "database", "username", "password_env"],
-        "additionalProperties": false,
-        "properties": {
-            "url": {"type": "string", "description": "The Tryton server's address, without the database."},
-            "database": {"type": "string"},
-            "username": {"type": "string"},
-            "password_env": {"type": "string", "description": "The environment variable holding the user's password."},
-            "models": {"type": "array", "items": {"type": "string"}, "default": DEFAULT_MODELS},
-            "fields": {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "string"}}},
-            "rec_names": {"type": "boolean", "default": false},
-            "overlap_seconds": {"type": "number", "minimum": 0, "default": 60},
-            "page_size": {"type": "integer", "minimum": 1, "default": 500},
-            "write_batch": {"type": "integer", "minimum": 1, "default": 100},
-            "context": {"type": "object"},
-            "concurrency": {"type": "integer", "minimum": 1, "default": 2}
-        }
-    })
 }

@@ -24,7 +24,7 @@ pub mod write;
 
 use lockstep_plugin_sdk::{
     Catalog, Connector, Context, DestinationConnector, Manifest, OpenStreamRequest, ReadRequest,
-    Result, Role, SourceConnector,
+    Result, SourceConnector,
 };
 
 pub use config::{TrytonConfig, DEFAULT_MODELS};
@@ -131,13 +131,9 @@ impl Connector for Tryton {
             description: "Tryton ERP parties, addresses, contact mechanisms and products \
                           (JSON-RPC)."
                 .into(),
-            roles: vec![Role::Source, Role::Destination],
             features: ["incremental", "upsert", "delete"]
                 .map(String::from)
                 .to_vec(),
-            config_schema: config::config_schema(),
-            abi_version: String::new(),
-            sdk_version: String::new(),
         }
     }
 }

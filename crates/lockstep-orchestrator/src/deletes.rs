@@ -15,7 +15,7 @@
 //!   from the state store in key order.
 
 use lockstep_core::protocol::{FieldInfo, ReadMode, ReadRequest, Role};
-use lockstep_plugin_sdk::rows::batch_from_rows;
+use lockstep_plugin_core::rows::batch_from_rows;
 use lockstep_state::{BatchCommit, DeleteOrigin, DeleteStatus, PendingDeleteChange};
 use serde_json::{Map, Value};
 

@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use lockstep_core::protocol::{ReadMode, ReadRequest, FEATURE_READ_BY_KEYS};
 use lockstep_core::{RunMetrics, RunStatus, SyncMode};
 use lockstep_mapping::Mapper;
-use lockstep_plugin_sdk::rows::batch_from_rows;
+use lockstep_plugin_core::rows::batch_from_rows;
 use lockstep_state::{BatchCommit, RejectedFilter, RejectedRecord, RunEnd};
 use serde_json::Value;
 

@@ -9,7 +9,7 @@ use lockstep_plugin_api::{
     BatchReaderBox, CancellerBox, ConnectorModuleRef, DestinationBox, HostContext, HostContextBox,
     HostContext_TO, LogLevel, PluginError, SourceBox, StreamWriterBox,
 };
-use lockstep_plugin_sdk::ffi::{export_batch, import_batch, Validation};
+use lockstep_plugin_core::ffi::{export_batch, import_batch, Validation};
 use lockstep_protocol::{Catalog, OpenStreamRequest, ReadRequest, WriteOutcome};
 use serde_json::Value;
 use tracing::level_filters::LevelFilter;

@@ -12,12 +12,12 @@ use lockstep_plugin_api::{
 use serde::de::DeserializeOwned;
 
 use crate::error::ConnectorError;
-use crate::ffi::{export_batch, import_batch, Validation};
 use crate::guard::{self, CancelState, Instance};
 use crate::{
-    logging, BatchReader, Connector, Context, DestinationConnector, SourceConnector, StreamWriter,
-    SDK_VERSION,
+    logging, manifest, BatchReader, Connector, Context, DestinationConnector, SourceConnector,
+    StreamWriter,
 };
+use lockstep_plugin_core::ffi::{export_batch, import_batch, Validation};
 
 /// The root module for connector `C`; called by [`crate::export_connector!`].
 pub fn root_module<C: Connector>() -> ConnectorModuleRef {
@@ -32,10 +32,7 @@ pub fn root_module<C: Connector>() -> ConnectorModuleRef {
 extern "C" fn manifest<C: Connector>() -> RString {
     guard::install_panic_hook();
     let result = guard::catch("manifest", || {
-        let mut manifest = C::manifest();
-        manifest.abi_version = api::ABI_VERSION.to_owned();
-        manifest.sdk_version = SDK_VERSION.to_owned();
-        serde_json::to_string(&manifest)
+        serde_json::to_string(&manifest::full_manifest::<C>())
             .map_err(|e| ConnectorError::internal(format!("cannot encode the manifest: {e}")))
     });
     match result {

@@ -1,6 +1,7 @@
 //! The error type connectors return, and its conversion to the ABI's error.
 
 use lockstep_plugin_api::{ErrorKind, PluginError};
+use lockstep_plugin_core::rows::RowError;
 
 /// The result type of connector code.
 pub type Result<T, E = ConnectorError> = std::result::Result<T, E>;
@@ -83,5 +84,12 @@ impl From<ConnectorError> for PluginError {
 impl From<arrow::error::ArrowError> for ConnectorError {
     fn from(e: arrow::error::ArrowError) -> Self {
         ConnectorError::internal(format!("Arrow error: {e}"))
+    }
+}
+
+/// A value that does not fit its field is a schema error, with the row and field named.
+impl From<RowError> for ConnectorError {
+    fn from(e: RowError) -> Self {
+        ConnectorError::schema(e.to_string())
     }
 }

@@ -26,30 +26,44 @@ pub mod checkpoint;
 mod entry;
 mod error;
 pub mod evolution;
-pub mod ffi;
 mod guard;
 mod logging;
+mod manifest;
 pub mod outcome;
 pub mod resolve;
-pub mod rows;
 
-pub use abi_stable;
 pub use arrow;
 pub use checkpoint::{checkpoint_after, resume_point, ResumePoint};
 pub use error::{ConnectorError, Result};
 pub use evolution::{plan_evolution, EvolutionPlan};
-pub use lockstep_plugin_api as api;
+pub use lockstep_plugin_api::ErrorKind;
+pub use lockstep_plugin_core::rows;
 pub use lockstep_protocol as protocol;
 pub use lockstep_protocol::{
-    Catalog, CursorCheckpoint, DataType, FieldInfo, Manifest, OpenStreamRequest, ReadMode,
-    ReadRequest, RejectedRow, Role, SchemaEvolution, StreamInfo, WriteOutcome,
+    Catalog, CursorCheckpoint, DataType, FieldInfo, OpenStreamRequest, ReadMode, ReadRequest,
+    RejectedRow, SchemaEvolution, StreamInfo, WriteOutcome,
 };
+pub use manifest::{full_manifest, Manifest};
 pub use resolve::{resolve_read, ResolvedRead};
+pub use schemars;
+pub use schemars::JsonSchema;
 pub use serde_json;
 pub use tracing;
 
+/// The ABI types, for the error kinds that connectors written before [`ErrorKind`] was
+/// re-exported name as `api::ErrorKind`. New code uses [`ErrorKind`].
 #[doc(hidden)]
-pub use entry::root_module as __root_module;
+pub use lockstep_plugin_api as api;
+
+/// The plumbing [`export_connector!`] expands to: the ABI crates and the root module. Not part
+/// of the author's surface; nothing here is stable for connector code to use.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::entry::root_module;
+    pub use abi_stable;
+    pub use lockstep_plugin_api as api;
+    pub use lockstep_plugin_core::ffi;
+}
 
 use arrow::array::RecordBatch;
 use serde::de::DeserializeOwned;
@@ -78,20 +92,26 @@ impl Context {
 
 /// A connector: its manifest and the types that play its roles.
 ///
-/// Use [`Unsupported`] for a role the connector does not have.
+/// Use [`Unsupported`] for a role the connector does not have. The roles the host sees, the
+/// config schema, and the API and SDK versions are derived from these types by the SDK (see
+/// [`full_manifest`]); [`Connector::manifest`] says only what the types cannot.
 pub trait Connector: 'static {
+    /// The type that reads, or [`Unsupported`].
     type Source: SourceConnector;
+    /// The type that writes, or [`Unsupported`].
     type Destination: DestinationConnector;
 
-    /// The manifest. `abi_version` and `sdk_version` are filled in by the SDK.
+    /// The connector's name, version, description and features.
     fn manifest() -> Manifest;
 }
 
 /// A source of records. One instance serves one connection for the length of a run.
 #[allow(async_fn_in_trait)]
 pub trait SourceConnector: Sized + Send + 'static {
-    /// The connection's config, deserialized from the JSON the host passes.
-    type Config: DeserializeOwned;
+    /// The connection's config, deserialized from the JSON the host passes. Its JSON Schema
+    /// (derive [`JsonSchema`]; doc comments on its fields become descriptions) is the
+    /// manifest's config schema.
+    type Config: DeserializeOwned + JsonSchema;
     /// The reader one `read` call returns.
     type Reader: BatchReader;
 
@@ -115,11 +135,16 @@ pub trait BatchReader: Send + 'static {
 /// A destination of records. One instance serves one connection for the length of a run.
 #[allow(async_fn_in_trait)]
 pub trait DestinationConnector: Sized + Send + 'static {
-    type Config: DeserializeOwned;
+    /// The connection's config, as for [`SourceConnector::Config`].
+    type Config: DeserializeOwned + JsonSchema;
+    /// The writer one `open_stream` call returns.
     type Writer: StreamWriter;
 
+    /// Connects (or prepares to) with `config`.
     async fn open(config: Self::Config, ctx: Context) -> Result<Self>;
+    /// Checks that the system is reachable and the credentials work.
     async fn check(&mut self) -> Result<()>;
+    /// Describes the streams that exist.
     async fn discover(&mut self) -> Result<Catalog>;
     /// Prepares a stream for writing, creating or evolving it as the request says.
     async fn open_stream(&mut self, request: OpenStreamRequest) -> Result<Self::Writer>;
@@ -204,8 +229,8 @@ impl StreamWriter for Unsupported {
 macro_rules! export_connector {
     ($connector:ty) => {
         /// The connector's ABI root module.
-        pub fn lockstep_connector_root_module() -> $crate::api::ConnectorModuleRef {
-            $crate::__root_module::<$connector>()
+        pub fn lockstep_connector_root_module() -> $crate::__private::api::ConnectorModuleRef {
+            $crate::__private::root_module::<$connector>()
         }
 
         // What `#[abi_stable::export_root_module]` expands to, spelled with `$crate` paths:
@@ -214,19 +239,21 @@ macro_rules! export_connector {
         // (a unit test of the SDK checks it).
         #[doc(hidden)]
         #[export_name = "_1as_0lib_1header_0root_bmodule_bloader"]
-        pub static LOCKSTEP_CONNECTOR_LIB_HEADER: $crate::abi_stable::library::LibHeader = {
-            extern "C" fn erased_root_module() -> $crate::abi_stable::library::RootModuleResult {
-                $crate::abi_stable::library::__call_root_module_loader(
+        pub static LOCKSTEP_CONNECTOR_LIB_HEADER:
+            $crate::__private::abi_stable::library::LibHeader = {
+            extern "C" fn erased_root_module(
+            ) -> $crate::__private::abi_stable::library::RootModuleResult {
+                $crate::__private::abi_stable::library::__call_root_module_loader(
                     lockstep_connector_root_module,
                 )
             }
             // SAFETY: the constructor returns the module type the header is built for.
             unsafe {
-                $crate::abi_stable::library::LibHeader::from_constructor::<
-                    $crate::api::ConnectorModuleRef,
+                $crate::__private::abi_stable::library::LibHeader::from_constructor::<
+                    $crate::__private::api::ConnectorModuleRef,
                 >(
                     erased_root_module,
-                    $crate::abi_stable::library::CheckTypeLayout::Yes,
+                    $crate::__private::abi_stable::library::CheckTypeLayout::Yes,
                 )
             }
         };

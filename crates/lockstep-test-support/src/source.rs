@@ -11,8 +11,9 @@ use serde_json::{Map, Value};
 
 use crate::checks;
 use crate::report::{CallError, Recorder};
-use crate::util::{identity, rows, schema_mismatch, some_of};
+use crate::util::{identity, schema_mismatch, some_of};
 use crate::Conformance;
+use lockstep_plugin_core::rows::rows_from_batch;
 
 /// A read that does not end after this many rows is taken to be looping.
 const MAX_ROWS: usize = 1_000_000;
@@ -313,7 +314,7 @@ pub(crate) async fn read(
                 "the checkpoint after batch {n} is null; it must be JSON the source can resume from"
             )));
         }
-        let rows = rows(&batch);
+        let rows = rows_from_batch(&batch);
         for row in &rows {
             let id = identity(row, &stream.primary_key);
             if !stream.primary_key.is_empty() && !seen.insert(id.clone()) {

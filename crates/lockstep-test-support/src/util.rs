@@ -1,9 +1,7 @@
 //! Comparisons the checks share: manifests, schemas, rows.
 
-use arrow::array::RecordBatch;
 use arrow::datatypes::{Field, Schema};
 use lockstep_plugin_api::ABI_MAJOR;
-use lockstep_protocol::arrow_types::json_value;
 use lockstep_protocol::{DataType, Manifest};
 use serde_json::{Map, Value};
 
@@ -119,31 +117,6 @@ pub(crate) fn schema_mismatch(expected: &Schema, actual: &Schema) -> Option<Stri
         }
     }
     (!problems.is_empty()).then(|| problems.join("; "))
-}
-
-/// The rows of a batch as JSON objects, with values as the host shows them.
-pub(crate) fn rows(batch: &RecordBatch) -> Vec<Map<String, Value>> {
-    let schema = batch.schema();
-    let logical: Vec<_> = schema
-        .fields()
-        .iter()
-        .map(|f| DataType::from_arrow_field(f))
-        .collect();
-    (0..batch.num_rows())
-        .map(|row| {
-            schema
-                .fields()
-                .iter()
-                .enumerate()
-                .map(|(i, f)| {
-                    (
-                        f.name().clone(),
-                        json_value(batch.column(i), row, logical[i]),
-                    )
-                })
-                .collect()
-        })
-        .collect()
 }
 
 /// What identifies a row: its key values when the stream has a key, else the whole row.

@@ -587,4 +587,35 @@ fn no_module_of_the_orchestrator_or_the_daemon_imports_one_that_imports_it_back(
          move what both need into a module of its own that neither imports back:\n{}",
         problems.join("\n")
     );
+#[test]
+fn the_engine_side_never_depends_on_the_author_sdk() {
+    // The SDK is what connector authors write against. What the host and the plugins share
+    // lives in lockstep-plugin-core; the engine side depends on that, so that the author's
+    // surface can change without touching the engine (docs/architecture.md).
+    let engine = [
+        "lockstep-plugin-core",
+        "lockstep-plugin-host",
+        "lockstep-orchestrator",
+        "lockstep-daemon",
+        "lockstep-cli",
+        "lockstep-state",
+        "lockstep-core",
+        "lockstep-config",
+        "lockstep-mapping",
+        "lockstep-protocol",
+        "lockstep-plugin-api",
+    ];
+    for name in engine {
+        let dir = workspace_root().join("crates").join(name);
+        assert!(
+            dir.join("Cargo.toml").exists(),
+            "{name} is not in crates/; update this list"
+        );
+        let deps = dependencies(&dir);
+        assert!(
+            !deps.contains("lockstep-plugin-sdk"),
+            "{name} depends on lockstep-plugin-sdk, the crate for connector authors; use \
+             lockstep-plugin-core for what the host and plugins share"
+        );
+    }
 }

@@ -31,9 +31,10 @@ use lockstep_plugin_sdk::arrow::array::RecordBatch;
 use lockstep_plugin_sdk::rows::batch_from_rows;
 use lockstep_plugin_sdk::{
     BatchReader, Catalog, Connector, ConnectorError, Context, DataType, DestinationConnector,
-    FieldInfo, Manifest, OpenStreamRequest, ReadRequest, Result, Role, SourceConnector, StreamInfo,
+    FieldInfo, Manifest, OpenStreamRequest, ReadRequest, Result, SourceConnector, StreamInfo,
     StreamWriter, WriteOutcome,
 };
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -52,14 +53,20 @@ pub const ENTRY_POINTS: [&str; 10] = [
 ];
 
 /// The connection's config: where to fail, and how.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Trip {
+    /// Panic in this entry point.
     #[serde(default)]
+    #[schemars(extend("enum" = ENTRY_POINTS))]
     pub panic_in: Option<String>,
+    /// Abort the process in this entry point.
     #[serde(default)]
+    #[schemars(extend("enum" = ENTRY_POINTS))]
     pub abort_in: Option<String>,
+    /// Dereference a null pointer in this entry point.
     #[serde(default)]
+    #[schemars(extend("enum" = ENTRY_POINTS))]
     pub segv_in: Option<String>,
     /// Fail this many reads with a transient error before succeeding; needs `state_file`.
     #[serde(default)]
@@ -87,6 +94,7 @@ pub struct Trip {
     pub leak_stdout: bool,
     /// How many rows the source has (ids 1 to `rows`); 3 when unset.
     #[serde(default)]
+    #[schemars(range(min = 0))]
     pub rows: Option<i64>,
 }
 
@@ -229,33 +237,11 @@ impl Connector for Panicky {
     type Destination = PanickyDestination;
 
     fn manifest() -> Manifest {
-        let entry = json!({"type": "string", "enum": ENTRY_POINTS});
         Manifest {
             name: "panicky".into(),
             version: env!("CARGO_PKG_VERSION").into(),
             description: "Fails hard in a chosen entry point (test fixture).".into(),
-            roles: vec![Role::Source, Role::Destination],
             features: vec!["upsert".into(), "delete".into()],
-            config_schema: json!({
-                "type": "object",
-                "additionalProperties": false,
-                "properties": {
-                    "panic_in": entry,
-                    "abort_in": entry,
-                    "segv_in": entry,
-                    "fail_transient_times": {"type": "integer", "minimum": 0},
-                    "state_file": {"type": "string"},
-                    "sleep_ms": {"type": "integer", "minimum": 0},
-                    "rate_limited_times": {"type": "integer", "minimum": 0},
-                    "retry_after_ms": {"type": "integer", "minimum": 0},
-                    "spawn_child": {"type": "string"},
-                    "leak": {"type": "string"},
-                    "leak_stdout": {"type": "boolean"},
-                    "rows": {"type": "integer", "minimum": 0}
-                }
-            }),
-            abi_version: String::new(),
-            sdk_version: String::new(),
         }
     }
 }

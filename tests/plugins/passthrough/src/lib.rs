@@ -26,9 +26,10 @@ use lockstep_plugin_sdk::arrow::datatypes::{
 use lockstep_plugin_sdk::protocol::arrow_types::arrow_schema;
 use lockstep_plugin_sdk::{
     Catalog, Connector, ConnectorError, Context, CursorCheckpoint, DataType, DestinationConnector,
-    FieldInfo, Manifest, OpenStreamRequest, ReadRequest, Result, Role, SourceConnector, StreamInfo,
+    FieldInfo, Manifest, OpenStreamRequest, ReadRequest, Result, SourceConnector, StreamInfo,
     WriteOutcome,
 };
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -38,7 +39,7 @@ pub const STREAM: &str = "numbers";
 pub const CONTACTS_STREAM: &str = "contacts";
 
 /// What the generated rows look like.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Shape {
     /// `id` int64, `value` int64, `flag` boolean: 17 bytes a row, no nulls.
@@ -68,7 +69,7 @@ impl Shape {
 }
 
 /// The connection's config.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// How many rows the source generates.
@@ -76,6 +77,7 @@ pub struct Config {
     pub rows: u64,
     /// Rows per batch (a read request may ask for fewer).
     #[serde(default = "default_batch_size")]
+    #[schemars(range(min = 1))]
     pub batch_size: usize,
     /// What the rows look like.
     #[serde(default)]
@@ -340,19 +342,7 @@ impl Connector for Passthrough {
             name: "passthrough".into(),
             version: env!("CARGO_PKG_VERSION").into(),
             description: "Generates and consumes rows cheaply (benchmark fixture).".into(),
-            roles: vec![Role::Source, Role::Destination],
             features: vec!["incremental".into(), "upsert".into(), "delete".into()],
-            config_schema: json!({
-                "type": "object",
-                "additionalProperties": false,
-                "properties": {
-                    "rows": {"type": "integer", "minimum": 0, "description": "Rows to generate."},
-                    "batch_size": {"type": "integer", "minimum": 1, "description": "Rows per batch."},
-                    "shape": {"enum": ["numbers", "contacts"], "description": "What the rows look like."}
-                }
-            }),
-            abi_version: String::new(),
-            sdk_version: String::new(),
         }
     }
 }

@@ -3,6 +3,9 @@
 //! The host and plugins call these two functions and nothing else to cross the boundary, so
 //! that ownership is handled in one place: exporting moves the batch's buffers behind release
 //! callbacks; importing takes those callbacks over.
+//!
+//! Invariants: an exported batch is released exactly once, by whoever imports or drops it; a
+//! batch from a producer we did not build is imported with [`Validation::Full`].
 
 use std::mem::{size_of, ManuallyDrop};
 use std::sync::Arc;

@@ -6,6 +6,11 @@
 //! `YYYY-MM-DD`, binary as `\x`-prefixed hex, JSON documents as any JSON value. A value that
 //! does not fit is an error naming the row, the field and the value's problem; nothing is
 //! truncated or dropped silently.
+//!
+//! Connectors use these through the SDK (`lockstep_plugin_sdk::rows`); the engine uses them
+//! to build the key batches of retries and deletes, and the conformance kit to compare what
+//! plugins return. [`rows_from_batch`] shows values exactly as the host's
+//! `lockstep_protocol::arrow_types::json_value` does.
 
 use std::sync::Arc;
 
@@ -20,8 +25,6 @@ use lockstep_protocol::{DataType, FieldInfo};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::error::ConnectorError;
-
 /// A value that does not fit its field.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("row {row}, field `{field}`: {reason}")]
@@ -29,12 +32,6 @@ pub struct RowError {
     pub row: usize,
     pub field: String,
     pub reason: String,
-}
-
-impl From<RowError> for ConnectorError {
-    fn from(e: RowError) -> Self {
-        ConnectorError::schema(e.to_string())
-    }
 }
 
 /// Builds a batch with one column per field from rows of JSON objects. A missing key is null.
