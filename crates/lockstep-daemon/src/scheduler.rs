@@ -654,7 +654,6 @@ async fn conclude(
     }
 }
 
-
 /// The delay before retry number `attempt` (1 for the first retry): the initial backoff,
 /// doubled each time, capped.
 pub(crate) fn backoff(policy: &RetryPolicy, attempt: u32) -> Duration {

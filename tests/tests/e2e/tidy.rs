@@ -587,6 +587,8 @@ fn no_module_of_the_orchestrator_or_the_daemon_imports_one_that_imports_it_back(
          move what both need into a module of its own that neither imports back:\n{}",
         problems.join("\n")
     );
+}
+
 #[test]
 fn the_engine_side_never_depends_on_the_author_sdk() {
     // The SDK is what connector authors write against. What the host and the plugins share
