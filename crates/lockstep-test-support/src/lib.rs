@@ -53,6 +53,7 @@ pub mod live_db;
 mod report;
 pub mod skip;
 mod source;
+pub mod mailman;
 pub mod tryton;
 mod util;
 
