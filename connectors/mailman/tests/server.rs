@@ -87,6 +87,12 @@ async fn new_list(server: &MailmanServer) -> String {
     format!("news.{domain}")
 }
 
+/// `local@<the list's domain>`: addresses are shared by every list of the server (a display
+/// name is kept from the first subscription), so each test uses its own.
+fn addr(list_id: &str, local: &str) -> String {
+    format!("{local}@{}", list_id.trim_start_matches("news."))
+}
+
 async fn subscribe(mailman: &Mailman, list_id: &str, email: &str, name: &str) {
     send(
         mailman,
@@ -141,7 +147,7 @@ async fn a_list_is_discovered_and_read_in_pages_with_every_field() {
     let list_id = new_list(&server).await;
     let mailman = connect(&server, &list_id, json!({"page_size": 2}));
     for i in 0..5 {
-        subscribe(&mailman, &list_id, &format!("m{i}@example.org"), &format!("M {i}")).await;
+        subscribe(&mailman, &list_id, &addr(&list_id, &format!("m{i}")), &format!("M {i}")).await;
     }
     let catalog = mailman.catalog().await.unwrap();
     assert_eq!(catalog.streams.len(), 1);
@@ -175,10 +181,10 @@ async fn a_list_is_discovered_and_read_in_pages_with_every_field() {
     assert_eq!(
         emails(&rows),
         (0..5)
-            .map(|i| format!("m{i}@example.org"))
+            .map(|i| addr(&list_id, &format!("m{i}")))
             .collect::<Vec<_>>()
     );
-    let first = rows.iter().find(|r| r["email"] == "m0@example.org").unwrap();
+    let first = rows.iter().find(|r| r["email"] == addr(&list_id, "m0").as_str()).unwrap();
     assert_eq!(first["display_name"], "M 0");
     assert_eq!(first["delivery_mode"], "regular");
     assert_eq!(first["role"], "member");
@@ -213,7 +219,7 @@ async fn changes_during_a_paged_scan_skip_nobody_and_repeat_nobody() {
     let list_id = new_list(&server).await;
     let mailman = connect(&server, &list_id, json!({"page_size": 2}));
     for i in 0..10 {
-        subscribe(&mailman, &list_id, &format!("m{i:02}@example.org"), "").await;
+        subscribe(&mailman, &list_id, &addr(&list_id, &format!("m{i:02}")), "").await;
     }
 
     // A subscription sorting before the scan's position shifts every later page by one.
@@ -221,12 +227,13 @@ async fn changes_during_a_paged_scan_skip_nobody_and_repeat_nobody() {
     let mut rows = Vec::new();
     let (batch, _) = reader.next_batch().await.unwrap().unwrap();
     rows.extend(rows_from_batch(&batch));
-    subscribe(&mailman, &list_id, "a-early@example.org", "Early").await;
+    let early = addr(&list_id, "a-early");
+    subscribe(&mailman, &list_id, &early, "Early").await;
     while let Some((batch, _)) = reader.next_batch().await.unwrap() {
         rows.extend(rows_from_batch(&batch));
     }
-    let mut expected: Vec<String> = (0..10).map(|i| format!("m{i:02}@example.org")).collect();
-    expected.insert(0, "a-early@example.org".into());
+    let mut expected: Vec<String> = (0..10).map(|i| addr(&list_id, &format!("m{i:02}"))).collect();
+    expected.insert(0, early.clone());
     assert_eq!(rows.len(), 11, "nobody twice: {:?}", emails(&rows));
     assert_eq!(emails(&rows), expected, "nobody skipped");
 
@@ -238,7 +245,7 @@ async fn changes_during_a_paged_scan_skip_nobody_and_repeat_nobody() {
         let (batch, _) = reader.next_batch().await.unwrap().unwrap();
         rows.extend(rows_from_batch(&batch));
     }
-    unsubscribe(&mailman, &list_id, "a-early@example.org").await;
+    unsubscribe(&mailman, &list_id, &early).await;
     while let Some((batch, _)) = reader.next_batch().await.unwrap() {
         rows.extend(rows_from_batch(&batch));
     }
@@ -260,7 +267,7 @@ fn member_fields() -> Vec<FieldInfo> {
     vec![field("email"), field("display_name"), field("delivery_mode")]
 }
 
-fn member_batch(rows: &[(&str, &str, &str)]) -> RecordBatch {
+fn member_batch(rows: &[(&String, &str, &str)]) -> RecordBatch {
     let rows: Vec<Map<String, Value>> = rows
         .iter()
         .map(|(email, name, mode)| {
@@ -278,7 +285,9 @@ async fn subscribe_update_reject_and_unsubscribe_in_bulk() {
     let Some(server) = server() else { return };
     let list_id = new_list(&server).await;
     let mailman = connect(&server, &list_id, json!({}));
-    subscribe(&mailman, &list_id, "old@example.org", "Old Name").await;
+    let [old, new, bad_mode, never] =
+        ["old", "new", "bad-mode", "never"].map(|n| addr(&list_id, n));
+    subscribe(&mailman, &list_id, &old, "Old Name").await;
     let mut writer = mailman
         .start_write(OpenStreamRequest {
             stream: list_id.clone(),
@@ -291,10 +300,10 @@ async fn subscribe_update_reject_and_unsubscribe_in_bulk() {
         .unwrap();
     let outcome = writer
         .upsert(member_batch(&[
-            ("new@example.org", "New Person", "regular"),
-            ("old@example.org", "Renamed", "mime_digests"),
-            ("not an address", "Nobody", "regular"),
-            ("bad-mode@example.org", "Bad Mode", "by-carrier-pigeon"),
+            (&new, "New Person", "regular"),
+            (&old, "Renamed", "mime_digests"),
+            (&"not an address".to_owned(), "Nobody", "regular"),
+            (&bad_mode, "Bad Mode", "by-carrier-pigeon"),
         ]))
         .await
         .unwrap();
@@ -310,19 +319,19 @@ async fn subscribe_update_reject_and_unsubscribe_in_bulk() {
     );
 
     let rows = read_all(&mailman, full(&list_id, 100)).await;
-    assert_eq!(emails(&rows), ["new@example.org", "old@example.org"]);
-    let old = rows.iter().find(|r| r["email"] == "old@example.org").unwrap();
-    assert_eq!(old["display_name"], "Renamed");
-    assert_eq!(old["delivery_mode"], "mime_digests");
-    let new = rows.iter().find(|r| r["email"] == "new@example.org").unwrap();
-    assert_eq!(new["display_name"], "New Person");
+    assert_eq!(emails(&rows), [new.clone(), old.clone()]);
+    let old_row = rows.iter().find(|r| r["email"] == old.as_str()).unwrap();
+    assert_eq!(old_row["display_name"], "Renamed");
+    assert_eq!(old_row["delivery_mode"], "mime_digests");
+    let new_row = rows.iter().find(|r| r["email"] == new.as_str()).unwrap();
+    assert_eq!(new_row["display_name"], "New Person");
 
     let keys = batch_from_rows(
         &member_fields()[..1],
         &[
-            json!({"email": "new@example.org"}).as_object().unwrap().clone(),
-            json!({"email": "old@example.org"}).as_object().unwrap().clone(),
-            json!({"email": "never@example.org"}).as_object().unwrap().clone(),
+            json!({"email": new}).as_object().unwrap().clone(),
+            json!({"email": old}).as_object().unwrap().clone(),
+            json!({"email": never}).as_object().unwrap().clone(),
         ],
     )
     .unwrap();
@@ -383,7 +392,7 @@ async fn the_plugin_passes_the_conformance_kit() {
     let list_id = new_list(&server).await;
     let mailman = connect(&server, &list_id, json!({}));
     for i in 0..7 {
-        subscribe(&mailman, &list_id, &format!("c{i}@example.org"), &format!("C {i}")).await;
+        subscribe(&mailman, &list_id, &addr(&list_id, &format!("c{i}")), &format!("C {i}")).await;
     }
     let report = lockstep_test_support::Conformance::new(lockstep_test_support::cdylib_path(
         "lockstep_connector_mailman",
