@@ -137,7 +137,10 @@ impl MailmanReader {
         let request = Request::get(format!("/lists/{}/roster/member", self.list_id))
             .query("count", self.page_size)
             .query("page", page)
-            .describe(format!("reading the members of Mailman list `{}`", self.list_id));
+            .describe(format!(
+                "reading the members of Mailman list `{}`",
+                self.list_id
+            ));
         Ok(self.client.send_json(&request).await?)
     }
 

@@ -70,7 +70,10 @@ fn info(field: &MemberField) -> FieldInfo {
 
 /// Every field, each at the top level of a member resource under its own name.
 pub fn json_fields() -> Vec<JsonField> {
-    FIELDS.iter().map(|f| JsonField::top_level(info(f))).collect()
+    FIELDS
+        .iter()
+        .map(|f| JsonField::top_level(info(f)))
+        .collect()
 }
 
 /// The stream of one list's members.

@@ -114,9 +114,9 @@ impl MailmanWriter {
         ));
         let done = match self.client.send(&subscribe).await {
             Ok(_) => Done::Subscribed,
-            Err(HttpError::Refused { status, message, .. })
-                if status == StatusCode::CONFLICT && message.contains("already subscribed") =>
-            {
+            Err(HttpError::Refused {
+                status, message, ..
+            }) if status == StatusCode::CONFLICT && message.contains("already subscribed") => {
                 Done::Updated
             }
             Err(e) => return Err(e),
@@ -131,7 +131,11 @@ impl MailmanWriter {
             // An empty moderation action is the list's default.
             member_patch.insert(
                 "moderation_action".into(),
-                if value.is_null() { json!("") } else { value.clone() },
+                if value.is_null() {
+                    json!("")
+                } else {
+                    value.clone()
+                },
             );
         }
         if !member_patch.is_empty() {
@@ -142,10 +146,12 @@ impl MailmanWriter {
                         .describe(format!("finding member {email} of `{}`", self.list_id)),
                 )
                 .await?;
-            let id = member["member_id"].as_str().ok_or_else(|| HttpError::Decode {
-                request: format!("finding member {email}"),
-                detail: "the member has no `member_id`".into(),
-            })?;
+            let id = member["member_id"]
+                .as_str()
+                .ok_or_else(|| HttpError::Decode {
+                    request: format!("finding member {email}"),
+                    detail: "the member has no `member_id`".into(),
+                })?;
             self.client
                 .send(
                     &Request::new(Method::PATCH, format!("/members/{id}"))

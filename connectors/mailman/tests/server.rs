@@ -147,7 +147,13 @@ async fn a_list_is_discovered_and_read_in_pages_with_every_field() {
     let list_id = new_list(&server).await;
     let mailman = connect(&server, &list_id, json!({"page_size": 2}));
     for i in 0..5 {
-        subscribe(&mailman, &list_id, &addr(&list_id, &format!("m{i}")), &format!("M {i}")).await;
+        subscribe(
+            &mailman,
+            &list_id,
+            &addr(&list_id, &format!("m{i}")),
+            &format!("M {i}"),
+        )
+        .await;
     }
     let catalog = mailman.catalog().await.unwrap();
     assert_eq!(catalog.streams.len(), 1);
@@ -184,7 +190,10 @@ async fn a_list_is_discovered_and_read_in_pages_with_every_field() {
             .map(|i| addr(&list_id, &format!("m{i}")))
             .collect::<Vec<_>>()
     );
-    let first = rows.iter().find(|r| r["email"] == addr(&list_id, "m0").as_str()).unwrap();
+    let first = rows
+        .iter()
+        .find(|r| r["email"] == addr(&list_id, "m0").as_str())
+        .unwrap();
     assert_eq!(first["display_name"], "M 0");
     assert_eq!(first["delivery_mode"], "regular");
     assert_eq!(first["role"], "member");
@@ -210,7 +219,11 @@ async fn a_list_is_discovered_and_read_in_pages_with_every_field() {
         .err()
         .unwrap();
     assert_eq!(error.kind, ErrorKind::CONFIG);
-    assert!(error.message.contains("mode = \"full\""), "{}", error.message);
+    assert!(
+        error.message.contains("mode = \"full\""),
+        "{}",
+        error.message
+    );
 }
 
 #[tokio::test]
@@ -232,7 +245,9 @@ async fn changes_during_a_paged_scan_skip_nobody_and_repeat_nobody() {
     while let Some((batch, _)) = reader.next_batch().await.unwrap() {
         rows.extend(rows_from_batch(&batch));
     }
-    let mut expected: Vec<String> = (0..10).map(|i| addr(&list_id, &format!("m{i:02}"))).collect();
+    let mut expected: Vec<String> = (0..10)
+        .map(|i| addr(&list_id, &format!("m{i:02}")))
+        .collect();
     expected.insert(0, early.clone());
     assert_eq!(rows.len(), 11, "nobody twice: {:?}", emails(&rows));
     assert_eq!(emails(&rows), expected, "nobody skipped");
@@ -250,7 +265,11 @@ async fn changes_during_a_paged_scan_skip_nobody_and_repeat_nobody() {
         rows.extend(rows_from_batch(&batch));
     }
     assert_eq!(rows.len(), 11, "{:?}", emails(&rows));
-    assert_eq!(emails(&rows), expected, "the member read before it left stays read");
+    assert_eq!(
+        emails(&rows),
+        expected,
+        "the member read before it left stays read"
+    );
 
     // A quiet list reads in one pass: exactly the ten members.
     let rows = read_all(&mailman, full(&list_id, 3)).await;
@@ -264,7 +283,11 @@ fn member_fields() -> Vec<FieldInfo> {
         nullable: true,
         native_type: None,
     };
-    vec![field("email"), field("display_name"), field("delivery_mode")]
+    vec![
+        field("email"),
+        field("display_name"),
+        field("delivery_mode"),
+    ]
 }
 
 fn member_batch(rows: &[(&String, &str, &str)]) -> RecordBatch {
@@ -392,7 +415,13 @@ async fn the_plugin_passes_the_conformance_kit() {
     let list_id = new_list(&server).await;
     let mailman = connect(&server, &list_id, json!({}));
     for i in 0..7 {
-        subscribe(&mailman, &list_id, &addr(&list_id, &format!("c{i}")), &format!("C {i}")).await;
+        subscribe(
+            &mailman,
+            &list_id,
+            &addr(&list_id, &format!("c{i}")),
+            &format!("C {i}"),
+        )
+        .await;
     }
     let report = lockstep_test_support::Conformance::new(lockstep_test_support::cdylib_path(
         "lockstep_connector_mailman",

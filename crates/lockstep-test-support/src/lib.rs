@@ -50,10 +50,10 @@
 mod destination;
 #[cfg(feature = "live-db")]
 pub mod live_db;
+pub mod mailman;
 mod report;
 pub mod skip;
 mod source;
-pub mod mailman;
 pub mod tryton;
 mod util;
 

@@ -314,7 +314,7 @@ impl MailmanServer {
                 if listening(port) {
                     let saved = serde_json::json!({"port": port, "pid": pid, "recipe": RECIPE});
                     fs::write(dir.join("server.json"), saved.to_string())
-                    .map_err(|e| unavailable(format!("cannot write server.json: {e}")))?;
+                        .map_err(|e| unavailable(format!("cannot write server.json: {e}")))?;
                     start_watchdog(&bin, &dir, pid)?;
                     return Ok(Self { port, pid });
                 }

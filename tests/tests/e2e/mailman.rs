@@ -69,9 +69,7 @@ impl Lists {
     fn new_list(&self) -> String {
         let domain = format!("{}.example.com", unique_name("e2e"));
         self.send(Request::post("/domains").json(json!({"mail_host": domain})));
-        self.send(
-            Request::post("/lists").json(json!({"fqdn_listname": format!("news@{domain}")})),
-        );
+        self.send(Request::post("/lists").json(json!({"fqdn_listname": format!("news@{domain}")})));
         format!("news.{domain}")
     }
 
@@ -459,11 +457,15 @@ email = "email"
         "the plugin's request log is on: {text_err}"
     );
     assert!(!text_err.contains("retrying"), "{text_err}");
-    assert!(text_err.contains("401"), "Mailman's 401 is named: {text_err}");
+    assert!(
+        text_err.contains("401"),
+        "Mailman's 401 is named: {text_err}"
+    );
     for text in [&text_out, &text_err] {
         assert!(!text.contains(wrong), "the password leaked: {text}");
     }
     // The run history holds the failure, without the password.
-    let (_, history, _) = run(lockstep_with(d, wrong).args(["runs", "members", "--output", "json"]));
+    let (_, history, _) =
+        run(lockstep_with(d, wrong).args(["runs", "members", "--output", "json"]));
     assert!(!history.contains(wrong), "{history}");
 }
