@@ -144,3 +144,57 @@ impl MailmanConfig {
         Ok(HttpClient::new(settings)?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lockstep_plugin_sdk::api::ErrorKind;
+    use serde_json::json;
+
+    fn config(extra: serde_json::Value) -> MailmanConfig {
+        let mut base = json!({"url": "http://localhost:8001", "username": "restadmin",
+                              "password_env": "MAILMAN_PASSWORD"});
+        base.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        serde_json::from_value(base).unwrap()
+    }
+
+    #[test]
+    fn the_api_root_takes_the_version_once() {
+        assert_eq!(config(json!({})).api_root(), "http://localhost:8001/3.1");
+        let given = config(json!({"url": "https://lists.example.com/3.1/"}));
+        assert_eq!(given.api_root(), "https://lists.example.com/3.1");
+    }
+
+    #[test]
+    fn bad_settings_are_config_errors_naming_the_key() {
+        for (extra, named) in [
+            (json!({"list_id": "news@example.com"}), "list_id"),
+            (json!({"page_size": 0}), "page_size"),
+            (json!({"requests_per_second": -1.0}), "requests_per_second"),
+            (json!({"url": "localhost:8001"}), "url"),
+            (json!({"username": " "}), "username"),
+        ] {
+            let error = config(extra.clone()).validate().unwrap_err();
+            assert_eq!(error.kind, ErrorKind::CONFIG, "{extra}");
+            assert!(error.message.contains(named), "{extra}: {}", error.message);
+        }
+        assert!(config(json!({"list_id": "news.example.com"}))
+            .validate()
+            .is_ok());
+    }
+
+    #[test]
+    fn subscriptions_mail_nobody_by_default() {
+        assert_eq!(
+            config(json!({})).subscription_flags(),
+            [
+                ("pre_verified", true),
+                ("pre_confirmed", true),
+                ("pre_approved", true),
+                ("send_welcome_message", false),
+            ]
+        );
+    }
+}

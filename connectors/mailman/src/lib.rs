@@ -17,6 +17,7 @@
 //!   written.
 
 mod config;
+mod path;
 pub mod read;
 pub mod schema;
 pub mod write;
@@ -134,7 +135,7 @@ impl Mailman {
         let found = self
             .client
             .send(
-                &Request::get(format!("/lists/{list_id}"))
+                &Request::get(format!("/lists/{}", path::segment(list_id)))
                     .describe(format!("looking up Mailman list `{list_id}`")),
             )
             .await;

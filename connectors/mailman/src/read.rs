@@ -134,13 +134,16 @@ pub(crate) fn open(
 
 impl MailmanReader {
     async fn page(&self, page: u64) -> Result<RosterPage> {
-        let request = Request::get(format!("/lists/{}/roster/member", self.list_id))
-            .query("count", self.page_size)
-            .query("page", page)
-            .describe(format!(
-                "reading the members of Mailman list `{}`",
-                self.list_id
-            ));
+        let request = Request::get(format!(
+            "/lists/{}/roster/member",
+            crate::path::segment(&self.list_id)
+        ))
+        .query("count", self.page_size)
+        .query("page", page)
+        .describe(format!(
+            "reading the members of Mailman list `{}`",
+            self.list_id
+        ));
         Ok(self.client.send_json(&request).await?)
     }
 

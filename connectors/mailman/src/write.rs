@@ -5,7 +5,7 @@
 //!   its display name is then set on the address, since Mailman uses the given name only for
 //!   an address it creates.
 //! - "Member already subscribed" (409) makes the record an update: the member is looked up
-//!   (`GET /lists/{list}/member/{email}`), its delivery mode and moderation action patched
+//!   (`GET /members/find`), its delivery mode and moderation action patched
 //!   (`PATCH /members/{id}`) and its address's display name patched
 //!   (`PATCH /addresses/{email}`).
 //! - Deletes unsubscribe in bulk: `DELETE /lists/{list}/roster/member` with the emails.
@@ -24,6 +24,7 @@ use lockstep_plugin_sdk::{
 };
 use serde_json::{json, Map, Value};
 
+use crate::path::segment;
 use crate::schema::{self, KEY};
 
 /// Emails per bulk unsubscribe request.
@@ -94,6 +95,35 @@ enum Done {
 }
 
 impl MailmanWriter {
+    /// The member id of `email` in this list's member roster. Found through
+    /// `/members/find` (query parameters, not the path, carry the address), keeping only
+    /// the exact address since `*` in a subscriber is a wildcard there.
+    async fn member_id(&self, email: &str) -> Result<String, HttpError> {
+        let found: Value = self
+            .client
+            .send_json(
+                &Request::get("/members/find")
+                    .query("list_id", &self.list_id)
+                    .query("subscriber", email)
+                    .query("role", "member")
+                    .describe(format!("finding member {email} of `{}`", self.list_id)),
+            )
+            .await?;
+        let wanted = email.to_lowercase();
+        found["entries"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|m| m["email"].as_str().map(str::to_lowercase) == Some(wanted.clone()))
+            .and_then(|m| m["member_id"].as_str().map(str::to_owned))
+            .ok_or_else(|| HttpError::Decode {
+                request: format!("finding member {email} of `{}`", self.list_id),
+                detail: "Mailman said the address is subscribed, but its member roster does \
+                         not hold it"
+                    .into(),
+            })
+    }
+
     /// Subscribes or updates one member; `Err(HttpError::Refused)` is that record's refusal.
     async fn write_one(&self, email: &str, record: &Map<String, Value>) -> Result<Done, HttpError> {
         let mut body = json!({"list_id": self.list_id, "subscriber": email});
@@ -139,22 +169,11 @@ impl MailmanWriter {
             );
         }
         if !member_patch.is_empty() {
-            let member: Value = self
-                .client
-                .send_json(
-                    &Request::get(format!("/lists/{}/member/{email}", self.list_id))
-                        .describe(format!("finding member {email} of `{}`", self.list_id)),
-                )
-                .await?;
-            let id = member["member_id"]
-                .as_str()
-                .ok_or_else(|| HttpError::Decode {
-                    request: format!("finding member {email}"),
-                    detail: "the member has no `member_id`".into(),
-                })?;
+            let id = self.member_id(email).await?;
+            let id = id.as_str();
             self.client
                 .send(
-                    &Request::new(Method::PATCH, format!("/members/{id}"))
+                    &Request::new(Method::PATCH, format!("/members/{}", segment(id)))
                         .json(Value::Object(member_patch))
                         .idempotent(true)
                         .describe(format!("updating member {email} of `{}`", self.list_id)),
@@ -165,7 +184,7 @@ impl MailmanWriter {
             let name = name.as_str().unwrap_or_default();
             self.client
                 .send(
-                    &Request::new(Method::PATCH, format!("/addresses/{email}"))
+                    &Request::new(Method::PATCH, format!("/addresses/{}", segment(email)))
                         .json(json!({"display_name": name}))
                         .idempotent(true)
                         .describe(format!("setting the display name of {email}")),
@@ -203,6 +222,19 @@ impl StreamWriter for MailmanWriter {
                 });
                 continue;
             };
+            if email.contains('/') && record.contains_key("display_name") {
+                // Mailman's server decodes `%2F` before routing, so no path can name it.
+                outcome.rejected.push(RejectedRow {
+                    row,
+                    field: Some(KEY.into()),
+                    reason: format!(
+                        "{email} holds a `/`, and Mailman's REST API sets display names by a \
+                         path that holds the address, which a `/` breaks; subscribe it without \
+                         `display_name` or change it in Mailman's web interface"
+                    ),
+                });
+                continue;
+            }
             match self.write_one(email, &record).await {
                 Ok(Done::Subscribed) => *outcome.inserted.get_or_insert(0) += 1,
                 Ok(Done::Updated) => *outcome.updated.get_or_insert(0) += 1,
@@ -240,7 +272,7 @@ impl StreamWriter for MailmanWriter {
                 .send_json(
                     &Request::new(
                         Method::DELETE,
-                        format!("/lists/{}/roster/member", self.list_id),
+                        format!("/lists/{}/roster/member", segment(&self.list_id)),
                     )
                     .json(json!({"emails": chunk}))
                     .describe(format!(

@@ -311,6 +311,10 @@ async fn subscribe_update_reject_and_unsubscribe_in_bulk() {
     let [old, new, bad_mode, never] =
         ["old", "new", "bad-mode", "never"].map(|n| addr(&list_id, n));
     subscribe(&mailman, &list_id, &old, "Old Name").await;
+    // Characters that mean something in a URL path travel escaped.
+    let odd = addr(&list_id, "o'neil+news");
+    let slash = addr(&list_id, "a/b");
+    subscribe(&mailman, &list_id, &odd, "Odd").await;
     let mut writer = mailman
         .start_write(OpenStreamRequest {
             stream: list_id.clone(),
@@ -327,14 +331,21 @@ async fn subscribe_update_reject_and_unsubscribe_in_bulk() {
             (&old, "Renamed", "mime_digests"),
             (&"not an address".to_owned(), "Nobody", "regular"),
             (&bad_mode, "Bad Mode", "by-carrier-pigeon"),
+            (&odd, "Odd Renamed", "summary_digests"),
+            (&slash, "Slash", "regular"),
         ]))
         .await
         .unwrap();
     writer.flush().await.unwrap();
     assert_eq!(outcome.inserted, Some(1), "{outcome:?}");
-    assert_eq!(outcome.updated, Some(1), "409 is an update: {outcome:?}");
+    assert_eq!(outcome.updated, Some(2), "409 is an update: {outcome:?}");
     let rejected: Vec<usize> = outcome.rejected.iter().map(|r| r.row).collect();
-    assert_eq!(rejected, [2, 3], "{outcome:?}");
+    assert_eq!(rejected, [2, 3, 5], "{outcome:?}");
+    assert!(
+        outcome.rejected[2].reason.contains("holds a `/`"),
+        "{}",
+        outcome.rejected[2].reason
+    );
     assert!(
         outcome.rejected[1].reason.contains("delivery_mode"),
         "{}",
@@ -342,7 +353,12 @@ async fn subscribe_update_reject_and_unsubscribe_in_bulk() {
     );
 
     let rows = read_all(&mailman, full(&list_id, 100)).await;
-    assert_eq!(emails(&rows), [new.clone(), old.clone()]);
+    let mut expected = vec![new.clone(), odd.clone(), old.clone()];
+    expected.sort();
+    assert_eq!(emails(&rows), expected);
+    let odd_row = rows.iter().find(|r| r["email"] == odd.as_str()).unwrap();
+    assert_eq!(odd_row["display_name"], "Odd Renamed");
+    assert_eq!(odd_row["delivery_mode"], "summary_digests");
     let old_row = rows.iter().find(|r| r["email"] == old.as_str()).unwrap();
     assert_eq!(old_row["display_name"], "Renamed");
     assert_eq!(old_row["delivery_mode"], "mime_digests");
@@ -355,11 +371,12 @@ async fn subscribe_update_reject_and_unsubscribe_in_bulk() {
             json!({"email": new}).as_object().unwrap().clone(),
             json!({"email": old}).as_object().unwrap().clone(),
             json!({"email": never}).as_object().unwrap().clone(),
+            json!({"email": odd}).as_object().unwrap().clone(),
         ],
     )
     .unwrap();
     let outcome = writer.delete(keys).await.unwrap();
-    assert_eq!(outcome.deleted, Some(2), "{outcome:?}");
+    assert_eq!(outcome.deleted, Some(3), "{outcome:?}");
     assert!(read_all(&mailman, full(&list_id, 100)).await.is_empty());
 
     // `member_id` is Mailman's own: a sync cannot write it.
