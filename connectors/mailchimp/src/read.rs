@@ -4,11 +4,16 @@
 //! then for the members archived since it (`status=archived`, which Mailchimp lists only when
 //! asked), whose `archived` flag is a mirror sync's tombstone.
 //!
-//! `since_last_changed` is exclusive and Mailchimp's timestamps carry whole seconds, so an
-//! incremental query starts one second before the last timestamp delivered and the members
-//! already delivered at that timestamp (kept in the checkpoint) are asked for again and
-//! skipped by id (by offset only when they alone fill a page). Each page is a fresh query from the newest checkpoint, so a member that changes
+//! `since_last_changed` is exclusive and Mailchimp's timestamps carry whole seconds. When a
+//! page ended inside a second (more members may share its timestamp), the next query starts
+//! one second earlier and the members already delivered at that timestamp (kept in the
+//! checkpoint) are asked for again and skipped by id (by offset only when they alone fill a
+//! page: a member of that second changing during the read could then shift one past the
+//! read, a known limit for seconds with more than 1,000 changes). Once a second is complete,
+//! the next query starts strictly after it. Each page is a fresh query from the newest checkpoint, so a member that changes
 //! during the read moves behind the read's position instead of shifting a page boundary.
+//! A member changed in the second the answer was made (by the answer's `Date`) is left for
+//! the next read, so a checkpoint never lies inside a second that may still see changes.
 //! The checkpoint holds one such position for live members and one for archived ones:
 //! `{"live": {"at": <seconds>, "ids": [...]}, "archived": {...}}`.
 
@@ -31,6 +36,10 @@ pub struct Position {
     pub at: Option<i64>,
     #[serde(default)]
     pub ids: Vec<String>,
+    /// Every member changed at `at` or earlier has been delivered: the next query starts
+    /// strictly after `at` and `ids` is empty.
+    #[serde(default)]
+    pub complete: bool,
 }
 
 /// The checkpoint of an incremental read.
@@ -183,7 +192,7 @@ impl MailchimpReader {
         // The members already delivered at the position's second come first again; asking
         // for that many more keeps the page's new members at the requested size. Only when
         // they alone fill a page are they skipped by offset.
-        let seen = position.ids.len();
+        let seen = if position.complete { 0 } else { position.ids.len() };
         let (count, offset) = if self.page + seen <= MAX_PAGE {
             (self.page + seen, 0)
         } else if seen < MAX_PAGE {
@@ -203,23 +212,34 @@ impl MailchimpReader {
         if archived {
             request = request.query("status", "archived");
         }
-        if let Some(at) = position.at {
+        if let (Some(at), true) = (position.at, position.complete) {
+            request = request.query("since_last_changed", format_seconds(at));
+        } else if let Some(at) = position.at {
             request = request
                 .query("since_last_changed", format_seconds(at - 1))
                 .query("offset", offset);
         }
-        let answer: Value = self
+        let response = self
             .client
-            .send_json(&request)
+            .send(&request)
             .await
             .map_err(|e| audience_error(&self.list_id, e))?;
+        // Mailchimp's clock, from the answer's `Date`; this machine's when it has none.
+        let now = response
+            .headers
+            .get("date")
+            .and_then(|d| d.to_str().ok())
+            .and_then(|d| chrono::DateTime::parse_from_rfc2822(d).ok())
+            .map(|d| d.timestamp())
+            .unwrap_or_else(|| chrono::Utc::now().timestamp());
+        let answer: Value = response.json()?;
         let Some(members) = answer["members"].as_array() else {
             return Err(ConnectorError::internal(format!(
                 "Mailchimp's members answer has no `members` array: {}",
                 excerpt(&answer)
             )));
         };
-        let last = members.len() < count;
+        let mut last = members.len() < count;
         let mut fresh = Vec::new();
         for member in members {
             let Some(at) = seconds(member) else {
@@ -228,6 +248,13 @@ impl MailchimpReader {
                     excerpt(member)
                 )));
             };
+            // A member changed in the current second is held back for the next read: a
+            // later change in the same second would carry the same timestamp, and a
+            // checkpoint inside that second would hide it.
+            if at >= now {
+                last = true;
+                break;
+            }
             let id = member["id"].as_str().unwrap_or_default();
             let delivered = position.at.is_some_and(|p| {
                 at < p || (at == p && position.ids.iter().any(|seen| seen == id))
@@ -254,11 +281,12 @@ fn advance(position: &mut Position, members: &[Value]) {
     for member in members {
         let at = seconds(member).unwrap_or_default();
         let id = member["id"].as_str().unwrap_or_default().to_owned();
-        if position.at == Some(at) {
+        if position.at == Some(at) && !position.complete {
             position.ids.push(id);
         } else {
             position.at = Some(at);
             position.ids = vec![id];
+            position.complete = false;
         }
     }
 }
@@ -313,6 +341,16 @@ impl BatchReader for MailchimpReader {
                             *archived_phase = true;
                         }
                     }
+                    let target = if archived {
+                        &mut checkpoint.archived
+                    } else {
+                        &mut checkpoint.live
+                    };
+                    advance(target, &members);
+                    if last {
+                        target.complete = true;
+                        target.ids.clear();
+                    }
                     if members.is_empty() {
                         if last {
                             continue;
@@ -326,12 +364,6 @@ impl BatchReader for MailchimpReader {
                             self.list_id
                         )));
                     }
-                    let target = if archived {
-                        &mut checkpoint.archived
-                    } else {
-                        &mut checkpoint.live
-                    };
-                    advance(target, &members);
                     let value = serde_json::to_value(&*checkpoint)
                         .map_err(|e| ConnectorError::internal(e.to_string()))?;
                     return Ok(Some((self.batch(&members)?, value)));
