@@ -11,6 +11,7 @@ mod engine;
 mod files;
 mod hubspot;
 mod lease;
+mod mailchimp;
 mod ops;
 mod plugins;
 mod retry;
