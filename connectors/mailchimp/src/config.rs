@@ -104,7 +104,9 @@ impl MailchimpConfig {
         let dc = key.rsplit_once('-').map(|(_, dc)| dc).unwrap_or("");
         let valid = !dc.is_empty()
             && dc.len() <= 8
-            && dc.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && dc
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
             && dc.chars().any(|c| c.is_ascii_digit());
         if !valid {
             return Err(ConnectorError::config(format!(
@@ -149,5 +151,45 @@ impl MailchimpConfig {
         // whose `detail` says what happened and `title` names the kind.
         settings.error_message_pointers = ["/detail", "/title"].map(String::from).to_vec();
         Ok(HttpClient::new(settings)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(base_url: Option<&str>) -> MailchimpConfig {
+        serde_json::from_value(serde_json::json!({
+            "api_key_env": "MAILCHIMP_KEY_FOR_UNIT_TESTS",
+            "list_id": "abc",
+            "base_url": base_url,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_data_center_comes_from_the_keys_suffix() {
+        let root = config(None)
+            .root("0123456789abcdef0123456789abcdef-us21")
+            .unwrap();
+        assert_eq!(root, "https://us21.api.mailchimp.com/3.0");
+        let overridden = config(Some("http://127.0.0.1:9/"))
+            .root("no-suffix")
+            .unwrap();
+        assert_eq!(overridden, "http://127.0.0.1:9");
+    }
+
+    #[test]
+    fn a_key_without_a_data_center_is_a_config_error_that_does_not_show_the_key() {
+        for key in [
+            "0123456789abcdef0123456789abcdef",
+            "secret-",
+            "secret-US21!",
+        ] {
+            let error = config(None).root(key).unwrap_err();
+            assert_eq!(error.kind, lockstep_plugin_sdk::api::ErrorKind::CONFIG);
+            assert!(error.message.contains("api_key_env"), "{}", error.message);
+            assert!(!error.message.contains(key), "{}", error.message);
+        }
     }
 }

@@ -101,8 +101,9 @@ pub(crate) fn open(
     let page = request.batch_size.unwrap_or(MAX_PAGE).clamp(1, MAX_PAGE);
     let how = match request.mode {
         ReadMode::Full => {
-            let template = Request::get(format!("/lists/{list_id}/members"))
-                .describe(format!("listing the members of Mailchimp audience {list_id}"));
+            let template = Request::get(format!("/lists/{list_id}/members")).describe(format!(
+                "listing the members of Mailchimp audience {list_id}"
+            ));
             let paging = Paging::Offset {
                 offset_param: "offset".into(),
                 limit_param: "count".into(),
@@ -192,7 +193,11 @@ impl MailchimpReader {
         // The members already delivered at the position's second come first again; asking
         // for that many more keeps the page's new members at the requested size. Only when
         // they alone fill a page are they skipped by offset.
-        let seen = if position.complete { 0 } else { position.ids.len() };
+        let seen = if position.complete {
+            0
+        } else {
+            position.ids.len()
+        };
         let (count, offset) = if self.page + seen <= MAX_PAGE {
             (self.page + seen, 0)
         } else if seen < MAX_PAGE {
@@ -256,9 +261,9 @@ impl MailchimpReader {
                 break;
             }
             let id = member["id"].as_str().unwrap_or_default();
-            let delivered = position.at.is_some_and(|p| {
-                at < p || (at == p && position.ids.iter().any(|seen| seen == id))
-            });
+            let delivered = position
+                .at
+                .is_some_and(|p| at < p || (at == p && position.ids.iter().any(|seen| seen == id)));
             if !delivered {
                 fresh.push(member.clone());
             }

@@ -76,15 +76,30 @@ impl Schema {
             ),
             JsonField::at(field("status", DataType::Text, false, "status"), "/status"),
             JsonField::at(
-                field("archived", DataType::Boolean, false, "archived flag (read-only)"),
+                field(
+                    "archived",
+                    DataType::Boolean,
+                    false,
+                    "archived flag (read-only)",
+                ),
                 "/archived",
             ),
             JsonField::at(
-                field("tags", DataType::Text, true, "tag names, comma-separated (read-only)"),
+                field(
+                    "tags",
+                    DataType::Text,
+                    true,
+                    "tag names, comma-separated (read-only)",
+                ),
                 "/tags",
             ),
             JsonField::at(
-                field(CURSOR, DataType::TimestampTz, false, "date-time (read-only)"),
+                field(
+                    CURSOR,
+                    DataType::TimestampTz,
+                    false,
+                    "date-time (read-only)",
+                ),
                 "/last_changed",
             ),
         ];
@@ -180,7 +195,9 @@ pub async fn load(client: &HttpClient, list_id: &str) -> Result<Schema> {
                 &Request::get(format!("/lists/{list_id}/merge-fields"))
                     .query("count", PAGE)
                     .query("offset", merge_fields.len())
-                    .describe(format!("reading the merge fields of Mailchimp audience {list_id}")),
+                    .describe(format!(
+                        "reading the merge fields of Mailchimp audience {list_id}"
+                    )),
             )
             .await
             .map_err(|e| audience_error(list_id, e))?;

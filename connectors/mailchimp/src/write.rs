@@ -19,8 +19,7 @@ use lockstep_http_kit::convert::{json_from_batch, JsonField, NullStyle, ValueSty
 use lockstep_http_kit::{HttpClient, HttpError, Request};
 use lockstep_plugin_sdk::arrow::array::RecordBatch;
 use lockstep_plugin_sdk::{
-    ConnectorError, FieldInfo, OpenStreamRequest, RejectedRow, Result, StreamWriter,
-    WriteOutcome,
+    ConnectorError, FieldInfo, OpenStreamRequest, RejectedRow, Result, StreamWriter, WriteOutcome,
 };
 use md5::{Digest, Md5};
 use serde_json::{json, Map, Value};
@@ -218,8 +217,15 @@ impl MailchimpWriter {
             }
             Err(e) => return Err(audience_error(&self.list_id, e)),
         };
-        for (key, count) in [("new_members", &mut outcome.inserted), ("updated_members", &mut outcome.updated)] {
-            for member in answer[key].as_array().map(Vec::as_slice).unwrap_or_default() {
+        for (key, count) in [
+            ("new_members", &mut outcome.inserted),
+            ("updated_members", &mut outcome.updated),
+        ] {
+            for member in answer[key]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+            {
                 *count.get_or_insert(0) += 1;
                 if let (Some(email), Some(status)) =
                     (member["email_address"].as_str(), member["status"].as_str())
@@ -233,7 +239,11 @@ impl MailchimpWriter {
             .iter()
             .map(|(row, hash, _)| (hash.as_str(), *row))
             .collect();
-        for error in answer["errors"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        for error in answer["errors"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
             let email = error["email_address"].as_str().unwrap_or_default();
             let message = error["error"].as_str().unwrap_or("refused");
             match rows.get(subscriber_hash(email).as_str()) {
@@ -348,7 +358,10 @@ impl StreamWriter for MailchimpWriter {
             let request = match self.config.delete {
                 // Per "Archive list member".
                 DeleteMode::Archive => Request::new(lockstep_http_kit::Method::DELETE, path)
-                    .describe(format!("archiving a member of Mailchimp audience {}", self.list_id)),
+                    .describe(format!(
+                        "archiving a member of Mailchimp audience {}",
+                        self.list_id
+                    )),
                 // Per "Delete list member": permanent, the address cannot be imported again.
                 DeleteMode::Permanent => Request::post(format!("{path}/actions/delete-permanent"))
                     .idempotent(true)

@@ -70,7 +70,12 @@ fn problem(status: StatusCode, title: &str, detail: impl Into<String>) -> Respon
     problem_with(status, title, detail, Value::Null)
 }
 
-fn problem_with(status: StatusCode, title: &str, detail: impl Into<String>, extra: Value) -> Response {
+fn problem_with(
+    status: StatusCode,
+    title: &str,
+    detail: impl Into<String>,
+    extra: Value,
+) -> Response {
     let mut body = json!({
         "type": ERROR_TYPE,
         "title": title,
@@ -83,14 +88,21 @@ fn problem_with(status: StatusCode, title: &str, detail: impl Into<String>, extr
     }
     (
         status,
-        [(header::CONTENT_TYPE, "application/problem+json; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/problem+json; charset=utf-8",
+        )],
         body.to_string(),
     )
         .into_response()
 }
 
 fn instance_id() -> String {
-    let hex = |n: usize| (0..n).map(|_| fastrand::char('a'..='f')).collect::<String>();
+    let hex = |n: usize| {
+        (0..n)
+            .map(|_| fastrand::char('a'..='f'))
+            .collect::<String>()
+    };
     format!("{}-{}-{}-{}-{}", hex(8), hex(4), hex(4), hex(4), hex(12))
 }
 
@@ -221,7 +233,11 @@ fn paging(query: &HashMap<String, String>) -> Result<(usize, usize), Response> {
 
 /// Keeps only the top-level fields of each member that `fields` names
 /// (`members.email_address,total_items`), as "List members info" describes `fields`.
-fn select_fields(query: &HashMap<String, String>, mut members: Vec<Value>, mut body: Value) -> Value {
+fn select_fields(
+    query: &HashMap<String, String>,
+    mut members: Vec<Value>,
+    mut body: Value,
+) -> Value {
     if let Some(fields) = query.get("fields") {
         let wanted: Vec<&str> = fields.split(',').map(str::trim).collect();
         let member_fields: HashSet<&str> = wanted
@@ -236,7 +252,11 @@ fn select_fields(query: &HashMap<String, String>, mut members: Vec<Value>, mut b
             }
         }
         if let Value::Object(map) = &mut body {
-            map.retain(|k, _| wanted.iter().any(|w| w == k || w.starts_with(&format!("{k}."))));
+            map.retain(|k, _| {
+                wanted
+                    .iter()
+                    .any(|w| w == k || w.starts_with(&format!("{k}.")))
+            });
         }
     }
     body["members"] = Value::Array(members);
@@ -372,7 +392,9 @@ async fn merge_fields(
 /// "looks fake or invalid", which includes the documentation domains.
 fn address_problem(email: &str) -> Option<String> {
     let Some((local, domain)) = email.split_once('@') else {
-        return Some(format!("{email} looks fake or invalid, please enter a real email address."));
+        return Some(format!(
+            "{email} looks fake or invalid, please enter a real email address."
+        ));
     };
     let malformed = local.is_empty()
         || domain.is_empty()
@@ -381,12 +403,19 @@ fn address_problem(email: &str) -> Option<String> {
         || domain.ends_with('.')
         || email.chars().any(char::is_whitespace)
         || domain.contains('@');
-    let fake = ["example.com", "example.org", "example.net"].contains(&domain.to_lowercase().as_str());
+    let fake =
+        ["example.com", "example.org", "example.net"].contains(&domain.to_lowercase().as_str());
     (malformed || fake)
         .then(|| format!("{email} looks fake or invalid, please enter a real email address."))
 }
 
-const WRITABLE_STATUSES: [&str; 5] = ["subscribed", "unsubscribed", "cleaned", "pending", "transactional"];
+const WRITABLE_STATUSES: [&str; 5] = [
+    "subscribed",
+    "unsubscribed",
+    "cleaned",
+    "pending",
+    "transactional",
+];
 
 async fn batch(
     State(state): State<Arc<Shared>>,
@@ -418,11 +447,18 @@ async fn batch(
         return problem(
             StatusCode::BAD_REQUEST,
             "Invalid Resource",
-            format!("You may add or update at most {BATCH_LIMIT} members per request; {} were sent.", members.len()),
+            format!(
+                "You may add or update at most {BATCH_LIMIT} members per request; {} were sent.",
+                members.len()
+            ),
         );
     }
-    let update_existing = body.get("update_existing").and_then(Value::as_bool).unwrap_or(false);
-    let skip_merge_validation = query.get("skip_merge_validation").map(String::as_str) == Some("true");
+    let update_existing = body
+        .get("update_existing")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let skip_merge_validation =
+        query.get("skip_merge_validation").map(String::as_str) == Some("true");
     let mut store = state.store.lock().unwrap();
     let now = store.tick();
     let Some(list) = store.lists.get(&list_id).cloned() else {
@@ -434,7 +470,11 @@ async fn batch(
     let mut errors = Vec::new();
     let mut seen = HashSet::new();
     for member in members {
-        let email = member.get("email_address").and_then(Value::as_str).unwrap_or("").to_owned();
+        let email = member
+            .get("email_address")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
         let mut refuse = |message: String, code: &str, field: &str| {
             errors.push(json!({"email_address": email, "error": message, "error_code": code, "field": field}));
         };
@@ -445,7 +485,11 @@ async fn batch(
         let hash = subscriber_hash(&email);
         // "skip_duplicate_check: … This defaults to false": a repeated address is refused.
         if !seen.insert(hash.clone()) {
-            refuse(format!("{email} appears more than once in this request."), "ERROR_GENERIC", "email_address");
+            refuse(
+                format!("{email} appears more than once in this request."),
+                "ERROR_GENERIC",
+                "email_address",
+            );
             continue;
         }
         // The documented parameters require each member's status.
@@ -454,7 +498,11 @@ async fn batch(
             continue;
         };
         if !WRITABLE_STATUSES.contains(&status) {
-            refuse(format!("{status:?} is not a status a member can be given."), "ERROR_GENERIC", "status");
+            refuse(
+                format!("{status:?} is not a status a member can be given."),
+                "ERROR_GENERIC",
+                "status",
+            );
             continue;
         }
         if list.forgotten.contains(&hash) {
@@ -469,7 +517,11 @@ async fn batch(
         let mut merge_error = None;
         if let Some(given) = member.get("merge_fields") {
             let Some(given) = given.as_object() else {
-                refuse("merge_fields must be an object of merge tags and values.".into(), "ERROR_GENERIC", "merge_fields");
+                refuse(
+                    "merge_fields must be an object of merge tags and values.".into(),
+                    "ERROR_GENERIC",
+                    "merge_fields",
+                );
                 continue;
             };
             for (tag, value) in given {
@@ -478,11 +530,22 @@ async fn batch(
                     break;
                 };
                 let fits = match field.kind.as_str() {
-                    "number" => value.is_number() || value.as_str().is_some_and(|s| s.is_empty() || s.parse::<f64>().is_ok()),
+                    "number" => {
+                        value.is_number()
+                            || value
+                                .as_str()
+                                .is_some_and(|s| s.is_empty() || s.parse::<f64>().is_ok())
+                    }
                     _ => value.is_string(),
                 };
                 if !fits {
-                    merge_error = Some((format!("Your merge fields were invalid: {tag} must be a {}.", field.kind), tag.clone()));
+                    merge_error = Some((
+                        format!(
+                            "Your merge fields were invalid: {tag} must be a {}.",
+                            field.kind
+                        ),
+                        tag.clone(),
+                    ));
                     break;
                 }
                 merge.insert(tag.clone(), value.clone());
@@ -511,7 +574,9 @@ async fn batch(
                 // The fake applies a status change as sent, resubscribing an unsubscribed
                 // member too: a connector must not rely on Mailchimp to protect consent.
                 let changed = existing.status != status
-                    || merge.iter().any(|(k, v)| existing.merge_fields.get(k) != Some(v));
+                    || merge
+                        .iter()
+                        .any(|(k, v)| existing.merge_fields.get(k) != Some(v));
                 existing.status = status.to_owned();
                 existing.merge_fields.extend(merge);
                 if changed {
@@ -525,7 +590,14 @@ async fn batch(
                     if let Some(missing) = list.merge_fields.iter().find(|f| {
                         f.required && merge.get(&f.tag).is_none_or(|v| v.as_str() == Some(""))
                     }) {
-                        refuse(format!("Your merge fields were invalid: {} is required.", missing.tag), "ERROR_GENERIC", &missing.tag.clone());
+                        refuse(
+                            format!(
+                                "Your merge fields were invalid: {} is required.",
+                                missing.tag
+                            ),
+                            "ERROR_GENERIC",
+                            &missing.tag.clone(),
+                        );
                         continue;
                     }
                 }
@@ -588,7 +660,11 @@ async fn archive(
     };
     let mut store = state.store.lock().unwrap();
     let now = store.tick();
-    let Some(member) = store.lists.get_mut(&list_id).and_then(|l| l.member_mut(&hash)) else {
+    let Some(member) = store
+        .lists
+        .get_mut(&list_id)
+        .and_then(|l| l.member_mut(&hash))
+    else {
         return not_found();
     };
     if member.status == "archived" {

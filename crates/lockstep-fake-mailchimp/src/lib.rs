@@ -131,7 +131,13 @@ impl FakeMailchimp {
 
     /// Adds a member directly, as a person signing up through a form would; returns its
     /// subscriber hash. Values are taken as given, without the API's validation.
-    pub fn add_member(&self, list_id: &str, email: &str, status: &str, merge: &[(&str, &str)]) -> String {
+    pub fn add_member(
+        &self,
+        list_id: &str,
+        email: &str,
+        status: &str,
+        merge: &[(&str, &str)],
+    ) -> String {
         let mut store = self.state.store.lock().unwrap();
         let now = store.tick();
         let web_id = store.next_web_id();
@@ -156,7 +162,13 @@ impl FakeMailchimp {
     /// Changes a member directly, as the member or a person in Mailchimp's UI would: a new
     /// status (an unsubscribe, say) and merge values. Returns false when there is no such
     /// member.
-    pub fn change_member(&self, list_id: &str, email: &str, status: Option<&str>, merge: &[(&str, &str)]) -> bool {
+    pub fn change_member(
+        &self,
+        list_id: &str,
+        email: &str,
+        status: Option<&str>,
+        merge: &[(&str, &str)],
+    ) -> bool {
         let mut store = self.state.store.lock().unwrap();
         let now = store.tick();
         let Some(member) = store

@@ -79,7 +79,14 @@ impl Prism {
             .try_clone()
             .map_err(|e| Unavailable(format!("cannot open Prism's log file: {e}")))?;
         let child = Command::new(prism_bin())
-            .args(["proxy", "--errors", "-h", "127.0.0.1", "-p", &port.to_string()])
+            .args([
+                "proxy",
+                "--errors",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
             .arg(spec_path())
             .arg(upstream)
             .current_dir(contract_dir())
@@ -96,10 +103,14 @@ impl Prism {
                 return Ok(prism);
             }
             if let Ok(Some(status)) = prism.child.try_wait() {
-                return Err(Unavailable(format!("Prism exited ({status}) before listening:\n{text}")));
+                return Err(Unavailable(format!(
+                    "Prism exited ({status}) before listening:\n{text}"
+                )));
             }
             if started.elapsed() > Duration::from_secs(90) {
-                return Err(Unavailable(format!("Prism did not listen within 90 s:\n{text}")));
+                return Err(Unavailable(format!(
+                    "Prism did not listen within 90 s:\n{text}"
+                )));
             }
             std::thread::sleep(Duration::from_millis(100));
         }

@@ -14,7 +14,13 @@ const LIST: &str = "list0001";
 
 async fn start(options: Options) -> (FakeMailchimp, reqwest::Client) {
     let fake = FakeMailchimp::start(options).await.unwrap();
-    fake.create_list(LIST, &[("FNAME", "First Name", "text", false), ("AGE", "Age", "number", true)]);
+    fake.create_list(
+        LIST,
+        &[
+            ("FNAME", "First Name", "text", false),
+            ("AGE", "Age", "number", true),
+        ],
+    );
     (fake, reqwest::Client::new())
 }
 
@@ -40,7 +46,11 @@ async fn call(
         .map(|v| v.to_str().unwrap().to_owned())
         .unwrap_or_default();
     let text = response.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null), content_type)
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::Null),
+        content_type,
+    )
 }
 
 fn assert_problem(body: &Value, status: u16) {
@@ -53,14 +63,34 @@ fn assert_problem(body: &Value, status: u16) {
 #[tokio::test]
 async fn a_wrong_key_is_a_401_problem_document() {
     let (fake, client) = start(Options::default()).await;
-    let (status, body, content_type) =
-        call(&client, &fake.base_url(), "wrong-us21", reqwest::Method::GET, "/ping", None).await;
+    let (status, body, content_type) = call(
+        &client,
+        &fake.base_url(),
+        "wrong-us21",
+        reqwest::Method::GET,
+        "/ping",
+        None,
+    )
+    .await;
     assert_eq!(status, 401);
     assert_problem(&body, 401);
-    assert!(content_type.starts_with("application/problem+json"), "{content_type}");
-    let (status, body, _) =
-        call(&client, &fake.base_url(), &fake.api_key(), reqwest::Method::GET, "/ping", None).await;
-    assert_eq!((status, body["health_status"].as_str()), (200, Some("Everything's Chimpy!")));
+    assert!(
+        content_type.starts_with("application/problem+json"),
+        "{content_type}"
+    );
+    let (status, body, _) = call(
+        &client,
+        &fake.base_url(),
+        &fake.api_key(),
+        reqwest::Method::GET,
+        "/ping",
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, body["health_status"].as_str()),
+        (200, Some("Everything's Chimpy!"))
+    );
     assert_eq!(fake.counts().unauthorized, 1);
 }
 
@@ -79,7 +109,15 @@ async fn batches_apply_members_and_report_refused_ones_per_member() {
         {"email_address": "bad@northwind.io", "status": "subscribed", "merge_fields": {"NOPE": "x", "AGE": 3}},
     ]});
     let path = format!("/lists/{LIST}");
-    let (status, answer, _) = call(&client, &base, &key, reqwest::Method::POST, &path, Some(body)).await;
+    let (status, answer, _) = call(
+        &client,
+        &base,
+        &key,
+        reqwest::Method::POST,
+        &path,
+        Some(body),
+    )
+    .await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["total_created"], 1, "{answer}");
     assert_eq!(answer["total_updated"], 1, "{answer}");
@@ -92,24 +130,52 @@ async fn batches_apply_members_and_report_refused_ones_per_member() {
         .collect();
     assert_eq!(
         refused,
-        ["noage@northwind.io", "who@example.com", "new@northwind.io", "nostatus@northwind.io", "bad@northwind.io"]
+        [
+            "noage@northwind.io",
+            "who@example.com",
+            "new@northwind.io",
+            "nostatus@northwind.io",
+            "bad@northwind.io"
+        ]
     );
     let old = fake.member(LIST, "old@northwind.io").unwrap();
     assert_eq!(old.status, "unsubscribed");
     assert_eq!(old.merge_fields["FNAME"], "Old");
-    assert_eq!(fake.members(LIST).len(), 2, "refused members change nothing");
+    assert_eq!(
+        fake.members(LIST).len(),
+        2,
+        "refused members change nothing"
+    );
 
     // Without update_existing an existing member is refused.
     let body = json!({"members": [{"email_address": "old@northwind.io", "status": "subscribed"}]});
-    let (_, answer, _) = call(&client, &base, &key, reqwest::Method::POST, &path, Some(body)).await;
-    assert_eq!(answer["errors"][0]["error_code"], "ERROR_CONTACT_EXISTS", "{answer}");
+    let (_, answer, _) = call(
+        &client,
+        &base,
+        &key,
+        reqwest::Method::POST,
+        &path,
+        Some(body),
+    )
+    .await;
+    assert_eq!(
+        answer["errors"][0]["error_code"], "ERROR_CONTACT_EXISTS",
+        "{answer}"
+    );
 
     // More than 500 members: the whole call is refused.
     let members: Vec<Value> = (0..501)
         .map(|i| json!({"email_address": format!("m{i}@northwind.io"), "status": "subscribed", "merge_fields": {"AGE": 1}}))
         .collect();
-    let (status, answer, _) =
-        call(&client, &base, &key, reqwest::Method::POST, &path, Some(json!({"members": members}))).await;
+    let (status, answer, _) = call(
+        &client,
+        &base,
+        &key,
+        reqwest::Method::POST,
+        &path,
+        Some(json!({"members": members})),
+    )
+    .await;
     assert_eq!(status, 400);
     assert_problem(&answer, 400);
     assert_eq!(fake.members(LIST).len(), 2);
@@ -127,16 +193,36 @@ async fn member_lists_page_hide_archived_members_and_filter_by_change_time() {
         async move { call(&client, &base, &key, reqwest::Method::GET, &path, None).await }
     };
     let (_, page, _) = get(format!("/lists/{LIST}/members")).await;
-    assert_eq!(page["members"].as_array().unwrap().len(), 10, "count defaults to 10");
+    assert_eq!(
+        page["members"].as_array().unwrap().len(),
+        10,
+        "count defaults to 10"
+    );
     assert_eq!(page["total_items"], 15);
     let (status, body, _) = get(format!("/lists/{LIST}/members?count=1001")).await;
     assert_eq!(status, 400, "{body}");
 
     // Archive one through the API: it leaves the default listing.
     let hash = subscriber_hash("P03@northwind.io");
-    let (status, _, _) = call(&client, &base, &key, reqwest::Method::DELETE, &format!("/lists/{LIST}/members/{hash}"), None).await;
+    let (status, _, _) = call(
+        &client,
+        &base,
+        &key,
+        reqwest::Method::DELETE,
+        &format!("/lists/{LIST}/members/{hash}"),
+        None,
+    )
+    .await;
     assert_eq!(status, 204);
-    let (status, _, _) = call(&client, &base, &key, reqwest::Method::DELETE, &format!("/lists/{LIST}/members/{hash}"), None).await;
+    let (status, _, _) = call(
+        &client,
+        &base,
+        &key,
+        reqwest::Method::DELETE,
+        &format!("/lists/{LIST}/members/{hash}"),
+        None,
+    )
+    .await;
     assert_eq!(status, 404, "already archived");
     let (_, page, _) = get(format!("/lists/{LIST}/members?count=1000")).await;
     assert_eq!(page["total_items"], 14);
@@ -144,22 +230,54 @@ async fn member_lists_page_hide_archived_members_and_filter_by_change_time() {
     assert_eq!(page["members"][0]["email_address"], "p03@northwind.io");
 
     // since_last_changed is exclusive.
-    let at = page["members"][0]["last_changed"].as_str().unwrap().to_owned();
-    let (_, page, _) = get(format!("/lists/{LIST}/members?status=archived&since_last_changed={}", at.replace('+', "%2B"))).await;
+    let at = page["members"][0]["last_changed"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (_, page, _) = get(format!(
+        "/lists/{LIST}/members?status=archived&since_last_changed={}",
+        at.replace('+', "%2B")
+    ))
+    .await;
     assert_eq!(page["total_items"], 0, "{page}");
 
     // `fields` keeps only what is asked for.
-    let (_, page, _) = get(format!("/lists/{LIST}/members?count=1&fields=members.email_address,total_items")).await;
+    let (_, page, _) = get(format!(
+        "/lists/{LIST}/members?count=1&fields=members.email_address,total_items"
+    ))
+    .await;
     assert_eq!(page["members"][0].as_object().unwrap().len(), 1, "{page}");
     assert!(page.get("list_id").is_none(), "{page}");
 
     // Permanent deletion is remembered.
     let hash = subscriber_hash("p04@northwind.io");
-    let (status, _, _) = call(&client, &base, &key, reqwest::Method::POST, &format!("/lists/{LIST}/members/{hash}/actions/delete-permanent"), None).await;
+    let (status, _, _) = call(
+        &client,
+        &base,
+        &key,
+        reqwest::Method::POST,
+        &format!("/lists/{LIST}/members/{hash}/actions/delete-permanent"),
+        None,
+    )
+    .await;
     assert_eq!(status, 204);
     let body = json!({"members": [{"email_address": "p04@northwind.io", "status": "subscribed", "merge_fields": {"AGE": 1}}]});
-    let (_, answer, _) = call(&client, &base, &key, reqwest::Method::POST, &format!("/lists/{LIST}"), Some(body)).await;
-    assert!(answer["errors"][0]["error"].as_str().unwrap().contains("permanently deleted"), "{answer}");
+    let (_, answer, _) = call(
+        &client,
+        &base,
+        &key,
+        reqwest::Method::POST,
+        &format!("/lists/{LIST}"),
+        Some(body),
+    )
+    .await;
+    assert!(
+        answer["errors"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("permanently deleted"),
+        "{answer}"
+    );
     let (status, body, _) = get("/lists/nosuch/members".into()).await;
     assert_eq!(status, 404);
     assert_problem(&body, 404);
@@ -188,8 +306,16 @@ async fn more_than_ten_requests_in_flight_are_answered_429() {
         statuses.push(status);
     }
     statuses.sort();
-    assert_eq!(statuses.iter().filter(|&&s| s == 200).count(), 10, "{statuses:?}");
-    assert_eq!(statuses.iter().filter(|&&s| s == 429).count(), 5, "{statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 200).count(),
+        10,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 429).count(),
+        5,
+        "{statuses:?}"
+    );
     assert_eq!(fake.counts().throttled, 5);
 }
 
@@ -222,18 +348,58 @@ async fn through_prism_the_answers_fit_the_description_and_a_bad_request_is_refu
         {"email_address": "b@northwind.io", "status": "subscribed", "merge_fields": {"AGE": "4"}},
         {"email_address": "c@example.com", "status": "subscribed"},
     ]});
-    let (status, _, _) = call(&client, &base, &key, reqwest::Method::POST, &format!("/lists/{LIST}"), Some(body)).await;
+    let (status, _, _) = call(
+        &client,
+        &base,
+        &key,
+        reqwest::Method::POST,
+        &format!("/lists/{LIST}"),
+        Some(body),
+    )
+    .await;
     assert_eq!(status, 200);
-    call(&client, &base, "wrong-us21", reqwest::Method::GET, "/ping", None).await;
-    assert_eq!(prism.violations(), Vec::<String>::new(), "{}", prism.log_text());
+    call(
+        &client,
+        &base,
+        "wrong-us21",
+        reqwest::Method::GET,
+        "/ping",
+        None,
+    )
+    .await;
+    assert_eq!(
+        prism.violations(),
+        Vec::<String>::new(),
+        "{}",
+        prism.log_text()
+    );
 
     // Requests Mailchimp would refuse never reach the fake, and are reported.
     let before = fake.counts().requests;
-    let (status, _, _) = call(&client, &base, &key, reqwest::Method::GET, &format!("/lists/{LIST}/members?count=5000"), None).await;
+    let (status, _, _) = call(
+        &client,
+        &base,
+        &key,
+        reqwest::Method::GET,
+        &format!("/lists/{LIST}/members?count=5000"),
+        None,
+    )
+    .await;
     assert_eq!(status, 422);
     let body = json!({"members": [{"email_address": "d@northwind.io", "status": "archived"}]});
-    let (status, _, _) = call(&client, &base, &key, reqwest::Method::POST, &format!("/lists/{LIST}"), Some(body)).await;
-    assert_eq!(status, 422, "archived is not a status batch subscribe takes");
+    let (status, _, _) = call(
+        &client,
+        &base,
+        &key,
+        reqwest::Method::POST,
+        &format!("/lists/{LIST}"),
+        Some(body),
+    )
+    .await;
+    assert_eq!(
+        status, 422,
+        "archived is not a status batch subscribe takes"
+    );
     assert_eq!(fake.counts().requests, before);
     assert_eq!(prism.violations().len(), 2, "{}", prism.log_text());
 }

@@ -82,7 +82,12 @@ impl Fake {
                         .unwrap_or_default()
                         .to_owned()
                 };
-                [m.email_address.clone(), m.status.clone(), merge("FNAME"), merge("LNAME")]
+                [
+                    m.email_address.clone(),
+                    m.status.clone(),
+                    merge("FNAME"),
+                    merge("LNAME"),
+                ]
             })
             .collect();
         rows.sort();
@@ -120,7 +125,8 @@ fn lockstep_with(dir: &Path, key: &str) -> Command {
 }
 
 fn run_json(dir: &Path, sync: &str) -> (bool, Value, String) {
-    let (out, stdout, stderr) = run(lockstep_with(dir, KEY).args(["run", sync, "--output", "json"]));
+    let (out, stdout, stderr) =
+        run(lockstep_with(dir, KEY).args(["run", sync, "--output", "json"]));
     let value = serde_json::from_str(&stdout)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}\n{stderr}"));
     (out.status.success(), value, stderr)
@@ -128,8 +134,15 @@ fn run_json(dir: &Path, sync: &str) -> (bool, Value, String) {
 
 /// (read, added, updated, unchanged, deleted, rejected) from a run's JSON report.
 fn counts(report: &Value) -> [u64; 6] {
-    ["read", "added", "updated", "unchanged", "deleted", "rejected"]
-        .map(|k| report["metrics"][k].as_u64().unwrap_or(0))
+    [
+        "read",
+        "added",
+        "updated",
+        "unchanged",
+        "deleted",
+        "rejected",
+    ]
+    .map(|k| report["metrics"][k].as_u64().unwrap_or(0))
 }
 
 fn pg_rows(url: &str, query: &str) -> Vec<Vec<Option<String>>> {
@@ -140,7 +153,11 @@ fn pg_rows(url: &str, query: &str) -> Vec<Vec<Option<String>>> {
             .await
             .unwrap_or_else(|e| panic!("{query}: {e}"));
         rows.iter()
-            .map(|r| (0..r.len()).map(|i| r.get::<Option<String>, _>(i)).collect())
+            .map(|r| {
+                (0..r.len())
+                    .map(|i| r.get::<Option<String>, _>(i))
+                    .collect()
+            })
             .collect()
     })
 }
@@ -231,7 +248,9 @@ fn postgres_contacts_become_members_unsubscribes_stay_and_deleted_contacts_are_a
 
     // Dan unsubscribes in Mailchimp; in the CRM Bob is renamed, Dan's name is corrected, Eve
     // is deleted and Fay is added.
-    assert!(fake.fake.change_member(LIST, "dan@northwind.io", Some("unsubscribed"), &[]));
+    assert!(fake
+        .fake
+        .change_member(LIST, "dan@northwind.io", Some("unsubscribed"), &[]));
     pg_exec(
         &db.url,
         &[
@@ -270,7 +289,10 @@ fn postgres_contacts_become_members_unsubscribes_stay_and_deleted_contacts_are_a
     assert!(ok, "{third}\n{stderr}");
     assert_eq!(counts(&third), [1, 0, 1, 0, 0, 0], "{third}");
     let dan = fake.fake.member(LIST, "dan@northwind.io").unwrap();
-    assert_eq!((dan.status.as_str(), dan.merge_fields["LNAME"].as_str()), ("unsubscribed", Some("Dyson")));
+    assert_eq!(
+        (dan.status.as_str(), dan.merge_fields["LNAME"].as_str()),
+        ("unsubscribed", Some("Dyson"))
+    );
 
     // Nothing changed: nothing read, nothing written.
     let (ok, idle, stderr) = run_json(d, "contacts_out");
@@ -291,11 +313,16 @@ fn members_arrive_in_postgres_incrementally_and_archived_members_are_deleted() {
         fake.fake.add_member(
             LIST,
             &format!("member{i:04}@northwind.io"),
-            if i % 10 == 0 { "unsubscribed" } else { "subscribed" },
+            if i % 10 == 0 {
+                "unsubscribed"
+            } else {
+                "subscribed"
+            },
             &[("FNAME", &format!("First{i}")), ("LNAME", "Last")],
         );
     }
-    fake.fake.set_tags(LIST, "member0002@northwind.io", &["vip", "crm"]);
+    fake.fake
+        .set_tags(LIST, "member0002@northwind.io", &["vip", "crm"]);
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let text = format!(
@@ -337,16 +364,35 @@ tags = "tags"
         [vec![s("member0002@northwind.io"), s("First2"), s("subscribed"), s("vip,crm")]]
     );
     assert_eq!(
-        pg_rows(&db.url, "SELECT count(*)::text FROM subscribers WHERE status = 'unsubscribed'"),
+        pg_rows(
+            &db.url,
+            "SELECT count(*)::text FROM subscribers WHERE status = 'unsubscribed'"
+        ),
         [vec![s("150")]]
     );
 
     // In Mailchimp: one renamed, one unsubscribed, two archived, one signed up.
-    assert!(fake.fake.change_member(LIST, "member0007@northwind.io", None, &[("FNAME", "Renamed")]));
-    assert!(fake.fake.change_member(LIST, "member0008@northwind.io", Some("unsubscribed"), &[]));
-    assert!(fake.fake.change_member(LIST, "member0011@northwind.io", Some("archived"), &[]));
-    assert!(fake.fake.change_member(LIST, "member0012@northwind.io", Some("archived"), &[]));
-    fake.fake.add_member(LIST, "newcomer@northwind.io", "subscribed", &[("FNAME", "New")]);
+    assert!(fake.fake.change_member(
+        LIST,
+        "member0007@northwind.io",
+        None,
+        &[("FNAME", "Renamed")]
+    ));
+    assert!(fake
+        .fake
+        .change_member(LIST, "member0008@northwind.io", Some("unsubscribed"), &[]));
+    assert!(fake
+        .fake
+        .change_member(LIST, "member0011@northwind.io", Some("archived"), &[]));
+    assert!(fake
+        .fake
+        .change_member(LIST, "member0012@northwind.io", Some("archived"), &[]));
+    fake.fake.add_member(
+        LIST,
+        "newcomer@northwind.io",
+        "subscribed",
+        &[("FNAME", "New")],
+    );
     std::thread::sleep(Duration::from_millis(1100));
 
     let (ok, second, stderr) = run_json(d, "members_in");
@@ -412,9 +458,16 @@ fn with_ten_percent_injected_429s_and_5xx_counts_are_exact_and_nothing_is_lost()
     let live = fake.live();
     assert_eq!(live.len(), 1100);
     assert_eq!(live.iter().filter(|m| m[3] == "Changed").count(), 100);
-    assert_eq!(fake.fake.members(LIST).len(), 1200, "the deleted ones archived, none lost");
+    assert_eq!(
+        fake.fake.members(LIST).len(),
+        1200,
+        "the deleted ones archived, none lost"
+    );
     let seen = fake.fake.counts();
-    assert!(seen.throttled + seen.faults > 0, "faults were injected: {seen:?}");
+    assert!(
+        seen.throttled + seen.faults > 0,
+        "faults were injected: {seen:?}"
+    );
     fake.assert_valid();
 }
 
@@ -451,18 +504,35 @@ fn a_bad_api_key_fails_at_once_naming_api_key_env_without_retries_or_the_key_in_
         "the message names the setting and the variable: {message}"
     );
     let seen = fake.fake.counts();
-    assert_eq!((seen.requests, seen.unauthorized), (1, 1), "one refused request, no retries");
+    assert_eq!(
+        (seen.requests, seen.unauthorized),
+        (1, 1),
+        "one refused request, no retries"
+    );
 
     let (out, text_out, text_err) = run(lockstep_with(d, wrong).args(["run", "contacts_out"]));
     assert!(!out.status.success());
     assert!(text_err.contains("api_key_env"), "{text_err}");
     assert_eq!(fake.fake.counts().requests, 2, "again exactly one request");
     let (_, runs_text, runs_err) = run(lockstep_with(d, wrong).args(["runs"]));
-    let (_, runs_json, runs_json_err) = run(lockstep_with(d, wrong).args(["runs", "--output", "json"]));
+    let (_, runs_json, runs_json_err) =
+        run(lockstep_with(d, wrong).args(["runs", "--output", "json"]));
     let history: Value = serde_json::from_str(&runs_json).unwrap();
     assert_eq!(history.as_array().unwrap().len(), 2, "{history}");
-    for output in [&stdout, &stderr, &text_out, &text_err, &runs_text, &runs_err, &runs_json, &runs_json_err] {
-        assert!(!output.contains(wrong) && !output.contains(KEY), "a key leaked: {output}");
+    for output in [
+        &stdout,
+        &stderr,
+        &text_out,
+        &text_err,
+        &runs_text,
+        &runs_err,
+        &runs_json,
+        &runs_json_err,
+    ] {
+        assert!(
+            !output.contains(wrong) && !output.contains(KEY),
+            "a key leaked: {output}"
+        );
         // Nor the part before the data center, should a message cut the key.
         assert!(!output.contains(&wrong[..32]), "a key leaked: {output}");
     }
