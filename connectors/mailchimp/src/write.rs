@@ -15,6 +15,7 @@
 
 use std::collections::HashMap;
 
+use futures_util::StreamExt;
 use lockstep_http_kit::convert::{json_from_batch, JsonField, NullStyle, ValueStyle};
 use lockstep_http_kit::{HttpClient, HttpError, Request};
 use lockstep_plugin_sdk::arrow::array::RecordBatch;
@@ -348,36 +349,53 @@ impl StreamWriter for MailchimpWriter {
             },
         )
         .map_err(|e| ConnectorError::schema(e.to_string()))?;
+        let hashes: Vec<String> = records
+            .iter()
+            .filter_map(|r| r["email_address"].as_str().filter(|e| !e.is_empty()))
+            .map(subscriber_hash)
+            .collect();
+        // One request per member, as many in flight as the connection allows (the client
+        // holds them to `concurrency`, at most Mailchimp's 10).
+        let client = &self.client;
+        let list_id = &self.list_id;
+        let mode = self.config.delete;
+        let results: Vec<std::result::Result<(), HttpError>> =
+            futures_util::stream::iter(hashes.iter().map(|hash| async move {
+                let path = format!("/lists/{list_id}/members/{hash}");
+                let request = match mode {
+                    // Per "Archive list member".
+                    DeleteMode::Archive => Request::new(lockstep_http_kit::Method::DELETE, path)
+                        .describe(format!(
+                            "archiving a member of Mailchimp audience {list_id}"
+                        )),
+                    // Per "Delete list member": permanent, the address cannot be imported
+                    // again.
+                    DeleteMode::Permanent => {
+                        Request::post(format!("{path}/actions/delete-permanent"))
+                            .idempotent(true)
+                            .describe(format!(
+                                "permanently deleting a member of Mailchimp audience {list_id}"
+                            ))
+                    }
+                };
+                match client.send(&request).await {
+                    Ok(_) => Ok(()),
+                    // Already archived or deleted (by a retry whose first answer was lost,
+                    // or in Mailchimp): the member is gone, as wanted.
+                    Err(HttpError::NotFound { .. }) => Ok(()),
+                    Err(e) => Err(e),
+                }
+            }))
+            .buffer_unordered(client.config().concurrency.max(1))
+            .collect()
+            .await;
         let mut deleted = 0;
-        for record in records {
-            let Some(email) = record["email_address"].as_str().filter(|e| !e.is_empty()) else {
-                continue;
-            };
-            let hash = subscriber_hash(email);
-            let path = format!("/lists/{}/members/{hash}", self.list_id);
-            let request = match self.config.delete {
-                // Per "Archive list member".
-                DeleteMode::Archive => Request::new(lockstep_http_kit::Method::DELETE, path)
-                    .describe(format!(
-                        "archiving a member of Mailchimp audience {}",
-                        self.list_id
-                    )),
-                // Per "Delete list member": permanent, the address cannot be imported again.
-                DeleteMode::Permanent => Request::post(format!("{path}/actions/delete-permanent"))
-                    .idempotent(true)
-                    .describe(format!(
-                        "permanently deleting a member of Mailchimp audience {}",
-                        self.list_id
-                    )),
-            };
-            match self.client.send(&request).await {
-                Ok(_) => deleted += 1,
-                // Already archived or deleted (by a retry whose first answer was lost, or
-                // in Mailchimp): the member is gone, as wanted.
-                Err(HttpError::NotFound { .. }) => deleted += 1,
-                Err(e) => return Err(e.into()),
-            }
-            self.statuses.remove(&hash);
+        for result in results {
+            result?;
+            deleted += 1;
+        }
+        for hash in &hashes {
+            self.statuses.remove(hash);
         }
         Ok(WriteOutcome {
             deleted: Some(deleted),
