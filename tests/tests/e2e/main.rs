@@ -11,6 +11,7 @@ mod engine;
 mod files;
 mod hubspot;
 mod lease;
+mod mailchimp;
 mod mailman;
 mod ops;
 mod plugins;
