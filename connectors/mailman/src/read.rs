@@ -86,8 +86,8 @@ pub(crate) fn open(
     if request.mode == ReadMode::Incremental {
         return Err(ConnectorError::config(format!(
             "Mailman members carry no timestamps, so list `{}` cannot be read incrementally; \
-             use mode = \"full\" (every run reads the whole roster and the record ledger counts \
-             what changed)",
+             use mode = \"full\", or mode = \"mirror\" without a cursor (every run reads the \
+             whole roster and the record ledger counts what changed)",
             request.stream
         )));
     }

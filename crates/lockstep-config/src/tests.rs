@@ -861,15 +861,24 @@ fn same_endpoint() {
 
 #[test]
 fn missing_cursor_for_incremental() {
-    let error = only_error(&with_sync("mode = \"mirror\""));
+    let error = only_error(&with_sync("mode = \"incremental\""));
     check(
         &error,
         ErrorKind::MissingCursor,
         8,
-        "sync `contacts` uses mode `mirror`, which needs a `cursor`",
+        "sync `contacts` uses mode `incremental`, which needs a `cursor`",
         "add cursor = \"<source field>\", a last-modified field that only grows (e.g. \
-         \"updated_at\"), or use mode = \"full\"",
+         \"updated_at\"), or use mode = \"full\" (or \"mirror\", which reads in full every \
+         run when there is no cursor and also propagates deletes)",
     );
+}
+
+#[test]
+fn mirror_without_a_cursor_reads_in_full_every_run() {
+    let config = parse_ok(&with_sync("mode = \"mirror\""));
+    let spec = &config.syncs[0].spec;
+    assert_eq!(spec.mode, SyncMode::Mirror);
+    assert!(!spec.reads_by_cursor());
 }
 
 #[test]

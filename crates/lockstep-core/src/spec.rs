@@ -179,6 +179,15 @@ pub struct SyncSpec {
 }
 
 impl SyncSpec {
+    /// Whether runs read only what changed since the stored checkpoint: an incremental or
+    /// mirror sync with a cursor field. A mirror sync without one reads its source in full
+    /// every run (a source with no change tracking, such as a mailing list's roster); the
+    /// ledger still tells added, updated and unchanged apart, and reconciliation finds its
+    /// deletes.
+    pub fn reads_by_cursor(&self) -> bool {
+        self.mode.uses_cursor() && self.cursor_field.is_some()
+    }
+
     /// The destination name of source field `source`, if the mapping carries it.
     pub fn target_of<'a>(&'a self, source: &'a str) -> Option<&'a str> {
         if self.fields.is_empty() {

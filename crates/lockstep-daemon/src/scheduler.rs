@@ -492,7 +492,7 @@ async fn attempt_once(
 async fn refinish(shared: &Shared, config: &Config, name: &str, attempt: &Attempt) {
     let Some(run) = attempt.run else { return };
     let cursor_after = match config.sync(name) {
-        Some(s) if s.spec.mode.uses_cursor() => shared.state.checkpoint(name).await.ok().flatten(),
+        Some(s) if s.spec.reads_by_cursor() => shared.state.checkpoint(name).await.ok().flatten(),
         _ => None,
     };
     let end = RunEnd {

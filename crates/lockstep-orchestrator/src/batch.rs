@@ -114,7 +114,7 @@ pub(crate) async fn apply_batch<S: Sink>(
     run.batches += 1;
     sink.sample_rejects(&rejected);
     // A null checkpoint (a read by keys, for a retry) leaves the stored one where it is.
-    let new_checkpoint = (spec.mode.uses_cursor() && !checkpoint.is_null()).then_some(checkpoint);
+    let new_checkpoint = (spec.reads_by_cursor() && !checkpoint.is_null()).then_some(checkpoint);
     sink.commit(&BatchCommit {
         sync,
         run: run.run_id,

@@ -121,7 +121,7 @@ impl Engine<'_> {
         if options.full_refresh {
             self.state.reset_sync(sync).await?;
         }
-        let cursor_before = if job.spec.mode.uses_cursor() {
+        let cursor_before = if job.spec.reads_by_cursor() {
             self.state.checkpoint(sync).await?
         } else {
             None

@@ -128,7 +128,7 @@ pub(crate) async fn execute<S: Sink>(
     let spec = &job.spec;
     let request = ReadRequest {
         stream: spec.source.stream.clone(),
-        mode: if spec.mode.uses_cursor() {
+        mode: if spec.reads_by_cursor() {
             ReadMode::Incremental
         } else {
             ReadMode::Full

@@ -170,7 +170,7 @@ impl Engine<'_> {
         options: RunOptions,
     ) -> Result<PlanReport, EngineError> {
         let sync = &job.spec.name;
-        let cursor_before = if job.spec.mode.uses_cursor() {
+        let cursor_before = if job.spec.reads_by_cursor() {
             self.state.checkpoint(sync).await?
         } else {
             None

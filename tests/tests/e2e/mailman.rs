@@ -81,6 +81,13 @@ impl Lists {
         })));
     }
 
+    fn unsubscribe(&self, list_id: &str, emails: &[&str]) {
+        self.send(
+            Request::new(Method::DELETE, format!("/lists/{list_id}/roster/member"))
+                .json(json!({ "emails": emails })),
+        );
+    }
+
     fn rename(&self, email: &str, name: &str) {
         self.send(
             Request::new(Method::PATCH, format!("/addresses/{email}"))
@@ -224,6 +231,9 @@ config = {{ url = "{db_url}" }}
 source = "mm.{list_id}"
 destination = "pg.subscribers"
 key = ["email"]
+# No cursor: Mailman has no timestamps, so each run reads the roster in full and the
+# ledger and reconciliation tell what changed and who left.
+mode = "mirror"
 [syncs.members.fields]
 email = "email"
 member_id = "member_id"
@@ -305,6 +315,20 @@ delivery = "delivery_mode"
         ),
         [vec![Some("Member Seven".to_owned())]]
     );
+
+    // Two leave the list in Mailman: the full read no longer has them, and reconciliation
+    // deletes exactly those two from PostgreSQL.
+    let (gone_a, gone_b) = (addr(&list_id, "m03"), addr(&list_id, "m21"));
+    lists.unsubscribe(&list_id, &[&gone_a, &gone_b]);
+    let (ok, fourth, stderr) = run_json(d, "members");
+    assert!(ok, "{fourth}\n{stderr}");
+    assert_eq!(counts(&fourth), [29, 0, 0, 29, 2], "{fourth}");
+    let left = pg_rows(
+        &db.url,
+        &format!("SELECT count(*)::text FROM subscribers WHERE email IN ('{gone_a}', '{gone_b}')"),
+    );
+    assert_eq!(left[0][0].as_deref(), Some("0"));
+    assert_eq!(pg_count(&db.url, "subscribers"), Some(29));
 }
 
 #[test]

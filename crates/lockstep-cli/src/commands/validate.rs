@@ -121,7 +121,7 @@ fn feature_errors(config: &Config, registry: &PluginRegistry) -> Vec<ConfigError
             !p.manifest.features.iter().any(|f| f == feature)
         };
         if let Some(source) = source {
-            if spec.mode.uses_cursor() && lacks(source, "incremental") {
+            if spec.reads_by_cursor() && lacks(source, "incremental") {
                 errors.push(config.error_at(
                     mode_location,
                     format!(

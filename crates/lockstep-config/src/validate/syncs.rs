@@ -99,7 +99,9 @@ impl Reader<'_> {
             "cursor",
             "name the source field that records when a row last changed, e.g. cursor = \"updated_at\"",
         );
-        if mode.uses_cursor() && !t.has("cursor") {
+        // A mirror sync without a cursor reads its source in full every run (a source with no
+        // change tracking); only `incremental` has nothing to offer without one.
+        if mode == SyncMode::Incremental && !t.has("cursor") {
             let span = t.get("mode").map_or(t.span.clone(), |v| v.span());
             let mode_name = MODES
                 .iter()
@@ -111,7 +113,8 @@ impl Reader<'_> {
                 format!("sync `{name}` uses mode `{mode_name}`, which needs a `cursor`"),
                 "needs a cursor",
                 "add cursor = \"<source field>\", a last-modified field that only grows \
-                 (e.g. \"updated_at\"), or use mode = \"full\"",
+                 (e.g. \"updated_at\"), or use mode = \"full\" (or \"mirror\", which reads in \
+                 full every run when there is no cursor and also propagates deletes)",
             );
         }
 
