@@ -175,25 +175,25 @@ fn table(rows: &[&str]) -> String {
 
 /// Splits a table row at `|`s that are outside backticks and not escaped (`\|`).
 fn split_cells(row: &str) -> Vec<String> {
-    let mut cells = vec![String::new()];
+    let mut cells = Vec::new();
+    let mut cell = String::new();
     let mut in_code = false;
     let mut chars = row.chars().peekable();
     while let Some(c) = chars.next() {
         match c {
             '\\' if chars.peek() == Some(&'|') => {
                 chars.next();
-                cells.last_mut().map(|cell| cell.push('|'));
+                cell.push('|');
             }
             '`' => {
                 in_code = !in_code;
-                cells.last_mut().map(|cell| cell.push(c));
+                cell.push(c);
             }
-            '|' if !in_code => cells.push(String::new()),
-            _ => {
-                cells.last_mut().map(|cell| cell.push(c));
-            }
+            '|' if !in_code => cells.push(std::mem::take(&mut cell)),
+            _ => cell.push(c),
         }
     }
+    cells.push(cell);
     cells
 }
 

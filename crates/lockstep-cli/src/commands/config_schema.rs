@@ -155,7 +155,7 @@ struct Sync {
 #[serde(untagged)]
 enum Field {
     Copy(String),
-    Computed(ComputedField),
+    Computed(Box<ComputedField>),
 }
 
 #[derive(JsonSchema)]
