@@ -8,11 +8,16 @@
 //!   paths, against PostgreSQL's own COPY pipe.
 //! - `bench files`: a CSV drop into PostgreSQL against PostgreSQL's own `COPY FROM`.
 //! - `bench hubspot`: how much of HubSpot's request budget a sync to and from the fake uses.
+//! - `dist [--profile release|dev] [--no-build] [--no-dbgsym]`: the release tarball and the
+//!   Debian package under target/dist (see docs/packaging.md).
 
 mod bench_files;
 mod bench_hubspot;
 mod bench_pg;
+mod deb;
 mod demo;
+mod dist;
+mod manpage;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -29,6 +34,7 @@ fn main() -> Result<()> {
         ["bench", "pg", rest @ ..] => bench_pg::run(rest),
         ["bench", "files", rest @ ..] => bench_files::run(rest),
         ["bench", "hubspot", rest @ ..] => bench_hubspot::run(rest),
+        ["dist", rest @ ..] => dist::run(rest),
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
@@ -39,7 +45,9 @@ fn main() -> Result<()> {
                  bench pg [--rows N] [--state sqlite|postgres]\n                      \
                  PostgreSQL sync speed against the COPY pipe (needs PostgreSQL and MariaDB)\n  \
                  bench files          a CSV drop into PostgreSQL against COPY FROM\n  \
-                 bench hubspot        request-budget use against the fake HubSpot (needs PostgreSQL)"
+                 bench hubspot        request-budget use against the fake HubSpot (needs PostgreSQL)\n  \
+                 dist [--profile release|dev] [--no-build] [--no-dbgsym]\n                      \
+                 the release tarball and the Debian package, in target/dist"
             );
             bail!("unknown or missing command");
         }

@@ -132,6 +132,22 @@ pub enum Command {
         #[arg(long, value_name = "URL")]
         state: Option<String>,
     },
+    /// Print the completion script of a shell: `lockstep completions bash > /etc/bash_completion.d/lockstep`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// About the config file itself.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Write the man pages of lockstep and its subcommands into a directory (for packaging).
+    #[command(hide = true)]
+    Manpages {
+        /// The directory to write `lockstep.1`, `lockstep-run.1`, ... into.
+        dir: PathBuf,
+    },
 }
 
 fn parse_duration_arg(text: &str) -> Result<std::time::Duration, String> {
@@ -236,4 +252,11 @@ pub enum ConnectorsCommand {
         #[arg(long, short, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Print a JSON Schema of the config file, with the config schema of every connector found
+    /// in the connector directories, for editors to complete and check lockstep.toml.
+    Schema,
 }

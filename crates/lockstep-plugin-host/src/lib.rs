@@ -20,7 +20,7 @@ mod loader;
 mod threads;
 
 pub use handles::{BatchStream, CancelHandle, DestinationHandle, SourceHandle, StreamWriterHandle};
-pub use loader::{default_search_path, LoadedPlugin, PluginRegistry};
+pub use loader::{default_search_path, LoadedPlugin, PluginRegistry, SYSTEM_CONNECTOR_DIR};
 pub use lockstep_plugin_api::{ErrorKind, ABI_MAJOR, ABI_VERSION};
 
 use std::path::PathBuf;

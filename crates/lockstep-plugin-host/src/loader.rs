@@ -188,10 +188,19 @@ fn read_manifest(path: &Path, module: ConnectorModuleRef) -> Result<Manifest, Ho
     Ok(manifest)
 }
 
+/// The system-wide plugin directory, searched last. Distribution builds set it at compile time
+/// through the `LOCKSTEP_SYSTEM_CONNECTOR_DIR` environment variable (see docs/packaging.md);
+/// the default is where the Debian package installs its plugins.
+pub const SYSTEM_CONNECTOR_DIR: &str = match option_env!("LOCKSTEP_SYSTEM_CONNECTOR_DIR") {
+    Some(dir) => dir,
+    None => "/usr/lib/lockstep/connectors",
+};
+
 /// The directories searched for plugins, in order: those from the config file, those in
 /// `LOCKSTEP_CONNECTOR_PATH` (separated like `PATH`), then next to the running binary (the
-/// binary's own directory, its `connectors/` subdirectory, and `../lib/lockstep/connectors`
-/// for packaged installs).
+/// binary's own `connectors/` subdirectory, `../lib/lockstep/connectors` for installs under a
+/// prefix, and the binary's own directory), then [`SYSTEM_CONNECTOR_DIR`]. A directory listed
+/// twice is searched once, at its first place.
 pub fn default_search_path(config_paths: &[PathBuf]) -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = config_paths.to_vec();
     if let Some(var) = std::env::var_os("LOCKSTEP_CONNECTOR_PATH") {
@@ -204,6 +213,9 @@ pub fn default_search_path(config_paths: &[PathBuf]) -> Vec<PathBuf> {
         dirs.push(exe_dir.join("connectors"));
         dirs.push(exe_dir.join("../lib/lockstep/connectors"));
         dirs.push(exe_dir);
+    }
+    if !SYSTEM_CONNECTOR_DIR.is_empty() {
+        dirs.push(PathBuf::from(SYSTEM_CONNECTOR_DIR));
     }
     let mut seen = Vec::new();
     dirs.retain(|d| {
@@ -319,6 +331,17 @@ impl PluginRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_system_directory_is_searched_last_after_the_config_paths() {
+        let config_dir = std::env::temp_dir().join("lockstep-search-path-config-dir");
+        let dirs = default_search_path(std::slice::from_ref(&config_dir));
+        assert_eq!(dirs.first(), Some(&config_dir));
+        assert_eq!(
+            dirs.last().map(PathBuf::as_path),
+            Some(Path::new(SYSTEM_CONNECTOR_DIR))
+        );
+    }
 
     #[test]
     fn plugin_file_names_are_recognized() {

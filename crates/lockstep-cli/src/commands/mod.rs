@@ -1,5 +1,7 @@
 //! The subcommands, and what they share: loading the config, finding plugins, logging.
 
+mod completions;
+mod config_schema;
 mod connectors;
 mod daemon;
 mod deletes;
@@ -22,7 +24,7 @@ use lockstep_config::{Config, ConfigErrors};
 use lockstep_orchestrator::{Endpoint, SyncJob};
 use lockstep_plugin_host::{default_search_path, PluginRegistry, Redactor};
 
-use crate::app::{Cli, Command, ConnectorsCommand, LogFormat};
+use crate::app::{Cli, Command, ConfigCommand, ConnectorsCommand, LogFormat};
 
 pub type CmdResult = Result<(), CliError>;
 
@@ -98,6 +100,11 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
         Command::Status { output, state } => {
             status::run(&cli.config, output, state.as_deref()).await
         }
+        Command::Completions { shell } => completions::print(shell),
+        Command::Config {
+            command: ConfigCommand::Schema,
+        } => config_schema::print(&cli.config),
+        Command::Manpages { dir } => completions::write_manpages(&dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
