@@ -14,19 +14,19 @@ use serde_json::Value;
 use sqlx::{Connection, Row};
 
 /// The variable that carries the token to the `lockstep` child process only.
-const TOKEN_VAR: &str = "LOCKSTEP_E2E_HUBSPOT_TOKEN";
+pub(crate) const TOKEN_VAR: &str = "LOCKSTEP_E2E_HUBSPOT_TOKEN";
 /// The token the fake accepts.
-const TOKEN: &str = "pat-na1-e2e-fake-token-0f3c9a";
+pub(crate) const TOKEN: &str = "pat-na1-e2e-fake-token-0f3c9a";
 
 /// A fake HubSpot served by a runtime of its own, which lives as long as the value: the
 /// `lockstep` child processes talk to it while the test thread waits for them.
-struct Fake {
-    fake: FakeHubSpot,
+pub(crate) struct Fake {
+    pub(crate) fake: FakeHubSpot,
     _runtime: tokio::runtime::Runtime,
 }
 
 impl Fake {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -44,7 +44,7 @@ impl Fake {
         }
     }
 
-    fn contact(&self, email: &str, first: &str, last: &str, stage: &str) -> String {
+    pub(crate) fn contact(&self, email: &str, first: &str, last: &str, stage: &str) -> String {
         self.fake.insert(
             ObjectType::Contacts,
             &[

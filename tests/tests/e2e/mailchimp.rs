@@ -18,22 +18,22 @@ use serde_json::Value;
 use sqlx::{Connection, Row};
 
 /// The variable that carries the key to the `lockstep` child process only.
-const KEY_VAR: &str = "LOCKSTEP_E2E_MAILCHIMP_KEY";
+pub(crate) const KEY_VAR: &str = "LOCKSTEP_E2E_MAILCHIMP_KEY";
 /// The key the fake accepts.
-const KEY: &str = "7c0ffee15a1e5b0b0c0ffee15a1e5b0b-us21";
-const LIST: &str = "e2e0aud1ce";
+pub(crate) const KEY: &str = "7c0ffee15a1e5b0b0c0ffee15a1e5b0b-us21";
+pub(crate) const LIST: &str = "e2e0aud1ce";
 
 /// A fake Mailchimp served by a runtime of its own, behind Prism; both live as long as the
 /// value.
-struct Fake {
-    fake: FakeMailchimp,
+pub(crate) struct Fake {
+    pub(crate) fake: FakeMailchimp,
     prism: Prism,
     _runtime: tokio::runtime::Runtime,
 }
 
 impl Fake {
     /// `None` (after a notice, or a failure under CI) when Prism is not installed.
-    fn start(options: Options) -> Option<Self> {
+    pub(crate) fn start(options: Options) -> Option<Self> {
         if !Prism::installed() {
             lockstep_test_support::skip::skip_or_fail(
                 "the Mailchimp tests need Prism and Mailchimp's OpenAPI description: run `npm ci` \
@@ -68,7 +68,7 @@ impl Fake {
     }
 
     /// The live members as (email, status, FNAME, LNAME), sorted by email.
-    fn live(&self) -> Vec<[String; 4]> {
+    pub(crate) fn live(&self) -> Vec<[String; 4]> {
         let mut rows: Vec<[String; 4]> = self
             .fake
             .members(LIST)
@@ -94,7 +94,7 @@ impl Fake {
         rows
     }
 
-    fn assert_valid(&self) {
+    pub(crate) fn assert_valid(&self) {
         let violations = self.prism.violations();
         assert!(
             violations.is_empty(),
@@ -103,7 +103,7 @@ impl Fake {
         );
     }
 
-    fn connection(&self) -> String {
+    pub(crate) fn connection(&self) -> String {
         format!(
             r#"
 [connections.mc]

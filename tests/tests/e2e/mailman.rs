@@ -19,19 +19,19 @@ use serde_json::{json, Value};
 use sqlx::{Connection, Row};
 
 /// The variable that carries the password to the `lockstep` child processes only.
-const PASSWORD_VAR: &str = "LOCKSTEP_E2E_MAILMAN_PASSWORD";
+pub(crate) const PASSWORD_VAR: &str = "LOCKSTEP_E2E_MAILMAN_PASSWORD";
 /// The variable this test process's own Mailman client reads the password from.
 const LOCAL_PASSWORD_VAR: &str = "LOCKSTEP_E2E_MAILMAN_ADMIN_PASSWORD";
 
 /// The shared server with an admin client for making lists and members.
-struct Lists {
+pub(crate) struct Lists {
     server: MailmanServer,
     client: HttpClient,
     runtime: tokio::runtime::Runtime,
 }
 
 impl Lists {
-    fn start() -> Option<Self> {
+    pub(crate) fn start() -> Option<Self> {
         static ONCE: Once = Once::new();
         ONCE.call_once(|| std::env::set_var(LOCAL_PASSWORD_VAR, ADMIN_PASSWORD));
         let server = match MailmanServer::shared() {
@@ -66,7 +66,7 @@ impl Lists {
     /// A new list in a new domain; its list id. Addresses are shared by every list of the
     /// server (a display name is kept from the first subscription), so tests make theirs
     /// in their list's domain with [`addr`].
-    fn new_list(&self) -> String {
+    pub(crate) fn new_list(&self) -> String {
         let domain = format!("{}.example.com", unique_name("e2e"));
         self.send(Request::post("/domains").json(json!({"mail_host": domain})));
         self.send(Request::post("/lists").json(json!({"fqdn_listname": format!("news@{domain}")})));
@@ -96,7 +96,7 @@ impl Lists {
     }
 
     /// (email, display name, delivery mode) of every member, by email.
-    fn members(&self, list_id: &str) -> Vec<(String, String, String)> {
+    pub(crate) fn members(&self, list_id: &str) -> Vec<(String, String, String)> {
         let answer = self.send(Request::get(format!("/lists/{list_id}/roster/member")));
         let mut members: Vec<(String, String, String)> = answer["entries"]
             .as_array()
@@ -113,7 +113,7 @@ impl Lists {
     }
 
     /// The connection, as a config file's `[connections.NAME]`.
-    fn connection(&self, name: &str, list_id: &str, extra: &str) -> String {
+    pub(crate) fn connection(&self, name: &str, list_id: &str, extra: &str) -> String {
         format!(
             r#"
 [connections.{name}]
@@ -131,7 +131,7 @@ list_id = "{list_id}"
 }
 
 /// `local@<the list's domain>`: an address no other test uses.
-fn addr(list_id: &str, local: &str) -> String {
+pub(crate) fn addr(list_id: &str, local: &str) -> String {
     format!("{local}@{}", list_id.trim_start_matches("news."))
 }
 

@@ -5,6 +5,7 @@ mod authors;
 mod cli;
 mod config_errors;
 mod crash;
+mod crm_to_lists;
 mod daemon;
 mod deletes;
 mod engine;
