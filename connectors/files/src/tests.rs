@@ -11,6 +11,9 @@ use lockstep_plugin_sdk::{
 };
 use serde_json::{json, Map, Value};
 
+use lockstep_plugin_sdk::source_rejects::{is_rejects_batch, rejects_from_batch};
+use lockstep_plugin_sdk::SourceReject;
+
 use crate::{FilesConfig, FilesConnector};
 
 type Row = Map<String, Value>;
@@ -34,13 +37,26 @@ fn write_old(path: &Path, bytes: &[u8]) {
     age(path, Duration::from_secs(60));
 }
 
-/// Reads a stream to the end: its rows and the last checkpoint (or the one given).
+/// Reads a stream to the end: its rows and the last checkpoint (or the one given); a
+/// source reject fails the test.
 fn read(
     conn: &mut FilesConnector,
     stream: &str,
     checkpoint: Option<Value>,
     batch_size: usize,
 ) -> Result<(Vec<Row>, Option<Value>), ConnectorError> {
+    let (rows, rejects, last) = read_with_rejects(conn, stream, checkpoint, batch_size)?;
+    assert!(rejects.is_empty(), "unexpected rejects: {rejects:?}");
+    Ok((rows, last))
+}
+
+/// Reads a stream to the end: its rows, its source rejects and the last checkpoint.
+fn read_with_rejects(
+    conn: &mut FilesConnector,
+    stream: &str,
+    checkpoint: Option<Value>,
+    batch_size: usize,
+) -> Result<(Vec<Row>, Vec<SourceReject>, Option<Value>), ConnectorError> {
     block_on(async {
         conn.catalog()?;
         let mut reader = conn.start_read(ReadRequest {
@@ -51,13 +67,18 @@ fn read(
             ..Default::default()
         })?;
         let mut rows = Vec::new();
+        let mut rejects = Vec::new();
         let mut last = checkpoint;
         while let Some((batch, cp)) = reader.next_batch().await? {
             assert!(batch.num_rows() <= batch_size);
-            rows.extend(rows_from_batch(&batch));
+            if is_rejects_batch(&batch) {
+                rejects.extend(rejects_from_batch(&batch).expect("a well-formed rejects batch"));
+            } else {
+                rows.extend(rows_from_batch(&batch));
+            }
             last = Some(cp);
         }
-        Ok((rows, last))
+        Ok((rows, rejects, last))
     })
 }
 
@@ -233,61 +254,136 @@ fn files_still_being_written_are_left_for_a_later_run() {
     assert_eq!(names(&rows), ["first half", "second half"]);
 }
 
+/// The (file, line, reason) of each reject.
+fn where_and_why(rejects: &[SourceReject]) -> Vec<(String, u64, String)> {
+    rejects
+        .iter()
+        .map(|r| {
+            (
+                r.location["file"].as_str().unwrap_or_default().to_owned(),
+                r.location["line"].as_u64().unwrap_or_default(),
+                r.reason.clone(),
+            )
+        })
+        .collect()
+}
+
 #[test]
-fn malformed_rows_fail_the_read_naming_every_line() {
+fn malformed_rows_are_rejects_with_file_and_line_and_the_rest_arrives() {
     let dir = tempfile::tempdir().unwrap();
     write_old(
         &dir.path().join("bad.csv"),
-        b"id,name,amount\n1,a,1\n2,b\n3,c,3\n4,d,4,extra\n",
+        b"id,name,amount\n1,a,1\n2,b\n3,c,3\n4,d,4,extra\n5,e,5\n",
     );
     write_old(
         &dir.path().join("bad.jsonl"),
-        b"{\"id\": 1}\n{\"id\": 2\n[3]\n",
+        b"{\"id\": 1}\n{\"id\": 2\n[3]\n{\"id\": 4}\n",
     );
     let mut conn = source(json!({ "streams": {
         "c": { "path": format!("{}/bad.csv", dir.path().display()) },
         "j": { "path": format!("{}/bad.jsonl", dir.path().display()) },
     }}));
-    let e = read(&mut conn, "c", None, 10).unwrap_err();
-    assert!(e.message.contains("bad.csv"), "{}", e.message);
-    assert!(e.message.contains("2 malformed records"), "{}", e.message);
+    for batch_size in [1, 2, 10] {
+        let (rows, rejects, _) = read_with_rejects(&mut conn, "c", None, batch_size).unwrap();
+        assert_eq!(names(&rows), ["a", "c", "e"], "batch size {batch_size}");
+        let found = where_and_why(&rejects);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found[0].0.ends_with("/bad.csv"), "{found:?}");
+        assert_eq!(found[0].1, 3);
+        assert!(
+            found[0]
+                .2
+                .contains("2 values where the header has 3 columns"),
+            "{found:?}"
+        );
+        assert_eq!(found[1].1, 5);
+        assert!(found[1].2.contains("4 values"), "{found:?}");
+        assert_eq!(rejects[0].raw, "2,b");
+        assert_eq!(rejects[1].raw, "4,d,4,extra");
+    }
+    let (rows, rejects, _) = read_with_rejects(&mut conn, "j", None, 10).unwrap();
+    assert_eq!(rows.len(), 2);
+    let found = where_and_why(&rejects);
+    assert_eq!(found[0].1, 2);
+    assert!(found[0].2.contains("invalid JSON"), "{found:?}");
+    assert_eq!(rejects[0].raw, "{\"id\": 2");
+    assert_eq!(found[1].1, 3);
     assert!(
-        e.message
-            .contains("line 3: 2 values where the header has 3 columns"),
-        "{}",
-        e.message
-    );
-    assert!(e.message.contains("line 5: 4 values"), "{}", e.message);
-    assert_eq!(e.details["malformed"][0]["line"], json!(3));
-    let e = read(&mut conn, "j", None, 10).unwrap_err();
-    assert!(e.message.contains("line 2: invalid JSON"), "{}", e.message);
-    assert!(
-        e.message
-            .contains("line 3: a JSON Lines record must be an object"),
-        "{}",
-        e.message
+        found[1].2.contains("a JSON Lines record must be an object"),
+        "{found:?}"
     );
 }
 
 #[test]
-fn a_value_that_does_not_parse_as_its_declared_type_names_file_line_and_field() {
+fn a_read_resumed_after_a_rejects_batch_repeats_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    write_old(&dir.path().join("t.csv"), b"id,amount\n1,2.5\n2,abc\n");
+    write_old(
+        &dir.path().join("r.csv"),
+        b"id,name\n1,a\n2,b,x\n3,c\n4\n5,e\n",
+    );
+    let mut conn = source(json!({ "streams": {
+        "r": { "path": format!("{}/r.csv", dir.path().display()) },
+    }}));
+    // Stop after every batch and resume from its checkpoint: each record arrives once.
+    let mut checkpoint = None;
+    let mut rows = Vec::new();
+    let mut rejects = Vec::new();
+    for _ in 0..20 {
+        let (batch_rows, batch_rejects, next) = block_on(async {
+            conn.catalog()?;
+            let mut reader = conn.start_read(ReadRequest {
+                stream: "r".into(),
+                mode: ReadMode::Incremental,
+                checkpoint: checkpoint.clone(),
+                batch_size: Some(2),
+                ..Default::default()
+            })?;
+            Ok::<_, ConnectorError>(match reader.next_batch().await? {
+                None => (Vec::new(), Vec::new(), None),
+                Some((batch, cp)) if is_rejects_batch(&batch) => {
+                    (Vec::new(), rejects_from_batch(&batch).unwrap(), Some(cp))
+                }
+                Some((batch, cp)) => (rows_from_batch(&batch), Vec::new(), Some(cp)),
+            })
+        })
+        .unwrap();
+        let Some(next) = next else { break };
+        rows.extend(batch_rows);
+        rejects.extend(batch_rejects);
+        checkpoint = Some(next);
+    }
+    assert_eq!(names(&rows), ["a", "c", "e"]);
+    let lines: Vec<u64> = where_and_why(&rejects).iter().map(|r| r.1).collect();
+    assert_eq!(lines, [3, 5]);
+}
+
+#[test]
+fn a_value_that_does_not_parse_as_its_declared_type_is_a_reject_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    write_old(
+        &dir.path().join("t.csv"),
+        b"id,amount\n1,2.5\n2,abc\n3,4\n4,x\n",
+    );
     let mut conn = source(json!({ "streams": { "t": {
         "path": format!("{}/t.csv", dir.path().display()),
         "fields": { "amount": "decimal(10,2)" },
     }}}));
-    let e = read(&mut conn, "t", None, 10).unwrap_err();
-    assert!(
-        e.message.contains("t.csv`, line 3: field `amount`"),
-        "{}",
-        e.message
-    );
-    assert!(
-        e.message.contains("`abc` is not a decimal number"),
-        "{}",
-        e.message
-    );
+    for batch_size in [1, 3, 10] {
+        let (rows, rejects, _) = read_with_rejects(&mut conn, "t", None, batch_size).unwrap();
+        let ids: Vec<&Value> = rows.iter().map(|r| &r["id"]).collect();
+        assert_eq!(ids.len(), 2, "batch size {batch_size}: {rows:?}");
+        let found = where_and_why(&rejects);
+        assert_eq!(
+            found.iter().map(|r| r.1).collect::<Vec<_>>(),
+            [3, 5],
+            "batch size {batch_size}"
+        );
+        assert_eq!(rejects[0].field.as_deref(), Some("amount"));
+        assert!(
+            found[0].2.contains("`abc` is not a decimal number"),
+            "{found:?}"
+        );
+    }
 }
 
 #[test]
@@ -533,11 +629,11 @@ fn a_file_appearing_while_a_run_reads_is_left_for_the_next_run() {
 }
 
 #[test]
-fn a_field_the_stream_does_not_have_is_an_error_naming_file_and_line() {
+fn a_field_the_stream_does_not_have_is_a_reject_or_for_a_csv_header_an_error() {
     let dir = tempfile::tempdir().unwrap();
     write_old(
         &dir.path().join("u.jsonl"),
-        b"{\"id\": 1}\n{\"id\": 2, \"extra\": true}\n",
+        b"{\"id\": 1}\n{\"id\": 2, \"extra\": true}\n{\"id\": 3}\n",
     );
     write_old(&dir.path().join("u-1.csv"), b"id\n1\n");
     write_old(&dir.path().join("u-2.csv"), b"id,extra\n2,x\n");
@@ -545,17 +641,22 @@ fn a_field_the_stream_does_not_have_is_an_error_naming_file_and_line() {
         "j": { "path": format!("{}/u.jsonl", dir.path().display()), "infer_rows": 1 },
         "c": { "path": format!("{}/u-*.csv", dir.path().display()) },
     }}));
-    let e = read(&mut conn, "j", None, 10).unwrap_err();
+    let (rows, rejects, _) = read_with_rejects(&mut conn, "j", None, 10).unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let found = where_and_why(&rejects);
+    assert_eq!(found.len(), 1, "{found:?}");
     assert!(
-        e.message.contains("u.jsonl`, line 2: field `extra`"),
-        "{}",
-        e.message
+        found[0].0.ends_with("u.jsonl") && found[0].1 == 2,
+        "{found:?}"
     );
+    assert!(found[0].2.contains("field `extra`"), "{found:?}");
     assert!(
-        e.message.contains("declare it in `streams.j.fields`"),
-        "{}",
-        e.message
+        found[0].2.contains("declare it in `streams.j.fields`"),
+        "{found:?}"
     );
+    assert_eq!(rejects[0].field.as_deref(), Some("extra"));
+    // A CSV header names the columns of every row: a column the stream does not know stops
+    // the read, naming the file.
     let e = read(&mut conn, "c", None, 10).unwrap_err();
     assert!(e.message.contains("field `extra`"), "{}", e.message);
 }

@@ -38,6 +38,7 @@ pub use error::{ConnectorError, Result};
 pub use evolution::{plan_evolution, EvolutionPlan};
 pub use lockstep_plugin_api::ErrorKind;
 pub use lockstep_plugin_core::rows;
+pub use lockstep_plugin_core::source_rejects::{self, rejects_batch, SourceReject};
 pub use lockstep_protocol as protocol;
 pub use lockstep_protocol::{
     Catalog, CursorCheckpoint, DataType, FieldInfo, OpenStreamRequest, ReadMode, ReadRequest,
