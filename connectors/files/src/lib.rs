@@ -5,7 +5,9 @@
 //!   from the first file (CSV header, JSON keys), typed by inference from a sample, with
 //!   declared types winning. Files are read oldest first; the checkpoint records each file
 //!   read (name, size, modification time, content hash), so a later read takes only new or
-//!   rewritten files, never a renamed one, and never a file still being written.
+//!   rewritten files, never a renamed one, and never a file still being written. With
+//!   `after_read`, the files a committed checkpoint lists are moved or deleted when the next
+//!   read opens (never before the commit).
 //! - As a destination, batches become files named from a template, written under a
 //!   temporary name and renamed into place on flush.
 //!
@@ -17,6 +19,7 @@
 //! - A destination file is visible under its final name only once complete and synced.
 //! - The destination only adds records; it declares neither `upsert` nor `delete`.
 
+mod after_read;
 mod config;
 mod parse;
 mod read;

@@ -660,3 +660,53 @@ fn a_field_the_stream_does_not_have_is_a_reject_or_for_a_csv_header_an_error() {
     let e = read(&mut conn, "c", None, 10).unwrap_err();
     assert!(e.message.contains("field `extra`"), "{}", e.message);
 }
+
+#[test]
+fn after_read_acts_only_on_files_of_the_committed_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name);
+    fs::create_dir_all(p("in")).unwrap();
+    write_old(&p("in/a-1.csv"), b"id,name\n1,a\n");
+    write_old(&p("in/b-1.csv"), b"id,name\n1,b\n");
+    let mut conn = source(json!({ "streams": {
+        "a": {
+            "path": format!("{}/in/a-*.csv", dir.path().display()),
+            "settle": "0s",
+            "after_read": { "move_to": format!("{}/done", dir.path().display()) },
+        },
+        "b": {
+            "path": format!("{}/in/b-*.csv", dir.path().display()),
+            "settle": "0s",
+            "after_read": "delete",
+        },
+    }}));
+    for (stream, file) in [("a", "in/a-1.csv"), ("b", "in/b-1.csv")] {
+        // A read whose checkpoint was never committed (the next read opens without it)
+        // leaves the file, which is read again.
+        let (rows, _) = read(&mut conn, stream, None, 10).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert!(p(file).exists());
+        let (rows, committed) = read(&mut conn, stream, None, 10).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert!(p(file).exists());
+        // The read that opens with the committed checkpoint acts on the file first.
+        let (rows, _) = read(&mut conn, stream, committed, 10).unwrap();
+        assert!(rows.is_empty(), "{rows:?}");
+        assert!(!p(file).exists(), "{file} is moved or deleted");
+    }
+    assert_eq!(fs::read(p("done/a-1.csv")).unwrap(), b"id,name\n1,a\n");
+
+    // A file rewritten since its read is left alone.
+    write_old(&p("in/b-2.csv"), b"id,name\n2,b\n");
+    let (_, committed) = read(&mut conn, "b", None, 10).unwrap();
+    write_old(&p("in/b-2.csv"), b"id,name\n2,changed\n");
+    let (rows, _) = read(&mut conn, "b", committed, 10).unwrap();
+    assert_eq!(names(&rows), ["changed"]);
+    assert!(p("in/b-2.csv").exists());
+
+    let bad = FilesConnector::open_source(config(json!({ "streams": { "c": {
+        "path": "x/*.csv", "after_read": "archive",
+    }}})));
+    let e = bad.and_then(|c| c.check_source().map(|()| c)).unwrap_err();
+    assert!(e.message.contains("streams.c.after_read"), "{}", e.message);
+}

@@ -30,7 +30,7 @@ use lockstep_plugin_sdk::{
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::config::{CsvOptions, Encoding, FilesConfig, Format, StreamSpec};
+use crate::config::{AfterRead, CsvOptions, Encoding, FilesConfig, Format, StreamSpec};
 
 /// The format of `{run}` in file names: the UTC time the writer opened, to the millisecond.
 const RUN_FORMAT: &str = "%Y%m%dT%H%M%S%3fZ";
@@ -65,6 +65,7 @@ impl StreamDescription {
         csv.null = self.null.clone();
         let prefix = glob::Pattern::escape(&dir.to_string_lossy());
         Ok(StreamSpec {
+            after_read: AfterRead::Keep,
             name: self.stream.clone(),
             pattern: format!("{prefix}/{}", self.pattern),
             format,
