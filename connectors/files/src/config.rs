@@ -58,6 +58,11 @@ pub struct FilesConfig {
     #[serde(default)]
     #[schemars(range(min = 1))]
     pub max_file_bytes: Option<u64>,
+    /// Destination: replace the stream's whole file set at the end of each run, atomically
+    /// (`<dir>/<stream>` is a link to the newest complete generation). Needs a sync with
+    /// `mode = "full"` and `ledger = false`, so that each run writes every record.
+    #[serde(default)]
+    pub snapshot: Option<bool>,
     /// Destination: CSV field delimiter (one ASCII character, default `,`).
     #[serde(default)]
     pub delimiter: Option<String>,

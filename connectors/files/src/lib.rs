@@ -9,7 +9,8 @@
 //!   `after_read`, the files a committed checkpoint lists are moved or deleted when the next
 //!   read opens (never before the commit).
 //! - As a destination, batches become files named from a template, written under a
-//!   temporary name and renamed into place on flush.
+//!   temporary name and renamed into place on flush; in snapshot mode, each run's files
+//!   replace the previous run's set atomically (a link swapped when the run ends).
 //!
 //! Invariants:
 //! - Files are streamed: memory is bounded by one batch, whatever the file's size.
@@ -207,9 +208,16 @@ impl Connector for FilesConnector {
                           files as a destination (records are only added)."
                 .into(),
             // No `upsert` and no `delete`: a files destination only adds records.
-            features: ["incremental", "create-stream", "add-columns", "append-only"]
-                .map(String::from)
-                .to_vec(),
+            // `run-end`: snapshot mode publishes a run's files when the engine says it ended.
+            features: [
+                "incremental",
+                "create-stream",
+                "add-columns",
+                "append-only",
+                lockstep_plugin_sdk::FEATURE_RUN_END,
+            ]
+            .map(String::from)
+            .to_vec(),
         }
     }
 }

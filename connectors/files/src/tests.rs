@@ -710,3 +710,95 @@ fn after_read_acts_only_on_files_of_the_committed_checkpoint() {
     let e = bad.and_then(|c| c.check_source().map(|()| c)).unwrap_err();
     assert!(e.message.contains("streams.c.after_read"), "{}", e.message);
 }
+
+#[test]
+fn snapshot_mode_replaces_the_file_set_only_when_a_run_ends_having_written_every_record() {
+    use lockstep_plugin_sdk::run_end::run_end_batch;
+    let dir = tempfile::tempdir().unwrap();
+    let conf = json!({ "dir": dir.path().display().to_string(), "snapshot": true });
+    let link = dir.path().join("contacts");
+    let mut dest = FilesConnector::open_destination(config(conf.clone())).unwrap();
+    let ids = |conf: &Value| {
+        let mut back = source(conf.clone());
+        let (rows, _) = read(&mut back, "contacts", None, 10).unwrap();
+        let mut ids: Vec<i64> = rows.iter().map(|r| r["id"].as_i64().unwrap()).collect();
+        ids.sort();
+        ids
+    };
+    let generations = || {
+        fs::read_dir(dir.path().join(".lockstep/snapshots/contacts"))
+            .unwrap()
+            .count()
+    };
+    {
+        // First run: flushed batches stay out of sight until the run ends.
+        let mut writer = dest.start_write(open_request()).unwrap();
+        block_on(writer.upsert(test_batch())).unwrap();
+        block_on(writer.flush()).unwrap();
+        assert!(
+            fs::symlink_metadata(&link).is_err(),
+            "no snapshot before the run ends"
+        );
+        block_on(writer.upsert(run_end_batch(true).unwrap())).unwrap();
+        block_on(writer.flush()).unwrap();
+        drop(writer);
+        assert!(fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(ids(&conf), [1, 2, 3, 4]);
+
+        // Second run: while it writes, readers still see the first set, whole.
+        let mut writer = dest.start_write(open_request()).unwrap();
+        let first_two = test_batch().slice(0, 2);
+        block_on(writer.upsert(first_two)).unwrap();
+        block_on(writer.flush()).unwrap();
+        assert_eq!(ids(&conf), [1, 2, 3, 4], "the old set, not a mix");
+        block_on(writer.upsert(run_end_batch(true).unwrap())).unwrap();
+        block_on(writer.flush()).unwrap();
+        drop(writer);
+        assert_eq!(ids(&conf), [1, 2], "the new set replaced the old one");
+        assert_eq!(
+            generations(),
+            2,
+            "the previous generation is kept until the next swap"
+        );
+
+        // A run that did not write every record is refused at its end; the snapshot stays.
+        let mut writer = dest.start_write(open_request()).unwrap();
+        block_on(writer.upsert(test_batch().slice(3, 1))).unwrap();
+        block_on(writer.flush()).unwrap();
+        block_on(writer.upsert(run_end_batch(false).unwrap())).unwrap();
+        let e = block_on(writer.flush()).unwrap_err();
+        assert!(e.message.contains("ledger = false"), "{}", e.message);
+        drop(writer);
+        assert_eq!(ids(&conf), [1, 2]);
+        assert_eq!(generations(), 2, "an unpublished generation is removed");
+
+        // A run that stops before its end (no run-end) leaves the snapshot too.
+        let mut writer = dest.start_write(open_request()).unwrap();
+        block_on(writer.upsert(test_batch())).unwrap();
+        block_on(writer.flush()).unwrap();
+        drop(writer);
+        assert_eq!(ids(&conf), [1, 2]);
+
+        // The third published run removes the first generation.
+        let mut writer = dest.start_write(open_request()).unwrap();
+        block_on(writer.upsert(test_batch().slice(2, 2))).unwrap();
+        block_on(writer.upsert(run_end_batch(true).unwrap())).unwrap();
+        block_on(writer.flush()).unwrap();
+        drop(writer);
+        assert_eq!(ids(&conf), [3, 4]);
+        assert_eq!(generations(), 2);
+    }
+
+    // A real directory where the link goes is refused, naming it.
+    let other = tempfile::tempdir().unwrap();
+    fs::create_dir(other.path().join("contacts")).unwrap();
+    let mut dest = FilesConnector::open_destination(config(
+        json!({ "dir": other.path().display().to_string(), "snapshot": true }),
+    ))
+    .unwrap();
+    let e = dest.start_write(open_request()).map(|_| ()).unwrap_err();
+    assert!(e.message.contains("snapshot mode"), "{}", e.message);
+}

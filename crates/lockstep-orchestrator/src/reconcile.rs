@@ -103,7 +103,10 @@ pub(crate) async fn run<S: Sink>(
         // it, so no delete by absence can be trusted.
         if is_rejects_batch(&batch) {
             return Err(EngineError::Schema(format!(
-                "sync `{}`: reconciliation stopped before finding any delete: the source could                  not read {} of its records (see `lockstep rejects list {}`), and a record                  whose key is unknown would be taken for a deleted one. Fix the source records                  (for files: the lines named) and run again",
+                "sync `{}`: reconciliation stopped before finding any delete: the source could \
+                 not read {} of its records (see `lockstep rejects list {}`), and a record \
+                 whose key is unknown would be taken for a deleted one. Fix the source records \
+                 (for files: the lines named) and run again",
                 spec.name,
                 batch.num_rows(),
                 spec.name

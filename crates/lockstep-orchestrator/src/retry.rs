@@ -115,11 +115,26 @@ impl Engine<'_> {
         for record in &unreadable {
             outcome.failed.push((
                 record.id,
-                "not retryable: the source could not read this record, so there is no key to                  read it again by; fix it in the source (for a files source: correct the                  line in place, and the next `lockstep run` reads the rewritten file again                  from its start). It stays pending"
+                "not retryable: the source could not read this record, so there is no key to \
+                 read it again by; fix it in the source (for a files source: correct the \
+                 line in place, and the next `lockstep run` reads the rewritten file again \
+                 from its start). It stays pending"
                     .into(),
             ));
         }
+        if records.is_empty() && unreadable.is_empty() {
+            return Ok(outcome);
+        }
         if records.is_empty() {
+            // Only source rejects: the retry's run records that nothing could be retried.
+            let run_id = self.state.start_run(sync, None).await?;
+            outcome.run_id = run_id;
+            let mut end = RunEnd::new(RunStatus::Succeeded, RunMetrics::default());
+            end.exit_detail = Some(format!(
+                "retry of {} rejected records the source could not read: not retryable",
+                unreadable.len()
+            ));
+            self.state.finish_run(run_id, &end).await?;
             return Ok(outcome);
         }
         let plugin = self.registry.get(&job.source.connector)?;
