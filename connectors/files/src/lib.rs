@@ -15,8 +15,10 @@
 //! Invariants:
 //! - Files are streamed: memory is bounded by one batch, whatever the file's size.
 //! - Nothing is skipped silently: a malformed record, a value that does not parse as its
-//!   type, bytes that do not decode, a column the stream does not know are errors naming the
-//!   file, the line and what to change.
+//!   type, a JSON key the stream does not know are source rejects naming the file, the line
+//!   and the reason (the rest of the file still arrives); bytes that do not decode and a CSV
+//!   header column the stream does not know are errors naming the file and what to change.
+//! - `after_read` touches only files the engine's committed checkpoint lists as read whole.
 //! - A destination file is visible under its final name only once complete and synced.
 //! - The destination only adds records; it declares neither `upsert` nor `delete`.
 

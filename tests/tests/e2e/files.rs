@@ -530,3 +530,112 @@ fn after_read_moves_files_only_once_their_run_committed_and_a_crash_before_the_c
         [vec![Some("2".into())]]
     );
 }
+
+/// The CSV files of `dir` (not hidden), with their data rows (header left out), sorted.
+fn snapshot_rows(dir: &Path) -> Vec<String> {
+    let mut rows = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        let text = std::fs::read_to_string(entry.path()).unwrap();
+        rows.extend(text.lines().skip(1).map(str::to_owned));
+    }
+    rows.sort();
+    rows
+}
+
+#[test]
+fn a_full_sync_into_a_snapshot_replaces_the_file_set_and_mirror_is_still_refused() {
+    let Some(db) = postgres_database("files_snapshot") else {
+        return;
+    };
+    pg_exec(
+        &db.url,
+        &[
+            "CREATE TABLE prices (sku text PRIMARY KEY, price numeric(10,2) NOT NULL)",
+            "INSERT INTO prices VALUES ('a', 1.00), ('b', 2.00), ('c', 3.00)",
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let write_config = |mode: &str, ledger: bool| {
+        std::fs::write(
+            d.join("lockstep.toml"),
+            format!(
+                r#"
+[state]
+url = "sqlite://state.db"
+
+[connections.pg]
+connector = "postgres"
+config = {{ url = "{url}" }}
+
+[connections.outbox]
+connector = "files"
+config = {{ dir = "outbox", snapshot = true }}
+
+[syncs.prices]
+source = "pg.prices"
+destination = "outbox.prices"
+mode = "{mode}"
+ledger = {ledger}
+{cursor}
+"#,
+                cursor = if mode == "mirror" {
+                    "cursor = \"sku\""
+                } else {
+                    ""
+                },
+                url = db.url
+            ),
+        )
+        .unwrap();
+    };
+
+    // Validation refuses mirror into files, snapshot or not, and accepts full.
+    write_config("mirror", false);
+    let (out, stdout, stderr) = run(lockstep(d).args(["validate", "--offline"]));
+    assert!(!out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        format!("{stdout}{stderr}").contains("does not declare the `delete` feature"),
+        "{stdout}\n{stderr}"
+    );
+    write_config("full", false);
+    let (out, stdout, stderr) = run(lockstep(d).args(["validate", "--offline"]));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+
+    let (ok, report, stderr) = run_json(d, "prices");
+    assert!(ok, "{report}\n{stderr}");
+    let link = d.join("outbox/prices");
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(snapshot_rows(&link), ["a,1.00", "b,2.00", "c,3.00"]);
+    let first = std::fs::read_link(&link).unwrap();
+
+    // A record deleted and one changed at the source: the next snapshot is the new set,
+    // whole, under a new generation.
+    pg_exec(
+        &db.url,
+        &[
+            "DELETE FROM prices WHERE sku = 'b'",
+            "UPDATE prices SET price = 9.50 WHERE sku = 'c'",
+        ],
+    );
+    let (ok, report, stderr) = run_json(d, "prices");
+    assert!(ok, "{report}\n{stderr}");
+    assert_eq!(snapshot_rows(&link), ["a,1.00", "c,9.50"]);
+    assert_ne!(std::fs::read_link(&link).unwrap(), first);
+
+    // With a ledger a run skips unchanged records: the run fails at its end, naming the fix,
+    // and the previous snapshot stays.
+    write_config("full", true);
+    let (ok, report, stderr) = run_json(d, "prices");
+    assert!(!ok, "{report}\n{stderr}");
+    let message = report["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("ledger = false"), "{message}");
+    assert_eq!(snapshot_rows(&link), ["a,1.00", "c,9.50"]);
+}
