@@ -50,13 +50,16 @@ fn read(
     Ok((rows, last))
 }
 
+/// A whole read: its rows, its source rejects and its last checkpoint.
+type ReadAll = (Vec<Row>, Vec<SourceReject>, Option<Value>);
+
 /// Reads a stream to the end: its rows, its source rejects and the last checkpoint.
 fn read_with_rejects(
     conn: &mut FilesConnector,
     stream: &str,
     checkpoint: Option<Value>,
     batch_size: usize,
-) -> Result<(Vec<Row>, Vec<SourceReject>, Option<Value>), ConnectorError> {
+) -> Result<ReadAll, ConnectorError> {
     block_on(async {
         conn.catalog()?;
         let mut reader = conn.start_read(ReadRequest {
