@@ -58,6 +58,11 @@ pub struct FilesConfig {
     #[serde(default)]
     #[schemars(range(min = 1))]
     pub max_file_bytes: Option<u64>,
+    /// Destination: replace the stream's whole file set at the end of each run, atomically
+    /// (`<dir>/<stream>` is a link to the newest complete generation). Needs a sync with
+    /// `mode = "full"` and `ledger = false`, so that each run writes every record.
+    #[serde(default)]
+    pub snapshot: Option<bool>,
     /// Destination: CSV field delimiter (one ASCII character, default `,`).
     #[serde(default)]
     pub delimiter: Option<String>,
@@ -134,6 +139,33 @@ pub struct StreamConfig {
     /// cursor candidate).
     #[serde(default)]
     pub modified_field: Option<String>,
+    /// What happens to a file once a run that read it whole has committed: `"keep"`
+    /// (default), `"delete"`, or `{ move_to = "dir" }` (relative to the config file's
+    /// directory, on the same file system).
+    #[serde(default)]
+    pub after_read: Option<AfterReadConfig>,
+}
+
+/// `after_read` as the config spells it.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum AfterReadConfig {
+    /// `"keep"` or `"delete"`.
+    Action(String),
+    /// `{ move_to = "dir" }`.
+    Move {
+        /// The directory files are moved into.
+        move_to: String,
+    },
+}
+
+/// What happens to a file once the run that read it has committed.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum AfterRead {
+    #[default]
+    Keep,
+    Delete,
+    MoveTo(std::path::PathBuf),
 }
 
 /// A file format.
@@ -242,6 +274,7 @@ pub struct StreamSpec {
     pub file_field: Option<String>,
     pub line_field: Option<String>,
     pub modified_field: Option<String>,
+    pub after_read: AfterRead,
 }
 
 impl FilesConfig {
@@ -420,7 +453,23 @@ impl StreamConfig {
                 )));
             }
         }
+        let after_read = match &self.after_read {
+            None => AfterRead::Keep,
+            Some(AfterReadConfig::Action(a)) if a == "keep" => AfterRead::Keep,
+            Some(AfterReadConfig::Action(a)) if a == "delete" => AfterRead::Delete,
+            Some(AfterReadConfig::Move { move_to }) if !move_to.trim().is_empty() => {
+                AfterRead::MoveTo(move_to.into())
+            }
+            Some(other) => {
+                return Err(ConnectorError::config(format!(
+                    "`{}` must be \"keep\", \"delete\" or {{ move_to = \"dir\" }} (a \
+                     directory, relative to the config file's directory); found {other:?}",
+                    key("after_read")
+                )))
+            }
+        };
         Ok(StreamSpec {
+            after_read,
             name: name.to_owned(),
             pattern: self.path.clone(),
             format,

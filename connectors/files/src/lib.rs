@@ -5,18 +5,24 @@
 //!   from the first file (CSV header, JSON keys), typed by inference from a sample, with
 //!   declared types winning. Files are read oldest first; the checkpoint records each file
 //!   read (name, size, modification time, content hash), so a later read takes only new or
-//!   rewritten files, never a renamed one, and never a file still being written.
+//!   rewritten files, never a renamed one, and never a file still being written. With
+//!   `after_read`, the files a committed checkpoint lists are moved or deleted when the next
+//!   read opens (never before the commit).
 //! - As a destination, batches become files named from a template, written under a
-//!   temporary name and renamed into place on flush.
+//!   temporary name and renamed into place on flush; in snapshot mode, each run's files
+//!   replace the previous run's set atomically (a link swapped when the run ends).
 //!
 //! Invariants:
 //! - Files are streamed: memory is bounded by one batch, whatever the file's size.
 //! - Nothing is skipped silently: a malformed record, a value that does not parse as its
-//!   type, bytes that do not decode, a column the stream does not know are errors naming the
-//!   file, the line and what to change.
+//!   type, a JSON key the stream does not know are source rejects naming the file, the line
+//!   and the reason (the rest of the file still arrives); bytes that do not decode and a CSV
+//!   header column the stream does not know are errors naming the file and what to change.
+//! - `after_read` touches only files the engine's committed checkpoint lists as read whole.
 //! - A destination file is visible under its final name only once complete and synced.
 //! - The destination only adds records; it declares neither `upsert` nor `delete`.
 
+mod after_read;
 mod config;
 mod parse;
 mod read;
@@ -204,9 +210,16 @@ impl Connector for FilesConnector {
                           files as a destination (records are only added)."
                 .into(),
             // No `upsert` and no `delete`: a files destination only adds records.
-            features: ["incremental", "create-stream", "add-columns", "append-only"]
-                .map(String::from)
-                .to_vec(),
+            // `run-end`: snapshot mode publishes a run's files when the engine says it ended.
+            features: [
+                "incremental",
+                "create-stream",
+                "add-columns",
+                "append-only",
+                lockstep_plugin_sdk::FEATURE_RUN_END,
+            ]
+            .map(String::from)
+            .to_vec(),
         }
     }
 }

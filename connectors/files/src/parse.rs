@@ -34,6 +34,8 @@ pub(crate) struct Record {
 pub(crate) struct Malformed {
     pub line: u64,
     pub reason: String,
+    /// The record's text: a JSON line as it is, a CSV row's values joined by the delimiter.
+    pub raw: String,
 }
 
 /// What reading the next record gave.
@@ -158,6 +160,7 @@ pub(crate) struct CsvRecords {
     record: csv::ByteRecord,
     columns: Vec<String>,
     null: String,
+    delimiter: u8,
     encoding: Encoding,
     shown: String,
     stream: String,
@@ -179,6 +182,7 @@ impl CsvRecords {
             record: csv::ByteRecord::new(),
             columns: Vec::new(),
             null: options.null.clone(),
+            delimiter: options.delimiter,
             encoding: spec.encoding,
             shown: shown.to_owned(),
             stream: spec.name.clone(),
@@ -261,8 +265,17 @@ impl CsvRecords {
             } else {
                 "a value with the delimiter in it that is not quoted?"
             };
+            let mut raw = Vec::new();
+            for (i, value) in self.record.iter().enumerate() {
+                if i > 0 {
+                    raw.push(self.delimiter);
+                }
+                raw.extend_from_slice(value);
+            }
+            let raw = decode(&raw, self.encoding, &self.shown, &self.stream, line)?;
             return Ok(Some(Err(Malformed {
                 line,
+                raw,
                 reason: format!(
                     "{} values where the header has {} columns ({quote_hint})",
                     self.record.len(),
@@ -322,6 +335,7 @@ impl JsonRecords {
                 Ok(Value::Object(values)) => Ok(Record { line, values }),
                 Ok(other) => Err(Malformed {
                     line,
+                    raw: text.to_owned(),
                     reason: format!(
                         "a JSON Lines record must be an object, found {}",
                         match other {
@@ -335,6 +349,7 @@ impl JsonRecords {
                 }),
                 Err(e) => Err(Malformed {
                     line,
+                    raw: text.to_owned(),
                     reason: format!("invalid JSON: {e}"),
                 }),
             }));

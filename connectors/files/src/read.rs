@@ -2,14 +2,17 @@
 //! with a checkpoint (the files read whole, and the file the batch ended in with the count of
 //! its records delivered), so a read resumes exactly after the last batch delivered.
 //!
-//! Malformed records: the source protocol has no way to report a rejected record (a reader
-//! returns batches and checkpoints only), so a malformed record (wrong number of values, bad
-//! JSON, a value that does not parse as its field's type) fails the read with an error that
-//! names the file, the line and the reason of every malformed record of that file (up to
-//! [`MAX_REPORTED`]). The records before it have been delivered; nothing after it is skipped
-//! silently, and once the file is fixed it is read again from its start.
+//! Malformed records: a record that cannot be read (wrong number of values, bad JSON, a
+//! value that does not parse as its field's type, a JSON key the stream does not know) is a
+//! *source reject* (`lockstep_plugin_sdk::source_rejects`) naming the file, the line and the
+//! reason, with the record's text; the records after it still arrive. Rejects travel in
+//! batches of their own, in file order with the records: a batch holds either records or
+//! rejects, so each batch's checkpoint covers exactly what was delivered before it.
+//! What stops the read: bytes that do not decode (the `encoding` option), a CSV header with
+//! a column the stream does not know, a file changing while it is read.
 //!
-//! Invariant: memory is bounded by one batch of records.
+//! Invariants: memory is bounded by one batch of records; a batch never spans two files, so
+//! records taken back (a row that fails to convert) always belong to the file being read.
 
 use std::collections::VecDeque;
 
@@ -17,24 +20,46 @@ use chrono::{DateTime, Utc};
 use lockstep_plugin_sdk::arrow::array::RecordBatch;
 use lockstep_plugin_sdk::rows::batch_from_rows;
 use lockstep_plugin_sdk::{
-    tracing, BatchReader, ConnectorError, FieldInfo, ReadRequest, Result, StreamInfo,
+    rejects_batch, tracing, BatchReader, ConnectorError, FieldInfo, ReadRequest, Result,
+    SourceReject, StreamInfo,
 };
 use serde_json::{Map, Value};
 
 use crate::config::StreamSpec;
-use crate::parse::{FileRecords, Malformed};
+use crate::parse::FileRecords;
 use crate::scan::{self, Checkpoint, Current, FileEntry, ToRead};
 use crate::schema::names;
-
-/// How many malformed records of a file one error lists.
-pub(crate) const MAX_REPORTED: usize = 20;
 
 /// The file being read.
 struct OpenFile {
     to_read: ToRead,
     records: FileRecords,
+    /// The records (good or rejected) of this file handed on in batches, counting those of
+    /// earlier reads that were skipped.
     delivered: u64,
     modified: String,
+    /// The file's last record has been read.
+    at_end: bool,
+    /// Records read from the file but taken back from a batch, to be handed on next.
+    taken_back: VecDeque<Item>,
+}
+
+/// One record of a file, read and ready for a batch, or rejected.
+enum Item {
+    Row {
+        values: Map<String, Value>,
+        line: u64,
+    },
+    Reject(SourceReject),
+}
+
+/// What the next step of a read gave.
+enum Step {
+    Item(Item),
+    /// The current file has no more records.
+    EndOfFile,
+    /// No file is left.
+    Done,
 }
 
 /// The batches of one read of one stream.
@@ -96,6 +121,9 @@ pub(crate) fn open_reader(
             ))
         })?,
     };
+    // The checkpoint given is the one the engine committed: the files it lists as read whole
+    // are durable in the destination, and `after_read` may move or delete them now.
+    crate::after_read::apply(&spec, &checkpoint.files)?;
     let plan = scan::plan(&spec, &checkpoint, scan::now_us())?;
     tracing::info!(
         stream = %spec.name,
@@ -157,6 +185,8 @@ impl FilesReader {
                 to_read,
                 records,
                 modified,
+                at_end: false,
+                taken_back: VecDeque::new(),
             }));
         }
         Ok(None)
@@ -184,49 +214,6 @@ impl FilesReader {
         ))
     }
 
-    /// The error for a file with malformed records: this one and the next ones of the file.
-    fn malformed(&mut self, first: Malformed) -> ConnectorError {
-        let Some(open) = self.current.as_mut() else {
-            return ConnectorError::internal("a malformed record without an open file");
-        };
-        let shown = open.to_read.found.name.clone();
-        let mut problems = vec![first];
-        let mut more = 0usize;
-        while let Ok(Some(next)) = open.records.next_record() {
-            if let Err(m) = next {
-                if problems.len() < MAX_REPORTED {
-                    problems.push(m);
-                } else {
-                    more += 1;
-                }
-            }
-        }
-        let lines: Vec<String> = problems
-            .iter()
-            .map(|m| format!("line {}: {}", m.line, m.reason))
-            .collect();
-        let details = serde_json::json!({
-            "file": shown,
-            "malformed": problems.iter().map(|m| serde_json::json!({"line": m.line, "reason": m.reason})).collect::<Vec<_>>(),
-        });
-        let and_more = if more > 0 {
-            format!("; and {more} more")
-        } else {
-            String::new()
-        };
-        ConnectorError::schema(format!(
-            "file `{shown}` has {} malformed record{}: {}{and_more}. The records before line {} \
-             were delivered; the files connector cannot pass a single record on as a reject \
-             (the source protocol has no channel for it), so the read stops here: fix the file \
-             and the next run reads it again from its start",
-            problems.len() + more,
-            if problems.len() + more == 1 { "" } else { "s" },
-            lines.join("; "),
-            problems[0].line
-        ))
-        .with_details(details)
-    }
-
     fn checkpoint(&self) -> Value {
         let checkpoint = Checkpoint {
             files: self.done.clone(),
@@ -238,97 +225,240 @@ impl FilesReader {
         serde_json::to_value(checkpoint).unwrap_or(Value::Null)
     }
 
-    async fn next(&mut self) -> Result<Option<(RecordBatch, Value)>> {
-        let mut rows: Vec<Map<String, Value>> = Vec::new();
-        // The file and line of each row, for messages.
-        let mut origins: Vec<(String, u64)> = Vec::new();
-        while rows.len() < self.batch_size {
-            if self.current.is_none() {
-                self.current = self.open_next()?;
-                if self.current.is_none() {
-                    break;
-                }
+    /// A reject at `line` of the current file.
+    fn reject(&self, line: u64, raw: String, field: Option<String>, reason: String) -> Item {
+        let file = self
+            .current
+            .as_ref()
+            .map(|open| open.to_read.found.name.clone())
+            .unwrap_or_default();
+        Item::Reject(SourceReject {
+            reason,
+            raw,
+            location: Map::from_iter([
+                ("file".to_owned(), Value::String(file)),
+                ("line".to_owned(), Value::from(line)),
+            ]),
+            field,
+        })
+    }
+
+    /// The next record of the current file (opening the next file when there is none).
+    fn step(&mut self) -> Result<Step> {
+        if self.current.is_none() {
+            self.current = self.open_next()?;
+        }
+        let Some(open) = self.current.as_mut() else {
+            return Ok(Step::Done);
+        };
+        if let Some(item) = open.taken_back.pop_front() {
+            open.delivered += 1;
+            return Ok(Step::Item(item));
+        }
+        if open.at_end {
+            return Ok(Step::EndOfFile);
+        }
+        let record = match open.records.next_record()? {
+            None => {
+                open.at_end = true;
+                return Ok(Step::EndOfFile);
             }
-            let Some(open) = self.current.as_mut() else {
-                break;
-            };
-            let next = open.records.next_record()?;
-            let record = match next {
-                None => {
-                    let found = &open.to_read.found;
-                    if scan::restat(found) != Some((found.size, found.mtime_us)) {
-                        return Err(ConnectorError::transient(format!(
-                            "file `{}` changed while it was read (something still writes it: \
-                             write it under a temporary name and rename it when complete, or \
-                             raise `streams.{}.settle`); the run can be retried",
-                            found.name, self.spec.name
-                        )));
-                    }
-                    let finished = self.current.take().map(|o| o.to_read.entry);
-                    self.done.extend(finished);
-                    continue;
-                }
-                Some(Err(malformed)) => return Err(self.malformed(malformed)),
-                Some(Ok(record)) => record,
-            };
-            let shown = open.to_read.found.name.clone();
-            // A CSV file's columns were checked against the stream once, at its header.
-            let checked = open.records.columns().is_some();
-            let mut values = record.values;
-            if !checked {
-                if let Some(unknown) = values.keys().find(|k| self.stream.field(k).is_none()) {
-                    return Err(self.unknown_field(&shown, record.line, unknown));
-                }
-            } else {
-                // A CSV value of a json field is JSON text: parse it, so that it is not taken
-                // for a JSON string.
-                for name in &self.json_fields {
-                    if let Some(value) = values.get_mut(name) {
-                        if let Value::String(text) = value {
-                            *value = serde_json::from_str(text).map_err(|e| {
-                                ConnectorError::schema(format!(
-                                    "file `{shown}`, line {}: field `{name}` is declared json, \
-                                     but its value is not JSON ({e}); fix the value or declare \
-                                     the field as text in `streams.{}.fields`",
-                                    record.line, self.spec.name
-                                ))
-                            })?;
+            Some(Err(malformed)) => {
+                open.delivered += 1;
+                return Ok(Step::Item(self.reject(
+                    malformed.line,
+                    malformed.raw,
+                    None,
+                    malformed.reason,
+                )));
+            }
+            Some(Ok(record)) => record,
+        };
+        open.delivered += 1;
+        let modified = open.modified.clone();
+        let shown = open.to_read.found.name.clone();
+        // A CSV file's columns were checked against the stream once, at its header.
+        let checked = open.records.columns().is_some();
+        let mut values = record.values;
+        if !checked {
+            if let Some(unknown) = values.keys().find(|k| self.stream.field(k).is_none()) {
+                let reason = format!(
+                    "field `{unknown}` is not a field of stream `{}` (its fields come from the \
+                     first file and `streams.{}.fields`: {}); declare it in `streams.{}.fields` \
+                     with its type",
+                    self.spec.name,
+                    self.spec.name,
+                    names(&self.stream.fields),
+                    self.spec.name
+                );
+                let unknown = unknown.clone();
+                return Ok(Step::Item(self.reject(
+                    record.line,
+                    row_text(&values),
+                    Some(unknown),
+                    reason,
+                )));
+            }
+        } else {
+            // A CSV value of a json field is JSON text: parse it, so that it is not taken for
+            // a JSON string.
+            for name in &self.json_fields {
+                if let Some(Value::String(text)) = values.get(name) {
+                    match serde_json::from_str(text) {
+                        Ok(parsed) => {
+                            values.insert(name.clone(), parsed);
+                        }
+                        Err(e) => {
+                            let reason = format!(
+                                "field `{name}` is declared json, but its value is not JSON \
+                                 ({e}); fix the value or declare the field as text in \
+                                 `streams.{}.fields`",
+                                self.spec.name
+                            );
+                            let field = Some(name.clone());
+                            return Ok(Step::Item(self.reject(
+                                record.line,
+                                row_text(&values),
+                                field,
+                                reason,
+                            )));
                         }
                     }
                 }
             }
-            if let Some(name) = &self.spec.file_field {
-                values.insert(name.clone(), Value::String(shown.clone()));
-            }
-            if let Some(name) = &self.spec.line_field {
-                values.insert(name.clone(), Value::from(record.line));
-            }
-            if let Some(name) = &self.spec.modified_field {
-                values.insert(name.clone(), Value::String(open.modified.clone()));
-            }
-            open.delivered += 1;
-            rows.push(values);
-            origins.push((shown, record.line));
         }
-        if rows.is_empty() {
-            return Ok(None);
+        if let Some(name) = &self.spec.file_field {
+            values.insert(name.clone(), Value::String(shown));
         }
-        let batch = batch_from_rows(&self.fields, &rows).map_err(|e| {
-            let (file, line) = origins
-                .get(e.row)
-                .cloned()
-                .unwrap_or_else(|| (String::from("?"), 0));
-            ConnectorError::schema(format!(
-                "file `{file}`, line {line}: field `{}`: {}. Declare the field's type in \
-                 `streams.{}.fields` (e.g. as text, and cast it in the sync's mapping, which \
-                 rejects single records) or fix the value; the batches before this one were \
-                 delivered, and the file is read again from its start once it changes",
-                e.field, e.reason, self.spec.name
-            ))
-            .with_details(serde_json::json!({ "file": file, "line": line, "field": e.field }))
-        })?;
-        Ok(Some((batch, self.checkpoint())))
+        if let Some(name) = &self.spec.line_field {
+            values.insert(name.clone(), Value::from(record.line));
+        }
+        if let Some(name) = &self.spec.modified_field {
+            values.insert(name.clone(), Value::String(modified));
+        }
+        Ok(Step::Item(Item::Row {
+            values,
+            line: record.line,
+        }))
     }
+
+    /// Puts `items` back in front of the current file's unread records.
+    fn take_back(&mut self, items: Vec<Item>) {
+        if let Some(open) = self.current.as_mut() {
+            open.delivered -= items.len() as u64;
+            for item in items.into_iter().rev() {
+                open.taken_back.push_front(item);
+            }
+        }
+    }
+
+    /// The checkpoint after a batch; a file whose last record it holds is closed first, so
+    /// that the checkpoint counts the file as read whole.
+    fn checkpoint_after_batch(&mut self) -> Result<Value> {
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|open| open.at_end && open.taken_back.is_empty())
+        {
+            self.finish_file()?;
+        }
+        Ok(self.checkpoint())
+    }
+
+    /// Closes the current file, whose records have all been delivered.
+    fn finish_file(&mut self) -> Result<()> {
+        let Some(open) = self.current.take() else {
+            return Ok(());
+        };
+        let found = &open.to_read.found;
+        if scan::restat(found) != Some((found.size, found.mtime_us)) {
+            return Err(ConnectorError::transient(format!(
+                "file `{}` changed while it was read (something still writes it: write it \
+                 under a temporary name and rename it when complete, or raise \
+                 `streams.{}.settle`); the run can be retried",
+                found.name, self.spec.name
+            )));
+        }
+        self.done.push(open.to_read.entry);
+        Ok(())
+    }
+
+    async fn next(&mut self) -> Result<Option<(RecordBatch, Value)>> {
+        loop {
+            let mut rows: Vec<Map<String, Value>> = Vec::new();
+            let mut lines: Vec<u64> = Vec::new();
+            let mut rejects: Vec<SourceReject> = Vec::new();
+            while rows.len() + rejects.len() < self.batch_size {
+                match self.step()? {
+                    Step::Done => break,
+                    Step::EndOfFile if rows.is_empty() && rejects.is_empty() => {
+                        self.finish_file()?
+                    }
+                    // A batch never spans two files.
+                    Step::EndOfFile => break,
+                    Step::Item(Item::Row { values, line }) => {
+                        if !rejects.is_empty() {
+                            self.take_back(vec![Item::Row { values, line }]);
+                            break;
+                        }
+                        rows.push(values);
+                        lines.push(line);
+                    }
+                    Step::Item(Item::Reject(reject)) => {
+                        if !rows.is_empty() {
+                            self.take_back(vec![Item::Reject(reject)]);
+                            break;
+                        }
+                        rejects.push(reject);
+                    }
+                }
+            }
+            if !rejects.is_empty() {
+                let batch = rejects_batch(&rejects).map_err(|e| {
+                    ConnectorError::internal(format!("cannot build a batch of rejects: {e}"))
+                })?;
+                return Ok(Some((batch, self.checkpoint_after_batch()?)));
+            }
+            // A value that does not convert to its field's type rejects its row: the rows
+            // before it form the batch, the rest go back to be read again.
+            while !rows.is_empty() {
+                match batch_from_rows(&self.fields, &rows) {
+                    Ok(batch) => return Ok(Some((batch, self.checkpoint_after_batch()?))),
+                    Err(e) => {
+                        let mut tail = rows.split_off(e.row.min(rows.len() - 1));
+                        let tail_lines = lines.split_off(rows.len());
+                        let mut back = Vec::with_capacity(tail.len());
+                        let first = tail.remove(0);
+                        back.push(self.reject(
+                            tail_lines[0],
+                            row_text(&first),
+                            Some(e.field.clone()),
+                            format!(
+                                "field `{}`: {}; declare the field's type in \
+                                 `streams.{}.fields` (e.g. as text, and cast it in the sync's \
+                                 mapping) or fix the value",
+                                e.field, e.reason, self.spec.name
+                            ),
+                        ));
+                        back.extend(
+                            tail.into_iter()
+                                .zip(tail_lines.into_iter().skip(1))
+                                .map(|(values, line)| Item::Row { values, line }),
+                        );
+                        self.take_back(back);
+                    }
+                }
+            }
+            if self.current.is_none() && self.queue.is_empty() {
+                return Ok(None);
+            }
+        }
+    }
+}
+
+/// A record's values as JSON text, the text of a reject that parsed as a record.
+fn row_text(values: &Map<String, Value>) -> String {
+    serde_json::to_string(values).unwrap_or_default()
 }
 
 impl BatchReader for FilesReader {

@@ -11,6 +11,9 @@ use lockstep_plugin_sdk::{
 };
 use serde_json::{json, Map, Value};
 
+use lockstep_plugin_sdk::source_rejects::{is_rejects_batch, rejects_from_batch};
+use lockstep_plugin_sdk::SourceReject;
+
 use crate::{FilesConfig, FilesConnector};
 
 type Row = Map<String, Value>;
@@ -34,13 +37,29 @@ fn write_old(path: &Path, bytes: &[u8]) {
     age(path, Duration::from_secs(60));
 }
 
-/// Reads a stream to the end: its rows and the last checkpoint (or the one given).
+/// Reads a stream to the end: its rows and the last checkpoint (or the one given); a
+/// source reject fails the test.
 fn read(
     conn: &mut FilesConnector,
     stream: &str,
     checkpoint: Option<Value>,
     batch_size: usize,
 ) -> Result<(Vec<Row>, Option<Value>), ConnectorError> {
+    let (rows, rejects, last) = read_with_rejects(conn, stream, checkpoint, batch_size)?;
+    assert!(rejects.is_empty(), "unexpected rejects: {rejects:?}");
+    Ok((rows, last))
+}
+
+/// A whole read: its rows, its source rejects and its last checkpoint.
+type ReadAll = (Vec<Row>, Vec<SourceReject>, Option<Value>);
+
+/// Reads a stream to the end: its rows, its source rejects and the last checkpoint.
+fn read_with_rejects(
+    conn: &mut FilesConnector,
+    stream: &str,
+    checkpoint: Option<Value>,
+    batch_size: usize,
+) -> Result<ReadAll, ConnectorError> {
     block_on(async {
         conn.catalog()?;
         let mut reader = conn.start_read(ReadRequest {
@@ -51,13 +70,18 @@ fn read(
             ..Default::default()
         })?;
         let mut rows = Vec::new();
+        let mut rejects = Vec::new();
         let mut last = checkpoint;
         while let Some((batch, cp)) = reader.next_batch().await? {
             assert!(batch.num_rows() <= batch_size);
-            rows.extend(rows_from_batch(&batch));
+            if is_rejects_batch(&batch) {
+                rejects.extend(rejects_from_batch(&batch).expect("a well-formed rejects batch"));
+            } else {
+                rows.extend(rows_from_batch(&batch));
+            }
             last = Some(cp);
         }
-        Ok((rows, last))
+        Ok((rows, rejects, last))
     })
 }
 
@@ -233,61 +257,136 @@ fn files_still_being_written_are_left_for_a_later_run() {
     assert_eq!(names(&rows), ["first half", "second half"]);
 }
 
+/// The (file, line, reason) of each reject.
+fn where_and_why(rejects: &[SourceReject]) -> Vec<(String, u64, String)> {
+    rejects
+        .iter()
+        .map(|r| {
+            (
+                r.location["file"].as_str().unwrap_or_default().to_owned(),
+                r.location["line"].as_u64().unwrap_or_default(),
+                r.reason.clone(),
+            )
+        })
+        .collect()
+}
+
 #[test]
-fn malformed_rows_fail_the_read_naming_every_line() {
+fn malformed_rows_are_rejects_with_file_and_line_and_the_rest_arrives() {
     let dir = tempfile::tempdir().unwrap();
     write_old(
         &dir.path().join("bad.csv"),
-        b"id,name,amount\n1,a,1\n2,b\n3,c,3\n4,d,4,extra\n",
+        b"id,name,amount\n1,a,1\n2,b\n3,c,3\n4,d,4,extra\n5,e,5\n",
     );
     write_old(
         &dir.path().join("bad.jsonl"),
-        b"{\"id\": 1}\n{\"id\": 2\n[3]\n",
+        b"{\"id\": 1}\n{\"id\": 2\n[3]\n{\"id\": 4}\n",
     );
     let mut conn = source(json!({ "streams": {
         "c": { "path": format!("{}/bad.csv", dir.path().display()) },
         "j": { "path": format!("{}/bad.jsonl", dir.path().display()) },
     }}));
-    let e = read(&mut conn, "c", None, 10).unwrap_err();
-    assert!(e.message.contains("bad.csv"), "{}", e.message);
-    assert!(e.message.contains("2 malformed records"), "{}", e.message);
+    for batch_size in [1, 2, 10] {
+        let (rows, rejects, _) = read_with_rejects(&mut conn, "c", None, batch_size).unwrap();
+        assert_eq!(names(&rows), ["a", "c", "e"], "batch size {batch_size}");
+        let found = where_and_why(&rejects);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found[0].0.ends_with("/bad.csv"), "{found:?}");
+        assert_eq!(found[0].1, 3);
+        assert!(
+            found[0]
+                .2
+                .contains("2 values where the header has 3 columns"),
+            "{found:?}"
+        );
+        assert_eq!(found[1].1, 5);
+        assert!(found[1].2.contains("4 values"), "{found:?}");
+        assert_eq!(rejects[0].raw, "2,b");
+        assert_eq!(rejects[1].raw, "4,d,4,extra");
+    }
+    let (rows, rejects, _) = read_with_rejects(&mut conn, "j", None, 10).unwrap();
+    assert_eq!(rows.len(), 2);
+    let found = where_and_why(&rejects);
+    assert_eq!(found[0].1, 2);
+    assert!(found[0].2.contains("invalid JSON"), "{found:?}");
+    assert_eq!(rejects[0].raw, "{\"id\": 2");
+    assert_eq!(found[1].1, 3);
     assert!(
-        e.message
-            .contains("line 3: 2 values where the header has 3 columns"),
-        "{}",
-        e.message
-    );
-    assert!(e.message.contains("line 5: 4 values"), "{}", e.message);
-    assert_eq!(e.details["malformed"][0]["line"], json!(3));
-    let e = read(&mut conn, "j", None, 10).unwrap_err();
-    assert!(e.message.contains("line 2: invalid JSON"), "{}", e.message);
-    assert!(
-        e.message
-            .contains("line 3: a JSON Lines record must be an object"),
-        "{}",
-        e.message
+        found[1].2.contains("a JSON Lines record must be an object"),
+        "{found:?}"
     );
 }
 
 #[test]
-fn a_value_that_does_not_parse_as_its_declared_type_names_file_line_and_field() {
+fn a_read_resumed_after_a_rejects_batch_repeats_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    write_old(&dir.path().join("t.csv"), b"id,amount\n1,2.5\n2,abc\n");
+    write_old(
+        &dir.path().join("r.csv"),
+        b"id,name\n1,a\n2,b,x\n3,c\n4\n5,e\n",
+    );
+    let mut conn = source(json!({ "streams": {
+        "r": { "path": format!("{}/r.csv", dir.path().display()) },
+    }}));
+    // Stop after every batch and resume from its checkpoint: each record arrives once.
+    let mut checkpoint = None;
+    let mut rows = Vec::new();
+    let mut rejects = Vec::new();
+    for _ in 0..20 {
+        let (batch_rows, batch_rejects, next) = block_on(async {
+            conn.catalog()?;
+            let mut reader = conn.start_read(ReadRequest {
+                stream: "r".into(),
+                mode: ReadMode::Incremental,
+                checkpoint: checkpoint.clone(),
+                batch_size: Some(2),
+                ..Default::default()
+            })?;
+            Ok::<_, ConnectorError>(match reader.next_batch().await? {
+                None => (Vec::new(), Vec::new(), None),
+                Some((batch, cp)) if is_rejects_batch(&batch) => {
+                    (Vec::new(), rejects_from_batch(&batch).unwrap(), Some(cp))
+                }
+                Some((batch, cp)) => (rows_from_batch(&batch), Vec::new(), Some(cp)),
+            })
+        })
+        .unwrap();
+        let Some(next) = next else { break };
+        rows.extend(batch_rows);
+        rejects.extend(batch_rejects);
+        checkpoint = Some(next);
+    }
+    assert_eq!(names(&rows), ["a", "c", "e"]);
+    let lines: Vec<u64> = where_and_why(&rejects).iter().map(|r| r.1).collect();
+    assert_eq!(lines, [3, 5]);
+}
+
+#[test]
+fn a_value_that_does_not_parse_as_its_declared_type_is_a_reject_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    write_old(
+        &dir.path().join("t.csv"),
+        b"id,amount\n1,2.5\n2,abc\n3,4\n4,x\n",
+    );
     let mut conn = source(json!({ "streams": { "t": {
         "path": format!("{}/t.csv", dir.path().display()),
         "fields": { "amount": "decimal(10,2)" },
     }}}));
-    let e = read(&mut conn, "t", None, 10).unwrap_err();
-    assert!(
-        e.message.contains("t.csv`, line 3: field `amount`"),
-        "{}",
-        e.message
-    );
-    assert!(
-        e.message.contains("`abc` is not a decimal number"),
-        "{}",
-        e.message
-    );
+    for batch_size in [1, 3, 10] {
+        let (rows, rejects, _) = read_with_rejects(&mut conn, "t", None, batch_size).unwrap();
+        let ids: Vec<&Value> = rows.iter().map(|r| &r["id"]).collect();
+        assert_eq!(ids.len(), 2, "batch size {batch_size}: {rows:?}");
+        let found = where_and_why(&rejects);
+        assert_eq!(
+            found.iter().map(|r| r.1).collect::<Vec<_>>(),
+            [3, 5],
+            "batch size {batch_size}"
+        );
+        assert_eq!(rejects[0].field.as_deref(), Some("amount"));
+        assert!(
+            found[0].2.contains("`abc` is not a decimal number"),
+            "{found:?}"
+        );
+    }
 }
 
 #[test]
@@ -533,11 +632,11 @@ fn a_file_appearing_while_a_run_reads_is_left_for_the_next_run() {
 }
 
 #[test]
-fn a_field_the_stream_does_not_have_is_an_error_naming_file_and_line() {
+fn a_field_the_stream_does_not_have_is_a_reject_or_for_a_csv_header_an_error() {
     let dir = tempfile::tempdir().unwrap();
     write_old(
         &dir.path().join("u.jsonl"),
-        b"{\"id\": 1}\n{\"id\": 2, \"extra\": true}\n",
+        b"{\"id\": 1}\n{\"id\": 2, \"extra\": true}\n{\"id\": 3}\n",
     );
     write_old(&dir.path().join("u-1.csv"), b"id\n1\n");
     write_old(&dir.path().join("u-2.csv"), b"id,extra\n2,x\n");
@@ -545,17 +644,164 @@ fn a_field_the_stream_does_not_have_is_an_error_naming_file_and_line() {
         "j": { "path": format!("{}/u.jsonl", dir.path().display()), "infer_rows": 1 },
         "c": { "path": format!("{}/u-*.csv", dir.path().display()) },
     }}));
-    let e = read(&mut conn, "j", None, 10).unwrap_err();
+    let (rows, rejects, _) = read_with_rejects(&mut conn, "j", None, 10).unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let found = where_and_why(&rejects);
+    assert_eq!(found.len(), 1, "{found:?}");
     assert!(
-        e.message.contains("u.jsonl`, line 2: field `extra`"),
-        "{}",
-        e.message
+        found[0].0.ends_with("u.jsonl") && found[0].1 == 2,
+        "{found:?}"
     );
+    assert!(found[0].2.contains("field `extra`"), "{found:?}");
     assert!(
-        e.message.contains("declare it in `streams.j.fields`"),
-        "{}",
-        e.message
+        found[0].2.contains("declare it in `streams.j.fields`"),
+        "{found:?}"
     );
+    assert_eq!(rejects[0].field.as_deref(), Some("extra"));
+    // A CSV header names the columns of every row: a column the stream does not know stops
+    // the read, naming the file.
     let e = read(&mut conn, "c", None, 10).unwrap_err();
     assert!(e.message.contains("field `extra`"), "{}", e.message);
+}
+
+#[test]
+fn after_read_acts_only_on_files_of_the_committed_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name);
+    fs::create_dir_all(p("in")).unwrap();
+    write_old(&p("in/a-1.csv"), b"id,name\n1,a\n");
+    write_old(&p("in/b-1.csv"), b"id,name\n1,b\n");
+    let mut conn = source(json!({ "streams": {
+        "a": {
+            "path": format!("{}/in/a-*.csv", dir.path().display()),
+            "settle": "0s",
+            "after_read": { "move_to": format!("{}/done", dir.path().display()) },
+        },
+        "b": {
+            "path": format!("{}/in/b-*.csv", dir.path().display()),
+            "settle": "0s",
+            "after_read": "delete",
+        },
+    }}));
+    for (stream, file) in [("a", "in/a-1.csv"), ("b", "in/b-1.csv")] {
+        // A read whose checkpoint was never committed (the next read opens without it)
+        // leaves the file, which is read again.
+        let (rows, _) = read(&mut conn, stream, None, 10).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert!(p(file).exists());
+        let (rows, committed) = read(&mut conn, stream, None, 10).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert!(p(file).exists());
+        // The read that opens with the committed checkpoint acts on the file first.
+        let (rows, _) = read(&mut conn, stream, committed, 10).unwrap();
+        assert!(rows.is_empty(), "{rows:?}");
+        assert!(!p(file).exists(), "{file} is moved or deleted");
+    }
+    assert_eq!(fs::read(p("done/a-1.csv")).unwrap(), b"id,name\n1,a\n");
+
+    // A file rewritten since its read is left alone.
+    write_old(&p("in/b-2.csv"), b"id,name\n2,b\n");
+    let (_, committed) = read(&mut conn, "b", None, 10).unwrap();
+    write_old(&p("in/b-2.csv"), b"id,name\n2,changed\n");
+    let (rows, _) = read(&mut conn, "b", committed, 10).unwrap();
+    assert_eq!(names(&rows), ["changed"]);
+    assert!(p("in/b-2.csv").exists());
+
+    let bad = FilesConnector::open_source(config(json!({ "streams": { "c": {
+        "path": "x/*.csv", "after_read": "archive",
+    }}})));
+    let e = bad.and_then(|c| c.check_source().map(|()| c)).unwrap_err();
+    assert!(e.message.contains("streams.c.after_read"), "{}", e.message);
+}
+
+#[test]
+fn snapshot_mode_replaces_the_file_set_only_when_a_run_ends_having_written_every_record() {
+    use lockstep_plugin_sdk::run_end::run_end_batch;
+    let dir = tempfile::tempdir().unwrap();
+    let conf = json!({ "dir": dir.path().display().to_string(), "snapshot": true });
+    let link = dir.path().join("contacts");
+    let mut dest = FilesConnector::open_destination(config(conf.clone())).unwrap();
+    let ids = |conf: &Value| {
+        let mut back = source(conf.clone());
+        let (rows, _) = read(&mut back, "contacts", None, 10).unwrap();
+        let mut ids: Vec<i64> = rows.iter().map(|r| r["id"].as_i64().unwrap()).collect();
+        ids.sort();
+        ids
+    };
+    let generations = || {
+        fs::read_dir(dir.path().join(".lockstep/snapshots/contacts"))
+            .unwrap()
+            .count()
+    };
+    {
+        // First run: flushed batches stay out of sight until the run ends.
+        let mut writer = dest.start_write(open_request()).unwrap();
+        block_on(writer.upsert(test_batch())).unwrap();
+        block_on(writer.flush()).unwrap();
+        assert!(
+            fs::symlink_metadata(&link).is_err(),
+            "no snapshot before the run ends"
+        );
+        block_on(writer.upsert(run_end_batch(true).unwrap())).unwrap();
+        block_on(writer.flush()).unwrap();
+        drop(writer);
+        assert!(fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(ids(&conf), [1, 2, 3, 4]);
+
+        // Second run: while it writes, readers still see the first set, whole.
+        let mut writer = dest.start_write(open_request()).unwrap();
+        let first_two = test_batch().slice(0, 2);
+        block_on(writer.upsert(first_two)).unwrap();
+        block_on(writer.flush()).unwrap();
+        assert_eq!(ids(&conf), [1, 2, 3, 4], "the old set, not a mix");
+        block_on(writer.upsert(run_end_batch(true).unwrap())).unwrap();
+        block_on(writer.flush()).unwrap();
+        drop(writer);
+        assert_eq!(ids(&conf), [1, 2], "the new set replaced the old one");
+        assert_eq!(
+            generations(),
+            2,
+            "the previous generation is kept until the next swap"
+        );
+
+        // A run that did not write every record is refused at its end; the snapshot stays.
+        let mut writer = dest.start_write(open_request()).unwrap();
+        block_on(writer.upsert(test_batch().slice(3, 1))).unwrap();
+        block_on(writer.flush()).unwrap();
+        block_on(writer.upsert(run_end_batch(false).unwrap())).unwrap();
+        let e = block_on(writer.flush()).unwrap_err();
+        assert!(e.message.contains("ledger = false"), "{}", e.message);
+        drop(writer);
+        assert_eq!(ids(&conf), [1, 2]);
+        assert_eq!(generations(), 2, "an unpublished generation is removed");
+
+        // A run that stops before its end (no run-end) leaves the snapshot too.
+        let mut writer = dest.start_write(open_request()).unwrap();
+        block_on(writer.upsert(test_batch())).unwrap();
+        block_on(writer.flush()).unwrap();
+        drop(writer);
+        assert_eq!(ids(&conf), [1, 2]);
+
+        // The third published run removes the first generation.
+        let mut writer = dest.start_write(open_request()).unwrap();
+        block_on(writer.upsert(test_batch().slice(2, 2))).unwrap();
+        block_on(writer.upsert(run_end_batch(true).unwrap())).unwrap();
+        block_on(writer.flush()).unwrap();
+        drop(writer);
+        assert_eq!(ids(&conf), [3, 4]);
+        assert_eq!(generations(), 2);
+    }
+
+    // A real directory where the link goes is refused, naming it.
+    let other = tempfile::tempdir().unwrap();
+    fs::create_dir(other.path().join("contacts")).unwrap();
+    let mut dest = FilesConnector::open_destination(config(
+        json!({ "dir": other.path().display().to_string(), "snapshot": true }),
+    ))
+    .unwrap();
+    let e = dest.start_write(open_request()).map(|_| ()).unwrap_err();
+    assert!(e.message.contains("snapshot mode"), "{}", e.message);
 }

@@ -11,6 +11,17 @@
 //! and says so (`delete` is refused as unsupported, and the manifest declares neither
 //! `upsert` nor `delete`).
 //!
+//! Snapshot mode (`snapshot = true`): each run writes its files into a generation directory of
+//! its own, `<dir>/.lockstep/snapshots/<stream>/<run>/`, and `<dir>/<stream>` is a symbolic
+//! link to the newest complete generation. When the engine tells the writer that the run has
+//! written everything (the `run-end` batch, see `lockstep_plugin_sdk::run_end`), the flush
+//! that follows replaces the link atomically (a new link renamed over the old one), so a
+//! reader listing `<dir>/<stream>/` sees the previous set or the new one, never a mix. The
+//! previous generation is kept until the next swap (a reader may still be reading it); older
+//! ones and the generations of runs that never ended are removed then. A run that does not
+//! write every record it reads (a sync with a ledger skips unchanged ones) is refused at its
+//! end, and the previous snapshot stays.
+//!
 //! Each stream has a description, `<dir>/.lockstep/<stream>.json` (its fields with their
 //! logical types, its key and how its files are named), so that a files source on the same
 //! directory reads the stream back with the types it was written with.
@@ -24,16 +35,19 @@ use lockstep_plugin_sdk::arrow::array::RecordBatch;
 use lockstep_plugin_sdk::evolution::plan_fields;
 use lockstep_plugin_sdk::protocol::arrow_types::json_value;
 use lockstep_plugin_sdk::{
-    tracing, ConnectorError, DataType, FieldInfo, OpenStreamRequest, Result, SchemaEvolution,
-    StreamWriter, WriteOutcome,
+    is_run_end_batch, run_wrote_every_record, tracing, ConnectorError, DataType, FieldInfo,
+    OpenStreamRequest, Result, SchemaEvolution, StreamWriter, WriteOutcome,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::config::{CsvOptions, Encoding, FilesConfig, Format, StreamSpec};
+use crate::config::{AfterRead, CsvOptions, Encoding, FilesConfig, Format, StreamSpec};
 
 /// The format of `{run}` in file names: the UTC time the writer opened, to the millisecond.
 const RUN_FORMAT: &str = "%Y%m%dT%H%M%S%3fZ";
+
+/// The directory under [`DESCRIPTIONS_DIR`] that holds snapshot generations.
+const SNAPSHOTS_DIR: &str = "snapshots";
 
 /// The directory under a destination's `dir` that holds the stream descriptions.
 pub(crate) const DESCRIPTIONS_DIR: &str = ".lockstep";
@@ -65,6 +79,7 @@ impl StreamDescription {
         csv.null = self.null.clone();
         let prefix = glob::Pattern::escape(&dir.to_string_lossy());
         Ok(StreamSpec {
+            after_read: AfterRead::Keep,
             name: self.stream.clone(),
             pattern: format!("{prefix}/{}", self.pattern),
             format,
@@ -209,6 +224,16 @@ pub(crate) fn open_writer(config: &FilesConfig, request: OpenStreamRequest) -> R
         .replace("{ext}", ext);
     let delimiter = config.destination_delimiter()?;
     let null = config.null.clone().unwrap_or_default();
+    let run = Utc::now().format(RUN_FORMAT).to_string();
+    let snapshot = if config.snapshot == Some(true) {
+        Some(Snapshot::start(&dir, &stream, &run)?)
+    } else {
+        None
+    };
+    let pattern = match &snapshot {
+        Some(_) => format!("{}/{pattern}", glob::Pattern::escape(&stream)),
+        None => pattern,
+    };
     let description = StreamDescription {
         stream: stream.clone(),
         fields: fields.clone(),
@@ -224,9 +249,10 @@ pub(crate) fn open_writer(config: &FilesConfig, request: OpenStreamRequest) -> R
     Ok(FilesWriter {
         base_name: template
             .replace("{stream}", &stream)
-            .replace("{run}", &Utc::now().format(RUN_FORMAT).to_string())
+            .replace("{run}", &run)
             .replace("{ext}", ext),
-        dir,
+        dir: snapshot.as_ref().map_or(dir, |s| s.generation.clone()),
+        snapshot,
         fields,
         format,
         delimiter,
@@ -275,6 +301,95 @@ pub struct FilesWriter {
     open: Option<PendingFile>,
     /// Complete files waiting under their temporary names for the next flush.
     staged: Vec<PendingFile>,
+    /// In snapshot mode, the generation this run writes.
+    snapshot: Option<Snapshot>,
+}
+
+/// A snapshot generation being written.
+struct Snapshot {
+    /// The destination directory.
+    root: PathBuf,
+    stream: String,
+    /// The directory of this run's files.
+    generation: PathBuf,
+    /// `generation` relative to `root`, the link's target.
+    target: PathBuf,
+    /// Set by the run-end batch: whether the run wrote every record it read.
+    ended: Option<bool>,
+    /// The link points at this generation.
+    published: bool,
+}
+
+impl Snapshot {
+    /// Creates the generation directory of a run, refusing a `<dir>/<stream>` that is not a
+    /// link this destination made.
+    fn start(root: &Path, stream: &str, run: &str) -> Result<Snapshot> {
+        let link = root.join(stream);
+        if let Ok(meta) = fs::symlink_metadata(&link) {
+            if !meta.file_type().is_symlink() {
+                return Err(ConnectorError::config(format!(
+                    "snapshot mode publishes stream `{stream}` as the link `{}`, but a file or \
+                     directory of that name exists; move it away, or write this stream \
+                     without `snapshot`",
+                    link.display()
+                )));
+            }
+        }
+        let generations = Path::new(DESCRIPTIONS_DIR).join(SNAPSHOTS_DIR).join(stream);
+        fs::create_dir_all(root.join(&generations)).map_err(|e| io_error(root, e))?;
+        // A generation of its own, even for two runs within the same millisecond.
+        let mut target = generations.join(run);
+        let mut n = 1;
+        while root.join(&target).exists() {
+            target = generations.join(format!("{run}-{n}"));
+            n += 1;
+        }
+        let generation = root.join(&target);
+        fs::create_dir(&generation).map_err(|e| io_error(&generation, e))?;
+        Ok(Snapshot {
+            root: root.to_owned(),
+            stream: stream.to_owned(),
+            generation,
+            target,
+            ended: None,
+            published: false,
+        })
+    }
+
+    /// Points `<dir>/<stream>` at this generation atomically, then removes the generations
+    /// older than the one it replaced.
+    fn publish(&mut self) -> Result<()> {
+        let link = self.root.join(&self.stream);
+        let previous = fs::read_link(&link).ok();
+        let temp = self.root.join(format!(".{}.link.tmp", self.stream));
+        let _ = fs::remove_file(&temp);
+        // The link is relative to `root`, so that the directory can be moved or mounted
+        // elsewhere.
+        std::os::unix::fs::symlink(&self.target, &temp).map_err(|e| io_error(&temp, e))?;
+        fs::rename(&temp, &link).map_err(|e| io_error(&link, e))?;
+        sync_dir(&self.root)?;
+        self.published = true;
+        tracing::info!(stream = %self.stream, generation = %self.target.display(), "snapshot published");
+        let generations = self.generation.parent().map(Path::to_owned);
+        let Some(generations) = generations else {
+            return Ok(());
+        };
+        let keep: Vec<PathBuf> = [Some(self.target.clone()), previous]
+            .into_iter()
+            .flatten()
+            .map(|t| self.root.join(t))
+            .collect();
+        for entry in fs::read_dir(&generations).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if keep.iter().any(|k| k == &path) {
+                continue;
+            }
+            if let Err(e) = fs::remove_dir_all(&path) {
+                tracing::warn!(generation = %path.display(), "cannot remove an old snapshot generation: {e}");
+            }
+        }
+        Ok(())
+    }
 }
 
 impl FilesWriter {
@@ -441,6 +556,14 @@ fn close(mut pending: PendingFile) -> Result<PendingFile> {
 
 impl Drop for FilesWriter {
     fn drop(&mut self) {
+        // A generation never published is never promised either.
+        if let Some(snapshot) = &self.snapshot {
+            if !snapshot.published {
+                if let Err(e) = fs::remove_dir_all(&snapshot.generation) {
+                    tracing::warn!(generation = %snapshot.generation.display(), "cannot remove an unpublished snapshot generation: {e}");
+                }
+            }
+        }
         // Records never flushed were never promised: their temporary files go.
         for file in self.open.take().into_iter().chain(self.staged.drain(..)) {
             if let Err(e) = fs::remove_file(&file.temp) {
@@ -452,6 +575,12 @@ impl Drop for FilesWriter {
 
 impl StreamWriter for FilesWriter {
     async fn upsert(&mut self, batch: RecordBatch) -> Result<WriteOutcome> {
+        if is_run_end_batch(&batch) {
+            if let Some(snapshot) = self.snapshot.as_mut() {
+                snapshot.ended = Some(run_wrote_every_record(&batch));
+            }
+            return Ok(WriteOutcome::default());
+        }
         let written = self.write(&batch)?;
         Ok(WriteOutcome {
             inserted: Some(written),
@@ -467,6 +596,21 @@ impl StreamWriter for FilesWriter {
     }
 
     async fn flush(&mut self) -> Result<()> {
-        self.publish()
+        self.publish()?;
+        let Some(snapshot) = self.snapshot.as_mut() else {
+            return Ok(());
+        };
+        match snapshot.ended {
+            None => Ok(()),
+            Some(true) => snapshot.publish(),
+            Some(false) => Err(ConnectorError::config(format!(
+                "stream `{}` is written in snapshot mode, which replaces the whole file set at \
+                 the end of each run, but this run did not write every record it read (a sync \
+                 with a ledger skips unchanged records), so the new set would miss records; \
+                 the previous snapshot stays. Set `mode = \"full\"` and `ledger = false` on \
+                 the sync",
+                snapshot.stream
+            ))),
+        }
     }
 }

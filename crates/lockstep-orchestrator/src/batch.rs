@@ -17,6 +17,7 @@ use arrow::compute::filter_record_batch;
 use lockstep_core::protocol::WriteOutcome;
 use lockstep_core::{fingerprints, record_keys, RunMetrics, SyncMode};
 use lockstep_mapping::MappedBatch;
+use lockstep_plugin_core::source_rejects::is_rejects_batch;
 use lockstep_state::{BatchCommit, DeleteOrigin, LedgerEntry, RejectedRecord};
 use serde_json::Value;
 
@@ -30,6 +31,7 @@ use crate::rows::{
     tombstoned,
 };
 use crate::sink::Sink;
+use crate::source_rejects::apply_source_rejects;
 
 /// Applies one source batch to the sink and commits it.
 pub(crate) async fn apply_batch<S: Sink>(
@@ -39,6 +41,9 @@ pub(crate) async fn apply_batch<S: Sink>(
     batch: RecordBatch,
     checkpoint: Value,
 ) -> Result<(), EngineError> {
+    if is_rejects_batch(&batch) {
+        return apply_source_rejects(ctx, sink, run, &batch, checkpoint).await;
+    }
     let spec = &ctx.job.spec;
     let sync = spec.name.as_str();
     let batch_number = run.batches + 1;

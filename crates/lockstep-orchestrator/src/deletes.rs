@@ -183,7 +183,7 @@ async fn apply_approved<S: Sink>(
 /// How many records the destination stream holds, by reading its keys; `None` when its
 /// connector cannot read or the stream does not exist. For syncs without a ledger, whose
 /// guard needs the destination's size when no reconciliation counted it.
-async fn read_destination_size(ctx: &Context<'_>) -> Result<Option<u64>, EngineError> {
+pub(crate) async fn read_destination_size(ctx: &Context<'_>) -> Result<Option<u64>, EngineError> {
     let services = ctx.services;
     let job = ctx.job;
     let spec = &job.spec;

@@ -33,6 +33,7 @@ mod retry;
 mod rows;
 mod services;
 mod sink;
+mod source_rejects;
 mod summary;
 
 pub use deletes::SAMPLE_KEYS as DELETE_SAMPLE_KEYS;

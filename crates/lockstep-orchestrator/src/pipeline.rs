@@ -25,6 +25,7 @@ use crate::lease::{FencedWriter, HeldLease, LeaseWatch};
 use crate::services::{open_destination_stream, Services};
 use crate::sink::{Sink, WriteSink};
 use crate::{deletes, reconcile};
+use lockstep_plugin_core::run_end::{run_end_batch, FEATURE_RUN_END};
 
 /// The sync's source, opened, with its stream and the mapping compiled against it.
 pub(crate) struct OpenedSource {
@@ -111,7 +112,21 @@ pub(crate) async fn run_sync(
         lease: Some(lease.lease()),
         destination_is_new,
     };
-    execute(&ctx, source, &mut sink, options, Some(lease.watch()), run).await
+    let completed = execute(&ctx, source, &mut sink, options, Some(lease.watch()), run).await?;
+    // A destination that asked for it (a snapshot) learns that the run wrote everything.
+    let wants_run_end = services
+        .registry
+        .get(&job.destination.connector)?
+        .manifest
+        .features
+        .iter()
+        .any(|f| f == FEATURE_RUN_END);
+    if completed && wants_run_end {
+        let every_record = job.spec.mode == SyncMode::Full && !job.spec.use_ledger;
+        sink.upsert(run_end_batch(every_record)?).await?;
+        sink.flush().await?;
+    }
+    Ok(completed)
 }
 
 /// Runs the sync's read from `source` and applies it to the sink; with a plan's sink nothing

@@ -2,6 +2,8 @@
 //! counts a run would produce with samples of the records it would add, update and delete.
 //!
 //! Invariants:
+//! - Deletes past the sync's `max_delete_fraction` are reported as held (`held_deletes`),
+//!   never as deletes that would apply, decided as a run's delete phase decides.
 //! - A plan goes through the same batch path as a run, with a sink that counts and samples:
 //!   it writes nothing to the destination or the state store, and takes no lease.
 
@@ -12,6 +14,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::context::Context;
+use crate::deletes;
 use crate::diff::Upsert;
 use crate::engine::Engine;
 use crate::error::EngineError;
@@ -19,7 +22,7 @@ use crate::job::{RunOptions, RunState, SyncJob};
 use crate::pipeline::{execute, open_source, OpenedSource};
 use crate::rows::row_json;
 use crate::sink::Sink;
-use lockstep_core::RunMetrics;
+use lockstep_core::{RunMetrics, SyncMode};
 
 /// How many records of each kind a plan shows.
 pub const SAMPLE_SIZE: usize = 10;
@@ -59,6 +62,10 @@ pub struct PlanReport {
     pub adds: Vec<Map<String, Value>>,
     pub updates: Vec<PlannedUpdate>,
     pub deletes: Vec<String>,
+    /// How many deletes a run would hold rather than apply, because they are past the sync's
+    /// `max_delete_fraction` (0 when the deletes would apply). When set, `metrics.deleted`
+    /// is 0 and `deletes` samples the held keys.
+    pub held_deletes: u64,
     pub rejected: Vec<PlannedRejection>,
     /// Things the reader should know, such as why before-values are missing.
     pub notes: Vec<String>,
@@ -193,6 +200,14 @@ impl Engine<'_> {
         };
         execute(&ctx, source, &mut collector, &options, None, &mut run).await?;
         let mut notes = Vec::new();
+        let mut held_deletes = 0;
+        if job.spec.mode == SyncMode::Mirror && !options.allow_mass_delete {
+            if let Some((held, note)) = self.deletes_held(&ctx, run.metrics.deleted).await? {
+                held_deletes = held;
+                run.metrics.deleted = 0;
+                notes.push(note);
+            }
+        }
         if !job.spec.use_ledger {
             notes.push(
                 "this sync keeps no ledger: every record read counts as updated; the \
@@ -209,9 +224,63 @@ impl Engine<'_> {
             adds: collector.adds,
             updates,
             deletes: collector.deletes,
+            held_deletes,
             rejected: collector.rejected,
             notes,
         })
+    }
+
+    /// Whether the mass-delete guard would hold a run's deletes (the `found` ones of this
+    /// plan and those already waiting in the state store), as a run's delete phase decides:
+    /// the count it would hold and a note saying so; `None` when they would apply.
+    async fn deletes_held(
+        &self,
+        ctx: &Context<'_>,
+        found: u64,
+    ) -> Result<Option<(u64, String)>, EngineError> {
+        let spec = &ctx.job.spec;
+        let sync = spec.name.as_str();
+        let waiting = self.state.pending_deletes(sync, 0).await?;
+        let earlier = waiting.pending + waiting.held;
+        let total = found + earlier;
+        if total == 0 {
+            return Ok(None);
+        }
+        let size = if spec.use_ledger {
+            Some(self.state.ledger_count(sync).await?)
+        } else {
+            deletes::read_destination_size(ctx).await?
+        };
+        let limit = spec.delete.max_delete_fraction;
+        if size.is_some_and(|n| total as f64 <= limit * n as f64) {
+            return Ok(None);
+        }
+        let share = match size {
+            Some(n) => format!(
+                "{total} of the {n} records in `{}` ({:.1}%)",
+                spec.destination.stream,
+                100.0 * total as f64 / n.max(1) as f64
+            ),
+            None => format!(
+                "{total} records of `{}`, whose size cannot be read",
+                spec.destination.stream
+            ),
+        };
+        let earlier_text = if earlier > 0 {
+            format!(" ({found} found by this plan, {earlier} already waiting)")
+        } else {
+            String::new()
+        };
+        Ok(Some((
+            total,
+            format!(
+                "a run would hold {total} deletes{earlier_text}, not apply them: {share} is more \
+                 than max_delete_fraction allows ({:.1}%). The run would end `held` with the \
+                 records still in the destination; apply them with `lockstep deletes approve \
+                 {sync}` after the run, or run with `--allow-mass-delete`",
+                100.0 * limit
+            ),
+        )))
     }
 
     /// Field-level changes of sampled updates, with the destination's current values when

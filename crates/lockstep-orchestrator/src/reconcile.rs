@@ -10,6 +10,7 @@
 
 use lockstep_core::protocol::{ReadMode, ReadRequest, Role};
 use lockstep_core::record_keys;
+use lockstep_plugin_core::source_rejects::is_rejects_batch;
 use lockstep_state::DeleteOrigin;
 
 use crate::context::Context;
@@ -98,6 +99,19 @@ pub(crate) async fn run<S: Sink>(
     let mut reader = source.read(&request).await?;
     let mut source_keys = KeySet::default();
     while let Some((batch, _)) = reader.next().await? {
+        // A record the source could not read has no key: any destination record could be
+        // it, so no delete by absence can be trusted.
+        if is_rejects_batch(&batch) {
+            return Err(EngineError::Schema(format!(
+                "sync `{}`: reconciliation stopped before finding any delete: the source could \
+                 not read {} of its records (see `lockstep rejects list {}`), and a record \
+                 whose key is unknown would be taken for a deleted one. Fix the source records \
+                 (for files: the lines named) and run again",
+                spec.name,
+                batch.num_rows(),
+                spec.name
+            )));
+        }
         // Records whose key cannot be mapped were rejected by the runs; they match nothing.
         let mapped = key_mapper.map(&batch)?;
         for key in record_keys(&mapped.batch, key_mapper.key())? {

@@ -14,6 +14,8 @@
 //!   exists in the source (then nothing is written, in any mode).
 //! - A record that fails again stays pending: the retry's run stores it as a new rejected
 //!   record with today's reason and value, and the old one notes the retry.
+//! - A source reject (a record the source could not read) is never retried: it has no key,
+//!   and it stays pending with a message saying to fix the source.
 //! - The stored checkpoint does not move: a read by keys is not a position in the source.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -34,6 +36,7 @@ use crate::lease::{FencedWriter, HeldLease};
 use crate::rows::row_json;
 use crate::services::open_destination_stream;
 use crate::sink::{Sink, WriteSink};
+use crate::source_rejects::is_source_reject;
 
 /// The most keys one read by keys asks for.
 const KEYS_PER_READ: usize = 500;
@@ -105,7 +108,33 @@ impl Engine<'_> {
             retried: records.len(),
             ..Default::default()
         };
+        // A record the source could not read has no key to read it again by, and its text
+        // is what was malformed: it stays pending until the source is fixed.
+        let (unreadable, records): (Vec<_>, Vec<_>) =
+            records.into_iter().partition(is_source_reject);
+        for record in &unreadable {
+            outcome.failed.push((
+                record.id,
+                "not retryable: the source could not read this record, so there is no key to \
+                 read it again by; fix it in the source (for a files source: correct the \
+                 line in place, and the next `lockstep run` reads the rewritten file again \
+                 from its start). It stays pending"
+                    .into(),
+            ));
+        }
+        if records.is_empty() && unreadable.is_empty() {
+            return Ok(outcome);
+        }
         if records.is_empty() {
+            // Only source rejects: the retry's run records that nothing could be retried.
+            let run_id = self.state.start_run(sync, None).await?;
+            outcome.run_id = run_id;
+            let mut end = RunEnd::new(RunStatus::Succeeded, RunMetrics::default());
+            end.exit_detail = Some(format!(
+                "retry of {} rejected records the source could not read: not retryable",
+                unreadable.len()
+            ));
+            self.state.finish_run(run_id, &end).await?;
             return Ok(outcome);
         }
         let plugin = self.registry.get(&job.source.connector)?;
@@ -324,8 +353,8 @@ impl Engine<'_> {
                 .await?;
         }
         outcome.succeeded = succeeded.len();
-        failed_again.sort();
-        outcome.failed = failed_again;
+        outcome.failed.extend(failed_again);
+        outcome.failed.sort();
         outcome.gone.sort();
         Ok(())
     }

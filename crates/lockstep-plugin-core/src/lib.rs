@@ -1,6 +1,8 @@
 //! What the Lockstep host and its connector plugins share, beyond the ABI's types: moving
 //! record batches across the Arrow C Data Interface ([`ffi`]) and turning rows of JSON values
-//! into batches and back ([`rows`]).
+//! into batches and back ([`rows`]), and the tagged batch that carries the records a source
+//! could not read ([`source_rejects`]), and the tagged batch that tells a destination its run
+//! ended ([`run_end`]).
 //!
 //! The split follows three roles: `lockstep-plugin-api` is the ABI itself (types only),
 //! this crate is code both sides run, `lockstep-plugin-sdk` is what connector authors write
@@ -14,3 +16,5 @@
 
 pub mod ffi;
 pub mod rows;
+pub mod run_end;
+pub mod source_rejects;

@@ -38,6 +38,10 @@ pub use error::{ConnectorError, Result};
 pub use evolution::{plan_evolution, EvolutionPlan};
 pub use lockstep_plugin_api::ErrorKind;
 pub use lockstep_plugin_core::rows;
+pub use lockstep_plugin_core::run_end::{
+    self, is_run_end_batch, run_wrote_every_record, FEATURE_RUN_END,
+};
+pub use lockstep_plugin_core::source_rejects::{self, rejects_batch, SourceReject};
 pub use lockstep_protocol as protocol;
 pub use lockstep_protocol::{
     Catalog, CursorCheckpoint, DataType, FieldInfo, OpenStreamRequest, ReadMode, ReadRequest,

@@ -375,3 +375,59 @@ fn a_held_run_in_the_daemon_raises_one_deletes_held_alert() {
     );
     assert_eq!(waiting(d)["held"], 50);
 }
+
+#[test]
+fn plan_says_deletes_past_the_guard_would_be_held_and_how_many() {
+    let Some(db) = postgres_database("plan_held") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    create_source(d, 1000);
+    config(
+        d,
+        &postgres_destination(&db),
+        "tombstone = \"deleted_at\"\nreconcile_every = 0",
+    );
+    let (code, first) = run_items(d, &[]);
+    assert_eq!(code, 0, "{first}");
+    let plan = |args: &[&str]| {
+        let mut all = vec!["plan", "items"];
+        all.extend_from_slice(args);
+        let (out, stdout, stderr) = run(lockstep(d).args(&all));
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        stdout
+    };
+
+    // Within the guard (50 of 1000, 5%): the plan shows deletes that would apply.
+    src(d, &["UPDATE items SET deleted_at = '2026-02-01', updated_at = '2026-02-01 00:00:00' WHERE id <= 50"]);
+    let within: serde_json::Value = serde_json::from_str(&plan(&["--output", "json"])).unwrap();
+    assert_eq!(within["metrics"]["deleted"], 50, "{within}");
+    assert_eq!(within["held_deletes"], 0, "{within}");
+    assert!(plan(&[]).contains("would delete (first 10)"));
+
+    // Past it (500 of 1000): the plan says they would be held, and how many.
+    src(d, &["UPDATE items SET deleted_at = '2026-02-01', updated_at = '2026-02-01 00:00:00' WHERE id <= 500"]);
+    let past: serde_json::Value = serde_json::from_str(&plan(&["--output", "json"])).unwrap();
+    assert_eq!(past["held_deletes"], 500, "{past}");
+    assert_eq!(
+        past["metrics"]["deleted"], 0,
+        "nothing would be deleted: {past}"
+    );
+    let notes = past["notes"].to_string();
+    assert!(
+        notes.contains("a run would hold 500 deletes")
+            && notes.contains("500 of the 1000 records")
+            && notes.contains("lockstep deletes approve items"),
+        "{notes}"
+    );
+    let text = plan(&[]);
+    assert!(
+        text.contains("would hold 500 deletes, past max_delete_fraction"),
+        "{text}"
+    );
+    assert!(!text.contains("would delete (first"), "{text}");
+
+    // The plan wrote nothing: a run still holds all 500.
+    assert_eq!(pg_count(&db, "SELECT count(*) FROM items"), 1000);
+}

@@ -1,6 +1,6 @@
 //! The files connector end to end, through the built `lockstep` binary: an ERP's CSV
-//! exports into PostgreSQL, PostgreSQL into a CSV drop read back by a second sync, and the
-//! errors a person sees for malformed rows and a wrong encoding.
+//! exports into PostgreSQL, PostgreSQL into a CSV drop read back by a second sync, malformed
+//! rows as rejects naming file and line, and the error a person sees for a wrong encoding.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -300,26 +300,161 @@ destination = "db.orders"
     .unwrap();
 }
 
+/// A files source of `in/orders-*.csv` into PostgreSQL, incremental by the file's line.
+fn postgres_destination_config(d: &Path, url: &str, stream_extra: &str, sync_extra: &str) {
+    std::fs::write(
+        d.join("lockstep.toml"),
+        format!(
+            r#"
+[state]
+url = "sqlite://state.db"
+
+[connections.files]
+connector = "files"
+[connections.files.config.streams.orders]
+path = "in/orders-*.csv"
+settle = "0s"
+primary_key = ["id"]
+file_field = "source_file"
+line_field = "source_line"
+fields = {{ qty = "integer" }}
+{stream_extra}
+
+[connections.pg]
+connector = "postgres"
+config = {{ url = "{url}" }}
+
+[syncs.orders]
+source = "files.orders"
+destination = "pg.orders"
+mode = "incremental"
+cursor = "source_line"
+max_rejected = 10
+{sync_extra}
+[syncs.orders.fields]
+id = "id"
+item = "item"
+qty = "qty"
+"#
+        ),
+    )
+    .unwrap();
+}
+
 #[test]
-fn malformed_rows_fail_the_run_naming_the_file_and_every_line() {
+fn malformed_rows_become_rejects_with_file_and_line_and_the_rest_of_the_file_arrives() {
+    let Some(db) = postgres_database("files_rejects") else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    sqlite_destination_config(d, "primary_key = [\"id\"]");
+    postgres_destination_config(d, &db.url, "", "");
     export(
         &d.join("in/orders-1.csv"),
-        b"id,item,qty\n1,apple,2\n2,\"pear, green\"\n3,plum,4\n4,fig,5,extra\n",
+        b"id,item,qty\n1,apple,2\n2,\"pear, green\"\n3,plum,4\n4,fig,5,extra\n5,kiwi,many\n6,lime,7\n",
         Duration::from_secs(60),
     );
     let (ok, report, stderr) = run_json(d, "orders");
-    assert!(!ok, "{report}\n{stderr}");
-    let message = report["error"]["message"].as_str().unwrap_or_default();
-    assert!(message.contains("in/orders-1.csv"), "{message}");
-    assert!(
-        message.contains("line 3: 2 values where the header has 3 columns"),
-        "{message}"
+    assert!(ok, "{report}\n{stderr}");
+    assert_eq!(report["metrics"]["read"], 6, "{report}");
+    assert_eq!(report["metrics"]["rejected"], 3, "{report}");
+    assert_eq!(report["metrics"]["added"], 3, "{report}");
+    assert_eq!(
+        pg_rows(&db.url, "SELECT id::text, item FROM orders ORDER BY id"),
+        [
+            vec![Some("1".into()), Some("apple".into())],
+            vec![Some("3".into()), Some("plum".into())],
+            vec![Some("6".into()), Some("lime".into())],
+        ]
     );
-    assert!(message.contains("line 5: 4 values"), "{message}");
-    assert!(message.contains("fix the file"), "{message}");
+
+    // Each reject names the file, the line and the reason, and keeps the row's text.
+    let (_, stdout, _) = run(lockstep(d).args(["rejects", "list", "orders", "--output", "json"]));
+    let rejects: Value = serde_json::from_str(&stdout).unwrap();
+    let mut found: Vec<(u64, String, String)> = rejects
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let stored = &r["raw"]["source_reject"];
+            assert!(
+                stored["file"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with("in/orders-1.csv"),
+                "{r}"
+            );
+            (
+                stored["line"].as_u64().unwrap(),
+                stored["text"].as_str().unwrap().to_owned(),
+                r["reason"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    found.sort();
+    assert_eq!(found.len(), 3, "{rejects}");
+    assert_eq!((found[0].0, found[0].1.as_str()), (3, "2,pear, green"));
+    assert!(
+        found[0].2.contains("line 3")
+            && found[0]
+                .2
+                .contains("2 values where the header has 3 columns"),
+        "{found:?}"
+    );
+    assert_eq!((found[1].0, found[1].1.as_str()), (5, "4,fig,5,extra"));
+    assert_eq!(found[2].0, 6);
+    assert!(
+        found[2].2.contains("field `qty`") && found[2].2.contains("many"),
+        "{found:?}"
+    );
+
+    // The rejects did not hold the checkpoint back: the next run reads nothing again.
+    let (ok, report, stderr) = run_json(d, "orders");
+    assert!(ok, "{report}\n{stderr}");
+    assert_eq!(report["metrics"]["read"], 0, "{report}");
+
+    // A retry cannot read a malformed line again: it says so, and the rejects stay pending.
+    let (out, retried, stderr) = run(lockstep(d).args(["rejects", "retry", "orders"]));
+    assert!(!out.status.success(), "{retried}\n{stderr}");
+    assert!(retried.contains("3 failed again"), "{retried}");
+    assert!(
+        retried.contains("not retryable") && retried.contains("correct the line in place"),
+        "{retried}"
+    );
+    let (_, stdout, _) = run(lockstep(d).args(["rejects", "list", "orders", "--output", "json"]));
+    let pending: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(pending.as_array().map(Vec::len), Some(3), "{pending}");
+
+    // The file fixed in place is read again from its start: the fixed rows arrive.
+    export(
+        &d.join("in/orders-1.csv"),
+        b"id,item,qty\n1,apple,2\n2,\"pear, green\",3\n3,plum,4\n4,fig,5\n5,kiwi,8\n6,lime,7\n",
+        Duration::from_secs(30),
+    );
+    let (ok, report, stderr) = run_json(d, "orders");
+    assert!(ok, "{report}\n{stderr}");
+    assert_eq!(report["metrics"]["rejected"], 0, "{report}");
+    assert_eq!(
+        pg_rows(&db.url, "SELECT count(*)::text FROM orders"),
+        [vec![Some("6".into())]]
+    );
+
+    // Past max_rejected the run fails and points at the rejects.
+    std::fs::write(
+        d.join("lockstep.toml"),
+        std::fs::read_to_string(d.join("lockstep.toml"))
+            .unwrap()
+            .replace("max_rejected = 10", "max_rejected = 1"),
+    )
+    .unwrap();
+    export(
+        &d.join("in/orders-2.csv"),
+        b"id,item,qty\n7,a\n8,b\n9,c,1\n",
+        Duration::from_secs(30),
+    );
+    let (ok, failed, _) = run_json(d, "orders");
+    assert!(!ok, "{failed}");
+    assert_eq!(failed["error"]["kind"], "too-many-rejected", "{failed}");
 }
 
 #[test]
@@ -341,4 +476,166 @@ fn a_file_in_the_wrong_encoding_names_the_file_and_the_option_to_set() {
         all.contains("encoding = \"windows-1252\"") && all.contains("streams.orders"),
         "{all}"
     );
+}
+
+#[test]
+fn after_read_moves_files_only_once_their_run_committed_and_a_crash_before_the_commit_keeps_them() {
+    let Some(db) = postgres_database("files_after_read") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    postgres_destination_config(d, &db.url, "after_read = { move_to = \"done\" }", "");
+    let file = d.join("in/orders-1.csv");
+    export(
+        &file,
+        b"id,item,qty\n1,apple,2\n2,pear,3\n",
+        Duration::from_secs(60),
+    );
+
+    // A crash after the destination has the batch and before the state commit.
+    let (out, stdout, stderr) = run(lockstep(d)
+        .args(["run", "orders"])
+        .env("LOCKSTEP_FAULT", "after-flush:1"));
+    assert!(
+        !out.status.success(),
+        "the fault must abort the run: {stdout}\n{stderr}"
+    );
+    assert_eq!(
+        pg_rows(&db.url, "SELECT count(*)::text FROM orders"),
+        [vec![Some("2".into())]],
+        "the destination has the batch"
+    );
+    assert!(
+        file.exists(),
+        "a file is never moved before its run committed"
+    );
+
+    // The next run reads it again and commits; the file is moved when the run after it opens
+    // the committed checkpoint.
+    let (ok, report, stderr) = run_json(d, "orders");
+    assert!(ok, "{report}\n{stderr}");
+    assert_eq!(report["metrics"]["read"], 2, "{report}");
+    assert!(file.exists());
+    let (ok, report, stderr) = run_json(d, "orders");
+    assert!(ok, "{report}\n{stderr}");
+    assert_eq!(report["metrics"]["read"], 0, "{report}");
+    assert!(!file.exists(), "moved after the commit");
+    assert_eq!(
+        std::fs::read(d.join("done/orders-1.csv")).unwrap(),
+        b"id,item,qty\n1,apple,2\n2,pear,3\n"
+    );
+    assert_eq!(
+        pg_rows(&db.url, "SELECT count(*)::text FROM orders"),
+        [vec![Some("2".into())]]
+    );
+}
+
+/// The CSV files of `dir` (not hidden), with their data rows (header left out), sorted.
+fn snapshot_rows(dir: &Path) -> Vec<String> {
+    let mut rows = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        let text = std::fs::read_to_string(entry.path()).unwrap();
+        rows.extend(text.lines().skip(1).map(str::to_owned));
+    }
+    rows.sort();
+    rows
+}
+
+#[test]
+fn a_full_sync_into_a_snapshot_replaces_the_file_set_and_mirror_is_still_refused() {
+    let Some(db) = postgres_database("files_snapshot") else {
+        return;
+    };
+    pg_exec(
+        &db.url,
+        &[
+            "CREATE TABLE prices (sku text PRIMARY KEY, price numeric(10,2) NOT NULL)",
+            "INSERT INTO prices VALUES ('a', 1.00), ('b', 2.00), ('c', 3.00)",
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let write_config = |mode: &str, ledger: bool| {
+        std::fs::write(
+            d.join("lockstep.toml"),
+            format!(
+                r#"
+[state]
+url = "sqlite://state.db"
+
+[connections.pg]
+connector = "postgres"
+config = {{ url = "{url}" }}
+
+[connections.outbox]
+connector = "files"
+config = {{ dir = "outbox", snapshot = true }}
+
+[syncs.prices]
+source = "pg.prices"
+destination = "outbox.prices"
+mode = "{mode}"
+ledger = {ledger}
+{cursor}
+"#,
+                cursor = if mode == "mirror" {
+                    "cursor = \"sku\""
+                } else {
+                    ""
+                },
+                url = db.url
+            ),
+        )
+        .unwrap();
+    };
+
+    // Validation refuses mirror into files, snapshot or not, and accepts full.
+    write_config("mirror", false);
+    let (out, stdout, stderr) = run(lockstep(d).args(["validate", "--offline"]));
+    assert!(!out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        format!("{stdout}{stderr}").contains("does not declare the `delete` feature"),
+        "{stdout}\n{stderr}"
+    );
+    write_config("full", false);
+    let (out, stdout, stderr) = run(lockstep(d).args(["validate", "--offline"]));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+
+    let (ok, report, stderr) = run_json(d, "prices");
+    assert!(ok, "{report}\n{stderr}");
+    let link = d.join("outbox/prices");
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(snapshot_rows(&link), ["a,1.00", "b,2.00", "c,3.00"]);
+    let first = std::fs::read_link(&link).unwrap();
+
+    // A record deleted and one changed at the source: the next snapshot is the new set,
+    // whole, under a new generation.
+    pg_exec(
+        &db.url,
+        &[
+            "DELETE FROM prices WHERE sku = 'b'",
+            "UPDATE prices SET price = 9.50 WHERE sku = 'c'",
+        ],
+    );
+    let (ok, report, stderr) = run_json(d, "prices");
+    assert!(ok, "{report}\n{stderr}");
+    assert_eq!(snapshot_rows(&link), ["a,1.00", "c,9.50"]);
+    assert_ne!(std::fs::read_link(&link).unwrap(), first);
+
+    // With a ledger a run skips unchanged records: the run fails at its end, naming the fix,
+    // and the previous snapshot stays.
+    write_config("full", true);
+    let (ok, report, stderr) = run_json(d, "prices");
+    assert!(!ok, "{report}\n{stderr}");
+    let message = report["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("ledger = false"), "{message}");
+    assert_eq!(snapshot_rows(&link), ["a,1.00", "c,9.50"]);
 }

@@ -62,7 +62,13 @@ fn render(report: &PlanReport) -> String {
             }
         }
     }
-    if !report.deletes.is_empty() {
+    if !report.deletes.is_empty() && report.held_deletes > 0 {
+        out.push_str(&format!(
+            "\n\nwould hold {} deletes, past max_delete_fraction (first {}):",
+            report.held_deletes,
+            report.deletes.len()
+        ));
+    } else if !report.deletes.is_empty() {
         out.push_str(&format!(
             "\n\nwould delete (first {}):",
             report.deletes.len()
