@@ -363,6 +363,7 @@ mod tests {
             error: None,
             cursor_before: None,
             cursor_after: None,
+            kind: lockstep_core::RUN_KIND_SYNC.into(),
         }
     }
 

@@ -17,3 +17,4 @@ mod retry;
 mod tidy;
 mod tryton;
 mod types;
+mod verify;

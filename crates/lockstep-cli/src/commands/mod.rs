@@ -11,6 +11,7 @@ mod run;
 mod runs;
 mod status;
 mod validate;
+mod verify;
 mod worker;
 
 use std::io::IsTerminal;
@@ -74,6 +75,23 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
             output,
         } => run::run(&cli.config, &sync, full_refresh, allow_mass_delete, output).await,
         Command::Plan { sync, output } => plan::run(&cli.config, &sync, output).await,
+        Command::Verify {
+            sync,
+            sample,
+            repair,
+            allow_mass_delete,
+            output,
+        } => {
+            verify::run(
+                &cli.config,
+                &sync,
+                sample,
+                repair,
+                allow_mass_delete,
+                output,
+            )
+            .await
+        }
         Command::Rejects { command } => rejects::run(&cli.config, command).await,
         Command::Deletes { command } => deletes::run(&cli.config, command).await,
         Command::Runs {
