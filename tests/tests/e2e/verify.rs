@@ -309,3 +309,57 @@ fn verify_of_an_unknown_sync_exits_2_with_a_clear_error() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("no sync named `nope`"), "{stderr}");
 }
+
+#[test]
+fn the_daemon_verifies_on_its_schedule_alerts_on_drift_and_exports_the_gauge() {
+    use std::time::{Duration, Instant};
+
+    use crate::daemon::{Daemon, Receiver};
+
+    let receiver = Receiver::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (src, dst) = (d.join("src.db"), d.join("dst.db"));
+    let (source, destination) = (Side::Sqlite(&src), Side::Sqlite(&dst));
+    source.create_source();
+    write_config(d, &source, &destination);
+    sync(d);
+    destination.exec(&["DELETE FROM contacts WHERE id IN (4, 5, 6)".to_owned()]);
+    // Verified every second (a 6-field cron, seconds first); no run schedule at all.
+    let mut text = std::fs::read_to_string(d.join("lockstep.toml")).unwrap();
+    text = text.replace(
+        "max_delete_fraction = 0.5\n",
+        "max_delete_fraction = 0.5\nverify_schedule = \"* * * * * *\"\n",
+    );
+    text.push_str(&format!(
+        "\n[[alerts.webhook]]\nurl = \"{}\"\n",
+        receiver.url
+    ));
+    std::fs::write(d.join("lockstep.toml"), text).unwrap();
+
+    let daemon = Daemon::start(d);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let drift = loop {
+        if let Some(b) = receiver.bodies().into_iter().find(|b| b["kind"] == "drift") {
+            break b;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no drift alert; received: {:?}\n{}",
+            receiver.bodies(),
+            daemon.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(drift["sync"], "people", "{drift}");
+    let reason = drift["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("verify found 3 differences: 3 records missing"),
+        "{reason}"
+    );
+    let metrics = daemon.get("/metrics");
+    assert!(
+        metrics.contains("lockstep_verify_differences{sync=\"people\"} 3"),
+        "{metrics}"
+    );
+}
