@@ -7,11 +7,13 @@
 //! - `bench pg [--rows N] [--state sqlite|postgres]`: PostgreSQL sync speed, fast and default
 //!   paths, against PostgreSQL's own COPY pipe.
 //! - `bench files`: a CSV drop into PostgreSQL against PostgreSQL's own `COPY FROM`.
+//! - `bench verify [--rows N]`: `lockstep verify` of the `bench pg` table against its COPY pipe.
 //! - `bench hubspot`: how much of HubSpot's request budget a sync to and from the fake uses.
 
 mod bench_files;
 mod bench_hubspot;
 mod bench_pg;
+mod bench_verify;
 mod demo;
 
 use std::path::{Path, PathBuf};
@@ -29,6 +31,7 @@ fn main() -> Result<()> {
         ["bench", "pg", rest @ ..] => bench_pg::run(rest),
         ["bench", "files", rest @ ..] => bench_files::run(rest),
         ["bench", "hubspot", rest @ ..] => bench_hubspot::run(rest),
+        ["bench", "verify", rest @ ..] => bench_verify::run(rest),
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
@@ -39,7 +42,8 @@ fn main() -> Result<()> {
                  bench pg [--rows N] [--state sqlite|postgres]\n                      \
                  PostgreSQL sync speed against the COPY pipe (needs PostgreSQL and MariaDB)\n  \
                  bench files          a CSV drop into PostgreSQL against COPY FROM\n  \
-                 bench hubspot        request-budget use against the fake HubSpot (needs PostgreSQL)"
+                 bench hubspot        request-budget use against the fake HubSpot (needs PostgreSQL)\n  \
+                 bench verify [--rows N]  `lockstep verify` against the COPY pipe (needs PostgreSQL)"
             );
             bail!("unknown or missing command");
         }

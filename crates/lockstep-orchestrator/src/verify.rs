@@ -838,7 +838,13 @@ fn greater(a: &Value, b: &Value) -> bool {
         }
         _ => match (time_of(a), time_of(b)) {
             (Some(x), Some(y)) => x > y,
-            _ => a.to_string() > b.to_string(),
+            _ => match (a.as_str(), b.as_str()) {
+                (Some(x), Some(y)) => x > y,
+                _ => {
+                    let (x, y) = (a.to_string(), b.to_string());
+                    x.as_str() > y.as_str()
+                }
+            },
         },
     }
 }
