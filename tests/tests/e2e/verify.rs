@@ -363,3 +363,58 @@ fn the_daemon_verifies_on_its_schedule_alerts_on_drift_and_exports_the_gauge() {
         "{metrics}"
     );
 }
+
+#[test]
+fn a_source_that_can_only_be_read_in_full_is_verified_and_repaired_in_a_second_pass() {
+    // A CSV source: no count in place (`key-summary`) and no reading by key (`read-by-keys`),
+    // so verify counts what it reads and fetches the differing records in a filtered pass.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("in")).unwrap();
+    let mut csv = String::from("id,full_name,score\n");
+    for id in 1..=ROWS {
+        csv.push_str(&format!("{id},Person {id},{}\n", id * 10));
+    }
+    std::fs::write(d.join("in/people.csv"), csv).unwrap();
+    let dst = d.join("dst.db");
+    let destination = Side::Sqlite(&dst);
+    std::fs::write(
+        d.join("lockstep.toml"),
+        format!(
+            "[state]\nurl = \"sqlite://state.db\"\n\n\
+             [connections.src]\nconnector = \"files\"\n\
+             [connections.src.config.streams.people]\npath = \"in/people.csv\"\nprimary_key = [\"id\"]\n\
+             settle = \"0s\"\n\n{}\n\
+             [syncs.people]\nsource = \"src.people\"\ndestination = \"dst.contacts\"\nmode = \"full\"\n\
+             max_delete_fraction = 0.5\n\n\
+             [syncs.people.fields]\nid = \"id\"\nname = {{ expr = \"upper(full_name)\" }}\nscore = \"score\"\n",
+            destination.connection("dst")
+        ),
+    )
+    .unwrap();
+    sync(d);
+    destination.exec(&[
+        "DELETE FROM contacts WHERE id = 9".to_owned(),
+        "UPDATE contacts SET score = -1 WHERE id = 11".to_owned(),
+        "INSERT INTO contacts (id, name, score) VALUES (500, 'X', 1)".to_owned(),
+    ]);
+    let (code, report) = verify(d, &[]);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(report["source"]["counted_by"], "read");
+    assert_eq!(report["source"]["count"], ROWS);
+    assert_eq!(report["fetched_by_key"], false);
+    assert_eq!(keys(&report["missing_records"]), ["[9]"]);
+    assert_eq!(report["missing_records"][0]["record"]["name"], "PERSON 9");
+    assert_eq!(keys(&report["extra_records"]), ["[500]"]);
+    assert_eq!(
+        report["different_records"],
+        serde_json::json!([{ "key": "[11]", "fields": [
+            { "field": "score", "source": 110, "destination": -1 }
+        ] }])
+    );
+    let (code, report) = verify(d, &["--repair"]);
+    assert_eq!(code, 0, "{report:#}");
+    let (code, report) = verify(d, &[]);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["destination"]["count"], ROWS);
+}
