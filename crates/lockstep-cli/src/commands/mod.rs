@@ -42,7 +42,10 @@ impl<E: std::fmt::Display> From<E> for CliError {
 pub async fn dispatch(cli: Cli) -> ExitCode {
     // The daemon sets up logging itself, once it knows the config's log format.
     if !matches!(cli.command, Command::Daemon { .. }) {
-        init_logging(cli.log_format, matches!(cli.command, Command::Run { .. }));
+        init_logging(
+            cli.log_format,
+            matches!(cli.command, Command::Run { .. } | Command::Verify { .. }),
+        );
     }
     let result = match cli.command {
         Command::Validate { offline } => validate::run(&cli.config, offline).await,
