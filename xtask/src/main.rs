@@ -7,6 +7,7 @@
 //! - `bench pg [--rows N] [--state sqlite|postgres]`: PostgreSQL sync speed, fast and default
 //!   paths, against PostgreSQL's own COPY pipe.
 //! - `bench files`: a CSV drop into PostgreSQL against PostgreSQL's own `COPY FROM`.
+//! - `bench verify [--rows N]`: `lockstep verify` of the `bench pg` table against its COPY pipe.
 //! - `bench hubspot`: how much of HubSpot's request budget a sync to and from the fake uses.
 //! - `dist [--profile release|dev] [--no-build] [--no-dbgsym]`: the release tarball and the
 //!   Debian package under target/dist (see docs/packaging.md).
@@ -14,6 +15,7 @@
 mod bench_files;
 mod bench_hubspot;
 mod bench_pg;
+mod bench_verify;
 mod deb;
 mod demo;
 mod dist;
@@ -34,6 +36,7 @@ fn main() -> Result<()> {
         ["bench", "pg", rest @ ..] => bench_pg::run(rest),
         ["bench", "files", rest @ ..] => bench_files::run(rest),
         ["bench", "hubspot", rest @ ..] => bench_hubspot::run(rest),
+        ["bench", "verify", rest @ ..] => bench_verify::run(rest),
         ["dist", rest @ ..] => dist::run(rest),
         _ => {
             eprintln!(
@@ -46,6 +49,7 @@ fn main() -> Result<()> {
                  PostgreSQL sync speed against the COPY pipe (needs PostgreSQL and MariaDB)\n  \
                  bench files          a CSV drop into PostgreSQL against COPY FROM\n  \
                  bench hubspot        request-budget use against the fake HubSpot (needs PostgreSQL)\n  \
+                 bench verify [--rows N]  `lockstep verify` against the COPY pipe (needs PostgreSQL)\n  \
                  dist [--profile release|dev] [--no-build] [--no-dbgsym]\n                      \
                  the release tarball and the Debian package, in target/dist"
             );

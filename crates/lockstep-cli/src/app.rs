@@ -76,6 +76,26 @@ pub enum Command {
         #[arg(long, short, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
     },
+    /// Check that the sync's two systems agree: counts on both sides, freshness (newest
+    /// cursor value, last successful run, lag) and the records missing, extra or different
+    /// in the destination, compared by key in the mapped fields. Exit codes: 0 the systems
+    /// agree (or --repair made them agree), 1 they differ, 2 verify itself failed.
+    Verify {
+        sync: String,
+        /// How many records of each kind of difference to show (JSON output lists all).
+        #[arg(long, default_value_t = 10)]
+        sample: usize,
+        /// Fix what differs through the normal write path, as a run of kind `verify-repair`:
+        /// upsert the source's current records that are missing or different, and delete
+        /// extra ones under the sync's max_delete_fraction.
+        #[arg(long)]
+        repair: bool,
+        /// With --repair, delete extra records even past the sync's max_delete_fraction.
+        #[arg(long, requires = "repair")]
+        allow_mass_delete: bool,
+        #[arg(long, short, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
     /// List, show and retry records that runs could not map or write.
     Rejects {
         #[command(subcommand)]

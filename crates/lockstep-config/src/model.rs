@@ -191,6 +191,9 @@ pub struct Sync {
     /// Disabled syncs are loaded and validated but not scheduled.
     pub enabled: bool,
     pub schedule: Option<Schedule>,
+    /// When the daemon verifies the sync (`lockstep verify`): a cron expression, in the time
+    /// zone of the sync's schedule (UTC without one).
+    pub verify_schedule: Option<String>,
     pub retry: RetryPolicy,
     /// The name in `[syncs.NAME]`.
     pub location: Location,

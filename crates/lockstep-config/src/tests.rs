@@ -1078,6 +1078,26 @@ fn invalid_cron() {
 }
 
 #[test]
+fn a_verify_schedule_is_a_cron_expression_checked_like_a_schedules() {
+    let error = only_error(&with_sync("verify_schedule = \"0 3 * *\""));
+    assert_eq!(error.kind(), ErrorKind::InvalidCron);
+    assert_eq!(error.location().unwrap().line, 8);
+    assert!(
+        error
+            .message()
+            .starts_with("invalid cron expression `0 3 * *` in `syncs.contacts.verify_schedule`: "),
+        "{}",
+        error.message()
+    );
+    let config = parse_ok(&with_sync("verify_schedule = \" 0 3 * * * \""));
+    assert_eq!(
+        config.syncs[0].verify_schedule.as_deref(),
+        Some("0 3 * * *")
+    );
+    assert_eq!(parse_ok(&with_sync("")).syncs[0].verify_schedule, None);
+}
+
+#[test]
 fn invalid_duration() {
     let error = only_error(&with_sync(
         "[syncs.contacts.schedule]\nevery = \"5 minutes\"",

@@ -15,5 +15,5 @@ pub mod spec;
 pub use fingerprint::{fingerprints, record_keys, FingerprintError};
 pub use lockstep_protocol as protocol;
 pub use metrics::RunMetrics;
-pub use run::{RunErrorKind, RunStatus, RunSummary};
+pub use run::{RunErrorKind, RunStatus, RunSummary, RUN_KIND_SYNC, RUN_KIND_VERIFY_REPAIR};
 pub use spec::{DeletePolicy, EndpointSpec, FieldMapping, RejectLimit, SyncMode, SyncSpec};

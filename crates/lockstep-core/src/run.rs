@@ -177,7 +177,21 @@ pub struct RunSummary {
     /// The source checkpoint when the run started and when it ended.
     pub cursor_before: Option<serde_json::Value>,
     pub cursor_after: Option<serde_json::Value>,
+    /// What kind of run this is: `sync` (a sync's run, or a retry of rejected records) or
+    /// `verify-repair` (the repair of a `lockstep verify`).
+    #[serde(default = "sync_kind")]
+    pub kind: String,
 }
+
+/// The kind of a run that says nothing else.
+fn sync_kind() -> String {
+    RUN_KIND_SYNC.to_owned()
+}
+
+/// The kind of a sync's run (and of a retry of its rejected records).
+pub const RUN_KIND_SYNC: &str = "sync";
+/// The kind of the run a `lockstep verify --repair` records.
+pub const RUN_KIND_VERIFY_REPAIR: &str = "verify-repair";
 
 #[cfg(test)]
 mod tests {

@@ -33,6 +33,8 @@ pub(crate) enum AlertKind {
     Recovery,
     LowVolume,
     DeletesHeld,
+    /// A scheduled `lockstep verify` found the two systems disagreeing.
+    Drift,
 }
 
 impl AlertKind {
@@ -44,6 +46,7 @@ impl AlertKind {
             AlertKind::Recovery => "recovery",
             AlertKind::LowVolume => "low-volume",
             AlertKind::DeletesHeld => "deletes-held",
+            AlertKind::Drift => "drift",
         }
     }
 }
@@ -96,6 +99,7 @@ impl Alert {
             AlertKind::DeletesHeld => {
                 format!("sync {}: deletes held for approval ({run})", self.sync)
             }
+            AlertKind::Drift => format!("sync {}: the systems differ (verify)", self.sync),
         }
     }
 
@@ -363,6 +367,7 @@ mod tests {
             error: None,
             cursor_before: None,
             cursor_after: None,
+            kind: lockstep_core::RUN_KIND_SYNC.into(),
         }
     }
 

@@ -210,6 +210,23 @@ fn spawn_missing(shared: &Arc<Shared>, tasks: &mut HashMap<String, JoinHandle<()
             )));
         }
     }
+    // Scheduled verification, a task per sync with a `verify_schedule` (keyed apart from
+    // the sync's own task).
+    for sync in config
+        .syncs
+        .iter()
+        .filter(|s| s.enabled && s.verify_schedule.is_some())
+    {
+        let name = sync.name().to_owned();
+        if let std::collections::hash_map::Entry::Vacant(slot) =
+            tasks.entry(format!("verify:{name}"))
+        {
+            slot.insert(tokio::spawn(crate::verifier::verify_loop(
+                shared.clone(),
+                name,
+            )));
+        }
+    }
 }
 
 /// Reads what the gauges and alert rules need from the run history.

@@ -7,7 +7,8 @@
 //! crashes), `alerts` and `channels` (what to say, and webhooks and email to say it),
 //! `metrics` and `http` (`/healthz`, `/metrics`, `/api/syncs`, `/api/runs`), `shared` (what
 //! those parts share, so that none of them imports another back), and `daemon` (start-up,
-//! SIGHUP reload, SIGTERM graceful stop). [`protocol`] is the line protocol between
+//! SIGHUP reload, SIGTERM graceful stop), and `verifier` (scheduled `lockstep verify` in a
+//! child process, its gauge and its drift alert). [`protocol`] is the line protocol between
 //! daemon and worker, shared with the CLI's `worker` command.
 //!
 //! Invariants:
@@ -32,5 +33,6 @@ pub mod schedule;
 mod scheduler;
 mod shared;
 mod supervisor;
+mod verifier;
 
 pub use daemon::{run, DaemonError, DaemonOptions};

@@ -103,6 +103,7 @@ pub(crate) struct Metrics {
     alerts: Family<SyncKindLabels, Counter>,
     alert_failures: Family<ChannelLabel, Counter>,
     reloads: Family<ResultLabel, Counter>,
+    verify_differences: Family<SyncLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -119,6 +120,7 @@ impl Default for Metrics {
             alerts: Family::default(),
             alert_failures: Family::default(),
             reloads: Family::default(),
+            verify_differences: Family::default(),
         }
     }
 }
@@ -177,6 +179,13 @@ impl Metrics {
     pub(crate) fn set_rejected_pending(&self, sync: &str, count: u64) {
         self.lock(&self.rejected_pending)
             .insert(sync.to_owned(), count);
+    }
+
+    /// Records the differences the last scheduled verify of `sync` found.
+    pub(crate) fn set_verify_differences(&self, sync: &str, count: u64) {
+        self.verify_differences
+            .get_or_create(&sync_label(sync))
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
     pub(crate) fn worker_crashed(&self, sync: &str) {
@@ -295,6 +304,12 @@ impl Metrics {
             "lockstep_alert_delivery_failures",
             "Alerts a channel (webhook, email) could not deliver",
             self.alert_failures.clone(),
+        );
+        registry.register(
+            "lockstep_verify_differences",
+            "Records missing, extra or different in the destination (and keys it holds twice) \
+             at the sync's last scheduled verify",
+            self.verify_differences.clone(),
         );
         registry.register(
             "lockstep_config_reloads",

@@ -551,7 +551,11 @@ async fn conclude(
         .runs(Some(name), window * 3 + attempts as usize + 50)
         .await
     {
-        Ok(history) => history,
+        // A verify's repair is no run of the sync: its few records say nothing of volume.
+        Ok(mut history) => {
+            history.retain(|r| r.kind != lockstep_core::RUN_KIND_VERIFY_REPAIR);
+            history
+        }
         Err(e) => {
             tracing::warn!(sync = name, "cannot read the run history for alerts: {e}");
             Vec::new()

@@ -16,8 +16,10 @@
 // The run's modules form a line, each using only those above it: `job`, `services`,
 // `context`, `rows` and `diff` know nothing of how a run proceeds; `sink` is where changes
 // go; `batch` is the one path from a batch to a commit; `reconcile` and `deletes` are the
-// mirror phases; `pipeline` runs them; `engine`, `plan` and `retry` are the entry points.
+// mirror phases; `pipeline` runs them; `engine`, `plan`, `retry` and `verify` are the entry
+// points (`compare` is verify's pure comparison).
 mod batch;
+mod compare;
 mod context;
 mod deletes;
 mod diff;
@@ -35,6 +37,7 @@ mod services;
 mod sink;
 mod source_rejects;
 mod summary;
+mod verify;
 
 pub use deletes::SAMPLE_KEYS as DELETE_SAMPLE_KEYS;
 pub use engine::{Engine, RunReport};
@@ -42,3 +45,7 @@ pub use error::EngineError;
 pub use job::{hostname, Endpoint, Progress, ProgressFn, RunOptions, StartFn, SyncJob};
 pub use plan::{FieldChange, PlanReport, PlannedRejection, PlannedUpdate, SAMPLE_SIZE};
 pub use retry::RetryOutcome;
+pub use verify::{
+    ChangedRecord, FieldDifference, LastRun, RecordDifference, RepairReport, SideReport,
+    VerifyOptions, VerifyReport,
+};

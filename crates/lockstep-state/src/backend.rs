@@ -120,6 +120,19 @@ macro_rules! impl_state_store {
                 row.map($crate::sql::RunRow::into_summary).transpose()
             }
 
+            async fn set_run_kind(&self, run: i64, kind: &str) -> $crate::error::Result<()> {
+                let done = sqlx::query(r#"UPDATE "runs" SET "kind" = $2 WHERE "id" = $1"#)
+                    .bind(run)
+                    .bind(kind)
+                    .execute(&self.pool)
+                    .await
+                    .map_err($crate::error::db("recording a run's kind"))?;
+                if done.rows_affected() == 0 {
+                    return Err($crate::error::StateError::UnknownRun { run });
+                }
+                Ok(())
+            }
+
             async fn run_exit_detail(&self, id: i64) -> $crate::error::Result<Option<String>> {
                 let detail: Option<Option<String>> =
                     sqlx::query_scalar(r#"SELECT "exit_detail" FROM "runs" WHERE "id" = $1"#)

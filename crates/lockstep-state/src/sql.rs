@@ -82,7 +82,7 @@ fn row_params(first: usize, rows: usize, width: usize) -> String {
 
 pub(crate) const RUN_COLUMNS: &str = r#""id", "sync", "status", "started_at", "finished_at",
     "duration_ms", "read", "added", "updated", "unchanged", "deleted", "conflicts", "rejected",
-    "error_kind", "error", "cursor_before", "cursor_after""#;
+    "error_kind", "error", "cursor_before", "cursor_after", "kind""#;
 
 pub(crate) fn start_run_sql() -> &'static str {
     r#"INSERT INTO "runs" ("sync", "status", "started_at", "cursor_before", "lease_token")
@@ -267,6 +267,7 @@ pub(crate) struct RunRow {
     error: Option<String>,
     cursor_before: Option<String>,
     cursor_after: Option<String>,
+    kind: String,
 }
 
 impl RunRow {
@@ -303,6 +304,7 @@ impl RunRow {
             duration_ms: self.duration_ms,
             error_kind: self.error_kind,
             error: self.error,
+            kind: self.kind,
         })
     }
 }

@@ -25,6 +25,10 @@ pub trait StateStore: PendingDeleteStore + Send + Sync {
     /// `InvalidArgument` if `end.status` is `Running`.
     async fn finish_run(&self, run: i64, end: &RunEnd) -> Result<()>;
 
+    /// Records what kind of run `run` is (`verify-repair`, ...); a run is a `sync` run
+    /// unless this says otherwise.
+    async fn set_run_kind(&self, run: i64, kind: &str) -> Result<()>;
+
     /// The most recent runs, newest first, of one sync or of all.
     async fn runs(&self, sync: Option<&str>, limit: usize) -> Result<Vec<RunSummary>>;
 

@@ -20,3 +20,4 @@ mod retry;
 mod tidy;
 mod tryton;
 mod types;
+mod verify;

@@ -13,6 +13,7 @@ mod run;
 mod runs;
 mod status;
 mod validate;
+mod verify;
 mod worker;
 
 use std::io::IsTerminal;
@@ -43,7 +44,10 @@ impl<E: std::fmt::Display> From<E> for CliError {
 pub async fn dispatch(cli: Cli) -> ExitCode {
     // The daemon sets up logging itself, once it knows the config's log format.
     if !matches!(cli.command, Command::Daemon { .. }) {
-        init_logging(cli.log_format, matches!(cli.command, Command::Run { .. }));
+        init_logging(
+            cli.log_format,
+            matches!(cli.command, Command::Run { .. } | Command::Verify { .. }),
+        );
     }
     let result = match cli.command {
         Command::Validate { offline } => validate::run(&cli.config, offline).await,
@@ -76,6 +80,23 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
             output,
         } => run::run(&cli.config, &sync, full_refresh, allow_mass_delete, output).await,
         Command::Plan { sync, output } => plan::run(&cli.config, &sync, output).await,
+        Command::Verify {
+            sync,
+            sample,
+            repair,
+            allow_mass_delete,
+            output,
+        } => {
+            verify::run(
+                &cli.config,
+                &sync,
+                sample,
+                repair,
+                allow_mass_delete,
+                output,
+            )
+            .await
+        }
         Command::Rejects { command } => rejects::run(&cli.config, command).await,
         Command::Deletes { command } => deletes::run(&cli.config, command).await,
         Command::Runs {

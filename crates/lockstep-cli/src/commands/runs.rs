@@ -48,7 +48,12 @@ pub async fn run(
         let m = &r.metrics;
         table.row([
             r.id.to_string(),
-            r.sync.clone(),
+            // A run of another kind than a sync's (a verify's repair) says so.
+            if r.kind == lockstep_core::RUN_KIND_SYNC {
+                r.sync.clone()
+            } else {
+                format!("{} ({})", r.sync, r.kind)
+            },
             r.status.as_str().to_owned(),
             r.started_at.clone(),
             r.duration_ms

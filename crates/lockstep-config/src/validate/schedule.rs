@@ -76,12 +76,18 @@ impl Reader<'_> {
     }
 
     pub(super) fn cron(&mut self, st: &Tbl<'_, '_>) -> Option<Trigger> {
-        let s = self.string(st, "cron")?;
+        self.cron_key(st, "cron").map(Trigger::Cron)
+    }
+
+    /// The cron expression under `key` of `st` (`cron` of a schedule, a sync's
+    /// `verify_schedule`), checked with the daemon's parser.
+    pub(super) fn cron_key(&mut self, st: &Tbl<'_, '_>, key: &str) -> Option<String> {
+        let s = self.string(st, key)?;
         let parser = croner::parser::CronParser::builder()
             .year(croner::parser::Year::Disallowed)
             .build();
         match parser.parse(s.value) {
-            Ok(_) => Some(Trigger::Cron(s.value.trim().to_owned())),
+            Ok(_) => Some(s.value.trim().to_owned()),
             Err(e) => {
                 let reason = match e {
                     CronError::InvalidPattern(reason) | CronError::ComponentError(reason) => reason,
@@ -93,7 +99,7 @@ impl Reader<'_> {
                     format!(
                         "invalid cron expression `{}` in `{}`: {}",
                         s.value,
-                        st.child("cron"),
+                        st.child(key),
                         reason.trim_end_matches('.')
                     ),
                     "invalid cron",

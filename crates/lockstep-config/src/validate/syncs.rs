@@ -31,6 +31,7 @@ pub(super) const SYNC_KEYS: &[&str] = &[
     "fields",
     "schedule",
     "retry",
+    "verify_schedule",
 ];
 /// The keys accepted in a `{ connection = "...", stream = "..." }` endpoint.
 pub(super) const ENDPOINT_KEYS: &[&str] = &["connection", "stream"];
@@ -158,6 +159,7 @@ impl Reader<'_> {
         let use_ledger = self.bool(t, "ledger").unwrap_or(true);
         let enabled = self.bool(t, "enabled").unwrap_or(true);
         let schedule = self.schedule(t);
+        let verify_schedule = self.cron_key(t, "verify_schedule");
         let retry = self.retry(t);
 
         let (source, source_span) = source?;
@@ -182,6 +184,7 @@ impl Reader<'_> {
             },
             enabled,
             schedule,
+            verify_schedule,
             retry,
             location: self.loc(name_span),
             locations: SyncLocations {
