@@ -37,6 +37,8 @@ use lockstep_state::{BatchCommit, DeleteOrigin, RunEnd};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use lockstep_plugin_core::source_rejects::is_rejects_batch;
+
 use crate::batch::apply_batch;
 use crate::compare::{key_hash, Probe, SourceIndex};
 use crate::context::{fields_to_read, Context};
@@ -221,6 +223,7 @@ impl Engine<'_> {
         };
         let mut reader = source.read(&request).await?;
         while let Some((batch, _)) = reader.next().await? {
+            refuse_unreadable(&batch, &spec.name, "source")?;
             source_side.count += batch.num_rows() as u64;
             if let Some(cursor) = &spec.cursor_field {
                 newest(&mut source_side.newest_cursor, &batch, cursor, cursor_type);
@@ -477,6 +480,7 @@ impl Engine<'_> {
         };
         let mut reader = destination.read(&request).await?;
         while let Some((batch, _)) = reader.next().await? {
+            refuse_unreadable(&batch, &spec.name, "destination")?;
             found.destination_count += batch.num_rows() as u64;
             let batch = cast_to(&batch, &schema, &spec.destination.stream)?;
             if let Some(cursor) = cursor_target {
@@ -712,6 +716,7 @@ async fn fetch(
     for request in &requests {
         let mut reader = source.read(request).await?;
         while let Some((batch, _)) = reader.next().await? {
+            refuse_unreadable(&batch, &spec.name, "source")?;
             // Only the wanted records, picked by their mapped key; those that fail to map are
             // not compared (and not repaired): a run rejects them.
             let mapped = mapper.map(&batch)?;
@@ -942,4 +947,20 @@ async fn connector_count(
             None
         }
     }
+}
+
+/// Fails verification when a connector hands over records it could not read (a source-rejects
+/// batch, such as malformed lines of a file): their keys are unknown, so any record could be
+/// among them, and no claim of "missing" or "extra" could be trusted.
+fn refuse_unreadable(batch: &RecordBatch, sync: &str, side: &str) -> Result<(), EngineError> {
+    if !is_rejects_batch(batch) {
+        return Ok(());
+    }
+    Err(EngineError::Schema(format!(
+        "sync `{sync}`: verify stopped: the {side} could not read {} of its records (malformed \
+         lines of a file, say), and a record whose key is unknown could be any of the missing or \
+         extra ones. Fix those records (`lockstep rejects list {sync}` names them after a run) \
+         and verify again",
+        batch.num_rows()
+    )))
 }

@@ -417,4 +417,16 @@ fn a_source_that_can_only_be_read_in_full_is_verified_and_repaired_in_a_second_p
     let (code, report) = verify(d, &[]);
     assert_eq!(code, 0, "{report:#}");
     assert_eq!(report["destination"]["count"], ROWS);
+
+    // A line the source cannot read (one field too many): its key is unknown, so verify
+    // refuses to call anything missing or extra, and says why.
+    let mut csv = std::fs::read_to_string(d.join("in/people.csv")).unwrap();
+    csv.push_str("77777,Broken,1,extra\n");
+    std::fs::write(d.join("in/people.csv"), csv).unwrap();
+    let (out, _, stderr) = run(lockstep(d).args(["verify", "people"]));
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("the source could not read 1 of its records"),
+        "{stderr}"
+    );
 }
