@@ -9,6 +9,7 @@ mod daemon;
 mod deletes;
 mod engine;
 mod files;
+mod guide;
 mod hubspot;
 mod lease;
 mod ops;

@@ -28,8 +28,8 @@ const INFER_LINES: usize = 100;
 #[serde(deny_unknown_fields)]
 #[schemars(crate = "lockstep_plugin_sdk::schemars")]
 pub struct Config {
-    /// The directory holding one `<stream>.jsonl` file per stream. Lockstep resolves a
-    /// relative path against the directory of its config file before the connector sees it.
+    /// The directory holding one `<stream>.jsonl` file per stream. A relative path is
+    /// relative to the directory of Lockstep's config file (Lockstep's working directory).
     pub dir: PathBuf,
 }
 
