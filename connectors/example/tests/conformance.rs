@@ -44,6 +44,6 @@ async fn the_built_plugin_passes_the_conformance_kit() {
         .destination_config(json!({ "dir": destination.path() }))
         .run()
         .await
-        .unwrap_or_else(|failures| panic!("{failures}"));
+        .assert_passed();
     println!("{report}");
 }

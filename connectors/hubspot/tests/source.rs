@@ -362,6 +362,6 @@ async fn the_plugin_passes_the_conformance_kit() {
     .cursor_field("lastmodifieddate")
     .run()
     .await
-    .unwrap_or_else(|failures| panic!("{failures}"));
+    .assert_passed();
     println!("{report}");
 }

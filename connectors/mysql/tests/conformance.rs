@@ -42,7 +42,7 @@ async fn the_plugin_passes_the_conformance_kit() {
         .destination_config(config)
         .run()
         .await
-        .unwrap_or_else(|failures| panic!("{failures}"));
+        .assert_passed();
     println!("{report}");
     for name in [
         checks::SOURCE_FULL_READ,

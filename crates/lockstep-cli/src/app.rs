@@ -259,6 +259,25 @@ pub enum ConnectorsCommand {
         #[arg(long, short, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
     },
+    /// Write a new connector crate: a working connector over JSON Lines files, a
+    /// conformance test and a README. Neither --source nor --destination means both roles.
+    New {
+        /// The connector's name, as configs spell it: lowercase letters, digits, underscores.
+        name: String,
+        /// The connector reads (plays the source role).
+        #[arg(long)]
+        source: bool,
+        /// The connector writes (plays the destination role).
+        #[arg(long)]
+        destination: bool,
+        /// The crate's directory [default: ./lockstep-connector-NAME].
+        #[arg(long)]
+        path: Option<std::path::PathBuf>,
+        /// Where the crate takes the SDK from: path:DIR (a Lockstep checkout), git:URL, or a
+        /// release version such as 0.1 [default: git, this project's repository].
+        #[arg(long, value_name = "path:DIR|git:URL|VERSION")]
+        sdk: Option<String>,
+    },
     /// Read records of one stream without a sync: nothing is written, the state store is not
     /// opened. A table, or JSON lines with --output json.
     Read {

@@ -11,7 +11,10 @@ pub type Result<T, E = ConnectorError> = std::result::Result<T, E>;
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
 pub struct ConnectorError {
+    /// What kind of failure this is; the host retries `transient` and `rate_limited` errors
+    /// and never `config` or `auth` ones.
     pub kind: ErrorKind,
+    /// For people: what went wrong, where, and what to do. Never a secret.
     pub message: String,
     /// Structured details (a JSON object) for machines, or `Null`.
     pub details: serde_json::Value,
@@ -20,6 +23,7 @@ pub struct ConnectorError {
 }
 
 impl ConnectorError {
+    /// An error of `kind`; the constructors below name the kinds.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         Self {
             kind,
@@ -28,27 +32,45 @@ impl ConnectorError {
             retry_after_ms: 0,
         }
     }
+    /// The connection's config is wrong (a missing key, a file that does not exist): not
+    /// retried. Say which key and what would fix it.
+    ///
+    /// ```
+    /// use lockstep_plugin_sdk::{ConnectorError, ErrorKind};
+    ///
+    /// let error = ConnectorError::config("`dir` = /nowhere is not a directory; create it");
+    /// assert_eq!(error.kind, ErrorKind::CONFIG);
+    /// assert_eq!(error.to_string(), "`dir` = /nowhere is not a directory; create it");
+    /// ```
     pub fn config(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::CONFIG, message)
     }
+    /// The credentials were refused: not retried.
     pub fn auth(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::AUTH, message)
     }
+    /// A failure that may pass (a dropped connection, a timeout): retried with backoff.
     pub fn transient(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::TRANSIENT, message)
     }
+    /// The system asked to slow down: retried after `retry_after_ms` milliseconds.
     pub fn rate_limited(message: impl Into<String>, retry_after_ms: u64) -> Self {
         Self {
             retry_after_ms,
             ..Self::new(ErrorKind::RATE_LIMITED, message)
         }
     }
+    /// The data does not fit (an unknown stream or field, a value of the wrong type, a
+    /// change the schema evolution policy forbids).
     pub fn schema(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::SCHEMA, message)
     }
+    /// A bug in the connector or a state it cannot handle.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::INTERNAL, message)
     }
+    /// The connector does not do what was asked (a read mode, deletes). The conformance kit
+    /// skips its resume and delete checks, rather than failing them, when refused this way.
     pub fn unsupported(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::UNSUPPORTED, message)
     }

@@ -7,6 +7,107 @@
 //! host, catches panics at every entry point, and turns rows of serde values into batches
 //! for connectors that would rather not touch Arrow builders ([`rows`]).
 //!
+//! A complete, if tiny, source-only connector (the connector guide, `docs/connector-guide.md`,
+//! explains each part; `lockstep connectors new NAME` writes a fuller one):
+//!
+//! ```no_run
+//! use lockstep_plugin_sdk::arrow::array::RecordBatch;
+//! use lockstep_plugin_sdk::rows::batch_from_rows;
+//! use lockstep_plugin_sdk::serde_json::{json, Map, Value};
+//! use lockstep_plugin_sdk::{
+//!     BatchReader, Catalog, Connector, ConnectorError, Context, DataType, FieldInfo,
+//!     JsonSchema, Manifest, ReadRequest, Result, SourceConnector, StreamInfo, Unsupported,
+//! };
+//!
+//! /// The connector: a manifest, and the types of its roles.
+//! pub struct Hello;
+//!
+//! impl Connector for Hello {
+//!     type Source = HelloSource;
+//!     type Destination = Unsupported; // it only reads
+//!
+//!     fn manifest() -> Manifest {
+//!         Manifest {
+//!             name: "hello".into(),
+//!             version: "0.1.0".into(),
+//!             description: "One greeting.".into(),
+//!             features: vec![],
+//!         }
+//!     }
+//! }
+//!
+//! /// The config: `{"greeting": "..."}`. `serde` is the connector's own dependency.
+//! #[derive(serde::Deserialize, JsonSchema)]
+//! #[serde(deny_unknown_fields)]
+//! #[schemars(crate = "lockstep_plugin_sdk::schemars")]
+//! pub struct Config {
+//!     /// What the one record says.
+//!     pub greeting: String,
+//! }
+//!
+//! pub struct HelloSource {
+//!     greeting: String,
+//! }
+//!
+//! fn fields() -> Vec<FieldInfo> {
+//!     vec![FieldInfo {
+//!         name: "greeting".into(),
+//!         data_type: DataType::Text,
+//!         nullable: false,
+//!         native_type: None,
+//!     }]
+//! }
+//!
+//! impl SourceConnector for HelloSource {
+//!     type Config = Config;
+//!     type Reader = HelloReader;
+//!
+//!     async fn open(config: Config, _ctx: Context) -> Result<Self> {
+//!         if config.greeting.is_empty() {
+//!             return Err(ConnectorError::config("`greeting` is empty: set it to some text"));
+//!         }
+//!         Ok(Self { greeting: config.greeting })
+//!     }
+//!     async fn check(&mut self) -> Result<()> {
+//!         Ok(())
+//!     }
+//!     async fn discover(&mut self) -> Result<Catalog> {
+//!         Ok(Catalog {
+//!             streams: vec![StreamInfo {
+//!                 name: "greetings".into(),
+//!                 fields: fields(),
+//!                 primary_key: vec!["greeting".into()],
+//!                 cursor_candidates: vec![],
+//!             }],
+//!         })
+//!     }
+//!     async fn read(&mut self, request: ReadRequest) -> Result<HelloReader> {
+//!         // One record; a read that resumes from the checkpoint has nothing left.
+//!         let done = request.checkpoint.is_some();
+//!         Ok(HelloReader { greeting: (!done).then(|| self.greeting.clone()) })
+//!     }
+//! }
+//!
+//! pub struct HelloReader {
+//!     greeting: Option<String>,
+//! }
+//!
+//! impl BatchReader for HelloReader {
+//!     async fn next_batch(&mut self) -> Result<Option<(RecordBatch, Value)>> {
+//!         let Some(greeting) = self.greeting.take() else {
+//!             return Ok(None);
+//!         };
+//!         let mut row = Map::new();
+//!         row.insert("greeting".into(), json!(greeting));
+//!         let batch = batch_from_rows(&fields(), &[row])?;
+//!         Ok(Some((batch, json!({ "key": [greeting] }))))
+//!     }
+//! }
+//!
+//! lockstep_plugin_sdk::export_connector!(Hello);
+//! # fn main() {}
+//! ```
+//!
 //! Invariants:
 //! - No panic ever unwinds across the ABI: every entry point is wrapped in `catch_unwind`, a
 //!   panic becomes an error of kind `PANIC`, and the instance that panicked refuses every
@@ -14,6 +115,8 @@
 //! - Building a connector with `panic = "abort"` is a compile error: such a plugin would take
 //!   the whole host process down on its first panic.
 //! - Connectors depend on this crate only, never on host crates.
+
+#![warn(missing_docs)]
 
 #[cfg(panic = "abort")]
 compile_error!(

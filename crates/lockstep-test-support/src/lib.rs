@@ -19,7 +19,9 @@
 //!   without duplicating, and delete removes rows.
 //!
 //! Use it as a dev-dependency, in the connector's own tests, against the library that
-//! `cargo test` builds (a connector's crate types include `cdylib`):
+//! `cargo test` builds (a connector's crate types include `cdylib`), and end with
+//! [`Report::assert_passed`], which fails the test when any check failed and prints every
+//! check with its reason:
 //!
 //! ```no_run
 //! # async fn example() {
@@ -32,10 +34,14 @@
 //!     .destination_config(json!({ "dir": "/tmp/scratch" }))
 //!     .run()
 //!     .await
-//!     .unwrap_or_else(|failures| panic!("{failures}"));
+//!     .assert_passed();
 //! println!("{report}");
 //! # }
 //! ```
+//!
+//! The roles come from the connector's manifest: give a config for each role it plays (a
+//! source-only connector needs no destination config). A role it plays without a config is
+//! reported as skipped, a config for a role it does not play as a failure.
 //!
 //! [`check_source`] and [`check_destination`] run one role's checks and return the
 //! [`Report`] whatever happens. The destination checks write a new stream named
@@ -170,32 +176,27 @@ impl Conformance {
         self
     }
 
-    /// Runs every check and returns the report, or the failures when any check failed.
-    pub async fn run(self) -> Result<Report, Failures> {
-        self.report().await.into_result()
-    }
-
-    /// Like [`Conformance::run`], for code that is not async.
-    pub fn run_blocking(self) -> Result<Report, Failures> {
-        self.report_blocking().into_result()
-    }
-
     /// Runs every check and returns the report, passed or not.
+    ///
+    /// The report must be looked at, or the test cannot fail: end with
+    /// [`Report::assert_passed`], which panics listing every check when any failed.
     ///
     /// The checks run on a runtime of their own, on a thread of their own, so that the
     /// caller's runtime (if any, and of whatever flavour) is not involved.
-    pub async fn report(self) -> Report {
+    #[must_use = "a conformance report that nobody checks cannot fail: end with `.assert_passed()`"]
+    pub async fn run(self) -> Report {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let plugin = self.plugin.clone();
         std::thread::spawn(move || {
-            let _ = tx.send(self.report_blocking());
+            let _ = tx.send(self.run_blocking());
         });
         rx.await
             .unwrap_or_else(|_| Report::crashed(plugin, "the conformance kit's thread panicked"))
     }
 
-    /// Like [`Conformance::report`], for code that is not async.
-    pub fn report_blocking(self) -> Report {
+    /// Like [`Conformance::run`], for code that is not async.
+    #[must_use = "a conformance report that nobody checks cannot fail: end with `.assert_passed()`"]
+    pub fn run_blocking(self) -> Report {
         let runtime = match tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -205,6 +206,20 @@ impl Conformance {
             Err(e) => return Report::crashed(self.plugin, format!("cannot start a runtime: {e}")),
         };
         runtime.block_on(self.check_all())
+    }
+
+    /// The same as [`Conformance::run`], under its former name.
+    #[doc(hidden)]
+    #[must_use = "a conformance report that nobody checks cannot fail: end with `.assert_passed()`"]
+    pub async fn report(self) -> Report {
+        self.run().await
+    }
+
+    /// The same as [`Conformance::run_blocking`], under its former name.
+    #[doc(hidden)]
+    #[must_use = "a conformance report that nobody checks cannot fail: end with `.assert_passed()`"]
+    pub fn report_blocking(self) -> Report {
+        self.run_blocking()
     }
 
     async fn check_all(self) -> Report {
@@ -219,15 +234,23 @@ impl Conformance {
             );
             return r.finish();
         }
-        if let Some(config) = &self.source_config {
-            if has_role(&mut r, &plugin, Role::Source, "source") {
-                source::check(&mut r, &plugin, config, &self).await;
+        // The roles come from the manifest: a role the connector does not play needs no
+        // config, and a role it plays without a config here is reported as not checked.
+        match &self.source_config {
+            Some(config) => {
+                if has_role(&mut r, &plugin, Role::Source, "source") {
+                    source::check(&mut r, &plugin, config, &self).await;
+                }
             }
+            None => not_configured(&mut r, &plugin, Role::Source),
         }
-        if let Some(config) = &self.destination_config {
-            if has_role(&mut r, &plugin, Role::Destination, "destination") {
-                destination::check(&mut r, &plugin, config, &self).await;
+        match &self.destination_config {
+            Some(config) => {
+                if has_role(&mut r, &plugin, Role::Destination, "destination") {
+                    destination::check(&mut r, &plugin, config, &self).await;
+                }
             }
+            None => not_configured(&mut r, &plugin, Role::Destination),
         }
         r.finish()
     }
@@ -238,7 +261,7 @@ pub async fn check_source(plugin_path: &Path, config: &Value, stream: &str) -> R
     Conformance::new(plugin_path)
         .source_config(config.clone())
         .stream(stream)
-        .report()
+        .run()
         .await
 }
 
@@ -247,7 +270,7 @@ pub async fn check_source(plugin_path: &Path, config: &Value, stream: &str) -> R
 pub async fn check_destination(plugin_path: &Path, config: &Value) -> Report {
     Conformance::new(plugin_path)
         .destination_config(config.clone())
-        .report()
+        .run()
         .await
 }
 
@@ -299,6 +322,29 @@ fn load(r: &mut Recorder, path: &Path) -> Option<LoadedPlugin> {
         problems => r.fail(checks::MANIFEST, problems.join("; ")),
     }
     Some(plugin)
+}
+
+/// Records, as skipped, the checks of a role the manifest declares but that was given no
+/// config.
+fn not_configured(r: &mut Recorder, plugin: &LoadedPlugin, role: Role) {
+    if !plugin.manifest.roles.contains(&role) {
+        return;
+    }
+    let (name, what, method) = match role {
+        Role::Source => (checks::SOURCE_OPEN, "source", "source_config"),
+        Role::Destination => (
+            checks::DESTINATION_OPEN,
+            "destination",
+            "destination_config",
+        ),
+    };
+    r.skip(
+        name,
+        format!(
+            "the manifest declares the {what} role, but no {what} config was given: \
+             call `.{method}(...)` to check it"
+        ),
+    );
 }
 
 fn has_role(r: &mut Recorder, plugin: &LoadedPlugin, role: Role, what: &str) -> bool {

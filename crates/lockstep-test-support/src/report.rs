@@ -1,4 +1,9 @@
-//! The results of a conformance run.
+//! The results of a conformance run: every check with its outcome, and
+//! [`Report::assert_passed`], the one call that turns a failed check into a failed test.
+//!
+//! Invariant: a [`Report`] is `#[must_use]`, and what it prints (its `Display`, and the panic
+//! of `assert_passed`) lists every check with its outcome and reason, so that a failure never
+//! has to be looked for.
 
 use std::fmt;
 use std::future::Future;
@@ -10,6 +15,7 @@ use lockstep_plugin_host::HostError;
 /// How one check went.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
+    /// The check passed.
     Pass,
     /// The check failed, for this reason.
     Fail(String),
@@ -20,29 +26,53 @@ pub enum Outcome {
 /// One named check and its outcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Check {
+    /// The check's name, one of the [`crate::checks`] constants.
     pub name: &'static str,
+    /// How it went.
     pub outcome: Outcome,
     /// What was seen when the check passed (counts, versions); may be empty.
     pub note: String,
 }
 
 impl Check {
+    /// Whether the check passed.
     pub fn passed(&self) -> bool {
         self.outcome == Outcome::Pass
     }
 
+    /// Whether the check failed (a skipped check did not).
     pub fn failed(&self) -> bool {
         matches!(self.outcome, Outcome::Fail(_))
     }
 }
 
 /// Every check of a run, in the order they ran.
+///
+/// A report nobody looks at cannot fail a test: end the run with
+/// [`assert_passed`](Report::assert_passed).
+///
+/// ```no_run
+/// # async fn example() {
+/// use lockstep_test_support::{cdylib_path, checks, Conformance};
+/// use serde_json::json;
+///
+/// let report = Conformance::new(cdylib_path("lockstep_connector_acme"))
+///     .source_config(json!({ "dir": "tests/data" }))
+///     .run()
+///     .await
+///     .assert_passed();
+/// // Single checks can be looked up by name, for instance to see that one ran at all.
+/// assert!(report.check(checks::SOURCE_RESUME_FULL).unwrap().passed());
+/// # }
+/// ```
 #[derive(Debug, Clone)]
+#[must_use = "a conformance report that nobody checks cannot fail: call `.assert_passed()`"]
 pub struct Report {
     /// The library checked.
     pub plugin: PathBuf,
     /// The connector's name, once the library loaded.
     pub connector: Option<String>,
+    /// The checks, in the order they ran.
     pub checks: Vec<Check>,
 }
 
@@ -82,6 +112,36 @@ impl Report {
             Err(Failures { report: self })
         }
     }
+
+    /// Returns the report when no check failed; otherwise panics with every check listed
+    /// (name, outcome and reason), which fails the test that called it. Skipped checks are
+    /// listed but do not fail.
+    ///
+    /// ```should_panic
+    /// use lockstep_test_support::Conformance;
+    ///
+    /// // No library at this path: the "library loads" check fails, and so does the test.
+    /// let _ = Conformance::new("/nonexistent/liblockstep_connector_none.so")
+    ///     .source_config(serde_json::json!({}))
+    ///     .run_blocking()
+    ///     .assert_passed();
+    /// ```
+    #[track_caller]
+    pub fn assert_passed(self) -> Report {
+        match self.into_result() {
+            Ok(report) => report,
+            Err(failures) => panic!("{failures}"),
+        }
+    }
+
+    /// For callers written when `run` returned `Result<Report, Failures>`:
+    /// `.run().await.unwrap_or_else(|failures| panic!("{failures}"))` still compiles and
+    /// still fails on a failed check. New code calls [`Report::assert_passed`].
+    #[doc(hidden)]
+    #[track_caller]
+    pub fn unwrap_or_else(self, on_failure: impl FnOnce(Failures) -> Report) -> Report {
+        self.into_result().unwrap_or_else(on_failure)
+    }
 }
 
 impl fmt::Display for Report {
@@ -117,6 +177,7 @@ impl fmt::Display for Report {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("connector conformance failed ({} failed):\n{report}", report.failures().count())]
 pub struct Failures {
+    /// The whole report, passed checks included.
     pub report: Report,
 }
 

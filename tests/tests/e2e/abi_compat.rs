@@ -407,6 +407,7 @@ async fn the_example_connector_built_at_the_abi_baseline_passes_the_current_conf
         .destination_config(json!({ "dir": destination }))
         .run()
         .await
+        .into_result()
         .unwrap_or_else(|failures| {
             panic!(
                 "the example connector built at the ABI baseline {} fails the current \

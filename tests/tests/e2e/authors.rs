@@ -325,3 +325,55 @@ fn validate_refuses_an_incremental_sync_from_a_source_without_incremental() {
     assert!(stderr.contains("use mode = \"full\""), "{stderr}");
     assert!(stderr.contains("1 error"), "only this error: {stderr}");
 }
+
+/// The conformance kit takes the roles from the manifest: the sqlite connector plays both,
+/// so checking it as a source only reports the destination checks as skipped (visible, not
+/// passed), and the report still passes.
+#[test]
+fn the_kit_reports_a_role_without_a_config_as_skipped() {
+    use lockstep_test_support::{checks, Conformance, Outcome};
+    let dir = tempfile::tempdir().unwrap();
+    create_crm(dir.path());
+    let report = Conformance::new(lockstep_e2e::plugin_library("lockstep_connector_sqlite"))
+        .source_config(json!({ "path": dir.path().join("crm.db") }))
+        .stream("contacts")
+        .run_blocking()
+        .assert_passed();
+    let destination = report.check(checks::DESTINATION_OPEN).unwrap();
+    match &destination.outcome {
+        Outcome::Skip(reason) => assert!(
+            reason.contains("declares the destination role")
+                && reason.contains(".destination_config("),
+            "{report}"
+        ),
+        other => panic!("expected a skip, got {other:?}\n{report}"),
+    }
+    assert!(report.check(checks::SOURCE_RESUME_FULL).unwrap().passed());
+}
+
+/// `assert_passed` fails the test that calls it when any check failed, and its message lists
+/// every check with its outcome and reason.
+#[tokio::test]
+async fn assert_passed_panics_listing_every_check() {
+    use lockstep_test_support::Conformance;
+    // Panicky's destination keeps nothing it is given: the read-back check fails.
+    let report = Conformance::new(lockstep_e2e::plugin_library("lockstep_testplugin_panicky"))
+        .destination_config(json!({}))
+        .run()
+        .await;
+    assert!(!report.passed(), "{report}");
+    let names: Vec<&str> = report.checks.iter().map(|c| c.name).collect();
+    let panic = std::panic::catch_unwind(|| report.assert_passed()).unwrap_err();
+    let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(
+        message.contains("connector conformance failed"),
+        "{message}"
+    );
+    assert!(message.contains("FAIL  destination:"), "{message}");
+    for name in names {
+        assert!(
+            message.contains(name),
+            "`{name}` is missing from:\n{message}"
+        );
+    }
+}

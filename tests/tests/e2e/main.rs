@@ -10,6 +10,7 @@ mod daemon;
 mod deletes;
 mod engine;
 mod files;
+mod guide;
 mod hubspot;
 mod lease;
 mod mailchimp;

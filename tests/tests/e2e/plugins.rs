@@ -399,7 +399,7 @@ async fn the_sqlite_connector_passes_the_conformance_kit() {
         .destination_config(json!({ "path": destination }))
         .run()
         .await
-        .unwrap_or_else(|failures| panic!("{failures}"));
+        .assert_passed();
     println!("{report}");
 }
 
@@ -409,7 +409,7 @@ async fn the_conformance_kit_catches_a_destination_that_loses_writes() {
     // read back, and the kit must say so rather than pass.
     let report = Conformance::new(plugin_library("lockstep_testplugin_panicky"))
         .destination_config(json!({}))
-        .report()
+        .run()
         .await;
     let read_back = report
         .check(lockstep_test_support::checks::DESTINATION_READ_BACK)
@@ -425,7 +425,7 @@ async fn the_conformance_kit_catches_a_destination_that_loses_writes() {
 async fn the_conformance_kit_reports_a_panic_as_a_failed_check() {
     let report = Conformance::new(plugin_library("lockstep_testplugin_panicky"))
         .source_config(json!({ "panic_in": "discover" }))
-        .report()
+        .run()
         .await;
     let discover = report
         .check(lockstep_test_support::checks::SOURCE_DISCOVER)

@@ -160,7 +160,21 @@ fn repository_crates() -> Vec<PathBuf> {
             .unwrap_or_default()
     };
     let mut dirs = list("members");
-    dirs.extend(list("exclude"));
+    // An excluded directory may be a workspace of its own without a package (the guide's
+    // examples): its members are the crates.
+    for excluded in list("exclude") {
+        let nested = manifest(&excluded.join("Cargo.toml"));
+        match nested.get("package") {
+            Some(_) => dirs.push(excluded),
+            None => dirs.extend(
+                nested["workspace"]["members"]
+                    .as_array()
+                    .expect("a workspace without a package lists its members")
+                    .iter()
+                    .map(|m| excluded.join(m.as_str().expect("a member path"))),
+            ),
+        }
+    }
     assert!(
         dirs.len() >= 10,
         "expected the workspace's crates in Cargo.toml, found {dirs:?}"

@@ -3,6 +3,7 @@
 mod completions;
 mod config_schema;
 mod connectors;
+mod connectors_new;
 mod daemon;
 mod deletes;
 mod history;
@@ -66,6 +67,13 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
                 target,
                 output,
             } => probe::discover(&cli.config, connection.as_deref(), &target, output).await,
+            ConnectorsCommand::New {
+                name,
+                source,
+                destination,
+                path,
+                sdk,
+            } => connectors_new::run(&name, source, destination, path.as_deref(), sdk.as_deref()),
             ConnectorsCommand::Read {
                 stream,
                 limit,
