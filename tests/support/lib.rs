@@ -245,3 +245,55 @@ pub fn sqlite_count(db: &Path, query: &str) -> i64 {
         n
     })
 }
+
+/// Runs a prepared `lockstep … --output json` command: whether it succeeded, the JSON report
+/// it printed on stdout, and its stderr. Panics, showing both streams, when stdout is not
+/// JSON.
+pub fn run_report(cmd: &mut Command) -> (bool, serde_json::Value, String) {
+    let (out, stdout, stderr) = run(cmd);
+    let value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}\n{stderr}"));
+    (out.status.success(), value, stderr)
+}
+
+/// (read, added, updated, unchanged, deleted) from a run's JSON report; a missing metric
+/// counts as 0.
+pub fn counts(report: &serde_json::Value) -> [u64; 5] {
+    ["read", "added", "updated", "unchanged", "deleted"]
+        .map(|k| report["metrics"][k].as_u64().unwrap_or(0))
+}
+
+/// Every row `query` returns from the PostgreSQL database at `url`, each column as text (cast
+/// in the query where needed); panics naming the query when it fails.
+pub fn pg_rows(url: &str, query: &str) -> Vec<Vec<Option<String>>> {
+    use sqlx::{Connection, Row};
+    block_on(async {
+        let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+        let rows = sqlx::query(query)
+            .fetch_all(&mut c)
+            .await
+            .unwrap_or_else(|e| panic!("{query}: {e}"));
+        rows.iter()
+            .map(|r| {
+                (0..r.len())
+                    .map(|i| r.get::<Option<String>, _>(i))
+                    .collect()
+            })
+            .collect()
+    })
+}
+
+/// Runs `statements` in order on the PostgreSQL database at `url`, on one connection; panics
+/// naming the statement that fails.
+pub fn pg_exec(url: &str, statements: &[&str]) {
+    use sqlx::Connection;
+    block_on(async {
+        let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+        for s in statements {
+            sqlx::query(s)
+                .execute(&mut c)
+                .await
+                .unwrap_or_else(|e| panic!("{s}: {e}"));
+        }
+    })
+}

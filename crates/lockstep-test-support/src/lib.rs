@@ -58,6 +58,7 @@ mod destination;
 pub mod live_db;
 pub mod mailman;
 mod report;
+mod service_home;
 pub mod skip;
 mod source;
 pub mod tryton;

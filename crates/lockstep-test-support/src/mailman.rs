@@ -23,7 +23,7 @@
 //!   one is removed first, so parallel tests and runs never see half of either.
 //! - Nothing here prints the REST password.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -31,7 +31,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use fs4::fs_std::FileExt;
+use crate::service_home::{self, DirLock};
 
 /// The Mailman series the tests run against.
 pub const MAILMAN_SERIES: &str = "3.3";
@@ -88,53 +88,14 @@ pub fn server_dir() -> PathBuf {
     home().join("server")
 }
 
-/// Holds an exclusive lock on `home()/name` while alive.
-struct Lock(File);
-
-impl Lock {
-    fn take(name: &str) -> Result<Self, MailmanUnavailable> {
-        let dir = home();
-        fs::create_dir_all(&dir)
-            .map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
-        let path = dir.join(name);
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| unavailable(format!("cannot open {}: {e}", path.display())))?;
-        file.lock_exclusive()
-            .map_err(|e| unavailable(format!("cannot lock {}: {e}", path.display())))?;
-        Ok(Self(file))
-    }
-}
-
-impl Drop for Lock {
-    fn drop(&mut self) {
-        let _ = FileExt::unlock(&self.0);
-    }
-}
-
 /// Runs `command`, or returns an error with the tail of what it printed.
 fn run_quietly(command: &mut Command, what: &str) -> Result<(), MailmanUnavailable> {
-    let output = command
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| unavailable(format!("{what}: cannot start it ({e})")))?;
-    if output.status.success() {
-        return Ok(());
-    }
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let lines: Vec<&str> = text.lines().collect();
-    let tail = lines[lines.len().saturating_sub(15)..].join("\n");
-    Err(unavailable(format!(
-        "{what} failed ({}):\n{tail}",
-        output.status
-    )))
+    service_home::run_quietly(command, what).map_err(unavailable)
+}
+
+/// Takes the exclusive lock `name` in the cache directory.
+fn lock(name: &str) -> Result<DirLock, MailmanUnavailable> {
+    DirLock::take(&home(), name).map_err(unavailable)
 }
 
 /// Makes sure the venv exists, creating it with `python3 -m venv` and pip when missing.
@@ -146,7 +107,7 @@ pub fn ensure_venv() -> Result<PathBuf, MailmanUnavailable> {
     if ready() {
         return Ok(bin);
     }
-    let _lock = Lock::take("venv.lock")?;
+    let _lock = lock("venv.lock")?;
     if ready() {
         return Ok(bin);
     }
@@ -264,7 +225,7 @@ impl MailmanServer {
     pub fn shared() -> Result<Self, MailmanUnavailable> {
         let bin = ensure_venv()?;
         let dir = server_dir();
-        let _lock = Lock::take("server.lock")?;
+        let _lock = lock("server.lock")?;
         fs::create_dir_all(&dir)
             .map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
         touch(&dir);

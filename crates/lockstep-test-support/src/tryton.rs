@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fs4::fs_std::FileExt;
+use crate::service_home::{self, DirLock};
 
 /// The Tryton series the tests run against.
 pub const TRYTON_SERIES: &str = "8.2";
@@ -93,60 +93,14 @@ fn unavailable(message: impl Into<String>) -> TrytonUnavailable {
     TrytonUnavailable(message.into())
 }
 
-/// Holds an exclusive lock on `home()/name` while alive.
-struct Lock(File);
-
-impl Lock {
-    fn take(name: &str) -> Result<Self, TrytonUnavailable> {
-        let dir = home();
-        fs::create_dir_all(&dir)
-            .map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
-        let path = dir.join(name);
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| unavailable(format!("cannot open {}: {e}", path.display())))?;
-        file.lock_exclusive()
-            .map_err(|e| unavailable(format!("cannot lock {}: {e}", path.display())))?;
-        Ok(Self(file))
-    }
-}
-
-impl Drop for Lock {
-    fn drop(&mut self) {
-        let _ = FileExt::unlock(&self.0);
-    }
-}
-
-/// Runs `command`, returning its output or an error with the tail of what it printed.
+/// Runs `command`, or returns an error with the tail of what it printed.
 fn run_quietly(command: &mut Command, what: &str) -> Result<(), TrytonUnavailable> {
-    let output = command
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| unavailable(format!("{what}: cannot start it ({e})")))?;
-    if output.status.success() {
-        return Ok(());
-    }
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let tail: String = text
-        .lines()
-        .rev()
-        .take(15)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect::<Vec<_>>()
-        .join("\n");
-    Err(unavailable(format!(
-        "{what} failed ({}):\n{tail}",
-        output.status
-    )))
+    service_home::run_quietly(command, what).map_err(unavailable)
+}
+
+/// Takes the exclusive lock `name` in the cache directory.
+fn lock(name: &str) -> Result<DirLock, TrytonUnavailable> {
+    DirLock::take(&home(), name).map_err(unavailable)
 }
 
 /// Makes sure the venv exists, creating it with `python3 -m venv` and pip when missing.
@@ -157,7 +111,7 @@ pub fn ensure_venv() -> Result<PathBuf, TrytonUnavailable> {
     if bin.join("trytond").exists() && venv.join(".complete").exists() {
         return Ok(bin);
     }
-    let _lock = Lock::take("venv.lock")?;
+    let _lock = lock("venv.lock")?;
     if bin.join("trytond").exists() && venv.join(".complete").exists() {
         return Ok(bin);
     }
@@ -187,7 +141,7 @@ pub fn ensure_template() -> Result<PathBuf, TrytonUnavailable> {
     if template.exists() {
         return Ok(template);
     }
-    let _lock = Lock::take("template.lock")?;
+    let _lock = lock("template.lock")?;
     if template.exists() {
         return Ok(template);
     }

@@ -5,9 +5,8 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use lockstep_e2e::{lockstep, postgres_database, run};
+use lockstep_e2e::{lockstep, pg_exec, pg_rows, postgres_database, run, run_report};
 use serde_json::Value;
-use sqlx::{Connection, Row};
 
 /// Writes a file whose modification time is `ago` in the past, as an export finished then.
 fn export(path: &Path, bytes: &[u8], ago: Duration) {
@@ -28,36 +27,7 @@ fn latin1(text: &str) -> Vec<u8> {
 }
 
 fn run_json(dir: &Path, sync: &str) -> (bool, Value, String) {
-    let (out, stdout, stderr) = run(lockstep(dir).args(["run", sync, "--output", "json"]));
-    let value = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}\n{stderr}"));
-    (out.status.success(), value, stderr)
-}
-
-fn pg_rows(url: &str, query: &str) -> Vec<Vec<Option<String>>> {
-    lockstep_e2e::block_on(async {
-        let mut c = sqlx::PgConnection::connect(url).await.unwrap();
-        let rows = sqlx::query(query).fetch_all(&mut c).await.unwrap();
-        rows.iter()
-            .map(|r| {
-                (0..r.len())
-                    .map(|i| r.get::<Option<String>, _>(i))
-                    .collect()
-            })
-            .collect()
-    })
-}
-
-fn pg_exec(url: &str, statements: &[&str]) {
-    lockstep_e2e::block_on(async {
-        let mut c = sqlx::PgConnection::connect(url).await.unwrap();
-        for s in statements {
-            sqlx::query(s)
-                .execute(&mut c)
-                .await
-                .unwrap_or_else(|e| panic!("{s}: {e}"));
-        }
-    })
+    run_report(lockstep(dir).args(["run", sync, "--output", "json"]))
 }
 
 #[test]

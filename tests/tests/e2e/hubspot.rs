@@ -8,10 +8,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use lockstep_e2e::{lockstep, postgres_database, run};
+use lockstep_e2e::{counts, lockstep, pg_exec, pg_rows, postgres_database, run, run_report};
 use lockstep_fake_hubspot::{FakeHubSpot, ObjectType, Options};
 use serde_json::Value;
-use sqlx::{Connection, Row};
 
 /// The variable that carries the token to the `lockstep` child process only.
 pub(crate) const TOKEN_VAR: &str = "LOCKSTEP_E2E_HUBSPOT_TOKEN";
@@ -87,46 +86,7 @@ fn lockstep_with(dir: &Path, token: &str) -> Command {
 }
 
 fn run_json(dir: &Path, sync: &str) -> (bool, Value, String) {
-    let (out, stdout, stderr) =
-        run(lockstep_with(dir, TOKEN).args(["run", sync, "--output", "json"]));
-    let value = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}\n{stderr}"));
-    (out.status.success(), value, stderr)
-}
-
-/// (read, added, updated, unchanged, deleted) from a run's JSON report.
-fn counts(report: &Value) -> [u64; 5] {
-    ["read", "added", "updated", "unchanged", "deleted"]
-        .map(|k| report["metrics"][k].as_u64().unwrap_or(0))
-}
-
-fn pg_rows(url: &str, query: &str) -> Vec<Vec<Option<String>>> {
-    lockstep_e2e::block_on(async {
-        let mut c = sqlx::PgConnection::connect(url).await.unwrap();
-        let rows = sqlx::query(query)
-            .fetch_all(&mut c)
-            .await
-            .unwrap_or_else(|e| panic!("{query}: {e}"));
-        rows.iter()
-            .map(|r| {
-                (0..r.len())
-                    .map(|i| r.get::<Option<String>, _>(i))
-                    .collect()
-            })
-            .collect()
-    })
-}
-
-fn pg_exec(url: &str, statements: &[&str]) {
-    lockstep_e2e::block_on(async {
-        let mut c = sqlx::PgConnection::connect(url).await.unwrap();
-        for s in statements {
-            sqlx::query(s)
-                .execute(&mut c)
-                .await
-                .unwrap_or_else(|e| panic!("{s}: {e}"));
-        }
-    })
+    run_report(lockstep_with(dir, TOKEN).args(["run", sync, "--output", "json"]))
 }
 
 /// The connection to the fake, as a config file's `[connections.crm]`.

@@ -11,11 +11,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use lockstep_e2e::{lockstep, postgres_database, run};
+use lockstep_e2e::{lockstep, pg_exec, pg_rows, postgres_database, run, run_report};
 use lockstep_fake_mailchimp::prism::Prism;
 use lockstep_fake_mailchimp::{FakeMailchimp, Options};
 use serde_json::Value;
-use sqlx::{Connection, Row};
 
 /// The variable that carries the key to the `lockstep` child process only.
 pub(crate) const KEY_VAR: &str = "LOCKSTEP_E2E_MAILCHIMP_KEY";
@@ -125,11 +124,7 @@ fn lockstep_with(dir: &Path, key: &str) -> Command {
 }
 
 fn run_json(dir: &Path, sync: &str) -> (bool, Value, String) {
-    let (out, stdout, stderr) =
-        run(lockstep_with(dir, KEY).args(["run", sync, "--output", "json"]));
-    let value = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}\n{stderr}"));
-    (out.status.success(), value, stderr)
+    run_report(lockstep_with(dir, KEY).args(["run", sync, "--output", "json"]))
 }
 
 /// (read, added, updated, unchanged, deleted, rejected) from a run's JSON report.
@@ -143,35 +138,6 @@ fn counts(report: &Value) -> [u64; 6] {
         "rejected",
     ]
     .map(|k| report["metrics"][k].as_u64().unwrap_or(0))
-}
-
-fn pg_rows(url: &str, query: &str) -> Vec<Vec<Option<String>>> {
-    lockstep_e2e::block_on(async {
-        let mut c = sqlx::PgConnection::connect(url).await.unwrap();
-        let rows = sqlx::query(query)
-            .fetch_all(&mut c)
-            .await
-            .unwrap_or_else(|e| panic!("{query}: {e}"));
-        rows.iter()
-            .map(|r| {
-                (0..r.len())
-                    .map(|i| r.get::<Option<String>, _>(i))
-                    .collect()
-            })
-            .collect()
-    })
-}
-
-fn pg_exec(url: &str, statements: &[&str]) {
-    lockstep_e2e::block_on(async {
-        let mut c = sqlx::PgConnection::connect(url).await.unwrap();
-        for s in statements {
-            sqlx::query(s)
-                .execute(&mut c)
-                .await
-                .unwrap_or_else(|e| panic!("{s}: {e}"));
-        }
-    })
 }
 
 /// PostgreSQL contacts into the audience, as a mirror: a file with the sync `contacts_out`.

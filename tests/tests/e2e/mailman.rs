@@ -11,12 +11,11 @@ use std::process::Command;
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
-use lockstep_e2e::{lockstep, postgres_database, run};
+use lockstep_e2e::{counts, lockstep, pg_exec, pg_rows, postgres_database, run, run_report};
 use lockstep_http_kit::{Auth, ClientConfig, HttpClient, Method, Request};
 use lockstep_test_support::mailman::{unique_name, MailmanServer, ADMIN_PASSWORD, ADMIN_USER};
 use lockstep_test_support::skip::skip_or_fail;
 use serde_json::{json, Value};
-use sqlx::{Connection, Row};
 
 /// The variable that carries the password to the `lockstep` child processes only.
 pub(crate) const PASSWORD_VAR: &str = "LOCKSTEP_E2E_MAILMAN_PASSWORD";
@@ -142,46 +141,7 @@ fn lockstep_with(dir: &Path, password: &str) -> Command {
 }
 
 fn run_json(dir: &Path, sync: &str) -> (bool, Value, String) {
-    let (out, stdout, stderr) =
-        run(lockstep_with(dir, ADMIN_PASSWORD).args(["run", sync, "--output", "json"]));
-    let value = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}\n{stderr}"));
-    (out.status.success(), value, stderr)
-}
-
-/// (read, added, updated, unchanged, deleted) from a run's JSON report.
-fn counts(report: &Value) -> [u64; 5] {
-    ["read", "added", "updated", "unchanged", "deleted"]
-        .map(|k| report["metrics"][k].as_u64().unwrap_or(0))
-}
-
-fn pg_rows(url: &str, query: &str) -> Vec<Vec<Option<String>>> {
-    lockstep_e2e::block_on(async {
-        let mut c = sqlx::PgConnection::connect(url).await.unwrap();
-        let rows = sqlx::query(query)
-            .fetch_all(&mut c)
-            .await
-            .unwrap_or_else(|e| panic!("{query}: {e}"));
-        rows.iter()
-            .map(|r| {
-                (0..r.len())
-                    .map(|i| r.get::<Option<String>, _>(i))
-                    .collect()
-            })
-            .collect()
-    })
-}
-
-fn pg_exec(url: &str, statements: &[&str]) {
-    lockstep_e2e::block_on(async {
-        let mut c = sqlx::PgConnection::connect(url).await.unwrap();
-        for s in statements {
-            sqlx::query(s)
-                .execute(&mut c)
-                .await
-                .unwrap_or_else(|e| panic!("{s}: {e}"));
-        }
-    })
+    run_report(lockstep_with(dir, ADMIN_PASSWORD).args(["run", sync, "--output", "json"]))
 }
 
 fn pg_count(url: &str, table: &str) -> Option<u64> {
