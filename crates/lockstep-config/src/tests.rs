@@ -335,8 +335,8 @@ fn an_empty_file_gives_the_defaults() {
 fn state_urls_resolve_against_the_config_directory() {
     let url = |text: &str| parse_ok(text).state_url;
     assert_eq!(
-        url("[state]\nurl = \"sqlite:data/state.db?mode=rwc\""),
-        "sqlite:///etc/lockstep/data/state.db?mode=rwc"
+        url("[state]\nurl = \"sqlite:data/state.db\""),
+        "sqlite:///etc/lockstep/data/state.db"
     );
     assert_eq!(
         url("[state]\nurl = \"sqlite:///var/lib/lockstep.db\""),
@@ -352,6 +352,17 @@ fn state_urls_resolve_against_the_config_directory() {
         format!("postgres://lockstep:{CRM_PASSWORD}@db/lockstep")
     );
     assert!(config.secrets.contains(CRM_PASSWORD));
+}
+
+#[test]
+fn a_sqlite_state_url_with_query_parameters_is_refused_at_its_line() {
+    let error = only_error("[state]\nurl = \"sqlite:data/state.db?mode=rwc\"");
+    assert_eq!(error.kind(), ErrorKind::InvalidUrl);
+    assert_eq!(error.location().unwrap().line, 2);
+    assert!(
+        error.to_string().contains("take no query parameters"),
+        "{error}"
+    );
 }
 
 #[test]

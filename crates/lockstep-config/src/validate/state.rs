@@ -26,6 +26,18 @@ impl Reader<'_> {
             return self.resolve_sqlite(&DEFAULT_STATE_URL["sqlite:".len()..]);
         };
         if let Some(rest) = url.strip_prefix("sqlite:") {
+            if rest.contains('?') {
+                // The store refuses them when it opens; say so here, at the line.
+                self.error(
+                    ErrorKind::InvalidUrl,
+                    span,
+                    "`state.url`: SQLite state URLs take no query parameters",
+                    "query parameters",
+                    "remove the `?...` part: the state store always uses WAL mode, \
+                     synchronous=FULL and a busy timeout",
+                );
+                return String::new();
+            }
             return self.resolve_sqlite(rest);
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
@@ -87,16 +99,13 @@ impl Reader<'_> {
         ttl
     }
 
-    /// `sqlite:` + `rest`, with a relative path resolved against the config file's directory.
+    /// `sqlite:` + `rest` (which holds no query string), with a relative path resolved against
+    /// the config file's directory.
     pub(super) fn resolve_sqlite(&self, rest: &str) -> String {
         let rest = rest.strip_prefix("//").unwrap_or(rest);
-        let (file, query) = match rest.find('?') {
-            Some(i) => rest.split_at(i),
-            None => (rest, ""),
-        };
-        if file.is_empty() || file == ":memory:" || Path::new(file).is_absolute() {
-            return format!("sqlite://{file}{query}");
+        if rest.is_empty() || rest == ":memory:" || Path::new(rest).is_absolute() {
+            return format!("sqlite://{rest}");
         }
-        format!("sqlite://{}{query}", self.base_dir().join(file).display())
+        format!("sqlite://{}", self.base_dir().join(rest).display())
     }
 }
