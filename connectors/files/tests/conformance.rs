@@ -65,6 +65,14 @@ async fn the_destination_passes_every_check_an_append_only_destination_can() {
                 }
                 other => panic!("expected the append-only failure, got {other:?}\n{report}"),
             },
+            // The source role is checked by the test above; without a source config the kit
+            // says so as a skip.
+            checks::SOURCE_OPEN => match &check.outcome {
+                Outcome::Skip(reason) => {
+                    assert!(reason.contains("no source config was given"), "{report}")
+                }
+                other => panic!("expected the source check to be skipped, got {other:?}\n{report}"),
+            },
             checks::DESTINATION_DELETE => match &check.outcome {
                 Outcome::Skip(reason) => {
                     assert!(reason.contains("cannot delete records"), "{report}")

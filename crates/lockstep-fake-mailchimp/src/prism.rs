@@ -17,6 +17,11 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// How long the log must stay unchanged to count as written.
+const LOG_QUIET: Duration = Duration::from_millis(300);
+/// How long [`Prism::settled_log`] waits at the most.
+const LOG_SETTLE_MAX: Duration = Duration::from_secs(5);
+
 /// The directory with `package.json`, the lock file and, after `npm ci`, `node_modules`.
 pub fn contract_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("contract")
@@ -130,9 +135,26 @@ impl Prism {
         text
     }
 
-    /// The log lines that report a request or an answer the description does not allow.
+    /// The log once Prism has finished writing it: Prism writes its log lines after it has
+    /// answered (a refused request's line can land after the client read the 422), so the
+    /// file is read until it stops growing for [`LOG_QUIET`], for at most [`LOG_SETTLE_MAX`].
+    pub fn settled_log(&self) -> String {
+        let started = Instant::now();
+        let mut text = self.log_text();
+        loop {
+            std::thread::sleep(LOG_QUIET);
+            let again = self.log_text();
+            if again == text || started.elapsed() > LOG_SETTLE_MAX {
+                return again;
+            }
+            text = again;
+        }
+    }
+
+    /// The log lines that report a request or an answer the description does not allow,
+    /// from the settled log.
     pub fn violations(&self) -> Vec<String> {
-        self.log_text()
+        self.settled_log()
             .lines()
             .filter(|l| l.contains('✖') || l.contains("Violation") || l.contains("⚠"))
             .map(str::to_owned)
@@ -141,7 +163,7 @@ impl Prism {
 
     /// How many requests passed through the proxy.
     pub fn requests(&self) -> usize {
-        self.log_text()
+        self.settled_log()
             .lines()
             .filter(|l| l.contains("[HTTP SERVER]") && l.contains("Request received"))
             .count()
