@@ -25,7 +25,8 @@ use anyhow::{bail, Context, Result};
 use crate::manpage;
 use crate::{cargo, root};
 
-/// The connector plugins the packages ship, by crate name.
+/// The connector plugins the packages ship, by crate name: every crate under `connectors/`
+/// but the out-of-tree `example` (a test keeps the two in step).
 pub const PACKAGED_CONNECTORS: &[&str] = &[
     "lockstep-connector-sqlite",
     "lockstep-connector-postgres",
@@ -33,6 +34,8 @@ pub const PACKAGED_CONNECTORS: &[&str] = &[
     "lockstep-connector-files",
     "lockstep-connector-hubspot",
     "lockstep-connector-tryton",
+    "lockstep-connector-mailman",
+    "lockstep-connector-mailchimp",
 ];
 
 /// What `cargo xtask dist` was asked for.
@@ -383,5 +386,26 @@ mod tests {
         assert!(error.to_string().contains("--profile bench"), "{error}");
         let error = Options::parse(&["--fast"]).unwrap_err();
         assert!(error.to_string().contains("`--fast`"), "{error}");
+    }
+
+    /// A connector added to the workspace is packaged too (two were missing once).
+    #[test]
+    fn every_connector_of_the_workspace_is_packaged() {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(root().join("connectors")).expect("connectors/") {
+            let manifest = entry.expect("an entry").path().join("Cargo.toml");
+            let Ok(text) = std::fs::read_to_string(&manifest) else {
+                continue;
+            };
+            let value: toml::Table = text.parse().expect("a Cargo.toml");
+            let name = value["package"]["name"].as_str().expect("a package name");
+            if name != "lockstep-connector-example" {
+                found.push(name.to_owned());
+            }
+        }
+        found.sort();
+        let mut packaged: Vec<String> = PACKAGED_CONNECTORS.iter().map(|c| c.to_string()).collect();
+        packaged.sort();
+        assert_eq!(found, packaged);
     }
 }
