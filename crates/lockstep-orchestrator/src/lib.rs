@@ -28,6 +28,7 @@ mod error;
 mod faults;
 mod job;
 mod lease;
+mod memory;
 mod pipeline;
 mod plan;
 mod reconcile;

@@ -206,6 +206,7 @@ pub(crate) async fn execute<S: Sink>(
             break true;
         };
         apply_batch(ctx, sink, run, batch, checkpoint).await?;
+        crate::memory::release_free_memory();
         if let lockstep_core::RejectLimit::Count(_) = spec.max_rejected {
             check_rejections(job, &run.metrics)?;
         }

@@ -305,14 +305,28 @@ macro_rules! impl_state_store {
                 // A pending rejected record of a key this commit writes is superseded: the
                 // destination now holds a newer version of that record. Resolved before this
                 // batch's own rejects are inserted, so those stay pending.
-                let resolved = sql::rejected_resolved_note(c.run);
-                for chunk in upserts.chunks(sql::KEY_CHUNK) {
-                    let text = sql::rejected_resolve_sql(chunk.len());
-                    let mut query = sqlx::query(&text).bind(resolved.as_str()).bind(c.sync);
-                    for entry in chunk {
-                        query = query.bind(entry.key.as_str());
+                // Most syncs have none pending: one probe of an index says so.
+                let pending: i64 = if upserts.is_empty() {
+                    0
+                } else {
+                    sqlx::query_scalar(sql::rejected_any_pending_sql())
+                        .bind(c.sync)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(db(OP))?
+                };
+                if pending > 0 {
+                    let resolved = sql::rejected_resolved_note(c.run);
+                    let text = sql::rejected_resolve_sql(&Self::key_list_sql(3));
+                    for chunk in upserts.chunks($crate::ledger::LEDGER_CHUNK) {
+                        sqlx::query(&text)
+                            .bind(resolved.as_str())
+                            .bind(c.sync)
+                            .bind(Self::key_list(chunk.iter().map(|e| e.key.as_str())))
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(db(OP))?;
                     }
-                    query.execute(&mut *tx).await.map_err(db(OP))?;
                 }
                 if let Some(checkpoint) = &checkpoint {
                     sqlx::query(sql::checkpoint_upsert_sql())

@@ -159,25 +159,20 @@ fn params(first: usize, count: usize) -> String {
         .join(", ")
 }
 
-/// Records `keys` pending deletes: `$1` sync, `$2` origin, `$3` run, `$4` time, then the keys.
-pub(crate) fn insert_sql(keys: usize) -> String {
-    let values = (0..keys)
-        .map(|k| format!("($1, ${}, $2, 'pending', $3, $4)", 5 + k))
-        .collect::<Vec<_>>()
-        .join(", ");
+/// Records pending deletes of the keys in `key_list` (the backend's list of the keys in `$5`):
+/// `$1` sync, `$2` origin, `$3` run, `$4` time.
+pub(crate) fn insert_sql(key_list: &str) -> String {
     format!(
         r#"INSERT INTO "pending_deletes" ("sync", "key", "origin", "status", "run", "created_at")
-           VALUES {values}
+           SELECT $1, "keys"."value", $2, 'pending', $3, $4 FROM ({key_list}) AS "keys" WHERE true
            ON CONFLICT ("sync", "key") DO NOTHING"#
     )
 }
 
-/// Removes the rows of `keys` keys: `$1` sync, then the keys.
-pub(crate) fn remove_sql(keys: usize) -> String {
-    format!(
-        r#"DELETE FROM "pending_deletes" WHERE "sync" = $1 AND "key" IN ({})"#,
-        params(2, keys)
-    )
+/// Removes the rows of the keys in `key_list` (the backend's list of the keys in `$2`): `$1`
+/// sync.
+pub(crate) fn remove_sql(key_list: &str) -> String {
+    format!(r#"DELETE FROM "pending_deletes" WHERE "sync" = $1 AND "key" IN ({key_list})"#)
 }
 
 /// Moves rows from `from` statuses to `$2`: `$1` sync, then the statuses.
@@ -258,29 +253,28 @@ macro_rules! impl_pending_delete_store {
                     }
                 }
                 let mut cancelled = 0;
-                for chunk in c.cancel.chunks($crate::sql::KEY_CHUNK) {
-                    let text = $crate::deletes::remove_sql(chunk.len());
-                    let mut query = sqlx::query(&text).bind(c.sync);
-                    for key in chunk {
-                        query = query.bind(key.as_str());
-                    }
-                    cancelled += query
+                // Each chunk of keys travels as one parameter (see `ledger.rs` on why).
+                let remove = $crate::deletes::remove_sql(&Self::key_list_sql(2));
+                for chunk in c.cancel.chunks($crate::ledger::LEDGER_CHUNK) {
+                    cancelled += sqlx::query(&remove)
+                        .bind(c.sync)
+                        .bind(Self::key_list(chunk.iter().map(String::as_str)))
                         .execute(&mut *tx)
                         .await
                         .map_err(db(OP))?
                         .rows_affected();
                 }
-                for chunk in c.add.chunks($crate::sql::KEY_CHUNK) {
-                    let text = $crate::deletes::insert_sql(chunk.len());
-                    let mut query = sqlx::query(&text)
+                let insert = $crate::deletes::insert_sql(&Self::key_list_sql(5));
+                for chunk in c.add.chunks($crate::ledger::LEDGER_CHUNK) {
+                    sqlx::query(&insert)
                         .bind(c.sync)
                         .bind(c.origin.as_str())
                         .bind(c.run)
-                        .bind(now.as_str());
-                    for key in chunk {
-                        query = query.bind(key.as_str());
-                    }
-                    query.execute(&mut *tx).await.map_err(db(OP))?;
+                        .bind(now.as_str())
+                        .bind(Self::key_list(chunk.iter().map(String::as_str)))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db(OP))?;
                 }
                 tx.commit().await.map_err(db(OP))?;
                 Ok(cancelled)
@@ -418,9 +412,16 @@ mod tests {
 
     #[test]
     fn statements_number_their_parameters_in_order() {
-        assert!(insert_sql(2)
-            .contains("($1, $5, $2, 'pending', $3, $4), ($1, $6, $2, 'pending', $3, $4)"));
-        assert!(remove_sql(2).ends_with("IN ($2, $3)"));
+        let insert = insert_sql(&crate::ledger::sqlite::key_list_sql(5));
+        assert!(
+            insert.contains(r#"SELECT $1, "keys"."value", $2, 'pending', $3, $4 FROM (SELECT "value" FROM json_each($5))"#),
+            "{insert}"
+        );
+        let remove = remove_sql(&crate::ledger::postgres::key_list_sql(2));
+        assert!(
+            remove.ends_with(r#""key" IN (SELECT unnest($2::text[]) AS "value")"#),
+            "{remove}"
+        );
         assert!(set_status_sql(2).ends_with("IN ($3, $4)"));
         let (text, binds) = keys_query(None, Some(DeleteOrigin::Reconcile), Some("[1]"));
         assert!(

@@ -1,5 +1,6 @@
 //! The record ledger's bulk statements, one flavour per backend: lookups, upserts and deletes
-//! of many keys at once.
+//! of many keys at once; and the key list other many-key statements (resolving rejected
+//! records, pending deletes) read their keys from.
 //!
 //! A batch of keys or ledger rows travels as a few parameters, never as one parameter per
 //! value: SQLite gets the whole batch as one JSON text that `json_each` unpacks, PostgreSQL
@@ -74,6 +75,17 @@ pub(crate) mod sqlite {
         serde_json::Value::from(keys).to_string()
     }
 
+    /// A one-column table, column `"value"`, of the keys in parameter `$n`, bound as
+    /// [`key_list`] makes it.
+    pub(crate) fn key_list_sql(n: usize) -> String {
+        format!(r#"SELECT "value" FROM json_each(${n})"#)
+    }
+
+    /// `keys` as the one parameter [`key_list_sql`] reads: a JSON array.
+    pub(crate) fn key_list<'k>(keys: impl IntoIterator<Item = &'k str>) -> String {
+        serde_json::Value::from_iter(keys).to_string()
+    }
+
     /// The JSON array of `entries`, one array of five values per row.
     pub(crate) fn rows_json(entries: &[&LedgerEntry]) -> String {
         let rows: Vec<serde_json::Value> = entries
@@ -124,6 +136,17 @@ pub(crate) mod postgres {
     /// `$1` the sync, `$2` a `text[]` of keys.
     pub(crate) fn delete_sql() -> &'static str {
         r#"DELETE FROM "ledger" WHERE "sync" = $1 AND "key" = ANY($2)"#
+    }
+
+    /// A one-column table, column `"value"`, of the keys in parameter `$n`, bound as
+    /// [`key_list`] makes it.
+    pub(crate) fn key_list_sql(n: usize) -> String {
+        format!(r#"SELECT unnest(${n}::text[]) AS "value""#)
+    }
+
+    /// `keys` as the one parameter [`key_list_sql`] reads: a `text[]`.
+    pub(crate) fn key_list<'k>(keys: impl IntoIterator<Item = &'k str>) -> Vec<&'k str> {
+        keys.into_iter().collect()
     }
 
     /// The upsert's columns, as the arrays `upsert_sql` binds.

@@ -81,6 +81,17 @@ impl PgStore {
             .map_err(db("starting a transaction"))
     }
 
+    /// A one-column table, column `"value"`, of the keys in parameter `$n`; for statements
+    /// about many keys, which bind them as one parameter made by [`Self::key_list`].
+    fn key_list_sql(n: usize) -> String {
+        ledger::postgres::key_list_sql(n)
+    }
+
+    /// `keys` as the one parameter [`Self::key_list_sql`] reads.
+    fn key_list<'k>(keys: impl IntoIterator<Item = &'k str>) -> Vec<&'k str> {
+        ledger::postgres::key_list(keys)
+    }
+
     /// The ledger rows of those of `keys` that have one; the keys travel as one array.
     async fn ledger_lookup_chunk(&self, sync: &str, keys: &[String]) -> Result<Vec<LedgerRow>> {
         sqlx::query_as(ledger::postgres::lookup_sql())

@@ -163,14 +163,19 @@ pub(crate) fn rejected_retried_sql(ids: usize) -> String {
     )
 }
 
-/// Marks the pending rejected records of sync `$2` whose key is one of `keys` parameters
-/// (from `$3`) as resolved with the note `$1`.
-pub(crate) fn rejected_resolve_sql(keys: usize) -> String {
+/// Marks the pending rejected records of sync `$2` whose key is in `key_list` (the backend's
+/// list of the keys in `$3`) as resolved with the note `$1`.
+pub(crate) fn rejected_resolve_sql(key_list: &str) -> String {
     format!(
         r#"UPDATE "rejected" SET "retried" = $1
-           WHERE "sync" = $2 AND "retried" IS NULL AND "key" IN ({})"#,
-        params(3, keys)
+           WHERE "sync" = $2 AND "retried" IS NULL AND "key" IN ({key_list})"#
     )
+}
+
+/// 1 when sync `$1` has a pending rejected record, else 0 (an index probe, see migration 7).
+pub(crate) fn rejected_any_pending_sql() -> &'static str {
+    r#"SELECT COUNT(*) FROM (SELECT 1 FROM "rejected"
+       WHERE "sync" = $1 AND "retried" IS NULL LIMIT 1) AS "pending""#
 }
 
 /// The note a batch commit leaves on the rejected records it supersedes.

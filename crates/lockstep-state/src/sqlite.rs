@@ -100,6 +100,17 @@ impl SqliteStore {
             .map_err(db("starting a transaction"))
     }
 
+    /// A one-column table, column `"value"`, of the keys in parameter `$n`; for statements
+    /// about many keys, which bind them as one parameter made by [`Self::key_list`].
+    fn key_list_sql(n: usize) -> String {
+        ledger::sqlite::key_list_sql(n)
+    }
+
+    /// `keys` as the one parameter [`Self::key_list_sql`] reads.
+    fn key_list<'k>(keys: impl IntoIterator<Item = &'k str>) -> String {
+        ledger::sqlite::key_list(keys)
+    }
+
     /// The ledger rows of those of `keys` that have one; the keys travel as one JSON array.
     async fn ledger_lookup_chunk(&self, sync: &str, keys: &[String]) -> Result<Vec<LedgerRow>> {
         sqlx::query_as(ledger::sqlite::lookup_sql())
