@@ -70,11 +70,6 @@ pub(crate) mod sqlite {
            WHERE "sync" = $1 AND "key" IN (SELECT "value" FROM json_each($2))"#
     }
 
-    /// The JSON array of `keys`.
-    pub(crate) fn keys_json(keys: &[String]) -> String {
-        serde_json::Value::from(keys).to_string()
-    }
-
     /// A one-column table, column `"value"`, of the keys in parameter `$n`, bound as
     /// [`key_list`] makes it.
     pub(crate) fn key_list_sql(n: usize) -> String {

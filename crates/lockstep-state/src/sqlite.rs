@@ -115,7 +115,7 @@ impl SqliteStore {
     async fn ledger_lookup_chunk(&self, sync: &str, keys: &[String]) -> Result<Vec<LedgerRow>> {
         sqlx::query_as(ledger::sqlite::lookup_sql())
             .bind(sync)
-            .bind(ledger::sqlite::keys_json(keys))
+            .bind(Self::key_list(keys.iter().map(String::as_str)))
             .fetch_all(&self.pool)
             .await
             .map_err(db("looking up ledger entries"))
@@ -146,7 +146,7 @@ impl SqliteStore {
     ) -> Result<()> {
         sqlx::query(ledger::sqlite::delete_sql())
             .bind(sync)
-            .bind(ledger::sqlite::keys_json(keys))
+            .bind(Self::key_list(keys.iter().map(String::as_str)))
             .execute(tx)
             .await
             .map_err(db("committing a batch"))?;
