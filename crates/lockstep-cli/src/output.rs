@@ -1,6 +1,43 @@
-//! Plain-text tables and small formatting helpers for terminal output.
+//! Plain-text tables and small formatting helpers for terminal output, and the macros every
+//! command prints its output with.
+//!
+//! Invariants:
+//! - Command output goes through [`outln!`] / [`out!`], never `println!`: a closed pipe
+//!   (`lockstep runs | head -1`) drops the rest of the output quietly instead of panicking,
+//!   and any other error writing stdout ends the process with a message and status 1.
 
 use std::time::Duration;
+
+/// Writes formatted command output to stdout; see the module's invariants.
+pub fn write_out(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_fmt(args).and_then(|()| stdout.flush()) {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("error: cannot write the output to stdout: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// `println!` for command output: a closed pipe is not an error (see the module's docs).
+macro_rules! outln {
+    () => {
+        $crate::output::write_out(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::write_out(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` for command output: a closed pipe is not an error (see the module's docs).
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::output::write_out(format_args!($($arg)*))
+    };
+}
+
+pub(crate) use {out, outln};
 
 /// A table with a header row, printed with columns padded to their widest cell.
 pub struct Table {

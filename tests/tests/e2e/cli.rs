@@ -294,3 +294,28 @@ fn kill_9_mid_sync_then_rerun_loses_and_duplicates_nothing() {
     let runs: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(runs[1]["status"], "abandoned", "{stdout}");
 }
+
+/// Output into a pipe whose reader has gone (`lockstep connectors list | head -0`) ends
+/// quietly with status 0, as other command-line tools do, instead of a panic about stdout.
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [&["connectors", "list"][..], &["completions", "bash"][..]] {
+        let mut child = lockstep(dir.path())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The read end closes before the process has started writing.
+        drop(child.stdout.take());
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success() && !stderr.contains("panicked"),
+            "`lockstep {}` into a closed pipe: {:?}\n{stderr}",
+            args.join(" "),
+            output.status
+        );
+    }
+}

@@ -12,25 +12,14 @@ use clap::CommandFactory;
 
 use super::CmdResult;
 use crate::app::Cli;
+use crate::output::{out, outln};
 
 /// Prints the completion script for `shell` on stdout.
 pub fn print(shell: clap_complete::Shell) -> CmdResult {
     let mut script = Vec::new();
     clap_complete::generate(shell, &mut Cli::command(), "lockstep", &mut script);
-    write_stdout(&script)
-}
-
-/// Writes `bytes` to stdout. A closed pipe (`lockstep ... | head`) ends the output quietly
-/// instead of panicking like `print!` would.
-pub fn write_stdout(bytes: &[u8]) -> CmdResult {
-    use std::io::Write;
-    let mut stdout = std::io::stdout().lock();
-    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            Err(format!("cannot write to stdout: {e}").into())
-        }
-        _ => Ok(()),
-    }
+    out!("{}", String::from_utf8_lossy(&script));
+    Ok(())
 }
 
 /// Writes `lockstep.1` and one `lockstep-<subcommand>[-<subcommand>].1` per visible
@@ -47,7 +36,7 @@ pub fn write_manpages(dir: &Path) -> CmdResult {
     let mut written = Vec::new();
     write_page(&command, "lockstep", dir, &mut written)?;
     for path in &written {
-        println!("{}", path.display());
+        outln!("{}", path.display());
     }
     Ok(())
 }

@@ -22,6 +22,7 @@ use schemars::JsonSchema;
 use serde_json::{json, Value};
 
 use super::CmdResult;
+use crate::output::outln;
 
 /// A Lockstep config file (`lockstep.toml`). See lockstep.toml(5) or docs/config.md.
 #[derive(JsonSchema)]
@@ -366,9 +367,8 @@ pub fn print(config: &Path) -> CmdResult {
         .iter()
         .map(|p| (p.manifest.name.as_str(), &p.manifest.config_schema));
     let schema = with_connectors(file_schema(), connectors);
-    let mut text = serde_json::to_string_pretty(&schema)?;
-    text.push('\n');
-    super::completions::write_stdout(text.as_bytes())
+    outln!("{}", serde_json::to_string_pretty(&schema)?);
+    Ok(())
 }
 
 #[cfg(test)]

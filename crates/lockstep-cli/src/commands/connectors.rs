@@ -6,7 +6,7 @@ use lockstep_plugin_host::LoadedPlugin;
 
 use super::{registry, CliError, CmdResult};
 use crate::app::OutputFormat;
-use crate::output::Table;
+use crate::output::{outln, Table};
 
 /// The config when its file exists; connectors can be listed without one.
 fn optional_config(path: &Path) -> Result<Option<lockstep_config::Config>, CliError> {
@@ -36,7 +36,7 @@ pub async fn list(config: &Path, output: OutputFormat) -> CmdResult {
             })
             .collect();
         let failures: Vec<String> = registry.failures().iter().map(|e| e.to_string()).collect();
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(
                 &serde_json::json!({ "connectors": plugins, "failures": failures })
@@ -66,9 +66,9 @@ pub async fn list(config: &Path, output: OutputFormat) -> CmdResult {
         ]);
     }
     if table.is_empty() {
-        println!("No connector plugins found. Put plugins (liblockstep_connector_<name>.so) next to the lockstep binary, in a directory listed under [connectors] paths, or in LOCKSTEP_CONNECTOR_PATH.");
+        outln!("No connector plugins found. Put plugins (liblockstep_connector_<name>.so) next to the lockstep binary, in a directory listed under [connectors] paths, or in LOCKSTEP_CONNECTOR_PATH.");
     } else {
-        println!("{}", table.render());
+        outln!("{}", table.render());
     }
     for failure in registry.failures() {
         eprintln!("warning: {failure}");
@@ -85,27 +85,27 @@ pub async fn inspect(config: &Path, plugin: &str) -> CmdResult {
         registry(config.as_ref()).get(plugin)?.clone()
     };
     let m = &loaded.manifest;
-    println!("name:         {}", m.name);
-    println!("version:      {}", m.version);
+    outln!("name:         {}", m.name);
+    outln!("version:      {}", m.version);
     if !m.description.is_empty() {
-        println!("description:  {}", m.description);
+        outln!("description:  {}", m.description);
     }
-    println!("file:         {}", loaded.path.display());
-    println!(
+    outln!("file:         {}", loaded.path.display());
+    outln!(
         "plugin API:   {} (this lockstep speaks {}.x, API {})",
         m.abi_version,
         lockstep_plugin_api_major(),
         lockstep_plugin_api_version()
     );
-    println!("SDK:          {}", m.sdk_version);
-    println!(
+    outln!("SDK:          {}", m.sdk_version);
+    outln!(
         "roles:        {}",
         serde_json::to_string(&m.roles)?
             .trim_matches(|c| c == '[' || c == ']')
             .replace('"', "")
     );
-    println!("features:     {}", m.features.join(", "));
-    println!(
+    outln!("features:     {}", m.features.join(", "));
+    outln!(
         "config schema:\n{}",
         serde_json::to_string_pretty(&m.config_schema)?
     );

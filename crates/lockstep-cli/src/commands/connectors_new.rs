@@ -14,6 +14,7 @@
 use std::path::{Path, PathBuf};
 
 use super::{CliError, CmdResult};
+use crate::output::outln;
 
 /// The template files: their path in the new crate, and their text.
 const CARGO_TOML: &str = include_str!("../../templates/connector/Cargo.toml.tmpl");
@@ -170,7 +171,7 @@ pub fn run(
         (true, false) => "source",
         _ => "destination",
     };
-    println!(
+    outln!(
         "created connector `{name}` ({roles}) in {}\n\
          the SDK comes from {}\n\n\
          next:\n  cd {}\n  cargo test              # builds the plugin and runs the conformance kit\n  \
@@ -181,7 +182,7 @@ pub fn run(
         library_file(name),
     );
     if !sdk_given {
-        println!(
+        outln!(
             "\n(the SDK is not yet released to the package registry: the crate takes it from \
              git; for a local checkout of Lockstep pass --sdk path:DIR)"
         );

@@ -11,6 +11,7 @@ use lockstep_state::{DeleteStatus, PendingDeletes};
 
 use super::{job, load_config, redactor, state, CliError, CmdResult};
 use crate::app::{DeletesCommand, OutputFormat};
+use crate::output::outln;
 
 pub async fn run(config_path: &Path, command: DeletesCommand) -> CmdResult {
     let config = load_config(config_path)?;
@@ -26,9 +27,9 @@ pub async fn run(config_path: &Path, command: DeletesCommand) -> CmdResult {
             let waiting = state.pending_deletes(&sync, sample).await?;
             state.close().await;
             if output == OutputFormat::Json {
-                println!("{}", redact(&serde_json::to_string_pretty(&waiting)?));
+                outln!("{}", redact(&serde_json::to_string_pretty(&waiting)?));
             } else {
-                println!("{}", redact(&describe(&waiting)));
+                outln!("{}", redact(&describe(&waiting)));
             }
             Ok(())
         }
@@ -78,9 +79,9 @@ pub async fn run(config_path: &Path, command: DeletesCommand) -> CmdResult {
                 .await?;
             state.close().await;
             if discarded == 0 {
-                println!("No held deletes for sync `{sync}`.");
+                outln!("No held deletes for sync `{sync}`.");
             } else {
-                println!(
+                outln!(
                     "discarded {discarded} held deletes of sync `{sync}`: those records stay in \
                      the destination. A reconciliation finds the ones the source no longer has \
                      again at its next run"

@@ -6,7 +6,7 @@ use lockstep_orchestrator::{Engine, PlanReport, RunOptions};
 
 use super::{job, load_config, redactor, registry, state, CliError, CmdResult};
 use crate::app::OutputFormat;
-use crate::output::Table;
+use crate::output::{outln, Table};
 
 pub async fn run(config_path: &Path, sync: &str, output: OutputFormat) -> CmdResult {
     let config = load_config(config_path)?;
@@ -24,8 +24,8 @@ pub async fn run(config_path: &Path, sync: &str, output: OutputFormat) -> CmdRes
         .await
         .map_err(|e| CliError::Message(redactor(&e.to_string())))?;
     match output {
-        OutputFormat::Json => println!("{}", redactor(&serde_json::to_string_pretty(&report)?)),
-        OutputFormat::Text => println!("{}", redactor(&render(&report))),
+        OutputFormat::Json => outln!("{}", redactor(&serde_json::to_string_pretty(&report)?)),
+        OutputFormat::Text => outln!("{}", redactor(&render(&report))),
     }
     Ok(())
 }

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 
 use super::{load_config, redactor, registry, CliError, CmdResult};
 use crate::app::OutputFormat;
-use crate::output::Table;
+use crate::output::{out, outln, Table};
 
 /// The options that pick what to open besides a connection name.
 #[derive(clap::Args, Debug)]
@@ -274,7 +274,7 @@ pub async fn check(
         match open_and(&target, role, false).await {
             Ok(_) => {
                 if output == OutputFormat::Text {
-                    println!("{} as a {}: ok", target.label(), role_name(role));
+                    outln!("{} as a {}: ok", target.label(), role_name(role));
                 }
                 results.push(json!({ "role": role_name(role), "ok": true }));
             }
@@ -283,9 +283,9 @@ pub async fn check(
                 let message = redact(&e.to_string());
                 let hint = redact(&target.hint(&e));
                 if output == OutputFormat::Text {
-                    println!("{} as a {}: failed", target.label(), role_name(role));
-                    println!("  error: {message}");
-                    println!("  hint: {hint}");
+                    outln!("{} as a {}: failed", target.label(), role_name(role));
+                    outln!("  error: {message}");
+                    outln!("  hint: {hint}");
                 }
                 results.push(json!({
                     "role": role_name(role),
@@ -304,7 +304,7 @@ pub async fn check(
             "ok": !failed,
             "checks": results,
         });
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     }
     if failed {
         Err(CliError::Reported(1))
@@ -342,7 +342,7 @@ pub async fn discover(
             "features": features,
             "streams": catalog.streams,
         });
-        println!("{}", redact(&serde_json::to_string_pretty(&report)?));
+        outln!("{}", redact(&serde_json::to_string_pretty(&report)?));
         return Ok(());
     }
     let mut text = format!(
@@ -384,7 +384,7 @@ pub async fn discover(
         text.push_str(&table.render());
         text.push('\n');
     }
-    print!("{}", redact(&text));
+    out!("{}", redact(&text));
     Ok(())
 }
 
@@ -497,7 +497,7 @@ pub async fn read(
                 .collect();
             count += 1;
             if output == OutputFormat::Json {
-                println!("{}", redact(&Value::Object(record).to_string()));
+                outln!("{}", redact(&Value::Object(record).to_string()));
             } else {
                 rows.push(record);
             }
@@ -522,7 +522,7 @@ pub async fn read(
             }));
         }
         if !columns.is_empty() {
-            println!("{}", redact(&table.render()));
+            outln!("{}", redact(&table.render()));
         }
     }
     eprintln!(

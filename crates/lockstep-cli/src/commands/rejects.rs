@@ -7,7 +7,7 @@ use lockstep_state::RejectedFilter;
 
 use super::{job, load_config, redactor, registry, state, CliError, CmdResult};
 use crate::app::{OutputFormat, RejectsCommand};
-use crate::output::Table;
+use crate::output::{outln, Table};
 
 pub async fn run(config_path: &Path, command: RejectsCommand) -> CmdResult {
     let config = load_config(config_path)?;
@@ -29,11 +29,11 @@ pub async fn run(config_path: &Path, command: RejectsCommand) -> CmdResult {
                 })
                 .await?;
             if output == OutputFormat::Json {
-                println!("{}", redact(&serde_json::to_string_pretty(&records)?));
+                outln!("{}", redact(&serde_json::to_string_pretty(&records)?));
                 return Ok(());
             }
             if records.is_empty() {
-                println!("No rejected records{}.", if all { "" } else { " pending" });
+                outln!("No rejected records{}.", if all { "" } else { " pending" });
                 return Ok(());
             }
             let mut table = Table::new(["ID", "SYNC", "RUN", "KEY", "FIELD", "REASON", "RETRIED"]);
@@ -48,7 +48,7 @@ pub async fn run(config_path: &Path, command: RejectsCommand) -> CmdResult {
                     r.retried.clone().unwrap_or_default(),
                 ]);
             }
-            println!("{}", redact(&table.render()));
+            outln!("{}", redact(&table.render()));
             Ok(())
         }
         RejectsCommand::Show { id } => {
@@ -63,7 +63,7 @@ pub async fn run(config_path: &Path, command: RejectsCommand) -> CmdResult {
                     "no rejected record with id {id}; `lockstep rejects list --all` shows them"
                 )));
             };
-            println!("{}", redact(&serde_json::to_string_pretty(r)?));
+            outln!("{}", redact(&serde_json::to_string_pretty(r)?));
             Ok(())
         }
         RejectsCommand::Retry { sync, ids, output } => {
@@ -86,11 +86,11 @@ pub async fn run(config_path: &Path, command: RejectsCommand) -> CmdResult {
                 .await
                 .map_err(|e| CliError::Message(redact(&e.to_string())))?;
             if output == OutputFormat::Json {
-                println!("{}", redact(&serde_json::to_string_pretty(&outcome)?));
+                outln!("{}", redact(&serde_json::to_string_pretty(&outcome)?));
             } else if outcome.retried == 0 {
-                println!("No pending rejected records to retry for sync `{sync}`.");
+                outln!("No pending rejected records to retry for sync `{sync}`.");
             } else {
-                println!(
+                outln!(
                     "retried {} records of sync {} in run {} from their current source version: \
                      {} succeeded, {} failed again, {} no longer in the source (resolved, \
                      nothing written)",
@@ -102,10 +102,10 @@ pub async fn run(config_path: &Path, command: RejectsCommand) -> CmdResult {
                     outcome.gone.len()
                 );
                 for id in &outcome.gone {
-                    println!("  {id}: no longer in the source");
+                    outln!("  {id}: no longer in the source");
                 }
                 for (id, reason) in &outcome.failed {
-                    println!("  {id}: failed again: {}", redact(reason));
+                    outln!("  {id}: failed again: {}", redact(reason));
                 }
             }
             if outcome.failed.is_empty() {

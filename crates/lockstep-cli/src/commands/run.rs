@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use super::{job, load_config, redactor, registry, state, CliError, CmdResult};
 use crate::app::OutputFormat;
-use crate::output::{human_duration, Table};
+use crate::output::{human_duration, outln, Table};
 
 pub async fn run(
     config_path: &Path,
@@ -84,7 +84,7 @@ pub async fn run_loaded(
     }
     let report = report.map_err(|e| CliError::Message(redactor(&e.to_string())))?;
     match output {
-        OutputFormat::Json => println!(
+        OutputFormat::Json => outln!(
             "{}",
             serde_json::to_string_pretty(&json_report(&report, &redactor))?
         ),
@@ -140,7 +140,7 @@ fn json_report(report: &RunReport, redact: &lockstep_plugin_host::Redactor) -> s
 }
 
 fn print_summary(report: &RunReport, redact: &lockstep_plugin_host::Redactor) {
-    println!(
+    outln!(
         "sync {}  run {}  {}  in {}",
         report.sync,
         report.run_id,
@@ -150,14 +150,14 @@ fn print_summary(report: &RunReport, redact: &lockstep_plugin_host::Redactor) {
     let entries = report.metrics.entries();
     let mut table = Table::new(entries.iter().map(|(name, _)| *name));
     table.row(entries.iter().map(|(_, v)| v.to_string()));
-    println!("{}", table.render());
+    outln!("{}", table.render());
     if report.cursor_before.is_some() || report.cursor_after.is_some() {
         let show = |c: &Option<serde_json::Value>| {
             c.as_ref()
                 .map(|v| v.to_string())
                 .unwrap_or_else(|| "(none)".into())
         };
-        println!(
+        outln!(
             "cursor: {} -> {}",
             show(&report.cursor_before),
             show(&report.cursor_after)

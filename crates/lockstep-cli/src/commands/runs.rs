@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::{history, CmdResult};
 use crate::app::OutputFormat;
-use crate::output::{human_duration, Table};
+use crate::output::{human_duration, outln, Table};
 
 pub async fn run(
     config: &Path,
@@ -19,11 +19,11 @@ pub async fn run(
     let runs = history.state.runs(sync, limit).await?;
     history.state.close().await;
     if output == OutputFormat::Json {
-        println!("{}", serde_json::to_string_pretty(&runs)?);
+        outln!("{}", serde_json::to_string_pretty(&runs)?);
         return Ok(());
     }
     if runs.is_empty() {
-        println!(
+        outln!(
             "No runs yet{}.",
             sync.map(|s| format!(" of sync `{s}`")).unwrap_or_default()
         );
@@ -78,7 +78,7 @@ pub async fn run(
                 .unwrap_or_default(),
         ]);
     }
-    println!("{}", table.render());
+    outln!("{}", table.render());
     Ok(())
 }
 

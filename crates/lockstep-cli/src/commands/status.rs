@@ -12,7 +12,7 @@ use serde_json::json;
 
 use super::{history, CliError, CmdResult};
 use crate::app::OutputFormat;
-use crate::output::{human_duration, Table};
+use crate::output::{human_duration, outln, Table};
 
 /// One line of the status: a sync of the config, or, while the config file is invalid, a
 /// sync found in the run history (whose schedule is then unknown).
@@ -102,13 +102,13 @@ pub async fn run(config_path: &Path, output: OutputFormat, state_url: Option<&st
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        outln!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(());
     }
     if rows.is_empty() {
         match &history.config {
-            Some(config) => println!("No syncs in {}.", config.path.display()),
-            None => println!("No runs in the state store."),
+            Some(config) => outln!("No syncs in {}.", config.path.display()),
+            None => outln!("No runs in the state store."),
         }
         return Ok(());
     }
@@ -175,7 +175,7 @@ pub async fn run(config_path: &Path, output: OutputFormat, state_url: Option<&st
         }
         table.row(row);
     }
-    println!("{}", table.render());
+    outln!("{}", table.render());
     Ok(())
 }
 

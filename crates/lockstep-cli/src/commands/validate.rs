@@ -14,6 +14,7 @@ use lockstep_plugin_host::PluginRegistry;
 use lockstep_protocol::Role;
 
 use super::{load_config, print_config_errors, redactor, registry, CliError, CmdResult};
+use crate::output::outln;
 
 pub async fn run(path: &Path, offline: bool) -> CmdResult {
     let config = load_config(path)?;
@@ -29,7 +30,7 @@ pub async fn run(path: &Path, offline: bool) -> CmdResult {
         print_config_errors(&ConfigErrors::new(config.path.clone(), errors));
         return Err(CliError::Reported(2));
     }
-    println!(
+    outln!(
         "{}: valid ({} connections, {} syncs{})",
         config.path.display(),
         config.connections.len(),

@@ -14,7 +14,7 @@ use lockstep_orchestrator::{Engine, RunOptions, VerifyOptions, VerifyReport};
 
 use super::{job, load_config, redactor, registry, state, CliError, CmdResult};
 use crate::app::OutputFormat;
-use crate::output::Table;
+use crate::output::{outln, Table};
 
 /// Exit code when the systems differ.
 pub const DIFFER_EXIT_CODE: u8 = 1;
@@ -74,8 +74,8 @@ async fn verify(
         .await
         .map_err(|e| CliError::Message(redactor(&e.to_string())))?;
     match output {
-        OutputFormat::Json => println!("{}", redactor(&serde_json::to_string_pretty(&report)?)),
-        OutputFormat::Text => println!("{}", redactor(&render(&report))),
+        OutputFormat::Json => outln!("{}", redactor(&serde_json::to_string_pretty(&report)?)),
+        OutputFormat::Text => outln!("{}", redactor(&render(&report))),
     }
     exit_code(&report)
 }
