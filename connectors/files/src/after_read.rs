@@ -14,6 +14,7 @@
 //! - A file is moved with a rename (never a copy), never over an existing file.
 //! - A failed move or delete is a warning naming the file and the error, retried by the next
 //!   run; it never fails a read, and never loses a record.
+//! - A dry-run read (`ReadRequest::dry_run`: a plan, a verify) moves and deletes nothing.
 
 use std::path::{Path, PathBuf};
 

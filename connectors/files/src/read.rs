@@ -122,8 +122,11 @@ pub(crate) fn open_reader(
         })?,
     };
     // The checkpoint given is the one the engine committed: the files it lists as read whole
-    // are durable in the destination, and `after_read` may move or delete them now.
-    crate::after_read::apply(&spec, &checkpoint.files)?;
+    // are durable in the destination, and `after_read` may move or delete them now; not in a
+    // dry run (a plan, a verify), which must leave the source as it found it.
+    if !request.dry_run {
+        crate::after_read::apply(&spec, &checkpoint.files)?;
+    }
     let plan = scan::plan(&spec, &checkpoint, scan::now_us())?;
     tracing::info!(
         stream = %spec.name,

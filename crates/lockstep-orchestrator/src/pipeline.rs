@@ -153,6 +153,8 @@ pub(crate) async fn execute<S: Sink>(
         key: ctx.mapper.source_key().to_vec(),
         checkpoint: run.checkpoint.clone(),
         batch_size: Some(spec.batch_size),
+        // A plan's sink writes nothing: its read is a dry run.
+        dry_run: !sink.writes(),
         ..Default::default()
     };
     let mut reader = source.read(&request).await?;

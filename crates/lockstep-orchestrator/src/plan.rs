@@ -361,6 +361,7 @@ impl Engine<'_> {
                 mode: ReadMode::Full,
                 key: key.clone(),
                 keys: Some(keys),
+                dry_run: true,
                 ..Default::default()
             })
             .await

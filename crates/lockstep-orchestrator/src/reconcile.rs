@@ -94,6 +94,7 @@ pub(crate) async fn run<S: Sink>(
         fields: Some(key_mapper.source_fields()),
         key: key_mapper.source_key().to_vec(),
         batch_size: Some(read_size),
+        dry_run: !sink.writes(),
         ..Default::default()
     };
     let mut reader = source.read(&request).await?;

@@ -219,6 +219,7 @@ impl Engine<'_> {
             fields: Some(fields.clone()),
             key: source_key.clone(),
             batch_size: Some(spec.batch_size.max(READ_BATCH)),
+            dry_run: true,
             ..Default::default()
         };
         let mut reader = source.read(&request).await?;
@@ -476,6 +477,7 @@ impl Engine<'_> {
             fields: Some(wanted.clone()),
             key: mapper.key().to_vec(),
             batch_size: Some(spec.batch_size.max(READ_BATCH)),
+            dry_run: true,
             ..Default::default()
         };
         let mut reader = destination.read(&request).await?;
@@ -690,6 +692,7 @@ async fn fetch(
         fields: Some(fields.to_vec()),
         key: mapper.source_key().to_vec(),
         batch_size: Some(spec.batch_size.max(READ_BATCH)),
+        dry_run: true,
         ..Default::default()
     };
     let mut requests = Vec::new();
@@ -931,6 +934,7 @@ async fn connector_count(
                 fields: Some(key.to_vec()),
                 key: key.to_vec(),
                 key_summary: true,
+                dry_run: true,
                 ..Default::default()
             })
             .await?;

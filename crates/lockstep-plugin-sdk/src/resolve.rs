@@ -137,6 +137,7 @@ mod tests {
             batch_size: None,
             keys: None,
             key_summary: false,
+            dry_run: false,
         }
     }
 

@@ -184,6 +184,12 @@ pub struct ReadRequest {
     /// [`FEATURE_KEY_SUMMARY`]; the host never sends it to others.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub key_summary: bool,
+    /// The read serves a check, not a run (`lockstep plan`, `lockstep verify`, `lockstep
+    /// connectors read`): none of its checkpoints is committed. The source reads as usual but
+    /// changes nothing on its side that a run's read may change, such as moving or deleting
+    /// files that the committed checkpoint says were read.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
 }
 
 /// Manifest feature: reads honour [`ReadRequest::keys`].

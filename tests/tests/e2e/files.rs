@@ -487,6 +487,13 @@ fn after_read_moves_files_only_once_their_run_committed_and_a_crash_before_the_c
     assert!(ok, "{report}\n{stderr}");
     assert_eq!(report["metrics"]["read"], 2, "{report}");
     assert!(file.exists());
+    // A plan opens the same committed checkpoint, but a dry run moves nothing.
+    let (out, stdout, stderr) = run(lockstep(d).args(["plan", "orders"]));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        file.exists(),
+        "`lockstep plan` moved a file: {stdout}\n{stderr}"
+    );
     let (ok, report, stderr) = run_json(d, "orders");
     assert!(ok, "{report}\n{stderr}");
     assert_eq!(report["metrics"]["read"], 0, "{report}");

@@ -462,6 +462,7 @@ pub async fn read(
         } else {
             limit.min(10_000)
         }),
+        dry_run: true,
         ..Default::default()
     };
     let mut reader = source
