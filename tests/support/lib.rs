@@ -7,6 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use lockstep_test_support::live_db::{LiveDb, Server};
+
 /// The workspace's root directory.
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -88,29 +90,26 @@ pub fn service_available(name: &str, error: impl std::fmt::Display) -> bool {
     false
 }
 
-/// A database created for one test and dropped when the guard goes.
+/// A database created for one test and dropped when the guard goes: the live-database
+/// fixture of `lockstep-test-support` ([`LiveDb`]), named `lockstep_e2e_<prefix>_<pid>_<n>`,
+/// with its URL and name at hand for building configs.
 pub struct TempDatabase {
     /// A URL that reaches the database.
     pub url: String,
     pub name: String,
-    admin_url: String,
-    kind: DbKind,
+    /// Drops the database when the guard goes.
+    _live: LiveDb,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum DbKind {
-    Postgres,
-    MySql,
-}
-
-fn unique_name(prefix: &str) -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "lockstep_e2e_{prefix}_{}_{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    )
+impl TempDatabase {
+    fn create(server: Server, prefix: &str) -> Option<TempDatabase> {
+        let live = LiveDb::create(server, &format!("lockstep_e2e_{prefix}"))?;
+        Some(TempDatabase {
+            url: live.url(),
+            name: live.name().to_owned(),
+            _live: live,
+        })
+    }
 }
 
 /// Runs a future to completion on a fresh current-thread runtime.
@@ -122,89 +121,16 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .block_on(f)
 }
 
-/// The PostgreSQL server the tests use (`LOCKSTEP_TEST_POSTGRES_URL`, or the local one).
-pub fn postgres_admin_url() -> String {
-    std::env::var("LOCKSTEP_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
-}
-
-/// The MariaDB/MySQL server the tests use (`LOCKSTEP_TEST_MYSQL_URL`, or the local one).
-pub fn mysql_admin_url() -> String {
-    std::env::var("LOCKSTEP_TEST_MYSQL_URL")
-        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned())
-}
-
 /// A fresh PostgreSQL database, or `None` (after a notice) when the server is not reachable
 /// outside CI.
 pub fn postgres_database(prefix: &str) -> Option<TempDatabase> {
-    temp_database(DbKind::Postgres, prefix)
+    TempDatabase::create(Server::Postgres, prefix)
 }
 
 /// A fresh MariaDB/MySQL database, or `None` (after a notice) when the server is not
 /// reachable outside CI.
 pub fn mysql_database(prefix: &str) -> Option<TempDatabase> {
-    temp_database(DbKind::MySql, prefix)
-}
-
-/// Runs one administrative statement on the server of `kind`.
-fn admin_statement(kind: DbKind, admin_url: &str, statement: &str) -> Result<(), sqlx::Error> {
-    use sqlx::Connection;
-    block_on(async {
-        match kind {
-            DbKind::Postgres => {
-                let mut c = sqlx::PgConnection::connect(admin_url).await?;
-                sqlx::query(statement).execute(&mut c).await?;
-                c.close().await
-            }
-            DbKind::MySql => {
-                let mut c = sqlx::MySqlConnection::connect(admin_url).await?;
-                sqlx::query(statement).execute(&mut c).await?;
-                c.close().await
-            }
-        }
-    })
-}
-
-fn temp_database(kind: DbKind, prefix: &str) -> Option<TempDatabase> {
-    let (admin_url, create, server) = match kind {
-        DbKind::Postgres => (
-            postgres_admin_url(),
-            "CREATE DATABASE \"{}\"",
-            "PostgreSQL at 127.0.0.1:5432",
-        ),
-        DbKind::MySql => (
-            mysql_admin_url(),
-            "CREATE DATABASE `{}`",
-            "MariaDB at 127.0.0.1:3306",
-        ),
-    };
-    let name = unique_name(prefix);
-    if let Err(e) = admin_statement(kind, &admin_url, &create.replace("{}", &name)) {
-        service_available(server, e);
-        return None;
-    }
-    let base = admin_url
-        .rsplit_once('/')
-        .map(|(b, _)| b)
-        .unwrap_or(&admin_url);
-    Some(TempDatabase {
-        url: format!("{base}/{name}"),
-        name,
-        admin_url,
-        kind,
-    })
-}
-
-impl Drop for TempDatabase {
-    fn drop(&mut self) {
-        let statement = match self.kind {
-            DbKind::Postgres => format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name),
-            DbKind::MySql => format!("DROP DATABASE IF EXISTS `{}`", self.name),
-        };
-        if let Err(e) = admin_statement(self.kind, &self.admin_url, &statement) {
-            eprintln!("warning: could not drop test database {}: {e}", self.name);
-        }
-    }
+    TempDatabase::create(Server::MySql, prefix)
 }
 
 /// A pool on the SQLite file at `path`, created when missing.

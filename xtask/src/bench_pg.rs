@@ -385,6 +385,16 @@ pub(crate) fn lockstep_with_env(
     sync: &str,
     env: &[(&str, &str)],
 ) -> Result<(f64, u64)> {
+    lockstep_report(dir, sync, env).map(|(seconds, rss, _)| (seconds, rss))
+}
+
+/// Runs `lockstep run SYNC --output json` as [`lockstep_with_env`] does and returns
+/// (seconds, peak RSS in bytes, the run's JSON report).
+pub(crate) fn lockstep_report(
+    dir: &Path,
+    sync: &str,
+    env: &[(&str, &str)],
+) -> Result<(f64, u64, serde_json::Value)> {
     let bin = root().join("target/release/lockstep");
     let started = Instant::now();
     let child = Command::new(&bin)
@@ -418,7 +428,7 @@ pub(crate) fn lockstep_with_env(
     let report: serde_json::Value =
         serde_json::from_str(&stdout).context("lockstep's JSON report")?;
     eprintln!("  {sync}: {}", report["metrics"]);
-    Ok((seconds, usage.ru_maxrss as u64 * 1024))
+    Ok((seconds, usage.ru_maxrss as u64 * 1024, report))
 }
 
 async fn checksum_pg(c: &mut sqlx::PgConnection, row: &str) -> Result<(i64, String)> {

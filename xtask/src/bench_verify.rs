@@ -76,7 +76,7 @@ pub fn run(args: &[&str]) -> Result<()> {
 }
 
 /// The binary COPY pipe of `contacts` from database `from` into database `to`; its seconds.
-fn copy_pipe(from: &str, to: &str) -> Result<f64> {
+pub(crate) fn copy_pipe(from: &str, to: &str) -> Result<f64> {
     let started = Instant::now();
     let status = Command::new("bash")
         .arg("-c")

@@ -7,6 +7,8 @@
 //! - `bench pg [--rows N] [--state sqlite|postgres]`: PostgreSQL sync speed, fast and default
 //!   paths, against PostgreSQL's own COPY pipe.
 //! - `bench files`: a CSV drop into PostgreSQL against PostgreSQL's own `COPY FROM`.
+//! - `bench two-way [--rows N] [--state sqlite|postgres]`: a two-way sync between two
+//!   PostgreSQL databases against a one-way incremental sync of the same amount of changes.
 //! - `bench verify [--rows N]`: `lockstep verify` of the `bench pg` table against its COPY pipe.
 //! - `bench hubspot`: how much of HubSpot's request budget a sync to and from the fake uses.
 //! - `dist [--profile release|dev] [--no-build] [--no-dbgsym]`: the release tarball and the
@@ -15,6 +17,7 @@
 mod bench_files;
 mod bench_hubspot;
 mod bench_pg;
+mod bench_two_way;
 mod bench_verify;
 mod deb;
 mod demo;
@@ -37,6 +40,7 @@ fn main() -> Result<()> {
         ["bench", "files", rest @ ..] => bench_files::run(rest),
         ["bench", "hubspot", rest @ ..] => bench_hubspot::run(rest),
         ["bench", "verify", rest @ ..] => bench_verify::run(rest),
+        ["bench", "two-way", rest @ ..] => bench_two_way::run(rest),
         ["dist", rest @ ..] => dist::run(rest),
         _ => {
             eprintln!(
@@ -50,6 +54,8 @@ fn main() -> Result<()> {
                  bench files          a CSV drop into PostgreSQL against COPY FROM\n  \
                  bench hubspot        request-budget use against the fake HubSpot (needs PostgreSQL)\n  \
                  bench verify [--rows N]  `lockstep verify` against the COPY pipe (needs PostgreSQL)\n  \
+                 bench two-way [--rows N] [--state sqlite|postgres]\n                      \
+                 two-way sync against a one-way incremental sync (needs PostgreSQL)\n  \
                  dist [--profile release|dev] [--no-build] [--no-dbgsym]\n                      \
                  the release tarball and the Debian package, in target/dist"
             );

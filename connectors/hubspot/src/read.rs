@@ -8,16 +8,23 @@
 //! timestamp, so a full page is delivered only up to (not including) its last timestamp;
 //! the records at that timestamp are then read by a query on that exact timestamp sorted by
 //! `hs_object_id`. Ties at a page boundary are thus neither skipped nor repeated.
+//!
+//! An incremental read's checkpoint is the SDK's cursor checkpoint of its last record,
+//! `{"cursor": "<RFC 3339 ms>", "key": [<id>]}`, read back with `resume_point`; a full read's
+//! is the pager's state, `{"page": ...}`.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use lockstep_http_kit::convert::{batch_from_json, JsonField};
+use lockstep_http_kit::convert::{batch_from_json, select_fields, JsonField};
 use lockstep_http_kit::{
     HttpClient, Pager, PagerState, Paging, RateBudget, Request, TokenPlacement,
 };
 use lockstep_plugin_sdk::arrow::array::RecordBatch;
-use lockstep_plugin_sdk::{BatchReader, ConnectorError, ReadMode, ReadRequest, Result};
+use lockstep_plugin_sdk::checkpoint::unusable_checkpoint;
+use lockstep_plugin_sdk::{
+    checkpoint_after, resume_point, BatchReader, ConnectorError, ReadMode, ReadRequest, Result,
+};
 use serde_json::{json, Value};
 
 use crate::schema::{last_modified, StreamSchema};
@@ -62,23 +69,16 @@ pub(crate) fn open(
     request: ReadRequest,
     search_budget: Arc<RateBudget>,
 ) -> Result<HubSpotReader> {
-    let all = schema.json_fields();
-    let fields: Vec<JsonField> = match &request.fields {
-        None => all,
-        Some(names) => {
-            for name in names {
-                if !all.iter().any(|f| &f.field.name == name) {
-                    return Err(ConnectorError::schema(format!(
-                        "HubSpot {} have no property `{name}` (or it is not in `properties`)",
-                        schema.name
-                    )));
-                }
-            }
-            all.into_iter()
-                .filter(|f| names.contains(&f.field.name))
-                .collect()
-        }
-    };
+    let fields = select_fields(
+        schema.json_fields(),
+        request.fields.as_deref(),
+        |name, _| {
+            ConnectorError::schema(format!(
+                "HubSpot {} have no property `{name}` (or it is not in `properties`)",
+                schema.name
+            ))
+        },
+    )?;
     let cursor = last_modified(&schema.name);
     let mut asked: Vec<String> = fields
         .iter()
@@ -103,17 +103,13 @@ pub(crate) fn open(
                 token_at: "/paging/next/after".into(),
                 placement: TokenPlacement::Query("after".into()),
             };
-            let state = match &request.checkpoint {
-                None | Some(Value::Null) => PagerState::Start,
-                Some(checkpoint) => {
-                    serde_json::from_value(checkpoint["page"].clone()).map_err(|e| {
-                        ConnectorError::config(format!(
-                            "the checkpoint {checkpoint} is not one of a full HubSpot read ({e}); \
-                         reset the sync's checkpoint"
-                        ))
-                    })?
-                }
-            };
+            let state = PagerState::from_checkpoint(request.checkpoint.as_ref()).map_err(|e| {
+                ConnectorError::config(format!(
+                    "the checkpoint {} is not one of a full HubSpot read ({e}); reset the \
+                     sync's checkpoint",
+                    request.checkpoint.as_ref().unwrap_or(&Value::Null)
+                ))
+            })?;
             How::Full(Box::new(Pager::resume(template, paging, "/results", state)))
         }
         ReadMode::Incremental => {
@@ -128,7 +124,7 @@ pub(crate) fn open(
             }
             How::Incremental {
                 search_budget,
-                after: parse_checkpoint(request.checkpoint.as_ref())?,
+                after: resume_after(&request)?,
                 tie: None,
                 archived: None,
             }
@@ -145,28 +141,34 @@ pub(crate) fn open(
     })
 }
 
-/// `{"cursor": "<RFC 3339 ms>", "key": [<id>]}` to (ms, id).
-fn parse_checkpoint(checkpoint: Option<&Value>) -> Result<Option<(i64, i64)>> {
-    let Some(checkpoint) = checkpoint.filter(|c| !c.is_null()) else {
+/// The (last-modified in ms, id) an incremental read resumes after, from the SDK's cursor
+/// checkpoint `{"cursor": "<RFC 3339 ms>", "key": [<id>]}`; `None` reads from the start.
+fn resume_after(request: &ReadRequest) -> Result<Option<(i64, i64)>> {
+    let Some(checkpoint) = request.checkpoint.as_ref().filter(|c| !c.is_null()) else {
         return Ok(None);
     };
-    let bad = || {
-        ConnectorError::config(format!(
-            "the checkpoint {checkpoint} is not one of an incremental HubSpot read (expected \
-             {{\"cursor\": \"<timestamp>\", \"key\": [<id>]}}); reset the sync's checkpoint"
-        ))
+    let bad = |why: &str| unusable_checkpoint(&request.stream, checkpoint, why);
+    // The read is ordered by two columns: last-modified, then id. A checkpoint without a
+    // cursor means "from the start" to the SDK; every checkpoint of an incremental HubSpot
+    // read has one, so any other (a full read's pager state) is refused, not restarted from.
+    let Some(point) = resume_point(request, 2)? else {
+        return Err(bad(
+            "it has no cursor: it is not one of an incremental read",
+        ));
     };
-    let cursor = checkpoint["cursor"]
-        .as_str()
+    let cursor = point
+        .cursor
+        .as_ref()
+        .and_then(Value::as_str)
         .and_then(millis)
-        .ok_or_else(bad)?;
-    let key = match &checkpoint["key"][0] {
-        Value::Number(n) => n.as_i64(),
-        Value::String(s) => s.parse().ok(),
+        .ok_or_else(|| bad("its cursor is not a HubSpot timestamp"))?;
+    let id = match point.key.first() {
+        Some(Value::Number(n)) => n.as_i64(),
+        Some(Value::String(s)) => s.parse().ok(),
         _ => None,
     }
-    .ok_or_else(bad)?;
-    Ok(Some((cursor, key)))
+    .ok_or_else(|| bad("its key is not a HubSpot record id"))?;
+    Ok(Some((cursor, id)))
 }
 
 fn millis(text: &str) -> Option<i64> {
@@ -289,21 +291,12 @@ impl BatchReader for HubSpotReader {
             }
             match &mut self.how {
                 How::Full(pager) => {
-                    let Some(page) = pager.next_page(&self.client).await? else {
+                    let Some((records, checkpoint)) = pager.next_records(&self.client).await?
+                    else {
                         self.finished = true;
                         return Ok(None);
                     };
-                    let checkpoint = json!({ "page": pager.state() });
-                    if *pager.state() == PagerState::Done {
-                        self.finished = true;
-                    }
-                    if page.records.is_empty() {
-                        if self.finished {
-                            return Ok(None);
-                        }
-                        continue;
-                    }
-                    return Ok(Some((self.batch(&page.records)?, checkpoint)));
+                    return Ok(Some((self.batch(&records)?, checkpoint)));
                 }
                 How::Incremental {
                     search_budget,
@@ -416,10 +409,69 @@ impl BatchReader for HubSpotReader {
                     let position = positioned.last().expect("not empty").0;
                     *after = Some(position);
                     let records: Vec<Value> = positioned.into_iter().map(|(_, r)| r).collect();
-                    let checkpoint = json!({"cursor": format_ms(position.0), "key": [position.1]});
+                    let checkpoint = checkpoint_after(
+                        true,
+                        vec![json!(format_ms(position.0)), json!(position.1)],
+                    );
                     return Ok(Some((self.batch(&records)?, checkpoint)));
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn incremental(checkpoint: Option<Value>) -> ReadRequest {
+        ReadRequest {
+            stream: "contacts".into(),
+            mode: ReadMode::Incremental,
+            fields: None,
+            cursor_field: None,
+            key: vec![],
+            checkpoint,
+            batch_size: None,
+            keys: None,
+            key_summary: false,
+            dry_run: false,
+        }
+    }
+
+    #[test]
+    fn stored_incremental_checkpoints_load_and_round_trip() {
+        let at = millis("2024-05-01T10:00:00.250Z").unwrap();
+        for stored in [
+            json!({"cursor": "2024-05-01T10:00:00.250Z", "key": [42]}),
+            json!({"cursor": "2024-05-01T10:00:00.250Z", "key": ["42"]}),
+        ] {
+            assert_eq!(
+                resume_after(&incremental(Some(stored))).unwrap(),
+                Some((at, 42))
+            );
+        }
+        let written = checkpoint_after(true, vec![json!(format_ms(at)), json!(42)]);
+        assert_eq!(
+            written,
+            json!({"cursor": "2024-05-01T10:00:00.250Z", "key": [42]})
+        );
+        assert_eq!(resume_after(&incremental(None)).unwrap(), None);
+        assert_eq!(resume_after(&incremental(Some(Value::Null))).unwrap(), None);
+    }
+
+    #[test]
+    fn checkpoints_of_another_shape_are_refused_with_the_sdks_wording() {
+        for bad in [
+            json!({"cursor": "2024-05-01T10:00:00Z"}),
+            json!({"cursor": "yesterday", "key": [1]}),
+            json!({"cursor": "2024-05-01T10:00:00Z", "key": [{"id": 1}]}),
+            json!({"page": {"at": "start"}}),
+            json!({"cursor": null, "key": [1]}),
+        ] {
+            let e = resume_after(&incremental(Some(bad.clone()))).unwrap_err();
+            assert_eq!(e.kind, lockstep_plugin_sdk::ErrorKind::CONFIG, "{bad}");
+            assert!(e.message.contains("reset"), "{bad}: {}", e.message);
         }
     }
 }

@@ -201,13 +201,9 @@ impl HubSpotWriter {
 
 impl StreamWriter for HubSpotWriter {
     async fn upsert(&mut self, batch: RecordBatch) -> Result<WriteOutcome> {
-        let style = ValueStyle {
-            as_text: true,
-            // Per "Update contacts": a value is cleared by an empty string.
-            nulls: NullStyle::EmptyString,
-        };
-        let records = json_from_batch(&self.fields, &batch, style)
-            .map_err(|e| ConnectorError::schema(e.to_string()))?;
+        // Per "Update contacts": a value is cleared by an empty string.
+        let style = ValueStyle::text(NullStyle::EmptyString);
+        let records = json_from_batch(&self.fields, &batch, style)?;
         let mut outcome = WriteOutcome::default();
         let mut inputs = Vec::new();
         for (row, mut record) in records.into_iter().enumerate() {
@@ -242,15 +238,7 @@ impl StreamWriter for HubSpotWriter {
     }
 
     async fn delete(&mut self, keys: RecordBatch) -> Result<WriteOutcome> {
-        let records = json_from_batch(
-            &self.fields,
-            &keys,
-            ValueStyle {
-                as_text: true,
-                nulls: NullStyle::Omit,
-            },
-        )
-        .map_err(|e| ConnectorError::schema(e.to_string()))?;
+        let records = json_from_batch(&self.fields, &keys, ValueStyle::KEYS)?;
         let mut ids = Vec::new();
         match &self.key {
             Key::Id => ids.extend(

@@ -17,12 +17,12 @@
 //! The checkpoint holds one such position for live members and one for archived ones:
 //! `{"live": {"at": <seconds>, "ids": [...]}, "archived": {...}}`.
 
-use lockstep_http_kit::convert::{batch_from_json, JsonField};
+use lockstep_http_kit::convert::{batch_from_json, select_fields, JsonField};
 use lockstep_http_kit::{HttpClient, Pager, PagerState, Paging, Request};
 use lockstep_plugin_sdk::arrow::array::RecordBatch;
 use lockstep_plugin_sdk::{BatchReader, ConnectorError, ReadMode, ReadRequest, Result};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::schema::{audience_error, flatten, Schema, CURSOR, STREAM};
 
@@ -80,24 +80,16 @@ pub(crate) fn open(
             request.stream
         )));
     }
-    let all = schema.json_fields();
-    let fields = match &request.fields {
-        None => all,
-        Some(names) => {
-            for name in names {
-                if !all.iter().any(|f| &f.field.name == name) {
-                    return Err(ConnectorError::schema(format!(
-                        "Mailchimp members have no field `{name}`; the fields are id, \
-                         email_address, status, archived, tags, last_changed and the audience's \
-                         merge tags"
-                    )));
-                }
-            }
-            all.into_iter()
-                .filter(|f| names.contains(&f.field.name))
-                .collect()
-        }
-    };
+    let fields = select_fields(
+        schema.json_fields(),
+        request.fields.as_deref(),
+        |name, _| {
+            ConnectorError::schema(format!(
+                "Mailchimp members have no field `{name}`; the fields are id, email_address, \
+                 status, archived, tags, last_changed and the audience's merge tags"
+            ))
+        },
+    )?;
     let page = request.batch_size.unwrap_or(MAX_PAGE).clamp(1, MAX_PAGE);
     let how = match request.mode {
         ReadMode::Full => {
@@ -109,11 +101,13 @@ pub(crate) fn open(
                 limit_param: "count".into(),
                 page_size: page as u64,
             };
-            let state = match &request.checkpoint {
-                None | Some(Value::Null) => PagerState::Start,
-                Some(checkpoint) => serde_json::from_value(checkpoint["page"].clone())
-                    .map_err(|e| bad_checkpoint(checkpoint, "a full", &e))?,
-            };
+            let state = PagerState::from_checkpoint(request.checkpoint.as_ref()).map_err(|e| {
+                bad_checkpoint(
+                    request.checkpoint.as_ref().unwrap_or(&Value::Null),
+                    "a full",
+                    &e,
+                )
+            })?;
             How::Full(Box::new(Pager::resume(template, paging, "/members", state)))
         }
         ReadMode::Incremental => {
@@ -304,22 +298,15 @@ impl BatchReader for MailchimpReader {
             }
             match &mut self.how {
                 How::Full(pager) => {
-                    let Some(page) = pager
-                        .next_page(&self.client)
+                    let Some((records, checkpoint)) = pager
+                        .next_records(&self.client)
                         .await
                         .map_err(|e| audience_error(&self.list_id, e))?
                     else {
                         self.finished = true;
                         return Ok(None);
                     };
-                    let checkpoint = json!({ "page": pager.state() });
-                    if *pager.state() == PagerState::Done {
-                        self.finished = true;
-                    }
-                    if page.records.is_empty() {
-                        continue;
-                    }
-                    return Ok(Some((self.batch(&page.records)?, checkpoint)));
+                    return Ok(Some((self.batch(&records)?, checkpoint)));
                 }
                 How::Incremental {
                     checkpoint,

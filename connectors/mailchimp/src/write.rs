@@ -269,13 +269,9 @@ impl MailchimpWriter {
 
 impl StreamWriter for MailchimpWriter {
     async fn upsert(&mut self, batch: RecordBatch) -> Result<WriteOutcome> {
-        let style = ValueStyle {
-            as_text: true,
-            // Per "Add or update list member": a merge value is cleared with "".
-            nulls: NullStyle::EmptyString,
-        };
-        let records = json_from_batch(&self.fields, &batch, style)
-            .map_err(|e| ConnectorError::schema(e.to_string()))?;
+        // Per "Add or update list member": a merge value is cleared with "".
+        let style = ValueStyle::text(NullStyle::EmptyString);
+        let records = json_from_batch(&self.fields, &batch, style)?;
         let mut outcome = WriteOutcome::default();
         let mut members = Vec::new();
         let mut in_batch: HashMap<String, usize> = HashMap::new();
@@ -340,15 +336,7 @@ impl StreamWriter for MailchimpWriter {
     }
 
     async fn delete(&mut self, keys: RecordBatch) -> Result<WriteOutcome> {
-        let records = json_from_batch(
-            &self.fields,
-            &keys,
-            ValueStyle {
-                as_text: true,
-                nulls: NullStyle::Omit,
-            },
-        )
-        .map_err(|e| ConnectorError::schema(e.to_string()))?;
+        let records = json_from_batch(&self.fields, &keys, ValueStyle::KEYS)?;
         let hashes: Vec<String> = records
             .iter()
             .filter_map(|r| r["email_address"].as_str().filter(|e| !e.is_empty()))

@@ -16,7 +16,7 @@
 
 use std::collections::HashSet;
 
-use lockstep_http_kit::convert::{batch_from_json, JsonField};
+use lockstep_http_kit::convert::{batch_from_json, select_fields, JsonField};
 use lockstep_http_kit::{HttpClient, Request};
 use lockstep_plugin_sdk::arrow::array::RecordBatch;
 use lockstep_plugin_sdk::{BatchReader, ConnectorError, ReadMode, ReadRequest, Result};
@@ -91,26 +91,19 @@ pub(crate) fn open(
             request.stream
         )));
     }
-    let all = schema::json_fields();
-    let fields = match &request.fields {
-        None => all,
-        Some(names) => {
-            for name in names {
-                if !all.iter().any(|f| &f.field.name == name) {
-                    return Err(ConnectorError::schema(format!(
-                        "Mailman members have no field `{name}`; the fields are {}",
-                        all.iter()
-                            .map(|f| format!("`{}`", f.field.name))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )));
-                }
-            }
-            all.into_iter()
-                .filter(|f| names.contains(&f.field.name))
-                .collect()
-        }
-    };
+    let fields = select_fields(
+        schema::json_fields(),
+        request.fields.as_deref(),
+        |name, all| {
+            ConnectorError::schema(format!(
+                "Mailman members have no field `{name}`; the fields are {}",
+                all.iter()
+                    .map(|f| format!("`{}`", f.field.name))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        },
+    )?;
     let position = match &request.checkpoint {
         None | Some(Value::Null) => Position::start(1),
         Some(checkpoint) => serde_json::from_value(checkpoint.clone()).map_err(|e| {

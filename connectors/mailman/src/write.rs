@@ -197,12 +197,7 @@ impl MailmanWriter {
 
 impl StreamWriter for MailmanWriter {
     async fn upsert(&mut self, batch: RecordBatch) -> Result<WriteOutcome> {
-        let style = ValueStyle {
-            as_text: true,
-            nulls: NullStyle::Null,
-        };
-        let records = json_from_batch(&self.fields, &batch, style)
-            .map_err(|e| ConnectorError::schema(e.to_string()))?;
+        let records = json_from_batch(&self.fields, &batch, ValueStyle::text(NullStyle::Null))?;
         let mut outcome = WriteOutcome::default();
         for (row, record) in records.into_iter().enumerate() {
             let record = match record {
@@ -252,15 +247,7 @@ impl StreamWriter for MailmanWriter {
     }
 
     async fn delete(&mut self, keys: RecordBatch) -> Result<WriteOutcome> {
-        let records = json_from_batch(
-            &self.fields,
-            &keys,
-            ValueStyle {
-                as_text: true,
-                nulls: NullStyle::Omit,
-            },
-        )
-        .map_err(|e| ConnectorError::schema(e.to_string()))?;
+        let records = json_from_batch(&self.fields, &keys, ValueStyle::KEYS)?;
         let emails: Vec<String> = records
             .iter()
             .filter_map(|r| r[KEY].as_str().map(str::to_owned))

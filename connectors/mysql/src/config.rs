@@ -1,13 +1,14 @@
 //! The connection's config, and the password its URL may carry (never printed).
 
-use schemars::JsonSchema;
+use lockstep_sql_kit::{describe_read_config, ReadConfig};
+use schemars::{JsonSchema, Schema};
 use serde::Deserialize;
 
-/// The default number of rows per batch.
-pub const DEFAULT_BATCH_SIZE: usize = 10_000;
+pub use lockstep_sql_kit::DEFAULT_BATCH_SIZE;
 
 /// A connection's config.
 #[derive(Deserialize, Clone, JsonSchema)]
+#[schemars(transform = describe_read_settings)]
 pub struct Config {
     /// `mysql://user[:password]@host[:port]/database[?ssl-mode=disabled|preferred|required|verify_ca|verify_identity&ssl-ca=/path/ca.pem]`.
     /// The database is required. Prefer `password_env` to a password in the URL.
@@ -16,15 +17,19 @@ pub struct Config {
     /// URL.
     #[serde(default)]
     pub password_env: Option<String>,
-    /// Rows per batch when the read request sets none.
-    #[serde(default)]
-    #[schemars(range(min = 1), extend("default" = DEFAULT_BATCH_SIZE))]
-    pub batch_size: Option<usize>,
-    /// Incremental reads restart this far before the checkpoint's cursor (timestamp and date
-    /// cursors only), to catch late commits: `0s`, `30s`, `5m`, `1h30m`, `2d`.
-    #[serde(default)]
-    #[schemars(extend("default" = "0s"))]
-    pub lookback: Option<String>,
+    /// `batch_size` and `lookback`, as the SQL connectors share them.
+    #[serde(flatten)]
+    pub read: ReadConfig,
+}
+
+/// What `batch_size` and `lookback` mean here, in the config schema.
+fn describe_read_settings(schema: &mut Schema) {
+    describe_read_config(
+        schema,
+        "Rows per batch when the read request sets none.",
+        "Incremental reads restart this far before the checkpoint's cursor (timestamp and date\n\
+         cursors only), to catch late commits: `0s`, `30s`, `5m`, `1h30m`, `2d`.",
+    );
 }
 
 impl std::fmt::Debug for Config {
@@ -32,8 +37,8 @@ impl std::fmt::Debug for Config {
         // The URL may hold a password: it is never printed.
         f.debug_struct("Config")
             .field("password_env", &self.password_env)
-            .field("batch_size", &self.batch_size)
-            .field("lookback", &self.lookback)
+            .field("batch_size", &self.read.batch_size)
+            .field("lookback", &self.read.lookback)
             .finish_non_exhaustive()
     }
 }

@@ -85,18 +85,18 @@ struct Shared {
 
 impl Shared {
     fn new(config: Config) -> Result<Self> {
-        let lookback_us = match config.lookback.as_deref() {
+        let lookback_us = match config.read.lookback.as_deref() {
             Some(text) => read::parse_lookback(text)?,
             None => 0,
         };
-        if config.batch_size == Some(0) {
+        if config.read.batch_size == Some(0) {
             return Err(lockstep_plugin_sdk::ConnectorError::config(
                 "`batch_size` must be at least 1",
             ));
         }
         Ok(Shared {
             db: Arc::new(Db::from_config(&config)?),
-            batch_size: config.batch_size.unwrap_or(DEFAULT_BATCH_SIZE),
+            batch_size: config.read.batch_size.unwrap_or(DEFAULT_BATCH_SIZE),
             lookback_us,
             conn: None,
         })

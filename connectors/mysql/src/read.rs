@@ -6,16 +6,12 @@
 //! column's precision), so comparisons are the column's own, and the statement stays bounded
 //! however many keys are asked for. Keys that match no row, or hold a null, find nothing.
 
-use lockstep_sql_kit::{keyset_after, Dialect, MySqlDialect};
+use lockstep_sql_kit::{keyset_after, ColumnBuilder, Dialect, MySqlDialect};
 use std::collections::VecDeque;
 use std::sync::Arc;
 
 use chrono::NaiveDate;
-use lockstep_plugin_sdk::arrow::array::{
-    ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder, Decimal128Builder, Float32Builder,
-    Float64Builder, Int32Builder, Int64Builder, RecordBatch, StringBuilder,
-    Time64MicrosecondBuilder, TimestampMicrosecondBuilder,
-};
+use lockstep_plugin_sdk::arrow::array::{ArrayRef, RecordBatch};
 use lockstep_plugin_sdk::protocol::arrow_types::{arrow_schema, json_value};
 use lockstep_plugin_sdk::resolve::unknown_field;
 use lockstep_plugin_sdk::rows::parse_decimal;
@@ -443,157 +439,82 @@ impl BatchReader for MySqlReader {
     }
 }
 
-/// An Arrow builder for one logical type.
-enum Builder {
-    Bool(BooleanBuilder),
-    I32(Int32Builder),
-    I64(Int64Builder),
-    F32(Float32Builder),
-    F64(Float64Builder),
-    Dec(Decimal128Builder, u8, i8),
-    Str(StringBuilder),
-    Bin(BinaryBuilder),
-    Date(Date32Builder),
-    Time(Time64MicrosecondBuilder),
-    Ts(TimestampMicrosecondBuilder),
-}
-
 const EPOCH: NaiveDate = match NaiveDate::from_ymd_opt(1970, 1, 1) {
     Some(d) => d,
     None => panic!("1970-01-01 is a date"),
 };
 
-impl Builder {
-    fn new(t: DataType, capacity: usize) -> Result<Self> {
-        Ok(match t {
-            DataType::Boolean => Builder::Bool(BooleanBuilder::with_capacity(capacity)),
-            DataType::Int32 => Builder::I32(Int32Builder::with_capacity(capacity)),
-            DataType::Int64 => Builder::I64(Int64Builder::with_capacity(capacity)),
-            DataType::Float32 => Builder::F32(Float32Builder::with_capacity(capacity)),
-            DataType::Float64 => Builder::F64(Float64Builder::with_capacity(capacity)),
-            DataType::Decimal { precision, scale } => Builder::Dec(
-                Decimal128Builder::with_capacity(capacity)
-                    .with_precision_and_scale(precision, scale)?,
-                precision,
-                scale,
-            ),
-            DataType::Text | DataType::Uuid | DataType::Json => {
-                Builder::Str(StringBuilder::with_capacity(capacity, capacity * 16))
-            }
-            DataType::Binary => Builder::Bin(BinaryBuilder::with_capacity(capacity, capacity * 16)),
-            DataType::Date => Builder::Date(Date32Builder::with_capacity(capacity)),
-            DataType::Time => Builder::Time(Time64MicrosecondBuilder::with_capacity(capacity)),
-            DataType::Timestamp => {
-                Builder::Ts(TimestampMicrosecondBuilder::with_capacity(capacity))
-            }
-            DataType::TimestampTz => Builder::Ts(
-                TimestampMicrosecondBuilder::with_capacity(capacity).with_timezone("UTC"),
-            ),
-        })
+/// Decodes one non-null value off the wire into `builder`.
+fn append(builder: &mut ColumnBuilder, wire: Wire, v: MySqlValueRef<'_>) -> Result<(), String> {
+    fn dec<'r, T: Decode<'r, MySql>>(v: MySqlValueRef<'r>) -> Result<T, String> {
+        T::decode(v).map_err(|e| e.to_string())
     }
-
-    fn append_null(&mut self) {
-        match self {
-            Builder::Bool(b) => b.append_null(),
-            Builder::I32(b) => b.append_null(),
-            Builder::I64(b) => b.append_null(),
-            Builder::F32(b) => b.append_null(),
-            Builder::F64(b) => b.append_null(),
-            Builder::Dec(b, ..) => b.append_null(),
-            Builder::Str(b) => b.append_null(),
-            Builder::Bin(b) => b.append_null(),
-            Builder::Date(b) => b.append_null(),
-            Builder::Time(b) => b.append_null(),
-            Builder::Ts(b) => b.append_null(),
+    let int = |v| -> Result<i128, String> {
+        match wire {
+            Wire::UInt => dec::<u64>(v).map(i128::from),
+            _ => dec::<i64>(v).map(i128::from),
+        }
+    };
+    match (builder, wire) {
+        (ColumnBuilder::Boolean(b), Wire::Bits) => {
+            b.append_value(dec::<&[u8]>(v)?.iter().any(|x| *x != 0))
+        }
+        // tinyint(1) holds -128..127: only 0 and 1 are booleans, anything else would
+        // arrive as `true` and come back as 1.
+        (ColumnBuilder::Boolean(b), _) => b.append_value(match int(v)? {
+            0 => false,
+            1 => true,
+            other => {
+                return Err(format!(
+                    "{other} is not a boolean (0 or 1); change the column to TINYINT to \
+                     read it as an integer"
+                ))
+            }
+        }),
+        (ColumnBuilder::Int32(b), _) => b.append_value(
+            i32::try_from(int(v)?).map_err(|_| "value does not fit a 32-bit integer".to_owned())?,
+        ),
+        (ColumnBuilder::Int64(b), _) => b.append_value(
+            i64::try_from(int(v)?).map_err(|_| "value does not fit a 64-bit integer".to_owned())?,
+        ),
+        (ColumnBuilder::Float32(b), _) => b.append_value(dec::<f32>(v)?),
+        (ColumnBuilder::Float64(b), _) => b.append_value(dec::<f64>(v)?),
+        (ColumnBuilder::Decimal(b, ..), Wire::UInt | Wire::Int) => b.append_value(int(v)?),
+        (ColumnBuilder::Decimal(b, p, s), _) => {
+            b.append_value(parse_decimal(dec::<&str>(v)?, *p, *s)?)
+        }
+        (ColumnBuilder::Text(b) | ColumnBuilder::Uuid(b) | ColumnBuilder::Json(b), _) => {
+            b.append_value(dec::<&str>(v)?)
+        }
+        (ColumnBuilder::Binary(b), _) => b.append_value(dec::<&[u8]>(v)?),
+        (ColumnBuilder::Date(b), _) => {
+            let d: NaiveDate = dec(v).map_err(zero_date)?;
+            b.append_value((d - EPOCH).num_days() as i32)
+        }
+        (ColumnBuilder::Time(b), _) => {
+            let t: MySqlTime = dec(v)?;
+            if !t.is_valid_time_of_day() {
+                return Err(format!(
+                    "{}{}:{:02}:{:02} is not a time of day (00:00:00 to 23:59:59.999999); \
+                     read the column as text with a view to keep durations",
+                    if t.is_negative() { "-" } else { "" },
+                    t.hours(),
+                    t.minutes(),
+                    t.seconds()
+                ));
+            }
+            b.append_value(
+                ((t.hours() as i64 * 60 + t.minutes() as i64) * 60 + t.seconds() as i64)
+                    * 1_000_000
+                    + t.microseconds() as i64,
+            )
+        }
+        (ColumnBuilder::Timestamp(b), _) => {
+            let dt: chrono::NaiveDateTime = dec(v).map_err(zero_date)?;
+            b.append_value(dt.and_utc().timestamp_micros())
         }
     }
-
-    /// Decodes one non-null value off the wire into the builder.
-    fn append(&mut self, wire: Wire, v: MySqlValueRef<'_>) -> Result<(), String> {
-        fn dec<'r, T: Decode<'r, MySql>>(v: MySqlValueRef<'r>) -> Result<T, String> {
-            T::decode(v).map_err(|e| e.to_string())
-        }
-        let int = |v| -> Result<i128, String> {
-            match wire {
-                Wire::UInt => dec::<u64>(v).map(i128::from),
-                _ => dec::<i64>(v).map(i128::from),
-            }
-        };
-        match (self, wire) {
-            (Builder::Bool(b), Wire::Bits) => {
-                b.append_value(dec::<&[u8]>(v)?.iter().any(|x| *x != 0))
-            }
-            // tinyint(1) holds -128..127: only 0 and 1 are booleans, anything else would
-            // arrive as `true` and come back as 1.
-            (Builder::Bool(b), _) => b.append_value(match int(v)? {
-                0 => false,
-                1 => true,
-                other => {
-                    return Err(format!(
-                        "{other} is not a boolean (0 or 1); change the column to TINYINT to \
-                         read it as an integer"
-                    ))
-                }
-            }),
-            (Builder::I32(b), _) => b.append_value(
-                i32::try_from(int(v)?)
-                    .map_err(|_| "value does not fit a 32-bit integer".to_owned())?,
-            ),
-            (Builder::I64(b), _) => b.append_value(
-                i64::try_from(int(v)?)
-                    .map_err(|_| "value does not fit a 64-bit integer".to_owned())?,
-            ),
-            (Builder::F32(b), _) => b.append_value(dec::<f32>(v)?),
-            (Builder::F64(b), _) => b.append_value(dec::<f64>(v)?),
-            (Builder::Dec(b, ..), Wire::UInt | Wire::Int) => b.append_value(int(v)?),
-            (Builder::Dec(b, p, s), _) => b.append_value(parse_decimal(dec::<&str>(v)?, *p, *s)?),
-            (Builder::Str(b), _) => b.append_value(dec::<&str>(v)?),
-            (Builder::Bin(b), _) => b.append_value(dec::<&[u8]>(v)?),
-            (Builder::Date(b), _) => {
-                let d: NaiveDate = dec(v).map_err(zero_date)?;
-                b.append_value((d - EPOCH).num_days() as i32)
-            }
-            (Builder::Time(b), _) => {
-                let t: MySqlTime = dec(v)?;
-                if !t.is_valid_time_of_day() {
-                    return Err(format!(
-                        "{}{}:{:02}:{:02} is not a time of day (00:00:00 to 23:59:59.999999); \
-                         read the column as text with a view to keep durations",
-                        if t.is_negative() { "-" } else { "" },
-                        t.hours(),
-                        t.minutes(),
-                        t.seconds()
-                    ));
-                }
-                b.append_value(
-                    ((t.hours() as i64 * 60 + t.minutes() as i64) * 60 + t.seconds() as i64)
-                        * 1_000_000
-                        + t.microseconds() as i64,
-                )
-            }
-            (Builder::Ts(b), _) => {
-                let dt: chrono::NaiveDateTime = dec(v).map_err(zero_date)?;
-                b.append_value(dt.and_utc().timestamp_micros())
-            }
-        }
-        Ok(())
-    }
-
-    fn finish(self) -> ArrayRef {
-        match self {
-            Builder::Bool(mut b) => Arc::new(b.finish()),
-            Builder::I32(mut b) => Arc::new(b.finish()),
-            Builder::I64(mut b) => Arc::new(b.finish()),
-            Builder::F32(mut b) => Arc::new(b.finish()),
-            Builder::F64(mut b) => Arc::new(b.finish()),
-            Builder::Dec(mut b, ..) => Arc::new(b.finish()),
-            Builder::Str(mut b) => Arc::new(b.finish()),
-            Builder::Bin(mut b) => Arc::new(b.finish()),
-            Builder::Date(mut b) => Arc::new(b.finish()),
-            Builder::Time(mut b) => Arc::new(b.finish()),
-            Builder::Ts(mut b) => Arc::new(b.finish()),
-        }
-    }
+    Ok(())
 }
 
 fn zero_date(e: String) -> String {
@@ -610,7 +531,7 @@ pub(crate) fn decode_rows(rows: &[MySqlRow], columns: &[Column]) -> Result<Vec<A
     let mut builders = Vec::with_capacity(columns.len());
     for c in columns {
         let (t, _) = c.mapping.expect("only mapped columns are selected");
-        builders.push(Builder::new(t, rows.len())?);
+        builders.push(ColumnBuilder::new(t, rows.len())?);
     }
     for (r, row) in rows.iter().enumerate() {
         for (i, (c, b)) in columns.iter().zip(builders.iter_mut()).enumerate() {
@@ -627,7 +548,7 @@ pub(crate) fn decode_rows(rows: &[MySqlRow], columns: &[Column]) -> Result<Vec<A
                 }
                 b.append_null();
             } else {
-                b.append(wire, v).map_err(|reason| {
+                append(b, wire, v).map_err(|reason| {
                     ConnectorError::schema(format!(
                         "row {r} of the page, field `{}` ({}): {reason}",
                         c.name, c.column_type
@@ -636,7 +557,7 @@ pub(crate) fn decode_rows(rows: &[MySqlRow], columns: &[Column]) -> Result<Vec<A
             }
         }
     }
-    Ok(builders.into_iter().map(Builder::finish).collect())
+    Ok(builders.into_iter().map(ColumnBuilder::finish).collect())
 }
 
 #[cfg(test)]

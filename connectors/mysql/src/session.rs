@@ -185,8 +185,7 @@ mod tests {
         let config = |url: &str| Config {
             url: url.into(),
             password_env: None,
-            batch_size: None,
-            lookback: None,
+            read: lockstep_sql_kit::ReadConfig::default(),
         };
         let e = Db::from_config(&config("mysql://root:sekret99@h:3306"))
             .err()

@@ -16,6 +16,7 @@ use lockstep_plugin_sdk::{
 use sqlx::{Connection, Row};
 
 use super::*;
+use lockstep_sql_kit::ReadConfig;
 use lockstep_test_support::{LiveDb, Server};
 
 fn base_url() -> String {
@@ -52,8 +53,7 @@ impl TestDb {
         Config {
             url: format!("{}/{}", base_url(), self.name),
             password_env: None,
-            batch_size: None,
-            lookback: None,
+            read: ReadConfig::default(),
         }
     }
 
@@ -634,7 +634,7 @@ fn incremental_reads_are_tie_safe() {
         assert_eq!(ids, [50]);
 
         let mut config = db.config();
-        config.lookback = Some("30m".into());
+        config.read.lookback = Some("30m".into());
         let mut with_lookback = MySqlSource::open(config, standalone_context())
             .await
             .unwrap();
@@ -1375,8 +1375,7 @@ fn errors_have_the_right_kinds_and_no_secrets() {
             let config = |url: String| Config {
                 url,
                 password_env: None,
-                batch_size: None,
-                lookback: None,
+                read: ReadConfig::default(),
             };
             let auth = open_error(config(format!(
                 "{scheme}://nobody_here:s3cret-pw@{host}/{name}"

@@ -4,19 +4,20 @@
 use std::str::FromStr;
 
 use lockstep_plugin_sdk::{ConnectorError, Result};
-use schemars::JsonSchema;
+use lockstep_sql_kit::{describe_read_config, ReadConfig};
+use schemars::{JsonSchema, Schema};
 use serde::Deserialize;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection};
 
 use crate::error::map_sqlx;
 
-/// Rows per batch when neither the config nor the request says.
-pub const DEFAULT_BATCH_SIZE: usize = 10_000;
+pub use lockstep_sql_kit::DEFAULT_BATCH_SIZE;
 
 /// The `config` table of a PostgreSQL connection.
 #[derive(Deserialize, Clone, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(transform = describe_read_settings)]
 pub struct Config {
     /// Connection URL:
     /// `postgres://user[:password]@host:5432/db?sslmode=disable|prefer|require|verify-ca|verify-full`.
@@ -25,17 +26,9 @@ pub struct Config {
     /// The schema whose tables (read-write) and views (read-only) are the streams.
     #[serde(default = "default_schema")]
     pub schema: String,
-    /// Rows per read batch (one `COPY ... LIMIT n` per batch). The smaller of this and the
-    /// host's request wins; writes take whatever batch they are given.
-    #[serde(default)]
-    #[schemars(range(min = 1), extend("default" = DEFAULT_BATCH_SIZE))]
-    pub batch_size: Option<usize>,
-    /// A PostgreSQL interval (`"5m"`, `"1 hour"`). Incremental reads on a date or timestamp
-    /// cursor restart at (checkpoint cursor - lookback) to catch late commits; upserts make
-    /// the overlap harmless.
-    #[serde(default)]
-    #[schemars(extend("default" = "0s"))]
-    pub lookback: Option<String>,
+    /// `batch_size` and `lookback`, as the SQL connectors share them.
+    #[serde(flatten)]
+    pub read: ReadConfig,
     /// Name of an environment variable holding the password, for URLs without one.
     #[serde(default)]
     pub password_env: Option<String>,
@@ -45,14 +38,26 @@ fn default_schema() -> String {
     "public".to_owned()
 }
 
+/// What `batch_size` and `lookback` mean here, in the config schema.
+fn describe_read_settings(schema: &mut Schema) {
+    describe_read_config(
+        schema,
+        "Rows per read batch (one `COPY ... LIMIT n` per batch). The smaller of this and the\n\
+         host's request wins; writes take whatever batch they are given.",
+        "A PostgreSQL interval (`\"5m\"`, `\"1 hour\"`). Incremental reads on a date or timestamp\n\
+         cursor restart at (checkpoint cursor - lookback) to catch late commits; upserts make\n\
+         the overlap harmless.",
+    );
+}
+
 impl std::fmt::Debug for Config {
     /// Never prints the URL: it may hold a password.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")
             .field("url", &redact_url(&self.url))
             .field("schema", &self.schema)
-            .field("batch_size", &self.batch_size)
-            .field("lookback", &self.lookback)
+            .field("batch_size", &self.read.batch_size)
+            .field("lookback", &self.read.lookback)
             .field("password_env", &self.password_env)
             .finish()
     }
@@ -104,10 +109,11 @@ impl Settings {
         if config.schema.is_empty() {
             return Err(ConnectorError::config("`schema` must not be empty"));
         }
-        if config.batch_size == Some(0) {
+        if config.read.batch_size == Some(0) {
             return Err(ConnectorError::config("`batch_size` must be at least 1"));
         }
         let lookback = config
+            .read
             .lookback
             .map(|l| l.trim().to_owned())
             .filter(|l| !l.is_empty());
@@ -124,7 +130,7 @@ impl Settings {
         Ok(Settings {
             options,
             schema: config.schema,
-            batch_size: config.batch_size,
+            batch_size: config.read.batch_size,
             lookback,
             display_url,
             secrets,
@@ -276,8 +282,7 @@ mod tests {
         let config = Config {
             url: "postgres://bob:hunter22@host:notaport/db".into(),
             schema: "public".into(),
-            batch_size: None,
-            lookback: None,
+            read: ReadConfig::default(),
             password_env: None,
         };
         let e = Settings::from_config(config).err().expect("invalid port");

@@ -54,18 +54,15 @@ impl Connector for PostgresConnector {
             version: env!("CARGO_PKG_VERSION").into(),
             description: "PostgreSQL tables and views (views read-only), moved with binary COPY"
                 .into(),
-            features: [
-                "incremental",
-                "upsert",
-                "delete",
-                "create-stream",
-                "lookback",
-                lockstep_plugin_sdk::protocol::FEATURE_READ_BY_KEYS,
-                lockstep_plugin_sdk::protocol::FEATURE_KEY_SUMMARY,
-            ]
-            .into_iter()
-            .map(String::from)
-            .collect(),
+            features: lockstep_sql_kit::TABLE_FEATURES
+                .into_iter()
+                .chain([
+                    "lookback",
+                    lockstep_plugin_sdk::protocol::FEATURE_READ_BY_KEYS,
+                    lockstep_plugin_sdk::protocol::FEATURE_KEY_SUMMARY,
+                ])
+                .map(String::from)
+                .collect(),
         }
     }
 }

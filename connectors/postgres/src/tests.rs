@@ -16,6 +16,7 @@ use sqlx::{Connection, PgConnection};
 
 use crate::config::Config;
 use crate::{PgDestination, PgReader, PgSource, PgWriter};
+use lockstep_sql_kit::ReadConfig;
 use lockstep_test_support::{LiveDb, Server};
 
 /// The server the tests run against, without a database.
@@ -41,8 +42,10 @@ impl TestDb {
         Config {
             url: self.url(),
             schema: schema.into(),
-            batch_size,
-            lookback: lookback.map(str::to_owned),
+            read: ReadConfig {
+                batch_size,
+                lookback: lookback.map(str::to_owned),
+            },
             password_env: None,
         }
     }
@@ -1080,8 +1083,7 @@ fn connection_problems_map_to_error_kinds_without_secrets() {
             let config = Config {
                 url,
                 schema: schema.into(),
-                batch_size: None,
-                lookback: None,
+                read: ReadConfig::default(),
                 password_env: None,
             };
             PgSource::open(config, standalone_context())

@@ -3,14 +3,9 @@
 //! Reading is strict: a stored value that does not parse as its column's logical type is an
 //! error (the reader turns it into a schema error naming the table, column, key and value),
 //! never a NULL. Writing produces the storage class and text forms that read back exactly.
+//! The Arrow builders are the SQL kit's `ColumnBuilder`s.
 
-use std::sync::Arc;
-
-use lockstep_plugin_sdk::arrow::array::{
-    Array, ArrayRef, AsArray, BinaryBuilder, BooleanBuilder, Date32Builder, Decimal128Builder,
-    Float32Builder, Float64Builder, Int32Builder, Int64Builder, StringBuilder,
-    Time64MicrosecondBuilder, TimestampMicrosecondBuilder,
-};
+use lockstep_plugin_sdk::arrow::array::{Array, ArrayRef, AsArray};
 use lockstep_plugin_sdk::arrow::datatypes::{
     DataType as ArrowType, Date32Type, Decimal128Type, Float32Type, Float64Type, Int16Type,
     Int32Type, Int64Type, Int8Type, Time64MicrosecondType, TimeUnit, TimestampMicrosecondType,
@@ -18,122 +13,46 @@ use lockstep_plugin_sdk::arrow::datatypes::{
 };
 use lockstep_plugin_sdk::protocol::arrow_types::format_decimal;
 use lockstep_plugin_sdk::rows::parse_decimal;
-use lockstep_plugin_sdk::DataType;
+use lockstep_sql_kit::ColumnBuilder;
 
 use crate::values::{
     format_date, format_real, format_time, format_timestamp, parse_date, parse_time,
     parse_timestamp, real_to_15_digits, SqlValue,
 };
 
-/// Builds one Arrow column of a logical type from SQLite values.
-pub(crate) enum ColumnBuilder {
-    Boolean(BooleanBuilder),
-    Int32(Int32Builder),
-    Int64(Int64Builder),
-    Float32(Float32Builder),
-    Float64(Float64Builder),
-    Decimal(Decimal128Builder, u8, i8),
-    Text(StringBuilder),
-    Uuid(StringBuilder),
-    Json(StringBuilder),
-    Binary(BinaryBuilder),
-    Date(Date32Builder),
-    Time(Time64MicrosecondBuilder),
-    Timestamp(TimestampMicrosecondBuilder),
-}
-
-impl ColumnBuilder {
-    pub(crate) fn new(data_type: DataType, capacity: usize) -> Result<Self, String> {
-        Ok(match data_type {
-            DataType::Boolean => Self::Boolean(BooleanBuilder::with_capacity(capacity)),
-            DataType::Int32 => Self::Int32(Int32Builder::with_capacity(capacity)),
-            DataType::Int64 => Self::Int64(Int64Builder::with_capacity(capacity)),
-            DataType::Float32 => Self::Float32(Float32Builder::with_capacity(capacity)),
-            DataType::Float64 => Self::Float64(Float64Builder::with_capacity(capacity)),
-            DataType::Decimal { precision, scale } => Self::Decimal(
-                Decimal128Builder::with_capacity(capacity)
-                    .with_precision_and_scale(precision, scale)
-                    .map_err(|e| e.to_string())?,
-                precision,
-                scale,
-            ),
-            DataType::Text => Self::Text(StringBuilder::with_capacity(capacity, capacity * 16)),
-            DataType::Uuid => Self::Uuid(StringBuilder::with_capacity(capacity, capacity * 36)),
-            DataType::Json => Self::Json(StringBuilder::with_capacity(capacity, capacity * 32)),
-            DataType::Binary => Self::Binary(BinaryBuilder::with_capacity(capacity, capacity * 16)),
-            DataType::Date => Self::Date(Date32Builder::with_capacity(capacity)),
-            DataType::Time => Self::Time(Time64MicrosecondBuilder::with_capacity(capacity)),
-            DataType::Timestamp => {
-                Self::Timestamp(TimestampMicrosecondBuilder::with_capacity(capacity))
-            }
-            DataType::TimestampTz => Self::Timestamp(
-                TimestampMicrosecondBuilder::with_capacity(capacity).with_timezone("UTC"),
-            ),
-        })
+/// Appends `value` to `builder`, or explains why it is not a value of the column's type.
+pub(crate) fn push(builder: &mut ColumnBuilder, value: &SqlValue) -> Result<(), String> {
+    if value.is_null() {
+        builder.append_null();
+        return Ok(());
     }
-
-    /// Appends `value`, or explains why it is not a value of this column's type.
-    pub(crate) fn push(&mut self, value: &SqlValue) -> Result<(), String> {
-        if value.is_null() {
-            match self {
-                Self::Boolean(b) => b.append_null(),
-                Self::Int32(b) => b.append_null(),
-                Self::Int64(b) => b.append_null(),
-                Self::Float32(b) => b.append_null(),
-                Self::Float64(b) => b.append_null(),
-                Self::Decimal(b, ..) => b.append_null(),
-                Self::Text(b) | Self::Uuid(b) | Self::Json(b) => b.append_null(),
-                Self::Binary(b) => b.append_null(),
-                Self::Date(b) => b.append_null(),
-                Self::Time(b) => b.append_null(),
-                Self::Timestamp(b) => b.append_null(),
-            }
-            return Ok(());
+    match builder {
+        ColumnBuilder::Boolean(b) => b.append_value(to_bool(value)?),
+        ColumnBuilder::Int32(b) => {
+            let i = to_i64(value)?;
+            b.append_value(i32::try_from(i).map_err(|_| format!("{i} does not fit int32"))?)
         }
-        match self {
-            Self::Boolean(b) => b.append_value(to_bool(value)?),
-            Self::Int32(b) => {
-                let i = to_i64(value)?;
-                b.append_value(i32::try_from(i).map_err(|_| format!("{i} does not fit int32"))?)
-            }
-            Self::Int64(b) => b.append_value(to_i64(value)?),
-            Self::Float32(b) => b.append_value(to_f32(value)?),
-            Self::Float64(b) => b.append_value(to_f64(value)?),
-            Self::Decimal(b, precision, scale) => {
-                b.append_value(to_decimal(value, *precision, *scale)?)
-            }
-            Self::Text(b) => b.append_value(to_text(value)?),
-            Self::Uuid(b) => b.append_value(to_uuid(value)?),
-            Self::Json(b) => b.append_value(to_json_text(value)?),
-            Self::Binary(b) => b.append_value(to_bytes(value)?),
-            Self::Date(b) => match value {
-                SqlValue::Text(s) => b.append_value(parse_date(s)?),
-                _ => return Err("not a date (YYYY-MM-DD text)".into()),
-            },
-            Self::Time(b) => match value {
-                SqlValue::Text(s) => b.append_value(parse_time(s)?),
-                _ => return Err("not a time (HH:MM:SS text)".into()),
-            },
-            Self::Timestamp(b) => b.append_value(to_timestamp(value)?),
+        ColumnBuilder::Int64(b) => b.append_value(to_i64(value)?),
+        ColumnBuilder::Float32(b) => b.append_value(to_f32(value)?),
+        ColumnBuilder::Float64(b) => b.append_value(to_f64(value)?),
+        ColumnBuilder::Decimal(b, precision, scale) => {
+            b.append_value(to_decimal(value, *precision, *scale)?)
         }
-        Ok(())
+        ColumnBuilder::Text(b) => b.append_value(to_text(value)?),
+        ColumnBuilder::Uuid(b) => b.append_value(to_uuid(value)?),
+        ColumnBuilder::Json(b) => b.append_value(to_json_text(value)?),
+        ColumnBuilder::Binary(b) => b.append_value(to_bytes(value)?),
+        ColumnBuilder::Date(b) => match value {
+            SqlValue::Text(s) => b.append_value(parse_date(s)?),
+            _ => return Err("not a date (YYYY-MM-DD text)".into()),
+        },
+        ColumnBuilder::Time(b) => match value {
+            SqlValue::Text(s) => b.append_value(parse_time(s)?),
+            _ => return Err("not a time (HH:MM:SS text)".into()),
+        },
+        ColumnBuilder::Timestamp(b) => b.append_value(to_timestamp(value)?),
     }
-
-    pub(crate) fn finish(self) -> ArrayRef {
-        match self {
-            Self::Boolean(mut b) => Arc::new(b.finish()),
-            Self::Int32(mut b) => Arc::new(b.finish()),
-            Self::Int64(mut b) => Arc::new(b.finish()),
-            Self::Float32(mut b) => Arc::new(b.finish()),
-            Self::Float64(mut b) => Arc::new(b.finish()),
-            Self::Decimal(mut b, ..) => Arc::new(b.finish()),
-            Self::Text(mut b) | Self::Uuid(mut b) | Self::Json(mut b) => Arc::new(b.finish()),
-            Self::Binary(mut b) => Arc::new(b.finish()),
-            Self::Date(mut b) => Arc::new(b.finish()),
-            Self::Time(mut b) => Arc::new(b.finish()),
-            Self::Timestamp(mut b) => Arc::new(b.finish()),
-        }
-    }
+    Ok(())
 }
 
 fn to_bool(value: &SqlValue) -> Result<bool, String> {

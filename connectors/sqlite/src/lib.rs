@@ -133,16 +133,14 @@ impl Connector for SqliteConnector {
             version: env!("CARGO_PKG_VERSION").into(),
             description: "Tables of a SQLite database file, as a source and as a destination."
                 .into(),
-            features: [
-                "incremental",
-                "upsert",
-                "delete",
-                "create-stream",
-                "add-columns",
-                lockstep_plugin_sdk::protocol::FEATURE_READ_BY_KEYS,
-            ]
-            .map(String::from)
-            .to_vec(),
+            features: lockstep_sql_kit::TABLE_FEATURES
+                .into_iter()
+                .chain([
+                    "add-columns",
+                    lockstep_plugin_sdk::protocol::FEATURE_READ_BY_KEYS,
+                ])
+                .map(String::from)
+                .collect(),
         }
     }
 }

@@ -6,40 +6,38 @@
 //! row of the previous one, `(c, k) > (?, ?)` with the last row's stored values bound with
 //! their storage classes, so rows that share a cursor value are neither skipped nor read
 //! twice, and memory stays bounded by the batch size. Never OFFSET.
+//!
+//! The SDK resolves the request (`resolve_read_with`: names ignoring ASCII case as SQLite
+//! does, the rowid as the key of a table without one) and reads and writes the checkpoints
+//! (`RowOrder`: NULL cursors are positions, since SQLite sorts them first and reads them; a
+//! checkpoint holding a prefix of the order resumes at it, inclusively).
 
 use std::sync::Arc;
 
 use lockstep_plugin_sdk::arrow::array::RecordBatch;
 use lockstep_plugin_sdk::arrow::datatypes::SchemaRef;
+use lockstep_plugin_sdk::checkpoint::unusable_checkpoint;
 use lockstep_plugin_sdk::protocol::arrow_types::arrow_schema;
 use lockstep_plugin_sdk::{
-    tracing, BatchReader, ConnectorError, FieldInfo, ReadMode, ReadRequest, Result,
+    resolve_read_with, tracing, BatchReader, ConnectorError, FieldInfo, OrderRole, ReadRequest,
+    ResolveOptions, ResolvedRead, Result, RowOrder,
 };
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use sqlx::Row;
 
-use crate::catalog::{self, Table};
-use crate::convert::ColumnBuilder;
+use crate::catalog;
+use crate::convert;
 use crate::error::db_error;
 use crate::values::SqlValue;
 use crate::Shared;
-use lockstep_sql_kit::{keyset_after, Dialect, SqliteDialect};
+use lockstep_sql_kit::{keyset_after, ColumnBuilder, Dialect, SqliteDialect};
 
-/// What an ordering column is to the checkpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Role {
-    Cursor,
-    /// The i-th key column.
-    Key(usize),
-    /// The i-th tie-breaker column.
-    Tiebreak(usize),
-}
-
+/// An ordering column: how to select it, and what it is to the checkpoint.
 #[derive(Debug, Clone)]
 struct OrderColumn {
     /// The SQL that selects it: a quoted identifier, or an unquoted rowid alias.
     sql: String,
-    role: Role,
+    role: OrderRole,
 }
 
 /// The batches of one read of one table.
@@ -49,9 +47,10 @@ pub struct SqliteReader {
     fields: Vec<FieldInfo>,
     schema: SchemaRef,
     order: Vec<OrderColumn>,
+    /// The order's roles, which read checkpoints back and write them.
+    row_order: RowOrder,
     /// The key column names, for messages.
     key_names: Vec<String>,
-    mode: ReadMode,
     /// The ordering values to resume after (or from, when `inclusive`).
     after: Vec<SqlValue>,
     inclusive: bool,
@@ -123,68 +122,38 @@ pub(crate) async fn open_reader(
             None => return Err(catalog::unknown_stream(conn, &request.stream).await),
         }
     };
-    let what = format!("reading table `{}`", table.name);
-
-    let fields: Vec<FieldInfo> = match &request.fields {
-        Some(names) => names
-            .iter()
-            .map(|n| field_of(&table, n).map(|c| c.field_info()))
-            .collect::<Result<_>>()?,
-        None => table.stream_info().fields,
-    };
-
+    let stream = table.stream_info();
     // The key orders the read: the request's, else the primary key, else the rowid.
-    let mut rowid_key = false;
-    let key_names: Vec<String> = if !request.key.is_empty() {
-        request
-            .key
-            .iter()
-            .map(|k| field_of(&table, k).map(|c| c.name.clone()))
-            .collect::<Result<_>>()?
-    } else if !table.primary_key.is_empty() {
-        table.primary_key.clone()
-    } else if let Some(alias) = table.rowid_alias() {
-        rowid_key = true;
-        vec![alias.to_owned()]
-    } else {
-        return Err(ConnectorError::schema(format!(
-            "table `{}` has no primary key and its rowid is shadowed by columns named rowid, \
-             _rowid_ and oid; give the read a key",
-            table.name
-        )));
+    let rowid_key = request.key.is_empty() && table.primary_key.is_empty();
+    let options = ResolveOptions {
+        ignore_ascii_case: true,
+        implicit_key: table.rowid_alias().map(str::to_owned),
     };
-    let key_sql = |name: &str| {
-        if rowid_key {
-            name.to_owned()
-        } else {
-            SqliteDialect.quote_ident(name)
-        }
-    };
-
-    let mut order = Vec::new();
-    let cursor = match request.mode {
-        ReadMode::Full => None,
-        ReadMode::Incremental => {
-            let name = request
-                .cursor_field
-                .as_deref()
-                .ok_or_else(|| missing_cursor(&table))?;
-            let column = field_of(&table, name)?.name.clone();
-            order.push(OrderColumn {
-                sql: SqliteDialect.quote_ident(&column),
-                role: Role::Cursor,
-            });
-            Some(column)
-        }
-    };
-    for (i, k) in key_names.iter().enumerate() {
-        if rowid_key || cursor.as_deref() != Some(k.as_str()) {
-            order.push(OrderColumn {
-                sql: key_sql(k),
-                role: Role::Key(i),
-            });
-        }
-    }
+    let ResolvedRead {
+        fields,
+        key: key_names,
+        cursor,
+        order: ordered_names,
+    } = resolve_read_with(&request, &stream, &options)?;
+    // The resolved order is the cursor, then the key fields it does not already hold.
+    let mut order: Vec<OrderColumn> = ordered_names
+        .iter()
+        .map(|name| match key_names.iter().position(|k| k == name) {
+            Some(i) if cursor.as_ref() != Some(name) => OrderColumn {
+                // The rowid alias stays unquoted: quoted, it could name no column.
+                sql: if rowid_key {
+                    name.clone()
+                } else {
+                    SqliteDialect.quote_ident(name)
+                },
+                role: OrderRole::Key(i),
+            },
+            _ => OrderColumn {
+                sql: SqliteDialect.quote_ident(name),
+                role: OrderRole::Cursor,
+            },
+        })
+        .collect();
     // Without a unique, non-null key the order is not total: the primary key, or else the
     // rowid, breaks ties so that keyset pagination neither skips nor repeats rows.
     let ordered: Vec<String> = cursor.iter().chain(&key_names).cloned().collect();
@@ -202,13 +171,13 @@ pub(crate) async fn open_reader(
             for (i, p) in rest.enumerate() {
                 order.push(OrderColumn {
                     sql: SqliteDialect.quote_ident(p),
-                    role: Role::Tiebreak(i),
+                    role: OrderRole::Tiebreak(i),
                 });
             }
         } else if let Some(alias) = table.rowid_alias() {
             order.push(OrderColumn {
                 sql: alias.to_owned(),
-                role: Role::Tiebreak(0),
+                role: OrderRole::Tiebreak(0),
             });
         } else {
             tracing::warn!(
@@ -219,16 +188,25 @@ pub(crate) async fn open_reader(
         }
     }
 
-    let (after, inclusive) = match &request.checkpoint {
-        None | Some(Value::Null) => (Vec::new(), false),
-        Some(checkpoint) => decode_checkpoint(checkpoint, &order, request.mode, &key_names)
-            .map_err(|reason| {
-                ConnectorError::schema(format!(
-                    "{what}: the checkpoint {checkpoint} does not fit this read ({reason}); the \
-                     key or cursor of the sync changed since it was saved: reset the sync's \
-                     checkpoint to read from the start"
-                ))
-            })?,
+    let row_order = RowOrder::new(
+        cursor.is_some(),
+        key_names.len(),
+        order.iter().map(|o| o.role).collect(),
+    );
+    let (after, inclusive) = match row_order.resume(&request)? {
+        None => (Vec::new(), false),
+        Some(resume) => {
+            let values = resume
+                .values
+                .iter()
+                .map(SqlValue::from_json)
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|why| {
+                    let checkpoint = request.checkpoint.as_ref().unwrap_or(&Value::Null);
+                    unusable_checkpoint(&request.stream, checkpoint, &why)
+                })?;
+            (values, resume.inclusive)
+        }
     };
 
     let batch_size = match (request.batch_size, config_batch_size) {
@@ -268,8 +246,8 @@ pub(crate) async fn open_reader(
         schema: Arc::new(arrow_schema(&fields)),
         fields,
         order,
+        row_order,
         key_names,
-        mode: request.mode,
         after,
         inclusive,
         batch_size,
@@ -279,117 +257,14 @@ pub(crate) async fn open_reader(
     })
 }
 
-/// The error for an incremental read without a cursor field, naming the candidates.
-fn missing_cursor(table: &Table) -> ConnectorError {
-    let candidates = table.stream_info().cursor_candidates;
-    let candidates = if candidates.is_empty() {
-        "none".to_string()
-    } else {
-        candidates.join(", ")
-    };
-    ConnectorError::config(format!(
-        "an incremental read of table `{}` needs a cursor field (candidates: {candidates})",
-        table.name
-    ))
-}
-
-/// The column for a requested field name, or a schema error listing the table's columns.
-fn field_of<'t>(table: &'t Table, name: &str) -> Result<&'t crate::catalog::Column> {
-    table.column(name).ok_or_else(|| {
-        let names: Vec<&str> = table.columns.iter().map(|c| c.name.as_str()).collect();
-        ConnectorError::schema(format!(
-            "table `{}` has no column `{name}` (columns: {})",
-            table.name,
-            names.join(", ")
-        ))
-    })
-}
-
-/// The ordering values a checkpoint holds, in ordering order, and whether they are a proper
-/// prefix of the ordering (then the read resumes *at* them, inclusively).
-fn decode_checkpoint(
-    checkpoint: &Value,
-    order: &[OrderColumn],
-    mode: ReadMode,
-    key_names: &[String],
-) -> std::result::Result<(Vec<SqlValue>, bool), String> {
-    let object = checkpoint.as_object().ok_or("it is not a JSON object")?;
-    let list = |name: &str| -> std::result::Result<Vec<SqlValue>, String> {
-        match object.get(name) {
-            None | Some(Value::Null) => Ok(Vec::new()),
-            Some(Value::Array(items)) => items.iter().map(SqlValue::from_json).collect(),
-            Some(other) => Err(format!("`{name}` is {other}, not a list")),
-        }
-    };
-    let key = list("key")?;
-    let tiebreak = list("tiebreak")?;
-    let cursor = object.get("cursor");
-    if mode == ReadMode::Incremental && cursor.is_none() {
-        return Err("it has no cursor: it comes from a full read".into());
-    }
-    if mode == ReadMode::Full && cursor.is_some() {
-        return Err("it has a cursor: it comes from an incremental read".into());
-    }
-    if key.len() > key_names.len() {
-        return Err(format!(
-            "it holds {} key values and the key ({}) has {}",
-            key.len(),
-            key_names.join(", "),
-            key_names.len()
-        ));
-    }
-    let mut values = Vec::with_capacity(order.len());
-    for column in order {
-        let value = match column.role {
-            Role::Cursor => cursor.map(SqlValue::from_json).transpose()?,
-            Role::Key(i) => key.get(i).cloned(),
-            Role::Tiebreak(i) => tiebreak.get(i).cloned(),
-        };
-        match value {
-            Some(v) => values.push(v),
-            None => break,
-        }
-    }
-    let inclusive = values.len() < order.len();
-    Ok((values, inclusive))
-}
-
 impl SqliteReader {
-    fn checkpoint(&self, last: &[SqlValue]) -> Value {
-        let mut key = vec![Value::Null; self.key_names.len()];
-        let mut tiebreak = Vec::new();
-        let mut cursor = Value::Null;
-        for (column, value) in self.order.iter().zip(last) {
-            match column.role {
-                Role::Cursor => cursor = value.to_json(),
-                Role::Key(i) => key[i] = value.to_json(),
-                Role::Tiebreak(_) => tiebreak.push(value.to_json()),
-            }
-        }
-        // A key column that is also the cursor is ordered once, as the cursor.
-        for (i, slot) in key.iter_mut().enumerate() {
-            if !self.order.iter().any(|o| o.role == Role::Key(i)) {
-                *slot = cursor.clone();
-            }
-        }
-        let mut out = Map::new();
-        if self.mode == ReadMode::Incremental {
-            out.insert("cursor".into(), cursor);
-        }
-        out.insert("key".into(), Value::Array(key));
-        if !tiebreak.is_empty() {
-            out.insert("tiebreak".into(), Value::Array(tiebreak));
-        }
-        Value::Object(out)
-    }
-
     /// The row's key for messages: `(id = 5)`, or its rowid when the table has no key.
     fn describe_key(&self, ordering: &[SqlValue]) -> String {
         let parts: Vec<String> = self
             .order
             .iter()
             .zip(ordering)
-            .filter(|(o, _)| o.role != Role::Cursor || self.key_names.is_empty())
+            .filter(|(o, _)| o.role != OrderRole::Cursor || self.key_names.is_empty())
             .map(|(o, v)| format!("{} = {}", o.sql, v.describe()))
             .collect();
         format!("({})", parts.join(", "))
@@ -455,7 +330,7 @@ impl BatchReader for SqliteReader {
             .iter()
             .map(|f| ColumnBuilder::new(f.data_type, rows.len()))
             .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(ConnectorError::internal)?;
+            .map_err(|e| ConnectorError::internal(e.to_string()))?;
         let mut last = Vec::new();
         for row in &rows {
             let read = |i: usize| {
@@ -475,15 +350,15 @@ impl BatchReader for SqliteReader {
                         "NULL in a NOT NULL column",
                     ));
                 }
-                builder
-                    .push(&value)
+                convert::push(builder, &value)
                     .map_err(|reason| self.bad_value(field, &ordering, &value, &reason))?;
             }
             last = ordering;
         }
         let columns = builders.into_iter().map(ColumnBuilder::finish).collect();
         let batch = RecordBatch::try_new(self.schema.clone(), columns)?;
-        let checkpoint = self.checkpoint(&last);
+        let last_json: Vec<Value> = last.iter().map(SqlValue::to_json).collect();
+        let checkpoint = self.row_order.checkpoint(&last_json);
         self.after = last;
         self.inclusive = false;
         Ok(Some((batch, checkpoint)))

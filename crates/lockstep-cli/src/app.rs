@@ -101,6 +101,12 @@ pub enum Command {
         #[command(subcommand)]
         command: RejectsCommand,
     },
+    /// List, show and resolve the conflicts of two-way syncs: records both sides changed
+    /// differently since they last agreed.
+    Conflicts {
+        #[command(subcommand)]
+        command: ConflictsCommand,
+    },
     /// List, approve or discard the deletes a mirror sync holds because they were past its
     /// max_delete_fraction.
     Deletes {
@@ -196,6 +202,46 @@ pub enum RejectsCommand {
         sync: String,
         /// Only these record ids.
         ids: Vec<i64>,
+        #[arg(long, short, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConflictsCommand {
+    /// Conflicts waiting for a person (or, with --all, every recorded conflict), newest first.
+    List {
+        /// Only this sync's conflicts.
+        sync: Option<String>,
+        /// Include conflicts already decided (by a policy or a person).
+        #[arg(long)]
+        all: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long, short, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
+    /// One conflict: the base both sides last agreed on, each side's values and the decision.
+    Show {
+        id: i64,
+        #[arg(long, short, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
+    /// Decide an open conflict: take one side's values (`--take a|b`), or set fields by hand
+    /// (`--set field=value`, on top of --take's values, or of the base). The sync's next run
+    /// writes the decision to both sides; --apply runs the sync now.
+    Resolve {
+        id: i64,
+        /// Take this side's values (or its delete).
+        #[arg(long, value_parser = ["a", "b"])]
+        take: Option<String>,
+        /// Set a field: `field=value`, the value as JSON (`42`, `true`, `"text"`) or, when it
+        /// does not parse as JSON, as text. Repeatable.
+        #[arg(long = "set", value_name = "FIELD=VALUE")]
+        set: Vec<String>,
+        /// Run the sync now to write the decision.
+        #[arg(long)]
+        apply: bool,
         #[arg(long, short, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
     },

@@ -212,6 +212,7 @@ fn the_full_example_parses_into_the_expected_model() {
             },
             max_rejected: RejectLimit::default(),
             use_ledger: true,
+            two_way: None,
         }
     );
     assert!(contacts.enabled);
@@ -691,7 +692,8 @@ fn invalid_value_with_a_suggestion() {
         &error,
         ErrorKind::InvalidValue,
         8,
-        "`syncs.contacts.mode` must be one of `full`, `incremental`, `mirror`, found `incremantal`",
+        "`syncs.contacts.mode` must be one of `full`, `incremental`, `mirror`, `two-way`, found \
+         `incremantal`",
         "did you mean `incremental`?",
     );
 }
@@ -1277,5 +1279,88 @@ fn reject_limits_and_delete_options_parse() {
         error.message().contains("between 0.0 and 1.0"),
         "{}",
         error.message()
+    );
+}
+
+#[test]
+fn a_two_way_sync_reads_its_policy_and_side_b_cursor() {
+    let config = parse_ok(&with_sync(
+        "mode = \"two-way\"\ncursor = \"updated_at\"\n\
+         [syncs.contacts.fields]\nemail = \"email\"\nname = \"full_name\"\n\
+         [syncs.contacts.two_way]\npolicy = \"merge-fields\"\nfallback = \"prefer-b\"\n\
+         b_cursor = \"modified\"\nfields = { name = \"manual\" }\n",
+    ));
+    let spec = &config.syncs[0].spec;
+    assert_eq!(spec.mode, SyncMode::TwoWay);
+    let tw = spec.two_way.as_ref().expect("two_way");
+    assert_eq!(tw.policy, lockstep_core::ConflictPolicy::MergeFields);
+    assert_eq!(tw.fallback, lockstep_core::ConflictPolicy::PreferB);
+    assert_eq!(tw.b_cursor_field.as_deref(), Some("modified"));
+    assert_eq!(
+        tw.field_policies.get("name"),
+        Some(&lockstep_core::ConflictPolicy::Manual)
+    );
+}
+
+#[test]
+fn a_two_way_mapping_must_be_invertible() {
+    let text = with_sync(
+        "mode = \"two-way\"\n[syncs.contacts.fields]\nemail = { expr = \"lower(email)\" }\n\
+         name = \"full_name\"\n[syncs.contacts.two_way]\npolicy = \"prefer-a\"\n",
+    );
+    let error = only_error(&text);
+    assert!(
+        error
+            .to_string()
+            .contains("field `email` of two-way sync `contacts`"),
+        "{error}"
+    );
+    assert!(error.hint().contains("one_way"), "{error:?}");
+    // Listed as one-way, the computed field is accepted.
+    let text = with_sync(
+        "mode = \"two-way\"\nkey = [\"name\"]\n[syncs.contacts.fields]\n\
+         email = { expr = \"lower(email)\" }\nname = \"full_name\"\n\
+         [syncs.contacts.two_way]\npolicy = \"prefer-a\"\none_way = [\"email\"]\n",
+    );
+    assert_eq!(
+        parse_ok(&text).syncs[0]
+            .spec
+            .two_way
+            .as_ref()
+            .unwrap()
+            .one_way,
+        ["email"]
+    );
+}
+
+#[test]
+fn newest_wins_needs_both_modification_times_and_a_policy_is_required() {
+    let errors = errors(&with_sync(
+        "mode = \"two-way\"\n[syncs.contacts.two_way]\npolicy = \"newest-wins\"\n",
+    ));
+    let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    assert!(
+        text.iter()
+            .any(|t| t.contains("needs side a's modification time")),
+        "{text:?}"
+    );
+    assert!(
+        text.iter()
+            .any(|t| t.contains("needs side b's modification time")),
+        "{text:?}"
+    );
+    let error = only_error(&with_sync("mode = \"two-way\""));
+    assert!(
+        error
+            .to_string()
+            .contains("needs a `[syncs.contacts.two_way]` table"),
+        "{error}"
+    );
+    let error = only_error(&with_sync(
+        "[syncs.contacts.two_way]\npolicy = \"manual\"\n",
+    ));
+    assert!(
+        error.to_string().contains("is not a two-way sync"),
+        "{error}"
     );
 }

@@ -9,7 +9,7 @@
 //! `reader.rs` is the position-keeping TOML reader; each section has one file of rules that
 //! owns the list of keys it accepts (a `*_KEYS` const, which the tidy test checks against
 //! docs/config.md): `state.rs`, `connections.rs` (also `[connectors]`), `syncs.rs` (also
-//! `retry`), `fields.rs`, `schedule.rs`, `daemon.rs` and `alerts.rs`.
+//! `retry`), `fields.rs`, `two_way.rs`, `schedule.rs`, `daemon.rs` and `alerts.rs`.
 
 use std::path::Path;
 
@@ -23,6 +23,7 @@ mod reader;
 mod schedule;
 mod state;
 mod syncs;
+mod two_way;
 
 use reader::{sort, syntax_error, Env, Reader, Tbl};
 

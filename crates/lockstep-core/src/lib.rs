@@ -16,4 +16,7 @@ pub use fingerprint::{fingerprints, record_keys, FingerprintError};
 pub use lockstep_protocol as protocol;
 pub use metrics::RunMetrics;
 pub use run::{RunErrorKind, RunStatus, RunSummary, RUN_KIND_SYNC, RUN_KIND_VERIFY_REPAIR};
-pub use spec::{DeletePolicy, EndpointSpec, FieldMapping, RejectLimit, SyncMode, SyncSpec};
+pub use spec::{
+    ConflictPolicy, DeletePolicy, EndpointSpec, FieldMapping, RejectLimit, Side, SyncMode,
+    SyncSpec, TwoWaySpec,
+};

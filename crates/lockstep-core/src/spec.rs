@@ -24,6 +24,9 @@ pub enum SyncMode {
     Incremental,
     /// Incremental, and deletes reach the destination.
     Mirror,
+    /// Both sides are read for what changed and each change goes to the other side;
+    /// records changed on both sides are conflicts ([`TwoWaySpec`]).
+    TwoWay,
 }
 
 impl SyncMode {
@@ -176,6 +179,120 @@ pub struct SyncSpec {
     /// read is sent, and the destination's own upsert tells added, updated and unchanged
     /// apart: the fast path for database-to-database syncs.
     pub use_ledger: bool,
+    /// How a two-way sync (mode `two-way`) reads side b and resolves conflicts; `None` for
+    /// one-way syncs. Side a is the sync's `source`, side b its `destination`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub two_way: Option<TwoWaySpec>,
+}
+
+/// One side of a two-way sync.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "kebab-case")]
+pub enum Side {
+    /// The sync's `source`.
+    A,
+    /// The sync's `destination`.
+    B,
+}
+
+impl Side {
+    /// `a` or `b`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::A => "a",
+            Side::B => "b",
+        }
+    }
+
+    /// The other side.
+    pub fn other(self) -> Side {
+        match self {
+            Side::A => Side::B,
+            Side::B => Side::A,
+        }
+    }
+}
+
+impl std::fmt::Display for Side {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What decides a conflict: a record both sides changed differently since they last agreed.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConflictPolicy {
+    /// The side whose change is later by its own modification time wins; a tie goes to
+    /// [`TwoWaySpec::prefer`]. A delete against an update: the update wins (a deleted
+    /// record has no modification time).
+    NewestWins,
+    /// Side a is the source of truth: its values (or its delete) win.
+    PreferA,
+    /// Side b is the source of truth.
+    PreferB,
+    /// A field changed on one side only is taken from that side; fields changed on both
+    /// sides, and a delete against an update, fall to [`TwoWaySpec::fallback`].
+    MergeFields,
+    /// Neither side is written for the record: the conflict waits for a person.
+    Manual,
+}
+
+impl ConflictPolicy {
+    /// The policy's name in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConflictPolicy::NewestWins => "newest-wins",
+            ConflictPolicy::PreferA => "prefer-a",
+            ConflictPolicy::PreferB => "prefer-b",
+            ConflictPolicy::MergeFields => "merge-fields",
+            ConflictPolicy::Manual => "manual",
+        }
+    }
+}
+
+impl std::fmt::Display for ConflictPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a two-way sync reads its second side and decides conflicts.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct TwoWaySpec {
+    /// Side b's field that records when a record last changed there: its incremental
+    /// cursor and, for `newest-wins`, its modification time. Side a's is the sync's
+    /// `cursor_field`. A side without one is read in full every run.
+    pub b_cursor_field: Option<String>,
+    /// The sync's conflict policy.
+    pub policy: ConflictPolicy,
+    /// For `merge-fields`: what decides the fields changed on both sides (and a delete
+    /// against an update). Never `merge-fields` itself.
+    pub fallback: ConflictPolicy,
+    /// Who wins a `newest-wins` tie.
+    pub prefer: Side,
+    /// Per-field policies (by mapped field name) that replace the sync's for that field when
+    /// both sides changed it differently. Record-level questions (a delete against an
+    /// update) stay with the sync's policy.
+    #[serde(default)]
+    pub field_policies: std::collections::BTreeMap<String, ConflictPolicy>,
+    /// Mapped fields that only flow from a to b (computed fields, or fields b must not
+    /// send back): never written to side a, never a conflict.
+    #[serde(default)]
+    pub one_way: Vec<String>,
+}
+
+impl Default for TwoWaySpec {
+    fn default() -> Self {
+        TwoWaySpec {
+            b_cursor_field: None,
+            policy: ConflictPolicy::NewestWins,
+            fallback: ConflictPolicy::Manual,
+            prefer: Side::A,
+            field_policies: Default::default(),
+            one_way: Vec::new(),
+        }
+    }
 }
 
 impl SyncSpec {
@@ -234,6 +351,7 @@ mod tests {
             delete: DeletePolicy::default(),
             max_rejected: RejectLimit::default(),
             use_ledger: true,
+            two_way: None,
         }
     }
 

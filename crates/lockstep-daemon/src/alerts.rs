@@ -35,6 +35,8 @@ pub(crate) enum AlertKind {
     DeletesHeld,
     /// A scheduled `lockstep verify` found the two systems disagreeing.
     Drift,
+    /// A two-way run queued conflicts for a person (policy `manual`).
+    ConflictsQueued,
 }
 
 impl AlertKind {
@@ -47,6 +49,7 @@ impl AlertKind {
             AlertKind::LowVolume => "low-volume",
             AlertKind::DeletesHeld => "deletes-held",
             AlertKind::Drift => "drift",
+            AlertKind::ConflictsQueued => "conflicts-queued",
         }
     }
 }
@@ -100,6 +103,9 @@ impl Alert {
                 format!("sync {}: deletes held for approval ({run})", self.sync)
             }
             AlertKind::Drift => format!("sync {}: the systems differ (verify)", self.sync),
+            AlertKind::ConflictsQueued => {
+                format!("sync {}: conflicts wait for review ({run})", self.sync)
+            }
         }
     }
 

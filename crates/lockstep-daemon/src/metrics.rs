@@ -98,6 +98,7 @@ pub(crate) struct Metrics {
     /// Serializes updates of `last_success`, which keep the latest time.
     last_success_update: Mutex<()>,
     rejected_pending: Mutex<BTreeMap<String, u64>>,
+    open_conflicts: Mutex<BTreeMap<String, u64>>,
     crashes: Family<SyncLabel, Counter>,
     retries: Family<SyncLabel, Counter>,
     alerts: Family<SyncKindLabels, Counter>,
@@ -115,6 +116,7 @@ impl Default for Metrics {
             last_success: Family::default(),
             last_success_update: Mutex::new(()),
             rejected_pending: Mutex::new(BTreeMap::new()),
+            open_conflicts: Mutex::new(BTreeMap::new()),
             crashes: Family::default(),
             retries: Family::default(),
             alerts: Family::default(),
@@ -178,6 +180,12 @@ impl Metrics {
 
     pub(crate) fn set_rejected_pending(&self, sync: &str, count: u64) {
         self.lock(&self.rejected_pending)
+            .insert(sync.to_owned(), count);
+    }
+
+    /// Sets how many conflicts of `sync` wait for a person.
+    pub(crate) fn set_open_conflicts(&self, sync: &str, count: u64) {
+        self.lock(&self.open_conflicts)
             .insert(sync.to_owned(), count);
     }
 
@@ -259,14 +267,17 @@ impl Metrics {
         let running = Family::<SyncLabel, Gauge>::default();
         {
             let pending = self.lock(&self.rejected_pending);
+            let open = self.lock(&self.open_conflicts);
             for s in syncs {
                 let label = sync_label(&s.name);
                 let count = pending.get(&s.name).copied().unwrap_or(0);
                 rejected
                     .get_or_create(&label)
                     .set(i64::try_from(count).unwrap_or(i64::MAX));
-                // Conflicts exist only in two-way sync, which is not there yet.
-                conflicts.get_or_create(&label).set(0);
+                let queued = open.get(&s.name).copied().unwrap_or(0);
+                conflicts
+                    .get_or_create(&label)
+                    .set(i64::try_from(queued).unwrap_or(i64::MAX));
                 running.get_or_create(&label).set(i64::from(s.running));
             }
         }
@@ -355,6 +366,7 @@ mod tests {
         );
         m.set_last_success("a\"b", 1600000000.0);
         m.set_rejected_pending("a\"b", 7);
+        m.set_open_conflicts("a\"b", 2);
         m.config_reload("ok");
         let text = m.render(&[SyncGauge {
             name: "a\"b".into(),
@@ -393,7 +405,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("lockstep_open_conflicts{sync=\"a\\\"b\"} 0"),
+            text.contains("lockstep_open_conflicts{sync=\"a\\\"b\"} 2"),
             "{text}"
         );
         assert!(

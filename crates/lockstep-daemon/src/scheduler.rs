@@ -532,6 +532,36 @@ async fn record_unstarted(shared: &Shared, name: &str, attempt: &Attempt) -> Opt
     Some(run)
 }
 
+/// What to say when runs of this execution queued conflicts for a person (or found queued
+/// ones changed again); `None` when they did not.
+async fn queued_conflicts(shared: &Shared, name: &str, runs: &[i64]) -> Option<String> {
+    let filter = lockstep_state::ConflictFilter {
+        sync: Some(name.to_owned()),
+        statuses: vec![lockstep_state::ConflictStatus::Open],
+        limit: 10_000,
+    };
+    let open = match shared.state.conflicts(&filter).await {
+        Ok(open) => open,
+        Err(e) => {
+            tracing::warn!(
+                sync = name,
+                "cannot read the conflict queue for alerts: {e}"
+            );
+            return None;
+        }
+    };
+    let new = open.iter().filter(|c| runs.contains(&c.run)).count();
+    (new > 0).then(|| {
+        format!(
+            "{new} conflict{} of this run wait for a person ({} open in all); see `lockstep \
+             conflicts list {name}` and decide each with `lockstep conflicts resolve ID --take \
+             a|b`",
+            if new == 1 { "" } else { "s" },
+            open.len()
+        )
+    })
+}
+
 /// After an execution: gauges, the alert rules, and delivery.
 async fn conclude(
     shared: &Arc<Shared>,
@@ -569,7 +599,7 @@ async fn conclude(
         attempts,
     };
     let reason = last.reason();
-    let (raised, in_a_row) = alerts::decide(
+    let (mut raised, in_a_row) = alerts::decide(
         &config.alerts,
         &execution,
         reason.as_deref(),
@@ -577,6 +607,9 @@ async fn conclude(
         runtime.alerted_failure,
         runtime.last_failure_alert.map(|at| at.elapsed()),
     );
+    if let Some(reason) = queued_conflicts(shared, name, &execution.runs).await {
+        raised.push((AlertKind::ConflictsQueued, reason));
+    }
     let failed = matches!(last.status, RunStatus::Failed | RunStatus::Abandoned);
     let failure_alerted = raised.iter().any(|(kind, _)| kind.is_failure());
     if failed && !failure_alerted {

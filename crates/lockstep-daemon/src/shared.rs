@@ -96,6 +96,20 @@ impl Shared {
                 .set_rejected_pending(sync, records.len() as u64),
             Err(e) => tracing::warn!(sync, "cannot count rejected records: {e}"),
         }
+        self.refresh_conflicts().await;
+    }
+
+    /// Refreshes the open-conflicts gauge of every sync from the state store.
+    pub(crate) async fn refresh_conflicts(&self) {
+        match self.state.open_conflict_counts().await {
+            Ok(counts) => {
+                for sync in self.config().syncs.iter().map(|s| &s.spec.name) {
+                    let count = counts.get(sync).copied().unwrap_or(0);
+                    self.metrics.set_open_conflicts(sync, count);
+                }
+            }
+            Err(e) => tracing::warn!("cannot count open conflicts: {e}"),
+        }
     }
 }
 

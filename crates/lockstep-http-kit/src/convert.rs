@@ -20,7 +20,7 @@
 use chrono::{DateTime, Utc};
 use lockstep_plugin_sdk::arrow::array::RecordBatch;
 use lockstep_plugin_sdk::rows::{self, RowError};
-use lockstep_plugin_sdk::{DataType, FieldInfo};
+use lockstep_plugin_sdk::{ConnectorError, DataType, FieldInfo};
 use serde_json::{Map, Value};
 
 /// A field and where its value sits in a JSON record.
@@ -45,6 +45,29 @@ impl JsonField {
             pointer: pointer.into(),
         }
     }
+}
+
+/// The fields a read asks for (`requested`, the request's `fields`), in the order of `all`:
+/// every field when it names none. A name that no field of `all` has is refused with the
+/// error `unknown` makes from it and the fields there are.
+pub fn select_fields<E>(
+    all: Vec<JsonField>,
+    requested: Option<&[String]>,
+    unknown: impl FnOnce(&str, &[JsonField]) -> E,
+) -> Result<Vec<JsonField>, E> {
+    let Some(names) = requested else {
+        return Ok(all);
+    };
+    if let Some(name) = names
+        .iter()
+        .find(|name| !all.iter().any(|f| &f.field.name == *name))
+    {
+        return Err(unknown(name, &all));
+    }
+    Ok(all
+        .into_iter()
+        .filter(|f| names.contains(&f.field.name))
+        .collect())
 }
 
 /// Escapes a name for use as one JSON pointer segment.
@@ -113,6 +136,20 @@ pub struct ValueStyle {
     pub nulls: NullStyle,
 }
 
+impl ValueStyle {
+    /// The keys of a delete: every value as text (the form an id takes in a URL or a
+    /// request body), a null left out (it names no record).
+    pub const KEYS: ValueStyle = ValueStyle::text(NullStyle::Omit);
+
+    /// Every value as text, nulls as `nulls` says: the style of APIs that store text.
+    pub const fn text(nulls: NullStyle) -> ValueStyle {
+        ValueStyle {
+            as_text: true,
+            nulls,
+        }
+    }
+}
+
 /// What a null value becomes in JSON.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum NullStyle {
@@ -133,6 +170,13 @@ pub enum NullStyle {
 )]
 pub struct UndeclaredColumn {
     pub column: String,
+}
+
+/// A batch that does not fit the stream's fields is a `schema` error.
+impl From<UndeclaredColumn> for ConnectorError {
+    fn from(e: UndeclaredColumn) -> Self {
+        ConnectorError::schema(e.to_string())
+    }
 }
 
 /// The records of a batch, each value placed at its field's pointer.
@@ -254,15 +298,7 @@ mod tests {
             json!("2024-05-01T10:00:00.123000Z")
         );
         assert_eq!(back[1]["properties"]["born"], json!("1990-02-03"));
-        let text = json_from_batch(
-            &fields(),
-            &batch,
-            ValueStyle {
-                as_text: true,
-                nulls: NullStyle::Omit,
-            },
-        )
-        .unwrap();
+        let text = json_from_batch(&fields(), &batch, ValueStyle::KEYS).unwrap();
         assert_eq!(text[0]["properties"]["revenue"], json!("12.5"));
         assert_eq!(text[0]["properties"]["vip"], json!("true"));
         assert!(text[1]["properties"].get("revenue").is_none());
@@ -285,5 +321,25 @@ mod tests {
         let batch = batch_from_json(&fields()[..2], &[json!({"id": "1"})]).unwrap();
         let e = json_from_batch(&fields()[..1], &batch, ValueStyle::default()).unwrap_err();
         assert_eq!(e.column, "email");
+        let e = ConnectorError::from(e);
+        assert_eq!(e.kind, lockstep_plugin_sdk::ErrorKind::SCHEMA);
+    }
+
+    #[test]
+    fn a_read_selects_the_fields_it_names_in_the_streams_order() {
+        let names = |fields: Vec<JsonField>| -> Vec<String> {
+            fields.into_iter().map(|f| f.field.name).collect()
+        };
+        let unknown = |name: &str, all: &[JsonField]| format!("no `{name}` among {}", all.len());
+        assert_eq!(
+            names(select_fields(fields(), None, unknown).unwrap()).len(),
+            6
+        );
+        let asked = ["vip".to_owned(), "id".to_owned()];
+        let picked = select_fields(fields(), Some(&asked), unknown).unwrap();
+        assert_eq!(names(picked), ["id", "vip"]);
+        let asked = ["id".to_owned(), "nope".to_owned()];
+        let e = select_fields(fields(), Some(&asked), unknown).unwrap_err();
+        assert_eq!(e, "no `nope` among 6");
     }
 }

@@ -11,7 +11,7 @@
 
 use reqwest::header::LINK;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::client::{HttpClient, Request, Response};
 use crate::error::HttpError;
@@ -62,6 +62,18 @@ pub enum PagerState {
     Done,
 }
 
+impl PagerState {
+    /// Where a full read resumes, from its checkpoint (written by [`Pager::next_records`]): a
+    /// missing or `null` checkpoint starts at the first page; one without a `page` state is
+    /// an error.
+    pub fn from_checkpoint(checkpoint: Option<&Value>) -> Result<PagerState, serde_json::Error> {
+        match checkpoint {
+            None | Some(Value::Null) => Ok(PagerState::Start),
+            Some(checkpoint) => serde_json::from_value(checkpoint["page"].clone()),
+        }
+    }
+}
+
 /// One page: its records and the whole answer (for totals and other metadata).
 #[derive(Debug, Clone)]
 pub struct Page {
@@ -103,6 +115,21 @@ impl Pager {
     /// Where the walk stands: what the next call of [`Pager::next_page`] fetches.
     pub fn state(&self) -> &PagerState {
         &self.state
+    }
+
+    /// The next page that holds records, with the checkpoint of a full read after it,
+    /// `{"page": <state>}` (read back by [`PagerState::from_checkpoint`]); `None` when the
+    /// list is over. Pages without records are passed over.
+    pub async fn next_records(
+        &mut self,
+        client: &HttpClient,
+    ) -> Result<Option<(Vec<Value>, Value)>, HttpError> {
+        while let Some(page) = self.next_page(client).await? {
+            if !page.records.is_empty() {
+                return Ok(Some((page.records, json!({ "page": self.state }))));
+            }
+        }
+        Ok(None)
     }
 
     /// Fetches the next page, or `None` when the list is over.
@@ -273,5 +300,24 @@ mod tests {
         let json = serde_json::to_value(&state).unwrap();
         assert_eq!(json, serde_json::json!({"at": "token", "value": "abc"}));
         assert_eq!(serde_json::from_value::<PagerState>(json).unwrap(), state);
+    }
+
+    #[test]
+    fn full_read_checkpoints_hold_the_state_under_page() {
+        let checkpoint = serde_json::json!({"page": {"at": "offset", "value": 200}});
+        assert_eq!(
+            PagerState::from_checkpoint(Some(&checkpoint)).unwrap(),
+            PagerState::Offset(200)
+        );
+        assert_eq!(
+            PagerState::from_checkpoint(None).unwrap(),
+            PagerState::Start
+        );
+        assert_eq!(
+            PagerState::from_checkpoint(Some(&Value::Null)).unwrap(),
+            PagerState::Start
+        );
+        let other = serde_json::json!({"cursor": "x", "key": [1]});
+        assert!(PagerState::from_checkpoint(Some(&other)).is_err());
     }
 }

@@ -71,6 +71,7 @@ fn spec(fields: Vec<FieldMapping>, key: &[&str]) -> SyncSpec {
         delete: DeletePolicy::default(),
         max_rejected: RejectLimit::default(),
         use_ledger: true,
+        two_way: None,
     }
 }
 

@@ -172,6 +172,11 @@ impl KeySet {
         self.hashes.dedup();
     }
 
+    /// How many distinct keys the (sealed) set has.
+    pub(crate) fn len(&self) -> usize {
+        self.hashes.len()
+    }
+
     /// Whether the set has `key` (a sealed set).
     pub(crate) fn contains(&self, key: &str) -> bool {
         self.hashes.binary_search(&xxh3_64(key.as_bytes())).is_ok()

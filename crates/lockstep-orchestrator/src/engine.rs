@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use lockstep_core::{RunMetrics, RunStatus};
+use lockstep_core::{RunMetrics, RunStatus, SyncMode};
 use lockstep_plugin_host::{PluginRegistry, Redactor};
 use lockstep_state::{Lease, RunEnd, StateError, StateStore};
 use serde_json::Value;
@@ -121,7 +121,9 @@ impl Engine<'_> {
         if options.full_refresh {
             self.state.reset_sync(sync).await?;
         }
-        let cursor_before = if job.spec.reads_by_cursor() {
+        let two_way = job.spec.mode == SyncMode::TwoWay;
+        // A two-way sync's checkpoint holds both sides' positions.
+        let cursor_before = if job.spec.reads_by_cursor() || two_way {
             self.state.checkpoint(sync).await?
         } else {
             None
@@ -133,9 +135,15 @@ impl Engine<'_> {
         let started = Instant::now();
         let span = tracing::info_span!("run", sync, run = run_id);
         let mut run = RunState::new(run_id, cursor_before.clone());
-        let outcome = crate::pipeline::run_sync(self.services(), job, options, lease, &mut run)
-            .instrument(span.clone())
-            .await;
+        let outcome = if two_way {
+            crate::two_way::run(self.services(), job, options, lease, &mut run)
+                .instrument(span.clone())
+                .await
+        } else {
+            crate::pipeline::run_sync(self.services(), job, options, lease, &mut run)
+                .instrument(span.clone())
+                .await
+        };
         let (status, error) = match outcome {
             Ok(true) => match run.held.take() {
                 Some(message) => (RunStatus::Held, Some(EngineError::MassDelete(message))),

@@ -16,10 +16,12 @@
 // The run's modules form a line, each using only those above it: `job`, `services`,
 // `context`, `rows` and `diff` know nothing of how a run proceeds; `sink` is where changes
 // go; `batch` is the one path from a batch to a commit; `reconcile` and `deletes` are the
-// mirror phases; `pipeline` runs them; `engine`, `plan`, `retry` and `verify` are the entry
-// points (`compare` is verify's pure comparison).
+// mirror phases; `pipeline` runs them; `conflict` is the pure two-way decision and `two_way`
+// the two-way run; `engine`, `plan`, `retry` and `verify` are the entry points (`compare` is
+// verify's pure comparison).
 mod batch;
 mod compare;
+mod conflict;
 mod context;
 mod deletes;
 mod diff;
@@ -38,6 +40,7 @@ mod services;
 mod sink;
 mod source_rejects;
 mod summary;
+mod two_way;
 mod verify;
 
 pub use deletes::SAMPLE_KEYS as DELETE_SAMPLE_KEYS;

@@ -177,6 +177,9 @@ impl Engine<'_> {
         options: RunOptions,
     ) -> Result<PlanReport, EngineError> {
         let sync = &job.spec.name;
+        if job.spec.mode == SyncMode::TwoWay {
+            return self.plan_two_way(job, options).await;
+        }
         let cursor_before = if job.spec.reads_by_cursor() {
             self.state.checkpoint(sync).await?
         } else {
@@ -226,6 +229,53 @@ impl Engine<'_> {
             deletes: collector.deletes,
             held_deletes,
             rejected: collector.rejected,
+            notes,
+        })
+    }
+
+    /// The plan of a two-way sync: what a run would write to each side, the deletes and the
+    /// conflicts it would find, with the policy's decision.
+    async fn plan_two_way(
+        &self,
+        job: &SyncJob,
+        options: RunOptions,
+    ) -> Result<PlanReport, EngineError> {
+        let sync = &job.spec.name;
+        let cursor_before = self.state.checkpoint(sync).await?;
+        let mut run = RunState::new(0, cursor_before.clone());
+        let preview = crate::two_way::preview(self.services(), job, &options, &mut run).await?;
+        let mut notes = preview.notes;
+        if let Some(held) = run.held.take() {
+            notes.push(held);
+        }
+        notes.push(
+            "two-way sync: records are shown with the side they would be written to (`_side`); \
+             added, updated and deleted count the writes to both sides"
+                .to_owned(),
+        );
+        let adds = preview
+            .writes
+            .into_iter()
+            .map(|(side, mut values)| {
+                values.insert("_side".into(), Value::from(side.as_str()));
+                values
+            })
+            .collect();
+        let deletes = preview
+            .deletes
+            .into_iter()
+            .map(|(side, key)| format!("{key} (side {side})"))
+            .collect();
+        Ok(PlanReport {
+            sync: sync.clone(),
+            metrics: run.metrics,
+            cursor_before,
+            cursor_after: None,
+            adds,
+            updates: Vec::new(),
+            deletes,
+            held_deletes: 0,
+            rejected: Vec::new(),
             notes,
         })
     }

@@ -66,7 +66,7 @@ pub(crate) async fn key_sets_match(ctx: &Context<'_>) -> bool {
 }
 
 /// Whether connector `name` declares the `key-summary` feature.
-fn summarizes(services: Services<'_>, name: &str) -> bool {
+pub(crate) fn summarizes(services: Services<'_>, name: &str) -> bool {
     services
         .registry
         .get(name)
@@ -76,7 +76,7 @@ fn summarizes(services: Services<'_>, name: &str) -> bool {
 
 /// The summary of the key set `key` of `stream`, read through a source instance of
 /// `endpoint`'s connector.
-async fn summary(
+pub(crate) async fn summary(
     services: Services<'_>,
     endpoint: &Endpoint,
     stream: &str,

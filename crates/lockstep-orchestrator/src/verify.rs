@@ -186,6 +186,14 @@ impl Engine<'_> {
     ) -> Result<VerifyReport, EngineError> {
         let services = self.services();
         let spec = &job.spec;
+        if options.repair && spec.mode == lockstep_core::SyncMode::TwoWay {
+            return Err(EngineError::Config(format!(
+                "sync `{}` is two-way: --repair would copy side a over side b, but either side \
+                 may hold the newer values. Run the sync (`lockstep run {}`) and decide its \
+                 conflicts (`lockstep conflicts list {}`) instead",
+                spec.name, spec.name, spec.name
+            )));
+        }
         if !services
             .registry
             .supports(&job.destination.connector, Role::Source)

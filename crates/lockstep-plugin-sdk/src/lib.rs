@@ -136,7 +136,7 @@ pub mod outcome;
 pub mod resolve;
 
 pub use arrow;
-pub use checkpoint::{checkpoint_after, resume_point, ResumePoint};
+pub use checkpoint::{checkpoint_after, resume_point, OrderRole, ResumePoint, RowOrder};
 pub use error::{ConnectorError, Result};
 pub use evolution::{plan_evolution, EvolutionPlan};
 pub use lockstep_plugin_api::ErrorKind;
@@ -151,7 +151,7 @@ pub use lockstep_protocol::{
     RejectedRow, SchemaEvolution, StreamInfo, WriteOutcome,
 };
 pub use manifest::{full_manifest, Manifest};
-pub use resolve::{resolve_read, ResolvedRead};
+pub use resolve::{resolve_read, resolve_read_with, ResolveOptions, ResolvedRead};
 pub use schemars;
 pub use schemars::JsonSchema;
 pub use serde_json;

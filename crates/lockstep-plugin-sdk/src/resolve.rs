@@ -12,6 +12,12 @@
 //!   keyset paging and resuming need one.
 //! - The order is the cursor (incremental), then the key fields not already in it; it never
 //!   repeats a name.
+//! - Resolved names are the stream's spelling. Names match exactly, or (with
+//!   [`ResolveOptions::ignore_ascii_case`], as SQLite compares identifiers) ignoring ASCII case
+//!   when no name matches exactly.
+//! - A key the stream does not declare is used only where the source says it has one
+//!   ([`ResolveOptions::implicit_key`], SQLite's rowid), and only when neither the request nor
+//!   the stream names a key.
 
 use crate::{ConnectorError, FieldInfo, ReadMode, ReadRequest, Result, StreamInfo};
 
@@ -35,11 +41,42 @@ impl ResolvedRead {
     }
 }
 
+/// How a source matches names and which key it falls back to. The defaults (exact names, no
+/// implicit key) are [`resolve_read`]'s.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResolveOptions {
+    /// Whether a name that matches no field exactly may match one ignoring ASCII case (SQLite
+    /// compares identifiers that way). The resolved read then uses the stream's spelling.
+    pub ignore_ascii_case: bool,
+    /// A key that orders and identifies rows without being one of the stream's fields (SQLite's
+    /// rowid), for reads that name no key of a stream without a primary key.
+    pub implicit_key: Option<String>,
+}
+
 /// Resolves `request` against `stream`.
 pub fn resolve_read(request: &ReadRequest, stream: &StreamInfo) -> Result<ResolvedRead> {
+    resolve_read_with(request, stream, &ResolveOptions::default())
+}
+
+/// Resolves `request` against `stream` as `options` say.
+pub fn resolve_read_with(
+    request: &ReadRequest,
+    stream: &StreamInfo,
+    options: &ResolveOptions,
+) -> Result<ResolvedRead> {
     let find = |name: &str, role: &str| -> Result<FieldInfo> {
+        let folded = || {
+            if !options.ignore_ascii_case {
+                return None;
+            }
+            stream
+                .fields
+                .iter()
+                .find(|f| f.name.eq_ignore_ascii_case(name))
+        };
         stream
             .field(name)
+            .or_else(folded)
             .cloned()
             .ok_or_else(|| unknown_field(stream, name, role))
     };
@@ -50,21 +87,25 @@ pub fn resolve_read(request: &ReadRequest, stream: &StreamInfo) -> Result<Resolv
             .collect::<Result<_>>()?,
         None => stream.fields.clone(),
     };
-    let key: Vec<String> = if request.key.is_empty() {
-        stream.primary_key.clone()
+    let named = if request.key.is_empty() {
+        &stream.primary_key
     } else {
-        request.key.clone()
+        &request.key
     };
-    if key.is_empty() {
+    let key: Vec<String> = if !named.is_empty() {
+        named
+            .iter()
+            .map(|k| find(k, "key field").map(|f| f.name))
+            .collect::<Result<_>>()?
+    } else if let Some(implicit) = &options.implicit_key {
+        vec![implicit.clone()]
+    } else {
         return Err(ConnectorError::schema(format!(
             "stream `{}` has no primary key: give the read a key (fields that identify a \
              record) so that it can be read in order and resumed",
             stream.name
         )));
-    }
-    for k in &key {
-        find(k, "key field")?;
-    }
+    };
     let cursor = match request.mode {
         ReadMode::Full => None,
         ReadMode::Incremental => {
@@ -193,6 +234,49 @@ mod tests {
             ..request()
         };
         let e = resolve_read(&req, &stream()).unwrap_err();
+        assert!(e.message.contains("(key field)"), "{}", e.message);
+    }
+
+    #[test]
+    fn names_may_match_ignoring_case_and_resolve_to_the_streams_spelling() {
+        let req = ReadRequest {
+            mode: ReadMode::Incremental,
+            cursor_field: Some("AT".into()),
+            key: vec!["Id".into()],
+            fields: Some(vec!["NAME".into()]),
+            ..request()
+        };
+        let e = resolve_read(&req, &stream()).unwrap_err();
+        assert!(e.message.contains("no field `NAME`"), "{}", e.message);
+        let options = ResolveOptions {
+            ignore_ascii_case: true,
+            ..ResolveOptions::default()
+        };
+        let r = resolve_read_with(&req, &stream(), &options).unwrap();
+        assert_eq!(r.fields[0].name, "name");
+        assert_eq!(r.key, ["id"]);
+        assert_eq!(r.cursor.as_deref(), Some("at"));
+        assert_eq!(r.order, ["at", "id"]);
+    }
+
+    #[test]
+    fn an_implicit_key_serves_only_streams_without_a_key() {
+        let options = ResolveOptions {
+            implicit_key: Some("rowid".into()),
+            ..ResolveOptions::default()
+        };
+        let mut keyless = stream();
+        keyless.primary_key.clear();
+        let r = resolve_read_with(&request(), &keyless, &options).unwrap();
+        assert_eq!(r.key, ["rowid"]);
+        assert_eq!(r.order, ["rowid"]);
+        let r = resolve_read_with(&request(), &stream(), &options).unwrap();
+        assert_eq!(r.key, ["id"]);
+        let req = ReadRequest {
+            key: vec!["rowid".into()],
+            ..request()
+        };
+        let e = resolve_read_with(&req, &keyless, &options).unwrap_err();
         assert!(e.message.contains("(key field)"), "{}", e.message);
     }
 }

@@ -11,10 +11,59 @@
 //! - the record ledger's bulk statements, whose SQL and parameters differ by backend (see
 //!   `ledger.rs`): `async fn ledger_lookup_chunk(&self, sync, keys) -> Result<Vec<LedgerRow>>`,
 //!   and `ledger_upsert_chunk(tx, sync, now, entries)` and `ledger_delete_chunk(tx, sync,
-//!   keys)` on a transaction's connection.
+//!   keys)` on a transaction's connection;
+//! - `key_list_sql(n)` and `key_list(keys)`, a many-key statement's list of keys as one
+//!   parameter;
+//! - the two-way bulk statements that `impl_two_way_store!` (`two_way.rs`) lists.
 //!
 //! Inside a transaction the code only uses the transaction, never the pool, so that a pool of
 //! one connection (in-memory SQLite) cannot deadlock.
+
+/// Inside a commit's transaction `$tx`: refuses the commit with `LeaseLost` unless `$c`'s
+/// lease token (if any) is the sync's current one, then stores `$c.run`'s progress
+/// (`$metrics` as `sql::metric_values` gives them, at `$now`). `$what` names the commit in
+/// the log line of a refusal. Shared by every commit of the state store.
+macro_rules! fence_and_progress {
+    ($tx:ident, $c:ident, $metrics:ident, $now:ident, $op:ident, $what:literal) => {
+        if let Some(token) = $c.lease_token {
+            let fenced = sqlx::query($crate::sql::fence_sql())
+                .bind($c.sync)
+                .bind(token)
+                .execute(&mut *$tx)
+                .await
+                .map_err($crate::error::db($op))?;
+            if fenced.rows_affected() == 0 {
+                tracing::warn!(
+                    sync = $c.sync,
+                    token,
+                    concat!($what, " refused: lease lost")
+                );
+                return Err($crate::error::StateError::LeaseLost {
+                    sync: $c.sync.to_owned(),
+                });
+            }
+        }
+        let progressed = sqlx::query($crate::sql::progress_sql())
+            .bind($c.run)
+            .bind($c.sync)
+            .bind($metrics[0])
+            .bind($metrics[1])
+            .bind($metrics[2])
+            .bind($metrics[3])
+            .bind($metrics[4])
+            .bind($metrics[5])
+            .bind($metrics[6])
+            .bind(&$now)
+            .bind($c.lease_token)
+            .execute(&mut *$tx)
+            .await
+            .map_err($crate::error::db($op))?;
+        if progressed.rows_affected() == 0 {
+            return Err($crate::error::StateError::UnknownRun { run: $c.run });
+        }
+    };
+}
+pub(crate) use fence_and_progress;
 
 macro_rules! impl_state_store {
     ($store:ty) => {
@@ -251,7 +300,7 @@ macro_rules! impl_state_store {
                 &self,
                 c: &$crate::types::BatchCommit<'_>,
             ) -> $crate::error::Result<()> {
-                use $crate::error::{db, StateError};
+                use $crate::error::db;
                 use $crate::sql;
                 const OP: &str = "committing a batch";
 
@@ -264,38 +313,7 @@ macro_rules! impl_state_store {
 
                 // Dropping `tx` on an early return rolls everything back.
                 let mut tx = self.begin_write().await?;
-                if let Some(token) = c.lease_token {
-                    let fenced = sqlx::query(sql::fence_sql())
-                        .bind(c.sync)
-                        .bind(token)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(db(OP))?;
-                    if fenced.rows_affected() == 0 {
-                        tracing::warn!(sync = c.sync, token, "commit refused: lease lost");
-                        return Err(StateError::LeaseLost {
-                            sync: c.sync.to_owned(),
-                        });
-                    }
-                }
-                let progressed = sqlx::query(sql::progress_sql())
-                    .bind(c.run)
-                    .bind(c.sync)
-                    .bind(metrics[0])
-                    .bind(metrics[1])
-                    .bind(metrics[2])
-                    .bind(metrics[3])
-                    .bind(metrics[4])
-                    .bind(metrics[5])
-                    .bind(metrics[6])
-                    .bind(&now)
-                    .bind(c.lease_token)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db(OP))?;
-                if progressed.rows_affected() == 0 {
-                    return Err(StateError::UnknownRun { run: c.run });
-                }
+                $crate::backend::fence_and_progress!(tx, c, metrics, now, OP, "commit");
                 for chunk in upserts.chunks($crate::ledger::LEDGER_CHUNK) {
                     Self::ledger_upsert_chunk(&mut *tx, c.sync, &now, chunk).await?;
                 }
@@ -526,6 +544,7 @@ macro_rules! impl_state_store {
                 let mut tx = self.begin_write().await?;
                 for text in [
                     r#"DELETE FROM "ledger" WHERE "sync" = $1"#,
+                    r#"DELETE FROM "two_way_ledger" WHERE "sync" = $1"#,
                     r#"DELETE FROM "checkpoints" WHERE "sync" = $1"#,
                 ] {
                     sqlx::query(text)
@@ -535,7 +554,7 @@ macro_rules! impl_state_store {
                         .map_err($crate::error::db(OP))?;
                 }
                 tx.commit().await.map_err($crate::error::db(OP))?;
-                tracing::info!(sync, "checkpoint and ledger forgotten");
+                tracing::info!(sync, "checkpoint, ledger and base ledger forgotten");
                 Ok(())
             }
 

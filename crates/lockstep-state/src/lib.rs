@@ -1,6 +1,6 @@
 //! The state store of Lockstep: run history and metrics, source checkpoints, the record ledger,
-//! rejected records, deletes waiting behind the mass-delete guard, and the leases that keep two
-//! runs of one sync from overlapping. It has two backends behind the [`StateStore`] trait:
+//! rejected records, deletes waiting behind the mass-delete guard, the base ledger and conflicts
+//! of two-way syncs, and the leases that keep two runs of one sync from overlapping. It has two backends behind the [`StateStore`] trait:
 //! SQLite (embedded, the default) and PostgreSQL (shared by several daemons). [`open`] picks
 //! one by URL and brings the schema up to date.
 //!
@@ -12,8 +12,8 @@
 //!   taken over writes nothing. Tokens only grow, per sync (lease rows are never deleted).
 //! - Both backends run the same SQL on logically identical schemas (`migrations/`), with
 //!   quoted identifiers, `$N` parameters, RFC 3339 UTC text times and byte-order text keys;
-//!   only the ledger's bulk statements differ (`ledger.rs`), each carrying a whole batch in a
-//!   few parameters.
+//!   only the bulk statements differ (the ledger's in `ledger.rs`, the two-way ones in
+//!   `two_way.rs`), each carrying a whole batch in a few parameters.
 //! - No error or log line carries a database password: URLs are redacted first.
 
 mod backend;
@@ -24,6 +24,7 @@ mod postgres;
 mod sql;
 mod sqlite;
 mod store;
+mod two_way;
 mod types;
 mod url;
 
@@ -32,6 +33,10 @@ pub use deletes::{
 };
 pub use error::{Result, StateError};
 pub use store::StateStore;
+pub use two_way::{
+    BaseEntry, Conflict, ConflictFilter, ConflictResolution, ConflictStatus, TwoWayCommit,
+    TwoWayStore,
+};
 pub use types::{
     hostname, BatchCommit, Lease, LeaseHolder, LedgerEntry, RejectedFilter, RejectedRecord, RunEnd,
 };

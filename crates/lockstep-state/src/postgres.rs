@@ -12,6 +12,7 @@ use crate::deletes::impl_pending_delete_store;
 use crate::error::{db, Result, StateError};
 use crate::ledger;
 use crate::sql::LedgerRow;
+use crate::two_way::{self, impl_two_way_store, BaseUpsert, ConflictUpdate, NewConflict};
 use crate::types::LedgerEntry;
 use crate::url::{redact_url, scrub};
 
@@ -137,5 +138,92 @@ impl PgStore {
     }
 }
 
+/// The two-way bulk statements (see `two_way.rs`): each batch travels as one array per
+/// column.
+impl PgStore {
+    /// A one-column table, column `"value"`, of the ids in parameter `$n`, bound as one
+    /// parameter made by [`Self::id_list`].
+    fn id_list_sql(n: usize) -> String {
+        two_way::postgres::id_list_sql(n)
+    }
+
+    /// `ids` as the one parameter [`Self::id_list_sql`] reads.
+    fn id_list(ids: &[i64]) -> &[i64] {
+        two_way::postgres::id_list(ids)
+    }
+
+    /// Upserts base ledger `rows` (each key once) in one statement, synced at `now`.
+    async fn base_upsert_chunk(
+        tx: &mut PgConnection,
+        sync: &str,
+        now: &str,
+        rows: &[BaseUpsert<'_>],
+    ) -> Result<()> {
+        let columns = two_way::postgres::base_columns(rows);
+        sqlx::query(two_way::postgres::base_upsert_sql())
+            .bind(sync)
+            .bind(now)
+            .bind(&columns.keys)
+            .bind(&columns.bases)
+            .bind(&columns.fingerprints_a)
+            .bind(&columns.fingerprints_b)
+            .execute(tx)
+            .await
+            .map_err(db("committing a two-way batch"))?;
+        Ok(())
+    }
+
+    /// Inserts conflicts `rows`, found by `run` at `now`, in one statement.
+    async fn conflict_insert_chunk(
+        tx: &mut PgConnection,
+        sync: &str,
+        run: i64,
+        now: &str,
+        rows: &[NewConflict<'_>],
+    ) -> Result<()> {
+        let columns = two_way::postgres::conflict_columns(rows);
+        sqlx::query(two_way::postgres::conflict_insert_sql())
+            .bind(sync)
+            .bind(run)
+            .bind(now)
+            .bind(&columns.keys)
+            .bind(&columns.bases)
+            .bind(&columns.a)
+            .bind(&columns.b)
+            .bind(&columns.fields)
+            .bind(&columns.policies)
+            .bind(&columns.decisions)
+            .bind(&columns.resolutions)
+            .bind(&columns.resolution_deletes)
+            .bind(&columns.statuses)
+            .bind(&columns.resolved_by)
+            .bind(&columns.resolved_at)
+            .execute(tx)
+            .await
+            .map_err(db("committing a two-way batch"))?;
+        Ok(())
+    }
+
+    /// Updates open conflicts found again by `run` in one statement.
+    async fn conflict_update_chunk(
+        tx: &mut PgConnection,
+        run: i64,
+        rows: &[ConflictUpdate],
+    ) -> Result<()> {
+        let columns = two_way::postgres::update_columns(rows);
+        sqlx::query(two_way::postgres::conflict_update_sql())
+            .bind(run)
+            .bind(&columns.ids)
+            .bind(&columns.a)
+            .bind(&columns.b)
+            .bind(&columns.fields)
+            .execute(tx)
+            .await
+            .map_err(db("committing a two-way batch"))?;
+        Ok(())
+    }
+}
+
 impl_state_store!(PgStore);
 impl_pending_delete_store!(PgStore);
+impl_two_way_store!(PgStore);

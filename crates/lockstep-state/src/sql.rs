@@ -358,13 +358,18 @@ pub(crate) fn ledger_map(
 /// The upserts of a batch with duplicate keys removed, the last entry winning, in first-seen
 /// order. PostgreSQL refuses a statement that upserts the same row twice.
 pub(crate) fn dedup_upserts(entries: &[LedgerEntry]) -> Vec<&LedgerEntry> {
+    dedup_by_key(entries, |e| e.key.as_str())
+}
+
+/// `entries` with duplicate keys removed, the last entry winning, in first-seen order.
+pub(crate) fn dedup_by_key<'a, T>(entries: &'a [T], key: impl Fn(&'a T) -> &'a str) -> Vec<&'a T> {
     let mut position: HashMap<&str, usize> = HashMap::with_capacity(entries.len());
-    let mut out: Vec<&LedgerEntry> = Vec::with_capacity(entries.len());
+    let mut out: Vec<&T> = Vec::with_capacity(entries.len());
     for entry in entries {
-        match position.get(entry.key.as_str()) {
+        match position.get(key(entry)) {
             Some(&i) => out[i] = entry,
             None => {
-                position.insert(&entry.key, out.len());
+                position.insert(key(entry), out.len());
                 out.push(entry);
             }
         }

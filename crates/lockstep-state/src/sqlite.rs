@@ -15,6 +15,7 @@ use crate::deletes::impl_pending_delete_store;
 use crate::error::{db, Result, StateError};
 use crate::ledger;
 use crate::sql::LedgerRow;
+use crate::two_way::{self, impl_two_way_store, BaseUpsert, ConflictUpdate, NewConflict};
 use crate::types::LedgerEntry;
 use crate::url::redact_url;
 
@@ -154,5 +155,71 @@ impl SqliteStore {
     }
 }
 
+/// The two-way bulk statements (see `two_way.rs`): each batch travels as one JSON array.
+impl SqliteStore {
+    /// A one-column table, column `"value"`, of the ids in parameter `$n`, bound as one
+    /// parameter made by [`Self::id_list`].
+    fn id_list_sql(n: usize) -> String {
+        two_way::sqlite::id_list_sql(n)
+    }
+
+    /// `ids` as the one parameter [`Self::id_list_sql`] reads.
+    fn id_list(ids: &[i64]) -> String {
+        two_way::sqlite::id_list(ids)
+    }
+
+    /// Upserts base ledger `rows` in one statement, synced at `now`.
+    async fn base_upsert_chunk(
+        tx: &mut SqliteConnection,
+        sync: &str,
+        now: &str,
+        rows: &[BaseUpsert<'_>],
+    ) -> Result<()> {
+        sqlx::query(two_way::sqlite::base_upsert_sql())
+            .bind(sync)
+            .bind(now)
+            .bind(two_way::sqlite::base_rows_json(rows))
+            .execute(tx)
+            .await
+            .map_err(db("committing a two-way batch"))?;
+        Ok(())
+    }
+
+    /// Inserts conflicts `rows`, found by `run` at `now`, in one statement.
+    async fn conflict_insert_chunk(
+        tx: &mut SqliteConnection,
+        sync: &str,
+        run: i64,
+        now: &str,
+        rows: &[NewConflict<'_>],
+    ) -> Result<()> {
+        sqlx::query(two_way::sqlite::conflict_insert_sql())
+            .bind(sync)
+            .bind(run)
+            .bind(now)
+            .bind(two_way::sqlite::conflict_rows_json(rows))
+            .execute(tx)
+            .await
+            .map_err(db("committing a two-way batch"))?;
+        Ok(())
+    }
+
+    /// Updates open conflicts found again by `run` in one statement.
+    async fn conflict_update_chunk(
+        tx: &mut SqliteConnection,
+        run: i64,
+        rows: &[ConflictUpdate],
+    ) -> Result<()> {
+        sqlx::query(two_way::sqlite::conflict_update_sql())
+            .bind(run)
+            .bind(two_way::sqlite::conflict_updates_json(rows))
+            .execute(tx)
+            .await
+            .map_err(db("committing a two-way batch"))?;
+        Ok(())
+    }
+}
+
 impl_state_store!(SqliteStore);
 impl_pending_delete_store!(SqliteStore);
+impl_two_way_store!(SqliteStore);

@@ -8,14 +8,16 @@ use lockstep_core::RunSummary;
 
 use crate::deletes::PendingDeleteStore;
 use crate::error::Result;
+use crate::two_way::TwoWayStore;
 use crate::types::{
     BatchCommit, Lease, LeaseHolder, LedgerEntry, RejectedFilter, RejectedRecord, RunEnd,
 };
 
 /// Everything the engine keeps between runs: run history, checkpoints, the record ledger,
-/// rejected records and leases. Open one with [`crate::open`].
+/// rejected records and leases; with its supertraits, pending deletes and the state of
+/// two-way syncs. Open one with [`crate::open`].
 #[async_trait]
-pub trait StateStore: PendingDeleteStore + Send + Sync {
+pub trait StateStore: PendingDeleteStore + TwoWayStore + Send + Sync {
     /// Records a new run of `sync` with status `running` and returns its id. When the sync has
     /// a live lease, the run is tied to it (see [`StateStore::mark_abandoned`]).
     async fn start_run(&self, sync: &str, cursor_before: Option<&serde_json::Value>)
@@ -115,8 +117,9 @@ pub trait StateStore: PendingDeleteStore + Send + Sync {
     /// as it needs: a run's lease renewal runs in a task of its own, beside the run.
     fn shared(&self) -> std::sync::Arc<dyn StateStore>;
 
-    /// Forgets the checkpoint and the ledger of `sync`, so that its next run is a full
-    /// refresh. Run history, rejected records and the lease are kept.
+    /// Forgets the checkpoint, the ledger and the two-way base ledger of `sync`, so that its
+    /// next run is a full refresh. Run history, rejected records, conflicts and the lease are
+    /// kept.
     async fn reset_sync(&self, sync: &str) -> Result<()>;
 
     /// Closes the connections, waiting for those in use to be returned. Later calls fail.

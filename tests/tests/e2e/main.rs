@@ -20,5 +20,6 @@ mod plugins;
 mod retry;
 mod tidy;
 mod tryton;
+mod two_way;
 mod types;
 mod verify;

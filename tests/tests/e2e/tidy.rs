@@ -430,6 +430,7 @@ fn docs_config_names_every_key_the_validator_accepts() {
         "FIELD_KEYS",
         "SCHEDULE_KEYS",
         "RETRY_KEYS",
+        "TWO_WAY_KEYS",
         "DAEMON_KEYS",
         "ALERTS_KEYS",
         "EMAIL_KEYS",

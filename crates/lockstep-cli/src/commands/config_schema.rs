@@ -95,6 +95,8 @@ enum Mode {
     Full,
     Incremental,
     Mirror,
+    #[serde(rename = "two-way")]
+    TwoWay,
 }
 
 /// A field name, or a list of them.
@@ -149,6 +151,46 @@ struct Sync {
     schedule: Option<Schedule>,
     /// How failed runs are retried.
     retry: Option<Retry>,
+    /// When the daemon runs `lockstep verify` on the sync: a cron expression.
+    verify_schedule: Option<String>,
+    /// Required for mode `two-way`: how side b (the destination) is read and how conflicts
+    /// are decided.
+    two_way: Option<TwoWay>,
+}
+
+/// `[syncs.NAME.two_way]`.
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct TwoWay {
+    /// What decides a record both sides changed differently.
+    policy: Policy,
+    /// For `merge-fields`: what decides fields changed on both sides. Default `manual`.
+    fallback: Option<Policy>,
+    /// Who wins a `newest-wins` tie: `a` or `b`. Default `a`.
+    prefer: Option<SideName>,
+    /// Side b's last-modified field (its cursor and modification time).
+    b_cursor: Option<String>,
+    /// Per mapped field, its own policy when both sides changed it.
+    fields: Option<BTreeMap<String, Policy>>,
+    /// Mapped fields that only flow from a to b (the only ones that may be computed).
+    one_way: Option<Vec<String>>,
+}
+
+#[derive(JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+enum Policy {
+    NewestWins,
+    PreferA,
+    PreferB,
+    MergeFields,
+    Manual,
+}
+
+#[derive(JsonSchema)]
+#[serde(rename_all = "lowercase")]
+enum SideName {
+    A,
+    B,
 }
 
 /// `destination = "source_field"`, or a table with one input and at most one transform.

@@ -2,6 +2,7 @@
 
 mod completions;
 mod config_schema;
+mod conflicts;
 mod connectors;
 mod connectors_new;
 mod daemon;
@@ -106,6 +107,7 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
             .await
         }
         Command::Rejects { command } => rejects::run(&cli.config, command).await,
+        Command::Conflicts { command } => conflicts::run(&cli.config, command).await,
         Command::Deletes { command } => deletes::run(&cli.config, command).await,
         Command::Runs {
             sync,

@@ -115,6 +115,7 @@ fn feature_errors(config: &Config, registry: &PluginRegistry) -> Vec<ConfigError
             SyncMode::Full => "full",
             SyncMode::Incremental => "incremental",
             SyncMode::Mirror => "mirror",
+            SyncMode::TwoWay => "two-way",
         };
         let source = plugin(&spec.source.connection);
         let destination = plugin(&spec.destination.connection);

@@ -75,7 +75,21 @@ async fn verify(
         .map_err(|e| CliError::Message(redactor(&e.to_string())))?;
     match output {
         OutputFormat::Json => outln!("{}", redactor(&serde_json::to_string_pretty(&report)?)),
-        OutputFormat::Text => outln!("{}", redactor(&render(&report))),
+        OutputFormat::Text => {
+            let mut text = render(&report);
+            if job.spec.mode == lockstep_core::SyncMode::TwoWay && !report.agrees() {
+                // A two-way sync is not repaired by copying one side over the other.
+                if let Some(at) = text.find("\n\nrepair with") {
+                    text.truncate(at);
+                }
+                text.push_str(&format!(
+                    "\n\nsync {sync} is two-way: `lockstep run {sync}` brings the sides \
+                     together, and `lockstep conflicts list {sync}` shows the records waiting \
+                     for a decision"
+                ));
+            }
+            outln!("{}", redactor(&text))
+        }
     }
     exit_code(&report)
 }

@@ -1,13 +1,24 @@
 //! `[state]`: where the state store lives (`url`) and how long a run's lease lasts
 //! (`lease_ttl`).
 //!
-//! Invariant: a SQLite path is made absolute against the config file's directory, so that the
-//! store is the same whatever directory lockstep runs in.
+//! A `sqlite:` URL is a prefix and a file path (relative paths are not URLs to a URL parser);
+//! any other URL is parsed with the `url` crate, as the state store parses it
+//! (`lockstep-state`'s `Target::parse`), and must be a PostgreSQL one: scheme `postgres` or
+//! `postgresql` and an authority (`postgres://...`). sqlx's `PgConnectOptions` is not used
+//! here: it reads `~/.pgpass`, and this crate reads only the config file and the environment.
+//!
+//! Invariants:
+//! - A SQLite path is made absolute against the config file's directory, so that the store is
+//!   the same whatever directory lockstep runs in.
+//! - A URL the store would refuse to parse is an error at its line, with a hint; the message
+//!   never shows a URL that may hold a password (a PostgreSQL URL, or a value from the
+//!   environment).
 
 use std::path::Path;
 use std::time::Duration;
 
 use toml::de::DeValue;
+use url::Url;
 
 use super::reader::{Reader, Tbl};
 use crate::diagnostic::ErrorKind;
@@ -40,8 +51,23 @@ impl Reader<'_> {
             }
             return self.resolve_sqlite(rest);
         }
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            return url;
+        match Url::parse(&url) {
+            Ok(parsed) if is_postgres(parsed.scheme()) && !parsed.cannot_be_a_base() => {
+                return url;
+            }
+            Err(error) if url.split_once("://").is_some_and(|(s, _)| is_postgres(s)) => {
+                self.error(
+                    ErrorKind::InvalidUrl,
+                    span,
+                    format!("`state.url` is not a valid PostgreSQL URL ({error})"),
+                    "invalid url",
+                    "write url = \"postgres://user:${PGPASSWORD}@host:5432/db\", with the \
+                     characters that URLs reserve percent-encoded in the user and password \
+                     (`/` as %2F, `@` as %40, `:` as %3A, `?` as %3F, `#` as %23)",
+                );
+                return String::new();
+            }
+            _ => {}
         }
         let found = if from_env {
             " (the value comes from the environment and is not shown)".to_owned()
@@ -107,5 +133,102 @@ impl Reader<'_> {
             return format!("sqlite://{rest}");
         }
         format!("sqlite://{}", self.base_dir().join(rest).display())
+    }
+}
+
+/// Whether `scheme` names PostgreSQL, ignoring ASCII case as URL schemes do.
+fn is_postgres(scheme: &str) -> bool {
+    scheme.eq_ignore_ascii_case("postgres") || scheme.eq_ignore_ascii_case("postgresql")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::{parse, ConfigError, ErrorKind};
+
+    const PASSWORD: &str = "pw-from-env-77";
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "PG_URL" => Some(format!("postgres://sync:{PASSWORD}@db:notaport/lockstep")),
+            "PG_PASSWORD" => Some(PASSWORD.to_owned()),
+            _ => None,
+        }
+    }
+
+    fn state_url(url: &str) -> Result<String, Vec<ConfigError>> {
+        let text = format!("[state]\nurl = \"{url}\"\n");
+        parse(&text, Path::new("/etc/lockstep/lockstep.toml"), &env)
+            .map(|config| config.state_url)
+            .map_err(|errors| errors.into_errors())
+    }
+
+    /// The one error `url` gets, checked to be an invalid-url error at the url's line.
+    fn refused(url: &str) -> ConfigError {
+        let mut errors = state_url(url).expect_err(url);
+        assert_eq!(errors.len(), 1, "{url}: {errors:?}");
+        let error = errors.remove(0);
+        assert_eq!(error.kind(), ErrorKind::InvalidUrl, "{url}");
+        assert_eq!(error.location().map(|l| l.line), Some(2), "{url}");
+        error
+    }
+
+    #[test]
+    fn postgres_urls_that_parse_are_kept_as_written() {
+        for url in [
+            "postgres://sync:p%2Fss%40w0rd@db.example:5432/lockstep?sslmode=require",
+            "postgresql://db/lockstep",
+            "postgres:///lockstep",
+            "postgres://[::1]:5432/lockstep",
+            "POSTGRES://db/lockstep",
+        ] {
+            assert_eq!(state_url(url).unwrap(), url);
+        }
+        assert_eq!(
+            state_url("postgres://sync:${PG_PASSWORD}@db/lockstep").unwrap(),
+            format!("postgres://sync:{PASSWORD}@db/lockstep")
+        );
+    }
+
+    #[test]
+    fn a_postgres_url_that_does_not_parse_is_refused_at_its_line_without_its_password() {
+        for (url, reason) in [
+            (
+                "postgres://sync:secret-pw@db:notaport/lockstep",
+                "invalid port number",
+            ),
+            // An unescaped `/` in the password ends the authority early.
+            ("postgres://sync:se/cret@db/lockstep", "invalid port number"),
+            ("postgresql://sync@[::1/lockstep", "invalid IPv6 address"),
+        ] {
+            let error = refused(url);
+            assert_eq!(
+                error.message(),
+                format!("`state.url` is not a valid PostgreSQL URL ({reason})"),
+                "{url}"
+            );
+            assert!(error.hint().contains("percent-encoded"), "{}", error.hint());
+            assert!(!error.message().contains("secret"), "{}", error.message());
+        }
+        let error = refused("${PG_URL}");
+        assert!(!error.to_string().contains(PASSWORD), "{error}");
+        assert!(error.message().contains("invalid port number"), "{error}");
+    }
+
+    #[test]
+    fn other_schemes_and_forms_are_refused_naming_the_accepted_ones() {
+        for url in [
+            "mysql://db/lockstep",
+            "postgres:lockstep",
+            "state.db",
+            "http://db/x",
+        ] {
+            let error = refused(url);
+            assert_eq!(
+                error.message(),
+                format!("`state.url` must start with `sqlite:` or `postgres://`, found `{url}`")
+            );
+        }
     }
 }

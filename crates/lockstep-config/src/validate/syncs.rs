@@ -11,6 +11,7 @@ use lockstep_expr::did_you_mean;
 use toml::de::DeValue;
 
 use super::reader::{entries, list, path_key, Expected, Reader, Span, Tbl};
+use super::two_way::TwoWayContext;
 use crate::diagnostic::{ErrorKind, Location};
 use crate::model::{RetryPolicy, Sync, SyncLocations, DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE};
 
@@ -32,6 +33,7 @@ pub(super) const SYNC_KEYS: &[&str] = &[
     "schedule",
     "retry",
     "verify_schedule",
+    "two_way",
 ];
 /// The keys accepted in a `{ connection = "...", stream = "..." }` endpoint.
 pub(super) const ENDPOINT_KEYS: &[&str] = &["connection", "stream"];
@@ -43,6 +45,7 @@ pub(super) const MODES: &[(&str, SyncMode)] = &[
     ("full", SyncMode::Full),
     ("incremental", SyncMode::Incremental),
     ("mirror", SyncMode::Mirror),
+    ("two-way", SyncMode::TwoWay),
 ];
 
 impl Reader<'_> {
@@ -161,6 +164,26 @@ impl Reader<'_> {
         let schedule = self.schedule(t);
         let verify_schedule = self.cron_key(t, "verify_schedule");
         let retry = self.retry(t);
+        let field_spans: Vec<Span> = fields
+            .iter()
+            .map(|f| field_span(t, &f.target).unwrap_or_else(|| t.span.clone()))
+            .collect();
+        let two_way = self.two_way(
+            t,
+            &TwoWayContext {
+                name,
+                mode,
+                mode_span: t.get("mode").map_or(name_span.clone(), |v| v.span()),
+                has_cursor: cursor.is_some(),
+                fields: &fields,
+                field_spans: &field_spans,
+                tombstone_span: t.get("tombstone").map(|v| v.span()),
+                ledger_off_span: t.get("ledger").filter(|_| !use_ledger).map(|v| v.span()),
+            },
+        );
+        if mode == SyncMode::TwoWay && two_way.is_none() {
+            return None;
+        }
 
         let (source, source_span) = source?;
         let (destination, destination_span) = destination?;
@@ -181,6 +204,7 @@ impl Reader<'_> {
                 },
                 max_rejected,
                 use_ledger,
+                two_way,
             },
             enabled,
             schedule,
@@ -444,5 +468,16 @@ impl Reader<'_> {
             );
         }
         retry
+    }
+}
+
+/// Where the mapping line of target field `target` is in sync table `t`.
+fn field_span(t: &Tbl<'_, '_>, target: &str) -> Option<Span> {
+    match t.get("fields")?.get_ref() {
+        DeValue::Table(table) => table
+            .iter()
+            .find(|(k, _)| k.get_ref().as_ref() == target)
+            .map(|(_, v)| v.span()),
+        _ => None,
     }
 }

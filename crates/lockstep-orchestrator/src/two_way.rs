@@ -1,0 +1,1202 @@
+//! A two-way run (semantics.md, "Two-way sync and conflicts"): read what changed on each
+//! side since its own checkpoint, find each side's deletes by comparing its key set with the
+//! base ledger, decide every touched record (`conflict`), write both sides, read back what
+//! was written, and commit the base ledger, the conflicts and both checkpoints at once.
+//!
+//! Side a is the sync's `source`, side b its `destination`. Values are compared in the mapped
+//! space: side a's records go through the sync's mapping, side b's are read under the mapped
+//! names; writing to side a renames them back (a two-way mapping only renames, which the
+//! config validator checks).
+//!
+//! Invariants:
+//! - Nothing is committed before both sides have flushed every write of the run; a crash in
+//!   between re-reads both sides from the old checkpoints, and the records written show up as
+//!   changed on both sides to the same values: an agreement, not a conflict.
+//! - What Lockstep wrote is read back (where the connector reads by key) and its fingerprint
+//!   becomes the side's base fingerprint, so a side that normalises what it stores (lowercased
+//!   emails, rounded times) does not echo the write back as a change.
+//! - A conflict queued for a person (`manual`) writes neither side and is recorded once: while
+//!   it is open, later runs update it in place.
+//! - Deletes are checked against `max_delete_fraction` per side before any is applied; past
+//!   it, the run writes everything else and keeps those records' base, so the next run finds
+//!   the same deletes again (`--allow-mass-delete` applies them).
+//! - Memory holds the records changed since the last run (both sides), the key sets as 8-byte
+//!   hashes, and the base entries of the changed keys.
+
+use std::collections::{HashMap, HashSet};
+
+use arrow::array::RecordBatch;
+use lockstep_core::protocol::arrow_types::json_value;
+use lockstep_core::protocol::{
+    DataType, FieldInfo, OpenStreamRequest, ReadMode, ReadRequest, Role, SchemaEvolution,
+    StreamInfo, FEATURE_READ_BY_KEYS,
+};
+use lockstep_core::{
+    record_keys, EndpointSpec, FieldMapping, Side, SyncMode, SyncSpec, TwoWaySpec,
+};
+use lockstep_mapping::Mapper;
+use lockstep_plugin_core::rows::{batch_from_rows, rows_from_batch};
+use lockstep_plugin_core::source_rejects::is_rejects_batch;
+use lockstep_state::{BaseEntry, Conflict, ConflictStatus, TwoWayCommit};
+use serde_json::{Map, Value};
+
+use crate::conflict::{self, Base, Fields, Outcome, Resolution, SideRecord, SideState};
+use crate::diff::KeySet;
+use crate::error::EngineError;
+use crate::job::{Endpoint, Progress, RunOptions, RunState, SyncJob};
+use crate::lease::{FencedWriter, HeldLease};
+use crate::services::Services;
+
+/// How many keys one base-ledger lookup or read-back carries.
+const CHUNK: usize = 10_000;
+
+/// One side of the sync, opened: how to read it, map it and write it.
+struct SideIo<'j> {
+    side: Side,
+    endpoint: &'j Endpoint,
+    stream: StreamInfo,
+    /// From the side's records to the mapped space.
+    mapper: Mapper,
+    /// The side's cursor (and modification time) field.
+    cursor: Option<String>,
+    /// For each mapped field written to this side, the side's own field.
+    written: Vec<(String, FieldInfo)>,
+    /// The side's key fields, in mapped-key order.
+    key_fields: Vec<FieldInfo>,
+    reads_by_keys: bool,
+}
+
+/// What a read of one side's changes found.
+#[derive(Default)]
+struct SideChanges {
+    records: HashMap<String, SideRecord>,
+    /// Every key of the side, when the read covered all of it.
+    keys: Option<KeySet>,
+    checkpoint: Option<Value>,
+    read: u64,
+    rejected: u64,
+}
+
+/// What the run will do, decided before anything is written.
+#[derive(Default)]
+struct Plan {
+    upserts: [Vec<(String, Map<String, Value>)>; 2],
+    deletes: [Vec<String>; 2],
+    /// The new base of each record written or agreed, with the fingerprint of each side
+    /// when known without reading back (`None`: read back after the write).
+    base: Vec<PendingBase>,
+    forget: Vec<String>,
+    conflicts: Vec<Conflict>,
+    applied: Vec<i64>,
+}
+
+struct PendingBase {
+    key: String,
+    values: Map<String, Value>,
+    fingerprints: [Option<u128>; 2],
+}
+
+fn index(side: Side) -> usize {
+    match side {
+        Side::A => 0,
+        Side::B => 1,
+    }
+}
+
+/// What a two-way run would do, for `lockstep plan`: its counts and samples.
+#[derive(Debug, Default)]
+pub(crate) struct Preview {
+    /// Records a run would write, with the side they would be written to.
+    pub(crate) writes: Vec<(Side, Map<String, Value>)>,
+    /// Keys a run would delete, with the side.
+    pub(crate) deletes: Vec<(Side, String)>,
+    /// One line per conflict a run would find (sampled), and other things to know.
+    pub(crate) notes: Vec<String>,
+}
+
+/// How many records of each kind a preview keeps.
+const PREVIEW_SAMPLE: usize = 20;
+
+/// Runs two-way sync `job` once under `lease`. Returns Ok(true) when it completed, Ok(false)
+/// when a stop request ended it before it wrote anything.
+pub(crate) async fn run(
+    services: Services<'_>,
+    job: &SyncJob,
+    options: &RunOptions,
+    lease: &HeldLease,
+    run: &mut RunState,
+) -> Result<bool, EngineError> {
+    Ok(execute(services, job, options, Some(lease), run)
+        .await?
+        .is_none())
+}
+
+/// What a run of two-way sync `job` would do now, writing nothing; `run` gets the counts.
+pub(crate) async fn preview(
+    services: Services<'_>,
+    job: &SyncJob,
+    options: &RunOptions,
+    run: &mut RunState,
+) -> Result<Preview, EngineError> {
+    Ok(execute(services, job, options, None, run)
+        .await?
+        .unwrap_or_default())
+}
+
+/// A run with `lease`, or without one a preview (dry-run reads, nothing written). Returns the
+/// preview; a run returns `None` when it completed, and an empty preview when a stop request
+/// ended it before it wrote anything.
+async fn execute(
+    services: Services<'_>,
+    job: &SyncJob,
+    options: &RunOptions,
+    lease: Option<&HeldLease>,
+    run: &mut RunState,
+) -> Result<Option<Preview>, EngineError> {
+    let dry_run = lease.is_none();
+    let spec = &job.spec;
+    let tw = spec.two_way.as_ref().ok_or_else(|| {
+        EngineError::Config(format!(
+            "sync `{}` is two-way but has no [syncs.{}.two_way] table",
+            spec.name, spec.name
+        ))
+    })?;
+    for endpoint in [&job.source, &job.destination] {
+        for (role, what) in [(Role::Source, "read"), (Role::Destination, "written")] {
+            if !services.registry.supports(&endpoint.connector, role) {
+                return Err(EngineError::Config(format!(
+                    "sync `{}` is two-way, so both sides are read and written, but connector \
+                     `{}` cannot be {what}; use a one-way mode",
+                    spec.name, endpoint.connector
+                )));
+            }
+        }
+    }
+
+    // Side a: its stream and the sync's mapping.
+    let (mut source_a, stream_a) = services.open_source_stream(job).await?;
+    let mapper_a = Mapper::new(spec, &stream_a)?;
+    let mapped_fields = mapper_a.target_fields();
+    let fields = Fields::new(mapped_fields.iter().map(|f| f.name.clone()).collect(), tw);
+    let key = mapper_a.key().to_vec();
+
+    // Side b: created from the mapped schema when missing, as a one-way destination is.
+    let writer_b = match lease {
+        Some(_) => {
+            let mut destination_b = services.open_destination(&job.destination).await?;
+            Some(
+                destination_b
+                    .open_stream(&OpenStreamRequest {
+                        stream: spec.destination.stream.clone(),
+                        fields: mapped_fields.clone(),
+                        key: key.clone(),
+                        create_if_missing: true,
+                        schema_evolution: SchemaEvolution::AddColumns,
+                    })
+                    .await?,
+            )
+        }
+        None => None,
+    };
+    let mut source_b = services.open_source(&job.destination).await?;
+    let stream_b = source_b
+        .discover()
+        .await?
+        .stream(&spec.destination.stream)
+        .cloned()
+        .ok_or_else(|| {
+            EngineError::Schema(format!(
+                "sync `{}`: side b `{}` has no stream `{}`{}",
+                spec.name,
+                spec.destination.connection,
+                spec.destination.stream,
+                if dry_run {
+                    "; the first run creates it from the mapping and writes every record of \
+                     side a to it"
+                } else {
+                    " after opening it for writing"
+                }
+            ))
+        })?;
+    let spec_b = side_b_spec(spec, tw, &fields, &key);
+    let mapper_b = Mapper::new(&spec_b, &stream_b)?;
+
+    let side_a = SideIo {
+        side: Side::A,
+        endpoint: &job.source,
+        written: fields
+            .shared
+            .iter()
+            .map(|f| {
+                let own = spec.source_of(f).unwrap_or(f);
+                let info = stream_a.field(own).cloned().ok_or_else(|| {
+                    EngineError::Schema(format!(
+                        "sync `{}`: side a has no field `{own}` to write `{f}` to",
+                        spec.name
+                    ))
+                })?;
+                Ok((
+                    f.clone(),
+                    FieldInfo {
+                        native_type: None,
+                        ..info
+                    },
+                ))
+            })
+            .collect::<Result<_, EngineError>>()?,
+        key_fields: own_fields(&stream_a, mapper_a.source_key(), spec)?,
+        cursor: spec.cursor_field.clone(),
+        reads_by_keys: reads_by_keys(services, &job.source),
+        mapper: mapper_a,
+        stream: stream_a,
+    };
+    let side_b = SideIo {
+        side: Side::B,
+        endpoint: &job.destination,
+        written: mapped_fields
+            .iter()
+            .map(|f| {
+                (
+                    f.name.clone(),
+                    FieldInfo {
+                        native_type: None,
+                        ..f.clone()
+                    },
+                )
+            })
+            .collect(),
+        key_fields: mapped_fields
+            .iter()
+            .filter(|f| key.contains(&f.name))
+            .cloned()
+            .collect(),
+        cursor: tw.b_cursor_field.clone(),
+        reads_by_keys: reads_by_keys(services, &job.destination),
+        mapper: mapper_b,
+        stream: stream_b,
+    };
+
+    let mut writers = match (lease, writer_b) {
+        (Some(lease), Some(writer_b)) => {
+            let mut destination_a = services.open_destination(&job.source).await?;
+            let writer_a = destination_a
+                .open_stream(&OpenStreamRequest {
+                    stream: spec.source.stream.clone(),
+                    fields: side_a.written.iter().map(|(_, f)| f.clone()).collect(),
+                    key: side_a.key_fields.iter().map(|f| f.name.clone()).collect(),
+                    create_if_missing: false,
+                    schema_evolution: SchemaEvolution::Fail,
+                })
+                .await?;
+            Some([
+                FencedWriter::new(writer_a, Some(lease.watch())),
+                FencedWriter::new(writer_b, Some(lease.watch())),
+            ])
+        }
+        _ => None,
+    };
+
+    // What changed on each side since its checkpoint.
+    let checkpoint = run.checkpoint.clone().unwrap_or(Value::Null);
+    let mut changes = [
+        read_changes(
+            spec,
+            &side_a,
+            &mut source_a,
+            checkpoint.get("a"),
+            &fields,
+            dry_run,
+        )
+        .await?,
+        read_changes(
+            spec,
+            &side_b,
+            &mut source_b,
+            checkpoint.get("b"),
+            &fields,
+            dry_run,
+        )
+        .await?,
+    ];
+    for c in &changes {
+        run.metrics.read += c.read;
+        run.metrics.rejected += c.rejected;
+    }
+
+    // Each side's deletes: base keys the side no longer has.
+    let state = services.state;
+    let in_base = state.base_count(&spec.name).await?;
+    let mut deleted: [HashSet<String>; 2] = Default::default();
+    if in_base > 0
+        && spec.delete.reconcile_every != 0
+        && !key_sets_unchanged(services, job, [&side_a, &side_b], &key, in_base).await
+    {
+        for (side, source) in [(&side_a, &mut source_a), (&side_b, &mut source_b)] {
+            let i = index(side.side);
+            if changes[i].keys.is_none() {
+                changes[i].keys = Some(read_keys(spec, side, source, dry_run).await?);
+            }
+        }
+        let mut after: Option<String> = None;
+        loop {
+            let page = state.base_keys(&spec.name, after.as_deref(), CHUNK).await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.clone());
+            for key in page {
+                for i in 0..2 {
+                    if let Some(keys) = &changes[i].keys {
+                        if !keys.contains(&key) && !changes[i].records.contains_key(&key) {
+                            deleted[i].insert(key.clone());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    drop(source_a);
+    drop(source_b);
+
+    // Decide every record either side touched, and those a person decided.
+    let unsettled = state.unsettled_conflicts(&spec.name).await?;
+    let mut touched: Vec<String> = changes[0]
+        .records
+        .keys()
+        .chain(changes[1].records.keys())
+        .chain(deleted[0].iter())
+        .chain(deleted[1].iter())
+        .chain(
+            unsettled
+                .values()
+                .filter(|c| c.status == ConflictStatus::Resolved)
+                .map(|c| &c.key),
+        )
+        .cloned()
+        .collect();
+    touched.sort_unstable();
+    touched.dedup();
+    let mut plan = Plan::default();
+    for chunk in touched.chunks(CHUNK) {
+        let bases = state.base_lookup(&spec.name, chunk).await?;
+        for key in chunk {
+            let base = bases.get(key);
+            let open = unsettled.get(key);
+            if let Some(c) = open {
+                if c.status == ConflictStatus::Resolved {
+                    apply_resolution(&mut plan, &mut run.metrics, key, c);
+                } else {
+                    still_open(&mut plan, &mut run.metrics, key, c, &changes, &deleted);
+                }
+                continue;
+            }
+            let states: [SideState<'_>; 2] = [0, 1].map(|i| {
+                let fp = |b: &BaseEntry| [b.fingerprint_a, b.fingerprint_b][i];
+                match changes[i].records.get(key) {
+                    Some(r) if base.is_some_and(|b| fp(b) == r.fingerprint) => SideState::Same,
+                    Some(r) => SideState::Changed(r),
+                    None if deleted[i].contains(key) => SideState::Deleted,
+                    None if base.is_some() => SideState::Same,
+                    None => SideState::Absent,
+                }
+            });
+            let outcome = conflict::decide(
+                tw,
+                &fields,
+                base.map(|b| Base { values: &b.base }),
+                states[0],
+                states[1],
+            );
+            record_outcome(
+                &mut plan,
+                &mut run.metrics,
+                &Decided {
+                    spec,
+                    fields: &fields,
+                    read: (0..2)
+                        .filter(|i| changes[*i].records.contains_key(key))
+                        .count() as u64,
+                    run: run.run_id,
+                    key,
+                    base,
+                    states: &states,
+                },
+                outcome,
+            );
+        }
+    }
+
+    // The mass-delete guard, per side: the deletes to apply on a side against its size.
+    for side in [Side::A, Side::B] {
+        let i = index(side);
+        let found = plan.deletes[i].len() as u64;
+        let size = changes[i]
+            .keys
+            .as_ref()
+            .map_or(0, |k| k.len() as u64)
+            .max(found);
+        let limit = spec.delete.max_delete_fraction * size as f64;
+        if found > 0 && found as f64 > limit && !options.allow_mass_delete {
+            let held: HashSet<String> = plan.deletes[i].drain(..).collect();
+            plan.forget.retain(|k| !held.contains(k));
+            run.metrics.deleted -= found;
+            run.held = Some(format!(
+                "sync `{}`: side {} lost {found} records since the last run, which would delete \
+                 {found} of the {size} records of side {side}, more than max_delete_fraction \
+                 ({}) allows; they were not deleted. If the deletes are real, run `lockstep run \
+                 {} --allow-mass-delete`",
+                spec.name,
+                side.other(),
+                spec.delete.max_delete_fraction,
+                spec.name
+            ));
+        }
+    }
+
+    let (Some(lease), Some(writers)) = (lease, writers.as_mut()) else {
+        return Ok(Some(preview_of(&plan)));
+    };
+    if *options.stop.borrow() {
+        return Ok(Some(Preview::default()));
+    }
+
+    // The conflicts are recorded before anything is written: a crash between the writes and
+    // the final commit would otherwise lose an automatically decided conflict, since the
+    // rerun finds both sides agreeing. A rerun that finds the same conflict again (same key,
+    // same base) updates this record instead of adding one.
+    if !plan.conflicts.is_empty() {
+        state
+            .commit_two_way(&TwoWayCommit {
+                sync: &spec.name,
+                run: run.run_id,
+                lease_token: Some(lease.lease().token),
+                metrics: &run.metrics,
+                upserts: &[],
+                deletes: &[],
+                conflicts: &plan.conflicts,
+                applied: &[],
+                checkpoint: None,
+            })
+            .await?;
+    }
+
+    // Write each side (a first), flush it, and read back what was written.
+    let sides = [&side_a, &side_b];
+    let mut rejected_keys: HashSet<String> = HashSet::new();
+    let mut read_back: [HashMap<String, u128>; 2] = Default::default();
+    for i in 0..2 {
+        let side = sides[i];
+        for chunk in plan.upserts[i].chunks(spec.batch_size.max(1)) {
+            let rows: Vec<Map<String, Value>> =
+                chunk.iter().map(|(_, v)| own_row(side, v)).collect();
+            let batch = to_batch(spec, side, &side.written, &rows)?;
+            let outcome = writers[i].upsert(batch).await?;
+            for r in &outcome.rejected {
+                if let Some((key, _)) = chunk.get(r.row) {
+                    tracing::warn!(side = %side.side, key, reason = r.reason, "side refused a record");
+                    rejected_keys.insert(key.clone());
+                }
+            }
+        }
+        for chunk in plan.deletes[i].chunks(spec.batch_size.max(1)) {
+            let rows = chunk
+                .iter()
+                .map(|k| key_row(k, side))
+                .collect::<Result<Vec<_>, _>>()?;
+            let key_fields: Vec<(String, FieldInfo)> = side
+                .key_fields
+                .iter()
+                .map(|f| (f.name.clone(), f.clone()))
+                .collect();
+            writers[i]
+                .delete(to_batch(spec, side, &key_fields, &rows)?)
+                .await?;
+        }
+        writers[i].flush().await?;
+        let keys: Vec<&String> = plan.upserts[i]
+            .iter()
+            .map(|(k, _)| k)
+            .filter(|k| !rejected_keys.contains(*k))
+            .collect();
+        if !side.reads_by_keys || keys.is_empty() {
+            continue;
+        }
+        let found = read_fingerprints(services, spec, side, &keys, &fields).await?;
+        if i == 0 && fields.shared.len() != fields.all.len() {
+            run.metrics.updated += refresh_one_way(&mut plan, &found, &fields);
+        }
+        read_back[i] = found.into_iter().map(|(k, (fp, _))| (k, fp)).collect();
+    }
+    run.metrics.rejected += rejected_keys.len() as u64;
+
+    // One commit: base, conflicts, both checkpoints.
+    let upserts: Vec<BaseEntry> = plan
+        .base
+        .iter()
+        .filter(|b| !rejected_keys.contains(&b.key))
+        .map(|b| {
+            let fp = |i: usize| {
+                b.fingerprints[i]
+                    .or_else(|| read_back[i].get(&b.key).copied())
+                    .unwrap_or_else(|| written_fingerprint(&b.values, i, &fields))
+            };
+            BaseEntry {
+                key: b.key.clone(),
+                base: b.values.clone(),
+                fingerprint_a: fp(0),
+                fingerprint_b: fp(1),
+            }
+        })
+        .collect();
+    let new_checkpoint = serde_json::json!({
+        "a": changes[0].checkpoint.clone().or_else(|| checkpoint.get("a").cloned()),
+        "b": changes[1].checkpoint.clone().or_else(|| checkpoint.get("b").cloned()),
+    });
+    state
+        .commit_two_way(&TwoWayCommit {
+            sync: &spec.name,
+            run: run.run_id,
+            lease_token: Some(lease.lease().token),
+            metrics: &run.metrics,
+            upserts: &upserts,
+            deletes: &plan.forget,
+            conflicts: &[],
+            applied: &plan.applied,
+            checkpoint: Some(&new_checkpoint),
+        })
+        .await?;
+    run.checkpoint = Some(new_checkpoint);
+    run.batches += 1;
+    let queued = plan
+        .conflicts
+        .iter()
+        .filter(|c| c.status == ConflictStatus::Open)
+        .count();
+    if queued > 0 {
+        tracing::warn!(
+            queued,
+            "conflicts wait for a person: see `lockstep conflicts list {}`",
+            spec.name
+        );
+    }
+    if let Some(progress) = &options.progress {
+        progress(&Progress {
+            run_id: run.run_id,
+            metrics: run.metrics,
+            batches: run.batches,
+        });
+    }
+    Ok(None)
+}
+
+/// The preview of `plan`: samples of its writes and deletes, and a line per sampled conflict.
+fn preview_of(plan: &Plan) -> Preview {
+    let mut preview = Preview::default();
+    for side in [Side::A, Side::B] {
+        let i = index(side);
+        preview.writes.extend(
+            plan.upserts[i]
+                .iter()
+                .take(PREVIEW_SAMPLE)
+                .map(|(_, v)| (side, v.clone())),
+        );
+        preview.deletes.extend(
+            plan.deletes[i]
+                .iter()
+                .take(PREVIEW_SAMPLE)
+                .map(|k| (side, k.clone())),
+        );
+    }
+    for c in plan.conflicts.iter().take(PREVIEW_SAMPLE) {
+        let show = |m: &Option<Map<String, Value>>, f: &str| match m {
+            None => "(deleted)".to_owned(),
+            Some(m) => m.get(f).map_or("null".to_owned(), Value::to_string),
+        };
+        let fields: Vec<String> = c
+            .fields
+            .iter()
+            .map(|f| format!("{f}: a {} / b {}", show(&c.a, f), show(&c.b, f)))
+            .collect();
+        preview.notes.push(format!(
+            "conflict on {}: {}; {} decides: {}",
+            c.key,
+            fields.join(", "),
+            c.policy,
+            match c.status {
+                ConflictStatus::Open => "queued for a person".to_owned(),
+                _ => format!("take {}", c.decision),
+            }
+        ));
+    }
+    if plan.conflicts.len() > PREVIEW_SAMPLE {
+        preview.notes.push(format!(
+            "... and {} more conflicts",
+            plan.conflicts.len() - PREVIEW_SAMPLE
+        ));
+    }
+    preview
+}
+
+/// Whether both sides are known to still hold exactly the base's keys, by their key-set
+/// summaries (count and order-independent hash, computed in place): then neither side
+/// deleted anything and no key needs streaming. `false` means "not known".
+async fn key_sets_unchanged(
+    services: Services<'_>,
+    job: &SyncJob,
+    sides: [&SideIo<'_>; 2],
+    key: &[String],
+    in_base: u64,
+) -> bool {
+    let Some(a_key) = sides[0].mapper.key_copies() else {
+        return false;
+    };
+    if !sides
+        .iter()
+        .all(|s| crate::summary::summarizes(services, &s.endpoint.connector))
+    {
+        return false;
+    }
+    let a = crate::summary::summary(services, &job.source, &sides[0].stream.name, a_key);
+    let b = crate::summary::summary(
+        services,
+        &job.destination,
+        &sides[1].stream.name,
+        key.to_vec(),
+    );
+    match tokio::join!(a, b) {
+        (Ok(a), Ok(b)) => {
+            a.algorithm == b.algorithm
+                && a.hash == b.hash
+                && a.count == b.count
+                && a.count == in_base
+        }
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!(error = %e, "could not summarize the key sets; reading the keys instead");
+            false
+        }
+    }
+}
+
+/// The spec that reads side b into the mapped space: every mapped field under its own name.
+fn side_b_spec(spec: &SyncSpec, tw: &TwoWaySpec, fields: &Fields, key: &[String]) -> SyncSpec {
+    SyncSpec {
+        name: spec.name.clone(),
+        source: spec.destination.clone(),
+        destination: EndpointSpec {
+            connection: spec.source.connection.clone(),
+            stream: spec.source.stream.clone(),
+        },
+        mode: SyncMode::Full,
+        cursor_field: tw.b_cursor_field.clone(),
+        key: key.to_vec(),
+        fields: fields
+            .all
+            .iter()
+            .map(|f| FieldMapping::copy(f.clone(), f.clone()))
+            .collect(),
+        batch_size: spec.batch_size,
+        delete: spec.delete.clone(),
+        max_rejected: spec.max_rejected,
+        use_ledger: true,
+        two_way: None,
+    }
+}
+
+/// The side's own fields named `names` (side a's key fields).
+fn own_fields(
+    stream: &StreamInfo,
+    names: &[String],
+    spec: &SyncSpec,
+) -> Result<Vec<FieldInfo>, EngineError> {
+    names
+        .iter()
+        .map(|n| {
+            stream
+                .field(n)
+                .cloned()
+                .map(|f| FieldInfo {
+                    native_type: None,
+                    ..f
+                })
+                .ok_or_else(|| {
+                    EngineError::Schema(format!(
+                        "sync `{}`: side a has no key field `{n}`",
+                        spec.name
+                    ))
+                })
+        })
+        .collect()
+}
+
+fn reads_by_keys(services: Services<'_>, endpoint: &Endpoint) -> bool {
+    services.registry.get(&endpoint.connector).is_ok_and(|p| {
+        p.manifest
+            .features
+            .iter()
+            .any(|f| f == FEATURE_READ_BY_KEYS)
+    })
+}
+
+/// Reads what changed on `side` since `checkpoint` (everything, without a cursor).
+async fn read_changes(
+    spec: &SyncSpec,
+    side: &SideIo<'_>,
+    source: &mut lockstep_plugin_host::SourceHandle,
+    checkpoint: Option<&Value>,
+    fields: &Fields,
+    dry_run: bool,
+) -> Result<SideChanges, EngineError> {
+    let mut read_fields = side.mapper.source_fields();
+    if let Some(cursor) = &side.cursor {
+        if !read_fields.contains(cursor) {
+            read_fields.push(cursor.clone());
+        }
+    }
+    let incremental = side.cursor.is_some();
+    let request = ReadRequest {
+        stream: side.stream.name.clone(),
+        mode: if incremental {
+            ReadMode::Incremental
+        } else {
+            ReadMode::Full
+        },
+        fields: Some(read_fields),
+        cursor_field: side.cursor.clone(),
+        key: side.mapper.source_key().to_vec(),
+        checkpoint: checkpoint.filter(|c| !c.is_null()).cloned(),
+        batch_size: Some(spec.batch_size),
+        dry_run,
+        ..Default::default()
+    };
+    let mut reader = source.read(&request).await?;
+    let mut out = SideChanges::default();
+    let mut keys = KeySet::default();
+    while let Some((batch, next)) = reader.next().await? {
+        refuse_rejects(spec, side, &batch)?;
+        out.checkpoint = Some(next);
+        out.read += batch.num_rows() as u64;
+        let mapped = side.mapper.map(&batch)?;
+        for r in &mapped.rejected {
+            tracing::warn!(side = %side.side, row = r.row, field = r.field.as_deref(), reason = r.reason, "record could not be mapped");
+        }
+        out.rejected += mapped.rejected.len() as u64;
+        let row_keys = record_keys(&mapped.batch, side.mapper.key())?;
+        let values = rows_from_batch(&mapped.batch);
+        let cursor_column = side.cursor.as_ref().and_then(|c| {
+            let schema = batch.schema();
+            let i = schema.index_of(c).ok()?;
+            Some((
+                batch.column(i).clone(),
+                DataType::from_arrow_field(schema.field(i)),
+            ))
+        });
+        for ((key, values), source_row) in row_keys.into_iter().zip(values).zip(&mapped.source_rows)
+        {
+            if !incremental {
+                keys.insert(&key);
+            }
+            let modified = cursor_column
+                .as_ref()
+                .map(|(column, logical)| json_value(column, *source_row, *logical));
+            let fingerprint = conflict::fingerprint(&values, fields.of(side.side));
+            out.records.insert(
+                key,
+                SideRecord {
+                    values,
+                    fingerprint,
+                    modified,
+                },
+            );
+        }
+    }
+    if !incremental {
+        keys.seal();
+        out.keys = Some(keys);
+    }
+    Ok(out)
+}
+
+/// Every key `side` has now, through its mapping of the key.
+async fn read_keys(
+    spec: &SyncSpec,
+    side: &SideIo<'_>,
+    source: &mut lockstep_plugin_host::SourceHandle,
+    dry_run: bool,
+) -> Result<KeySet, EngineError> {
+    let key_mapper = side.mapper.key_mapper();
+    let request = ReadRequest {
+        stream: side.stream.name.clone(),
+        mode: ReadMode::Full,
+        fields: Some(key_mapper.source_fields()),
+        key: key_mapper.source_key().to_vec(),
+        batch_size: Some(spec.batch_size.max(50_000)),
+        dry_run,
+        ..Default::default()
+    };
+    let mut reader = source.read(&request).await?;
+    let mut keys = KeySet::default();
+    while let Some((batch, _)) = reader.next().await? {
+        refuse_rejects(spec, side, &batch)?;
+        let mapped = key_mapper.map(&batch)?;
+        for key in record_keys(&mapped.batch, key_mapper.key())? {
+            keys.insert(&key);
+        }
+    }
+    keys.seal();
+    Ok(keys)
+}
+
+fn refuse_rejects(
+    spec: &SyncSpec,
+    side: &SideIo<'_>,
+    batch: &RecordBatch,
+) -> Result<(), EngineError> {
+    if is_rejects_batch(batch) {
+        return Err(EngineError::Schema(format!(
+            "sync `{}`: side {} could not read {} of its records; a two-way run cannot tell \
+             them from deleted ones. Fix them in `{}` and run again",
+            spec.name,
+            side.side,
+            batch.num_rows(),
+            side.endpoint.connector
+        )));
+    }
+    Ok(())
+}
+
+/// Reads the records just written to `side` back by key: their fingerprints as the side
+/// stores them, and their values in the mapped space.
+async fn read_fingerprints(
+    services: Services<'_>,
+    spec: &SyncSpec,
+    side: &SideIo<'_>,
+    keys: &[&String],
+    fields: &Fields,
+) -> Result<HashMap<String, (u128, Map<String, Value>)>, EngineError> {
+    let mut out = HashMap::with_capacity(keys.len());
+    let mut source = services.open_source(side.endpoint).await?;
+    for chunk in keys.chunks(CHUNK) {
+        let key_values = chunk
+            .iter()
+            .map(|k| serde_json::from_str::<Vec<Value>>(k))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| EngineError::Internal(format!("a record key is not a JSON array: {e}")))?;
+        let request = ReadRequest {
+            stream: side.stream.name.clone(),
+            mode: ReadMode::Full,
+            fields: Some(side.mapper.source_fields()),
+            key: side.mapper.source_key().to_vec(),
+            batch_size: Some(spec.batch_size),
+            keys: Some(key_values),
+            ..Default::default()
+        };
+        let mut reader = source.read(&request).await?;
+        while let Some((batch, _)) = reader.next().await? {
+            let mapped = side.mapper.map(&batch)?;
+            let row_keys = record_keys(&mapped.batch, side.mapper.key())?;
+            for (key, values) in row_keys.into_iter().zip(rows_from_batch(&mapped.batch)) {
+                let fingerprint = conflict::fingerprint(&values, fields.of(side.side));
+                out.insert(key, (fingerprint, values));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// After side a received records from side b: its one-way fields are computed from what it
+/// now holds (say `shout = upper(name)` after b changed `name`), so where side a's values
+/// read back differ from the planned base, they become the base and go to side b too (side b
+/// is written after side a). Returns how many records this adds to side b's writes.
+fn refresh_one_way(
+    plan: &mut Plan,
+    read_back: &HashMap<String, (u128, Map<String, Value>)>,
+    fields: &Fields,
+) -> u64 {
+    let mut added = 0;
+    let one_way: Vec<&String> = fields
+        .all
+        .iter()
+        .filter(|f| !fields.shared.contains(f))
+        .collect();
+    let mut to_b: HashMap<String, usize> = plan.upserts[1]
+        .iter()
+        .enumerate()
+        .map(|(i, (k, _))| (k.clone(), i))
+        .collect();
+    for pending in plan.base.iter_mut() {
+        let Some((_, now)) = read_back.get(&pending.key) else {
+            continue;
+        };
+        let stale = one_way
+            .iter()
+            .any(|f| !conflict::same_value(pending.values.get(*f), now.get(*f)));
+        if !stale {
+            continue;
+        }
+        for f in &one_way {
+            pending
+                .values
+                .insert((*f).clone(), now.get(*f).cloned().unwrap_or(Value::Null));
+        }
+        pending.fingerprints[1] = None;
+        let upserts = &mut plan.upserts[1];
+        match to_b.get(&pending.key) {
+            Some(&i) => upserts[i].1 = pending.values.clone(),
+            None => {
+                to_b.insert(pending.key.clone(), upserts.len());
+                upserts.push((pending.key.clone(), pending.values.clone()));
+                added += 1;
+            }
+        }
+    }
+    added
+}
+
+/// A side's fingerprint of what was written to it, for a side that cannot be read by key.
+fn written_fingerprint(values: &Map<String, Value>, i: usize, fields: &Fields) -> u128 {
+    let side = if i == 0 { Side::A } else { Side::B };
+    conflict::fingerprint(values, fields.of(side))
+}
+
+/// A mapped row under the side's own field names (only the fields written to it).
+fn own_row(side: &SideIo<'_>, values: &Map<String, Value>) -> Map<String, Value> {
+    side.written
+        .iter()
+        .map(|(mapped, own)| {
+            (
+                own.name.clone(),
+                values.get(mapped).cloned().unwrap_or(Value::Null),
+            )
+        })
+        .collect()
+}
+
+/// The key columns of `key` (canonical key text) under the side's own key names.
+fn key_row(key: &str, side: &SideIo<'_>) -> Result<Map<String, Value>, EngineError> {
+    let values: Vec<Value> = serde_json::from_str(key).map_err(|e| {
+        EngineError::Internal(format!("record key `{key}` is not a JSON array: {e}"))
+    })?;
+    Ok(side
+        .key_fields
+        .iter()
+        .map(|f| f.name.clone())
+        .zip(values)
+        .collect())
+}
+
+fn to_batch(
+    spec: &SyncSpec,
+    side: &SideIo<'_>,
+    written: &[(String, FieldInfo)],
+    rows: &[Map<String, Value>],
+) -> Result<RecordBatch, EngineError> {
+    let infos: Vec<FieldInfo> = written.iter().map(|(_, f)| f.clone()).collect();
+    batch_from_rows(&infos, rows).map_err(|e| {
+        EngineError::Schema(format!(
+            "sync `{}`: a value does not fit side {}'s field ({e}); the two sides' types \
+             differ for that field",
+            spec.name, side.side
+        ))
+    })
+}
+
+/// Plans the writes of a person's decision: the values on both sides, or a delete on both.
+fn apply_resolution(
+    plan: &mut Plan,
+    metrics: &mut lockstep_core::RunMetrics,
+    key: &str,
+    c: &Conflict,
+) {
+    match &c.resolution {
+        Some(values) if !c.resolution_deletes => {
+            plan.upserts[0].push((key.to_owned(), values.clone()));
+            plan.upserts[1].push((key.to_owned(), values.clone()));
+            plan.base.push(PendingBase {
+                key: key.to_owned(),
+                values: values.clone(),
+                fingerprints: [None, None],
+            });
+            metrics.updated += 2;
+        }
+        _ => {
+            plan.deletes[0].push(key.to_owned());
+            plan.deletes[1].push(key.to_owned());
+            plan.forget.push(key.to_owned());
+            metrics.deleted += 2;
+        }
+    }
+    plan.applied.push(c.id);
+}
+
+/// A record whose conflict waits for a person: nothing is written for it. When a side
+/// changed it again, the queued conflict gets the new values (in place, not a new conflict).
+fn still_open(
+    plan: &mut Plan,
+    metrics: &mut lockstep_core::RunMetrics,
+    key: &str,
+    c: &Conflict,
+    changes: &[SideChanges; 2],
+    deleted: &[HashSet<String>; 2],
+) {
+    let now: [Option<Map<String, Value>>; 2] = [0, 1].map(|i| match changes[i].records.get(key) {
+        Some(r) => Some(r.values.clone()),
+        None if deleted[i].contains(key) => None,
+        None => [&c.a, &c.b][i].clone(),
+    });
+    let read = (0..2)
+        .filter(|i| changes[*i].records.contains_key(key))
+        .count() as u64;
+    metrics.unchanged += read;
+    let same = |x: &Option<Map<String, Value>>, y: &Option<Map<String, Value>>| match (x, y) {
+        (Some(x), Some(y)) => {
+            let fields: Vec<String> = x.keys().chain(y.keys()).cloned().collect();
+            conflict::fingerprint(x, &fields) == conflict::fingerprint(y, &fields)
+        }
+        (None, None) => true,
+        _ => false,
+    };
+    if same(&now[0], &c.a) && same(&now[1], &c.b) {
+        return;
+    }
+    let [a, b] = now;
+    plan.conflicts.push(Conflict { a, b, ..c.clone() });
+}
+
+/// What [`record_outcome`] is deciding about.
+struct Decided<'a> {
+    spec: &'a SyncSpec,
+    fields: &'a Fields,
+    /// How many of the sides' reads had the record.
+    read: u64,
+    run: i64,
+    key: &'a str,
+    base: Option<&'a BaseEntry>,
+    states: &'a [SideState<'a>; 2],
+}
+
+/// Adds one record's outcome to the plan and the metrics.
+fn record_outcome(
+    plan: &mut Plan,
+    metrics: &mut lockstep_core::RunMetrics,
+    d: &Decided<'_>,
+    outcome: Outcome,
+) {
+    let Decided {
+        spec,
+        fields,
+        read: read_here,
+        run,
+        key,
+        base,
+        states,
+    } = *d;
+    let record = |i: usize| match states[i] {
+        SideState::Changed(r) => Some(r),
+        _ => None,
+    };
+    let write = |plan: &mut Plan,
+                 metrics: &mut lockstep_core::RunMetrics,
+                 to: Side,
+                 values: &Map<String, Value>| {
+        plan.upserts[index(to)].push((key.to_owned(), values.clone()));
+        if matches!(states[index(to)], SideState::Absent | SideState::Deleted) {
+            metrics.added += 1;
+        } else {
+            metrics.updated += 1;
+        }
+    };
+    match outcome {
+        Outcome::Nothing => metrics.unchanged += read_here,
+        Outcome::Agreed(values) => {
+            metrics.unchanged += read_here;
+            plan.base.push(PendingBase {
+                key: key.to_owned(),
+                values,
+                fingerprints: [
+                    record(0).map(|r| r.fingerprint),
+                    record(1).map(|r| r.fingerprint),
+                ],
+            });
+        }
+        Outcome::Write { to, values } => {
+            write(plan, metrics, to, &values);
+            let from = record(index(to.other()));
+            let mut fingerprints = [None, None];
+            fingerprints[index(to.other())] = from.map(|r| r.fingerprint);
+            plan.base.push(PendingBase {
+                key: key.to_owned(),
+                values: from.map_or(values, |r| r.values.clone()),
+                fingerprints,
+            });
+        }
+        Outcome::Delete { on } => {
+            plan.deletes[index(on)].push(key.to_owned());
+            plan.forget.push(key.to_owned());
+            metrics.deleted += 1;
+        }
+        Outcome::Forget => {
+            metrics.unchanged += read_here;
+            plan.forget.push(key.to_owned());
+        }
+        Outcome::Conflict(decision) => {
+            metrics.conflicts += 1;
+            let queued = decision.resolution == Resolution::Queued;
+            let (resolution, deletes) = match &decision.resolution {
+                Resolution::Values { values, .. } => {
+                    let mut fingerprints = [None, None];
+                    for (i, known) in fingerprints.iter_mut().enumerate() {
+                        let side = if i == 0 { Side::A } else { Side::B };
+                        let holds = record(i).is_some_and(|r| {
+                            r.fingerprint == conflict::fingerprint(values, fields.of(side))
+                        });
+                        if holds {
+                            *known = record(i).map(|r| r.fingerprint);
+                        } else {
+                            write(plan, metrics, side, values);
+                        }
+                    }
+                    plan.base.push(PendingBase {
+                        key: key.to_owned(),
+                        values: values.clone(),
+                        fingerprints,
+                    });
+                    (Some(values.clone()), false)
+                }
+                Resolution::Delete => {
+                    for i in 0..2 {
+                        if record(i).is_some() {
+                            plan.deletes[i].push(key.to_owned());
+                            metrics.deleted += 1;
+                        }
+                    }
+                    plan.forget.push(key.to_owned());
+                    (None, true)
+                }
+                Resolution::Queued => {
+                    metrics.unchanged += read_here;
+                    (None, false)
+                }
+            };
+            plan.conflicts.push(Conflict {
+                id: 0,
+                sync: spec.name.clone(),
+                run,
+                key: key.to_owned(),
+                base: base.map(|b| b.base.clone()),
+                a: record(0).map(|r| r.values.clone()),
+                b: record(1).map(|r| r.values.clone()),
+                fields: decision.fields,
+                policy: decision.policy.as_str().to_owned(),
+                decision: decision.resolution.decision().to_owned(),
+                resolution,
+                resolution_deletes: deletes,
+                status: if queued {
+                    ConflictStatus::Open
+                } else {
+                    ConflictStatus::Auto
+                },
+                created_at: String::new(),
+                resolved_by: None,
+                resolved_at: None,
+            });
+        }
+    }
+}
