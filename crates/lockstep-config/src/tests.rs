@@ -1303,6 +1303,26 @@ fn a_two_way_sync_reads_its_policy_and_side_b_cursor() {
 }
 
 #[test]
+fn a_two_way_sync_names_each_sides_tombstone() {
+    let config = parse_ok(&with_sync(
+        "mode = \"two-way\"\ncursor = \"updated_at\"\ntombstone = \"archived\"\n\
+         [syncs.contacts.two_way]\npolicy = \"prefer-a\"\nb_tombstone = \"deleted\"\n",
+    ));
+    let spec = &config.syncs[0].spec;
+    assert_eq!(spec.delete.tombstone.as_deref(), Some("archived"));
+    let tw = spec.two_way.as_ref().expect("two_way");
+    assert_eq!(tw.b_tombstone_field.as_deref(), Some("deleted"));
+    let error = only_error(&with_sync(
+        "mode = \"two-way\"\n[syncs.contacts.two_way]\npolicy = \"prefer-a\"\nb_tombstone = 3\n",
+    ));
+    assert!(
+        error.message().contains("b_tombstone"),
+        "{}",
+        error.message()
+    );
+}
+
+#[test]
 fn a_two_way_mapping_must_be_invertible() {
     let text = with_sync(
         "mode = \"two-way\"\n[syncs.contacts.fields]\nemail = { expr = \"lower(email)\" }\n\

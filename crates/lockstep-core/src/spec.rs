@@ -264,6 +264,11 @@ pub struct TwoWaySpec {
     /// cursor and, for `newest-wins`, its modification time. Side a's is the sync's
     /// `cursor_field`. A side without one is read in full every run.
     pub b_cursor_field: Option<String>,
+    /// Side b's field that marks a record it deleted but still lists (an `archived` flag, a
+    /// `deleted_at` time): such a record is a delete on side b. Side a's is the sync's
+    /// `delete.tombstone`. Without one, a side's deletes are found by comparing key sets.
+    #[serde(default)]
+    pub b_tombstone_field: Option<String>,
     /// The sync's conflict policy.
     pub policy: ConflictPolicy,
     /// For `merge-fields`: what decides the fields changed on both sides (and a delete
@@ -286,6 +291,7 @@ impl Default for TwoWaySpec {
     fn default() -> Self {
         TwoWaySpec {
             b_cursor_field: None,
+            b_tombstone_field: None,
             policy: ConflictPolicy::NewestWins,
             fallback: ConflictPolicy::Manual,
             prefer: Side::A,

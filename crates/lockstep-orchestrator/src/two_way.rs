@@ -59,6 +59,8 @@ struct SideIo<'j> {
     mapper: Mapper,
     /// The side's cursor (and modification time) field.
     cursor: Option<String>,
+    /// The side's field that marks a record it deleted but still lists.
+    tombstone: Option<String>,
     /// For each mapped field written to this side, the side's own field.
     written: Vec<(String, FieldInfo)>,
     /// The side's key fields, in mapped-key order.
@@ -70,6 +72,8 @@ struct SideIo<'j> {
 #[derive(Default)]
 struct SideChanges {
     records: HashMap<String, SideRecord>,
+    /// Keys of the records the side marks as deleted (its tombstones).
+    tombstoned: HashSet<String>,
     /// Every key of the side, when the read covered all of it.
     keys: Option<KeySet>,
     checkpoint: Option<Value>,
@@ -246,6 +250,7 @@ async fn execute(
             .collect::<Result<_, EngineError>>()?,
         key_fields: own_fields(&stream_a, mapper_a.source_key(), spec)?,
         cursor: spec.cursor_field.clone(),
+        tombstone: spec.delete.tombstone.clone(),
         reads_by_keys: reads_by_keys(services, &job.source),
         mapper: mapper_a,
         stream: stream_a,
@@ -271,6 +276,7 @@ async fn execute(
             .cloned()
             .collect(),
         cursor: tw.b_cursor_field.clone(),
+        tombstone: tw.b_tombstone_field.clone(),
         reads_by_keys: reads_by_keys(services, &job.destination),
         mapper: mapper_b,
         stream: stream_b,
@@ -297,8 +303,9 @@ async fn execute(
     };
 
     // What changed on each side since its checkpoint.
+    // The two sides are different systems: both are read at once.
     let checkpoint = run.checkpoint.clone().unwrap_or(Value::Null);
-    let mut changes = [
+    let (changes_a, changes_b) = tokio::join!(
         read_changes(
             spec,
             &side_a,
@@ -306,8 +313,7 @@ async fn execute(
             checkpoint.get("a"),
             &fields,
             dry_run,
-        )
-        .await?,
+        ),
         read_changes(
             spec,
             &side_b,
@@ -315,9 +321,9 @@ async fn execute(
             checkpoint.get("b"),
             &fields,
             dry_run,
-        )
-        .await?,
-    ];
+        ),
+    );
+    let mut changes = [changes_a?, changes_b?];
     for c in &changes {
         run.metrics.read += c.read;
         run.metrics.rejected += c.rejected;
@@ -352,6 +358,11 @@ async fn execute(
                 }
             }
         }
+    }
+    // Tombstones are deletes wherever the record was in the base.
+    for i in 0..2 {
+        let tombstoned = std::mem::take(&mut changes[i].tombstoned);
+        deleted[i].extend(tombstoned);
     }
     drop(source_a);
     drop(source_b);
@@ -393,7 +404,8 @@ async fn execute(
                 match changes[i].records.get(key) {
                     Some(r) if base.is_some_and(|b| fp(b) == r.fingerprint) => SideState::Same,
                     Some(r) => SideState::Changed(r),
-                    None if deleted[i].contains(key) => SideState::Deleted,
+                    // A side's tombstone of a record the base never had is no delete.
+                    None if base.is_some() && deleted[i].contains(key) => SideState::Deleted,
                     None if base.is_some() => SideState::Same,
                     None => SideState::Absent,
                 }
@@ -428,10 +440,11 @@ async fn execute(
     for side in [Side::A, Side::B] {
         let i = index(side);
         let found = plan.deletes[i].len() as u64;
+        // The side's size: its key set when read, else the base's (tombstones alone).
         let size = changes[i]
             .keys
             .as_ref()
-            .map_or(0, |k| k.len() as u64)
+            .map_or(in_base, |k| k.len() as u64)
             .max(found);
         let limit = spec.delete.max_delete_fraction * size as f64;
         if found > 0 && found as f64 > limit && !options.allow_mass_delete {
@@ -454,6 +467,14 @@ async fn execute(
     let (Some(lease), Some(writers)) = (lease, writers.as_mut()) else {
         return Ok(Some(preview_of(&plan)));
     };
+    // The plan holds what is written from here on: the records as read are freed before
+    // the writes, so that they are not held next to the plan's copies.
+    let new_checkpoint = serde_json::json!({
+        "a": changes[0].checkpoint.take().or_else(|| checkpoint.get("a").cloned()),
+        "b": changes[1].checkpoint.take().or_else(|| checkpoint.get("b").cloned()),
+    });
+    drop(changes);
+    drop(deleted);
     if *options.stop.borrow() {
         return Ok(Some(Preview::default()));
     }
@@ -480,6 +501,8 @@ async fn execute(
 
     // Write each side (a first), flush it, and read back what was written.
     let sides = [&side_a, &side_b];
+    // The values read back are needed only to refresh side a's one-way fields.
+    let keep_read_back = fields.shared.len() != fields.all.len();
     let mut rejected_keys: HashSet<String> = HashSet::new();
     let mut read_back: [HashMap<String, u128>; 2] = Default::default();
     for i in 0..2 {
@@ -519,8 +542,17 @@ async fn execute(
         if !side.reads_by_keys || keys.is_empty() {
             continue;
         }
-        let found = read_fingerprints(services, spec, side, &keys, &fields).await?;
-        if i == 0 && fields.shared.len() != fields.all.len() {
+        let found = read_fingerprints(
+            services,
+            spec,
+            side,
+            &keys,
+            &fields,
+            i == 0 && keep_read_back,
+        )
+        .await?;
+        plan.upserts[i] = Vec::new();
+        if i == 0 && keep_read_back {
             run.metrics.updated += refresh_one_way(&mut plan, &found, &fields);
         }
         read_back[i] = found.into_iter().map(|(k, (fp, _))| (k, fp)).collect();
@@ -528,9 +560,9 @@ async fn execute(
     run.metrics.rejected += rejected_keys.len() as u64;
 
     // One commit: base, conflicts, both checkpoints.
-    let upserts: Vec<BaseEntry> = plan
-        .base
-        .iter()
+    plan.upserts = Default::default();
+    let upserts: Vec<BaseEntry> = std::mem::take(&mut plan.base)
+        .into_iter()
         .filter(|b| !rejected_keys.contains(&b.key))
         .map(|b| {
             let fp = |i: usize| {
@@ -538,18 +570,16 @@ async fn execute(
                     .or_else(|| read_back[i].get(&b.key).copied())
                     .unwrap_or_else(|| written_fingerprint(&b.values, i, &fields))
             };
+            let (fingerprint_a, fingerprint_b) = (fp(0), fp(1));
             BaseEntry {
-                key: b.key.clone(),
-                base: b.values.clone(),
-                fingerprint_a: fp(0),
-                fingerprint_b: fp(1),
+                key: b.key,
+                base: b.values,
+                fingerprint_a,
+                fingerprint_b,
             }
         })
         .collect();
-    let new_checkpoint = serde_json::json!({
-        "a": changes[0].checkpoint.clone().or_else(|| checkpoint.get("a").cloned()),
-        "b": changes[1].checkpoint.clone().or_else(|| checkpoint.get("b").cloned()),
-    });
+    drop(read_back);
     state
         .commit_two_way(&TwoWayCommit {
             sync: &spec.name,
@@ -745,9 +775,9 @@ async fn read_changes(
     dry_run: bool,
 ) -> Result<SideChanges, EngineError> {
     let mut read_fields = side.mapper.source_fields();
-    if let Some(cursor) = &side.cursor {
-        if !read_fields.contains(cursor) {
-            read_fields.push(cursor.clone());
+    for extra in [&side.cursor, &side.tombstone].into_iter().flatten() {
+        if !read_fields.contains(extra) {
+            read_fields.push(extra.clone());
         }
     }
     let incremental = side.cursor.is_some();
@@ -780,6 +810,12 @@ async fn read_changes(
         out.rejected += mapped.rejected.len() as u64;
         let row_keys = record_keys(&mapped.batch, side.mapper.key())?;
         let values = rows_from_batch(&mapped.batch);
+        let marks = side.tombstone.as_ref().map(|field| {
+            crate::rows::mapped_marks(
+                &crate::rows::tombstoned(&batch, field).unwrap_or_default(),
+                &mapped.source_rows,
+            )
+        });
         let cursor_column = side.cursor.as_ref().and_then(|c| {
             let schema = batch.schema();
             let i = schema.index_of(c).ok()?;
@@ -788,8 +824,19 @@ async fn read_changes(
                 DataType::from_arrow_field(schema.field(i)),
             ))
         });
-        for ((key, values), source_row) in row_keys.into_iter().zip(values).zip(&mapped.source_rows)
+        for (row, ((key, values), source_row)) in row_keys
+            .into_iter()
+            .zip(values)
+            .zip(&mapped.source_rows)
+            .enumerate()
         {
+            if marks.as_ref().is_some_and(|m| m.get(row) == Some(&true)) {
+                // A later row of the same key in this read decides: the last one wins.
+                out.records.remove(&key);
+                out.tombstoned.insert(key);
+                continue;
+            }
+            out.tombstoned.remove(&key);
             if !incremental {
                 keys.insert(&key);
             }
@@ -863,13 +910,14 @@ fn refuse_rejects(
 }
 
 /// Reads the records just written to `side` back by key: their fingerprints as the side
-/// stores them, and their values in the mapped space.
+/// stores them, and (with `keep_values`, else empty maps) their values in the mapped space.
 async fn read_fingerprints(
     services: Services<'_>,
     spec: &SyncSpec,
     side: &SideIo<'_>,
     keys: &[&String],
     fields: &Fields,
+    keep_values: bool,
 ) -> Result<HashMap<String, (u128, Map<String, Value>)>, EngineError> {
     let mut out = HashMap::with_capacity(keys.len());
     let mut source = services.open_source(side.endpoint).await?;
@@ -894,7 +942,10 @@ async fn read_fingerprints(
             let row_keys = record_keys(&mapped.batch, side.mapper.key())?;
             for (key, values) in row_keys.into_iter().zip(rows_from_batch(&mapped.batch)) {
                 let fingerprint = conflict::fingerprint(&values, fields.of(side.side));
-                out.insert(key, (fingerprint, values));
+                out.insert(
+                    key,
+                    (fingerprint, if keep_values { values } else { Map::new() }),
+                );
             }
         }
     }

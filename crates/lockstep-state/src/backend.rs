@@ -545,6 +545,7 @@ macro_rules! impl_state_store {
                 for text in [
                     r#"DELETE FROM "ledger" WHERE "sync" = $1"#,
                     r#"DELETE FROM "two_way_ledger" WHERE "sync" = $1"#,
+                    r#"DELETE FROM "two_way_counts" WHERE "sync" = $1"#,
                     r#"DELETE FROM "checkpoints" WHERE "sync" = $1"#,
                 ] {
                     sqlx::query(text)

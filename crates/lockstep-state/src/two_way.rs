@@ -413,6 +413,16 @@ pub(crate) fn base_lookup_sql(key_list: &str) -> String {
 }
 
 /// `$1` the sync, the keys in `key_list` (the backend's list of the keys in `$2`).
+/// How many of the keys in the list are in sync `$1`'s base ledger.
+pub(crate) fn base_present_sql(key_list: &str) -> String {
+    format!(r#"SELECT COUNT(*) FROM "two_way_ledger" WHERE "sync" = $1 AND "key" IN ({key_list})"#)
+}
+
+/// Adds `$2` to sync `$1`'s stored base count (see migration 9).
+pub(crate) const BASE_COUNT_ADD_SQL: &str = r#"INSERT INTO "two_way_counts" ("sync", "records")
+    VALUES ($1, $2)
+    ON CONFLICT ("sync") DO UPDATE SET "records" = "two_way_counts"."records" + excluded."records""#;
+
 pub(crate) fn base_delete_sql(key_list: &str) -> String {
     format!(r#"DELETE FROM "two_way_ledger" WHERE "sync" = $1 AND "key" IN ({key_list})"#)
 }
@@ -911,14 +921,15 @@ macro_rules! impl_two_way_store {
             }
 
             async fn base_count(&self, sync: &str) -> $crate::error::Result<u64> {
-                let count: i64 = sqlx::query_scalar(
-                    r#"SELECT COUNT(*) FROM "two_way_ledger" WHERE "sync" = $1"#,
+                // Kept by every commit (migration 9), not counted: counting reads the table.
+                let count: Option<i64> = sqlx::query_scalar(
+                    r#"SELECT "records" FROM "two_way_counts" WHERE "sync" = $1"#,
                 )
                 .bind(sync)
-                .fetch_one(&self.pool)
+                .fetch_optional(&self.pool)
                 .await
-                .map_err($crate::error::db("counting base ledger entries"))?;
-                Ok(u64::try_from(count).unwrap_or(0))
+                .map_err($crate::error::db("reading the base ledger's count"))?;
+                Ok(count.and_then(|c| u64::try_from(c).ok()).unwrap_or(0))
             }
 
             async fn commit_two_way(
@@ -941,19 +952,40 @@ macro_rules! impl_two_way_store {
                 // Dropping `tx` on an early return rolls everything back.
                 let mut tx = self.begin_write().await?;
                 $crate::backend::fence_and_progress!(tx, c, metrics, now, OP, "two-way commit");
+                // The stored base count follows what the statements below really change: the
+                // keys new to the base, less the rows deleted.
+                let mut count_change: i64 = 0;
+                let present_sql = tw::base_present_sql(&Self::key_list_sql(2));
                 for chunk in upserts.chunks(LEDGER_CHUNK) {
+                    let present: i64 = sqlx::query_scalar(&present_sql)
+                        .bind(c.sync)
+                        .bind(Self::key_list(chunk.iter().map(|u| u.key)))
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(db(OP))?;
+                    count_change += chunk.len() as i64 - present;
                     Self::base_upsert_chunk(&mut *tx, c.sync, &now, chunk).await?;
                 }
                 if !c.deletes.is_empty() {
                     let text = tw::base_delete_sql(&Self::key_list_sql(2));
                     for chunk in c.deletes.chunks(LEDGER_CHUNK) {
-                        sqlx::query(&text)
+                        let deleted = sqlx::query(&text)
                             .bind(c.sync)
                             .bind(Self::key_list(chunk.iter().map(String::as_str)))
                             .execute(&mut *tx)
                             .await
-                            .map_err(db(OP))?;
+                            .map_err(db(OP))?
+                            .rows_affected();
+                        count_change -= deleted as i64;
                     }
+                }
+                if count_change != 0 {
+                    sqlx::query(tw::BASE_COUNT_ADD_SQL)
+                        .bind(c.sync)
+                        .bind(count_change)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db(OP))?;
                 }
                 if !conflicts.is_empty() {
                     // A conflict found again updates its stored row (see `plan_conflicts`).

@@ -2122,3 +2122,104 @@ fn two_way_config_rules() {
     let (out, stdout, stderr) = validate();
     assert!(out.status.success(), "{stdout}\n{stderr}");
 }
+
+/// The daemon's side of the conflict queue: a scheduled run that queues a conflict raises one
+/// `conflicts-queued` alert (not one per later run that finds it still open), `/metrics`
+/// counts it in `lockstep_open_conflicts`, and the gauge goes back to 0 once a person's
+/// decision was applied by the next scheduled run.
+#[test]
+fn the_daemon_alerts_once_when_a_conflict_waits_and_the_gauge_follows_the_queue() {
+    use crate::daemon::{Daemon, Receiver};
+
+    let receiver = Receiver::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (a, b) = (d.join("a.db"), d.join("b.db"));
+    sqlite_sides(
+        d,
+        &["INSERT INTO contacts (id, email, name) VALUES (1, 'ann@x', 'Ann'), (2, 'bob@x', 'Bob')"],
+    );
+    sqlite_config(d, "", "policy = \"manual\"\nb_cursor = \"updated_at\"");
+    let first = run_people(d);
+    assert_eq!(metric(&first, "added"), 2, "{first}");
+
+    // Scheduled every second, with a webhook for alerts.
+    let mut config = std::fs::read_to_string(d.join("lockstep.toml")).unwrap();
+    config += &format!(
+        "\n[syncs.people.schedule]\nevery = \"1s\"\n\n[[alerts.webhook]]\nurl = \"{}\"\n",
+        receiver.url
+    );
+    std::fs::write(d.join("lockstep.toml"), config).unwrap();
+    // Ann renamed differently on both sides: a conflict for a person.
+    sqlite_exec(&a, &["UPDATE contacts SET name = 'Annie' WHERE id = 1"]);
+    sqlite_exec(&b, &["UPDATE contacts SET name = 'Anna' WHERE id = 1"]);
+
+    let daemon = Daemon::start(d);
+    let queued_alerts = || -> Vec<Value> {
+        receiver
+            .bodies()
+            .into_iter()
+            .filter(|body| body["kind"] == "conflicts-queued")
+            .collect()
+    };
+    let gauge = |d: &Daemon| -> Option<String> {
+        d.get("/metrics")
+            .lines()
+            .find(|l| l.starts_with("lockstep_open_conflicts{sync=\"people\"}"))
+            .map(|l| l.rsplit(' ').next().unwrap_or_default().to_owned())
+    };
+    daemon.wait_for(
+        Duration::from_secs(60),
+        "a conflicts-queued alert and three more succeeded runs",
+        |d| {
+            !queued_alerts().is_empty()
+                && crate::daemon::count(&d.finished_runs("people"), "succeeded") >= 4
+        },
+    );
+    let alerts = queued_alerts();
+    assert_eq!(alerts.len(), 1, "one alert, not one per run: {alerts:?}");
+    assert_eq!(alerts[0]["sync"], "people", "{}", alerts[0]);
+    let reason = alerts[0]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("1 conflict of this run")
+            && reason.contains("lockstep conflicts list people"),
+        "{reason}"
+    );
+    assert_eq!(
+        gauge(&daemon).as_deref(),
+        Some("1"),
+        "{}",
+        daemon.get("/metrics")
+    );
+    assert_eq!(
+        sqlite_rows(&a)[0],
+        "1|ann@x|Annie",
+        "side a keeps its value while queued"
+    );
+    assert_eq!(
+        sqlite_rows(&b)[0],
+        "1|ann@x|Anna",
+        "side b keeps its value while queued"
+    );
+
+    // A person takes side b; the next scheduled run applies it and the gauge drops to 0.
+    let listed = list_conflicts(d, "people");
+    let id = listed
+        .iter()
+        .find(|c| c["status"] == "open")
+        .and_then(|c| c["id"].as_i64())
+        .expect("the open conflict");
+    let (ok, stdout, stderr) = conflicts_cli(d, &["resolve", &id.to_string(), "--take", "b"]);
+    assert!(ok, "{stdout}\n{stderr}");
+    daemon.wait_for(
+        Duration::from_secs(60),
+        "the decision applied on both sides and the gauge at 0",
+        |d| gauge(d).as_deref() == Some("0") && sqlite_rows(&a)[0] == "1|ann@x|Anna",
+    );
+    assert_eq!(sqlite_rows(&b)[0], "1|ann@x|Anna");
+    assert_eq!(
+        queued_alerts().len(),
+        1,
+        "a resolved conflict raises no alert"
+    );
+}

@@ -170,6 +170,8 @@ struct TwoWay {
     prefer: Option<SideName>,
     /// Side b's last-modified field (its cursor and modification time).
     b_cursor: Option<String>,
+    /// Side b's field that marks a deleted record it still lists (an `archived` flag).
+    b_tombstone: Option<String>,
     /// Per mapped field, its own policy when both sides changed it.
     fields: Option<BTreeMap<String, Policy>>,
     /// Mapped fields that only flow from a to b (the only ones that may be computed).

@@ -177,7 +177,6 @@ impl Reader<'_> {
                 has_cursor: cursor.is_some(),
                 fields: &fields,
                 field_spans: &field_spans,
-                tombstone_span: t.get("tombstone").map(|v| v.span()),
                 ledger_off_span: t.get("ledger").filter(|_| !use_ledger).map(|v| v.span()),
             },
         );

@@ -7,6 +7,8 @@
 //!   a. Anything else is refused with the field named.
 //! - `newest-wins` needs a modification time on both sides: the sync's `cursor` (side a) and
 //!   `two_way.b_cursor` (side b).
+//! - A side that keeps deleted records as tombstones names its mark: the sync's `tombstone`
+//!   (side a) and `two_way.b_tombstone` (side b).
 
 use lockstep_core::{ConflictPolicy, FieldMapping, Side, SyncMode, TwoWaySpec};
 
@@ -15,7 +17,13 @@ use crate::diagnostic::ErrorKind;
 
 /// The keys accepted in `[syncs.NAME.two_way]`.
 pub(super) const TWO_WAY_KEYS: &[&str] = &[
-    "policy", "fallback", "prefer", "b_cursor", "fields", "one_way",
+    "policy",
+    "fallback",
+    "prefer",
+    "b_cursor",
+    "b_tombstone",
+    "fields",
+    "one_way",
 ];
 
 /// The accepted conflict policies.
@@ -39,7 +47,6 @@ pub(super) struct TwoWayContext<'f> {
     pub(super) has_cursor: bool,
     pub(super) fields: &'f [FieldMapping],
     pub(super) field_spans: &'f [Span],
-    pub(super) tombstone_span: Option<Span>,
     pub(super) ledger_off_span: Option<Span>,
 }
 
@@ -108,6 +115,11 @@ impl Reader<'_> {
             "b_cursor",
             "name side b's field that records when a record last changed there, e.g. \
              b_cursor = \"updated_at\"",
+        );
+        let b_tombstone = self.name_string(
+            &tw,
+            "b_tombstone",
+            "name side b's field that marks a deleted record, e.g. b_tombstone = \"archived\"",
         );
 
         let mut field_policies = std::collections::BTreeMap::new();
@@ -198,16 +210,6 @@ impl Reader<'_> {
                 );
             }
         }
-        if let Some(span) = cx.tombstone_span.clone() {
-            self.error(
-                ErrorKind::InvalidValue,
-                span,
-                format!("two-way sync `{name}` cannot use `tombstone`"),
-                "not for two-way syncs",
-                "a two-way sync finds deletes on each side by comparing key sets with its \
-                 ledger; remove `tombstone`",
-            );
-        }
         if let Some(span) = cx.ledger_off_span.clone() {
             self.error(
                 ErrorKind::InvalidValue,
@@ -220,6 +222,7 @@ impl Reader<'_> {
         }
         Some(TwoWaySpec {
             b_cursor_field: b_cursor.map(|c| c.value.to_owned()),
+            b_tombstone_field: b_tombstone.map(|t| t.value.to_owned()),
             policy: policy?,
             fallback: fallback.unwrap_or(ConflictPolicy::Manual),
             prefer,
