@@ -16,6 +16,7 @@
 //!   `two_way.rs`), each carrying a whole batch in a few parameters.
 //! - No error or log line carries a database password: URLs are redacted first.
 
+mod audit;
 mod backend;
 mod deletes;
 mod error;
@@ -28,6 +29,7 @@ mod two_way;
 mod types;
 mod url;
 
+pub use audit::{Action, AuditStore, NewAction};
 pub use deletes::{
     DeleteOrigin, DeleteStatus, PendingDeleteChange, PendingDeleteStore, PendingDeletes,
 };

@@ -1,0 +1,406 @@
+//! The daemon's status page in a real browser: Debian's headless Chromium, driven through
+//! chromedriver's WebDriver protocol (plain HTTP and JSON, no client crate), against a real
+//! `lockstep daemon` with three SQLite syncs.
+//!
+//! What it checks: the overview lists the syncs with the counts of their last runs and marks
+//! the failing one, also with JavaScript off (`chromium --dump-dom` with scripts disabled);
+//! approving held deletes through the page (button, confirmation, outcome) gets them applied
+//! by the next run; the live part of a page updates while runs happen, without a reload.
+//! A screenshot of each page is saved under `target/artifacts/web/`.
+//!
+//! Without `/usr/bin/chromium` or `/usr/bin/chromedriver` the test is skipped with a notice,
+//! and fails under `CI=true` (`.ci/run` installs both).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lockstep_e2e::{lockstep, run, service_available, sqlite_count, sqlite_exec, workspace_root};
+use serde_json::{json, Value};
+
+use crate::daemon::{free_port, http_get, Daemon};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+fn artifacts() -> PathBuf {
+    let dir = workspace_root().join("target/artifacts/web");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// One HTTP/1.1 request with an optional JSON body; the answer's status and JSON body.
+fn request(addr: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+    let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("{addr}: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let body = body.map(Value::to_string).unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut buf = Vec::new();
+    stream.read_to_end(&mut buf).unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, rest) = text.split_once("\r\n\r\n").expect("an HTTP answer");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let rest = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut out = String::new();
+        let mut body = rest;
+        while let Some((size, after)) = body.split_once("\r\n") {
+            let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if size == 0 || after.len() < size {
+                break;
+            }
+            out.push_str(&after[..size]);
+            body = after[size..].trim_start_matches("\r\n");
+        }
+        out
+    } else {
+        rest.to_owned()
+    };
+    let json = serde_json::from_str(&rest).unwrap_or(Value::Null);
+    (status, json)
+}
+
+/// A chromedriver process and one browser session in it, ended when dropped.
+struct Browser {
+    driver: Child,
+    addr: String,
+    session: String,
+}
+
+impl Browser {
+    fn start(width: u32, height: u32) -> Browser {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let driver = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver starts");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while http_get(&addr, "/status").is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not come up");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let capabilities = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": CHROMIUM,
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                         "--disable-dev-shm-usage", format!("--window-size={width},{height}")]
+            }
+        }}});
+        let (status, answer) = request(&addr, "POST", "/session", Some(&capabilities));
+        let session = answer["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no WebDriver session ({status}): {answer}"))
+            .to_owned();
+        Browser {
+            driver,
+            addr,
+            session,
+        }
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let (status, answer) = request(
+            &self.addr,
+            method,
+            &format!("/session/{}{path}", self.session),
+            body.as_ref(),
+        );
+        assert_eq!(status, 200, "{method} {path}: {answer}");
+        answer["value"].clone()
+    }
+
+    fn goto(&self, url: &str) {
+        self.call("POST", "/url", Some(json!({ "url": url })));
+    }
+
+    fn find(&self, css: &str) -> String {
+        let found = self.call(
+            "POST",
+            "/element",
+            Some(json!({"using": "css selector", "value": css})),
+        );
+        found
+            .as_object()
+            .and_then(|o| o.values().next())
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("no element {css}: {found}"))
+            .to_owned()
+    }
+
+    fn click(&self, css: &str) {
+        let element = self.find(css);
+        self.call(
+            "POST",
+            &format!("/element/{element}/click"),
+            Some(json!({})),
+        );
+    }
+
+    fn text(&self, css: &str) -> String {
+        let element = self.find(css);
+        self.call("GET", &format!("/element/{element}/text"), None)
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    fn script(&self, script: &str) -> Value {
+        self.call(
+            "POST",
+            "/execute/sync",
+            Some(json!({"script": script, "args": []})),
+        )
+    }
+
+    fn source(&self) -> String {
+        self.call("GET", "/source", None)
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    fn screenshot(&self, name: &str) {
+        use base64_png::decode;
+        let data = self.call("GET", "/screenshot", None);
+        let png = decode(data.as_str().unwrap_or_default());
+        assert!(png.starts_with(b"\x89PNG"), "the screenshot is a PNG");
+        std::fs::write(artifacts().join(name), png).unwrap();
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = request(
+            &self.addr,
+            "DELETE",
+            &format!("/session/{}", self.session),
+            None,
+        );
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+/// Standard base64 decoding, enough for WebDriver's screenshots.
+mod base64_png {
+    pub(super) fn decode(text: &str) -> Vec<u8> {
+        let value = |c: u8| -> Option<u32> {
+            Some(match c {
+                b'A'..=b'Z' => c - b'A',
+                b'a'..=b'z' => c - b'a' + 26,
+                b'0'..=b'9' => c - b'0' + 52,
+                b'+' => 62,
+                b'/' => 63,
+                _ => return None,
+            } as u32)
+        };
+        let mut out = Vec::with_capacity(text.len() * 3 / 4);
+        let mut acc = 0u32;
+        let mut bits = 0;
+        for c in text.bytes().filter_map(value) {
+            acc = (acc << 6) | c;
+            bits += 6;
+            if bits >= 8 {
+                bits -= 8;
+                out.push((acc >> bits) as u8);
+                acc &= (1 << bits) - 1;
+            }
+        }
+        out
+    }
+}
+
+/// The page's DOM as Chromium renders it with JavaScript off.
+fn dump_dom_without_js(url: &str) -> String {
+    let out = Command::new(CHROMIUM)
+        .args([
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--blink-settings=scriptEnabled=false",
+            "--dump-dom",
+            url,
+        ])
+        .stderr(Stdio::null())
+        .output()
+        .expect("chromium runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn setup(dir: &Path) {
+    sqlite_exec(
+        &dir.join("src.db"),
+        &[
+            "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, deleted_at TIMESTAMP, updated_at TIMESTAMP NOT NULL)",
+            "WITH RECURSIVE n(v) AS (SELECT 1 UNION ALL SELECT v + 1 FROM n WHERE v < 20) \
+             INSERT INTO items SELECT v, 'item ' || v, NULL, '2026-01-01 00:00:00' FROM n",
+            "CREATE TABLE contacts (id INTEGER PRIMARY KEY, email TEXT)",
+            "INSERT INTO contacts VALUES (1, 'a@example.com'), (2, 'b@example.com'), (3, 'c@example.com')",
+        ],
+    );
+    std::fs::write(
+        dir.join("lockstep.toml"),
+        "[state]\nurl = \"sqlite://state.db\"\n\n\
+         [connections.src]\nconnector = \"sqlite\"\nconfig = { path = \"src.db\" }\n\n\
+         [connections.dst]\nconnector = \"sqlite\"\nconfig = { path = \"dst.db\" }\n\n\
+         [syncs.items]\nsource = \"src.items\"\ndestination = \"dst.items\"\nmode = \"mirror\"\n\
+         cursor = \"updated_at\"\nmax_delete_fraction = 0.1\ntombstone = \"deleted_at\"\nreconcile_every = 0\n\
+         [syncs.items.fields]\nid = \"id\"\nname = \"name\"\n\
+         [syncs.items.schedule]\nevery = \"2s\"\n\n\
+         [syncs.contacts]\nsource = \"src.contacts\"\ndestination = \"dst.contacts\"\nmode = \"full\"\n\n\
+         [syncs.broken]\nsource = \"src.no_such_table\"\ndestination = \"dst.broken\"\nmode = \"full\"\n\
+         [syncs.broken.schedule]\nevery = \"2s\"\n",
+    )
+    .unwrap();
+}
+
+#[test]
+fn the_status_page_in_chromium_lists_syncs_marks_failures_and_approves_held_deletes() {
+    for tool in [CHROMIUM, CHROMEDRIVER] {
+        if !Path::new(tool).exists() {
+            assert!(!service_available(
+                "Chromium",
+                format!("{tool} is missing; apt-get install chromium chromium-driver")
+            ));
+            return;
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    setup(d);
+    // Before the daemon: contacts once (3 added) and items once (20 added), then half the
+    // items are soft-deleted, which the daemon's next run of items holds (past 10 %).
+    for sync in ["contacts", "items"] {
+        let (out, stdout, stderr) = run(lockstep(d).args(["run", sync, "--output", "json"]));
+        assert!(out.status.success(), "{sync}: {stdout}\n{stderr}");
+    }
+    sqlite_exec(
+        &d.join("src.db"),
+        &["UPDATE items SET deleted_at = '2026-02-01', updated_at = '2026-02-01 00:00:00' WHERE id <= 10"],
+    );
+    let daemon = Daemon::start(d);
+    daemon.wait_for(
+        Duration::from_secs(60),
+        "a held run of items and a failed run of broken",
+        |dm| {
+            dm.runs("items").iter().any(|r| r["status"] == "held")
+                && dm.runs("broken").iter().any(|r| r["status"] == "failed")
+        },
+    );
+    let base = format!("http://{}", daemon.addr);
+
+    // Without JavaScript: the overview's table, counts, marks and queues.
+    let dom = dump_dom_without_js(&format!("{base}/ui"));
+    assert!(
+        dom.contains("<tr data-sync=\"broken\" class=\"failing\""),
+        "{dom}"
+    );
+    assert!(dom.contains("<tr data-sync=\"contacts\""), "{dom}");
+    let contacts_row = &dom[dom.find("<tr data-sync=\"contacts\"").unwrap()..];
+    let contacts_row = &contacts_row[..contacts_row.find("</tr>").unwrap()];
+    assert!(
+        contacts_row.contains("data-label=\"Read\">3</td>")
+            && contacts_row.contains("data-label=\"Added\">3</td>")
+            && contacts_row.contains("not scheduled"),
+        "{contacts_row}"
+    );
+    assert!(dom.contains("10 held deletes wait for approval"), "{dom}");
+    assert!(dom.contains("broken</a> is failing"), "{dom}");
+
+    let browser = Browser::start(1280, 1000);
+    browser.goto(&format!("{base}/ui"));
+    assert!(browser.text("#attention").contains("broken is failing"));
+    browser.screenshot("overview.png");
+
+    browser.goto(&format!("{base}/ui/syncs/items"));
+    assert!(browser.text("#deletes").contains("10 held"));
+    browser.screenshot("sync-items.png");
+    // The live part updates while runs happen (every 2 s), without a reload.
+    browser.script("window.__lockstep_marker = 1;");
+    let newest = |b: &Browser| {
+        b.script(
+            "var r = document.querySelector('tr[data-run]'); return r ? Number(r.dataset.run) : 0;",
+        )
+        .as_u64()
+        .unwrap_or(0)
+    };
+    let before = newest(&browser);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while newest(&browser) <= before {
+        assert!(
+            Instant::now() < deadline,
+            "the sync page did not update itself"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(
+        browser.script("return window.__lockstep_marker;"),
+        json!(1),
+        "the page was not reloaded"
+    );
+
+    browser.click("form[action=\"/ui/syncs/items/deletes/approve\"] button");
+    assert!(browser
+        .text("#question")
+        .contains("Approve 10 held deletes of sync items?"));
+    browser.screenshot("confirm-approve.png");
+    browser.click("#confirm");
+    let outcome = browser.text("#outcome");
+    assert!(
+        outcome.contains("Approved 10 held deletes of sync items"),
+        "{outcome}"
+    );
+    browser.screenshot("approved.png");
+
+    // The next run applies them.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sqlite_count(&d.join("dst.db"), "SELECT count(*) FROM items") != 10 {
+        assert!(
+            Instant::now() < deadline,
+            "the approved deletes were not applied:\n{}",
+            daemon.logs()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    browser.goto(&format!("{base}/ui/syncs/items"));
+    let source = browser.source();
+    assert!(source.contains("deletes-approve"), "the action is recorded");
+    assert!(source.contains("No deletes wait."), "{source}");
+    browser.screenshot("sync-items-after.png");
+    browser.goto(&format!("{base}/ui/syncs/broken"));
+    browser.screenshot("sync-broken.png");
+    drop(browser);
+
+    // A phone's screen: one card per row, no sideways scrolling of the page.
+    let phone = Browser::start(390, 844);
+    phone.goto(&format!("{base}/ui"));
+    let overflow =
+        phone.script("return document.documentElement.scrollWidth <= window.innerWidth + 1;");
+    assert_eq!(
+        overflow,
+        json!(true),
+        "the overview scrolls sideways on a phone"
+    );
+    phone.screenshot("overview-phone.png");
+}
