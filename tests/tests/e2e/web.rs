@@ -3,8 +3,8 @@
 //! `lockstep daemon` with three SQLite syncs.
 //!
 //! What it checks: the overview lists the syncs with the counts of their last runs and marks
-//! the failing one, also with JavaScript off (`chromium --dump-dom` with scripts disabled);
-//! approving held deletes through the page (button, confirmation, outcome) gets them applied
+//! the failing one, also with JavaScript off (a browser session with JavaScript disabled); approving held deletes through the page
+//! (button, confirmation, outcome) gets them applied
 //! by the next run; the live part of a page updates while runs happen, without a reload.
 //! A screenshot of each page is saved under `target/artifacts/web/`.
 //!
@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use lockstep_e2e::{lockstep, run, service_available, sqlite_count, sqlite_exec, workspace_root};
 use serde_json::{json, Value};
 
-use crate::daemon::{free_port, http_get, Daemon};
+use crate::daemon::{free_port, Daemon};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -32,11 +32,18 @@ fn artifacts() -> PathBuf {
 }
 
 /// One HTTP/1.1 request with an optional JSON body; the answer's status and JSON body.
-fn request(addr: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
-    let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("{addr}: {e}"));
+/// chromedriver keeps connections open whatever the request says, so the body is read by its
+/// `Content-Length`.
+fn request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<(u16, Value), String> {
+    let mut stream = TcpStream::connect(addr).map_err(|e| format!("{addr}: {e}"))?;
     stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .map_err(|e| e.to_string())?;
     let body = body.map(Value::to_string).unwrap_or_default();
     write!(
         stream,
@@ -44,36 +51,41 @@ fn request(addr: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, 
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
-    .unwrap();
+    .map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
-    stream.read_to_end(&mut buf).unwrap();
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let (head, rest) = text.split_once("\r\n\r\n").expect("an HTTP answer");
+    let mut chunk = [0u8; 65536];
+    let (head_end, length) = loop {
+        let n = stream.read(&mut chunk).map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err(format!("{method} {path}: the connection closed early"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..at]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .ok_or_else(|| format!("{method} {path}: no Content-Length in {head}"))?;
+            break (at + 4, length);
+        }
+    };
+    while buf.len() < head_end + length {
+        let n = stream.read(&mut chunk).map_err(|e| e.to_string())?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let rest = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        let mut out = String::new();
-        let mut body = rest;
-        while let Some((size, after)) = body.split_once("\r\n") {
-            let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-            if size == 0 || after.len() < size {
-                break;
-            }
-            out.push_str(&after[..size]);
-            body = after[size..].trim_start_matches("\r\n");
-        }
-        out
-    } else {
-        rest.to_owned()
-    };
-    let json = serde_json::from_str(&rest).unwrap_or(Value::Null);
-    (status, json)
+    let end = buf.len().min(head_end + length);
+    let json = serde_json::from_slice(&buf[head_end..end]).unwrap_or(Value::Null);
+    Ok((status, json))
 }
 
 /// A chromedriver process and one browser session in it, ended when dropped.
@@ -84,7 +96,8 @@ struct Browser {
 }
 
 impl Browser {
-    fn start(width: u32, height: u32) -> Browser {
+    /// A browser session with a window of `width` by `height`, with JavaScript on or off.
+    fn start(width: u32, height: u32, javascript: bool) -> Browser {
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let driver = Command::new(CHROMEDRIVER)
@@ -94,7 +107,7 @@ impl Browser {
             .spawn()
             .expect("chromedriver starts");
         let deadline = Instant::now() + Duration::from_secs(30);
-        while http_get(&addr, "/status").is_err() {
+        while request(&addr, "GET", "/status", None).is_err() {
             assert!(Instant::now() < deadline, "chromedriver did not come up");
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -102,11 +115,13 @@ impl Browser {
             "browserName": "chrome",
             "goog:chromeOptions": {
                 "binary": CHROMIUM,
-                "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
-                         "--disable-dev-shm-usage", format!("--window-size={width},{height}")]
+                "args": ["--headless", "--no-sandbox", "--disable-gpu",
+                         "--disable-dev-shm-usage", format!("--window-size={width},{height}")],
+                "prefs": {"profile.managed_default_content_settings.javascript": if javascript { 1 } else { 2 }}
             }
         }}});
-        let (status, answer) = request(&addr, "POST", "/session", Some(&capabilities));
+        let (status, answer) =
+            request(&addr, "POST", "/session", Some(&capabilities)).expect("chromedriver answers");
         let session = answer["value"]["sessionId"]
             .as_str()
             .unwrap_or_else(|| panic!("no WebDriver session ({status}): {answer}"))
@@ -124,7 +139,8 @@ impl Browser {
             method,
             &format!("/session/{}{path}", self.session),
             body.as_ref(),
-        );
+        )
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
         assert_eq!(status, 200, "{method} {path}: {answer}");
         answer["value"].clone()
     }
@@ -230,24 +246,6 @@ mod base64_png {
     }
 }
 
-/// The page's DOM as Chromium renders it with JavaScript off.
-fn dump_dom_without_js(url: &str) -> String {
-    let out = Command::new(CHROMIUM)
-        .args([
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--blink-settings=scriptEnabled=false",
-            "--dump-dom",
-            url,
-        ])
-        .stderr(Stdio::null())
-        .output()
-        .expect("chromium runs");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn setup(dir: &Path) {
     sqlite_exec(
         &dir.join("src.db"),
@@ -311,7 +309,11 @@ fn the_status_page_in_chromium_lists_syncs_marks_failures_and_approves_held_dele
     let base = format!("http://{}", daemon.addr);
 
     // Without JavaScript: the overview's table, counts, marks and queues.
-    let dom = dump_dom_without_js(&format!("{base}/ui"));
+    let nojs = Browser::start(1280, 1000, false);
+    nojs.goto(&format!("{base}/ui"));
+    let dom = nojs.source();
+    nojs.screenshot("overview-without-javascript.png");
+    drop(nojs);
     assert!(
         dom.contains("<tr data-sync=\"broken\" class=\"failing\""),
         "{dom}"
@@ -328,7 +330,7 @@ fn the_status_page_in_chromium_lists_syncs_marks_failures_and_approves_held_dele
     assert!(dom.contains("10 held deletes wait for approval"), "{dom}");
     assert!(dom.contains("broken</a> is failing"), "{dom}");
 
-    let browser = Browser::start(1280, 1000);
+    let browser = Browser::start(1280, 1000, true);
     browser.goto(&format!("{base}/ui"));
     assert!(browser.text("#attention").contains("broken is failing"));
     browser.screenshot("overview.png");
@@ -393,7 +395,7 @@ fn the_status_page_in_chromium_lists_syncs_marks_failures_and_approves_held_dele
     drop(browser);
 
     // A phone's screen: one card per row, no sideways scrolling of the page.
-    let phone = Browser::start(390, 844);
+    let phone = Browser::start(390, 844, true);
     phone.goto(&format!("{base}/ui"));
     let overflow =
         phone.script("return document.documentElement.scrollWidth <= window.innerWidth + 1;");

@@ -239,8 +239,9 @@ fn attention_items(row: &SyncRow) -> Vec<Markup> {
 }
 
 fn overview_row(row: &SyncRow) -> Markup {
-    let last = row.runs.first();
-    let metrics = last.map(|r| r.metrics.clone()).unwrap_or_default();
+    // The last run that ended: a run in progress shows in the next-run column.
+    let last = row.runs.iter().find(|r| r.status != RunStatus::Running);
+    let metrics = last.map(|r| r.metrics).unwrap_or_default();
     let points: Vec<Point> = row
         .runs
         .iter()
