@@ -120,37 +120,3 @@ macro_rules! impl_audit_store {
     };
 }
 pub(crate) use impl_audit_store;
-
-#[cfg(test)]
-mod tests {
-    use crate::audit::NewAction;
-
-    #[tokio::test]
-    async fn actions_are_recorded_with_actor_and_time_newest_first() {
-        let store = crate::open("sqlite::memory:").await.unwrap();
-        let first = store
-            .record_action(&NewAction {
-                actor: "ops",
-                action: "deletes-approve",
-                sync: "items",
-                detail: "approved 3 held deletes",
-            })
-            .await
-            .unwrap();
-        store
-            .record_action(&NewAction {
-                actor: "local",
-                action: "rejects-retry",
-                sync: "other",
-                detail: "retried 1",
-            })
-            .await
-            .unwrap();
-        assert!(first.at.ends_with('Z'), "{}", first.at);
-        let all = store.actions(None, 10).await.unwrap();
-        assert_eq!(all.len(), 2);
-        assert_eq!(all[0].actor, "local");
-        let items = store.actions(Some("items"), 10).await.unwrap();
-        assert_eq!(items, vec![first]);
-    }
-}

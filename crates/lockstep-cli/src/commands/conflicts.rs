@@ -87,6 +87,13 @@ pub async fn run(config_path: &Path, command: ConflictsCommand) -> CmdResult {
             }
             let resolution = decide(&conflict, take.as_deref(), &set)?;
             state.resolve_conflict(id, &resolution).await?;
+            super::deletes::record(
+                state.as_ref(),
+                "conflict-resolve",
+                &conflict.sync,
+                &format!("resolved conflict {id} ({})", resolution.decision),
+            )
+            .await;
             if output == OutputFormat::Json && !apply {
                 // With --apply, the run's report is the one JSON document printed.
                 let stored = find(state.as_ref(), id).await?;
