@@ -1,7 +1,9 @@
 //! The action log (what people did through the daemon's status page, with who and when), on
 //! both backends.
 
+// Not every helper of the shared support module is used here.
 #[macro_use]
+#[allow(dead_code)]
 mod support;
 
 use lockstep_state::{NewAction, StateStore};
