@@ -406,3 +406,88 @@ fn the_status_page_in_chromium_lists_syncs_marks_failures_and_approves_held_dele
     );
     phone.screenshot("overview-phone.png");
 }
+
+/// `lockstep daemon` on every interface: the page is off without authentication (403, and
+/// the log says how to fix it) while `/healthz` still answers; with `web_token_env` naming an
+/// unset variable the daemon refuses to start; with the token set, the page wants it.
+#[test]
+fn off_loopback_the_page_needs_authentication() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    setup(d);
+    let start = |envs: &[(&str, &str)]| {
+        let port = free_port();
+        let mut cmd = lockstep(d);
+        cmd.args(["daemon", "--listen", &format!("0.0.0.0:{port}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(d.join("daemon.log")).unwrap());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        (
+            cmd.spawn().expect("the lockstep binary starts"),
+            format!("127.0.0.1:{port}"),
+        )
+    };
+    let wait_up = |child: &mut Child, addr: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while crate::daemon::http_get(addr, "/healthz").map(|r| r.0) != Ok(200) {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "the daemon exited ({status}):\n{}",
+                    std::fs::read_to_string(d.join("daemon.log")).unwrap_or_default()
+                );
+            }
+            assert!(Instant::now() < deadline, "the daemon did not come up");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+
+    let (mut child, addr) = start(&[]);
+    wait_up(&mut child, &addr);
+    let (status, body) = crate::daemon::http_get(&addr, "/ui").unwrap();
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("web_token_env"), "{body}");
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = std::fs::read_to_string(d.join("daemon.log")).unwrap();
+    assert!(log.contains("the status page is off"), "{log}");
+
+    let config = std::fs::read_to_string(d.join("lockstep.toml")).unwrap();
+    std::fs::write(
+        d.join("lockstep.toml"),
+        format!("[daemon]\nweb_token_env = \"LOCKSTEP_E2E_WEB_TOKEN\"\n\n{config}"),
+    )
+    .unwrap();
+    let (mut child, _) = start(&[]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the daemon started without its token"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!status.success());
+    let log = std::fs::read_to_string(d.join("daemon.log")).unwrap();
+    assert!(
+        log.contains("LOCKSTEP_E2E_WEB_TOKEN") && log.contains("not set"),
+        "{log}"
+    );
+
+    let token = "e2e-token-0a9f";
+    let (mut child, addr) = start(&[("LOCKSTEP_E2E_WEB_TOKEN", token)]);
+    wait_up(&mut child, &addr);
+    let (status, body) = crate::daemon::http_get(&addr, "/ui").unwrap();
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = crate::daemon::http_get(&addr, "/healthz").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = std::fs::read_to_string(d.join("daemon.log")).unwrap();
+    assert!(!log.contains(token), "the token reached the log: {log}");
+}

@@ -522,6 +522,8 @@ fn render_sync(
                 }
                 h3 { "Sync" }
                 pre { (redact(&format!("{:#?}", sync.spec))) }
+                h3 { "Schedule and retries" }
+                pre { (redact(&format!("enabled: {}\n{:#?}\n{:#?}", sync.enabled, sync.schedule, sync.retry))) }
             }
         }
     }
