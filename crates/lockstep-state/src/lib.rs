@@ -18,6 +18,7 @@
 
 mod audit;
 mod backend;
+mod decide;
 mod deletes;
 mod error;
 mod ledger;
@@ -30,6 +31,7 @@ mod types;
 mod url;
 
 pub use audit::{Action, AuditStore, NewAction};
+pub use decide::{decide, DecideError, TakeSide};
 pub use deletes::{
     DeleteOrigin, DeleteStatus, PendingDeleteChange, PendingDeleteStore, PendingDeletes,
 };

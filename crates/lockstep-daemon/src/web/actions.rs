@@ -19,7 +19,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Form};
-use lockstep_state::{ConflictResolution, ConflictStatus, DeleteStatus, NewAction};
+use lockstep_state::{ConflictStatus, DeleteStatus, NewAction, TakeSide};
 use serde_json::Value;
 
 use super::auth::Actor;
@@ -296,52 +296,31 @@ pub(crate) async fn resolve_conflict(
         );
     }
     let take = form.get("take").map(String::as_str).unwrap_or_default();
-    let values = match take {
-        "a" => conflict.a.clone(),
-        "b" => conflict.b.clone(),
+    let side = match take {
+        "a" => TakeSide::A,
+        "b" => TakeSide::B,
         _ => return error_page(StatusCode::BAD_REQUEST, "Say which side to take: a or b."),
     };
     let field = form.get("field").filter(|f| !f.is_empty());
-    let (decision, values, question) = match field {
-        None => (
-            format!("take {take}"),
-            values,
-            format!(
-                "Resolve conflict {id} of sync {} by taking side {take}?",
-                conflict.sync
-            ),
+    let text = form.get("value").map(String::as_str).unwrap_or_default();
+    let value = serde_json::from_str::<Value>(text).unwrap_or_else(|_| Value::from(text));
+    let set: Vec<(String, Value)> = field
+        .map(|f| vec![(f.clone(), value.clone())])
+        .unwrap_or_default();
+    let by = format!("{} (status page)", actor.0);
+    let resolution = match lockstep_state::decide(&conflict, Some(side), &set, by) {
+        Ok(resolution) => resolution,
+        Err(e) => return error_page(StatusCode::BAD_REQUEST, &format!("{e}.")),
+    };
+    let question = match field {
+        None => format!(
+            "Resolve conflict {id} of sync {} by taking side {take}?",
+            conflict.sync
         ),
-        Some(field) => {
-            let known = [&conflict.base, &conflict.a, &conflict.b]
-                .into_iter()
-                .flatten()
-                .any(|m| m.contains_key(field.as_str()));
-            if !known {
-                return error_page(
-                    StatusCode::BAD_REQUEST,
-                    &format!("The record has no field `{field}`."),
-                );
-            }
-            let Some(mut values) = values else {
-                return error_page(
-                    StatusCode::BAD_REQUEST,
-                    &format!(
-                        "Side {take} deleted the record: take the other side to set a field on it."
-                    ),
-                );
-            };
-            let text = form.get("value").map(String::as_str).unwrap_or_default();
-            let value = serde_json::from_str::<Value>(text).unwrap_or_else(|_| Value::from(text));
-            values.insert(field.clone(), value.clone());
-            (
-                "set".to_owned(),
-                Some(values),
-                format!(
-                    "Resolve conflict {id} of sync {} by taking side {take} with {field} set to {value}?",
-                    conflict.sync
-                ),
-            )
-        }
+        Some(field) => format!(
+            "Resolve conflict {id} of sync {} by taking side {take} with {field} set to {value}?",
+            conflict.sync
+        ),
     };
     if !confirmed(&form) {
         let mut fields: Vec<(&str, &str)> = vec![("take", take)];
@@ -361,11 +340,7 @@ pub(crate) async fn resolve_conflict(
             &back,
         );
     }
-    let resolution = ConflictResolution {
-        decision: decision.clone(),
-        values,
-        by: format!("{} (status page)", actor.0),
-    };
+    let decision = resolution.decision.clone();
     if let Err(e) = state.resolve_conflict(id, &resolution).await {
         return state_error(&web, e);
     }
