@@ -115,15 +115,20 @@ async fn sync_row(
 ) -> Result<SyncRow, lockstep_state::StateError> {
     let state = &web.shared.state;
     let name = sync.name();
-    let rejected = state
-        .rejected(&RejectedFilter {
-            sync: Some(name.to_owned()),
-            pending_only: true,
-            limit: Some(REJECTED_COUNT_CAP),
-            ..Default::default()
-        })
-        .await?
-        .len();
+    // The gauge the daemon keeps up to date after each run (and each retry from the page);
+    // counted from the store only before it is first set.
+    let rejected = match web.shared.metrics.rejected_pending(name) {
+        Some(count) => usize::try_from(count).unwrap_or(usize::MAX),
+        None => state
+            .rejected(&RejectedFilter {
+                sync: Some(name.to_owned()),
+                pending_only: true,
+                limit: Some(REJECTED_COUNT_CAP),
+                ..Default::default()
+            })
+            .await?
+            .len(),
+    };
     Ok(SyncRow {
         name: name.to_owned(),
         enabled: sync.enabled,

@@ -190,6 +190,42 @@ impl Daemon {
         run
     }
 
+    async fn reject(&self, sync: &str, reason: &str) {
+        let state = &self.shared.state;
+        let run = state.start_run(sync, None).await.unwrap();
+        let record = lockstep_state::RejectedRecord {
+            id: 0,
+            sync: String::new(),
+            run: 0,
+            key: Some("[42]".into()),
+            field: Some("email".into()),
+            reason: reason.into(),
+            raw: json!({"id": 42, "email": "not an address"}),
+            created_at: None,
+            retried: None,
+        };
+        state
+            .commit_batch(&lockstep_state::BatchCommit {
+                sync,
+                run,
+                lease_token: None,
+                ledger_upserts: &[],
+                ledger_deletes: &[],
+                checkpoint: None,
+                metrics: &RunMetrics::default(),
+                rejected: &[record],
+            })
+            .await
+            .unwrap();
+        state
+            .finish_run(
+                run,
+                &RunEnd::new(RunStatus::Succeeded, RunMetrics::default()),
+            )
+            .await
+            .unwrap();
+    }
+
     async fn hold_deletes(&self, sync: &str, keys: &[&str]) {
         let state = &self.shared.state;
         let run = state.start_run(sync, None).await.unwrap();
@@ -349,6 +385,7 @@ async fn a_sync_page_shows_runs_charts_exit_details_redacted_config_and_queues()
     let d = start("", &[], None).await;
     d.finished_run("items", RunStatus::Succeeded, 40, None)
         .await;
+    d.reject("items", "`email` is not an email address").await;
     let failed = d
         .finished_run("items", RunStatus::Failed, 0, Some("boom"))
         .await;
@@ -369,6 +406,20 @@ async fn a_sync_page_shows_runs_charts_exit_details_redacted_config_and_queues()
     );
     assert!(page.contains("duration in milliseconds per run"), "{page}");
     assert!(page.contains("Approve 1 held deletes"), "{page}");
+    assert!(
+        page.contains("1 rejected records wait for a retry"),
+        "{page}"
+    );
+    assert!(page.contains("`email` is not an email address"), "{page}");
+    assert!(
+        page.contains("action=\"/ui/syncs/items/rejects/retry\""),
+        "{page}"
+    );
+    let (_, overview) = d.get("/ui").await;
+    assert!(
+        overview.contains("items</a>: 1 rejected records"),
+        "{overview}"
+    );
     assert!(
         page.contains("password_env"),
         "the names of variables are shown: {page}"
