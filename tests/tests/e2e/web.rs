@@ -163,7 +163,32 @@ impl Browser {
             .to_owned()
     }
 
+    /// Waits (up to 20 s) for an element to appear, e.g. on the page a form submit leads to;
+    /// fails with the page's source.
+    fn wait_for(&self, css: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (status, _) = request(
+                &self.addr,
+                "POST",
+                &format!("/session/{}/element", self.session),
+                Some(&json!({"using": "css selector", "value": css})),
+            )
+            .unwrap_or((0, Value::Null));
+            if status == 200 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no element {css} on the page:\n{}",
+                self.source()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     fn click(&self, css: &str) {
+        self.wait_for(css);
         let element = self.find(css);
         self.call(
             "POST",
@@ -173,6 +198,7 @@ impl Browser {
     }
 
     fn text(&self, css: &str) -> String {
+        self.wait_for(css);
         let element = self.find(css);
         self.call("GET", &format!("/element/{element}/text"), None)
             .as_str()
@@ -253,8 +279,9 @@ fn setup(dir: &Path) {
             "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, deleted_at TIMESTAMP, updated_at TIMESTAMP NOT NULL)",
             "WITH RECURSIVE n(v) AS (SELECT 1 UNION ALL SELECT v + 1 FROM n WHERE v < 20) \
              INSERT INTO items SELECT v, 'item ' || v, NULL, '2026-01-01 00:00:00' FROM n",
-            "CREATE TABLE contacts (id INTEGER PRIMARY KEY, email TEXT)",
-            "INSERT INTO contacts VALUES (1, 'a@example.com'), (2, 'b@example.com'), (3, 'c@example.com')",
+            // The fourth contact's score is not a number: it is rejected.
+            "CREATE TABLE contacts (id INTEGER PRIMARY KEY, email TEXT, score TEXT)",
+            "INSERT INTO contacts VALUES (1, 'a@example.com', '1'), (2, 'b@example.com', '2'), (3, 'c@example.com', '3'), (4, 'd@example.com', 'lots')",
         ],
     );
     std::fs::write(
@@ -266,7 +293,8 @@ fn setup(dir: &Path) {
          cursor = \"updated_at\"\nmax_delete_fraction = 0.1\ntombstone = \"deleted_at\"\nreconcile_every = 0\n\
          [syncs.items.fields]\nid = \"id\"\nname = \"name\"\n\
          [syncs.items.schedule]\nevery = \"2s\"\n\n\
-         [syncs.contacts]\nsource = \"src.contacts\"\ndestination = \"dst.contacts\"\nmode = \"full\"\n\n\
+         [syncs.contacts]\nsource = \"src.contacts\"\ndestination = \"dst.contacts\"\nmode = \"full\"\nmax_rejected = 5\n\
+         [syncs.contacts.fields]\nid = \"id\"\nemail = \"email\"\nscore = { from = \"score\", cast = \"int64\" }\n\n\
          [syncs.broken]\nsource = \"src.no_such_table\"\ndestination = \"dst.broken\"\nmode = \"full\"\n\
          [syncs.broken.schedule]\nevery = \"2s\"\n",
     )
@@ -322,13 +350,15 @@ fn the_status_page_in_chromium_lists_syncs_marks_failures_and_approves_held_dele
     let contacts_row = &dom[dom.find("<tr data-sync=\"contacts\"").unwrap()..];
     let contacts_row = &contacts_row[..contacts_row.find("</tr>").unwrap()];
     assert!(
-        contacts_row.contains("data-label=\"Read\">3</td>")
+        contacts_row.contains("data-label=\"Read\">4</td>")
             && contacts_row.contains("data-label=\"Added\">3</td>")
+            && contacts_row.contains("data-label=\"Rejected\">1</td>")
             && contacts_row.contains("not scheduled"),
         "{contacts_row}"
     );
     assert!(dom.contains("10 held deletes wait for approval"), "{dom}");
     assert!(dom.contains("broken</a> is failing"), "{dom}");
+    assert!(dom.contains("contacts</a>: 1 rejected records"), "{dom}");
 
     let browser = Browser::start(1280, 1000, true);
     browser.goto(&format!("{base}/ui"));
@@ -392,6 +422,30 @@ fn the_status_page_in_chromium_lists_syncs_marks_failures_and_approves_held_dele
     browser.screenshot("sync-items-after.png");
     browser.goto(&format!("{base}/ui/syncs/broken"));
     browser.screenshot("sync-broken.png");
+
+    // Retrying the rejected contact once its source is fixed writes it (through a
+    // `lockstep rejects retry` child of the daemon).
+    sqlite_exec(
+        &d.join("src.db"),
+        &["UPDATE contacts SET score = '4' WHERE id = 4"],
+    );
+    browser.goto(&format!("{base}/ui/syncs/contacts"));
+    assert!(browser
+        .text("#rejects")
+        .contains("1 rejected records wait for a retry"));
+    browser.screenshot("sync-contacts.png");
+    browser.click("form[action=\"/ui/syncs/contacts/rejects/retry\"] button");
+    browser.click("#confirm");
+    let outcome = browser.text("#outcome");
+    assert!(
+        outcome.contains("retried 1 rejected records") && outcome.contains("1 succeeded"),
+        "{outcome}\n{}",
+        daemon.logs()
+    );
+    assert_eq!(
+        sqlite_count(&d.join("dst.db"), "SELECT count(*) FROM contacts"),
+        4
+    );
     drop(browser);
 
     // A phone's screen: one card per row, no sideways scrolling of the page.
