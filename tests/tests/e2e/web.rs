@@ -2,10 +2,12 @@
 //! chromedriver's WebDriver protocol (plain HTTP and JSON, no client crate), against a real
 //! `lockstep daemon` with three SQLite syncs.
 //!
-//! What it checks: the overview lists the syncs with the counts of their last runs and marks
-//! the failing one, also with JavaScript off (a browser session with JavaScript disabled); approving held deletes through the page
-//! (button, confirmation, outcome) gets them applied
-//! by the next run; the live part of a page updates while runs happen, without a reload.
+//! What it checks: the overview lists the syncs with the counts of their last runs, marks
+//! the failing one and lists what needs attention, also with JavaScript off (a browser
+//! session with JavaScript disabled); approving held deletes through the page (button,
+//! confirmation, outcome) gets them applied by the next run; retrying a rejected record
+//! through the page writes it; the live part of a page updates while runs happen, without a
+//! reload; on a phone's screen the overview does not scroll sideways.
 //! A screenshot of each page is saved under `target/artifacts/web/`.
 //!
 //! Without `/usr/bin/chromium` or `/usr/bin/chromedriver` the test is skipped with a notice,
