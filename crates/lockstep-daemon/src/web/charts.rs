@@ -11,6 +11,8 @@ use maud::{html, Markup};
 /// Chart size in the SVG's own units; CSS scales it to the width available.
 const WIDTH: f64 = 300.0;
 const HEIGHT: f64 = 60.0;
+/// The fewest bar slots a chart is divided into.
+const MIN_SLOTS: usize = 10;
 
 /// One bar group: a label (the run) and one value per series.
 pub(crate) struct Point {
@@ -46,7 +48,8 @@ pub(crate) fn bars(title: &str, series: &[&str], points: &[Point], mark_low: boo
         .iter()
         .map(|p| p.values.first().copied().unwrap_or(0))
         .collect();
-    let slot = WIDTH / points.len() as f64;
+    // At least MIN_SLOTS slots, so that a few runs do not make a few very wide bars.
+    let slot = WIDTH / points.len().max(MIN_SLOTS) as f64;
     let per = series.len().max(1) as f64;
     let bar = (slot * 0.8 / per).max(0.5);
     html! {
