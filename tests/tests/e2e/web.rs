@@ -1,13 +1,14 @@
 //! The daemon's status page in a real browser: Debian's headless Chromium, driven through
 //! chromedriver's WebDriver protocol (plain HTTP and JSON, no client crate), against a real
-//! `lockstep daemon` with three SQLite syncs.
+//! `lockstep daemon` with four SQLite syncs (one of them two-way).
 //!
 //! What it checks: the overview lists the syncs with the counts of their last runs, marks
 //! the failing one and lists what needs attention, also with JavaScript off (a browser
 //! session with JavaScript disabled); approving held deletes through the page (button,
 //! confirmation, outcome) gets them applied by the next run; retrying a rejected record
 //! through the page writes it; the live part of a page updates while runs happen, without a
-//! reload; on a phone's screen the overview does not scroll sideways.
+//! reload; a queued conflict of a two-way sync, resolved on its page by taking a side, is
+//! written by the next run; on a phone's screen the overview does not scroll sideways.
 //! A screenshot of each page is saved under `target/artifacts/web/`.
 //!
 //! Without `/usr/bin/chromium` or `/usr/bin/chromedriver` the test is skipped with a notice,
@@ -298,9 +299,42 @@ fn setup(dir: &Path) {
          [syncs.contacts]\nsource = \"src.contacts\"\ndestination = \"dst.contacts\"\nmode = \"full\"\nmax_rejected = 5\n\
          [syncs.contacts.fields]\nid = \"id\"\nemail = \"email\"\nscore = { from = \"score\", cast = \"int64\" }\n\n\
          [syncs.broken]\nsource = \"src.no_such_table\"\ndestination = \"dst.broken\"\nmode = \"full\"\n\
-         [syncs.broken.schedule]\nevery = \"2s\"\n",
+         [syncs.broken.schedule]\nevery = \"2s\"\n\n\
+         [connections.a]\nconnector = \"sqlite\"\nconfig = { path = \"a.db\" }\n\n\
+         [connections.b]\nconnector = \"sqlite\"\nconfig = { path = \"b.db\" }\n\n\
+         [syncs.people]\nsource = \"a.contacts\"\ndestination = \"b.contacts\"\n\
+         mode = \"two-way\"\ncursor = \"updated_at\"\nkey = [\"id\"]\n\
+         [syncs.people.fields]\nid = \"id\"\nemail = \"email\"\nname = \"name\"\n\
+         [syncs.people.two_way]\npolicy = \"manual\"\nfallback = \"prefer-a\"\nb_cursor = \"updated_at\"\n",
     )
     .unwrap();
+    // Both sides of the two-way sync `people`, with one record on side a.
+    for side in ["a.db", "b.db"] {
+        sqlite_exec(
+            &dir.join(side),
+            &[
+                "CREATE TABLE contacts (id INTEGER PRIMARY KEY, email TEXT, name TEXT, updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')))",
+                "CREATE TRIGGER touch AFTER UPDATE ON contacts FOR EACH ROW WHEN NEW.updated_at = OLD.updated_at BEGIN UPDATE contacts SET updated_at = strftime('%Y-%m-%dT%H:%M:%fZ','now') WHERE id = NEW.id; END",
+            ],
+        );
+    }
+    sqlite_exec(
+        &dir.join("a.db"),
+        &["INSERT INTO contacts (id, email, name) VALUES (1, 'ann@x', 'Ann')"],
+    );
+}
+
+/// The `name` of contact 1 on a side of `people`.
+fn name_on(db: &Path) -> String {
+    lockstep_e2e::block_on(async {
+        let pool = lockstep_e2e::sqlite_pool(db).await;
+        let name: String = sqlx::query_scalar("SELECT name FROM contacts WHERE id = 1")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        name
+    })
 }
 
 #[test]
@@ -327,6 +361,22 @@ fn the_status_page_in_chromium_lists_syncs_marks_failures_and_approves_held_dele
         &d.join("src.db"),
         &["UPDATE items SET deleted_at = '2026-02-01', updated_at = '2026-02-01 00:00:00' WHERE id <= 10"],
     );
+    // people: a first run copies Ann to side b; then both sides rename her differently and
+    // the second run queues the conflict (policy manual).
+    let people = |d: &Path| {
+        let (out, stdout, stderr) = run(lockstep(d).args(["run", "people", "--output", "json"]));
+        assert!(out.status.success(), "people: {stdout}\n{stderr}");
+    };
+    people(d);
+    sqlite_exec(
+        &d.join("a.db"),
+        &["UPDATE contacts SET name = 'Ann A' WHERE id = 1"],
+    );
+    sqlite_exec(
+        &d.join("b.db"),
+        &["UPDATE contacts SET name = 'Ann B' WHERE id = 1"],
+    );
+    people(d);
     let daemon = Daemon::start(d);
     daemon.wait_for(
         Duration::from_secs(60),
@@ -448,6 +498,25 @@ fn the_status_page_in_chromium_lists_syncs_marks_failures_and_approves_held_dele
         sqlite_count(&d.join("dst.db"), "SELECT count(*) FROM contacts"),
         4
     );
+
+    // The conflict of people: listed on the overview and the sync's page, shown field by
+    // field, resolved by taking side b, which the next run writes to side a.
+    browser.goto(&format!("{base}/ui"));
+    assert!(browser
+        .text("#attention")
+        .contains("people: 1 open conflicts"));
+    browser.goto(&format!("{base}/ui/syncs/people"));
+    browser.click("#conflicts a");
+    assert!(browser.text("#fields").contains("Ann B"));
+    browser.screenshot("conflict.png");
+    browser.click("form.action:nth-of-type(2) button");
+    assert!(browser.text("#question").contains("by taking side b?"));
+    browser.click("#confirm");
+    let outcome = browser.text("#outcome");
+    assert!(outcome.contains("resolved (take b)"), "{outcome}");
+    people(d);
+    assert_eq!(name_on(&d.join("a.db")), "Ann B");
+    assert_eq!(name_on(&d.join("b.db")), "Ann B");
     drop(browser);
 
     // A phone's screen: one card per row, no sideways scrolling of the page.
