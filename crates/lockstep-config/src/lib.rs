@@ -104,9 +104,9 @@ use std::path::Path;
 pub use diagnostic::{render_plain, ConfigError, ConfigErrors, ErrorKind, Location};
 pub use duration::{parse_duration, DurationError, DURATION_FORMS};
 pub use model::{
-    AlertsConfig, CatchUp, Config, Connection, DaemonConfig, EmailAlert, FieldLocation, LogFormat,
-    RetryPolicy, Schedule, StartTls, Sync, SyncLocations, Trigger, WebhookAlert,
-    DEFAULT_BATCH_SIZE, DEFAULT_LEASE_TTL, DEFAULT_LISTEN, DEFAULT_REPEAT_INTERVAL,
+    AlertsConfig, BasicAuth, CatchUp, Config, Connection, DaemonConfig, EmailAlert, FieldLocation,
+    LogFormat, RetryPolicy, Schedule, StartTls, Sync, SyncLocations, Trigger, WebAuth,
+    WebhookAlert, DEFAULT_BATCH_SIZE, DEFAULT_LEASE_TTL, DEFAULT_LISTEN, DEFAULT_REPEAT_INTERVAL,
     DEFAULT_STATE_URL, MAX_BATCH_SIZE, MAX_LEASE_TTL, MIN_LEASE_TTL,
 };
 pub use secrets::{Secrets, REDACTED};

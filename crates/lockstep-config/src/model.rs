@@ -297,6 +297,8 @@ pub struct DaemonConfig {
     /// `host:port` for metrics and health.
     pub listen: String,
     pub log_format: LogFormat,
+    /// Who may use the status page (`web_token_env`, `web_user`, `web_password_hash`).
+    pub web_auth: WebAuth,
 }
 
 impl Default for DaemonConfig {
@@ -304,7 +306,43 @@ impl Default for DaemonConfig {
         DaemonConfig {
             listen: DEFAULT_LISTEN.to_owned(),
             log_format: LogFormat::Text,
+            web_auth: WebAuth::default(),
         }
+    }
+}
+
+/// Who may use the daemon's status page. With neither way set the page is served on a
+/// loopback address only.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WebAuth {
+    /// The environment variable holding the bearer token (`web_token_env`); its value is read
+    /// by the daemon at start-up and never kept here.
+    pub token_env: Option<String>,
+    /// Basic auth: a user and the PHC string of an argon2 hash of its password.
+    pub basic: Option<BasicAuth>,
+}
+
+impl WebAuth {
+    /// Whether any way of authenticating is configured.
+    pub fn is_configured(&self) -> bool {
+        self.token_env.is_some() || self.basic.is_some()
+    }
+}
+
+/// `web_user` and `web_password_hash`. The `Debug` impl hides the hash.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BasicAuth {
+    pub user: String,
+    /// An argon2 PHC string (`$argon2id$v=19$m=...`).
+    pub password_hash: String,
+}
+
+impl fmt::Debug for BasicAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BasicAuth")
+            .field("user", &self.user)
+            .field("password_hash", &crate::secrets::REDACTED)
+            .finish()
     }
 }
 

@@ -10,6 +10,7 @@ use serde_json::json;
 use crate::*;
 
 mod fields;
+mod web;
 
 const PATH: &str = "/etc/lockstep/lockstep.toml";
 
@@ -271,6 +272,7 @@ fn the_full_example_parses_into_the_expected_model() {
         DaemonConfig {
             listen: "127.0.0.1:9464".into(),
             log_format: LogFormat::Json,
+            ..Default::default()
         }
     );
 

@@ -24,6 +24,7 @@ mod schedule;
 mod state;
 mod syncs;
 mod two_way;
+mod web;
 
 use reader::{sort, syntax_error, Env, Reader, Tbl};
 

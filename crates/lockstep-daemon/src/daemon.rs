@@ -59,6 +59,8 @@ pub enum DaemonError {
     Plugins(String),
     #[error("cannot set up signal handling: {0}")]
     Signals(std::io::Error),
+    #[error("cannot start the status page: {0}")]
+    Web(String),
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -104,8 +106,10 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
     });
     load_history(&shared).await;
 
+    let web =
+        crate::web::router(shared.clone(), local).map_err(|e| DaemonError::Web(e.to_string()))?;
     let server = {
-        let app = crate::http::router(shared.clone());
+        let app = crate::http::router(shared.clone()).merge(web);
         let mut stop = shutdown_rx.clone();
         tokio::spawn(async move {
             let stopped = async move {
@@ -127,7 +131,7 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
     tracing::info!(
         config = %config.path.display(),
         listen = %local.map(|a| a.to_string()).unwrap_or(listen),
-        "lockstep daemon started: {} of {} syncs scheduled; serving /healthz, /metrics, /api/syncs and /api/runs",
+        "lockstep daemon started: {} of {} syncs scheduled; serving /healthz, /metrics, /api/syncs, /api/runs and the status page /ui",
         scheduled(&config).len(),
         config.syncs.len()
     );

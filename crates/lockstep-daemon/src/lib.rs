@@ -7,9 +7,11 @@
 //! crashes), `alerts` and `channels` (what to say, and webhooks and email to say it),
 //! `metrics` and `http` (`/healthz`, `/metrics`, `/api/syncs`, `/api/runs`), `shared` (what
 //! those parts share, so that none of them imports another back), and `daemon` (start-up,
-//! SIGHUP reload, SIGTERM graceful stop), and `verifier` (scheduled `lockstep verify` in a
-//! child process, its gauge and its drift alert). [`protocol`] is the line protocol between
-//! daemon and worker, shared with the CLI's `worker` command.
+//! SIGHUP reload, SIGTERM graceful stop), `verifier` (scheduled `lockstep verify` in a
+//! child process, its gauge and its drift alert), and `web` (the status page under `/ui`:
+//! overview, a sync's page, actions on its queues, with authentication and CSRF tokens).
+//! [`protocol`] is the line protocol between daemon and worker, shared with the CLI's
+//! `worker` command.
 //!
 //! Invariants:
 //! - The daemon never loads a plugin into its own process: it does not depend on the plugin
@@ -34,5 +36,6 @@ mod scheduler;
 mod shared;
 mod supervisor;
 mod verifier;
+mod web;
 
 pub use daemon::{run, DaemonError, DaemonOptions};

@@ -183,6 +183,11 @@ impl Metrics {
             .insert(sync.to_owned(), count);
     }
 
+    /// The rejected-records gauge of `sync`, when it has been set.
+    pub(crate) fn rejected_pending(&self, sync: &str) -> Option<u64> {
+        self.lock(&self.rejected_pending).get(sync).copied()
+    }
+
     /// Sets how many conflicts of `sync` wait for a person.
     pub(crate) fn set_open_conflicts(&self, sync: &str, count: u64) {
         self.lock(&self.open_conflicts)

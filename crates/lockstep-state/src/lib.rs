@@ -16,7 +16,9 @@
 //!   `two_way.rs`), each carrying a whole batch in a few parameters.
 //! - No error or log line carries a database password: URLs are redacted first.
 
+mod audit;
 mod backend;
+mod decide;
 mod deletes;
 mod error;
 mod ledger;
@@ -28,6 +30,8 @@ mod two_way;
 mod types;
 mod url;
 
+pub use audit::{Action, AuditStore, NewAction};
+pub use decide::{decide, DecideError, TakeSide};
 pub use deletes::{
     DeleteOrigin, DeleteStatus, PendingDeleteChange, PendingDeleteStore, PendingDeletes,
 };

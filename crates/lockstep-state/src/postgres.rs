@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection, Postgres, Transaction};
 
+use crate::audit::impl_audit_store;
 use crate::backend::impl_state_store;
 use crate::deletes::impl_pending_delete_store;
 use crate::error::{db, Result, StateError};
@@ -227,3 +228,4 @@ impl PgStore {
 impl_state_store!(PgStore);
 impl_pending_delete_store!(PgStore);
 impl_two_way_store!(PgStore);
+impl_audit_store!(PgStore);

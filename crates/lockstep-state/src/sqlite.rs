@@ -10,6 +10,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Sqlite, SqliteConnection, Transaction};
 
+use crate::audit::impl_audit_store;
 use crate::backend::impl_state_store;
 use crate::deletes::impl_pending_delete_store;
 use crate::error::{db, Result, StateError};
@@ -223,3 +224,4 @@ impl SqliteStore {
 impl_state_store!(SqliteStore);
 impl_pending_delete_store!(SqliteStore);
 impl_two_way_store!(SqliteStore);
+impl_audit_store!(SqliteStore);

@@ -6,6 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use lockstep_core::RunSummary;
 
+use crate::audit::AuditStore;
 use crate::deletes::PendingDeleteStore;
 use crate::error::Result;
 use crate::two_way::TwoWayStore;
@@ -17,7 +18,7 @@ use crate::types::{
 /// rejected records and leases; with its supertraits, pending deletes and the state of
 /// two-way syncs. Open one with [`crate::open`].
 #[async_trait]
-pub trait StateStore: PendingDeleteStore + TwoWayStore + Send + Sync {
+pub trait StateStore: PendingDeleteStore + TwoWayStore + AuditStore + Send + Sync {
     /// Records a new run of `sync` with status `running` and returns its id. When the sync has
     /// a live lease, the run is tied to it (see [`StateStore::mark_abandoned`]).
     async fn start_run(&self, sync: &str, cursor_before: Option<&serde_json::Value>)

@@ -250,6 +250,14 @@ fn held_deletes_into_sqlite_can_be_discarded_and_ledgerless_syncs_hold_too() {
         out.status.success() && text.contains("discarded 500"),
         "{text}"
     );
+    assert_eq!(
+        sqlite_count(
+            &d.join("state.db"),
+            "SELECT count(*) FROM actions WHERE action = 'deletes-discard' AND actor LIKE '%@%'"
+        ),
+        1,
+        "the discard is in the action log with who"
+    );
     let (code, after) = run_items(d, &[]);
     assert_eq!(
         (code, after["metrics"]["deleted"].as_u64()),

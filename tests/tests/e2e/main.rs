@@ -23,3 +23,4 @@ mod tryton;
 mod two_way;
 mod types;
 mod verify;
+mod web;

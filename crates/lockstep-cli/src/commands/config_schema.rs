@@ -287,6 +287,13 @@ struct Daemon {
     listen: Option<String>,
     /// Default `text`.
     log_format: Option<LogFormat>,
+    /// The name of the environment variable holding the status page's bearer token (not the
+    /// token). Needed for `/ui` on an address other than loopback, unless basic auth is set.
+    web_token_env: Option<String>,
+    /// Basic auth for the status page: the user name. Needs `web_password_hash`.
+    web_user: Option<String>,
+    /// The argon2 hash of `web_user`'s password, in PHC form (`$argon2id$v=19$...`).
+    web_password_hash: Option<String>,
 }
 
 /// One webhook, or a list of them.

@@ -3,7 +3,9 @@
 
 use std::path::Path;
 
-use lockstep_state::{Conflict, ConflictFilter, ConflictResolution, ConflictStatus};
+use lockstep_state::{
+    Conflict, ConflictFilter, ConflictResolution, ConflictStatus, DecideError, TakeSide,
+};
 use serde_json::{Map, Value};
 
 use super::{load_config, redactor, state, CliError, CmdResult};
@@ -87,6 +89,13 @@ pub async fn run(config_path: &Path, command: ConflictsCommand) -> CmdResult {
             }
             let resolution = decide(&conflict, take.as_deref(), &set)?;
             state.resolve_conflict(id, &resolution).await?;
+            super::deletes::record(
+                state.as_ref(),
+                "conflict-resolve",
+                &conflict.sync,
+                &format!("resolved conflict {id} ({})", resolution.decision),
+            )
+            .await;
             if output == OutputFormat::Json && !apply {
                 // With --apply, the run's report is the one JSON document printed.
                 let stored = find(state.as_ref(), id).await?;
@@ -120,89 +129,53 @@ async fn find(state: &dyn lockstep_state::StateStore, id: i64) -> Result<Conflic
     })
 }
 
-/// The person's decision from `--take` and `--set`.
+/// The person's decision from `--take` and `--set` (built by the state store's `decide`, as
+/// the daemon's status page builds its own).
 fn decide(
     conflict: &Conflict,
     take: Option<&str>,
     set: &[String],
 ) -> Result<ConflictResolution, CliError> {
-    if take.is_none() && set.is_empty() {
-        return Err(CliError::Message(
-            "say what to keep: --take a, --take b, or --set FIELD=VALUE (repeatable)".into(),
-        ));
-    }
-    let taken = match take {
-        Some("a") => conflict.a.clone(),
-        Some("b") => conflict.b.clone(),
+    let side = match take {
+        Some("a") => Some(TakeSide::A),
+        Some("b") => Some(TakeSide::B),
         Some(other) => {
             return Err(CliError::Message(format!(
                 "--take `{other}`: write --take a or --take b"
             )))
         }
-        None => conflict
-            .b
-            .clone()
-            .or_else(|| conflict.a.clone())
-            .or_else(|| conflict.base.clone()),
+        None => None,
     };
-    let by = format!(
-        "{}@{}",
-        std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
-        lockstep_state::hostname()
-    );
-    if set.is_empty() {
-        return Ok(ConflictResolution {
-            decision: format!("take {}", take.unwrap_or_default()),
-            values: taken,
-            by,
-        });
-    }
-    let Some(mut values) = taken else {
-        return Err(CliError::Message(format!(
-            "side {} deleted the record, so there are no values to --set fields on; take the \
-             other side and --set on top of it",
-            take.unwrap_or_default()
-        )));
-    };
+    let mut assignments = Vec::with_capacity(set.len());
     for assignment in set {
         let (field, text) = assignment.split_once('=').ok_or_else(|| {
             CliError::Message(format!(
                 "--set `{assignment}`: write FIELD=VALUE, e.g. --set 'phone=\"+1 555 0100\"'"
             ))
         })?;
-        if !known_field(conflict, field) {
-            let fields: Vec<&String> = conflict
-                .a
-                .iter()
-                .chain(conflict.b.iter())
-                .flat_map(Map::keys)
-                .collect();
-            return Err(CliError::Message(format!(
-                "--set `{field}`: the record has no such field; its fields are: {}",
-                fields
-                    .iter()
-                    .map(|f| f.as_str())
-                    .collect::<std::collections::BTreeSet<_>>()
-                    .into_iter()
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
-        }
         let value = serde_json::from_str::<Value>(text).unwrap_or_else(|_| Value::from(text));
-        values.insert(field.to_owned(), value);
+        assignments.push((field.to_owned(), value));
     }
-    Ok(ConflictResolution {
-        decision: "set".into(),
-        values: Some(values),
-        by,
+    let by = format!(
+        "{}@{}",
+        std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
+        lockstep_state::hostname()
+    );
+    lockstep_state::decide(conflict, side, &assignments, by).map_err(|e| {
+        CliError::Message(match e {
+            DecideError::Nothing => {
+                "say what to keep: --take a, --take b, or --set FIELD=VALUE (repeatable)".into()
+            }
+            DecideError::SideDeleted(side) => format!(
+                "side {side} deleted the record, so there are no values to --set fields on; take \
+                 the other side and --set on top of it"
+            ),
+            DecideError::UnknownField { field, fields } => {
+                format!("--set `{field}`: the record has no such field; its fields are: {fields}")
+            }
+            other => other.to_string(),
+        })
     })
-}
-
-fn known_field(conflict: &Conflict, field: &str) -> bool {
-    [&conflict.base, &conflict.a, &conflict.b]
-        .into_iter()
-        .flatten()
-        .any(|m| m.contains_key(field))
 }
 
 /// A conflict as a person reads it: one line per field, base, a and b side by side.

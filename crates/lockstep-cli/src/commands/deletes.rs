@@ -3,7 +3,9 @@
 //!
 //! Approving marks the held deletes approved and runs the sync once, so that they are applied
 //! through the normal write path under the sync's lease (with `--no-run`, the next run applies
-//! them). Discarding forgets them: the records stay in the destination.
+//! them). Discarding forgets them: the records stay in the destination. Both are recorded in
+//! the state store's action log with who (`USER@host`) and when, as the daemon's status page
+//! records its own.
 
 use std::path::Path;
 
@@ -49,6 +51,15 @@ pub async fn run(config_path: &Path, command: DeletesCommand) -> CmdResult {
                 )
                 .await?;
             let waiting = state.pending_deletes(&sync, 0).await?;
+            if approved > 0 {
+                record(
+                    state.as_ref(),
+                    "deletes-approve",
+                    &sync,
+                    &format!("approved {approved} held deletes"),
+                )
+                .await;
+            }
             state.close().await;
             if waiting.approved == 0 {
                 eprintln!("No held deletes for sync `{sync}`.");
@@ -77,6 +88,15 @@ pub async fn run(config_path: &Path, command: DeletesCommand) -> CmdResult {
             let discarded = state
                 .discard_pending_deletes(&sync, DeleteStatus::Held)
                 .await?;
+            if discarded > 0 {
+                record(
+                    state.as_ref(),
+                    "deletes-discard",
+                    &sync,
+                    &format!("discarded {discarded} held deletes"),
+                )
+                .await;
+            }
             state.close().await;
             if discarded == 0 {
                 outln!("No held deletes for sync `{sync}`.");
@@ -89,6 +109,30 @@ pub async fn run(config_path: &Path, command: DeletesCommand) -> CmdResult {
             }
             Ok(())
         }
+    }
+}
+
+/// Records a person's decision in the state store's action log (which the daemon's status
+/// page shows), as `USER@host`. A failure to record is a warning: the decision stands.
+pub(super) async fn record(
+    state: &dyn lockstep_state::StateStore,
+    action: &str,
+    sync: &str,
+    detail: &str,
+) {
+    let actor = format!(
+        "{}@{}",
+        std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
+        lockstep_state::hostname()
+    );
+    let entry = lockstep_state::NewAction {
+        actor: &actor,
+        action,
+        sync,
+        detail,
+    };
+    if let Err(e) = state.record_action(&entry).await {
+        eprintln!("warning: cannot record the action in the state store: {e}");
     }
 }
 

@@ -1,11 +1,18 @@
-//! `[daemon]`: the address of the daemon's HTTP endpoint and its log format.
+//! `[daemon]`: the address of the daemon's HTTP endpoint and its log format; the status
+//! page's authentication is read in `web.rs`.
 
 use super::reader::{Reader, Tbl};
 use crate::diagnostic::ErrorKind;
 use crate::model::{DaemonConfig, LogFormat};
 
 /// The keys accepted in `[daemon]`.
-pub(super) const DAEMON_KEYS: &[&str] = &["listen", "log_format"];
+pub(super) const DAEMON_KEYS: &[&str] = &[
+    "listen",
+    "log_format",
+    "web_token_env",
+    "web_user",
+    "web_password_hash",
+];
 
 /// The accepted values of `log_format`.
 pub(super) const LOG_FORMATS: &[(&str, LogFormat)] =
@@ -38,6 +45,7 @@ impl Reader<'_> {
         if let Some(format) = self.enumerated(&t, "log_format", LOG_FORMATS) {
             daemon.log_format = format;
         }
+        daemon.web_auth = self.web_auth(&t);
         daemon
     }
 }
