@@ -213,6 +213,7 @@ fn the_full_example_parses_into_the_expected_model() {
             max_rejected: RejectLimit::default(),
             use_ledger: true,
             two_way: None,
+            cdc: None,
         }
     );
     assert!(contacts.enabled);
@@ -692,7 +693,7 @@ fn invalid_value_with_a_suggestion() {
         &error,
         ErrorKind::InvalidValue,
         8,
-        "`syncs.contacts.mode` must be one of `full`, `incremental`, `mirror`, `two-way`, found \
+        "`syncs.contacts.mode` must be one of `full`, `incremental`, `mirror`, `two-way`, `cdc`, found \
          `incremantal`",
         "did you mean `incremental`?",
     );

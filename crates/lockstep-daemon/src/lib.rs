@@ -34,5 +34,6 @@ mod scheduler;
 mod shared;
 mod supervisor;
 mod verifier;
+mod wal_retention;
 
 pub use daemon::{run, DaemonError, DaemonOptions};
