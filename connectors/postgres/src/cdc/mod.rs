@@ -476,8 +476,9 @@ async fn changes(
     let mut buffer = ChangeBuffer::default();
     let mut positions: Option<(u32, Positions)> = None;
     let mut txn: Option<Txn> = None;
-    // Whether the position moved since the last batch sent.
+    // Whether the position moved since the last batch sent, and whether any was sent.
     let mut moved = false;
+    let mut sent = false;
     let sql = "SELECT data FROM pg_logical_slot_get_binary_changes($1, NULL, $2, \
                'proto_version', '1', 'publication_names', $3)";
     let checkpoint = |position: &Position| CdcCheckpoint {
@@ -531,6 +532,7 @@ async fn changes(
                     if buffer.len() >= plan.batch_size {
                         emit(plan, side, &mut buffer, checkpoint(position), out).await?;
                         moved = false;
+                        sent = true;
                     }
                 }
                 Message::Relation(relation) => {
@@ -592,6 +594,7 @@ async fn changes(
                         position.partial = Some((final_lsn, seen));
                         emit(plan, side, &mut buffer, checkpoint(position), out).await?;
                         moved = false;
+                        sent = true;
                     }
                 }
                 Message::Origin { .. } | Message::Type { .. } | Message::Message { .. } => {}
@@ -609,7 +612,22 @@ async fn changes(
         ))
         .into());
     }
-    if !buffer.is_empty() || moved {
+    // The copy has consumed the WAL up to its confirmed position, transactions of other
+    // tables included (pgoutput sends nothing for those): the position moves past them too,
+    // or a busy database would make the slot of a quiet table retain its WAL forever.
+    if let Some(consumed) = slot::slot(conn, &copy).await? {
+        if consumed.confirmed_flush > position.done && position.partial.is_none() {
+            position.done = consumed.confirmed_flush;
+            moved = true;
+        }
+    }
+    // A run that found nothing still records its measurement of the retained WAL, which the
+    // daemon's alert reads from the checkpoint.
+    let stale = plan
+        .checkpoint
+        .as_ref()
+        .is_some_and(|c| c.retained_wal_bytes != retained);
+    if !buffer.is_empty() || moved || (stale && !sent) {
         emit(plan, side, &mut buffer, checkpoint(position), out).await?;
     }
     let _ = sqlx::query("SELECT pg_drop_replication_slot($1)")
