@@ -434,7 +434,7 @@ async fn run(plan: &mut CdcPlan, out: &mut Outlet) -> Flow {
         .await?
         .map_or(0, |i| i.retained_wal_bytes);
     if retained > 0 {
-        lockstep_plugin_sdk::tracing::info!(
+        lockstep_plugin_sdk::tracing::debug!(
             slot = %plan.slot,
             retained_wal_bytes = retained,
             "the replication slot retains WAL"
