@@ -59,7 +59,8 @@ pub struct Layout {
 /// Where the layout's columns are in a Relation message's tuples.
 #[derive(Clone, Debug, Default)]
 pub struct Positions {
-    pub columns: Vec<usize>,
+    /// `None` for a generated column, which pgoutput does not send: read from the table.
+    pub columns: Vec<Option<usize>>,
     pub key: Vec<usize>,
 }
 
@@ -135,7 +136,11 @@ impl ChangeBuffer {
         let mut values = Vec::with_capacity(pos.columns.len());
         let mut unchanged = Vec::with_capacity(pos.columns.len());
         for (&i, column) in pos.columns.iter().zip(&layout.columns) {
-            let (v, u) = value_text(tuple.get(i), &column.name)?;
+            let (v, u) = match i {
+                Some(i) => value_text(tuple.get(i), &column.name)?,
+                // A generated column: its value comes from the table, like a TOASTed one.
+                None => (None, !deleted),
+            };
             values.push(v);
             unchanged.push(u);
         }
@@ -451,7 +456,7 @@ mod tests {
     fn the_last_change_of_a_key_wins_and_keeps_unchanged_toast_values() {
         let layout = layout();
         let pos = Positions {
-            columns: vec![0, 1],
+            columns: vec![Some(0), Some(1)],
             key: vec![0],
         };
         let mut buffer = ChangeBuffer::default();

@@ -680,7 +680,13 @@ fn relation_positions(plan: &CdcPlan, relation: &pgoutput::Relation) -> Result<P
             .layout
             .columns
             .iter()
-            .map(|c| find(&c.name))
+            .map(|c| {
+                if c.generated && !relation.columns.iter().any(|r| r.name == c.name) {
+                    Ok(None)
+                } else {
+                    find(&c.name).map(Some)
+                }
+            })
             .collect::<Result<_>>()?,
         key: plan
             .layout
