@@ -284,6 +284,13 @@ pub async fn copy_temporary(conn: &mut PgConnection, slot: &str, copy: &str) -> 
         .bind(copy)
         .execute(&mut *conn)
         .await
-        .map_err(map_sqlx)?;
+        .map_err(|e| {
+            let mut e = map_sqlx(e);
+            e.message.push_str(&format!(
+                " (copying replication slot `{slot}` for this read: the user needs the \
+                 REPLICATION attribute, and the server a free slot, max_replication_slots)"
+            ));
+            e
+        })?;
     Ok(())
 }
