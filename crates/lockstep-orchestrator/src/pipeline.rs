@@ -41,7 +41,15 @@ pub(crate) async fn open_source(
     job: &SyncJob,
 ) -> Result<OpenedSource, EngineError> {
     let spec = &job.spec;
-    let (source, stream) = services.open_source_stream(job).await?;
+    let (source, mut stream) = services.open_source_stream(job).await?;
+    // A delete in a change log carries the key alone: a cdc batch's other fields may be null
+    // whatever the table says, so the mapping must accept nulls there.
+    if spec.mode == SyncMode::Cdc {
+        let key = stream.primary_key.clone();
+        for field in stream.fields.iter_mut().filter(|f| !key.contains(&f.name)) {
+            field.nullable = true;
+        }
+    }
     let mapper = Mapper::new(spec, &stream)?;
     // A cdc read adds its tombstone field (`CDC_DELETED_FIELD`) itself.
     if let Some(tombstone) = spec

@@ -147,8 +147,9 @@ fn run_ok(dir: &Path) -> serde_json::Value {
     serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
 }
 
+/// `score` is NOT NULL: a delete in the change log carries the key alone.
 const TABLE: &str =
-    "CREATE TABLE people (id BIGINT PRIMARY KEY, name TEXT, score INTEGER, bio TEXT)";
+    "CREATE TABLE people (id BIGINT PRIMARY KEY, name TEXT, score INTEGER NOT NULL, bio TEXT)";
 
 /// The sync's committed checkpoint.
 fn checkpoint(dir: &Path) -> serde_json::Value {
