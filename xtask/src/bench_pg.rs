@@ -12,7 +12,10 @@
 //!   only indexes are the primary key on `id` and an index on `updated_at`.
 //!
 //! For each: a full run, an incremental run after 1% of the rows were updated, 0.5% inserted
-//! and 0.2% deleted (both paths see the same changes), and a run with no changes. The
+//! and 0.2% deleted (both paths see the same changes), and a run with no changes. A third
+//! sync in mode cdc (a snapshot, then the same changes from a logical replication slot; the
+//! server needs `wal_level = logical`) is timed on the same changes against the default
+//! path's cursor-based mirror run. The
 //! baseline is the psql binary COPY pipe into an empty table, timed in the same run; last,
 //! the fast path's full sync into MariaDB against MariaDB's own bulk load of the same rows
 //! (`psql COPY | LOAD DATA LOCAL INFILE`). The state store is a SQLite file, or with
@@ -21,9 +24,10 @@
 //!
 //! The last line reads `full_vs_copy=<ratio> default_vs_copy=<ratio>
 //! default_incr_vs_copy=<ratio> incr_s=<s> noop_s=<s> maria_vs_load=<ratio>
-//! peak_rss_mib=<n>`: `full_vs_copy` is the fast path's full run, `incr_s` its incremental
+//! peak_rss_mib=<n> cdc_vs_mirror=<ratio>`: `full_vs_copy` is the fast path's full run, `incr_s` its incremental
 //! run, `noop_s` the default path's no-op run (which reconciles), `maria_vs_load` the MariaDB
-//! sync against LOAD DATA, and `peak_rss_mib` the largest of all lockstep runs.
+//! sync against LOAD DATA, `peak_rss_mib` the largest of all lockstep runs, and
+//! `cdc_vs_mirror` the cdc run of the changes against the default path's incremental run.
 
 use std::path::Path;
 use std::process::Command;
@@ -111,10 +115,20 @@ pub fn run(args: &[&str]) -> Result<()> {
         copy: format!("lockstep_bench_copy_{tag}"),
         state: format!("lockstep_bench_state_{tag}"),
         maria: format!("lockstep_bench_my_{tag}"),
+        cdc_dst: format!("lockstep_bench_cdc_{tag}"),
+        slot: format!("lockstep_bench_cdc_{tag}"),
     };
     let result = rt.block_on(bench(rows, state, &names));
     rt.block_on(async {
         if let Ok(mut c) = sqlx::PgConnection::connect(&format!("{PG}/test")).await {
+            // The cdc sync's slot keeps WAL and its database from being dropped.
+            let _ = sqlx::query(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                 WHERE slot_name = $1",
+            )
+            .bind(&names.slot)
+            .execute(&mut c)
+            .await;
             for n in names.postgres() {
                 let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{n}\" WITH (FORCE)"))
                     .execute(&mut c)
@@ -141,16 +155,21 @@ struct Names {
     /// The PostgreSQL state store, with `--state postgres`.
     state: String,
     maria: String,
+    /// The cdc sync's destination, created by its first run.
+    cdc_dst: String,
+    /// The cdc sync's replication slot and publication.
+    slot: String,
 }
 
 impl Names {
-    fn postgres(&self) -> [&str; 5] {
+    fn postgres(&self) -> [&str; 6] {
         [
             &self.src,
             &self.dst,
             &self.default_dst,
             &self.copy,
             &self.state,
+            &self.cdc_dst,
         ]
     }
 }
@@ -250,6 +269,10 @@ async fn bench(rows: i64, state: StateBackend, names: &Names) -> Result<()> {
     let (full_s, full_rss) = lockstep(&dir, "pg_default")?;
     check_equal(&mut source, &mut default_dest, "default path, full sync").await?;
     report("default path full", rows, full_s, Some(full_rss));
+    let mut cdc_dest = sqlx::PgConnection::connect(&format!("{PG}/{}", names.cdc_dst)).await?;
+    let (cdc_full_s, cdc_full_rss) = lockstep(&dir, "pg_cdc")?;
+    check_equal(&mut source, &mut cdc_dest, "cdc, snapshot").await?;
+    report("cdc snapshot", rows, cdc_full_s, Some(cdc_full_rss));
 
     // Incremental runs after changes: 1% updated, 0.5% inserted, 0.2% deleted.
     sqlx::query(CHANGE).bind(rows).execute(&mut source).await?;
@@ -270,6 +293,9 @@ async fn bench(rows: i64, state: StateBackend, names: &Names) -> Result<()> {
     )
     .await?;
     report("default path incremental", changed, incr_s, Some(incr_rss));
+    let (cdc_incr_s, cdc_incr_rss) = lockstep(&dir, "pg_cdc")?;
+    check_equal(&mut source, &mut cdc_dest, "cdc, changes").await?;
+    report("cdc changes", changed, cdc_incr_s, Some(cdc_incr_rss));
 
     // Runs with nothing to do; both reconcile key sets (the fast path every second run).
     let (fast_noop_s, fast_noop_rss) = lockstep(&dir, "pg_to_pg")?;
@@ -343,7 +369,21 @@ async fn bench(rows: i64, state: StateBackend, names: &Names) -> Result<()> {
             path.peak_rss >> 20
         );
     }
-    let peak = fast.peak_rss.max(default.peak_rss).max(rss_maria);
+    println!(
+        "cdc (mode cdc, ledger): snapshot {:.2}x COPY, the same changes {:.2}x the default \
+         path's mirror run ({:.2} s against {:.2} s), peak RSS {} MiB",
+        cdc_full_s / copy_s,
+        cdc_incr_s / default.incr_s,
+        cdc_incr_s,
+        default.incr_s,
+        cdc_full_rss.max(cdc_incr_rss) >> 20
+    );
+    let peak = fast
+        .peak_rss
+        .max(default.peak_rss)
+        .max(rss_maria)
+        .max(cdc_full_rss)
+        .max(cdc_incr_rss);
     println!(
         "MariaDB destination (fast path, full): {:.2}x MariaDB's LOAD DATA pipe, peak RSS {} MiB",
         maria_s / load_s,
@@ -351,14 +391,15 @@ async fn bench(rows: i64, state: StateBackend, names: &Names) -> Result<()> {
     );
     println!(
         "full_vs_copy={:.2} default_vs_copy={:.2} default_incr_vs_copy={:.2} incr_s={:.2} \
-         noop_s={:.2} maria_vs_load={:.2} peak_rss_mib={}",
+         noop_s={:.2} maria_vs_load={:.2} peak_rss_mib={} cdc_vs_mirror={:.2}",
         fast.full_s / copy_s,
         default.full_s / copy_s,
         default.incr_s / copy_s,
         fast.incr_s,
         default.noop_s,
         maria_s / load_s,
-        peak >> 20
+        peak >> 20,
+        cdc_incr_s / default.incr_s
     );
     Ok(())
 }
@@ -530,6 +571,8 @@ fn config(state_url: &str, names: &Names) -> String {
         dst,
         default_dst,
         maria,
+        cdc_dst,
+        slot,
         ..
     } = names;
     format!(
@@ -571,6 +614,20 @@ batch_size = 10000
 ledger = false
 reconcile_every = 2
 max_delete_fraction = 0.05
+
+[connections.cdc_dest]
+connector = "postgres"
+config = {{ url = "{PG}/{cdc_dst}" }}
+
+# Change data capture: a snapshot, then the changes from a logical replication slot.
+[syncs.pg_cdc]
+source = "source.contacts"
+destination = "cdc_dest.contacts"
+mode = "cdc"
+max_delete_fraction = 0.05
+[syncs.pg_cdc.cdc]
+slot = "{slot}"
+publication = "{slot}"
 
 [syncs.pg_to_mariadb]
 source = "source.contacts"

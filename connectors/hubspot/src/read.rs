@@ -93,6 +93,11 @@ pub(crate) fn open(
         .unwrap_or(SEARCH_PAGE)
         .clamp(1, SEARCH_PAGE);
     let how = match request.mode {
+        ReadMode::Cdc => {
+            return Err(lockstep_plugin_sdk::resolve::cdc_unsupported(
+                &request.stream,
+            ));
+        }
         ReadMode::Full => {
             let page = batch_size.min(LIST_PAGE);
             let template = Request::get(format!("/crm/v3/objects/{}", schema.name))
@@ -436,6 +441,7 @@ mod tests {
             keys: None,
             key_summary: false,
             dry_run: false,
+            cdc: None,
         }
     }
 

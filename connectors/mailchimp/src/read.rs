@@ -92,6 +92,11 @@ pub(crate) fn open(
     )?;
     let page = request.batch_size.unwrap_or(MAX_PAGE).clamp(1, MAX_PAGE);
     let how = match request.mode {
+        ReadMode::Cdc => {
+            return Err(lockstep_plugin_sdk::resolve::cdc_unsupported(
+                &request.stream,
+            ));
+        }
         ReadMode::Full => {
             let template = Request::get(format!("/lists/{list_id}/members")).describe(format!(
                 "listing the members of Mailchimp audience {list_id}"

@@ -21,6 +21,7 @@
 //!   statement does not grow with the number of keys.
 
 pub mod catalog;
+pub mod cdc;
 pub mod config;
 pub mod copy_decode;
 pub mod copy_encode;
@@ -60,6 +61,7 @@ impl Connector for PostgresConnector {
                     "lookback",
                     lockstep_plugin_sdk::protocol::FEATURE_READ_BY_KEYS,
                     lockstep_plugin_sdk::protocol::FEATURE_KEY_SUMMARY,
+                    lockstep_plugin_sdk::protocol::FEATURE_CDC,
                 ])
                 .map(String::from)
                 .collect(),

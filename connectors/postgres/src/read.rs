@@ -74,6 +74,9 @@ impl SourceConnector for PgSource {
         let Some(table) = self.session.table(&request.stream).await? else {
             return Err(self.session.unknown_stream(&request.stream).await);
         };
+        if request.mode == lockstep_plugin_sdk::ReadMode::Cdc {
+            return crate::cdc::start(&self.session, table, request, self.ctx.clone());
+        }
         if request.key_summary {
             let summary = crate::summary::key_summary(&self.session.settings, &table, &request)
                 .await
@@ -147,7 +150,7 @@ impl KeyFilter {
 }
 
 /// Everything a reader needs to build its queries.
-struct ReadPlan {
+pub(crate) struct ReadPlan {
     label: String,
     /// `SELECT <exprs> FROM <table>`.
     select: String,
@@ -175,7 +178,7 @@ struct ReadPlan {
 }
 
 impl ReadPlan {
-    fn new(table: &Table, request: &ReadRequest, session: &Session) -> Result<Self> {
+    pub(crate) fn new(table: &Table, request: &ReadRequest, session: &Session) -> Result<Self> {
         let label = format!("reading `{}`", table.name);
         let stream = table.stream_info();
         let ResolvedRead {
@@ -364,7 +367,7 @@ fn parse_checkpoint(
         .map(Some)
 }
 
-type BatchResult = Result<Option<(RecordBatch, Value)>>;
+pub(crate) type BatchResult = Result<Option<(RecordBatch, Value)>>;
 
 /// Reads one stream. A worker thread with its own connection and runtime fetches the batches
 /// one ahead of the caller, so that reading the next batch overlaps with whatever the host
@@ -399,6 +402,31 @@ impl PgReader {
             done: false,
         };
         // Start on the first batch at once.
+        reader.ask();
+        Ok(reader)
+    }
+
+    /// A reader whose batches a worker thread of the caller's makes (a cdc read), speaking
+    /// the same protocol as [`worker`]: one batch sent on `batches` per `go` received.
+    pub(crate) fn with_worker(
+        label: String,
+        ctx: Context,
+        spawn: impl FnOnce(mpsc::UnboundedReceiver<()>, mpsc::Sender<BatchResult>) + Send + 'static,
+    ) -> Result<Self> {
+        let (go, go_rx) = mpsc::unbounded_channel();
+        let (tx, batches) = mpsc::channel(1);
+        std::thread::Builder::new()
+            .name("lockstep-pg-cdc".into())
+            .spawn(move || spawn(go_rx, tx))
+            .map_err(|e| ConnectorError::internal(format!("cannot start a reader thread: {e}")))?;
+        let mut reader = PgReader {
+            label,
+            ctx,
+            go,
+            batches,
+            pending: false,
+            done: false,
+        };
         reader.ask();
         Ok(reader)
     }
@@ -538,7 +566,7 @@ async fn fetch_keys(conn: &mut PgConnection, plan: &mut ReadPlan) -> BatchResult
 
 /// Fetches the next batch of `plan`. A failed batch leaves the position where it was, so
 /// that a retry reads it again.
-async fn fetch(conn: &mut PgConnection, plan: &mut ReadPlan) -> BatchResult {
+pub(crate) async fn fetch(conn: &mut PgConnection, plan: &mut ReadPlan) -> BatchResult {
     if plan.done {
         return Ok(None);
     }

@@ -214,6 +214,7 @@ fn the_full_example_parses_into_the_expected_model() {
             max_rejected: RejectLimit::default(),
             use_ledger: true,
             two_way: None,
+            cdc: None,
         }
     );
     assert!(contacts.enabled);
@@ -694,7 +695,7 @@ fn invalid_value_with_a_suggestion() {
         &error,
         ErrorKind::InvalidValue,
         8,
-        "`syncs.contacts.mode` must be one of `full`, `incremental`, `mirror`, `two-way`, found \
+        "`syncs.contacts.mode` must be one of `full`, `incremental`, `mirror`, `two-way`, `cdc`, found \
          `incremantal`",
         "did you mean `incremental`?",
     );
@@ -1384,5 +1385,67 @@ fn newest_wins_needs_both_modification_times_and_a_policy_is_required() {
     assert!(
         error.to_string().contains("is not a two-way sync"),
         "{error}"
+    );
+}
+
+// ---- Change data capture ----------------------------------------------------------------------
+
+#[test]
+fn a_cdc_sync_gets_its_slot_publication_and_reserved_tombstone() {
+    let config = parse_ok(&with_sync("mode = \"cdc\""));
+    let spec = &config.syncs[0].spec;
+    assert_eq!(spec.mode, SyncMode::Cdc);
+    let cdc = spec.cdc.as_ref().expect("cdc settings");
+    assert_eq!(cdc.slot, "lockstep_contacts");
+    assert_eq!(cdc.publication, "lockstep_contacts");
+    assert_eq!(cdc.max_retained_wal, 1 << 30);
+    assert_eq!(spec.delete.tombstone.as_deref(), Some("_lockstep_deleted"));
+    assert!(spec.reads_by_cursor());
+
+    let config = parse_ok(&with_sync(
+        "mode = \"cdc\"\n[syncs.contacts.cdc]\nslot = \"s1\"\npublication = \"p1\"\nmax_retained_wal = \"512MB\"",
+    ));
+    let cdc = config.syncs[0].spec.cdc.clone().unwrap();
+    assert_eq!((cdc.slot.as_str(), cdc.publication.as_str()), ("s1", "p1"));
+    assert_eq!(cdc.max_retained_wal, 512 << 20);
+}
+
+#[test]
+fn cdc_settings_are_checked() {
+    let errs = errors(&with_sync(
+        "mode = \"cdc\"\ncursor = \"updated_at\"\n[syncs.contacts.cdc]\nslot = \"Bad-Name\"\nmax_retained_wal = \"lots\"\ncolour = 1",
+    ));
+    let messages: Vec<&str> = errs.iter().map(|e| e.message()).collect();
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("mode \"cdc\", which reads the change log and needs no `cursor`")),
+        "{messages:?}"
+    );
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("`syncs.contacts.cdc.slot` must be a name of lowercase letters")),
+        "{messages:?}"
+    );
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("`syncs.contacts.cdc.max_retained_wal` must be a size")),
+        "{messages:?}"
+    );
+    assert!(
+        messages.iter().any(|m| m.contains("colour")),
+        "{messages:?}"
+    );
+    assert_eq!(errs.len(), 4, "{messages:?}");
+
+    let errs = errors(&with_sync(
+        "mode = \"mirror\"\n[syncs.contacts.cdc]\nslot = \"s\"",
+    ));
+    assert_eq!(errs.len(), 1);
+    assert_eq!(
+        errs[0].message(),
+        "`syncs.contacts.cdc` applies to mode \"cdc\" only"
     );
 }

@@ -16,6 +16,7 @@ use std::path::Path;
 use toml::de::DeTable;
 
 mod alerts;
+mod cdc;
 mod connections;
 mod daemon;
 mod fields;

@@ -17,6 +17,6 @@ pub use lockstep_protocol as protocol;
 pub use metrics::RunMetrics;
 pub use run::{RunErrorKind, RunStatus, RunSummary, RUN_KIND_SYNC, RUN_KIND_VERIFY_REPAIR};
 pub use spec::{
-    ConflictPolicy, DeletePolicy, EndpointSpec, FieldMapping, RejectLimit, Side, SyncMode,
+    CdcSpec, ConflictPolicy, DeletePolicy, EndpointSpec, FieldMapping, RejectLimit, Side, SyncMode,
     SyncSpec, TwoWaySpec,
 };

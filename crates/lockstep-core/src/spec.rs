@@ -27,6 +27,9 @@ pub enum SyncMode {
     /// Both sides are read for what changed and each change goes to the other side;
     /// records changed on both sides are conflicts ([`TwoWaySpec`]).
     TwoWay,
+    /// Change data capture: a snapshot, then the source's change log (inserts, updates and
+    /// deletes in commit order) from the stored log position ([`CdcSpec`]).
+    Cdc,
 }
 
 impl SyncMode {
@@ -34,6 +37,23 @@ impl SyncMode {
     pub fn uses_cursor(self) -> bool {
         matches!(self, SyncMode::Incremental | SyncMode::Mirror)
     }
+
+    /// Whether deletes reach the destination (through pending deletes and the mass-delete
+    /// guard): mirror and cdc.
+    pub fn propagates_deletes(self) -> bool {
+        matches!(self, SyncMode::Mirror | SyncMode::Cdc)
+    }
+}
+
+/// A cdc sync's change log settings (`[syncs.NAME.cdc]`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct CdcSpec {
+    /// The logical replication slot whose position is the checkpoint.
+    pub slot: String,
+    /// The publication the slot decodes.
+    pub publication: String,
+    /// The daemon alerts when the slot retains more WAL than this many bytes.
+    pub max_retained_wal: u64,
 }
 
 /// How deletes are found and how many may be applied in one run (mirror mode).
@@ -183,6 +203,9 @@ pub struct SyncSpec {
     /// one-way syncs. Side a is the sync's `source`, side b its `destination`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub two_way: Option<TwoWaySpec>,
+    /// The change log of a cdc sync (mode `cdc`); `None` for other modes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cdc: Option<CdcSpec>,
 }
 
 /// One side of a two-way sync.
@@ -306,9 +329,9 @@ impl SyncSpec {
     /// mirror sync with a cursor field. A mirror sync without one reads its source in full
     /// every run (a source with no change tracking, such as a mailing list's roster); the
     /// ledger still tells added, updated and unchanged apart, and reconciliation finds its
-    /// deletes.
+    /// deletes. A cdc sync resumes from its stored log position.
     pub fn reads_by_cursor(&self) -> bool {
-        self.mode.uses_cursor() && self.cursor_field.is_some()
+        (self.mode.uses_cursor() && self.cursor_field.is_some()) || self.mode == SyncMode::Cdc
     }
 
     /// The destination name of source field `source`, if the mapping carries it.
@@ -358,6 +381,7 @@ mod tests {
             max_rejected: RejectLimit::default(),
             use_ledger: true,
             two_way: None,
+            cdc: None,
         }
     }
 

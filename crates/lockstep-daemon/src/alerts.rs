@@ -37,6 +37,8 @@ pub(crate) enum AlertKind {
     Drift,
     /// A two-way run queued conflicts for a person (policy `manual`).
     ConflictsQueued,
+    /// A cdc sync's replication slot retains more WAL than `max_retained_wal`.
+    WalRetention,
 }
 
 impl AlertKind {
@@ -50,6 +52,7 @@ impl AlertKind {
             AlertKind::DeletesHeld => "deletes-held",
             AlertKind::Drift => "drift",
             AlertKind::ConflictsQueued => "conflicts-queued",
+            AlertKind::WalRetention => "wal-retention",
         }
     }
 }
@@ -105,6 +108,12 @@ impl Alert {
             AlertKind::Drift => format!("sync {}: the systems differ (verify)", self.sync),
             AlertKind::ConflictsQueued => {
                 format!("sync {}: conflicts wait for review ({run})", self.sync)
+            }
+            AlertKind::WalRetention => {
+                format!(
+                    "sync {}: its replication slot retains WAL ({run})",
+                    self.sync
+                )
             }
         }
     }

@@ -610,6 +610,9 @@ async fn conclude(
     if let Some(reason) = queued_conflicts(shared, name, &execution.runs).await {
         raised.push((AlertKind::ConflictsQueued, reason));
     }
+    if let Some(reason) = crate::wal_retention::check(shared, config, name).await {
+        raised.push((AlertKind::WalRetention, reason));
+    }
     let failed = matches!(last.status, RunStatus::Failed | RunStatus::Abandoned);
     let failure_alerted = raised.iter().any(|(kind, _)| kind.is_failure());
     if failed && !failure_alerted {

@@ -72,6 +72,7 @@ fn spec(fields: Vec<FieldMapping>, key: &[&str]) -> SyncSpec {
         max_rejected: RejectLimit::default(),
         use_ledger: true,
         two_way: None,
+        cdc: None,
     }
 }
 

@@ -69,9 +69,9 @@ pub(crate) async fn apply_batch<S: Sink>(
             )
         })
         .collect();
-    // Tombstones count in mirror mode only.
+    // Tombstones count in mirror mode only (and cdc, whose reads mark deleted records).
     let marks = match (&spec.delete.tombstone, spec.mode) {
-        (Some(field), SyncMode::Mirror) => Some(mapped_marks(
+        (Some(field), SyncMode::Mirror | SyncMode::Cdc) => Some(mapped_marks(
             &tombstoned(&batch, field).unwrap_or_default(),
             &mapped.source_rows,
         )),

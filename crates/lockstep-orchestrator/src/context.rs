@@ -37,7 +37,14 @@ impl Context<'_> {
 pub(crate) fn fields_to_read(job: &SyncJob, mapper: &Mapper) -> Vec<String> {
     let spec = &job.spec;
     let mut fields = mapper.source_fields();
-    for extra in [&spec.cursor_field, &spec.delete.tombstone]
+    // A cdc read adds its tombstone field by itself; other reads of the stream (retries,
+    // verify) could not find it.
+    let tombstone = spec
+        .delete
+        .tombstone
+        .as_ref()
+        .filter(|_| spec.mode != lockstep_core::SyncMode::Cdc);
+    for extra in [spec.cursor_field.as_ref(), tombstone]
         .into_iter()
         .flatten()
     {

@@ -9,7 +9,7 @@
 //!   (`deletes`).
 
 use arrow::array::RecordBatch;
-use lockstep_core::protocol::{DataType, ReadMode, ReadRequest};
+use lockstep_core::protocol::{CdcRequest, DataType, ReadMode, ReadRequest};
 use lockstep_core::{RunMetrics, SyncMode};
 use lockstep_mapping::Mapper;
 use lockstep_plugin_host::SourceHandle;
@@ -41,9 +41,23 @@ pub(crate) async fn open_source(
     job: &SyncJob,
 ) -> Result<OpenedSource, EngineError> {
     let spec = &job.spec;
-    let (source, stream) = services.open_source_stream(job).await?;
+    let (source, mut stream) = services.open_source_stream(job).await?;
+    // A delete in a change log carries the key alone: a cdc batch's other fields may be null
+    // whatever the table says, so the mapping must accept nulls there.
+    if spec.mode == SyncMode::Cdc {
+        let key = stream.primary_key.clone();
+        for field in stream.fields.iter_mut().filter(|f| !key.contains(&f.name)) {
+            field.nullable = true;
+        }
+    }
     let mapper = Mapper::new(spec, &stream)?;
-    if let Some(tombstone) = &spec.delete.tombstone {
+    // A cdc read adds its tombstone field (`CDC_DELETED_FIELD`) itself.
+    if let Some(tombstone) = spec
+        .delete
+        .tombstone
+        .as_ref()
+        .filter(|_| spec.mode != SyncMode::Cdc)
+    {
         if stream.field(tombstone).is_none() {
             return Err(EngineError::Schema(format!(
                 "sync `{}`: tombstone field `{tombstone}` is not a field of stream `{}`",
@@ -75,6 +89,7 @@ pub(crate) async fn open_write_sink<'a>(
     let spec = &job.spec;
     let mut destination = services.open_destination(&job.destination).await?;
     let mut destination_is_new = false;
+    // Not for cdc: its first run's change log may delete records its snapshot wrote.
     if spec.mode == SyncMode::Mirror {
         destination_is_new = destination
             .discover()
@@ -143,7 +158,9 @@ pub(crate) async fn execute<S: Sink>(
     let spec = &job.spec;
     let request = ReadRequest {
         stream: spec.source.stream.clone(),
-        mode: if spec.reads_by_cursor() {
+        mode: if spec.mode == SyncMode::Cdc {
+            ReadMode::Cdc
+        } else if spec.reads_by_cursor() {
             ReadMode::Incremental
         } else {
             ReadMode::Full
@@ -155,6 +172,10 @@ pub(crate) async fn execute<S: Sink>(
         batch_size: Some(spec.batch_size),
         // A plan's sink writes nothing: its read is a dry run.
         dry_run: !sink.writes(),
+        cdc: spec.cdc.as_ref().map(|c| CdcRequest {
+            slot: c.slot.clone(),
+            publication: c.publication.clone(),
+        }),
         ..Default::default()
     };
     let mut reader = source.read(&request).await?;
@@ -175,7 +196,7 @@ pub(crate) async fn execute<S: Sink>(
         .in_current_span(),
     );
 
-    if sink.writes() && spec.mode == SyncMode::Mirror {
+    if sink.writes() && spec.mode.propagates_deletes() {
         run.deletes_waiting = ctx
             .services
             .state
@@ -240,7 +261,7 @@ pub(crate) async fn execute<S: Sink>(
     }
     // Every delete the run found now waits in the state store: they are checked against the
     // guard together, then applied or held.
-    if sink.writes() && spec.mode == SyncMode::Mirror {
+    if sink.writes() && spec.mode.propagates_deletes() {
         deletes::finish(ctx, sink, run, options.allow_mass_delete, destination_size).await?;
     }
     Ok(true)

@@ -204,7 +204,7 @@ impl Engine<'_> {
         execute(&ctx, source, &mut collector, &options, None, &mut run).await?;
         let mut notes = Vec::new();
         let mut held_deletes = 0;
-        if job.spec.mode == SyncMode::Mirror && !options.allow_mass_delete {
+        if job.spec.mode.propagates_deletes() && !options.allow_mass_delete {
             if let Some((held, note)) = self.deletes_held(&ctx, run.metrics.deleted).await? {
                 held_deletes = held;
                 run.metrics.deleted = 0;

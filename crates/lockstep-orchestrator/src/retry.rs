@@ -21,7 +21,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use lockstep_core::protocol::{ReadMode, ReadRequest, FEATURE_READ_BY_KEYS};
-use lockstep_core::{RunMetrics, RunStatus, SyncMode};
+use lockstep_core::{RunMetrics, RunStatus};
 use lockstep_mapping::Mapper;
 use lockstep_plugin_core::rows::batch_from_rows;
 use lockstep_state::{BatchCommit, RejectedFilter, RejectedRecord, RunEnd};
@@ -236,7 +236,7 @@ impl Engine<'_> {
             destination_is_new: false,
         };
         // A record the retry writes cancels a delete that waits for its key, as in a run.
-        if spec.mode == SyncMode::Mirror {
+        if spec.mode.propagates_deletes() {
             run.deletes_waiting = self.state.pending_deletes(&spec.name, 0).await?.total() > 0;
         }
         let fields = fields_to_read(job, &mapper);

@@ -727,6 +727,7 @@ fn side_b_spec(spec: &SyncSpec, tw: &TwoWaySpec, fields: &Fields, key: &[String]
         max_rejected: spec.max_rejected,
         use_ledger: true,
         two_way: None,
+        cdc: None,
     }
 }
 

@@ -87,6 +87,7 @@ fn resume(
         )));
     }
     match mode {
+        ReadMode::Cdc => Err(crate::resolve::cdc_unsupported(stream)),
         ReadMode::Incremental if parsed.cursor.is_null() => Ok(None),
         ReadMode::Incremental => Ok(Some(ResumePoint {
             cursor: Some(parsed.cursor),
@@ -320,6 +321,7 @@ mod tests {
             keys: None,
             key_summary: false,
             dry_run: false,
+            cdc: None,
         }
     }
 

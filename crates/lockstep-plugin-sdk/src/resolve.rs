@@ -108,6 +108,7 @@ pub fn resolve_read_with(
     };
     let cursor = match request.mode {
         ReadMode::Full => None,
+        ReadMode::Cdc => return Err(cdc_unsupported(&stream.name)),
         ReadMode::Incremental => {
             let name = request.cursor_field.as_deref().ok_or_else(|| {
                 let candidates = if stream.cursor_candidates.is_empty() {
@@ -147,6 +148,15 @@ pub fn unknown_field(stream: &StreamInfo, name: &str, role: &str) -> ConnectorEr
     ))
 }
 
+/// The refusal of a change-data-capture read ([`ReadMode::Cdc`]) by a connector without a
+/// change log: one wording for every connector.
+pub fn cdc_unsupported(stream: &str) -> ConnectorError {
+    ConnectorError::unsupported(format!(
+        "stream `{stream}`: this connector has no change log to read (mode \"cdc\" needs a \
+         connector that declares the `cdc` feature, such as postgres); use mode \"mirror\""
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,6 +189,7 @@ mod tests {
             keys: None,
             key_summary: false,
             dry_run: false,
+            cdc: None,
         }
     }
 

@@ -151,6 +151,10 @@ pub enum ReadMode {
     Full,
     /// Records whose (cursor, key) is after the checkpoint's, in (cursor, key) order.
     Incremental,
+    /// Change data capture ([`FEATURE_CDC`]): a snapshot, then the source's change log in
+    /// commit order from the checkpoint's position; deleted records arrive as rows whose
+    /// [`CDC_DELETED_FIELD`] is true. Settings in [`ReadRequest::cdc`].
+    Cdc,
 }
 
 /// A request to read one stream.
@@ -190,7 +194,26 @@ pub struct ReadRequest {
     /// files that the committed checkpoint says were read.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
+    /// The change log to read, for [`ReadMode::Cdc`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cdc: Option<CdcRequest>,
 }
+
+/// Where a change-data-capture read ([`ReadMode::Cdc`]) takes its changes from: for
+/// PostgreSQL, a logical replication slot and a publication (created when missing).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct CdcRequest {
+    pub slot: String,
+    pub publication: String,
+}
+
+/// Manifest feature: reads honour [`ReadMode::Cdc`].
+pub const FEATURE_CDC: &str = "cdc";
+
+/// The boolean field a change-data-capture read adds to its batches: true for a deleted
+/// record (whose fields other than the key may be null), false for an inserted or updated
+/// one. The engine treats it as the sync's tombstone field.
+pub const CDC_DELETED_FIELD: &str = "_lockstep_deleted";
 
 /// Manifest feature: reads honour [`ReadRequest::keys`].
 pub const FEATURE_READ_BY_KEYS: &str = "read-by-keys";

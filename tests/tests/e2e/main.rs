@@ -2,6 +2,7 @@
 
 mod abi_compat;
 mod authors;
+mod cdc;
 mod cli;
 mod config_errors;
 mod crash;

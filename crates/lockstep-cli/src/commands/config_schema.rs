@@ -97,6 +97,7 @@ enum Mode {
     Mirror,
     #[serde(rename = "two-way")]
     TwoWay,
+    Cdc,
 }
 
 /// A field name, or a list of them.
@@ -156,6 +157,21 @@ struct Sync {
     /// Required for mode `two-way`: how side b (the destination) is read and how conflicts
     /// are decided.
     two_way: Option<TwoWay>,
+    /// Mode `cdc` only: the replication slot and publication (default `lockstep_<sync>`) and
+    /// the WAL-retention alert threshold.
+    cdc: Option<Cdc>,
+}
+
+/// `[syncs.NAME.cdc]`.
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct Cdc {
+    /// The logical replication slot (lowercase letters, digits, `_`; at most 63).
+    slot: Option<String>,
+    /// The publication the slot decodes; created for the table when missing.
+    publication: Option<String>,
+    /// A size such as `"1GB"`: the daemon alerts when the slot retains more WAL. Default 1GB.
+    max_retained_wal: Option<String>,
 }
 
 /// `[syncs.NAME.two_way]`.

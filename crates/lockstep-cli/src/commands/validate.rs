@@ -116,6 +116,7 @@ fn feature_errors(config: &Config, registry: &PluginRegistry) -> Vec<ConfigError
             SyncMode::Incremental => "incremental",
             SyncMode::Mirror => "mirror",
             SyncMode::TwoWay => "two-way",
+            SyncMode::Cdc => "cdc",
         };
         let source = plugin(&spec.source.connection);
         let destination = plugin(&spec.destination.connection);
@@ -123,7 +124,22 @@ fn feature_errors(config: &Config, registry: &PluginRegistry) -> Vec<ConfigError
             !p.manifest.features.iter().any(|f| f == feature)
         };
         if let Some(source) = source {
-            if spec.reads_by_cursor() && lacks(source, "incremental") {
+            if spec.mode == SyncMode::Cdc && lacks(source, "cdc") {
+                errors.push(config.error_at(
+                    mode_location,
+                    format!(
+                        "sync `{}` uses mode `cdc`, which reads the source's change log, but its \
+                         source connector `{}` (connection `{}`) does not declare the `cdc` \
+                         feature",
+                        spec.name,
+                        source.name(),
+                        spec.source.connection
+                    ),
+                    format!("use mode = \"mirror\", or a PostgreSQL source; {hint_tail}"),
+                ));
+            }
+            if spec.mode != SyncMode::Cdc && spec.reads_by_cursor() && lacks(source, "incremental")
+            {
                 errors.push(config.error_at(
                     mode_location,
                     format!(
@@ -144,7 +160,7 @@ fn feature_errors(config: &Config, registry: &PluginRegistry) -> Vec<ConfigError
         let Some(destination) = destination else {
             continue;
         };
-        if spec.mode == SyncMode::Mirror && lacks(destination, "delete") {
+        if spec.mode.propagates_deletes() && lacks(destination, "delete") {
             errors.push(config.error_at(
                 mode_location,
                 format!(

@@ -34,6 +34,7 @@ pub(super) const SYNC_KEYS: &[&str] = &[
     "retry",
     "verify_schedule",
     "two_way",
+    "cdc",
 ];
 /// The keys accepted in a `{ connection = "...", stream = "..." }` endpoint.
 pub(super) const ENDPOINT_KEYS: &[&str] = &["connection", "stream"];
@@ -46,6 +47,7 @@ pub(super) const MODES: &[(&str, SyncMode)] = &[
     ("incremental", SyncMode::Incremental),
     ("mirror", SyncMode::Mirror),
     ("two-way", SyncMode::TwoWay),
+    ("cdc", SyncMode::Cdc),
 ];
 
 impl Reader<'_> {
@@ -183,6 +185,12 @@ impl Reader<'_> {
         if mode == SyncMode::TwoWay && two_way.is_none() {
             return None;
         }
+        let cdc = self.cdc(t, name, mode);
+        // A cdc read marks deleted records with a reserved field: the sync's tombstone.
+        let tombstone = match mode {
+            SyncMode::Cdc => Some(lockstep_core::protocol::CDC_DELETED_FIELD.to_owned()),
+            _ => tombstone,
+        };
 
         let (source, source_span) = source?;
         let (destination, destination_span) = destination?;
@@ -204,6 +212,7 @@ impl Reader<'_> {
                 max_rejected,
                 use_ledger,
                 two_way,
+                cdc,
             },
             enabled,
             schedule,

@@ -1,0 +1,708 @@
+//! Change data capture (`mode = "cdc"`): a snapshot of the table, then its changes in commit
+//! order from a logical replication slot of the built-in `pgoutput` plugin, read over an
+//! ordinary connection with the SQL interface.
+//!
+//! A read goes like this (`drive`):
+//! 1. Checks: `wal_level = logical`, the table has a replica identity that carries the key,
+//!    the publication publishes the table (created when missing), the slot is a `pgoutput`
+//!    slot of this database (created when missing).
+//! 2. Without a checkpoint, or with one of an unfinished snapshot: the slot is created first
+//!    (its consistent point is where its changes begin), then the table is read in key order
+//!    as a full read does. The SQL interface exports no snapshot, so the rows read may be
+//!    newer than the slot's start; replaying, in commit order, the changes committed after
+//!    that start onto them converges to the table's state, because each change is an upsert
+//!    of the whole row or a delete by key (idempotent, and the last one of a key wins).
+//! 3. The confirmation: the checkpoint a read opens with is the one the state store committed
+//!    after the destination flushed, so the slot is advanced (`pg_replication_slot_advance`)
+//!    to its position then, and only then: the after-commit hook every source of Lockstep
+//!    uses (as the files connector's `after_read`). A dry run never advances.
+//! 4. The changes: the slot is copied into a temporary slot of the session, whose changes are
+//!    consumed with `pg_logical_slot_get_binary_changes` in chunks of at most
+//!    `CHUNK_CHANGES` changes (PostgreSQL returns whole transactions, so a chunk may be
+//!    longer). The rows stream from the server; memory holds one batch.
+//!
+//! Checkpoints (`CdcCheckpoint`) name the slot and a position: the end LSN of the last
+//! transaction applied whole, plus, inside a transaction split across batches, its commit
+//! LSN and how many of its changes to the table were applied. On a rerun, the changes at or
+//! before that position that the slot still holds are skipped, so nothing is applied twice
+//! and nothing is lost, whatever point a run was killed at.
+//!
+//! Invariants:
+//! - The slot is confirmed only to a committed checkpoint's position.
+//! - A truncate of the table is refused (it has no rows to delete by key); a change that
+//!   cannot be decoded is an error naming it, never a skipped record.
+//! - Unchanged TOASTed values are never written as NULL (`changes`).
+
+pub mod changes;
+pub mod pgoutput;
+pub mod slot;
+
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_core::Stream;
+use lockstep_plugin_sdk::arrow::array::{BooleanArray, RecordBatch};
+use lockstep_plugin_sdk::protocol::arrow_types::arrow_schema;
+use lockstep_plugin_sdk::protocol::CDC_DELETED_FIELD;
+use lockstep_plugin_sdk::{
+    resolve_read, ConnectorError, Context, FieldInfo, ReadMode, ReadRequest, ResolvedRead, Result,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::{PgConnection, Row};
+use tokio::sync::mpsc;
+
+use self::changes::{ChangeBuffer, Layout, Positions};
+use self::pgoutput::{format_lsn, parse_lsn, Message};
+use crate::catalog::Table;
+use crate::config::{effective_batch_size, Settings};
+use crate::read::{fetch, BatchResult, PgReader, ReadPlan};
+use crate::session::Session;
+
+/// How to start a cdc sync over, for messages.
+const RESET: &str = "to start over with a new snapshot, delete the sync's checkpoint from the \
+                     state store (DELETE FROM checkpoints WHERE sync = 'NAME') and run it again";
+
+/// The most changes one `pg_logical_slot_get_binary_changes` call asks for.
+pub const CHUNK_CHANGES: i32 = 20_000;
+
+/// A cdc read's checkpoint.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct CdcCheckpoint {
+    pub slot: String,
+    /// `snapshot` while the table is being read, `changes` after.
+    pub phase: Phase,
+    /// In the snapshot: the slot's start. In the changes: the end LSN of the last
+    /// transaction applied whole; the slot is confirmed to it.
+    pub lsn: String,
+    /// The snapshot's own checkpoint (the last key read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<Value>,
+    /// A transaction applied in part: its commit LSN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub txn: Option<String>,
+    /// A transaction applied in part: how many of its changes to the table were applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changes: Option<u64>,
+    /// The WAL the slot retained when the read began (`pg_current_wal_lsn() -
+    /// confirmed_flush_lsn`), for the daemon's WAL-retention alert.
+    #[serde(default)]
+    pub retained_wal_bytes: u64,
+}
+
+/// Where a cdc read is.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    Snapshot,
+    Changes,
+}
+
+/// Everything the worker needs.
+struct CdcPlan {
+    settings: Settings,
+    slot: String,
+    publication: String,
+    dry_run: bool,
+    layout: Layout,
+    batch_size: usize,
+    checkpoint: Option<CdcCheckpoint>,
+    /// The snapshot read, resuming from the checkpoint's snapshot position.
+    snapshot: ReadPlan,
+    /// The snapshot read from the start, for when the slot must be created again.
+    fresh_snapshot: ReadPlan,
+    label: String,
+}
+
+/// Starts a cdc read of `table`.
+pub(crate) fn start(
+    session: &Session,
+    table: Table,
+    request: ReadRequest,
+    ctx: Context,
+) -> Result<PgReader> {
+    let label = format!("reading the changes of `{}`", table.name);
+    let cdc = request.cdc.clone().ok_or_else(|| {
+        ConnectorError::config(format!(
+            "{label}: a cdc read needs a replication slot and a publication (the request's \
+             `cdc`); the host sends them for syncs of mode \"cdc\""
+        ))
+    })?;
+    let checkpoint = match request.checkpoint.as_ref().filter(|c| !c.is_null()) {
+        None => None,
+        Some(value) => {
+            let parsed: CdcCheckpoint = serde_json::from_value(value.clone()).map_err(|e| {
+                ConnectorError::config(format!(
+                    "{label}: the checkpoint {value} is not one of a cdc read ({e}); a sync \
+                     that changed mode to \"cdc\" needs its checkpoint reset"
+                ))
+            })?;
+            if parsed.slot != cdc.slot {
+                return Err(ConnectorError::config(format!(
+                    "{label}: the checkpoint is a position of slot `{}`, but the sync now names \
+                     slot `{}`; set `slot` back, or {RESET}",
+                    parsed.slot, cdc.slot
+                )));
+            }
+            Some(parsed)
+        }
+    };
+    // The snapshot is a full read of the fields asked for, without the deleted flag.
+    let fields = request.fields.as_ref().map(|f| {
+        f.iter()
+            .filter(|n| n.as_str() != CDC_DELETED_FIELD)
+            .cloned()
+            .collect::<Vec<_>>()
+    });
+    let snapshot_checkpoint = checkpoint
+        .as_ref()
+        .filter(|c| c.phase == Phase::Snapshot)
+        .and_then(|c| c.snapshot.clone());
+    let full = ReadRequest {
+        stream: request.stream.clone(),
+        mode: ReadMode::Full,
+        fields,
+        key: request.key.clone(),
+        checkpoint: snapshot_checkpoint,
+        batch_size: request.batch_size,
+        ..Default::default()
+    };
+    let ResolvedRead {
+        fields: out, key, ..
+    } = resolve_read(&full, &table.stream_info())?;
+    let snapshot = ReadPlan::new(&table, &full, session)?;
+    let fresh_snapshot = ReadPlan::new(
+        &table,
+        &ReadRequest {
+            checkpoint: None,
+            ..full.clone()
+        },
+        session,
+    )?;
+    let columns = out
+        .iter()
+        .map(|f| {
+            table
+                .column(&f.name)
+                .cloned()
+                .expect("resolved fields are columns")
+        })
+        .collect();
+    let mut schema_fields: Vec<FieldInfo> = out
+        .iter()
+        .map(|f| FieldInfo {
+            nullable: true,
+            ..f.clone()
+        })
+        .collect();
+    schema_fields.push(FieldInfo {
+        name: CDC_DELETED_FIELD.into(),
+        data_type: lockstep_plugin_sdk::DataType::Boolean,
+        nullable: false,
+        native_type: None,
+    });
+    let layout = Layout {
+        schema_name: session.settings.schema.clone(),
+        table: table.name.clone(),
+        columns,
+        key,
+        schema: Arc::new(arrow_schema(&schema_fields)),
+    };
+    let plan = CdcPlan {
+        settings: session.settings.clone(),
+        slot: cdc.slot,
+        publication: cdc.publication,
+        dry_run: request.dry_run,
+        layout,
+        batch_size: effective_batch_size(request.batch_size, session.settings.batch_size),
+        checkpoint,
+        snapshot,
+        fresh_snapshot,
+        label: label.clone(),
+    };
+    PgReader::with_worker(label, ctx, move |go, tx| worker(plan, go, tx))
+}
+
+/// The worker thread: its own runtime and connections; one batch per request.
+fn worker(plan: CdcPlan, go: mpsc::UnboundedReceiver<()>, tx: mpsc::Sender<BatchResult>) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = tx.blocking_send(Err(ConnectorError::internal(format!(
+                "cannot start the reader's runtime: {e}"
+            ))));
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let mut out = Outlet { go, tx };
+        if drive(plan, &mut out).await.is_ok() {
+            // The end of the read.
+            let _ = out.send(Ok(None)).await;
+        }
+    });
+}
+
+/// The reader went away: stop quietly.
+struct Stop;
+
+/// Where batches go: one per request of the reader.
+struct Outlet {
+    go: mpsc::UnboundedReceiver<()>,
+    tx: mpsc::Sender<BatchResult>,
+}
+
+impl Outlet {
+    async fn send(&mut self, result: BatchResult) -> std::result::Result<(), Stop> {
+        if self.go.recv().await.is_none() {
+            return Err(Stop);
+        }
+        self.tx.send(result).await.map_err(|_| Stop)
+    }
+}
+
+/// Runs the read; errors are sent to the reader, which then stops asking.
+async fn drive(mut plan: CdcPlan, out: &mut Outlet) -> std::result::Result<(), Stop> {
+    let settings = plan.settings.clone();
+    let label = plan.label.clone();
+    match run(&mut plan, out).await {
+        Ok(()) => Ok(()),
+        Err(Failure::Stop) => Err(Stop),
+        Err(Failure::Error(e)) => {
+            out.send(Err(settings.scrub_error(e.context(&label))))
+                .await?;
+            Err(Stop)
+        }
+    }
+}
+
+enum Failure {
+    Stop,
+    Error(ConnectorError),
+}
+
+impl From<ConnectorError> for Failure {
+    fn from(e: ConnectorError) -> Self {
+        Failure::Error(e)
+    }
+}
+
+impl From<Stop> for Failure {
+    fn from(_: Stop) -> Self {
+        Failure::Stop
+    }
+}
+
+type Flow = std::result::Result<(), Failure>;
+
+fn checkpoint_value(c: &CdcCheckpoint) -> Value {
+    serde_json::to_value(c).unwrap_or(Value::Null)
+}
+
+/// A snapshot batch with the deleted flag (all false) added.
+fn with_flag(layout: &Layout, batch: RecordBatch) -> Result<RecordBatch> {
+    let mut columns = batch.columns().to_vec();
+    columns.push(Arc::new(BooleanArray::from(vec![false; batch.num_rows()])));
+    RecordBatch::try_new(layout.schema.clone(), columns).map_err(|e| {
+        ConnectorError::internal(format!(
+            "the snapshot batch does not fit the cdc schema: {e}"
+        ))
+    })
+}
+
+async fn run(plan: &mut CdcPlan, out: &mut Outlet) -> Flow {
+    let mut conn = plan.settings.connect().await?;
+    let mut side = plan.settings.connect().await?;
+    let (schema, table) = (plan.layout.schema_name.clone(), plan.layout.table.clone());
+    slot::check_wal_level(&mut conn).await?;
+    let identity = slot::replica_identity(&mut conn, &schema, &table).await?;
+    identity.check_key(&table, &plan.layout.key)?;
+    let has_publication = if plan.dry_run {
+        slot::publication(&mut conn, &plan.publication, &schema, &table)
+            .await?
+            .unwrap_or(false)
+    } else {
+        slot::ensure_publication(&mut conn, &plan.publication, &schema, &table).await?;
+        true
+    };
+    let mut info = slot::slot(&mut conn, &plan.slot).await?;
+    if let Some(info) = &info {
+        slot::check_slot(&mut conn, &plan.slot, info).await?;
+    }
+    let lsn_of = |text: &str| {
+        parse_lsn(text).ok_or_else(|| {
+            ConnectorError::config(format!("the checkpoint's LSN `{text}` is not an LSN"))
+        })
+    };
+
+    // The position changes resume from, and the partial transaction.
+    let mut position: Position;
+    let checkpoint = plan.checkpoint.clone();
+    match checkpoint.as_ref().filter(|c| c.phase == Phase::Changes) {
+        Some(c) => {
+            let lsn = lsn_of(&c.lsn)?;
+            let Some(slot_info) = &info else {
+                return Err(ConnectorError::config(format!(
+                    "replication slot `{}` does not exist any more: the changes after LSN {} \
+                     are lost to this sync. {RESET}",
+                    plan.slot, c.lsn
+                ))
+                .into());
+            };
+            if slot_info.confirmed_flush > lsn {
+                return Err(ConnectorError::config(format!(
+                    "replication slot `{}` was confirmed to LSN {}, past this sync's checkpoint \
+                     {}: another consumer used it and the changes between are lost to this \
+                     sync. Give each sync its own slot; then {RESET}",
+                    plan.slot,
+                    format_lsn(slot_info.confirmed_flush),
+                    c.lsn
+                ))
+                .into());
+            }
+            // The after-commit hook: this checkpoint was committed, its changes are durable
+            // in the destination; the slot may now let go of them.
+            if !plan.dry_run && slot_info.confirmed_flush < lsn {
+                slot::advance(&mut conn, &plan.slot, lsn).await?;
+            }
+            let partial = match (&c.txn, c.changes) {
+                (Some(txn), Some(n)) => Some((lsn_of(txn)?, n)),
+                _ => None,
+            };
+            position = Position { done: lsn, partial };
+        }
+        None => {
+            // The snapshot, started or resumed.
+            let resume = checkpoint.as_ref().filter(|c| c.phase == Phase::Snapshot);
+            let (start, reader) = match (&info, resume) {
+                (Some(_), Some(c)) => (lsn_of(&c.lsn)?, &mut plan.snapshot),
+                (Some(i), None) => (i.confirmed_flush, &mut plan.fresh_snapshot),
+                (None, _) if plan.dry_run => (0, &mut plan.fresh_snapshot),
+                (None, _) => {
+                    let start = slot::create_slot(&mut conn, &plan.slot).await?;
+                    info = slot::slot(&mut conn, &plan.slot).await?;
+                    (start, &mut plan.fresh_snapshot)
+                }
+            };
+            let retained = info.as_ref().map_or(0, |i| i.retained_wal_bytes);
+            loop {
+                let next = fetch(&mut side, reader).await?;
+                let Some((batch, inner)) = next else {
+                    break;
+                };
+                let c = CdcCheckpoint {
+                    slot: plan.slot.clone(),
+                    phase: Phase::Snapshot,
+                    lsn: format_lsn(start),
+                    snapshot: Some(inner),
+                    txn: None,
+                    changes: None,
+                    retained_wal_bytes: retained,
+                };
+                let batch = with_flag(&plan.layout, batch)?;
+                out.send(Ok(Some((batch, checkpoint_value(&c))))).await?;
+            }
+            if info.is_none() {
+                // A dry run of a sync whose slot does not exist yet: the snapshot is all.
+                return Ok(());
+            }
+            let c = CdcCheckpoint {
+                slot: plan.slot.clone(),
+                phase: Phase::Changes,
+                lsn: format_lsn(start),
+                snapshot: None,
+                txn: None,
+                changes: None,
+                retained_wal_bytes: retained,
+            };
+            let empty = RecordBatch::new_empty(plan.layout.schema.clone());
+            out.send(Ok(Some((empty, checkpoint_value(&c))))).await?;
+            position = Position {
+                done: start,
+                partial: None,
+            };
+        }
+    }
+    if !has_publication {
+        return Ok(());
+    }
+    let retained = slot::slot(&mut conn, &plan.slot)
+        .await?
+        .map_or(0, |i| i.retained_wal_bytes);
+    if retained > 0 {
+        lockstep_plugin_sdk::tracing::debug!(
+            slot = %plan.slot,
+            retained_wal_bytes = retained,
+            "the replication slot retains WAL"
+        );
+    }
+    changes(plan, &mut conn, &mut side, &mut position, retained, out).await
+}
+
+/// How far the changes were applied.
+#[derive(Clone, Copy, Debug)]
+struct Position {
+    /// The end LSN of the last transaction applied (or skipped) whole.
+    done: u64,
+    /// The transaction applied in part: its commit LSN and how many of its changes to the
+    /// table were applied.
+    partial: Option<(u64, u64)>,
+}
+
+/// The transaction being decoded.
+struct Txn {
+    final_lsn: u64,
+    /// Changes to the table seen so far.
+    seen: u64,
+    /// Changes to skip from its start (applied by an earlier run).
+    skip: u64,
+}
+
+async fn changes(
+    plan: &CdcPlan,
+    conn: &mut PgConnection,
+    side: &mut PgConnection,
+    position: &mut Position,
+    retained: u64,
+    out: &mut Outlet,
+) -> Flow {
+    let copy = temporary_name(&plan.slot);
+    slot::copy_temporary(conn, &plan.slot, &copy).await?;
+    let resume = *position;
+    let mut buffer = ChangeBuffer::default();
+    let mut positions: Option<(u32, Positions)> = None;
+    let mut txn: Option<Txn> = None;
+    // Whether the position moved since the last batch sent, and whether any was sent.
+    let mut moved = false;
+    let mut sent = false;
+    let sql = "SELECT data FROM pg_logical_slot_get_binary_changes($1, NULL, $2, \
+               'proto_version', '1', 'publication_names', $3)";
+    let checkpoint = |position: &Position| CdcCheckpoint {
+        slot: plan.slot.clone(),
+        phase: Phase::Changes,
+        lsn: format_lsn(position.done),
+        snapshot: None,
+        txn: position.partial.map(|(lsn, _)| format_lsn(lsn)),
+        changes: position.partial.map(|(_, n)| n),
+        retained_wal_bytes: retained,
+    };
+    loop {
+        let mut rows = 0usize;
+        let mut stream = sqlx::query(sql)
+            .bind(&copy)
+            .bind(CHUNK_CHANGES)
+            .bind(&plan.publication)
+            .fetch(&mut *conn);
+        while let Some(row) = poll_fn(|cx| Pin::new(&mut stream).poll_next(cx)).await {
+            let row = row.map_err(crate::error::map_sqlx)?;
+            rows += 1;
+            let data: Vec<u8> = row.try_get(0).map_err(crate::error::map_sqlx)?;
+            let message = pgoutput::parse(&data).map_err(|e| {
+                ConnectorError::internal(format!(
+                    "{e} (after LSN {} of slot `{}`)",
+                    format_lsn(position.done),
+                    plan.slot
+                ))
+            })?;
+            match message {
+                Message::Begin { final_lsn, .. } => {
+                    let skip = if final_lsn < resume.done {
+                        u64::MAX
+                    } else {
+                        match resume.partial {
+                            Some((lsn, n)) if lsn == final_lsn => n,
+                            _ => 0,
+                        }
+                    };
+                    txn = Some(Txn {
+                        final_lsn,
+                        seen: 0,
+                        skip,
+                    });
+                }
+                Message::Commit { end_lsn, .. } => {
+                    txn = None;
+                    position.done = position.done.max(end_lsn);
+                    position.partial = None;
+                    moved = true;
+                    if buffer.len() >= plan.batch_size {
+                        emit(plan, side, &mut buffer, checkpoint(position), out).await?;
+                        moved = false;
+                        sent = true;
+                    }
+                }
+                Message::Relation(relation) => {
+                    if relation.namespace == plan.layout.schema_name
+                        && relation.name == plan.layout.table
+                    {
+                        positions = Some((relation.oid, relation_positions(plan, &relation)?));
+                    }
+                }
+                Message::Truncate { relations, .. } => {
+                    let ours = positions
+                        .as_ref()
+                        .is_some_and(|(oid, _)| relations.contains(oid));
+                    let skipped = txn.as_ref().is_some_and(|t| t.skip == u64::MAX);
+                    if ours && !skipped {
+                        return Err(ConnectorError::schema(format!(
+                            "table `{}` was truncated (in the transaction committed at LSN {}): \
+                             a truncate has no rows to delete by key, so cdc cannot apply it. \
+                             Empty the destination the same way, drop the slot (SELECT \
+                             pg_drop_replication_slot('{}')), then {RESET}",
+                            plan.layout.table,
+                            txn.as_ref()
+                                .map_or_else(String::new, |t| format_lsn(t.final_lsn)),
+                            plan.slot
+                        ))
+                        .into());
+                    }
+                }
+                Message::Insert { relation, .. }
+                | Message::Update { relation, .. }
+                | Message::Delete { relation, .. } => {
+                    let Some((oid, pos)) = &positions else {
+                        continue;
+                    };
+                    if relation != *oid {
+                        continue;
+                    }
+                    let Some(t) = txn.as_mut() else {
+                        return Err(ConnectorError::internal(format!(
+                            "slot `{}`: a change arrived outside a transaction",
+                            plan.slot
+                        ))
+                        .into());
+                    };
+                    t.seen += 1;
+                    if t.seen <= t.skip {
+                        continue;
+                    }
+                    match &message {
+                        Message::Insert { new, .. } => buffer.insert(&plan.layout, pos, new)?,
+                        Message::Update { old, new, .. } => {
+                            buffer.update(&plan.layout, pos, old.as_ref(), new)?
+                        }
+                        Message::Delete { old, .. } => buffer.delete(&plan.layout, pos, old)?,
+                        _ => {}
+                    }
+                    let (final_lsn, seen) = (t.final_lsn, t.seen);
+                    if buffer.len() >= plan.batch_size {
+                        position.partial = Some((final_lsn, seen));
+                        emit(plan, side, &mut buffer, checkpoint(position), out).await?;
+                        moved = false;
+                        sent = true;
+                    }
+                }
+                Message::Origin { .. } | Message::Type { .. } | Message::Message { .. } => {}
+            }
+        }
+        drop(stream);
+        if rows == 0 {
+            break;
+        }
+    }
+    if txn.is_some() {
+        return Err(ConnectorError::internal(format!(
+            "slot `{}`: the changes ended inside a transaction",
+            plan.slot
+        ))
+        .into());
+    }
+    // The copy has consumed the WAL up to its confirmed position, transactions of other
+    // tables included (pgoutput sends nothing for those): the position moves past them too,
+    // or a busy database would make the slot of a quiet table retain its WAL forever.
+    if let Some(consumed) = slot::slot(conn, &copy).await? {
+        if consumed.confirmed_flush > position.done && position.partial.is_none() {
+            position.done = consumed.confirmed_flush;
+            moved = true;
+        }
+    }
+    // A run that found nothing still records its measurement of the retained WAL, which the
+    // daemon's alert reads from the checkpoint.
+    let stale = plan
+        .checkpoint
+        .as_ref()
+        .is_some_and(|c| c.retained_wal_bytes != retained);
+    if !buffer.is_empty() || moved || (stale && !sent) {
+        emit(plan, side, &mut buffer, checkpoint(position), out).await?;
+    }
+    let _ = sqlx::query("SELECT pg_drop_replication_slot($1)")
+        .bind(&copy)
+        .execute(&mut *conn)
+        .await;
+    Ok(())
+}
+
+/// Sends the buffered changes as one batch with `checkpoint`.
+async fn emit(
+    plan: &CdcPlan,
+    side: &mut PgConnection,
+    buffer: &mut ChangeBuffer,
+    checkpoint: CdcCheckpoint,
+    out: &mut Outlet,
+) -> Flow {
+    let mut rows = buffer.take();
+    let gone = changes::fill_unchanged(side, &plan.layout, &mut rows).await?;
+    if gone > 0 {
+        lockstep_plugin_sdk::tracing::debug!(
+            rows = gone,
+            "updates of rows the table no longer has are left to their later deletes"
+        );
+    }
+    let batch = changes::to_batch(side, &plan.layout, &rows).await?;
+    out.send(Ok(Some((batch, checkpoint_value(&checkpoint)))))
+        .await?;
+    Ok(())
+}
+
+/// Where the layout's columns are in `relation`; refuses a relation without one of them.
+fn relation_positions(plan: &CdcPlan, relation: &pgoutput::Relation) -> Result<Positions> {
+    let find = |name: &str| {
+        relation
+            .columns
+            .iter()
+            .position(|c| c.name == name)
+            .ok_or_else(|| {
+                ConnectorError::schema(format!(
+                    "column `{name}` of table `{}` is not in the change log's description of \
+                     the table any more (dropped or renamed); the next run reads the table's \
+                     new shape and applies the sync's schema-evolution rules",
+                    plan.layout.table
+                ))
+            })
+    };
+    Ok(Positions {
+        columns: plan
+            .layout
+            .columns
+            .iter()
+            .map(|c| {
+                if c.generated && !relation.columns.iter().any(|r| r.name == c.name) {
+                    Ok(None)
+                } else {
+                    find(&c.name).map(Some)
+                }
+            })
+            .collect::<Result<_>>()?,
+        key: plan
+            .layout
+            .key
+            .iter()
+            .map(|k| find(k))
+            .collect::<Result<_>>()?,
+    })
+}
+
+/// A name for the session's temporary copy of `slot`, unique on the server.
+fn temporary_name(slot: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let mut prefix: String = slot.chars().take(30).collect();
+    prefix.push_str(&format!("_tmp_{}_{nanos}", std::process::id()));
+    prefix
+}

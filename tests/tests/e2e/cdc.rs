@@ -1,0 +1,539 @@
+//! Change data capture from PostgreSQL (`mode = "cdc"`): a snapshot, then inserts, updates
+//! and deletes from a logical replication slot in commit order — a transaction of 100,000
+//! rows and interleaved transactions of two connections included; kills between the
+//! destination's commit and the slot's confirmation, then a rerun, leave the destination
+//! equal to the source; an update that leaves a TOASTed column unchanged keeps its value; a
+//! table without a replica identity is refused with the documented message; the checkpoint
+//! reports the WAL the slot retains.
+//!
+//! The server must run with `wal_level = logical` (`.ci/run` sets it); without it these tests
+//! are skipped, and under CI they fail. Slots are cluster-wide: each test names its own and
+//! drops it before its databases go.
+
+use std::path::Path;
+
+use lockstep_e2e::{lockstep, postgres_database, run, TempDatabase};
+use sqlx::{Connection, Row};
+
+static SLOTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A slot and publication name of this test alone, dropped (slot) with the guard.
+struct Slot {
+    name: String,
+    url: String,
+}
+
+impl Slot {
+    fn new(source: &TempDatabase) -> Slot {
+        let n = SLOTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Slot {
+            name: format!("lockstep_e2e_cdc_{}_{n}", std::process::id()),
+            url: source.url.clone(),
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let (url, name) = (self.url.clone(), self.name.clone());
+        // A thread of its own: the drop may happen inside a test's runtime.
+        let _ = std::thread::spawn(move || {
+            lockstep_e2e::block_on(async {
+                let Ok(mut c) = sqlx::PgConnection::connect(&url).await else {
+                    return;
+                };
+                // A worker of a killed daemon may still hold it for a moment.
+                for _ in 0..50 {
+                    let _ = sqlx::query(
+                        "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+                         WHERE slot_name = $1 AND active_pid IS NOT NULL",
+                    )
+                    .bind(&name)
+                    .execute(&mut c)
+                    .await;
+                    let dropped = sqlx::query(
+                        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                         WHERE slot_name = $1",
+                    )
+                    .bind(&name)
+                    .execute(&mut c)
+                    .await;
+                    if dropped.is_ok() {
+                        return;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            })
+        })
+        .join();
+    }
+}
+
+/// Whether the server decodes logically; records a skip (a failure under CI) when not.
+fn logical_decoding(db: &TempDatabase) -> bool {
+    let level: String = lockstep_e2e::block_on(async {
+        let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        sqlx::query_scalar("SHOW wal_level")
+            .fetch_one(&mut c)
+            .await
+            .unwrap()
+    });
+    if level == "logical" {
+        return true;
+    }
+    lockstep_test_support::skip::skip_or_fail(format!(
+        "the PostgreSQL server runs with wal_level = {level}; cdc needs logical (.ci/run sets it)"
+    ));
+    false
+}
+
+/// A source and a destination database with logical decoding, or `None` after a skip.
+fn databases(prefix: &str) -> Option<(TempDatabase, TempDatabase)> {
+    let source = postgres_database(&format!("{prefix}_src"))?;
+    let destination = postgres_database(&format!("{prefix}_dst"))?;
+    logical_decoding(&source).then_some((source, destination))
+}
+
+fn exec(db: &TempDatabase, statements: &[&str]) {
+    lockstep_e2e::block_on(async {
+        let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        for s in statements {
+            sqlx::query(s)
+                .execute(&mut c)
+                .await
+                .unwrap_or_else(|e| panic!("{s}: {e}"));
+        }
+    })
+}
+
+/// Every row of `people` as text, ordered by id (the bio as its length and md5).
+fn rows(db: &TempDatabase) -> Vec<String> {
+    lockstep_e2e::block_on(async {
+        let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        sqlx::query(
+            "SELECT format('%s|%s|%s|%s|%s', id, coalesce(name, '∅'), coalesce(score::text, '∅'), \
+             coalesce(length(bio)::text, '∅'), coalesce(md5(bio), '∅')) FROM people ORDER BY id",
+        )
+        .fetch_all(&mut c)
+        .await
+        .map(|rows| rows.iter().map(|r| r.get::<String, _>(0)).collect())
+        .unwrap_or_default()
+    })
+}
+
+fn config(
+    dir: &Path,
+    source: &TempDatabase,
+    destination: &TempDatabase,
+    slot: &Slot,
+    batch: usize,
+) {
+    let text = format!(
+        "[state]\nurl = \"sqlite://state.db\"\n\n\
+         [connections.src]\nconnector = \"postgres\"\nconfig = {{ url = \"{}\" }}\n\n\
+         [connections.dst]\nconnector = \"postgres\"\nconfig = {{ url = \"{}\" }}\n\n\
+         [syncs.people]\nsource = \"src.people\"\ndestination = \"dst.people\"\nmode = \"cdc\"\n\
+         key = [\"id\"]\nbatch_size = {batch}\nmax_delete_fraction = 0.9\n\n\
+         [syncs.people.cdc]\nslot = \"{}\"\npublication = \"{}\"\nmax_retained_wal = \"1MB\"\n",
+        source.url, destination.url, slot.name, slot.name
+    );
+    std::fs::write(dir.join("lockstep.toml"), text).unwrap();
+}
+
+/// `lockstep run people --output json`, which must succeed: its report.
+fn run_ok(dir: &Path) -> serde_json::Value {
+    let (out, stdout, stderr) = run(lockstep(dir).args(["run", "people", "--output", "json"]));
+    assert!(out.status.success(), "the run failed:\n{stdout}\n{stderr}");
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+}
+
+/// `score` is NOT NULL: a delete in the change log carries the key alone.
+const TABLE: &str =
+    "CREATE TABLE people (id BIGINT PRIMARY KEY, name TEXT, score INTEGER NOT NULL, bio TEXT)";
+
+/// The sync's committed checkpoint.
+fn checkpoint(dir: &Path) -> serde_json::Value {
+    let state = dir.join("state.db");
+    let text: String = lockstep_e2e::block_on(async {
+        let pool = lockstep_e2e::sqlite_pool(&state).await;
+        sqlx::query_scalar("SELECT value FROM checkpoints WHERE sync = 'people'")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    });
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The slot's confirmed position.
+fn confirmed(db: &TempDatabase, slot: &Slot) -> String {
+    lockstep_e2e::block_on(async {
+        let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        sqlx::query_scalar(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+        )
+        .bind(&slot.name)
+        .fetch_one(&mut c)
+        .await
+        .unwrap()
+    })
+}
+
+#[test]
+fn cdc_applies_inserts_updates_and_deletes_in_commit_order() {
+    let Some((source, destination)) = databases("cdc_order") else {
+        return;
+    };
+    let slot = Slot::new(&source);
+    let dir = tempfile::tempdir().unwrap();
+    exec(
+        &source,
+        &[
+            TABLE,
+            "INSERT INTO people SELECT g, 'p' || g, g % 100, NULL FROM generate_series(1, 1000) g",
+        ],
+    );
+    config(dir.path(), &source, &destination, &slot, 5_000);
+    let first = run_ok(dir.path());
+    assert_eq!(first["metrics"]["added"], 1000, "{first}");
+    assert_eq!(rows(&source), rows(&destination));
+
+    // One transaction of 100,000 rows, then updates and deletes.
+    exec(
+        &source,
+        &[
+            "INSERT INTO people SELECT g, 'big' || g, g % 7, NULL FROM generate_series(1001, 101000) g",
+            "UPDATE people SET score = -1 WHERE id % 10 = 0 AND id <= 2000",
+            "DELETE FROM people WHERE id % 100 = 1",
+            // A key deleted and inserted again, and a key changed.
+            "DELETE FROM people WHERE id = 5",
+            "INSERT INTO people VALUES (5, 'back', 55, NULL)",
+            "UPDATE people SET id = 200000 WHERE id = 6",
+        ],
+    );
+    // Interleaved transactions of two connections: commit order, not statement order, wins.
+    lockstep_e2e::block_on(async {
+        let mut a = sqlx::PgConnection::connect(&source.url).await.unwrap();
+        let mut b = sqlx::PgConnection::connect(&source.url).await.unwrap();
+        for s in ["BEGIN", "UPDATE people SET name = 'a first' WHERE id = 7"] {
+            sqlx::query(s).execute(&mut a).await.unwrap();
+        }
+        for s in [
+            "BEGIN",
+            "UPDATE people SET name = 'b' WHERE id = 8",
+            "INSERT INTO people VALUES (300000, 'b new', 1, NULL)",
+            "DELETE FROM people WHERE id = 9",
+        ] {
+            sqlx::query(s).execute(&mut b).await.unwrap();
+        }
+        // Row 8 is locked by b: a's update waits until b commits, from another branch.
+        let a_update = sqlx::query("UPDATE people SET name = 'a' WHERE id = 8").execute(&mut a);
+        let commit_b = async {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            sqlx::query("COMMIT").execute(&mut b).await.unwrap();
+        };
+        let (updated, ()) = tokio::join!(a_update, commit_b);
+        updated.unwrap();
+        sqlx::query("INSERT INTO people VALUES (9, 'a nine', 9, NULL)")
+            .execute(&mut a)
+            .await
+            .unwrap();
+        sqlx::query("COMMIT").execute(&mut a).await.unwrap();
+    });
+    let second = run_ok(dir.path());
+    let m = &second["metrics"];
+    assert!(m["read"].as_u64().unwrap() >= 100_000, "{second}");
+    assert!(m["deleted"].as_u64().unwrap() >= 1_000, "{second}");
+    let expected = rows(&source);
+    assert!(
+        expected.iter().any(|r| r.starts_with("8|a|")),
+        "a committed last"
+    );
+    assert!(expected.iter().any(|r| r.starts_with("9|a nine|")));
+    assert!(expected.iter().any(|r| r.starts_with("200000|p6|")));
+    assert_eq!(expected.len(), rows(&destination).len());
+    assert_eq!(expected, rows(&destination));
+
+    // Nothing new: nothing read, and the slot is confirmed at the next run.
+    let third = run_ok(dir.path());
+    assert_eq!(third["metrics"]["read"], 0, "{third}");
+    assert_eq!(expected, rows(&destination));
+}
+
+#[test]
+fn cdc_kills_between_commit_and_slot_confirmation_lose_and_repeat_nothing() {
+    let Some((source, destination)) = databases("cdc_kill") else {
+        return;
+    };
+    let slot = Slot::new(&source);
+    let dir = tempfile::tempdir().unwrap();
+    exec(
+        &source,
+        &[
+            TABLE,
+            "INSERT INTO people SELECT g, 'p' || g, g, NULL FROM generate_series(1, 3000) g",
+        ],
+    );
+    config(dir.path(), &source, &destination, &slot, 500);
+    run_ok(dir.path());
+    for (round, fault) in [
+        "after-commit:2",
+        "after-flush:3",
+        "after-commit:1",
+        "before-flush:2",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let round = round as i64 + 1;
+        // Many transactions, some bigger than a batch, and keys that come and go.
+        let mut statements = vec![
+            format!("UPDATE people SET score = score + {round} WHERE id % 3 = 0"),
+            format!("DELETE FROM people WHERE id % 50 = {round}"),
+            format!(
+                "INSERT INTO people SELECT g, 'r{round}', g, NULL FROM generate_series({}, {}) g",
+                10_000 * round,
+                10_000 * round + 700
+            ),
+        ];
+        for id in 1..40 {
+            statements.push(format!(
+                "UPDATE people SET name = 'n{round}_{id}' WHERE id = {}",
+                id * 31
+            ));
+        }
+        statements.push(format!(
+            "DELETE FROM people WHERE id = {}",
+            10_000 * round + 3
+        ));
+        statements.push(format!(
+            "INSERT INTO people VALUES ({}, 'again', 0, NULL)",
+            10_000 * round + 3
+        ));
+        let refs: Vec<&str> = statements.iter().map(String::as_str).collect();
+        exec(&source, &refs);
+
+        let (out, stdout, stderr) = run(lockstep(dir.path())
+            .args(["run", "people", "--output", "json"])
+            .env("LOCKSTEP_FAULT", fault));
+        assert!(
+            !out.status.success(),
+            "the run with fault {fault} should have been killed:\n{stdout}\n{stderr}"
+        );
+        let report = run_ok(dir.path());
+        assert_eq!(
+            rows(&source),
+            rows(&destination),
+            "after a kill at {fault} and a rerun: {report}"
+        );
+        // Another run finds nothing, and confirms the slot to the checkpoint it opened with
+        // (it may commit a later one: WAL of other databases moves the position too).
+        let committed = checkpoint(dir.path())["lsn"].as_str().unwrap().to_owned();
+        let next = run_ok(dir.path());
+        assert_eq!(next["metrics"]["read"], 0, "{next}");
+        assert_eq!(
+            confirmed(&source, &slot),
+            committed,
+            "after the round with {fault}"
+        );
+    }
+}
+
+#[test]
+fn cdc_keeps_unchanged_toasted_values() {
+    let Some((source, destination)) = databases("cdc_toast") else {
+        return;
+    };
+    let slot = Slot::new(&source);
+    let dir = tempfile::tempdir().unwrap();
+    // About 100 kB of hex text: stored out of line (TOASTed), so that an update leaving it
+    // alone does not send it.
+    let bio =
+        "(SELECT string_agg(md5(random()::text || g::text), '') FROM generate_series(1, 3000) g)";
+    exec(
+        &source,
+        &[
+            TABLE,
+            // A generated column, which pgoutput does not send either.
+            "ALTER TABLE people ADD COLUMN twice INTEGER GENERATED ALWAYS AS (score * 2) STORED",
+            &format!(
+                "INSERT INTO people SELECT g, 'p' || g, g, {bio} FROM generate_series(1, 20) g"
+            ),
+        ],
+    );
+    config(dir.path(), &source, &destination, &slot, 1000);
+    run_ok(dir.path());
+    exec(
+        &source,
+        &[
+            "UPDATE people SET name = 'renamed' WHERE id <= 10",
+            // Twice in one batch, and an update of a row deleted later.
+            "UPDATE people SET score = 0 WHERE id = 1",
+            "UPDATE people SET name = 'gone soon' WHERE id = 20",
+            "DELETE FROM people WHERE id = 20",
+        ],
+    );
+    run_ok(dir.path());
+    let (s, d) = (rows(&source), rows(&destination));
+    assert!(s[0].starts_with("1|renamed|0|96000|"), "{}", s[0]);
+    assert_eq!(s, d);
+    let twice = |db: &TempDatabase| -> Vec<String> {
+        lockstep_e2e::block_on(async {
+            let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
+            sqlx::query_scalar("SELECT format('%s|%s', id, twice) FROM people ORDER BY id")
+                .fetch_all(&mut c)
+                .await
+                .unwrap()
+        })
+    };
+    assert_eq!(twice(&source)[0], "1|0");
+    assert_eq!(twice(&source), twice(&destination));
+}
+
+#[test]
+fn cdc_refuses_a_table_without_replica_identity() {
+    let Some((source, destination)) = databases("cdc_ident") else {
+        return;
+    };
+    let slot = Slot::new(&source);
+    let dir = tempfile::tempdir().unwrap();
+    exec(
+        &source,
+        &[
+            "CREATE TABLE people (id BIGINT NOT NULL, name TEXT, score INTEGER, bio TEXT)",
+            "INSERT INTO people VALUES (1, 'a', 1, NULL)",
+        ],
+    );
+    config(dir.path(), &source, &destination, &slot, 1000);
+    let (out, stdout, stderr) = run(lockstep(dir.path()).args(["run", "people"]));
+    assert!(!out.status.success(), "{stdout}\n{stderr}");
+    let text = format!("{stdout}\n{stderr}");
+    assert!(
+        text.contains("has no primary key and no replica identity")
+            && text.contains("REPLICA IDENTITY FULL"),
+        "{text}"
+    );
+    assert!(rows(&destination).is_empty());
+}
+
+#[test]
+fn cdc_wal_retention_alert_fires() {
+    let Some((source, destination)) = databases("cdc_wal") else {
+        return;
+    };
+    let slot = Slot::new(&source);
+    let dir = tempfile::tempdir().unwrap();
+    exec(
+        &source,
+        &[TABLE, "INSERT INTO people VALUES (1, 'a', 1, NULL)"],
+    );
+    config(dir.path(), &source, &destination, &slot, 1000);
+    run_ok(dir.path());
+    assert!(
+        checkpoint(dir.path())["retained_wal_bytes"]
+            .as_u64()
+            .unwrap()
+            < 1 << 20
+    );
+
+    // The daemon runs the sync every second and posts its alerts to a local webhook.
+    let receiver = crate::daemon::Receiver::start();
+    let mut text = std::fs::read_to_string(dir.path().join("lockstep.toml")).unwrap();
+    text += &format!(
+        "\n[syncs.people.schedule]\nevery = \"1s\"\n\n[[alerts.webhook]]\nurl = \"{}\"\n",
+        receiver.url
+    );
+    std::fs::write(dir.path().join("lockstep.toml"), text).unwrap();
+    let daemon = crate::daemon::Daemon::start(dir.path());
+    // Several MB of WAL that the slot has not confirmed when the next run starts.
+    exec(
+        &source,
+        &["INSERT INTO people SELECT g, repeat('x', 200), g, NULL FROM generate_series(2, 30000) g"],
+    );
+    let alerts = || {
+        receiver
+            .bodies()
+            .into_iter()
+            .filter(|b| b["kind"] == "wal-retention")
+            .collect::<Vec<_>>()
+    };
+    daemon.wait_for(
+        std::time::Duration::from_secs(60),
+        "the wal-retention alert",
+        |_| !alerts().is_empty(),
+    );
+    let alert = &alerts()[0];
+    let reason = alert["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&format!("replication slot `{}` retains", slot.name))
+            && reason.contains("above max_retained_wal (1.0 MB)")
+            && reason.contains("pg_drop_replication_slot"),
+        "{alert}"
+    );
+    assert!(
+        checkpoint(dir.path())["retained_wal_bytes"]
+            .as_u64()
+            .unwrap()
+            > 1 << 20
+    );
+    // The destination catches up (the crossing rule itself is a unit test of the daemon:
+    // other tests' WAL on the same server would make a count here flaky).
+    daemon.wait_for(
+        std::time::Duration::from_secs(60),
+        "the destination to catch up",
+        |_| rows(&destination).len() == 30_000,
+    );
+    drop(daemon);
+}
+
+#[test]
+fn cdc_slot_moves_past_the_wal_of_other_tables() {
+    let Some((source, destination)) = databases("cdc_quiet") else {
+        return;
+    };
+    let slot = Slot::new(&source);
+    let dir = tempfile::tempdir().unwrap();
+    exec(
+        &source,
+        &[
+            TABLE,
+            "INSERT INTO people VALUES (1, 'a', 1, NULL)",
+            "CREATE TABLE busy (id BIGINT PRIMARY KEY, v TEXT)",
+        ],
+    );
+    config(dir.path(), &source, &destination, &slot, 1000);
+    run_ok(dir.path());
+    // Only another table changes: nothing to read, but the slot must not hold that WAL.
+    exec(
+        &source,
+        &["INSERT INTO busy SELECT g, repeat('x', 200) FROM generate_series(1, 20000) g"],
+    );
+    let busy_end: String = lockstep_e2e::block_on(async {
+        let mut c = sqlx::PgConnection::connect(&source.url).await.unwrap();
+        sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+            .fetch_one(&mut c)
+            .await
+            .unwrap()
+    });
+    let quiet = run_ok(dir.path());
+    assert_eq!(quiet["metrics"]["read"], 0, "{quiet}");
+    // The next run confirms the slot to the quiet run's checkpoint: past the busy WAL.
+    run_ok(dir.path());
+    let passed: bool = lockstep_e2e::block_on(async {
+        let mut c = sqlx::PgConnection::connect(&source.url).await.unwrap();
+        sqlx::query_scalar(
+            "SELECT confirmed_flush_lsn >= $1::text::pg_lsn FROM pg_replication_slots \
+             WHERE slot_name = $2",
+        )
+        .bind(&busy_end)
+        .bind(&slot.name)
+        .fetch_one(&mut c)
+        .await
+        .unwrap()
+    });
+    assert!(
+        passed,
+        "the slot stayed at {} before the other table's WAL ended at {busy_end}",
+        confirmed(&source, &slot)
+    );
+    assert_eq!(rows(&source), rows(&destination));
+}
