@@ -183,12 +183,17 @@ pub(crate) fn start(
     let columns = out
         .iter()
         .map(|f| {
-            table
-                .column(&f.name)
-                .cloned()
-                .expect("resolved fields are columns")
+            table.column(&f.name).cloned().ok_or_else(|| {
+                ConnectorError::schema(format!(
+                    "change data capture of `{}`: field `{}` is not one of its columns; \
+                     columns: {}",
+                    table.name,
+                    f.name,
+                    table.column_names()
+                ))
+            })
         })
-        .collect();
+        .collect::<Result<Vec<_>>>()?;
     let mut schema_fields: Vec<FieldInfo> = out
         .iter()
         .map(|f| FieldInfo {
