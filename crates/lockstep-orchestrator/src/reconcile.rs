@@ -204,12 +204,22 @@ async fn cancel_returned<S: Sink>(
 
 /// Records that this run reconciled, for `reconcile_every`.
 async fn mark_done(ctx: &Context<'_>, run: &RunState) -> Result<(), EngineError> {
-    ctx.services
+    mark_reconciled(ctx.services, ctx.job, run.run_id).await
+}
+
+/// Records that run `run_id` of `job` compared key sets, for `reconcile_every` (a two-way
+/// run's delete detection counts as its reconciliation).
+pub(crate) async fn mark_reconciled(
+    services: Services<'_>,
+    job: &SyncJob,
+    run_id: i64,
+) -> Result<(), EngineError> {
+    services
         .state
         .put_checkpoint(
-            &marker(ctx.job),
-            Some(run.run_id),
-            &serde_json::json!({ "run": run.run_id }),
+            &marker(job),
+            Some(run_id),
+            &serde_json::json!({ "run": run_id }),
         )
         .await?;
     Ok(())

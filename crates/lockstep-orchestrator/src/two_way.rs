@@ -333,9 +333,9 @@ async fn execute(
     let state = services.state;
     let in_base = state.base_count(&spec.name).await?;
     let mut deleted: [HashSet<String>; 2] = Default::default();
-    if in_base > 0
-        && spec.delete.reconcile_every != 0
-        && !key_sets_unchanged(services, job, [&side_a, &side_b], &key, in_base).await
+    // Key sets are compared every `reconcile_every` runs (tombstones arrive every run).
+    let compares_keys = in_base > 0 && crate::reconcile::due(services, job, run.run_id).await?;
+    if compares_keys && !key_sets_unchanged(services, job, [&side_a, &side_b], &key, in_base).await
     {
         for (side, source) in [(&side_a, &mut source_a), (&side_b, &mut source_b)] {
             let i = index(side.side);
@@ -593,6 +593,9 @@ async fn execute(
             checkpoint: Some(&new_checkpoint),
         })
         .await?;
+    if compares_keys {
+        crate::reconcile::mark_reconciled(services, job, run.run_id).await?;
+    }
     run.checkpoint = Some(new_checkpoint);
     run.batches += 1;
     let queued = plan

@@ -2223,3 +2223,56 @@ fn the_daemon_alerts_once_when_a_conflict_waits_and_the_gauge_follows_the_queue(
         "a resolved conflict raises no alert"
     );
 }
+
+/// `reconcile_every = 2`: a two-way sync compares key sets every second run, so a record
+/// deleted on one side is deleted on the other by the first run that compares, and not
+/// before; edits still flow on every run.
+#[test]
+fn a_two_way_sync_compares_key_sets_every_reconcile_every_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (a, b) = (d.join("a.db"), d.join("b.db"));
+    sqlite_sides(
+        d,
+        &["INSERT INTO contacts (id, email, name) VALUES (1, 'ann@x', 'Ann'), (2, 'bob@x', 'Bob'), (3, 'cy@x', 'Cy')"],
+    );
+    sqlite_config(d, "", "policy = \"prefer-a\"\nb_cursor = \"updated_at\"");
+    let path = d.join("lockstep.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replacen(
+            "max_delete_fraction = 1.0",
+            "max_delete_fraction = 1.0\nreconcile_every = 2",
+            1,
+        ),
+    )
+    .unwrap();
+    // Run 1 fills side b; run 2 compares key sets (none compared yet) and finds nothing.
+    assert_eq!(metric(&run_people(d), "added"), 3);
+    assert_eq!(metric(&run_people(d), "deleted"), 0);
+
+    // Bob leaves side a and Cy is renamed there: run 3 does not compare, so only the rename
+    // goes across; run 4 compares and deletes Bob on side b.
+    sqlite_exec(
+        &a,
+        &[
+            "DELETE FROM contacts WHERE id = 2",
+            "UPDATE contacts SET name = 'Cyrus' WHERE id = 3",
+        ],
+    );
+    let third = run_people(d);
+    assert_eq!(
+        (metric(&third, "updated"), metric(&third, "deleted")),
+        (1, 0),
+        "{third}"
+    );
+    assert_eq!(
+        sqlite_rows(&b),
+        ["1|ann@x|Ann", "2|bob@x|Bob", "3|cy@x|Cyrus"]
+    );
+    let fourth = run_people(d);
+    assert_eq!(metric(&fourth, "deleted"), 1, "{fourth}");
+    assert_eq!(sqlite_rows(&b), ["1|ann@x|Ann", "3|cy@x|Cyrus"]);
+    assert_eq!(sqlite_rows(&a), sqlite_rows(&b));
+}
