@@ -455,6 +455,22 @@ impl PgReader {
     }
 }
 
+/// A reader worker thread's own runtime; `None` after telling the reader why there is none.
+pub(crate) fn worker_runtime(tx: &mpsc::Sender<BatchResult>) -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => Some(runtime),
+        Err(e) => {
+            let _ = tx.blocking_send(Err(ConnectorError::internal(format!(
+                "cannot start the reader's runtime: {e}"
+            ))));
+            None
+        }
+    }
+}
+
 /// The worker: fetches one batch per request until the end, the reader's drop, or forever
 /// failing. A transient failure drops the connection; the next request reconnects and
 /// retries the same batch.
@@ -464,17 +480,8 @@ fn worker(
     mut go: mpsc::UnboundedReceiver<()>,
     tx: mpsc::Sender<BatchResult>,
 ) {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = tx.blocking_send(Err(ConnectorError::internal(format!(
-                "cannot start the reader's runtime: {e}"
-            ))));
-            return;
-        }
+    let Some(runtime) = worker_runtime(&tx) else {
+        return;
     };
     runtime.block_on(async move {
         let mut conn: Option<PgConnection> = None;

@@ -231,17 +231,8 @@ pub(crate) fn start(
 
 /// The worker thread: its own runtime and connections; one batch per request.
 fn worker(plan: CdcPlan, go: mpsc::UnboundedReceiver<()>, tx: mpsc::Sender<BatchResult>) {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = tx.blocking_send(Err(ConnectorError::internal(format!(
-                "cannot start the reader's runtime: {e}"
-            ))));
-            return;
-        }
+    let Some(runtime) = crate::read::worker_runtime(&tx) else {
+        return;
     };
     runtime.block_on(async move {
         let mut out = Outlet { go, tx };
