@@ -236,3 +236,46 @@ async fn with_faults_writes_are_exact_and_stay_within_the_budget() {
     assert!(records.iter().all(|r| r.properties["firstname"] == "R1"));
     assert_eq!(fake.counts().1, 0, "no 429: the budget kept to the limit");
 }
+
+#[tokio::test]
+async fn batch_calls_run_concurrently_up_to_the_connections_limit() {
+    environment();
+    // Slow answers, as HubSpot's batch calls take a few hundred milliseconds: one call at a
+    // time could not use the budget.
+    let fake = FakeHubSpot::start(Options {
+        token: TOKEN.into(),
+        delay: std::time::Duration::from_millis(150),
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let config: HubSpotConfig = serde_json::from_value(json!({
+        "token_env": TOKEN_VAR, "base_url": fake.base_url(), "concurrency": 3
+    }))
+    .unwrap();
+    let hubspot = HubSpot::connect(config).unwrap();
+    let mut writer = hubspot
+        .start_write(request("contacts", "email", contact_fields()))
+        .await
+        .unwrap();
+    let mut values: Vec<Value> = (0..1_000)
+        .map(|i| json!({"email": format!("p{i}@x.io"), "firstname": "P"}))
+        .collect();
+    // One invalid value among them: its call is refused and bisected while others run.
+    values[537] = json!({"email": "p537@x.io", "lifecyclestage": "not-a-stage"});
+    let outcome = writer
+        .upsert(batch_from_rows(&contact_fields(), &rows(values)).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome.rejected.iter().map(|r| r.row).collect::<Vec<_>>(),
+        vec![537]
+    );
+    assert_eq!(outcome.inserted, Some(999));
+    assert_eq!(fake.records(ObjectType::Contacts).len(), 999);
+    assert_eq!(
+        fake.most_concurrent(),
+        3,
+        "10 batch calls with concurrency 3 keep exactly 3 in flight at the busiest"
+    );
+}

@@ -112,7 +112,13 @@ async fn gate(state: &Shared, headers: &HeaderMap, class: Class) -> Result<Heade
     let options = state.options.lock().unwrap().clone();
     state.counters.lock().unwrap().requests += 1;
     if !options.delay.is_zero() {
+        {
+            let mut counters = state.counters.lock().unwrap();
+            counters.in_delay += 1;
+            counters.most_in_delay = counters.most_in_delay.max(counters.in_delay);
+        }
         tokio::time::sleep(options.delay).await;
+        state.counters.lock().unwrap().in_delay -= 1;
     }
     // Per "Authentication overview": private apps send `Authorization: Bearer <token>`; a
     // missing or wrong token is a 401 with category INVALID_AUTHENTICATION.
@@ -290,8 +296,8 @@ async fn list(
             .collect();
         let store = state.store.lock().unwrap();
         let mut page: Vec<_> = store
-            .records(object)
-            .filter(|r| r.id >= after && r.archived_ms.is_some() == archived)
+            .records_from(object, after)
+            .filter(|r| r.archived_ms.is_some() == archived)
             .take(limit + 1)
             .collect();
         let next = (page.len() > limit)
@@ -876,15 +882,19 @@ fn update(store: &mut Store, object: ObjectType, inputs: &[Value]) -> Result<Res
                 .and_then(|p| store.find_unique(object, p, &id.to_lowercase())),
             None => id.parse::<u64>().ok(),
         };
-        match target
-            .and_then(|t| store.get_mut(object, t))
-            .filter(|r| r.archived_ms.is_none())
-        {
-            Some(record) => {
+        let live = target.filter(|&t| {
+            store
+                .get(object, t)
+                .is_some_and(|r| r.archived_ms.is_none())
+        });
+        match live.and_then(|t| {
+            store.modify(object, t, |record| {
                 record.properties.extend(properties);
                 record.updated_ms = now;
-                results.push(record.to_json(object, None));
-            }
+                record.to_json(object, None)
+            })
+        }) {
+            Some(json) => results.push(json),
             None => missing.push(id.clone()),
         }
     }
@@ -941,10 +951,13 @@ fn upsert(store: &mut Store, object: ObjectType, inputs: &[Value]) -> Result<Res
         properties.insert(property.to_owned(), value.clone());
         let json = match store.find_unique(object, property, &value) {
             Some(id) => {
-                let record = store.get_mut(object, id).expect("found above");
-                record.properties.extend(properties);
-                record.updated_ms = now;
-                let mut json = record.to_json(object, None);
+                let mut json = store
+                    .modify(object, id, |record| {
+                        record.properties.extend(properties);
+                        record.updated_ms = now;
+                        record.to_json(object, None)
+                    })
+                    .expect("found above");
                 json["new"] = json!(false);
                 json
             }
@@ -968,11 +981,13 @@ fn archive(store: &mut Store, object: ObjectType, inputs: &[Value]) -> Result<Re
         .collect::<Result<_, _>>()?;
     let now = store.tick();
     for id in ids {
-        if let Some(record) = id.parse().ok().and_then(|id| store.get_mut(object, id)) {
-            if record.archived_ms.is_none() {
-                record.archived_ms = Some(now);
-                record.updated_ms = now;
-            }
+        if let Ok(id) = id.parse() {
+            store.modify(object, id, |record| {
+                if record.archived_ms.is_none() {
+                    record.archived_ms = Some(now);
+                    record.updated_ms = now;
+                }
+            });
         }
     }
     Ok(StatusCode::NO_CONTENT.into_response())

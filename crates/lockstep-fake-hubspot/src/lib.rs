@@ -112,14 +112,17 @@ impl FakeHubSpot {
     pub fn update(&self, object: ObjectType, id: &str, properties: &[(&str, &str)]) -> bool {
         let mut store = self.state.store.lock().unwrap();
         let now = store.tick();
-        let Some(record) = id.parse().ok().and_then(|id| store.get_mut(object, id)) else {
+        let Ok(id) = id.parse() else {
             return false;
         };
-        for (k, v) in properties {
-            record.properties.insert(k.to_string(), v.to_string());
-        }
-        record.updated_ms = now;
-        true
+        store
+            .modify(object, id, |record| {
+                for (k, v) in properties {
+                    record.properties.insert(k.to_string(), v.to_string());
+                }
+                record.updated_ms = now;
+            })
+            .is_some()
     }
 
     /// Archives a record directly, as a person in HubSpot's UI would. Returns false when
@@ -127,14 +130,19 @@ impl FakeHubSpot {
     pub fn archive(&self, object: ObjectType, id: &str) -> bool {
         let mut store = self.state.store.lock().unwrap();
         let now = store.tick();
-        match id.parse().ok().and_then(|id| store.get_mut(object, id)) {
-            Some(record) if record.archived_ms.is_none() => {
-                record.archived_ms = Some(now);
-                record.updated_ms = now;
-                true
-            }
-            _ => false,
-        }
+        let Ok(id) = id.parse() else {
+            return false;
+        };
+        store
+            .modify(object, id, |record| {
+                let live = record.archived_ms.is_none();
+                if live {
+                    record.archived_ms = Some(now);
+                    record.updated_ms = now;
+                }
+                live
+            })
+            .unwrap_or(false)
     }
 
     /// Every record of `object`, archived or not, in id order.
@@ -147,6 +155,12 @@ impl FakeHubSpot {
         let c = self.state.counters.lock().unwrap();
         (c.requests, c.throttled)
     }
+
+    /// The most requests the fake was answering at the same time, counted while each is held
+    /// back by [`Options::delay`] (zero without a delay).
+    pub fn most_concurrent(&self) -> u64 {
+        self.state.counters.lock().unwrap().most_in_delay
+    }
 }
 
 /// Shared counters of a fake.
@@ -154,6 +168,9 @@ impl FakeHubSpot {
 pub(crate) struct Counters {
     pub requests: u64,
     pub throttled: u64,
+    /// Requests inside their answer delay right now, and the most there ever were.
+    pub in_delay: u64,
+    pub most_in_delay: u64,
 }
 
 pub(crate) type Locked<T> = Mutex<T>;
