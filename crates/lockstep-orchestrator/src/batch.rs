@@ -12,6 +12,8 @@
 //! - Per row there is only the work of keys, fingerprints and the diff; the sink is called
 //!   once per batch.
 
+use std::collections::HashSet;
+
 use arrow::array::{BooleanArray, RecordBatch};
 use arrow::compute::filter_record_batch;
 use lockstep_core::protocol::WriteOutcome;
@@ -44,6 +46,91 @@ pub(crate) async fn apply_batch<S: Sink>(
     if is_rejects_batch(&batch) {
         return apply_source_rejects(ctx, sink, run, &batch, checkpoint).await;
     }
+    let deletes_may_wait = run.deletes_waiting;
+    let flushed = write_batch(ctx, sink, run, batch, checkpoint, None, deletes_may_wait).await?;
+    sink.wait_deletes(
+        ctx,
+        run,
+        DeleteOrigin::Tombstone,
+        &flushed.found,
+        &flushed.seen,
+    )
+    .await?;
+    sink.commit(&flushed.commit(ctx)).await?;
+    flushed.committed(sink.writes(), run);
+    Ok(())
+}
+
+/// A batch whose writes the destination has flushed, with what its state commit records.
+/// A run commits it while the next batch is read, diffed and written (`pipeline`), so the
+/// state store's work overlaps the destination's.
+pub(crate) struct Flushed {
+    run_id: i64,
+    batch_number: u64,
+    /// Ledger rows of the records the destination accepted.
+    ledger: Vec<LedgerEntry>,
+    rejected: Vec<RejectedRecord>,
+    /// Keys of tombstoned records, to wait as pending deletes.
+    found: Vec<String>,
+    /// Keys of records present, which cancel the deletes waiting for them.
+    seen: Vec<String>,
+    /// The checkpoint the commit records, if any.
+    checkpoint: Option<Value>,
+    /// The run's metrics up to and including this batch.
+    metrics: RunMetrics,
+}
+
+impl Flushed {
+    /// The state commit of this batch.
+    pub(crate) fn commit<'c>(&'c self, ctx: &'c Context<'_>) -> BatchCommit<'c> {
+        BatchCommit {
+            sync: ctx.job.spec.name.as_str(),
+            run: self.run_id,
+            lease_token: ctx.lease_token(),
+            ledger_upserts: &self.ledger,
+            ledger_deletes: &[],
+            checkpoint: self.checkpoint.as_ref(),
+            metrics: &self.metrics,
+            rejected: &self.rejected,
+        }
+    }
+
+    /// Whether this batch found deletes that now wait in the state store.
+    pub(crate) fn found_deletes(&self) -> bool {
+        !self.found.is_empty()
+    }
+
+    /// The keys of this batch's tombstones and of its records present.
+    pub(crate) fn deletes(&self) -> (&[String], &[String]) {
+        (&self.found, &self.seen)
+    }
+
+    /// Records in `run` that this batch committed.
+    pub(crate) fn committed(self, writes: bool, run: &mut RunState) {
+        if writes {
+            fault_point(FaultPoint::AfterCommit, self.batch_number);
+        }
+        if let Some(c) = self.checkpoint {
+            run.checkpoint = Some(c);
+        }
+        tracing::debug!(batch = self.batch_number, "batch committed");
+    }
+}
+
+/// Maps one source batch, works out its changes, and writes and flushes them; what its
+/// commit records comes back. `in_flight` is the previous batch when its commit has not
+/// landed yet: its ledger rows stand in for the store's. `deletes_may_wait` says whether
+/// deletes may be waiting (in the store, or found by `in_flight`), so that the records this
+/// batch has again can cancel them.
+pub(crate) async fn write_batch<S: Sink>(
+    ctx: &Context<'_>,
+    sink: &mut S,
+    run: &mut RunState,
+    batch: RecordBatch,
+    checkpoint: Value,
+    in_flight: Option<&Flushed>,
+    deletes_may_wait: bool,
+) -> Result<Flushed, EngineError> {
     let spec = &ctx.job.spec;
     let sync = spec.name.as_str();
     let batch_number = run.batches + 1;
@@ -78,9 +165,11 @@ pub(crate) async fn apply_batch<S: Sink>(
         _ => None,
     };
     let changes = if spec.use_ledger {
-        BatchChanges::Ledger(LedgerChanges::new(ctx, sink, run, &mapped, marks).await?)
+        BatchChanges::Ledger(
+            LedgerChanges::new(ctx, sink, &mapped, marks, in_flight, deletes_may_wait).await?,
+        )
     } else {
-        BatchChanges::Direct(DirectChanges::new(ctx, run, &mapped, marks)?)
+        BatchChanges::Direct(DirectChanges::new(ctx, &mapped, marks, deletes_may_wait)?)
     };
 
     if writes {
@@ -103,42 +192,26 @@ pub(crate) async fn apply_batch<S: Sink>(
         outcome: &outcome,
     };
     let settled = changes.settle(ctx, run, &written, writes, &mut metrics, &mut rejected)?;
-    // Tombstones are not applied here: they wait in the state store until the end of the run
-    // has counted every delete against the guard. A record present (not deleted) cancels the
-    // delete that waits for it.
-    sink.wait_deletes(
-        ctx,
-        run,
-        DeleteOrigin::Tombstone,
-        &settled.found,
-        &settled.seen,
-    )
-    .await?;
     metrics.rejected = rejected.len() as u64;
     run.metrics.add(&metrics);
     run.batches += 1;
     sink.sample_rejects(&rejected);
     // A null checkpoint (a read by keys, for a retry) leaves the stored one where it is.
-    let new_checkpoint = (spec.reads_by_cursor() && !checkpoint.is_null()).then_some(checkpoint);
-    sink.commit(&BatchCommit {
-        sync,
-        run: run.run_id,
-        lease_token: ctx.lease_token(),
-        ledger_upserts: &settled.ledger,
-        ledger_deletes: &[],
-        checkpoint: new_checkpoint.as_ref(),
-        metrics: &run.metrics,
-        rejected: &rejected,
+    let checkpoint = (spec.reads_by_cursor() && !checkpoint.is_null()).then_some(checkpoint);
+    tracing::debug!(batch = run.batches, ?metrics, "batch written");
+    // Tombstones are not applied here: they wait in the state store until the end of the run
+    // has counted every delete against the guard. A record present (not deleted) cancels the
+    // delete that waits for it.
+    Ok(Flushed {
+        run_id: run.run_id,
+        batch_number,
+        ledger: settled.ledger,
+        rejected,
+        found: settled.found,
+        seen: settled.seen,
+        checkpoint,
+        metrics: run.metrics,
     })
-    .await?;
-    if writes {
-        fault_point(FaultPoint::AfterCommit, batch_number);
-    }
-    if let Some(c) = new_checkpoint {
-        run.checkpoint = Some(c);
-    }
-    tracing::debug!(batch = run.batches, ?metrics, "batch committed");
-    Ok(())
 }
 
 /// What a batch changes, by the sync's kind.
@@ -211,18 +284,30 @@ impl LedgerChanges {
     async fn new<S: Sink>(
         ctx: &Context<'_>,
         sink: &mut S,
-        run: &RunState,
         mapped: &MappedBatch,
         marks: Option<Vec<bool>>,
+        in_flight: Option<&Flushed>,
+        deletes_may_wait: bool,
     ) -> Result<Self, EngineError> {
         let keys = record_keys(&mapped.batch, ctx.mapper.key())?;
         let fingerprints = fingerprints(&mapped.batch)?;
         let batch_keys = BatchKeys::new(&keys);
-        let ledger = ctx
+        let unique = batch_keys.unique();
+        let mut ledger = ctx
             .services
             .state
-            .ledger_lookup(&ctx.job.spec.name, &batch_keys.unique())
+            .ledger_lookup(&ctx.job.spec.name, &unique)
             .await?;
+        // The previous batch's ledger rows are newer than the store's while its commit is in
+        // flight.
+        if let Some(previous) = in_flight.filter(|p| !p.ledger.is_empty()) {
+            let wanted: HashSet<&str> = unique.iter().map(String::as_str).collect();
+            for entry in &previous.ledger {
+                if wanted.contains(entry.key.as_str()) {
+                    ledger.insert(entry.key.clone(), entry.clone());
+                }
+            }
+        }
         let changes = diff(
             &MappedRecords {
                 keys: &batch_keys,
@@ -237,7 +322,7 @@ impl LedgerChanges {
             (mapped.batch.num_rows() + mapped.rejected.len()) as u64,
             "the diff counts every row once"
         );
-        let present = if run.deletes_waiting {
+        let present = if deletes_may_wait {
             batch_keys.present(&changes)
         } else {
             Vec::new()
@@ -372,9 +457,9 @@ struct DirectChanges {
 impl DirectChanges {
     fn new(
         ctx: &Context<'_>,
-        run: &RunState,
         mapped: &MappedBatch,
         marks: Option<Vec<bool>>,
+        deletes_may_wait: bool,
     ) -> Result<Self, EngineError> {
         let deleted_in_source = marks.filter(|rows| rows.iter().any(|d| *d));
         let (to_write, to_delete) = match &deleted_in_source {
@@ -400,7 +485,7 @@ impl DirectChanges {
             (Some(keys_batch), false) => record_keys(keys_batch, ctx.mapper.key())?,
             _ => Vec::new(),
         };
-        let seen = if run.deletes_waiting {
+        let seen = if deletes_may_wait {
             record_keys(&to_write, ctx.mapper.key())?
         } else {
             Vec::new()

@@ -2,8 +2,17 @@
 //! (the reader runs ahead) and apply each one (`batch`), honour stop requests and a lost
 //! lease between batches, then, in mirror mode, reconcile and end the delete phase.
 //!
+//! A run's batches overlap: batch N's state commit (its pending deletes, then ledger rows,
+//! rejects, metrics and checkpoint) runs while batch N+1 is mapped, diffed and written, so
+//! the state store works while the destination does.
+//!
 //! Invariants:
-//! - A stop request is honoured between batches: the batch in hand commits first.
+//! - The commit protocol holds per batch: a batch commits after its own writes flushed, and
+//!   commits land in batch order (batch N+1's commit starts after batch N's landed).
+//! - Batch N+1 sees batch N as committed: its diff takes N's ledger rows over the store's,
+//!   and records present in it cancel the deletes N found.
+//! - A stop request is honoured between batches: the batch in hand commits first, and so
+//!   does the batch written before a failed read or a reject limit reached.
 //! - A lost lease stops the run at once, even in a slow read, and cancels the read.
 //! - No delete reaches the destination before the whole read and the reconciliation are done
 //!   (`deletes`).
@@ -17,15 +26,17 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use crate::batch::apply_batch;
+use crate::batch::{apply_batch, write_batch, Flushed};
 use crate::context::{fields_to_read, Context};
 use crate::error::EngineError;
 use crate::job::{Progress, RunOptions, RunState, SyncJob};
 use crate::lease::{FencedWriter, HeldLease, LeaseWatch};
 use crate::services::{open_destination_stream, Services};
-use crate::sink::{Sink, WriteSink};
+use crate::sink::{record_deletes, Sink, WriteSink};
 use crate::{deletes, reconcile};
 use lockstep_plugin_core::run_end::{run_end_batch, FEATURE_RUN_END};
+use lockstep_plugin_core::source_rejects::is_rejects_batch;
+use lockstep_state::DeleteOrigin;
 
 /// The sync's source, opened, with its stream and the mapping compiled against it.
 pub(crate) struct OpenedSource {
@@ -206,6 +217,8 @@ pub(crate) async fn execute<S: Sink>(
             > 0;
     }
     let mut stop = options.stop.clone();
+    // The written batch whose state commit has not been made yet.
+    let mut in_flight: Option<Flushed> = None;
     let completed = loop {
         if *stop.borrow() {
             break false;
@@ -220,18 +233,59 @@ pub(crate) async fn execute<S: Sink>(
                 return Err(error);
             }
         };
-        let Some(next) = next else {
-            return Err(EngineError::Internal(
-                "the source reader stopped without an end".into(),
-            ));
+        let next = match next {
+            Some(Ok(next)) => next,
+            // What was written before the read failed still commits.
+            Some(Err(e)) => {
+                finish_in_flight(ctx, run, &mut in_flight).await?;
+                return Err(e.into());
+            }
+            None => {
+                finish_in_flight(ctx, run, &mut in_flight).await?;
+                return Err(EngineError::Internal(
+                    "the source reader stopped without an end".into(),
+                ));
+            }
         };
-        let Some((batch, checkpoint)) = next? else {
+        let Some((batch, checkpoint)) = next else {
             break true;
         };
-        apply_batch(ctx, sink, run, batch, checkpoint).await?;
+        if sink.writes() && !is_rejects_batch(&batch) {
+            // This batch is mapped, diffed and written while the previous one commits.
+            let previous = in_flight.take();
+            let deletes_may_wait =
+                run.deletes_waiting || previous.as_ref().is_some_and(Flushed::found_deletes);
+            let waiting = run.deletes_waiting;
+            let run_id = run.run_id;
+            let (committed, written) = tokio::join!(
+                commit_flushed(ctx, run_id, waiting, previous.as_ref()),
+                write_batch(
+                    ctx,
+                    sink,
+                    run,
+                    batch,
+                    checkpoint,
+                    previous.as_ref(),
+                    deletes_may_wait
+                ),
+            );
+            committed?;
+            if let Some(previous) = previous {
+                run.deletes_waiting |= previous.found_deletes();
+                previous.committed(true, run);
+            }
+            in_flight = Some(written?);
+        } else {
+            finish_in_flight(ctx, run, &mut in_flight).await?;
+            apply_batch(ctx, sink, run, batch, checkpoint).await?;
+        }
         crate::memory::release_free_memory();
         if let lockstep_core::RejectLimit::Count(_) = spec.max_rejected {
-            check_rejections(job, &run.metrics)?;
+            if let Err(e) = check_rejections(job, &run.metrics) {
+                // The rejects that went past the limit are kept, for `rejects list`.
+                finish_in_flight(ctx, run, &mut in_flight).await?;
+                return Err(e);
+            }
         }
         if let Some(progress) = &options.progress {
             progress(&Progress {
@@ -244,6 +298,8 @@ pub(crate) async fn execute<S: Sink>(
     if !completed {
         source_cancel.cancel();
     }
+    // The batch in hand commits, whether the read ended or a stop was asked for.
+    finish_in_flight(ctx, run, &mut in_flight).await?;
     drop(rx);
     let _ = read_task.await;
     drop(source);
@@ -265,6 +321,48 @@ pub(crate) async fn execute<S: Sink>(
         deletes::finish(ctx, sink, run, options.allow_mass_delete, destination_size).await?;
     }
     Ok(true)
+}
+
+/// Makes the state commit of a written batch (when there is one): its pending deletes, then
+/// its ledger rows, rejects, metrics and checkpoint, in one transaction under the lease.
+async fn commit_flushed(
+    ctx: &Context<'_>,
+    run_id: i64,
+    deletes_waiting: bool,
+    flushed: Option<&Flushed>,
+) -> Result<(), EngineError> {
+    let Some(flushed) = flushed else {
+        return Ok(());
+    };
+    let state = ctx.services.state;
+    let (found, seen) = flushed.deletes();
+    record_deletes(
+        state,
+        ctx,
+        run_id,
+        deletes_waiting,
+        DeleteOrigin::Tombstone,
+        found,
+        seen,
+    )
+    .await?;
+    state.commit_batch(&flushed.commit(ctx)).await?;
+    Ok(())
+}
+
+/// Commits the batch still in flight, if any, and records that in `run`.
+async fn finish_in_flight(
+    ctx: &Context<'_>,
+    run: &mut RunState,
+    in_flight: &mut Option<Flushed>,
+) -> Result<(), EngineError> {
+    let Some(flushed) = in_flight.take() else {
+        return Ok(());
+    };
+    commit_flushed(ctx, run.run_id, run.deletes_waiting, Some(&flushed)).await?;
+    run.deletes_waiting |= flushed.found_deletes();
+    flushed.committed(true, run);
+    Ok(())
 }
 
 /// Resolves when the run's lease is lost; never without a lease (a dry run).

@@ -95,31 +95,9 @@ impl Sink for WriteSink<'_> {
         found: &[String],
         seen: &[String],
     ) -> Result<(), EngineError> {
-        // Without waiting deletes there is nothing for `seen` to cancel.
-        let seen: &[String] = if run.deletes_waiting { seen } else { &[] };
-        if found.is_empty() && seen.is_empty() {
-            return Ok(());
-        }
-        let cancelled = self
-            .state
-            .change_pending_deletes(&PendingDeleteChange {
-                sync: &ctx.job.spec.name,
-                run: run.run_id,
-                lease_token: ctx.lease_token(),
-                origin,
-                add: found,
-                cancel: seen,
-            })
-            .await?;
-        if cancelled > 0 {
-            tracing::info!(
-                cancelled,
-                "records the source has again cancelled their waiting deletes"
-            );
-        }
-        if !found.is_empty() {
-            run.deletes_waiting = true;
-        }
+        let waiting = run.deletes_waiting;
+        record_deletes(self.state, ctx, run.run_id, waiting, origin, found, seen).await?;
+        run.deletes_waiting |= !found.is_empty();
         Ok(())
     }
 
@@ -130,4 +108,41 @@ impl Sink for WriteSink<'_> {
     fn sample(&mut self, _mapped: &RecordBatch, _keys: &[String], _upserts: &[Upsert]) {}
 
     fn sample_rejects(&mut self, _rejected: &[RejectedRecord]) {}
+}
+
+/// Records the deletes `found` (by key) as pending in `state`, and cancels the waiting
+/// deletes of `seen`, records the source has again (when `deletes_waiting` says any wait).
+/// The run's write sink does this at each batch; the pipelined run (`pipeline`) calls it
+/// beside the next batch's writes.
+pub(crate) async fn record_deletes(
+    state: &dyn lockstep_state::StateStore,
+    ctx: &Context<'_>,
+    run_id: i64,
+    deletes_waiting: bool,
+    origin: DeleteOrigin,
+    found: &[String],
+    seen: &[String],
+) -> Result<(), EngineError> {
+    // Without waiting deletes there is nothing for `seen` to cancel.
+    let seen: &[String] = if deletes_waiting { seen } else { &[] };
+    if found.is_empty() && seen.is_empty() {
+        return Ok(());
+    }
+    let cancelled = state
+        .change_pending_deletes(&PendingDeleteChange {
+            sync: &ctx.job.spec.name,
+            run: run_id,
+            lease_token: ctx.lease_token(),
+            origin,
+            add: found,
+            cancel: seen,
+        })
+        .await?;
+    if cancelled > 0 {
+        tracing::info!(
+            cancelled,
+            "records the source has again cancelled their waiting deletes"
+        );
+    }
+    Ok(())
 }

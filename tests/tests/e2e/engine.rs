@@ -599,3 +599,101 @@ reconcile_every = 1
     assert_eq!(fifth["metrics"]["deleted"], 0, "{fifth}");
     assert!(stderr.contains(MATCHED), "{stderr}");
 }
+
+/// A run commits each batch while the next one is diffed and written (`pipeline`): the next
+/// batch must see the ledger rows and the waiting deletes of the batch still committing.
+#[test]
+fn a_batch_sees_what_the_batch_before_it_wrote_while_that_commit_is_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Codes are the sync's key; id 150 repeats id 50's code, one batch later.
+    let mut statements = vec![
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, code TEXT, deleted_at TIMESTAMP, updated_at TIMESTAMP NOT NULL)".to_owned(),
+    ];
+    for id in 1..=200 {
+        let code = if id == 150 { 50 } else { id };
+        statements.push(format!(
+            "INSERT INTO items VALUES ({id}, 'item {id}', 'C{code}', NULL, datetime('2026-01-01', '+{id} seconds'))"
+        ));
+    }
+    let statements: Vec<&str> = statements.iter().map(String::as_str).collect();
+    sql(&d.join("src.db"), &statements);
+    let write_config = |batch_size: u32| {
+        std::fs::write(
+            d.join("lockstep.toml"),
+            format!(
+                r#"
+[state]
+url = "sqlite://state.db"
+
+[connections.src]
+connector = "sqlite"
+config = {{ path = "src.db" }}
+
+[connections.dst]
+connector = "sqlite"
+config = {{ path = "dst.db" }}
+
+[syncs.items]
+source = "src.items"
+destination = "dst.items"
+mode = "mirror"
+cursor = "updated_at"
+key = ["code"]
+tombstone = "deleted_at"
+batch_size = {batch_size}
+
+[syncs.items.fields]
+code = "code"
+name = "name"
+"#
+            ),
+        )
+        .unwrap();
+    };
+    write_config(100);
+    let (ok, first, stderr) = run_json(d, &[]);
+    assert!(ok, "{first}\n{stderr}");
+    // The second C50 finds the first one's ledger row, though its batch's commit may not
+    // have landed when the second batch was diffed.
+    assert_eq!(first["metrics"]["read"], 200, "{first}");
+    assert_eq!(first["metrics"]["added"], 199, "{first}");
+    assert_eq!(first["metrics"]["updated"], 1, "{first}");
+    let dst = d.join("dst.db");
+    assert_eq!(count(&dst, "SELECT count(*) FROM items"), 199);
+    assert_eq!(
+        count(
+            &dst,
+            "SELECT count(*) FROM items WHERE code = 'C50' AND name = 'item 150'"
+        ),
+        1
+    );
+
+    // One record per batch: C60 is tombstoned in one batch, and in the next id 161 takes the
+    // code C60, which cancels the delete waiting for it; C161 is gone from the source.
+    write_config(1);
+    sql(
+        &d.join("src.db"),
+        &[
+            "UPDATE items SET deleted_at = '2026-02-01', updated_at = '2026-02-01 00:00:00' WHERE id = 60",
+            "UPDATE items SET code = 'C60', updated_at = '2026-02-01 00:00:01' WHERE id = 161",
+        ],
+    );
+    let (ok, second, stderr) = run_json(d, &[]);
+    assert!(ok, "{second}\n{stderr}");
+    assert_eq!(second["metrics"]["read"], 2, "{second}");
+    assert_eq!(second["metrics"]["deleted"], 1, "only C161 goes: {second}");
+    assert_eq!(
+        count(&dst, "SELECT count(*) FROM items WHERE code = 'C161'"),
+        0
+    );
+    assert_eq!(
+        count(
+            &dst,
+            "SELECT count(*) FROM items WHERE code = 'C60' AND name = 'item 161'"
+        ),
+        1,
+        "the record present again keeps its place"
+    );
+    assert_eq!(count(&dst, "SELECT count(*) FROM items"), 198);
+}
