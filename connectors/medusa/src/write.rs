@@ -358,15 +358,21 @@ impl MedusaWriter {
                 }
             }
             let result = match existing.get(&key) {
-                Some(id) => self
-                    .send(
+                Some(id) => {
+                    // Since Medusa 2.16 an update takes no `options` (they have endpoints
+                    // of their own); a null says nothing, so it is left out.
+                    if body.get("options").is_some_and(Value::is_null) {
+                        body.remove("options");
+                    }
+                    self.send(
                         Method::POST,
                         format!("{path}/{id}"),
                         Some(Value::Object(body)),
                         format!("updating the Medusa {} {key}", self.stream),
                     )
                     .await
-                    .map(|_| Done::Updated),
+                    .map(|_| Done::Updated)
+                }
                 None if self.key == Key::Id => {
                     outcome.rejected.push(RejectedRow {
                         row: index,
