@@ -24,8 +24,8 @@ pub mod write;
 
 use lockstep_http_kit::{HttpClient, Request};
 use lockstep_plugin_sdk::{
-    Catalog, Connector, ConnectorError, Context, DestinationConnector, Manifest,
-    OpenStreamRequest, ReadRequest, Result, SourceConnector,
+    Catalog, Connector, ConnectorError, Context, DestinationConnector, Manifest, OpenStreamRequest,
+    ReadRequest, Result, SourceConnector,
 };
 use serde_json::Value;
 

@@ -401,7 +401,11 @@ impl MedusaReader {
             let mut index = start;
             for record in records {
                 let id = record["id"].as_str().unwrap_or_default().to_owned();
-                if state.after.as_ref().is_none_or(|a| id.as_str() > a.as_str()) {
+                if state
+                    .after
+                    .as_ref()
+                    .is_none_or(|a| id.as_str() > a.as_str())
+                {
                     state.pending.push_back((index, record));
                 }
                 index += 1;

@@ -104,11 +104,7 @@ pub fn fields(stream: &str, currencies: &[String]) -> Vec<JsonField> {
             ("handle", TEXT, "string (unique)"),
             ("subtitle", TEXT, "string"),
             ("description", TEXT, "string"),
-            (
-                "status",
-                TEXT,
-                "enum: draft, proposed, published, rejected",
-            ),
+            ("status", TEXT, "enum: draft, proposed, published, rejected"),
             ("external_id", TEXT, "string"),
             ("thumbnail", TEXT, "url"),
             ("is_giftcard", BOOL, "boolean"),

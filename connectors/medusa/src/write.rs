@@ -46,7 +46,9 @@ enum Key {
     Handle,
     Sku,
     /// Inventory levels: the item by SKU (or by id), and the location.
-    Level { by_sku: bool },
+    Level {
+        by_sku: bool,
+    },
 }
 
 /// Writes to one stream.
@@ -133,7 +135,9 @@ pub(crate) fn open(
         (_, [k]) if k == "id" => Key::Id,
         ("products" | "product_categories", [k]) if k == "handle" => Key::Handle,
         ("product_variants", [k]) if k == "sku" => Key::Sku,
-        ("inventory_levels", keys) if keys.len() == 2 && keys.iter().any(|k| k == "location_id") => {
+        ("inventory_levels", keys)
+            if keys.len() == 2 && keys.iter().any(|k| k == "location_id") =>
+        {
             if keys.iter().any(|k| k == "sku") {
                 Key::Level { by_sku: true }
             } else if keys.iter().any(|k| k == "inventory_item_id") {
@@ -150,8 +154,8 @@ pub(crate) fn open(
     let all = streams::fields(stream, &currencies);
     let mut fields = Vec::new();
     for field in &request.fields {
-        let is_price = stream == "product_variants"
-            && currencies.iter().any(|c| price_field(c) == field.name);
+        let is_price =
+            stream == "product_variants" && currencies.iter().any(|c| price_field(c) == field.name);
         if field.name != "id" && !is_price && !allowed.contains(&field.name.as_str()) {
             let known = all.iter().any(|f| f.field.name == field.name);
             return Err(ConnectorError::schema(if known {
@@ -250,7 +254,13 @@ impl MedusaWriter {
     }
 
     /// Sends one request, answering JSON.
-    async fn send(&self, method: Method, path: String, body: Option<Value>, what: String) -> std::result::Result<Value, HttpError> {
+    async fn send(
+        &self,
+        method: Method,
+        path: String,
+        body: Option<Value>,
+        what: String,
+    ) -> std::result::Result<Value, HttpError> {
         let mut request = Request::new(method, path).describe(what);
         if let Some(body) = body {
             request = request.json(body);
@@ -314,7 +324,11 @@ impl MedusaWriter {
             "products" => ("/admin/products", "products"),
             _ => ("/admin/product-categories", "product_categories"),
         };
-        let key_name = if self.key == Key::Handle { "handle" } else { "id" };
+        let key_name = if self.key == Key::Handle {
+            "handle"
+        } else {
+            "id"
+        };
         let keys: Vec<String> = rows.iter().filter_map(|r| text(r.get(key_name))).collect();
         let existing: HashMap<String, String> = self
             .lookup(path, list_key, key_name, &keys, "id,handle")
@@ -388,9 +402,9 @@ impl MedusaWriter {
                 None => {
                     if self.stream == "products" {
                         strip_nulls(&mut body);
-                        body.entry("options").or_insert_with(|| {
-                            json!([{"title": DEFAULT_OPTION, "values": [DEFAULT_OPTION_VALUE]}])
-                        });
+                        body.entry("options").or_insert_with(
+                            || json!([{"title": DEFAULT_OPTION, "values": [DEFAULT_OPTION_VALUE]}]),
+                        );
                     }
                     self.send(
                         Method::POST,
@@ -488,7 +502,8 @@ impl MedusaWriter {
             };
             let product_id = match (text(row.get("product_id")), text(row.get("product_handle"))) {
                 (Some(id), _) => Some(id),
-                (None, Some(handle)) => match products.get(&handle).and_then(|p| text(p.get("id"))) {
+                (None, Some(handle)) => match products.get(&handle).and_then(|p| text(p.get("id")))
+                {
                     Some(id) => Some(id),
                     None => {
                         reject(
@@ -559,7 +574,10 @@ impl MedusaWriter {
                     strip_nulls(&mut body);
                     body.entry("title").or_insert_with(|| json!(key));
                     if !body.contains_key("options") {
-                        let product = match products.values().find(|p| text(p.get("id")).as_deref() == Some(product_id.as_str())) {
+                        let product = match products
+                            .values()
+                            .find(|p| text(p.get("id")).as_deref() == Some(product_id.as_str()))
+                        {
                             Some(product) => product.clone(),
                             None => {
                                 let answer = self
@@ -709,9 +727,11 @@ impl MedusaWriter {
                 continue;
             };
             let item_id = text(item.get("id")).unwrap_or_default();
-            let exists = item["location_levels"]
-                .as_array()
-                .is_some_and(|levels| levels.iter().any(|l| text(l.get("location_id")).as_deref() == Some(location.as_str())));
+            let exists = item["location_levels"].as_array().is_some_and(|levels| {
+                levels
+                    .iter()
+                    .any(|l| text(l.get("location_id")).as_deref() == Some(location.as_str()))
+            });
             let mut body = self.body(row, &["sku", "inventory_item_id", "location_id"]);
             strip_nulls(&mut body);
             let result = if exists {
@@ -799,9 +819,16 @@ impl StreamWriter for MedusaWriter {
                     "/admin/product-categories"
                 };
                 let key_name = if *key == Key::Handle { "handle" } else { "id" };
-                let values: Vec<String> = records.iter().filter_map(|r| text(r.get(key_name))).collect();
+                let values: Vec<String> = records
+                    .iter()
+                    .filter_map(|r| text(r.get(key_name)))
+                    .collect();
                 let ids: Vec<String> = if *key == Key::Handle {
-                    let list_key = if self.stream == "products" { "products" } else { "product_categories" };
+                    let list_key = if self.stream == "products" {
+                        "products"
+                    } else {
+                        "product_categories"
+                    };
                     self.lookup(path, list_key, "handle", &values, "id,handle")
                         .await?
                         .iter()
@@ -811,7 +838,9 @@ impl StreamWriter for MedusaWriter {
                     values
                 };
                 for id in ids {
-                    let gone = if self.stream == "products" && self.product_delete == ProductDelete::Unpublish {
+                    let gone = if self.stream == "products"
+                        && self.product_delete == ProductDelete::Unpublish
+                    {
                         match self
                             .send(
                                 Method::POST,
@@ -826,20 +855,34 @@ impl StreamWriter for MedusaWriter {
                             Err(e) => return Err(e.into()),
                         }
                     } else {
-                        self.delete_one(format!("{path}/{id}"), format!("deleting the Medusa {} {id}", self.stream))
-                            .await?
+                        self.delete_one(
+                            format!("{path}/{id}"),
+                            format!("deleting the Medusa {} {id}", self.stream),
+                        )
+                        .await?
                     };
                     deleted += u64::from(gone);
                 }
             }
             ("product_variants", key) => {
                 let key_name = if *key == Key::Sku { "sku" } else { "id" };
-                let values: Vec<String> = records.iter().filter_map(|r| text(r.get(key_name))).collect();
+                let values: Vec<String> = records
+                    .iter()
+                    .filter_map(|r| text(r.get(key_name)))
+                    .collect();
                 let variants = self
-                    .lookup("/admin/product-variants", "variants", key_name, &values, "id,product_id")
+                    .lookup(
+                        "/admin/product-variants",
+                        "variants",
+                        key_name,
+                        &values,
+                        "id,product_id",
+                    )
                     .await?;
                 for variant in variants {
-                    let (Some(id), Some(product)) = (text(variant.get("id")), text(variant.get("product_id"))) else {
+                    let (Some(id), Some(product)) =
+                        (text(variant.get("id")), text(variant.get("product_id")))
+                    else {
                         continue;
                     };
                     deleted += u64::from(
@@ -854,15 +897,26 @@ impl StreamWriter for MedusaWriter {
             (_, Key::Level { by_sku }) => {
                 let row_key = if *by_sku { "sku" } else { "inventory_item_id" };
                 let item_key = if *by_sku { "sku" } else { "id" };
-                let refs: Vec<String> = records.iter().filter_map(|r| text(r.get(row_key))).collect();
+                let refs: Vec<String> = records
+                    .iter()
+                    .filter_map(|r| text(r.get(row_key)))
+                    .collect();
                 let items: HashMap<String, String> = self
-                    .lookup("/admin/inventory-items", "inventory_items", item_key, &refs, "id,sku")
+                    .lookup(
+                        "/admin/inventory-items",
+                        "inventory_items",
+                        item_key,
+                        &refs,
+                        "id,sku",
+                    )
                     .await?
                     .into_iter()
                     .filter_map(|i| Some((text(i.get(item_key))?, text(i.get("id"))?)))
                     .collect();
                 for record in &records {
-                    let (Some(item_ref), Some(location)) = (text(record.get(row_key)), text(record.get("location_id"))) else {
+                    let (Some(item_ref), Some(location)) =
+                        (text(record.get(row_key)), text(record.get("location_id")))
+                    else {
                         continue;
                     };
                     let Some(item_id) = items.get(&item_ref) else {
@@ -902,7 +956,8 @@ mod tests {
             single_option(&product),
             Some(json!({"Default option": "Default option value"}))
         );
-        let sizes = json!({"options": [{"title": "Size", "values": [{"value": "S"}, {"value": "M"}]}]});
+        let sizes =
+            json!({"options": [{"title": "Size", "values": [{"value": "S"}, {"value": "M"}]}]});
         assert_eq!(single_option(&sizes), None);
     }
 

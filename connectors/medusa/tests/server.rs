@@ -90,7 +90,12 @@ async fn product(medusa: &Medusa, handle: &str, variants: &[(&str, f64)]) -> Val
     call(medusa, Method::POST, "/admin/products", Some(body)).await["product"].clone()
 }
 
-fn read_request(stream: &str, mode: ReadMode, checkpoint: Option<Value>, batch: usize) -> ReadRequest {
+fn read_request(
+    stream: &str,
+    mode: ReadMode,
+    checkpoint: Option<Value>,
+    batch: usize,
+) -> ReadRequest {
     ReadRequest {
         stream: stream.into(),
         mode,
@@ -108,8 +113,16 @@ async fn read_all(medusa: &Medusa, request: ReadRequest) -> (Vec<Row>, Vec<usize
     let mut rows = Vec::new();
     let mut sizes = Vec::new();
     let mut checkpoint = None;
-    while let Some((batch, cp)) = reader.next_batch().await.unwrap_or_else(|e| panic!("{}", e.message)) {
-        assert!(batch.num_rows() <= limit, "a batch of {} rows", batch.num_rows());
+    while let Some((batch, cp)) = reader
+        .next_batch()
+        .await
+        .unwrap_or_else(|e| panic!("{}", e.message))
+    {
+        assert!(
+            batch.num_rows() <= limit,
+            "a batch of {} rows",
+            batch.num_rows()
+        );
         sizes.push(batch.num_rows());
         rows.extend(rows_from_batch(&batch));
         checkpoint = Some(cp);
@@ -128,7 +141,10 @@ async fn variants_sharing_an_updated_at_are_read_across_page_boundaries_once_eac
     let Some(server) = server() else { return };
     let started = Instant::now();
     let prefix = unique_name("ties");
-    let medusa = connect(&server, json!({"filters": {"product_variants": {"q": prefix}}}));
+    let medusa = connect(
+        &server,
+        json!({"filters": {"product_variants": {"q": prefix}}}),
+    );
     let skus: Vec<String> = (0..7).map(|i| format!("{prefix}-{i}")).collect();
     let variants: Vec<(&str, f64)> = skus.iter().map(|s| (s.as_str(), 10.5)).collect();
     let created = product(&medusa, &prefix, &variants).await;
@@ -144,34 +160,59 @@ async fn variants_sharing_an_updated_at_are_read_across_page_boundaries_once_eac
     );
 
     // Seven records in one millisecond, three a batch: every boundary is a tie.
-    let (rows, sizes, checkpoint) =
-        read_all(&medusa, read_request("product_variants", ReadMode::Incremental, None, 3)).await;
+    let (rows, sizes, checkpoint) = read_all(
+        &medusa,
+        read_request("product_variants", ReadMode::Incremental, None, 3),
+    )
+    .await;
     let mut read_skus = column(&rows, "sku");
     read_skus.sort();
     assert_eq!(read_skus, skus, "each variant exactly once");
     assert_eq!(sizes.iter().sum::<usize>(), 7, "{sizes:?}");
     assert_eq!(rows[0]["price_eur"], json!("10.500000"));
-    assert_eq!(rows[0]["options"]["Size"].as_str().map(|s| s.starts_with(&prefix)), Some(true));
+    assert_eq!(
+        rows[0]["options"]["Size"]
+            .as_str()
+            .map(|s| s.starts_with(&prefix)),
+        Some(true)
+    );
     assert_eq!(rows[0]["product_handle"], json!(prefix));
     let catalog = medusa.catalog().await.unwrap();
-    let variant_stream = catalog.streams.iter().find(|s| s.name == "product_variants").unwrap();
+    let variant_stream = catalog
+        .streams
+        .iter()
+        .find(|s| s.name == "product_variants")
+        .unwrap();
     assert_eq!(
         variant_stream.field("price_usd").unwrap().data_type,
-        DataType::Decimal { precision: 24, scale: 6 },
+        DataType::Decimal {
+            precision: 24,
+            scale: 6
+        },
         "one price column per store currency"
     );
 
     // Nothing changed: nothing read again.
     let (again, _, _) = read_all(
         &medusa,
-        read_request("product_variants", ReadMode::Incremental, checkpoint.clone(), 3),
+        read_request(
+            "product_variants",
+            ReadMode::Incremental,
+            checkpoint.clone(),
+            3,
+        ),
     )
     .await;
     assert_eq!(again.len(), 0, "{again:?}");
 
     // Resuming in the middle of the tie delivers the rest, without repeats.
     let mut reader = medusa
-        .start_read(read_request("product_variants", ReadMode::Incremental, None, 3))
+        .start_read(read_request(
+            "product_variants",
+            ReadMode::Incremental,
+            None,
+            3,
+        ))
         .await
         .unwrap();
     let (first, middle) = reader.next_batch().await.unwrap().unwrap();
@@ -215,16 +256,33 @@ async fn a_deleted_product_arrives_as_a_tombstone_and_full_reads_leave_it_out() 
     let medusa = connect(&server, json!({"filters": {"products": {"q": prefix}}}));
     let mut ids = Vec::new();
     for i in 0..4 {
-        let p = product(&medusa, &format!("{prefix}-{i}"), &[(&format!("{prefix}-sku-{i}"), 5.0)]).await;
+        let p = product(
+            &medusa,
+            &format!("{prefix}-{i}"),
+            &[(&format!("{prefix}-sku-{i}"), 5.0)],
+        )
+        .await;
         ids.push(p["id"].as_str().unwrap().to_owned());
     }
-    let (rows, _, checkpoint) =
-        read_all(&medusa, read_request("products", ReadMode::Incremental, None, 2)).await;
+    let (rows, _, checkpoint) = read_all(
+        &medusa,
+        read_request("products", ReadMode::Incremental, None, 2),
+    )
+    .await;
     assert_eq!(column(&rows, "id"), ids, "in the order they were made");
     assert!(rows.iter().all(|r| r["deleted_at"].is_null()));
-    assert_eq!(rows[0]["options"], json!([{"title": "Size", "values": [format!("{prefix}-sku-0")]}]));
+    assert_eq!(
+        rows[0]["options"],
+        json!([{"title": "Size", "values": [format!("{prefix}-sku-0")]}])
+    );
 
-    call(&medusa, Method::DELETE, &format!("/admin/products/{}", ids[1]), None).await;
+    call(
+        &medusa,
+        Method::DELETE,
+        &format!("/admin/products/{}", ids[1]),
+        None,
+    )
+    .await;
     call(
         &medusa,
         Method::POST,
@@ -238,14 +296,22 @@ async fn a_deleted_product_arrives_as_a_tombstone_and_full_reads_leave_it_out() 
     )
     .await;
     assert_eq!(column(&changes, "id"), [ids[1].clone(), ids[3].clone()]);
-    assert!(changes[0]["deleted_at"].is_string(), "the tombstone: {:?}", changes[0]);
+    assert!(
+        changes[0]["deleted_at"].is_string(),
+        "the tombstone: {:?}",
+        changes[0]
+    );
     assert!(changes[1]["deleted_at"].is_null());
     assert_eq!(changes[1]["subtitle"], json!("changed"));
 
     let (full, _, _) = read_all(&medusa, read_request("products", ReadMode::Full, None, 2)).await;
     let mut expected = vec![ids[0].clone(), ids[2].clone(), ids[3].clone()];
     expected.sort();
-    assert_eq!(column(&full, "id"), expected, "by id, without the deleted one");
+    assert_eq!(
+        column(&full, "id"),
+        expected,
+        "by id, without the deleted one"
+    );
     eprintln!("test took {:.1} s", started.elapsed().as_secs_f64());
 }
 
@@ -261,8 +327,14 @@ fn fields(names: &[(&str, DataType)]) -> Vec<FieldInfo> {
         .collect()
 }
 
-fn batch_of(fields: &[FieldInfo], rows: Vec<Value>) -> lockstep_plugin_sdk::arrow::array::RecordBatch {
-    let rows: Vec<Row> = rows.into_iter().map(|r| r.as_object().unwrap().clone()).collect();
+fn batch_of(
+    fields: &[FieldInfo],
+    rows: Vec<Value>,
+) -> lockstep_plugin_sdk::arrow::array::RecordBatch {
+    let rows: Vec<Row> = rows
+        .into_iter()
+        .map(|r| r.as_object().unwrap().clone())
+        .collect();
     batch_from_rows(fields, &rows).unwrap()
 }
 
@@ -285,7 +357,12 @@ async fn products_and_variants_are_written_and_a_sku_of_another_product_is_exact
         .as_str()
         .unwrap()
         .to_owned();
-    let existing = product(&medusa, &format!("{prefix}-old"), &[(&format!("{prefix}-taken"), 1.0)]).await;
+    let existing = product(
+        &medusa,
+        &format!("{prefix}-old"),
+        &[(&format!("{prefix}-taken"), 1.0)],
+    )
+    .await;
 
     // Products by handle: two new, with a category.
     let product_fields = fields(&[
@@ -314,15 +391,31 @@ async fn products_and_variants_are_written_and_a_sku_of_another_product_is_exact
         ))
         .await
         .unwrap();
-    assert_eq!((outcome.inserted, outcome.rejected.len()), (Some(2), 0), "{outcome:?}");
+    assert_eq!(
+        (outcome.inserted, outcome.rejected.len()),
+        (Some(2), 0),
+        "{outcome:?}"
+    );
 
     // Variants by SKU under those products: one SKU is taken by another product.
     let variant_fields = fields(&[
         ("sku", DataType::Text),
         ("product_handle", DataType::Text),
         ("title", DataType::Text),
-        ("price_eur", DataType::Decimal { precision: 12, scale: 2 }),
-        ("price_usd", DataType::Decimal { precision: 12, scale: 2 }),
+        (
+            "price_eur",
+            DataType::Decimal {
+                precision: 12,
+                scale: 2,
+            },
+        ),
+        (
+            "price_usd",
+            DataType::Decimal {
+                precision: 12,
+                scale: 2,
+            },
+        ),
     ]);
     let mut variants = medusa
         .start_write(OpenStreamRequest {
@@ -384,7 +477,11 @@ async fn products_and_variants_are_written_and_a_sku_of_another_product_is_exact
         ))
         .await
         .unwrap();
-    assert_eq!((outcome.updated, outcome.rejected.len()), (Some(2), 0), "{outcome:?}");
+    assert_eq!(
+        (outcome.updated, outcome.rejected.len()),
+        (Some(2), 0),
+        "{outcome:?}"
+    );
     let outcome = variants
         .upsert(batch_of(
             &variant_fields,
@@ -394,14 +491,27 @@ async fn products_and_variants_are_written_and_a_sku_of_another_product_is_exact
         .unwrap();
     assert_eq!(outcome.updated, Some(1), "{outcome:?}");
 
-    let (rows, _, _) =
-        read_all(&medusa, read_request("product_variants", ReadMode::Full, None, 10)).await;
-    let a1 = rows.iter().find(|r| r["sku"] == json!(format!("{prefix}-a1"))).unwrap();
+    let (rows, _, _) = read_all(
+        &medusa,
+        read_request("product_variants", ReadMode::Full, None, 10),
+    )
+    .await;
+    let a1 = rows
+        .iter()
+        .find(|r| r["sku"] == json!(format!("{prefix}-a1")))
+        .unwrap();
     assert_eq!(a1["price_eur"], json!("18.000000"), "{a1:?}");
-    assert_eq!(a1["price_usd"], Value::Null, "a null price removes that currency's price");
+    assert_eq!(
+        a1["price_usd"],
+        Value::Null,
+        "a null price removes that currency's price"
+    );
     let (products, _, _) =
         read_all(&medusa, read_request("products", ReadMode::Full, None, 10)).await;
-    let a = products.iter().find(|r| r["handle"] == json!(format!("{prefix}-a"))).unwrap();
+    let a = products
+        .iter()
+        .find(|r| r["handle"] == json!(format!("{prefix}-a")))
+        .unwrap();
     assert_eq!(a["title"], json!(format!("{prefix} A renamed")));
     assert_eq!(a["category_ids"], json!([category]));
     eprintln!("test took {:.1} s", started.elapsed().as_secs_f64());
@@ -413,8 +523,17 @@ async fn a_product_medusa_refuses_is_exactly_one_reject_with_medusas_message() {
     let started = Instant::now();
     let prefix = unique_name("refuse");
     let medusa = connect(&server, json!({"filters": {"products": {"q": prefix}}}));
-    product(&medusa, &format!("{prefix}-taken"), &[(&format!("{prefix}-sku"), 1.0)]).await;
-    let product_fields = fields(&[("handle", DataType::Text), ("title", DataType::Text), ("status", DataType::Text)]);
+    product(
+        &medusa,
+        &format!("{prefix}-taken"),
+        &[(&format!("{prefix}-sku"), 1.0)],
+    )
+    .await;
+    let product_fields = fields(&[
+        ("handle", DataType::Text),
+        ("title", DataType::Text),
+        ("status", DataType::Text),
+    ]);
     let mut writer = medusa
         .start_write(OpenStreamRequest {
             stream: "products".into(),
@@ -440,7 +559,9 @@ async fn a_product_medusa_refuses_is_exactly_one_reject_with_medusas_message() {
     assert_eq!(outcome.rejected.len(), 1, "{outcome:?}");
     assert_eq!(outcome.rejected[0].row, 1);
     assert!(
-        outcome.rejected[0].reason.contains("Medusa refused the record (400")
+        outcome.rejected[0]
+            .reason
+            .contains("Medusa refused the record (400")
             && outcome.rejected[0].reason.contains("status"),
         "{:?}",
         outcome.rejected[0]
@@ -448,10 +569,20 @@ async fn a_product_medusa_refuses_is_exactly_one_reject_with_medusas_message() {
     let (rows, _, _) = read_all(&medusa, read_request("products", ReadMode::Full, None, 10)).await;
     let mut handles = column(&rows, "handle");
     handles.sort();
-    assert_eq!(handles, [format!("{prefix}-1"), format!("{prefix}-3"), format!("{prefix}-taken")]);
+    assert_eq!(
+        handles,
+        [
+            format!("{prefix}-1"),
+            format!("{prefix}-3"),
+            format!("{prefix}-taken")
+        ]
+    );
 
     // Deleting by handle, with product_delete = "unpublish": kept, as a draft.
-    let unpublishing = connect(&server, json!({"product_delete": "unpublish", "filters": {"products": {"q": prefix}}}));
+    let unpublishing = connect(
+        &server,
+        json!({"product_delete": "unpublish", "filters": {"products": {"q": prefix}}}),
+    );
     let mut writer = unpublishing
         .start_write(OpenStreamRequest {
             stream: "products".into(),
@@ -464,12 +595,18 @@ async fn a_product_medusa_refuses_is_exactly_one_reject_with_medusas_message() {
         .unwrap();
     let keys = fields(&[("handle", DataType::Text)]);
     let outcome = writer
-        .delete(batch_of(&keys, vec![json!({"handle": format!("{prefix}-1")})]))
+        .delete(batch_of(
+            &keys,
+            vec![json!({"handle": format!("{prefix}-1")})],
+        ))
         .await
         .unwrap();
     assert_eq!(outcome.deleted, Some(1));
     let (rows, _, _) = read_all(&medusa, read_request("products", ReadMode::Full, None, 10)).await;
-    let one = rows.iter().find(|r| r["handle"] == json!(format!("{prefix}-1"))).unwrap();
+    let one = rows
+        .iter()
+        .find(|r| r["handle"] == json!(format!("{prefix}-1")))
+        .unwrap();
     assert_eq!(one["status"], json!("draft"));
     eprintln!("test took {:.1} s", started.elapsed().as_secs_f64());
 }
@@ -479,7 +616,10 @@ async fn stock_is_set_per_location_and_read_back_in_full() {
     let Some(server) = server() else { return };
     let started = Instant::now();
     let prefix = unique_name("stock");
-    let medusa = connect(&server, json!({"filters": {"inventory_levels": {"q": prefix}}}));
+    let medusa = connect(
+        &server,
+        json!({"filters": {"inventory_levels": {"q": prefix}}}),
+    );
     let skus: Vec<String> = (0..3).map(|i| format!("{prefix}-{i}")).collect();
     let variants: Vec<(&str, f64)> = skus.iter().map(|s| (s.as_str(), 2.0)).collect();
     product(&medusa, &prefix, &variants).await;
@@ -523,7 +663,10 @@ async fn stock_is_set_per_location_and_read_back_in_full() {
         .unwrap();
     assert_eq!(outcome.inserted, Some(3), "{outcome:?}");
     assert_eq!(outcome.rejected.len(), 1, "{outcome:?}");
-    assert!(outcome.rejected[0].reason.contains("no inventory item"), "{outcome:?}");
+    assert!(
+        outcome.rejected[0].reason.contains("no inventory item"),
+        "{outcome:?}"
+    );
     let outcome = writer
         .upsert(batch_of(
             &level_fields,
@@ -533,8 +676,11 @@ async fn stock_is_set_per_location_and_read_back_in_full() {
         .unwrap();
     assert_eq!(outcome.updated, Some(1), "{outcome:?}");
 
-    let (rows, _, _) =
-        read_all(&medusa, read_request("inventory_levels", ReadMode::Full, None, 2)).await;
+    let (rows, _, _) = read_all(
+        &medusa,
+        read_request("inventory_levels", ReadMode::Full, None, 2),
+    )
+    .await;
     let mut levels: Vec<(String, String, i64)> = rows
         .iter()
         .map(|r| {
@@ -555,12 +701,21 @@ async fn stock_is_set_per_location_and_read_back_in_full() {
     assert_eq!(levels, expected);
 
     let refused = medusa
-        .start_read(read_request("inventory_levels", ReadMode::Incremental, None, 2))
+        .start_read(read_request(
+            "inventory_levels",
+            ReadMode::Incremental,
+            None,
+            2,
+        ))
         .await
         .err()
         .unwrap();
     assert_eq!(refused.kind, ErrorKind::CONFIG);
-    assert!(refused.message.contains("mode = \"full\""), "{}", refused.message);
+    assert!(
+        refused.message.contains("mode = \"full\""),
+        "{}",
+        refused.message
+    );
     eprintln!("test took {:.1} s", started.elapsed().as_secs_f64());
 }
 
@@ -606,7 +761,11 @@ async fn a_wrong_api_key_is_an_authentication_error_at_once_without_the_key() {
     .unwrap();
     let error = Medusa::connect(unset).err().unwrap();
     assert_eq!(error.kind, ErrorKind::CONFIG);
-    assert!(error.message.contains("LOCKSTEP_MEDUSA_SURELY_UNSET"), "{}", error.message);
+    assert!(
+        error.message.contains("LOCKSTEP_MEDUSA_SURELY_UNSET"),
+        "{}",
+        error.message
+    );
 }
 
 #[tokio::test]
@@ -616,15 +775,29 @@ async fn the_plugin_passes_the_conformance_kit() {
     let prefix = unique_name("conformance");
     let medusa = connect(&server, json!({}));
     for i in 0..5 {
-        product(&medusa, &format!("{prefix}-{i}"), &[(&format!("{prefix}-sku-{i}"), 3.0)]).await;
+        product(
+            &medusa,
+            &format!("{prefix}-{i}"),
+            &[(&format!("{prefix}-sku-{i}"), 3.0)],
+        )
+        .await;
     }
     let report = lockstep_test_support::Conformance::new(lockstep_test_support::cdylib_path(
         "lockstep_connector_medusa",
     ))
-    .source_config(config_json(&server, json!({"filters": {"products": {"q": prefix}}})))
+    .source_config(config_json(
+        &server,
+        json!({"filters": {"products": {"q": prefix}}}),
+    ))
     .bad_config(json!({"url": server.url()}))
-    .bad_config(config_json(&server, json!({"filters": {"products": {"limit": "5"}}})))
-    .bad_config(config_json(&server, json!({"filters": {"no_such_stream": {"q": "x"}}})))
+    .bad_config(config_json(
+        &server,
+        json!({"filters": {"products": {"limit": "5"}}}),
+    ))
+    .bad_config(config_json(
+        &server,
+        json!({"filters": {"no_such_stream": {"q": "x"}}}),
+    ))
     .stream("products")
     .batch_size(2)
     .cursor_field("updated_at")

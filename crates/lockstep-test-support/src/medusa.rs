@@ -134,13 +134,17 @@ pub fn ensure_installed() -> Result<Option<f64>, MedusaUnavailable> {
             project.display()
         )));
     }
-    let marker = project.join("node_modules").join(".lockstep-installed");
+    // npm writes `node_modules/.package-lock.json` at the end of a finished install; one at
+    // least as new as the lock file is an install of it (by this harness or by `.ci/run`).
+    let hidden_lock = project.join("node_modules").join(".package-lock.json");
     let lock_file = project.join("package-lock.json");
+    let modified = |path: &Path| fs::metadata(path).and_then(|m| m.modified()).ok();
     let current = || {
-        let (Ok(done), Ok(wanted)) = (fs::read_to_string(&marker), fs::read(&lock_file)) else {
-            return false;
-        };
-        project.join("node_modules/.bin/medusa").exists() && done == digest(&wanted)
+        project.join("node_modules/.bin/medusa").exists()
+            && matches!(
+                (modified(&hidden_lock), modified(&lock_file)),
+                (Some(installed), Some(wanted)) if installed >= wanted
+            )
     };
     if current() {
         return Ok(None);
@@ -161,22 +165,7 @@ pub fn ensure_installed() -> Result<Option<f64>, MedusaUnavailable> {
         ),
     )
     .map_err(unavailable)?;
-    let wanted = fs::read(&lock_file)
-        .map_err(|e| unavailable(format!("cannot read {}: {e}", lock_file.display())))?;
-    fs::write(&marker, digest(&wanted))
-        .map_err(|e| unavailable(format!("cannot mark the install complete: {e}")))?;
     Ok(Some(started.elapsed().as_secs_f64()))
-}
-
-/// A cheap fingerprint of the lock file (its length and a FNV-1a hash), so that a changed
-/// lock file triggers a fresh install.
-fn digest(bytes: &[u8]) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        hash ^= u64::from(*b);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{}-{hash:016x}", bytes.len())
 }
 
 fn free_port() -> Result<u16, MedusaUnavailable> {
@@ -279,7 +268,10 @@ impl MedusaServer {
             }
             if let Some(old) = saved["database"].as_str() {
                 let admin = format!("{}/postgres", postgres_base());
-                let _ = harness(&["drop-db", &admin, old], "dropping a stale Medusa database");
+                let _ = harness(
+                    &["drop-db", &admin, old],
+                    "dropping a stale Medusa database",
+                );
             }
             let _ = fs::remove_file(&state);
         }

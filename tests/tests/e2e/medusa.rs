@@ -1,0 +1,384 @@
+//! The Medusa connector end to end, through the built `lockstep` binary against the shared
+//! real Medusa v2 server (see `lockstep_test_support::medusa`; each test makes records of its
+//! own and reads only those, through the connection's `filters`) and real PostgreSQL: the
+//! catalog (products, variants with EUR prices, stock per location) from PostgreSQL into the
+//! shop, with a price change and a deleted product following; and the shop's customers and
+//! orders (a draft order converted to an order) into PostgreSQL, with a cancellation
+//! arriving later as an update.
+
+use std::path::Path;
+use std::process::Command;
+
+use lockstep_e2e::{counts, lockstep, pg_exec, pg_rows, postgres_database, run_report};
+use lockstep_http_kit::auth::AuthScheme;
+use lockstep_http_kit::{Auth, ClientConfig, HttpClient, Method, Request, SecretString};
+use lockstep_test_support::medusa::{unique_name, MedusaServer};
+use lockstep_test_support::skip::skip_or_fail;
+use serde_json::{json, Value};
+
+/// The variable that carries the API key to the `lockstep` child processes only.
+const KEY_VAR: &str = "LOCKSTEP_E2E_MEDUSA_API_KEY";
+
+/// The shared server with an admin client for making and checking records.
+struct Shop {
+    server: MedusaServer,
+    client: HttpClient,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Shop {
+    fn start() -> Option<Self> {
+        let server = match MedusaServer::shared() {
+            Ok(server) => server,
+            Err(e) => {
+                skip_or_fail(e);
+                return None;
+            }
+        };
+        let auth = Auth::with_secret(
+            AuthScheme::BasicSecretAsUser,
+            "api_key_env",
+            KEY_VAR,
+            SecretString::from(server.api_key.clone()),
+        );
+        let client = HttpClient::new(ClientConfig::new("Medusa", server.url(), auth)).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        Some(Self {
+            server,
+            client,
+            runtime,
+        })
+    }
+
+    fn send(&self, method: Method, path: &str, body: Option<Value>) -> Value {
+        let mut request = Request::new(method, path.to_owned()).describe("e2e set-up");
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = self
+            .runtime
+            .block_on(self.client.send(&request))
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+        serde_json::from_slice(&response.body).unwrap_or(Value::Null)
+    }
+
+    fn get(&self, path: &str) -> Value {
+        self.send(Method::GET, path, None)
+    }
+
+    /// The connection, as a config file's `[connections.shop]`, with `filters` (TOML lines
+    /// of `[connections.shop.config.filters.<stream>]` tables).
+    fn connection(&self, filters: &str) -> String {
+        format!(
+            "[connections.shop]\nconnector = \"medusa\"\n[connections.shop.config]\nurl = \"{}\"\n\
+             api_key_env = \"{KEY_VAR}\"\n{filters}\n",
+            self.server.url()
+        )
+    }
+
+    /// A `lockstep` command with the key's variable set for the child only.
+    fn lockstep(&self, dir: &Path) -> Command {
+        let mut cmd = lockstep(dir);
+        cmd.env(KEY_VAR, &self.server.api_key);
+        cmd
+    }
+
+    fn run(&self, dir: &Path, sync: &str) -> Value {
+        let (ok, report, stderr) =
+            run_report(self.lockstep(dir).args(["run", sync, "--output", "json"]));
+        assert!(ok, "{sync}: {report}\n{stderr}");
+        assert!(
+            !report.to_string().contains(&self.server.api_key)
+                && !stderr.contains(&self.server.api_key),
+            "the key leaked"
+        );
+        report
+    }
+}
+
+fn s(v: &str) -> Option<String> {
+    Some(v.to_owned())
+}
+
+#[test]
+fn postgres_catalog_and_stock_reach_medusa_then_a_price_change_and_a_delete_follow() {
+    let Some(db) = postgres_database("medusa_catalog") else {
+        return;
+    };
+    let Some(shop) = Shop::start() else {
+        return;
+    };
+    let p = unique_name("erp");
+    let location = shop.send(
+        Method::POST,
+        "/admin/stock-locations",
+        Some(json!({"name": format!("{p} warehouse")})),
+    )["stock_location"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    pg_exec(
+        &db.url,
+        &[
+            "CREATE TABLE products (handle text PRIMARY KEY, title text NOT NULL, \
+             changed_at timestamptz NOT NULL DEFAULT now())",
+            "CREATE TABLE variants (sku text PRIMARY KEY, product text NOT NULL, \
+             price numeric(12,2), changed_at timestamptz NOT NULL DEFAULT now())",
+            "CREATE TABLE stock (sku text, location text, quantity bigint, \
+             PRIMARY KEY (sku, location))",
+            &format!(
+                "INSERT INTO products (handle, title) VALUES \
+                 ('{p}-mug', '{p} Mug'), ('{p}-cap', '{p} Cap')"
+            ),
+            &format!(
+                "INSERT INTO variants (sku, product, price) VALUES \
+                 ('{p}-mug-1', '{p}-mug', 12.50), ('{p}-cap-1', '{p}-cap', 20.00)"
+            ),
+            &format!(
+                "INSERT INTO stock VALUES ('{p}-mug-1', '{location}', 40), \
+                 ('{p}-cap-1', '{location}', 3)"
+            ),
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let text = format!(
+        r#"
+[state]
+url = "sqlite://state.db"
+{shop}
+[connections.pg]
+connector = "postgres"
+config = {{ url = "{db_url}" }}
+
+[syncs.products]
+source = "pg.products"
+destination = "shop.products"
+mode = "mirror"
+key = ["handle"]
+max_delete_fraction = 0.5
+[syncs.products.fields]
+handle = "handle"
+title = "title"
+status = {{ constant = "published" }}
+
+[syncs.variants]
+source = "pg.variants"
+destination = "shop.product_variants"
+mode = "incremental"
+cursor = "changed_at"
+key = ["sku"]
+[syncs.variants.fields]
+sku = "sku"
+product_handle = "product"
+price_eur = "price"
+
+[syncs.stock]
+source = "pg.stock"
+destination = "shop.inventory_levels"
+key = ["sku", "location_id"]
+[syncs.stock.fields]
+sku = "sku"
+location_id = "location"
+stocked_quantity = "quantity"
+"#,
+        shop = shop.connection(&format!(
+            "[connections.shop.config.filters.products]\nq = \"{p}\""
+        )),
+        db_url = db.url
+    );
+    std::fs::write(d.join("lockstep.toml"), text).unwrap();
+
+    assert_eq!(counts(&shop.run(d, "products")), [2, 2, 0, 0, 0]);
+    assert_eq!(counts(&shop.run(d, "variants")), [2, 2, 0, 0, 0]);
+    assert_eq!(counts(&shop.run(d, "stock")), [2, 2, 0, 0, 0]);
+    let prices = |sku: &str| -> Vec<(String, f64)> {
+        let answer = shop.get(&format!(
+            "/admin/product-variants?sku={sku}&fields=id,sku,prices.amount,prices.currency_code"
+        ));
+        answer["variants"][0]["prices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["currency_code"].as_str().unwrap().to_owned(),
+                    p["amount"].as_f64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(prices(&format!("{p}-mug-1")), [("eur".to_owned(), 12.5)]);
+    let levels = shop.get(&format!(
+        "/admin/inventory-items?sku={p}-cap-1&fields=id,sku,location_levels.*"
+    ));
+    assert_eq!(
+        levels["inventory_items"][0]["location_levels"][0]["stocked_quantity"],
+        json!(3),
+        "{levels}"
+    );
+
+    // In the ERP: the mug's price changes, the cap is discontinued.
+    pg_exec(
+        &db.url,
+        &[
+            &format!(
+                "UPDATE variants SET price = 11.90, changed_at = now() + interval '1 second' \
+                 WHERE sku = '{p}-mug-1'"
+            ),
+            &format!("DELETE FROM variants WHERE product = '{p}-cap'"),
+            &format!("DELETE FROM products WHERE handle = '{p}-cap'"),
+        ],
+    );
+    assert_eq!(counts(&shop.run(d, "variants")), [1, 0, 1, 0, 0]);
+    assert_eq!(prices(&format!("{p}-mug-1")), [("eur".to_owned(), 11.9)]);
+    assert_eq!(counts(&shop.run(d, "products")), [1, 0, 0, 1, 1]);
+    let products = shop.get(&format!("/admin/products?q={p}&fields=handle"));
+    assert_eq!(
+        products["products"],
+        json!([{"id": products["products"][0]["id"], "handle": format!("{p}-mug")}]),
+        "the cap is deleted in the shop"
+    );
+    let tombstone = shop.get(&format!(
+        "/admin/products?handle={p}-cap&with_deleted=true&fields=handle,deleted_at"
+    ));
+    assert!(
+        tombstone["products"][0]["deleted_at"].is_string(),
+        "{tombstone}"
+    );
+}
+
+#[test]
+fn medusa_customers_and_orders_reach_postgres_and_a_cancel_arrives_as_an_update() {
+    let Some(db) = postgres_database("medusa_orders") else {
+        return;
+    };
+    let Some(shop) = Shop::start() else {
+        return;
+    };
+    let p = unique_name("shop");
+    let product = shop.send(
+        Method::POST,
+        "/admin/products",
+        Some(json!({
+            "title": format!("{p} Tea"), "handle": format!("{p}-tea"), "status": "published",
+            "options": [{"title": "Size", "values": ["250 g"]}],
+            "variants": [{"title": "250 g", "sku": format!("{p}-tea-250"), "options": {"Size": "250 g"},
+                          "manage_inventory": false,
+                          "prices": [{"currency_code": "eur", "amount": 7.25}]}],
+        })),
+    );
+    let variant = product["product"]["variants"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let email = format!("{p}@example.com");
+    let customer = shop.send(
+        Method::POST,
+        "/admin/customers",
+        Some(json!({"email": email, "first_name": "Ann", "last_name": "Lee"})),
+    )["customer"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let draft = shop.send(
+        Method::POST,
+        "/admin/draft-orders",
+        Some(json!({
+            "region_id": shop.server.region_id, "customer_id": customer, "email": email,
+            "items": [{"variant_id": variant, "quantity": 2}],
+        })),
+    );
+    let order = draft["draft_order"]["id"].as_str().unwrap().to_owned();
+    shop.send(
+        Method::POST,
+        &format!("/admin/draft-orders/{order}/convert-to-order"),
+        None,
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let text = format!(
+        r#"
+[state]
+url = "sqlite://state.db"
+{shop}
+[connections.pg]
+connector = "postgres"
+config = {{ url = "{db_url}" }}
+
+[syncs.customers]
+source = "shop.customers"
+destination = "pg.shop_customers"
+mode = "incremental"
+cursor = "updated_at"
+key = ["medusa_id"]
+[syncs.customers.fields]
+medusa_id = "id"
+email = "email"
+first_name = "first_name"
+last_name = "last_name"
+
+[syncs.orders]
+source = "shop.orders"
+destination = "pg.shop_orders"
+mode = "incremental"
+cursor = "updated_at"
+key = ["medusa_id"]
+[syncs.orders.fields]
+medusa_id = "id"
+display_id = "display_id"
+customer_id = "customer_id"
+status = "status"
+total = "total"
+currency = "currency_code"
+items = "items"
+"#,
+        shop = shop.connection(&format!(
+            "[connections.shop.config.filters.customers]\nq = \"{p}\"\n\
+             [connections.shop.config.filters.orders]\ncustomer_id = \"{customer}\""
+        )),
+        db_url = db.url
+    );
+    std::fs::write(d.join("lockstep.toml"), text).unwrap();
+
+    assert_eq!(counts(&shop.run(d, "customers")), [1, 1, 0, 0, 0]);
+    assert_eq!(counts(&shop.run(d, "orders")), [1, 1, 0, 0, 0]);
+    assert_eq!(
+        pg_rows(
+            &db.url,
+            "SELECT medusa_id, email, first_name FROM shop_customers"
+        ),
+        [vec![s(&customer), s(&email), s("Ann")]]
+    );
+    assert_eq!(
+        pg_rows(
+            &db.url,
+            "SELECT medusa_id, customer_id, status, total::text, currency, \
+             items->0->>'sku', items->0->>'quantity' FROM shop_orders"
+        ),
+        [vec![
+            s(&order),
+            s(&customer),
+            s("pending"),
+            s("14.500000"),
+            s("eur"),
+            Some(format!("{p}-tea-250")),
+            s("2"),
+        ]]
+    );
+
+    // Nothing changed: nothing arrives.
+    assert_eq!(counts(&shop.run(d, "orders")), [0, 0, 0, 0, 0]);
+
+    // Cancelled in the shop: the order arrives again, as an update.
+    shop.send(Method::POST, &format!("/admin/orders/{order}/cancel"), None);
+    assert_eq!(counts(&shop.run(d, "orders")), [1, 0, 1, 0, 0]);
+    assert_eq!(
+        pg_rows(&db.url, "SELECT status FROM shop_orders"),
+        [vec![s("canceled")]]
+    );
+}
