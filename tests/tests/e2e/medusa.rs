@@ -4,7 +4,9 @@
 //! catalog (products, variants with EUR prices, stock per location) from PostgreSQL into the
 //! shop, with a price change and a deleted product following; and the shop's customers and
 //! orders (a draft order converted to an order) into PostgreSQL, with a cancellation
-//! arriving later as an update.
+//! arriving later as an update; and the seed's example, Tryton's products and prices (the
+//! ERP, a real `trytond`) into the shop's catalog, with a price change and a delete made in
+//! Tryton following.
 
 use std::path::Path;
 use std::process::Command;
@@ -14,7 +16,10 @@ use lockstep_http_kit::auth::AuthScheme;
 use lockstep_http_kit::{Auth, ClientConfig, HttpClient, Method, Request, SecretString};
 use lockstep_test_support::medusa::{unique_name, MedusaServer};
 use lockstep_test_support::skip::skip_or_fail;
+use lockstep_test_support::tryton::ADMIN_PASSWORD as TRYTON_ADMIN_PASSWORD;
 use serde_json::{json, Value};
+
+use crate::tryton::{Erp, PASSWORD_VAR as TRYTON_PASSWORD_VAR};
 
 /// The variable that carries the API key to the `lockstep` child processes only.
 const KEY_VAR: &str = "LOCKSTEP_E2E_MEDUSA_API_KEY";
@@ -381,4 +386,117 @@ items = "items"
         pg_rows(&db.url, "SELECT status FROM shop_orders"),
         [vec![s("canceled")]]
     );
+}
+
+#[test]
+fn tryton_products_and_prices_reach_the_medusa_catalog_then_a_price_change_and_a_delete_follow() {
+    let Some(shop) = Shop::start() else {
+        return;
+    };
+    let Some(erp) = Erp::start() else {
+        return;
+    };
+    let p = unique_name("tryton");
+    let decimal = |d: &str| json!({"__class__": "Decimal", "decimal": d});
+    let templates = erp.create(
+        "product.template",
+        json!([
+            {"name": format!("{p} Kettle"), "code": format!("{p}-kettle"), "default_uom": 1,
+             "list_price": decimal("39.9000")},
+            {"name": format!("{p} Teapot"), "code": format!("{p}-teapot"), "default_uom": 1,
+             "list_price": decimal("24.5000")},
+        ]),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let text = format!(
+        r#"
+[state]
+url = "sqlite://state.db"
+{erp}
+{shop}
+[syncs.catalog]
+source = "erp.product.template"
+destination = "shop.products"
+mode = "mirror"
+key = ["handle"]
+max_delete_fraction = 0.5
+[syncs.catalog.fields]
+handle = "code"
+title = "name"
+external_id = {{ expr = "cast(id, 'text')" }}
+status = {{ constant = "published" }}
+
+[syncs.prices]
+source = "erp.product.template"
+destination = "shop.product_variants"
+key = ["sku"]
+[syncs.prices.fields]
+sku = "code"
+product_handle = "code"
+title = "name"
+price_eur = "list_price"
+"#,
+        erp = erp.connection(
+            "models = [\"product.template\"]\nfields = { \"product.template\" = [\"name\", \"code\", \"list_price\"] }"
+        ),
+        shop = shop.connection(&format!(
+            "[connections.shop.config.filters.products]\nq = \"{p}\"\n\
+             [connections.shop.config.filters.product_variants]\nq = \"{p}\""
+        )),
+    );
+    std::fs::write(d.join("lockstep.toml"), text).unwrap();
+    let run = |sync: &str| {
+        let (ok, report, stderr) = run_report(
+            shop.lockstep(d)
+                .env(TRYTON_PASSWORD_VAR, TRYTON_ADMIN_PASSWORD)
+                .args(["run", sync, "--output", "json"]),
+        );
+        assert!(ok, "{sync}: {report}\n{stderr}");
+        report
+    };
+    let price = |sku: &str| -> Vec<(String, f64)> {
+        let answer = shop.get(&format!(
+            "/admin/product-variants?sku={sku}&fields=sku,prices.amount,prices.currency_code"
+        ));
+        answer["variants"][0]["prices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["currency_code"].as_str().unwrap().to_owned(),
+                    p["amount"].as_f64().unwrap(),
+                )
+            })
+            .collect()
+    };
+
+    assert_eq!(counts(&run("catalog")), [2, 2, 0, 0, 0]);
+    assert_eq!(counts(&run("prices")), [2, 2, 0, 0, 0]);
+    let kettle = format!("{p}-kettle");
+    assert_eq!(price(&kettle), [("eur".to_owned(), 39.9)]);
+    let products = shop.get(&format!(
+        "/admin/products?handle={kettle}&fields=external_id,title"
+    ));
+    assert_eq!(
+        products["products"][0]["external_id"],
+        json!(templates[0].to_string())
+    );
+
+    // In Tryton: the kettle's price changes, the teapot is deleted.
+    erp.call(
+        "model.product.template.write",
+        vec![
+            json!([templates[0]]),
+            json!({"list_price": decimal("35.0000")}),
+        ],
+    );
+    erp.call("model.product.template.delete", vec![json!([templates[1]])]);
+    assert_eq!(counts(&run("prices")), [1, 0, 1, 0, 0]);
+    assert_eq!(price(&kettle), [("eur".to_owned(), 35.0)]);
+    assert_eq!(counts(&run("catalog")), [1, 0, 0, 1, 1]);
+    let left = shop.get(&format!("/admin/products?q={p}&fields=handle"));
+    assert_eq!(left["count"], json!(1), "{left}");
+    assert_eq!(left["products"][0]["handle"], json!(kettle));
 }
