@@ -1,8 +1,9 @@
 //! The Medusa connector against a real Medusa v2 server (the test-support harness starts one
 //! for the whole suite; each test works with records of its own, found by a unique prefix
 //! through the `q` filter): incremental reads with several records sharing an `updated_at`
-//! across page boundaries, product tombstones, product and variant writes with a refused
-//! duplicate SKU, stock levels per location, a wrong API key, and the conformance kit.
+//! across page boundaries, product tombstones, product and variant writes, a duplicate SKU
+//! and an invalid product as exactly one reject each with Medusa's message, stock levels per
+//! location, a wrong API key, and the conformance kit.
 
 use std::sync::Once;
 use std::time::{Duration, Instant};
@@ -514,6 +515,98 @@ async fn products_and_variants_are_written_and_a_sku_of_another_product_is_exact
         .unwrap();
     assert_eq!(a["title"], json!(format!("{prefix} A renamed")));
     assert_eq!(a["category_ids"], json!([category]));
+    eprintln!("test took {:.1} s", started.elapsed().as_secs_f64());
+}
+
+#[tokio::test]
+async fn a_duplicate_sku_is_exactly_one_reject_with_medusas_message() {
+    let Some(server) = server() else { return };
+    let started = Instant::now();
+    let prefix = unique_name("dupsku");
+    let medusa = connect(
+        &server,
+        json!({"filters": {"product_variants": {"q": prefix}}}),
+    );
+    for name in ["x", "y"] {
+        call(
+            &medusa,
+            Method::POST,
+            "/admin/products",
+            Some(json!({
+                "title": format!("{prefix} {name}"), "handle": format!("{prefix}-{name}"),
+                "options": [{"title": "Size", "values": ["S", "M"]}],
+            })),
+        )
+        .await;
+    }
+    let variant_fields = fields(&[
+        ("sku", DataType::Text),
+        ("product_handle", DataType::Text),
+        ("options", DataType::Json),
+        (
+            "price_eur",
+            DataType::Decimal {
+                precision: 12,
+                scale: 2,
+            },
+        ),
+    ]);
+    let mut writer = medusa
+        .start_write(OpenStreamRequest {
+            stream: "product_variants".into(),
+            fields: variant_fields.clone(),
+            key: vec!["sku".into()],
+            create_if_missing: false,
+            schema_evolution: Default::default(),
+        })
+        .await
+        .unwrap();
+    // The same new SKU twice in one batch, under two products: the first is created, Medusa
+    // refuses the second.
+    let dup = format!("{prefix}-dup");
+    let outcome = writer
+        .upsert(batch_of(
+            &variant_fields,
+            vec![
+                json!({"sku": format!("{prefix}-ok"), "product_handle": format!("{prefix}-x"), "options": {"Size": "M"}, "price_eur": "3.00"}),
+                json!({"sku": dup, "product_handle": format!("{prefix}-x"), "options": {"Size": "S"}, "price_eur": "4.00"}),
+                json!({"sku": dup, "product_handle": format!("{prefix}-y"), "options": {"Size": "S"}, "price_eur": "5.00"}),
+            ],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(outcome.inserted, Some(2), "{outcome:?}");
+    assert_eq!(outcome.rejected.len(), 1, "{outcome:?}");
+    assert_eq!(outcome.rejected[0].row, 2);
+    assert!(
+        outcome.rejected[0]
+            .reason
+            .contains(&format!("sku: {dup}, already exists")),
+        "Medusa's own message: {:?}",
+        outcome.rejected[0]
+    );
+    let (rows, _, _) = read_all(
+        &medusa,
+        read_request("product_variants", ReadMode::Full, None, 10),
+    )
+    .await;
+    let mut found: Vec<(String, String)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["sku"].as_str().unwrap().to_owned(),
+                r["product_handle"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    found.sort();
+    assert_eq!(
+        found,
+        [
+            (dup.clone(), format!("{prefix}-x")),
+            (format!("{prefix}-ok"), format!("{prefix}-x"))
+        ]
+    );
     eprintln!("test took {:.1} s", started.elapsed().as_secs_f64());
 }
 
