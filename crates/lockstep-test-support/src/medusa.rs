@@ -343,46 +343,15 @@ impl MedusaServer {
             }
         };
         let pid = child.id();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while !healthy(port) {
-            if !alive(pid) || Instant::now() > deadline {
-                kill_group(pid);
-                let _ = harness(&["drop-db", &admin, &database], "dropping the database");
-                return Err(unavailable(format!(
-                    "medusa did not answer /health on port {port} within 120 s; see {}",
-                    dir.join("server.log").display()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        let ready = launched.elapsed().as_secs_f64();
-        let base = format!("http://127.0.0.1:{port}");
-        let setup = harness(
-            &["setup", &base, ADMIN_EMAIL, ADMIN_PASSWORD],
-            "setting up the Medusa store (API key, currencies, region)",
-        )?;
-        let setup: serde_json::Value = serde_json::from_str(setup.trim())
-            .map_err(|e| unavailable(format!("the set-up's answer is not JSON: {e}")))?;
-        let saved = serde_json::json!({
-            "recipe": RECIPE,
-            "port": port,
-            "pid": pid,
-            "database": database,
-            "api_key": setup["api_key"],
-            "store_id": setup["store_id"],
-            "region_id": setup["region_id"],
-            "sales_channel_id": setup["sales_channel_id"],
-            "timings": {"install": install, "migrate": migrate, "ready": ready},
-        });
-        let server = Self::from_saved(&saved)
-            .ok_or_else(|| unavailable(format!("the set-up's answer lacks a field: {setup}")))?;
-        fs::write(dir.join("server.json"), saved.to_string())
-            .map_err(|e| unavailable(format!("cannot write server.json: {e}")))?;
+        // The watchdog measures idleness from this stamp: the set-up so far is no idleness.
+        touch(dir);
         let idle = std::env::var("LOCKSTEP_MEDUSA_IDLE_SECS")
             .ok()
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(600);
-        Command::new(node())
+        // The watchdog starts at once, so that a server whose set-up fails below, or whose
+        // test process dies meanwhile, is stopped and its database dropped all the same.
+        let watchdog = Command::new(node())
             .arg("harness.js")
             .args([
                 "watchdog",
@@ -398,7 +367,68 @@ impl MedusaServer {
             .stderr(Stdio::null())
             .process_group(0)
             .spawn()
-            .map_err(|e| unavailable(format!("cannot start the idle watchdog: {e}")))?;
+            .map_err(|e| unavailable(format!("cannot start the idle watchdog: {e}")));
+        if let Err(e) = watchdog {
+            kill_group(pid);
+            let _ = harness(&["drop-db", &admin, &database], "dropping the database");
+            return Err(e);
+        }
+        // About 10 s on an idle machine; much longer on a loaded one.
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while !healthy(port) {
+            let exited = !alive(pid);
+            if exited || Instant::now() > deadline {
+                kill_group(pid);
+                let _ = harness(&["drop-db", &admin, &database], "dropping the database");
+                return Err(unavailable(format!(
+                    "medusa {} on port {port}; see {}",
+                    if exited {
+                        "exited before it answered /health"
+                    } else {
+                        "did not answer /health within 300 s"
+                    },
+                    dir.join("server.log").display()
+                )));
+            }
+            touch(dir);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let ready = launched.elapsed().as_secs_f64();
+        let base = format!("http://127.0.0.1:{port}");
+        let setup = harness(
+            &["setup", &base, ADMIN_EMAIL, ADMIN_PASSWORD],
+            "setting up the Medusa store (API key, currencies, region)",
+        )
+        .inspect_err(|_| kill_group(pid))?;
+        let setup: serde_json::Value = serde_json::from_str(setup.trim())
+            .map_err(|e| unavailable(format!("the set-up's answer is not JSON: {e}")))
+            .inspect_err(|_| kill_group(pid))?;
+        let saved = serde_json::json!({
+            "recipe": RECIPE,
+            "port": port,
+            "pid": pid,
+            "database": database,
+            "api_key": setup["api_key"],
+            "store_id": setup["store_id"],
+            "region_id": setup["region_id"],
+            "sales_channel_id": setup["sales_channel_id"],
+            "timings": {"install": install, "migrate": migrate, "ready": ready},
+        });
+        // The set-up's answer holds the API key: an error names the fields, not the answer.
+        let server = Self::from_saved(&saved)
+            .ok_or_else(|| {
+                let keys: Vec<&String> = setup
+                    .as_object()
+                    .map(|o| o.keys().collect())
+                    .unwrap_or_default();
+                unavailable(format!(
+                    "the set-up's answer lacks a field; it has {keys:?}"
+                ))
+            })
+            .inspect_err(|_| kill_group(pid))?;
+        fs::write(dir.join("server.json"), saved.to_string())
+            .map_err(|e| unavailable(format!("cannot write server.json: {e}")))
+            .inspect_err(|_| kill_group(pid))?;
         eprintln!(
             "medusa {MEDUSA_VERSION}: install {}, migrations {migrate:.1} s, ready {ready:.1} s \
              after start (port {port}, database {database})",
