@@ -4,7 +4,8 @@
 //! catalog (products, variants with EUR prices, stock per location) from PostgreSQL into the
 //! shop, with a price change and a deleted product following; and the shop's customers and
 //! orders (a draft order converted to an order) into PostgreSQL, with a cancellation
-//! arriving later as an update; and the seed's example, Tryton's products and prices (the
+//! arriving later as an update; the shop's products mirrored into PostgreSQL, a product
+//! deleted in the shop arriving as a tombstone; and the seed's example, Tryton's products and prices (the
 //! ERP, a real `trytond`) into the shop's catalog, with a price change and a delete made in
 //! Tryton following.
 
@@ -499,4 +500,80 @@ price_eur = "list_price"
     let left = shop.get(&format!("/admin/products?q={p}&fields=handle"));
     assert_eq!(left["count"], json!(1), "{left}");
     assert_eq!(left["products"][0]["handle"], json!(kettle));
+}
+
+#[test]
+fn medusa_products_mirror_into_postgres_and_a_deleted_product_arrives_as_a_tombstone() {
+    let Some(db) = postgres_database("medusa_products") else {
+        return;
+    };
+    let Some(shop) = Shop::start() else {
+        return;
+    };
+    let p = unique_name("mirror");
+    let mut ids = Vec::new();
+    for name in ["lamp", "desk", "chair"] {
+        let created = shop.send(
+            Method::POST,
+            "/admin/products",
+            Some(json!({
+                "title": format!("{p} {name}"), "handle": format!("{p}-{name}"),
+                "options": [{"title": "Default option", "values": ["Default option value"]}],
+            })),
+        );
+        ids.push(created["product"]["id"].as_str().unwrap().to_owned());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let text = format!(
+        r#"
+[state]
+url = "sqlite://state.db"
+{shop}
+[connections.pg]
+connector = "postgres"
+config = {{ url = "{db_url}" }}
+
+[syncs.products]
+source = "shop.products"
+destination = "pg.shop_products"
+mode = "mirror"
+cursor = "updated_at"
+tombstone = "deleted_at"
+reconcile_every = 0
+key = ["medusa_id"]
+max_delete_fraction = 0.5
+[syncs.products.fields]
+medusa_id = "id"
+handle = "handle"
+title = "title"
+"#,
+        shop = shop.connection(&format!(
+            "[connections.shop.config.filters.products]\nq = \"{p}\""
+        )),
+        db_url = db.url
+    );
+    std::fs::write(d.join("lockstep.toml"), text).unwrap();
+    assert_eq!(counts(&shop.run(d, "products")), [3, 3, 0, 0, 0]);
+
+    // In the shop: the desk is deleted, the chair renamed.
+    shop.send(Method::DELETE, &format!("/admin/products/{}", ids[1]), None);
+    shop.send(
+        Method::POST,
+        &format!("/admin/products/{}", ids[2]),
+        Some(json!({"title": format!("{p} armchair")})),
+    );
+    // Without reconciliation, the delete can only come from the tombstone.
+    assert_eq!(counts(&shop.run(d, "products")), [2, 0, 1, 0, 1]);
+    assert_eq!(
+        pg_rows(
+            &db.url,
+            "SELECT medusa_id, title FROM shop_products ORDER BY medusa_id"
+        ),
+        [
+            vec![s(&ids[0]), Some(format!("{p} lamp"))],
+            vec![s(&ids[2]), Some(format!("{p} armchair"))],
+        ]
+    );
+    assert_eq!(counts(&shop.run(d, "products")), [0, 0, 0, 0, 0]);
 }
