@@ -2,12 +2,12 @@
 //! real Medusa v2 server (see `lockstep_test_support::medusa`; each test makes records of its
 //! own and reads only those, through the connection's `filters`) and real PostgreSQL: the
 //! catalog (products, variants with EUR prices, stock per location) from PostgreSQL into the
-//! shop, with a price change and a deleted product following; and the shop's customers and
+//! shop, with a price change and a deleted product following; the shop's customers and
 //! orders (a draft order converted to an order) into PostgreSQL, with a cancellation
 //! arriving later as an update; the shop's products mirrored into PostgreSQL, a product
-//! deleted in the shop arriving as a tombstone; and the seed's example, Tryton's products and prices (the
-//! ERP, a real `trytond`) into the shop's catalog, with a price change and a delete made in
-//! Tryton following.
+//! deleted in the shop arriving as a tombstone; and the seed's example, Tryton's products
+//! and prices (the ERP, a real `trytond`) into the shop's catalog, with a price change and a
+//! delete made in Tryton following.
 
 use std::path::Path;
 use std::process::Command;
