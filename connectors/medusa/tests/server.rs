@@ -1,7 +1,7 @@
 //! The Medusa connector against a real Medusa v2 server (the test-support harness starts one
 //! for the whole suite; each test works with records of its own, found by a unique prefix
 //! through the `q` filter): incremental reads with several records sharing an `updated_at`
-//! across page boundaries, product tombstones, product and variant writes, a duplicate SKU
+//! across page boundaries, product tombstones, product, variant and category writes, a duplicate SKU
 //! and an invalid product as exactly one reject each with Medusa's message, stock levels per
 //! location, a wrong API key, and the conformance kit.
 
@@ -607,6 +607,79 @@ async fn a_duplicate_sku_is_exactly_one_reject_with_medusas_message() {
             (format!("{prefix}-ok"), format!("{prefix}-x"))
         ]
     );
+    eprintln!("test took {:.1} s", started.elapsed().as_secs_f64());
+}
+
+#[tokio::test]
+async fn categories_are_written_by_handle_and_read_incrementally() {
+    let Some(server) = server() else { return };
+    let started = Instant::now();
+    let prefix = unique_name("cat");
+    let medusa = connect(
+        &server,
+        json!({"filters": {"product_categories": {"q": prefix}}}),
+    );
+    let category_fields = fields(&[
+        ("handle", DataType::Text),
+        ("name", DataType::Text),
+        ("external_id", DataType::Text),
+        ("is_active", DataType::Boolean),
+    ]);
+    let mut writer = medusa
+        .start_write(OpenStreamRequest {
+            stream: "product_categories".into(),
+            fields: category_fields.clone(),
+            key: vec!["handle".into()],
+            create_if_missing: false,
+            schema_evolution: Default::default(),
+        })
+        .await
+        .unwrap();
+    let row = |handle: &str, name: &str, erp: &str| json!({"handle": format!("{prefix}-{handle}"), "name": format!("{prefix} {name}"), "external_id": erp, "is_active": true});
+    let outcome = writer
+        .upsert(batch_of(
+            &category_fields,
+            vec![row("tea", "Tea", "10"), row("coffee", "Coffee", "11")],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(outcome.inserted, Some(2), "{outcome:?}");
+    let (rows, _, checkpoint) = read_all(
+        &medusa,
+        read_request("product_categories", ReadMode::Incremental, None, 5),
+    )
+    .await;
+    let mut read: Vec<(String, String)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["handle"].as_str().unwrap().to_owned(),
+                r["external_id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    read.sort();
+    assert_eq!(
+        read,
+        [
+            (format!("{prefix}-coffee"), "11".to_owned()),
+            (format!("{prefix}-tea"), "10".to_owned())
+        ]
+    );
+    let outcome = writer
+        .upsert(batch_of(
+            &category_fields,
+            vec![row("tea", "Green tea", "10")],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(outcome.updated, Some(1), "{outcome:?}");
+    let (changes, _, _) = read_all(
+        &medusa,
+        read_request("product_categories", ReadMode::Incremental, checkpoint, 5),
+    )
+    .await;
+    assert_eq!(column(&changes, "name"), [format!("{prefix} Green tea")]);
     eprintln!("test took {:.1} s", started.elapsed().as_secs_f64());
 }
 
