@@ -1,9 +1,9 @@
 //! The Medusa connector against a real Medusa v2 server (the test-support harness starts one
 //! for the whole suite; each test works with records of its own, found by a unique prefix
 //! through the `q` filter): incremental reads with several records sharing an `updated_at`
-//! across page boundaries, product tombstones, product, variant and category writes, a duplicate SKU
-//! and an invalid product as exactly one reject each with Medusa's message, stock levels per
-//! location, a wrong API key, and the conformance kit.
+//! across page boundaries, product tombstones, product, variant and category writes, a
+//! duplicate SKU and an invalid product as exactly one reject each with Medusa's message,
+//! stock levels per location, a wrong API key, and the conformance kit.
 
 use std::sync::Once;
 use std::time::{Duration, Instant};
