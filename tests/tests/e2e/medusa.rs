@@ -7,12 +7,13 @@
 //! arriving later as an update; the shop's products mirrored into PostgreSQL, a product
 //! deleted in the shop arriving as a tombstone; and the seed's example, Tryton's products
 //! and prices (the ERP, a real `trytond`) into the shop's catalog, with a price change and a
-//! delete made in Tryton following.
+//! delete made in Tryton following; and a wrong API key (an `auth` error at once, the key in
+//! no output or history).
 
 use std::path::Path;
 use std::process::Command;
 
-use lockstep_e2e::{counts, lockstep, pg_exec, pg_rows, postgres_database, run_report};
+use lockstep_e2e::{counts, lockstep, pg_exec, pg_rows, postgres_database, run, run_report};
 use lockstep_http_kit::auth::AuthScheme;
 use lockstep_http_kit::{Auth, ClientConfig, HttpClient, Method, Request, SecretString};
 use lockstep_test_support::medusa::{unique_name, MedusaServer};
@@ -576,4 +577,68 @@ title = "title"
         ]
     );
     assert_eq!(counts(&shop.run(d, "products")), [0, 0, 0, 0, 0]);
+}
+
+#[test]
+fn a_wrong_api_key_fails_at_once_naming_the_setting_and_never_showing_the_key() {
+    let Some(db) = postgres_database("medusa_auth") else {
+        return;
+    };
+    let Some(shop) = Shop::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let text = format!(
+        r#"
+[state]
+url = "sqlite://state.db"
+{shop}
+[connections.pg]
+connector = "postgres"
+config = {{ url = "{db_url}" }}
+
+[syncs.customers]
+source = "shop.customers"
+destination = "pg.shop_customers"
+key = ["id"]
+"#,
+        shop = shop.connection(""),
+        db_url = db.url
+    );
+    std::fs::write(d.join("lockstep.toml"), text).unwrap();
+    let wrong = "sk_wrong-medusa-key-5e81c0";
+    let with_wrong_key = || {
+        let mut cmd = lockstep(d);
+        cmd.env(KEY_VAR, wrong);
+        cmd
+    };
+    let (out, stdout, stderr) =
+        run(with_wrong_key().args(["run", "customers", "--output", "json"]));
+    assert!(!out.status.success(), "{stdout}\n{stderr}");
+    let report: Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}\n{stderr}"));
+    assert_eq!(report["error"]["kind"], "auth", "{report}");
+    let message = report["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("api_key_env") && message.contains(KEY_VAR),
+        "the message names the setting and the variable: {message}"
+    );
+    // Every request logged: one attempt, no retry, and no key.
+    let (_, text_out, text_err) = run(with_wrong_key()
+        .env("LOCKSTEP_LOG", "debug")
+        .args(["run", "customers"]));
+    assert!(
+        text_err.contains("401"),
+        "Medusa's 401 is named: {text_err}"
+    );
+    assert!(!text_err.contains("retrying"), "{text_err}");
+    let (_, history, _) = run(with_wrong_key().args(["runs", "customers", "--output", "json"]));
+    for text in [&stdout, &stderr, &text_out, &text_err, &history] {
+        assert!(!text.contains(wrong), "the key leaked: {text}");
+        assert!(
+            !text.contains(&shop.server.api_key),
+            "the right key leaked: {text}"
+        );
+    }
 }
