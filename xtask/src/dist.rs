@@ -36,6 +36,7 @@ pub const PACKAGED_CONNECTORS: &[&str] = &[
     "lockstep-connector-tryton",
     "lockstep-connector-mailman",
     "lockstep-connector-mailchimp",
+    "lockstep-connector-medusa",
 ];
 
 /// What `cargo xtask dist` was asked for.

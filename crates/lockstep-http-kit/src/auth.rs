@@ -19,6 +19,9 @@ pub enum AuthScheme {
     Bearer,
     /// `Authorization: Basic base64(<username>:<secret>)`.
     Basic { username: String },
+    /// `Authorization: Basic base64(<secret>:)`: the secret is the user and the password is
+    /// empty (Medusa's secret API keys).
+    BasicSecretAsUser,
     /// `<header>: <secret>`.
     ApiKeyHeader { header: HeaderName },
 }
@@ -77,6 +80,20 @@ impl Auth {
             AuthScheme::Basic {
                 username: username.to_owned(),
             },
+            setting,
+            variable,
+            read_env(setting, variable)?,
+        ))
+    }
+
+    /// Basic credentials whose user is the secret read from `variable`, with an empty
+    /// password.
+    pub fn basic_secret_as_user_from_env(
+        setting: &str,
+        variable: &str,
+    ) -> Result<Self, ConnectorError> {
+        Ok(Self::with_secret(
+            AuthScheme::BasicSecretAsUser,
             setting,
             variable,
             read_env(setting, variable)?,
@@ -146,6 +163,9 @@ impl Auth {
             AuthScheme::Bearer => request.bearer_auth(secret.expose_secret()),
             AuthScheme::Basic { username } => {
                 request.basic_auth(username, Some(secret.expose_secret()))
+            }
+            AuthScheme::BasicSecretAsUser => {
+                request.basic_auth(secret.expose_secret(), None::<&str>)
             }
             AuthScheme::ApiKeyHeader { header } => {
                 match HeaderValue::from_str(secret.expose_secret()) {

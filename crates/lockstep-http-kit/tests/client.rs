@@ -47,6 +47,11 @@ async fn each_auth_scheme_reaches_the_server_and_debug_hides_it() {
             "Basic bWU6cGF0LW5hMS0wMTIzLXNlY3JldC10b2tlbg==".into(),
         ),
         (
+            AuthScheme::BasicSecretAsUser,
+            "authorization",
+            "Basic cGF0LW5hMS0wMTIzLXNlY3JldC10b2tlbjo=".into(),
+        ),
+        (
             AuthScheme::ApiKeyHeader {
                 header: "x-api-key".parse().unwrap(),
             },

@@ -57,6 +57,7 @@ mod destination;
 #[cfg(feature = "live-db")]
 pub mod live_db;
 pub mod mailman;
+pub mod medusa;
 mod report;
 mod service_home;
 pub mod skip;

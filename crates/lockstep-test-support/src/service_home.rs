@@ -1,5 +1,6 @@
-//! What the harnesses of real servers installed from PyPI (Tryton, Mailman) share: an
-//! exclusive file lock in their cache directory, and running a set-up command quietly.
+//! What the harnesses of real servers installed from PyPI or npm (Tryton, Mailman, Medusa)
+//! share: an exclusive file lock in their cache directory, and running a set-up command
+//! quietly.
 //!
 //! Invariants: a [`DirLock`] is released when dropped (and by the kernel when the process
 //! dies, so a killed test never leaves the cache locked); a failed command's error carries

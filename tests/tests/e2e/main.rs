@@ -16,6 +16,7 @@ mod hubspot;
 mod lease;
 mod mailchimp;
 mod mailman;
+mod medusa;
 mod ops;
 mod plugins;
 mod retry;

@@ -18,12 +18,12 @@ use lockstep_test_support::tryton::{TrytonServer, ADMIN_LOGIN, ADMIN_PASSWORD};
 use serde_json::{json, Value};
 
 /// The variable that carries the password to the `lockstep` child processes only.
-const PASSWORD_VAR: &str = "LOCKSTEP_E2E_TRYTON_PASSWORD";
+pub(crate) const PASSWORD_VAR: &str = "LOCKSTEP_E2E_TRYTON_PASSWORD";
 /// The variable this test process's own Tryton client reads the password from.
 const LOCAL_PASSWORD_VAR: &str = "LOCKSTEP_E2E_TRYTON_ADMIN_PASSWORD";
 
 /// A Tryton server with a client for changing its records, and a runtime to drive it.
-struct Erp {
+pub(crate) struct Erp {
     server: TrytonServer,
     client: Tryton,
     runtime: tokio::runtime::Runtime,
@@ -31,7 +31,7 @@ struct Erp {
 
 impl Erp {
     /// A fresh server, or `None` after `skip_or_fail` when Tryton cannot be provided.
-    fn start() -> Option<Self> {
+    pub(crate) fn start() -> Option<Self> {
         static ONCE: Once = Once::new();
         ONCE.call_once(|| std::env::set_var(LOCAL_PASSWORD_VAR, ADMIN_PASSWORD));
         let server = match TrytonServer::start() {
@@ -60,13 +60,13 @@ impl Erp {
         })
     }
 
-    fn call(&self, method: &str, params: Vec<Value>) -> Value {
+    pub(crate) fn call(&self, method: &str, params: Vec<Value>) -> Value {
         self.runtime
             .block_on(self.client.rpc().call(method, params, None, false, "test"))
             .unwrap_or_else(|e| panic!("{method}: {}", e.message()))
     }
 
-    fn create(&self, model: &str, records: Value) -> Vec<i64> {
+    pub(crate) fn create(&self, model: &str, records: Value) -> Vec<i64> {
         self.call(&format!("model.{model}.create"), vec![records])
             .as_array()
             .unwrap()
@@ -97,7 +97,7 @@ impl Erp {
     }
 
     /// The connection, as a config file's `[connections.erp]`.
-    fn connection(&self, extra: &str) -> String {
+    pub(crate) fn connection(&self, extra: &str) -> String {
         format!(
             r#"
 [connections.erp]
