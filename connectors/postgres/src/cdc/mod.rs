@@ -34,6 +34,7 @@
 //! - Unchanged TOASTed values are never written as NULL (`changes`).
 
 pub mod changes;
+pub mod drop;
 pub mod pgoutput;
 pub mod slot;
 
@@ -61,8 +62,9 @@ use crate::read::{fetch, BatchResult, PgReader, ReadPlan};
 use crate::session::Session;
 
 /// How to start a cdc sync over, for messages.
-const RESET: &str = "to start over with a new snapshot, delete the sync's checkpoint from the \
-                     state store (DELETE FROM checkpoints WHERE sync = 'NAME') and run it again";
+const RESET: &str = "to start over with a new snapshot, run `lockstep cdc drop NAME` (it drops \
+                     the slot and the publication and resets the sync's checkpoint) and run the \
+                     sync again";
 
 /// The most changes one `pg_logical_slot_get_binary_changes` call asks for.
 pub const CHUNK_CHANGES: i32 = 20_000;
@@ -113,6 +115,25 @@ struct CdcPlan {
     /// The snapshot read from the start, for when the slot must be created again.
     fresh_snapshot: ReadPlan,
     label: String,
+}
+
+/// A cdc read that drops the slot and the publication instead (`CdcRequest::drop`, `lockstep
+/// cdc drop`): one batch of `CdcDropped` rows. The stream's table need not exist.
+pub(crate) async fn drop_read(session: &Session, request: &ReadRequest, ctx: Context) -> Result<PgReader> {
+    let Some(cdc) = request.cdc.as_ref() else {
+        return Err(ConnectorError::internal("a cdc drop without its slot and publication"));
+    };
+    let label = format!("dropping the replication slot and publication of `{}`", request.stream);
+    let result = async {
+        let mut conn = session.settings.connect().await?;
+        let outcomes =
+            drop::drop_objects(&mut conn, &session.settings.schema, &request.stream, cdc).await?;
+        lockstep_plugin_sdk::protocol::CdcDropped::to_batch(&outcomes)
+            .map_err(|e| ConnectorError::internal(format!("the cdc drop's outcome: {e}")))
+    }
+    .await
+    .map_err(|e| session.settings.scrub_error(e.context(&label)))?;
+    Ok(PgReader::ready(&label, ctx, result))
 }
 
 /// Starts a cdc read of `table`.
@@ -329,6 +350,42 @@ async fn run(plan: &mut CdcPlan, out: &mut Outlet) -> Flow {
     if let Some(info) = &info {
         slot::check_slot(&mut conn, &plan.slot, info).await?;
     }
+    let mut checkpoint = plan.checkpoint.clone();
+    // A slot the server invalidated (past `max_slot_wal_keep_size`) cannot decode any more:
+    // it is dropped and made again, as a slot that was dropped.
+    if info.as_ref().is_some_and(|i| i.lost) {
+        lockstep_plugin_sdk::tracing::warn!(
+            slot = %plan.slot,
+            "replication slot `{}` was invalidated by the server (its WAL went past \
+             max_slot_wal_keep_size): dropping it",
+            plan.slot
+        );
+        if !plan.dry_run {
+            slot::drop_slot(&mut conn, &plan.slot).await?;
+        }
+        info = None;
+    }
+    match (&info, &checkpoint) {
+        (None, Some(c)) => {
+            lockstep_plugin_sdk::tracing::warn!(
+                slot = %plan.slot,
+                "replication slot `{}` does not exist any more (dropped, by `lockstep cdc \
+                 drop` or by hand, or invalidated), so the changes after LSN {} cannot be \
+                 read: taking a new snapshot of `{}`; the run then reconciles key sets to find \
+                 the records deleted meanwhile",
+                plan.slot,
+                c.lsn,
+                table
+            );
+            checkpoint = None;
+        }
+        (_, None) => lockstep_plugin_sdk::tracing::info!(
+            slot = %plan.slot,
+            "taking a snapshot of `{table}` (the sync has no checkpoint: its first run, or \
+             one after `lockstep cdc drop` or a full refresh)"
+        ),
+        _ => {}
+    }
     let lsn_of = |text: &str| {
         parse_lsn(text).ok_or_else(|| {
             ConnectorError::config(format!("the checkpoint's LSN `{text}` is not an LSN"))
@@ -337,15 +394,13 @@ async fn run(plan: &mut CdcPlan, out: &mut Outlet) -> Flow {
 
     // The position changes resume from, and the partial transaction.
     let mut position: Position;
-    let checkpoint = plan.checkpoint.clone();
     match checkpoint.as_ref().filter(|c| c.phase == Phase::Changes) {
         Some(c) => {
             let lsn = lsn_of(&c.lsn)?;
             let Some(slot_info) = &info else {
-                return Err(ConnectorError::config(format!(
-                    "replication slot `{}` does not exist any more: the changes after LSN {} \
-                     are lost to this sync. {RESET}",
-                    plan.slot, c.lsn
+                return Err(ConnectorError::internal(format!(
+                    "replication slot `{}` vanished while the read began",
+                    plan.slot
                 ))
                 .into());
             };
@@ -546,13 +601,14 @@ async fn changes(
                     if ours && !skipped {
                         return Err(ConnectorError::schema(format!(
                             "table `{}` was truncated (in the transaction committed at LSN {}): \
-                             a truncate has no rows to delete by key, so cdc cannot apply it. \
-                             Empty the destination the same way, drop the slot (SELECT \
-                             pg_drop_replication_slot('{}')), then {RESET}",
+                             a truncate has no rows to delete by key, so cdc cannot apply it \
+                             ({}). {RESET}: the new snapshot's key-set reconciliation deletes \
+                             the truncated records (past max_delete_fraction they wait for \
+                             `lockstep deletes`)",
                             plan.layout.table,
                             txn.as_ref()
                                 .map_or_else(String::new, |t| format_lsn(t.final_lsn)),
-                            plan.slot
+                            format!("slot `{}`", plan.slot)
                         ))
                         .into());
                     }
@@ -698,7 +754,9 @@ fn temporary_name(slot: &str) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
-    let mut prefix: String = slot.chars().take(30).collect();
-    prefix.push_str(&format!("_tmp_{}_{nanos}", std::process::id()));
-    prefix
+    format!(
+        "{}{}_{nanos}",
+        slot::temporary_prefix(slot),
+        std::process::id()
+    )
 }
