@@ -36,7 +36,7 @@ mod scheduler;
 mod shared;
 mod supervisor;
 mod verifier;
-mod wal_retention;
+pub mod wal_retention;
 mod web;
 
 pub use daemon::{run, DaemonError, DaemonOptions};

@@ -12,9 +12,45 @@
 use std::collections::HashSet;
 use std::sync::Mutex;
 
+use chrono::{DateTime, Utc};
 use lockstep_config::Config;
+use serde_json::Value;
 
 use crate::shared::Shared;
+
+/// What a cdc sync's committed checkpoint says of its replication slot, for `lockstep status`
+/// and `/metrics`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SlotStatus {
+    pub slot: String,
+    /// The WAL the server retained for the slot when the last read began.
+    pub retained_wal_bytes: u64,
+    /// The destination has every change committed before this (absent before the first
+    /// snapshot has ended).
+    pub caught_up_at: Option<DateTime<Utc>>,
+}
+
+impl SlotStatus {
+    /// The slot's status from a cdc checkpoint; `None` for a checkpoint of another kind.
+    pub fn from_checkpoint(checkpoint: &Value) -> Option<SlotStatus> {
+        Some(SlotStatus {
+            slot: checkpoint.get("slot")?.as_str()?.to_owned(),
+            retained_wal_bytes: checkpoint.get("retained_wal_bytes")?.as_u64()?,
+            caught_up_at: checkpoint
+                .get("caught_up_at")
+                .and_then(Value::as_str)
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&Utc)),
+        })
+    }
+
+    /// How far the destination is behind the source at `now`: the time since the moment
+    /// before which it has every change. `None` before the first snapshot has ended.
+    pub fn lag_seconds(&self, now: DateTime<Utc>) -> Option<f64> {
+        self.caught_up_at
+            .map(|t| ((now - t).num_milliseconds().max(0) as f64) / 1000.0)
+    }
+}
 
 /// The cdc syncs whose slot is above its threshold, as last seen.
 static ABOVE: Mutex<Option<HashSet<String>>> = Mutex::new(None);
@@ -32,15 +68,16 @@ pub(crate) fn verdict(
         format!(
             "replication slot `{slot}` retains {} of WAL, above max_retained_wal ({}): the \
              server keeps this WAL until the sync confirms it. Make sure sync `{sync}` runs and \
-             succeeds; if the sync was removed, drop its slot (SELECT \
-             pg_drop_replication_slot('{slot}'))",
+             succeeds; if the sync is retired, drop its slot and publication with `lockstep \
+             cdc drop {sync}` (or SELECT pg_drop_replication_slot('{slot}'))",
             human_bytes(retained),
             human_bytes(threshold)
         )
     })
 }
 
-fn human_bytes(bytes: u64) -> String {
+/// Bytes for people: `3.2 MB` (powers of 1024, as `max_retained_wal` reads them).
+pub fn human_bytes(bytes: u64) -> String {
     const UNITS: [(&str, u64); 4] = [
         ("TB", 1 << 40),
         ("GB", 1 << 30),
@@ -86,6 +123,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_cdc_checkpoint_gives_the_slot_status_and_its_lag() {
+        let status = SlotStatus::from_checkpoint(&serde_json::json!({
+            "slot": "lockstep_people", "phase": "changes", "lsn": "0/1",
+            "retained_wal_bytes": 2048, "caught_up_at": "2026-12-06T01:00:00.000Z"
+        }))
+        .unwrap();
+        assert_eq!(status.slot, "lockstep_people");
+        assert_eq!(status.retained_wal_bytes, 2048);
+        let now = DateTime::parse_from_rfc3339("2026-12-06T01:00:42.500Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(status.lag_seconds(now), Some(42.5));
+        // During the first snapshot there is no lag yet; a cursor is not a cdc checkpoint.
+        let snapshot = SlotStatus::from_checkpoint(&serde_json::json!({
+            "slot": "s", "phase": "snapshot", "lsn": "0/1", "retained_wal_bytes": 0
+        }))
+        .unwrap();
+        assert_eq!(snapshot.lag_seconds(now), None);
+        assert_eq!(
+            SlotStatus::from_checkpoint(&serde_json::json!({"cursor": 5, "key": [1]})),
+            None
+        );
+    }
+
+    #[test]
     fn alerts_when_crossing_the_threshold_only() {
         let reason = verdict("people", "lockstep_people", 3 << 30, 1 << 30, false).unwrap();
         assert!(reason.contains("retains 3.0 GB of WAL"), "{reason}");
@@ -93,6 +155,7 @@ mod tests {
             reason.contains("above max_retained_wal (1.0 GB)"),
             "{reason}"
         );
+        assert!(reason.contains("lockstep cdc drop people"), "{reason}");
         assert!(reason.contains("pg_drop_replication_slot('lockstep_people')"));
         assert_eq!(verdict("people", "s", 3 << 30, 1 << 30, true), None);
         assert_eq!(verdict("people", "s", 1 << 20, 1 << 30, false), None);

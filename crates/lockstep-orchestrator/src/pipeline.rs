@@ -269,10 +269,10 @@ pub(crate) async fn execute<S: Sink>(
         // A snapshot cannot see the records deleted before it (from a destination that held
         // records already, or while the sync's slot was gone): the key sets tell.
         SyncMode::Cdc if cdc_snapshot => {
-            let readable = ctx
-                .services
-                .registry
-                .supports(&job.destination.connector, lockstep_core::protocol::Role::Source);
+            let readable = ctx.services.registry.supports(
+                &job.destination.connector,
+                lockstep_core::protocol::Role::Source,
+            );
             if !readable {
                 tracing::warn!(
                     "the cdc snapshot is not reconciled: connector `{}` cannot be read, so \

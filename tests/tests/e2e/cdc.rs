@@ -482,7 +482,52 @@ fn cdc_wal_retention_alert_fires() {
         "the destination to catch up",
         |_| rows(&destination).len() == 30_000,
     );
-    drop(daemon);
+    // `/metrics` shows the slot's retained WAL and the sync's lag, from its checkpoint.
+    let gauge = |text: &str, name: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}{{sync=\"people\"}} ")))
+            .and_then(|v| v.parse().ok())
+    };
+    let metrics = daemon.get("/metrics");
+    let retained = gauge(&metrics, "lockstep_cdc_retained_wal_bytes")
+        .unwrap_or_else(|| panic!("no retained-WAL gauge in\n{metrics}"));
+    assert!(retained >= 0.0, "{metrics}");
+    let lag = gauge(&metrics, "lockstep_cdc_lag_seconds")
+        .unwrap_or_else(|| panic!("no lag gauge in\n{metrics}"));
+    // The sync runs every second: its destination is a few seconds behind at most.
+    assert!((0.0..30.0).contains(&lag), "lag {lag}\n{metrics}");
+    // Stopped with its workers (a killed daemon's worker would finish its run on its own).
+    let mut daemon = daemon;
+    daemon.stop(std::time::Duration::from_secs(60));
+
+    // `lockstep status` says the same, and its lag grows while no run catches up.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let (out, stdout, stderr) = run(lockstep(dir.path()).args(["status", "--output", "json"]));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let status: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let cdc = &status[0]["cdc"];
+    assert_eq!(cdc["slot"], slot.name.as_str(), "{status}");
+    assert_eq!(
+        cdc["retained_wal_bytes"],
+        checkpoint(dir.path())["retained_wal_bytes"],
+        "{status}"
+    );
+    let later = cdc["lag_seconds"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{status}"));
+    assert!(
+        later >= 1.5 && later < lag + 60.0,
+        "lag {later} after {lag}: {status}"
+    );
+    let (out, stdout, _) = run(lockstep(dir.path()).arg("status"));
+    assert!(out.status.success());
+    assert!(
+        stdout.contains(&format!(
+            "cdc people: replication slot `{}` retained",
+            slot.name
+        )) && stdout.contains("the destination has every change committed before"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -591,7 +636,10 @@ fn cdc_drop_removes_the_slot_and_publication_and_a_later_run_takes_a_new_snapsho
     );
     config(dir.path(), &source, &destination, &slot, 100);
     run_ok(dir.path());
-    exec(&source, &["UPDATE people SET name = 'changed' WHERE id <= 10"]);
+    exec(
+        &source,
+        &["UPDATE people SET name = 'changed' WHERE id <= 10"],
+    );
     run_ok(dir.path());
     assert_eq!(rows(&source), rows(&destination));
     assert_eq!(slots_of(&source, &slot), 1);
@@ -601,19 +649,31 @@ fn cdc_drop_removes_the_slot_and_publication_and_a_later_run_takes_a_new_snapsho
     let state = dir.path().join("state.db");
     lockstep_e2e::sqlite_exec(
         &state,
-        &["UPDATE leases SET token = token + 1, host = 'another-node', pid = 4242, \
-           expires_at = '9999-12-31T00:00:00Z'"],
+        &[
+            "UPDATE leases SET token = token + 1, host = 'another-node', pid = 4242, \
+           expires_at = '9999-12-31T00:00:00Z'",
+        ],
     );
     let (out, stdout, stderr) = run(lockstep(dir.path()).args(["cdc", "drop", "people"]));
-    assert!(!out.status.success(), "dropped under a held lease:\n{stdout}");
+    assert!(
+        !out.status.success(),
+        "dropped under a held lease:\n{stdout}"
+    );
     assert!(
         stderr.contains("is already being run by process 4242 on host `another-node`"),
         "{stderr}"
     );
-    assert_eq!(slots_of(&source, &slot), 1, "the slot went despite the lease");
+    assert_eq!(
+        slots_of(&source, &slot),
+        1,
+        "the slot went despite the lease"
+    );
     assert_eq!(publications_named(&source, &slot.name), 1);
     assert!(has_checkpoint(dir.path()));
-    lockstep_e2e::sqlite_exec(&state, &["UPDATE leases SET expires_at = '2000-01-01T00:00:00Z'"]);
+    lockstep_e2e::sqlite_exec(
+        &state,
+        &["UPDATE leases SET expires_at = '2000-01-01T00:00:00Z'"],
+    );
 
     // The drop: both objects go, and the sync's checkpoint with them.
     let (out, stdout, stderr) = run(lockstep(dir.path()).args(["cdc", "drop", "people"]));
@@ -635,9 +695,8 @@ fn cdc_drop_removes_the_slot_and_publication_and_a_later_run_takes_a_new_snapsho
         "the checkpoint still points into the dropped slot"
     );
     // Dropping again finds nothing, and says so.
-    let (out, stdout, stderr) = run(lockstep(dir.path()).args([
-        "cdc", "drop", "people", "--output", "json",
-    ]));
+    let (out, stdout, stderr) =
+        run(lockstep(dir.path()).args(["cdc", "drop", "people", "--output", "json"]));
     assert!(out.status.success(), "{stdout}\n{stderr}");
     let again: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     let outcomes: Vec<&str> = again["objects"]
@@ -698,7 +757,8 @@ fn cdc_falls_back_to_a_new_snapshot_when_its_slot_was_dropped_under_it() {
             "INSERT INTO people VALUES (500, 'unseen', 5, NULL)",
         ],
     );
-    let (out, stdout, stderr) = run(lockstep(dir.path()).args(["run", "people", "--output", "json"]));
+    let (out, stdout, stderr) =
+        run(lockstep(dir.path()).args(["run", "people", "--output", "json"]));
     assert!(out.status.success(), "the run failed:\n{stdout}\n{stderr}");
     assert!(
         stderr.contains(&format!(

@@ -276,8 +276,9 @@ pub async fn drop_slot(conn: &mut PgConnection, name: &str) -> Result<()> {
         .await
         .map_err(|e| {
             let mut e = map_sqlx(e);
-            e.message
-                .push_str(&format!(" (dropping the invalidated replication slot `{name}`)"));
+            e.message.push_str(&format!(
+                " (dropping the invalidated replication slot `{name}`)"
+            ));
             e
         })?;
     Ok(())

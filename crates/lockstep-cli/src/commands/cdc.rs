@@ -26,7 +26,12 @@ pub async fn run(config_path: &Path, command: CdcCommand) -> CmdResult {
 async fn drop(config_path: &Path, sync: &str, output: OutputFormat) -> CmdResult {
     let config = load_config(config_path)?;
     let job = job(&config, sync)?;
-    let Some(cdc) = job.spec.cdc.as_ref().filter(|_| job.spec.mode == SyncMode::Cdc) else {
+    let Some(cdc) = job
+        .spec
+        .cdc
+        .as_ref()
+        .filter(|_| job.spec.mode == SyncMode::Cdc)
+    else {
         return Err(CliError::Message(format!(
             "sync `{sync}` is not a cdc sync (its mode is not \"cdc\"): it has no \
              replication slot to drop"
@@ -38,12 +43,12 @@ async fn drop(config_path: &Path, sync: &str, output: OutputFormat) -> CmdResult
             && other.spec.mode == SyncMode::Cdc
             && other.spec.source.connection == job.spec.source.connection
     };
-    if let Some(other) = config.syncs.iter().filter(|s| same_connection(s)).find(|s| {
-        s.spec
-            .cdc
-            .as_ref()
-            .is_some_and(|c| c.slot == cdc.slot)
-    }) {
+    if let Some(other) = config
+        .syncs
+        .iter()
+        .filter(|s| same_connection(s))
+        .find(|s| s.spec.cdc.as_ref().is_some_and(|c| c.slot == cdc.slot))
+    {
         return Err(CliError::Message(format!(
             "sync `{}` reads replication slot `{}` too: dropping it would take its changes \
              away. Give each sync its own slot (`slot` in [syncs.NAME.cdc]) before dropping",
@@ -72,9 +77,7 @@ async fn drop(config_path: &Path, sync: &str, output: OutputFormat) -> CmdResult
         Ok(report) => report,
         Err(e) => {
             state.close().await;
-            return Err(CliError::Message(redact(&format!(
-                "sync `{sync}`: {e}"
-            ))));
+            return Err(CliError::Message(redact(&format!("sync `{sync}`: {e}"))));
         }
     };
     let summary: Vec<String> = report
@@ -102,7 +105,12 @@ async fn drop(config_path: &Path, sync: &str, output: OutputFormat) -> CmdResult
         detail,
     } in &report.objects
     {
-        table.row([object.clone(), name.clone(), outcome.clone(), detail.clone()]);
+        table.row([
+            object.clone(),
+            name.clone(),
+            outcome.clone(),
+            detail.clone(),
+        ]);
     }
     outln!("{}", redact(&table.render()));
     if report.checkpoint_reset {
