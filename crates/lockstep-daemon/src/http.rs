@@ -46,7 +46,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
             match shared.state.checkpoint(s.name()).await {
                 Ok(checkpoint) => checkpoint
                     .as_ref()
-                    .and_then(crate::wal_retention::SlotStatus::from_checkpoint),
+                    .and_then(crate::cdc_slot::SlotStatus::from_checkpoint),
                 Err(e) => {
                     tracing::warn!(
                         sync = s.name(),

@@ -133,7 +133,7 @@ pub(crate) struct SyncGauge {
     pub name: String,
     pub running: bool,
     /// A cdc sync's slot, from its committed checkpoint.
-    pub cdc: Option<crate::wal_retention::SlotStatus>,
+    pub cdc: Option<crate::cdc_slot::SlotStatus>,
 }
 
 impl Metrics {
@@ -404,7 +404,7 @@ mod tests {
         let text = m.render(&[SyncGauge {
             name: "a\"b".into(),
             running: true,
-            cdc: Some(crate::wal_retention::SlotStatus {
+            cdc: Some(crate::cdc_slot::SlotStatus {
                 slot: "s".into(),
                 retained_wal_bytes: 4096,
                 caught_up_at: Some(chrono::Utc::now() - chrono::Duration::seconds(30)),

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use chrono::Utc;
+use lockstep_daemon::cdc_slot::{human_bytes, SlotStatus};
 use lockstep_daemon::schedule::Plan;
-use lockstep_daemon::wal_retention::{human_bytes, SlotStatus};
 use serde_json::json;
 
 use super::{history, CliError, CmdResult};
