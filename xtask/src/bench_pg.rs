@@ -24,10 +24,16 @@
 //!
 //! The last line reads `full_vs_copy=<ratio> default_vs_copy=<ratio>
 //! default_incr_vs_copy=<ratio> incr_s=<s> noop_s=<s> maria_vs_load=<ratio>
-//! peak_rss_mib=<n> cdc_vs_mirror=<ratio>`: `full_vs_copy` is the fast path's full run, `incr_s` its incremental
+//! peak_rss_mib=<n> cdc_vs_mirror=<ratio> cdc_latency_s=<s>`: `full_vs_copy` is the fast
+//! path's full run, `incr_s` its incremental
 //! run, `noop_s` the default path's no-op run (which reconciles), `maria_vs_load` the MariaDB
 //! sync against LOAD DATA, `peak_rss_mib` the largest of all lockstep runs, and
-//! `cdc_vs_mirror` the cdc run of the changes against the default path's incremental run.
+//! `cdc_vs_mirror` the cdc run of the changes against the default path's incremental run,
+//! and `cdc_latency_s` the median time from a source commit to the destination's commit of
+//! it while `lockstep daemon` runs the cdc sync every second.
+//!
+//! `LOCKSTEP_BENCH_POSTGRES_URL` (default `postgres://postgres@127.0.0.1:5432`) names another
+//! PostgreSQL server, for one with `wal_level = logical`.
 
 use std::path::Path;
 use std::process::Command;
@@ -39,6 +45,13 @@ use sqlx::{Connection, Row};
 use crate::{cargo, root};
 
 pub(crate) const PG: &str = "postgres://postgres@127.0.0.1:5432";
+
+/// The PostgreSQL server this bench uses, without a database: `LOCKSTEP_BENCH_POSTGRES_URL`
+/// (the cdc sync needs `wal_level = logical`, which a shared server may not have), else
+/// [`PG`].
+fn pg() -> String {
+    std::env::var("LOCKSTEP_BENCH_POSTGRES_URL").unwrap_or_else(|_| PG.to_owned())
+}
 const MY: &str = "mysql://root@127.0.0.1:3306";
 
 /// The columns compared between source and destination, as one text per row.
@@ -120,7 +133,7 @@ pub fn run(args: &[&str]) -> Result<()> {
     };
     let result = rt.block_on(bench(rows, state, &names));
     rt.block_on(async {
-        if let Ok(mut c) = sqlx::PgConnection::connect(&format!("{PG}/test")).await {
+        if let Ok(mut c) = sqlx::PgConnection::connect(&format!("{}/test", pg())).await {
             // The cdc sync's slot keeps WAL and its database from being dropped.
             let _ = sqlx::query(
                 "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
@@ -183,9 +196,9 @@ struct PathRuns {
 }
 
 async fn bench(rows: i64, state: StateBackend, names: &Names) -> Result<()> {
-    let mut admin = sqlx::PgConnection::connect(&format!("{PG}/test"))
+    let mut admin = sqlx::PgConnection::connect(&format!("{}/test", pg()))
         .await
-        .context("PostgreSQL at 127.0.0.1:5432")?;
+        .with_context(|| format!("PostgreSQL at {}", pg()))?;
     for n in names.postgres() {
         sqlx::query(&format!("CREATE DATABASE \"{n}\""))
             .execute(&mut admin)
@@ -199,7 +212,7 @@ async fn bench(rows: i64, state: StateBackend, names: &Names) -> Result<()> {
         .await?;
 
     eprintln!("generating {rows} contacts…");
-    let mut source = sqlx::PgConnection::connect(&format!("{PG}/{}", names.src)).await?;
+    let mut source = sqlx::PgConnection::connect(&format!("{}/{}", pg(), names.src)).await?;
     sqlx::query(DDL).execute(&mut source).await?;
     sqlx::query(GENERATE)
         .bind(rows)
@@ -226,21 +239,21 @@ async fn bench(rows: i64, state: StateBackend, names: &Names) -> Result<()> {
     // The default path's destination exists before the first run, as a user's table would,
     // with the indexes most tables have: the primary key and one on the modification time.
     let mut default_dest =
-        sqlx::PgConnection::connect(&format!("{PG}/{}", names.default_dst)).await?;
+        sqlx::PgConnection::connect(&format!("{}/{}", pg(), names.default_dst)).await?;
     sqlx::query(DDL).execute(&mut default_dest).await?;
     sqlx::query("CREATE INDEX contacts_updated_at ON contacts (updated_at)")
         .execute(&mut default_dest)
         .await?;
 
     // (a) The baseline: PostgreSQL's own binary COPY pipe into an empty table.
-    let mut target = sqlx::PgConnection::connect(&format!("{PG}/{}", names.copy)).await?;
+    let mut target = sqlx::PgConnection::connect(&format!("{}/{}", pg(), names.copy)).await?;
     sqlx::query(DDL).execute(&mut target).await?;
     let started = Instant::now();
     let status = Command::new("bash")
         .arg("-c")
         .arg(format!(
-            "set -o pipefail; psql -X -q -h 127.0.0.1 -U postgres -d {} -c 'COPY contacts TO STDOUT (FORMAT binary)' | psql -X -q -h 127.0.0.1 -U postgres -d {} -c 'COPY contacts FROM STDIN (FORMAT binary)'",
-            names.src, names.copy
+            "set -o pipefail; psql -X -q -d {pg}/{} -c 'COPY contacts TO STDOUT (FORMAT binary)' | psql -X -q -d {pg}/{} -c 'COPY contacts FROM STDIN (FORMAT binary)'",
+            names.src, names.copy, pg = pg()
         ))
         .status()?;
     let copy_s = started.elapsed().as_secs_f64();
@@ -257,10 +270,10 @@ async fn bench(rows: i64, state: StateBackend, names: &Names) -> Result<()> {
     }
     let state_url = match state {
         StateBackend::Sqlite => "sqlite://state.db".to_owned(),
-        StateBackend::Postgres => format!("{PG}/{}", names.state),
+        StateBackend::Postgres => format!("{}/{}", pg(), names.state),
     };
     std::fs::write(dir.join("lockstep.toml"), config(&state_url, names))?;
-    let mut dest = sqlx::PgConnection::connect(&format!("{PG}/{}", names.dst)).await?;
+    let mut dest = sqlx::PgConnection::connect(&format!("{}/{}", pg(), names.dst)).await?;
 
     // Full runs into empty destinations.
     let (fast_full_s, fast_full_rss) = lockstep(&dir, "pg_to_pg")?;
@@ -269,7 +282,7 @@ async fn bench(rows: i64, state: StateBackend, names: &Names) -> Result<()> {
     let (full_s, full_rss) = lockstep(&dir, "pg_default")?;
     check_equal(&mut source, &mut default_dest, "default path, full sync").await?;
     report("default path full", rows, full_s, Some(full_rss));
-    let mut cdc_dest = sqlx::PgConnection::connect(&format!("{PG}/{}", names.cdc_dst)).await?;
+    let mut cdc_dest = sqlx::PgConnection::connect(&format!("{}/{}", pg(), names.cdc_dst)).await?;
     let (cdc_full_s, cdc_full_rss) = lockstep(&dir, "pg_cdc")?;
     check_equal(&mut source, &mut cdc_dest, "cdc, snapshot").await?;
     report("cdc snapshot", rows, cdc_full_s, Some(cdc_full_rss));
@@ -338,8 +351,8 @@ async fn bench(rows: i64, state: StateBackend, names: &Names) -> Result<()> {
     let status = Command::new("bash")
         .arg("-c")
         .arg(format!(
-            "set -o pipefail; psql -X -q -h 127.0.0.1 -U postgres -d {} -c \"COPY (SELECT {LOAD_COLUMNS} FROM contacts) TO STDOUT\" | mariadb -h 127.0.0.1 -u root --local-infile=1 {} -e \"LOAD DATA LOCAL INFILE '/dev/stdin' INTO TABLE contacts_load\"",
-            names.src, names.maria
+            "set -o pipefail; psql -X -q -d {pg}/{} -c \"COPY (SELECT {LOAD_COLUMNS} FROM contacts) TO STDOUT\" | mariadb -h 127.0.0.1 -u root --local-infile=1 {} -e \"LOAD DATA LOCAL INFILE '/dev/stdin' INTO TABLE contacts_load\"",
+            names.src, names.maria, pg = pg()
         ))
         .status()?;
     let load_s = started.elapsed().as_secs_f64();
@@ -348,6 +361,11 @@ async fn bench(rows: i64, state: StateBackend, names: &Names) -> Result<()> {
     }
     check_mariadb(&mut source, &mut maria, "contacts_load").await?;
     report("MariaDB LOAD DATA pipe", maria_rows, load_s, None);
+
+    // The end-to-end latency of cdc while the daemon runs the sync continuously.
+    let (latency_median, latency_max) =
+        cdc_latency(&dir, &mut source, &mut cdc_dest, LATENCY_SAMPLES).await?;
+    check_equal(&mut source, &mut cdc_dest, "cdc, under the daemon").await?;
 
     let state_name = match state {
         StateBackend::Sqlite => "SQLite",
@@ -378,6 +396,10 @@ async fn bench(rows: i64, state: StateBackend, names: &Names) -> Result<()> {
         default.incr_s,
         cdc_full_rss.max(cdc_incr_rss) >> 20
     );
+    println!(
+        "cdc under the daemon (every = \"1s\"): a source commit reaches the destination's \
+         commit in {latency_median:.2} s (median of {LATENCY_SAMPLES}), {latency_max:.2} s at most"
+    );
     let peak = fast
         .peak_rss
         .max(default.peak_rss)
@@ -391,7 +413,8 @@ async fn bench(rows: i64, state: StateBackend, names: &Names) -> Result<()> {
     );
     println!(
         "full_vs_copy={:.2} default_vs_copy={:.2} default_incr_vs_copy={:.2} incr_s={:.2} \
-         noop_s={:.2} maria_vs_load={:.2} peak_rss_mib={} cdc_vs_mirror={:.2}",
+         noop_s={:.2} maria_vs_load={:.2} peak_rss_mib={} cdc_vs_mirror={:.2} \
+         cdc_latency_s={:.2}",
         fast.full_s / copy_s,
         default.full_s / copy_s,
         default.incr_s / copy_s,
@@ -399,9 +422,96 @@ async fn bench(rows: i64, state: StateBackend, names: &Names) -> Result<()> {
         default.noop_s,
         maria_s / load_s,
         peak >> 20,
-        cdc_incr_s / default.incr_s
+        cdc_incr_s / default.incr_s,
+        latency_median
     );
     Ok(())
+}
+
+/// How many source commits the latency of cdc is measured on.
+const LATENCY_SAMPLES: usize = 15;
+
+/// The end-to-end latency of cdc: `lockstep daemon` runs the cdc sync every second (its
+/// shortest schedule) while single-row updates are committed in the source, each at another
+/// point of the schedule's second; each is timed from its commit to the moment a poll of the
+/// destination sees it. Returns the median and the largest, in seconds.
+async fn cdc_latency(
+    dir: &Path,
+    source: &mut sqlx::PgConnection,
+    destination: &mut sqlx::PgConnection,
+    samples: usize,
+) -> Result<(f64, f64)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let text = std::fs::read_to_string(dir.join("lockstep.toml"))?;
+    std::fs::write(
+        dir.join("lockstep-daemon.toml"),
+        format!(
+            "{text}\n[daemon]\nlisten = \"127.0.0.1:{port}\"\n\n[syncs.pg_cdc.schedule]\n\
+             every = \"1s\"\n"
+        ),
+    )?;
+    let log = std::fs::File::create(dir.join("daemon.log"))?;
+    let mut daemon = Command::new(root().join("target/release/lockstep"))
+        .args(["--config", "lockstep-daemon.toml", "daemon"])
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting lockstep daemon")?;
+    let measured = async {
+        // The daemon's first run of the sync catches up with nothing.
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        let mut latencies = Vec::with_capacity(samples);
+        for i in 0..samples {
+            // Spread the commits over the schedule's second.
+            let offset = 250 + (i as u64 * 373) % 1000;
+            tokio::time::sleep(std::time::Duration::from_millis(offset)).await;
+            let marker = format!("latency-{i}");
+            // Rows the bench's changes left alone (they delete the ids ≡ 7 mod 500).
+            let id = 12 + 10 * i as i64;
+            sqlx::query("UPDATE contacts SET first_name = $1 WHERE id = $2")
+                .bind(&marker)
+                .bind(id)
+                .execute(&mut *source)
+                .await?;
+            let committed = Instant::now();
+            loop {
+                let seen: Option<String> =
+                    sqlx::query_scalar("SELECT first_name FROM contacts WHERE id = $1")
+                        .bind(id)
+                        .fetch_optional(&mut *destination)
+                        .await?
+                        .flatten();
+                if seen.as_deref() == Some(marker.as_str()) {
+                    break;
+                }
+                if committed.elapsed() > std::time::Duration::from_secs(60) {
+                    bail!(
+                        "the daemon did not bring an update to the cdc destination within 60 s \
+                         (see {})",
+                        dir.join("daemon.log").display()
+                    );
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            latencies.push(committed.elapsed().as_secs_f64());
+        }
+        Ok::<_, anyhow::Error>(latencies)
+    }
+    .await;
+    // SIGTERM: the daemon stops its worker after the batch in hand and exits.
+    // SAFETY: kill(2) on the pid of a child we spawned and have not waited for.
+    unsafe { libc::kill(daemon.id() as libc::pid_t, libc::SIGTERM) };
+    let _ = daemon.wait();
+    let mut latencies = measured?;
+    latencies.sort_by(f64::total_cmp);
+    let median = latencies[latencies.len() / 2];
+    let max = latencies.last().copied().unwrap_or(median);
+    eprintln!("  cdc latencies (s): {latencies:.2?}");
+    Ok((median, max))
 }
 
 pub(crate) fn report(what: &str, rows: i64, seconds: f64, rss: Option<u64>) {
@@ -566,6 +676,7 @@ async fn check_mariadb(
 }
 
 fn config(state_url: &str, names: &Names) -> String {
+    let pg = pg();
     let Names {
         src,
         dst,
@@ -581,15 +692,15 @@ url = "{state_url}"
 
 [connections.source]
 connector = "postgres"
-config = {{ url = "{PG}/{src}" }}
+config = {{ url = "{pg}/{src}" }}
 
 [connections.dest]
 connector = "postgres"
-config = {{ url = "{PG}/{dst}" }}
+config = {{ url = "{pg}/{dst}" }}
 
 [connections.default_dest]
 connector = "postgres"
-config = {{ url = "{PG}/{default_dst}" }}
+config = {{ url = "{pg}/{default_dst}" }}
 
 [connections.maria]
 connector = "mysql"
@@ -617,7 +728,7 @@ max_delete_fraction = 0.05
 
 [connections.cdc_dest]
 connector = "postgres"
-config = {{ url = "{PG}/{cdc_dst}" }}
+config = {{ url = "{pg}/{cdc_dst}" }}
 
 # Change data capture: a snapshot, then the changes from a logical replication slot.
 [syncs.pg_cdc]

@@ -62,6 +62,7 @@ impl Connector for PostgresConnector {
                     lockstep_plugin_sdk::protocol::FEATURE_READ_BY_KEYS,
                     lockstep_plugin_sdk::protocol::FEATURE_KEY_SUMMARY,
                     lockstep_plugin_sdk::protocol::FEATURE_CDC,
+                    lockstep_plugin_sdk::protocol::FEATURE_CDC_DROP,
                 ])
                 .map(String::from)
                 .collect(),

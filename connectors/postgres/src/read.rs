@@ -71,6 +71,11 @@ impl SourceConnector for PgSource {
     }
 
     async fn read(&mut self, request: ReadRequest) -> Result<PgReader> {
+        if request.mode == lockstep_plugin_sdk::ReadMode::Cdc
+            && request.cdc.as_ref().is_some_and(|c| c.drop)
+        {
+            return crate::cdc::drop_read(&self.session, &request, self.ctx.clone()).await;
+        }
         let Some(table) = self.session.table(&request.stream).await? else {
             return Err(self.session.unknown_stream(&request.stream).await);
         };
@@ -81,7 +86,8 @@ impl SourceConnector for PgSource {
             let summary = crate::summary::key_summary(&self.session.settings, &table, &request)
                 .await
                 .map_err(|e| self.session.settings.scrub_error(e))?;
-            return Ok(PgReader::ready(&table.name, self.ctx.clone(), summary));
+            let label = format!("summarizing the keys of `{}`", table.name);
+            return Ok(PgReader::ready(&label, self.ctx.clone(), summary));
         }
         let plan = ReadPlan::new(&table, &request, &self.session)?;
         PgReader::start(plan, self.session.settings.clone(), self.ctx.clone())
@@ -432,14 +438,14 @@ impl PgReader {
     }
 
     /// A reader of one batch made already (a key summary), without a worker.
-    pub(crate) fn ready(table: &str, ctx: Context, batch: RecordBatch) -> Self {
+    pub(crate) fn ready(label: &str, ctx: Context, batch: RecordBatch) -> Self {
         let (go, _) = mpsc::unbounded_channel();
         let (tx, batches) = mpsc::channel(2);
         // The channel has room for both, and its receiver is alive: neither send fails.
         let _ = tx.try_send(Ok(Some((batch, Value::Null))));
         let _ = tx.try_send(Ok(None));
         PgReader {
-            label: format!("summarizing the keys of `{table}`"),
+            label: label.to_owned(),
             ctx,
             go,
             batches,

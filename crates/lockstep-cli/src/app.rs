@@ -113,6 +113,11 @@ pub enum Command {
         #[command(subcommand)]
         command: DeletesCommand,
     },
+    /// Change data capture: drop a retired cdc sync's replication slot and publication.
+    Cdc {
+        #[command(subcommand)]
+        command: CdcCommand,
+    },
     /// Show run history, newest first.
     Runs {
         /// Only this sync's runs.
@@ -269,6 +274,19 @@ pub enum DeletesCommand {
     },
     /// Forget the held deletes: the records stay in the destination.
     Discard { sync: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CdcCommand {
+    /// Drop the sync's replication slot and publication on the source (through its
+    /// connector), so that the server stops retaining WAL for it, and reset the sync's
+    /// checkpoint: run it before removing a cdc sync from the config. Refused while a run of
+    /// the sync holds its lease. A sync still configured takes a new snapshot at its next run.
+    Drop {
+        sync: String,
+        #[arg(long, short, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -39,14 +39,31 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> Json<Value> {
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     let config = shared.config();
-    let gauges: Vec<SyncGauge> = config
-        .syncs
-        .iter()
-        .map(|s| SyncGauge {
+    let mut gauges = Vec::with_capacity(config.syncs.len());
+    for s in &config.syncs {
+        // A cdc sync's slot, as its committed checkpoint last measured it.
+        let cdc = if s.spec.mode == lockstep_core::SyncMode::Cdc {
+            match shared.state.checkpoint(s.name()).await {
+                Ok(checkpoint) => checkpoint
+                    .as_ref()
+                    .and_then(crate::cdc_slot::SlotStatus::from_checkpoint),
+                Err(e) => {
+                    tracing::warn!(
+                        sync = s.name(),
+                        "cannot read the checkpoint for /metrics: {e}"
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        gauges.push(SyncGauge {
             name: s.name().to_owned(),
             running: shared.runtime_of(s.name()).running.is_some(),
-        })
-        .collect();
+            cdc,
+        });
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -9,8 +9,9 @@
 //! those parts share, so that none of them imports another back), and `daemon` (start-up,
 //! SIGHUP reload, SIGTERM graceful stop), `verifier` (scheduled `lockstep verify` in a
 //! child process, its gauge and its drift alert), and `web` (the status page under `/ui`:
-//! overview, a sync's page, actions on its queues, with authentication and CSRF tokens).
-//! [`protocol`] is the line protocol between daemon and worker, shared with the CLI's
+//! overview, a sync's page, actions on its queues, with authentication and CSRF tokens),
+//! `wal_retention` (the cdc alert) and [`cdc_slot`] (a cdc sync's slot status from its
+//! checkpoint, shared with `lockstep status`). [`protocol`] is the line protocol between daemon and worker, shared with the CLI's
 //! `worker` command.
 //!
 //! Invariants:
@@ -26,6 +27,7 @@
 //! - Secrets from the config's environment never reach logs, alerts or the HTTP API.
 
 mod alerts;
+pub mod cdc_slot;
 mod channels;
 mod daemon;
 mod http;

@@ -2,8 +2,9 @@
 //! OpenMetrics text format.
 //!
 //! Counters and the run duration histogram live as long as the daemon; the per-sync gauges
-//! (`lockstep_rejected_records`, `lockstep_open_conflicts`, `lockstep_sync_running`) are built
-//! at each scrape from the configured syncs, so that every sync has them before its first run
+//! (`lockstep_rejected_records`, `lockstep_open_conflicts`, `lockstep_sync_running`, and for
+//! cdc syncs `lockstep_cdc_retained_wal_bytes` and `lockstep_cdc_lag_seconds` from their
+//! committed checkpoints) are built at each scrape from the configured syncs, so that every sync has them before its first run
 //! and a sync removed from the config loses them.
 //!
 //! Hand-written here: the escaping of label values ([`Escaped`]), because `prometheus-client`
@@ -131,6 +132,8 @@ impl Default for Metrics {
 pub(crate) struct SyncGauge {
     pub name: String,
     pub running: bool,
+    /// A cdc sync's slot, from its committed checkpoint.
+    pub cdc: Option<crate::cdc_slot::SlotStatus>,
 }
 
 impl Metrics {
@@ -286,6 +289,31 @@ impl Metrics {
                 running.get_or_create(&label).set(i64::from(s.running));
             }
         }
+        let retained = Family::<SyncLabel, Gauge>::default();
+        let lag = Family::<SyncLabel, Gauge<f64, AtomicU64>>::default();
+        let now = chrono::Utc::now();
+        for s in syncs {
+            let Some(slot) = &s.cdc else { continue };
+            let label = sync_label(&s.name);
+            retained
+                .get_or_create(&label)
+                .set(i64::try_from(slot.retained_wal_bytes).unwrap_or(i64::MAX));
+            if let Some(seconds) = slot.lag_seconds(now) {
+                lag.get_or_create(&label).set(seconds);
+            }
+        }
+        registry.register(
+            "lockstep_cdc_retained_wal_bytes",
+            "WAL the source server retained for a cdc sync's replication slot when its last \
+             read began, in bytes",
+            retained,
+        );
+        registry.register(
+            "lockstep_cdc_lag_seconds",
+            "How far a cdc sync's destination is behind its source: seconds since the moment \
+             before which it has every change",
+            lag,
+        );
         registry.register(
             "lockstep_rejected_records",
             "Rejected records not yet retried, by sync (counted up to 10000)",
@@ -376,7 +404,23 @@ mod tests {
         let text = m.render(&[SyncGauge {
             name: "a\"b".into(),
             running: true,
+            cdc: Some(crate::cdc_slot::SlotStatus {
+                slot: "s".into(),
+                retained_wal_bytes: 4096,
+                caught_up_at: Some(chrono::Utc::now() - chrono::Duration::seconds(30)),
+            }),
         }]);
+        assert!(
+            text.contains("lockstep_cdc_retained_wal_bytes{sync=\"a\\\"b\"} 4096"),
+            "{text}"
+        );
+        let lag: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("lockstep_cdc_lag_seconds{sync=\"a\\\"b\"} "))
+            .unwrap_or_else(|| panic!("no lag gauge in {text}"))
+            .parse()
+            .unwrap();
+        assert!((30.0..60.0).contains(&lag), "{lag}");
         assert!(
             text.contains("lockstep_runs_total{sync=\"a\\\"b\",status=\"succeeded\"} 1"),
             "{text}"

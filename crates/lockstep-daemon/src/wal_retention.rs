@@ -14,6 +14,7 @@ use std::sync::Mutex;
 
 use lockstep_config::Config;
 
+use crate::cdc_slot::human_bytes;
 use crate::shared::Shared;
 
 /// The cdc syncs whose slot is above its threshold, as last seen.
@@ -32,27 +33,12 @@ pub(crate) fn verdict(
         format!(
             "replication slot `{slot}` retains {} of WAL, above max_retained_wal ({}): the \
              server keeps this WAL until the sync confirms it. Make sure sync `{sync}` runs and \
-             succeeds; if the sync was removed, drop its slot (SELECT \
-             pg_drop_replication_slot('{slot}'))",
+             succeeds; if the sync is retired, drop its slot and publication with `lockstep \
+             cdc drop {sync}` (or SELECT pg_drop_replication_slot('{slot}'))",
             human_bytes(retained),
             human_bytes(threshold)
         )
     })
-}
-
-fn human_bytes(bytes: u64) -> String {
-    const UNITS: [(&str, u64); 4] = [
-        ("TB", 1 << 40),
-        ("GB", 1 << 30),
-        ("MB", 1 << 20),
-        ("kB", 1 << 10),
-    ];
-    for (unit, size) in UNITS {
-        if bytes >= size {
-            return format!("{:.1} {unit}", bytes as f64 / size as f64);
-        }
-    }
-    format!("{bytes} B")
 }
 
 /// After an execution of sync `name`: the WAL-retention alert's reason, if it is due.
@@ -93,6 +79,7 @@ mod tests {
             reason.contains("above max_retained_wal (1.0 GB)"),
             "{reason}"
         );
+        assert!(reason.contains("lockstep cdc drop people"), "{reason}");
         assert!(reason.contains("pg_drop_replication_slot('lockstep_people')"));
         assert_eq!(verdict("people", "s", 3 << 30, 1 << 30, true), None);
         assert_eq!(verdict("people", "s", 1 << 20, 1 << 30, false), None);

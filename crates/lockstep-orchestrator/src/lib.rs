@@ -17,9 +17,10 @@
 // `context`, `rows` and `diff` know nothing of how a run proceeds; `sink` is where changes
 // go; `batch` is the one path from a batch to a commit; `reconcile` and `deletes` are the
 // mirror phases; `pipeline` runs them; `conflict` is the pure two-way decision and `two_way`
-// the two-way run; `engine`, `plan`, `retry` and `verify` are the entry points (`compare` is
-// verify's pure comparison).
+// the two-way run; `engine`, `plan`, `retry`, `verify` and `cdc_drop` are the entry points
+// (`compare` is verify's pure comparison).
 mod batch;
+mod cdc_drop;
 mod compare;
 mod conflict;
 mod context;
@@ -43,6 +44,7 @@ mod summary;
 mod two_way;
 mod verify;
 
+pub use cdc_drop::CdcDropReport;
 pub use deletes::SAMPLE_KEYS as DELETE_SAMPLE_KEYS;
 pub use engine::{Engine, RunReport};
 pub use error::EngineError;

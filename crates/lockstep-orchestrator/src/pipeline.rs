@@ -1,6 +1,7 @@
 //! The body of a run: open the source and compile the mapping, open the sink, read batches
 //! (the reader runs ahead) and apply each one (`batch`), honour stop requests and a lost
-//! lease between batches, then, in mirror mode, reconcile and end the delete phase.
+//! lease between batches, then, in mirror mode (and after a cdc snapshot), reconcile and end
+//! the delete phase.
 //!
 //! A run's batches overlap: batch N's state commit (its pending deletes, then ledger rows,
 //! rejects, metrics and checkpoint) runs while batch N+1 is mapped, diffed and written, so
@@ -18,7 +19,9 @@
 //!   (`deletes`).
 
 use arrow::array::RecordBatch;
-use lockstep_core::protocol::{CdcRequest, DataType, ReadMode, ReadRequest};
+use lockstep_core::protocol::{
+    is_cdc_snapshot_checkpoint, CdcRequest, DataType, ReadMode, ReadRequest,
+};
 use lockstep_core::{RunMetrics, SyncMode};
 use lockstep_mapping::Mapper;
 use lockstep_plugin_host::SourceHandle;
@@ -186,6 +189,7 @@ pub(crate) async fn execute<S: Sink>(
         cdc: spec.cdc.as_ref().map(|c| CdcRequest {
             slot: c.slot.clone(),
             publication: c.publication.clone(),
+            ..Default::default()
         }),
         ..Default::default()
     };
@@ -219,6 +223,8 @@ pub(crate) async fn execute<S: Sink>(
     let mut stop = options.stop.clone();
     // The written batch whose state commit has not been made yet.
     let mut in_flight: Option<Flushed> = None;
+    // Whether a cdc read took a snapshot (its first run, or one after its slot was dropped).
+    let mut cdc_snapshot = false;
     let completed = loop {
         if *stop.borrow() {
             break false;
@@ -250,6 +256,9 @@ pub(crate) async fn execute<S: Sink>(
         let Some((batch, checkpoint)) = next else {
             break true;
         };
+        if spec.mode == SyncMode::Cdc && is_cdc_snapshot_checkpoint(&checkpoint) {
+            cdc_snapshot = true;
+        }
         if sink.writes() && !is_rejects_batch(&batch) {
             // This batch is mapped, diffed and written while the previous one commits.
             let previous = in_flight.take();
@@ -309,10 +318,29 @@ pub(crate) async fn execute<S: Sink>(
     check_rejections(job, &run.metrics)?;
 
     let mut destination_size = None;
-    if spec.mode == SyncMode::Mirror
-        && !ctx.destination_is_new
-        && reconcile::due(ctx.services, job, run.run_id).await?
-    {
+    let reconcile_now = match spec.mode {
+        SyncMode::Mirror => {
+            !ctx.destination_is_new && reconcile::due(ctx.services, job, run.run_id).await?
+        }
+        // A snapshot cannot see the records deleted before it (from a destination that held
+        // records already, or while the sync's slot was gone): the key sets tell.
+        SyncMode::Cdc if cdc_snapshot => {
+            let readable = ctx.services.registry.supports(
+                &job.destination.connector,
+                lockstep_core::protocol::Role::Source,
+            );
+            if !readable {
+                tracing::warn!(
+                    "the cdc snapshot is not reconciled: connector `{}` cannot be read, so \
+                     records deleted from the source before the snapshot stay in the destination",
+                    job.destination.connector
+                );
+            }
+            readable
+        }
+        _ => false,
+    };
+    if reconcile_now {
         destination_size = reconcile::run(ctx, sink, run).await?;
     }
     // Every delete the run found now waits in the state store: they are checked against the

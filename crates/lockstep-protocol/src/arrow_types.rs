@@ -14,7 +14,7 @@ use arrow::datatypes::{
 };
 use serde_json::Value;
 
-use crate::{DataType, FieldInfo, KeySummary, LOGICAL_TYPE_METADATA_KEY};
+use crate::{CdcDropped, DataType, FieldInfo, KeySummary, LOGICAL_TYPE_METADATA_KEY};
 
 impl DataType {
     /// The Arrow type that carries values of this logical type.
@@ -317,9 +317,102 @@ impl KeySummary {
     }
 }
 
+impl CdcDropped {
+    /// The field names of a cdc drop's batch, in order.
+    const FIELDS: [&'static str; 4] = ["object", "name", "outcome", "detail"];
+
+    /// The outcomes as the batch a cdc drop returns.
+    pub fn to_batch(items: &[CdcDropped]) -> Result<arrow::array::RecordBatch, String> {
+        let schema = Schema::new(
+            Self::FIELDS
+                .iter()
+                .map(|name| Field::new(*name, ArrowType::Utf8, false))
+                .collect::<Vec<_>>(),
+        );
+        let column = |get: fn(&CdcDropped) -> &str| -> ArrayRef {
+            std::sync::Arc::new(StringArray::from(
+                items.iter().map(get).collect::<Vec<&str>>(),
+            ))
+        };
+        arrow::array::RecordBatch::try_new(
+            std::sync::Arc::new(schema),
+            vec![
+                column(|d| &d.object),
+                column(|d| &d.name),
+                column(|d| &d.outcome),
+                column(|d| &d.detail),
+            ],
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    /// Reads the outcomes back from the batch a cdc drop returned, explaining what is wrong
+    /// with a batch of another shape.
+    pub fn from_batch(batch: &arrow::array::RecordBatch) -> Result<Vec<CdcDropped>, String> {
+        let mut columns = Vec::with_capacity(Self::FIELDS.len());
+        for name in Self::FIELDS {
+            let column = batch
+                .column_by_name(name)
+                .and_then(|c| c.as_string_opt::<i32>())
+                .ok_or_else(|| format!("a cdc drop's batch needs a text field `{name}`"))?;
+            columns.push(column);
+        }
+        (0..batch.num_rows())
+            .map(|row| {
+                let text = |i: usize| -> Result<String, String> {
+                    let column = columns[i];
+                    if column.is_null(row) {
+                        return Err(format!(
+                            "a cdc drop's `{}` is null in row {}",
+                            Self::FIELDS[i],
+                            row + 1
+                        ));
+                    }
+                    Ok(column.value(row).to_owned())
+                };
+                Ok(CdcDropped {
+                    object: text(0)?,
+                    name: text(1)?,
+                    outcome: text(2)?,
+                    detail: text(3)?,
+                })
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cdc_drop_outcomes_round_trip_through_a_batch() {
+        let items = vec![
+            CdcDropped {
+                object: "replication slot".into(),
+                name: "s".into(),
+                outcome: CdcDropped::DROPPED.into(),
+                detail: String::new(),
+            },
+            CdcDropped {
+                object: "publication".into(),
+                name: "p".into(),
+                outcome: CdcDropped::KEPT.into(),
+                detail: "it publishes other tables too".into(),
+            },
+        ];
+        let batch = CdcDropped::to_batch(&items).unwrap();
+        assert_eq!(CdcDropped::from_batch(&batch).unwrap(), items);
+        let wrong = KeySummary {
+            algorithm: "a".into(),
+            count: 1,
+            hash: "h".into(),
+        }
+        .to_batch()
+        .unwrap();
+        let error = CdcDropped::from_batch(&wrong).unwrap_err();
+        assert!(error.contains("text field `object`"), "{error}");
+    }
 
     #[test]
     fn every_logical_type_round_trips_through_arrow() {

@@ -205,6 +205,49 @@ pub struct ReadRequest {
 pub struct CdcRequest {
     pub slot: String,
     pub publication: String,
+    /// Instead of reading, drop the slot and the publication (`lockstep cdc drop`): the read
+    /// returns one batch of [`CdcDropped`] rows, one per object, and changes nothing else.
+    /// Honoured by connectors that declare the feature [`FEATURE_CDC_DROP`]; the host never
+    /// sends it to others (an older plugin would ignore the field and read instead).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drop: bool,
+    /// With `drop`: leave the publication alone, because another sync uses it too.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_publication: bool,
+}
+
+/// Manifest feature: cdc reads honour [`CdcRequest::drop`].
+pub const FEATURE_CDC_DROP: &str = "cdc-drop";
+
+/// What a cdc drop ([`CdcRequest::drop`]) did to one object of the source.
+///
+/// On the data plane it is one row of a batch with the text fields `object` (what kind of
+/// object, such as `replication slot`), `name`, `outcome` (one of [`CdcDropped::DROPPED`],
+/// [`CdcDropped::ABSENT`], [`CdcDropped::KEPT`]) and `detail` (why, for people), in that
+/// order (`CdcDropped::to_batch`, `CdcDropped::from_batch`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct CdcDropped {
+    pub object: String,
+    pub name: String,
+    pub outcome: String,
+    pub detail: String,
+}
+
+impl CdcDropped {
+    /// The object existed and was dropped.
+    pub const DROPPED: &'static str = "dropped";
+    /// The object did not exist.
+    pub const ABSENT: &'static str = "absent";
+    /// The object exists and was left alone (`detail` says why).
+    pub const KEPT: &'static str = "kept";
+}
+
+/// Whether `checkpoint` is one of a cdc read in its snapshot: a cdc read's checkpoint is a
+/// JSON object whose `phase` is `snapshot` while it reads the table itself and something
+/// else (`changes`) once it reads the change log. After a read that took a snapshot the
+/// engine reconciles key sets, since a snapshot cannot see the deletes it replaced.
+pub fn is_cdc_snapshot_checkpoint(checkpoint: &Value) -> bool {
+    checkpoint.get("phase").and_then(Value::as_str) == Some("snapshot")
 }
 
 /// Manifest feature: reads honour [`ReadMode::Cdc`].

@@ -482,7 +482,52 @@ fn cdc_wal_retention_alert_fires() {
         "the destination to catch up",
         |_| rows(&destination).len() == 30_000,
     );
-    drop(daemon);
+    // `/metrics` shows the slot's retained WAL and the sync's lag, from its checkpoint.
+    let gauge = |text: &str, name: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}{{sync=\"people\"}} ")))
+            .and_then(|v| v.parse().ok())
+    };
+    let metrics = daemon.get("/metrics");
+    let retained = gauge(&metrics, "lockstep_cdc_retained_wal_bytes")
+        .unwrap_or_else(|| panic!("no retained-WAL gauge in\n{metrics}"));
+    assert!(retained >= 0.0, "{metrics}");
+    let lag = gauge(&metrics, "lockstep_cdc_lag_seconds")
+        .unwrap_or_else(|| panic!("no lag gauge in\n{metrics}"));
+    // The sync runs every second: its destination is a few seconds behind at most.
+    assert!((0.0..30.0).contains(&lag), "lag {lag}\n{metrics}");
+    // Stopped with its workers (a killed daemon's worker would finish its run on its own).
+    let mut daemon = daemon;
+    daemon.stop(std::time::Duration::from_secs(60));
+
+    // `lockstep status` says the same, and its lag grows while no run catches up.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let (out, stdout, stderr) = run(lockstep(dir.path()).args(["status", "--output", "json"]));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let status: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let cdc = &status[0]["cdc"];
+    assert_eq!(cdc["slot"], slot.name.as_str(), "{status}");
+    assert_eq!(
+        cdc["retained_wal_bytes"],
+        checkpoint(dir.path())["retained_wal_bytes"],
+        "{status}"
+    );
+    let later = cdc["lag_seconds"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{status}"));
+    assert!(
+        later >= 1.5 && later < lag + 60.0,
+        "lag {later} after {lag}: {status}"
+    );
+    let (out, stdout, _) = run(lockstep(dir.path()).arg("status"));
+    assert!(out.status.success());
+    assert!(
+        stdout.contains(&format!(
+            "cdc people: replication slot `{}` retained",
+            slot.name
+        )) && stdout.contains("the destination has every change committed before"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -535,5 +580,199 @@ fn cdc_slot_moves_past_the_wal_of_other_tables() {
         "the slot stayed at {} before the other table's WAL ended at {busy_end}",
         confirmed(&source, &slot)
     );
+    assert_eq!(rows(&source), rows(&destination));
+}
+
+/// How many rows `query` (with the slot's name as `$1`) counts on the source server.
+fn count_on(db: &TempDatabase, query: &str, name: &str) -> i64 {
+    lockstep_e2e::block_on(async {
+        let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        sqlx::query_scalar(query)
+            .bind(name)
+            .fetch_one(&mut c)
+            .await
+            .unwrap_or_else(|e| panic!("{query}: {e}"))
+    })
+}
+
+/// Replication slots named `slot` or starting with it (a read's temporary copies).
+fn slots_of(db: &TempDatabase, slot: &Slot) -> i64 {
+    count_on(
+        db,
+        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 \
+         OR starts_with(slot_name::text, $1 || '_tmp_')",
+        &slot.name,
+    )
+}
+
+fn publications_named(db: &TempDatabase, name: &str) -> i64 {
+    count_on(
+        db,
+        "SELECT count(*) FROM pg_publication WHERE pubname = $1",
+        name,
+    )
+}
+
+fn has_checkpoint(dir: &Path) -> bool {
+    lockstep_e2e::sqlite_count(
+        &dir.join("state.db"),
+        "SELECT count(*) FROM checkpoints WHERE sync = 'people'",
+    ) > 0
+}
+
+#[test]
+fn cdc_drop_removes_the_slot_and_publication_and_a_later_run_takes_a_new_snapshot() {
+    let Some((source, destination)) = databases("cdc_drop") else {
+        return;
+    };
+    let slot = Slot::new(&source);
+    let dir = tempfile::tempdir().unwrap();
+    exec(
+        &source,
+        &[
+            TABLE,
+            "INSERT INTO people SELECT g, 'p' || g, g, NULL FROM generate_series(1, 300) g",
+        ],
+    );
+    config(dir.path(), &source, &destination, &slot, 100);
+    run_ok(dir.path());
+    exec(
+        &source,
+        &["UPDATE people SET name = 'changed' WHERE id <= 10"],
+    );
+    run_ok(dir.path());
+    assert_eq!(rows(&source), rows(&destination));
+    assert_eq!(slots_of(&source, &slot), 1);
+    assert_eq!(publications_named(&source, &slot.name), 1);
+
+    // A run in progress elsewhere holds the sync's lease: the drop is refused, nothing dropped.
+    let state = dir.path().join("state.db");
+    lockstep_e2e::sqlite_exec(
+        &state,
+        &[
+            "UPDATE leases SET token = token + 1, host = 'another-node', pid = 4242, \
+           expires_at = '9999-12-31T00:00:00Z'",
+        ],
+    );
+    let (out, stdout, stderr) = run(lockstep(dir.path()).args(["cdc", "drop", "people"]));
+    assert!(
+        !out.status.success(),
+        "dropped under a held lease:\n{stdout}"
+    );
+    assert!(
+        stderr.contains("is already being run by process 4242 on host `another-node`"),
+        "{stderr}"
+    );
+    assert_eq!(
+        slots_of(&source, &slot),
+        1,
+        "the slot went despite the lease"
+    );
+    assert_eq!(publications_named(&source, &slot.name), 1);
+    assert!(has_checkpoint(dir.path()));
+    lockstep_e2e::sqlite_exec(
+        &state,
+        &["UPDATE leases SET expires_at = '2000-01-01T00:00:00Z'"],
+    );
+
+    // The drop: both objects go, and the sync's checkpoint with them.
+    let (out, stdout, stderr) = run(lockstep(dir.path()).args(["cdc", "drop", "people"]));
+    assert!(out.status.success(), "cdc drop failed:\n{stdout}\n{stderr}");
+    for line in [
+        format!("replication slot  {}", slot.name),
+        format!("publication       {}", slot.name),
+    ] {
+        let shown = stdout
+            .lines()
+            .any(|l| l.starts_with(&line) && l.contains("dropped"));
+        assert!(shown, "no `{line} ... dropped` line in:\n{stdout}");
+    }
+    assert!(stdout.contains("takes a new snapshot"), "{stdout}");
+    assert_eq!(slots_of(&source, &slot), 0, "the slot is still there");
+    assert_eq!(publications_named(&source, &slot.name), 0);
+    assert!(
+        !has_checkpoint(dir.path()),
+        "the checkpoint still points into the dropped slot"
+    );
+    // Dropping again finds nothing, and says so.
+    let (out, stdout, stderr) =
+        run(lockstep(dir.path()).args(["cdc", "drop", "people", "--output", "json"]));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let again: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let outcomes: Vec<&str> = again["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["absent", "absent"], "{again}");
+
+    // The sync stays configured: while it had no slot, rows were deleted, updated and
+    // inserted. Its next run takes a new snapshot, and its reconciliation finds the deletes.
+    exec(
+        &source,
+        &[
+            "DELETE FROM people WHERE id BETWEEN 100 AND 109",
+            "UPDATE people SET score = -5 WHERE id = 50",
+            "INSERT INTO people VALUES (1000, 'new', 1, NULL)",
+        ],
+    );
+    let report = run_ok(dir.path());
+    assert_eq!(report["metrics"]["deleted"], 10, "{report}");
+    assert_eq!(rows(&source), rows(&destination));
+    assert_eq!(slots_of(&source, &slot), 1, "the run made its slot again");
+    assert_eq!(publications_named(&source, &slot.name), 1);
+    // And the change log works again from there.
+    exec(&source, &["DELETE FROM people WHERE id = 1"]);
+    run_ok(dir.path());
+    assert_eq!(rows(&source), rows(&destination));
+}
+
+#[test]
+fn cdc_falls_back_to_a_new_snapshot_when_its_slot_was_dropped_under_it() {
+    let Some((source, destination)) = databases("cdc_lost") else {
+        return;
+    };
+    let slot = Slot::new(&source);
+    let dir = tempfile::tempdir().unwrap();
+    exec(
+        &source,
+        &[
+            TABLE,
+            "INSERT INTO people SELECT g, 'p' || g, g, NULL FROM generate_series(1, 200) g",
+        ],
+    );
+    config(dir.path(), &source, &destination, &slot, 100);
+    run_ok(dir.path());
+    exec(&source, &["UPDATE people SET name = 'seen' WHERE id = 1"]);
+    run_ok(dir.path());
+    assert_eq!(checkpoint(dir.path())["phase"], "changes");
+    // A DBA drops the slot by hand; changes happen that no slot records.
+    exec(
+        &source,
+        &[
+            &format!("SELECT pg_drop_replication_slot('{}')", slot.name),
+            "DELETE FROM people WHERE id BETWEEN 10 AND 14",
+            "UPDATE people SET name = 'unseen' WHERE id = 2",
+            "INSERT INTO people VALUES (500, 'unseen', 5, NULL)",
+        ],
+    );
+    let (out, stdout, stderr) =
+        run(lockstep(dir.path()).args(["run", "people", "--output", "json"]));
+    assert!(out.status.success(), "the run failed:\n{stdout}\n{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "replication slot `{}` does not exist any more",
+            slot.name
+        )) && stderr.contains("taking a new snapshot of `people`"),
+        "no log line about the new snapshot:\n{stderr}"
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["metrics"]["deleted"], 5, "{report}");
+    assert_eq!(rows(&source), rows(&destination));
+    assert_eq!(slots_of(&source, &slot), 1);
+    exec(&source, &["UPDATE people SET name = 'after' WHERE id = 3"]);
+    let next = run_ok(dir.path());
+    assert_eq!(next["metrics"]["updated"], 1, "{next}");
     assert_eq!(rows(&source), rows(&destination));
 }

@@ -15,11 +15,15 @@
 //! 3. The confirmation: the checkpoint a read opens with is the one the state store committed
 //!    after the destination flushed, so the slot is advanced (`pg_replication_slot_advance`)
 //!    to its position then, and only then: the after-commit hook every source of Lockstep
-//!    uses (as the files connector's `after_read`). A dry run never advances.
-//! 4. The changes: the slot is copied into a temporary slot of the session, whose changes are
-//!    consumed with `pg_logical_slot_get_binary_changes` in chunks of at most
-//!    `CHUNK_CHANGES` changes (PostgreSQL returns whole transactions, so a chunk may be
-//!    longer). The rows stream from the server; memory holds one batch.
+//!    uses (as the files connector's `after_read`). A dry run never advances. The advance
+//!    runs on a connection of its own while the changes are read (step 4), since each is a
+//!    pass of the server's decoder over the WAL from the slot's restart point.
+//! 4. The changes: the slot is copied (before the advance) into a temporary slot of the
+//!    session, whose changes are consumed with `pg_logical_slot_get_binary_changes` in chunks
+//!    of at most `CHUNK_CHANGES` changes (PostgreSQL returns whole transactions, so a chunk
+//!    may be longer) until a call returns fewer. The rows stream from the server; memory
+//!    holds one batch. The changes up to the checkpoint, which the copy still holds, are
+//!    skipped by position.
 //!
 //! Checkpoints (`CdcCheckpoint`) name the slot and a position: the end LSN of the last
 //! transaction applied whole, plus, inside a transaction split across batches, its commit
@@ -34,6 +38,7 @@
 //! - Unchanged TOASTed values are never written as NULL (`changes`).
 
 pub mod changes;
+pub mod drop;
 pub mod pgoutput;
 pub mod slot;
 
@@ -61,8 +66,9 @@ use crate::read::{fetch, BatchResult, PgReader, ReadPlan};
 use crate::session::Session;
 
 /// How to start a cdc sync over, for messages.
-const RESET: &str = "to start over with a new snapshot, delete the sync's checkpoint from the \
-                     state store (DELETE FROM checkpoints WHERE sync = 'NAME') and run it again";
+const RESET: &str = "to start over with a new snapshot, run `lockstep cdc drop NAME` (it drops \
+                     the slot and the publication and resets the sync's checkpoint) and run the \
+                     sync again";
 
 /// The most changes one `pg_logical_slot_get_binary_changes` call asks for.
 pub const CHUNK_CHANGES: i32 = 20_000;
@@ -89,6 +95,12 @@ pub struct CdcCheckpoint {
     /// confirmed_flush_lsn`), for the daemon's WAL-retention alert.
     #[serde(default)]
     pub retained_wal_bytes: u64,
+    /// The destination has every change of the table committed before this time (RFC 3339,
+    /// UTC): the commit time of the last transaction applied, or, once a read has consumed
+    /// the change log, when its last look at it began. `lockstep status` and the daemon's
+    /// `/metrics` show the time since as the sync's lag. Absent during a snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caught_up_at: Option<String>,
 }
 
 /// Where a cdc read is.
@@ -113,6 +125,34 @@ struct CdcPlan {
     /// The snapshot read from the start, for when the slot must be created again.
     fresh_snapshot: ReadPlan,
     label: String,
+}
+
+/// A cdc read that drops the slot and the publication instead (`CdcRequest::drop`, `lockstep
+/// cdc drop`): one batch of `CdcDropped` rows. The stream's table need not exist.
+pub(crate) async fn drop_read(
+    session: &Session,
+    request: &ReadRequest,
+    ctx: Context,
+) -> Result<PgReader> {
+    let Some(cdc) = request.cdc.as_ref() else {
+        return Err(ConnectorError::internal(
+            "a cdc drop without its slot and publication",
+        ));
+    };
+    let label = format!(
+        "dropping the replication slot and publication of `{}`",
+        request.stream
+    );
+    let result = async {
+        let mut conn = session.settings.connect().await?;
+        let outcomes =
+            drop::drop_objects(&mut conn, &session.settings.schema, &request.stream, cdc).await?;
+        lockstep_plugin_sdk::protocol::CdcDropped::to_batch(&outcomes)
+            .map_err(|e| ConnectorError::internal(format!("the cdc drop's outcome: {e}")))
+    }
+    .await
+    .map_err(|e| session.settings.scrub_error(e.context(&label)))?;
+    Ok(PgReader::ready(&label, ctx, result))
 }
 
 /// Starts a cdc read of `table`.
@@ -329,6 +369,42 @@ async fn run(plan: &mut CdcPlan, out: &mut Outlet) -> Flow {
     if let Some(info) = &info {
         slot::check_slot(&mut conn, &plan.slot, info).await?;
     }
+    let mut checkpoint = plan.checkpoint.clone();
+    // A slot the server invalidated (past `max_slot_wal_keep_size`) cannot decode any more:
+    // it is dropped and made again, as a slot that was dropped.
+    if info.as_ref().is_some_and(|i| i.lost) {
+        lockstep_plugin_sdk::tracing::warn!(
+            slot = %plan.slot,
+            "replication slot `{}` was invalidated by the server (its WAL went past \
+             max_slot_wal_keep_size): dropping it",
+            plan.slot
+        );
+        if !plan.dry_run {
+            slot::drop_slot(&mut conn, &plan.slot).await?;
+        }
+        info = None;
+    }
+    match (&info, &checkpoint) {
+        (None, Some(c)) => {
+            lockstep_plugin_sdk::tracing::warn!(
+                slot = %plan.slot,
+                "replication slot `{}` does not exist any more (dropped, by `lockstep cdc \
+                 drop` or by hand, or invalidated), so the changes after LSN {} cannot be \
+                 read: taking a new snapshot of `{}`; the run then reconciles key sets to find \
+                 the records deleted meanwhile",
+                plan.slot,
+                c.lsn,
+                table
+            );
+            checkpoint = None;
+        }
+        (_, None) => lockstep_plugin_sdk::tracing::info!(
+            slot = %plan.slot,
+            "taking a snapshot of `{table}` (the sync has no checkpoint: its first run, or \
+             one after `lockstep cdc drop` or a full refresh)"
+        ),
+        _ => {}
+    }
     let lsn_of = |text: &str| {
         parse_lsn(text).ok_or_else(|| {
             ConnectorError::config(format!("the checkpoint's LSN `{text}` is not an LSN"))
@@ -337,15 +413,15 @@ async fn run(plan: &mut CdcPlan, out: &mut Outlet) -> Flow {
 
     // The position changes resume from, and the partial transaction.
     let mut position: Position;
-    let checkpoint = plan.checkpoint.clone();
+    // Where to confirm the slot to, while the changes are read.
+    let mut confirm: Option<u64> = None;
     match checkpoint.as_ref().filter(|c| c.phase == Phase::Changes) {
         Some(c) => {
             let lsn = lsn_of(&c.lsn)?;
             let Some(slot_info) = &info else {
-                return Err(ConnectorError::config(format!(
-                    "replication slot `{}` does not exist any more: the changes after LSN {} \
-                     are lost to this sync. {RESET}",
-                    plan.slot, c.lsn
+                return Err(ConnectorError::internal(format!(
+                    "replication slot `{}` vanished while the read began",
+                    plan.slot
                 ))
                 .into());
             };
@@ -361,9 +437,10 @@ async fn run(plan: &mut CdcPlan, out: &mut Outlet) -> Flow {
                 .into());
             }
             // The after-commit hook: this checkpoint was committed, its changes are durable
-            // in the destination; the slot may now let go of them.
+            // in the destination; the slot may now let go of them (confirmed while the
+            // changes are read, below).
             if !plan.dry_run && slot_info.confirmed_flush < lsn {
-                slot::advance(&mut conn, &plan.slot, lsn).await?;
+                confirm = Some(lsn);
             }
             let partial = match (&c.txn, c.changes) {
                 (Some(txn), Some(n)) => Some((lsn_of(txn)?, n)),
@@ -398,6 +475,7 @@ async fn run(plan: &mut CdcPlan, out: &mut Outlet) -> Flow {
                     txn: None,
                     changes: None,
                     retained_wal_bytes: retained,
+                    caught_up_at: None,
                 };
                 let batch = with_flag(&plan.layout, batch)?;
                 out.send(Ok(Some((batch, checkpoint_value(&c))))).await?;
@@ -414,6 +492,7 @@ async fn run(plan: &mut CdcPlan, out: &mut Outlet) -> Flow {
                 txn: None,
                 changes: None,
                 retained_wal_bytes: retained,
+                caught_up_at: None,
             };
             let empty = RecordBatch::new_empty(plan.layout.schema.clone());
             out.send(Ok(Some((empty, checkpoint_value(&c))))).await?;
@@ -426,9 +505,11 @@ async fn run(plan: &mut CdcPlan, out: &mut Outlet) -> Flow {
     if !has_publication {
         return Ok(());
     }
-    let retained = slot::slot(&mut conn, &plan.slot)
-        .await?
-        .map_or(0, |i| i.retained_wal_bytes);
+    // The WAL retained once the slot is confirmed to the committed checkpoint.
+    let retained = slot::slot(&mut conn, &plan.slot).await?.map_or(0, |i| {
+        let confirming = confirm.map_or(0, |lsn| lsn.saturating_sub(i.confirmed_flush));
+        i.retained_wal_bytes.saturating_sub(confirming)
+    });
     if retained > 0 {
         lockstep_plugin_sdk::tracing::debug!(
             slot = %plan.slot,
@@ -436,7 +517,35 @@ async fn run(plan: &mut CdcPlan, out: &mut Outlet) -> Flow {
             "the replication slot retains WAL"
         );
     }
-    changes(plan, &mut conn, &mut side, &mut position, retained, out).await
+    let copy = temporary_name(&plan.slot);
+    slot::copy_temporary(&mut conn, &plan.slot, &copy).await?;
+    // Each pass over the WAL (a confirmation, a read) decodes from the slot's restart point,
+    // whatever the position: confirming the slot on a connection of its own while the copy is
+    // read overlaps the two passes. The copy was taken before the confirmation, so it returns
+    // the changes up to the checkpoint too; they are skipped by position.
+    let confirmation = async {
+        let Some(lsn) = confirm else {
+            return Ok(());
+        };
+        let mut own = plan.settings.connect().await?;
+        slot::advance(&mut own, &plan.slot, lsn).await
+    };
+    let read = changes(
+        plan,
+        &copy,
+        &mut conn,
+        &mut side,
+        &mut position,
+        retained,
+        out,
+    );
+    let (confirmed, read) = tokio::join!(confirmation, read);
+    let _ = sqlx::query("SELECT pg_drop_replication_slot($1)")
+        .bind(&copy)
+        .execute(&mut conn)
+        .await;
+    read?;
+    confirmed.map_err(Failure::from)
 }
 
 /// How far the changes were applied.
@@ -460,24 +569,27 @@ struct Txn {
 
 async fn changes(
     plan: &CdcPlan,
+    copy: &str,
     conn: &mut PgConnection,
     side: &mut PgConnection,
     position: &mut Position,
     retained: u64,
     out: &mut Outlet,
 ) -> Flow {
-    let copy = temporary_name(&plan.slot);
-    slot::copy_temporary(conn, &plan.slot, &copy).await?;
     let resume = *position;
     let mut buffer = ChangeBuffer::default();
     let mut positions: Option<(u32, Positions)> = None;
     let mut txn: Option<Txn> = None;
-    // Whether the position moved since the last batch sent, and whether any was sent.
-    let mut moved = false;
-    let mut sent = false;
     let sql = "SELECT data FROM pg_logical_slot_get_binary_changes($1, NULL, $2, \
                'proto_version', '1', 'publication_names', $3)";
-    let checkpoint = |position: &Position| CdcCheckpoint {
+    // The destination holds every change committed before this, once the checkpoint is
+    // committed: the last whole transaction's commit time, or the start of the last look at a
+    // change log that then had nothing more.
+    let mut caught_up: Option<String> = plan
+        .checkpoint
+        .as_ref()
+        .and_then(|c| c.caught_up_at.clone());
+    let checkpoint = |position: &Position, caught_up: &Option<String>| CdcCheckpoint {
         slot: plan.slot.clone(),
         phase: Phase::Changes,
         lsn: format_lsn(position.done),
@@ -485,11 +597,13 @@ async fn changes(
         txn: position.partial.map(|(lsn, _)| format_lsn(lsn)),
         changes: position.partial.map(|(_, n)| n),
         retained_wal_bytes: retained,
+        caught_up_at: caught_up.clone(),
     };
     loop {
         let mut rows = 0usize;
+        let looked = chrono::Utc::now();
         let mut stream = sqlx::query(sql)
-            .bind(&copy)
+            .bind(copy)
             .bind(CHUNK_CHANGES)
             .bind(&plan.publication)
             .fetch(&mut *conn);
@@ -520,15 +634,22 @@ async fn changes(
                         skip,
                     });
                 }
-                Message::Commit { end_lsn, .. } => {
+                Message::Commit {
+                    end_lsn, timestamp, ..
+                } => {
                     txn = None;
                     position.done = position.done.max(end_lsn);
                     position.partial = None;
-                    moved = true;
+                    caught_up = Some(pgoutput::format_timestamp(timestamp));
                     if buffer.len() >= plan.batch_size {
-                        emit(plan, side, &mut buffer, checkpoint(position), out).await?;
-                        moved = false;
-                        sent = true;
+                        emit(
+                            plan,
+                            side,
+                            &mut buffer,
+                            checkpoint(position, &caught_up),
+                            out,
+                        )
+                        .await?;
                     }
                 }
                 Message::Relation(relation) => {
@@ -546,9 +667,10 @@ async fn changes(
                     if ours && !skipped {
                         return Err(ConnectorError::schema(format!(
                             "table `{}` was truncated (in the transaction committed at LSN {}): \
-                             a truncate has no rows to delete by key, so cdc cannot apply it. \
-                             Empty the destination the same way, drop the slot (SELECT \
-                             pg_drop_replication_slot('{}')), then {RESET}",
+                             a truncate has no rows to delete by key, so cdc cannot apply it \
+                             (slot `{}`). {RESET}: the new snapshot's key-set reconciliation \
+                             deletes the truncated records (past max_delete_fraction they wait \
+                             for `lockstep deletes`)",
                             plan.layout.table,
                             txn.as_ref()
                                 .map_or_else(String::new, |t| format_lsn(t.final_lsn)),
@@ -588,16 +710,28 @@ async fn changes(
                     let (final_lsn, seen) = (t.final_lsn, t.seen);
                     if buffer.len() >= plan.batch_size {
                         position.partial = Some((final_lsn, seen));
-                        emit(plan, side, &mut buffer, checkpoint(position), out).await?;
-                        moved = false;
-                        sent = true;
+                        emit(
+                            plan,
+                            side,
+                            &mut buffer,
+                            checkpoint(position, &caught_up),
+                            out,
+                        )
+                        .await?;
                     }
                 }
                 Message::Origin { .. } | Message::Type { .. } | Message::Message { .. } => {}
             }
         }
         drop(stream);
-        if rows == 0 {
+        // PostgreSQL stops a call early only once it returned `CHUNK_CHANGES` rows; fewer
+        // mean it decoded up to the end of the WAL as it was when the call began. Each call
+        // decodes again from the slot's restart point, so asking once more to hear "nothing"
+        // would cost a whole extra pass over the WAL.
+        if rows < CHUNK_CHANGES as usize {
+            if txn.is_none() {
+                caught_up = Some(looked.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+            }
             break;
         }
     }
@@ -611,26 +745,21 @@ async fn changes(
     // The copy has consumed the WAL up to its confirmed position, transactions of other
     // tables included (pgoutput sends nothing for those): the position moves past them too,
     // or a busy database would make the slot of a quiet table retain its WAL forever.
-    if let Some(consumed) = slot::slot(conn, &copy).await? {
+    if let Some(consumed) = slot::slot(conn, copy).await? {
         if consumed.confirmed_flush > position.done && position.partial.is_none() {
             position.done = consumed.confirmed_flush;
-            moved = true;
         }
     }
     // A run that found nothing still records its measurement of the retained WAL, which the
-    // daemon's alert reads from the checkpoint.
-    let stale = plan
-        .checkpoint
-        .as_ref()
-        .is_some_and(|c| c.retained_wal_bytes != retained);
-    if !buffer.is_empty() || moved || (stale && !sent) {
-        emit(plan, side, &mut buffer, checkpoint(position), out).await?;
-    }
-    let _ = sqlx::query("SELECT pg_drop_replication_slot($1)")
-        .bind(&copy)
-        .execute(&mut *conn)
-        .await;
-    Ok(())
+    // daemon's alert reads from the checkpoint, and how far it caught up (the lag).
+    emit(
+        plan,
+        side,
+        &mut buffer,
+        checkpoint(position, &caught_up),
+        out,
+    )
+    .await
 }
 
 /// Sends the buffered changes as one batch with `checkpoint`.
@@ -698,7 +827,9 @@ fn temporary_name(slot: &str) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
-    let mut prefix: String = slot.chars().take(30).collect();
-    prefix.push_str(&format!("_tmp_{}_{nanos}", std::process::id()));
-    prefix
+    format!(
+        "{}{}_{nanos}",
+        slot::temporary_prefix(slot),
+        std::process::id()
+    )
 }

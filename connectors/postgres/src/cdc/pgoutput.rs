@@ -431,6 +431,15 @@ pub fn parse_lsn(text: &str) -> Option<u64> {
     (high <= u32::MAX as u64 && low <= u32::MAX as u64).then_some((high << 32) | low)
 }
 
+/// A pgoutput timestamp (microseconds since 2000-01-01 UTC) as RFC 3339 text.
+pub fn format_timestamp(micros_since_2000: i64) -> String {
+    /// 2000-01-01 in microseconds since the Unix epoch.
+    const EPOCH_2000_MICROS: i64 = 946_684_800_000_000;
+    chrono::DateTime::from_timestamp_micros(micros_since_2000.saturating_add(EPOCH_2000_MICROS))
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
 /// An LSN's text form.
 pub fn format_lsn(lsn: u64) -> String {
     format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)

@@ -26,6 +26,8 @@ pub struct SlotInfo {
     /// `pg_current_wal_lsn() - confirmed_flush_lsn`: the WAL written since the slot's last
     /// confirmation, which the server keeps for it.
     pub retained_wal_bytes: u64,
+    /// The server invalidated the slot (`wal_status = 'lost'`): it cannot decode any more.
+    pub lost: bool,
 }
 
 /// Refuses a server whose `wal_level` is not `logical`.
@@ -201,7 +203,8 @@ pub async fn slot(conn: &mut PgConnection, slot: &str) -> Result<Option<SlotInfo
     let row = sqlx::query(
         "SELECT coalesce(plugin::text, '') AS plugin, coalesce(database::text, '') AS database, \
                 coalesce(confirmed_flush_lsn::text, '0/0') AS confirmed, \
-                coalesce((pg_current_wal_lsn() - confirmed_flush_lsn)::bigint, 0) AS retained \
+                coalesce((pg_current_wal_lsn() - confirmed_flush_lsn)::bigint, 0) AS retained, \
+                coalesce(wal_status = 'lost', false) AS lost \
            FROM pg_replication_slots WHERE slot_name = $1",
     )
     .bind(slot)
@@ -222,6 +225,7 @@ pub async fn slot(conn: &mut PgConnection, slot: &str) -> Result<Option<SlotInfo
             ))
         })?,
         retained_wal_bytes: retained.max(0) as u64,
+        lost: row.try_get("lost").map_err(map_sqlx)?,
     }))
 }
 
@@ -264,6 +268,22 @@ pub async fn create_slot(conn: &mut PgConnection, name: &str) -> Result<u64> {
     })
 }
 
+/// Drops the slot (one the server invalidated, before it is made again).
+pub async fn drop_slot(conn: &mut PgConnection, name: &str) -> Result<()> {
+    sqlx::query("SELECT pg_drop_replication_slot($1)")
+        .bind(name)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| {
+            let mut e = map_sqlx(e);
+            e.message.push_str(&format!(
+                " (dropping the invalidated replication slot `{name}`)"
+            ));
+            e
+        })?;
+    Ok(())
+}
+
 /// Confirms the slot to `lsn`: the server may recycle the WAL before it.
 pub async fn advance(conn: &mut PgConnection, name: &str, lsn: u64) -> Result<()> {
     sqlx::query("SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)")
@@ -293,4 +313,11 @@ pub async fn copy_temporary(conn: &mut PgConnection, slot: &str, copy: &str) -> 
             e
         })?;
     Ok(())
+}
+
+/// The start of the names of the temporary copies a read makes of `slot` (`copy_temporary`).
+pub fn temporary_prefix(slot: &str) -> String {
+    let mut prefix: String = slot.chars().take(30).collect();
+    prefix.push_str("_tmp_");
+    prefix
 }

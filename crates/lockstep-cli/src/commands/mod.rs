@@ -1,5 +1,6 @@
 //! The subcommands, and what they share: loading the config, finding plugins, logging.
 
+mod cdc;
 mod completions;
 mod config_schema;
 mod conflicts;
@@ -109,6 +110,7 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
         Command::Rejects { command } => rejects::run(&cli.config, command).await,
         Command::Conflicts { command } => conflicts::run(&cli.config, command).await,
         Command::Deletes { command } => deletes::run(&cli.config, command).await,
+        Command::Cdc { command } => cdc::run(&cli.config, command).await,
         Command::Runs {
             sync,
             limit,

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use chrono::Utc;
+use lockstep_daemon::cdc_slot::{human_bytes, SlotStatus};
 use lockstep_daemon::schedule::Plan;
 use serde_json::json;
 
@@ -23,6 +24,8 @@ struct Row<'a> {
     next: Option<chrono::DateTime<Utc>>,
     last: Option<lockstep_core::RunSummary>,
     exit_detail: Option<String>,
+    /// A cdc sync's replication slot, from its committed checkpoint.
+    cdc: Option<SlotStatus>,
 }
 
 /// How many recent runs are searched for the syncs to show while the config is invalid.
@@ -49,6 +52,15 @@ pub async fn run(config_path: &Path, output: OutputFormat, state_url: Option<&st
                     .filter(|_| sync.enabled)
                     .and_then(|p| p.next_after(now));
                 let last = state.runs(Some(name), 1).await?.into_iter().next();
+                let cdc = if sync.spec.mode == lockstep_core::SyncMode::Cdc {
+                    state
+                        .checkpoint(name)
+                        .await?
+                        .as_ref()
+                        .and_then(SlotStatus::from_checkpoint)
+                } else {
+                    None
+                };
                 rows.push(Row {
                     name: name.to_owned(),
                     sync: Some(sync),
@@ -56,6 +68,7 @@ pub async fn run(config_path: &Path, output: OutputFormat, state_url: Option<&st
                     next,
                     last,
                     exit_detail: None,
+                    cdc,
                 });
             }
         }
@@ -71,6 +84,7 @@ pub async fn run(config_path: &Path, output: OutputFormat, state_url: Option<&st
                         next: None,
                         last: Some(run),
                         exit_detail: None,
+                        cdc: None,
                     });
                 }
             }
@@ -99,6 +113,12 @@ pub async fn run(config_path: &Path, output: OutputFormat, state_url: Option<&st
                         value["exit_detail"] = json!(row.exit_detail);
                         value
                     }),
+                    "cdc": row.cdc.as_ref().map(|c| json!({
+                        "slot": c.slot,
+                        "retained_wal_bytes": c.retained_wal_bytes,
+                        "caught_up_at": c.caught_up_at.map(|t| t.to_rfc3339()),
+                        "lag_seconds": c.lag_seconds(now),
+                    })),
                 })
             })
             .collect();
@@ -176,6 +196,25 @@ pub async fn run(config_path: &Path, output: OutputFormat, state_url: Option<&st
         table.row(row);
     }
     outln!("{}", table.render());
+    for row in &rows {
+        let Some(cdc) = &row.cdc else { continue };
+        let lag = match cdc.lag_seconds(now) {
+            Some(seconds) => format!(
+                "lag {} (the destination has every change committed before {})",
+                human_duration(Duration::from_millis((seconds * 1000.0) as u64)),
+                cdc.caught_up_at
+                    .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+                    .unwrap_or_default()
+            ),
+            None => "lag unknown until the first snapshot ends".to_owned(),
+        };
+        outln!(
+            "cdc {}: replication slot `{}` retained {} of WAL at the last run's start; {lag}",
+            row.name,
+            cdc.slot,
+            human_bytes(cdc.retained_wal_bytes)
+        );
+    }
     Ok(())
 }
 
