@@ -23,6 +23,7 @@
 //! - The destination only adds records; it declares neither `upsert` nor `delete`.
 
 mod after_read;
+mod columns;
 mod config;
 mod parse;
 mod read;

@@ -318,6 +318,76 @@ fn malformed_rows_are_rejects_with_file_and_line_and_the_rest_arrives() {
 }
 
 #[test]
+fn a_reject_carries_the_record_as_the_file_holds_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // A byte-order mark, Windows line breaks, quoted delimiters, doubled quotes and a line
+    // break inside a quoted value: the reject's text is the file's own text.
+    let mut csv = b"\xEF\xBB\xBFid,name,city\r\n".to_vec();
+    csv.extend_from_slice(b"1,\"Ann, A.\",Paris\r\n");
+    csv.extend_from_slice(b"2,\"Bob \"\"the\"\" B.\"\r\n");
+    csv.extend_from_slice(b"3,\"multi\r\nline\",Oslo,extra\r\n");
+    csv.extend_from_slice(b"x,\"Eve, E.\",Rome\r\n");
+    csv.extend_from_slice(b"5,Fay,Nice\r\n");
+    write_old(&dir.path().join("q.csv"), &csv);
+    let (latin1, _, _) = encoding_rs::WINDOWS_1252.encode("id,name,city\n1,\"Zoë; Ärger\"\n");
+    write_old(&dir.path().join("l.csv"), &latin1);
+    write_old(
+        &dir.path().join("j.jsonl"),
+        b"{\"id\": 1, \"name\": \"a\"}\n{ \"id\" : \"abc\",  \"name\": \"b\" }\r\n{\"id\": 3, \"name\": \"c\"}\n",
+    );
+    // A quote left open runs to the end of the file: the text kept is cut.
+    let mut open = b"id,name,city\n1,\"open quote".to_vec();
+    open.extend(std::iter::repeat_n(b'z', 100_000));
+    open.extend_from_slice(b"\n");
+    write_old(&dir.path().join("o.csv"), &open);
+    let stream = |file: &str| json!({ "path": format!("{}/{file}", dir.path().display()), "fields": { "id": "int64" } });
+    let mut conn = source(json!({ "streams": {
+        "q": stream("q.csv"),
+        "l": { "path": format!("{}/l.csv", dir.path().display()), "encoding": "latin-1" },
+        "j": stream("j.jsonl"),
+        "o": stream("o.csv"),
+    }}));
+    for batch_size in [1, 2, 10] {
+        let (rows, rejects, _) = read_with_rejects(&mut conn, "q", None, batch_size).unwrap();
+        assert_eq!(names(&rows), ["Ann, A.", "Fay"], "batch size {batch_size}");
+        let found = where_and_why(&rejects);
+        assert_eq!(
+            found.iter().map(|r| r.1).collect::<Vec<_>>(),
+            [3, 4, 6],
+            "{found:?}"
+        );
+        let raws: Vec<&str> = rejects.iter().map(|r| r.raw.as_str()).collect();
+        assert_eq!(
+            raws,
+            [
+                "2,\"Bob \"\"the\"\" B.\"",
+                "3,\"multi\r\nline\",Oslo,extra",
+                "x,\"Eve, E.\",Rome"
+            ]
+        );
+        assert_eq!(rejects[2].field.as_deref(), Some("id"));
+        assert!(found[2].2.contains("`x` is not an integer"), "{found:?}");
+    }
+    let (_, rejects, _) = read_with_rejects(&mut conn, "l", None, 10).unwrap();
+    assert_eq!(rejects[0].raw, "1,\"Zoë; Ärger\"");
+    let (rows, rejects, _) = read_with_rejects(&mut conn, "j", None, 10).unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rejects[0].raw, "{ \"id\" : \"abc\",  \"name\": \"b\" }");
+    assert_eq!(where_and_why(&rejects)[0].1, 2);
+    let (_, rejects, _) = read_with_rejects(&mut conn, "o", None, 10).unwrap();
+    assert!(
+        rejects[0].raw.starts_with("1,\"open quotezzz"),
+        "{}",
+        &rejects[0].raw[..40]
+    );
+    assert!(
+        rejects[0].raw.len() < 70 * 1024 && rejects[0].raw.contains("… (cut: the record takes"),
+        "{}",
+        rejects[0].raw.len()
+    );
+}
+
+#[test]
 fn a_read_resumed_after_a_rejects_batch_repeats_nothing() {
     let dir = tempfile::tempdir().unwrap();
     write_old(
