@@ -80,6 +80,8 @@ pub struct FilesReader {
     done: Vec<FileEntry>,
     queue: VecDeque<ToRead>,
     current: Option<OpenFile>,
+    /// For a read at locations (a retry of source rejects), the locations still to read.
+    locations: Option<VecDeque<Value>>,
 }
 
 /// Starts a read of `stream` (described by `spec`) as `request` asks.
@@ -116,6 +118,19 @@ pub(crate) fn open_reader(
                 .collect()
         }
     };
+    if let Some(locations) = &request.locations {
+        // A retry reads single records again; it neither moves files nor keeps a position.
+        return Ok(FilesReader {
+            batch_size: 1,
+            spec,
+            stream,
+            fields,
+            done: Vec::new(),
+            queue: VecDeque::new(),
+            current: None,
+            locations: Some(locations.iter().cloned().collect()),
+        });
+    }
     let checkpoint: Checkpoint = match &request.checkpoint {
         None | Some(Value::Null) => Checkpoint::default(),
         Some(value) => serde_json::from_value(value.clone()).map_err(|e| {
@@ -147,6 +162,7 @@ pub(crate) fn open_reader(
         done: plan.done,
         queue: plan.to_read.into(),
         current: None,
+        locations: None,
     })
 }
 
@@ -568,7 +584,103 @@ impl FilesReader {
         }))
     }
 
+    /// The one batch of a read at `location` (`{"file", "line", "text"}`): the record that
+    /// starts at that line of that file as it is now, a source reject when it still cannot be
+    /// read (or its file is gone), or no rows when no record starts there any more.
+    fn read_at(&self, location: &Value) -> Result<RecordBatch> {
+        let file = location.get("file").and_then(Value::as_str);
+        let line = location.get("line").and_then(Value::as_u64);
+        let (Some(file), Some(line)) = (file, line) else {
+            return Err(ConnectorError::config(format!(
+                "a place to read a record again at must name a `file` and a `line`, found \
+                 {location}"
+            )));
+        };
+        let no_rows = || {
+            batch_from_rows(&self.fields, &[])
+                .map_err(|e| ConnectorError::internal(format!("cannot build a batch: {e}")))
+        };
+        let listed = scan::list_files(&self.spec)?
+            .into_iter()
+            .find(|f| f.name == file);
+        let Some(found) = listed else {
+            let text = location
+                .get("text")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let reject = source_reject(
+                file,
+                line,
+                text.to_owned(),
+                None,
+                format!(
+                    "file `{file}` is no longer among the files of stream `{}` (`{}`): it was \
+                     moved, deleted (`after_read`?) or renamed, so the record cannot be read \
+                     again; fix the record and drop it in a new file",
+                    self.spec.name, self.spec.pattern
+                ),
+            );
+            return rejects_batch(&[reject]).map_err(|e| {
+                ConnectorError::internal(format!("cannot build a batch of rejects: {e}"))
+            });
+        };
+        // The position of the record that starts at `line`, counted as a resumed read skips.
+        let mut records = FileRecords::open(&found.path, &found.name, &self.spec)?;
+        let mut index = 0u64;
+        let skip = loop {
+            let start = match records.csv() {
+                Some(csv) => csv.read_row()?.map(|row| row.line),
+                None => records.next_record()?.map(|next| match next {
+                    Ok(record) => record.line,
+                    Err(malformed) => malformed.line,
+                }),
+            };
+            match start {
+                Some(at) if at < line => index += 1,
+                Some(at) if at == line => break Some(index),
+                _ => break None,
+            }
+        };
+        let Some(skip) = skip else {
+            return no_rows();
+        };
+        let entry = FileEntry {
+            name: found.name.clone(),
+            size: found.size,
+            mtime_us: found.mtime_us,
+            hash: String::new(),
+        };
+        let mut one = FilesReader {
+            spec: self.spec.clone(),
+            stream: self.stream.clone(),
+            fields: self.fields.clone(),
+            batch_size: 1,
+            done: Vec::new(),
+            queue: VecDeque::from([ToRead {
+                found,
+                entry,
+                skip_records: skip,
+            }]),
+            current: None,
+            locations: None,
+        };
+        match one.read_next()? {
+            Some((batch, _)) => Ok(batch),
+            None => no_rows(),
+        }
+    }
+
     async fn next(&mut self) -> Result<Option<(RecordBatch, Value)>> {
+        if let Some(locations) = self.locations.as_mut() {
+            let Some(location) = locations.pop_front() else {
+                return Ok(None);
+            };
+            return Ok(Some((self.read_at(&location)?, Value::Null)));
+        }
+        self.read_next()
+    }
+
+    fn read_next(&mut self) -> Result<Option<(RecordBatch, Value)>> {
         loop {
             if self.current.is_none() {
                 self.current = self.open_next()?;

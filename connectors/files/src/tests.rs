@@ -387,6 +387,110 @@ fn a_reject_carries_the_record_as_the_file_holds_it() {
     );
 }
 
+/// Reads `stream` again at the places of `rejects` (a retry): one batch each.
+fn read_at(
+    conn: &mut FilesConnector,
+    stream: &str,
+    rejects: &[SourceReject],
+) -> Vec<lockstep_plugin_sdk::arrow::array::RecordBatch> {
+    block_on(async {
+        conn.catalog().unwrap();
+        let locations = rejects
+            .iter()
+            .map(|r| {
+                let mut place = r.location.clone();
+                place.insert("text".into(), Value::String(r.raw.clone()));
+                Value::Object(place)
+            })
+            .collect();
+        let mut reader = conn
+            .start_read(ReadRequest {
+                stream: stream.into(),
+                locations: Some(locations),
+                ..Default::default()
+            })
+            .unwrap();
+        let mut batches = Vec::new();
+        while let Some((batch, checkpoint)) = reader.next_batch().await.unwrap() {
+            assert_eq!(
+                checkpoint,
+                Value::Null,
+                "a read at places keeps no position"
+            );
+            batches.push(batch);
+        }
+        batches
+    })
+}
+
+#[test]
+fn a_rejected_line_is_read_again_at_its_place_as_it_is_now() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.csv");
+    write_old(&path, b"id,name,amount\n1,a,1\n2,\"b, c\"\n3,d,x\n4,e,4\n");
+    let stream = |amount: &str| {
+        json!({ "streams": { "p": {
+            "path": format!("{}/p.csv", dir.path().display()),
+            "fields": { "amount": amount },
+            "line_field": "line",
+        }}})
+    };
+    let mut conn = source(stream("int64"));
+    let (rows, rejects, _) = read_with_rejects(&mut conn, "p", None, 10).unwrap();
+    assert_eq!(names(&rows), ["a", "e"]);
+    assert_eq!(
+        where_and_why(&rejects)
+            .iter()
+            .map(|r| r.1)
+            .collect::<Vec<_>>(),
+        [3, 4]
+    );
+
+    // Unchanged, both still cannot be read: one rejects batch each, in order, same lines.
+    let batches = read_at(&mut conn, "p", &rejects);
+    assert_eq!(batches.len(), 2);
+    for (batch, line) in batches.iter().zip([3, 4]) {
+        assert!(is_rejects_batch(batch));
+        let again = rejects_from_batch(batch).unwrap();
+        assert_eq!(where_and_why(&again)[0].1, line);
+    }
+
+    // With the type declared as text, line 4 reads; line 3 still has too few values.
+    let mut as_text = source(stream("text"));
+    let batches = read_at(&mut as_text, "p", &rejects);
+    assert!(is_rejects_batch(&batches[0]));
+    let row = rows_from_batch(&batches[1]);
+    assert_eq!(row.len(), 1);
+    assert_eq!(
+        (row[0]["name"].clone(), row[0]["amount"].clone()),
+        (json!("d"), json!("x"))
+    );
+    assert_eq!(row[0]["line"], json!(4));
+
+    // Fixed in place: line 3 now reads. A line past the end holds no record any more.
+    write_old(&path, b"id,name,amount\n1,a,1\n2,\"b, c\",2\n3,d,3\n");
+    let mut beyond = rejects[1].clone();
+    beyond.location.insert("line".into(), json!(9));
+    let batches = read_at(&mut conn, "p", &[rejects[0].clone(), beyond]);
+    let row = rows_from_batch(&batches[0]);
+    assert_eq!(
+        (row[0]["name"].clone(), row[0]["line"].clone()),
+        (json!("b, c"), json!(3))
+    );
+    assert!(!is_rejects_batch(&batches[1]));
+    assert_eq!(batches[1].num_rows(), 0);
+
+    // A file that is gone (moved by `after_read`, say): a reject saying so, with the text.
+    fs::remove_file(&path).unwrap();
+    let batches = read_at(&mut conn, "p", &rejects[..1]);
+    let again = rejects_from_batch(&batches[0]).unwrap();
+    assert!(
+        again[0].reason.contains("is no longer among the files"),
+        "{again:?}"
+    );
+    assert_eq!(again[0].raw, "2,\"b, c\"");
+}
+
 #[test]
 fn a_read_resumed_after_a_rejects_batch_repeats_nothing() {
     let dir = tempfile::tempdir().unwrap();
