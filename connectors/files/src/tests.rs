@@ -724,6 +724,72 @@ fn the_destination_publishes_files_on_flush_and_a_source_reads_them_back() {
 }
 
 #[test]
+fn one_file_per_run_is_published_when_the_run_ends_and_what_a_flush_promised_survives() {
+    use lockstep_plugin_sdk::run_end::run_end_batch;
+    let dir = tempfile::tempdir().unwrap();
+    let conf = json!({ "dir": dir.path().display().to_string(), "one_file_per_run": true });
+    let ids = |conf: &Value| -> Vec<i64> {
+        let mut back = source(conf.clone());
+        let (rows, _) = read(&mut back, "contacts", None, 100).unwrap();
+        rows.iter().map(|r| r["id"].as_i64().unwrap()).collect()
+    };
+    let mut dest = FilesConnector::open_destination(config(conf.clone())).unwrap();
+
+    // Three batches, each flushed: one file, visible only once the run ends.
+    let mut writer = dest.start_write(open_request()).unwrap();
+    for _ in 0..3 {
+        block_on(writer.upsert(test_batch())).unwrap();
+        block_on(writer.flush()).unwrap();
+        assert!(
+            visible_files(dir.path()).is_empty(),
+            "no file before the run ends"
+        );
+    }
+    block_on(writer.upsert(run_end_batch(true).unwrap())).unwrap();
+    block_on(writer.flush()).unwrap();
+    drop(writer);
+    let files = visible_files(dir.path());
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(ids(&conf).len(), 12);
+
+    // A run that fails after a flush: the flushed batch is published, the unflushed one not.
+    std::thread::sleep(Duration::from_millis(5));
+    let mut writer = dest.start_write(open_request()).unwrap();
+    block_on(writer.upsert(test_batch())).unwrap();
+    block_on(writer.flush()).unwrap();
+    block_on(writer.upsert(test_batch())).unwrap();
+    drop(writer);
+    assert_eq!(visible_files(dir.path()).len(), 2);
+    assert_eq!(ids(&conf).len(), 16);
+
+    // A crash after a flush (no clean-up at all): the next writer publishes the flushed part.
+    std::thread::sleep(Duration::from_millis(5));
+    let mut writer = dest.start_write(open_request()).unwrap();
+    block_on(writer.upsert(test_batch())).unwrap();
+    block_on(writer.flush()).unwrap();
+    block_on(writer.upsert(test_batch())).unwrap();
+    block_on(writer.upsert(test_batch())).unwrap();
+    std::mem::forget(writer);
+    assert_eq!(
+        visible_files(dir.path()).len(),
+        2,
+        "not visible before recovery"
+    );
+    std::thread::sleep(Duration::from_millis(5));
+    let writer = dest.start_write(open_request()).unwrap();
+    drop(writer);
+    assert_eq!(visible_files(dir.path()).len(), 3);
+    assert_eq!(ids(&conf).len(), 20, "the flushed batch only");
+    let leftovers: Vec<String> = fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".flushed"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
 fn the_destination_rolls_files_by_size_and_writes_json_lines() {
     let dir = tempfile::tempdir().unwrap();
     let conf = json!({
