@@ -16,6 +16,11 @@
 //! `lockstep_plugin_sdk::rows::batch_from_rows`. A reject's text is the record's text as the
 //! file holds it (read again from the file at the record's span).
 //!
+//! A read at locations (`ReadRequest::locations`, a retry of source rejects) gives one batch
+//! per place, in order: the record that starts at that line of that file as the file is now,
+//! a reject when it still cannot be read or its file is no longer among the stream's files,
+//! or no rows when no record starts there. It moves no file and keeps no position.
+//!
 //! Invariants: memory is bounded by one batch of records; a batch never spans two files, so
 //! records held back for the next batch always belong to the file being read.
 
@@ -300,15 +305,6 @@ impl FilesReader {
         Ok(())
     }
 
-    /// The reason of a reject for a value that does not fit its field.
-    fn bad_value_reason(&self, field: &str, reason: &str) -> String {
-        format!(
-            "field `{field}`: {reason}; declare the field's type in `streams.{}.fields` (e.g. \
-             as text, and cast it in the sync's mapping) or fix the value",
-            self.spec.name
-        )
-    }
-
     /// The next batch of the current CSV file (its rows or its rejects), or `None` when the
     /// file has no more records.
     fn csv_batch(&mut self) -> Result<Option<RecordBatch>> {
@@ -353,12 +349,7 @@ impl FilesReader {
                     let problem = match row.wrong_count {
                         Some(reason) => Some((None, reason)),
                         None => columns.check(csv.record()).err().map(|bad| {
-                            let reason = format!(
-                                "field `{}`: {}; declare the field's type in `streams.{}.fields` \
-                                 (e.g. as text, and cast it in the sync's mapping) or fix the \
-                                 value",
-                                bad.field, bad.reason, self.spec.name
-                            );
+                            let reason = bad_value_reason(&self.spec.name, &bad.field, &bad.reason);
                             (Some(bad.field), reason)
                         }),
                     };
@@ -494,7 +485,7 @@ impl FilesReader {
                         line,
                         open.records.raw_text(span)?,
                         Some(e.field.clone()),
-                        self.bad_value_reason(&e.field, &e.reason),
+                        bad_value_reason(&self.spec.name, &e.field, &e.reason),
                     );
                     let tail = rows.split_off(at + 1);
                     let tail_lines = lines.split_off(at + 1);
@@ -698,6 +689,14 @@ impl FilesReader {
             }
         }
     }
+}
+
+/// The reason of a reject for a value that does not fit its field.
+fn bad_value_reason(stream: &str, field: &str, reason: &str) -> String {
+    format!(
+        "field `{field}`: {reason}; declare the field's type in `streams.{stream}.fields` (e.g. \
+         as text, and cast it in the sync's mapping) or fix the value"
+    )
 }
 
 /// A reject at `line` of `file`.

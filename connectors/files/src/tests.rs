@@ -838,6 +838,54 @@ fn a_stream_does_not_read_the_files_of_a_stream_whose_name_it_prefixes() {
 }
 
 #[test]
+fn a_file_growing_while_a_run_reads_it_fails_the_run_as_transient_and_is_read_whole_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("g-1.csv");
+    write_old(&path, b"id,name\n1,a\n2,b\n3,c\n");
+    let mut conn = source(json!({ "streams": { "g": {
+        "path": format!("{}/g-*.csv", dir.path().display()), "settle": "0s",
+    }}}));
+    let error = block_on(async {
+        conn.catalog().unwrap();
+        let mut reader = conn
+            .start_read(ReadRequest {
+                stream: "g".into(),
+                mode: ReadMode::Incremental,
+                batch_size: Some(1),
+                ..Default::default()
+            })
+            .unwrap();
+        let mut delivered = 0;
+        loop {
+            match reader.next_batch().await {
+                Ok(Some(_)) => {
+                    delivered += 1;
+                    if delivered == 1 {
+                        // The exporter appends while the run reads.
+                        let mut text = fs::read(&path).unwrap();
+                        text.extend_from_slice(b"4,d\n");
+                        fs::write(&path, text).unwrap();
+                    }
+                }
+                Ok(None) => panic!("the read ended without noticing the change"),
+                Err(e) => break e,
+            }
+        }
+    });
+    assert_eq!(error.kind, lockstep_plugin_sdk::api::ErrorKind::TRANSIENT);
+    assert!(
+        error.message.contains("g-1.csv` changed while it was read")
+            && error.message.contains("streams.g.settle"),
+        "{}",
+        error.message
+    );
+    // Once it has settled, the next run reads it whole, from its start.
+    age(&path, Duration::from_secs(60));
+    let (rows, _) = read(&mut conn, "g", None, 10).unwrap();
+    assert_eq!(names(&rows), ["a", "b", "c", "d"]);
+}
+
+#[test]
 fn a_file_appearing_while_a_run_reads_is_left_for_the_next_run() {
     let dir = tempfile::tempdir().unwrap();
     let p = |name: &str| dir.path().join(name);

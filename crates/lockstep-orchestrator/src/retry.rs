@@ -135,9 +135,9 @@ impl Engine<'_> {
             outcome.failed.push((
                 record.id,
                 "not retryable: the source could not read this record, so there is no key to \
-                 read it again by; fix it in the source (for a files source: correct the \
-                 line in place, and the next `lockstep run` reads the rewritten file again \
-                 from its start). It stays pending"
+                 read it again by, and its connector cannot read it again at its place (it \
+                 does not declare `read-locations`); fix it in the source and a run reads it. \
+                 It stays pending"
                     .into(),
             ));
         }
