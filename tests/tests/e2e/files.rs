@@ -434,9 +434,16 @@ fn malformed_rows_become_rejects_with_file_and_line_and_the_rest_of_the_file_arr
     assert!(retried.contains("3 succeeded, 0 failed again"), "{retried}");
     assert_eq!(pending_lines(d), []);
     assert_eq!(
-        pg_rows(&db.url, "SELECT id::text, item, qty::text FROM orders WHERE id IN (2, 4, 5) ORDER BY id"),
+        pg_rows(
+            &db.url,
+            "SELECT id::text, item, qty::text FROM orders WHERE id IN (2, 4, 5) ORDER BY id"
+        ),
         [
-            vec![Some("2".into()), Some("pear, green".into()), Some("3".into())],
+            vec![
+                Some("2".into()),
+                Some("pear, green".into()),
+                Some("3".into())
+            ],
             vec![Some("4".into()), Some("fig".into()), Some("5".into())],
             vec![Some("5".into()), Some("kiwi".into()), Some("8".into())],
         ]
@@ -466,7 +473,10 @@ fn malformed_rows_become_rejects_with_file_and_line_and_the_rest_of_the_file_arr
     std::fs::remove_file(d.join("in/orders-3.csv")).unwrap();
     let (out, retried, stderr) = run(lockstep(d).args(["rejects", "retry", "orders"]));
     assert!(!out.status.success(), "{retried}\n{stderr}");
-    assert!(retried.contains("is no longer among the files"), "{retried}");
+    assert!(
+        retried.contains("is no longer among the files"),
+        "{retried}"
+    );
     assert_eq!(pending_lines(d), [(2, "10,x".to_owned())]);
 
     // Past max_rejected the run fails and points at the rejects.
