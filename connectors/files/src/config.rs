@@ -58,6 +58,11 @@ pub struct FilesConfig {
     #[serde(default)]
     #[schemars(range(min = 1))]
     pub max_file_bytes: Option<u64>,
+    /// Destination: one file per run (rolled only by `max_file_bytes`), renamed into place
+    /// when the run ends, instead of one file per flush (batch). Each flush still makes the
+    /// records written so far durable (kept under the temporary name, with their length).
+    #[serde(default)]
+    pub one_file_per_run: Option<bool>,
     /// Destination: replace the stream's whole file set at the end of each run, atomically
     /// (`<dir>/<stream>` is a link to the newest complete generation). Needs a sync with
     /// `mode = "full"` and `ledger = false`, so that each run writes every record.

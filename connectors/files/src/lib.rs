@@ -23,6 +23,7 @@
 //! - The destination only adds records; it declares neither `upsert` nor `delete`.
 
 mod after_read;
+mod columns;
 mod config;
 mod parse;
 mod read;
@@ -211,12 +212,14 @@ impl Connector for FilesConnector {
                 .into(),
             // No `upsert` and no `delete`: a files destination only adds records.
             // `run-end`: snapshot mode publishes a run's files when the engine says it ended.
+            // `read-locations`: a retry reads a rejected line again where it was.
             features: [
                 "incremental",
                 "create-stream",
                 "add-columns",
                 "append-only",
                 lockstep_plugin_sdk::FEATURE_RUN_END,
+                lockstep_plugin_sdk::protocol::FEATURE_READ_LOCATIONS,
             ]
             .map(String::from)
             .to_vec(),

@@ -318,6 +318,180 @@ fn malformed_rows_are_rejects_with_file_and_line_and_the_rest_arrives() {
 }
 
 #[test]
+fn a_reject_carries_the_record_as_the_file_holds_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // A byte-order mark, Windows line breaks, quoted delimiters, doubled quotes and a line
+    // break inside a quoted value: the reject's text is the file's own text.
+    let mut csv = b"\xEF\xBB\xBFid,name,city\r\n".to_vec();
+    csv.extend_from_slice(b"1,\"Ann, A.\",Paris\r\n");
+    csv.extend_from_slice(b"2,\"Bob \"\"the\"\" B.\"\r\n");
+    csv.extend_from_slice(b"3,\"multi\r\nline\",Oslo,extra\r\n");
+    csv.extend_from_slice(b"x,\"Eve, E.\",Rome\r\n");
+    csv.extend_from_slice(b"5,Fay,Nice\r\n");
+    write_old(&dir.path().join("q.csv"), &csv);
+    let (latin1, _, _) = encoding_rs::WINDOWS_1252.encode("id,name,city\n1,\"Zoë; Ärger\"\n");
+    write_old(&dir.path().join("l.csv"), &latin1);
+    write_old(
+        &dir.path().join("j.jsonl"),
+        b"{\"id\": 1, \"name\": \"a\"}\n{ \"id\" : \"abc\",  \"name\": \"b\" }\r\n{\"id\": 3, \"name\": \"c\"}\n",
+    );
+    // A quote left open runs to the end of the file: the text kept is cut.
+    let mut open = b"id,name,city\n1,\"open quote".to_vec();
+    open.extend(std::iter::repeat_n(b'z', 100_000));
+    open.extend_from_slice(b"\n");
+    write_old(&dir.path().join("o.csv"), &open);
+    let stream = |file: &str| json!({ "path": format!("{}/{file}", dir.path().display()), "fields": { "id": "int64" } });
+    let mut conn = source(json!({ "streams": {
+        "q": stream("q.csv"),
+        "l": { "path": format!("{}/l.csv", dir.path().display()), "encoding": "latin-1" },
+        "j": stream("j.jsonl"),
+        "o": stream("o.csv"),
+    }}));
+    for batch_size in [1, 2, 10] {
+        let (rows, rejects, _) = read_with_rejects(&mut conn, "q", None, batch_size).unwrap();
+        assert_eq!(names(&rows), ["Ann, A.", "Fay"], "batch size {batch_size}");
+        let found = where_and_why(&rejects);
+        assert_eq!(
+            found.iter().map(|r| r.1).collect::<Vec<_>>(),
+            [3, 4, 6],
+            "{found:?}"
+        );
+        let raws: Vec<&str> = rejects.iter().map(|r| r.raw.as_str()).collect();
+        assert_eq!(
+            raws,
+            [
+                "2,\"Bob \"\"the\"\" B.\"",
+                "3,\"multi\r\nline\",Oslo,extra",
+                "x,\"Eve, E.\",Rome"
+            ]
+        );
+        assert_eq!(rejects[2].field.as_deref(), Some("id"));
+        assert!(found[2].2.contains("`x` is not an integer"), "{found:?}");
+    }
+    let (_, rejects, _) = read_with_rejects(&mut conn, "l", None, 10).unwrap();
+    assert_eq!(rejects[0].raw, "1,\"Zoë; Ärger\"");
+    let (rows, rejects, _) = read_with_rejects(&mut conn, "j", None, 10).unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rejects[0].raw, "{ \"id\" : \"abc\",  \"name\": \"b\" }");
+    assert_eq!(where_and_why(&rejects)[0].1, 2);
+    let (_, rejects, _) = read_with_rejects(&mut conn, "o", None, 10).unwrap();
+    assert!(
+        rejects[0].raw.starts_with("1,\"open quotezzz"),
+        "{}",
+        &rejects[0].raw[..40]
+    );
+    assert!(
+        rejects[0].raw.len() < 70 * 1024 && rejects[0].raw.contains("… (cut: the record takes"),
+        "{}",
+        rejects[0].raw.len()
+    );
+}
+
+/// Reads `stream` again at the places of `rejects` (a retry): one batch each.
+fn read_at(
+    conn: &mut FilesConnector,
+    stream: &str,
+    rejects: &[SourceReject],
+) -> Vec<lockstep_plugin_sdk::arrow::array::RecordBatch> {
+    block_on(async {
+        conn.catalog().unwrap();
+        let locations = rejects
+            .iter()
+            .map(|r| {
+                let mut place = r.location.clone();
+                place.insert("text".into(), Value::String(r.raw.clone()));
+                Value::Object(place)
+            })
+            .collect();
+        let mut reader = conn
+            .start_read(ReadRequest {
+                stream: stream.into(),
+                locations: Some(locations),
+                ..Default::default()
+            })
+            .unwrap();
+        let mut batches = Vec::new();
+        while let Some((batch, checkpoint)) = reader.next_batch().await.unwrap() {
+            assert_eq!(
+                checkpoint,
+                Value::Null,
+                "a read at places keeps no position"
+            );
+            batches.push(batch);
+        }
+        batches
+    })
+}
+
+#[test]
+fn a_rejected_line_is_read_again_at_its_place_as_it_is_now() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.csv");
+    write_old(&path, b"id,name,amount\n1,a,1\n2,\"b, c\"\n3,d,x\n4,e,4\n");
+    let stream = |amount: &str| {
+        json!({ "streams": { "p": {
+            "path": format!("{}/p.csv", dir.path().display()),
+            "fields": { "amount": amount },
+            "line_field": "line",
+        }}})
+    };
+    let mut conn = source(stream("int64"));
+    let (rows, rejects, _) = read_with_rejects(&mut conn, "p", None, 10).unwrap();
+    assert_eq!(names(&rows), ["a", "e"]);
+    assert_eq!(
+        where_and_why(&rejects)
+            .iter()
+            .map(|r| r.1)
+            .collect::<Vec<_>>(),
+        [3, 4]
+    );
+
+    // Unchanged, both still cannot be read: one rejects batch each, in order, same lines.
+    let batches = read_at(&mut conn, "p", &rejects);
+    assert_eq!(batches.len(), 2);
+    for (batch, line) in batches.iter().zip([3, 4]) {
+        assert!(is_rejects_batch(batch));
+        let again = rejects_from_batch(batch).unwrap();
+        assert_eq!(where_and_why(&again)[0].1, line);
+    }
+
+    // With the type declared as text, line 4 reads; line 3 still has too few values.
+    let mut as_text = source(stream("text"));
+    let batches = read_at(&mut as_text, "p", &rejects);
+    assert!(is_rejects_batch(&batches[0]));
+    let row = rows_from_batch(&batches[1]);
+    assert_eq!(row.len(), 1);
+    assert_eq!(
+        (row[0]["name"].clone(), row[0]["amount"].clone()),
+        (json!("d"), json!("x"))
+    );
+    assert_eq!(row[0]["line"], json!(4));
+
+    // Fixed in place: line 3 now reads. A line past the end holds no record any more.
+    write_old(&path, b"id,name,amount\n1,a,1\n2,\"b, c\",2\n3,d,3\n");
+    let mut beyond = rejects[1].clone();
+    beyond.location.insert("line".into(), json!(9));
+    let batches = read_at(&mut conn, "p", &[rejects[0].clone(), beyond]);
+    let row = rows_from_batch(&batches[0]);
+    assert_eq!(
+        (row[0]["name"].clone(), row[0]["line"].clone()),
+        (json!("b, c"), json!(3))
+    );
+    assert!(!is_rejects_batch(&batches[1]));
+    assert_eq!(batches[1].num_rows(), 0);
+
+    // A file that is gone (moved by `after_read`, say): a reject saying so, with the text.
+    fs::remove_file(&path).unwrap();
+    let batches = read_at(&mut conn, "p", &rejects[..1]);
+    let again = rejects_from_batch(&batches[0]).unwrap();
+    assert!(
+        again[0].reason.contains("is no longer among the files"),
+        "{again:?}"
+    );
+    assert_eq!(again[0].raw, "2,\"b, c\"");
+}
+
+#[test]
 fn a_read_resumed_after_a_rejects_batch_repeats_nothing() {
     let dir = tempfile::tempdir().unwrap();
     write_old(
@@ -550,6 +724,72 @@ fn the_destination_publishes_files_on_flush_and_a_source_reads_them_back() {
 }
 
 #[test]
+fn one_file_per_run_is_published_when_the_run_ends_and_what_a_flush_promised_survives() {
+    use lockstep_plugin_sdk::run_end::run_end_batch;
+    let dir = tempfile::tempdir().unwrap();
+    let conf = json!({ "dir": dir.path().display().to_string(), "one_file_per_run": true });
+    let ids = |conf: &Value| -> Vec<i64> {
+        let mut back = source(conf.clone());
+        let (rows, _) = read(&mut back, "contacts", None, 100).unwrap();
+        rows.iter().map(|r| r["id"].as_i64().unwrap()).collect()
+    };
+    let mut dest = FilesConnector::open_destination(config(conf.clone())).unwrap();
+
+    // Three batches, each flushed: one file, visible only once the run ends.
+    let mut writer = dest.start_write(open_request()).unwrap();
+    for _ in 0..3 {
+        block_on(writer.upsert(test_batch())).unwrap();
+        block_on(writer.flush()).unwrap();
+        assert!(
+            visible_files(dir.path()).is_empty(),
+            "no file before the run ends"
+        );
+    }
+    block_on(writer.upsert(run_end_batch(true).unwrap())).unwrap();
+    block_on(writer.flush()).unwrap();
+    drop(writer);
+    let files = visible_files(dir.path());
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(ids(&conf).len(), 12);
+
+    // A run that fails after a flush: the flushed batch is published, the unflushed one not.
+    std::thread::sleep(Duration::from_millis(5));
+    let mut writer = dest.start_write(open_request()).unwrap();
+    block_on(writer.upsert(test_batch())).unwrap();
+    block_on(writer.flush()).unwrap();
+    block_on(writer.upsert(test_batch())).unwrap();
+    drop(writer);
+    assert_eq!(visible_files(dir.path()).len(), 2);
+    assert_eq!(ids(&conf).len(), 16);
+
+    // A crash after a flush (no clean-up at all): the next writer publishes the flushed part.
+    std::thread::sleep(Duration::from_millis(5));
+    let mut writer = dest.start_write(open_request()).unwrap();
+    block_on(writer.upsert(test_batch())).unwrap();
+    block_on(writer.flush()).unwrap();
+    block_on(writer.upsert(test_batch())).unwrap();
+    block_on(writer.upsert(test_batch())).unwrap();
+    std::mem::forget(writer);
+    assert_eq!(
+        visible_files(dir.path()).len(),
+        2,
+        "not visible before recovery"
+    );
+    std::thread::sleep(Duration::from_millis(5));
+    let writer = dest.start_write(open_request()).unwrap();
+    drop(writer);
+    assert_eq!(visible_files(dir.path()).len(), 3);
+    assert_eq!(ids(&conf).len(), 20, "the flushed batch only");
+    let leftovers: Vec<String> = fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".flushed"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
 fn the_destination_rolls_files_by_size_and_writes_json_lines() {
     let dir = tempfile::tempdir().unwrap();
     let conf = json!({
@@ -595,6 +835,54 @@ fn a_stream_does_not_read_the_files_of_a_stream_whose_name_it_prefixes() {
     let mut back = source(conf);
     let (rows, _) = read(&mut back, "contacts", None, 10).unwrap();
     assert_eq!(rows.len(), 4);
+}
+
+#[test]
+fn a_file_growing_while_a_run_reads_it_fails_the_run_as_transient_and_is_read_whole_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("g-1.csv");
+    write_old(&path, b"id,name\n1,a\n2,b\n3,c\n");
+    let mut conn = source(json!({ "streams": { "g": {
+        "path": format!("{}/g-*.csv", dir.path().display()), "settle": "0s",
+    }}}));
+    let error = block_on(async {
+        conn.catalog().unwrap();
+        let mut reader = conn
+            .start_read(ReadRequest {
+                stream: "g".into(),
+                mode: ReadMode::Incremental,
+                batch_size: Some(1),
+                ..Default::default()
+            })
+            .unwrap();
+        let mut delivered = 0;
+        loop {
+            match reader.next_batch().await {
+                Ok(Some(_)) => {
+                    delivered += 1;
+                    if delivered == 1 {
+                        // The exporter appends while the run reads.
+                        let mut text = fs::read(&path).unwrap();
+                        text.extend_from_slice(b"4,d\n");
+                        fs::write(&path, text).unwrap();
+                    }
+                }
+                Ok(None) => panic!("the read ended without noticing the change"),
+                Err(e) => break e,
+            }
+        }
+    });
+    assert_eq!(error.kind, lockstep_plugin_sdk::api::ErrorKind::TRANSIENT);
+    assert!(
+        error.message.contains("g-1.csv` changed while it was read")
+            && error.message.contains("streams.g.settle"),
+        "{}",
+        error.message
+    );
+    // Once it has settled, the next run reads it whole, from its start.
+    age(&path, Duration::from_secs(60));
+    let (rows, _) = read(&mut conn, "g", None, 10).unwrap();
+    assert_eq!(names(&rows), ["a", "b", "c", "d"]);
 }
 
 #[test]

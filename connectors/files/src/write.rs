@@ -7,6 +7,16 @@
 //! one flush, or fewer when `max_file_bytes` rolls it over. Data written but not flushed when
 //! the writer goes away is removed with its temporary file.
 //!
+//! One file per run (`one_file_per_run = true`): the file stays open under its temporary
+//! name across flushes, and is renamed into place at the flush after the engine's `run-end`
+//! batch (or earlier when `max_file_bytes` rolls it). A flush makes the records so far
+//! durable: the data is synced, then its length is recorded beside it
+//! (`.<name>.flushed`, synced). A writer that goes away before its run ended publishes the
+//! flushed part (cut back to the recorded length: what came after was never promised), and
+//! a crash that left a temporary file with a recorded length is published the same way when
+//! the next writer opens the directory. So every record a flush promised reaches a visible
+//! file, and no reader sees a file that is still growing.
+//!
 //! A file destination only adds records: it cannot update a record in place or delete one,
 //! and says so (`delete` is refused as unsupported, and the manifest declares neither
 //! `upsert` nor `delete`).
@@ -225,6 +235,9 @@ pub(crate) fn open_writer(config: &FilesConfig, request: OpenStreamRequest) -> R
     let delimiter = config.destination_delimiter()?;
     let null = config.null.clone().unwrap_or_default();
     let run = Utc::now().format(RUN_FORMAT).to_string();
+    if config.snapshot != Some(true) {
+        recover_flushed(&dir)?;
+    }
     let snapshot = if config.snapshot == Some(true) {
         Some(Snapshot::start(&dir, &stream, &run)?)
     } else {
@@ -258,10 +271,75 @@ pub(crate) fn open_writer(config: &FilesConfig, request: OpenStreamRequest) -> R
         delimiter,
         null,
         max_file_bytes: config.max_file_bytes,
+        per_run: config.one_file_per_run == Some(true),
+        run_ended: false,
         seq: 0,
         open: None,
         staged: Vec::new(),
     })
+}
+
+/// The file beside a temporary file that records how many of its bytes a flush made durable.
+fn flushed_marker(temp: &Path) -> PathBuf {
+    let name = temp
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let base = name.strip_suffix(".tmp").unwrap_or(&name);
+    temp.with_file_name(format!("{base}.flushed"))
+}
+
+/// Publishes the files of one-file-per-run writers that went away without publishing them
+/// (a crash): each temporary file with a recorded flushed length is cut back to it and renamed
+/// into place.
+fn recover_flushed(dir: &Path) -> Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_error(dir, e)),
+    };
+    let mut recovered = false;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(base) = name
+            .strip_prefix('.')
+            .and_then(|n| n.strip_suffix(".flushed"))
+        else {
+            continue;
+        };
+        let marker = entry.path();
+        let temp = dir.join(format!(".{base}.tmp"));
+        let target = dir.join(base);
+        let length = fs::read_to_string(&marker)
+            .ok()
+            .and_then(|text| text.trim().parse::<u64>().ok());
+        match length {
+            Some(length) if temp.exists() && !target.exists() => {
+                publish_flushed(&temp, &target, length)?;
+                let _ = fs::remove_file(&marker);
+                tracing::info!(file = %target.display(), bytes = length, "published the flushed part of a file a run left behind");
+                recovered = true;
+            }
+            _ => {
+                tracing::warn!(marker = %marker.display(), "a flushed-length record without its temporary file, or with a file of its name already in place; left as it is")
+            }
+        }
+    }
+    if recovered {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// Cuts `temp` back to the `length` a flush made durable and renames it to `target`.
+fn publish_flushed(temp: &Path, target: &Path, length: u64) -> Result<()> {
+    let file = OpenOptions::new()
+        .write(true)
+        .open(temp)
+        .map_err(|e| io_error(temp, e))?;
+    file.set_len(length).map_err(|e| io_error(temp, e))?;
+    file.sync_all().map_err(|e| io_error(temp, e))?;
+    fs::rename(temp, target).map_err(|e| io_error(target, e))
 }
 
 /// The fields after applying the request's schema evolution policy to the stream's fields.
@@ -285,6 +363,8 @@ struct PendingFile {
     target: PathBuf,
     out: BufWriter<File>,
     bytes: u64,
+    /// The bytes a flush made durable (one file per run).
+    flushed: u64,
 }
 
 /// Writes one stream's records into files.
@@ -297,6 +377,10 @@ pub struct FilesWriter {
     delimiter: u8,
     null: String,
     max_file_bytes: Option<u64>,
+    /// One file per run: the open file is published when the run ends, not at each flush.
+    per_run: bool,
+    /// The engine said the run has written everything (the `run-end` batch).
+    run_ended: bool,
     seq: u64,
     open: Option<PendingFile>,
     /// Complete files waiting under their temporary names for the next flush.
@@ -416,6 +500,7 @@ impl FilesWriter {
             target,
             out: BufWriter::with_capacity(256 * 1024, file),
             bytes: 0,
+            flushed: 0,
         };
         if self.format == Format::Csv {
             let header: Vec<&str> = self.fields.iter().map(|f| f.name.as_str()).collect();
@@ -517,7 +602,12 @@ impl FilesWriter {
     }
 
     fn publish(&mut self) -> Result<()> {
-        if let Some(open) = self.open.take() {
+        if self.per_run && !self.run_ended {
+            // The open file stays open for the run; what it holds so far becomes durable.
+            if let Some(open) = self.open.as_mut() {
+                make_durable(open)?;
+            }
+        } else if let Some(open) = self.open.take() {
             self.staged.push(close(open)?);
         }
         if self.staged.is_empty() {
@@ -525,6 +615,7 @@ impl FilesWriter {
         }
         for file in std::mem::take(&mut self.staged) {
             fs::rename(&file.temp, &file.target).map_err(|e| io_error(&file.target, e))?;
+            remove_marker(&file.temp);
             tracing::debug!(file = %file.target.display(), bytes = file.bytes, "file written");
         }
         sync_dir(&self.dir)
@@ -538,6 +629,40 @@ fn write_bytes(pending: &mut PendingFile, bytes: &[u8]) -> Result<()> {
         .map_err(|e| io_error(&pending.temp, e))?;
     pending.bytes += bytes.len() as u64;
     Ok(())
+}
+
+/// Syncs what an open file holds so far and records its length beside it, so that a crash
+/// cannot lose it (see [`recover_flushed`]).
+fn make_durable(pending: &mut PendingFile) -> Result<()> {
+    pending
+        .out
+        .flush()
+        .map_err(|e| io_error(&pending.temp, e))?;
+    pending
+        .out
+        .get_ref()
+        .sync_data()
+        .map_err(|e| io_error(&pending.temp, e))?;
+    if pending.flushed != pending.bytes {
+        write_atomically(
+            &flushed_marker(&pending.temp),
+            pending.bytes.to_string().as_bytes(),
+        )?;
+        pending.flushed = pending.bytes;
+    }
+    Ok(())
+}
+
+/// Removes the flushed-length record of a temporary file, if there is one.
+fn remove_marker(temp: &Path) {
+    let marker = flushed_marker(temp);
+    match fs::remove_file(&marker) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(marker = %marker.display(), "cannot remove a flushed-length record: {e}")
+        }
+    }
 }
 
 /// Flushes and syncs a file's data; it stays under its temporary name.
@@ -564,6 +689,41 @@ impl Drop for FilesWriter {
                 }
             }
         }
+        // One file per run, outside a snapshot: what a flush made durable was promised, so
+        // each file holding some is published cut back to it.
+        if self.per_run && self.snapshot.is_none() {
+            let files: Vec<PendingFile> = self
+                .open
+                .take()
+                .into_iter()
+                .chain(self.staged.drain(..))
+                .collect();
+            let mut published = false;
+            for file in files {
+                if file.flushed == 0 {
+                    self.staged.push(file);
+                    continue;
+                }
+                let (temp, target, flushed) =
+                    (file.temp.clone(), file.target.clone(), file.flushed);
+                drop(file);
+                match publish_flushed(&temp, &target, flushed) {
+                    Ok(()) => {
+                        remove_marker(&temp);
+                        published = true;
+                    }
+                    // The record of the flushed length stays: the next writer retries.
+                    Err(e) => {
+                        tracing::warn!(file = %temp.display(), "cannot publish the flushed part of a file: {e}; the next run publishes it")
+                    }
+                }
+            }
+            if published {
+                if let Err(e) = sync_dir(&self.dir) {
+                    tracing::warn!("{e}");
+                }
+            }
+        }
         // Records never flushed were never promised: their temporary files go.
         for file in self.open.take().into_iter().chain(self.staged.drain(..)) {
             if let Err(e) = fs::remove_file(&file.temp) {
@@ -579,6 +739,7 @@ impl StreamWriter for FilesWriter {
             if let Some(snapshot) = self.snapshot.as_mut() {
                 snapshot.ended = Some(run_wrote_every_record(&batch));
             }
+            self.run_ended = true;
             return Ok(WriteOutcome::default());
         }
         let written = self.write(&batch)?;

@@ -442,6 +442,7 @@ mod tests {
             key_summary: false,
             dry_run: false,
             cdc: None,
+            locations: None,
         }
     }
 

@@ -14,16 +14,23 @@
 //!   exists in the source (then nothing is written, in any mode).
 //! - A record that fails again stays pending: the retry's run stores it as a new rejected
 //!   record with today's reason and value, and the old one notes the retry.
-//! - A source reject (a record the source could not read) is never retried: it has no key,
-//!   and it stays pending with a message saying to fix the source.
+//! - A source reject (a record the source could not read) has no key. When the source
+//!   declares `read-locations`, the retry reads it again at its place (a file's line) as it
+//!   is now: a record that now reads is sent through the same path and resolves the reject;
+//!   one that still cannot be read fails again (pending in the retry's run with today's
+//!   reason); a place that holds no record any more resolves it with nothing written. Other
+//!   sources leave it pending with a message saying to fix the source.
 //! - The stored checkpoint does not move: a read by keys is not a position in the source.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use lockstep_core::protocol::{ReadMode, ReadRequest, FEATURE_READ_BY_KEYS};
+use lockstep_core::protocol::{
+    ReadMode, ReadRequest, FEATURE_READ_BY_KEYS, FEATURE_READ_LOCATIONS,
+};
 use lockstep_core::{RunMetrics, RunStatus};
 use lockstep_mapping::Mapper;
 use lockstep_plugin_core::rows::batch_from_rows;
+use lockstep_plugin_core::source_rejects::{is_rejects_batch, rejects_from_batch};
 use lockstep_state::{BatchCommit, RejectedFilter, RejectedRecord, RunEnd};
 use serde_json::Value;
 
@@ -36,7 +43,7 @@ use crate::lease::{FencedWriter, HeldLease};
 use crate::rows::row_json;
 use crate::services::open_destination_stream;
 use crate::sink::{Sink, WriteSink};
-use crate::source_rejects::is_source_reject;
+use crate::source_rejects::{is_source_reject, STORED_KEY};
 
 /// The most keys one read by keys asks for.
 const KEYS_PER_READ: usize = 500;
@@ -108,24 +115,36 @@ impl Engine<'_> {
             retried: records.len(),
             ..Default::default()
         };
-        // A record the source could not read has no key to read it again by, and its text
-        // is what was malformed: it stays pending until the source is fixed.
+        // A record the source could not read has no key to read it again by: a source that
+        // reads by location reads it again at its place; for any other, it stays pending
+        // until the source is fixed.
         let (unreadable, records): (Vec<_>, Vec<_>) =
             records.into_iter().partition(is_source_reject);
+        let plugin = self.registry.get(&job.source.connector)?;
+        let reads_locations = plugin
+            .manifest
+            .features
+            .iter()
+            .any(|f| f == FEATURE_READ_LOCATIONS);
+        let (at_location, unreadable) = if reads_locations {
+            (unreadable, Vec::new())
+        } else {
+            (Vec::new(), unreadable)
+        };
         for record in &unreadable {
             outcome.failed.push((
                 record.id,
                 "not retryable: the source could not read this record, so there is no key to \
-                 read it again by; fix it in the source (for a files source: correct the \
-                 line in place, and the next `lockstep run` reads the rewritten file again \
-                 from its start). It stays pending"
+                 read it again by, and its connector cannot read it again at its place (it \
+                 does not declare `read-locations`); fix it in the source and a run reads it. \
+                 It stays pending"
                     .into(),
             ));
         }
-        if records.is_empty() && unreadable.is_empty() {
+        if records.is_empty() && at_location.is_empty() && unreadable.is_empty() {
             return Ok(outcome);
         }
-        if records.is_empty() {
+        if records.is_empty() && at_location.is_empty() {
             // Only source rejects: the retry's run records that nothing could be retried.
             let run_id = self.state.start_run(sync, None).await?;
             outcome.run_id = run_id;
@@ -137,12 +156,12 @@ impl Engine<'_> {
             self.state.finish_run(run_id, &end).await?;
             return Ok(outcome);
         }
-        let plugin = self.registry.get(&job.source.connector)?;
-        if !plugin
-            .manifest
-            .features
-            .iter()
-            .any(|f| f == FEATURE_READ_BY_KEYS)
+        if !records.is_empty()
+            && !plugin
+                .manifest
+                .features
+                .iter()
+                .any(|f| f == FEATURE_READ_BY_KEYS)
         {
             return Err(EngineError::Config(format!(
                 "sync `{sync}`: connector `{}` of connection `{}` cannot read records by key \
@@ -160,7 +179,7 @@ impl Engine<'_> {
         outcome.run_id = run_id;
         let mut run = RunState::new(run_id, None);
         let result = self
-            .retry_records(job, lease, &mut run, &records, &mut outcome)
+            .retry_records(job, lease, &mut run, &records, &at_location, &mut outcome)
             .await;
         outcome.metrics = run.metrics;
         outcome.added = run.metrics.added as usize;
@@ -176,7 +195,10 @@ impl Engine<'_> {
             end.error_kind = Some(e.kind());
             end.error = Some((self.redactor)(&e.to_string()));
         }
-        end.exit_detail = Some(format!("retry of {} rejected records", records.len()));
+        end.exit_detail = Some(format!(
+            "retry of {} rejected records",
+            records.len() + at_location.len()
+        ));
         self.state.finish_run(run_id, &end).await?;
         result.map(|()| outcome)
     }
@@ -187,6 +209,7 @@ impl Engine<'_> {
         held: &HeldLease,
         run: &mut RunState,
         records: &[RejectedRecord],
+        at_location: &[RejectedRecord],
         outcome: &mut RetryOutcome,
     ) -> Result<(), EngineError> {
         let spec = &job.spec;
@@ -303,6 +326,66 @@ impl Engine<'_> {
             }
         }
 
+        // Source rejects, each read again at its place as it is now.
+        for record in at_location {
+            let Some(location) = stored_location(record) else {
+                failed_again.push((
+                    record.id,
+                    "the stored record does not say where the source found it".into(),
+                ));
+                continue;
+            };
+            let mut reader = source
+                .read(&ReadRequest {
+                    stream: spec.source.stream.clone(),
+                    mode: ReadMode::Full,
+                    fields: Some(fields.clone()),
+                    key: source_key.clone(),
+                    batch_size: Some(1),
+                    locations: Some(vec![location]),
+                    ..Default::default()
+                })
+                .await?;
+            let Some((batch, _)) = reader.next().await? else {
+                outcome.gone.push(record.id);
+                continue;
+            };
+            if is_rejects_batch(&batch) {
+                let reason = rejects_from_batch(&batch)
+                    .ok()
+                    .and_then(|r| r.into_iter().next())
+                    .map(|r| r.reason)
+                    .unwrap_or_default();
+                apply_batch(&ctx, &mut sink, run, batch, Value::Null).await?;
+                failed_again.push((
+                    record.id,
+                    format!("the source still cannot read it: {reason}"),
+                ));
+            } else if batch.num_rows() == 0 {
+                outcome.gone.push(record.id);
+            } else {
+                let rejected_before = run.metrics.rejected;
+                apply_batch(&ctx, &mut sink, run, batch, Value::Null).await?;
+                if run.metrics.rejected > rejected_before {
+                    let reason = self
+                        .state
+                        .rejected(&RejectedFilter {
+                            run: Some(run_id),
+                            ..Default::default()
+                        })
+                        .await?
+                        .into_iter()
+                        .max_by_key(|r| r.id)
+                        .map(|r| r.reason)
+                        .unwrap_or_default();
+                    failed_again.push((record.id, reason));
+                } else {
+                    succeeded.push(record.id);
+                }
+            }
+        }
+        sink.flush().await?;
+
         // Records without a source key cannot be looked up: they fail again, with the
         // mapping's reason when their stored row does not map either.
         let mut carried = Vec::new();
@@ -397,4 +480,14 @@ impl Engine<'_> {
             },
         }
     }
+}
+
+/// Where the source found a source reject: its stored location, with the record's text as
+/// it was then (`text`).
+fn stored_location(record: &RejectedRecord) -> Option<Value> {
+    record
+        .raw
+        .get(STORED_KEY)
+        .filter(|v| v.is_object())
+        .cloned()
 }

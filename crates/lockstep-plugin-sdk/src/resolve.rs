@@ -190,6 +190,7 @@ mod tests {
             key_summary: false,
             dry_run: false,
             cdc: None,
+            locations: None,
         }
     }
 

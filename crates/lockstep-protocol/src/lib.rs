@@ -197,6 +197,15 @@ pub struct ReadRequest {
     /// The change log to read, for [`ReadMode::Cdc`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cdc: Option<CdcRequest>,
+    /// Only the records at these places, each the `location` of a source reject this source
+    /// sent (for files: `{"file": .., "line": ..}`) with the reject's `text` added, read
+    /// again as they are now, for a retry.
+    /// The read returns exactly one batch per location, in order: the record (one row), a
+    /// source-rejects batch of one when it still cannot be read, or no rows when no record
+    /// is at that place any more. Honoured by connectors that declare the feature
+    /// [`FEATURE_READ_LOCATIONS`]; the host never sends it to others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locations: Option<Vec<Value>>,
 }
 
 /// Where a change-data-capture read ([`ReadMode::Cdc`]) takes its changes from: for
@@ -257,6 +266,10 @@ pub const FEATURE_CDC: &str = "cdc";
 /// record (whose fields other than the key may be null), false for an inserted or updated
 /// one. The engine treats it as the sync's tombstone field.
 pub const CDC_DELETED_FIELD: &str = "_lockstep_deleted";
+
+/// Manifest feature: reads honour [`ReadRequest::locations`] (a retry reads a source reject
+/// again at its place).
+pub const FEATURE_READ_LOCATIONS: &str = "read-locations";
 
 /// Manifest feature: reads honour [`ReadRequest::keys`].
 pub const FEATURE_READ_BY_KEYS: &str = "read-by-keys";
