@@ -68,6 +68,22 @@ impl Prism {
                 contract_dir().display()
             )));
         }
+        // The free port is found before Prism binds it, so another process can take it in
+        // between (seen once in CI): Prism then exits with EADDRINUSE, and a new port is
+        // tried.
+        let mut attempt = 1;
+        loop {
+            match Self::start_on_a_free_port(upstream) {
+                Err(Unavailable(text)) if text.contains("EADDRINUSE") && attempt < 3 => {
+                    attempt += 1;
+                }
+                started => return started,
+            }
+        }
+    }
+
+    /// One attempt of [`Prism::start`], on a port free a moment before.
+    fn start_on_a_free_port(upstream: &str) -> Result<Self, Unavailable> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map_err(|e| Unavailable(format!("no free port for Prism: {e}")))?
