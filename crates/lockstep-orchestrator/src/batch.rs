@@ -105,9 +105,11 @@ impl Flushed {
         (&self.found, &self.seen)
     }
 
-    /// Records in `run` that this batch committed.
+    /// Records in `run` that this batch committed: its checkpoint, and, when it wrote,
+    /// whether deletes it found now wait in the state store.
     pub(crate) fn committed(self, writes: bool, run: &mut RunState) {
         if writes {
+            run.deletes_waiting |= self.found_deletes();
             fault_point(FaultPoint::AfterCommit, self.batch_number);
         }
         if let Some(c) = self.checkpoint {

@@ -280,7 +280,6 @@ pub(crate) async fn execute<S: Sink>(
             );
             committed?;
             if let Some(previous) = previous {
-                run.deletes_waiting |= previous.found_deletes();
                 previous.committed(true, run);
             }
             in_flight = Some(written?);
@@ -388,7 +387,6 @@ async fn finish_in_flight(
         return Ok(());
     };
     commit_flushed(ctx, run.run_id, run.deletes_waiting, Some(&flushed)).await?;
-    run.deletes_waiting |= flushed.found_deletes();
     flushed.committed(true, run);
     Ok(())
 }

@@ -330,8 +330,10 @@ pub(crate) struct FoundConflict {
     pub(crate) status: ConflictStatus,
     /// The base as stored (JSON text).
     pub(crate) base: Option<String>,
-    /// Whether the run that recorded it ended `succeeded` or `held`: it committed the
-    /// conflict's outcome, so the conflict is history and a later one is a new conflict.
+    /// Whether the run that recorded it, or a later run of the sync, ended `succeeded` or
+    /// `held`: the conflict's outcome was committed (by its run, or by the rerun that found
+    /// the record agreeing after a kill), so the conflict is history and a later one is a new
+    /// conflict.
     pub(crate) settled: bool,
 }
 
@@ -345,8 +347,8 @@ pub(crate) struct FoundConflict {
 ///   outcome (it crashed, failed or was killed between recording the conflict and its final
 ///   commit), is the same conflict found again by the rerun: it stays as first recorded (the
 ///   rerun may see the killed run's own partial writes as a side's values) and nothing is
-///   added. A conflict of a settled run is history: a later one is new, even with an equal
-///   base (a value set back, a record deleted and created again).
+///   added. A settled conflict (its run or a later one committed) is history: a later one
+///   is new, even with an equal base (a value set back, a record deleted and created again).
 /// - Anything else is a new row. Within one commit, a later open conflict of a key updates an
 ///   earlier open one.
 pub(crate) fn plan_conflicts<'a>(
@@ -443,13 +445,21 @@ const BASE_ON_CONFLICT: &str = r#"ON CONFLICT ("sync", "key") DO UPDATE SET
 
 /// The key, id, status and base of the open and automatically decided conflicts of sync
 /// `$1` whose key is in `key_list` (the backend's list of the keys in `$2`), by the index
-/// `conflicts_by_key`, with whether the run that recorded each one settled it (ended
-/// `succeeded` or `held`).
+/// `conflicts_by_key`, with whether each one is settled: the run that recorded it ended
+/// `succeeded` or `held`, or a later run of the sync did. A conflict recorded by a run that
+/// was killed is found again only by the runs up to the first one that commits its outcome
+/// (its rerun); once one has, the conflict is history even if that rerun found the record
+/// agreeing (the killed run had written both sides), so a conflict with an equal base much
+/// later is a new one.
 pub(crate) fn found_conflicts_sql(key_list: &str) -> String {
     format!(
         r#"SELECT "c"."key", "c"."id", "c"."status", "c"."base",
-                  CASE WHEN "r"."status" IN ('succeeded', 'held') THEN 1 ELSE 0 END
-           FROM "conflicts" AS "c" LEFT JOIN "runs" AS "r" ON "r"."id" = "c"."run"
+                  CASE WHEN EXISTS (
+                      SELECT 1 FROM "runs" AS "r"
+                      WHERE "r"."sync" = "c"."sync" AND "r"."id" >= "c"."run"
+                        AND "r"."status" IN ('succeeded', 'held')
+                  ) THEN 1 ELSE 0 END
+           FROM "conflicts" AS "c"
            WHERE "c"."sync" = $1 AND "c"."key" IN ({key_list})
              AND "c"."status" IN ('open', 'auto')"#
     )

@@ -800,6 +800,97 @@ async fn reset_sync_forgets_the_base_ledger_but_not_conflicts(store: Box<dyn Sta
     assert_eq!(store.checkpoint("t").await.unwrap(), Some(checkpoint));
 }
 
+/// A conflict recorded by a run that was killed before its final commit is found again by
+/// its rerun (adopted: one row). Once a run of the sync has committed, even one that found the
+/// record agreeing (the killed run had written both sides), that conflict is history: a
+/// conflict with an equal base many runs later is a new row, not the old one moved.
+async fn a_killed_runs_conflict_is_adopted_only_until_a_later_run_commits(
+    store: Box<dyn StateStore>,
+) {
+    let metrics = RunMetrics::default();
+    let found = |a: i64| {
+        conflict(
+            "[1]",
+            ConflictStatus::Auto,
+            Some(json!({"name": "a", "n": a})),
+            Some(json!({"name": "b", "n": 1})),
+        )
+    };
+    let succeeded = lockstep_state::RunEnd::new(lockstep_core::RunStatus::Succeeded, metrics);
+
+    // Run 1 records the conflict, then is killed (it never ends). Its rerun finds it again.
+    let killed = store.start_run("s", None).await.unwrap();
+    store
+        .commit_two_way(&TwoWayCommit {
+            conflicts: &[found(1)],
+            ..commit("s", killed, &metrics)
+        })
+        .await
+        .unwrap();
+    let rerun = store.start_run("s", None).await.unwrap();
+    store
+        .commit_two_way(&TwoWayCommit {
+            conflicts: &[found(2)],
+            ..commit("s", rerun, &metrics)
+        })
+        .await
+        .unwrap();
+    let listed = store.conflicts(&of_sync("s")).await.unwrap();
+    assert_eq!(
+        listed.len(),
+        1,
+        "the rerun adopts the killed run's conflict"
+    );
+    assert_eq!(listed[0].run, rerun);
+    assert_eq!(
+        listed[0].a,
+        Some(map(json!({"name": "a", "n": 1}))),
+        "kept as first recorded"
+    );
+    store.finish_run(rerun, &succeeded).await.unwrap();
+
+    // Run 3 records a conflict on another key and is killed; run 4 finds that record agreeing
+    // (no conflict) and succeeds. Run 5 finds a conflict on that key with the same base.
+    let killed = store.start_run("s", None).await.unwrap();
+    let mut other = found(1);
+    other.key = "[2]".into();
+    store
+        .commit_two_way(&TwoWayCommit {
+            conflicts: &[other.clone()],
+            ..commit("s", killed, &metrics)
+        })
+        .await
+        .unwrap();
+    let agreeing = store.start_run("s", None).await.unwrap();
+    store
+        .commit_two_way(&commit("s", agreeing, &metrics))
+        .await
+        .unwrap();
+    store.finish_run(agreeing, &succeeded).await.unwrap();
+    let later = store.start_run("s", None).await.unwrap();
+    store
+        .commit_two_way(&TwoWayCommit {
+            conflicts: &[other],
+            ..commit("s", later, &metrics)
+        })
+        .await
+        .unwrap();
+    let mut runs: Vec<i64> = store
+        .conflicts(&of_sync("s"))
+        .await
+        .unwrap()
+        .iter()
+        .filter(|c| c.key == "[2]")
+        .map(|c| c.run)
+        .collect();
+    runs.sort_unstable();
+    assert_eq!(
+        runs,
+        [killed, later],
+        "a later conflict with an equal base is a new conflict once a run committed"
+    );
+}
+
 on_both_backends!(
     base_ledger_round_trips_fingerprints_and_json,
     base_ledger_handles_more_keys_than_one_statement_holds,
@@ -809,6 +900,7 @@ on_both_backends!(
     only_an_open_conflict_can_be_resolved,
     conflicts_are_listed_newest_first_by_filter,
     reset_sync_forgets_the_base_ledger_but_not_conflicts,
+    a_killed_runs_conflict_is_adopted_only_until_a_later_run_commits,
 );
 
 /// Generates, for each named test body, a test on an in-memory SQLite store
@@ -844,4 +936,5 @@ on_sqlite_in_memory!(
     only_an_open_conflict_can_be_resolved,
     conflicts_are_listed_newest_first_by_filter,
     reset_sync_forgets_the_base_ledger_but_not_conflicts,
+    a_killed_runs_conflict_is_adopted_only_until_a_later_run_commits,
 );
