@@ -93,6 +93,10 @@ pub enum Command {
         /// With --repair, delete extra records even past the sync's max_delete_fraction.
         #[arg(long, requires = "repair")]
         allow_mass_delete: bool,
+        /// Read the config as the daemon sends it on stdin (one JSON line with the text it
+        /// loaded) instead of from the file: the daemon's scheduled verify uses this.
+        #[arg(long, hide = true)]
+        config_from_daemon: bool,
         #[arg(long, short, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
     },

@@ -9,6 +9,8 @@
 //! - A verify that fails (exit code 2) is logged and leaves the gauge as it was: a failure to
 //!   look is not a verdict on the data.
 //! - What the child prints is redacted with the config's secrets before it is logged.
+//! - The child verifies with the config the daemon holds (sent on stdin, as a run's worker
+//!   gets it), not with the file as it is now: an edit takes effect at the next reload.
 
 use std::process::Stdio;
 use std::sync::Arc;
@@ -18,9 +20,11 @@ use chrono::Utc;
 use lockstep_config::{CatchUp, Config, Schedule, Trigger};
 use lockstep_core::{RunMetrics, RunStatus};
 use serde_json::Value;
+use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
 use crate::alerts::{Alert, AlertKind};
+use crate::protocol::WorkerInput;
 use crate::schedule::Plan;
 use crate::shared::Shared;
 
@@ -120,19 +124,40 @@ pub(crate) async fn verify_loop(shared: Arc<Shared>, name: String) {
     }
 }
 
-/// Runs one verify in a child process and acts on its report.
-async fn verify_once(shared: &Arc<Shared>, config: &Arc<Config>, name: &str) {
-    let started = std::time::Instant::now();
-    let output = Command::new(&shared.worker_exe)
+/// Runs `lockstep verify NAME --output json` in a child process with the config the daemon
+/// holds, sent on stdin as a worker's is: a file edited since the last reload is not read.
+async fn run_verify(
+    shared: &Arc<Shared>,
+    config: &Arc<Config>,
+    name: &str,
+) -> std::io::Result<std::process::Output> {
+    let mut child = Command::new(&shared.worker_exe)
         .arg("--config")
         .arg(&config.path)
         .args(["--log-format", "json", "verify", name, "--output", "json"])
-        .stdin(Stdio::null())
+        .arg("--config-from-daemon")
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .process_group(0)
-        .output();
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let line = serde_json::to_string(&WorkerInput {
+            config: config.source_text().to_owned(),
+        })
+        .map_err(std::io::Error::other)?;
+        // A child that died at once shows up in its exit status; stdin closes when dropped.
+        let _ = stdin.write_all(format!("{line}\n").as_bytes()).await;
+        let _ = stdin.flush().await;
+    }
+    child.wait_with_output().await
+}
+
+/// Runs one verify in a child process and acts on its report.
+async fn verify_once(shared: &Arc<Shared>, config: &Arc<Config>, name: &str) {
+    let started = std::time::Instant::now();
+    let output = run_verify(shared, config, name);
     let mut shutdown = shared.shutdown.clone();
     let output = tokio::select! {
         output = output => output,

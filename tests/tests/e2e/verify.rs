@@ -338,6 +338,9 @@ fn the_daemon_verifies_on_its_schedule_alerts_on_drift_and_exports_the_gauge() {
     std::fs::write(d.join("lockstep.toml"), text).unwrap();
 
     let daemon = Daemon::start(d);
+    // The file is edited behind the daemon (no reload): its scheduled verify still uses the
+    // config the daemon loaded, as its runs do.
+    std::fs::write(d.join("lockstep.toml"), "this is [not a config").unwrap();
     let deadline = Instant::now() + Duration::from_secs(90);
     let drift = loop {
         if let Some(b) = receiver.bodies().into_iter().find(|b| b["kind"] == "drift") {

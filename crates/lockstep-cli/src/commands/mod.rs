@@ -95,10 +95,12 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
             sample,
             repair,
             allow_mass_delete,
+            config_from_daemon,
             output,
         } => {
             verify::run(
                 &cli.config,
+                config_from_daemon,
                 &sync,
                 sample,
                 repair,
@@ -187,6 +189,42 @@ pub fn load_config(path: &Path) -> Result<Config, CliError> {
             Err(CliError::Reported(2))
         }
     }
+}
+
+/// The config a daemon sends on stdin (one [`WorkerInput`] JSON line: the text it loaded and
+/// validated), parsed as if it were the file at `path`, so that a child of the daemon works
+/// with the config the daemon holds even when the file was edited since its last reload.
+///
+/// [`WorkerInput`]: lockstep_daemon::protocol::WorkerInput
+pub fn config_from_daemon(path: &Path) -> Result<Config, CliError> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| CliError::Message(format!("cannot read the config from stdin: {e}")))?;
+    if line.trim().is_empty() {
+        return Err(CliError::Message(
+            "stdin closed before the daemon sent the config".to_owned(),
+        ));
+    }
+    let config = parse_daemon_config(&line, path).map_err(CliError::Message)?;
+    enter_config_dir(&config)?;
+    Ok(config)
+}
+
+/// Parses the daemon's config line (a [`WorkerInput`]) as the config file at `path`; its
+/// errors are printed, and the message sums them up.
+///
+/// [`WorkerInput`]: lockstep_daemon::protocol::WorkerInput
+pub fn parse_daemon_config(line: &str, path: &Path) -> Result<Config, String> {
+    let input: lockstep_daemon::protocol::WorkerInput = serde_json::from_str(line)
+        .map_err(|e| format!("the config line on stdin is not valid: {e}"))?;
+    let path = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    lockstep_config::parse(&input.config, &path, &|name| std::env::var(name).ok()).map_err(
+        |errors| {
+            print_config_errors(&errors);
+            errors.summary()
+        },
+    )
 }
 
 /// Moves into the config file's directory, so that relative paths in it resolve there.

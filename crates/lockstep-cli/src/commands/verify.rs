@@ -12,7 +12,7 @@ use std::path::Path;
 use lockstep_core::RunStatus;
 use lockstep_orchestrator::{Engine, RunOptions, VerifyOptions, VerifyReport};
 
-use super::{job, load_config, redactor, registry, state, CliError, CmdResult};
+use super::{config_from_daemon, job, load_config, redactor, registry, state, CliError, CmdResult};
 use crate::app::OutputFormat;
 use crate::output::{outln, Table};
 
@@ -21,15 +21,26 @@ pub const DIFFER_EXIT_CODE: u8 = 1;
 /// Exit code when verify itself failed.
 pub const FAILED_EXIT_CODE: u8 = 2;
 
+/// Verifies `sync` of the config at `config_path`, or, with `from_daemon`, of the config the
+/// daemon sends on stdin (see [`config_from_daemon`]).
 pub async fn run(
     config_path: &Path,
+    from_daemon: bool,
     sync: &str,
     sample: usize,
     repair: bool,
     allow_mass_delete: bool,
     output: OutputFormat,
 ) -> CmdResult {
-    let result = verify(config_path, sync, sample, repair, allow_mass_delete, output).await;
+    let loaded = if from_daemon {
+        config_from_daemon(config_path)
+    } else {
+        load_config(config_path)
+    };
+    let result = match loaded {
+        Ok(config) => verify(&config, sync, sample, repair, allow_mass_delete, output).await,
+        Err(e) => Err(e),
+    };
     match result {
         Err(CliError::Message(message)) => {
             eprintln!("error: {message}");
@@ -41,18 +52,17 @@ pub async fn run(
 }
 
 async fn verify(
-    config_path: &Path,
+    config: &lockstep_config::Config,
     sync: &str,
     sample: usize,
     repair: bool,
     allow_mass_delete: bool,
     output: OutputFormat,
 ) -> CmdResult {
-    let config = load_config(config_path)?;
-    let job = job(&config, sync)?;
-    let registry = registry(Some(&config));
-    let state = state(&config).await?;
-    let redactor = redactor(&config);
+    let job = job(config, sync)?;
+    let registry = registry(Some(config));
+    let state = state(config).await?;
+    let redactor = redactor(config);
     let engine = Engine {
         registry: &registry,
         state: state.as_ref(),

@@ -15,14 +15,14 @@ use std::time::Instant;
 
 use lockstep_config::Config;
 use lockstep_core::{RunMetrics, RunStatus};
-use lockstep_daemon::protocol::{WorkerError, WorkerEvent, WorkerInput, WorkerReport};
+use lockstep_daemon::protocol::{WorkerError, WorkerEvent, WorkerReport};
 use lockstep_orchestrator::{Engine, EngineError, RunOptions, RunReport};
 use lockstep_plugin_host::Redactor;
 use lockstep_state::StateError;
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use super::{job, load_config, print_config_errors, redactor, registry, CliError, CmdResult};
+use super::{job, load_config, redactor, registry, CliError, CmdResult};
 
 pub async fn run(config_path: &Path, sync: &str, supervised: bool) -> CmdResult {
     let started = Instant::now();
@@ -124,14 +124,7 @@ async fn supervised_config(path: &Path, stop: Arc<watch::Sender<bool>>) -> Resul
         Ok(Some(Err(e))) => return Err(format!("cannot read the config from stdin: {e}")),
         _ => return Err("stdin closed before the config was sent".to_owned()),
     };
-    let input: WorkerInput = serde_json::from_str(&first)
-        .map_err(|e| format!("the config line on stdin is not valid: {e}"))?;
-    let path = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
-    let config = lockstep_config::parse(&input.config, &path, &|name| std::env::var(name).ok())
-        .map_err(|errors| {
-            print_config_errors(&errors);
-            errors.summary()
-        })?;
+    let config = super::parse_daemon_config(&first, path)?;
     if let Some(dir) = config.path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::env::set_current_dir(dir)
             .map_err(|e| format!("cannot enter the config's directory {}: {e}", dir.display()))?;
