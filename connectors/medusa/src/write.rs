@@ -1,4 +1,7 @@
-//! Writing a stream through Medusa's admin API, one record a request.
+//! Writing a stream through Medusa's admin API, one record a request, several requests at
+//! once (up to the connection's `concurrency`, which the HTTP kit's client enforces together
+//! with the rate budget). Requests for the same key run one after another, in row order, so
+//! two rows of one batch for the same record behave as they would one at a time.
 //!
 //! - `products`, found by `handle` or `id`: created with `POST /admin/products` (with
 //!   Medusa's "Default option" when the row names no options, as Medusa's own admin does) or
@@ -20,6 +23,8 @@
 //! of that row with Medusa's own message; the rows around it are written.
 
 use std::collections::{BTreeMap, HashMap};
+
+use futures_util::stream::{self, StreamExt};
 
 use lockstep_http_kit::convert::{json_from_batch, JsonField, ValueStyle};
 use lockstep_http_kit::{HttpClient, HttpError, Method, Request};
@@ -237,9 +242,22 @@ fn text(value: Option<&Value>) -> Option<String> {
 }
 
 /// What happened to one row.
+#[derive(Clone, Copy)]
 enum Done {
     Inserted,
     Updated,
+}
+
+/// One row's write request, decided before any is sent.
+struct Call {
+    row: usize,
+    /// The record the request writes: calls with the same key run in row order.
+    key: String,
+    method: Method,
+    path: String,
+    body: Value,
+    what: String,
+    done: Done,
 }
 
 impl MedusaWriter {
@@ -336,6 +354,7 @@ impl MedusaWriter {
             .into_iter()
             .filter_map(|r| Some((text(r.get(key_name))?, text(r.get("id"))?)))
             .collect();
+        let mut calls = Vec::with_capacity(rows.len());
         for (index, row) in rows.iter().enumerate() {
             let Some(key) = text(row.get(key_name)) else {
                 outcome.rejected.push(RejectedRow {
@@ -371,21 +390,22 @@ impl MedusaWriter {
                     None => {}
                 }
             }
-            let result = match existing.get(&key) {
+            let call = match existing.get(&key) {
                 Some(id) => {
                     // Since Medusa 2.16 an update takes no `options` (they have endpoints
                     // of their own); a null says nothing, so it is left out.
                     if body.get("options").is_some_and(Value::is_null) {
                         body.remove("options");
                     }
-                    self.send(
-                        Method::POST,
-                        format!("{path}/{id}"),
-                        Some(Value::Object(body)),
-                        format!("updating the Medusa {} {key}", self.stream),
-                    )
-                    .await
-                    .map(|_| Done::Updated)
+                    Call {
+                        row: index,
+                        method: Method::POST,
+                        path: format!("{path}/{id}"),
+                        body: Value::Object(body),
+                        what: format!("updating the Medusa {} {key}", self.stream),
+                        done: Done::Updated,
+                        key,
+                    }
                 }
                 None if self.key == Key::Id => {
                     outcome.rejected.push(RejectedRow {
@@ -406,17 +426,57 @@ impl MedusaWriter {
                             || json!([{"title": DEFAULT_OPTION, "values": [DEFAULT_OPTION_VALUE]}]),
                         );
                     }
-                    self.send(
-                        Method::POST,
-                        path.to_owned(),
-                        Some(Value::Object(body)),
-                        format!("creating the Medusa {} {key}", self.stream),
-                    )
-                    .await
-                    .map(|_| Done::Inserted)
+                    Call {
+                        row: index,
+                        method: Method::POST,
+                        path: path.to_owned(),
+                        body: Value::Object(body),
+                        what: format!("creating the Medusa {} {key}", self.stream),
+                        done: Done::Inserted,
+                        key,
+                    }
                 }
             };
-            self.account(index, result, outcome)?;
+            calls.push(call);
+        }
+        self.run_calls(calls, outcome).await
+    }
+
+    /// Sends `calls` at once, those of one key one after another in row order, and counts
+    /// their results in row order: a refusal is that row's reject, any other failure the
+    /// batch's (the first in row order).
+    async fn run_calls(&self, calls: Vec<Call>, outcome: &mut WriteOutcome) -> Result<()> {
+        let mut groups: Vec<Vec<Call>> = Vec::new();
+        let mut group_of: HashMap<String, usize> = HashMap::new();
+        for call in calls {
+            match group_of.get(&call.key) {
+                Some(&i) => groups[i].push(call),
+                None => {
+                    group_of.insert(call.key.clone(), groups.len());
+                    groups.push(vec![call]);
+                }
+            }
+        }
+        // The client holds each request to the connection's concurrency and rate budget.
+        let mut results: Vec<(usize, std::result::Result<Done, HttpError>)> = stream::iter(groups)
+            .map(|group| async move {
+                let mut results = Vec::with_capacity(group.len());
+                for call in group {
+                    let result = self
+                        .send(call.method, call.path, Some(call.body), call.what)
+                        .await
+                        .map(|_| call.done);
+                    results.push((call.row, result));
+                }
+                results
+            })
+            .buffer_unordered(usize::MAX)
+            .flat_map(stream::iter)
+            .collect()
+            .await;
+        results.sort_by_key(|(row, _)| *row);
+        for (row, result) in results {
+            self.account(row, result, outcome)?;
         }
         Ok(())
     }
@@ -484,6 +544,7 @@ impl MedusaWriter {
             .filter_map(|r| text(r.get("product_handle")))
             .collect();
         let mut products = self.products_by_handle(&handles).await?;
+        let mut calls = Vec::with_capacity(rows.len());
         for (index, row) in rows.iter().enumerate() {
             let reject = |outcome: &mut WriteOutcome, field: &str, reason: String| {
                 outcome.rejected.push(RejectedRow {
@@ -520,7 +581,7 @@ impl MedusaWriter {
                 (None, None) => None,
             };
             let body = self.body(row, &["product_id", "product_handle"]);
-            let result = match existing.get(&key) {
+            let call = match existing.get(&key) {
                 Some(variant) => {
                     let variant_id = text(variant.get("id")).unwrap_or_default();
                     let current_product = text(variant.get("product_id")).unwrap_or_default();
@@ -539,14 +600,15 @@ impl MedusaWriter {
                     if let Some(prices) = self.prices(row, Some(variant)) {
                         body.insert("prices".into(), prices);
                     }
-                    self.send(
-                        Method::POST,
-                        format!("/admin/products/{current_product}/variants/{variant_id}"),
-                        Some(Value::Object(body)),
-                        format!("updating the Medusa variant {key}"),
-                    )
-                    .await
-                    .map(|_| Done::Updated)
+                    Call {
+                        row: index,
+                        method: Method::POST,
+                        path: format!("/admin/products/{current_product}/variants/{variant_id}"),
+                        body: Value::Object(body),
+                        what: format!("updating the Medusa variant {key}"),
+                        done: Done::Updated,
+                        key,
+                    }
                 }
                 None if self.key == Key::Id => {
                     reject(
@@ -624,19 +686,20 @@ impl MedusaWriter {
                     if let Some(prices) = self.prices(row, None) {
                         body.insert("prices".into(), prices);
                     }
-                    self.send(
-                        Method::POST,
-                        format!("/admin/products/{product_id}/variants"),
-                        Some(Value::Object(body)),
-                        format!("creating the Medusa variant {key}"),
-                    )
-                    .await
-                    .map(|_| Done::Inserted)
+                    Call {
+                        row: index,
+                        method: Method::POST,
+                        path: format!("/admin/products/{product_id}/variants"),
+                        body: Value::Object(body),
+                        what: format!("creating the Medusa variant {key}"),
+                        done: Done::Inserted,
+                        key,
+                    }
                 }
             };
-            self.account(index, result, outcome)?;
+            calls.push(call);
         }
-        Ok(())
+        self.run_calls(calls, outcome).await
     }
 
     /// The variant's plain prices after the row's price columns: the current ones (of an
@@ -702,6 +765,7 @@ impl MedusaWriter {
             .into_iter()
             .filter_map(|i| Some((text(i.get(item_key))?, i)))
             .collect();
+        let mut calls = Vec::with_capacity(rows.len());
         for (index, row) in rows.iter().enumerate() {
             let (Some(item_ref), Some(location)) =
                 (text(row.get(row_key)), text(row.get("location_id")))
@@ -734,29 +798,33 @@ impl MedusaWriter {
             });
             let mut body = self.body(row, &["sku", "inventory_item_id", "location_id"]);
             strip_nulls(&mut body);
-            let result = if exists {
-                self.send(
-                    Method::POST,
-                    format!("/admin/inventory-items/{item_id}/location-levels/{location}"),
-                    Some(Value::Object(body)),
-                    format!("setting the stock of {item_ref} at {location}"),
-                )
-                .await
-                .map(|_| Done::Updated)
+            // Levels of one item are written one after another: a level's creation changes
+            // the item.
+            let call = if exists {
+                Call {
+                    row: index,
+                    key: item_id.clone(),
+                    method: Method::POST,
+                    path: format!("/admin/inventory-items/{item_id}/location-levels/{location}"),
+                    body: Value::Object(body),
+                    what: format!("setting the stock of {item_ref} at {location}"),
+                    done: Done::Updated,
+                }
             } else {
                 body.insert("location_id".into(), json!(location));
-                self.send(
-                    Method::POST,
-                    format!("/admin/inventory-items/{item_id}/location-levels"),
-                    Some(Value::Object(body)),
-                    format!("creating the stock level of {item_ref} at {location}"),
-                )
-                .await
-                .map(|_| Done::Inserted)
+                Call {
+                    row: index,
+                    key: item_id.clone(),
+                    method: Method::POST,
+                    path: format!("/admin/inventory-items/{item_id}/location-levels"),
+                    body: Value::Object(body),
+                    what: format!("creating the stock level of {item_ref} at {location}"),
+                    done: Done::Inserted,
+                }
             };
-            self.account(index, result, outcome)?;
+            calls.push(call);
         }
-        Ok(())
+        self.run_calls(calls, outcome).await
     }
 
     /// Deletes one record; one that is gone already is no error.
