@@ -22,6 +22,23 @@
 //!   the same deletes again (`--allow-mass-delete` applies them).
 //! - Memory holds the records changed since the last run (both sides), the key sets as 8-byte
 //!   hashes, and the base entries of the changed keys.
+//! - Nothing a side refuses is lost. A record a side's writer refuses keeps its base and is
+//!   stored as a pending rejected record (`lockstep rejects list`): its key, which side
+//!   refused it (the reason starts `side a (source)` or `side b (destination)`), the
+//!   connector's reason, and the values that were written (mapped names), before the commit
+//!   that moves both checkpoints past the change. Every run decides the keys of the sync's
+//!   pending rejects again: they join the touched keys, both sides' current records of them
+//!   are read by key (a side whose connector cannot read by key, and that has a cursor, is
+//!   read in full and only those keys kept), and they are decided against the base like any
+//!   change, so the refused change is written again, or meets a later edit of the other side
+//!   as a conflict. A reject is resolved when its key was decided and nothing of it was
+//!   refused (nor queued for a person); refused again, it stays pending, updated in place
+//!   with the run, the new reason and the attempt count, so a key has one pending reject. A
+//!   key whose current record a side's read cannot map is left pending for a later run.
+//! - A pending reject retried and refused again, with no new edit of its record, counts in
+//!   the run's `rejected` but not against `max_rejected`, which judges the records the run
+//!   read as changes: a record stuck on a side would otherwise fail every run until fixed.
+//!   The threshold is checked after the commit, so a run past it keeps what it committed.
 
 use std::collections::{HashMap, HashSet};
 
@@ -37,7 +54,10 @@ use lockstep_core::{
 use lockstep_mapping::Mapper;
 use lockstep_plugin_core::rows::{batch_from_rows, rows_from_batch};
 use lockstep_plugin_core::source_rejects::is_rejects_batch;
-use lockstep_state::{BaseEntry, Conflict, ConflictStatus, TwoWayCommit};
+use lockstep_state::{
+    BaseEntry, Conflict, ConflictStatus, RejectedFilter, RejectedRecord, TwoWayCommit,
+    TwoWayRejects,
+};
 use serde_json::{Map, Value};
 
 use crate::conflict::{self, Base, Fields, Outcome, Resolution, SideRecord, SideState};
@@ -46,6 +66,9 @@ use crate::error::EngineError;
 use crate::job::{Endpoint, Progress, RunOptions, RunState, SyncJob};
 use crate::lease::{FencedWriter, HeldLease};
 use crate::services::Services;
+
+mod rejects;
+use rejects::{check_rejected, prepare_retries, store_rejects, Refusal};
 
 /// How many keys one base-ledger lookup or read-back carries.
 const CHUNK: usize = 10_000;
@@ -367,6 +390,19 @@ async fn execute(
     drop(source_a);
     drop(source_b);
 
+    // The records a side refused in earlier runs are decided again (see the header).
+    let retries = prepare_retries(
+        services,
+        spec,
+        [&side_a, &side_b],
+        &mut changes,
+        &mut deleted,
+        &fields,
+        dry_run,
+    )
+    .await?;
+    run.metrics.read += retries.read;
+
     // Decide every record either side touched, and those a person decided.
     let unsettled = state.unsettled_conflicts(&spec.name).await?;
     let mut touched: Vec<String> = changes[0]
@@ -381,6 +417,7 @@ async fn execute(
                 .filter(|c| c.status == ConflictStatus::Resolved)
                 .map(|c| &c.key),
         )
+        .chain(retries.keys.iter())
         .cloned()
         .collect();
     touched.sort_unstable();
@@ -504,6 +541,7 @@ async fn execute(
     // The values read back are needed only to refresh side a's one-way fields.
     let keep_read_back = fields.shared.len() != fields.all.len();
     let mut rejected_keys: HashSet<String> = HashSet::new();
+    let mut refusals: Vec<Refusal> = Vec::new();
     let mut read_back: [HashMap<String, u128>; 2] = Default::default();
     for i in 0..2 {
         let side = sides[i];
@@ -513,9 +551,16 @@ async fn execute(
             let batch = to_batch(spec, side, &side.written, &rows)?;
             let outcome = writers[i].upsert(batch).await?;
             for r in &outcome.rejected {
-                if let Some((key, _)) = chunk.get(r.row) {
+                if let Some((key, values)) = chunk.get(r.row) {
                     tracing::warn!(side = %side.side, key, reason = r.reason, "side refused a record");
                     rejected_keys.insert(key.clone());
+                    refusals.push(Refusal {
+                        side: side.side,
+                        key: key.clone(),
+                        values: values.clone(),
+                        field: r.field.clone(),
+                        reason: r.reason.clone(),
+                    });
                 }
             }
         }
@@ -558,6 +603,19 @@ async fn execute(
         read_back[i] = found.into_iter().map(|(k, (fp, _))| (k, fp)).collect();
     }
     run.metrics.rejected += rejected_keys.len() as u64;
+    store_rejects(
+        services,
+        spec,
+        run,
+        lease,
+        &retries,
+        &refusals,
+        &rejected_keys,
+        &plan,
+        &unsettled,
+    )
+    .await?;
+    drop(refusals);
 
     // One commit: base, conflicts, both checkpoints.
     plan.upserts = Default::default();
@@ -617,6 +675,7 @@ async fn execute(
             batches: run.batches,
         });
     }
+    check_rejected(job, run, &rejected_keys, &retries)?;
     Ok(None)
 }
 
