@@ -115,6 +115,9 @@ struct Plan {
     forget: Vec<String>,
     conflicts: Vec<Conflict>,
     applied: Vec<i64>,
+    /// The keys of `upserts` (per side) counted as `added` rather than `updated`, so that a
+    /// write the side refuses is taken out of the right count.
+    adds: [HashSet<String>; 2],
 }
 
 struct PendingBase {
@@ -554,6 +557,13 @@ async fn execute(
                 if let Some((key, values)) = chunk.get(r.row) {
                     tracing::warn!(side = %side.side, key, reason = r.reason, "side refused a record");
                     rejected_keys.insert(key.clone());
+                    // A refused write is no write: it counts as rejected only.
+                    let counted = if plan.adds[i].contains(key) {
+                        &mut run.metrics.added
+                    } else {
+                        &mut run.metrics.updated
+                    };
+                    *counted = counted.saturating_sub(1);
                     refusals.push(Refusal {
                         side: side.side,
                         key: key.clone(),
@@ -1213,6 +1223,7 @@ fn record_outcome(
         plan.upserts[index(to)].push((key.to_owned(), values.clone()));
         if matches!(states[index(to)], SideState::Absent | SideState::Deleted) {
             metrics.added += 1;
+            plan.adds[index(to)].insert(key.to_owned());
         } else {
             metrics.updated += 1;
         }
