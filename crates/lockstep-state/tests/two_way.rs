@@ -858,7 +858,10 @@ async fn two_way_rejects_are_kept_once_per_key_and_resolved(store: Box<dyn State
         .commit_two_way_rejects(&rejects(
             first,
             &metrics,
-            &[refused("[1]", "too long", "Annabelle"), refused("[2]", "no", "Roberto")],
+            &[
+                refused("[1]", "too long", "Annabelle"),
+                refused("[2]", "no", "Roberto"),
+            ],
             &[],
             None,
         ))
@@ -886,7 +889,10 @@ async fn two_way_rejects_are_kept_once_per_key_and_resolved(store: Box<dyn State
         .commit_two_way_rejects(&rejects(
             second,
             &metrics,
-            &[refused("[1]", "again (attempt 2)", "Annabel"), refused("[3]", "new", "C")],
+            &[
+                refused("[1]", "again (attempt 2)", "Annabel"),
+                refused("[3]", "new", "C"),
+            ],
             &keys(&["[2]"]),
             None,
         ))
@@ -912,7 +918,10 @@ async fn two_way_rejects_are_kept_once_per_key_and_resolved(store: Box<dyn State
         .await
         .unwrap();
     assert_eq!(all.len(), 3);
-    let two = all.iter().find(|r| r.key.as_deref() == Some("[2]")).unwrap();
+    let two = all
+        .iter()
+        .find(|r| r.key.as_deref() == Some("[2]"))
+        .unwrap();
     assert_eq!(two.retried.as_deref(), Some("resolved in a test"));
     assert_eq!(pending_of(store.as_ref(), "other").await.len(), 1);
 
@@ -930,7 +939,13 @@ async fn two_way_rejects_are_kept_once_per_key_and_resolved(store: Box<dyn State
     let resolved = keys(&["[1]", "[3]"]);
     let refusals = [refused("[3]", "still no", "C")];
     match store
-        .commit_two_way_rejects(&rejects(third, &metrics, &refusals, &resolved, Some(stale.token)))
+        .commit_two_way_rejects(&rejects(
+            third,
+            &metrics,
+            &refusals,
+            &resolved,
+            Some(stale.token),
+        ))
         .await
     {
         Err(StateError::LeaseLost { sync }) => assert_eq!(sync, "s"),

@@ -2333,7 +2333,11 @@ fn a_record_a_side_refuses_is_kept_as_a_reject_and_retried_until_delivered() {
         "{refused}\n{stderr}"
     );
     assert_eq!(metric(&refused, "rejected"), 2, "{refused}");
-    assert_eq!(metric(&refused, "updated"), 1, "only record 3 was written: {refused}");
+    assert_eq!(
+        metric(&refused, "updated"),
+        1,
+        "only record 3 was written: {refused}"
+    );
     assert_eq!(sqlite_rows(&a)[2], "3|cy@x|Cyd");
     assert_eq!(
         sqlite_rows(&b),
@@ -2435,7 +2439,11 @@ fn a_record_a_side_refuses_is_kept_as_a_reject_and_retried_until_delivered() {
     // Settled: a run with no edits writes nothing and refuses nothing.
     let idle = run_people(d);
     assert_eq!(
-        (written(&idle), metric(&idle, "rejected"), metric(&idle, "conflicts")),
+        (
+            written(&idle),
+            metric(&idle, "rejected"),
+            metric(&idle, "conflicts")
+        ),
         (0, 0, 0),
         "{idle}"
     );

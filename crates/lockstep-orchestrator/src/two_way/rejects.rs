@@ -87,8 +87,7 @@ pub(super) async fn prepare_retries(
         return Ok(out);
     }
     for key in out.pending.keys() {
-        let seen = (0..2)
-            .any(|i| changes[i].records.contains_key(key) || deleted[i].contains(key));
+        let seen = (0..2).any(|i| changes[i].records.contains_key(key) || deleted[i].contains(key));
         if !seen {
             out.retried_only.insert(key.clone());
         }
@@ -99,10 +98,21 @@ pub(super) async fn prepare_retries(
         if side.cursor.is_none() {
             continue;
         }
+        // The side a refused change came from holds it, unseen since its checkpoint moved
+        // past it: that side is read. A side that alone refused holds what it held before
+        // (its own later changes reach its read of changes like any): it is left to that
+        // read, as the run that refused decided, so a conflict decided then is not found
+        // again at every retry.
         let wanted: Vec<&String> = out
             .pending
-            .keys()
-            .filter(|k| !changes[i].records.contains_key(*k) && !deleted[i].contains(*k))
+            .iter()
+            .filter(|(k, r)| {
+                let refused = refused_by(&r.reason);
+                !(refused[i] && !refused[1 - i])
+                    && !changes[i].records.contains_key(*k)
+                    && !deleted[i].contains(*k)
+            })
+            .map(|(k, _)| k)
             .collect();
         if wanted.is_empty() {
             continue;
@@ -135,6 +145,19 @@ pub(super) async fn prepare_retries(
         .cloned()
         .collect();
     Ok(out)
+}
+
+/// Which sides refused the record of a stored reason ([`refusal_reason`]'s form); a reason
+/// of another form is a one-way run's, whose destination (side b) refused or whose source
+/// record (side a) did not map.
+fn refused_by(reason: &str) -> [bool; 2] {
+    let a = reason.contains("side a (source) refused the record");
+    let b = reason.contains("side b (destination) refused the record");
+    if a || b {
+        [a, b]
+    } else {
+        [false, true]
+    }
 }
 
 /// What [`read_records`] found.
@@ -212,11 +235,8 @@ async fn read_records(
                 let keyed =
                     crate::rows::mapping_reject_keys(&side.mapper, &batch, &mapped.rejected);
                 out.unmapped_unkeyed |= keyed.len() < mapped.rejected.len();
-                out.unmapped.extend(
-                    keyed
-                        .into_values()
-                        .filter(|k| wanted.contains(k.as_str())),
-                );
+                out.unmapped
+                    .extend(keyed.into_values().filter(|k| wanted.contains(k.as_str())));
             }
             let row_keys = record_keys(&mapped.batch, side.mapper.key())?;
             let values = rows_from_batch(&mapped.batch);
@@ -293,10 +313,20 @@ pub(super) async fn store_rejects(
                 .map(|c| c.key.as_str()),
         )
         .collect();
+    // When the mass-delete guard held deletes, a key that left no trace in the plan may be
+    // one of them: it stays pending until a run applies its delete.
+    let traced: Option<HashSet<&str>> = run.held.as_ref().map(|_| {
+        plan.base
+            .iter()
+            .map(|b| b.key.as_str())
+            .chain(plan.forget.iter().map(String::as_str))
+            .collect()
+    });
     let mut resolved: Vec<String> = retries
         .keys
         .iter()
         .filter(|k| !rejected_keys.contains(*k) && !queued.contains(k.as_str()))
+        .filter(|k| traced.as_ref().is_none_or(|t| t.contains(k.as_str())))
         .cloned()
         .collect();
     resolved.sort_unstable();
@@ -452,6 +482,16 @@ mod tests {
             "side a (source) refused the record again (attempt 3): x (attempt 9)"
         );
         assert_eq!(attempts("a one-way reason"), 1);
+    }
+
+    #[test]
+    fn the_refusing_sides_are_read_from_the_reason() {
+        let b = refusal_reason(Side::B, "x", None);
+        let a = refusal_reason(Side::A, "y", Some(&pending(&b)));
+        assert_eq!(refused_by(&b), [false, true]);
+        assert_eq!(refused_by(&a), [true, false]);
+        assert_eq!(refused_by(&format!("{a}; {b}")), [true, true]);
+        assert_eq!(refused_by("field `n`: `x` is not an int64"), [false, true]);
     }
 
     #[test]
