@@ -2448,3 +2448,84 @@ fn a_record_a_side_refuses_is_kept_as_a_reject_and_retried_until_delivered() {
         "{idle}"
     );
 }
+
+/// A record both sides changed, merged, and refused by side b: side a takes the merge, and
+/// the retries write the same merge to side b without finding the conflict again; once side
+/// b takes it, both sides hold the merge.
+#[test]
+fn a_refused_merge_is_retried_without_a_new_conflict() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (a, b) = (d.join("a.db"), d.join("b.db"));
+    sqlite_sides(
+        d,
+        &["INSERT INTO contacts (id, email, name) VALUES (1, 'ann@x', 'Ann'), (2, 'bob@x', 'Bob')"],
+    );
+    sqlite_exec(&b, &SHORT_NAMES_ON_B);
+    sqlite_config(
+        d,
+        "",
+        "policy = \"merge-fields\"\nfallback = \"prefer-a\"\nb_cursor = \"updated_at\"",
+    );
+    let path = d.join("lockstep.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replacen(
+            "max_delete_fraction = 1.0",
+            "max_delete_fraction = 1.0\nmax_rejected = 10",
+            1,
+        ),
+    )
+    .unwrap();
+    run_people(d);
+    sqlite_exec(&a, &["UPDATE contacts SET name = 'Annabelle' WHERE id = 1"]);
+    sqlite_exec(&b, &["UPDATE contacts SET email = 'ann@b' WHERE id = 1"]);
+    let merged = run_people(d);
+    assert_eq!(metric(&merged, "rejected"), 1, "{merged}");
+    assert_eq!(sqlite_rows(&a)[0], "1|ann@b|Annabelle");
+    assert_eq!(sqlite_rows(&b)[0], "1|ann@b|Ann");
+    let conflicts = list_conflicts(d, "people").len();
+
+    for _ in 0..2 {
+        let again = run_people(d);
+        assert_eq!(
+            (
+                metric(&again, "rejected"),
+                metric(&again, "conflicts"),
+                written(&again)
+            ),
+            (1, 0, 0),
+            "{again}"
+        );
+    }
+    assert_eq!(list_conflicts(d, "people").len(), conflicts);
+    assert_eq!(list_rejects(d, false).len(), 1);
+
+    sqlite_exec(
+        &b,
+        &["DROP TRIGGER short_insert", "DROP TRIGGER short_update"],
+    );
+    let delivered = run_people(d);
+    assert_eq!(
+        (
+            metric(&delivered, "rejected"),
+            metric(&delivered, "conflicts")
+        ),
+        (0, 0),
+        "{delivered}"
+    );
+    assert_eq!(sqlite_rows(&b), ["1|ann@b|Annabelle", "2|bob@x|Bob"]);
+    assert_eq!(sqlite_rows(&a), sqlite_rows(&b));
+    assert!(list_rejects(d, false).is_empty());
+    let idle = run_people(d);
+    assert_eq!(
+        (
+            written(&idle),
+            metric(&idle, "rejected"),
+            metric(&idle, "conflicts")
+        ),
+        (0, 0, 0),
+        "{idle}"
+    );
+}
