@@ -453,14 +453,23 @@ pub(crate) const REJECT_AGAIN_SQL: &str = r#"UPDATE "rejected"
     SET "run" = $1, "field" = $2, "reason" = $3, "raw" = $4
     WHERE "id" = $5 AND "retried" IS NULL"#;
 
-/// For the refused records of a two-way commit, in order: the id of the pending record each
-/// one updates in place (`None`: a new record), and the older pending records of the same
-/// keys, which the updated ones supersede (with the id that supersedes them). `pending` is
-/// every pending (id, key) of the commit's keys.
+/// What a two-way commit does with its refused records (see [`plan_refusals`]).
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct RefusalPlan {
+    /// For each refused record, in order, the pending record it updates in place (`None`: a
+    /// new record).
+    pub(crate) targets: Vec<Option<i64>>,
+    /// Older pending records of the same keys, with the id that supersedes each.
+    pub(crate) superseded: Vec<(i64, i64)>,
+}
+
+/// Plans the refused records of a two-way commit: each updates the newest pending record of
+/// its key, whose older pending records it supersedes. `pending` is every pending (id, key)
+/// of the commit's keys.
 pub(crate) fn plan_refusals(
     refused: &[crate::types::RejectedRecord],
     pending: &[(i64, String)],
-) -> Result<(Vec<Option<i64>>, Vec<(i64, i64)>)> {
+) -> Result<RefusalPlan> {
     let mut newest: HashMap<&str, i64> = HashMap::new();
     for (id, key) in pending {
         let slot = newest.entry(key.as_str()).or_insert(*id);
@@ -483,7 +492,10 @@ pub(crate) fn plan_refusals(
             (newest != *id).then_some((*id, newest))
         })
         .collect();
-    Ok((targets, superseded))
+    Ok(RefusalPlan {
+        targets,
+        superseded,
+    })
 }
 
 /// `$1` the sync, the keys in `key_list` (the backend's list of the keys in `$2`).
@@ -1208,7 +1220,10 @@ macro_rules! impl_two_way_store {
                         .map_err(db(OP))?;
                     pending.extend(rows);
                 }
-                let (targets, superseded) = tw::plan_refusals(c.refused, &pending)?;
+                let tw::RefusalPlan {
+                    targets,
+                    superseded,
+                } = tw::plan_refusals(c.refused, &pending)?;
                 for (id, by) in superseded {
                     sqlx::query(&sql::rejected_retried_sql(1))
                         .bind(format!("superseded by rejected record {by}, pending for the same key"))
@@ -1432,6 +1447,38 @@ mod tests {
         assert_eq!(plan.adopted, [10]);
         let keys: Vec<&str> = plan.inserts.iter().map(|r| r.key).collect();
         assert_eq!(keys, ["[2]", "[3]"]);
+    }
+
+    #[test]
+    fn a_refusal_updates_the_newest_pending_reject_of_its_key() {
+        let refused = |key: Option<&str>| crate::types::RejectedRecord {
+            id: 0,
+            sync: String::new(),
+            run: 0,
+            key: key.map(str::to_owned),
+            field: None,
+            reason: "no".into(),
+            raw: Value::Null,
+            created_at: None,
+            retried: None,
+        };
+        let pending = [
+            (3, "[1]".to_owned()),
+            (9, "[1]".to_owned()),
+            (4, "[2]".to_owned()),
+        ];
+        let plan = plan_refusals(&[refused(Some("[1]")), refused(Some("[5]"))], &pending).unwrap();
+        assert_eq!(
+            plan,
+            RefusalPlan {
+                targets: vec![Some(9), None],
+                superseded: vec![(3, 9)],
+            }
+        );
+        assert!(matches!(
+            plan_refusals(&[refused(None)], &pending),
+            Err(StateError::InvalidArgument(_))
+        ));
     }
 
     #[test]

@@ -108,9 +108,9 @@ pub(super) async fn prepare_retries(
             .iter()
             .filter(|(k, r)| {
                 let refused = refused_by(&r.reason);
-                !(refused[i] && !refused[1 - i])
-                    && !changes[i].records.contains_key(*k)
-                    && !deleted[i].contains(*k)
+                let alone = refused[i] && !refused[1 - i];
+                let seen = changes[i].records.contains_key(*k) || deleted[i].contains(*k);
+                !alone && !seen
             })
             .map(|(k, _)| k)
             .collect();
