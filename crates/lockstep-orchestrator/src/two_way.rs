@@ -22,23 +22,25 @@
 //!   the same deletes again (`--allow-mass-delete` applies them).
 //! - Memory holds the records changed since the last run (both sides), the key sets as 8-byte
 //!   hashes, and the base entries of the changed keys.
-//! - Nothing a side refuses is lost. A record a side's writer refuses keeps its base and is
-//!   stored as a pending rejected record (`lockstep rejects list`): its key, which side
-//!   refused it (the reason starts `side a (source)` or `side b (destination)`), the
-//!   connector's reason, and the values that were written (mapped names), before the commit
-//!   that moves both checkpoints past the change. Every run decides the keys of the sync's
-//!   pending rejects again: they join the touched keys, both sides' current records of them
-//!   are read by key (a side whose connector cannot read by key, and that has a cursor, is
-//!   read in full and only those keys kept; a side without a cursor is read in full every
-//!   run anyway), and they are decided against the base like any
-//!   change, so the refused change is written again, or meets a later edit of the other side
-//!   as a conflict. (A side that alone refused is not read by key: it holds what it held
-//!   when it refused, and its own later changes reach its read of changes; so a run decides
-//!   as the refusing run did, and does not find that run's conflict again at every retry.)
-//!   A reject is resolved when its key was decided and nothing of it was refused (nor queued
-//!   for a person, nor held by the mass-delete guard); refused again, it stays pending,
-//!   updated in place with the run, the new reason and the attempt count, so a key has one
-//!   pending reject. A key whose current record a side's read cannot map is left pending.
+//! - Nothing a side refuses is lost (`two_way/rejects.rs`). A record a side's writer refuses
+//!   keeps its base and is stored as a pending rejected record (`lockstep rejects list`):
+//!   its key, which side refused it (the reason starts `side a (source)` or `side b
+//!   (destination)`), the connector's reason, and the values that were written (mapped
+//!   names), before the commit that moves both checkpoints past the change. Every run decides
+//!   the keys of the sync's pending rejects again: they join the touched keys, the current
+//!   record of the side the refused change came from is read by key (both sides' when both
+//!   refused; a side whose connector cannot read by key is read in full, only those keys
+//!   kept; a side without a cursor is read in full every run anyway), and they are decided
+//!   against the base like any change. So the refused change is written again, or meets a
+//!   later edit of the other side as a conflict. A side that alone refused is not read by
+//!   key: it holds what it held when it refused, and its own later changes reach its read of
+//!   changes, so the run decides as the refusing run did and does not find that run's
+//!   conflict again at every retry.
+//! - A reject is resolved when a run decided its key again and nothing of it was refused
+//!   (nor queued for a person, nor held by the mass-delete guard); refused again, it stays
+//!   pending, updated in place with the run, the new reason and the attempt count, so a key
+//!   has one pending reject. A key whose current record a side's read cannot map is left
+//!   pending. A refused write counts as rejected, not as added or updated.
 //! - A pending reject retried and refused again, with no new edit of its record, counts in
 //!   the run's `rejected` but not against `max_rejected`, which judges the records the run
 //!   read as changes: a record stuck on a side would otherwise fail every run until fixed.
