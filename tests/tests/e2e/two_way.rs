@@ -8,7 +8,9 @@
 //! - the `conflicts list|show|resolve` round trip, with a value set by hand and `--apply`;
 //! - two focused cases between SQLite files: a conflict on a base an earlier conflict had is
 //!   a new conflict, and a `one_way` field on side b follows side a;
-//! - the config rules of two-way syncs.
+//! - the config rules of two-way syncs;
+//! - records side b refuses (a trigger on a SQLite file): kept as pending rejects, retried by
+//!   every run (a refused merge without a new conflict), delivered once side b takes them.
 //!
 //! Reproduce a failure with the seed its message prints: `LOCKSTEP_TWO_WAY_SEED=<seed>`
 //! (`LOCKSTEP_TWO_WAY_ROUNDS` sets the rounds of each randomised pair,
