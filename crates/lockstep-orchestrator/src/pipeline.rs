@@ -400,7 +400,7 @@ async fn lease_lost(watch: &mut Option<LeaseWatch>) -> EngineError {
 }
 
 /// Fails the run when its rejected records are past the sync's `max_rejected`.
-fn check_rejections(job: &SyncJob, metrics: &RunMetrics) -> Result<(), EngineError> {
+pub(crate) fn check_rejections(job: &SyncJob, metrics: &RunMetrics) -> Result<(), EngineError> {
     let limit = job.spec.max_rejected;
     if limit.exceeded(metrics.rejected, metrics.read) {
         return Err(EngineError::TooManyRejected(format!(

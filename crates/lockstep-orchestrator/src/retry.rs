@@ -21,13 +21,17 @@
 //!   reason); a place that holds no record any more resolves it with nothing written. Other
 //!   sources leave it pending with a message saying to fix the source.
 //! - The stored checkpoint does not move: a read by keys is not a position in the source.
+//! - A two-way sync is never retried this way (its rejects carry mapped values, and a side's
+//!   current record may be newer on either side): a retry runs the sync, whose runs decide
+//!   every pending reject again against both sides (see `two_way.rs`), and reports what
+//!   became of the rejects asked for.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use lockstep_core::protocol::{
     ReadMode, ReadRequest, FEATURE_READ_BY_KEYS, FEATURE_READ_LOCATIONS,
 };
-use lockstep_core::{RunMetrics, RunStatus};
+use lockstep_core::{RunMetrics, RunStatus, SyncMode};
 use lockstep_mapping::Mapper;
 use lockstep_plugin_core::rows::batch_from_rows;
 use lockstep_plugin_core::source_rejects::{is_rejects_batch, rejects_from_batch};
@@ -84,6 +88,9 @@ impl Engine<'_> {
         ids: &[i64],
         options: RunOptions,
     ) -> Result<RetryOutcome, EngineError> {
+        if job.spec.mode == SyncMode::TwoWay {
+            return self.retry_two_way(job, ids, options).await;
+        }
         let sync = job.spec.name.as_str();
         let lease = self.acquire_lease_for(sync, &options).await?;
         let result = self.retry_leased(job, ids, &lease).await;
@@ -91,6 +98,61 @@ impl Engine<'_> {
             tracing::warn!(sync, "could not release the lease: {e}");
         }
         result
+    }
+
+    /// Retries the pending rejects of two-way sync `job` (or only `ids`) by running it: the
+    /// run decides every pending reject of the sync again, whichever were asked for.
+    async fn retry_two_way(
+        &self,
+        job: &SyncJob,
+        ids: &[i64],
+        options: RunOptions,
+    ) -> Result<RetryOutcome, EngineError> {
+        let pending = RejectedFilter {
+            sync: Some(job.spec.name.clone()),
+            pending_only: true,
+            ..Default::default()
+        };
+        let mut asked = self.state.rejected(&pending).await?;
+        if !ids.is_empty() {
+            asked.retain(|r| ids.contains(&r.id));
+        }
+        let mut outcome = RetryOutcome {
+            retried: asked.len(),
+            ..Default::default()
+        };
+        if asked.is_empty() {
+            return Ok(outcome);
+        }
+        let report = self.run(job, options).await?;
+        outcome.run_id = report.run_id;
+        outcome.metrics = report.metrics;
+        outcome.added = report.metrics.added as usize;
+        match report.error {
+            // The run committed what it did; the rejects below say what became of them.
+            None | Some(EngineError::TooManyRejected(_) | EngineError::MassDelete(_)) => {}
+            Some(e) => return Err(e),
+        }
+        let still: HashMap<i64, RejectedRecord> = self
+            .state
+            .rejected(&pending)
+            .await?
+            .into_iter()
+            .map(|r| (r.id, r))
+            .collect();
+        for record in &asked {
+            match still.get(&record.id) {
+                None => outcome.succeeded += 1,
+                Some(_) if record.key.is_none() => outcome.failed.push((
+                    record.id,
+                    "not retryable: the record has no key (a one-way run of this sync could                      not map it), so a two-way run cannot look it up; fix it in the source"
+                        .into(),
+                )),
+                Some(now) => outcome.failed.push((record.id, now.reason.clone())),
+            }
+        }
+        outcome.failed.sort();
+        Ok(outcome)
     }
 
     async fn retry_leased(

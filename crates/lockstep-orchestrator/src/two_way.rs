@@ -22,6 +22,29 @@
 //!   the same deletes again (`--allow-mass-delete` applies them).
 //! - Memory holds the records changed since the last run (both sides), the key sets as 8-byte
 //!   hashes, and the base entries of the changed keys.
+//! - Nothing a side refuses is lost (`two_way/rejects.rs`). A record a side's writer refuses
+//!   keeps its base and is stored as a pending rejected record (`lockstep rejects list`):
+//!   its key, which side refused it (the reason starts `side a (source)` or `side b
+//!   (destination)`), the connector's reason, and the values that were written (mapped
+//!   names), before the commit that moves both checkpoints past the change. Every run decides
+//!   the keys of the sync's pending rejects again: they join the touched keys, the current
+//!   record of the side the refused change came from is read by key (both sides' when both
+//!   refused; a side whose connector cannot read by key is read in full, only those keys
+//!   kept; a side without a cursor is read in full every run anyway), and they are decided
+//!   against the base like any change. So the refused change is written again, or meets a
+//!   later edit of the other side as a conflict. A side that alone refused is not read by
+//!   key: it holds what it held when it refused, and its own later changes reach its read of
+//!   changes, so the run decides as the refusing run did and does not find that run's
+//!   conflict again at every retry.
+//! - A reject is resolved when a run decided its key again and nothing of it was refused
+//!   (nor queued for a person, nor held by the mass-delete guard); refused again, it stays
+//!   pending, updated in place with the run, the new reason and the attempt count, so a key
+//!   has one pending reject. A key whose current record a side's read cannot map is left
+//!   pending. A refused write counts as rejected, not as added or updated.
+//! - A pending reject retried and refused again, with no new edit of its record, counts in
+//!   the run's `rejected` but not against `max_rejected`, which judges the records the run
+//!   read as changes: a record stuck on a side would otherwise fail every run until fixed.
+//!   The threshold is checked after the commit, so a run past it keeps what it committed.
 
 use std::collections::{HashMap, HashSet};
 
@@ -37,7 +60,10 @@ use lockstep_core::{
 use lockstep_mapping::Mapper;
 use lockstep_plugin_core::rows::{batch_from_rows, rows_from_batch};
 use lockstep_plugin_core::source_rejects::is_rejects_batch;
-use lockstep_state::{BaseEntry, Conflict, ConflictStatus, TwoWayCommit};
+use lockstep_state::{
+    BaseEntry, Conflict, ConflictStatus, RejectedFilter, RejectedRecord, TwoWayCommit,
+    TwoWayRejects,
+};
 use serde_json::{Map, Value};
 
 use crate::conflict::{self, Base, Fields, Outcome, Resolution, SideRecord, SideState};
@@ -46,6 +72,9 @@ use crate::error::EngineError;
 use crate::job::{Endpoint, Progress, RunOptions, RunState, SyncJob};
 use crate::lease::{FencedWriter, HeldLease};
 use crate::services::Services;
+
+mod rejects;
+use rejects::{check_rejected, prepare_retries, store_rejects, Refusal};
 
 /// How many keys one base-ledger lookup or read-back carries.
 const CHUNK: usize = 10_000;
@@ -92,6 +121,9 @@ struct Plan {
     forget: Vec<String>,
     conflicts: Vec<Conflict>,
     applied: Vec<i64>,
+    /// The keys of `upserts` (per side) counted as `added` rather than `updated`, so that a
+    /// write the side refuses is taken out of the right count.
+    adds: [HashSet<String>; 2],
 }
 
 struct PendingBase {
@@ -367,6 +399,19 @@ async fn execute(
     drop(source_a);
     drop(source_b);
 
+    // The records a side refused in earlier runs are decided again (see the header).
+    let retries = prepare_retries(
+        services,
+        spec,
+        [&side_a, &side_b],
+        &mut changes,
+        &mut deleted,
+        &fields,
+        dry_run,
+    )
+    .await?;
+    run.metrics.read += retries.read;
+
     // Decide every record either side touched, and those a person decided.
     let unsettled = state.unsettled_conflicts(&spec.name).await?;
     let mut touched: Vec<String> = changes[0]
@@ -381,6 +426,7 @@ async fn execute(
                 .filter(|c| c.status == ConflictStatus::Resolved)
                 .map(|c| &c.key),
         )
+        .chain(retries.keys.iter())
         .cloned()
         .collect();
     touched.sort_unstable();
@@ -504,6 +550,7 @@ async fn execute(
     // The values read back are needed only to refresh side a's one-way fields.
     let keep_read_back = fields.shared.len() != fields.all.len();
     let mut rejected_keys: HashSet<String> = HashSet::new();
+    let mut refusals: Vec<Refusal> = Vec::new();
     let mut read_back: [HashMap<String, u128>; 2] = Default::default();
     for i in 0..2 {
         let side = sides[i];
@@ -513,9 +560,23 @@ async fn execute(
             let batch = to_batch(spec, side, &side.written, &rows)?;
             let outcome = writers[i].upsert(batch).await?;
             for r in &outcome.rejected {
-                if let Some((key, _)) = chunk.get(r.row) {
+                if let Some((key, values)) = chunk.get(r.row) {
                     tracing::warn!(side = %side.side, key, reason = r.reason, "side refused a record");
                     rejected_keys.insert(key.clone());
+                    // A refused write is no write: it counts as rejected only.
+                    let counted = if plan.adds[i].contains(key) {
+                        &mut run.metrics.added
+                    } else {
+                        &mut run.metrics.updated
+                    };
+                    *counted = counted.saturating_sub(1);
+                    refusals.push(Refusal {
+                        side: side.side,
+                        key: key.clone(),
+                        values: values.clone(),
+                        field: r.field.clone(),
+                        reason: r.reason.clone(),
+                    });
                 }
             }
         }
@@ -558,6 +619,19 @@ async fn execute(
         read_back[i] = found.into_iter().map(|(k, (fp, _))| (k, fp)).collect();
     }
     run.metrics.rejected += rejected_keys.len() as u64;
+    store_rejects(
+        services,
+        spec,
+        run,
+        lease,
+        &retries,
+        &refusals,
+        &rejected_keys,
+        &plan,
+        &unsettled,
+    )
+    .await?;
+    drop(refusals);
 
     // One commit: base, conflicts, both checkpoints.
     plan.upserts = Default::default();
@@ -617,6 +691,7 @@ async fn execute(
             batches: run.batches,
         });
     }
+    check_rejected(job, run, &rejected_keys, &retries)?;
     Ok(None)
 }
 
@@ -1154,6 +1229,7 @@ fn record_outcome(
         plan.upserts[index(to)].push((key.to_owned(), values.clone()));
         if matches!(states[index(to)], SideState::Absent | SideState::Deleted) {
             metrics.added += 1;
+            plan.adds[index(to)].insert(key.to_owned());
         } else {
             metrics.updated += 1;
         }

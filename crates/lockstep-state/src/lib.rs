@@ -39,7 +39,7 @@ pub use error::{Result, StateError};
 pub use store::StateStore;
 pub use two_way::{
     BaseEntry, Conflict, ConflictFilter, ConflictResolution, ConflictStatus, TwoWayCommit,
-    TwoWayStore,
+    TwoWayRejects, TwoWayStore,
 };
 pub use types::{
     hostname, BatchCommit, Lease, LeaseHolder, LedgerEntry, RejectedFilter, RejectedRecord, RunEnd,

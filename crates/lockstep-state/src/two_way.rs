@@ -17,6 +17,10 @@
 //!   checkpoints. On any error nothing is written.
 //! - A sync has at most one `open` conflict per key: a run that finds the record in conflict
 //!   again updates that conflict in place.
+//! - A two-way sync has at most one pending rejected record per key that its runs keep
+//!   (see [`TwoWayRejects`]): a record refused again updates it in place, and a run that
+//!   delivers the record resolves it. Rejected records live in the `rejected` table that
+//!   one-way syncs use, so `lockstep rejects` lists them.
 //! - Statements about many keys carry them in a few parameters (a JSON array for SQLite, one
 //!   array per column for PostgreSQL), never one parameter per value.
 
@@ -168,6 +172,31 @@ pub struct TwoWayCommit<'a> {
     pub checkpoint: Option<&'a Value>,
 }
 
+/// What a two-way run records about the records a side refused, in one transaction by
+/// [`TwoWayStore::commit_two_way_rejects`], after both sides' writes flushed.
+#[derive(Clone, Copy, Debug)]
+pub struct TwoWayRejects<'a> {
+    pub sync: &'a str,
+    pub run: i64,
+    /// When set, refused with [`crate::StateError::LeaseLost`] unless still current.
+    pub lease_token: Option<i64>,
+    /// The run's metrics so far (stored as its progress).
+    pub metrics: &'a RunMetrics,
+    /// Records a side refused in this run, at most one per key (keyless ones are refused
+    /// with [`crate::StateError::InvalidArgument`]). A key that has a pending rejected record
+    /// has its newest one updated in place (run, field, reason and raw value; its id and
+    /// creation time stay) and any older pending ones of the key noted as superseded by it;
+    /// another key gets a new pending record. Their `id`, `sync`, `created_at` and `retried`
+    /// are ignored, and `run` is this commit's.
+    pub refused: &'a [crate::types::RejectedRecord],
+    /// Keys whose pending rejected records this run settled (it delivered the record, or
+    /// found nothing left to deliver): they are resolved with `note` as their outcome.
+    /// Applied before `refused`, so a key in both stays pending.
+    pub resolved: &'a [String],
+    /// The outcome recorded on the records of `resolved`.
+    pub note: &'a str,
+}
+
 /// The two-way part of the state store; every [`crate::StateStore`] is one.
 #[async_trait]
 pub trait TwoWayStore: Send + Sync {
@@ -183,6 +212,11 @@ pub trait TwoWayStore: Send + Sync {
 
     /// Commits a two-way run's changes in one transaction (see [`TwoWayCommit`]).
     async fn commit_two_way(&self, commit: &TwoWayCommit<'_>) -> Result<()>;
+
+    /// Records the records a two-way run's sides refused and resolves the pending rejected
+    /// records it settled, in one transaction (see [`TwoWayRejects`]). On any error nothing
+    /// is written; with a stale lease token the error is `LeaseLost`.
+    async fn commit_two_way_rejects(&self, commit: &TwoWayRejects<'_>) -> Result<()>;
 
     /// Conflicts matching `filter`, newest first.
     async fn conflicts(&self, filter: &ConflictFilter) -> Result<Vec<Conflict>>;
@@ -404,6 +438,66 @@ pub(crate) fn plan_conflicts<'a>(
         }
     }
     plan
+}
+
+/// The id and key of the pending rejected records of sync `$1` whose key is in `key_list`
+/// (the backend's list of the keys in `$2`), by the index `rejected_pending`.
+pub(crate) fn pending_rejects_sql(key_list: &str) -> String {
+    format!(
+        r#"SELECT "id", "key" FROM "rejected"
+           WHERE "sync" = $1 AND "retried" IS NULL AND "key" IN ({key_list})"#
+    )
+}
+
+/// Refuses again pending rejected record `$5`: `$1` the run, `$2` the field, `$3` the
+/// reason, `$4` the raw value (JSON text).
+pub(crate) const REJECT_AGAIN_SQL: &str = r#"UPDATE "rejected"
+    SET "run" = $1, "field" = $2, "reason" = $3, "raw" = $4
+    WHERE "id" = $5 AND "retried" IS NULL"#;
+
+/// What a two-way commit does with its refused records (see [`plan_refusals`]).
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct RefusalPlan {
+    /// For each refused record, in order, the pending record it updates in place (`None`: a
+    /// new record).
+    pub(crate) targets: Vec<Option<i64>>,
+    /// Older pending records of the same keys, with the id that supersedes each.
+    pub(crate) superseded: Vec<(i64, i64)>,
+}
+
+/// Plans the refused records of a two-way commit: each updates the newest pending record of
+/// its key, whose older pending records it supersedes. `pending` is every pending (id, key)
+/// of the commit's keys.
+pub(crate) fn plan_refusals(
+    refused: &[crate::types::RejectedRecord],
+    pending: &[(i64, String)],
+) -> Result<RefusalPlan> {
+    let mut newest: HashMap<&str, i64> = HashMap::new();
+    for (id, key) in pending {
+        let slot = newest.entry(key.as_str()).or_insert(*id);
+        *slot = (*slot).max(*id);
+    }
+    let mut targets = Vec::with_capacity(refused.len());
+    for r in refused {
+        let key = r.key.as_deref().ok_or_else(|| {
+            StateError::InvalidArgument(
+                "a record a two-way run's side refused has no key; it cannot be retried by key"
+                    .into(),
+            )
+        })?;
+        targets.push(newest.get(key).copied());
+    }
+    let superseded = pending
+        .iter()
+        .filter_map(|(id, key)| {
+            let newest = newest.get(key.as_str()).copied().unwrap_or(*id);
+            (newest != *id).then_some((*id, newest))
+        })
+        .collect();
+    Ok(RefusalPlan {
+        targets,
+        superseded,
+    })
 }
 
 /// `$1` the sync, the keys in `key_list` (the backend's list of the keys in `$2`).
@@ -1077,6 +1171,112 @@ macro_rules! impl_two_way_store {
                 tx.commit().await.map_err(db(OP))
             }
 
+            async fn commit_two_way_rejects(
+                &self,
+                c: &$crate::two_way::TwoWayRejects<'_>,
+            ) -> $crate::error::Result<()> {
+                use $crate::error::db;
+                use $crate::ledger::LEDGER_CHUNK;
+                use $crate::sql;
+                use $crate::two_way as tw;
+                const OP: &str = "recording a two-way run's refused records";
+
+                // Everything that can fail without the database is prepared first.
+                let metrics = sql::metric_values(c.metrics)?;
+                let raws: Vec<String> = c.refused.iter().map(|r| r.raw.to_string()).collect();
+                let mut refused_keys: Vec<&str> = Vec::with_capacity(c.refused.len());
+                for r in c.refused {
+                    refused_keys.push(r.key.as_deref().ok_or_else(|| {
+                        $crate::error::StateError::InvalidArgument(
+                            "a record a two-way run's side refused has no key".into(),
+                        )
+                    })?);
+                }
+                let now = sql::timestamp(self.now().await?);
+
+                // Dropping `tx` on an early return rolls everything back.
+                let mut tx = self.begin_write().await?;
+                $crate::backend::fence_and_progress!(
+                    tx,
+                    c,
+                    metrics,
+                    now,
+                    OP,
+                    "two-way rejects commit"
+                );
+                if !c.resolved.is_empty() {
+                    let text = sql::rejected_resolve_sql(&Self::key_list_sql(3));
+                    for chunk in c.resolved.chunks(LEDGER_CHUNK) {
+                        sqlx::query(&text)
+                            .bind(c.note)
+                            .bind(c.sync)
+                            .bind(Self::key_list(chunk.iter().map(String::as_str)))
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(db(OP))?;
+                    }
+                }
+                if c.refused.is_empty() {
+                    return tx.commit().await.map_err(db(OP));
+                }
+                let text = tw::pending_rejects_sql(&Self::key_list_sql(2));
+                let mut pending: Vec<(i64, String)> = Vec::new();
+                for chunk in refused_keys.chunks(LEDGER_CHUNK) {
+                    let rows: Vec<(i64, String)> = sqlx::query_as(&text)
+                        .bind(c.sync)
+                        .bind(Self::key_list(chunk.iter().copied()))
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(db(OP))?;
+                    pending.extend(rows);
+                }
+                let tw::RefusalPlan {
+                    targets,
+                    superseded,
+                } = tw::plan_refusals(c.refused, &pending)?;
+                for (id, by) in superseded {
+                    sqlx::query(&sql::rejected_retried_sql(1))
+                        .bind(format!("superseded by rejected record {by}, pending for the same key"))
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db(OP))?;
+                }
+                let mut new: Vec<(&$crate::types::RejectedRecord, &String)> = Vec::new();
+                for ((record, raw), target) in c.refused.iter().zip(&raws).zip(targets) {
+                    match target {
+                        Some(id) => {
+                            sqlx::query(tw::REJECT_AGAIN_SQL)
+                                .bind(c.run)
+                                .bind(record.field.as_deref())
+                                .bind(record.reason.as_str())
+                                .bind(raw.as_str())
+                                .bind(id)
+                                .execute(&mut *tx)
+                                .await
+                                .map_err(db(OP))?;
+                        }
+                        None => new.push((record, raw)),
+                    }
+                }
+                for chunk in new.chunks(sql::REJECTED_CHUNK) {
+                    let text = sql::rejected_insert_sql(chunk.len());
+                    let mut query = sqlx::query(&text);
+                    for (record, raw) in chunk {
+                        query = query
+                            .bind(c.sync)
+                            .bind(c.run)
+                            .bind(record.key.as_deref())
+                            .bind(record.field.as_deref())
+                            .bind(record.reason.as_str())
+                            .bind(raw.as_str())
+                            .bind(now.as_str());
+                    }
+                    query.execute(&mut *tx).await.map_err(db(OP))?;
+                }
+                tx.commit().await.map_err(db(OP))
+            }
+
             async fn conflicts(
                 &self,
                 filter: &$crate::two_way::ConflictFilter,
@@ -1257,6 +1457,38 @@ mod tests {
         assert_eq!(plan.adopted, [10]);
         let keys: Vec<&str> = plan.inserts.iter().map(|r| r.key).collect();
         assert_eq!(keys, ["[2]", "[3]"]);
+    }
+
+    #[test]
+    fn a_refusal_updates_the_newest_pending_reject_of_its_key() {
+        let refused = |key: Option<&str>| crate::types::RejectedRecord {
+            id: 0,
+            sync: String::new(),
+            run: 0,
+            key: key.map(str::to_owned),
+            field: None,
+            reason: "no".into(),
+            raw: Value::Null,
+            created_at: None,
+            retried: None,
+        };
+        let pending = [
+            (3, "[1]".to_owned()),
+            (9, "[1]".to_owned()),
+            (4, "[2]".to_owned()),
+        ];
+        let plan = plan_refusals(&[refused(Some("[1]")), refused(Some("[5]"))], &pending).unwrap();
+        assert_eq!(
+            plan,
+            RefusalPlan {
+                targets: vec![Some(9), None],
+                superseded: vec![(3, 9)],
+            }
+        );
+        assert!(matches!(
+            plan_refusals(&[refused(None)], &pending),
+            Err(StateError::InvalidArgument(_))
+        ));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::time::Duration;
 use lockstep_core::RunMetrics;
 use lockstep_state::{
     BaseEntry, Conflict, ConflictFilter, ConflictResolution, ConflictStatus, LeaseHolder,
-    StateError, StateStore, TwoWayCommit,
+    RejectedFilter, RejectedRecord, StateError, StateStore, TwoWayCommit, TwoWayRejects,
 };
 use serde_json::{json, Map, Value};
 
@@ -891,6 +891,187 @@ async fn a_killed_runs_conflict_is_adopted_only_until_a_later_run_commits(
     );
 }
 
+fn refused(key: &str, reason: &str, name: &str) -> RejectedRecord {
+    RejectedRecord {
+        id: 0,
+        sync: String::new(),
+        run: 0,
+        key: Some(key.to_owned()),
+        field: Some("name".into()),
+        reason: reason.to_owned(),
+        raw: json!({ "name": name }),
+        created_at: None,
+        retried: None,
+    }
+}
+
+fn rejects<'a>(
+    run: i64,
+    metrics: &'a RunMetrics,
+    refused: &'a [RejectedRecord],
+    resolved: &'a [String],
+    lease_token: Option<i64>,
+) -> TwoWayRejects<'a> {
+    TwoWayRejects {
+        sync: "s",
+        run,
+        lease_token,
+        metrics,
+        refused,
+        resolved,
+        note: "resolved in a test",
+    }
+}
+
+async fn pending_of(store: &dyn StateStore, sync: &str) -> Vec<RejectedRecord> {
+    let mut records = store
+        .rejected(&RejectedFilter {
+            sync: Some(sync.into()),
+            pending_only: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    records.reverse();
+    records
+}
+
+/// A two-way run's refusals: new keys get a pending reject, a key refused again has its
+/// pending one updated in place (older duplicates superseded), resolved keys are resolved,
+/// and a stale lease token writes none of it.
+async fn two_way_rejects_are_kept_once_per_key_and_resolved(store: Box<dyn StateStore>) {
+    let metrics = RunMetrics {
+        rejected: 2,
+        ..Default::default()
+    };
+    let first = store.start_run("s", None).await.unwrap();
+    store
+        .commit_two_way_rejects(&rejects(
+            first,
+            &metrics,
+            &[
+                refused("[1]", "too long", "Annabelle"),
+                refused("[2]", "no", "Roberto"),
+            ],
+            &[],
+            None,
+        ))
+        .await
+        .unwrap();
+    // Another sync's reject of the same key.
+    let other = store.start_run("other", None).await.unwrap();
+    store
+        .commit_two_way_rejects(&TwoWayRejects {
+            sync: "other",
+            ..rejects(other, &metrics, &[refused("[1]", "x", "X")], &[], None)
+        })
+        .await
+        .unwrap();
+    let stored = pending_of(store.as_ref(), "s").await;
+    assert_eq!(stored.len(), 2);
+    assert_eq!(stored[0].run, first);
+    assert_eq!(stored[0].raw, json!({"name": "Annabelle"}));
+    assert_eq!(stored[0].field.as_deref(), Some("name"));
+    assert_eq!(store.run(first).await.unwrap().unwrap().metrics, metrics);
+
+    // Run 2: [1] refused again, [2] resolved, [3] new.
+    let second = store.start_run("s", None).await.unwrap();
+    store
+        .commit_two_way_rejects(&rejects(
+            second,
+            &metrics,
+            &[
+                refused("[1]", "again (attempt 2)", "Annabel"),
+                refused("[3]", "new", "C"),
+            ],
+            &keys(&["[2]"]),
+            None,
+        ))
+        .await
+        .unwrap();
+    let now = pending_of(store.as_ref(), "s").await;
+    let seen: Vec<(&str, i64, &str)> = now
+        .iter()
+        .map(|r| (r.key.as_deref().unwrap(), r.run, r.reason.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        [("[1]", second, "again (attempt 2)"), ("[3]", second, "new")]
+    );
+    assert_eq!(now[0].id, stored[0].id, "updated in place");
+    assert_eq!(now[0].created_at, stored[0].created_at);
+    assert_eq!(now[0].raw, json!({"name": "Annabel"}));
+    let all = store
+        .rejected(&RejectedFilter {
+            sync: Some("s".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 3);
+    let two = all
+        .iter()
+        .find(|r| r.key.as_deref() == Some("[2]"))
+        .unwrap();
+    assert_eq!(two.retried.as_deref(), Some("resolved in a test"));
+    assert_eq!(pending_of(store.as_ref(), "other").await.len(), 1);
+
+    // A stale lease token writes nothing; the current one resolves and refuses together
+    // (resolved first, so a key in both stays pending).
+    let holder = LeaseHolder {
+        host: "h".into(),
+        pid: 1,
+    };
+    let ttl = Duration::from_secs(60);
+    let stale = store.acquire_lease("s", &holder, ttl).await.unwrap();
+    store.release_lease(&stale).await.unwrap();
+    let current = store.acquire_lease("s", &holder, ttl).await.unwrap();
+    let third = store.start_run("s", None).await.unwrap();
+    let resolved = keys(&["[1]", "[3]"]);
+    let refusals = [refused("[3]", "still no", "C")];
+    match store
+        .commit_two_way_rejects(&rejects(
+            third,
+            &metrics,
+            &refusals,
+            &resolved,
+            Some(stale.token),
+        ))
+        .await
+    {
+        Err(StateError::LeaseLost { sync }) => assert_eq!(sync, "s"),
+        other => panic!("expected LeaseLost, got {other:?}"),
+    }
+    assert_eq!(pending_of(store.as_ref(), "s").await, now);
+    store
+        .commit_two_way_rejects(&rejects(
+            third,
+            &metrics,
+            &refusals,
+            &resolved,
+            Some(current.token),
+        ))
+        .await
+        .unwrap();
+    let last = pending_of(store.as_ref(), "s").await;
+    assert_eq!(last.len(), 1, "{last:?}");
+    assert_eq!(
+        (last[0].key.as_deref(), last[0].run, last[0].reason.as_str()),
+        (Some("[3]"), third, "still no")
+    );
+    // A keyless refusal is refused.
+    let keyless = [RejectedRecord {
+        key: None,
+        ..refused("[9]", "x", "x")
+    }];
+    assert_invalid(
+        store
+            .commit_two_way_rejects(&rejects(third, &metrics, &keyless, &[], None))
+            .await,
+        &["no key"],
+    );
+}
+
 on_both_backends!(
     base_ledger_round_trips_fingerprints_and_json,
     base_ledger_handles_more_keys_than_one_statement_holds,
@@ -901,6 +1082,7 @@ on_both_backends!(
     conflicts_are_listed_newest_first_by_filter,
     reset_sync_forgets_the_base_ledger_but_not_conflicts,
     a_killed_runs_conflict_is_adopted_only_until_a_later_run_commits,
+    two_way_rejects_are_kept_once_per_key_and_resolved,
 );
 
 /// Generates, for each named test body, a test on an in-memory SQLite store
@@ -937,4 +1119,5 @@ on_sqlite_in_memory!(
     conflicts_are_listed_newest_first_by_filter,
     reset_sync_forgets_the_base_ledger_but_not_conflicts,
     a_killed_runs_conflict_is_adopted_only_until_a_later_run_commits,
+    two_way_rejects_are_kept_once_per_key_and_resolved,
 );

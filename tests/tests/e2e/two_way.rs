@@ -8,7 +8,9 @@
 //! - the `conflicts list|show|resolve` round trip, with a value set by hand and `--apply`;
 //! - two focused cases between SQLite files: a conflict on a base an earlier conflict had is
 //!   a new conflict, and a `one_way` field on side b follows side a;
-//! - the config rules of two-way syncs.
+//! - the config rules of two-way syncs;
+//! - records side b refuses (a trigger on a SQLite file): kept as pending rejects, retried by
+//!   every run (a refused merge without a new conflict), delivered once side b takes them.
 //!
 //! Reproduce a failure with the seed its message prints: `LOCKSTEP_TWO_WAY_SEED=<seed>`
 //! (`LOCKSTEP_TWO_WAY_ROUNDS` sets the rounds of each randomised pair,
@@ -2275,4 +2277,257 @@ fn a_two_way_sync_compares_key_sets_every_reconcile_every_runs() {
     assert_eq!(metric(&fourth, "deleted"), 1, "{fourth}");
     assert_eq!(sqlite_rows(&b), ["1|ann@x|Ann", "3|cy@x|Cyrus"]);
     assert_eq!(sqlite_rows(&a), sqlite_rows(&b));
+}
+
+/// Side b refuses names longer than five characters (a trigger, so that the test can lift
+/// the limit later).
+const SHORT_NAMES_ON_B: [&str; 2] = [
+    "CREATE TRIGGER short_insert BEFORE INSERT ON contacts WHEN length(NEW.name) > 5 BEGIN SELECT RAISE(ABORT, 'name too long for side b'); END",
+    "CREATE TRIGGER short_update BEFORE UPDATE ON contacts WHEN length(NEW.name) > 5 BEGIN SELECT RAISE(ABORT, 'name too long for side b'); END",
+];
+
+/// `lockstep rejects list people [--all] -o json`, oldest first.
+fn list_rejects(dir: &Path, all: bool) -> Vec<Value> {
+    let mut args = vec!["rejects", "list", "people", "-o", "json"];
+    if all {
+        args.push("--all");
+    }
+    let (out, stdout, stderr) = run(lockstep(dir).args(&args));
+    assert!(out.status.success(), "rejects list: {stdout}\n{stderr}");
+    let mut records = json(&stdout).as_array().cloned().unwrap();
+    records.reverse();
+    records
+}
+
+/// A record side b refuses is not lost: it is stored as a pending reject (side, key,
+/// reason, the values written), the run's `max_rejected` judges it, every later run decides
+/// it again (refused again: the same reject, one attempt more), and once side b takes it (the
+/// value fixed on side a, or the limit lifted and `rejects retry`) the reject is resolved and
+/// both sides agree.
+#[test]
+fn a_record_a_side_refuses_is_kept_as_a_reject_and_retried_until_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (a, b) = (d.join("a.db"), d.join("b.db"));
+    sqlite_sides(
+        d,
+        &["INSERT INTO contacts (id, email, name) VALUES (1, 'ann@x', 'Ann'), (2, 'bob@x', 'Bob'), (3, 'cy@x', 'Cy')"],
+    );
+    sqlite_exec(&b, &SHORT_NAMES_ON_B);
+    sqlite_config(d, "", "policy = \"prefer-a\"\nb_cursor = \"updated_at\"");
+    assert_eq!(metric(&run_people(d), "added"), 3);
+
+    // Side a gives records 1 and 2 names side b refuses; side b renames record 3.
+    sqlite_exec(
+        &a,
+        &[
+            "UPDATE contacts SET name = 'Annabelle' WHERE id = 1",
+            "UPDATE contacts SET name = 'Roberto' WHERE id = 2",
+        ],
+    );
+    sqlite_exec(&b, &["UPDATE contacts SET name = 'Cyd' WHERE id = 3"]);
+    // Two of the three records read are refused: past max_rejected (10%), so the run fails,
+    // but what it did is committed and the refused records are kept.
+    let (code, refused, stderr) = run_sync(d, "people");
+    assert_ne!(code, 0, "{refused}\n{stderr}");
+    assert!(
+        refused.to_string().contains("max_rejected"),
+        "{refused}\n{stderr}"
+    );
+    assert_eq!(metric(&refused, "rejected"), 2, "{refused}");
+    assert_eq!(
+        metric(&refused, "updated"),
+        1,
+        "only record 3 was written: {refused}"
+    );
+    assert_eq!(sqlite_rows(&a)[2], "3|cy@x|Cyd");
+    assert_eq!(
+        sqlite_rows(&b),
+        ["1|ann@x|Ann", "2|bob@x|Bob", "3|cy@x|Cyd"]
+    );
+    let pending = list_rejects(d, false);
+    let shown: Vec<(String, String)> = pending
+        .iter()
+        .map(|r| (r["key"].to_string(), r["raw"]["name"].to_string()))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            ("\"[1]\"".to_owned(), "\"Annabelle\"".to_owned()),
+            ("\"[2]\"".to_owned(), "\"Roberto\"".to_owned()),
+        ],
+        "{pending:?}"
+    );
+    for r in &pending {
+        let reason = r["reason"].as_str().unwrap();
+        assert!(
+            reason.starts_with("side b (destination) refused the record: ")
+                && reason.contains("name too long for side b"),
+            "{reason}"
+        );
+        assert_eq!(r["sync"], "people");
+        assert_eq!(r["run"], refused["run"], "{r}");
+    }
+
+    // A run with no edits decides them again: refused again, the same rejects (one attempt
+    // more), nothing written, and the run succeeds (retries alone do not count against
+    // max_rejected).
+    let again = run_people(d);
+    assert_eq!(
+        (metric(&again, "rejected"), written(&again)),
+        (2, 0),
+        "{again}"
+    );
+    let pending_again = list_rejects(d, true);
+    assert_eq!(pending_again.len(), 2, "{pending_again:?}");
+    for (before, now) in pending.iter().zip(&pending_again) {
+        assert_eq!(before["id"], now["id"], "updated in place: {now}");
+        assert!(now["retried"].is_null(), "{now}");
+        assert_eq!(now["run"], again["run"], "{now}");
+        let reason = now["reason"].as_str().unwrap();
+        assert!(
+            reason.starts_with("side b (destination) refused the record again (attempt 2): "),
+            "{reason}"
+        );
+    }
+
+    // Fixed on side a: record 2 goes across and its reject is resolved; record 1 is still
+    // refused.
+    sqlite_exec(&a, &["UPDATE contacts SET name = 'Bobby' WHERE id = 2"]);
+    let fixed = run_people(d);
+    assert_eq!(
+        (metric(&fixed, "updated"), metric(&fixed, "rejected")),
+        (1, 1),
+        "{fixed}"
+    );
+    assert_eq!(sqlite_rows(&b)[1], "2|bob@x|Bobby");
+    let pending = list_rejects(d, false);
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    assert_eq!(pending[0]["key"], "[1]");
+    assert!(
+        pending[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("(attempt 3)"),
+        "{pending:?}"
+    );
+
+    // Side b lifts its limit; `rejects retry` runs the sync, which delivers record 1.
+    sqlite_exec(
+        &b,
+        &["DROP TRIGGER short_insert", "DROP TRIGGER short_update"],
+    );
+    let (out, stdout, stderr) = run(lockstep(d).args(["rejects", "retry", "people", "-o", "json"]));
+    assert!(out.status.success(), "rejects retry: {stdout}\n{stderr}");
+    let retried = json(&stdout);
+    assert_eq!(
+        (retried["retried"].as_u64(), retried["succeeded"].as_u64()),
+        (Some(1), Some(1)),
+        "{retried}"
+    );
+    assert_eq!(
+        sqlite_rows(&b),
+        ["1|ann@x|Annabelle", "2|bob@x|Bobby", "3|cy@x|Cyd"]
+    );
+    assert_eq!(sqlite_rows(&a), sqlite_rows(&b));
+    assert!(list_rejects(d, false).is_empty());
+    let history = list_rejects(d, true);
+    assert_eq!(history.len(), 2, "{history:?}");
+    for r in &history {
+        let note = r["retried"].as_str().unwrap_or_default();
+        assert!(note.starts_with("resolved in run "), "{r}");
+    }
+
+    // Settled: a run with no edits writes nothing and refuses nothing.
+    let idle = run_people(d);
+    assert_eq!(
+        (
+            written(&idle),
+            metric(&idle, "rejected"),
+            metric(&idle, "conflicts")
+        ),
+        (0, 0, 0),
+        "{idle}"
+    );
+}
+
+/// A record both sides changed, merged, and refused by side b: side a takes the merge, and
+/// the retries write the same merge to side b without finding the conflict again; once side
+/// b takes it, both sides hold the merge.
+#[test]
+fn a_refused_merge_is_retried_without_a_new_conflict() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (a, b) = (d.join("a.db"), d.join("b.db"));
+    sqlite_sides(
+        d,
+        &["INSERT INTO contacts (id, email, name) VALUES (1, 'ann@x', 'Ann'), (2, 'bob@x', 'Bob')"],
+    );
+    sqlite_exec(&b, &SHORT_NAMES_ON_B);
+    sqlite_config(
+        d,
+        "",
+        "policy = \"merge-fields\"\nfallback = \"prefer-a\"\nb_cursor = \"updated_at\"",
+    );
+    let path = d.join("lockstep.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replacen(
+            "max_delete_fraction = 1.0",
+            "max_delete_fraction = 1.0\nmax_rejected = 10",
+            1,
+        ),
+    )
+    .unwrap();
+    run_people(d);
+    sqlite_exec(&a, &["UPDATE contacts SET name = 'Annabelle' WHERE id = 1"]);
+    sqlite_exec(&b, &["UPDATE contacts SET email = 'ann@b' WHERE id = 1"]);
+    let merged = run_people(d);
+    assert_eq!(metric(&merged, "rejected"), 1, "{merged}");
+    assert_eq!(sqlite_rows(&a)[0], "1|ann@b|Annabelle");
+    assert_eq!(sqlite_rows(&b)[0], "1|ann@b|Ann");
+    let conflicts = list_conflicts(d, "people").len();
+
+    for _ in 0..2 {
+        let again = run_people(d);
+        assert_eq!(
+            (
+                metric(&again, "rejected"),
+                metric(&again, "conflicts"),
+                written(&again)
+            ),
+            (1, 0, 0),
+            "{again}"
+        );
+    }
+    assert_eq!(list_conflicts(d, "people").len(), conflicts);
+    assert_eq!(list_rejects(d, false).len(), 1);
+
+    sqlite_exec(
+        &b,
+        &["DROP TRIGGER short_insert", "DROP TRIGGER short_update"],
+    );
+    let delivered = run_people(d);
+    assert_eq!(
+        (
+            metric(&delivered, "rejected"),
+            metric(&delivered, "conflicts")
+        ),
+        (0, 0),
+        "{delivered}"
+    );
+    assert_eq!(sqlite_rows(&b), ["1|ann@b|Annabelle", "2|bob@x|Bob"]);
+    assert_eq!(sqlite_rows(&a), sqlite_rows(&b));
+    assert!(list_rejects(d, false).is_empty());
+    let idle = run_people(d);
+    assert_eq!(
+        (
+            written(&idle),
+            metric(&idle, "rejected"),
+            metric(&idle, "conflicts")
+        ),
+        (0, 0, 0),
+        "{idle}"
+    );
 }

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use lockstep_core::SyncMode;
 use lockstep_orchestrator::{Engine, RunOptions};
 use lockstep_state::RejectedFilter;
 
@@ -89,6 +90,18 @@ pub async fn run(config_path: &Path, command: RejectsCommand) -> CmdResult {
                 outln!("{}", redact(&serde_json::to_string_pretty(&outcome)?));
             } else if outcome.retried == 0 {
                 outln!("No pending rejected records to retry for sync `{sync}`.");
+            } else if job.spec.mode == SyncMode::TwoWay {
+                outln!(
+                    "ran two-way sync {} (run {}), which decides every pending rejected record                      of the sync again against both sides: of the {} asked for, {} delivered                      or settled (resolved), {} refused again (still pending, retried at every                      run)",
+                    sync,
+                    outcome.run_id,
+                    outcome.retried,
+                    outcome.succeeded,
+                    outcome.failed.len()
+                );
+                for (id, reason) in &outcome.failed {
+                    outln!("  {id}: {}", redact(reason));
+                }
             } else {
                 outln!(
                     "retried {} records of sync {} in run {} from their current source version: \
