@@ -51,9 +51,10 @@ impl Drop for Slot {
                     .bind(&name)
                     .execute(&mut c)
                     .await;
+                    // The slot, and the anchor a snapshot run leaves for the next run.
                     let dropped = sqlx::query(
                         "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
-                         WHERE slot_name = $1",
+                         WHERE slot_name IN ($1, $1 || '_anchor')",
                     )
                     .bind(&name)
                     .execute(&mut c)
