@@ -18,6 +18,11 @@
 //!    uses (as the files connector's `after_read`). A dry run never advances. The advance
 //!    runs on a connection of its own while the changes are read (step 4), since each is a
 //!    pass of the server's decoder over the WAL from the slot's restart point.
+//! 3a. The anchor: once a snapshot is read, the run creates a second slot (`<slot>_anchor`)
+//!    past the WAL the snapshot generated, then reads the changes since the slot's start, so
+//!    its last checkpoint is at or past the anchor's start. The next run replaces the slot by
+//!    a copy of the anchor (`take_anchor`): a confirmation to a position at or before the
+//!    committed checkpoint that costs no decoding pass over the snapshot's WAL.
 //! 4. The changes: the slot is copied (before the advance) into a temporary slot of the
 //!    session, whose changes are consumed with `pg_logical_slot_get_binary_changes` in chunks
 //!    of at most `CHUNK_CHANGES` changes (PostgreSQL returns whole transactions, so a chunk
@@ -32,7 +37,8 @@
 //! and nothing is lost, whatever point a run was killed at.
 //!
 //! Invariants:
-//! - The slot is confirmed only to a committed checkpoint's position.
+//! - The slot is confirmed only to a committed checkpoint's position (an anchor replaces it
+//!   only when the anchor is at or before that position).
 //! - A truncate of the table is refused (it has no rows to delete by key); a change that
 //!   cannot be decoded is an error naming it, never a skipped record.
 //! - Unchanged TOASTed values are never written as NULL (`changes`).
@@ -363,6 +369,10 @@ async fn run(plan: &mut CdcPlan, out: &mut Outlet) -> Flow {
         .iter()
         .all(|c| c.expr == ReadExpr::Plain)
         && slot::server_version(&mut conn).await? >= 140_000;
+    lockstep_plugin_sdk::tracing::debug!(
+        binary = plan.layout.binary,
+        "changes are read with binary values when true, cast from text by the server otherwise"
+    );
     let identity = slot::replica_identity(&mut conn, &schema, &table).await?;
     identity.check_key(&table, &plan.layout.key)?;
     let has_publication = if plan.dry_run {
