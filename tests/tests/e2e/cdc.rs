@@ -839,7 +839,10 @@ fn cdc_values_of_every_kind_equal_the_source_in_binary_and_text_reads() {
     let run_sync = |sync: &str| {
         let (out, stdout, stderr) =
             run(lockstep(dir.path()).args(["run", sync, "--output", "json"]));
-        assert!(out.status.success(), "run {sync} failed:\n{stdout}\n{stderr}");
+        assert!(
+            out.status.success(),
+            "run {sync} failed:\n{stdout}\n{stderr}"
+        );
     };
     let typed_row = "concat_ws('|', id, i2, n, u, f, bo, ts, t, d, tm, j::jsonb, js::jsonb, \
                      encode(b, 'hex'), uid, e::text, vc, dom, num_nulls(i2, n, u, f, bo, ts, \

@@ -567,7 +567,11 @@ pub async fn to_batch(
 }
 
 /// Binary values: the binary COPY stream a COPY of the rows would send, decoded here.
-fn binary_copy(layout: &Layout, wires: &[(String, Wire)], rows: &[ChangeRow]) -> Result<CopyDecoder> {
+fn binary_copy(
+    layout: &Layout,
+    wires: &[(String, Wire)],
+    rows: &[ChangeRow],
+) -> Result<CopyDecoder> {
     let count = i16::try_from(layout.columns.len()).map_err(|_| {
         ConnectorError::schema(format!(
             "table `{}` has more columns than a COPY row holds",
@@ -731,7 +735,10 @@ mod tests {
             .unwrap();
         let rows = buffer.take();
         assert_eq!(rows.len(), 4);
-        assert_eq!(rows[0].values, vec![Some(b"1".to_vec()), Some(b"long".to_vec())]);
+        assert_eq!(
+            rows[0].values,
+            vec![Some(b"1".to_vec()), Some(b"long".to_vec())]
+        );
         assert_eq!(rows[0].unchanged, vec![false, false]);
         assert!(rows[1].deleted);
         assert_eq!(rows[2].values[0].as_deref(), Some(&b"3"[..]));

@@ -619,8 +619,9 @@ async fn take_anchor(
         .await
         .map_err(|e| {
             let mut e = crate::error::map_sqlx(e);
-            e.message
-                .push_str(&format!(" (dropping the anchor replication slot `{anchor}`)"));
+            e.message.push_str(&format!(
+                " (dropping the anchor replication slot `{anchor}`)"
+            ));
             e
         })?;
     if usable {
@@ -880,7 +881,9 @@ async fn changes(
 
 /// The key columns' type OIDs of the table's latest Relation message.
 fn key_types(positions: &Option<(u32, Positions)>) -> &[u32] {
-    positions.as_ref().map_or(&[], |(_, p)| p.key_types.as_slice())
+    positions
+        .as_ref()
+        .map_or(&[], |(_, p)| p.key_types.as_slice())
 }
 
 /// Sends the buffered changes as one batch with `checkpoint`.

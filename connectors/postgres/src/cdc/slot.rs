@@ -236,7 +236,9 @@ pub async fn server_version(conn: &mut PgConnection) -> Result<i32> {
         .await
         .map_err(map_sqlx)?;
     text.trim().parse().map_err(|_| {
-        ConnectorError::internal(format!("the server's version number `{text}` is not a number"))
+        ConnectorError::internal(format!(
+            "the server's version number `{text}` is not a number"
+        ))
     })
 }
 
