@@ -16,14 +16,14 @@
 //!    after the destination flushed, so the slot is advanced (`pg_replication_slot_advance`)
 //!    to its position then, and only then: the after-commit hook every source of Lockstep
 //!    uses (as the files connector's `after_read`). A dry run never advances. The advance
-//!    runs on a connection of its own while the changes are read (step 4), since each is a
+//!    runs on a connection of its own while the changes are read (step 5), since each is a
 //!    pass of the server's decoder over the WAL from the slot's restart point.
-//! 3a. The anchor: once a snapshot is read, the run creates a second slot (`<slot>_anchor`)
+//! 4. The anchor: once a snapshot is read, the run creates a second slot (`<slot>_anchor`)
 //!    past the WAL the snapshot generated, then reads the changes since the slot's start, so
 //!    its last checkpoint is at or past the anchor's start. The next run replaces the slot by
 //!    a copy of the anchor (`take_anchor`): a confirmation to a position at or before the
 //!    committed checkpoint that costs no decoding pass over the snapshot's WAL.
-//! 4. The changes: the slot is copied (before the advance) into a temporary slot of the
+//! 5. The changes: the slot is copied (before the advance) into a temporary slot of the
 //!    session, whose changes are consumed with `pg_logical_slot_get_binary_changes` in chunks
 //!    of at most `CHUNK_CHANGES` changes (PostgreSQL returns whole transactions, so a chunk
 //!    may be longer) until a call returns fewer. The rows stream from the server; memory
