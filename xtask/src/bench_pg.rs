@@ -134,10 +134,11 @@ pub fn run(args: &[&str]) -> Result<()> {
     let result = rt.block_on(bench(rows, state, &names));
     rt.block_on(async {
         if let Ok(mut c) = sqlx::PgConnection::connect(&format!("{}/test", pg())).await {
-            // The cdc sync's slot keeps WAL and its database from being dropped.
+            // The cdc sync's slot (and the anchor a snapshot run leaves) keeps WAL and its
+            // database from being dropped.
             let _ = sqlx::query(
                 "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
-                 WHERE slot_name = $1",
+                 WHERE slot_name IN ($1, $1 || '_anchor')",
             )
             .bind(&names.slot)
             .execute(&mut c)

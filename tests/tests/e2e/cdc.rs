@@ -51,9 +51,10 @@ impl Drop for Slot {
                     .bind(&name)
                     .execute(&mut c)
                     .await;
+                    // The slot, and the anchor a snapshot run leaves for the next run.
                     let dropped = sqlx::query(
                         "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
-                         WHERE slot_name = $1",
+                         WHERE slot_name IN ($1, $1 || '_anchor')",
                     )
                     .bind(&name)
                     .execute(&mut c)
@@ -775,4 +776,117 @@ fn cdc_falls_back_to_a_new_snapshot_when_its_slot_was_dropped_under_it() {
     let next = run_ok(dir.path());
     assert_eq!(next["metrics"]["updated"], 1, "{next}");
     assert_eq!(rows(&source), rows(&destination));
+}
+
+/// The rows of `table` as text, `row` an SQL expression over its columns, ordered by id.
+fn typed_rows(db: &TempDatabase, table: &str, row: &str) -> Vec<String> {
+    lockstep_e2e::block_on(async {
+        let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        sqlx::query_scalar(&format!("SELECT {row} FROM {table} ORDER BY id"))
+            .fetch_all(&mut c)
+            .await
+            .unwrap_or_else(|e| panic!("reading {table}: {e}"))
+    })
+}
+
+#[test]
+fn cdc_values_of_every_kind_equal_the_source_in_binary_and_text_reads() {
+    let Some((source, destination)) = databases("cdc_types") else {
+        return;
+    };
+    let (binary_slot, text_slot) = (Slot::new(&source), Slot::new(&source));
+    let dir = tempfile::tempdir().unwrap();
+    // `typed` has only columns read as themselves: its changes arrive as binary values. An
+    // array and an interval make `texty` read through text casts on the server.
+    exec(
+        &source,
+        &[
+            "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy')",
+            "CREATE DOMAIN short_text AS varchar(12)",
+            "CREATE TABLE typed (id bigint PRIMARY KEY, i2 smallint, n numeric(10,2), \
+             u numeric, f float8, bo boolean, ts timestamptz, t timestamp, d date, tm time, \
+             j jsonb, js json, b bytea, uid uuid, e mood, vc varchar(10), dom short_text)",
+            "CREATE TABLE texty (id integer PRIMARY KEY, arr integer[], iv interval, \
+             name text)",
+            "INSERT INTO typed SELECT g, g, g * 1.25, g / 7.0, g / 3.0, g % 2 = 0, \
+             timestamptz '2024-01-01 00:00:00.123456+00' + g * interval '1 hour', \
+             timestamp '2024-02-29 23:59:59.5' + g * interval '1 minute', \
+             date '2000-01-01' + g, time '12:34:56.789' + g * interval '1 second', \
+             jsonb_build_object('g', g, 'tags', jsonb_build_array('a', g)), \
+             json_build_object('g', g), decode(lpad(to_hex(g), 8, '0'), 'hex'), \
+             md5(g::text)::uuid, (ARRAY['sad','ok','happy'])[1 + g % 3]::mood, \
+             'vc' || g, 'dom' || g FROM generate_series(1, 50) g",
+            "INSERT INTO texty SELECT g, ARRAY[g, g + 1], g * interval '1 day 2 hours', \
+             'n' || g FROM generate_series(1, 50) g",
+        ],
+    );
+    let text = format!(
+        "[state]\nurl = \"sqlite://state.db\"\n\n\
+         [connections.src]\nconnector = \"postgres\"\nconfig = {{ url = \"{}\" }}\n\n\
+         [connections.dst]\nconnector = \"postgres\"\nconfig = {{ url = \"{}\" }}\n\n\
+         [syncs.typed]\nsource = \"src.typed\"\ndestination = \"dst.typed\"\nmode = \"cdc\"\n\
+         batch_size = 7\nmax_delete_fraction = 0.9\n\
+         [syncs.typed.cdc]\nslot = \"{b}\"\npublication = \"{b}\"\n\n\
+         [syncs.texty]\nsource = \"src.texty\"\ndestination = \"dst.texty\"\nmode = \"cdc\"\n\
+         batch_size = 7\nmax_delete_fraction = 0.9\n\
+         [syncs.texty.cdc]\nslot = \"{t}\"\npublication = \"{t}\"\n",
+        source.url,
+        destination.url,
+        b = binary_slot.name,
+        t = text_slot.name
+    );
+    std::fs::write(dir.path().join("lockstep.toml"), text).unwrap();
+    let run_sync = |sync: &str| {
+        let (out, stdout, stderr) =
+            run(lockstep(dir.path()).args(["run", sync, "--output", "json"]));
+        assert!(
+            out.status.success(),
+            "run {sync} failed:\n{stdout}\n{stderr}"
+        );
+    };
+    let typed_row = "concat_ws('|', id, i2, n, u, f, bo, ts, t, d, tm, j::jsonb, js::jsonb, \
+                     encode(b, 'hex'), uid, e::text, vc, dom, num_nulls(i2, n, u, f, bo, ts, \
+                     t, d, tm, j, js, b, uid, e, vc, dom))";
+    let check = |when: &str| {
+        assert_eq!(
+            typed_rows(&source, "typed", typed_row),
+            typed_rows(&destination, "typed", typed_row),
+            "typed, {when}"
+        );
+        assert_eq!(
+            typed_rows(
+                &source,
+                "texty",
+                "concat_ws('|', id, to_jsonb(arr), iv, name)"
+            ),
+            typed_rows(
+                &destination,
+                "texty",
+                "concat_ws('|', id, arr::text::jsonb, iv, name)"
+            ),
+            "texty, {when}"
+        );
+    };
+    run_sync("typed");
+    run_sync("texty");
+    check("after the snapshot");
+    exec(
+        &source,
+        &[
+            "UPDATE typed SET n = -n, u = u * 1000000000000, f = 'NaN', bo = NOT bo, \
+             ts = ts - interval '30 years', j = '{\"nested\": {\"x\": [1, 2.5, null]}}', \
+             b = '\\x00ff00'::bytea, e = 'happy', vc = 'é€😀' WHERE id % 3 = 0",
+            "UPDATE typed SET i2 = NULL, n = NULL, u = 'NaN', tm = NULL, js = NULL, \
+             uid = NULL, dom = NULL WHERE id % 5 = 0",
+            "DELETE FROM typed WHERE id % 7 = 0",
+            "INSERT INTO typed (id, ts, u) VALUES (1000, '0001-01-01 00:00:00+00', 123.456), \
+             (1001, '9999-12-31 23:59:59.999999+00', 0.000001)",
+            "UPDATE texty SET arr = ARRAY[-1, NULL], iv = '-3 months 4 seconds' WHERE id % 4 = 0",
+            "DELETE FROM texty WHERE id % 9 = 0",
+            "INSERT INTO texty VALUES (1000, '{}', '1 year', NULL)",
+        ],
+    );
+    run_sync("typed");
+    run_sync("texty");
+    check("after the changes");
 }

@@ -2,10 +2,14 @@
 //! one row per key (the last change of a key wins, so a batch applies in commit order), then
 //! turned into an Arrow batch with the same decoding as every other read.
 //!
-//! Text values from the change log are cast back to their column's type by PostgreSQL itself
-//! (`(value)::type`, the type's input function, the inverse of the output function pgoutput
-//! used) and read with the connector's binary COPY decoder, so a record read from the change
-//! log is exactly the record a full read would give.
+//! When every column is read as itself (`ReadExpr::Plain`) and the server has pgoutput's
+//! `binary` option (PostgreSQL 14 and later), the values arrive in their types' binary send
+//! format, the very bytes a binary COPY of the table carries: the batch is a binary COPY
+//! stream built here and read with the connector's COPY decoder, without a round trip to the
+//! server (`Layout::binary`). Otherwise text values from the change log are cast back to
+//! their column's type by PostgreSQL itself (`(value)::type`, the type's input function, the
+//! inverse of the output function pgoutput used) and read with the same decoder. Either way
+//! a record read from the change log is exactly the record a full read would give.
 //!
 //! Invariants:
 //! - An unchanged TOASTed value (pgoutput leaves it out of an update unless it changed) is
@@ -36,8 +40,9 @@ use crate::error::map_sqlx;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChangeRow {
     pub deleted: bool,
-    /// Per output column, its value as text (`None`: NULL).
-    pub values: Vec<Option<String>>,
+    /// Per output column, its value (`None`: NULL): the text output of its type, or with
+    /// `Layout::binary` its binary send format.
+    pub values: Vec<Option<Vec<u8>>>,
     /// Per output column, whether the value is an unchanged TOASTed one still to fill.
     pub unchanged: Vec<bool>,
 }
@@ -54,6 +59,8 @@ pub struct Layout {
     /// The Arrow schema: the output columns (all nullable: a delete carries the key alone)
     /// and the deleted flag.
     pub schema: SchemaRef,
+    /// The changes are read with pgoutput's `binary` option: values in binary format.
+    pub binary: bool,
 }
 
 /// Where the layout's columns are in a Relation message's tuples.
@@ -62,16 +69,22 @@ pub struct Positions {
     /// `None` for a generated column, which pgoutput does not send: read from the table.
     pub columns: Vec<Option<usize>>,
     pub key: Vec<usize>,
+    /// The type OIDs of the key columns, for lookups with binary values.
+    pub key_types: Vec<u32>,
 }
 
 /// The changes collected for the next batch.
 #[derive(Default)]
 pub struct ChangeBuffer {
     rows: Vec<ChangeRow>,
-    by_key: HashMap<String, usize>,
+    by_key: HashMap<Vec<u8>, usize>,
 }
 
-fn value_text(value: Option<&TupleValue>, column: &str) -> Result<(Option<String>, bool)> {
+fn value_of(
+    value: Option<&TupleValue>,
+    column: &str,
+    binary: bool,
+) -> Result<(Option<Vec<u8>>, bool)> {
     match value {
         None => Err(ConnectorError::schema(format!(
             "a change has no value for column `{column}`: the table's shape changed in the \
@@ -79,23 +92,29 @@ fn value_text(value: Option<&TupleValue>, column: &str) -> Result<(Option<String
         ))),
         Some(TupleValue::Null) => Ok((None, false)),
         Some(TupleValue::UnchangedToast) => Ok((None, true)),
-        Some(TupleValue::Text(t)) => Ok((Some(t.clone()), false)),
+        Some(TupleValue::Text(t)) if !binary => Ok((Some(t.clone().into_bytes()), false)),
+        Some(TupleValue::Binary(b)) if binary => Ok((Some(b.clone()), false)),
+        Some(TupleValue::Text(_)) => Err(ConnectorError::internal(format!(
+            "column `{column}` arrived in text format, but the read asked for binary values \
+             (its type has no binary send function?)"
+        ))),
         Some(TupleValue::Binary(_)) => Err(ConnectorError::internal(format!(
-            "column `{column}` arrived in binary format, which a cdc read never asks for"
+            "column `{column}` arrived in binary format, but the read asked for text values"
         ))),
     }
 }
 
-/// The text of a key: its values joined by a separator no text value holds.
-fn key_text(values: &[Option<String>]) -> String {
-    let mut out = String::new();
+/// The bytes of a key: each value with its length, so that no two keys share them.
+fn key_bytes(values: &[Option<Vec<u8>>]) -> Vec<u8> {
+    let mut out = Vec::new();
     for v in values {
         match v {
             Some(t) => {
-                out.push('\u{1}');
-                out.push_str(t);
+                out.push(1);
+                out.extend_from_slice(&(t.len() as u64).to_le_bytes());
+                out.extend_from_slice(t);
             }
-            None => out.push('\u{2}'),
+            None => out.push(2),
         }
     }
     out
@@ -119,11 +138,11 @@ impl ChangeBuffer {
         layout: &Layout,
         pos: &Positions,
         tuple: &[TupleValue],
-    ) -> Result<Vec<Option<String>>> {
+    ) -> Result<Vec<Option<Vec<u8>>>> {
         pos.key
             .iter()
             .zip(&layout.key)
-            .map(|(&i, name)| value_text(tuple.get(i), name).map(|(v, _)| v))
+            .map(|(&i, name)| value_of(tuple.get(i), name, layout.binary).map(|(v, _)| v))
             .collect()
     }
 
@@ -137,7 +156,7 @@ impl ChangeBuffer {
         let mut unchanged = Vec::with_capacity(pos.columns.len());
         for (&i, column) in pos.columns.iter().zip(&layout.columns) {
             let (v, u) = match i {
-                Some(i) => value_text(tuple.get(i), &column.name)?,
+                Some(i) => value_of(tuple.get(i), &column.name, layout.binary)?,
                 // A generated column: its value comes from the table, like a TOASTed one.
                 None => (None, !deleted),
             };
@@ -151,7 +170,7 @@ impl ChangeBuffer {
         })
     }
 
-    fn push(&mut self, key: String, mut row: ChangeRow) {
+    fn push(&mut self, key: Vec<u8>, mut row: ChangeRow) {
         match self.by_key.get(&key) {
             Some(&i) => {
                 // An update after an upsert of the same key in this batch: its unchanged
@@ -176,7 +195,7 @@ impl ChangeBuffer {
 
     /// An Insert message.
     pub fn insert(&mut self, layout: &Layout, pos: &Positions, new: &[TupleValue]) -> Result<()> {
-        let key = key_text(&Self::key_of(layout, pos, new)?);
+        let key = key_bytes(&Self::key_of(layout, pos, new)?);
         let row = Self::row_of(layout, pos, new, false)?;
         self.push(key, row);
         Ok(())
@@ -208,7 +227,7 @@ impl ChangeBuffer {
                 self.delete_key(layout, pos, old.values())?;
             }
         }
-        self.push(key_text(&new_key), row);
+        self.push(key_bytes(&new_key), row);
         Ok(())
     }
 
@@ -230,17 +249,18 @@ impl ChangeBuffer {
             unchanged: vec![false; values.len()],
             values,
         };
-        self.push(key_text(&key), row);
+        self.push(key_bytes(&key), row);
         Ok(())
     }
 }
 
 /// Fills the unchanged TOASTed values of `rows` from the table, by key; drops the rows the
 /// table no longer has (their delete is later in the change log). Returns how many it
-/// dropped.
+/// dropped. `key_types` are the key columns' type OIDs (for binary keys).
 pub async fn fill_unchanged(
     conn: &mut PgConnection,
     layout: &Layout,
+    key_types: &[u32],
     rows: &mut Vec<ChangeRow>,
 ) -> Result<usize> {
     let wanted: Vec<usize> = (0..rows.len())
@@ -264,13 +284,65 @@ pub async fn fill_unchanged(
                 })
         })
         .collect::<Result<_>>()?;
+    let found = if layout.binary {
+        lookup_binary(conn, layout, &key_columns, key_types, rows, &wanted).await?
+    } else {
+        lookup_text(conn, layout, &key_columns, rows, &wanted).await?
+    };
+    let mut present = vec![false; wanted.len()];
+    for (slot, values) in found {
+        present[slot] = true;
+        let target = &mut rows[wanted[slot]];
+        for (c, value) in values.into_iter().enumerate() {
+            if target.unchanged[c] {
+                target.values[c] = value;
+                target.unchanged[c] = false;
+            }
+        }
+    }
+    let gone: Vec<usize> = wanted
+        .iter()
+        .zip(&present)
+        .filter(|(_, p)| !**p)
+        .map(|(r, _)| *r)
+        .collect();
+    for &r in gone.iter().rev() {
+        rows.remove(r);
+    }
+    Ok(gone.len())
+}
+
+/// The row number (0-based, into `wanted`) a lookup's result row answers.
+fn answered(n: i64, wanted: usize) -> Result<usize> {
+    usize::try_from(n - 1)
+        .ok()
+        .filter(|i| *i < wanted)
+        .ok_or_else(|| {
+            ConnectorError::internal(format!(
+                "the server answered row number {n} to a lookup of {wanted} keys"
+            ))
+        })
+}
+
+/// The table's values of the rows `wanted` of `rows`, by their text keys, as text.
+async fn lookup_text(
+    conn: &mut PgConnection,
+    layout: &Layout,
+    key_columns: &[usize],
+    rows: &[ChangeRow],
+    wanted: &[usize],
+) -> Result<Vec<(usize, Vec<Option<Vec<u8>>>)>> {
     let keys: Vec<Value> = wanted
         .iter()
         .map(|&r| {
             Value::Array(
                 key_columns
                     .iter()
-                    .map(|&c| rows[r].values[c].clone().map_or(Value::Null, Value::String))
+                    .map(|&c| {
+                        rows[r].values[c].as_ref().map_or(Value::Null, |v| {
+                            Value::String(String::from_utf8_lossy(v).into_owned())
+                        })
+                    })
                     .collect(),
             )
         })
@@ -303,34 +375,149 @@ pub async fn fill_unchanged(
         .fetch_all(&mut *conn)
         .await
         .map_err(map_sqlx)?;
-    let mut present = vec![false; wanted.len()];
-    for row in found {
-        let n: i64 = row.try_get(0).map_err(map_sqlx)?;
-        let Some(slot) = usize::try_from(n - 1).ok().filter(|i| *i < wanted.len()) else {
-            return Err(ConnectorError::internal(format!(
-                "the server answered row number {n} to a lookup of {} keys",
-                wanted.len()
-            )));
-        };
-        present[slot] = true;
-        let target = &mut rows[wanted[slot]];
-        for c in 0..target.values.len() {
-            if target.unchanged[c] {
-                target.values[c] = row.try_get(c + 1).map_err(map_sqlx)?;
-                target.unchanged[c] = false;
+    found
+        .iter()
+        .map(|row| {
+            let slot = answered(row.try_get(0).map_err(map_sqlx)?, wanted.len())?;
+            let values = (0..layout.columns.len())
+                .map(|c| {
+                    row.try_get::<Option<String>, _>(c + 1)
+                        .map(|v| v.map(String::into_bytes))
+                        .map_err(map_sqlx)
+                })
+                .collect::<Result<_>>()?;
+            Ok((slot, values))
+        })
+        .collect()
+}
+
+/// A parameter of a given type, sent in its binary format as pgoutput gave it.
+struct RawParam<'a> {
+    oid: u32,
+    bytes: Option<&'a [u8]>,
+}
+
+impl sqlx::Type<sqlx::Postgres> for RawParam<'_> {
+    fn type_info() -> sqlx::postgres::PgTypeInfo {
+        sqlx::postgres::PgTypeInfo::with_oid(sqlx::postgres::types::Oid(0))
+    }
+}
+
+impl<'q> sqlx::Encode<'q, sqlx::Postgres> for RawParam<'_> {
+    fn encode_by_ref(
+        &self,
+        buf: &mut sqlx::postgres::PgArgumentBuffer,
+    ) -> std::result::Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        match self.bytes {
+            Some(bytes) => {
+                buf.extend_from_slice(bytes);
+                Ok(sqlx::encode::IsNull::No)
             }
+            None => Ok(sqlx::encode::IsNull::Yes),
         }
     }
-    let gone: Vec<usize> = wanted
-        .iter()
-        .zip(&present)
-        .filter(|(_, p)| !**p)
-        .map(|(r, _)| *r)
-        .collect();
-    for &r in gone.iter().rev() {
-        rows.remove(r);
+
+    fn produces(&self) -> Option<sqlx::postgres::PgTypeInfo> {
+        Some(sqlx::postgres::PgTypeInfo::with_oid(
+            sqlx::postgres::types::Oid(self.oid),
+        ))
     }
-    Ok(gone.len())
+}
+
+/// How many keys one binary lookup carries (each key column is a parameter).
+const LOOKUP_KEYS: usize = 1_000;
+
+/// The table's values of the rows `wanted` of `rows`, by their binary keys (bound as
+/// parameters of the key columns' types), in binary format.
+async fn lookup_binary(
+    conn: &mut PgConnection,
+    layout: &Layout,
+    key_columns: &[usize],
+    key_types: &[u32],
+    rows: &[ChangeRow],
+    wanted: &[usize],
+) -> Result<Vec<(usize, Vec<Option<Vec<u8>>>)>> {
+    if key_types.len() != key_columns.len() {
+        return Err(ConnectorError::internal(format!(
+            "{} key types for {} key columns",
+            key_types.len(),
+            key_columns.len()
+        )));
+    }
+    let q = |name: &str| PostgresDialect.quote_ident(name);
+    let names: Vec<String> = (0..key_columns.len()).map(|i| format!("k{i}")).collect();
+    let left: Vec<String> = key_columns
+        .iter()
+        .map(|&c| format!("t.{}", q(&layout.columns[c].name)))
+        .collect();
+    let right: Vec<String> = names.iter().map(|n| format!("r.{n}")).collect();
+    let values: Vec<String> = layout
+        .columns
+        .iter()
+        .map(|c| format!("t.{}", q(&c.name)))
+        .collect();
+    let width = key_columns.len() + 1;
+    let mut out = Vec::with_capacity(wanted.len());
+    for (chunk_no, chunk) in wanted.chunks(LOOKUP_KEYS).enumerate() {
+        let tuples: Vec<String> = (0..chunk.len())
+            .map(|i| {
+                let params: Vec<String> = (0..width)
+                    .map(|p| {
+                        let n = i * width + p + 1;
+                        if p == 0 {
+                            format!("${n}::int8")
+                        } else {
+                            format!("${n}")
+                        }
+                    })
+                    .collect();
+                format!("({})", params.join(", "))
+            })
+            .collect();
+        let sql = format!(
+            "SELECT r.n, {} FROM (VALUES {}) AS r(n, {}) JOIN {} AS t ON ({}) = ({})",
+            values.join(", "),
+            tuples.join(", "),
+            names.join(", "),
+            qualified(&layout.schema_name, &layout.table),
+            left.join(", "),
+            right.join(", ")
+        );
+        let mut query = sqlx::query(&sql).persistent(false);
+        for (i, &r) in chunk.iter().enumerate() {
+            query = query.bind((chunk_no * LOOKUP_KEYS + i + 1) as i64);
+            for (&c, &oid) in key_columns.iter().zip(key_types) {
+                query = query.bind(RawParam {
+                    oid,
+                    bytes: rows[r].values[c].as_deref(),
+                });
+            }
+        }
+        let found = query.fetch_all(&mut *conn).await.map_err(map_sqlx)?;
+        for row in &found {
+            let slot = answered(row.try_get(0).map_err(map_sqlx)?, wanted.len())?;
+            let mut values = Vec::with_capacity(layout.columns.len());
+            for c in 0..layout.columns.len() {
+                let raw = row.try_get_raw(c + 1).map_err(map_sqlx)?;
+                values.push(if sqlx::ValueRef::is_null(&raw) {
+                    None
+                } else {
+                    Some(
+                        raw.as_bytes()
+                            .map_err(|e| {
+                                ConnectorError::internal(format!(
+                                    "column `{}` of a lookup: {e}",
+                                    layout.columns[c].name
+                                ))
+                            })?
+                            .to_vec(),
+                    )
+                });
+            }
+            out.push((slot, values));
+        }
+    }
+    Ok(out)
 }
 
 /// The select-list expression reading the `i`-th value of a change as column `c` would read.
@@ -352,13 +539,95 @@ pub async fn to_batch(
     if rows.is_empty() {
         return Ok(RecordBatch::new_empty(layout.schema.clone()));
     }
+    let wires: Vec<(String, Wire)> = layout
+        .columns
+        .iter()
+        .map(|c| (c.name.clone(), c.wire))
+        .collect();
+    let decoder = if layout.binary {
+        binary_copy(layout, &wires, rows)?
+    } else {
+        cast_on_server(conn, layout, &wires, rows).await?
+    };
+    if decoder.rows() != rows.len() {
+        return Err(ConnectorError::internal(format!(
+            "decoding {} changes gave {} rows",
+            rows.len(),
+            decoder.rows()
+        )));
+    }
+    let mut columns: Vec<ArrayRef> = decoder
+        .finish()
+        .map_err(|e| ConnectorError::internal(e.to_string()))?;
+    columns.push(Arc::new(BooleanArray::from(
+        rows.iter().map(|r| r.deleted).collect::<Vec<bool>>(),
+    )));
+    RecordBatch::try_new(layout.schema.clone(), columns)
+        .map_err(|e| ConnectorError::schema(e.to_string()))
+}
+
+/// Binary values: the binary COPY stream a COPY of the rows would send, decoded here.
+fn binary_copy(
+    layout: &Layout,
+    wires: &[(String, Wire)],
+    rows: &[ChangeRow],
+) -> Result<CopyDecoder> {
+    let count = i16::try_from(layout.columns.len()).map_err(|_| {
+        ConnectorError::schema(format!(
+            "table `{}` has more columns than a COPY row holds",
+            layout.table
+        ))
+    })?;
+    let bytes: usize = rows
+        .iter()
+        .flat_map(|r| &r.values)
+        .map(|v| 4 + v.as_ref().map_or(0, Vec::len))
+        .sum();
+    let mut data = Vec::with_capacity(21 + rows.len() * 2 + bytes);
+    data.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+    data.extend_from_slice(&0i32.to_be_bytes());
+    data.extend_from_slice(&0i32.to_be_bytes());
+    for row in rows {
+        data.extend_from_slice(&count.to_be_bytes());
+        for value in &row.values {
+            match value {
+                None => data.extend_from_slice(&(-1i32).to_be_bytes()),
+                Some(v) => {
+                    let len = i32::try_from(v.len()).map_err(|_| {
+                        ConnectorError::schema("a value of more than 2 GiB in the change log")
+                    })?;
+                    data.extend_from_slice(&len.to_be_bytes());
+                    data.extend_from_slice(v);
+                }
+            }
+        }
+    }
+    data.extend_from_slice(&(-1i16).to_be_bytes());
+    let mut decoder = CopyDecoder::new(wires, rows.len(), bytes);
+    decoder
+        .feed(&data)
+        .map_err(|e| ConnectorError::schema(e.to_string()))?;
+    Ok(decoder)
+}
+
+/// Text values: cast to their columns' types by the server, read back as binary COPY.
+async fn cast_on_server(
+    conn: &mut PgConnection,
+    layout: &Layout,
+    wires: &[(String, Wire)],
+    rows: &[ChangeRow],
+) -> Result<CopyDecoder> {
     let data = Value::Array(
         rows.iter()
             .map(|r| {
                 Value::Array(
                     r.values
                         .iter()
-                        .map(|v| v.clone().map_or(Value::Null, Value::String))
+                        .map(|v| {
+                            v.as_ref().map_or(Value::Null, |v| {
+                                Value::String(String::from_utf8_lossy(v).into_owned())
+                            })
+                        })
                         .collect(),
                 )
             })
@@ -381,12 +650,7 @@ pub async fn to_batch(
          WITH ORDINALITY AS r(e, n) ORDER BY r.n) TO STDOUT (FORMAT binary)",
         exprs.join(", ")
     );
-    let wires: Vec<(String, Wire)> = layout
-        .columns
-        .iter()
-        .map(|c| (c.name.clone(), c.wire))
-        .collect();
-    let mut decoder = CopyDecoder::new(&wires, rows.len(), data.len());
+    let mut decoder = CopyDecoder::new(wires, rows.len(), data.len());
     {
         let mut stream = conn.copy_out_raw(&sql).await.map_err(map_sqlx)?;
         while let Some(chunk) = poll_fn(|cx| Pin::new(&mut stream).poll_next(cx)).await {
@@ -401,21 +665,7 @@ pub async fn to_batch(
         .execute(&mut *conn)
         .await
         .map_err(map_sqlx)?;
-    if decoder.rows() != rows.len() {
-        return Err(ConnectorError::internal(format!(
-            "decoding {} changes gave {} rows",
-            rows.len(),
-            decoder.rows()
-        )));
-    }
-    let mut columns: Vec<ArrayRef> = decoder
-        .finish()
-        .map_err(|e| ConnectorError::internal(e.to_string()))?;
-    columns.push(Arc::new(BooleanArray::from(
-        rows.iter().map(|r| r.deleted).collect::<Vec<bool>>(),
-    )));
-    RecordBatch::try_new(layout.schema.clone(), columns)
-        .map_err(|e| ConnectorError::schema(e.to_string()))
+    Ok(decoder)
 }
 
 #[cfg(test)]
@@ -445,6 +695,7 @@ mod tests {
             columns: vec![column("id"), column("bio")],
             key: vec!["id".into()],
             schema: Arc::new(lockstep_plugin_sdk::arrow::datatypes::Schema::empty()),
+            binary: false,
         }
     }
 
@@ -458,6 +709,7 @@ mod tests {
         let pos = Positions {
             columns: vec![Some(0), Some(1)],
             key: vec![0],
+            key_types: vec![25],
         };
         let mut buffer = ChangeBuffer::default();
         buffer.insert(&layout, &pos, &[t("1"), t("long")]).unwrap();
@@ -483,12 +735,15 @@ mod tests {
             .unwrap();
         let rows = buffer.take();
         assert_eq!(rows.len(), 4);
-        assert_eq!(rows[0].values, vec![Some("1".into()), Some("long".into())]);
+        assert_eq!(
+            rows[0].values,
+            vec![Some(b"1".to_vec()), Some(b"long".to_vec())]
+        );
         assert_eq!(rows[0].unchanged, vec![false, false]);
         assert!(rows[1].deleted);
-        assert_eq!(rows[2].values[0].as_deref(), Some("3"));
+        assert_eq!(rows[2].values[0].as_deref(), Some(&b"3"[..]));
         assert!(rows[2].deleted);
-        assert_eq!(rows[3].values[0].as_deref(), Some("4"));
+        assert_eq!(rows[3].values[0].as_deref(), Some(&b"4"[..]));
         assert!(rows[3].unchanged[1], "left for the table lookup");
         // REPLICA IDENTITY FULL fills from the old tuple.
         buffer
@@ -499,6 +754,6 @@ mod tests {
                 &[t("5"), TupleValue::UnchangedToast],
             )
             .unwrap();
-        assert_eq!(buffer.take()[0].values[1].as_deref(), Some("old"));
+        assert_eq!(buffer.take()[0].values[1].as_deref(), Some(&b"old"[..]));
     }
 }

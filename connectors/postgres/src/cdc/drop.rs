@@ -20,7 +20,7 @@ use lockstep_plugin_sdk::{ConnectorError, Result};
 use lockstep_sql_kit::{Dialect, PostgresDialect};
 use sqlx::{PgConnection, Row};
 
-use super::slot::temporary_prefix;
+use super::slot::{anchor_name, temporary_prefix};
 use crate::error::map_sqlx;
 
 const SLOT: &str = "replication slot";
@@ -61,6 +61,25 @@ pub async fn drop_objects(
             "the server has no slot of that name",
         ));
     }
+    // The anchor slot a snapshot run leaves for the next run (`slot::anchor_name`), when it
+    // is one of this database.
+    let anchor = anchor_name(&request.slot);
+    sqlx::query(
+        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+          WHERE slot_name = $1 AND plugin = 'pgoutput' AND database = current_database() \
+            AND active_pid IS NULL",
+    )
+    .bind(&anchor)
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| {
+        let mut e = map_sqlx(e);
+        e.message.push_str(&format!(
+            " (dropping the anchor replication slot `{anchor}` of slot `{}`)",
+            request.slot
+        ));
+        e
+    })?;
     match publication {
         PublicationPlan::Drop => {
             let quoted = PostgresDialect.quote_ident(&request.publication);

@@ -16,9 +16,14 @@
 //!    after the destination flushed, so the slot is advanced (`pg_replication_slot_advance`)
 //!    to its position then, and only then: the after-commit hook every source of Lockstep
 //!    uses (as the files connector's `after_read`). A dry run never advances. The advance
-//!    runs on a connection of its own while the changes are read (step 4), since each is a
+//!    runs on a connection of its own while the changes are read (step 5), since each is a
 //!    pass of the server's decoder over the WAL from the slot's restart point.
-//! 4. The changes: the slot is copied (before the advance) into a temporary slot of the
+//! 4. The anchor: once a snapshot is read, the run creates a second slot (`<slot>_anchor`)
+//!    past the WAL the snapshot generated, then reads the changes since the slot's start, so
+//!    its last checkpoint is at or past the anchor's start. The next run replaces the slot by
+//!    a copy of the anchor (`take_anchor`): a confirmation to a position at or before the
+//!    committed checkpoint that costs no decoding pass over the snapshot's WAL.
+//! 5. The changes: the slot is copied (before the advance) into a temporary slot of the
 //!    session, whose changes are consumed with `pg_logical_slot_get_binary_changes` in chunks
 //!    of at most `CHUNK_CHANGES` changes (PostgreSQL returns whole transactions, so a chunk
 //!    may be longer) until a call returns fewer. The rows stream from the server; memory
@@ -32,7 +37,8 @@
 //! and nothing is lost, whatever point a run was killed at.
 //!
 //! Invariants:
-//! - The slot is confirmed only to a committed checkpoint's position.
+//! - The slot is confirmed only to a committed checkpoint's position (an anchor replaces it
+//!   only when the anchor is at or before that position).
 //! - A truncate of the table is refused (it has no rows to delete by key); a change that
 //!   cannot be decoded is an error naming it, never a skipped record.
 //! - Unchanged TOASTed values are never written as NULL (`changes`).
@@ -60,7 +66,7 @@ use tokio::sync::mpsc;
 
 use self::changes::{ChangeBuffer, Layout, Positions};
 use self::pgoutput::{format_lsn, parse_lsn, Message};
-use crate::catalog::Table;
+use crate::catalog::{ReadExpr, Table};
 use crate::config::{effective_batch_size, Settings};
 use crate::read::{fetch, BatchResult, PgReader, ReadPlan};
 use crate::session::Session;
@@ -253,6 +259,7 @@ pub(crate) fn start(
         columns,
         key,
         schema: Arc::new(arrow_schema(&schema_fields)),
+        binary: false,
     };
     let plan = CdcPlan {
         settings: session.settings.clone(),
@@ -355,6 +362,17 @@ async fn run(plan: &mut CdcPlan, out: &mut Outlet) -> Flow {
     let mut side = plan.settings.connect().await?;
     let (schema, table) = (plan.layout.schema_name.clone(), plan.layout.table.clone());
     slot::check_wal_level(&mut conn).await?;
+    // Binary values when every column is read as itself and pgoutput has the option.
+    plan.layout.binary = plan
+        .layout
+        .columns
+        .iter()
+        .all(|c| c.expr == ReadExpr::Plain)
+        && slot::server_version(&mut conn).await? >= 140_000;
+    lockstep_plugin_sdk::tracing::debug!(
+        binary = plan.layout.binary,
+        "changes are read with binary values when true, cast from text by the server otherwise"
+    );
     let identity = slot::replica_identity(&mut conn, &schema, &table).await?;
     identity.check_key(&table, &plan.layout.key)?;
     let has_publication = if plan.dry_run {
@@ -370,6 +388,10 @@ async fn run(plan: &mut CdcPlan, out: &mut Outlet) -> Flow {
         slot::check_slot(&mut conn, &plan.slot, info).await?;
     }
     let mut checkpoint = plan.checkpoint.clone();
+    let anchor = slot::anchor_name(&plan.slot);
+    if !plan.dry_run {
+        info = take_anchor(&mut conn, &plan.slot, &anchor, checkpoint.as_ref(), info).await?;
+    }
     // A slot the server invalidated (past `max_slot_wal_keep_size`) cannot decode any more:
     // it is dropped and made again, as a slot that was dropped.
     if info.as_ref().is_some_and(|i| i.lost) {
@@ -484,6 +506,9 @@ async fn run(plan: &mut CdcPlan, out: &mut Outlet) -> Flow {
                 // A dry run of a sync whose slot does not exist yet: the snapshot is all.
                 return Ok(());
             }
+            if !plan.dry_run {
+                create_anchor(&plan.settings, &anchor).await;
+            }
             let c = CdcCheckpoint {
                 slot: plan.slot.clone(),
                 phase: Phase::Changes,
@@ -548,6 +573,94 @@ async fn run(plan: &mut CdcPlan, out: &mut Outlet) -> Flow {
     confirmed.map_err(Failure::from)
 }
 
+/// The anchor's hand-over at the start of a run: when the anchor slot a snapshot run made
+/// (`create_anchor`) sits at or before the committed checkpoint, and at or after the sync's
+/// slot, the slot is replaced by a copy of it (same restart and confirmed positions), which
+/// confirms nothing past the checkpoint and spares the server a decoding pass over the
+/// snapshot's WAL. An anchor of this sync that cannot be used is dropped; one of another
+/// database or plugin is left alone. A kill between the slot's drop and the copy is finished
+/// by the next run, which finds the anchor and no slot. Returns the slot as it is after.
+async fn take_anchor(
+    conn: &mut PgConnection,
+    name: &str,
+    anchor: &str,
+    checkpoint: Option<&CdcCheckpoint>,
+    info: Option<slot::SlotInfo>,
+) -> Result<Option<slot::SlotInfo>> {
+    let Some(found) = slot::slot(conn, anchor).await? else {
+        return Ok(info);
+    };
+    let database = slot::current_database(conn).await?;
+    if found.plugin != "pgoutput" || found.database != database {
+        return Ok(info);
+    }
+    let committed = checkpoint
+        .filter(|c| c.phase == Phase::Changes)
+        .and_then(|c| parse_lsn(&c.lsn));
+    let usable = !found.lost
+        && committed.is_some_and(|lsn| found.confirmed_flush <= lsn)
+        && info
+            .as_ref()
+            .is_none_or(|i| i.lost || i.confirmed_flush <= found.confirmed_flush);
+    if usable {
+        if info.is_some() {
+            slot::drop_slot(conn, name).await?;
+        }
+        slot::copy_persistent(conn, anchor, name).await?;
+        lockstep_plugin_sdk::tracing::debug!(
+            slot = name,
+            lsn = %format_lsn(found.confirmed_flush),
+            "took over the snapshot's anchor slot"
+        );
+    }
+    sqlx::query("SELECT pg_drop_replication_slot($1)")
+        .bind(anchor)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| {
+            let mut e = crate::error::map_sqlx(e);
+            e.message.push_str(&format!(
+                " (dropping the anchor replication slot `{anchor}`)"
+            ));
+            e
+        })?;
+    if usable {
+        slot::slot(conn, name).await
+    } else {
+        Ok(info)
+    }
+}
+
+/// Creates the anchor slot once a snapshot is read: its start is past the WAL the snapshot
+/// generated until then, the destination's writes included when it is on the same server.
+/// The run goes on to read the changes since the slot's start, so its last checkpoint is at
+/// or past the anchor's start, and the next run takes the anchor over (`take_anchor`).
+/// Creating a slot waits for the transactions running on the server to end: past
+/// `ANCHOR_WAIT` the run goes on without an anchor (the next run then confirms the slot the
+/// slow way), as it does on any other failure.
+async fn create_anchor(settings: &Settings, anchor: &str) {
+    let created = async {
+        let mut own = settings.connect().await?;
+        sqlx::query(&format!("SET statement_timeout = '{ANCHOR_WAIT}'"))
+            .execute(&mut own)
+            .await
+            .map_err(crate::error::map_sqlx)?;
+        slot::create_slot(&mut own, anchor).await
+    }
+    .await;
+    if let Err(e) = created {
+        lockstep_plugin_sdk::tracing::info!(
+            slot = anchor,
+            "no anchor slot for the snapshot ({}); the next run confirms the slot by decoding \
+             the snapshot's WAL",
+            settings.scrub_error(e).message
+        );
+    }
+}
+
+/// How long a snapshot run waits to create its anchor slot.
+const ANCHOR_WAIT: &str = "10s";
+
 /// How far the changes were applied.
 #[derive(Clone, Copy, Debug)]
 struct Position {
@@ -581,7 +694,7 @@ async fn changes(
     let mut positions: Option<(u32, Positions)> = None;
     let mut txn: Option<Txn> = None;
     let sql = "SELECT data FROM pg_logical_slot_get_binary_changes($1, NULL, $2, \
-               'proto_version', '1', 'publication_names', $3)";
+               'proto_version', '1', 'publication_names', $3, 'binary', $4)";
     // The destination holds every change committed before this, once the checkpoint is
     // committed: the last whole transaction's commit time, or the start of the last look at a
     // change log that then had nothing more.
@@ -606,6 +719,7 @@ async fn changes(
             .bind(copy)
             .bind(CHUNK_CHANGES)
             .bind(&plan.publication)
+            .bind(if plan.layout.binary { "true" } else { "false" })
             .fetch(&mut *conn);
         while let Some(row) = poll_fn(|cx| Pin::new(&mut stream).poll_next(cx)).await {
             let row = row.map_err(crate::error::map_sqlx)?;
@@ -645,6 +759,7 @@ async fn changes(
                         emit(
                             plan,
                             side,
+                            key_types(&positions),
                             &mut buffer,
                             checkpoint(position, &caught_up),
                             out,
@@ -713,6 +828,7 @@ async fn changes(
                         emit(
                             plan,
                             side,
+                            key_types(&positions),
                             &mut buffer,
                             checkpoint(position, &caught_up),
                             out,
@@ -755,6 +871,7 @@ async fn changes(
     emit(
         plan,
         side,
+        key_types(&positions),
         &mut buffer,
         checkpoint(position, &caught_up),
         out,
@@ -762,16 +879,24 @@ async fn changes(
     .await
 }
 
+/// The key columns' type OIDs of the table's latest Relation message.
+fn key_types(positions: &Option<(u32, Positions)>) -> &[u32] {
+    positions
+        .as_ref()
+        .map_or(&[], |(_, p)| p.key_types.as_slice())
+}
+
 /// Sends the buffered changes as one batch with `checkpoint`.
 async fn emit(
     plan: &CdcPlan,
     side: &mut PgConnection,
+    key_types: &[u32],
     buffer: &mut ChangeBuffer,
     checkpoint: CdcCheckpoint,
     out: &mut Outlet,
 ) -> Flow {
     let mut rows = buffer.take();
-    let gone = changes::fill_unchanged(side, &plan.layout, &mut rows).await?;
+    let gone = changes::fill_unchanged(side, &plan.layout, key_types, &mut rows).await?;
     if gone > 0 {
         lockstep_plugin_sdk::tracing::debug!(
             rows = gone,
@@ -818,6 +943,12 @@ fn relation_positions(plan: &CdcPlan, relation: &pgoutput::Relation) -> Result<P
             .key
             .iter()
             .map(|k| find(k))
+            .collect::<Result<_>>()?,
+        key_types: plan
+            .layout
+            .key
+            .iter()
+            .map(|k| find(k).map(|i| relation.columns[i].type_oid))
             .collect::<Result<_>>()?,
     })
 }

@@ -229,12 +229,30 @@ pub async fn slot(conn: &mut PgConnection, slot: &str) -> Result<Option<SlotInfo
     }))
 }
 
-/// Refuses a slot of another plugin or database.
-pub async fn check_slot(conn: &mut PgConnection, name: &str, info: &SlotInfo) -> Result<()> {
-    let database: String = sqlx::query_scalar("SELECT current_database()::text")
+/// The server's `server_version_num` (such as 150004).
+pub async fn server_version(conn: &mut PgConnection) -> Result<i32> {
+    let text: String = sqlx::query_scalar("SELECT current_setting('server_version_num')")
         .fetch_one(&mut *conn)
         .await
         .map_err(map_sqlx)?;
+    text.trim().parse().map_err(|_| {
+        ConnectorError::internal(format!(
+            "the server's version number `{text}` is not a number"
+        ))
+    })
+}
+
+/// The name of the database the connection is in.
+pub async fn current_database(conn: &mut PgConnection) -> Result<String> {
+    sqlx::query_scalar("SELECT current_database()::text")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(map_sqlx)
+}
+
+/// Refuses a slot of another plugin or database.
+pub async fn check_slot(conn: &mut PgConnection, name: &str, info: &SlotInfo) -> Result<()> {
+    let database = current_database(conn).await?;
     if info.plugin != "pgoutput" || info.database != database {
         return Err(ConnectorError::config(format!(
             "replication slot `{name}` exists but is not a logical slot of plugin `pgoutput` in \
@@ -313,6 +331,34 @@ pub async fn copy_temporary(conn: &mut PgConnection, slot: &str, copy: &str) -> 
             e
         })?;
     Ok(())
+}
+
+/// Copies `source` into a new persistent slot `target` (same restart and confirmed
+/// positions): the anchor's hand-over (`anchor_name`).
+pub async fn copy_persistent(conn: &mut PgConnection, source: &str, target: &str) -> Result<()> {
+    sqlx::query("SELECT pg_copy_logical_replication_slot($1, $2, false)")
+        .bind(source)
+        .bind(target)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| {
+            let mut e = map_sqlx(e);
+            e.message.push_str(&format!(
+                " (copying replication slot `{source}` into `{target}`: the user needs the                  REPLICATION attribute, and the server a free slot, max_replication_slots)"
+            ));
+            e
+        })?;
+    Ok(())
+}
+
+/// The name of the anchor slot of `slot`: a slot a snapshot run creates once its snapshot is
+/// read, so that the next run can take it over instead of making the server decode the
+/// snapshot's WAL (the destination's writes, when both are on one server) again to confirm
+/// `slot` (see `cdc/mod.rs`, "The anchor").
+pub fn anchor_name(slot: &str) -> String {
+    let mut name: String = slot.chars().take(56).collect();
+    name.push_str("_anchor");
+    name
 }
 
 /// The start of the names of the temporary copies a read makes of `slot` (`copy_temporary`).
