@@ -74,6 +74,9 @@ impl RangeHashDialect for Pg {
     fn range_in_list(&self, range: &str) -> String {
         format!("{range} = ANY($1::int8[])")
     }
+    fn value_text(&self, value: &str) -> String {
+        format!("({value})::text")
+    }
 }
 
 /// The columns `names` of `table` with their canonical text.
@@ -139,17 +142,7 @@ pub async fn range_hash(
                 ),
                 None => None,
             };
-            let text = |m: &str| format!("({m})::text");
-            let sql = summary_sql(
-                &Pg,
-                &name,
-                &key,
-                &fields,
-                hash.ranges,
-                newest
-                    .as_deref()
-                    .map(|n| (n, &text as &dyn Fn(&str) -> String)),
-            );
+            let sql = summary_sql(&Pg, &name, &key, &fields, hash.ranges, newest.as_deref());
             let rows = sqlx::query(&sql)
                 .fetch_all(&mut conn)
                 .await

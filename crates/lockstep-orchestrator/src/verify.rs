@@ -8,6 +8,12 @@
 //! it arrives. Whole records are fetched again only for the keys that differ: by key when the
 //! source connector reads by key (`read-by-keys`), else in one filtered pass.
 //!
+//! Where both sides provably hash alike (the same connector with `range-hash`, a mapping of
+//! plain copies, the same types), the comparison happens in the databases instead
+//! (`verify_pushdown`): ranges of the key space are hashed on both sides, and only the
+//! records of candidate keys (those whose hashes differ) are read, indexed and probed as
+//! above, so the report is the same either way.
+//!
 //! Invariants:
 //! - Both sides are compared as mapped values of the destination's fields, so a rename, a
 //!   transform or a type the systems store differently (INT against BIGINT) is no difference.

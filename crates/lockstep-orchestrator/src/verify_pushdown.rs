@@ -87,7 +87,7 @@ pub(crate) struct Outcome {
     pub source_newest: Option<String>,
     pub destination_newest: Option<String>,
     /// The keys (canonical text of each key field) whose records differ or are on one side.
-    pub candidates: Vec<Vec<Option<String>>>,
+    pub candidates: Vec<KeyText>,
     pub stats: ContentComparison,
 }
 
@@ -326,17 +326,20 @@ fn differing(
     (ranges, records)
 }
 
+/// A key as listed: the canonical text of each key field, `None` for a null.
+pub(crate) type KeyText = Vec<Option<String>>;
+
 /// The keys whose (key, row hash) pairs differ between the two listings (a key on one side
 /// only, with another hash, or held another number of times).
-pub(crate) fn candidates(a: Vec<RangeEntry>, b: Vec<RangeEntry>) -> Vec<Vec<Option<String>>> {
-    let mut pairs: HashMap<Vec<Option<String>>, (Vec<String>, Vec<String>)> = HashMap::new();
+pub(crate) fn candidates(a: Vec<RangeEntry>, b: Vec<RangeEntry>) -> Vec<KeyText> {
+    let mut pairs: HashMap<KeyText, (Vec<String>, Vec<String>)> = HashMap::new();
     for e in a {
         pairs.entry(e.key).or_default().0.push(e.hash);
     }
     for e in b {
         pairs.entry(e.key).or_default().1.push(e.hash);
     }
-    let mut out: Vec<Vec<Option<String>>> = pairs
+    let mut out: Vec<KeyText> = pairs
         .into_iter()
         .filter_map(|(key, (mut x, mut y))| {
             x.sort_unstable();
@@ -436,7 +439,7 @@ pub(crate) async fn compare(
 
 /// The candidate keys as the JSON keys of a read by keys (each value its canonical text,
 /// which the connector casts back to the key field's type).
-pub(crate) fn json_keys(candidates: &[Vec<Option<String>>]) -> Vec<Vec<Value>> {
+pub(crate) fn json_keys(candidates: &[KeyText]) -> Vec<Vec<Value>> {
     candidates
         .iter()
         .map(|k| {

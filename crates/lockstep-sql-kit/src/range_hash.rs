@@ -41,6 +41,9 @@ pub trait RangeHashDialect: Dialect {
     fn int_text(&self, int: &str) -> String;
     /// The condition "int64 expression `range` is one of the ranges bound at parameter 1".
     fn range_in_list(&self, range: &str) -> String;
+    /// The canonical text of the value expression `value` (a column's type, such as the
+    /// greatest value of a column).
+    fn value_text(&self, value: &str) -> String;
 }
 
 /// One column to hash: its name and the SQL expression of its canonical text (over the
@@ -111,8 +114,8 @@ fn parts<D: RangeHashDialect>(
 }
 
 /// The query summarizing each range of `table` (a qualified, quoted name): columns range
-/// (int64), count (int64), hash (text) and, with `newest` (the quoted column and the SQL of
-/// its greatest value's text over a window `max(<column>) OVER ()`), the newest value's text.
+/// (int64), count (int64), hash (text) and, with `newest` (a quoted column), the canonical
+/// text of that column's greatest value over the whole table (a window over the groups).
 /// One row per range that holds records, in range order.
 pub fn summary_sql<D: RangeHashDialect>(
     dialect: &D,
@@ -120,11 +123,14 @@ pub fn summary_sql<D: RangeHashDialect>(
     key: &[HashColumn],
     fields: &[HashColumn],
     ranges: u64,
-    newest: Option<(&str, &dyn Fn(&str) -> String)>,
+    newest: Option<&str>,
 ) -> String {
     let p = parts(dialect, key, fields, ranges);
     let (inner_newest, outer_newest) = match newest {
-        Some((column, text)) => (format!(", {column} AS n"), text("max(max(t.n)) OVER ()")),
+        Some(column) => (
+            format!(", {column} AS n"),
+            dialect.value_text("max(max(t.n)) OVER ()"),
+        ),
         None => (String::new(), "NULL".to_owned()),
     };
     format!(
@@ -191,6 +197,9 @@ mod tests {
         fn range_in_list(&self, range: &str) -> String {
             format!("{range} = ANY($1)")
         }
+        fn value_text(&self, value: &str) -> String {
+            format!("({value})::text")
+        }
     }
 
     fn column(name: &str) -> HashColumn {
@@ -209,15 +218,7 @@ mod tests {
              h(j(e(\"id\"::text), e(\"a\"\"b\"::text)), 0) AS h FROM \"t\") AS t GROUP BY t.r \
              ORDER BY t.r"
         );
-        let newest = |m: &str| format!("({m})::text");
-        let sql = summary_sql(
-            &Pg,
-            "\"t\"",
-            &[column("id")],
-            &[],
-            1,
-            Some(("\"at\"", &newest)),
-        );
+        let sql = summary_sql(&Pg, "\"t\"", &[column("id")], &[], 1, Some("\"at\""));
         assert!(sql.contains("(max(max(t.n)) OVER ())::text"), "{sql}");
         assert!(sql.contains(", \"at\" AS n FROM"), "{sql}");
         assert!(sql.contains("& 0)"), "{sql}");
