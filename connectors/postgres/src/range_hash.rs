@@ -5,7 +5,8 @@
 //! The queries are the SQL kit's ([`lockstep_sql_kit::range_hash`]); this module gives them
 //! PostgreSQL's pieces: `hashtextextended` (the hash PostgreSQL's hash partitioning relies on,
 //! stable across server versions), an exact `sum` of int8 (numeric), and each column's
-//! canonical text, `col::text` (`to_json(col)::text` for arrays, as reads send them).
+//! canonical text: a record's text is its row output, `ROW(cols)::text` (arrays as
+//! `to_json(col)`, as reads send them), one output call a value.
 //!
 //! Invariants:
 //! - The text output of a value depends on session settings (time zone, date style, float
@@ -59,11 +60,13 @@ impl RangeHashDialect for Pg {
     fn hash64(&self, text: &str, seed: u8) -> String {
         format!("hashtextextended({text}, {seed})")
     }
-    fn encode(&self, text: &str) -> String {
-        format!("coalesce(length({text})::text || ':' || {text}, '~')")
+    fn encode(&self, value: &str) -> String {
+        value.to_owned()
     }
     fn join(&self, parts: &[String]) -> String {
-        format!("concat_ws(chr(31), {})", parts.join(", "))
+        // The row output quotes a value when needed, writes a null as nothing and an empty
+        // text as `""`: unambiguous, and one output call a value.
+        format!("ROW({})::text", parts.join(", "))
     }
     fn sum_text(&self, hash: &str) -> String {
         format!("sum({hash})::text")
@@ -92,8 +95,8 @@ fn columns(table: &Table, names: &[String], label: &str) -> Result<Vec<HashColum
             })?;
             let quoted = PostgresDialect.quote_ident(&c.name);
             let text = match c.expr {
-                ReadExpr::Json => format!("to_json({quoted})::text"),
-                ReadExpr::Plain | ReadExpr::Text => format!("{quoted}::text"),
+                ReadExpr::Json => format!("to_json({quoted})"),
+                ReadExpr::Plain | ReadExpr::Text => quoted,
             };
             Ok(HashColumn {
                 name: c.name.clone(),

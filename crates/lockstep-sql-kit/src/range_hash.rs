@@ -3,8 +3,10 @@
 //! the (key, row hash) pairs of some ranges, so that two systems compare only what differs.
 //!
 //! A record's text is the canonical text of its key fields and then of the requested fields,
-//! each encoded as `<length>:<text>` (a null as `~`, so that a null and an empty text differ)
-//! and joined. Its *range* is the hash (seed 1) of its key's text modulo the range count (a
+//! each encoded and joined by the dialect so that the whole is unambiguous (a null and an
+//! empty text differ, a separator inside a value is no separator): PostgreSQL's row output
+//! `ROW(...)::text` quotes as needed; a dialect without one encodes each value as
+//! `<length>:<text>` (a null as `~`) and joins them. Its *range* is the hash (seed 1) of its key's text modulo the range count (a
 //! power of two, so a bit mask), which depends on the key's canonical text only, never on how
 //! the system orders or collates keys. Its *row hash* is the hash (seed 0) of its whole text.
 //! A range's summary is its record count and the sum of its row hashes, which does not depend
@@ -29,10 +31,11 @@ pub const MAX_LISTED_RANGES: usize = 1 << 20;
 pub trait RangeHashDialect: Dialect {
     /// A signed 64-bit hash of the text expression `text` with seed 0 or 1.
     fn hash64(&self, text: &str, seed: u8) -> String;
-    /// The text expression `text` (a column's canonical text, possibly null) encoded as
-    /// `<length>:<text>`, or `~` when it is null.
-    fn encode(&self, text: &str) -> String;
-    /// The concatenation of text expressions, separated by U+001F.
+    /// A column's expression (a [`HashColumn::text`], possibly null) as a part of a
+    /// record's text: for example `<length>:<text>`, or `~` when it is null.
+    fn encode(&self, value: &str) -> String;
+    /// The unambiguous text of a record from its encoded parts (for example joined by
+    /// U+001F, or PostgreSQL's `ROW(...)::text`).
     fn join(&self, parts: &[String]) -> String;
     /// The decimal text of an exact, order-independent sum of the int64 expression `hash`
     /// over a group.
@@ -46,8 +49,9 @@ pub trait RangeHashDialect: Dialect {
     fn value_text(&self, value: &str) -> String;
 }
 
-/// One column to hash: its name and the SQL expression of its canonical text (over the
-/// column's quoted name).
+/// One column to hash: its name and the SQL expression of its value in canonical form (over
+/// the column's quoted name), which [`RangeHashDialect::encode`] and
+/// [`RangeHashDialect::value_text`] turn into text.
 #[derive(Clone, Debug)]
 pub struct HashColumn {
     pub name: String,
@@ -152,7 +156,7 @@ pub fn list_sql<D: RangeHashDialect>(
     ranges: u64,
 ) -> String {
     let p = parts(dialect, key, fields, ranges);
-    let keys: Vec<&str> = key.iter().map(|c| c.text.as_str()).collect();
+    let keys: Vec<String> = key.iter().map(|c| dialect.value_text(&c.text)).collect();
     format!(
         "SELECT {}, {} FROM {table} WHERE {}",
         keys.join(", "),
@@ -228,7 +232,7 @@ mod tests {
     fn listings_filter_by_the_bound_ranges() {
         let sql = list_sql(&Pg, "\"t\"", &[column("id"), column("k")], &[], 4);
         assert!(
-            sql.starts_with("SELECT \"id\"::text, \"k\"::text, i(h("),
+            sql.starts_with("SELECT (\"id\"::text)::text, (\"k\"::text)::text, i(h("),
             "{sql}"
         );
         assert!(sql.ends_with("& 3) = ANY($1)"), "{sql}");
