@@ -4,11 +4,11 @@
 //! differ, and those go through the engine's own comparison (`compare`), so the report is
 //! the one reading both sides in full would give.
 //!
-//! How it narrows (see docs/verify.md): one summary of the whole key space on each side (a
-//! count and an order-independent hash). Equal: the systems agree, and nothing else is read.
-//! Otherwise the key space is cut into about one range per [`ROWS_PER_RANGE`] records, both
-//! sides summarize every range, and the ranges whose (count, hash) differ are listed on both
-//! sides as (key, row hash) pairs; the keys whose pairs differ are the candidates, fetched by
+//! How it narrows (see docs/verify.md): each side summarizes [`FIRST_RANGES`] ranges of its
+//! key space (per range a count and an order-independent hash). All equal: the systems
+//! agree, and nothing else is read. When the differing ranges hold more than [`LIST_LIMIT`]
+//! records, both sides summarize finer ranges (about [`ROWS_PER_RANGE`] records each); then
+//! the ranges whose (count, hash) differ are listed on both sides as (key, row hash) pairs; the keys whose pairs differ are the candidates, fetched by
 //! key on both sides. A record's range is the hash of its key's canonical text, not a slice
 //! of the key order, so two systems that collate keys differently cut alike, and neither side
 //! needs an index on the key (each level is one scan).
@@ -36,13 +36,16 @@ use lockstep_mapping::Mapper;
 use lockstep_plugin_host::SourceHandle;
 use serde::Serialize;
 use serde_json::Value;
+use xxhash_rust::xxh3::xxh3_128;
 
 use crate::error::EngineError;
 use crate::job::SyncJob;
 use crate::services::Services;
 
-/// About how many records one range holds at the second level: a differing range lists
-/// about this many pairs on each side.
+/// The ranges of the first level: 65,536, about 16 records each at a million records.
+pub(crate) const FIRST_RANGES: u64 = 1 << 16;
+/// About how many records one range holds at the finer level, when there is one: a
+/// differing range lists about this many pairs on each side.
 pub(crate) const ROWS_PER_RANGE: u64 = 16;
 /// The most records the ranges that differ may hold (on the larger side) for verify to list
 /// them; past it, so much differs that reading both sides costs no more.
@@ -58,7 +61,7 @@ pub struct ContentComparison {
     pub method: &'static str,
     /// Why the range-hash pushdown was not used, when it was not.
     pub declined: Option<String>,
-    /// The ranges of the finest level summarized (1 when the whole key space was equal).
+    /// The ranges of the finest level summarized.
     pub ranges: u64,
     /// The ranges whose (count, hash) differed at that level.
     pub differing_ranges: u64,
@@ -286,11 +289,14 @@ impl Side<'_> {
     }
 }
 
+/// Each range's record count and (a 128-bit hash of) its hash.
+type RangeMap = BTreeMap<u64, (u64, u128)>;
+
 /// Summaries by range, checking that one algorithm made them all.
 fn by_range(
     summaries: &[RangeSummary],
     algorithm: &mut Option<String>,
-) -> Result<BTreeMap<u64, (u64, String)>, String> {
+) -> Result<RangeMap, String> {
     let mut out = BTreeMap::new();
     for s in summaries {
         match algorithm {
@@ -303,16 +309,15 @@ fn by_range(
             Some(_) => {}
             None => *algorithm = Some(s.algorithm.clone()),
         }
-        out.insert(s.range, (s.count, s.hash.clone()));
+        // The hash's text, itself hashed to 128 bits: compact, and equal only when equal but
+        // for a collision.
+        out.insert(s.range, (s.count, xxh3_128(s.hash.as_bytes())));
     }
     Ok(out)
 }
 
 /// The ranges whose (count, hash) differ, and the records they hold on the larger side.
-fn differing(
-    a: &BTreeMap<u64, (u64, String)>,
-    b: &BTreeMap<u64, (u64, String)>,
-) -> (Vec<u64>, u64) {
+fn differing(a: &RangeMap, b: &RangeMap) -> (Vec<u64>, u64) {
     let mut ranges: Vec<u64> = Vec::new();
     let mut records = 0u64;
     for range in a.keys().chain(b.keys().filter(|r| !a.contains_key(r))) {
@@ -377,8 +382,9 @@ pub(crate) async fn compare(
     };
     let mut algorithm = None;
 
-    // The whole key space.
-    let (x, y) = tokio::join!(a.summaries(1), b.summaries(1));
+    // A first level of FIRST_RANGES ranges: identical tables stop here, after one scan a side.
+    let mut ranges = FIRST_RANGES;
+    let (x, y) = tokio::join!(a.summaries(ranges), b.summaries(ranges));
     let (x, y) = (x?, y?);
     let count = |s: &[RangeSummary]| s.iter().map(|s| s.count).sum::<u64>();
     let newest = |s: &[RangeSummary]| s.first().and_then(|s| s.newest.clone());
@@ -390,34 +396,39 @@ pub(crate) async fn compare(
         candidates: Vec::new(),
         stats: ContentComparison {
             method: "range-hash",
-            ranges: 1,
+            ranges,
             ..Default::default()
         },
     };
-    let whole = (by_range(&x, &mut algorithm), by_range(&y, &mut algorithm));
-    let (whole_a, whole_b) = match whole {
-        (Ok(p), Ok(q)) => (p, q),
-        (Err(e), _) | (_, Err(e)) => return Ok(Compared::Declined(e)),
-    };
-    if whole_a == whole_b {
-        return Ok(Compared::Done(outcome));
-    }
-
-    // Ranges of about ROWS_PER_RANGE records.
-    let largest = outcome.source_count.max(outcome.destination_count);
-    let ranges = (largest / ROWS_PER_RANGE)
-        .max(1)
-        .next_power_of_two()
-        .min(RANGE_HASH_MAX_RANGES);
-    let (x, y) = tokio::join!(a.summaries(ranges), b.summaries(ranges));
-    let (x, y) = (x?, y?);
     let (ra, rb) = match (by_range(&x, &mut algorithm), by_range(&y, &mut algorithm)) {
         (Ok(p), Ok(q)) => (p, q),
         (Err(e), _) | (_, Err(e)) => return Ok(Compared::Declined(e)),
     };
     drop((x, y));
-    let (list, records) = differing(&ra, &rb);
+    let (mut list, mut records) = differing(&ra, &rb);
     drop((ra, rb));
+    if list.is_empty() {
+        return Ok(Compared::Done(outcome));
+    }
+
+    // Finer ranges of about ROWS_PER_RANGE records, when the differing ones hold too many
+    // records to list and finer ranges exist.
+    let largest = outcome.source_count.max(outcome.destination_count);
+    let finer = (largest / ROWS_PER_RANGE)
+        .max(1)
+        .next_power_of_two()
+        .min(RANGE_HASH_MAX_RANGES);
+    if records > LIST_LIMIT && finer > ranges {
+        ranges = finer;
+        let (x, y) = tokio::join!(a.summaries(ranges), b.summaries(ranges));
+        let (x, y) = (x?, y?);
+        let (ra, rb) = match (by_range(&x, &mut algorithm), by_range(&y, &mut algorithm)) {
+            (Ok(p), Ok(q)) => (p, q),
+            (Err(e), _) | (_, Err(e)) => return Ok(Compared::Declined(e)),
+        };
+        drop((x, y));
+        (list, records) = differing(&ra, &rb);
+    }
     outcome.stats.ranges = ranges;
     outcome.stats.differing_ranges = list.len() as u64;
     if records > LIST_LIMIT {
@@ -486,10 +497,8 @@ mod tests {
 
     #[test]
     fn differing_ranges_include_ranges_on_one_side_only() {
-        let a: BTreeMap<u64, (u64, String)> =
-            [(0, (3, "x".to_owned())), (1, (2, "y".to_owned()))].into();
-        let b: BTreeMap<u64, (u64, String)> =
-            [(0, (3, "x".to_owned())), (2, (5, "z".to_owned()))].into();
+        let a: RangeMap = [(0, (3, 10)), (1, (2, 11))].into();
+        let b: RangeMap = [(0, (3, 10)), (2, (5, 12))].into();
         assert_eq!(differing(&a, &b), (vec![1, 2], 7));
         assert_eq!(differing(&a, &a), (vec![], 0));
     }
