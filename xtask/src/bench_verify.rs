@@ -224,6 +224,8 @@ fn expect(
         report["extra"].as_i64(),
         report["different"].as_i64(),
     );
+    // How verify compared: in the databases (range hashes) or by reading both sides.
+    eprintln!("{what}: content compared by {}", report["content"]);
     if found != (Some(missing), Some(extra), Some(different)) {
         bail!(
             "{what}: verify found (missing, extra, different) = {found:?}, expected \

@@ -443,6 +443,7 @@ mod tests {
             dry_run: false,
             cdc: None,
             locations: None,
+            range_hash: None,
         }
     }
 

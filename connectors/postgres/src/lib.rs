@@ -27,6 +27,7 @@ pub mod copy_decode;
 pub mod copy_encode;
 pub mod error;
 pub mod numeric;
+pub mod range_hash;
 pub mod read;
 pub mod session;
 pub mod summary;
@@ -61,6 +62,7 @@ impl Connector for PostgresConnector {
                     "lookback",
                     lockstep_plugin_sdk::protocol::FEATURE_READ_BY_KEYS,
                     lockstep_plugin_sdk::protocol::FEATURE_KEY_SUMMARY,
+                    lockstep_plugin_sdk::protocol::FEATURE_RANGE_HASH,
                     lockstep_plugin_sdk::protocol::FEATURE_CDC,
                     lockstep_plugin_sdk::protocol::FEATURE_CDC_DROP,
                 ])

@@ -1388,3 +1388,111 @@ async fn key_summary(
     assert_eq!(batches.len(), 1, "one summary batch");
     lockstep_plugin_sdk::protocol::KeySummary::from_batch(&batches[0].0).unwrap()
 }
+
+#[test]
+fn range_hashes_match_equal_tables_and_list_exactly_the_records_that_differ() {
+    let Some(db) = TestDb::create() else { return };
+    block_on(async {
+        // The same records inserted in opposite orders, with every kind of value text.
+        db.exec(
+            "CREATE TABLE a (id bigint PRIMARY KEY, name text, at timestamptz, x float8, \
+             n numeric(12,4), tags int[]); \
+             CREATE TABLE b (LIKE a INCLUDING ALL); \
+             INSERT INTO a SELECT g, 'n' || g, timestamptz '2026-01-01 00:00:00+00' + g * \
+             interval '1 minute', g / 3.0, g / 7.0, ARRAY[g, g + 1] \
+             FROM generate_series(1, 1000) g; \
+             INSERT INTO b SELECT * FROM a ORDER BY id DESC;",
+        )
+        .await;
+        let mut source = db.source(None).await;
+        let fields = ["name", "at", "x", "n", "tags"];
+        let a = range_summaries(&mut source, "a", &fields, 64, Some("at")).await;
+        assert_eq!(a.iter().map(|s| s.count).sum::<u64>(), 1000);
+        assert!(a.len() > 50, "{} ranges hold records", a.len());
+        assert_eq!(a[0].algorithm, crate::range_hash::ALGORITHM);
+        assert_eq!(a[0].newest.as_deref(), Some("2026-01-01 16:40:00+00"));
+        assert_eq!(
+            range_summaries(&mut source, "b", &fields, 64, Some("at")).await,
+            a
+        );
+
+        // Null against an empty text, and one field changed: two ranges differ at most, and
+        // their listings differ in exactly those two records.
+        db.exec("UPDATE a SET name = NULL WHERE id = 10; UPDATE b SET name = '' WHERE id = 10")
+            .await;
+        db.exec("UPDATE b SET x = 0.5 WHERE id = 20").await;
+        let a = range_summaries(&mut source, "a", &fields, 64, None).await;
+        let b = range_summaries(&mut source, "b", &fields, 64, None).await;
+        let differing: Vec<u64> = a
+            .iter()
+            .zip(&b)
+            .filter(|(x, y)| x != y)
+            .map(|(x, _)| x.range)
+            .collect();
+        assert!((1..=2).contains(&differing.len()), "{differing:?}");
+        let list_a = range_entries(&mut source, "a", &fields, 64, &differing).await;
+        let list_b = range_entries(&mut source, "b", &fields, 64, &differing).await;
+        assert_eq!(list_a.len(), list_b.len());
+        let mut changed: Vec<String> = list_a
+            .iter()
+            .filter(|e| !list_b.contains(e))
+            .map(|e| e.key[0].clone().unwrap())
+            .collect();
+        changed.sort();
+        assert_eq!(changed, ["10", "20"]);
+
+        // A range count that is not a power of two is refused.
+        let mut req = request("a");
+        req.range_hash = Some(lockstep_plugin_sdk::protocol::RangeHashRequest {
+            fields: vec!["name".into()],
+            ranges: 3,
+            ..Default::default()
+        });
+        let e = err(source.read(req).await);
+        assert!(e.message.contains("power of two"), "{}", e.message);
+    });
+}
+
+/// The range summaries of `stream` (key `id`), read as the host reads them.
+async fn range_summaries(
+    source: &mut PgSource,
+    stream: &str,
+    fields: &[&str],
+    ranges: u64,
+    newest: Option<&str>,
+) -> Vec<lockstep_plugin_sdk::protocol::RangeSummary> {
+    let mut req = request(stream);
+    req.key = vec!["id".into()];
+    req.range_hash = Some(lockstep_plugin_sdk::protocol::RangeHashRequest {
+        fields: fields.iter().map(|f| f.to_string()).collect(),
+        ranges,
+        list: None,
+        newest: newest.map(str::to_owned),
+    });
+    let mut reader = ok(source.read(req).await);
+    let batches = read_all(&mut reader).await;
+    assert_eq!(batches.len(), 1, "one summary batch");
+    lockstep_plugin_sdk::protocol::RangeSummary::from_batch(&batches[0].0).unwrap()
+}
+
+/// The listed entries of `ranges` of `stream` (key `id`).
+async fn range_entries(
+    source: &mut PgSource,
+    stream: &str,
+    fields: &[&str],
+    ranges: u64,
+    list: &[u64],
+) -> Vec<lockstep_plugin_sdk::protocol::RangeEntry> {
+    let mut req = request(stream);
+    req.key = vec!["id".into()];
+    req.range_hash = Some(lockstep_plugin_sdk::protocol::RangeHashRequest {
+        fields: fields.iter().map(|f| f.to_string()).collect(),
+        ranges,
+        list: Some(list.to_vec()),
+        newest: None,
+    });
+    let mut reader = ok(source.read(req).await);
+    let batches = read_all(&mut reader).await;
+    assert_eq!(batches.len(), 1, "one listing batch");
+    lockstep_plugin_sdk::protocol::RangeEntry::from_batch(&batches[0].0, 1).unwrap()
+}

@@ -18,7 +18,7 @@
 // go; `batch` is the one path from a batch to a commit; `reconcile` and `deletes` are the
 // mirror phases; `pipeline` runs them; `conflict` is the pure two-way decision and `two_way`
 // the two-way run; `engine`, `plan`, `retry`, `verify` and `cdc_drop` are the entry points
-// (`compare` is verify's pure comparison).
+// (`compare` is verify's pure comparison, `verify_pushdown` its comparison in the databases).
 mod batch;
 mod cdc_drop;
 mod compare;
@@ -43,6 +43,7 @@ mod source_rejects;
 mod summary;
 mod two_way;
 mod verify;
+mod verify_pushdown;
 
 pub use cdc_drop::CdcDropReport;
 pub use deletes::SAMPLE_KEYS as DELETE_SAMPLE_KEYS;
@@ -55,3 +56,4 @@ pub use verify::{
     ChangedRecord, FieldDifference, LastRun, RecordDifference, RepairReport, SideReport,
     VerifyOptions, VerifyReport,
 };
+pub use verify_pushdown::ContentComparison;

@@ -8,6 +8,12 @@
 //! it arrives. Whole records are fetched again only for the keys that differ: by key when the
 //! source connector reads by key (`read-by-keys`), else in one filtered pass.
 //!
+//! Where both sides provably hash alike (the same connector with `range-hash`, a mapping of
+//! plain copies, the same types), the comparison happens in the databases instead
+//! (`verify_pushdown`): ranges of the key space are hashed on both sides, and only the
+//! records of candidate keys (those whose hashes differ) are read, indexed and probed as
+//! above, so the report is the same either way.
+//!
 //! Invariants:
 //! - Both sides are compared as mapped values of the destination's fields, so a rename, a
 //!   transform or a type the systems store differently (INT against BIGINT) is no difference.
@@ -49,6 +55,7 @@ use crate::lease::{FencedWriter, HeldLease};
 use crate::rows::row_json;
 use crate::services::{open_destination_stream, Services};
 use crate::sink::{Sink, WriteSink};
+use crate::verify_pushdown::{self, Compared as PushdownCompared, ContentComparison};
 
 /// The most keys one read by keys asks for.
 const KEYS_PER_READ: usize = 500;
@@ -149,6 +156,8 @@ pub struct VerifyReport {
     pub duplicate_keys: Vec<String>,
     /// Whether the source was fetched by key (`read-by-keys`) or in a second, filtered pass.
     pub fetched_by_key: bool,
+    /// How the content was compared: range hashes in both systems, or by reading both sides.
+    pub content: ContentComparison,
     pub repair: Option<RepairReport>,
 }
 
@@ -162,6 +171,27 @@ impl VerifyReport {
     pub fn differences(&self) -> u64 {
         self.missing + self.extra + self.different + self.duplicates
     }
+}
+
+/// What the comparison of the two sides gives the report.
+struct Compared {
+    index: SourceIndex,
+    found: Found,
+    source_side: SideReport,
+    destination_side: SideReport,
+    unmappable: u64,
+    content: ContentComparison,
+}
+
+/// What both ways of comparing need.
+struct CompareArgs<'a> {
+    job: &'a SyncJob,
+    mapper: &'a Mapper,
+    /// The source fields to read.
+    fields: &'a [String],
+    cursor_type: Option<lockstep_core::protocol::DataType>,
+    /// The destination field the cursor is copied to.
+    cursor_target: Option<&'a str>,
 }
 
 /// The differences found, with what a repair needs.
@@ -212,84 +242,52 @@ impl Engine<'_> {
             .and_then(|c| stream.field(c))
             .map(|f| f.data_type);
         let fields = fields_to_read(job, &mapper);
-        let source_key = mapper.source_key().to_vec();
-
-        // 1. The source, into the index.
-        let mut index = SourceIndex::default();
-        let mut source_side = SideReport {
-            counted_by: "read",
-            ..Default::default()
-        };
-        let mut unmappable = 0u64;
-        let request = ReadRequest {
-            stream: spec.source.stream.clone(),
-            mode: ReadMode::Full,
-            fields: Some(fields.clone()),
-            key: source_key.clone(),
-            batch_size: Some(spec.batch_size.max(READ_BATCH)),
-            dry_run: true,
-            ..Default::default()
-        };
-        let mut reader = source.read(&request).await?;
-        while let Some((batch, _)) = reader.next().await? {
-            refuse_unreadable(&batch, &spec.name, "source")?;
-            source_side.count += batch.num_rows() as u64;
-            if let Some(cursor) = &spec.cursor_field {
-                newest(&mut source_side.newest_cursor, &batch, cursor, cursor_type);
-            }
-            let mapped = mapper.map(&batch)?;
-            unmappable += mapped.rejected.len() as u64;
-            let keys = record_keys(&mapped.batch, mapper.key())?;
-            let fps = fingerprints(&mapped.batch)?;
-            let source_keys = key_texts(&batch, &source_key, &mapped.source_rows)?;
-            for ((key, fp), source_key) in keys.iter().zip(&fps).zip(&source_keys) {
-                index
-                    .insert(key, *fp, source_key)
-                    .map_err(|e| EngineError::Config(e.to_string()))?;
-            }
-        }
-        drop(reader);
-        index.seal();
-
-        // 2. The destination, probed record by record.
         let cursor_target = spec
             .cursor_field
             .as_ref()
             .and_then(|c| copied_to(&mapper, c));
-        let mut found = self
-            .read_destination(job, &mapper, &mut index, cursor_target.as_deref())
-            .await?;
 
-        // 3. Counts in place, where the connectors can (the key-summary feature).
-        let mut destination_side = SideReport {
-            count: found.destination_count,
-            counted_by: "read",
-            newest_cursor: found.newest_cursor.take(),
+        // 1-3. Compare: in the databases where both sides compute the same hashes, else by
+        // reading both sides.
+        let reading = CompareArgs {
+            job,
+            mapper: &mapper,
+            fields: &fields,
+            cursor_type,
+            cursor_target: cursor_target.as_deref(),
         };
-        if let Some(count) = connector_count(
-            services,
-            &job.source.connector,
-            &job.source,
-            &spec.source.stream,
-            &source_key,
-        )
-        .await
+        let compared = match self
+            .compare_in_place(&reading, &stream, &mut source)
+            .await?
         {
-            source_side.count = count;
-            source_side.counted_by = "connector";
-        }
-        if let Some(count) = connector_count(
-            services,
-            &job.destination.connector,
-            &job.destination,
-            &spec.destination.stream,
-            mapper.key(),
-        )
-        .await
-        {
-            destination_side.count = count;
-            destination_side.counted_by = "connector";
-        }
+            Ok(compared) => {
+                tracing::info!(
+                    sync = %spec.name,
+                    ranges = compared.content.ranges,
+                    differing_ranges = compared.content.differing_ranges,
+                    candidates = compared.content.candidates,
+                    "verify compared range hashes computed in both systems"
+                );
+                compared
+            }
+            Err(reason) => {
+                tracing::info!(
+                    sync = %spec.name,
+                    reason = %reason,
+                    "verify reads both sides: the range-hash pushdown does not apply"
+                );
+                self.compare_by_reading(&reading, &mut source, reason)
+                    .await?
+            }
+        };
+        let Compared {
+            index,
+            found,
+            source_side,
+            destination_side,
+            unmappable,
+            content,
+        } = compared;
 
         // 4. The source's current records of the keys that differ.
         let wanted: Vec<(u64, String)> = index
@@ -396,6 +394,7 @@ impl Engine<'_> {
             different_records,
             duplicate_keys: found.duplicates.iter().take(limit).cloned().collect(),
             fetched_by_key,
+            content,
             repair: None,
         };
         if index.duplicates() > 0 {
@@ -426,6 +425,232 @@ impl Engine<'_> {
             );
         }
         Ok(report)
+    }
+
+    /// Compares by reading both sides in full: the source into the index, the destination
+    /// probed record by record; counts in place where the connectors can (`key-summary`).
+    async fn compare_by_reading(
+        &self,
+        args: &CompareArgs<'_>,
+        source: &mut SourceHandle,
+        declined: String,
+    ) -> Result<Compared, EngineError> {
+        let services = self.services();
+        let CompareArgs {
+            job,
+            mapper,
+            fields,
+            cursor_type,
+            cursor_target,
+        } = *args;
+        let spec = &job.spec;
+        let source_key = mapper.source_key().to_vec();
+
+        // 1. The source, into the index.
+        let mut index = SourceIndex::default();
+        let mut source_side = SideReport {
+            counted_by: "read",
+            ..Default::default()
+        };
+        let mut unmappable = 0u64;
+        let request = ReadRequest {
+            stream: spec.source.stream.clone(),
+            mode: ReadMode::Full,
+            fields: Some(fields.to_vec()),
+            key: source_key.clone(),
+            batch_size: Some(spec.batch_size.max(READ_BATCH)),
+            dry_run: true,
+            ..Default::default()
+        };
+        let mut reader = source.read(&request).await?;
+        while let Some((batch, _)) = reader.next().await? {
+            refuse_unreadable(&batch, &spec.name, "source")?;
+            source_side.count += batch.num_rows() as u64;
+            if let Some(cursor) = &spec.cursor_field {
+                newest(&mut source_side.newest_cursor, &batch, cursor, cursor_type);
+            }
+            unmappable += index_batch(&mut index, &batch, mapper)?;
+        }
+        drop(reader);
+        index.seal();
+
+        // 2. The destination, probed record by record.
+        let mut found = self
+            .read_destination(job, mapper, &mut index, cursor_target)
+            .await?;
+
+        // 3. Counts in place, where the connectors can (the key-summary feature).
+        let mut destination_side = SideReport {
+            count: found.destination_count,
+            counted_by: "read",
+            newest_cursor: found.newest_cursor.take(),
+        };
+        if let Some(count) = connector_count(
+            services,
+            &job.source.connector,
+            &job.source,
+            &spec.source.stream,
+            &source_key,
+        )
+        .await
+        {
+            source_side.count = count;
+            source_side.counted_by = "connector";
+        }
+        if let Some(count) = connector_count(
+            services,
+            &job.destination.connector,
+            &job.destination,
+            &spec.destination.stream,
+            mapper.key(),
+        )
+        .await
+        {
+            destination_side.count = count;
+            destination_side.counted_by = "connector";
+        }
+        Ok(Compared {
+            index,
+            found,
+            source_side,
+            destination_side,
+            unmappable,
+            content: ContentComparison {
+                method: "read",
+                declined: Some(declined),
+                ..Default::default()
+            },
+        })
+    }
+
+    /// Compares in the databases (the `range-hash` feature) when both sides provably compute
+    /// the same hashes: ranges narrow the comparison down to candidate keys, whose records
+    /// are fetched by key on both sides and compared as a full read would compare them. The
+    /// reason, instead, when the pushdown does not apply or its reads failed.
+    async fn compare_in_place(
+        &self,
+        args: &CompareArgs<'_>,
+        stream: &lockstep_core::protocol::StreamInfo,
+        source: &mut SourceHandle,
+    ) -> Result<Result<Compared, String>, EngineError> {
+        let services = self.services();
+        let CompareArgs {
+            job,
+            mapper,
+            fields,
+            cursor_type,
+            cursor_target,
+        } = *args;
+        let spec = &job.spec;
+        if let Err(reason) = verify_pushdown::check_connectors(services, job) {
+            return Ok(Err(reason));
+        }
+        // The destination's own description decides whether both sides hash alike; it is
+        // read again by the comparison by reading when the pushdown steps back.
+        let mut destination = services.open_source(&job.destination).await?;
+        let catalog = destination.discover().await?;
+        let plan = match verify_pushdown::plan(
+            services,
+            job,
+            mapper,
+            stream,
+            catalog.stream(&spec.destination.stream),
+            cursor_target,
+        ) {
+            Ok(plan) => plan,
+            Err(reason) => return Ok(Err(reason)),
+        };
+        let outcome = match verify_pushdown::compare(source, &mut destination, job, &plan).await {
+            Ok(PushdownCompared::Done(outcome)) => outcome,
+            Ok(PushdownCompared::Declined(reason)) => return Ok(Err(reason)),
+            Err(e) => {
+                tracing::warn!(sync = %spec.name, error = %e, "the range-hash reads failed");
+                return Ok(Err(format!("its reads failed: {e}")));
+            }
+        };
+
+        // The candidates' records on both sides, compared as a full read compares them.
+        let keys = verify_pushdown::json_keys(&outcome.candidates);
+        let mut index = SourceIndex::default();
+        let mut unmappable = 0u64;
+        let batch_size = Some(spec.batch_size.max(READ_BATCH));
+        for chunk in keys.chunks(KEYS_PER_READ) {
+            let request = ReadRequest {
+                stream: spec.source.stream.clone(),
+                mode: ReadMode::Full,
+                fields: Some(fields.to_vec()),
+                key: plan.source_key.clone(),
+                keys: Some(chunk.to_vec()),
+                batch_size,
+                dry_run: true,
+                ..Default::default()
+            };
+            let mut reader = source.read(&request).await?;
+            while let Some((batch, _)) = reader.next().await? {
+                refuse_unreadable(&batch, &spec.name, "source")?;
+                unmappable += index_batch(&mut index, &batch, mapper)?;
+            }
+        }
+        index.seal();
+        let schema = compared_schema(mapper);
+        let wanted: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+        let mut found = Found::default();
+        for chunk in keys.chunks(KEYS_PER_READ) {
+            let request = ReadRequest {
+                stream: spec.destination.stream.clone(),
+                mode: ReadMode::Full,
+                fields: Some(wanted.clone()),
+                key: plan.destination_key.clone(),
+                keys: Some(chunk.to_vec()),
+                batch_size,
+                dry_run: true,
+                ..Default::default()
+            };
+            let mut reader = destination.read(&request).await?;
+            while let Some((batch, _)) = reader.next().await? {
+                refuse_unreadable(&batch, &spec.name, "destination")?;
+                let batch = cast_to(&batch, &schema, &spec.destination.stream)?;
+                probe_batch(&mut found, &mut index, &batch, mapper)?;
+            }
+        }
+
+        // Counts and the newest cursor values come from the summaries.
+        let source_newest = match (&plan.source_newest, outcome.source_newest) {
+            (Some(field), Some(text)) => {
+                typed_newest(source, &spec.source.stream, field, text, cursor_type).await?
+            }
+            _ => None,
+        };
+        let destination_newest = match (&plan.destination_newest, outcome.destination_newest) {
+            (Some(field), Some(text)) => {
+                typed_newest(
+                    &mut destination,
+                    &spec.destination.stream,
+                    field,
+                    text,
+                    None,
+                )
+                .await?
+            }
+            _ => None,
+        };
+        found.destination_count = outcome.destination_count;
+        Ok(Ok(Compared {
+            index,
+            found,
+            source_side: SideReport {
+                count: outcome.source_count,
+                counted_by: "connector",
+                newest_cursor: source_newest,
+            },
+            destination_side: SideReport {
+                count: outcome.destination_count,
+                counted_by: "connector",
+                newest_cursor: destination_newest,
+            },
+            unmappable,
+            content: outcome.stats,
+        }))
     }
 
     /// Reads the destination's records, casts them to the mapped types and probes the index.
@@ -469,16 +694,7 @@ impl Engine<'_> {
                 spec.name
             )));
         }
-        // Every mapped field, nullable: a destination may hold nulls the mapping would refuse,
-        // and those are differences to report, not errors.
-        let schema = Arc::new(Schema::new(
-            mapper
-                .schema()
-                .fields()
-                .iter()
-                .map(|f| Field::clone(f).with_nullable(true))
-                .collect::<Vec<_>>(),
-        ));
+        let schema = compared_schema(mapper);
         let request = ReadRequest {
             stream: spec.destination.stream.clone(),
             mode: ReadMode::Full,
@@ -496,21 +712,7 @@ impl Engine<'_> {
             if let Some(cursor) = cursor_target {
                 newest(&mut found.newest_cursor, &batch, cursor, None);
             }
-            let keys = record_keys(&batch, mapper.key())?;
-            let fps = fingerprints(&batch)?;
-            for (row, (key, fp)) in keys.into_iter().zip(fps).enumerate() {
-                match index.probe(&key, fp) {
-                    Probe::Same => {}
-                    Probe::Different(source_key) => {
-                        let source_key = source_key.to_owned();
-                        found
-                            .different
-                            .push((key, row_json(&batch, row), source_key));
-                    }
-                    Probe::Extra => found.extra.push((key, row_json(&batch, row))),
-                    Probe::Duplicate => found.duplicates.push(key),
-                }
-            }
+            probe_batch(&mut found, index, &batch, mapper)?;
         }
         Ok(found)
     }
@@ -680,6 +882,97 @@ impl Engine<'_> {
         }
         Ok(())
     }
+}
+
+/// Every mapped field, nullable: a destination may hold nulls the mapping would refuse, and
+/// those are differences to report, not errors. Destination batches are cast to it.
+fn compared_schema(mapper: &Mapper) -> Arc<Schema> {
+    Arc::new(Schema::new(
+        mapper
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| Field::clone(f).with_nullable(true))
+            .collect::<Vec<_>>(),
+    ))
+}
+
+/// Maps a raw source batch and adds its records to the index; the count of records the
+/// mapping rejected (not compared).
+fn index_batch(
+    index: &mut SourceIndex,
+    batch: &RecordBatch,
+    mapper: &Mapper,
+) -> Result<u64, EngineError> {
+    let mapped = mapper.map(batch)?;
+    let keys = record_keys(&mapped.batch, mapper.key())?;
+    let fps = fingerprints(&mapped.batch)?;
+    let source_keys = key_texts(batch, mapper.source_key(), &mapped.source_rows)?;
+    for ((key, fp), source_key) in keys.iter().zip(&fps).zip(&source_keys) {
+        index
+            .insert(key, *fp, source_key)
+            .map_err(|e| EngineError::Config(e.to_string()))?;
+    }
+    Ok(mapped.rejected.len() as u64)
+}
+
+/// Looks each record of a destination batch (cast to [`compared_schema`]) up in the sealed
+/// index, keeping the differences in `found`.
+fn probe_batch(
+    found: &mut Found,
+    index: &mut SourceIndex,
+    batch: &RecordBatch,
+    mapper: &Mapper,
+) -> Result<(), EngineError> {
+    let keys = record_keys(batch, mapper.key())?;
+    let fps = fingerprints(batch)?;
+    for (row, (key, fp)) in keys.into_iter().zip(fps).enumerate() {
+        match index.probe(&key, fp) {
+            Probe::Same => {}
+            Probe::Different(source_key) => {
+                let source_key = source_key.to_owned();
+                found
+                    .different
+                    .push((key, row_json(batch, row), source_key));
+            }
+            Probe::Extra => found.extra.push((key, row_json(batch, row))),
+            Probe::Duplicate => found.duplicates.push(key),
+        }
+    }
+    Ok(())
+}
+
+/// The value of `field` whose canonical text a range summary gave as the newest, as a read
+/// gives it (read by that value, one record).
+async fn typed_newest(
+    handle: &mut SourceHandle,
+    stream: &str,
+    field: &str,
+    text: String,
+    logical: Option<lockstep_core::protocol::DataType>,
+) -> Result<Option<Value>, EngineError> {
+    let request = ReadRequest {
+        stream: stream.to_owned(),
+        mode: ReadMode::Full,
+        fields: Some(vec![field.to_owned()]),
+        key: vec![field.to_owned()],
+        keys: Some(vec![vec![Value::String(text)]]),
+        batch_size: Some(1),
+        dry_run: true,
+        ..Default::default()
+    };
+    let mut reader = handle.read(&request).await?;
+    while let Some((batch, _)) = reader.next().await? {
+        if batch.num_rows() == 0 {
+            continue;
+        }
+        if let Some(column) = batch.column_by_name(field) {
+            return Ok(Some(lockstep_core::protocol::arrow_types::json_value(
+                column, 0, logical,
+            )));
+        }
+    }
+    Ok(None)
 }
 
 /// The source records of `wanted` (key hash, source key text), as raw source batches holding

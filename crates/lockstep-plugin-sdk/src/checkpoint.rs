@@ -323,6 +323,7 @@ mod tests {
             dry_run: false,
             cdc: None,
             locations: None,
+            range_hash: None,
         }
     }
 

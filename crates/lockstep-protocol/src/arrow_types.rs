@@ -14,7 +14,10 @@ use arrow::datatypes::{
 };
 use serde_json::Value;
 
-use crate::{CdcDropped, DataType, FieldInfo, KeySummary, LOGICAL_TYPE_METADATA_KEY};
+use crate::{
+    CdcDropped, DataType, FieldInfo, KeySummary, RangeEntry, RangeSummary,
+    LOGICAL_TYPE_METADATA_KEY,
+};
 
 impl DataType {
     /// The Arrow type that carries values of this logical type.
@@ -317,6 +320,165 @@ impl KeySummary {
     }
 }
 
+/// The text column `name` of a batch, explaining what is wrong when it is missing or not
+/// text.
+fn text_column<'a>(
+    batch: &'a arrow::array::RecordBatch,
+    name: &str,
+    what: &str,
+) -> Result<&'a StringArray, String> {
+    batch
+        .column_by_name(name)
+        .ok_or_else(|| format!("{what} needs a `{name}` field"))?
+        .as_string_opt::<i32>()
+        .ok_or_else(|| format!("{what}'s `{name}` must be text"))
+}
+
+/// The int64 column `name` of a batch, explaining what is wrong when it is missing or not an
+/// int64.
+fn int64_column<'a>(
+    batch: &'a arrow::array::RecordBatch,
+    name: &str,
+    what: &str,
+) -> Result<&'a Int64Array, String> {
+    batch
+        .column_by_name(name)
+        .ok_or_else(|| format!("{what} needs a `{name}` field"))?
+        .as_primitive_opt::<arrow::datatypes::Int64Type>()
+        .ok_or_else(|| format!("{what}'s `{name}` must be an int64"))
+}
+
+impl RangeSummary {
+    /// Summaries as the batch a range-hash read returns.
+    pub fn to_batch(items: &[RangeSummary]) -> Result<arrow::array::RecordBatch, String> {
+        let int = |v: u64, what: &str| {
+            i64::try_from(v).map_err(|_| format!("a range summary's {what} {v} is too large"))
+        };
+        let ranges = items
+            .iter()
+            .map(|s| int(s.range, "range"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let counts = items
+            .iter()
+            .map(|s| int(s.count, "count"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let schema = Schema::new(vec![
+            Field::new("algorithm", ArrowType::Utf8, false),
+            Field::new("range", ArrowType::Int64, false),
+            Field::new("count", ArrowType::Int64, false),
+            Field::new("hash", ArrowType::Utf8, false),
+            Field::new("newest", ArrowType::Utf8, true),
+        ]);
+        arrow::array::RecordBatch::try_new(
+            std::sync::Arc::new(schema),
+            vec![
+                std::sync::Arc::new(StringArray::from_iter_values(
+                    items.iter().map(|s| s.algorithm.as_str()),
+                )),
+                std::sync::Arc::new(Int64Array::from(ranges)),
+                std::sync::Arc::new(Int64Array::from(counts)),
+                std::sync::Arc::new(StringArray::from_iter_values(
+                    items.iter().map(|s| s.hash.as_str()),
+                )),
+                std::sync::Arc::new(StringArray::from_iter(
+                    items.iter().map(|s| s.newest.as_deref()),
+                )),
+            ],
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    /// Reads summaries back from a batch of a range-hash read, explaining what is wrong with
+    /// a batch of another shape.
+    pub fn from_batch(batch: &arrow::array::RecordBatch) -> Result<Vec<RangeSummary>, String> {
+        let what = "a range summary";
+        let algorithm = text_column(batch, "algorithm", what)?;
+        let range = int64_column(batch, "range", what)?;
+        let count = int64_column(batch, "count", what)?;
+        let hash = text_column(batch, "hash", what)?;
+        let newest = text_column(batch, "newest", what)?;
+        (0..batch.num_rows())
+            .map(|row| {
+                let unsigned = |a: &Int64Array, name: &str| {
+                    if a.is_null(row) {
+                        return Err(format!("{what}'s `{name}` is null"));
+                    }
+                    u64::try_from(a.value(row))
+                        .map_err(|_| format!("{what}'s `{name}` is negative: {}", a.value(row)))
+                };
+                if algorithm.is_null(row) || hash.is_null(row) {
+                    return Err(format!("{what}'s `algorithm` and `hash` must not be null"));
+                }
+                Ok(RangeSummary {
+                    algorithm: algorithm.value(row).to_owned(),
+                    range: unsigned(range, "range")?,
+                    count: unsigned(count, "count")?,
+                    hash: hash.value(row).to_owned(),
+                    newest: (!newest.is_null(row)).then(|| newest.value(row).to_owned()),
+                })
+            })
+            .collect()
+    }
+}
+
+impl RangeEntry {
+    /// Entries of a key of `key_fields` fields as the batch a listing range-hash read returns.
+    pub fn to_batch(
+        items: &[RangeEntry],
+        key_fields: usize,
+    ) -> Result<arrow::array::RecordBatch, String> {
+        let mut fields = Vec::with_capacity(key_fields + 1);
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(key_fields + 1);
+        for i in 0..key_fields {
+            fields.push(Field::new(format!("key_{i}"), ArrowType::Utf8, true));
+            let mut values = Vec::with_capacity(items.len());
+            for item in items {
+                if item.key.len() != key_fields {
+                    return Err(format!(
+                        "a range entry has {} key values where the key has {key_fields} fields",
+                        item.key.len()
+                    ));
+                }
+                values.push(item.key[i].as_deref());
+            }
+            columns.push(std::sync::Arc::new(StringArray::from_iter(values)));
+        }
+        fields.push(Field::new("row_hash", ArrowType::Utf8, false));
+        columns.push(std::sync::Arc::new(StringArray::from_iter_values(
+            items.iter().map(|e| e.hash.as_str()),
+        )));
+        arrow::array::RecordBatch::try_new(std::sync::Arc::new(Schema::new(fields)), columns)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Reads entries of a key of `key_fields` fields back from a batch of a listing
+    /// range-hash read, explaining what is wrong with a batch of another shape.
+    pub fn from_batch(
+        batch: &arrow::array::RecordBatch,
+        key_fields: usize,
+    ) -> Result<Vec<RangeEntry>, String> {
+        let what = "a range entry";
+        let keys = (0..key_fields)
+            .map(|i| text_column(batch, &format!("key_{i}"), what))
+            .collect::<Result<Vec<_>, _>>()?;
+        let hash = text_column(batch, "row_hash", what)?;
+        (0..batch.num_rows())
+            .map(|row| {
+                if hash.is_null(row) {
+                    return Err(format!("{what}'s `row_hash` is null"));
+                }
+                Ok(RangeEntry {
+                    key: keys
+                        .iter()
+                        .map(|k| (!k.is_null(row)).then(|| k.value(row).to_owned()))
+                        .collect(),
+                    hash: hash.value(row).to_owned(),
+                })
+            })
+            .collect()
+    }
+}
+
 impl CdcDropped {
     /// The field names of a cdc drop's batch, in order.
     const FIELDS: [&'static str; 4] = ["object", "name", "outcome", "detail"];
@@ -466,5 +628,43 @@ mod tests {
         assert_eq!(KeySummary::from_batch(&batch).unwrap(), summary);
         let err = KeySummary::from_batch(&batch.slice(0, 0)).unwrap_err();
         assert!(err.contains("one row"), "{err}");
+    }
+
+    #[test]
+    fn range_summaries_and_entries_round_trip_through_their_batches() {
+        let summaries = vec![
+            RangeSummary {
+                algorithm: "a-v1".into(),
+                range: 3,
+                count: 2,
+                hash: "123".into(),
+                newest: Some("2026-01-01".into()),
+            },
+            RangeSummary {
+                algorithm: "a-v1".into(),
+                range: 7,
+                count: 1,
+                hash: "9".into(),
+                newest: None,
+            },
+        ];
+        let batch = RangeSummary::to_batch(&summaries).unwrap();
+        assert_eq!(RangeSummary::from_batch(&batch).unwrap(), summaries);
+        let entries = vec![
+            RangeEntry {
+                key: vec![Some("1".into()), None],
+                hash: "-5".into(),
+            },
+            RangeEntry {
+                key: vec![Some("2".into()), Some(String::new())],
+                hash: "6".into(),
+            },
+        ];
+        let batch = RangeEntry::to_batch(&entries, 2).unwrap();
+        assert_eq!(RangeEntry::from_batch(&batch, 2).unwrap(), entries);
+        let err = RangeEntry::from_batch(&batch, 3).unwrap_err();
+        assert!(err.contains("key_2"), "{err}");
+        let err = RangeSummary::from_batch(&batch).unwrap_err();
+        assert!(err.contains("algorithm"), "{err}");
     }
 }

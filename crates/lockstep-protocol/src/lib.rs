@@ -206,6 +206,72 @@ pub struct ReadRequest {
     /// [`FEATURE_READ_LOCATIONS`]; the host never sends it to others.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub locations: Option<Vec<Value>>,
+    /// Instead of the records, hashes of ranges of the key space computed where the records
+    /// are (`lockstep verify`): per range a count and an order-independent hash, or the
+    /// (key, row hash) pairs of chosen ranges. Honoured by connectors that declare the feature
+    /// [`FEATURE_RANGE_HASH`]; the host never sends it to others (an older plugin would
+    /// ignore the field and read the records instead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range_hash: Option<RangeHashRequest>,
+}
+
+/// Manifest feature: reads honour [`ReadRequest::range_hash`].
+pub const FEATURE_RANGE_HASH: &str = "range-hash";
+
+/// The most ranges a [`RangeHashRequest`] may cut the key space into (2^24).
+pub const RANGE_HASH_MAX_RANGES: u64 = 1 << 24;
+
+/// A range-hash read ([`ReadRequest::range_hash`]): the records of the stream (their
+/// [`ReadRequest::key`] and these `fields`) hashed in the system, in a canonical text form
+/// that the connector's [`RangeSummary::algorithm`] names.
+///
+/// The key space is cut into `ranges` ranges (a power of two): a record's range is the hash
+/// of its key's canonical text modulo `ranges`, so ranges do not depend on how a system
+/// orders or collates keys, and two systems that give a record the same canonical text put it
+/// in the same range. Without `list` the read returns one [`RangeSummary`] row per range that
+/// holds records; with `list` it returns one [`RangeEntry`] row per record of those ranges.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct RangeHashRequest {
+    /// The fields hashed with the key, in this order (the key fields may be among them).
+    pub fields: Vec<String>,
+    /// How many ranges: a power of two from 1 to [`RANGE_HASH_MAX_RANGES`].
+    pub ranges: u64,
+    /// List the (key, row hash) pairs of the records of these ranges instead of summarizing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub list: Option<Vec<u64>>,
+    /// A field whose greatest value (its canonical text) each summary row carries, over the
+    /// whole stream: the freshness of `lockstep verify`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub newest: Option<String>,
+}
+
+/// One range of a range-hash read: how many records it holds and the sum, modulo 2^64, of
+/// their row hashes (order-independent), in decimal text.
+///
+/// On the data plane it is a row of a batch with the fields `algorithm` (text), `range`
+/// (int64), `count` (int64), `hash` (text) and `newest` (text, nullable), in that order
+/// (`RangeSummary::to_batch`, `RangeSummary::from_batch`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct RangeSummary {
+    /// The hash and canonical text form; summaries of different algorithms never compare.
+    pub algorithm: String,
+    pub range: u64,
+    pub count: u64,
+    pub hash: String,
+    /// The greatest value of [`RangeHashRequest::newest`] over the stream, as canonical text.
+    pub newest: Option<String>,
+}
+
+/// One record of a listed range: its key's canonical text, one value per key field (null for
+/// a null), and its row hash in decimal text.
+///
+/// On the data plane it is a row of a batch with the text fields `key_0` .. `key_{n-1}`
+/// (nullable) and `row_hash`, in that order (`RangeEntry::to_batch`,
+/// `RangeEntry::from_batch`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RangeEntry {
+    pub key: Vec<Option<String>>,
+    pub hash: String,
 }
 
 /// Where a change-data-capture read ([`ReadMode::Cdc`]) takes its changes from: for

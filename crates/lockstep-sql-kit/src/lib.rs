@@ -11,6 +11,7 @@
 //! - [`ddl`]: the body of a `CREATE TABLE` for an open-stream request.
 //! - [`keys`]: a table's primary and unique keys, and whether they allow an upsert by a key.
 //! - [`keyset`]: the predicate "strictly after (cursor, key)" of keyset paging.
+//! - [`range_hash`]: the queries of range hashes (`range-hash`, verify's pushdown).
 //! - [`upsert`]: the `ON CONFLICT` action of an upsert by key.
 //!
 //! The connector-agnostic parts (the schema-evolution planner, the resolution of a read
@@ -29,6 +30,7 @@ pub mod ddl;
 pub mod dialect;
 pub mod keys;
 pub mod keyset;
+pub mod range_hash;
 pub mod upsert;
 
 pub use columns::ColumnBuilder;

@@ -228,6 +228,160 @@ fn postgres_to_postgres_verify_finds_the_drift_and_repairs_it() {
         report["source"]["newest_cursor"],
         report["destination"]["newest_cursor"]
     );
+    // A computed field (`lower(email)`): the databases' hashes would not be comparable, so
+    // verify read both sides, and says why.
+    assert_eq!(report["content"]["method"], "read", "{report:#}");
+    let declined = report["content"]["declined"].as_str().unwrap();
+    assert!(declined.contains("`email` is computed"), "{declined}");
+}
+
+/// A PostgreSQL `people` table whose fields a sync copies as they are (renamed at most):
+/// text, a nullable text, numeric(12,2), a float and a timestamp with time zone.
+fn create_plain_source(source: &Side) {
+    source.exec(&[
+        "CREATE TABLE people (id bigint PRIMARY KEY, full_name text NOT NULL, note text, \
+         amount numeric(12,2), ratio float8, updated_at timestamptz NOT NULL)"
+            .to_owned(),
+        format!(
+            "INSERT INTO people SELECT g, 'Person ' || g, CASE WHEN g % 4 = 0 THEN NULL \
+             ELSE 'note ' || g END, g / 2.0, g / 3.0, \
+             timestamptz '2026-01-01 00:00:00+00' + g * interval '1 minute' \
+             FROM generate_series(1, {ROWS}) g"
+        ),
+    ]);
+}
+
+/// A sync of `people` whose mapping is plain copies (one renamed): verify may hash in place.
+fn write_plain_config(dir: &Path, source: &Side, destination: &Side) {
+    let text = format!(
+        "[state]\nurl = \"sqlite://state.db\"\n\n{}\n{}\n\
+         [syncs.people]\nsource = \"src.people\"\ndestination = \"dst.contacts\"\n\
+         mode = \"incremental\"\ncursor = \"updated_at\"\nbatch_size = 25\nmax_delete_fraction = 0.5\n\n\
+         [syncs.people.fields]\nid = \"id\"\nname = \"full_name\"\nnote = \"note\"\n\
+         amount = \"amount\"\nratio = \"ratio\"\nupdated_at = \"updated_at\"\n",
+        source.connection("src"),
+        destination.connection("dst"),
+    );
+    std::fs::write(dir.join("lockstep.toml"), text).unwrap();
+}
+
+#[test]
+fn postgres_to_postgres_with_plain_copies_is_compared_in_the_databases_and_exactly() {
+    let Some(src) = postgres_database("verify_psrc") else {
+        return;
+    };
+    let Some(dst) = postgres_database("verify_pdst") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (source, destination) = (Side::Postgres(&src), Side::Postgres(&dst));
+    create_plain_source(&source);
+    write_plain_config(d, &source, &destination);
+    sync(d);
+
+    // Identical tables: one summary of the ranges a side, nothing else read.
+    let (code, report) = verify(d, &[]);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["content"]["method"], "range-hash", "{report:#}");
+    assert_eq!(report["content"]["differing_ranges"], 0, "{report:#}");
+    assert_eq!(report["content"]["listed"], 0, "{report:#}");
+    assert_eq!(report["content"]["candidates"], 0, "{report:#}");
+    assert_eq!(report["source"]["count"], ROWS);
+    assert_eq!(report["destination"]["count"], ROWS);
+    assert_eq!(report["source"]["counted_by"], "connector");
+    assert_eq!(report["source"]["newest_cursor"], "2026-01-01T01:00:00Z");
+    assert_eq!(
+        report["source"]["newest_cursor"],
+        report["destination"]["newest_cursor"]
+    );
+
+    // Scattered drift: two missing, one extra, one field changed, a null against an empty
+    // text; and a numeric written again as 2.5 where the source has 2.50 (the same value).
+    destination.exec(&[
+        "DELETE FROM contacts WHERE id IN (3, 37)".to_owned(),
+        "INSERT INTO contacts (id, name, note, amount, ratio, updated_at) VALUES \
+         (1001, 'Stranger', NULL, 1, 1, '2026-01-01 00:00:00+00')"
+            .to_owned(),
+        "UPDATE contacts SET name = 'Edited' WHERE id = 10".to_owned(),
+        "UPDATE contacts SET note = '' WHERE id = 12".to_owned(),
+        // numeric(12,2) stores 2.5 as 2.50 whichever way it is written.
+        "UPDATE contacts SET amount = 2.5 WHERE id = 5".to_owned(),
+    ]);
+    let (code, report) = verify(d, &[]);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(report["content"]["method"], "range-hash", "{report:#}");
+    assert_eq!(report["content"]["candidates"], 5, "{report:#}");
+    assert_eq!(
+        keys(&report["missing_records"]),
+        ["[37]", "[3]"],
+        "{report:#}"
+    );
+    assert_eq!(keys(&report["extra_records"]), ["[1001]"], "{report:#}");
+    let mut different: Vec<Value> = report["different_records"].as_array().unwrap().clone();
+    different.sort_by_key(|r| r["key"].as_str().unwrap().to_owned());
+    assert_eq!(
+        different,
+        [
+            serde_json::json!({ "key": "[10]", "fields": [
+                { "field": "name", "source": "Person 10", "destination": "Edited" }
+            ] }),
+            serde_json::json!({ "key": "[12]", "fields": [
+                { "field": "note", "source": null, "destination": "" }
+            ] }),
+        ],
+        "{report:#}"
+    );
+    assert_eq!(report["destination"]["count"], ROWS - 1);
+
+    // Repair converges, and verify agrees in place again.
+    let (code, report) = verify(d, &["--repair"]);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["repair"]["metrics"]["added"], 2, "{report:#}");
+    assert_eq!(report["repair"]["metrics"]["updated"], 2, "{report:#}");
+    assert_eq!(report["repair"]["metrics"]["deleted"], 1, "{report:#}");
+    let (code, report) = verify(d, &[]);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["content"]["method"], "range-hash", "{report:#}");
+}
+
+#[test]
+fn postgres_to_postgres_in_place_finds_a_key_held_twice_without_an_index() {
+    let Some(src) = postgres_database("verify_psrc") else {
+        return;
+    };
+    let Some(dst) = postgres_database("verify_pdst") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (source, destination) = (Side::Postgres(&src), Side::Postgres(&dst));
+    create_plain_source(&source);
+    write_plain_config(d, &source, &destination);
+    sync(d);
+    destination.exec(&[
+        "ALTER TABLE contacts DROP CONSTRAINT contacts_pkey".to_owned(),
+        "INSERT INTO contacts SELECT * FROM contacts WHERE id = 5".to_owned(),
+        "UPDATE contacts SET ratio = 0 WHERE id = 20".to_owned(),
+    ]);
+    let (code, report) = verify(d, &[]);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(report["content"]["method"], "range-hash", "{report:#}");
+    assert_eq!(
+        report["duplicate_keys"],
+        serde_json::json!(["[5]"]),
+        "{report:#}"
+    );
+    assert_eq!(
+        (&report["missing"], &report["extra"]),
+        (&Value::from(0), &Value::from(0))
+    );
+    assert_eq!(report["different_records"][0]["key"], "[20]", "{report:#}");
+    assert_eq!(
+        report["different_records"][0]["fields"][0]["field"],
+        "ratio"
+    );
+    assert_eq!(report["different"], 1, "{report:#}");
 }
 
 #[test]

@@ -1,0 +1,520 @@
+//! `lockstep verify`'s pushdown: the two systems hash their own records by ranges of the key
+//! space (the connector feature `range-hash`), and only the records of ranges that differ
+//! travel, as (key, row hash) pairs; whole records travel only for the keys whose pairs
+//! differ, and those go through the engine's own comparison (`compare`), so the report is
+//! the one reading both sides in full would give.
+//!
+//! How it narrows (see docs/verify.md): each side summarizes [`FIRST_RANGES`] ranges of its
+//! key space (per range a count and an order-independent hash). All equal: the systems
+//! agree, and nothing else is read. When the differing ranges hold more than [`LIST_LIMIT`]
+//! records, both sides summarize finer ranges (about [`ROWS_PER_RANGE`] records each); then
+//! the ranges whose (count, hash) differ are listed on both sides as (key, row hash) pairs; the keys whose pairs differ are the candidates, fetched by
+//! key on both sides. A record's range is the hash of its key's canonical text, not a slice
+//! of the key order, so two systems that collate keys differently cut alike, and neither side
+//! needs an index on the key (each level is one scan).
+//!
+//! Invariants:
+//! - Used only where both sides provably compute the same thing for the same mapped records
+//!   ([`plan`]): the same connector on both sides, with `range-hash` and `read-by-keys`; every
+//!   mapped field a plain copy (a rename at most: no expression, cast or path); and each
+//!   field of the same logical and native type on both sides. Anything else is declined with
+//!   the reason, and verify reads both sides instead.
+//! - A false match needs a 64-bit hash collision between different canonical texts; a
+//!   candidate that is no difference (values alike once mapped) is dropped by the engine's
+//!   comparison of the fetched records, so the pushdown can only cost reads, never change the
+//!   report.
+//! - Memory holds the summaries (one per range, a few dozen bytes each) and the listed pairs
+//!   of differing ranges, at most [`LIST_LIMIT`] records; past that it declines.
+
+use std::collections::{BTreeMap, HashMap};
+
+use lockstep_core::protocol::{
+    RangeEntry, RangeHashRequest, RangeSummary, ReadMode, ReadRequest, StreamInfo,
+    FEATURE_RANGE_HASH, FEATURE_READ_BY_KEYS, RANGE_HASH_MAX_RANGES,
+};
+use lockstep_mapping::Mapper;
+use lockstep_plugin_host::SourceHandle;
+use serde::Serialize;
+use serde_json::Value;
+use xxhash_rust::xxh3::xxh3_128;
+
+use crate::error::EngineError;
+use crate::job::SyncJob;
+use crate::services::Services;
+
+/// The ranges of the first level: 65,536, about 16 records each at a million records.
+pub(crate) const FIRST_RANGES: u64 = 1 << 16;
+/// About how many records one range holds at the finer level, when there is one: a
+/// differing range lists about this many pairs on each side.
+pub(crate) const ROWS_PER_RANGE: u64 = 16;
+/// The most records the ranges that differ may hold (on the larger side) for verify to list
+/// them; past it, so much differs that reading both sides costs no more.
+pub(crate) const LIST_LIMIT: u64 = 200_000;
+/// The most ranges one listing read names.
+const RANGES_PER_LIST: usize = 50_000;
+
+/// How the content was compared, in the report.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ContentComparison {
+    /// `range-hash` (hashed in both systems, see docs/verify.md) or `read` (both sides read
+    /// in full and compared in the engine).
+    pub method: &'static str,
+    /// Why the range-hash pushdown was not used, when it was not.
+    pub declined: Option<String>,
+    /// The ranges of the finest level summarized.
+    pub ranges: u64,
+    /// The ranges whose (count, hash) differed at that level.
+    pub differing_ranges: u64,
+    /// The (key, row hash) pairs listed, both sides together.
+    pub listed: u64,
+    /// The keys whose pairs differed, fetched whole on both sides.
+    pub candidates: u64,
+}
+
+/// The fields the pushdown hashes on each side, in the mapping's order.
+#[derive(Debug, Clone)]
+pub(crate) struct Plan {
+    pub source_fields: Vec<String>,
+    pub destination_fields: Vec<String>,
+    pub source_key: Vec<String>,
+    pub destination_key: Vec<String>,
+    pub source_newest: Option<String>,
+    pub destination_newest: Option<String>,
+}
+
+/// What the pushdown found.
+pub(crate) struct Outcome {
+    pub source_count: u64,
+    pub destination_count: u64,
+    /// The newest cursor values' canonical text on each side.
+    pub source_newest: Option<String>,
+    pub destination_newest: Option<String>,
+    /// The keys (canonical text of each key field) whose records differ or are on one side.
+    pub candidates: Vec<KeyText>,
+    pub stats: ContentComparison,
+}
+
+/// The pushdown's answer: what it found, or why it stepped back.
+pub(crate) enum Compared {
+    Done(Outcome),
+    Declined(String),
+}
+
+fn has_feature(services: Services<'_>, connector: &str, feature: &str) -> bool {
+    services
+        .registry
+        .get(connector)
+        .map(|p| p.manifest.features.iter().any(|f| f == feature))
+        .unwrap_or(false)
+}
+
+/// Whether the two sides' connectors can hash alike: the same connector, with the features
+/// `range-hash` and `read-by-keys`; the reason when not. Checked before anything is opened.
+pub(crate) fn check_connectors(services: Services<'_>, job: &SyncJob) -> Result<(), String> {
+    let (a, b) = (&job.source.connector, &job.destination.connector);
+    if a != b {
+        return Err(format!(
+            "the two sides use different connectors (`{a}`, `{b}`), whose canonical texts are \
+             not proven alike"
+        ));
+    }
+    for feature in [FEATURE_RANGE_HASH, FEATURE_READ_BY_KEYS] {
+        if !has_feature(services, a, feature) {
+            return Err(format!("connector `{a}` has no `{feature}` feature"));
+        }
+    }
+    Ok(())
+}
+
+/// Whether verify may push the comparison of `job` down, and what each side hashes; the
+/// reason when it may not.
+pub(crate) fn plan(
+    services: Services<'_>,
+    job: &SyncJob,
+    mapper: &Mapper,
+    source: &StreamInfo,
+    destination: Option<&StreamInfo>,
+    cursor_target: Option<&str>,
+) -> Result<Plan, String> {
+    check_connectors(services, job)?;
+    let spec = &job.spec;
+    let Some(destination) = destination else {
+        return Err(format!(
+            "the destination stream `{}` does not exist",
+            spec.destination.stream
+        ));
+    };
+    // Each mapped field, with the source field it copies.
+    let copies: Vec<(String, String)> = if spec.fields.is_empty() {
+        source
+            .fields
+            .iter()
+            .map(|f| (f.name.clone(), f.name.clone()))
+            .collect()
+    } else {
+        let mut copies = Vec::with_capacity(spec.fields.len());
+        for m in &spec.fields {
+            let transformed = || {
+                format!(
+                    "field `{}` is computed (`{}`), not a plain copy",
+                    m.target, m.source
+                )
+            };
+            if !m.is_copy() {
+                return Err(transformed());
+            }
+            let target = m.target_path().map_err(|_| transformed())?;
+            let Ok(lockstep_core::spec::Expr::Field(path)) = m.value() else {
+                return Err(transformed());
+            };
+            if target.len() != 1 || path.len() != 1 {
+                return Err(format!(
+                    "field `{}` is a path into a JSON field (`{}`), not a plain copy",
+                    m.target, m.source
+                ));
+            }
+            copies.push((target[0].clone(), path[0].clone()));
+        }
+        copies
+    };
+    let mapped: Vec<String> = mapper
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    let names: Vec<&String> = copies.iter().map(|(t, _)| t).collect();
+    if mapped.iter().collect::<Vec<_>>() != names {
+        return Err("the mapping's fields are not one plain copy each".to_owned());
+    }
+    for (target, from) in &copies {
+        let s = source
+            .field(from)
+            .ok_or_else(|| format!("source field `{from}` is not a field of the source"))?;
+        let d = destination
+            .field(target)
+            .ok_or_else(|| format!("the destination has no field `{target}` (a run adds it)"))?;
+        if s.data_type != d.data_type || s.native_type != d.native_type {
+            return Err(format!(
+                "field `{target}` is {} ({}) in the source and {} ({}) in the destination",
+                s.data_type.describe(),
+                s.native_type.as_deref().unwrap_or("?"),
+                d.data_type.describe(),
+                d.native_type.as_deref().unwrap_or("?"),
+            ));
+        }
+    }
+    match mapper.key_copies() {
+        Some(k) if k == mapper.source_key() => {}
+        _ => return Err("the match key is not a plain copy of source fields".to_owned()),
+    }
+    Ok(Plan {
+        source_fields: copies.iter().map(|(_, s)| s.clone()).collect(),
+        destination_fields: copies.iter().map(|(t, _)| t.clone()).collect(),
+        source_key: mapper.source_key().to_vec(),
+        destination_key: mapper.key().to_vec(),
+        source_newest: spec.cursor_field.clone(),
+        destination_newest: spec
+            .cursor_field
+            .as_ref()
+            .and(cursor_target.map(str::to_owned)),
+    })
+}
+
+/// One side of the pushdown: its handle, stream, key, fields and newest field.
+struct Side<'a> {
+    handle: &'a mut SourceHandle,
+    stream: &'a str,
+    key: &'a [String],
+    fields: &'a [String],
+    newest: Option<&'a str>,
+    name: &'static str,
+}
+
+impl Side<'_> {
+    fn request(&self, hash: RangeHashRequest) -> ReadRequest {
+        ReadRequest {
+            stream: self.stream.to_owned(),
+            mode: ReadMode::Full,
+            fields: Some(self.fields.to_vec()),
+            key: self.key.to_vec(),
+            dry_run: true,
+            range_hash: Some(hash),
+            ..Default::default()
+        }
+    }
+
+    /// The summaries of `ranges` ranges, by range.
+    async fn summaries(&mut self, ranges: u64) -> Result<Vec<RangeSummary>, EngineError> {
+        let request = self.request(RangeHashRequest {
+            fields: self.fields.to_vec(),
+            ranges,
+            list: None,
+            newest: self.newest.map(str::to_owned),
+        });
+        let mut reader = self.handle.read(&request).await?;
+        let mut out = Vec::new();
+        while let Some((batch, _)) = reader.next().await? {
+            out.extend(RangeSummary::from_batch(&batch).map_err(|e| {
+                EngineError::Schema(format!(
+                    "the {} answered a range-hash read with a malformed batch: {e}",
+                    self.name
+                ))
+            })?);
+        }
+        Ok(out)
+    }
+
+    /// The (key, row hash) pairs of the records of `list` among `ranges` ranges.
+    async fn entries(&mut self, ranges: u64, list: &[u64]) -> Result<Vec<RangeEntry>, EngineError> {
+        let mut out = Vec::new();
+        for chunk in list.chunks(RANGES_PER_LIST) {
+            let request = self.request(RangeHashRequest {
+                fields: self.fields.to_vec(),
+                ranges,
+                list: Some(chunk.to_vec()),
+                newest: None,
+            });
+            let mut reader = self.handle.read(&request).await?;
+            while let Some((batch, _)) = reader.next().await? {
+                out.extend(RangeEntry::from_batch(&batch, self.key.len()).map_err(|e| {
+                    EngineError::Schema(format!(
+                        "the {} answered a range-hash listing with a malformed batch: {e}",
+                        self.name
+                    ))
+                })?);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Each range's record count and (a 128-bit hash of) its hash.
+type RangeMap = BTreeMap<u64, (u64, u128)>;
+
+/// Summaries by range, checking that one algorithm made them all.
+fn by_range(
+    summaries: &[RangeSummary],
+    algorithm: &mut Option<String>,
+) -> Result<RangeMap, String> {
+    let mut out = BTreeMap::new();
+    for s in summaries {
+        match algorithm {
+            Some(a) if *a != s.algorithm => {
+                return Err(format!(
+                    "the two sides hash with different algorithms (`{a}`, `{}`)",
+                    s.algorithm
+                ))
+            }
+            Some(_) => {}
+            None => *algorithm = Some(s.algorithm.clone()),
+        }
+        // The hash's text, itself hashed to 128 bits: compact, and equal only when equal but
+        // for a collision.
+        out.insert(s.range, (s.count, xxh3_128(s.hash.as_bytes())));
+    }
+    Ok(out)
+}
+
+/// The ranges whose (count, hash) differ, and the records they hold on the larger side.
+fn differing(a: &RangeMap, b: &RangeMap) -> (Vec<u64>, u64) {
+    let mut ranges: Vec<u64> = Vec::new();
+    let mut records = 0u64;
+    for range in a.keys().chain(b.keys().filter(|r| !a.contains_key(r))) {
+        let (x, y) = (a.get(range), b.get(range));
+        if x != y {
+            ranges.push(*range);
+            records += x.map_or(0, |v| v.0).max(y.map_or(0, |v| v.0));
+        }
+    }
+    ranges.sort_unstable();
+    (ranges, records)
+}
+
+/// A key as listed: the canonical text of each key field, `None` for a null.
+pub(crate) type KeyText = Vec<Option<String>>;
+
+/// The keys whose (key, row hash) pairs differ between the two listings (a key on one side
+/// only, with another hash, or held another number of times).
+pub(crate) fn candidates(a: Vec<RangeEntry>, b: Vec<RangeEntry>) -> Vec<KeyText> {
+    let mut pairs: HashMap<KeyText, (Vec<String>, Vec<String>)> = HashMap::new();
+    for e in a {
+        pairs.entry(e.key).or_default().0.push(e.hash);
+    }
+    for e in b {
+        pairs.entry(e.key).or_default().1.push(e.hash);
+    }
+    let mut out: Vec<KeyText> = pairs
+        .into_iter()
+        .filter_map(|(key, (mut x, mut y))| {
+            x.sort_unstable();
+            y.sort_unstable();
+            (x != y).then_some(key)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Compares the two sides in place, narrowing by ranges down to the candidate keys.
+pub(crate) async fn compare(
+    source: &mut SourceHandle,
+    destination: &mut SourceHandle,
+    job: &SyncJob,
+    plan: &Plan,
+) -> Result<Compared, EngineError> {
+    let spec = &job.spec;
+    let mut a = Side {
+        handle: source,
+        stream: &spec.source.stream,
+        key: &plan.source_key,
+        fields: &plan.source_fields,
+        newest: plan.source_newest.as_deref(),
+        name: "source",
+    };
+    let mut b = Side {
+        handle: destination,
+        stream: &spec.destination.stream,
+        key: &plan.destination_key,
+        fields: &plan.destination_fields,
+        newest: plan.destination_newest.as_deref(),
+        name: "destination",
+    };
+    let mut algorithm = None;
+
+    // A first level of FIRST_RANGES ranges: identical tables stop here, after one scan a side.
+    let mut ranges = FIRST_RANGES;
+    let (x, y) = tokio::join!(a.summaries(ranges), b.summaries(ranges));
+    let (x, y) = (x?, y?);
+    let count = |s: &[RangeSummary]| s.iter().map(|s| s.count).sum::<u64>();
+    let newest = |s: &[RangeSummary]| s.first().and_then(|s| s.newest.clone());
+    let mut outcome = Outcome {
+        source_count: count(&x),
+        destination_count: count(&y),
+        source_newest: newest(&x),
+        destination_newest: newest(&y),
+        candidates: Vec::new(),
+        stats: ContentComparison {
+            method: "range-hash",
+            ranges,
+            ..Default::default()
+        },
+    };
+    let (ra, rb) = match (by_range(&x, &mut algorithm), by_range(&y, &mut algorithm)) {
+        (Ok(p), Ok(q)) => (p, q),
+        (Err(e), _) | (_, Err(e)) => return Ok(Compared::Declined(e)),
+    };
+    drop((x, y));
+    let (mut list, mut records) = differing(&ra, &rb);
+    drop((ra, rb));
+    if list.is_empty() {
+        return Ok(Compared::Done(outcome));
+    }
+
+    // Finer ranges of about ROWS_PER_RANGE records, when the differing ones hold too many
+    // records to list and finer ranges exist.
+    let largest = outcome.source_count.max(outcome.destination_count);
+    let finer = (largest / ROWS_PER_RANGE)
+        .max(1)
+        .next_power_of_two()
+        .min(RANGE_HASH_MAX_RANGES);
+    if records > LIST_LIMIT && finer > ranges {
+        ranges = finer;
+        let (x, y) = tokio::join!(a.summaries(ranges), b.summaries(ranges));
+        let (x, y) = (x?, y?);
+        let (ra, rb) = match (by_range(&x, &mut algorithm), by_range(&y, &mut algorithm)) {
+            (Ok(p), Ok(q)) => (p, q),
+            (Err(e), _) | (_, Err(e)) => return Ok(Compared::Declined(e)),
+        };
+        drop((x, y));
+        (list, records) = differing(&ra, &rb);
+    }
+    outcome.stats.ranges = ranges;
+    outcome.stats.differing_ranges = list.len() as u64;
+    if records > LIST_LIMIT {
+        return Ok(Compared::Declined(format!(
+            "the {} ranges that differ hold {records} records, more than verify lists \
+             ({LIST_LIMIT}); so much differs that reading both sides costs no more",
+            list.len()
+        )));
+    }
+
+    // The pairs of the differing ranges.
+    let (x, y) = tokio::join!(a.entries(ranges, &list), b.entries(ranges, &list));
+    let (x, y) = (x?, y?);
+    outcome.stats.listed = (x.len() + y.len()) as u64;
+    outcome.candidates = candidates(x, y);
+    outcome.stats.candidates = outcome.candidates.len() as u64;
+    Ok(Compared::Done(outcome))
+}
+
+/// The candidate keys as the JSON keys of a read by keys (each value its canonical text,
+/// which the connector casts back to the key field's type).
+pub(crate) fn json_keys(candidates: &[KeyText]) -> Vec<Vec<Value>> {
+    candidates
+        .iter()
+        .map(|k| {
+            k.iter()
+                .map(|v| v.clone().map_or(Value::Null, Value::String))
+                .collect()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(key: &str, hash: &str) -> RangeEntry {
+        RangeEntry {
+            key: vec![Some(key.to_owned())],
+            hash: hash.to_owned(),
+        }
+    }
+
+    #[test]
+    fn candidates_are_the_keys_whose_pairs_differ() {
+        let a = vec![
+            entry("1", "a"),
+            entry("2", "b"),
+            entry("3", "c"),
+            entry("5", "e"),
+        ];
+        let b = vec![
+            entry("5", "e"),
+            entry("2", "B"),
+            entry("3", "c"),
+            entry("3", "c"),
+            entry("4", "d"),
+            entry("1", "a"),
+        ];
+        let keys: Vec<String> = candidates(a, b)
+            .into_iter()
+            .map(|k| k[0].clone().unwrap())
+            .collect();
+        assert_eq!(keys, ["2", "3", "4"]);
+    }
+
+    #[test]
+    fn differing_ranges_include_ranges_on_one_side_only() {
+        let a: RangeMap = [(0, (3, 10)), (1, (2, 11))].into();
+        let b: RangeMap = [(0, (3, 10)), (2, (5, 12))].into();
+        assert_eq!(differing(&a, &b), (vec![1, 2], 7));
+        assert_eq!(differing(&a, &a), (vec![], 0));
+    }
+
+    #[test]
+    fn summaries_of_two_algorithms_are_never_compared() {
+        let s = |algorithm: &str| RangeSummary {
+            algorithm: algorithm.to_owned(),
+            range: 0,
+            count: 1,
+            hash: "1".to_owned(),
+            newest: None,
+        };
+        let mut algorithm = None;
+        by_range(&[s("a")], &mut algorithm).unwrap();
+        let e = by_range(&[s("b")], &mut algorithm).unwrap_err();
+        assert!(e.contains("different algorithms"), "{e}");
+    }
+}

@@ -1,0 +1,260 @@
+//! Range hashes in SQL (the `range-hash` feature, `lockstep verify`'s pushdown): the queries
+//! that make a database count and hash the records of each range of its key space, or list
+//! the (key, row hash) pairs of some ranges, so that two systems compare only what differs.
+//!
+//! A record's text is the canonical text of its key fields and then of the requested fields,
+//! each encoded and joined by the dialect so that the whole is unambiguous (a null and an
+//! empty text differ, a separator inside a value is no separator): PostgreSQL's row output
+//! `ROW(...)::text` quotes as needed; a dialect without one encodes each value as
+//! `<length>:<text>` (a null as `~`) and joins them. Its *range* is the hash (seed 1) of its key's text modulo the range count (a
+//! power of two, so a bit mask), which depends on the key's canonical text only, never on how
+//! the system orders or collates keys. Its *row hash* is the hash (seed 0) of its whole text.
+//! A range's summary is its record count and the sum of its row hashes, which does not depend
+//! on the order the system visits the records.
+//!
+//! Invariants:
+//! - Identifiers are quoted by the dialect; the list of ranges is a bound parameter, never
+//!   SQL text. The canonical text of each column is the connector's (a [`HashColumn`]): this
+//!   module only assembles it.
+//! - The same request on two systems of the same connector gives the same SQL over the same
+//!   canonical text, hence the same summaries for the same records.
+
+use lockstep_plugin_sdk::protocol::{RangeHashRequest, RANGE_HASH_MAX_RANGES};
+use lockstep_plugin_sdk::{ConnectorError, Result};
+
+use crate::Dialect;
+
+/// The most ranges one listing read may name.
+pub const MAX_LISTED_RANGES: usize = 1 << 20;
+
+/// What a dialect needs to hash in SQL.
+pub trait RangeHashDialect: Dialect {
+    /// A signed 64-bit hash of the text expression `text` with seed 0 or 1.
+    fn hash64(&self, text: &str, seed: u8) -> String;
+    /// A column's expression (a [`HashColumn::text`], possibly null) as a part of a
+    /// record's text: for example `<length>:<text>`, or `~` when it is null.
+    fn encode(&self, value: &str) -> String;
+    /// The unambiguous text of a record from its encoded parts (for example joined by
+    /// U+001F, or PostgreSQL's `ROW(...)::text`).
+    fn join(&self, parts: &[String]) -> String;
+    /// The decimal text of an exact, order-independent sum of the int64 expression `hash`
+    /// over a group.
+    fn sum_text(&self, hash: &str) -> String;
+    /// The decimal text of an int64 expression.
+    fn int_text(&self, int: &str) -> String;
+    /// The condition "int64 expression `range` is one of the ranges bound at parameter 1".
+    fn range_in_list(&self, range: &str) -> String;
+    /// The canonical text of the value expression `value` (a column's type, such as the
+    /// greatest value of a column).
+    fn value_text(&self, value: &str) -> String;
+}
+
+/// One column to hash: its name and the SQL expression of its value in canonical form (over
+/// the column's quoted name), which [`RangeHashDialect::encode`] and
+/// [`RangeHashDialect::value_text`] turn into text.
+#[derive(Clone, Debug)]
+pub struct HashColumn {
+    pub name: String,
+    pub text: String,
+}
+
+/// Checks a range-hash request: a power-of-two range count within bounds, a listing of
+/// ranges that exist, and no more of them than [`MAX_LISTED_RANGES`].
+pub fn check_request(request: &RangeHashRequest, label: &str) -> Result<()> {
+    if request.ranges == 0
+        || !request.ranges.is_power_of_two()
+        || request.ranges > RANGE_HASH_MAX_RANGES
+    {
+        return Err(ConnectorError::config(format!(
+            "{label}: a range-hash read needs a power of two from 1 to {RANGE_HASH_MAX_RANGES} \
+             ranges, not {}",
+            request.ranges
+        )));
+    }
+    if let Some(list) = &request.list {
+        if list.len() > MAX_LISTED_RANGES {
+            return Err(ConnectorError::config(format!(
+                "{label}: a range-hash read lists at most {MAX_LISTED_RANGES} ranges at once, \
+                 not {}",
+                list.len()
+            )));
+        }
+        if let Some(bad) = list.iter().find(|r| **r >= request.ranges) {
+            return Err(ConnectorError::config(format!(
+                "{label}: range {bad} does not exist among {} ranges",
+                request.ranges
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The parts of a range-hash query over a table.
+struct Parts {
+    range: String,
+    row_hash: String,
+}
+
+fn parts<D: RangeHashDialect>(
+    dialect: &D,
+    key: &[HashColumn],
+    fields: &[HashColumn],
+    ranges: u64,
+) -> Parts {
+    let key_text: Vec<String> = key.iter().map(|c| dialect.encode(&c.text)).collect();
+    let row_text: Vec<String> = key_text
+        .iter()
+        .cloned()
+        .chain(fields.iter().map(|c| dialect.encode(&c.text)))
+        .collect();
+    Parts {
+        range: format!(
+            "({} & {})",
+            dialect.hash64(&dialect.join(&key_text), 1),
+            ranges - 1
+        ),
+        row_hash: dialect.hash64(&dialect.join(&row_text), 0),
+    }
+}
+
+/// The query summarizing each range of `table` (a qualified, quoted name): columns range
+/// (int64), count (int64), hash (text) and, with `newest` (a quoted column), the canonical
+/// text of that column's greatest value over the whole table (a window over the groups).
+/// One row per range that holds records, in range order.
+pub fn summary_sql<D: RangeHashDialect>(
+    dialect: &D,
+    table: &str,
+    key: &[HashColumn],
+    fields: &[HashColumn],
+    ranges: u64,
+    newest: Option<&str>,
+) -> String {
+    let p = parts(dialect, key, fields, ranges);
+    let (inner_newest, outer_newest) = match newest {
+        Some(column) => (
+            format!(", {column} AS n"),
+            dialect.value_text("max(max(t.n)) OVER ()"),
+        ),
+        None => (String::new(), "NULL".to_owned()),
+    };
+    format!(
+        "SELECT t.r, count(*), {sum}, {outer_newest} FROM (SELECT {range} AS r, {row_hash} AS h\
+         {inner_newest} FROM {table}) AS t GROUP BY t.r ORDER BY t.r",
+        sum = dialect.sum_text("t.h"),
+        range = p.range,
+        row_hash = p.row_hash,
+    )
+}
+
+/// The query listing the records of the ranges bound at parameter 1: one text column per key
+/// field (its canonical text, null for a null), then the row hash's decimal text.
+pub fn list_sql<D: RangeHashDialect>(
+    dialect: &D,
+    table: &str,
+    key: &[HashColumn],
+    fields: &[HashColumn],
+    ranges: u64,
+) -> String {
+    let p = parts(dialect, key, fields, ranges);
+    let keys: Vec<String> = key.iter().map(|c| dialect.value_text(&c.text)).collect();
+    format!(
+        "SELECT {}, {} FROM {table} WHERE {}",
+        keys.join(", "),
+        dialect.int_text(&p.row_hash),
+        dialect.range_in_list(&p.range)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::PostgresDialect;
+
+    struct Pg;
+    impl Dialect for Pg {
+        fn quote_char(&self) -> char {
+            PostgresDialect.quote_char()
+        }
+        fn placeholder(&self, n: usize) -> String {
+            PostgresDialect.placeholder(n)
+        }
+        fn nulls_first(&self) -> bool {
+            PostgresDialect.nulls_first()
+        }
+    }
+    impl RangeHashDialect for Pg {
+        fn hash64(&self, text: &str, seed: u8) -> String {
+            format!("h({text}, {seed})")
+        }
+        fn encode(&self, text: &str) -> String {
+            format!("e({text})")
+        }
+        fn join(&self, parts: &[String]) -> String {
+            format!("j({})", parts.join(", "))
+        }
+        fn sum_text(&self, hash: &str) -> String {
+            format!("s({hash})")
+        }
+        fn int_text(&self, int: &str) -> String {
+            format!("i({int})")
+        }
+        fn range_in_list(&self, range: &str) -> String {
+            format!("{range} = ANY($1)")
+        }
+        fn value_text(&self, value: &str) -> String {
+            format!("({value})::text")
+        }
+    }
+
+    fn column(name: &str) -> HashColumn {
+        HashColumn {
+            name: name.to_owned(),
+            text: format!("{}::text", Pg.quote_ident(name)),
+        }
+    }
+
+    #[test]
+    fn summaries_hash_the_key_for_the_range_and_the_whole_row_for_the_hash() {
+        let sql = summary_sql(&Pg, "\"t\"", &[column("id")], &[column("a\"b")], 16, None);
+        assert_eq!(
+            sql,
+            "SELECT t.r, count(*), s(t.h), NULL FROM (SELECT (h(j(e(\"id\"::text)), 1) & 15) AS r, \
+             h(j(e(\"id\"::text), e(\"a\"\"b\"::text)), 0) AS h FROM \"t\") AS t GROUP BY t.r \
+             ORDER BY t.r"
+        );
+        let sql = summary_sql(&Pg, "\"t\"", &[column("id")], &[], 1, Some("\"at\""));
+        assert!(sql.contains("(max(max(t.n)) OVER ())::text"), "{sql}");
+        assert!(sql.contains(", \"at\" AS n FROM"), "{sql}");
+        assert!(sql.contains("& 0)"), "{sql}");
+    }
+
+    #[test]
+    fn listings_filter_by_the_bound_ranges() {
+        let sql = list_sql(&Pg, "\"t\"", &[column("id"), column("k")], &[], 4);
+        assert!(
+            sql.starts_with("SELECT (\"id\"::text)::text, (\"k\"::text)::text, i(h("),
+            "{sql}"
+        );
+        assert!(sql.ends_with("& 3) = ANY($1)"), "{sql}");
+    }
+
+    #[test]
+    fn requests_must_have_a_power_of_two_ranges_and_name_existing_ones() {
+        let mut request = RangeHashRequest {
+            ranges: 8,
+            ..Default::default()
+        };
+        check_request(&request, "t").unwrap();
+        request.ranges = 6;
+        assert!(check_request(&request, "t")
+            .unwrap_err()
+            .message
+            .contains("power of two"));
+        request.ranges = 8;
+        request.list = Some(vec![1, 8]);
+        assert!(check_request(&request, "t")
+            .unwrap_err()
+            .message
+            .contains("range 8"));
+    }
+}
