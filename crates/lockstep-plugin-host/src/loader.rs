@@ -38,14 +38,17 @@ impl std::fmt::Debug for LoadedPlugin {
 
 /// Whether `path` is named like a plugin library of this platform.
 pub fn is_plugin_file(path: &Path) -> bool {
-    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
-        return false;
-    };
+    plugin_stem(path).is_some()
+}
+
+/// The connector name a plugin file's name gives (`sqlite` for
+/// `liblockstep_connector_sqlite.so`), if it is named like a plugin library of this platform.
+fn plugin_stem(path: &Path) -> Option<&str> {
+    let name = path.file_name()?.to_str()?;
     let stem = name.strip_prefix("lib").unwrap_or(name);
-    let Some(rest) = stem.strip_prefix(PLUGIN_PREFIX) else {
-        return false;
-    };
-    rest.ends_with(std::env::consts::DLL_SUFFIX) && rest.len() > std::env::consts::DLL_SUFFIX.len()
+    let rest = stem.strip_prefix(PLUGIN_PREFIX)?;
+    rest.strip_suffix(std::env::consts::DLL_SUFFIX)
+        .filter(|connector| !connector.is_empty())
 }
 
 impl LoadedPlugin {
@@ -262,6 +265,40 @@ impl PluginRegistry {
             }
         }
         registry
+    }
+
+    /// Loads only the plugins of the connectors named in `names`, found by their file names
+    /// (`liblockstep_connector_<name>`, a `-` in the name written `_`), so that a run does not
+    /// map and initialize every plugin installed: each costs start-up time and several MiB of
+    /// resident memory. Files named for a wanted connector are loaded from every directory, so
+    /// a duplicate is still reported. When a wanted connector has no file of its name, or the
+    /// file under its name declares another connector, every plugin is loaded as
+    /// [`PluginRegistry::scan`] does: a plugin whose file name differs from its connector's
+    /// name is still found.
+    pub fn scan_for(dirs: &[PathBuf], names: &[&str]) -> Self {
+        let wanted: Vec<String> = names.iter().map(|n| n.replace('-', "_")).collect();
+        let mut registry = PluginRegistry {
+            searched: dirs.to_vec(),
+            ..Default::default()
+        };
+        for dir in dirs {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                continue;
+            };
+            let mut files: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| plugin_stem(p).is_some_and(|stem| wanted.iter().any(|w| *w == stem)))
+                .collect();
+            files.sort();
+            for file in files {
+                registry.add_file(&file);
+            }
+        }
+        if names.iter().all(|name| registry.get(name).is_ok()) {
+            registry
+        } else {
+            Self::scan(dirs)
+        }
     }
 
     /// Loads one plugin file into the registry.

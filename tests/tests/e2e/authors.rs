@@ -377,3 +377,48 @@ async fn assert_passed_panics_listing_every_check() {
         );
     }
 }
+
+/// A run loads only its sync's connectors: an installed plugin that other syncs use (or a
+/// broken file) is neither mapped nor initialized. A plugin whose file name is not its
+/// connector's name is still found, by loading everything.
+#[test]
+fn a_registry_for_some_connectors_loads_only_their_plugins() {
+    use lockstep_plugin_host::PluginRegistry;
+
+    let dir = tempfile::tempdir().unwrap();
+    let so = std::env::consts::DLL_SUFFIX;
+    std::fs::copy(
+        lockstep_e2e::plugin_library("lockstep_connector_sqlite"),
+        dir.path().join(format!("liblockstep_connector_sqlite{so}")),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join(format!("liblockstep_connector_junk{so}")),
+        b"not a library",
+    )
+    .unwrap();
+    let dirs = [dir.path().to_owned()];
+
+    let some = PluginRegistry::scan_for(&dirs, &["sqlite"]);
+    let names: Vec<&str> = some.plugins().iter().map(|p| p.name()).collect();
+    assert_eq!(names, ["sqlite"]);
+    assert!(
+        some.failures().is_empty(),
+        "the junk file was loaded: {:?}",
+        some.failures()
+    );
+
+    let all = PluginRegistry::scan(&dirs);
+    assert_eq!(all.plugins().len(), 1);
+    assert_eq!(all.failures().len(), 1, "{:?}", all.failures());
+
+    // The SQLite plugin under another file name: found by the fallback to a full scan.
+    std::fs::rename(
+        dir.path().join(format!("liblockstep_connector_sqlite{so}")),
+        dir.path().join(format!("liblockstep_connector_embedded_db{so}")),
+    )
+    .unwrap();
+    let renamed = PluginRegistry::scan_for(&dirs, &["sqlite"]);
+    assert!(renamed.get("sqlite").is_ok(), "{:?}", renamed.failures());
+    assert_eq!(renamed.failures().len(), 1, "{:?}", renamed.failures());
+}

@@ -13,7 +13,7 @@ use lockstep_core::SyncMode;
 use lockstep_orchestrator::{Engine, RunOptions};
 use serde_json::json;
 
-use super::{job, load_config, redactor, registry, state, CliError, CmdResult};
+use super::{job, load_config, redactor, registry_for, state, CliError, CmdResult};
 use crate::app::{CdcCommand, OutputFormat};
 use crate::output::{outln, Table};
 
@@ -62,7 +62,7 @@ async fn drop(config_path: &Path, sync: &str, output: OutputFormat) -> CmdResult
             .is_some_and(|c| c.publication == cdc.publication)
     });
 
-    let registry = registry(Some(&config));
+    let registry = registry_for(&config, &job);
     let state = state(&config).await?;
     let redact = redactor(&config);
     let engine = Engine {

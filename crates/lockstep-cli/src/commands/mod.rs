@@ -264,6 +264,15 @@ pub fn registry(config: Option<&Config>) -> PluginRegistry {
     PluginRegistry::scan(&default_search_path(&paths))
 }
 
+/// The plugins of a sync's two connectors only (see [`PluginRegistry::scan_for`]): a run, a
+/// plan or a verify neither pays for nor hears about the other plugins installed.
+pub fn registry_for(config: &Config, job: &SyncJob) -> PluginRegistry {
+    PluginRegistry::scan_for(
+        &default_search_path(&config.connector_paths),
+        &[&job.source.connector, &job.destination.connector],
+    )
+}
+
 /// The sync named `name` with its connections resolved.
 pub fn job(config: &Config, name: &str) -> Result<SyncJob, CliError> {
     let Some(sync) = config.syncs.iter().find(|s| s.spec.name == name) else {

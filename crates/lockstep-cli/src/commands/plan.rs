@@ -4,14 +4,14 @@ use std::path::Path;
 
 use lockstep_orchestrator::{Engine, PlanReport, RunOptions};
 
-use super::{job, load_config, redactor, registry, state, CliError, CmdResult};
+use super::{job, load_config, redactor, registry_for, state, CliError, CmdResult};
 use crate::app::OutputFormat;
 use crate::output::{outln, Table};
 
 pub async fn run(config_path: &Path, sync: &str, output: OutputFormat) -> CmdResult {
     let config = load_config(config_path)?;
     let job = job(&config, sync)?;
-    let registry = registry(Some(&config));
+    let registry = registry_for(&config, &job);
     let state = state(&config).await?;
     let redactor = redactor(&config);
     let engine = Engine {

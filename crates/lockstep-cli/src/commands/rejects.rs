@@ -6,7 +6,7 @@ use lockstep_core::SyncMode;
 use lockstep_orchestrator::{Engine, RunOptions};
 use lockstep_state::RejectedFilter;
 
-use super::{job, load_config, redactor, registry, state, CliError, CmdResult};
+use super::{job, load_config, redactor, registry_for, state, CliError, CmdResult};
 use crate::app::{OutputFormat, RejectsCommand};
 use crate::output::{outln, Table};
 
@@ -69,7 +69,7 @@ pub async fn run(config_path: &Path, command: RejectsCommand) -> CmdResult {
         }
         RejectsCommand::Retry { sync, ids, output } => {
             let job = job(&config, &sync)?;
-            let registry = registry(Some(&config));
+            let registry = registry_for(&config, &job);
             let engine = Engine {
                 registry: &registry,
                 state: state.as_ref(),

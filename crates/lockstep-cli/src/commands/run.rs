@@ -12,7 +12,7 @@ use lockstep_core::RunStatus;
 use lockstep_orchestrator::{Engine, Progress, RunOptions, RunReport};
 use tokio::sync::watch;
 
-use super::{job, load_config, redactor, registry, state, CliError, CmdResult};
+use super::{job, load_config, redactor, registry_for, state, CliError, CmdResult};
 use crate::app::OutputFormat;
 use crate::output::{human_duration, outln, Table};
 
@@ -39,7 +39,7 @@ pub async fn run_loaded(
     output: OutputFormat,
 ) -> CmdResult {
     let job = job(config, sync)?;
-    let registry = registry(Some(config));
+    let registry = registry_for(config, &job);
     let state = state(config).await?;
     let redactor = redactor(config);
 

@@ -12,7 +12,7 @@ use std::path::Path;
 use lockstep_core::RunStatus;
 use lockstep_orchestrator::{Engine, RunOptions, VerifyOptions, VerifyReport};
 
-use super::{config_from_daemon, job, load_config, redactor, registry, state, CliError, CmdResult};
+use super::{config_from_daemon, job, load_config, redactor, registry_for, state, CliError, CmdResult};
 use crate::app::OutputFormat;
 use crate::output::{outln, Table};
 
@@ -60,7 +60,7 @@ async fn verify(
     output: OutputFormat,
 ) -> CmdResult {
     let job = job(config, sync)?;
-    let registry = registry(Some(config));
+    let registry = registry_for(config, &job);
     let state = state(config).await?;
     let redactor = redactor(config);
     let engine = Engine {

@@ -22,7 +22,7 @@ use lockstep_state::StateError;
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use super::{job, load_config, redactor, registry, CliError, CmdResult};
+use super::{job, load_config, redactor, registry_for, CliError, CmdResult};
 
 pub async fn run(config_path: &Path, sync: &str, supervised: bool) -> CmdResult {
     let started = Instant::now();
@@ -61,7 +61,7 @@ pub async fn run(config_path: &Path, sync: &str, supervised: bool) -> CmdResult 
     };
     let span = tracing::info_span!("worker", sync);
     async {
-        let registry = registry(Some(&config));
+        let registry = registry_for(&config, &job);
         for failure in registry.failures() {
             tracing::warn!("{}", redact(&failure.to_string()));
         }
