@@ -360,12 +360,13 @@ async fn query(job: &Job, conn: &mut PgConnection) -> Result<(String, &'static s
     let dialect = Pg { typed };
     let sql = match &job.hash.list {
         None => {
-            let newest = match &job.hash.newest {
-                Some(n) => Some(PostgresDialect.quote_ident(
-                    &columns(table, std::slice::from_ref(n), typed, label)?[0].name,
-                )),
-                None => None,
-            };
+            let newest =
+                match &job.hash.newest {
+                    Some(n) => Some(PostgresDialect.quote_ident(
+                        &columns(table, std::slice::from_ref(n), typed, label)?[0].name,
+                    )),
+                    None => None,
+                };
             summary_sql(
                 &dialect,
                 &name,

@@ -1484,7 +1484,13 @@ fn range_hashes_tell_apart_exactly_the_values_the_comparison_tells_apart() {
                 "(1, '2000-01-01 01:11:34.967297')",
                 false,
             ),
-            ("time", "time", "(1, '00:00:00')", "(1, '01:11:34.967297')", false),
+            (
+                "time",
+                "time",
+                "(1, '00:00:00')",
+                "(1, '01:11:34.967297')",
+                false,
+            ),
             // One instant written under two time zones is one value.
             (
                 "timestamptz",
@@ -1496,24 +1502,78 @@ fn range_hashes_tell_apart_exactly_the_values_the_comparison_tells_apart() {
             // An unconstrained numeric is read as its text: the scale is part of it.
             ("numeric", "numeric", "(1, 1.0)", "(1, 1.00)", false),
             ("numeric", "numeric", "(1, 'NaN')", "(1, NULL)", false),
-            ("numeric", "numeric", "(1, 'Infinity')", "(1, '-Infinity')", false),
+            (
+                "numeric",
+                "numeric",
+                "(1, 'Infinity')",
+                "(1, '-Infinity')",
+                false,
+            ),
             // A numeric(p,s) is read as a decimal of that scale.
-            ("numeric(12,2)", "numeric(12,2)", "(1, 1.5)", "(1, 1.50)", true),
-            ("numeric(12,2)", "numeric(12,2)", "(1, 0)", "(1, NULL)", false),
-            ("numeric(12,2)", "numeric(12,2)", "(1, 'NaN')", "(1, NULL)", false),
+            (
+                "numeric(12,2)",
+                "numeric(12,2)",
+                "(1, 1.5)",
+                "(1, 1.50)",
+                true,
+            ),
+            (
+                "numeric(12,2)",
+                "numeric(12,2)",
+                "(1, 0)",
+                "(1, NULL)",
+                false,
+            ),
+            (
+                "numeric(12,2)",
+                "numeric(12,2)",
+                "(1, 'NaN')",
+                "(1, NULL)",
+                false,
+            ),
             // jsonb's own hash calls 1 and 1.0 equal; its text does not.
-            ("jsonb", "jsonb", "(1, '{\"a\": 1}')", "(1, '{\"a\": 1.0}')", false),
-            ("jsonb", "jsonb", "(1, '{\"a\":1, \"b\":2}')", "(1, '{\"b\":2,\"a\":1}')", true),
-            ("json", "json", "(1, '{\"a\":1}')", "(1, '{\"a\": 1}')", false),
+            (
+                "jsonb",
+                "jsonb",
+                "(1, '{\"a\": 1}')",
+                "(1, '{\"a\": 1.0}')",
+                false,
+            ),
+            (
+                "jsonb",
+                "jsonb",
+                "(1, '{\"a\":1, \"b\":2}')",
+                "(1, '{\"b\":2,\"a\":1}')",
+                true,
+            ),
+            (
+                "json",
+                "json",
+                "(1, '{\"a\":1}')",
+                "(1, '{\"a\": 1}')",
+                false,
+            ),
             // Floats: the comparison folds -0 into 0 (and every NaN into one).
             ("float8", "float8", "(1, '-0')", "(1, '0')", true),
             ("float8", "float8", "(1, 0)", "(1, NULL)", false),
-            ("float8", "float8", "(1, 0.1)", "(1, 0.1000000000000001)", false),
+            (
+                "float8",
+                "float8",
+                "(1, 0.1)",
+                "(1, 0.1000000000000001)",
+                false,
+            ),
             ("real", "real", "(1, 'NaN')", "(1, NULL)", false),
             // Text: a null is no empty text, and a case-insensitive collation compares
             // equal what the comparison (bytes) does not.
             ("text", "text", "(1, NULL)", "(1, '')", false),
-            ("text COLLATE ci", "text COLLATE ci", "(1, 'a')", "(1, 'A')", false),
+            (
+                "text COLLATE ci",
+                "text COLLATE ci",
+                "(1, 'a')",
+                "(1, 'A')",
+                false,
+            ),
             ("varchar(5)", "varchar(5)", "(1, 'a')", "(1, 'a ')", false),
             // char(n) pads, so 'a' and 'a ' are one value; a bare bpchar keeps the spaces.
             ("char(3)", "char(3)", "(1, 'a')", "(1, 'a ')", true),
@@ -1522,13 +1582,31 @@ fn range_hashes_tell_apart_exactly_the_values_the_comparison_tells_apart() {
             ("boolean", "boolean", "(1, false)", "(1, NULL)", false),
             ("integer", "integer", "(1, 0)", "(1, NULL)", false),
             // Two records of one range swapping a value: their hashes' sum must see it.
-            ("text", "text", "(1, 'x'), (2, 'y')", "(1, 'y'), (2, 'x')", false),
-            ("bigint", "bigint", "(1, 7), (2, 9)", "(1, 9), (2, 7)", false),
+            (
+                "text",
+                "text",
+                "(1, 'x'), (2, 'y')",
+                "(1, 'y'), (2, 'x')",
+                false,
+            ),
+            (
+                "bigint",
+                "bigint",
+                "(1, 7), (2, 9)",
+                "(1, 9), (2, 7)",
+                false,
+            ),
             // Enums hash by label, not by the label's OID (which differs between databases).
             ("mood1", "mood2", "(1, 'ok')", "(1, 'ok')", true),
             ("mood1", "mood2", "(1, 'ok')", "(1, 'sad')", false),
             ("int[]", "int[]", "(1, '{1,2}')", "(1, '{2,1}')", false),
-            ("interval", "interval", "(1, '1 day')", "(1, '24 hours')", false),
+            (
+                "interval",
+                "interval",
+                "(1, '1 day')",
+                "(1, '24 hours')",
+                false,
+            ),
         ];
         let mut source = db.source(None).await;
         let mut wrong = Vec::new();
