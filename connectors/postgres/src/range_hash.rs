@@ -59,15 +59,20 @@ const RECORD_HASH_VERSION: i64 = 140_000;
 /// The most summaries or listed records one batch carries.
 pub const ROWS_PER_BATCH: usize = 4096;
 
-/// The session settings under which every value's text is canonical, and the grouping of a
-/// summary (a few ranges a record, which the planner cannot know) stays in memory.
-const CANONICAL_SETTINGS: [&str; 6] = [
+/// The session settings under which every value's text is canonical, the grouping of a
+/// summary (a few ranges a record, which the planner cannot know) stays in memory, and the
+/// planner hands the hashing to parallel workers: it costs each hash function as one
+/// operator, far below what it costs, so by default it thinks that moving rows from the
+/// workers to the leader costs more than hashing them in one process.
+const CANONICAL_SETTINGS: [&str; 8] = [
     "SET TIME ZONE 'UTC'",
     "SET DateStyle = 'ISO, YMD'",
     "SET IntervalStyle = 'postgres'",
     "SET extra_float_digits = 3",
     "SET bytea_output = 'hex'",
     "SET work_mem = '64MB'",
+    "SET parallel_tuple_cost = 0.0001",
+    "SET parallel_setup_cost = 10",
 ];
 
 /// PostgreSQL's pieces of the kit's range-hash queries: `typed` on servers with
