@@ -83,12 +83,14 @@ impl SourceConnector for PgSource {
             return crate::cdc::start(&self.session, table, request, self.ctx.clone());
         }
         if let Some(hash) = &request.range_hash {
-            let batch =
-                crate::range_hash::range_hash(&self.session.settings, &table, &request, hash)
-                    .await
-                    .map_err(|e| self.session.settings.scrub_error(e))?;
-            let label = format!("hashing the ranges of `{}`", table.name);
-            return Ok(PgReader::ready(&label, self.ctx.clone(), batch));
+            return crate::range_hash::start(
+                &self.session.settings,
+                &table,
+                &request,
+                hash,
+                self.ctx.clone(),
+            )
+            .map_err(|e| self.session.settings.scrub_error(e));
         }
         if request.key_summary {
             let summary = crate::summary::key_summary(&self.session.settings, &table, &request)

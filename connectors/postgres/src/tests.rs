@@ -1453,6 +1453,181 @@ fn range_hashes_match_equal_tables_and_list_exactly_the_records_that_differ() {
     });
 }
 
+#[test]
+fn range_hashes_tell_apart_exactly_the_values_the_comparison_tells_apart() {
+    let Some(db) = TestDb::create() else { return };
+    block_on(async {
+        db.exec(
+            "CREATE COLLATION ci (provider = icu, locale = 'und-u-ks-level2', \
+             deterministic = false); \
+             CREATE TYPE mood1 AS ENUM ('sad', 'ok'); CREATE TYPE mood2 AS ENUM ('ok', 'sad');",
+        )
+        .await;
+        // (column type of a, of b, a's values, b's values, whether the comparison calls the
+        // two tables equal). Each case is two tables of (id, v) hashed as one range.
+        let cases: &[(&str, &str, &str, &str, bool)] = &[
+            // int8's own hash folds its halves: 1 and 2^32 hash alike.
+            ("bigint", "bigint", "(1, 1)", "(1, 4294967296)", false),
+            ("bigint", "bigint", "(1, -1)", "(1, 4294967295)", false),
+            // timestamps fold likewise: 0 and 2^32 + 1 microseconds after 2000-01-01.
+            (
+                "timestamptz",
+                "timestamptz",
+                "(1, '2000-01-01 00:00:00+00')",
+                "(1, '2000-01-01 01:11:34.967297+00')",
+                false,
+            ),
+            (
+                "timestamp",
+                "timestamp",
+                "(1, '2000-01-01 00:00:00')",
+                "(1, '2000-01-01 01:11:34.967297')",
+                false,
+            ),
+            (
+                "time",
+                "time",
+                "(1, '00:00:00')",
+                "(1, '01:11:34.967297')",
+                false,
+            ),
+            // One instant written under two time zones is one value.
+            (
+                "timestamptz",
+                "timestamptz",
+                "(1, '2026-03-01 12:00:00+00')",
+                "(1, '2026-03-01 13:00:00+01')",
+                true,
+            ),
+            // An unconstrained numeric is read as its text: the scale is part of it.
+            ("numeric", "numeric", "(1, 1.0)", "(1, 1.00)", false),
+            ("numeric", "numeric", "(1, 'NaN')", "(1, NULL)", false),
+            (
+                "numeric",
+                "numeric",
+                "(1, 'Infinity')",
+                "(1, '-Infinity')",
+                false,
+            ),
+            // A numeric(p,s) is read as a decimal of that scale.
+            (
+                "numeric(12,2)",
+                "numeric(12,2)",
+                "(1, 1.5)",
+                "(1, 1.50)",
+                true,
+            ),
+            (
+                "numeric(12,2)",
+                "numeric(12,2)",
+                "(1, 0)",
+                "(1, NULL)",
+                false,
+            ),
+            (
+                "numeric(12,2)",
+                "numeric(12,2)",
+                "(1, 'NaN')",
+                "(1, NULL)",
+                false,
+            ),
+            // jsonb's own hash calls 1 and 1.0 equal; its text does not.
+            (
+                "jsonb",
+                "jsonb",
+                "(1, '{\"a\": 1}')",
+                "(1, '{\"a\": 1.0}')",
+                false,
+            ),
+            (
+                "jsonb",
+                "jsonb",
+                "(1, '{\"a\":1, \"b\":2}')",
+                "(1, '{\"b\":2,\"a\":1}')",
+                true,
+            ),
+            (
+                "json",
+                "json",
+                "(1, '{\"a\":1}')",
+                "(1, '{\"a\": 1}')",
+                false,
+            ),
+            // Floats: the comparison folds -0 into 0 (and every NaN into one).
+            ("float8", "float8", "(1, '-0')", "(1, '0')", true),
+            ("float8", "float8", "(1, 0)", "(1, NULL)", false),
+            (
+                "float8",
+                "float8",
+                "(1, 0.1)",
+                "(1, 0.1000000000000001)",
+                false,
+            ),
+            ("real", "real", "(1, 'NaN')", "(1, NULL)", false),
+            // Text: a null is no empty text, and a case-insensitive collation compares
+            // equal what the comparison (bytes) does not.
+            ("text", "text", "(1, NULL)", "(1, '')", false),
+            (
+                "text COLLATE ci",
+                "text COLLATE ci",
+                "(1, 'a')",
+                "(1, 'A')",
+                false,
+            ),
+            ("varchar(5)", "varchar(5)", "(1, 'a')", "(1, 'a ')", false),
+            // char(n) pads, so 'a' and 'a ' are one value; a bare bpchar keeps the spaces.
+            ("char(3)", "char(3)", "(1, 'a')", "(1, 'a ')", true),
+            ("bpchar", "bpchar", "(1, 'a')", "(1, 'a ')", false),
+            ("bytea", "bytea", "(1, '')", "(1, NULL)", false),
+            ("boolean", "boolean", "(1, false)", "(1, NULL)", false),
+            ("integer", "integer", "(1, 0)", "(1, NULL)", false),
+            // Two records of one range swapping a value: their hashes' sum must see it.
+            (
+                "text",
+                "text",
+                "(1, 'x'), (2, 'y')",
+                "(1, 'y'), (2, 'x')",
+                false,
+            ),
+            (
+                "bigint",
+                "bigint",
+                "(1, 7), (2, 9)",
+                "(1, 9), (2, 7)",
+                false,
+            ),
+            // Enums hash by label, not by the label's OID (which differs between databases).
+            ("mood1", "mood2", "(1, 'ok')", "(1, 'ok')", true),
+            ("mood1", "mood2", "(1, 'ok')", "(1, 'sad')", false),
+            ("int[]", "int[]", "(1, '{1,2}')", "(1, '{2,1}')", false),
+            (
+                "interval",
+                "interval",
+                "(1, '1 day')",
+                "(1, '24 hours')",
+                false,
+            ),
+        ];
+        let mut source = db.source(None).await;
+        let mut wrong = Vec::new();
+        for (i, (ta, tb, va, vb, equal)) in cases.iter().enumerate() {
+            db.exec(&format!(
+                "CREATE TABLE a{i} (id int PRIMARY KEY, v {ta}); \
+                 CREATE TABLE b{i} (id int PRIMARY KEY, v {tb}); \
+                 INSERT INTO a{i} VALUES {va}; INSERT INTO b{i} VALUES {vb};"
+            ))
+            .await;
+            let a = range_summaries(&mut source, &format!("a{i}"), &["v"], 1, None).await;
+            let b = range_summaries(&mut source, &format!("b{i}"), &["v"], 1, None).await;
+            assert_eq!(a[0].algorithm, crate::range_hash::ALGORITHM);
+            if (a == b) != *equal {
+                wrong.push(format!("{ta} {va} against {tb} {vb}: equal {}", a == b));
+            }
+        }
+        assert!(wrong.is_empty(), "{wrong:#?}");
+    });
+}
+
 /// The range summaries of `stream` (key `id`), read as the host reads them.
 async fn range_summaries(
     source: &mut PgSource,
@@ -1471,8 +1646,16 @@ async fn range_summaries(
     });
     let mut reader = ok(source.read(req).await);
     let batches = read_all(&mut reader).await;
-    assert_eq!(batches.len(), 1, "one summary batch");
-    lockstep_plugin_sdk::protocol::RangeSummary::from_batch(&batches[0].0).unwrap()
+    let mut out = Vec::new();
+    for (batch, _) in &batches {
+        assert!(batch.num_rows() <= crate::range_hash::ROWS_PER_BATCH);
+        out.extend(lockstep_plugin_sdk::protocol::RangeSummary::from_batch(batch).unwrap());
+    }
+    assert!(
+        out.windows(2).all(|w| w[0].range < w[1].range),
+        "summaries come in range order"
+    );
+    out
 }
 
 /// The listed entries of `ranges` of `stream` (key `id`).
@@ -1493,6 +1676,9 @@ async fn range_entries(
     });
     let mut reader = ok(source.read(req).await);
     let batches = read_all(&mut reader).await;
-    assert_eq!(batches.len(), 1, "one listing batch");
-    lockstep_plugin_sdk::protocol::RangeEntry::from_batch(&batches[0].0, 1).unwrap()
+    let mut out = Vec::new();
+    for (batch, _) in &batches {
+        out.extend(lockstep_plugin_sdk::protocol::RangeEntry::from_batch(batch, 1).unwrap());
+    }
+    out
 }

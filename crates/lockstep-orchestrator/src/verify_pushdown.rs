@@ -23,20 +23,22 @@
 //!   candidate that is no difference (values alike once mapped) is dropped by the engine's
 //!   comparison of the fetched records, so the pushdown can only cost reads, never change the
 //!   report.
-//! - Memory holds the summaries (one per range, a few dozen bytes each) and the listed pairs
-//!   of differing ranges, at most [`LIST_LIMIT`] records; past that it declines.
+//! - Memory never holds a side's summaries: both sides send theirs in range order, in
+//!   batches, and [`merge`] walks the two streams range by range, keeping the counts, the
+//!   newest values and the list of differing ranges (only while they hold at most
+//!   [`LIST_LIMIT`] records). The listed pairs of differing ranges are at most
+//!   [`LIST_LIMIT`] records a side; past that it declines.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, VecDeque};
 
 use lockstep_core::protocol::{
     RangeEntry, RangeHashRequest, RangeSummary, ReadMode, ReadRequest, StreamInfo,
     FEATURE_RANGE_HASH, FEATURE_READ_BY_KEYS, RANGE_HASH_MAX_RANGES,
 };
 use lockstep_mapping::Mapper;
-use lockstep_plugin_host::SourceHandle;
+use lockstep_plugin_host::{BatchStream, SourceHandle};
 use serde::Serialize;
 use serde_json::Value;
-use xxhash_rust::xxh3::xxh3_128;
 
 use crate::error::EngineError;
 use crate::job::SyncJob;
@@ -244,25 +246,20 @@ impl Side<'_> {
         }
     }
 
-    /// The summaries of `ranges` ranges, by range.
-    async fn summaries(&mut self, ranges: u64) -> Result<Vec<RangeSummary>, EngineError> {
+    /// The summaries of `ranges` ranges, as a stream in range order.
+    async fn summaries(&mut self, ranges: u64) -> Result<Summaries, EngineError> {
         let request = self.request(RangeHashRequest {
             fields: self.fields.to_vec(),
             ranges,
             list: None,
             newest: self.newest.map(str::to_owned),
         });
-        let mut reader = self.handle.read(&request).await?;
-        let mut out = Vec::new();
-        while let Some((batch, _)) = reader.next().await? {
-            out.extend(RangeSummary::from_batch(&batch).map_err(|e| {
-                EngineError::Schema(format!(
-                    "the {} answered a range-hash read with a malformed batch: {e}",
-                    self.name
-                ))
-            })?);
-        }
-        Ok(out)
+        Ok(Summaries {
+            reader: Some(self.handle.read(&request).await?),
+            pending: VecDeque::new(),
+            last: None,
+            name: self.name,
+        })
     }
 
     /// The (key, row hash) pairs of the records of `list` among `ranges` ranges.
@@ -289,46 +286,134 @@ impl Side<'_> {
     }
 }
 
-/// Each range's record count and (a 128-bit hash of) its hash.
-type RangeMap = BTreeMap<u64, (u64, u128)>;
-
-/// Summaries by range, checking that one algorithm made them all.
-fn by_range(
-    summaries: &[RangeSummary],
-    algorithm: &mut Option<String>,
-) -> Result<RangeMap, String> {
-    let mut out = BTreeMap::new();
-    for s in summaries {
-        match algorithm {
-            Some(a) if *a != s.algorithm => {
-                return Err(format!(
-                    "the two sides hash with different algorithms (`{a}`, `{}`)",
-                    s.algorithm
-                ))
-            }
-            Some(_) => {}
-            None => *algorithm = Some(s.algorithm.clone()),
-        }
-        // The hash's text, itself hashed to 128 bits: compact, and equal only when equal but
-        // for a collision.
-        out.insert(s.range, (s.count, xxh3_128(s.hash.as_bytes())));
-    }
-    Ok(out)
+/// One side's summaries as they arrive, in batches, checked to come in range order.
+struct Summaries {
+    /// The read; `None` when the summaries are all in `pending` already.
+    reader: Option<BatchStream>,
+    pending: VecDeque<RangeSummary>,
+    last: Option<u64>,
+    name: &'static str,
 }
 
-/// The ranges whose (count, hash) differ, and the records they hold on the larger side.
-fn differing(a: &RangeMap, b: &RangeMap) -> (Vec<u64>, u64) {
-    let mut ranges: Vec<u64> = Vec::new();
-    let mut records = 0u64;
-    for range in a.keys().chain(b.keys().filter(|r| !a.contains_key(r))) {
-        let (x, y) = (a.get(range), b.get(range));
-        if x != y {
-            ranges.push(*range);
-            records += x.map_or(0, |v| v.0).max(y.map_or(0, |v| v.0));
+impl Summaries {
+    /// The next summary, or `None` at the end; an error (the reason to decline) when the
+    /// side answers out of range order.
+    async fn next(&mut self) -> Result<Result<Option<RangeSummary>, String>, EngineError> {
+        while self.pending.is_empty() {
+            let Some(reader) = self.reader.as_mut() else {
+                return Ok(Ok(None));
+            };
+            let Some((batch, _)) = reader.next().await? else {
+                return Ok(Ok(None));
+            };
+            self.pending
+                .extend(RangeSummary::from_batch(&batch).map_err(|e| {
+                    EngineError::Schema(format!(
+                        "the {} answered a range-hash read with a malformed batch: {e}",
+                        self.name
+                    ))
+                })?);
+        }
+        let next = self.pending.pop_front();
+        if let Some(s) = &next {
+            if self.last.is_some_and(|last| s.range <= last) {
+                return Ok(Err(format!(
+                    "the {}'s range summaries do not come in range order",
+                    self.name
+                )));
+            }
+            self.last = Some(s.range);
+        }
+        Ok(Ok(next))
+    }
+}
+
+/// What merging two sides' summaries found.
+#[derive(Debug, Default, PartialEq)]
+struct Merged {
+    source_count: u64,
+    destination_count: u64,
+    source_newest: Option<String>,
+    destination_newest: Option<String>,
+    /// The ranges whose (count, hash) differ, while they hold at most [`LIST_LIMIT`] records;
+    /// past that only their number is kept.
+    differing: Vec<u64>,
+    differing_ranges: u64,
+    /// The records the differing ranges hold, on the larger side of each.
+    records: u64,
+}
+
+/// Merges the two sides' summaries range by range (both come in range order), holding one
+/// summary a side at a time: the counts, the newest values, and the ranges that differ.
+/// `Err` is a reason to decline (summaries out of order, or of two algorithms).
+async fn merge(
+    a: &mut Summaries,
+    b: &mut Summaries,
+) -> Result<Result<Merged, String>, EngineError> {
+    let mut merged = Merged::default();
+    let mut algorithm: Option<String> = None;
+    let mut x = match a.next().await? {
+        Ok(s) => s,
+        Err(e) => return Ok(Err(e)),
+    };
+    let mut y = match b.next().await? {
+        Ok(s) => s,
+        Err(e) => return Ok(Err(e)),
+    };
+    merged.source_newest = x.as_ref().and_then(|s| s.newest.clone());
+    merged.destination_newest = y.as_ref().and_then(|s| s.newest.clone());
+    loop {
+        for s in [&x, &y].into_iter().flatten() {
+            match &algorithm {
+                Some(a) if *a != s.algorithm => {
+                    return Ok(Err(format!(
+                        "the two sides hash with different algorithms (`{a}`, `{}`)",
+                        s.algorithm
+                    )))
+                }
+                Some(_) => {}
+                None => algorithm = Some(s.algorithm.clone()),
+            }
+        }
+        // The lower range of the two, with what each side has of it.
+        let range = match (&x, &y) {
+            (None, None) => break,
+            (Some(s), None) | (None, Some(s)) => s.range,
+            (Some(s), Some(t)) => s.range.min(t.range),
+        };
+        let here = |s: &Option<RangeSummary>| s.as_ref().filter(|s| s.range == range).cloned();
+        let (p, q) = (here(&x), here(&y));
+        let count = |s: &Option<RangeSummary>| s.as_ref().map_or(0, |s| s.count);
+        merged.source_count += count(&p);
+        merged.destination_count += count(&q);
+        let same = match (&p, &q) {
+            (Some(p), Some(q)) => p.count == q.count && p.hash == q.hash,
+            _ => false,
+        };
+        if !same {
+            merged.differing_ranges += 1;
+            merged.records += count(&p).max(count(&q));
+            if merged.records <= LIST_LIMIT {
+                merged.differing.push(range);
+            }
+        }
+        if p.is_some() {
+            x = match a.next().await? {
+                Ok(s) => s,
+                Err(e) => return Ok(Err(e)),
+            };
+        }
+        if q.is_some() {
+            y = match b.next().await? {
+                Ok(s) => s,
+                Err(e) => return Ok(Err(e)),
+            };
         }
     }
-    ranges.sort_unstable();
-    (ranges, records)
+    if merged.records > LIST_LIMIT {
+        merged.differing = Vec::new();
+    }
+    Ok(Ok(merged))
 }
 
 /// A key as listed: the canonical text of each key field, `None` for a null.
@@ -380,19 +465,21 @@ pub(crate) async fn compare(
         newest: plan.destination_newest.as_deref(),
         name: "destination",
     };
-    let mut algorithm = None;
 
     // A first level of FIRST_RANGES ranges: identical tables stop here, after one scan a side.
+    // Both reads are started before either is consumed, so the two systems hash at once.
     let mut ranges = FIRST_RANGES;
-    let (x, y) = tokio::join!(a.summaries(ranges), b.summaries(ranges));
-    let (x, y) = (x?, y?);
-    let count = |s: &[RangeSummary]| s.iter().map(|s| s.count).sum::<u64>();
-    let newest = |s: &[RangeSummary]| s.first().and_then(|s| s.newest.clone());
+    let (mut x, mut y) = (a.summaries(ranges).await?, b.summaries(ranges).await?);
+    let merged = match merge(&mut x, &mut y).await? {
+        Ok(m) => m,
+        Err(e) => return Ok(Compared::Declined(e)),
+    };
+    drop((x, y));
     let mut outcome = Outcome {
-        source_count: count(&x),
-        destination_count: count(&y),
-        source_newest: newest(&x),
-        destination_newest: newest(&y),
+        source_count: merged.source_count,
+        destination_count: merged.destination_count,
+        source_newest: merged.source_newest,
+        destination_newest: merged.destination_newest,
         candidates: Vec::new(),
         stats: ContentComparison {
             method: "range-hash",
@@ -400,14 +487,9 @@ pub(crate) async fn compare(
             ..Default::default()
         },
     };
-    let (ra, rb) = match (by_range(&x, &mut algorithm), by_range(&y, &mut algorithm)) {
-        (Ok(p), Ok(q)) => (p, q),
-        (Err(e), _) | (_, Err(e)) => return Ok(Compared::Declined(e)),
-    };
-    drop((x, y));
-    let (mut list, mut records) = differing(&ra, &rb);
-    drop((ra, rb));
-    if list.is_empty() {
+    let (mut list, mut records, mut differing_ranges) =
+        (merged.differing, merged.records, merged.differing_ranges);
+    if differing_ranges == 0 {
         return Ok(Compared::Done(outcome));
     }
 
@@ -420,22 +502,20 @@ pub(crate) async fn compare(
         .min(RANGE_HASH_MAX_RANGES);
     if records > LIST_LIMIT && finer > ranges {
         ranges = finer;
-        let (x, y) = tokio::join!(a.summaries(ranges), b.summaries(ranges));
-        let (x, y) = (x?, y?);
-        let (ra, rb) = match (by_range(&x, &mut algorithm), by_range(&y, &mut algorithm)) {
-            (Ok(p), Ok(q)) => (p, q),
-            (Err(e), _) | (_, Err(e)) => return Ok(Compared::Declined(e)),
+        let (mut x, mut y) = (a.summaries(ranges).await?, b.summaries(ranges).await?);
+        let merged = match merge(&mut x, &mut y).await? {
+            Ok(m) => m,
+            Err(e) => return Ok(Compared::Declined(e)),
         };
-        drop((x, y));
-        (list, records) = differing(&ra, &rb);
+        (list, records, differing_ranges) =
+            (merged.differing, merged.records, merged.differing_ranges);
     }
     outcome.stats.ranges = ranges;
-    outcome.stats.differing_ranges = list.len() as u64;
+    outcome.stats.differing_ranges = differing_ranges;
     if records > LIST_LIMIT {
         return Ok(Compared::Declined(format!(
-            "the {} ranges that differ hold {records} records, more than verify lists \
-             ({LIST_LIMIT}); so much differs that reading both sides costs no more",
-            list.len()
+            "the {differing_ranges} ranges that differ hold {records} records, more than \
+             verify lists ({LIST_LIMIT}); so much differs that reading both sides costs no more"
         )));
     }
 
@@ -495,26 +575,66 @@ mod tests {
         assert_eq!(keys, ["2", "3", "4"]);
     }
 
-    #[test]
-    fn differing_ranges_include_ranges_on_one_side_only() {
-        let a: RangeMap = [(0, (3, 10)), (1, (2, 11))].into();
-        let b: RangeMap = [(0, (3, 10)), (2, (5, 12))].into();
-        assert_eq!(differing(&a, &b), (vec![1, 2], 7));
-        assert_eq!(differing(&a, &a), (vec![], 0));
+    fn summary(algorithm: &str, range: u64, count: u64, hash: &str) -> RangeSummary {
+        RangeSummary {
+            algorithm: algorithm.to_owned(),
+            range,
+            count,
+            hash: hash.to_owned(),
+            newest: Some(format!("newest-{algorithm}")),
+        }
+    }
+
+    fn side(summaries: Vec<RangeSummary>) -> Summaries {
+        Summaries {
+            reader: None,
+            pending: summaries.into(),
+            last: None,
+            name: "source",
+        }
+    }
+
+    fn merged(a: Vec<RangeSummary>, b: Vec<RangeSummary>) -> Result<Merged, String> {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(merge(&mut side(a), &mut side(b)))
+            .unwrap()
     }
 
     #[test]
-    fn summaries_of_two_algorithms_are_never_compared() {
-        let s = |algorithm: &str| RangeSummary {
-            algorithm: algorithm.to_owned(),
-            range: 0,
-            count: 1,
-            hash: "1".to_owned(),
-            newest: None,
-        };
-        let mut algorithm = None;
-        by_range(&[s("a")], &mut algorithm).unwrap();
-        let e = by_range(&[s("b")], &mut algorithm).unwrap_err();
+    fn merging_finds_the_differing_ranges_including_ranges_on_one_side_only() {
+        let a = vec![summary("v", 0, 3, "10"), summary("v", 1, 2, "11")];
+        let b = vec![summary("v", 0, 3, "10"), summary("v", 2, 5, "12")];
+        let m = merged(a.clone(), b).unwrap();
+        assert_eq!(m.differing, vec![1, 2]);
+        assert_eq!((m.differing_ranges, m.records), (2, 7));
+        assert_eq!((m.source_count, m.destination_count), (5, 8));
+        assert_eq!(m.source_newest.as_deref(), Some("newest-v"));
+        let m = merged(a.clone(), a.clone()).unwrap();
+        assert_eq!((m.differing_ranges, m.records, m.source_count), (0, 0, 5));
+        // The same count with another hash differs too.
+        let m = merged(a, vec![summary("v", 0, 3, "10"), summary("v", 1, 2, "12")]).unwrap();
+        assert_eq!(m.differing, vec![1]);
+    }
+
+    #[test]
+    fn merging_declines_summaries_out_of_order_or_of_two_algorithms() {
+        let e = merged(
+            vec![summary("v", 2, 1, "1"), summary("v", 1, 1, "1")],
+            vec![summary("v", 1, 1, "1"), summary("v", 2, 1, "1")],
+        )
+        .unwrap_err();
+        assert!(e.contains("range order"), "{e}");
+        let e = merged(vec![summary("a", 0, 1, "1")], vec![summary("b", 0, 1, "1")]).unwrap_err();
         assert!(e.contains("different algorithms"), "{e}");
+    }
+
+    #[test]
+    fn merging_keeps_no_list_past_the_limit() {
+        let a = vec![summary("v", 0, LIST_LIMIT, "1"), summary("v", 1, 5, "2")];
+        let m = merged(a, Vec::new()).unwrap();
+        assert_eq!((m.differing_ranges, m.records), (2, LIST_LIMIT + 5));
+        assert!(m.differing.is_empty());
     }
 }

@@ -2,22 +2,28 @@
 //! that make a database count and hash the records of each range of its key space, or list
 //! the (key, row hash) pairs of some ranges, so that two systems compare only what differs.
 //!
-//! A record's text is the canonical text of its key fields and then of the requested fields,
-//! each encoded and joined by the dialect so that the whole is unambiguous (a null and an
-//! empty text differ, a separator inside a value is no separator): PostgreSQL's row output
-//! `ROW(...)::text` quotes as needed; a dialect without one encodes each value as
-//! `<length>:<text>` (a null as `~`) and joins them. Its *range* is the hash (seed 1) of its key's text modulo the range count (a
-//! power of two, so a bit mask), which depends on the key's canonical text only, never on how
-//! the system orders or collates keys. Its *row hash* is the hash (seed 0) of its whole text.
-//! A range's summary is its record count and the sum of its row hashes, which does not depend
-//! on the order the system visits the records.
+//! A record's *range* is a 64-bit hash of its key columns (the dialect's
+//! [`RangeHashDialect::key_hash`]) masked to the range count (a power of two), which depends
+//! on the key's values only, never on how the system orders or collates keys. Its *row hash*
+//! is a 64-bit hash of its key columns and then the requested columns
+//! ([`RangeHashDialect::row_hash`]), which must tell apart any two records that the engine's
+//! comparison tells apart (but for a 64-bit collision), and must not be linear in the
+//! columns' hashes: a range's summary is its record count and the *sum* of its row hashes
+//! (independent of the order the system visits the records), and a sum of linear row hashes
+//! would not see two records of one range swapping a value.
+//!
+//! The summary query computes range and row hash below an optimization fence
+//! ([`RangeHashDialect::fence`]), so that the grouping sees two integers a record rather than
+//! the whole record (the planner cannot know that the ranges are few, and would otherwise sort
+//! whole records), and returns one row per range that holds records, in range order: the
+//! engine merges two sides' summaries as two streams.
 //!
 //! Invariants:
 //! - Identifiers are quoted by the dialect; the list of ranges is a bound parameter, never
-//!   SQL text. The canonical text of each column is the connector's (a [`HashColumn`]): this
-//!   module only assembles it.
+//!   SQL text. What each column contributes (its hash expression, its canonical text) is the
+//!   connector's (a [`HashColumn`]): this module only assembles it.
 //! - The same request on two systems of the same connector gives the same SQL over the same
-//!   canonical text, hence the same summaries for the same records.
+//!   expressions, hence the same summaries for the same records.
 
 use lockstep_plugin_sdk::protocol::{RangeHashRequest, RANGE_HASH_MAX_RANGES};
 use lockstep_plugin_sdk::{ConnectorError, Result};
@@ -29,14 +35,16 @@ pub const MAX_LISTED_RANGES: usize = 1 << 20;
 
 /// What a dialect needs to hash in SQL.
 pub trait RangeHashDialect: Dialect {
-    /// A signed 64-bit hash of the text expression `text` with seed 0 or 1.
-    fn hash64(&self, text: &str, seed: u8) -> String;
-    /// A column's expression (a [`HashColumn::text`], possibly null) as a part of a
-    /// record's text: for example `<length>:<text>`, or `~` when it is null.
-    fn encode(&self, value: &str) -> String;
-    /// The unambiguous text of a record from its encoded parts (for example joined by
-    /// U+001F, or PostgreSQL's `ROW(...)::text`).
-    fn join(&self, parts: &[String]) -> String;
+    /// An int64 expression hashing the key columns `key`: a record's range is its low bits.
+    /// Equal keys must give equal hashes; unequal keys may collide (they only share a range).
+    fn key_hash(&self, key: &[HashColumn]) -> String;
+    /// An int64 expression hashing the columns `columns` (the key's, then the requested
+    /// fields'), which differs for two records the engine tells apart (but for a 64-bit
+    /// collision) and is not linear in the columns' own hashes.
+    fn row_hash(&self, columns: &[HashColumn]) -> String;
+    /// What follows the inner query of a summary so that the planner computes its range and
+    /// row hash before grouping (PostgreSQL: ` OFFSET 0`), or nothing.
+    fn fence(&self) -> &'static str;
     /// The decimal text of an exact, order-independent sum of the int64 expression `hash`
     /// over a group.
     fn sum_text(&self, hash: &str) -> String;
@@ -49,13 +57,17 @@ pub trait RangeHashDialect: Dialect {
     fn value_text(&self, value: &str) -> String;
 }
 
-/// One column to hash: its name and the SQL expression of its value in canonical form (over
-/// the column's quoted name), which [`RangeHashDialect::encode`] and
-/// [`RangeHashDialect::value_text`] turn into text.
+/// One column to hash: its name, the SQL expression of its value in canonical text form (the
+/// text a listed key carries, which the connector casts back to the column's type), and the
+/// SQL expression(s) the dialect's row hash hashes for it (over the column's quoted name).
 #[derive(Clone, Debug)]
 pub struct HashColumn {
     pub name: String,
     pub text: String,
+    pub hash: Vec<String>,
+    /// The column's value as an integer expression, when it is one that the dialect may hash
+    /// directly for a record's range (a key of one integer column).
+    pub int_key: Option<String>,
 }
 
 /// Checks a range-hash request: a power-of-two range count within bounds, a listing of
@@ -101,19 +113,10 @@ fn parts<D: RangeHashDialect>(
     fields: &[HashColumn],
     ranges: u64,
 ) -> Parts {
-    let key_text: Vec<String> = key.iter().map(|c| dialect.encode(&c.text)).collect();
-    let row_text: Vec<String> = key_text
-        .iter()
-        .cloned()
-        .chain(fields.iter().map(|c| dialect.encode(&c.text)))
-        .collect();
+    let all: Vec<HashColumn> = key.iter().chain(fields).cloned().collect();
     Parts {
-        range: format!(
-            "({} & {})",
-            dialect.hash64(&dialect.join(&key_text), 1),
-            ranges - 1
-        ),
-        row_hash: dialect.hash64(&dialect.join(&row_text), 0),
+        range: format!("({} & {})", dialect.key_hash(key), ranges - 1),
+        row_hash: dialect.row_hash(&all),
     }
 }
 
@@ -139,8 +142,9 @@ pub fn summary_sql<D: RangeHashDialect>(
     };
     format!(
         "SELECT t.r, count(*), {sum}, {outer_newest} FROM (SELECT {range} AS r, {row_hash} AS h\
-         {inner_newest} FROM {table}) AS t GROUP BY t.r ORDER BY t.r",
+         {inner_newest} FROM {table}{fence}) AS t GROUP BY t.r ORDER BY t.r",
         sum = dialect.sum_text("t.h"),
+        fence = dialect.fence(),
         range = p.range,
         row_hash = p.row_hash,
     )
@@ -183,14 +187,16 @@ mod tests {
         }
     }
     impl RangeHashDialect for Pg {
-        fn hash64(&self, text: &str, seed: u8) -> String {
-            format!("h({text}, {seed})")
+        fn key_hash(&self, key: &[HashColumn]) -> String {
+            let parts: Vec<String> = key.iter().flat_map(|c| c.hash.clone()).collect();
+            format!("k({})", parts.join(", "))
         }
-        fn encode(&self, text: &str) -> String {
-            format!("e({text})")
+        fn row_hash(&self, columns: &[HashColumn]) -> String {
+            let parts: Vec<String> = columns.iter().flat_map(|c| c.hash.clone()).collect();
+            format!("h({})", parts.join(", "))
         }
-        fn join(&self, parts: &[String]) -> String {
-            format!("j({})", parts.join(", "))
+        fn fence(&self) -> &'static str {
+            " OFFSET 0"
         }
         fn sum_text(&self, hash: &str) -> String {
             format!("s({hash})")
@@ -207,9 +213,12 @@ mod tests {
     }
 
     fn column(name: &str) -> HashColumn {
+        let quoted = Pg.quote_ident(name);
         HashColumn {
             name: name.to_owned(),
-            text: format!("{}::text", Pg.quote_ident(name)),
+            text: format!("{quoted}::text"),
+            hash: vec![format!("e({quoted})")],
+            int_key: None,
         }
     }
 
@@ -218,8 +227,8 @@ mod tests {
         let sql = summary_sql(&Pg, "\"t\"", &[column("id")], &[column("a\"b")], 16, None);
         assert_eq!(
             sql,
-            "SELECT t.r, count(*), s(t.h), NULL FROM (SELECT (h(j(e(\"id\"::text)), 1) & 15) AS r, \
-             h(j(e(\"id\"::text), e(\"a\"\"b\"::text)), 0) AS h FROM \"t\") AS t GROUP BY t.r \
+            "SELECT t.r, count(*), s(t.h), NULL FROM (SELECT (k(e(\"id\")) & 15) AS r, \
+             h(e(\"id\"), e(\"a\"\"b\")) AS h FROM \"t\" OFFSET 0) AS t GROUP BY t.r \
              ORDER BY t.r"
         );
         let sql = summary_sql(&Pg, "\"t\"", &[column("id")], &[], 1, Some("\"at\""));
@@ -232,7 +241,7 @@ mod tests {
     fn listings_filter_by_the_bound_ranges() {
         let sql = list_sql(&Pg, "\"t\"", &[column("id"), column("k")], &[], 4);
         assert!(
-            sql.starts_with("SELECT (\"id\"::text)::text, (\"k\"::text)::text, i(h("),
+            sql.starts_with("SELECT (\"id\"::text)::text, (\"k\"::text)::text, i(h(e("),
             "{sql}"
         );
         assert!(sql.ends_with("& 3) = ANY($1)"), "{sql}");
