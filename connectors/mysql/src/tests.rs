@@ -788,6 +788,48 @@ fn a_boolean_column_holding_another_number_is_a_read_error_not_true() {
     });
 }
 
+/// Integer keys are counted with one look at the table when no key comes twice, and with
+/// two when one does: the counts are the same either way.
+#[test]
+fn upserts_with_integer_keys_count_inserted_updated_and_unchanged() {
+    with_db(|mut db| async move {
+        let fields = vec![
+            field("id", DataType::Int64, false),
+            field("v", DataType::Int64, true),
+        ];
+        let mut destination = db.destination().await;
+        let mut writer = destination
+            .open_stream(open_request("ints", fields.clone(), &["id"]))
+            .await
+            .unwrap();
+        let o = writer
+            .upsert(batch(&fields, json!([{"id": 1, "v": 1}, {"id": 2, "v": 2}, {"id": 3, "v": 3}])))
+            .await
+            .unwrap();
+        assert_eq!(counts(&o), (Some(3), Some(0), Some(0)));
+        // Existing keys unchanged and changed, a new key: no key twice.
+        let o = writer
+            .upsert(batch(&fields, json!([{"id": 1, "v": 1}, {"id": 2, "v": 20}, {"id": 4, "v": 4}])))
+            .await
+            .unwrap();
+        assert_eq!(counts(&o), (Some(1), Some(1), Some(1)));
+        // Key 5 twice (inserted, then updated by its second row), key 3 changed.
+        let o = writer
+            .upsert(batch(
+                &fields,
+                json!([{"id": 5, "v": 5}, {"id": 3, "v": 30}, {"id": 5, "v": 50}]),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(counts(&o), (Some(1), Some(2), Some(0)));
+        writer.flush().await.unwrap();
+        assert_eq!(
+            db.strings("SELECT CAST(SUM(v) AS CHAR) FROM ints").await[0][0].as_deref(),
+            Some("105")
+        );
+    });
+}
+
 #[test]
 fn upserts_count_inserted_updated_and_unchanged() {
     with_db(|mut db| async move {

@@ -7,6 +7,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use lockstep_plugin_sdk::arrow::array::{ArrayRef, RecordBatch};
+use lockstep_plugin_sdk::arrow::datatypes::DataType as ArrowType;
+use lockstep_plugin_sdk::arrow::row::{RowConverter, SortField};
 use lockstep_plugin_sdk::evolution::{plan_evolution, EvolutionPlan};
 use lockstep_plugin_sdk::{
     tracing, ConnectorError, DataType, OpenStreamRequest, RejectedRow, Result, StreamWriter,
@@ -400,6 +402,38 @@ impl MySqlWriter {
         Ok((format!("{lhs} IN ({list})"), args))
     }
 
+    /// Whether `rows` hold no key twice, told exactly as the server tells keys apart. Only
+    /// keys made of integer and date columns are judged here: a text key's equality depends
+    /// on its collation (case, accents, trailing spaces) and a timestamp's on the column's
+    /// fractional digits, so for those the answer is `false` and the caller counts on the
+    /// server instead.
+    fn keys_distinct(&self, cols: &[BatchColumn], rows: &[usize]) -> bool {
+        let keys: Vec<&BatchColumn> = self
+            .key
+            .iter()
+            .filter_map(|k| cols.iter().find(|c| &c.name == k))
+            .collect();
+        let exact = |t: &ArrowType| {
+            t.is_integer() || matches!(t, ArrowType::Date32)
+        };
+        if keys.len() != self.key.len() || !keys.iter().all(|c| exact(c.array.data_type())) {
+            return false;
+        }
+        let Ok(converter) = RowConverter::new(
+            keys.iter()
+                .map(|c| SortField::new(c.array.data_type().clone()))
+                .collect(),
+        ) else {
+            return false;
+        };
+        let arrays: Vec<ArrayRef> = keys.iter().map(|c| c.array.clone()).collect();
+        let Ok(converted) = converter.convert_columns(&arrays) else {
+            return false;
+        };
+        let mut seen = HashSet::with_capacity(rows.len());
+        rows.iter().all(|&row| seen.insert(converted.row(row)))
+    }
+
     async fn count_existing(&mut self, cols: &[BatchColumn], rows: &[usize]) -> Result<u64> {
         let mut total = 0;
         for part in rows.chunks(MAX_KEYS) {
@@ -472,6 +506,7 @@ impl MySqlWriter {
         } else {
             self.count_existing(cols, rows).await?
         };
+        let distinct = !self.key.is_empty() && self.keys_distinct(cols, rows);
         let conn = self.connection().await?;
         let affected = match sqlx::query_with(&sql, args)
             .persistent(false)
@@ -488,7 +523,14 @@ impl MySqlWriter {
         if self.key.is_empty() {
             return Ok(Ok((affected, 0, 0)));
         }
-        let after = self.count_existing(cols, rows).await?;
+        // With no key twice among the rows, every key of the rows exists now, and every row
+        // whose key did not exist before was inserted; otherwise a second row of a key
+        // updates the first, and the keys that exist now are counted on the server.
+        let after = if distinct {
+            n
+        } else {
+            self.count_existing(cols, rows).await?
+        };
         // sqlx sets CLIENT_FOUND_ROWS, so each row counts 1 when inserted, 2 when updated
         // and 1 when it matched an identical row: affected = rows + updated.
         let inserted = after.saturating_sub(before).min(n);
