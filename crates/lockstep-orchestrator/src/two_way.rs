@@ -57,7 +57,7 @@ use lockstep_core::protocol::{
 use lockstep_core::{
     record_keys, EndpointSpec, FieldMapping, Side, SyncMode, SyncSpec, TwoWaySpec,
 };
-use lockstep_mapping::Mapper;
+use lockstep_mapping::{MappedBatch, Mapper};
 use lockstep_plugin_core::rows::{batch_from_rows, rows_from_batch};
 use lockstep_plugin_core::source_rejects::is_rejects_batch;
 use lockstep_state::{
@@ -887,57 +887,92 @@ async fn read_changes(
             tracing::warn!(side = %side.side, row = r.row, field = r.field.as_deref(), reason = r.reason, "record could not be mapped");
         }
         out.rejected += mapped.rejected.len() as u64;
-        let row_keys = record_keys(&mapped.batch, side.mapper.key())?;
-        let values = rows_from_batch(&mapped.batch);
-        let marks = side.tombstone.as_ref().map(|field| {
-            crate::rows::mapped_marks(
-                &crate::rows::tombstoned(&batch, field).unwrap_or_default(),
-                &mapped.source_rows,
-            )
-        });
-        let cursor_column = side.cursor.as_ref().and_then(|c| {
-            let schema = batch.schema();
-            let i = schema.index_of(c).ok()?;
-            Some((
-                batch.column(i).clone(),
-                DataType::from_arrow_field(schema.field(i)),
-            ))
-        });
-        for (row, ((key, values), source_row)) in row_keys
-            .into_iter()
-            .zip(values)
-            .zip(&mapped.source_rows)
-            .enumerate()
-        {
-            if marks.as_ref().is_some_and(|m| m.get(row) == Some(&true)) {
-                // A later row of the same key in this read decides: the last one wins.
-                out.records.remove(&key);
-                out.tombstoned.insert(key);
-                continue;
-            }
-            out.tombstoned.remove(&key);
-            if !incremental {
-                keys.insert(&key);
-            }
-            let modified = cursor_column
-                .as_ref()
-                .map(|(column, logical)| json_value(column, *source_row, *logical));
-            let fingerprint = conflict::fingerprint(&values, fields.of(side.side));
-            out.records.insert(
-                key,
-                SideRecord {
-                    values,
-                    fingerprint,
-                    modified,
-                },
-            );
-        }
+        side_records(
+            side,
+            fields,
+            &batch,
+            &mapped,
+            |_| true,
+            |key, record| {
+                match record {
+                    // A later row of the same key in this read decides: the last one wins.
+                    None => {
+                        out.records.remove(&key);
+                        out.tombstoned.insert(key);
+                    }
+                    Some(record) => {
+                        out.tombstoned.remove(&key);
+                        if !incremental {
+                            keys.insert(&key);
+                        }
+                        out.records.insert(key, record);
+                    }
+                }
+            },
+        )?;
     }
     if !incremental {
         keys.seal();
         out.keys = Some(keys);
     }
     Ok(out)
+}
+
+/// Turns one batch of `side` (`batch` as read, `mapped` its mapping) into the side's
+/// records: each row's key with its record (values, fingerprint over the side's compared
+/// fields, and the cursor column as modification time), or `None` for a row the side's
+/// tombstone marks deleted. Rows whose key `keep` refuses are skipped before any work.
+fn side_records(
+    side: &SideIo<'_>,
+    fields: &Fields,
+    batch: &RecordBatch,
+    mapped: &MappedBatch,
+    keep: impl Fn(&str) -> bool,
+    mut each: impl FnMut(String, Option<SideRecord>),
+) -> Result<(), EngineError> {
+    let row_keys = record_keys(&mapped.batch, side.mapper.key())?;
+    let values = rows_from_batch(&mapped.batch);
+    let marks = side.tombstone.as_ref().map(|field| {
+        crate::rows::mapped_marks(
+            &crate::rows::tombstoned(batch, field).unwrap_or_default(),
+            &mapped.source_rows,
+        )
+    });
+    let cursor_column = side.cursor.as_ref().and_then(|c| {
+        let schema = batch.schema();
+        let i = schema.index_of(c).ok()?;
+        Some((
+            batch.column(i).clone(),
+            DataType::from_arrow_field(schema.field(i)),
+        ))
+    });
+    for (row, ((key, values), source_row)) in row_keys
+        .into_iter()
+        .zip(values)
+        .zip(&mapped.source_rows)
+        .enumerate()
+    {
+        if !keep(&key) {
+            continue;
+        }
+        if marks.as_ref().is_some_and(|m| m.get(row) == Some(&true)) {
+            each(key, None);
+            continue;
+        }
+        let modified = cursor_column
+            .as_ref()
+            .map(|(column, logical)| json_value(column, *source_row, *logical));
+        let fingerprint = conflict::fingerprint(&values, fields.of(side.side));
+        each(
+            key,
+            Some(SideRecord {
+                values,
+                fingerprint,
+                modified,
+            }),
+        );
+    }
+    Ok(())
 }
 
 /// Every key `side` has now, through its mapping of the key.

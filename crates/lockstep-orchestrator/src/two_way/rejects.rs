@@ -13,18 +13,16 @@
 
 use std::collections::{HashMap, HashSet};
 
-use lockstep_core::protocol::arrow_types::json_value;
-use lockstep_core::protocol::{DataType, ReadMode, ReadRequest};
-use lockstep_core::{record_keys, RunMetrics, Side, SyncSpec};
-use lockstep_plugin_core::rows::rows_from_batch;
+use lockstep_core::protocol::{ReadMode, ReadRequest};
+use lockstep_core::{RunMetrics, Side, SyncSpec};
 use lockstep_state::{Conflict, ConflictStatus};
 use serde_json::{Map, Value};
 
 use super::{
-    index, refuse_rejects, Fields, Plan, RejectedFilter, RejectedRecord, SideChanges, SideIo,
-    TwoWayRejects, CHUNK,
+    index, refuse_rejects, side_records, Fields, Plan, RejectedFilter, RejectedRecord, SideChanges,
+    SideIo, TwoWayRejects, CHUNK,
 };
-use crate::conflict::{self, SideRecord};
+use crate::conflict::SideRecord;
 use crate::error::EngineError;
 use crate::job::{RunState, SyncJob};
 use crate::lease::HeldLease;
@@ -238,48 +236,21 @@ async fn read_records(
                 out.unmapped
                     .extend(keyed.into_values().filter(|k| wanted.contains(k.as_str())));
             }
-            let row_keys = record_keys(&mapped.batch, side.mapper.key())?;
-            let values = rows_from_batch(&mapped.batch);
-            let marks = side.tombstone.as_ref().map(|field| {
-                crate::rows::mapped_marks(
-                    &crate::rows::tombstoned(&batch, field).unwrap_or_default(),
-                    &mapped.source_rows,
-                )
-            });
-            let cursor_column = side.cursor.as_ref().and_then(|c| {
-                let schema = batch.schema();
-                let i = schema.index_of(c).ok()?;
-                Some((
-                    batch.column(i).clone(),
-                    DataType::from_arrow_field(schema.field(i)),
-                ))
-            });
-            for (row, ((key, values), source_row)) in row_keys
-                .into_iter()
-                .zip(values)
-                .zip(&mapped.source_rows)
-                .enumerate()
-            {
-                if !wanted.contains(key.as_str()) {
-                    continue;
-                }
-                if marks.as_ref().is_some_and(|m| m.get(row) == Some(&true)) {
-                    out.records.remove(&key);
-                    continue;
-                }
-                let modified = cursor_column
-                    .as_ref()
-                    .map(|(column, logical)| json_value(column, *source_row, *logical));
-                let fingerprint = conflict::fingerprint(&values, fields.of(side.side));
-                out.records.insert(
-                    key,
-                    SideRecord {
-                        values,
-                        fingerprint,
-                        modified,
-                    },
-                );
-            }
+            side_records(
+                side,
+                fields,
+                &batch,
+                &mapped,
+                |key| wanted.contains(key),
+                |key, record| match record {
+                    None => {
+                        out.records.remove(&key);
+                    }
+                    Some(record) => {
+                        out.records.insert(key, record);
+                    }
+                },
+            )?;
         }
     }
     Ok(out)
