@@ -2,7 +2,8 @@
 //! side since its own checkpoint, find each side's deletes by comparing its key set with the
 //! base ledger, then, chunk by chunk of touched keys, decide each record (`conflict`),
 //! record the chunk's conflicts, write both sides, read back what was written and commit the
-//! chunk's base rows; last, apply the deletes and commit both checkpoints.
+//! chunk's base rows; last, apply the deletes and commit both checkpoints. A first run over
+//! two filled sides compares them without holding either whole (`two_way/initial.rs`).
 //!
 //! Side a is the sync's `source`, side b its `destination`. Values are compared in the mapped
 //! space: side a's records go through the sync's mapping, side b's are read under the mapped
@@ -80,6 +81,7 @@ use crate::job::{Endpoint, Progress, RunOptions, RunState, SyncJob};
 use crate::lease::{FencedWriter, HeldLease};
 use crate::services::Services;
 
+mod initial;
 mod rejects;
 use rejects::{check_rejected, prepare_retries, store_rejects, Refusal, RetrySettled};
 
@@ -473,7 +475,20 @@ async fn execute(
     let checkpoint = run.checkpoint.clone().unwrap_or(Value::Null);
     let state = services.state;
     let in_base = state.base_count(&spec.name).await?;
-    let mut changes = {
+    let mut changes = if initial::applies(in_base, &checkpoint) {
+        // A first run: the sides are compared without holding either whole.
+        initial::read_both(
+            services,
+            spec,
+            [&side_a, &side_b],
+            [&mut source_a, &mut source_b],
+            &fields,
+            dry_run,
+            lease,
+            run,
+        )
+        .await?
+    } else {
         let (changes_a, changes_b) = tokio::join!(
             read_changes(
                 spec,

@@ -2552,15 +2552,13 @@ fn a_run_killed_between_its_chunks_loses_nothing() {
         let d = dir.path();
         let (a, b) = (d.join("a.db"), d.join("b.db"));
         let seed: Vec<String> = (1..=10)
-            .map(|i| format!("INSERT INTO contacts (id, email, name) VALUES ({i}, 'p{i}@x', 'P{i}')"))
+            .map(|i| {
+                format!("INSERT INTO contacts (id, email, name) VALUES ({i}, 'p{i}@x', 'P{i}')")
+            })
             .collect();
         let seed: Vec<&str> = seed.iter().map(String::as_str).collect();
         sqlite_sides(d, &seed);
-        sqlite_config(
-            d,
-            "",
-            "policy = \"prefer-b\"\nb_cursor = \"updated_at\"",
-        );
+        sqlite_config(d, "", "policy = \"prefer-b\"\nb_cursor = \"updated_at\"");
         let first = run_people(d);
         assert_eq!(metric(&first, "added"), 10, "{fault}: {first}");
 
@@ -2600,13 +2598,25 @@ fn a_run_killed_between_its_chunks_loses_nothing() {
                 _ => "12|p12@b|New B".to_owned(),
             })
             .collect();
-        assert_eq!(sqlite_rows(&a), want, "{fault}: side a after the rerun: {rerun}");
-        assert_eq!(sqlite_rows(&b), want, "{fault}: side b after the rerun: {rerun}");
+        assert_eq!(
+            sqlite_rows(&a),
+            want,
+            "{fault}: side a after the rerun: {rerun}"
+        );
+        assert_eq!(
+            sqlite_rows(&b),
+            want,
+            "{fault}: side b after the rerun: {rerun}"
+        );
         let mut keys: Vec<i64> = list_conflicts(d, "people").iter().map(key_of).collect();
         keys.sort_unstable();
         assert_eq!(keys, [4, 5, 6], "{fault}: each conflict is recorded once");
         let idle = run_people(d);
-        assert_eq!(written(&idle), 0, "{fault}: a run without edits wrote: {idle}");
+        assert_eq!(
+            written(&idle),
+            0,
+            "{fault}: a run without edits wrote: {idle}"
+        );
         assert_eq!(metric(&idle, "conflicts"), 0, "{fault}: {idle}");
     }
 }
@@ -2676,7 +2686,11 @@ fn a_first_run_over_two_filled_sides_writes_only_what_differs() {
         let keys: Vec<i64> = list_conflicts(d, "people").iter().map(key_of).collect();
         assert_eq!(keys, [5], "{fault:?}: the one conflict, recorded once");
         let idle = run_people(d);
-        assert_eq!(written(&idle), 0, "{fault:?}: a run without edits wrote: {idle}");
+        assert_eq!(
+            written(&idle),
+            0,
+            "{fault:?}: a run without edits wrote: {idle}"
+        );
         assert_eq!(metric(&idle, "conflicts"), 0, "{fault:?}: {idle}");
     }
 }
