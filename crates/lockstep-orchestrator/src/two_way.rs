@@ -65,7 +65,7 @@ use lockstep_core::{
     record_keys, EndpointSpec, FieldMapping, Side, SyncMode, SyncSpec, TwoWaySpec,
 };
 use lockstep_mapping::{MappedBatch, Mapper};
-use lockstep_plugin_core::rows::{batch_from_rows, rows_from_batch};
+use lockstep_plugin_core::rows::batch_from_rows;
 use lockstep_plugin_core::source_rejects::is_rejects_batch;
 use lockstep_state::{
     BaseEntry, Conflict, ConflictStatus, RejectedFilter, RejectedRecord, TwoWayCommit,
@@ -248,17 +248,32 @@ impl SideChanges {
 
 /// Row `row` of `batch` as a map by field name.
 fn row_values(batch: &RecordBatch, row: usize) -> Map<String, Value> {
+    row_values_typed(batch, row, &logical_types(batch))
+}
+
+/// The logical type of each of `batch`'s columns.
+fn logical_types(batch: &RecordBatch) -> Vec<Option<DataType>> {
+    batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| DataType::from_arrow_field(f))
+        .collect()
+}
+
+/// Row `row` of `batch` as a map by field name, its columns' logical types known.
+fn row_values_typed(
+    batch: &RecordBatch,
+    row: usize,
+    logical: &[Option<DataType>],
+) -> Map<String, Value> {
     let schema = batch.schema();
     schema
         .fields()
         .iter()
+        .zip(logical)
         .enumerate()
-        .map(|(i, f)| {
-            (
-                f.name().clone(),
-                json_value(batch.column(i), row, DataType::from_arrow_field(f)),
-            )
-        })
+        .map(|(i, (f, logical))| (f.name().clone(), json_value(batch.column(i), row, *logical)))
         .collect()
 }
 
@@ -475,6 +490,9 @@ async fn execute(
     let checkpoint = run.checkpoint.clone().unwrap_or(Value::Null);
     let state = services.state;
     let in_base = state.base_count(&spec.name).await?;
+    // Key sets are compared every `reconcile_every` runs (tombstones arrive every run).
+    let compares_keys = in_base > 0 && crate::reconcile::due(services, job, run.run_id).await?;
+    let mut sets_unchanged = false;
     let mut changes = if initial::applies(in_base, &checkpoint) {
         // A first run: the sides are compared without holding either whole.
         initial::read_both(
@@ -489,7 +507,12 @@ async fn execute(
         )
         .await?
     } else {
-        let (changes_a, changes_b) = tokio::join!(
+        // The key-set summaries are computed in the databases while the changes are read.
+        let summaries = async {
+            compares_keys
+                && key_sets_unchanged(services, job, [&side_a, &side_b], &key, in_base).await
+        };
+        let (changes_a, changes_b, unchanged) = tokio::join!(
             read_changes(
                 spec,
                 &side_a,
@@ -506,7 +529,9 @@ async fn execute(
                 &fields,
                 dry_run,
             ),
+            summaries,
         );
+        sets_unchanged = unchanged;
         [changes_a?, changes_b?]
     };
     for c in &changes {
@@ -516,10 +541,7 @@ async fn execute(
 
     // Each side's deletes: base keys the side no longer has.
     let mut deleted: [HashSet<String>; 2] = Default::default();
-    // Key sets are compared every `reconcile_every` runs (tombstones arrive every run).
-    let compares_keys = in_base > 0 && crate::reconcile::due(services, job, run.run_id).await?;
-    if compares_keys && !key_sets_unchanged(services, job, [&side_a, &side_b], &key, in_base).await
-    {
+    if compares_keys && !sets_unchanged {
         for (side, source) in [(&side_a, &mut source_a), (&side_b, &mut source_b)] {
             let i = index(side.side);
             if changes[i].keys.is_none() {
@@ -696,60 +718,77 @@ async fn execute(
             plan.conflicts = Vec::new();
         }
 
+        // Side a first when its one-way fields, read back, feed side b's writes; else both
+        // sides at once (they are different systems).
+        let [writer_a, writer_b] = &mut *writers;
+        let [back_a, back_b] = &mut read_back_sources;
+        let written: [SideWrite; 2] = if keep_read_back {
+            let upserts_a = std::mem::take(&mut plan.upserts[0]);
+            let a = write_side(
+                spec,
+                &side_a,
+                writer_a,
+                back_a.as_mut(),
+                upserts_a,
+                &fields,
+                true,
+            )
+            .await?;
+            run.metrics.updated += refresh_one_way(&mut plan, &a.read_back, &fields);
+            let upserts_b = std::mem::take(&mut plan.upserts[1]);
+            let b = write_side(
+                spec,
+                &side_b,
+                writer_b,
+                back_b.as_mut(),
+                upserts_b,
+                &fields,
+                false,
+            )
+            .await?;
+            [a, b]
+        } else {
+            let [upserts_a, upserts_b] = std::mem::take(&mut plan.upserts);
+            let (a, b) = tokio::join!(
+                write_side(
+                    spec,
+                    &side_a,
+                    writer_a,
+                    back_a.as_mut(),
+                    upserts_a,
+                    &fields,
+                    false
+                ),
+                write_side(
+                    spec,
+                    &side_b,
+                    writer_b,
+                    back_b.as_mut(),
+                    upserts_b,
+                    &fields,
+                    false
+                ),
+            );
+            [a?, b?]
+        };
         let mut read_back: [HashMap<String, u128>; 2] = Default::default();
-        for i in 0..2 {
-            let side = sides[i];
-            let upserts = std::mem::take(&mut plan.upserts[i]);
-            let mut refused_here: HashSet<&str> = HashSet::new();
-            for rows in upserts.chunks(spec.batch_size.max(1)) {
-                let own: Vec<Map<String, Value>> =
-                    rows.iter().map(|(_, v)| own_row(side, v)).collect();
-                let batch = to_batch(spec, side, &side.written, &own)?;
-                drop(own);
-                let outcome = writers[i].upsert(batch).await?;
-                for r in &outcome.rejected {
-                    if let Some((key, values)) = rows.get(r.row) {
-                        tracing::warn!(side = %side.side, key, reason = r.reason, "side refused a record");
-                        refused_here.insert(key);
-                        rejected_keys.insert(key.clone());
-                        // A refused write is no write: it counts as rejected only.
-                        let counted = if plan.adds[i].contains(key) {
-                            &mut run.metrics.added
-                        } else {
-                            &mut run.metrics.updated
-                        };
-                        *counted = counted.saturating_sub(1);
-                        refusals.push(Refusal {
-                            side: side.side,
-                            key: key.clone(),
-                            values: values.clone(),
-                            field: r.field.clone(),
-                            reason: r.reason.clone(),
-                        });
-                    }
-                }
+        for (i, w) in written.into_iter().enumerate() {
+            for refusal in w.refusals {
+                rejected_keys.insert(refusal.key.clone());
+                // A refused write is no write: it counts as rejected only.
+                let counted = if plan.adds[i].contains(&refusal.key) {
+                    &mut run.metrics.added
+                } else {
+                    &mut run.metrics.updated
+                };
+                *counted = counted.saturating_sub(1);
+                refusals.push(refusal);
             }
-            writers[i].flush().await?;
-            let keys: Vec<&String> = upserts
-                .iter()
-                .map(|(k, _)| k)
-                .filter(|k| !rejected_keys.contains(*k))
+            read_back[i] = w
+                .read_back
+                .into_iter()
+                .map(|(k, (fp, _))| (k, fp))
                 .collect();
-            let Some(source) = read_back_sources[i].as_mut() else {
-                continue;
-            };
-            if keys.is_empty() {
-                continue;
-            }
-            let found =
-                read_fingerprints(spec, side, source, &keys, &fields, i == 0 && keep_read_back)
-                    .await?;
-            drop(keys);
-            drop(upserts);
-            if i == 0 && keep_read_back {
-                run.metrics.updated += refresh_one_way(&mut plan, &found, &fields);
-            }
-            read_back[i] = found.into_iter().map(|(k, (fp, _))| (k, fp)).collect();
         }
 
         fault_point(FaultPoint::AfterFlush, number);
@@ -888,9 +927,67 @@ async fn execute(
     Ok(None)
 }
 
+/// What writing one side's share of a chunk gave.
+struct SideWrite {
+    /// The records the side refused.
+    refusals: Vec<Refusal>,
+    /// The fingerprints (and with `keep_values`, the values) of what the side now holds,
+    /// read back by key; empty when its connector cannot read by key.
+    read_back: HashMap<String, (u128, Map<String, Value>)>,
+}
+
+/// Writes `upserts` to `side`, flushes it, and reads back what it took.
+async fn write_side(
+    spec: &SyncSpec,
+    side: &SideIo<'_>,
+    writer: &mut FencedWriter,
+    source: Option<&mut lockstep_plugin_host::SourceHandle>,
+    upserts: Vec<(String, Map<String, Value>)>,
+    fields: &Fields,
+    keep_values: bool,
+) -> Result<SideWrite, EngineError> {
+    let mut refusals = Vec::new();
+    let mut refused: HashSet<String> = HashSet::new();
+    for rows in upserts.chunks(spec.batch_size.max(1)) {
+        let own: Vec<Map<String, Value>> = rows.iter().map(|(_, v)| own_row(side, v)).collect();
+        let batch = to_batch(spec, side, &side.written, &own)?;
+        drop(own);
+        let outcome = writer.upsert(batch).await?;
+        for r in &outcome.rejected {
+            if let Some((key, values)) = rows.get(r.row) {
+                tracing::warn!(side = %side.side, key, reason = r.reason, "side refused a record");
+                refused.insert(key.clone());
+                refusals.push(Refusal {
+                    side: side.side,
+                    key: key.clone(),
+                    values: values.clone(),
+                    field: r.field.clone(),
+                    reason: r.reason.clone(),
+                });
+            }
+        }
+    }
+    writer.flush().await?;
+    let keys: Vec<&String> = upserts
+        .iter()
+        .map(|(k, _)| k)
+        .filter(|k| !refused.contains(*k))
+        .collect();
+    let read_back = match source {
+        Some(source) if !keys.is_empty() => {
+            read_fingerprints(spec, side, source, &keys, fields, keep_values).await?
+        }
+        _ => HashMap::new(),
+    };
+    Ok(SideWrite {
+        refusals,
+        read_back,
+    })
+}
+
 /// How many touched keys one chunk decides, writes and commits: what a run holds of the
 /// records' values at once.
-const TOUCHED_CHUNK: usize = 4_096;
+const TOUCHED_CHUNK: usize = 2_048;
 
 /// [`TOUCHED_CHUNK`], or `LOCKSTEP_TWO_WAY_CHUNK` when set to a positive number: the crash
 /// tests use chunks of a few keys, so that a kill lands between chunks.
@@ -1310,7 +1407,6 @@ fn side_records(
     mut each: impl FnMut(usize, String, Option<SideRecord>),
 ) -> Result<(), EngineError> {
     let row_keys = record_keys(&mapped.batch, side.mapper.key())?;
-    let values = rows_from_batch(&mapped.batch);
     let marks = side.tombstone.as_ref().map(|field| {
         crate::rows::mapped_marks(
             &crate::rows::tombstoned(batch, field).unwrap_or_default(),
@@ -1325,12 +1421,9 @@ fn side_records(
             DataType::from_arrow_field(schema.field(i)),
         ))
     });
-    for (row, ((key, values), source_row)) in row_keys
-        .into_iter()
-        .zip(values)
-        .zip(&mapped.source_rows)
-        .enumerate()
-    {
+    // One row's values at a time: a whole batch as maps would be many times its size.
+    let logical = logical_types(&mapped.batch);
+    for (row, (key, source_row)) in row_keys.into_iter().zip(&mapped.source_rows).enumerate() {
         if !keep(&key) {
             continue;
         }
@@ -1338,6 +1431,7 @@ fn side_records(
             each(row, key, None);
             continue;
         }
+        let values = row_values_typed(&mapped.batch, row, &logical);
         let modified = cursor_column
             .as_ref()
             .map(|(column, logical)| json_value(column, *source_row, *logical));
@@ -1433,7 +1527,9 @@ async fn read_fingerprints(
         while let Some((batch, _)) = reader.next().await? {
             let mapped = side.mapper.map(&batch)?;
             let row_keys = record_keys(&mapped.batch, side.mapper.key())?;
-            for (key, values) in row_keys.into_iter().zip(rows_from_batch(&mapped.batch)) {
+            let logical = logical_types(&mapped.batch);
+            for (row, key) in row_keys.into_iter().enumerate() {
+                let values = row_values_typed(&mapped.batch, row, &logical);
                 let fingerprint = conflict::fingerprint(&values, fields.of(side.side));
                 out.insert(
                     key,
