@@ -123,15 +123,15 @@ pub(super) async fn read_both(
     drop(reader);
     entries.sort_unstable_by_key(|e| e.hash);
     // A hash met twice (two keys, or one key read twice): all its records go the general way.
-    let mut index: Vec<Entry> = Vec::with_capacity(entries.len());
-    for entry in entries {
-        match index.last_mut() {
-            Some(last) if last.hash == entry.hash => last.seen = Seen::General,
-            _ => index.push(entry),
+    entries.dedup_by(|later, kept| {
+        let same = later.hash == kept.hash;
+        if same {
+            kept.seen = Seen::General;
         }
-    }
-    let mut index = Index(index);
-    index.0.shrink_to_fit();
+        same
+    });
+    entries.shrink_to_fit();
+    let mut index = Index(entries);
 
     // Side a, streamed against the index.
     let request_a = changes_request(spec, side_a, None, dry_run);
