@@ -987,7 +987,7 @@ async fn write_side(
 
 /// How many touched keys one chunk decides, writes and commits: what a run holds of the
 /// records' values at once.
-const TOUCHED_CHUNK: usize = 2_048;
+const TOUCHED_CHUNK: usize = 1_024;
 
 /// [`TOUCHED_CHUNK`], or `LOCKSTEP_TWO_WAY_CHUNK` when set to a positive number: the crash
 /// tests use chunks of a few keys, so that a kill lands between chunks.
