@@ -652,19 +652,15 @@ async fn execute(
         return Ok(Some(Preview::default()));
     }
 
-    // Chunk by chunk: decide, record the conflicts, write both sides (a first), flush each
-    // and read back what was written, then commit the chunk's base rows. The records as read
+    // Chunk by chunk: decide, record the conflicts, write both sides, flush each and read
+    // back what was written, then commit the chunk's base rows. The records as read
     // leave `changes` as their chunk is decided, so memory holds one chunk's values. The
     // checkpoints move only with the last commit, after every chunk and the deletes.
     let sides = [&side_a, &side_b];
     // The values read back are needed only to refresh side a's one-way fields.
     let keep_read_back = fields.shared.len() != fields.all.len();
+    // Opened at the first chunk that writes.
     let mut read_back_sources: [Option<lockstep_plugin_host::SourceHandle>; 2] = [None, None];
-    for side in sides {
-        if side.reads_by_keys {
-            read_back_sources[index(side.side)] = Some(services.open_source(side.endpoint).await?);
-        }
-    }
     let mut rejected_keys: HashSet<String> = HashSet::new();
     let mut refusals: Vec<Refusal> = Vec::new();
     for (number, chunk) in (1u64..).zip(touched.chunks(touched_chunk())) {
@@ -720,6 +716,14 @@ async fn execute(
 
         // Side a first when its one-way fields, read back, feed side b's writes; else both
         // sides at once (they are different systems).
+        if plan.upserts.iter().any(|u| !u.is_empty()) {
+            for side in sides {
+                let back = &mut read_back_sources[index(side.side)];
+                if side.reads_by_keys && back.is_none() {
+                    *back = Some(services.open_source(side.endpoint).await?);
+                }
+            }
+        }
         let [writer_a, writer_b] = &mut *writers;
         let [back_a, back_b] = &mut read_back_sources;
         let written: [SideWrite; 2] = if keep_read_back {
@@ -966,6 +970,12 @@ async fn write_side(
                 });
             }
         }
+    }
+    if upserts.is_empty() {
+        return Ok(SideWrite {
+            refusals,
+            read_back: HashMap::new(),
+        });
     }
     writer.flush().await?;
     let keys: Vec<&String> = upserts
