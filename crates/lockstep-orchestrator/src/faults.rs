@@ -7,7 +7,11 @@
 //! number counts pages of approved deletes (from tombstones and reconciliation alike):
 //! `before-delete` (the ledger has forgotten the page's records, the destination still has
 //! them) and `after-delete` (the destination has flushed the delete, the state store still
-//! lists it as approved). Unset, it costs one relaxed load per batch.
+//! lists it as approved). In a two-way run the number counts chunks of touched keys:
+//! `after-flush` (both sides flushed the chunk's writes, its base rows are not committed) and
+//! `after-commit` (the chunk's base rows are, the checkpoints are not); `before-delete:1` and
+//! `after-delete:1` bracket the run's deletes, which come after every chunk. Unset, it costs
+//! one relaxed load per batch.
 
 use std::sync::OnceLock;
 

@@ -1,7 +1,9 @@
 //! A two-way run (semantics.md, "Two-way sync and conflicts"): read what changed on each
 //! side since its own checkpoint, find each side's deletes by comparing its key set with the
-//! base ledger, decide every touched record (`conflict`), write both sides, read back what
-//! was written, and commit the base ledger, the conflicts and both checkpoints at once.
+//! base ledger, then, chunk by chunk of touched keys, decide each record (`conflict`),
+//! record the chunk's conflicts, write both sides, read back what was written and commit the
+//! chunk's base rows; last, apply the deletes and commit both checkpoints. A first run over
+//! two filled sides compares them without holding either whole (`two_way/initial.rs`).
 //!
 //! Side a is the sync's `source`, side b its `destination`. Values are compared in the mapped
 //! space: side a's records go through the sync's mapping, side b's are read under the mapped
@@ -9,9 +11,13 @@
 //! config validator checks).
 //!
 //! Invariants:
-//! - Nothing is committed before both sides have flushed every write of the run; a crash in
-//!   between re-reads both sides from the old checkpoints, and the records written show up as
-//!   changed on both sides to the same values: an agreement, not a conflict.
+//! - A chunk's base rows are committed only after both sides flushed the chunk's writes, and
+//!   the checkpoints move only with the last commit, after every chunk and the deletes. A
+//!   crash re-reads both sides from the old checkpoints: the records of committed chunks are
+//!   unchanged on both sides against their new base, and those written without a commit show
+//!   up as changed on both sides to the same values: an agreement, not a conflict.
+//! - The deletes (keys only) wait for the end of the run, behind the mass-delete guard; the
+//!   forgotten base rows, and the person's decisions that delete, are committed with them.
 //! - What Lockstep wrote is read back (where the connector reads by key) and its fingerprint
 //!   becomes the side's base fingerprint, so a side that normalises what it stores (lowercased
 //!   emails, rounded times) does not echo the write back as a change.
@@ -20,8 +26,9 @@
 //! - Deletes are checked against `max_delete_fraction` per side before any is applied; past
 //!   it, the run writes everything else and keeps those records' base, so the next run finds
 //!   the same deletes again (`--allow-mass-delete` applies them).
-//! - Memory holds the records changed since the last run (both sides), the key sets as 8-byte
-//!   hashes, and the base entries of the changed keys.
+//! - Memory holds the records changed since the last run (both sides) in their read form
+//!   (Arrow batches and a small entry per key), the key sets as 8-byte hashes, and one chunk
+//!   of records as values: the chunk's records, base entries, writes and conflicts.
 //! - Nothing a side refuses is lost (`two_way/rejects.rs`). A record a side's writer refuses
 //!   keeps its base and is stored as a pending rejected record (`lockstep rejects list`):
 //!   its key, which side refused it (the reason starts `side a (source)` or `side b
@@ -57,8 +64,8 @@ use lockstep_core::protocol::{
 use lockstep_core::{
     record_keys, EndpointSpec, FieldMapping, Side, SyncMode, SyncSpec, TwoWaySpec,
 };
-use lockstep_mapping::Mapper;
-use lockstep_plugin_core::rows::{batch_from_rows, rows_from_batch};
+use lockstep_mapping::{MappedBatch, Mapper};
+use lockstep_plugin_core::rows::batch_from_rows;
 use lockstep_plugin_core::source_rejects::is_rejects_batch;
 use lockstep_state::{
     BaseEntry, Conflict, ConflictStatus, RejectedFilter, RejectedRecord, TwoWayCommit,
@@ -69,12 +76,14 @@ use serde_json::{Map, Value};
 use crate::conflict::{self, Base, Fields, Outcome, Resolution, SideRecord, SideState};
 use crate::diff::KeySet;
 use crate::error::EngineError;
+use crate::faults::{fault_point, FaultPoint};
 use crate::job::{Endpoint, Progress, RunOptions, RunState, SyncJob};
 use crate::lease::{FencedWriter, HeldLease};
 use crate::services::Services;
 
+mod initial;
 mod rejects;
-use rejects::{check_rejected, prepare_retries, store_rejects, Refusal};
+use rejects::{check_rejected, prepare_retries, store_rejects, Refusal, RetrySettled};
 
 /// How many keys one base-ledger lookup or read-back carries.
 const CHUNK: usize = 10_000;
@@ -100,7 +109,12 @@ struct SideIo<'j> {
 /// What a read of one side's changes found.
 #[derive(Default)]
 struct SideChanges {
-    records: HashMap<String, SideRecord>,
+    records: HashMap<String, Held>,
+    /// The read's mapped batches, which hold the values of its [`Held::Row`] records; a
+    /// batch is freed once every record of it was taken.
+    batches: Vec<Option<RecordBatch>>,
+    /// For each batch, how many of its rows `records` still refers to.
+    live: Vec<u32>,
     /// Keys of the records the side marks as deleted (its tombstones).
     tombstoned: HashSet<String>,
     /// Every key of the side, when the read covered all of it.
@@ -121,9 +135,146 @@ struct Plan {
     forget: Vec<String>,
     conflicts: Vec<Conflict>,
     applied: Vec<i64>,
+    /// Conflicts whose person's decision is a delete on both sides: marked applied with the
+    /// run's deletes, at its end.
+    applied_deletes: Vec<i64>,
     /// The keys of `upserts` (per side) counted as `added` rather than `updated`, so that a
     /// write the side refuses is taken out of the right count.
     adds: [HashSet<String>; 2],
+}
+
+/// A record a side's read holds until its chunk is decided: compactly, as its row in the
+/// read's mapped batches (the values become a map only when taken), or as the record itself.
+enum Held {
+    Row {
+        batch: u32,
+        row: u32,
+        fingerprint: u128,
+        modified: Option<Value>,
+    },
+    Record(SideRecord),
+}
+
+impl SideChanges {
+    fn contains(&self, key: &str) -> bool {
+        self.records.contains_key(key)
+    }
+
+    /// Holds `record` as the side's record of `key`, replacing any other.
+    fn insert(&mut self, key: String, record: SideRecord) {
+        let old = self.records.insert(key, Held::Record(record));
+        self.release(old, false);
+    }
+
+    /// Forgets the side's record of `key`.
+    fn remove(&mut self, key: &str) {
+        let old = self.records.remove(key);
+        self.release(old, false);
+    }
+
+    /// Holds row `row` of the last batch pushed as the side's record of `key`.
+    fn insert_row(&mut self, key: String, row: usize, fingerprint: u128, modified: Option<Value>) {
+        let batch = self.batches.len().saturating_sub(1);
+        if let Some(live) = self.live.get_mut(batch) {
+            *live += 1;
+        }
+        let old = self.records.insert(
+            key,
+            Held::Row {
+                batch: batch as u32,
+                row: row as u32,
+                fingerprint,
+                modified,
+            },
+        );
+        self.release(old, false);
+    }
+
+    /// Takes the side's record of `key` out, its values as a map.
+    fn take(&mut self, key: &str) -> Option<SideRecord> {
+        let held = self.records.remove(key)?;
+        let record = match &held {
+            Held::Record(_) => None,
+            Held::Row {
+                batch,
+                row,
+                fingerprint,
+                modified,
+            } => self.batches[*batch as usize].as_ref().map(|b| SideRecord {
+                values: row_values(b, *row as usize),
+                fingerprint: *fingerprint,
+                modified: modified.clone(),
+            }),
+        };
+        match held {
+            Held::Record(r) => Some(r),
+            row => {
+                self.release(Some(row), true);
+                record
+            }
+        }
+    }
+
+    /// Counts a row no longer held; with `free` (after the read), frees its batch when it
+    /// was the batch's last.
+    fn release(&mut self, old: Option<Held>, free: bool) {
+        if let Some(Held::Row { batch, .. }) = old {
+            let i = batch as usize;
+            if let Some(live) = self.live.get_mut(i) {
+                *live = live.saturating_sub(1);
+                if *live == 0 && free {
+                    self.batches[i] = None;
+                }
+            }
+        }
+    }
+
+    /// Frees the last batch pushed when no held record refers to it (none will later).
+    fn seal_last(&mut self) {
+        if let (Some(batch), Some(0)) = (self.batches.last_mut(), self.live.last()) {
+            *batch = None;
+        }
+    }
+
+    /// Frees the batches no held record refers to, once the read is done.
+    fn seal(&mut self) {
+        for (batch, live) in self.batches.iter_mut().zip(&self.live) {
+            if *live == 0 {
+                *batch = None;
+            }
+        }
+    }
+}
+
+/// Row `row` of `batch` as a map by field name.
+fn row_values(batch: &RecordBatch, row: usize) -> Map<String, Value> {
+    row_values_typed(batch, row, &logical_types(batch))
+}
+
+/// The logical type of each of `batch`'s columns.
+fn logical_types(batch: &RecordBatch) -> Vec<Option<DataType>> {
+    batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| DataType::from_arrow_field(f))
+        .collect()
+}
+
+/// Row `row` of `batch` as a map by field name, its columns' logical types known.
+fn row_values_typed(
+    batch: &RecordBatch,
+    row: usize,
+    logical: &[Option<DataType>],
+) -> Map<String, Value> {
+    let schema = batch.schema();
+    schema
+        .fields()
+        .iter()
+        .zip(logical)
+        .enumerate()
+        .map(|(i, (f, logical))| (f.name().clone(), json_value(batch.column(i), row, *logical)))
+        .collect()
 }
 
 struct PendingBase {
@@ -337,38 +488,60 @@ async fn execute(
     // What changed on each side since its checkpoint.
     // The two sides are different systems: both are read at once.
     let checkpoint = run.checkpoint.clone().unwrap_or(Value::Null);
-    let (changes_a, changes_b) = tokio::join!(
-        read_changes(
+    let state = services.state;
+    let in_base = state.base_count(&spec.name).await?;
+    // Key sets are compared every `reconcile_every` runs (tombstones arrive every run).
+    let compares_keys = in_base > 0 && crate::reconcile::due(services, job, run.run_id).await?;
+    let mut sets_unchanged = false;
+    let mut changes = if initial::applies(in_base, &checkpoint) {
+        // A first run: the sides are compared without holding either whole.
+        initial::read_both(
+            services,
             spec,
-            &side_a,
-            &mut source_a,
-            checkpoint.get("a"),
+            [&side_a, &side_b],
+            [&mut source_a, &mut source_b],
             &fields,
             dry_run,
-        ),
-        read_changes(
-            spec,
-            &side_b,
-            &mut source_b,
-            checkpoint.get("b"),
-            &fields,
-            dry_run,
-        ),
-    );
-    let mut changes = [changes_a?, changes_b?];
+            lease,
+            run,
+        )
+        .await?
+    } else {
+        // The key-set summaries are computed in the databases while the changes are read.
+        let summaries = async {
+            compares_keys
+                && key_sets_unchanged(services, job, [&side_a, &side_b], &key, in_base).await
+        };
+        let (changes_a, changes_b, unchanged) = tokio::join!(
+            read_changes(
+                spec,
+                &side_a,
+                &mut source_a,
+                checkpoint.get("a"),
+                &fields,
+                dry_run,
+            ),
+            read_changes(
+                spec,
+                &side_b,
+                &mut source_b,
+                checkpoint.get("b"),
+                &fields,
+                dry_run,
+            ),
+            summaries,
+        );
+        sets_unchanged = unchanged;
+        [changes_a?, changes_b?]
+    };
     for c in &changes {
         run.metrics.read += c.read;
         run.metrics.rejected += c.rejected;
     }
 
     // Each side's deletes: base keys the side no longer has.
-    let state = services.state;
-    let in_base = state.base_count(&spec.name).await?;
     let mut deleted: [HashSet<String>; 2] = Default::default();
-    // Key sets are compared every `reconcile_every` runs (tombstones arrive every run).
-    let compares_keys = in_base > 0 && crate::reconcile::due(services, job, run.run_id).await?;
-    if compares_keys && !key_sets_unchanged(services, job, [&side_a, &side_b], &key, in_base).await
-    {
+    if compares_keys && !sets_unchanged {
         for (side, source) in [(&side_a, &mut source_a), (&side_b, &mut source_b)] {
             let i = index(side.side);
             if changes[i].keys.is_none() {
@@ -431,194 +604,278 @@ async fn execute(
         .collect();
     touched.sort_unstable();
     touched.dedup();
-    let mut plan = Plan::default();
-    for chunk in touched.chunks(CHUNK) {
-        let bases = state.base_lookup(&spec.name, chunk).await?;
-        for key in chunk {
-            let base = bases.get(key);
-            let open = unsettled.get(key);
-            if let Some(c) = open {
-                if c.status == ConflictStatus::Resolved {
-                    apply_resolution(&mut plan, &mut run.metrics, key, c);
-                } else {
-                    still_open(&mut plan, &mut run.metrics, key, c, &changes, &deleted);
-                }
-                continue;
-            }
-            let states: [SideState<'_>; 2] = [0, 1].map(|i| {
-                let fp = |b: &BaseEntry| [b.fingerprint_a, b.fingerprint_b][i];
-                match changes[i].records.get(key) {
-                    Some(r) if base.is_some_and(|b| fp(b) == r.fingerprint) => SideState::Same,
-                    Some(r) => SideState::Changed(r),
-                    // A side's tombstone of a record the base never had is no delete.
-                    None if base.is_some() && deleted[i].contains(key) => SideState::Deleted,
-                    None if base.is_some() => SideState::Same,
-                    None => SideState::Absent,
-                }
-            });
-            let outcome = conflict::decide(
-                tw,
-                &fields,
-                base.map(|b| Base { values: &b.base }),
-                states[0],
-                states[1],
-            );
-            record_outcome(
-                &mut plan,
-                &mut run.metrics,
-                &Decided {
-                    spec,
-                    fields: &fields,
-                    read: (0..2)
-                        .filter(|i| changes[*i].records.contains_key(key))
-                        .count() as u64,
-                    run: run.run_id,
-                    key,
-                    base,
-                    states: &states,
-                },
-                outcome,
-            );
-        }
+    // Each side's size for the mass-delete guard: its key set when read, else the base's.
+    let sizes: [u64; 2] =
+        [0, 1].map(|i| changes[i].keys.as_ref().map_or(in_base, |k| k.len() as u64));
+    for c in &mut changes {
+        c.keys = None;
     }
-
-    // The mass-delete guard, per side: the deletes to apply on a side against its size.
-    for side in [Side::A, Side::B] {
-        let i = index(side);
-        let found = plan.deletes[i].len() as u64;
-        // The side's size: its key set when read, else the base's (tombstones alone).
-        let size = changes[i]
-            .keys
-            .as_ref()
-            .map_or(in_base, |k| k.len() as u64)
-            .max(found);
-        let limit = spec.delete.max_delete_fraction * size as f64;
-        if found > 0 && found as f64 > limit && !options.allow_mass_delete {
-            let held: HashSet<String> = plan.deletes[i].drain(..).collect();
-            plan.forget.retain(|k| !held.contains(k));
-            run.metrics.deleted -= found;
-            run.held = Some(format!(
-                "sync `{}`: side {} lost {found} records since the last run, which would delete \
-                 {found} of the {size} records of side {side}, more than max_delete_fraction \
-                 ({}) allows; they were not deleted. If the deletes are real, run `lockstep run \
-                 {} --allow-mass-delete`",
-                spec.name,
-                side.other(),
-                spec.delete.max_delete_fraction,
-                spec.name
-            ));
-        }
-    }
-
-    let (Some(lease), Some(writers)) = (lease, writers.as_mut()) else {
-        return Ok(Some(preview_of(&plan)));
-    };
-    // The plan holds what is written from here on: the records as read are freed before
-    // the writes, so that they are not held next to the plan's copies.
     let new_checkpoint = serde_json::json!({
         "a": changes[0].checkpoint.take().or_else(|| checkpoint.get("a").cloned()),
         "b": changes[1].checkpoint.take().or_else(|| checkpoint.get("b").cloned()),
     });
-    drop(changes);
-    drop(deleted);
+
+    let mut totals = Totals::default();
+    let (lease, writers) = match (lease, writers.as_mut()) {
+        (Some(lease), Some(writers)) => (lease, writers),
+        _ => {
+            // A preview decides chunk by chunk too, keeping samples only.
+            let mut preview = Preview::default();
+            for chunk in touched.chunks(touched_chunk()) {
+                let mut plan = Plan::default();
+                let bases = state.base_lookup(&spec.name, chunk).await?;
+                decide_chunk(
+                    &mut plan,
+                    &mut run.metrics,
+                    &Deciding {
+                        spec,
+                        tw,
+                        fields: &fields,
+                        run: run.run_id,
+                        bases: &bases,
+                        unsettled: &unsettled,
+                        deleted: &deleted,
+                    },
+                    chunk,
+                    &mut changes,
+                );
+                totals.take_keys(&mut plan);
+                sample_into(&mut preview, &plan, &mut totals.conflicts);
+            }
+            guard_deletes(spec, options, run, &mut totals, sizes);
+            sample_deletes(&mut preview, &totals);
+            return Ok(Some(preview));
+        }
+    };
+    drop(checkpoint);
     if *options.stop.borrow() {
         return Ok(Some(Preview::default()));
     }
 
-    // The conflicts are recorded before anything is written: a crash between the writes and
-    // the final commit would otherwise lose an automatically decided conflict, since the
-    // rerun finds both sides agreeing. A rerun that finds the same conflict again (same key,
-    // same base) updates this record instead of adding one.
-    if !plan.conflicts.is_empty() {
-        state
-            .commit_two_way(&TwoWayCommit {
-                sync: &spec.name,
-                run: run.run_id,
-                lease_token: Some(lease.lease().token),
-                metrics: &run.metrics,
-                upserts: &[],
-                deletes: &[],
-                conflicts: &plan.conflicts,
-                applied: &[],
-                checkpoint: None,
-            })
-            .await?;
-    }
-
-    // Write each side (a first), flush it, and read back what was written.
+    // Chunk by chunk: decide, record the conflicts, write both sides, flush each and read
+    // back what was written, then commit the chunk's base rows. The records as read
+    // leave `changes` as their chunk is decided, so memory holds one chunk's values. The
+    // checkpoints move only with the last commit, after every chunk and the deletes.
     let sides = [&side_a, &side_b];
     // The values read back are needed only to refresh side a's one-way fields.
     let keep_read_back = fields.shared.len() != fields.all.len();
+    // Opened at the first chunk that writes.
+    let mut read_back_sources: [Option<lockstep_plugin_host::SourceHandle>; 2] = [None, None];
     let mut rejected_keys: HashSet<String> = HashSet::new();
     let mut refusals: Vec<Refusal> = Vec::new();
-    let mut read_back: [HashMap<String, u128>; 2] = Default::default();
-    for i in 0..2 {
-        let side = sides[i];
-        for chunk in plan.upserts[i].chunks(spec.batch_size.max(1)) {
-            let rows: Vec<Map<String, Value>> =
-                chunk.iter().map(|(_, v)| own_row(side, v)).collect();
-            let batch = to_batch(spec, side, &side.written, &rows)?;
-            let outcome = writers[i].upsert(batch).await?;
-            for r in &outcome.rejected {
-                if let Some((key, values)) = chunk.get(r.row) {
-                    tracing::warn!(side = %side.side, key, reason = r.reason, "side refused a record");
-                    rejected_keys.insert(key.clone());
-                    // A refused write is no write: it counts as rejected only.
-                    let counted = if plan.adds[i].contains(key) {
-                        &mut run.metrics.added
-                    } else {
-                        &mut run.metrics.updated
-                    };
-                    *counted = counted.saturating_sub(1);
-                    refusals.push(Refusal {
-                        side: side.side,
-                        key: key.clone(),
-                        values: values.clone(),
-                        field: r.field.clone(),
-                        reason: r.reason.clone(),
-                    });
+    for (number, chunk) in (1u64..).zip(touched.chunks(touched_chunk())) {
+        let mut plan = Plan::default();
+        let bases = state.base_lookup(&spec.name, chunk).await?;
+        decide_chunk(
+            &mut plan,
+            &mut run.metrics,
+            &Deciding {
+                spec,
+                tw,
+                fields: &fields,
+                run: run.run_id,
+                bases: &bases,
+                unsettled: &unsettled,
+                deleted: &deleted,
+            },
+            chunk,
+            &mut changes,
+        );
+        drop(bases);
+        totals.take_keys(&mut plan);
+        totals.trace_retries(&plan, &retries);
+
+        // The conflicts are recorded before anything of the chunk is written: a crash
+        // between the writes and the chunk's commit would otherwise lose an automatically
+        // decided conflict, since the rerun finds both sides agreeing. A rerun that finds
+        // the same conflict again (same key, same base) updates this record instead of
+        // adding one.
+        if !plan.conflicts.is_empty() {
+            state
+                .commit_two_way(&TwoWayCommit {
+                    sync: &spec.name,
+                    run: run.run_id,
+                    lease_token: Some(lease.lease().token),
+                    metrics: &run.metrics,
+                    upserts: &[],
+                    deletes: &[],
+                    conflicts: &plan.conflicts,
+                    applied: &[],
+                    checkpoint: None,
+                })
+                .await?;
+            totals.conflicts += plan.conflicts.len();
+            totals.queued.extend(
+                plan.conflicts
+                    .iter()
+                    .filter(|c| c.status == ConflictStatus::Open)
+                    .map(|c| c.key.clone()),
+            );
+            plan.conflicts = Vec::new();
+        }
+
+        // Side a first when its one-way fields, read back, feed side b's writes; else both
+        // sides at once (they are different systems).
+        if plan.upserts.iter().any(|u| !u.is_empty()) {
+            for side in sides {
+                let back = &mut read_back_sources[index(side.side)];
+                if side.reads_by_keys && back.is_none() {
+                    *back = Some(services.open_source(side.endpoint).await?);
                 }
             }
         }
-        for chunk in plan.deletes[i].chunks(spec.batch_size.max(1)) {
+        let [writer_a, writer_b] = &mut *writers;
+        let [back_a, back_b] = &mut read_back_sources;
+        let written: [SideWrite; 2] = if keep_read_back {
+            let upserts_a = std::mem::take(&mut plan.upserts[0]);
+            let a = write_side(
+                spec,
+                &side_a,
+                writer_a,
+                back_a.as_mut(),
+                upserts_a,
+                &fields,
+                true,
+            )
+            .await?;
+            run.metrics.updated += refresh_one_way(&mut plan, &a.read_back, &fields);
+            let upserts_b = std::mem::take(&mut plan.upserts[1]);
+            let b = write_side(
+                spec,
+                &side_b,
+                writer_b,
+                back_b.as_mut(),
+                upserts_b,
+                &fields,
+                false,
+            )
+            .await?;
+            [a, b]
+        } else {
+            let [upserts_a, upserts_b] = std::mem::take(&mut plan.upserts);
+            let (a, b) = tokio::join!(
+                write_side(
+                    spec,
+                    &side_a,
+                    writer_a,
+                    back_a.as_mut(),
+                    upserts_a,
+                    &fields,
+                    false
+                ),
+                write_side(
+                    spec,
+                    &side_b,
+                    writer_b,
+                    back_b.as_mut(),
+                    upserts_b,
+                    &fields,
+                    false
+                ),
+            );
+            [a?, b?]
+        };
+        let mut read_back: [HashMap<String, u128>; 2] = Default::default();
+        for (i, w) in written.into_iter().enumerate() {
+            for refusal in w.refusals {
+                rejected_keys.insert(refusal.key.clone());
+                // A refused write is no write: it counts as rejected only.
+                let counted = if plan.adds[i].contains(&refusal.key) {
+                    &mut run.metrics.added
+                } else {
+                    &mut run.metrics.updated
+                };
+                *counted = counted.saturating_sub(1);
+                refusals.push(refusal);
+            }
+            read_back[i] = w
+                .read_back
+                .into_iter()
+                .map(|(k, (fp, _))| (k, fp))
+                .collect();
+        }
+
+        fault_point(FaultPoint::AfterFlush, number);
+
+        // The chunk's base rows, once both sides flushed its writes.
+        let upserts: Vec<BaseEntry> = std::mem::take(&mut plan.base)
+            .into_iter()
+            .filter(|b| !rejected_keys.contains(&b.key))
+            .map(|b| {
+                let fp = |i: usize| {
+                    b.fingerprints[i]
+                        .or_else(|| read_back[i].get(&b.key).copied())
+                        .unwrap_or_else(|| written_fingerprint(&b.values, i, &fields))
+                };
+                let (fingerprint_a, fingerprint_b) = (fp(0), fp(1));
+                BaseEntry {
+                    key: b.key,
+                    base: b.values,
+                    fingerprint_a,
+                    fingerprint_b,
+                }
+            })
+            .collect();
+        drop(read_back);
+        if !upserts.is_empty() || !plan.applied.is_empty() {
+            state
+                .commit_two_way(&TwoWayCommit {
+                    sync: &spec.name,
+                    run: run.run_id,
+                    lease_token: Some(lease.lease().token),
+                    metrics: &run.metrics,
+                    upserts: &upserts,
+                    deletes: &[],
+                    conflicts: &[],
+                    applied: &plan.applied,
+                    checkpoint: None,
+                })
+                .await?;
+        }
+        fault_point(FaultPoint::AfterCommit, number);
+    }
+    drop(read_back_sources);
+    drop(changes);
+    drop(deleted);
+
+    // The deletes, each side's checked against its size first (keys only, kept to the end).
+    guard_deletes(spec, options, run, &mut totals, sizes);
+    fault_point(FaultPoint::BeforeDelete, 1);
+    for i in 0..2 {
+        let side = sides[i];
+        if totals.deletes[i].is_empty() {
+            continue;
+        }
+        let key_fields: Vec<(String, FieldInfo)> = side
+            .key_fields
+            .iter()
+            .map(|f| (f.name.clone(), f.clone()))
+            .collect();
+        for chunk in totals.deletes[i].chunks(spec.batch_size.max(1)) {
             let rows = chunk
                 .iter()
                 .map(|k| key_row(k, side))
                 .collect::<Result<Vec<_>, _>>()?;
-            let key_fields: Vec<(String, FieldInfo)> = side
-                .key_fields
-                .iter()
-                .map(|f| (f.name.clone(), f.clone()))
-                .collect();
             writers[i]
                 .delete(to_batch(spec, side, &key_fields, &rows)?)
                 .await?;
         }
         writers[i].flush().await?;
-        let keys: Vec<&String> = plan.upserts[i]
-            .iter()
-            .map(|(k, _)| k)
-            .filter(|k| !rejected_keys.contains(*k))
-            .collect();
-        if !side.reads_by_keys || keys.is_empty() {
-            continue;
-        }
-        let found = read_fingerprints(
-            services,
-            spec,
-            side,
-            &keys,
-            &fields,
-            i == 0 && keep_read_back,
-        )
-        .await?;
-        plan.upserts[i] = Vec::new();
-        if i == 0 && keep_read_back {
-            run.metrics.updated += refresh_one_way(&mut plan, &found, &fields);
-        }
-        read_back[i] = found.into_iter().map(|(k, (fp, _))| (k, fp)).collect();
     }
+    fault_point(FaultPoint::AfterDelete, 1);
     run.metrics.rejected += rejected_keys.len() as u64;
+    let traced: HashSet<String> = totals
+        .traced
+        .iter()
+        .cloned()
+        .chain(
+            totals
+                .forget
+                .iter()
+                .filter(|k| retries.keys.contains(*k))
+                .cloned(),
+        )
+        .collect();
     store_rejects(
         services,
         spec,
@@ -627,43 +884,26 @@ async fn execute(
         &retries,
         &refusals,
         &rejected_keys,
-        &plan,
+        &RetrySettled {
+            queued: &totals.queued,
+            traced: &traced,
+        },
         &unsettled,
     )
     .await?;
     drop(refusals);
 
-    // One commit: base, conflicts, both checkpoints.
-    plan.upserts = Default::default();
-    let upserts: Vec<BaseEntry> = std::mem::take(&mut plan.base)
-        .into_iter()
-        .filter(|b| !rejected_keys.contains(&b.key))
-        .map(|b| {
-            let fp = |i: usize| {
-                b.fingerprints[i]
-                    .or_else(|| read_back[i].get(&b.key).copied())
-                    .unwrap_or_else(|| written_fingerprint(&b.values, i, &fields))
-            };
-            let (fingerprint_a, fingerprint_b) = (fp(0), fp(1));
-            BaseEntry {
-                key: b.key,
-                base: b.values,
-                fingerprint_a,
-                fingerprint_b,
-            }
-        })
-        .collect();
-    drop(read_back);
+    // The last commit: the forgotten keys, the person's deletes applied, both checkpoints.
     state
         .commit_two_way(&TwoWayCommit {
             sync: &spec.name,
             run: run.run_id,
             lease_token: Some(lease.lease().token),
             metrics: &run.metrics,
-            upserts: &upserts,
-            deletes: &plan.forget,
+            upserts: &[],
+            deletes: &totals.forget,
             conflicts: &[],
-            applied: &plan.applied,
+            applied: &totals.applied_deletes,
             checkpoint: Some(&new_checkpoint),
         })
         .await?;
@@ -672,11 +912,7 @@ async fn execute(
     }
     run.checkpoint = Some(new_checkpoint);
     run.batches += 1;
-    let queued = plan
-        .conflicts
-        .iter()
-        .filter(|c| c.status == ConflictStatus::Open)
-        .count();
+    let queued = totals.queued.len();
     if queued > 0 {
         tracing::warn!(
             queued,
@@ -695,25 +931,182 @@ async fn execute(
     Ok(None)
 }
 
-/// The preview of `plan`: samples of its writes and deletes, and a line per sampled conflict.
-fn preview_of(plan: &Plan) -> Preview {
-    let mut preview = Preview::default();
+/// What writing one side's share of a chunk gave.
+struct SideWrite {
+    /// The records the side refused.
+    refusals: Vec<Refusal>,
+    /// The fingerprints (and with `keep_values`, the values) of what the side now holds,
+    /// read back by key; empty when its connector cannot read by key.
+    read_back: HashMap<String, (u128, Map<String, Value>)>,
+}
+
+/// Writes `upserts` to `side`, flushes it, and reads back what it took.
+async fn write_side(
+    spec: &SyncSpec,
+    side: &SideIo<'_>,
+    writer: &mut FencedWriter,
+    source: Option<&mut lockstep_plugin_host::SourceHandle>,
+    upserts: Vec<(String, Map<String, Value>)>,
+    fields: &Fields,
+    keep_values: bool,
+) -> Result<SideWrite, EngineError> {
+    let mut refusals = Vec::new();
+    let mut refused: HashSet<String> = HashSet::new();
+    for rows in upserts.chunks(spec.batch_size.max(1)) {
+        let own: Vec<Map<String, Value>> = rows.iter().map(|(_, v)| own_row(side, v)).collect();
+        let batch = to_batch(spec, side, &side.written, &own)?;
+        drop(own);
+        let outcome = writer.upsert(batch).await?;
+        for r in &outcome.rejected {
+            if let Some((key, values)) = rows.get(r.row) {
+                tracing::warn!(side = %side.side, key, reason = r.reason, "side refused a record");
+                refused.insert(key.clone());
+                refusals.push(Refusal {
+                    side: side.side,
+                    key: key.clone(),
+                    values: values.clone(),
+                    field: r.field.clone(),
+                    reason: r.reason.clone(),
+                });
+            }
+        }
+    }
+    if upserts.is_empty() {
+        return Ok(SideWrite {
+            refusals,
+            read_back: HashMap::new(),
+        });
+    }
+    writer.flush().await?;
+    let keys: Vec<&String> = upserts
+        .iter()
+        .map(|(k, _)| k)
+        .filter(|k| !refused.contains(*k))
+        .collect();
+    let read_back = match source {
+        Some(source) if !keys.is_empty() => {
+            read_fingerprints(spec, side, source, &keys, fields, keep_values).await?
+        }
+        _ => HashMap::new(),
+    };
+    Ok(SideWrite {
+        refusals,
+        read_back,
+    })
+}
+
+/// How many touched keys one chunk decides, writes and commits: what a run holds of the
+/// records' values at once.
+const TOUCHED_CHUNK: usize = 1_024;
+
+/// [`TOUCHED_CHUNK`], or `LOCKSTEP_TWO_WAY_CHUNK` when set to a positive number: the crash
+/// tests use chunks of a few keys, so that a kill lands between chunks.
+fn touched_chunk() -> usize {
+    static CHUNK_SIZE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CHUNK_SIZE.get_or_init(|| {
+        std::env::var("LOCKSTEP_TWO_WAY_CHUNK")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|n| *n > 0)
+            .unwrap_or(TOUCHED_CHUNK)
+    })
+}
+
+/// What a run keeps across its chunks: keys only, for the deletes and the last commit.
+#[derive(Default)]
+struct Totals {
+    /// Keys to delete on each side, written after every chunk (behind the mass-delete guard).
+    deletes: [Vec<String>; 2],
+    /// Base keys to forget, in the last commit.
+    forget: Vec<String>,
+    /// Conflicts (by id) whose person's decision is a delete: applied with the deletes.
+    applied_deletes: Vec<i64>,
+    /// Keys of the conflicts this run queued for a person.
+    queued: HashSet<String>,
+    /// Keys of pending rejects whose record got a new base in this run.
+    traced: HashSet<String>,
+    /// How many conflicts the run found.
+    conflicts: usize,
+}
+
+impl Totals {
+    /// Moves the keys of `plan`'s deletes into the totals.
+    fn take_keys(&mut self, plan: &mut Plan) {
+        for i in 0..2 {
+            self.deletes[i].append(&mut plan.deletes[i]);
+        }
+        self.forget.append(&mut plan.forget);
+        self.applied_deletes.append(&mut plan.applied_deletes);
+    }
+
+    /// Notes which pending rejects `plan` gives a new base.
+    fn trace_retries(&mut self, plan: &Plan, retries: &rejects::Retries) {
+        if retries.keys.is_empty() {
+            return;
+        }
+        self.traced.extend(
+            plan.base
+                .iter()
+                .filter(|b| retries.keys.contains(&b.key))
+                .map(|b| b.key.clone()),
+        );
+    }
+}
+
+/// The mass-delete guard, per side: the deletes a run would apply on a side against its size.
+/// Past `max_delete_fraction`, none of that side's deletes is applied and their records keep
+/// their base.
+fn guard_deletes(
+    spec: &SyncSpec,
+    options: &RunOptions,
+    run: &mut RunState,
+    totals: &mut Totals,
+    sizes: [u64; 2],
+) {
     for side in [Side::A, Side::B] {
         let i = index(side);
+        let found = totals.deletes[i].len() as u64;
+        let size = sizes[i].max(found);
+        let limit = spec.delete.max_delete_fraction * size as f64;
+        if found > 0 && found as f64 > limit && !options.allow_mass_delete {
+            let held: HashSet<String> = totals.deletes[i].drain(..).collect();
+            totals.forget.retain(|k| !held.contains(k));
+            // A person's delete is applied only when both sides' deletes are.
+            totals.applied_deletes.clear();
+            run.metrics.deleted -= found;
+            run.held = Some(format!(
+                "sync `{}`: side {} lost {found} records since the last run, which would delete \
+                 {found} of the {size} records of side {side}, more than max_delete_fraction \
+                 ({}) allows; they were not deleted. If the deletes are real, run `lockstep run \
+                 {} --allow-mass-delete`",
+                spec.name,
+                side.other(),
+                spec.delete.max_delete_fraction,
+                spec.name
+            ));
+        }
+    }
+}
+
+/// Adds samples of one chunk's `plan` to `preview`: its writes, and a line per conflict
+/// (`seen` counts the conflicts of earlier chunks).
+fn sample_into(preview: &mut Preview, plan: &Plan, seen: &mut usize) {
+    for side in [Side::A, Side::B] {
+        let i = index(side);
+        let room = PREVIEW_SAMPLE
+            .saturating_sub(preview.writes.iter().filter(|(s, _)| *s == side).count());
         preview.writes.extend(
             plan.upserts[i]
                 .iter()
-                .take(PREVIEW_SAMPLE)
+                .take(room)
                 .map(|(_, v)| (side, v.clone())),
         );
-        preview.deletes.extend(
-            plan.deletes[i]
-                .iter()
-                .take(PREVIEW_SAMPLE)
-                .map(|k| (side, k.clone())),
-        );
     }
-    for c in plan.conflicts.iter().take(PREVIEW_SAMPLE) {
+    for c in &plan.conflicts {
+        *seen += 1;
+        if *seen > PREVIEW_SAMPLE {
+            continue;
+        }
         let show = |m: &Option<Map<String, Value>>, f: &str| match m {
             None => "(deleted)".to_owned(),
             Some(m) => m.get(f).map_or("null".to_owned(), Value::to_string),
@@ -734,13 +1127,89 @@ fn preview_of(plan: &Plan) -> Preview {
             }
         ));
     }
-    if plan.conflicts.len() > PREVIEW_SAMPLE {
+}
+
+/// Adds the samples of the deletes, and the count of conflicts past the sample, to `preview`.
+fn sample_deletes(preview: &mut Preview, totals: &Totals) {
+    for side in [Side::A, Side::B] {
+        preview.deletes.extend(
+            totals.deletes[index(side)]
+                .iter()
+                .take(PREVIEW_SAMPLE)
+                .map(|k| (side, k.clone())),
+        );
+    }
+    if totals.conflicts > PREVIEW_SAMPLE {
         preview.notes.push(format!(
             "... and {} more conflicts",
-            plan.conflicts.len() - PREVIEW_SAMPLE
+            totals.conflicts - PREVIEW_SAMPLE
         ));
     }
-    preview
+}
+
+/// What [`decide_chunk`] decides with.
+struct Deciding<'a> {
+    spec: &'a SyncSpec,
+    tw: &'a TwoWaySpec,
+    fields: &'a Fields,
+    run: i64,
+    bases: &'a HashMap<String, BaseEntry>,
+    unsettled: &'a HashMap<String, Conflict>,
+    deleted: &'a [HashSet<String>; 2],
+}
+
+/// Decides the keys of `chunk` into `plan`, taking their records out of `changes`.
+fn decide_chunk(
+    plan: &mut Plan,
+    metrics: &mut lockstep_core::RunMetrics,
+    d: &Deciding<'_>,
+    chunk: &[String],
+    changes: &mut [SideChanges; 2],
+) {
+    for key in chunk {
+        let records: [Option<SideRecord>; 2] = [changes[0].take(key), changes[1].take(key)];
+        let base = d.bases.get(key);
+        if let Some(c) = d.unsettled.get(key) {
+            if c.status == ConflictStatus::Resolved {
+                apply_resolution(plan, metrics, key, c);
+            } else {
+                still_open(plan, metrics, key, c, &records, d.deleted);
+            }
+            continue;
+        }
+        let states: [SideState<'_>; 2] = [0, 1].map(|i| {
+            let fp = |b: &BaseEntry| [b.fingerprint_a, b.fingerprint_b][i];
+            match &records[i] {
+                Some(r) if base.is_some_and(|b| fp(b) == r.fingerprint) => SideState::Same,
+                Some(r) => SideState::Changed(r),
+                // A side's tombstone of a record the base never had is no delete.
+                None if base.is_some() && d.deleted[i].contains(key) => SideState::Deleted,
+                None if base.is_some() => SideState::Same,
+                None => SideState::Absent,
+            }
+        });
+        let outcome = conflict::decide(
+            d.tw,
+            d.fields,
+            base.map(|b| Base { values: &b.base }),
+            states[0],
+            states[1],
+        );
+        record_outcome(
+            plan,
+            metrics,
+            &Decided {
+                spec: d.spec,
+                fields: d.fields,
+                read: records.iter().filter(|r| r.is_some()).count() as u64,
+                run: d.run,
+                key,
+                base,
+                states: &states,
+            },
+            outcome,
+        );
+    }
 }
 
 /// Whether both sides are known to still hold exactly the base's keys, by their key-set
@@ -844,25 +1313,23 @@ fn reads_by_keys(services: Services<'_>, endpoint: &Endpoint) -> bool {
     })
 }
 
-/// Reads what changed on `side` since `checkpoint` (everything, without a cursor).
-async fn read_changes(
+/// The read of what changed on `side` since `checkpoint` (everything, without a cursor):
+/// the mapping's fields, the cursor and the tombstone mark.
+fn changes_request(
     spec: &SyncSpec,
     side: &SideIo<'_>,
-    source: &mut lockstep_plugin_host::SourceHandle,
     checkpoint: Option<&Value>,
-    fields: &Fields,
     dry_run: bool,
-) -> Result<SideChanges, EngineError> {
+) -> ReadRequest {
     let mut read_fields = side.mapper.source_fields();
     for extra in [&side.cursor, &side.tombstone].into_iter().flatten() {
         if !read_fields.contains(extra) {
             read_fields.push(extra.clone());
         }
     }
-    let incremental = side.cursor.is_some();
-    let request = ReadRequest {
+    ReadRequest {
         stream: side.stream.name.clone(),
-        mode: if incremental {
+        mode: if side.cursor.is_some() {
             ReadMode::Incremental
         } else {
             ReadMode::Full
@@ -874,7 +1341,20 @@ async fn read_changes(
         batch_size: Some(spec.batch_size),
         dry_run,
         ..Default::default()
-    };
+    }
+}
+
+/// Reads what changed on `side` since `checkpoint` (everything, without a cursor).
+async fn read_changes(
+    spec: &SyncSpec,
+    side: &SideIo<'_>,
+    source: &mut lockstep_plugin_host::SourceHandle,
+    checkpoint: Option<&Value>,
+    fields: &Fields,
+    dry_run: bool,
+) -> Result<SideChanges, EngineError> {
+    let incremental = side.cursor.is_some();
+    let request = changes_request(spec, side, checkpoint, dry_run);
     let mut reader = source.read(&request).await?;
     let mut out = SideChanges::default();
     let mut keys = KeySet::default();
@@ -887,57 +1367,96 @@ async fn read_changes(
             tracing::warn!(side = %side.side, row = r.row, field = r.field.as_deref(), reason = r.reason, "record could not be mapped");
         }
         out.rejected += mapped.rejected.len() as u64;
-        let row_keys = record_keys(&mapped.batch, side.mapper.key())?;
-        let values = rows_from_batch(&mapped.batch);
-        let marks = side.tombstone.as_ref().map(|field| {
-            crate::rows::mapped_marks(
-                &crate::rows::tombstoned(&batch, field).unwrap_or_default(),
-                &mapped.source_rows,
-            )
-        });
-        let cursor_column = side.cursor.as_ref().and_then(|c| {
-            let schema = batch.schema();
-            let i = schema.index_of(c).ok()?;
-            Some((
-                batch.column(i).clone(),
-                DataType::from_arrow_field(schema.field(i)),
-            ))
-        });
-        for (row, ((key, values), source_row)) in row_keys
-            .into_iter()
-            .zip(values)
-            .zip(&mapped.source_rows)
-            .enumerate()
-        {
-            if marks.as_ref().is_some_and(|m| m.get(row) == Some(&true)) {
-                // A later row of the same key in this read decides: the last one wins.
-                out.records.remove(&key);
-                out.tombstoned.insert(key);
-                continue;
-            }
-            out.tombstoned.remove(&key);
-            if !incremental {
-                keys.insert(&key);
-            }
-            let modified = cursor_column
-                .as_ref()
-                .map(|(column, logical)| json_value(column, *source_row, *logical));
-            let fingerprint = conflict::fingerprint(&values, fields.of(side.side));
-            out.records.insert(
-                key,
-                SideRecord {
-                    values,
-                    fingerprint,
-                    modified,
-                },
-            );
-        }
+        // The records are held as rows of the mapped batch, not as maps.
+        out.batches.push(Some(mapped.batch.clone()));
+        out.live.push(0);
+        side_records(
+            side,
+            fields,
+            &batch,
+            &mapped,
+            |_| true,
+            |row, key, record| {
+                match record {
+                    // A later row of the same key in this read decides: the last one wins.
+                    None => {
+                        out.remove(&key);
+                        out.tombstoned.insert(key);
+                    }
+                    Some(record) => {
+                        out.tombstoned.remove(&key);
+                        if !incremental {
+                            keys.insert(&key);
+                        }
+                        out.insert_row(key, row, record.fingerprint, record.modified);
+                    }
+                }
+            },
+        )?;
+        out.seal_last();
     }
+    out.seal();
     if !incremental {
         keys.seal();
         out.keys = Some(keys);
     }
     Ok(out)
+}
+
+/// Turns one batch of `side` (`batch` as read, `mapped` its mapping) into the side's
+/// records: each row's key with its record (values, fingerprint over the side's compared
+/// fields, and the cursor column as modification time), or `None` for a row the side's
+/// tombstone marks deleted, with the row's index in `mapped`. Rows whose key `keep` refuses
+/// are skipped before any work.
+fn side_records(
+    side: &SideIo<'_>,
+    fields: &Fields,
+    batch: &RecordBatch,
+    mapped: &MappedBatch,
+    keep: impl Fn(&str) -> bool,
+    mut each: impl FnMut(usize, String, Option<SideRecord>),
+) -> Result<(), EngineError> {
+    let row_keys = record_keys(&mapped.batch, side.mapper.key())?;
+    let marks = side.tombstone.as_ref().map(|field| {
+        crate::rows::mapped_marks(
+            &crate::rows::tombstoned(batch, field).unwrap_or_default(),
+            &mapped.source_rows,
+        )
+    });
+    let cursor_column = side.cursor.as_ref().and_then(|c| {
+        let schema = batch.schema();
+        let i = schema.index_of(c).ok()?;
+        Some((
+            batch.column(i).clone(),
+            DataType::from_arrow_field(schema.field(i)),
+        ))
+    });
+    // One row's values at a time: a whole batch as maps would be many times its size.
+    let logical = logical_types(&mapped.batch);
+    for (row, (key, source_row)) in row_keys.into_iter().zip(&mapped.source_rows).enumerate() {
+        if !keep(&key) {
+            continue;
+        }
+        if marks.as_ref().is_some_and(|m| m.get(row) == Some(&true)) {
+            each(row, key, None);
+            continue;
+        }
+        let values = row_values_typed(&mapped.batch, row, &logical);
+        let modified = cursor_column
+            .as_ref()
+            .map(|(column, logical)| json_value(column, *source_row, *logical));
+        let fingerprint = conflict::fingerprint(&values, fields.of(side.side));
+        each(
+            row,
+            key,
+            Some(SideRecord {
+                values,
+                fingerprint,
+                modified,
+            }),
+        );
+    }
+    Ok(())
 }
 
 /// Every key `side` has now, through its mapping of the key.
@@ -991,15 +1510,14 @@ fn refuse_rejects(
 /// Reads the records just written to `side` back by key: their fingerprints as the side
 /// stores them, and (with `keep_values`, else empty maps) their values in the mapped space.
 async fn read_fingerprints(
-    services: Services<'_>,
     spec: &SyncSpec,
     side: &SideIo<'_>,
+    source: &mut lockstep_plugin_host::SourceHandle,
     keys: &[&String],
     fields: &Fields,
     keep_values: bool,
 ) -> Result<HashMap<String, (u128, Map<String, Value>)>, EngineError> {
     let mut out = HashMap::with_capacity(keys.len());
-    let mut source = services.open_source(side.endpoint).await?;
     for chunk in keys.chunks(CHUNK) {
         let key_values = chunk
             .iter()
@@ -1019,7 +1537,9 @@ async fn read_fingerprints(
         while let Some((batch, _)) = reader.next().await? {
             let mapped = side.mapper.map(&batch)?;
             let row_keys = record_keys(&mapped.batch, side.mapper.key())?;
-            for (key, values) in row_keys.into_iter().zip(rows_from_batch(&mapped.batch)) {
+            let logical = logical_types(&mapped.batch);
+            for (row, key) in row_keys.into_iter().enumerate() {
+                let values = row_values_typed(&mapped.batch, row, &logical);
                 let fingerprint = conflict::fingerprint(&values, fields.of(side.side));
                 out.insert(
                     key,
@@ -1151,6 +1671,8 @@ fn apply_resolution(
             plan.deletes[1].push(key.to_owned());
             plan.forget.push(key.to_owned());
             metrics.deleted += 2;
+            plan.applied_deletes.push(c.id);
+            return;
         }
     }
     plan.applied.push(c.id);
@@ -1163,17 +1685,15 @@ fn still_open(
     metrics: &mut lockstep_core::RunMetrics,
     key: &str,
     c: &Conflict,
-    changes: &[SideChanges; 2],
+    records: &[Option<SideRecord>; 2],
     deleted: &[HashSet<String>; 2],
 ) {
-    let now: [Option<Map<String, Value>>; 2] = [0, 1].map(|i| match changes[i].records.get(key) {
+    let now: [Option<Map<String, Value>>; 2] = [0, 1].map(|i| match &records[i] {
         Some(r) => Some(r.values.clone()),
         None if deleted[i].contains(key) => None,
         None => [&c.a, &c.b][i].clone(),
     });
-    let read = (0..2)
-        .filter(|i| changes[*i].records.contains_key(key))
-        .count() as u64;
+    let read = records.iter().filter(|r| r.is_some()).count() as u64;
     metrics.unchanged += read;
     let same = |x: &Option<Map<String, Value>>, y: &Option<Map<String, Value>>| match (x, y) {
         (Some(x), Some(y)) => {

@@ -1262,8 +1262,10 @@ impl Pair {
         } else {
             run_ms / 2 + rng.below(run_ms * 3 / 5 + 1)
         };
+        // Chunks of two keys, so that a kill lands between a run's chunk commits too.
         let mut child = lockstep(self.dir.path())
             .args(["run", sync, "-o", "json"])
+            .env("LOCKSTEP_TWO_WAY_CHUNK", "2")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -2530,4 +2532,165 @@ fn a_refused_merge_is_retried_without_a_new_conflict() {
         (0, 0, 0),
         "{idle}"
     );
+}
+
+/// A run killed at each point of its chunks (two keys each) and of its deletes, then run
+/// again: both sides end as one uninterrupted run leaves them, every conflict is recorded
+/// once, and a further run writes nothing.
+#[test]
+fn a_run_killed_between_its_chunks_loses_nothing() {
+    const FAULTS: [&str; 6] = [
+        "after-flush:1",
+        "after-commit:1",
+        "after-flush:3",
+        "after-commit:5",
+        "before-delete:1",
+        "after-delete:1",
+    ];
+    for fault in FAULTS {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let (a, b) = (d.join("a.db"), d.join("b.db"));
+        let seed: Vec<String> = (1..=10)
+            .map(|i| {
+                format!("INSERT INTO contacts (id, email, name) VALUES ({i}, 'p{i}@x', 'P{i}')")
+            })
+            .collect();
+        let seed: Vec<&str> = seed.iter().map(String::as_str).collect();
+        sqlite_sides(d, &seed);
+        sqlite_config(d, "", "policy = \"prefer-b\"\nb_cursor = \"updated_at\"");
+        let first = run_people(d);
+        assert_eq!(metric(&first, "added"), 10, "{fault}: {first}");
+
+        // Side a changes 1..=6, side b 4..=9 (4..=6 are conflicts, which b wins); a
+        // deletes 10; each side adds a record.
+        sqlite_exec(
+            &a,
+            &[
+                "UPDATE contacts SET name = 'A' || id WHERE id BETWEEN 1 AND 6",
+                "DELETE FROM contacts WHERE id = 10",
+                "INSERT INTO contacts (id, email, name) VALUES (11, 'p11@a', 'New A')",
+            ],
+        );
+        sqlite_exec(
+            &b,
+            &[
+                "UPDATE contacts SET name = 'B' || id WHERE id BETWEEN 4 AND 9",
+                "INSERT INTO contacts (id, email, name) VALUES (12, 'p12@b', 'New B')",
+            ],
+        );
+        let (out, _, stderr) = run(lockstep(d)
+            .args(["run", "people"])
+            .env("LOCKSTEP_TWO_WAY_CHUNK", "2")
+            .env("LOCKSTEP_FAULT", fault));
+        assert!(
+            !out.status.success() && stderr.contains("injected fault"),
+            "{fault}: the run should have been killed at its fault point:\n{stderr}"
+        );
+
+        let rerun = run_people(d);
+        let want: Vec<String> = (1..=12)
+            .filter(|i| *i != 10)
+            .map(|i| match i {
+                1..=3 => format!("{i}|p{i}@x|A{i}"),
+                4..=9 => format!("{i}|p{i}@x|B{i}"),
+                11 => "11|p11@a|New A".to_owned(),
+                _ => "12|p12@b|New B".to_owned(),
+            })
+            .collect();
+        assert_eq!(
+            sqlite_rows(&a),
+            want,
+            "{fault}: side a after the rerun: {rerun}"
+        );
+        assert_eq!(
+            sqlite_rows(&b),
+            want,
+            "{fault}: side b after the rerun: {rerun}"
+        );
+        let mut keys: Vec<i64> = list_conflicts(d, "people").iter().map(key_of).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, [4, 5, 6], "{fault}: each conflict is recorded once");
+        let idle = run_people(d);
+        assert_eq!(
+            written(&idle),
+            0,
+            "{fault}: a run without edits wrote: {idle}"
+        );
+        assert_eq!(metric(&idle, "conflicts"), 0, "{fault}: {idle}");
+    }
+}
+
+/// A first run over two sides that already hold records (some alike, one different, one on
+/// each side alone) writes only what differs, records the one conflict, and a second run
+/// writes nothing; killed after its first chunk commit, its rerun ends the same way.
+#[test]
+fn a_first_run_over_two_filled_sides_writes_only_what_differs() {
+    for fault in [None, Some("after-commit:1")] {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let (a, b) = (d.join("a.db"), d.join("b.db"));
+        sqlite_exec(&a, &SQLITE_TABLE);
+        sqlite_exec(&b, &SQLITE_TABLE);
+        let alike = "INSERT INTO contacts (id, email, name) VALUES (1, 'p1@x', 'P1'), (2, 'p2@x', NULL), (3, 'p3@x', 'P3'), (4, 'p4@x', 'P4')";
+        sqlite_exec(
+            &a,
+            &[
+                alike,
+                "INSERT INTO contacts (id, email, name) VALUES (5, 'p5@x', 'A5'), (6, 'p6@a', 'Only A')",
+            ],
+        );
+        sqlite_exec(
+            &b,
+            &[
+                alike,
+                "INSERT INTO contacts (id, email, name) VALUES (5, 'p5@x', 'B5'), (7, 'p7@b', 'Only B')",
+            ],
+        );
+        sqlite_config(d, "", "policy = \"prefer-a\"\nb_cursor = \"updated_at\"");
+        let first = match fault {
+            None => {
+                let (out, stdout, stderr) = run(lockstep(d)
+                    .args(["run", "people", "-o", "json"])
+                    .env("LOCKSTEP_TWO_WAY_CHUNK", "2"));
+                assert!(out.status.success(), "{stdout}\n{stderr}");
+                let report = json(&stdout);
+                assert_eq!(metric(&report, "unchanged"), 8, "{report}");
+                assert_eq!(metric(&report, "added"), 2, "{report}");
+                assert_eq!(metric(&report, "updated"), 1, "{report}");
+                report
+            }
+            Some(fault) => {
+                let (out, _, stderr) = run(lockstep(d)
+                    .args(["run", "people"])
+                    .env("LOCKSTEP_TWO_WAY_CHUNK", "2")
+                    .env("LOCKSTEP_FAULT", fault));
+                assert!(
+                    !out.status.success() && stderr.contains("injected fault"),
+                    "{fault}: the run should have been killed at its fault point:\n{stderr}"
+                );
+                run_people(d)
+            }
+        };
+        let want = [
+            "1|p1@x|P1",
+            "2|p2@x|∅",
+            "3|p3@x|P3",
+            "4|p4@x|P4",
+            "5|p5@x|A5",
+            "6|p6@a|Only A",
+            "7|p7@b|Only B",
+        ];
+        assert_eq!(sqlite_rows(&a), want, "{fault:?}: {first}");
+        assert_eq!(sqlite_rows(&b), want, "{fault:?}: {first}");
+        let keys: Vec<i64> = list_conflicts(d, "people").iter().map(key_of).collect();
+        assert_eq!(keys, [5], "{fault:?}: the one conflict, recorded once");
+        let idle = run_people(d);
+        assert_eq!(
+            written(&idle),
+            0,
+            "{fault:?}: a run without edits wrote: {idle}"
+        );
+        assert_eq!(metric(&idle, "conflicts"), 0, "{fault:?}: {idle}");
+    }
 }

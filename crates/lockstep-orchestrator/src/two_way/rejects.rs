@@ -13,18 +13,16 @@
 
 use std::collections::{HashMap, HashSet};
 
-use lockstep_core::protocol::arrow_types::json_value;
-use lockstep_core::protocol::{DataType, ReadMode, ReadRequest};
-use lockstep_core::{record_keys, RunMetrics, Side, SyncSpec};
-use lockstep_plugin_core::rows::rows_from_batch;
+use lockstep_core::protocol::{ReadMode, ReadRequest};
+use lockstep_core::{RunMetrics, Side, SyncSpec};
 use lockstep_state::{Conflict, ConflictStatus};
 use serde_json::{Map, Value};
 
 use super::{
-    index, refuse_rejects, Fields, Plan, RejectedFilter, RejectedRecord, SideChanges, SideIo,
-    TwoWayRejects, CHUNK,
+    index, refuse_rejects, side_records, Fields, RejectedFilter, RejectedRecord, SideChanges,
+    SideIo, TwoWayRejects, CHUNK,
 };
-use crate::conflict::{self, SideRecord};
+use crate::conflict::SideRecord;
 use crate::error::EngineError;
 use crate::job::{RunState, SyncJob};
 use crate::lease::HeldLease;
@@ -87,7 +85,7 @@ pub(super) async fn prepare_retries(
         return Ok(out);
     }
     for key in out.pending.keys() {
-        let seen = (0..2).any(|i| changes[i].records.contains_key(key) || deleted[i].contains(key));
+        let seen = (0..2).any(|i| changes[i].contains(key) || deleted[i].contains(key));
         if !seen {
             out.retried_only.insert(key.clone());
         }
@@ -109,7 +107,7 @@ pub(super) async fn prepare_retries(
             .filter(|(k, r)| {
                 let refused = refused_by(&r.reason);
                 let alone = refused[i] && !refused[1 - i];
-                let seen = changes[i].records.contains_key(*k) || deleted[i].contains(*k);
+                let seen = changes[i].contains(k) || deleted[i].contains(*k);
                 !alone && !seen
             })
             .map(|(k, _)| k)
@@ -121,7 +119,7 @@ pub(super) async fn prepare_retries(
         out.read += found.records.len() as u64;
         for key in wanted {
             if let Some(record) = found.records.remove(key) {
-                changes[i].records.insert(key.clone(), record);
+                changes[i].insert(key.clone(), record);
             } else if found.unmapped.contains(key) || found.unmapped_unkeyed {
                 unmapped.insert(key.clone());
             } else {
@@ -238,51 +236,33 @@ async fn read_records(
                 out.unmapped
                     .extend(keyed.into_values().filter(|k| wanted.contains(k.as_str())));
             }
-            let row_keys = record_keys(&mapped.batch, side.mapper.key())?;
-            let values = rows_from_batch(&mapped.batch);
-            let marks = side.tombstone.as_ref().map(|field| {
-                crate::rows::mapped_marks(
-                    &crate::rows::tombstoned(&batch, field).unwrap_or_default(),
-                    &mapped.source_rows,
-                )
-            });
-            let cursor_column = side.cursor.as_ref().and_then(|c| {
-                let schema = batch.schema();
-                let i = schema.index_of(c).ok()?;
-                Some((
-                    batch.column(i).clone(),
-                    DataType::from_arrow_field(schema.field(i)),
-                ))
-            });
-            for (row, ((key, values), source_row)) in row_keys
-                .into_iter()
-                .zip(values)
-                .zip(&mapped.source_rows)
-                .enumerate()
-            {
-                if !wanted.contains(key.as_str()) {
-                    continue;
-                }
-                if marks.as_ref().is_some_and(|m| m.get(row) == Some(&true)) {
-                    out.records.remove(&key);
-                    continue;
-                }
-                let modified = cursor_column
-                    .as_ref()
-                    .map(|(column, logical)| json_value(column, *source_row, *logical));
-                let fingerprint = conflict::fingerprint(&values, fields.of(side.side));
-                out.records.insert(
-                    key,
-                    SideRecord {
-                        values,
-                        fingerprint,
-                        modified,
-                    },
-                );
-            }
+            side_records(
+                side,
+                fields,
+                &batch,
+                &mapped,
+                |key| wanted.contains(key),
+                |_, key, record| match record {
+                    None => {
+                        out.records.remove(&key);
+                    }
+                    Some(record) => {
+                        out.records.insert(key, record);
+                    }
+                },
+            )?;
         }
     }
     Ok(out)
+}
+
+/// What a run did with the keys of its pending rejects, for [`store_rejects`].
+pub(super) struct RetrySettled<'a> {
+    /// Keys of the conflicts the run queued for a person.
+    pub(super) queued: &'a HashSet<String>,
+    /// Keys of pending rejects the run gave a new base or forgot (deletes held by the
+    /// mass-delete guard are not among them).
+    pub(super) traced: &'a HashSet<String>,
 }
 
 /// Stores this run's refusals as pending rejects (a key refused again updates its pending
@@ -298,14 +278,13 @@ pub(super) async fn store_rejects(
     retries: &Retries,
     refusals: &[Refusal],
     rejected_keys: &HashSet<String>,
-    plan: &Plan,
+    settled: &RetrySettled<'_>,
     unsettled: &HashMap<String, Conflict>,
 ) -> Result<(), EngineError> {
-    let queued: HashSet<&str> = plan
-        .conflicts
+    let queued: HashSet<&str> = settled
+        .queued
         .iter()
-        .filter(|c| c.status == ConflictStatus::Open)
-        .map(|c| c.key.as_str())
+        .map(String::as_str)
         .chain(
             unsettled
                 .values()
@@ -315,18 +294,12 @@ pub(super) async fn store_rejects(
         .collect();
     // When the mass-delete guard held deletes, a key that left no trace in the plan may be
     // one of them: it stays pending until a run applies its delete.
-    let traced: Option<HashSet<&str>> = run.held.as_ref().map(|_| {
-        plan.base
-            .iter()
-            .map(|b| b.key.as_str())
-            .chain(plan.forget.iter().map(String::as_str))
-            .collect()
-    });
+    let traced: Option<&HashSet<String>> = run.held.as_ref().map(|_| settled.traced);
     let mut resolved: Vec<String> = retries
         .keys
         .iter()
         .filter(|k| !rejected_keys.contains(*k) && !queued.contains(k.as_str()))
-        .filter(|k| traced.as_ref().is_none_or(|t| t.contains(k.as_str())))
+        .filter(|k| traced.is_none_or(|t| t.contains(*k)))
         .cloned()
         .collect();
     resolved.sort_unstable();

@@ -1,0 +1,286 @@
+//! The first run of a two-way sync over two sides that already hold records: the base is
+//! empty, and holding both sides whole would need memory in proportion to their size.
+//!
+//! Side b is read first into a compact index: per record, an 8-byte hash of its key and its
+//! fingerprint over the shared fields. Side a is then streamed: a record whose key and
+//! values side b has too is an agreement, and its base row (a's values, both fingerprints)
+//! is committed in chunks as the read goes; only a's records that differ from b's, or that
+//! b lacks, are held (as rows of the read's batches). Last, side b is read again for the
+//! records the index did not find agreeing (b's alone, different, marked deleted, or
+//! sharing a key hash), and those go through the run's chunks like any change.
+//!
+//! Invariants:
+//! - An agreement is only taken from an index entry whose key hash is unique on side b and
+//!   whose fingerprint equals a's record's over the shared fields (which include the key
+//!   fields): a hash shared by two of b's keys, a record read twice, or a tombstone sends
+//!   every record of that hash to the general path, so no record of either side is skipped.
+//! - The base rows committed here carry no checkpoint: a crash leaves a partial base and the
+//!   old (empty) checkpoints, so the rerun reads both sides in full and decides every
+//!   record against that base, where the records committed here are unchanged on both
+//!   sides.
+//! - Memory: 32 bytes per record of side b, plus the records that differ, plus one chunk
+//!   of base rows.
+
+use lockstep_core::record_keys;
+use lockstep_state::{BaseEntry, TwoWayCommit};
+use serde_json::Value;
+use xxhash_rust::xxh3::xxh3_64;
+
+use super::{
+    changes_request, refuse_rejects, side_records, touched_chunk, Fields, SideChanges, SideIo,
+};
+use crate::conflict;
+use crate::error::EngineError;
+use crate::job::RunState;
+use crate::lease::HeldLease;
+use crate::services::Services;
+
+/// What the index knows of one key hash of side b.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    /// One record of b, not yet met on side a.
+    Alone,
+    /// Side a has the same record: its base row is written, b's record is not needed.
+    Agreed,
+    /// Not an agreement (values differ, a tombstone, a hash two keys share, a key read
+    /// twice): b's records of this hash are read again and decided like any change.
+    General,
+}
+
+/// One record of side b in the index.
+struct Entry {
+    hash: u64,
+    fingerprint: u128,
+    seen: Seen,
+}
+
+/// Side b's records by key hash, sorted.
+struct Index(Vec<Entry>);
+
+impl Index {
+    fn find(&mut self, key: &str) -> Option<&mut Entry> {
+        let hash = xxh3_64(key.as_bytes());
+        let i = self.0.binary_search_by_key(&hash, |e| e.hash).ok()?;
+        Some(&mut self.0[i])
+    }
+
+    fn general(&self, key: &str) -> bool {
+        let hash = xxh3_64(key.as_bytes());
+        match self.0.binary_search_by_key(&hash, |e| e.hash) {
+            Ok(i) => self.0[i].seen != Seen::Agreed,
+            Err(_) => false,
+        }
+    }
+}
+
+/// Reads both sides of a first run (empty base, no checkpoints) as described in the module
+/// header: commits the base rows of the records both sides hold alike (unless `lease` is
+/// `None`, a preview), and returns both sides' other records as the run's changes.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn read_both(
+    services: Services<'_>,
+    spec: &lockstep_core::SyncSpec,
+    sides: [&SideIo<'_>; 2],
+    sources: [&mut lockstep_plugin_host::SourceHandle; 2],
+    fields: &Fields,
+    dry_run: bool,
+    lease: Option<&HeldLease>,
+    run: &mut RunState,
+) -> Result<[SideChanges; 2], EngineError> {
+    let [side_a, side_b] = sides;
+    let [source_a, source_b] = sources;
+    let mut changes: [SideChanges; 2] = Default::default();
+
+    // Side b, into the index.
+    let request_b = changes_request(spec, side_b, None, dry_run);
+    let mut entries: Vec<Entry> = Vec::new();
+    let mut reader = source_b.read(&request_b).await?;
+    while let Some((batch, next)) = reader.next().await? {
+        refuse_rejects(spec, side_b, &batch)?;
+        changes[1].checkpoint = Some(next);
+        changes[1].read += batch.num_rows() as u64;
+        let mapped = side_b.mapper.map(&batch)?;
+        changes[1].rejected += mapped.rejected.len() as u64;
+        side_records(
+            side_b,
+            fields,
+            &batch,
+            &mapped,
+            |_| true,
+            |_, key, record| {
+                entries.push(Entry {
+                    hash: xxh3_64(key.as_bytes()),
+                    fingerprint: record.as_ref().map_or(0, |r| r.fingerprint),
+                    seen: if record.is_some() {
+                        Seen::Alone
+                    } else {
+                        Seen::General
+                    },
+                });
+            },
+        )?;
+    }
+    drop(reader);
+    entries.sort_unstable_by_key(|e| e.hash);
+    // A hash met twice (two keys, or one key read twice): all its records go the general way.
+    entries.dedup_by(|later, kept| {
+        let same = later.hash == kept.hash;
+        if same {
+            kept.seen = Seen::General;
+        }
+        same
+    });
+    entries.shrink_to_fit();
+    let mut index = Index(entries);
+
+    // Side a, streamed against the index.
+    let request_a = changes_request(spec, side_a, None, dry_run);
+    let chunk = touched_chunk();
+    let mut agreed: Vec<BaseEntry> = Vec::new();
+    let mut reader = source_a.read(&request_a).await?;
+    let out = &mut changes[0];
+    while let Some((batch, next)) = reader.next().await? {
+        refuse_rejects(spec, side_a, &batch)?;
+        out.checkpoint = Some(next);
+        out.read += batch.num_rows() as u64;
+        let mapped = side_a.mapper.map(&batch)?;
+        for r in &mapped.rejected {
+            tracing::warn!(side = %side_a.side, row = r.row, field = r.field.as_deref(), reason = r.reason, "record could not be mapped");
+        }
+        out.rejected += mapped.rejected.len() as u64;
+        out.batches.push(Some(mapped.batch.clone()));
+        out.live.push(0);
+        side_records(
+            side_a,
+            fields,
+            &batch,
+            &mapped,
+            |_| true,
+            |row, key, record| {
+                let entry = index.find(&key);
+                let Some(record) = record else {
+                    if let Some(entry) = entry {
+                        entry.seen = Seen::General;
+                    }
+                    out.remove(&key);
+                    out.tombstoned.insert(key);
+                    return;
+                };
+                out.tombstoned.remove(&key);
+                if let Some(entry) = entry {
+                    let alike = entry.seen == Seen::Alone
+                        && !out.contains(&key)
+                        && entry.fingerprint == shared_fingerprint(&record, fields);
+                    if alike {
+                        entry.seen = Seen::Agreed;
+                        run.metrics.unchanged += 2;
+                        agreed.push(BaseEntry {
+                            fingerprint_a: record.fingerprint,
+                            fingerprint_b: entry.fingerprint,
+                            key,
+                            base: record.values,
+                        });
+                        return;
+                    }
+                    if entry.seen == Seen::Agreed {
+                        // A key a's read returned twice: its base row stands, and the later
+                        // record is decided against it with b's record.
+                        run.metrics.unchanged = run.metrics.unchanged.saturating_sub(2);
+                    }
+                    entry.seen = Seen::General;
+                }
+                out.insert_row(key, row, record.fingerprint, record.modified);
+            },
+        )?;
+        out.seal_last();
+        if agreed.len() >= chunk {
+            commit_agreed(services, spec, lease, run, &mut agreed).await?;
+        }
+    }
+    drop(reader);
+    commit_agreed(services, spec, lease, run, &mut agreed).await?;
+    changes[0].seal();
+
+    // Side b again, for the records the index did not find agreeing.
+    if index.0.iter().any(|e| e.seen != Seen::Agreed) {
+        let mut reader = source_b.read(&request_b).await?;
+        let out = &mut changes[1];
+        while let Some((batch, _)) = reader.next().await? {
+            refuse_rejects(spec, side_b, &batch)?;
+            let mapped = side_b.mapper.map(&batch)?;
+            let keys = record_keys(&mapped.batch, side_b.mapper.key())?;
+            if !keys.iter().any(|k| index.general(k)) {
+                continue;
+            }
+            drop(keys);
+            out.batches.push(Some(mapped.batch.clone()));
+            out.live.push(0);
+            side_records(
+                side_b,
+                fields,
+                &batch,
+                &mapped,
+                |key| index.general(key),
+                |row, key, record| match record {
+                    None => {
+                        out.remove(&key);
+                        out.tombstoned.insert(key);
+                    }
+                    Some(record) => {
+                        out.tombstoned.remove(&key);
+                        out.insert_row(key, row, record.fingerprint, record.modified);
+                    }
+                },
+            )?;
+            out.seal_last();
+        }
+        changes[1].seal();
+    }
+    Ok(changes)
+}
+
+/// A record's fingerprint over the shared fields: what side b's fingerprint covers.
+fn shared_fingerprint(record: &conflict::SideRecord, fields: &Fields) -> u128 {
+    if fields.shared.len() == fields.all.len() {
+        record.fingerprint
+    } else {
+        conflict::fingerprint(&record.values, &fields.shared)
+    }
+}
+
+/// Commits the base rows of `agreed` (none in a preview) and empties it.
+async fn commit_agreed(
+    services: Services<'_>,
+    spec: &lockstep_core::SyncSpec,
+    lease: Option<&HeldLease>,
+    run: &RunState,
+    agreed: &mut Vec<BaseEntry>,
+) -> Result<(), EngineError> {
+    if let (Some(lease), false) = (lease, agreed.is_empty()) {
+        services
+            .state
+            .commit_two_way(&TwoWayCommit {
+                sync: &spec.name,
+                run: run.run_id,
+                lease_token: Some(lease.lease().token),
+                metrics: &run.metrics,
+                upserts: agreed,
+                deletes: &[],
+                conflicts: &[],
+                applied: &[],
+                checkpoint: None,
+            })
+            .await?;
+    }
+    agreed.clear();
+    Ok(())
+}
+
+/// Whether a run is a first run that [`read_both`] reads: an empty base and no checkpoint of
+/// either side. `Value` is the sync's checkpoint (`{"a": .., "b": ..}`).
+pub(super) fn applies(in_base: u64, checkpoint: &Value) -> bool {
+    in_base == 0
+        && ["a", "b"]
+            .iter()
+            .all(|s| checkpoint.get(*s).is_none_or(Value::is_null))
+}
