@@ -803,13 +803,19 @@ fn upserts_with_integer_keys_count_inserted_updated_and_unchanged() {
             .await
             .unwrap();
         let o = writer
-            .upsert(batch(&fields, json!([{"id": 1, "v": 1}, {"id": 2, "v": 2}, {"id": 3, "v": 3}])))
+            .upsert(batch(
+                &fields,
+                json!([{"id": 1, "v": 1}, {"id": 2, "v": 2}, {"id": 3, "v": 3}]),
+            ))
             .await
             .unwrap();
         assert_eq!(counts(&o), (Some(3), Some(0), Some(0)));
         // Existing keys unchanged and changed, a new key: no key twice.
         let o = writer
-            .upsert(batch(&fields, json!([{"id": 1, "v": 1}, {"id": 2, "v": 20}, {"id": 4, "v": 4}])))
+            .upsert(batch(
+                &fields,
+                json!([{"id": 1, "v": 1}, {"id": 2, "v": 20}, {"id": 4, "v": 4}]),
+            ))
             .await
             .unwrap();
         assert_eq!(counts(&o), (Some(1), Some(1), Some(1)));

@@ -413,9 +413,7 @@ impl MySqlWriter {
             .iter()
             .filter_map(|k| cols.iter().find(|c| &c.name == k))
             .collect();
-        let exact = |t: &ArrowType| {
-            t.is_integer() || matches!(t, ArrowType::Date32)
-        };
+        let exact = |t: &ArrowType| t.is_integer() || matches!(t, ArrowType::Date32);
         if keys.len() != self.key.len() || !keys.iter().all(|c| exact(c.array.data_type())) {
             return false;
         }

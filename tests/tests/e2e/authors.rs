@@ -415,7 +415,8 @@ fn a_registry_for_some_connectors_loads_only_their_plugins() {
     // The SQLite plugin under another file name: found by the fallback to a full scan.
     std::fs::rename(
         dir.path().join(format!("liblockstep_connector_sqlite{so}")),
-        dir.path().join(format!("liblockstep_connector_embedded_db{so}")),
+        dir.path()
+            .join(format!("liblockstep_connector_embedded_db{so}")),
     )
     .unwrap();
     let renamed = PluginRegistry::scan_for(&dirs, &["sqlite"]);

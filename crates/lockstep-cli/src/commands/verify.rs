@@ -12,7 +12,9 @@ use std::path::Path;
 use lockstep_core::RunStatus;
 use lockstep_orchestrator::{Engine, RunOptions, VerifyOptions, VerifyReport};
 
-use super::{config_from_daemon, job, load_config, redactor, registry_for, state, CliError, CmdResult};
+use super::{
+    config_from_daemon, job, load_config, redactor, registry_for, state, CliError, CmdResult,
+};
 use crate::app::OutputFormat;
 use crate::output::{outln, Table};
 
