@@ -616,30 +616,29 @@ async fn execute(
     });
 
     let mut totals = Totals::default();
+    let deciding = Deciding {
+        spec,
+        tw,
+        fields: &fields,
+        run: run.run_id,
+        unsettled: &unsettled,
+        deleted: &deleted,
+    };
     let (lease, writers) = match (lease, writers.as_mut()) {
         (Some(lease), Some(writers)) => (lease, writers),
         _ => {
             // A preview decides chunk by chunk too, keeping samples only.
             let mut preview = Preview::default();
             for chunk in touched.chunks(touched_chunk()) {
-                let mut plan = Plan::default();
-                let bases = state.base_lookup(&spec.name, chunk).await?;
-                decide_chunk(
-                    &mut plan,
-                    &mut run.metrics,
-                    &Deciding {
-                        spec,
-                        tw,
-                        fields: &fields,
-                        run: run.run_id,
-                        bases: &bases,
-                        unsettled: &unsettled,
-                        deleted: &deleted,
-                    },
+                let plan = decide_next(
+                    state,
+                    &deciding,
                     chunk,
                     &mut changes,
-                );
-                totals.take_keys(&mut plan);
+                    &mut run.metrics,
+                    &mut totals,
+                )
+                .await?;
                 sample_into(&mut preview, &plan, &mut totals.conflicts);
             }
             guard_deletes(spec, options, run, &mut totals, sizes);
@@ -664,25 +663,15 @@ async fn execute(
     let mut rejected_keys: HashSet<String> = HashSet::new();
     let mut refusals: Vec<Refusal> = Vec::new();
     for (number, chunk) in (1u64..).zip(touched.chunks(touched_chunk())) {
-        let mut plan = Plan::default();
-        let bases = state.base_lookup(&spec.name, chunk).await?;
-        decide_chunk(
-            &mut plan,
-            &mut run.metrics,
-            &Deciding {
-                spec,
-                tw,
-                fields: &fields,
-                run: run.run_id,
-                bases: &bases,
-                unsettled: &unsettled,
-                deleted: &deleted,
-            },
+        let mut plan = decide_next(
+            state,
+            &deciding,
             chunk,
             &mut changes,
-        );
-        drop(bases);
-        totals.take_keys(&mut plan);
+            &mut run.metrics,
+            &mut totals,
+        )
+        .await?;
         totals.trace_retries(&plan, &retries);
 
         // The conflicts are recorded before anything of the chunk is written: a crash
@@ -1153,9 +1142,25 @@ struct Deciding<'a> {
     tw: &'a TwoWaySpec,
     fields: &'a Fields,
     run: i64,
-    bases: &'a HashMap<String, BaseEntry>,
     unsettled: &'a HashMap<String, Conflict>,
     deleted: &'a [HashSet<String>; 2],
+}
+
+/// Looks up the base rows of `chunk` and decides its keys, taking their records out of
+/// `changes`; the keys of the chunk's deletes move into `totals`.
+async fn decide_next(
+    state: &dyn lockstep_state::StateStore,
+    d: &Deciding<'_>,
+    chunk: &[String],
+    changes: &mut [SideChanges; 2],
+    metrics: &mut lockstep_core::RunMetrics,
+    totals: &mut Totals,
+) -> Result<Plan, EngineError> {
+    let mut plan = Plan::default();
+    let bases = state.base_lookup(&d.spec.name, chunk).await?;
+    decide_chunk(&mut plan, metrics, d, &bases, chunk, changes);
+    totals.take_keys(&mut plan);
+    Ok(plan)
 }
 
 /// Decides the keys of `chunk` into `plan`, taking their records out of `changes`.
@@ -1163,12 +1168,13 @@ fn decide_chunk(
     plan: &mut Plan,
     metrics: &mut lockstep_core::RunMetrics,
     d: &Deciding<'_>,
+    bases: &HashMap<String, BaseEntry>,
     chunk: &[String],
     changes: &mut [SideChanges; 2],
 ) {
     for key in chunk {
         let records: [Option<SideRecord>; 2] = [changes[0].take(key), changes[1].take(key)];
-        let base = d.bases.get(key);
+        let base = bases.get(key);
         if let Some(c) = d.unsettled.get(key) {
             if c.status == ConflictStatus::Resolved {
                 apply_resolution(plan, metrics, key, c);

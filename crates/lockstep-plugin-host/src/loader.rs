@@ -36,11 +36,6 @@ impl std::fmt::Debug for LoadedPlugin {
     }
 }
 
-/// Whether `path` is named like a plugin library of this platform.
-pub fn is_plugin_file(path: &Path) -> bool {
-    plugin_stem(path).is_some()
-}
-
 /// The connector name a plugin file's name gives (`sqlite` for
 /// `liblockstep_connector_sqlite.so`), if it is named like a plugin library of this platform.
 fn plugin_stem(path: &Path) -> Option<&str> {
@@ -247,6 +242,12 @@ impl PluginRegistry {
     /// When two files have the same connector name, the first directory wins and the second
     /// is recorded as a failure.
     pub fn scan(dirs: &[PathBuf]) -> Self {
+        Self::scan_where(dirs, |_| true)
+    }
+
+    /// Loads the plugin files in `dirs` whose connector name (by file name) `keep` accepts,
+    /// directory by directory in order, each directory's files sorted by name.
+    fn scan_where(dirs: &[PathBuf], keep: impl Fn(&str) -> bool) -> Self {
         let mut registry = PluginRegistry {
             searched: dirs.to_vec(),
             ..Default::default()
@@ -257,7 +258,7 @@ impl PluginRegistry {
             };
             let mut files: Vec<PathBuf> = entries
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| is_plugin_file(p))
+                .filter(|p| plugin_stem(p).is_some_and(&keep))
                 .collect();
             files.sort();
             for file in files {
@@ -277,23 +278,7 @@ impl PluginRegistry {
     /// name is still found.
     pub fn scan_for(dirs: &[PathBuf], names: &[&str]) -> Self {
         let wanted: Vec<String> = names.iter().map(|n| n.replace('-', "_")).collect();
-        let mut registry = PluginRegistry {
-            searched: dirs.to_vec(),
-            ..Default::default()
-        };
-        for dir in dirs {
-            let Ok(entries) = std::fs::read_dir(dir) else {
-                continue;
-            };
-            let mut files: Vec<PathBuf> = entries
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| plugin_stem(p).is_some_and(|stem| wanted.iter().any(|w| *w == stem)))
-                .collect();
-            files.sort();
-            for file in files {
-                registry.add_file(&file);
-            }
-        }
+        let registry = Self::scan_where(dirs, |stem| wanted.iter().any(|w| w == stem));
         if names.iter().all(|name| registry.get(name).is_ok()) {
             registry
         } else {
@@ -383,19 +368,21 @@ mod tests {
     #[test]
     fn plugin_file_names_are_recognized() {
         let so = std::env::consts::DLL_SUFFIX;
-        assert!(is_plugin_file(Path::new(&format!(
-            "/x/liblockstep_connector_sqlite{so}"
-        ))));
-        assert!(is_plugin_file(Path::new(&format!(
-            "lockstep_connector_a{so}"
-        ))));
-        assert!(!is_plugin_file(Path::new(&format!(
-            "/x/liblockstep_connector_{so}"
-        ))));
-        assert!(!is_plugin_file(Path::new(&format!("/x/libsqlite3{so}"))));
-        assert!(!is_plugin_file(Path::new(
-            "/x/liblockstep_connector_sqlite.rlib"
-        )));
+        let stem = |name: String| plugin_stem(Path::new(&name)).map(str::to_owned);
+        assert_eq!(
+            stem(format!("/x/liblockstep_connector_sqlite{so}")).as_deref(),
+            Some("sqlite")
+        );
+        assert_eq!(
+            stem(format!("lockstep_connector_a{so}")).as_deref(),
+            Some("a")
+        );
+        assert_eq!(stem(format!("/x/liblockstep_connector_{so}")), None);
+        assert_eq!(stem(format!("/x/libsqlite3{so}")), None);
+        assert_eq!(
+            stem("/x/liblockstep_connector_sqlite.rlib".to_owned()),
+            None
+        );
     }
 
     #[test]
