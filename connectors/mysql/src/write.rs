@@ -403,18 +403,26 @@ impl MySqlWriter {
     }
 
     /// Whether `rows` hold no key twice, told exactly as the server tells keys apart. Only
-    /// keys made of integer and date columns are judged here: a text key's equality depends
-    /// on its collation (case, accents, trailing spaces) and a timestamp's on the column's
-    /// fractional digits, so for those the answer is `false` and the caller counts on the
-    /// server instead.
+    /// integer and date values written into integer and date columns are judged here: a text
+    /// key's equality depends on its collation (case, accents, trailing spaces), a
+    /// timestamp's on the column's fractional digits, and an integer stored in another type
+    /// (`double`, `year`, `enum`, text) may meet another value there, so for those the
+    /// answer is `false` and the caller counts on the server instead.
     fn keys_distinct(&self, cols: &[BatchColumn], rows: &[usize]) -> bool {
         let keys: Vec<&BatchColumn> = self
             .key
             .iter()
             .filter_map(|k| cols.iter().find(|c| &c.name == k))
             .collect();
-        let exact = |t: &ArrowType| t.is_integer() || matches!(t, ArrowType::Date32);
-        if keys.len() != self.key.len() || !keys.iter().all(|c| exact(c.array.data_type())) {
+        let exact = |c: &BatchColumn| match c.array.data_type() {
+            t if t.is_integer() => matches!(
+                c.column.data_type.as_str(),
+                "tinyint" | "smallint" | "mediumint" | "int" | "bigint"
+            ),
+            ArrowType::Date32 => c.column.data_type == "date",
+            _ => false,
+        };
+        if keys.len() != self.key.len() || !keys.iter().all(|c| exact(c)) {
             return false;
         }
         let Ok(converter) = RowConverter::new(
