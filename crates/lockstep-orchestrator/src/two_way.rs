@@ -172,6 +172,13 @@ impl SideChanges {
         self.release(old, false);
     }
 
+    /// Keeps `batch` (a mapped batch of the read) for the records [`SideChanges::insert_row`]
+    /// will hold as its rows.
+    fn hold(&mut self, batch: &RecordBatch) {
+        self.batches.push(Some(batch.clone()));
+        self.live.push(0);
+    }
+
     /// Holds row `row` of the last batch pushed as the side's record of `key`.
     fn insert_row(&mut self, key: String, row: usize, fingerprint: u128, modified: Option<Value>) {
         let batch = self.batches.len().saturating_sub(1);
@@ -1365,17 +1372,9 @@ async fn read_changes(
     let mut out = SideChanges::default();
     let mut keys = KeySet::default();
     while let Some((batch, next)) = reader.next().await? {
-        refuse_rejects(spec, side, &batch)?;
-        out.checkpoint = Some(next);
-        out.read += batch.num_rows() as u64;
-        let mapped = side.mapper.map(&batch)?;
-        for r in &mapped.rejected {
-            tracing::warn!(side = %side.side, row = r.row, field = r.field.as_deref(), reason = r.reason, "record could not be mapped");
-        }
-        out.rejected += mapped.rejected.len() as u64;
+        let mapped = take_batch(spec, side, &mut out, &batch, next)?;
         // The records are held as rows of the mapped batch, not as maps.
-        out.batches.push(Some(mapped.batch.clone()));
-        out.live.push(0);
+        out.hold(&mapped.batch);
         side_records(
             side,
             fields,
@@ -1407,6 +1406,27 @@ async fn read_changes(
         out.keys = Some(keys);
     }
     Ok(out)
+}
+
+/// The head of every loop that reads a side's changes: refuses a batch of records the side
+/// could not read (a two-way run cannot tell them from deleted ones), moves the side's
+/// checkpoint and counts, and maps the batch, warning of each record the mapping rejects.
+fn take_batch(
+    spec: &SyncSpec,
+    side: &SideIo<'_>,
+    out: &mut SideChanges,
+    batch: &RecordBatch,
+    next: Value,
+) -> Result<MappedBatch, EngineError> {
+    refuse_rejects(spec, side, batch)?;
+    out.checkpoint = Some(next);
+    out.read += batch.num_rows() as u64;
+    let mapped = side.mapper.map(batch)?;
+    for r in &mapped.rejected {
+        tracing::warn!(side = %side.side, row = r.row, field = r.field.as_deref(), reason = r.reason, "record could not be mapped");
+    }
+    out.rejected += mapped.rejected.len() as u64;
+    Ok(mapped)
 }
 
 /// Turns one batch of `side` (`batch` as read, `mapped` its mapping) into the side's

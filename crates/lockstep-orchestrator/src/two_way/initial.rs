@@ -27,7 +27,8 @@ use serde_json::Value;
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::{
-    changes_request, refuse_rejects, side_records, touched_chunk, Fields, SideChanges, SideIo,
+    changes_request, refuse_rejects, side_records, take_batch, touched_chunk, Fields, SideChanges,
+    SideIo,
 };
 use crate::conflict;
 use crate::error::EngineError;
@@ -96,11 +97,7 @@ pub(super) async fn read_both(
     let mut entries: Vec<Entry> = Vec::new();
     let mut reader = source_b.read(&request_b).await?;
     while let Some((batch, next)) = reader.next().await? {
-        refuse_rejects(spec, side_b, &batch)?;
-        changes[1].checkpoint = Some(next);
-        changes[1].read += batch.num_rows() as u64;
-        let mapped = side_b.mapper.map(&batch)?;
-        changes[1].rejected += mapped.rejected.len() as u64;
+        let mapped = take_batch(spec, side_b, &mut changes[1], &batch, next)?;
         side_records(
             side_b,
             fields,
@@ -140,16 +137,8 @@ pub(super) async fn read_both(
     let mut reader = source_a.read(&request_a).await?;
     let out = &mut changes[0];
     while let Some((batch, next)) = reader.next().await? {
-        refuse_rejects(spec, side_a, &batch)?;
-        out.checkpoint = Some(next);
-        out.read += batch.num_rows() as u64;
-        let mapped = side_a.mapper.map(&batch)?;
-        for r in &mapped.rejected {
-            tracing::warn!(side = %side_a.side, row = r.row, field = r.field.as_deref(), reason = r.reason, "record could not be mapped");
-        }
-        out.rejected += mapped.rejected.len() as u64;
-        out.batches.push(Some(mapped.batch.clone()));
-        out.live.push(0);
+        let mapped = take_batch(spec, side_a, out, &batch, next)?;
+        out.hold(&mapped.batch);
         side_records(
             side_a,
             fields,
@@ -213,8 +202,7 @@ pub(super) async fn read_both(
                 continue;
             }
             drop(keys);
-            out.batches.push(Some(mapped.batch.clone()));
-            out.live.push(0);
+            out.hold(&mapped.batch);
             side_records(
                 side_b,
                 fields,
