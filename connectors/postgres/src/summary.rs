@@ -54,12 +54,18 @@ fn summary_sql(schema: &str, table: &Table, key: &[String]) -> Result<String> {
             PostgresDialect.quote_ident(&column.name)
         ));
     }
+    // One key column's text is what `concat_ws` would give for it alone (a null joins as
+    // nothing), without the call. The sum of `int8` hashes is exact (PostgreSQL adds them in
+    // 128 bits and returns a numeric), so no per-row cast to numeric is needed.
+    let key_text = match texts.as_slice() {
+        [one] => format!("coalesce({one}, '')"),
+        _ => format!("concat_ws(chr(31), {})", texts.join(", ")),
+    };
     Ok(format!(
         "SELECT count(*)::int8, \
-         ((coalesce(sum(hashtextextended(concat_ws(chr(31), {}), 0)::numeric), 0) \
+         ((coalesce(sum(hashtextextended({key_text}, 0)), 0) \
            % {MODULUS} + {MODULUS}) % {MODULUS})::text \
          FROM {}",
-        texts.join(", "),
         qualified(schema, &table.name)
     ))
 }

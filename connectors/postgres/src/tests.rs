@@ -1351,6 +1351,33 @@ fn key_summaries_match_equal_key_sets_and_tell_different_ones_apart() {
         assert_eq!(a.count, 1000);
         assert_eq!(a.algorithm, crate::summary::ALGORITHM);
         assert_eq!(key_summary(&mut source, "b", "ident").await, a);
+        // The algorithm as documented (the key texts joined by U+001F, hashed, summed
+        // modulo 2^64), computed the long way: the summary's own query may be shorter but
+        // must give the same value, or summaries of servers on two versions would differ.
+        let documented = |table: &str, key: &str| {
+            format!(
+                "SELECT ((sum(hashtextextended(concat_ws(chr(31), {key}), 0)::numeric) \
+                 % 18446744073709551616 + 18446744073709551616) % 18446744073709551616)::text \
+                 FROM {table}"
+            )
+        };
+        assert_eq!(a.hash, db.text(&documented("a", "id::text")).await);
+        db.exec(
+            "CREATE TABLE d (k1 int, k2 text, PRIMARY KEY (k1, k2)); \
+             INSERT INTO d SELECT g, 't' || g FROM generate_series(1, 50) g;",
+        )
+        .await;
+        let mut req = request("d");
+        req.key = vec!["k1".into(), "k2".into()];
+        req.key_summary = true;
+        let mut reader = ok(source.read(req).await);
+        let batches = read_all(&mut reader).await;
+        let d = lockstep_plugin_sdk::protocol::KeySummary::from_batch(&batches[0].0).unwrap();
+        assert_eq!(d.count, 50);
+        assert_eq!(
+            d.hash,
+            db.text(&documented("d", "k1::text, k2::text")).await
+        );
 
         // One key replaced by another: same count, another hash.
         db.exec("UPDATE b SET ident = 5000 WHERE ident = 17").await;

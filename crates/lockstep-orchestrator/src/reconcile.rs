@@ -2,12 +2,18 @@
 //! longer has are recorded as pending deletes, which the end of the run checks against the
 //! mass-delete guard with every other delete of the run before applying any (see `deletes`).
 //!
-//! Both key sets are streamed. The source's keys are kept as sorted 64-bit hashes (8 bytes a
-//! record) and each destination key is looked up among them, so memory stays at a few bytes
-//! per record whatever the orderings and collations of the two systems. A hash collision can
-//! only spare a record that should have been deleted (never delete one that should not), and
-//! at 64 bits it is vanishingly rare.
+//! When both connectors summarize key sets and the summaries are equal, nothing is streamed
+//! (`summary`). Otherwise both key sets are streamed, one of two ways:
+//! - a key of one integer field is merged: both sides are read at once in ascending key
+//!   order and walked side by side (`merge`), holding only the batch in hand; a side that
+//!   turns out not to read in key order makes the merge decline, and
+//! - the hash method, for every other key and after a decline: the source's keys are kept
+//!   as sorted 64-bit hashes (8 bytes a record) and each destination key is looked up among
+//!   them, so memory stays at a few bytes per record whatever the orderings and collations
+//!   of the two systems. A hash collision can only spare a record that should have been
+//!   deleted (never delete one that should not), and at 64 bits it is vanishingly rare.
 
+use arrow::array::RecordBatch;
 use lockstep_core::protocol::{ReadMode, ReadRequest, Role};
 use lockstep_core::record_keys;
 use lockstep_plugin_core::source_rejects::is_rejects_batch;
@@ -19,6 +25,8 @@ use crate::error::EngineError;
 use crate::job::{RunState, SyncJob};
 use crate::services::Services;
 use crate::sink::Sink;
+
+mod merge;
 
 fn marker(job: &SyncJob) -> String {
     format!("{}/reconciled", job.spec.name)
@@ -83,10 +91,19 @@ pub(crate) async fn run<S: Sink>(
         return Ok(None);
     }
     let read_size = spec.batch_size.max(50_000);
+    let key_mapper = ctx.mapper.key_mapper();
+    // A key of one integer field: both key orders are the same order, and the two reads
+    // are merged as they arrive (see `merge`). A plan does not merge: it counts what it
+    // records, and a merge that declines midway hands over to the hash method.
+    if sink.writes() && !run.deletes_waiting && ctx.mapper.key().len() == 1 {
+        if let Some(in_destination) = merge_keys(ctx, sink, run, &key_mapper, read_size).await? {
+            mark_done(ctx, run).await?;
+            return Ok(Some(in_destination));
+        }
+    }
 
     // The source's keys, as a set of hashes, computed through the mapping of the key alone so
     // that computed keys (`lower(trim(email))`) compare equal to what the runs wrote.
-    let key_mapper = ctx.mapper.key_mapper();
     let (mut source, _) = services.open_source_stream(job).await?;
     let mut request = ReadRequest {
         stream: spec.source.stream.clone(),
@@ -162,6 +179,80 @@ pub(crate) async fn run<S: Sink>(
     }
     mark_done(ctx, run).await?;
     Ok(Some(in_destination))
+}
+
+/// Reconciles by merging the source's and the destination's key-ordered reads (`merge`):
+/// the destination's record count, or `None` when the merge declined (the reason is logged)
+/// or the destination has no such stream yet, for the hash method to take over.
+async fn merge_keys<S: Sink>(
+    ctx: &Context<'_>,
+    sink: &mut S,
+    run: &mut RunState,
+    key_mapper: &lockstep_mapping::Mapper,
+    read_size: usize,
+) -> Result<Option<u64>, EngineError> {
+    let services = ctx.services;
+    let job = ctx.job;
+    let spec = &job.spec;
+    let mut destination = services.open_source(&job.destination).await?;
+    let catalog = destination.discover().await?;
+    if catalog.stream(&spec.destination.stream).is_none() {
+        return Ok(None);
+    }
+    let (mut source, _) = services.open_source_stream(job).await?;
+    let source_request = ReadRequest {
+        stream: spec.source.stream.clone(),
+        mode: ReadMode::Full,
+        fields: Some(key_mapper.source_fields()),
+        key: key_mapper.source_key().to_vec(),
+        batch_size: Some(read_size),
+        ..Default::default()
+    };
+    let destination_request = ReadRequest {
+        stream: spec.destination.stream.clone(),
+        mode: ReadMode::Full,
+        fields: Some(ctx.mapper.key().to_vec()),
+        key: ctx.mapper.key().to_vec(),
+        batch_size: Some(read_size),
+        ..Default::default()
+    };
+    let source_reader = source.read(&source_request).await?;
+    let destination_reader = destination.read(&destination_request).await?;
+    let map = |batch: &RecordBatch| -> Result<RecordBatch, EngineError> {
+        Ok(key_mapper.map(batch)?.batch)
+    };
+    let merged = merge::merge(
+        ctx,
+        sink,
+        run,
+        source_reader,
+        &map,
+        destination_reader,
+        &ctx.mapper.key()[0],
+    )
+    .await?;
+    match merged {
+        merge::Merged::Done {
+            in_destination,
+            gone,
+        } => {
+            if gone > 0 {
+                tracing::info!(
+                    found = gone,
+                    in_destination,
+                    "reconciliation (key-ordered merge) found records the source no longer has"
+                );
+            }
+            Ok(Some(in_destination))
+        }
+        merge::Merged::Declined(reason) => {
+            tracing::info!(
+                reason,
+                "reconciliation: the key-ordered merge declined; comparing by key hashes instead"
+            );
+            Ok(None)
+        }
+    }
 }
 
 /// Cancels the waiting deletes found by earlier reconciliations whose key the source has

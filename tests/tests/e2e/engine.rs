@@ -600,6 +600,138 @@ reconcile_every = 1
     assert!(stderr.contains(MATCHED), "{stderr}");
 }
 
+/// When the key sets differ and the key is one integer field, the reconciliation merges the
+/// two key-ordered reads as they arrive; a source that does not read in key order (a CSV
+/// file) makes the merge decline, and the key hashes find the same deletes.
+#[test]
+fn mirror_reconciliation_merges_integer_keys_in_order_and_falls_back_to_hashes() {
+    let Some(src) = lockstep_e2e::postgres_database("merge_src") else {
+        return;
+    };
+    let Some(dst) = lockstep_e2e::postgres_database("merge_dst") else {
+        return;
+    };
+    // More keys than one reconciliation read (50,000), so the merge crosses batches.
+    pg_exec(
+        &src.url,
+        "CREATE TABLE items (id bigint PRIMARY KEY, name text, updated_at timestamptz NOT NULL);
+         INSERT INTO items SELECT g, 'item ' || g, timestamptz '2026-01-01' + make_interval(secs => g)
+         FROM generate_series(1, 120001) g;",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let csv = d.join("drop");
+    std::fs::create_dir_all(&csv).unwrap();
+    let rows = |ids: &[i64]| {
+        let mut text = "id,name\n".to_owned();
+        for id in ids {
+            text += &format!("{id},row {id}\n");
+        }
+        text
+    };
+    let write_csv = |ids: &[i64]| {
+        let path = csv.join("items.csv");
+        std::fs::write(&path, rows(ids)).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - Duration::from_secs(3600))
+            .unwrap();
+    };
+    // Out of key order, as a file can be.
+    write_csv(&[5, 3, 9, 1, 7, 2]);
+    std::fs::write(
+        d.join("lockstep.toml"),
+        format!(
+            r#"
+[state]
+url = "sqlite://state.db"
+
+[connections.src]
+connector = "postgres"
+config = {{ url = "{src}" }}
+
+[connections.dst]
+connector = "postgres"
+config = {{ url = "{dst}" }}
+
+[connections.drop]
+connector = "files"
+[connections.drop.config.streams.items]
+path = "drop/items.csv"
+primary_key = ["id"]
+fields = {{ id = "int64" }}
+
+[syncs.items]
+source = "src.items"
+destination = "dst.items"
+mode = "mirror"
+cursor = "updated_at"
+reconcile_every = 1
+
+[syncs.from_file]
+source = "drop.items"
+destination = "dst.from_file"
+mode = "mirror"
+reconcile_every = 1
+max_delete_fraction = 0.5
+"#,
+            src = src.url,
+            dst = dst.url
+        ),
+    )
+    .unwrap();
+    let run_logged = |sync: &str| {
+        let (out, stdout, stderr) = run(lockstep(d)
+            .env("LOCKSTEP_LOG", "info")
+            .args(["run", sync, "--output", "json"]));
+        let value: serde_json::Value = serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}\n{stderr}"));
+        assert!(out.status.success(), "{value}\n{stderr}");
+        (value, stderr)
+    };
+    const MERGED: &str = "(key-ordered merge) found records the source no longer has";
+    const DECLINED: &str = "key-ordered merge declined";
+    let (first, _) = run_logged("items");
+    assert_eq!(first["metrics"]["added"], 120001, "{first}");
+
+    // Deletes at both ends, at the edges of the reads' batches, and strays in the
+    // destination before the first key and after the last.
+    pg_exec(
+        &src.url,
+        "DELETE FROM items WHERE id IN (1, 49999, 50000, 50001, 70000, 100000, 120001)",
+    );
+    pg_exec(
+        &dst.url,
+        "INSERT INTO items VALUES (-5, 'stray', now()), (150000, 'stray', now())",
+    );
+    let (second, stderr) = run_logged("items");
+    assert_eq!(second["metrics"]["deleted"], 9, "{second}");
+    assert!(stderr.contains(MERGED), "{stderr}");
+    assert!(!stderr.contains(DECLINED), "{stderr}");
+    let keys = "SELECT (count(*) * 1000000 + sum(id) % 1000000)::int8 FROM items";
+    assert_eq!(pg_count(&dst.url, keys), pg_count(&src.url, keys));
+    assert_eq!(pg_count(&dst.url, "SELECT count(*) FROM items"), 119994);
+
+    // The file's keys are not in order: the merge declines and the hashes find the deletes.
+    let (first, _) = run_logged("from_file");
+    assert_eq!(first["metrics"]["added"], 6, "{first}");
+    write_csv(&[5, 9, 1, 7]);
+    let (second, stderr) = run_logged("from_file");
+    assert_eq!(second["metrics"]["deleted"], 2, "{second}");
+    assert!(stderr.contains(DECLINED), "{stderr}");
+    assert!(stderr.contains("ascending order"), "{stderr}");
+    assert_eq!(
+        pg_count(
+            &dst.url,
+            "SELECT count(*) FROM from_file WHERE id IN (2, 3)"
+        ),
+        0
+    );
+    assert_eq!(pg_count(&dst.url, "SELECT count(*) FROM from_file"), 4);
+}
+
 /// A run commits each batch while the next one is diffed and written (`pipeline`): the next
 /// batch must see the ledger rows and the waiting deletes of the batch still committing.
 #[test]
