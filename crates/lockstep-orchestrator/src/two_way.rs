@@ -12,7 +12,10 @@
 //!
 //! Invariants:
 //! - A chunk's base rows are committed only after both sides flushed the chunk's writes, and
-//!   the checkpoints move only with the last commit, after every chunk and the deletes. A
+//!   its conflicts before anything of it is written (the commit that records a chunk's
+//!   conflicts also records the base rows of the chunk two before it, and runs while the
+//!   chunk in between is written); the checkpoints move only with the last commit, after
+//!   every chunk and the deletes. A
 //!   crash re-reads both sides from the old checkpoints: the records of committed chunks are
 //!   unchanged on both sides against their new base, and those written without a commit show
 //!   up as changed on both sides to the same values: an agreement, not a conflict.
@@ -27,8 +30,12 @@
 //!   it, the run writes everything else and keeps those records' base, so the next run finds
 //!   the same deletes again (`--allow-mass-delete` applies them).
 //! - Memory holds the records changed since the last run (both sides) in their read form
-//!   (Arrow batches and a small entry per key), the key sets as 8-byte hashes, and one chunk
-//!   of records as values: the chunk's records, base entries, writes and conflicts.
+//!   (Arrow batches and a small entry per key), the key sets as 8-byte hashes, the base
+//!   fingerprints looked up ahead for up to [`PREFETCH_KEYS`] keys, and three chunks of
+//!   records as values: one decided, one being written, and one's base rows being committed.
+//! - Which side changed a record is told by the base's fingerprints; the base's values are
+//!   read only for the records whose decision needs them (both sides changed it, or one
+//!   changed what the other deleted: [`conflict::needs_base_values`]).
 //! - Nothing a side refuses is lost (`two_way/rejects.rs`). A record a side's writer refuses
 //!   keeps its base and is stored as a pending rejected record (`lockstep rejects list`):
 //!   its key, which side refused it (the reason starts `side a (source)` or `side b
@@ -68,12 +75,12 @@ use lockstep_mapping::{MappedBatch, Mapper};
 use lockstep_plugin_core::rows::batch_from_rows;
 use lockstep_plugin_core::source_rejects::is_rejects_batch;
 use lockstep_state::{
-    BaseEntry, Conflict, ConflictStatus, RejectedFilter, RejectedRecord, TwoWayCommit,
-    TwoWayRejects,
+    BaseEntry, BaseFingerprints, Conflict, ConflictStatus, RejectedFilter, RejectedRecord,
+    TwoWayCommit, TwoWayRejects,
 };
 use serde_json::{Map, Value};
 
-use crate::conflict::{self, Base, Fields, Outcome, Resolution, SideRecord, SideState};
+use crate::conflict::{self, Base, Change, Fields, Outcome, Resolution, SideRecord, SideState};
 use crate::diff::KeySet;
 use crate::error::EngineError;
 use crate::faults::{fault_point, FaultPoint};
@@ -188,6 +195,20 @@ impl SideChanges {
             },
         );
         self.release(old, false);
+    }
+
+    /// The fingerprint of the side's record of `key`, without taking it.
+    fn fingerprint(&self, key: &str) -> Option<u128> {
+        self.records.get(key).map(|held| match held {
+            Held::Row { fingerprint, .. } => *fingerprint,
+            Held::Record(r) => r.fingerprint,
+        })
+    }
+
+    /// Drops the side's record of `key` without turning it into a map (after the read).
+    fn discard(&mut self, key: &str) {
+        let old = self.records.remove(key);
+        self.release(old, true);
     }
 
     /// Takes the side's record of `key` out, its values as a map.
@@ -493,6 +514,7 @@ async fn execute(
     // Key sets are compared every `reconcile_every` runs (tombstones arrive every run).
     let compares_keys = in_base > 0 && crate::reconcile::due(services, job, run.run_id).await?;
     let mut sets_unchanged = false;
+    let mut prefetched = Prefetched::default();
     let mut changes = if initial::applies(in_base, &checkpoint) {
         // A first run: the sides are compared without holding either whole.
         initial::read_both(
@@ -512,27 +534,36 @@ async fn execute(
             compares_keys
                 && key_sets_unchanged(services, job, [&side_a, &side_b], &key, in_base).await
         };
-        let (changes_a, changes_b, unchanged) = tokio::join!(
-            read_changes(
-                spec,
-                &side_a,
-                &mut source_a,
-                checkpoint.get("a"),
-                &fields,
-                dry_run,
-            ),
-            read_changes(
-                spec,
-                &side_b,
-                &mut source_b,
-                checkpoint.get("b"),
-                &fields,
-                dry_run,
-            ),
-            summaries,
-        );
+        // Once both reads are done, and while the summaries may still run, the base
+        // fingerprints of the keys read are looked up ahead of their chunks.
+        let reads = async {
+            let (changes_a, changes_b) = tokio::join!(
+                read_changes(
+                    spec,
+                    &side_a,
+                    &mut source_a,
+                    checkpoint.get("a"),
+                    &fields,
+                    dry_run,
+                ),
+                read_changes(
+                    spec,
+                    &side_b,
+                    &mut source_b,
+                    checkpoint.get("b"),
+                    &fields,
+                    dry_run,
+                ),
+            );
+            let changes = [changes_a?, changes_b?];
+            let prefetched = Prefetched::look_up(state, &spec.name, &changes).await?;
+            Ok::<_, EngineError>((changes, prefetched))
+        };
+        let (read, unchanged) = tokio::join!(reads, summaries);
+        let (changes, looked_up) = read?;
         sets_unchanged = unchanged;
-        [changes_a?, changes_b?]
+        prefetched = looked_up;
+        changes
     };
     for c in &changes {
         run.metrics.read += c.read;
@@ -635,6 +666,7 @@ async fn execute(
                     &deciding,
                     chunk,
                     &mut changes,
+                    &mut prefetched,
                     &mut run.metrics,
                     &mut totals,
                 )
@@ -652,9 +684,13 @@ async fn execute(
     }
 
     // Chunk by chunk: decide, record the conflicts, write both sides, flush each and read
-    // back what was written, then commit the chunk's base rows. The records as read
-    // leave `changes` as their chunk is decided, so memory holds one chunk's values. The
-    // checkpoints move only with the last commit, after every chunk and the deletes.
+    // back what was written, then commit the chunk's base rows. The state store's work
+    // overlaps the sides': while chunk N is written, chunk N+1 is decided and one commit
+    // records chunk N-1's base rows (flushed on both sides) with chunk N+1's conflicts
+    // (recorded before anything of chunk N+1 is written). The records as read leave
+    // `changes` as their chunk is decided, so memory holds the values of three chunks at
+    // most. The checkpoints move only with the last commit, after every chunk and the
+    // deletes.
     let sides = [&side_a, &side_b];
     // The values read back are needed only to refresh side a's one-way fields.
     let keep_read_back = fields.shared.len() != fields.all.len();
@@ -662,166 +698,112 @@ async fn execute(
     let mut read_back_sources: [Option<lockstep_plugin_host::SourceHandle>; 2] = [None, None];
     let mut rejected_keys: HashSet<String> = HashSet::new();
     let mut refusals: Vec<Refusal> = Vec::new();
-    for (number, chunk) in (1u64..).zip(touched.chunks(touched_chunk())) {
+    let lease_token = lease.lease().token;
+    let run_id = run.run_id;
+    let io = ChunkIo {
+        services,
+        spec,
+        sides,
+        fields: &fields,
+        keep_read_back,
+    };
+    let chunks: Vec<&[String]> = touched.chunks(touched_chunk()).collect();
+    // The first chunk is decided and its conflicts recorded before anything is written.
+    let mut ahead: Option<Plan> = None;
+    if let Some(first) = chunks.first() {
         let mut plan = decide_next(
             state,
             &deciding,
-            chunk,
+            first,
             &mut changes,
+            &mut prefetched,
             &mut run.metrics,
             &mut totals,
         )
         .await?;
         totals.trace_retries(&plan, &retries);
-
-        // The conflicts are recorded before anything of the chunk is written: a crash
-        // between the writes and the chunk's commit would otherwise lose an automatically
-        // decided conflict, since the rerun finds both sides agreeing. A rerun that finds
-        // the same conflict again (same key, same base) updates this record instead of
-        // adding one.
-        if !plan.conflicts.is_empty() {
-            state
-                .commit_two_way(&TwoWayCommit {
-                    sync: &spec.name,
-                    run: run.run_id,
-                    lease_token: Some(lease.lease().token),
-                    metrics: &run.metrics,
-                    upserts: &[],
-                    deletes: &[],
-                    conflicts: &plan.conflicts,
-                    applied: &[],
-                    checkpoint: None,
-                })
-                .await?;
-            totals.conflicts += plan.conflicts.len();
-            totals.queued.extend(
-                plan.conflicts
-                    .iter()
-                    .filter(|c| c.status == ConflictStatus::Open)
-                    .map(|c| c.key.clone()),
-            );
-            plan.conflicts = Vec::new();
-        }
-
-        // Side a first when its one-way fields, read back, feed side b's writes; else both
-        // sides at once (they are different systems).
-        if plan.upserts.iter().any(|u| !u.is_empty()) {
-            for side in sides {
-                let back = &mut read_back_sources[index(side.side)];
-                if side.reads_by_keys && back.is_none() {
-                    *back = Some(services.open_source(side.endpoint).await?);
-                }
-            }
-        }
-        let [writer_a, writer_b] = &mut *writers;
-        let [back_a, back_b] = &mut read_back_sources;
-        let written: [SideWrite; 2] = if keep_read_back {
-            let upserts_a = std::mem::take(&mut plan.upserts[0]);
-            let a = write_side(
-                spec,
-                &side_a,
-                writer_a,
-                back_a.as_mut(),
-                upserts_a,
-                &fields,
-                true,
-            )
-            .await?;
-            run.metrics.updated += refresh_one_way(&mut plan, &a.read_back, &fields);
-            let upserts_b = std::mem::take(&mut plan.upserts[1]);
-            let b = write_side(
-                spec,
-                &side_b,
-                writer_b,
-                back_b.as_mut(),
-                upserts_b,
-                &fields,
-                false,
-            )
-            .await?;
-            [a, b]
-        } else {
-            let [upserts_a, upserts_b] = std::mem::take(&mut plan.upserts);
-            let (a, b) = tokio::join!(
-                write_side(
-                    spec,
-                    &side_a,
-                    writer_a,
-                    back_a.as_mut(),
-                    upserts_a,
-                    &fields,
-                    false
-                ),
-                write_side(
-                    spec,
-                    &side_b,
-                    writer_b,
-                    back_b.as_mut(),
-                    upserts_b,
-                    &fields,
-                    false
-                ),
-            );
-            [a?, b?]
+        let progress = run.metrics;
+        let state_commit = StateCommit {
+            state,
+            sync: &spec.name,
+            run: run_id,
+            lease_token,
+            progress: &progress,
         };
-        let mut read_back: [HashMap<String, u128>; 2] = Default::default();
-        for (i, w) in written.into_iter().enumerate() {
-            for refusal in w.refusals {
-                rejected_keys.insert(refusal.key.clone());
-                // A refused write is no write: it counts as rejected only.
-                let counted = if plan.adds[i].contains(&refusal.key) {
-                    &mut run.metrics.added
-                } else {
-                    &mut run.metrics.updated
-                };
-                *counted = counted.saturating_sub(1);
-                refusals.push(refusal);
+        state_commit
+            .commit(None, Some(&mut plan), &mut totals)
+            .await?;
+        ahead = Some(plan);
+    }
+    // The last chunk whose writes both sides flushed, its base rows not yet committed.
+    let mut in_flight: Option<Flushed> = None;
+    for (i, number) in (0..chunks.len()).zip(1u64..) {
+        let Some(plan) = ahead.take() else { break };
+        let previous = in_flight.take();
+        let progress = run.metrics;
+        let following = chunks.get(i + 1).copied();
+        let state_work = async {
+            let mut metrics = lockstep_core::RunMetrics::default();
+            let mut next = match following {
+                Some(chunk) => Some(
+                    decide_next(
+                        state,
+                        &deciding,
+                        chunk,
+                        &mut changes,
+                        &mut prefetched,
+                        &mut metrics,
+                        &mut totals,
+                    )
+                    .await?,
+                ),
+                None => None,
+            };
+            if let Some(next) = &next {
+                totals.trace_retries(next, &retries);
             }
-            read_back[i] = w
-                .read_back
-                .into_iter()
-                .map(|(k, (fp, _))| (k, fp))
-                .collect();
+            StateCommit {
+                state,
+                sync: &spec.name,
+                run: run_id,
+                lease_token,
+                progress: &progress,
+            }
+            .commit(previous.as_ref(), next.as_mut(), &mut totals)
+            .await?;
+            Ok::<_, EngineError>((next, metrics))
+        };
+        let writes = write_chunk(
+            &io,
+            number,
+            plan,
+            &mut *writers,
+            &mut read_back_sources,
+            &mut run.metrics,
+            &mut rejected_keys,
+            &mut refusals,
+        );
+        let (decided, written) = tokio::join!(state_work, writes);
+        let (next, metrics) = decided?;
+        if let Some(p) = previous {
+            fault_point(FaultPoint::AfterCommit, p.number);
         }
-
-        fault_point(FaultPoint::AfterFlush, number);
-
-        // The chunk's base rows, once both sides flushed its writes.
-        let upserts: Vec<BaseEntry> = std::mem::take(&mut plan.base)
-            .into_iter()
-            .filter(|b| !rejected_keys.contains(&b.key))
-            .map(|b| {
-                let fp = |i: usize| {
-                    b.fingerprints[i]
-                        .or_else(|| read_back[i].get(&b.key).copied())
-                        .unwrap_or_else(|| written_fingerprint(&b.values, i, &fields))
-                };
-                let (fingerprint_a, fingerprint_b) = (fp(0), fp(1));
-                BaseEntry {
-                    key: b.key,
-                    base: b.values,
-                    fingerprint_a,
-                    fingerprint_b,
-                }
-            })
-            .collect();
-        drop(read_back);
-        if !upserts.is_empty() || !plan.applied.is_empty() {
-            state
-                .commit_two_way(&TwoWayCommit {
-                    sync: &spec.name,
-                    run: run.run_id,
-                    lease_token: Some(lease.lease().token),
-                    metrics: &run.metrics,
-                    upserts: &upserts,
-                    deletes: &[],
-                    conflicts: &[],
-                    applied: &plan.applied,
-                    checkpoint: None,
-                })
-                .await?;
+        run.metrics.add(&metrics);
+        in_flight = Some(written?);
+        ahead = next;
+    }
+    if let Some(last) = in_flight.take() {
+        let progress = run.metrics;
+        StateCommit {
+            state,
+            sync: &spec.name,
+            run: run_id,
+            lease_token,
+            progress: &progress,
         }
-        fault_point(FaultPoint::AfterCommit, number);
+        .commit(Some(&last), None, &mut totals)
+        .await?;
+        fault_point(FaultPoint::AfterCommit, last.number);
     }
     drop(read_back_sources);
     drop(changes);
@@ -918,6 +900,206 @@ async fn execute(
     }
     check_rejected(job, run, &rejected_keys, &retries)?;
     Ok(None)
+}
+
+/// What [`write_chunk`] writes with.
+struct ChunkIo<'a> {
+    services: Services<'a>,
+    spec: &'a SyncSpec,
+    sides: [&'a SideIo<'a>; 2],
+    fields: &'a Fields,
+    /// Whether side a's one-way fields, read back, feed side b's writes.
+    keep_read_back: bool,
+}
+
+/// A chunk whose writes both sides flushed, with the base rows its commit records.
+struct Flushed {
+    number: u64,
+    upserts: Vec<BaseEntry>,
+    applied: Vec<i64>,
+}
+
+/// What a chunk's commit is made with: the state store, the run and its progress.
+struct StateCommit<'a> {
+    state: &'a dyn lockstep_state::StateStore,
+    sync: &'a str,
+    run: i64,
+    lease_token: i64,
+    /// The run's metrics, stored as its progress.
+    progress: &'a lockstep_core::RunMetrics,
+}
+
+impl StateCommit<'_> {
+    /// Commits in one transaction the base rows of `flushed` (and the person's decisions it
+    /// wrote) and the conflicts of `decided`, a chunk not written yet; the conflicts then
+    /// leave `decided` for `totals`.
+    async fn commit(
+        &self,
+        flushed: Option<&Flushed>,
+        decided: Option<&mut Plan>,
+        totals: &mut Totals,
+    ) -> Result<(), EngineError> {
+        let (upserts, applied) = flushed.map_or((&[][..], &[][..]), |f| {
+            (f.upserts.as_slice(), f.applied.as_slice())
+        });
+        let conflicts = decided.map(|plan| std::mem::take(&mut plan.conflicts));
+        let conflicts = conflicts.as_deref().unwrap_or(&[]);
+        if upserts.is_empty() && applied.is_empty() && conflicts.is_empty() {
+            return Ok(());
+        }
+        self.state
+            .commit_two_way(&TwoWayCommit {
+                sync: self.sync,
+                run: self.run,
+                lease_token: Some(self.lease_token),
+                metrics: self.progress,
+                upserts,
+                deletes: &[],
+                conflicts,
+                applied,
+                checkpoint: None,
+            })
+            .await?;
+        totals.conflicts += conflicts.len();
+        totals.queued.extend(
+            conflicts
+                .iter()
+                .filter(|c| c.status == ConflictStatus::Open)
+                .map(|c| c.key.clone()),
+        );
+        Ok(())
+    }
+}
+
+/// Writes chunk `number`'s `plan` (its conflicts already recorded) to both sides, flushes
+/// them and reads back what they took; returns the chunk's base rows for its commit.
+#[allow(clippy::too_many_arguments)]
+async fn write_chunk(
+    io: &ChunkIo<'_>,
+    number: u64,
+    mut plan: Plan,
+    writers: &mut [FencedWriter; 2],
+    read_back_sources: &mut [Option<lockstep_plugin_host::SourceHandle>; 2],
+    metrics: &mut lockstep_core::RunMetrics,
+    rejected_keys: &mut HashSet<String>,
+    refusals: &mut Vec<Refusal>,
+) -> Result<Flushed, EngineError> {
+    let ChunkIo {
+        services,
+        spec,
+        sides,
+        fields,
+        keep_read_back,
+    } = *io;
+    let [side_a, side_b] = sides;
+    // Side a first when its one-way fields, read back, feed side b's writes; else both
+    // sides at once (they are different systems).
+    if plan.upserts.iter().any(|u| !u.is_empty()) {
+        for side in sides {
+            let back = &mut read_back_sources[index(side.side)];
+            if side.reads_by_keys && back.is_none() {
+                *back = Some(services.open_source(side.endpoint).await?);
+            }
+        }
+    }
+    let [writer_a, writer_b] = &mut *writers;
+    let [back_a, back_b] = read_back_sources;
+    let written: [SideWrite; 2] = if keep_read_back {
+        let upserts_a = std::mem::take(&mut plan.upserts[0]);
+        let a = write_side(
+            spec,
+            side_a,
+            writer_a,
+            back_a.as_mut(),
+            upserts_a,
+            fields,
+            true,
+        )
+        .await?;
+        metrics.updated += refresh_one_way(&mut plan, &a.read_back, fields);
+        let upserts_b = std::mem::take(&mut plan.upserts[1]);
+        let b = write_side(
+            spec,
+            side_b,
+            writer_b,
+            back_b.as_mut(),
+            upserts_b,
+            fields,
+            false,
+        )
+        .await?;
+        [a, b]
+    } else {
+        let [upserts_a, upserts_b] = std::mem::take(&mut plan.upserts);
+        let (a, b) = tokio::join!(
+            write_side(
+                spec,
+                side_a,
+                writer_a,
+                back_a.as_mut(),
+                upserts_a,
+                fields,
+                false
+            ),
+            write_side(
+                spec,
+                side_b,
+                writer_b,
+                back_b.as_mut(),
+                upserts_b,
+                fields,
+                false
+            ),
+        );
+        [a?, b?]
+    };
+    let mut read_back: [HashMap<String, u128>; 2] = Default::default();
+    for (i, w) in written.into_iter().enumerate() {
+        for refusal in w.refusals {
+            rejected_keys.insert(refusal.key.clone());
+            // A refused write is no write: it counts as rejected only.
+            let counted = if plan.adds[i].contains(&refusal.key) {
+                &mut metrics.added
+            } else {
+                &mut metrics.updated
+            };
+            *counted = counted.saturating_sub(1);
+            refusals.push(refusal);
+        }
+        read_back[i] = w
+            .read_back
+            .into_iter()
+            .map(|(k, (fp, _))| (k, fp))
+            .collect();
+    }
+
+    fault_point(FaultPoint::AfterFlush, number);
+
+    // The chunk's base rows, once both sides flushed its writes.
+    let upserts: Vec<BaseEntry> = std::mem::take(&mut plan.base)
+        .into_iter()
+        .filter(|b| !rejected_keys.contains(&b.key))
+        .map(|b| {
+            let fp = |i: usize| {
+                b.fingerprints[i]
+                    .or_else(|| read_back[i].get(&b.key).copied())
+                    .unwrap_or_else(|| written_fingerprint(&b.values, i, fields))
+            };
+            let (fingerprint_a, fingerprint_b) = (fp(0), fp(1));
+            BaseEntry {
+                key: b.key,
+                base: b.values,
+                fingerprint_a,
+                fingerprint_b,
+            }
+        })
+        .collect();
+    drop(read_back);
+    Ok(Flushed {
+        number,
+        upserts,
+        applied: std::mem::take(&mut plan.applied),
+    })
 }
 
 /// What writing one side's share of a chunk gave.
@@ -1146,36 +1328,176 @@ struct Deciding<'a> {
     deleted: &'a [HashSet<String>; 2],
 }
 
-/// Looks up the base rows of `chunk` and decides its keys, taking their records out of
-/// `changes`; the keys of the chunk's deletes move into `totals`.
+/// Looks up the base of `chunk` and decides its keys, taking their records out of `changes`;
+/// the keys of the chunk's deletes move into `totals`. The base's fingerprints tell which
+/// side changed each record; its values are looked up only for the records whose decision
+/// reads them ([`conflict::needs_base_values`]: both sides changed it, or one changed what the
+/// other deleted), so that the records a run reads back unchanged, Lockstep's own writes
+/// above all, cost no parsing of their base.
+#[allow(clippy::too_many_arguments)]
 async fn decide_next(
     state: &dyn lockstep_state::StateStore,
     d: &Deciding<'_>,
     chunk: &[String],
     changes: &mut [SideChanges; 2],
+    prefetched: &mut Prefetched,
     metrics: &mut lockstep_core::RunMetrics,
     totals: &mut Totals,
 ) -> Result<Plan, EngineError> {
     let mut plan = Plan::default();
-    let bases = state.base_lookup(&d.spec.name, chunk).await?;
-    decide_chunk(&mut plan, metrics, d, &bases, chunk, changes);
+    let missing: Vec<String> = chunk
+        .iter()
+        .filter(|k| !prefetched.covers(k))
+        .cloned()
+        .collect();
+    let mut fingerprints = if missing.is_empty() {
+        HashMap::new()
+    } else {
+        state.base_fingerprints(&d.spec.name, &missing).await?
+    };
+    drop(missing);
+    prefetched.take_into(chunk, &mut fingerprints);
+    let wanted: Vec<String> = chunk
+        .iter()
+        .filter(|key| {
+            !d.unsettled.contains_key(*key) && fingerprints.contains_key(*key) && {
+                let [a, b] = side_changes(d, &fingerprints, changes, key);
+                conflict::needs_base_values(a, b)
+            }
+        })
+        .cloned()
+        .collect();
+    let bases = if wanted.is_empty() {
+        HashMap::new()
+    } else {
+        state.base_lookup(&d.spec.name, &wanted).await?
+    };
+    drop(wanted);
+    decide_chunk(
+        &mut plan,
+        metrics,
+        d,
+        &Bases {
+            fingerprints: &fingerprints,
+            values: &bases,
+        },
+        chunk,
+        changes,
+    )?;
     totals.take_keys(&mut plan);
     Ok(plan)
 }
 
-/// Decides the keys of `chunk` into `plan`, taking their records out of `changes`.
+/// The most keys whose base fingerprints a run looks up ahead of their chunks (about 100
+/// bytes each while held).
+const PREFETCH_KEYS: usize = 32_768;
+
+/// Base fingerprints looked up ahead of their chunks: those of the first [`PREFETCH_KEYS`]
+/// keys (in key order, the order chunks take them) that the sides' reads returned, looked
+/// up while the key-set summaries run in the databases. No base row of these keys changes
+/// before its chunk is decided: a run commits a key's base only after deciding it.
+#[derive(Default)]
+struct Prefetched {
+    /// By key: the fingerprints, or `None` when the key has no base.
+    found: HashMap<String, Option<BaseFingerprints>>,
+}
+
+impl Prefetched {
+    async fn look_up(
+        state: &dyn lockstep_state::StateStore,
+        sync: &str,
+        changes: &[SideChanges; 2],
+    ) -> Result<Self, EngineError> {
+        let mut keys: Vec<&String> = changes[0]
+            .records
+            .keys()
+            .chain(changes[1].records.keys())
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        keys.truncate(PREFETCH_KEYS);
+        let keys: Vec<String> = keys.into_iter().cloned().collect();
+        if keys.is_empty() {
+            return Ok(Self::default());
+        }
+        let mut found = state.base_fingerprints(sync, &keys).await?;
+        Ok(Self {
+            found: keys
+                .into_iter()
+                .map(|k| {
+                    let fingerprints = found.remove(&k);
+                    (k, fingerprints)
+                })
+                .collect(),
+        })
+    }
+
+    /// Whether `key` was looked up.
+    fn covers(&self, key: &str) -> bool {
+        self.found.contains_key(key)
+    }
+
+    /// Moves the fingerprints of `chunk`'s looked-up keys that have a base into `into`.
+    fn take_into(&mut self, chunk: &[String], into: &mut HashMap<String, BaseFingerprints>) {
+        if self.found.is_empty() {
+            return;
+        }
+        for key in chunk {
+            if let Some((key, Some(fingerprints))) = self.found.remove_entry(key) {
+                into.insert(key, fingerprints);
+            }
+        }
+    }
+}
+
+/// The base of a chunk's keys: every key's fingerprints, and the values of those whose
+/// decision reads them.
+struct Bases<'a> {
+    fingerprints: &'a HashMap<String, BaseFingerprints>,
+    values: &'a HashMap<String, BaseEntry>,
+}
+
+/// Side `i`'s fingerprint in `base`.
+fn base_fingerprint(base: &BaseFingerprints, i: usize) -> u128 {
+    if i == 0 {
+        base.a
+    } else {
+        base.b
+    }
+}
+
+/// What each side did to `key` since its base (by fingerprints), before its records are
+/// taken.
+fn side_changes(
+    d: &Deciding<'_>,
+    fingerprints: &HashMap<String, BaseFingerprints>,
+    changes: &[SideChanges; 2],
+    key: &str,
+) -> [Change; 2] {
+    let base = fingerprints.get(key);
+    [0, 1].map(|i| match changes[i].fingerprint(key) {
+        Some(fp) if base.is_some_and(|b| base_fingerprint(b, i) == fp) => Change::Same,
+        Some(_) => Change::Changed,
+        // A side's tombstone of a record the base never had is no delete.
+        None if base.is_some() && d.deleted[i].contains(key) => Change::Deleted,
+        None if base.is_some() => Change::Same,
+        None => Change::Absent,
+    })
+}
+
+/// Decides the keys of `chunk` into `plan`, taking their records out of `changes`. A side's
+/// record is turned into a map only when the side changed it.
 fn decide_chunk(
     plan: &mut Plan,
     metrics: &mut lockstep_core::RunMetrics,
     d: &Deciding<'_>,
-    bases: &HashMap<String, BaseEntry>,
+    bases: &Bases<'_>,
     chunk: &[String],
     changes: &mut [SideChanges; 2],
-) {
+) -> Result<(), EngineError> {
     for key in chunk {
-        let records: [Option<SideRecord>; 2] = [changes[0].take(key), changes[1].take(key)];
-        let base = bases.get(key);
         if let Some(c) = d.unsettled.get(key) {
+            let records: [Option<SideRecord>; 2] = [changes[0].take(key), changes[1].take(key)];
             if c.status == ConflictStatus::Resolved {
                 apply_resolution(plan, metrics, key, c);
             } else {
@@ -1183,21 +1505,46 @@ fn decide_chunk(
             }
             continue;
         }
-        let states: [SideState<'_>; 2] = [0, 1].map(|i| {
-            let fp = |b: &BaseEntry| [b.fingerprint_a, b.fingerprint_b][i];
-            match &records[i] {
-                Some(r) if base.is_some_and(|b| fp(b) == r.fingerprint) => SideState::Same,
-                Some(r) => SideState::Changed(r),
-                // A side's tombstone of a record the base never had is no delete.
-                None if base.is_some() && d.deleted[i].contains(key) => SideState::Deleted,
-                None if base.is_some() => SideState::Same,
-                None => SideState::Absent,
+        let kinds = side_changes(d, bases.fingerprints, changes, key);
+        let read = changes.iter().filter(|c| c.contains(key)).count() as u64;
+        let records: [Option<SideRecord>; 2] = [0, 1].map(|i| {
+            if kinds[i] == Change::Changed {
+                changes[i].take(key)
+            } else {
+                changes[i].discard(key);
+                None
             }
+        });
+        let base = if conflict::needs_base_values(kinds[0], kinds[1])
+            && bases.fingerprints.contains_key(key)
+        {
+            // Looked up by `decide_next` for exactly these keys, under the run's lease.
+            Some(
+                &bases
+                    .values
+                    .get(key)
+                    .ok_or_else(|| {
+                        EngineError::Internal(format!(
+                    "sync `{}`: the base of key `{key}` was gone from the state store between \
+                     two lookups of the same run",
+                    d.spec.name
+                ))
+                    })?
+                    .base,
+            )
+        } else {
+            None
+        };
+        let states: [SideState<'_>; 2] = [0, 1].map(|i| match (kinds[i], &records[i]) {
+            (Change::Changed, Some(r)) => SideState::Changed(r),
+            (Change::Deleted, _) => SideState::Deleted,
+            (Change::Absent, _) => SideState::Absent,
+            _ => SideState::Same,
         });
         let outcome = conflict::decide(
             d.tw,
             d.fields,
-            base.map(|b| Base { values: &b.base }),
+            base.map(|values| Base { values }),
             states[0],
             states[1],
         );
@@ -1207,7 +1554,7 @@ fn decide_chunk(
             &Decided {
                 spec: d.spec,
                 fields: d.fields,
-                read: records.iter().filter(|r| r.is_some()).count() as u64,
+                read,
                 run: d.run,
                 key,
                 base,
@@ -1216,6 +1563,7 @@ fn decide_chunk(
             outcome,
         );
     }
+    Ok(())
 }
 
 /// Whether both sides are known to still hold exactly the base's keys, by their key-set
@@ -1381,6 +1729,7 @@ async fn read_changes(
             fields,
             &batch,
             &mapped,
+            false,
             |_| true,
             |row, key, record| {
                 match record {
@@ -1413,12 +1762,15 @@ async fn read_changes(
 /// records: each row's key with its record (values, fingerprint over the side's compared
 /// fields, and the cursor column as modification time), or `None` for a row the side's
 /// tombstone marks deleted, with the row's index in `mapped`. Rows whose key `keep` refuses
-/// are skipped before any work.
+/// are skipped before any work. Without `with_values` the records' values are left empty
+/// and the fingerprint is hashed from the batch's columns, no map built: for a caller that
+/// keeps the row, or only the fingerprint.
 fn side_records(
     side: &SideIo<'_>,
     fields: &Fields,
     batch: &RecordBatch,
     mapped: &MappedBatch,
+    with_values: bool,
     keep: impl Fn(&str) -> bool,
     mut each: impl FnMut(usize, String, Option<SideRecord>),
 ) -> Result<(), EngineError> {
@@ -1439,6 +1791,9 @@ fn side_records(
     });
     // One row's values at a time: a whole batch as maps would be many times its size.
     let logical = logical_types(&mapped.batch);
+    let compared = fields.of(side.side);
+    let schema = mapped.batch.schema();
+    let columns: Vec<Option<usize>> = compared.iter().map(|f| schema.index_of(f).ok()).collect();
     for (row, (key, source_row)) in row_keys.into_iter().zip(&mapped.source_rows).enumerate() {
         if !keep(&key) {
             continue;
@@ -1447,11 +1802,19 @@ fn side_records(
             each(row, key, None);
             continue;
         }
-        let values = row_values_typed(&mapped.batch, row, &logical);
+        let (values, fingerprint) = if with_values {
+            let values = row_values_typed(&mapped.batch, row, &logical);
+            let fingerprint = conflict::fingerprint(&values, compared);
+            (values, fingerprint)
+        } else {
+            let fingerprint = conflict::fingerprint_by(compared, |i| {
+                columns[i].map(|c| json_value(mapped.batch.column(c), row, logical[c]))
+            });
+            (Map::new(), fingerprint)
+        };
         let modified = cursor_column
             .as_ref()
             .map(|(column, logical)| json_value(column, *source_row, *logical));
-        let fingerprint = conflict::fingerprint(&values, fields.of(side.side));
         each(
             row,
             key,
@@ -1724,7 +2087,9 @@ struct Decided<'a> {
     read: u64,
     run: i64,
     key: &'a str,
-    base: Option<&'a BaseEntry>,
+    /// The base's values, when the decision needed them (every conflict on a key with a
+    /// base does); `None` without a base.
+    base: Option<&'a Map<String, Value>>,
     states: &'a [SideState<'a>; 2],
 }
 
@@ -1837,7 +2202,7 @@ fn record_outcome(
                 sync: spec.name.clone(),
                 run,
                 key: key.to_owned(),
-                base: base.map(|b| b.base.clone()),
+                base: base.cloned(),
                 a: record(0).map(|r| r.values.clone()),
                 b: record(1).map(|r| r.values.clone()),
                 fields: decision.fields,

@@ -106,6 +106,7 @@ pub(super) async fn read_both(
             fields,
             &batch,
             &mapped,
+            false,
             |_| true,
             |_, key, record| {
                 entries.push(Entry {
@@ -155,6 +156,7 @@ pub(super) async fn read_both(
             fields,
             &batch,
             &mapped,
+            true,
             |_| true,
             |row, key, record| {
                 let entry = index.find(&key);
@@ -220,6 +222,7 @@ pub(super) async fn read_both(
                 fields,
                 &batch,
                 &mapped,
+                false,
                 |key| index.general(key),
                 |row, key, record| match record {
                     None => {
