@@ -12,10 +12,7 @@
 //!
 //! Invariants:
 //! - A chunk's base rows are committed only after both sides flushed the chunk's writes, and
-//!   its conflicts before anything of it is written (the commit that records a chunk's
-//!   conflicts also records the base rows of the chunk two before it, and runs while the
-//!   chunk in between is written); the checkpoints move only with the last commit, after
-//!   every chunk and the deletes. A
+//!   the checkpoints move only with the last commit, after every chunk and the deletes. A
 //!   crash re-reads both sides from the old checkpoints: the records of committed chunks are
 //!   unchanged on both sides against their new base, and those written without a commit show
 //!   up as changed on both sides to the same values: an agreement, not a conflict.
@@ -31,8 +28,8 @@
 //!   the same deletes again (`--allow-mass-delete` applies them).
 //! - Memory holds the records changed since the last run (both sides) in their read form
 //!   (Arrow batches and a small entry per key), the key sets as 8-byte hashes, the base
-//!   fingerprints looked up ahead for up to [`PREFETCH_KEYS`] keys, and three chunks of
-//!   records as values: one decided, one being written, and one's base rows being committed.
+//!   fingerprints looked up ahead for up to [`PREFETCH_KEYS`] keys, and one chunk of records
+//!   as values: the chunk's records, base entries, writes and conflicts.
 //! - Which side changed a record is told by the base's fingerprints; the base's values are
 //!   read only for the records whose decision needs them (both sides changed it, or one
 //!   changed what the other deleted: [`conflict::needs_base_values`]).
@@ -684,13 +681,9 @@ async fn execute(
     }
 
     // Chunk by chunk: decide, record the conflicts, write both sides, flush each and read
-    // back what was written, then commit the chunk's base rows. The state store's work
-    // overlaps the sides': while chunk N is written, chunk N+1 is decided and one commit
-    // records chunk N-1's base rows (flushed on both sides) with chunk N+1's conflicts
-    // (recorded before anything of chunk N+1 is written). The records as read leave
-    // `changes` as their chunk is decided, so memory holds the values of three chunks at
-    // most. The checkpoints move only with the last commit, after every chunk and the
-    // deletes.
+    // back what was written, then commit the chunk's base rows. The records as read
+    // leave `changes` as their chunk is decided, so memory holds one chunk's values. The
+    // checkpoints move only with the last commit, after every chunk and the deletes.
     let sides = [&side_a, &side_b];
     // The values read back are needed only to refresh side a's one-way fields.
     let keep_read_back = fields.shared.len() != fields.all.len();
@@ -698,23 +691,11 @@ async fn execute(
     let mut read_back_sources: [Option<lockstep_plugin_host::SourceHandle>; 2] = [None, None];
     let mut rejected_keys: HashSet<String> = HashSet::new();
     let mut refusals: Vec<Refusal> = Vec::new();
-    let lease_token = lease.lease().token;
-    let run_id = run.run_id;
-    let io = ChunkIo {
-        services,
-        spec,
-        sides,
-        fields: &fields,
-        keep_read_back,
-    };
-    let chunks: Vec<&[String]> = touched.chunks(touched_chunk()).collect();
-    // The first chunk is decided and its conflicts recorded before anything is written.
-    let mut ahead: Option<Plan> = None;
-    if let Some(first) = chunks.first() {
+    for (number, chunk) in (1u64..).zip(touched.chunks(touched_chunk())) {
         let mut plan = decide_next(
             state,
             &deciding,
-            first,
+            chunk,
             &mut changes,
             &mut prefetched,
             &mut run.metrics,
@@ -722,88 +703,155 @@ async fn execute(
         )
         .await?;
         totals.trace_retries(&plan, &retries);
-        let progress = run.metrics;
-        let state_commit = StateCommit {
-            state,
-            sync: &spec.name,
-            run: run_id,
-            lease_token,
-            progress: &progress,
-        };
-        state_commit
-            .commit(None, Some(&mut plan), &mut totals)
+
+        // The conflicts are recorded before anything of the chunk is written: a crash
+        // between the writes and the chunk's commit would otherwise lose an automatically
+        // decided conflict, since the rerun finds both sides agreeing. A rerun that finds
+        // the same conflict again (same key, same base) updates this record instead of
+        // adding one.
+        if !plan.conflicts.is_empty() {
+            state
+                .commit_two_way(&TwoWayCommit {
+                    sync: &spec.name,
+                    run: run.run_id,
+                    lease_token: Some(lease.lease().token),
+                    metrics: &run.metrics,
+                    upserts: &[],
+                    deletes: &[],
+                    conflicts: &plan.conflicts,
+                    applied: &[],
+                    checkpoint: None,
+                })
+                .await?;
+            totals.conflicts += plan.conflicts.len();
+            totals.queued.extend(
+                plan.conflicts
+                    .iter()
+                    .filter(|c| c.status == ConflictStatus::Open)
+                    .map(|c| c.key.clone()),
+            );
+            plan.conflicts = Vec::new();
+        }
+
+        // Side a first when its one-way fields, read back, feed side b's writes; else both
+        // sides at once (they are different systems).
+        if plan.upserts.iter().any(|u| !u.is_empty()) {
+            for side in sides {
+                let back = &mut read_back_sources[index(side.side)];
+                if side.reads_by_keys && back.is_none() {
+                    *back = Some(services.open_source(side.endpoint).await?);
+                }
+            }
+        }
+        let [writer_a, writer_b] = &mut *writers;
+        let [back_a, back_b] = &mut read_back_sources;
+        let written: [SideWrite; 2] = if keep_read_back {
+            let upserts_a = std::mem::take(&mut plan.upserts[0]);
+            let a = write_side(
+                spec,
+                &side_a,
+                writer_a,
+                back_a.as_mut(),
+                upserts_a,
+                &fields,
+                true,
+            )
             .await?;
-        ahead = Some(plan);
-    }
-    // The last chunk whose writes both sides flushed, its base rows not yet committed.
-    let mut in_flight: Option<Flushed> = None;
-    for (i, number) in (0..chunks.len()).zip(1u64..) {
-        let Some(plan) = ahead.take() else { break };
-        let previous = in_flight.take();
-        let progress = run.metrics;
-        let following = chunks.get(i + 1).copied();
-        let state_work = async {
-            let mut metrics = lockstep_core::RunMetrics::default();
-            let mut next = match following {
-                Some(chunk) => Some(
-                    decide_next(
-                        state,
-                        &deciding,
-                        chunk,
-                        &mut changes,
-                        &mut prefetched,
-                        &mut metrics,
-                        &mut totals,
-                    )
-                    .await?,
+            run.metrics.updated += refresh_one_way(&mut plan, &a.read_back, &fields);
+            let upserts_b = std::mem::take(&mut plan.upserts[1]);
+            let b = write_side(
+                spec,
+                &side_b,
+                writer_b,
+                back_b.as_mut(),
+                upserts_b,
+                &fields,
+                false,
+            )
+            .await?;
+            [a, b]
+        } else {
+            let [upserts_a, upserts_b] = std::mem::take(&mut plan.upserts);
+            let (a, b) = tokio::join!(
+                write_side(
+                    spec,
+                    &side_a,
+                    writer_a,
+                    back_a.as_mut(),
+                    upserts_a,
+                    &fields,
+                    false
                 ),
-                None => None,
-            };
-            if let Some(next) = &next {
-                totals.trace_retries(next, &retries);
-            }
-            StateCommit {
-                state,
-                sync: &spec.name,
-                run: run_id,
-                lease_token,
-                progress: &progress,
-            }
-            .commit(previous.as_ref(), next.as_mut(), &mut totals)
-            .await?;
-            Ok::<_, EngineError>((next, metrics))
+                write_side(
+                    spec,
+                    &side_b,
+                    writer_b,
+                    back_b.as_mut(),
+                    upserts_b,
+                    &fields,
+                    false
+                ),
+            );
+            [a?, b?]
         };
-        let writes = write_chunk(
-            &io,
-            number,
-            plan,
-            &mut *writers,
-            &mut read_back_sources,
-            &mut run.metrics,
-            &mut rejected_keys,
-            &mut refusals,
-        );
-        let (decided, written) = tokio::join!(state_work, writes);
-        let (next, metrics) = decided?;
-        if let Some(p) = previous {
-            fault_point(FaultPoint::AfterCommit, p.number);
+        let mut read_back: [HashMap<String, u128>; 2] = Default::default();
+        for (i, w) in written.into_iter().enumerate() {
+            for refusal in w.refusals {
+                rejected_keys.insert(refusal.key.clone());
+                // A refused write is no write: it counts as rejected only.
+                let counted = if plan.adds[i].contains(&refusal.key) {
+                    &mut run.metrics.added
+                } else {
+                    &mut run.metrics.updated
+                };
+                *counted = counted.saturating_sub(1);
+                refusals.push(refusal);
+            }
+            read_back[i] = w
+                .read_back
+                .into_iter()
+                .map(|(k, (fp, _))| (k, fp))
+                .collect();
         }
-        run.metrics.add(&metrics);
-        in_flight = Some(written?);
-        ahead = next;
-    }
-    if let Some(last) = in_flight.take() {
-        let progress = run.metrics;
-        StateCommit {
-            state,
-            sync: &spec.name,
-            run: run_id,
-            lease_token,
-            progress: &progress,
+
+        fault_point(FaultPoint::AfterFlush, number);
+
+        // The chunk's base rows, once both sides flushed its writes.
+        let upserts: Vec<BaseEntry> = std::mem::take(&mut plan.base)
+            .into_iter()
+            .filter(|b| !rejected_keys.contains(&b.key))
+            .map(|b| {
+                let fp = |i: usize| {
+                    b.fingerprints[i]
+                        .or_else(|| read_back[i].get(&b.key).copied())
+                        .unwrap_or_else(|| written_fingerprint(&b.values, i, &fields))
+                };
+                let (fingerprint_a, fingerprint_b) = (fp(0), fp(1));
+                BaseEntry {
+                    key: b.key,
+                    base: b.values,
+                    fingerprint_a,
+                    fingerprint_b,
+                }
+            })
+            .collect();
+        drop(read_back);
+        if !upserts.is_empty() || !plan.applied.is_empty() {
+            state
+                .commit_two_way(&TwoWayCommit {
+                    sync: &spec.name,
+                    run: run.run_id,
+                    lease_token: Some(lease.lease().token),
+                    metrics: &run.metrics,
+                    upserts: &upserts,
+                    deletes: &[],
+                    conflicts: &[],
+                    applied: &plan.applied,
+                    checkpoint: None,
+                })
+                .await?;
         }
-        .commit(Some(&last), None, &mut totals)
-        .await?;
-        fault_point(FaultPoint::AfterCommit, last.number);
+        fault_point(FaultPoint::AfterCommit, number);
     }
     drop(read_back_sources);
     drop(changes);
@@ -900,206 +948,6 @@ async fn execute(
     }
     check_rejected(job, run, &rejected_keys, &retries)?;
     Ok(None)
-}
-
-/// What [`write_chunk`] writes with.
-struct ChunkIo<'a> {
-    services: Services<'a>,
-    spec: &'a SyncSpec,
-    sides: [&'a SideIo<'a>; 2],
-    fields: &'a Fields,
-    /// Whether side a's one-way fields, read back, feed side b's writes.
-    keep_read_back: bool,
-}
-
-/// A chunk whose writes both sides flushed, with the base rows its commit records.
-struct Flushed {
-    number: u64,
-    upserts: Vec<BaseEntry>,
-    applied: Vec<i64>,
-}
-
-/// What a chunk's commit is made with: the state store, the run and its progress.
-struct StateCommit<'a> {
-    state: &'a dyn lockstep_state::StateStore,
-    sync: &'a str,
-    run: i64,
-    lease_token: i64,
-    /// The run's metrics, stored as its progress.
-    progress: &'a lockstep_core::RunMetrics,
-}
-
-impl StateCommit<'_> {
-    /// Commits in one transaction the base rows of `flushed` (and the person's decisions it
-    /// wrote) and the conflicts of `decided`, a chunk not written yet; the conflicts then
-    /// leave `decided` for `totals`.
-    async fn commit(
-        &self,
-        flushed: Option<&Flushed>,
-        decided: Option<&mut Plan>,
-        totals: &mut Totals,
-    ) -> Result<(), EngineError> {
-        let (upserts, applied) = flushed.map_or((&[][..], &[][..]), |f| {
-            (f.upserts.as_slice(), f.applied.as_slice())
-        });
-        let conflicts = decided.map(|plan| std::mem::take(&mut plan.conflicts));
-        let conflicts = conflicts.as_deref().unwrap_or(&[]);
-        if upserts.is_empty() && applied.is_empty() && conflicts.is_empty() {
-            return Ok(());
-        }
-        self.state
-            .commit_two_way(&TwoWayCommit {
-                sync: self.sync,
-                run: self.run,
-                lease_token: Some(self.lease_token),
-                metrics: self.progress,
-                upserts,
-                deletes: &[],
-                conflicts,
-                applied,
-                checkpoint: None,
-            })
-            .await?;
-        totals.conflicts += conflicts.len();
-        totals.queued.extend(
-            conflicts
-                .iter()
-                .filter(|c| c.status == ConflictStatus::Open)
-                .map(|c| c.key.clone()),
-        );
-        Ok(())
-    }
-}
-
-/// Writes chunk `number`'s `plan` (its conflicts already recorded) to both sides, flushes
-/// them and reads back what they took; returns the chunk's base rows for its commit.
-#[allow(clippy::too_many_arguments)]
-async fn write_chunk(
-    io: &ChunkIo<'_>,
-    number: u64,
-    mut plan: Plan,
-    writers: &mut [FencedWriter; 2],
-    read_back_sources: &mut [Option<lockstep_plugin_host::SourceHandle>; 2],
-    metrics: &mut lockstep_core::RunMetrics,
-    rejected_keys: &mut HashSet<String>,
-    refusals: &mut Vec<Refusal>,
-) -> Result<Flushed, EngineError> {
-    let ChunkIo {
-        services,
-        spec,
-        sides,
-        fields,
-        keep_read_back,
-    } = *io;
-    let [side_a, side_b] = sides;
-    // Side a first when its one-way fields, read back, feed side b's writes; else both
-    // sides at once (they are different systems).
-    if plan.upserts.iter().any(|u| !u.is_empty()) {
-        for side in sides {
-            let back = &mut read_back_sources[index(side.side)];
-            if side.reads_by_keys && back.is_none() {
-                *back = Some(services.open_source(side.endpoint).await?);
-            }
-        }
-    }
-    let [writer_a, writer_b] = &mut *writers;
-    let [back_a, back_b] = read_back_sources;
-    let written: [SideWrite; 2] = if keep_read_back {
-        let upserts_a = std::mem::take(&mut plan.upserts[0]);
-        let a = write_side(
-            spec,
-            side_a,
-            writer_a,
-            back_a.as_mut(),
-            upserts_a,
-            fields,
-            true,
-        )
-        .await?;
-        metrics.updated += refresh_one_way(&mut plan, &a.read_back, fields);
-        let upserts_b = std::mem::take(&mut plan.upserts[1]);
-        let b = write_side(
-            spec,
-            side_b,
-            writer_b,
-            back_b.as_mut(),
-            upserts_b,
-            fields,
-            false,
-        )
-        .await?;
-        [a, b]
-    } else {
-        let [upserts_a, upserts_b] = std::mem::take(&mut plan.upserts);
-        let (a, b) = tokio::join!(
-            write_side(
-                spec,
-                side_a,
-                writer_a,
-                back_a.as_mut(),
-                upserts_a,
-                fields,
-                false
-            ),
-            write_side(
-                spec,
-                side_b,
-                writer_b,
-                back_b.as_mut(),
-                upserts_b,
-                fields,
-                false
-            ),
-        );
-        [a?, b?]
-    };
-    let mut read_back: [HashMap<String, u128>; 2] = Default::default();
-    for (i, w) in written.into_iter().enumerate() {
-        for refusal in w.refusals {
-            rejected_keys.insert(refusal.key.clone());
-            // A refused write is no write: it counts as rejected only.
-            let counted = if plan.adds[i].contains(&refusal.key) {
-                &mut metrics.added
-            } else {
-                &mut metrics.updated
-            };
-            *counted = counted.saturating_sub(1);
-            refusals.push(refusal);
-        }
-        read_back[i] = w
-            .read_back
-            .into_iter()
-            .map(|(k, (fp, _))| (k, fp))
-            .collect();
-    }
-
-    fault_point(FaultPoint::AfterFlush, number);
-
-    // The chunk's base rows, once both sides flushed its writes.
-    let upserts: Vec<BaseEntry> = std::mem::take(&mut plan.base)
-        .into_iter()
-        .filter(|b| !rejected_keys.contains(&b.key))
-        .map(|b| {
-            let fp = |i: usize| {
-                b.fingerprints[i]
-                    .or_else(|| read_back[i].get(&b.key).copied())
-                    .unwrap_or_else(|| written_fingerprint(&b.values, i, fields))
-            };
-            let (fingerprint_a, fingerprint_b) = (fp(0), fp(1));
-            BaseEntry {
-                key: b.key,
-                base: b.values,
-                fingerprint_a,
-                fingerprint_b,
-            }
-        })
-        .collect();
-    drop(read_back);
-    Ok(Flushed {
-        number,
-        upserts,
-        applied: std::mem::take(&mut plan.applied),
-    })
 }
 
 /// What writing one side's share of a chunk gave.
