@@ -547,9 +547,28 @@ pub(crate) fn lockstep_report(
     sync: &str,
     env: &[(&str, &str)],
 ) -> Result<(f64, u64, serde_json::Value)> {
+    lockstep_report_under(dir, sync, env, &[])
+}
+
+/// [`lockstep_report`], the lockstep command run by the command `wrapper` (say `perf
+/// record ... --`) when it is not empty; the time and peak RSS are then the wrapper's.
+pub(crate) fn lockstep_report_under(
+    dir: &Path,
+    sync: &str,
+    env: &[(&str, &str)],
+    wrapper: &[String],
+) -> Result<(f64, u64, serde_json::Value)> {
     let bin = root().join("target/release/lockstep");
     let started = Instant::now();
-    let child = Command::new(&bin)
+    let mut command = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut command = Command::new(program);
+            command.args(args).arg(&bin);
+            command
+        }
+        None => Command::new(&bin),
+    };
+    let child = command
         .args(["--config", "lockstep.toml", "run", sync, "--output", "json"])
         .current_dir(dir)
         .envs(env.iter().copied())

@@ -24,6 +24,10 @@
 //! the edits must have gone where the policy sends them; the bench fails otherwise. Each
 //! lockstep run's peak RSS comes from the kernel (`wait4`).
 //!
+//! With `--perf DIR`, the timed two-way run and the first run without edits run under `perf
+//! record -F 299 --call-graph dwarf`, into `DIR/two-way.perf.data` and `DIR/noop.perf.data`
+//! (their times then include perf's overhead: profile with it, measure without it).
+//!
 //! The last line reads `two_way_vs_one_way=<ratio> noop_s=<s> peak_rss_mib=<n>
 //! conflicts=<n>` (goals: at most 2, under 0.5 s, 64 MiB; `conflicts` is what the run
 //! reported, checked against the records changed on both sides).
@@ -33,11 +37,12 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use sqlx::{Connection, Row};
 
-use crate::bench_pg::{lockstep_report, report, DDL, GENERATE, PG};
+use crate::bench_pg::{lockstep_report_under, report, DDL, GENERATE, PG};
 use crate::bench_verify::copy_pipe;
 use crate::{cargo, root};
 
-const USAGE: &str = "usage: cargo xtask bench two-way [--rows N] [--state sqlite|postgres]";
+const USAGE: &str =
+    "usage: cargo xtask bench two-way [--rows N] [--state sqlite|postgres] [--perf DIR]";
 
 /// The mapped fields (each side's `updated_at` is its own), as one text per row.
 const MAPPED_ROW: &str =
@@ -109,6 +114,7 @@ impl Names {
 pub fn run(args: &[&str]) -> Result<()> {
     let mut rows: i64 = 1_000_000;
     let mut state = StateBackend::Sqlite;
+    let mut perf: Option<std::path::PathBuf> = None;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match *arg {
@@ -134,6 +140,14 @@ pub fn run(args: &[&str]) -> Result<()> {
                     ),
                 }
             }
+            "--perf" => {
+                let dir = it
+                    .next()
+                    .with_context(|| format!("--perf takes a directory; {USAGE}"))?;
+                let dir = std::path::absolute(dir)?;
+                std::fs::create_dir_all(&dir)?;
+                perf = Some(dir);
+            }
             other => bail!("unknown argument `{other}`; {USAGE}"),
         }
     }
@@ -156,7 +170,7 @@ pub fn run(args: &[&str]) -> Result<()> {
         one_dst: format!("lockstep_btwoway_dst_{tag}"),
         state: format!("lockstep_btwoway_state_{tag}"),
     };
-    let result = rt.block_on(bench(rows, state, &names));
+    let result = rt.block_on(bench(rows, state, &names, perf.as_deref()));
     rt.block_on(async {
         if let Ok(mut c) = sqlx::PgConnection::connect(&format!("{PG}/test")).await {
             for n in names.all() {
@@ -187,7 +201,29 @@ impl Timed {
 }
 
 fn lockstep(dir: &Path, sync: &str) -> Result<Timed> {
-    let (seconds, rss, report) = lockstep_report(dir, sync, &[])?;
+    profiled(dir, sync, None)
+}
+
+/// [`lockstep`], under `perf record` into `profile` when it is given.
+fn profiled(dir: &Path, sync: &str, profile: Option<std::path::PathBuf>) -> Result<Timed> {
+    let wrapper: Vec<String> = match &profile {
+        Some(out) => [
+            "perf",
+            "record",
+            "-F",
+            "299",
+            "--call-graph",
+            "dwarf",
+            "-q",
+            "-o",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .chain([out.display().to_string(), "--".to_owned()])
+        .collect(),
+        None => Vec::new(),
+    };
+    let (seconds, rss, report) = lockstep_report_under(dir, sync, &[], &wrapper)?;
     Ok(Timed {
         seconds,
         rss,
@@ -220,7 +256,8 @@ async fn as_application_table(c: &mut sqlx::PgConnection) -> Result<()> {
     Ok(())
 }
 
-async fn bench(rows: i64, state: StateBackend, names: &Names) -> Result<()> {
+async fn bench(rows: i64, state: StateBackend, names: &Names, perf: Option<&Path>) -> Result<()> {
+    let profile = |name: &str| perf.map(|d| d.join(format!("{name}.perf.data")));
     let mut admin = sqlx::PgConnection::connect(&format!("{PG}/test"))
         .await
         .context("PostgreSQL at 127.0.0.1:5432")?;
@@ -308,7 +345,7 @@ async fn bench(rows: i64, state: StateBackend, names: &Names) -> Result<()> {
         one_way.seconds,
         Some(one_way.rss),
     );
-    let two_way = lockstep(&dir, "contacts_two_way")?;
+    let two_way = profiled(&dir, "contacts_two_way", profile("two-way"))?;
     check_same(&mut a, &mut b, "two-way run").await?;
     check_edits(&mut a, &mut b, a_edited - both, b_edited).await?;
     let conflicts = two_way.count("conflicts");
@@ -327,7 +364,7 @@ async fn bench(rows: i64, state: StateBackend, names: &Names) -> Result<()> {
     );
 
     // 4. No edits since: the run reads back what the last one wrote, which is no change.
-    let noop = lockstep(&dir, "contacts_two_way")?;
+    let noop = profiled(&dir, "contacts_two_way", profile("noop"))?;
     let steady = lockstep(&dir, "contacts_two_way")?;
     for (run, what) in [(&noop, "first"), (&steady, "second")] {
         if run.written() != 0 || run.count("conflicts") != 0 {

@@ -40,6 +40,42 @@ pub(crate) enum SideState<'r> {
     Absent,
 }
 
+/// What one side did to a record, without its values ([`SideState`] as a kind): enough to
+/// tell whether a decision reads the base's values ([`needs_base_values`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Change {
+    Same,
+    Changed,
+    Deleted,
+    Absent,
+}
+
+#[cfg(test)]
+impl SideState<'_> {
+    /// This state's kind.
+    pub(crate) fn change(&self) -> Change {
+        match self {
+            SideState::Same => Change::Same,
+            SideState::Changed(_) => Change::Changed,
+            SideState::Deleted => Change::Deleted,
+            SideState::Absent => Change::Absent,
+        }
+    }
+}
+
+/// Whether [`decide`] reads the base's values for a record whose sides did `a` and `b`: only
+/// when both sides changed it (`merge-fields` compares each field with the base) or one
+/// side changed what the other deleted, the two cases that can end in a conflict, which is
+/// recorded with its base. In every other case the outcome is the same whatever the base's
+/// values, so a run needs only the base's fingerprints to decide it.
+pub(crate) fn needs_base_values(a: Change, b: Change) -> bool {
+    use Change::*;
+    matches!(
+        (a, b),
+        (Changed, Changed) | (Changed, Deleted) | (Deleted, Changed)
+    )
+}
+
 /// The base both sides last agreed on.
 pub(crate) struct Base<'b> {
     pub(crate) values: &'b Map<String, Value>,
@@ -170,16 +206,47 @@ pub(crate) fn same_value(a: Option<&Value>, b: Option<&Value>) -> bool {
 /// JSON text, so that the same values give the same fingerprint whichever side's types
 /// they were read as.
 pub(crate) fn fingerprint(values: &Map<String, Value>, fields: &[String]) -> u128 {
+    fingerprint_by(fields, |i| values.get(&fields[i]))
+}
+
+/// [`fingerprint`] over `fields`, field `i`'s value given by `value(i)` (`None` for null):
+/// what a caller that holds the values in another form than a map (a row of a batch)
+/// hashes without building one.
+pub(crate) fn fingerprint_by<V: std::borrow::Borrow<Value>>(
+    fields: &[String],
+    mut value: impl FnMut(usize) -> Option<V>,
+) -> u128 {
     let mut hasher = Xxh3::new();
-    let null = Value::Null;
-    for field in fields {
-        let text = normalize(values.get(field).unwrap_or(&null)).to_string();
+    let mut text = Vec::with_capacity(64);
+    for (i, field) in fields.iter().enumerate() {
+        text.clear();
+        match value(i) {
+            Some(v) => normalized_text(v.borrow(), &mut text),
+            None => text.extend_from_slice(b"null"),
+        }
         hasher.update(&(field.len() as u32).to_le_bytes());
         hasher.update(field.as_bytes());
         hasher.update(&(text.len() as u32).to_le_bytes());
-        hasher.update(text.as_bytes());
+        hasher.update(&text);
     }
     hasher.digest128()
+}
+
+/// Appends the JSON text of `normalize(value)` to `out`, without copying a scalar.
+fn normalized_text(value: &Value, out: &mut Vec<u8>) {
+    use std::io::Write;
+    let written = match value {
+        Value::Number(n) if !(n.is_i64() || n.is_u64()) => match n.as_f64() {
+            Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => write!(out, "{}", f as i64),
+            _ => serde_json::to_writer(&mut *out, value).map_err(std::io::Error::from),
+        },
+        Value::Array(_) | Value::Object(_) => {
+            serde_json::to_writer(&mut *out, &normalize(value)).map_err(std::io::Error::from)
+        }
+        _ => serde_json::to_writer(&mut *out, value).map_err(std::io::Error::from),
+    };
+    // Writing JSON into a vector cannot fail.
+    debug_assert!(written.is_ok());
 }
 
 /// A modification time as an instant, from the forms databases and APIs use: RFC 3339,
@@ -449,6 +516,114 @@ mod tests {
             decide(&s, &f, None, SideState::Same, SideState::Same),
             Outcome::Nothing
         );
+    }
+
+    /// Every pair of states that [`needs_base_values`] says reads no base values decides
+    /// the same, under every policy, whatever the base's values (or without them).
+    #[test]
+    fn only_the_states_that_need_base_values_read_them() {
+        let f = fields();
+        let a = record(
+            json!({"id": 1, "name": "Anne", "phone": "1"}),
+            "2026-01-02T00:00:00Z",
+        );
+        let b = record(
+            json!({"id": 1, "name": "Ann", "phone": "2"}),
+            "2026-01-01T00:00:00Z",
+        );
+        let bases = [
+            map(json!({"id": 1, "name": "Ann", "phone": "1"})),
+            map(json!({"id": 1, "name": "Anne", "phone": "2"})),
+            map(json!({})),
+        ];
+        let states = |record| {
+            [
+                SideState::Same,
+                SideState::Changed(record),
+                SideState::Deleted,
+                SideState::Absent,
+            ]
+        };
+        let policies = [
+            ConflictPolicy::NewestWins,
+            ConflictPolicy::PreferA,
+            ConflictPolicy::PreferB,
+            ConflictPolicy::MergeFields,
+            ConflictPolicy::Manual,
+        ];
+        let mut needing = 0;
+        for sa in states(&a) {
+            for sb in states(&b) {
+                if needs_base_values(sa.change(), sb.change()) {
+                    needing += 1;
+                    continue;
+                }
+                for policy in policies {
+                    let s = TwoWaySpec {
+                        fallback: ConflictPolicy::Manual,
+                        ..spec(policy)
+                    };
+                    let without = decide(&s, &f, None, sa, sb);
+                    for base in &bases {
+                        assert_eq!(
+                            decide(&s, &f, Some(Base { values: base }), sa, sb),
+                            without,
+                            "{sa:?} / {sb:?} under {policy:?}"
+                        );
+                    }
+                    assert!(
+                        !matches!(without, Outcome::Conflict(_)),
+                        "{sa:?} / {sb:?} is a conflict, which records its base"
+                    );
+                }
+            }
+        }
+        assert_eq!(needing, 3);
+        // And the states that need them do read them: merge-fields of two changes.
+        let s = spec(ConflictPolicy::MergeFields);
+        let decided = |base: &Map<String, Value>| {
+            decide(
+                &s,
+                &f,
+                Some(Base { values: base }),
+                SideState::Changed(&a),
+                SideState::Changed(&b),
+            )
+        };
+        assert_ne!(decided(&bases[0]), decided(&bases[1]));
+    }
+
+    /// The fingerprint hashes each value's normalized JSON text: the same bits as hashing
+    /// `normalize(value).to_string()`, which the stored fingerprints were made with.
+    #[test]
+    fn fingerprints_hash_the_normalized_text() {
+        let reference = |values: &Map<String, Value>, fields: &[String]| {
+            let mut hasher = Xxh3::new();
+            for field in fields {
+                let text = normalize(values.get(field).unwrap_or(&Value::Null)).to_string();
+                hasher.update(&(field.len() as u32).to_le_bytes());
+                hasher.update(field.as_bytes());
+                hasher.update(&(text.len() as u32).to_le_bytes());
+                hasher.update(text.as_bytes());
+            }
+            hasher.digest128()
+        };
+        let values = map(json!({
+            "int": 5, "neg": -3, "big": u64::MAX, "whole": 5.0, "half": 2.5, "huge": 1e300,
+            "tiny": -0.0, "text": "Zoë \"q\"\n", "empty": "", "yes": true, "null": null,
+            "list": [1.0, "x", {"b": 2.0, "a": null}], "object": {"z": 1, "a": [3.0]}
+        }));
+        let mut fields: Vec<String> = values.keys().cloned().collect();
+        fields.push("missing".into());
+        assert_eq!(fingerprint(&values, &fields), reference(&values, &fields));
+        for f in &fields {
+            let one = [f.clone()];
+            assert_eq!(fingerprint(&values, &one), reference(&values, &one), "{f}");
+        }
+        // 5 and 5.0 are one value; 5 and "5" are not.
+        let five = |v: Value| fingerprint(&map(json!({ "n": v })), &["n".into()]);
+        assert_eq!(five(json!(5)), five(json!(5.0)));
+        assert_ne!(five(json!(5)), five(json!("5")));
     }
 
     #[test]

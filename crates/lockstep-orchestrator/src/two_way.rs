@@ -27,8 +27,12 @@
 //!   it, the run writes everything else and keeps those records' base, so the next run finds
 //!   the same deletes again (`--allow-mass-delete` applies them).
 //! - Memory holds the records changed since the last run (both sides) in their read form
-//!   (Arrow batches and a small entry per key), the key sets as 8-byte hashes, and one chunk
-//!   of records as values: the chunk's records, base entries, writes and conflicts.
+//!   (Arrow batches and a small entry per key), the key sets as 8-byte hashes, the base
+//!   fingerprints looked up ahead for up to [`PREFETCH_KEYS`] keys, and one chunk of records
+//!   as values: the chunk's records, base entries, writes and conflicts.
+//! - Which side changed a record is told by the base's fingerprints; the base's values are
+//!   read only for the records whose decision needs them (both sides changed it, or one
+//!   changed what the other deleted: [`conflict::needs_base_values`]).
 //! - Nothing a side refuses is lost (`two_way/rejects.rs`). A record a side's writer refuses
 //!   keeps its base and is stored as a pending rejected record (`lockstep rejects list`):
 //!   its key, which side refused it (the reason starts `side a (source)` or `side b
@@ -68,12 +72,12 @@ use lockstep_mapping::{MappedBatch, Mapper};
 use lockstep_plugin_core::rows::batch_from_rows;
 use lockstep_plugin_core::source_rejects::is_rejects_batch;
 use lockstep_state::{
-    BaseEntry, Conflict, ConflictStatus, RejectedFilter, RejectedRecord, TwoWayCommit,
-    TwoWayRejects,
+    BaseEntry, BaseFingerprints, Conflict, ConflictStatus, RejectedFilter, RejectedRecord,
+    TwoWayCommit, TwoWayRejects,
 };
 use serde_json::{Map, Value};
 
-use crate::conflict::{self, Base, Fields, Outcome, Resolution, SideRecord, SideState};
+use crate::conflict::{self, Base, Change, Fields, Outcome, Resolution, SideRecord, SideState};
 use crate::diff::KeySet;
 use crate::error::EngineError;
 use crate::faults::{fault_point, FaultPoint};
@@ -195,6 +199,20 @@ impl SideChanges {
             },
         );
         self.release(old, false);
+    }
+
+    /// The fingerprint of the side's record of `key`, without taking it.
+    fn fingerprint(&self, key: &str) -> Option<u128> {
+        self.records.get(key).map(|held| match held {
+            Held::Row { fingerprint, .. } => *fingerprint,
+            Held::Record(r) => r.fingerprint,
+        })
+    }
+
+    /// Drops the side's record of `key` without turning it into a map (after the read).
+    fn discard(&mut self, key: &str) {
+        let old = self.records.remove(key);
+        self.release(old, true);
     }
 
     /// Takes the side's record of `key` out, its values as a map.
@@ -500,6 +518,7 @@ async fn execute(
     // Key sets are compared every `reconcile_every` runs (tombstones arrive every run).
     let compares_keys = in_base > 0 && crate::reconcile::due(services, job, run.run_id).await?;
     let mut sets_unchanged = false;
+    let mut prefetched = Prefetched::default();
     let mut changes = if initial::applies(in_base, &checkpoint) {
         // A first run: the sides are compared without holding either whole.
         initial::read_both(
@@ -519,27 +538,36 @@ async fn execute(
             compares_keys
                 && key_sets_unchanged(services, job, [&side_a, &side_b], &key, in_base).await
         };
-        let (changes_a, changes_b, unchanged) = tokio::join!(
-            read_changes(
-                spec,
-                &side_a,
-                &mut source_a,
-                checkpoint.get("a"),
-                &fields,
-                dry_run,
-            ),
-            read_changes(
-                spec,
-                &side_b,
-                &mut source_b,
-                checkpoint.get("b"),
-                &fields,
-                dry_run,
-            ),
-            summaries,
-        );
+        // Once both reads are done, and while the summaries may still run, the base
+        // fingerprints of the keys read are looked up ahead of their chunks.
+        let reads = async {
+            let (changes_a, changes_b) = tokio::join!(
+                read_changes(
+                    spec,
+                    &side_a,
+                    &mut source_a,
+                    checkpoint.get("a"),
+                    &fields,
+                    dry_run,
+                ),
+                read_changes(
+                    spec,
+                    &side_b,
+                    &mut source_b,
+                    checkpoint.get("b"),
+                    &fields,
+                    dry_run,
+                ),
+            );
+            let changes = [changes_a?, changes_b?];
+            let prefetched = Prefetched::look_up(state, &spec.name, &changes).await?;
+            Ok::<_, EngineError>((changes, prefetched))
+        };
+        let (read, unchanged) = tokio::join!(reads, summaries);
+        let (changes, looked_up) = read?;
         sets_unchanged = unchanged;
-        [changes_a?, changes_b?]
+        prefetched = looked_up;
+        changes
     };
     for c in &changes {
         run.metrics.read += c.read;
@@ -642,6 +670,7 @@ async fn execute(
                     &deciding,
                     chunk,
                     &mut changes,
+                    &mut prefetched,
                     &mut run.metrics,
                     &mut totals,
                 )
@@ -675,6 +704,7 @@ async fn execute(
             &deciding,
             chunk,
             &mut changes,
+            &mut prefetched,
             &mut run.metrics,
             &mut totals,
         )
@@ -1153,36 +1183,176 @@ struct Deciding<'a> {
     deleted: &'a [HashSet<String>; 2],
 }
 
-/// Looks up the base rows of `chunk` and decides its keys, taking their records out of
-/// `changes`; the keys of the chunk's deletes move into `totals`.
+/// Looks up the base of `chunk` and decides its keys, taking their records out of `changes`;
+/// the keys of the chunk's deletes move into `totals`. The base's fingerprints tell which
+/// side changed each record; its values are looked up only for the records whose decision
+/// reads them ([`conflict::needs_base_values`]: both sides changed it, or one changed what the
+/// other deleted), so that the records a run reads back unchanged, Lockstep's own writes
+/// above all, cost no parsing of their base.
+#[allow(clippy::too_many_arguments)]
 async fn decide_next(
     state: &dyn lockstep_state::StateStore,
     d: &Deciding<'_>,
     chunk: &[String],
     changes: &mut [SideChanges; 2],
+    prefetched: &mut Prefetched,
     metrics: &mut lockstep_core::RunMetrics,
     totals: &mut Totals,
 ) -> Result<Plan, EngineError> {
     let mut plan = Plan::default();
-    let bases = state.base_lookup(&d.spec.name, chunk).await?;
-    decide_chunk(&mut plan, metrics, d, &bases, chunk, changes);
+    let missing: Vec<String> = chunk
+        .iter()
+        .filter(|k| !prefetched.covers(k))
+        .cloned()
+        .collect();
+    let mut fingerprints = if missing.is_empty() {
+        HashMap::new()
+    } else {
+        state.base_fingerprints(&d.spec.name, &missing).await?
+    };
+    drop(missing);
+    prefetched.take_into(chunk, &mut fingerprints);
+    let wanted: Vec<String> = chunk
+        .iter()
+        .filter(|key| {
+            !d.unsettled.contains_key(*key) && fingerprints.contains_key(*key) && {
+                let [a, b] = side_changes(d, &fingerprints, changes, key);
+                conflict::needs_base_values(a, b)
+            }
+        })
+        .cloned()
+        .collect();
+    let bases = if wanted.is_empty() {
+        HashMap::new()
+    } else {
+        state.base_lookup(&d.spec.name, &wanted).await?
+    };
+    drop(wanted);
+    decide_chunk(
+        &mut plan,
+        metrics,
+        d,
+        &Bases {
+            fingerprints: &fingerprints,
+            values: &bases,
+        },
+        chunk,
+        changes,
+    )?;
     totals.take_keys(&mut plan);
     Ok(plan)
 }
 
-/// Decides the keys of `chunk` into `plan`, taking their records out of `changes`.
+/// The most keys whose base fingerprints a run looks up ahead of their chunks (about 100
+/// bytes each while held).
+const PREFETCH_KEYS: usize = 32_768;
+
+/// Base fingerprints looked up ahead of their chunks: those of the first [`PREFETCH_KEYS`]
+/// keys (in key order, the order chunks take them) that the sides' reads returned, looked
+/// up while the key-set summaries run in the databases. No base row of these keys changes
+/// before its chunk is decided: a run commits a key's base only after deciding it.
+#[derive(Default)]
+struct Prefetched {
+    /// By key: the fingerprints, or `None` when the key has no base.
+    found: HashMap<String, Option<BaseFingerprints>>,
+}
+
+impl Prefetched {
+    async fn look_up(
+        state: &dyn lockstep_state::StateStore,
+        sync: &str,
+        changes: &[SideChanges; 2],
+    ) -> Result<Self, EngineError> {
+        let mut keys: Vec<&String> = changes[0]
+            .records
+            .keys()
+            .chain(changes[1].records.keys())
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        keys.truncate(PREFETCH_KEYS);
+        let keys: Vec<String> = keys.into_iter().cloned().collect();
+        if keys.is_empty() {
+            return Ok(Self::default());
+        }
+        let mut found = state.base_fingerprints(sync, &keys).await?;
+        Ok(Self {
+            found: keys
+                .into_iter()
+                .map(|k| {
+                    let fingerprints = found.remove(&k);
+                    (k, fingerprints)
+                })
+                .collect(),
+        })
+    }
+
+    /// Whether `key` was looked up.
+    fn covers(&self, key: &str) -> bool {
+        self.found.contains_key(key)
+    }
+
+    /// Moves the fingerprints of `chunk`'s looked-up keys that have a base into `into`.
+    fn take_into(&mut self, chunk: &[String], into: &mut HashMap<String, BaseFingerprints>) {
+        if self.found.is_empty() {
+            return;
+        }
+        for key in chunk {
+            if let Some((key, Some(fingerprints))) = self.found.remove_entry(key) {
+                into.insert(key, fingerprints);
+            }
+        }
+    }
+}
+
+/// The base of a chunk's keys: every key's fingerprints, and the values of those whose
+/// decision reads them.
+struct Bases<'a> {
+    fingerprints: &'a HashMap<String, BaseFingerprints>,
+    values: &'a HashMap<String, BaseEntry>,
+}
+
+/// Side `i`'s fingerprint in `base`.
+fn base_fingerprint(base: &BaseFingerprints, i: usize) -> u128 {
+    if i == 0 {
+        base.a
+    } else {
+        base.b
+    }
+}
+
+/// What each side did to `key` since its base (by fingerprints), before its records are
+/// taken.
+fn side_changes(
+    d: &Deciding<'_>,
+    fingerprints: &HashMap<String, BaseFingerprints>,
+    changes: &[SideChanges; 2],
+    key: &str,
+) -> [Change; 2] {
+    let base = fingerprints.get(key);
+    [0, 1].map(|i| match changes[i].fingerprint(key) {
+        Some(fp) if base.is_some_and(|b| base_fingerprint(b, i) == fp) => Change::Same,
+        Some(_) => Change::Changed,
+        // A side's tombstone of a record the base never had is no delete.
+        None if base.is_some() && d.deleted[i].contains(key) => Change::Deleted,
+        None if base.is_some() => Change::Same,
+        None => Change::Absent,
+    })
+}
+
+/// Decides the keys of `chunk` into `plan`, taking their records out of `changes`. A side's
+/// record is turned into a map only when the side changed it.
 fn decide_chunk(
     plan: &mut Plan,
     metrics: &mut lockstep_core::RunMetrics,
     d: &Deciding<'_>,
-    bases: &HashMap<String, BaseEntry>,
+    bases: &Bases<'_>,
     chunk: &[String],
     changes: &mut [SideChanges; 2],
-) {
+) -> Result<(), EngineError> {
     for key in chunk {
-        let records: [Option<SideRecord>; 2] = [changes[0].take(key), changes[1].take(key)];
-        let base = bases.get(key);
         if let Some(c) = d.unsettled.get(key) {
+            let records: [Option<SideRecord>; 2] = [changes[0].take(key), changes[1].take(key)];
             if c.status == ConflictStatus::Resolved {
                 apply_resolution(plan, metrics, key, c);
             } else {
@@ -1190,21 +1360,46 @@ fn decide_chunk(
             }
             continue;
         }
-        let states: [SideState<'_>; 2] = [0, 1].map(|i| {
-            let fp = |b: &BaseEntry| [b.fingerprint_a, b.fingerprint_b][i];
-            match &records[i] {
-                Some(r) if base.is_some_and(|b| fp(b) == r.fingerprint) => SideState::Same,
-                Some(r) => SideState::Changed(r),
-                // A side's tombstone of a record the base never had is no delete.
-                None if base.is_some() && d.deleted[i].contains(key) => SideState::Deleted,
-                None if base.is_some() => SideState::Same,
-                None => SideState::Absent,
+        let kinds = side_changes(d, bases.fingerprints, changes, key);
+        let read = changes.iter().filter(|c| c.contains(key)).count() as u64;
+        let records: [Option<SideRecord>; 2] = [0, 1].map(|i| {
+            if kinds[i] == Change::Changed {
+                changes[i].take(key)
+            } else {
+                changes[i].discard(key);
+                None
             }
+        });
+        let base = if conflict::needs_base_values(kinds[0], kinds[1])
+            && bases.fingerprints.contains_key(key)
+        {
+            // Looked up by `decide_next` for exactly these keys, under the run's lease.
+            Some(
+                &bases
+                    .values
+                    .get(key)
+                    .ok_or_else(|| {
+                        EngineError::Internal(format!(
+                    "sync `{}`: the base of key `{key}` was gone from the state store between \
+                     two lookups of the same run",
+                    d.spec.name
+                ))
+                    })?
+                    .base,
+            )
+        } else {
+            None
+        };
+        let states: [SideState<'_>; 2] = [0, 1].map(|i| match (kinds[i], &records[i]) {
+            (Change::Changed, Some(r)) => SideState::Changed(r),
+            (Change::Deleted, _) => SideState::Deleted,
+            (Change::Absent, _) => SideState::Absent,
+            _ => SideState::Same,
         });
         let outcome = conflict::decide(
             d.tw,
             d.fields,
-            base.map(|b| Base { values: &b.base }),
+            base.map(|values| Base { values }),
             states[0],
             states[1],
         );
@@ -1214,7 +1409,7 @@ fn decide_chunk(
             &Decided {
                 spec: d.spec,
                 fields: d.fields,
-                read: records.iter().filter(|r| r.is_some()).count() as u64,
+                read,
                 run: d.run,
                 key,
                 base,
@@ -1223,6 +1418,7 @@ fn decide_chunk(
             outcome,
         );
     }
+    Ok(())
 }
 
 /// Whether both sides are known to still hold exactly the base's keys, by their key-set
@@ -1380,6 +1576,7 @@ async fn read_changes(
             fields,
             &batch,
             &mapped,
+            false,
             |_| true,
             |row, key, record| {
                 match record {
@@ -1433,12 +1630,15 @@ fn take_batch(
 /// records: each row's key with its record (values, fingerprint over the side's compared
 /// fields, and the cursor column as modification time), or `None` for a row the side's
 /// tombstone marks deleted, with the row's index in `mapped`. Rows whose key `keep` refuses
-/// are skipped before any work.
+/// are skipped before any work. Without `with_values` the records' values are left empty
+/// and the fingerprint is hashed from the batch's columns, no map built: for a caller that
+/// keeps the row, or only the fingerprint.
 fn side_records(
     side: &SideIo<'_>,
     fields: &Fields,
     batch: &RecordBatch,
     mapped: &MappedBatch,
+    with_values: bool,
     keep: impl Fn(&str) -> bool,
     mut each: impl FnMut(usize, String, Option<SideRecord>),
 ) -> Result<(), EngineError> {
@@ -1459,6 +1659,9 @@ fn side_records(
     });
     // One row's values at a time: a whole batch as maps would be many times its size.
     let logical = logical_types(&mapped.batch);
+    let compared = fields.of(side.side);
+    let schema = mapped.batch.schema();
+    let columns: Vec<Option<usize>> = compared.iter().map(|f| schema.index_of(f).ok()).collect();
     for (row, (key, source_row)) in row_keys.into_iter().zip(&mapped.source_rows).enumerate() {
         if !keep(&key) {
             continue;
@@ -1467,11 +1670,19 @@ fn side_records(
             each(row, key, None);
             continue;
         }
-        let values = row_values_typed(&mapped.batch, row, &logical);
+        let (values, fingerprint) = if with_values {
+            let values = row_values_typed(&mapped.batch, row, &logical);
+            let fingerprint = conflict::fingerprint(&values, compared);
+            (values, fingerprint)
+        } else {
+            let fingerprint = conflict::fingerprint_by(compared, |i| {
+                columns[i].map(|c| json_value(mapped.batch.column(c), row, logical[c]))
+            });
+            (Map::new(), fingerprint)
+        };
         let modified = cursor_column
             .as_ref()
             .map(|(column, logical)| json_value(column, *source_row, *logical));
-        let fingerprint = conflict::fingerprint(&values, fields.of(side.side));
         each(
             row,
             key,
@@ -1744,7 +1955,9 @@ struct Decided<'a> {
     read: u64,
     run: i64,
     key: &'a str,
-    base: Option<&'a BaseEntry>,
+    /// The base's values, when the decision needed them (every conflict on a key with a
+    /// base does); `None` without a base.
+    base: Option<&'a Map<String, Value>>,
     states: &'a [SideState<'a>; 2],
 }
 
@@ -1857,7 +2070,7 @@ fn record_outcome(
                 sync: spec.name.clone(),
                 run,
                 key: key.to_owned(),
-                base: base.map(|b| b.base.clone()),
+                base: base.cloned(),
                 a: record(0).map(|r| r.values.clone()),
                 b: record(1).map(|r| r.values.clone()),
                 fields: decision.fields,

@@ -38,8 +38,8 @@ pub use deletes::{
 pub use error::{Result, StateError};
 pub use store::StateStore;
 pub use two_way::{
-    BaseEntry, Conflict, ConflictFilter, ConflictResolution, ConflictStatus, TwoWayCommit,
-    TwoWayRejects, TwoWayStore,
+    BaseEntry, BaseFingerprints, Conflict, ConflictFilter, ConflictResolution, ConflictStatus,
+    TwoWayCommit, TwoWayRejects, TwoWayStore,
 };
 pub use types::{
     hostname, BatchCommit, Lease, LeaseHolder, LedgerEntry, RejectedFilter, RejectedRecord, RunEnd,

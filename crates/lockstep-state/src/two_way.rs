@@ -48,6 +48,16 @@ pub struct BaseEntry {
     pub fingerprint_b: u128,
 }
 
+/// The two fingerprints of a base ledger row, without its values: all a run needs to tell
+/// that neither side changed a record it read (see [`TwoWayStore::base_fingerprints`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BaseFingerprints {
+    /// Side a's fingerprint as last read or written by Lockstep.
+    pub a: u128,
+    /// Side b's fingerprint as last read or written by Lockstep.
+    pub b: u128,
+}
+
 /// Where a conflict stands.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
@@ -202,6 +212,15 @@ pub struct TwoWayRejects<'a> {
 pub trait TwoWayStore: Send + Sync {
     /// The base ledger entries of `sync` for those of `keys` that have one.
     async fn base_lookup(&self, sync: &str, keys: &[String]) -> Result<HashMap<String, BaseEntry>>;
+
+    /// The two fingerprints of the base ledger entries of `sync` for those of `keys` that
+    /// have one, without reading their values: a run looks the values up
+    /// ([`Self::base_lookup`]) only for the records whose decision needs them.
+    async fn base_fingerprints(
+        &self,
+        sync: &str,
+        keys: &[String],
+    ) -> Result<HashMap<String, BaseFingerprints>>;
 
     /// Up to `limit` base ledger keys of `sync` greater than `after`, in byte order.
     async fn base_keys(&self, sync: &str, after: Option<&str>, limit: usize)
@@ -508,6 +527,15 @@ pub(crate) fn base_lookup_sql(key_list: &str) -> String {
     )
 }
 
+/// `$1` the sync, the keys in `key_list` (the backend's list of the keys in `$2`): the
+/// fingerprints only.
+pub(crate) fn base_fingerprints_sql(key_list: &str) -> String {
+    format!(
+        r#"SELECT "key", "fingerprint_a", "fingerprint_b" FROM "two_way_ledger"
+           WHERE "sync" = $1 AND "key" IN ({key_list})"#
+    )
+}
+
 /// `$1` the sync, the keys in `key_list` (the backend's list of the keys in `$2`).
 /// How many of the keys in the list are in sync `$1`'s base ledger.
 pub(crate) fn base_present_sql(key_list: &str) -> String {
@@ -645,23 +673,12 @@ pub(crate) struct BaseRow {
 
 impl BaseRow {
     pub(crate) fn into_entry(self) -> Result<BaseEntry> {
-        let key = &self.key;
-        let fingerprint = |bytes: &[u8], side: &str| {
-            <[u8; 16]>::try_from(bytes)
-                .map(u128::from_be_bytes)
-                .map_err(|_| {
-                    StateError::Corrupt(format!(
-                        "base ledger key `{key}` has a side {side} fingerprint of {} bytes \
-                         instead of 16",
-                        bytes.len()
-                    ))
-                })
-        };
-        let fingerprint_a = fingerprint(&self.fingerprint_a, "a")?;
-        let fingerprint_b = fingerprint(&self.fingerprint_b, "b")?;
+        let fingerprint_a = stored_fingerprint(&self.key, &self.fingerprint_a, "a")?;
+        let fingerprint_b = stored_fingerprint(&self.key, &self.fingerprint_b, "b")?;
         let base = serde_json::from_str(&self.base).map_err(|e| {
             StateError::Corrupt(format!(
-                "base ledger key `{key}` has a base that is not a JSON object: {e}"
+                "base ledger key `{}` has a base that is not a JSON object: {e}",
+                self.key
             ))
         })?;
         Ok(BaseEntry {
@@ -671,6 +688,34 @@ impl BaseRow {
             fingerprint_b,
         })
     }
+}
+
+/// A base ledger row's fingerprints as stored.
+#[derive(sqlx::FromRow)]
+pub(crate) struct FingerprintRow {
+    key: String,
+    fingerprint_a: Vec<u8>,
+    fingerprint_b: Vec<u8>,
+}
+
+impl FingerprintRow {
+    pub(crate) fn into_pair(self) -> Result<(String, BaseFingerprints)> {
+        let a = stored_fingerprint(&self.key, &self.fingerprint_a, "a")?;
+        let b = stored_fingerprint(&self.key, &self.fingerprint_b, "b")?;
+        Ok((self.key, BaseFingerprints { a, b }))
+    }
+}
+
+/// A stored fingerprint (16 bytes, big-endian) of side `side` of base ledger key `key`.
+fn stored_fingerprint(key: &str, bytes: &[u8], side: &str) -> Result<u128> {
+    <[u8; 16]>::try_from(bytes)
+        .map(u128::from_be_bytes)
+        .map_err(|_| {
+            StateError::Corrupt(format!(
+                "base ledger key `{key}` has a side {side} fingerprint of {} bytes instead of 16",
+                bytes.len()
+            ))
+        })
 }
 
 /// A conflict as stored.
@@ -991,6 +1036,30 @@ macro_rules! impl_two_way_store {
                     for row in rows {
                         let entry = row.into_entry()?;
                         found.insert(entry.key.clone(), entry);
+                    }
+                }
+                Ok(found)
+            }
+
+            async fn base_fingerprints(
+                &self,
+                sync: &str,
+                keys: &[String],
+            ) -> $crate::error::Result<
+                std::collections::HashMap<String, $crate::two_way::BaseFingerprints>,
+            > {
+                let text = $crate::two_way::base_fingerprints_sql(&Self::key_list_sql(2));
+                let mut found = std::collections::HashMap::with_capacity(keys.len());
+                for chunk in keys.chunks($crate::ledger::LEDGER_CHUNK) {
+                    let rows: Vec<$crate::two_way::FingerprintRow> = sqlx::query_as(&text)
+                        .bind(sync)
+                        .bind(Self::key_list(chunk.iter().map(String::as_str)))
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err($crate::error::db("looking up base ledger fingerprints"))?;
+                    for row in rows {
+                        let (key, fingerprints) = row.into_pair()?;
+                        found.insert(key, fingerprints);
                     }
                 }
                 Ok(found)

@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use lockstep_core::RunMetrics;
 use lockstep_state::{
-    BaseEntry, Conflict, ConflictFilter, ConflictResolution, ConflictStatus, LeaseHolder,
-    RejectedFilter, RejectedRecord, StateError, StateStore, TwoWayCommit, TwoWayRejects,
+    BaseEntry, BaseFingerprints, Conflict, ConflictFilter, ConflictResolution, ConflictStatus,
+    LeaseHolder, RejectedFilter, RejectedRecord, StateError, StateStore, TwoWayCommit,
+    TwoWayRejects,
 };
 use serde_json::{json, Map, Value};
 
@@ -246,6 +247,106 @@ async fn base_ledger_handles_more_keys_than_one_statement_holds(store: Box<dyn S
         .await
         .unwrap();
     assert_eq!(store.base_keys("s", None, 10).await.unwrap(), all[..1]);
+}
+
+/// The fingerprints-only lookup gives each stored key's two fingerprints as stored (the top
+/// bit and all-ones included), nothing for keys without a base or of another sync, follows
+/// replaced and forgotten rows, and carries more keys than one statement holds.
+async fn base_fingerprints_are_looked_up_without_the_values(store: Box<dyn StateStore>) {
+    let run = store.start_run("s", None).await.unwrap();
+    let metrics = RunMetrics::default();
+    let top = 1u128 << 127;
+    let mut entries: Vec<BaseEntry> = (0..MANY)
+        .map(|i| {
+            let n = i as u128;
+            base(
+                &format!("[{i:05}]"),
+                json!({ "i": i, "name": format!("n{i}") }),
+                top | n,
+                u128::MAX - n,
+            )
+        })
+        .collect();
+    entries.push(base(r#"["x"]"#, json!({}), u128::MAX, 0));
+    store
+        .commit_two_way(&TwoWayCommit {
+            upserts: &entries,
+            ..commit("s", run, &metrics)
+        })
+        .await
+        .unwrap();
+    // The other sync's row of a shared key must not be found for "s", nor "s"'s for it.
+    let other_run = store.start_run("other", None).await.unwrap();
+    store
+        .commit_two_way(&TwoWayCommit {
+            upserts: &[base("[404]", json!({"n": 1}), 4, 4)],
+            ..commit("other", other_run, &metrics)
+        })
+        .await
+        .unwrap();
+
+    let mut wanted: Vec<String> = entries.iter().map(|e| e.key.clone()).collect();
+    wanted.push("[404]".to_owned());
+    let found = store.base_fingerprints("s", &wanted).await.unwrap();
+    assert_eq!(
+        found.len(),
+        entries.len(),
+        "keys without a base are left out"
+    );
+    for entry in &entries {
+        assert_eq!(
+            found.get(&entry.key),
+            Some(&BaseFingerprints {
+                a: entry.fingerprint_a,
+                b: entry.fingerprint_b
+            }),
+            "key {}",
+            entry.key
+        );
+    }
+    // The same fingerprints as the full lookup's.
+    let full = store.base_lookup("s", &wanted[..3]).await.unwrap();
+    for (key, entry) in &full {
+        assert_eq!(
+            (found[key].a, found[key].b),
+            (entry.fingerprint_a, entry.fingerprint_b)
+        );
+    }
+    assert_eq!(
+        store
+            .base_fingerprints("other", &keys(&["[404]", "[00001]"]))
+            .await
+            .unwrap(),
+        HashMap::from([("[404]".to_owned(), BaseFingerprints { a: 4, b: 4 })])
+    );
+    assert!(store.base_fingerprints("s", &[]).await.unwrap().is_empty());
+
+    // A replaced row gives its new fingerprints, a forgotten one none.
+    store
+        .commit_two_way(&TwoWayCommit {
+            upserts: &[base("[00000]", json!({"i": 0}), 7, top + 7)],
+            deletes: &keys(&["[00001]"]),
+            ..commit("s", run, &metrics)
+        })
+        .await
+        .unwrap();
+    let found = store
+        .base_fingerprints("s", &keys(&["[00000]", "[00001]", "[00002]"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        found,
+        HashMap::from([
+            ("[00000]".to_owned(), BaseFingerprints { a: 7, b: top + 7 }),
+            (
+                "[00002]".to_owned(),
+                BaseFingerprints {
+                    a: top | 2,
+                    b: u128::MAX - 2
+                }
+            ),
+        ])
+    );
 }
 
 async fn commit_two_way_records_progress_and_checkpoint(store: Box<dyn StateStore>) {
@@ -1075,6 +1176,7 @@ async fn two_way_rejects_are_kept_once_per_key_and_resolved(store: Box<dyn State
 on_both_backends!(
     base_ledger_round_trips_fingerprints_and_json,
     base_ledger_handles_more_keys_than_one_statement_holds,
+    base_fingerprints_are_looked_up_without_the_values,
     commit_two_way_records_progress_and_checkpoint,
     an_open_conflict_found_again_is_updated_in_place,
     a_stale_lease_token_writes_nothing,
@@ -1112,6 +1214,7 @@ macro_rules! on_sqlite_in_memory {
 on_sqlite_in_memory!(
     base_ledger_round_trips_fingerprints_and_json,
     base_ledger_handles_more_keys_than_one_statement_holds,
+    base_fingerprints_are_looked_up_without_the_values,
     commit_two_way_records_progress_and_checkpoint,
     an_open_conflict_found_again_is_updated_in_place,
     a_stale_lease_token_writes_nothing,

@@ -103,6 +103,7 @@ pub(super) async fn read_both(
             fields,
             &batch,
             &mapped,
+            false,
             |_| true,
             |_, key, record| {
                 entries.push(Entry {
@@ -144,6 +145,7 @@ pub(super) async fn read_both(
             fields,
             &batch,
             &mapped,
+            true,
             |_| true,
             |row, key, record| {
                 let entry = index.find(&key);
@@ -208,6 +210,7 @@ pub(super) async fn read_both(
                 fields,
                 &batch,
                 &mapped,
+                false,
                 |key| index.general(key),
                 |row, key, record| match record {
                     None => {

@@ -241,6 +241,7 @@ async fn read_records(
                 fields,
                 &batch,
                 &mapped,
+                true,
                 |key| wanted.contains(key),
                 |_, key, record| match record {
                     None => {
