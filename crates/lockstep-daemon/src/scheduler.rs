@@ -423,6 +423,33 @@ async fn attempt_once(
             return attempt;
         }
 
+        // The daemon is stopping and its SIGTERM reached a worker still starting, before the
+        // worker could catch it: the run was stopped, nothing was lost (a worker commits only
+        // whole batches), and no connector crashed. A run it had begun ends cancelled, as
+        // one stopped after its batch in hand does; one it had not begun is not recorded.
+        if exit.died_of_shutdown() {
+            tracing::info!("the worker was stopped by the daemon's shutdown while starting");
+            let mut attempt = Attempt {
+                run: exit.run,
+                status: RunStatus::Cancelled,
+                metrics: RunMetrics::default(),
+                duration,
+                error_kind: None,
+                error: Some("the daemon stopped while the worker was starting the run".to_owned()),
+                exit_detail: None,
+                retryable: false,
+                retry_after: None,
+                lease_held: false,
+            };
+            if let Some(run) = attempt.run {
+                if let Ok(Some(summary)) = shared.state.run(run).await {
+                    attempt.metrics = summary.metrics;
+                }
+                refinish(shared, config, name, &attempt).await;
+            }
+            return attempt;
+        }
+
         // The worker died without a report: by a signal (abort, segfault, out of memory,
         // the timeout's SIGKILL) or by exiting early. The daemon records the run itself.
         shared.metrics.worker_crashed(name);

@@ -56,12 +56,25 @@ pub(crate) struct WorkerExit {
     pub timed_out: bool,
     /// The worker was killed with SIGKILL after the grace period.
     pub killed: bool,
+    /// The daemon is stopping and told the worker to stop (SIGTERM).
+    pub stopped: bool,
 }
 
 impl WorkerExit {
     /// "exited with status 3", "was killed by signal SIGSEGV (invalid memory access)".
     pub(crate) fn describe(&self) -> String {
         describe_status(&self.status)
+    }
+
+    /// Whether the worker died of the SIGTERM the daemon sent it while stopping: a worker
+    /// still starting (its handler not yet installed) ends that way instead of after the
+    /// batch in hand. That is a stopped run, not a crash.
+    pub(crate) fn died_of_shutdown(&self) -> bool {
+        self.stopped
+            && !self.timed_out
+            && !self.killed
+            && self.report.is_none()
+            && self.status.signal() == Some(libc::SIGTERM)
     }
 
     /// Whether the process died by a signal or ended without a report: a crash, not a failed
@@ -158,6 +171,7 @@ pub(crate) async fn run_worker(
     let mut term_sent: Option<Instant> = None;
     let mut timed_out = false;
     let mut killed = false;
+    let mut stopped = false;
     let mut events_open = true;
     let far = Instant::now() + Duration::from_secs(100 * 365 * 86_400);
     let status = loop {
@@ -186,6 +200,7 @@ pub(crate) async fn run_worker(
                     tracing::info!("stopping: asking the worker to stop after the batch in hand");
                     signal_group(pid, libc::SIGTERM);
                     term_sent = Some(Instant::now());
+                    stopped = true;
                 }
             }
             _ = tokio::time::sleep_until(kill_at), if term_sent.is_some() && !killed => {
@@ -225,6 +240,7 @@ pub(crate) async fn run_worker(
         stderr_tail,
         timed_out,
         killed,
+        stopped,
     })
 }
 
@@ -410,6 +426,39 @@ pub(crate) fn signal_name(signal: i32) -> (String, Option<&'static str>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    /// A worker that died of `signal` (or exited with `code`), with no report.
+    fn exit(signal: Option<i32>, code: i32, stopped: bool) -> WorkerExit {
+        WorkerExit {
+            run: None,
+            report: None,
+            // A wait status: the signal number in the low bits, or the exit code above them.
+            status: ExitStatus::from_raw(signal.unwrap_or(code << 8)),
+            stderr_tail: String::new(),
+            timed_out: false,
+            killed: false,
+            stopped,
+        }
+    }
+
+    #[test]
+    fn only_the_daemons_own_sigterm_while_stopping_is_a_stop_and_not_a_crash() {
+        assert!(exit(Some(libc::SIGTERM), 0, true).died_of_shutdown());
+        // A SIGTERM from anyone else, while the daemon runs on, is a crash.
+        assert!(!exit(Some(libc::SIGTERM), 0, false).died_of_shutdown());
+        // Other deaths while stopping stay what they are.
+        assert!(!exit(Some(libc::SIGSEGV), 0, true).died_of_shutdown());
+        assert!(!exit(Some(libc::SIGKILL), 0, true).died_of_shutdown());
+        assert!(!exit(None, 3, true).died_of_shutdown());
+        // The grace period's SIGKILL, or the timeout's SIGTERM, are not a plain stop.
+        let mut killed = exit(Some(libc::SIGTERM), 0, true);
+        killed.killed = true;
+        assert!(!killed.died_of_shutdown());
+        let mut timed_out = exit(Some(libc::SIGTERM), 0, true);
+        timed_out.timed_out = true;
+        assert!(!timed_out.died_of_shutdown());
+    }
 
     #[test]
     fn the_tail_keeps_the_last_bytes() {
