@@ -128,6 +128,17 @@ impl Builder {
         Ok(())
     }
 
+    /// The bytes of values held so far, for the variable-width columns; 0 for the others.
+    fn value_bytes(&self) -> usize {
+        match self {
+            Builder::NumericText(b) | Builder::Text(b) | Builder::Jsonb(b) | Builder::Uuid(b) => {
+                b.values_slice().len()
+            }
+            Builder::Bytea(b) => b.values_slice().len(),
+            _ => 0,
+        }
+    }
+
     fn finish(&mut self) -> ArrayRef {
         match self {
             Builder::Bool(b) => Arc::new(b.finish()),
@@ -197,10 +208,28 @@ impl CopyDecoder {
     /// A decoder for columns of the given names and wire types. `rows` and `text_bytes` are
     /// capacity hints.
     pub fn new(columns: &[(String, Wire)], rows: usize, text_bytes: usize) -> Self {
+        Self::with_value_bytes(columns, rows, text_bytes, &[])
+    }
+
+    /// A decoder whose variable-width columns start with room for `value_bytes[i]` bytes of
+    /// values each (say, what the previous batch of the same read held, from
+    /// [`Self::value_bytes`]); columns without a hint start with `text_bytes`. A buffer sized
+    /// from the start is neither copied as it grows nor left up to twice too large, and a
+    /// finished batch keeps its buffers' whole capacity for as long as it lives.
+    pub fn with_value_bytes(
+        columns: &[(String, Wire)],
+        rows: usize,
+        text_bytes: usize,
+        value_bytes: &[usize],
+    ) -> Self {
         CopyDecoder {
             builders: columns
                 .iter()
-                .map(|(_, w)| Builder::new(*w, rows, text_bytes))
+                .enumerate()
+                .map(|(i, (_, w))| {
+                    let hint = value_bytes.get(i).copied().filter(|b| *b > 0);
+                    Builder::new(*w, rows, hint.unwrap_or(text_bytes))
+                })
                 .collect(),
             names: columns.iter().map(|(n, _)| n.clone()).collect(),
             state: State::Header,
@@ -208,6 +237,11 @@ impl CopyDecoder {
             rows: 0,
             scratch: String::new(),
         }
+    }
+
+    /// The bytes of values decoded so far in each column (0 for fixed-width columns).
+    pub fn value_bytes(&self) -> Vec<usize> {
+        self.builders.iter().map(Builder::value_bytes).collect()
     }
 
     /// Rows decoded so far.
@@ -375,6 +409,27 @@ mod tests {
             assert_eq!(cols[1].as_string::<i32>().value(0), "Zoë");
             assert!(cols[1].is_null(1));
             assert_eq!(cols[1].as_string::<i32>().value(2), "");
+        }
+    }
+
+    #[test]
+    fn value_bytes_are_counted_and_hints_from_them_decode_the_same() {
+        let data = stream();
+        let mut first = CopyDecoder::new(&columns(), 4, 16);
+        first.feed(&data).unwrap();
+        // "Zoë" is four bytes, the null and the empty text none; the integer column has none.
+        assert_eq!(first.value_bytes(), vec![0, 4]);
+        let plain = first.finish().unwrap();
+        // Hints too small, exact and too large all give the same columns.
+        for hint in [1, 4, 1 << 20] {
+            let mut hinted = CopyDecoder::with_value_bytes(&columns(), 4, 16, &[0, hint]);
+            hinted.feed(&data).unwrap();
+            assert_eq!(hinted.value_bytes(), vec![0, 4]);
+            let cols = hinted.finish().unwrap();
+            assert_eq!(cols.len(), plain.len());
+            for (a, b) in cols.iter().zip(&plain) {
+                assert_eq!(a.to_data(), b.to_data());
+            }
         }
     }
 

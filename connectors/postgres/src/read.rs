@@ -189,6 +189,9 @@ pub(crate) struct ReadPlan {
     lookback: Option<String>,
     /// The last batch was short: nothing is left.
     done: bool,
+    /// The bytes of values each column held in the last batch: the next batch's buffers
+    /// start that large (with an eighth more), so that they need no growing.
+    value_bytes: Vec<usize>,
     /// Only these keys (`request.keys`); the read then ignores positions and checkpoints.
     keys: Option<KeyFilter>,
 }
@@ -295,6 +298,7 @@ impl ReadPlan {
             lookback,
             label,
             done: false,
+            value_bytes: Vec::new(),
         })
     }
 
@@ -526,7 +530,7 @@ fn worker(
 /// Runs one COPY of `plan`'s columns with its settings: the row count and the columns.
 async fn copy_rows(
     conn: &mut PgConnection,
-    plan: &ReadPlan,
+    plan: &mut ReadPlan,
     sql: &str,
     params: &[(String, String)],
 ) -> Result<(usize, Vec<lockstep_plugin_sdk::arrow::array::ArrayRef>)> {
@@ -541,7 +545,9 @@ async fn copy_rows(
         }
         q.execute(&mut *conn).await.map_err(map_sqlx)?;
     }
-    let mut decoder = CopyDecoder::new(&plan.columns, plan.limit.min(65_536), 1 << 16);
+    let hints: Vec<usize> = plan.value_bytes.iter().map(|b| b + b / 8).collect();
+    let mut decoder =
+        CopyDecoder::with_value_bytes(&plan.columns, plan.limit.min(65_536), 1 << 16, &hints);
     {
         let mut stream = conn.copy_out_raw(sql).await.map_err(map_sqlx)?;
         while let Some(chunk) = poll_fn(|cx| Pin::new(&mut stream).poll_next(cx)).await {
@@ -552,6 +558,7 @@ async fn copy_rows(
         }
     }
     let rows = decoder.rows();
+    plan.value_bytes = decoder.value_bytes();
     let columns = decoder
         .finish()
         .map_err(|e| ConnectorError::internal(e.to_string()))?;

@@ -51,8 +51,7 @@ pub(crate) async fn finish<S: Sink>(
     if unapproved > 0 {
         let size = match destination_size {
             Some(n) => Some(n),
-            None if spec.use_ledger => Some(state.ledger_count(sync).await?),
-            None => read_destination_size(ctx).await?,
+            None => guard_size(ctx, unapproved).await?,
         };
         let limit = spec.delete.max_delete_fraction;
         let within = size.is_some_and(|n| unapproved as f64 <= limit * n as f64);
@@ -178,6 +177,34 @@ async fn apply_approved<S: Sink>(
         tracing::info!(deleted = applied, pages = page, "deletes applied");
     }
     Ok(())
+}
+
+/// The size the mass-delete guard compares `deletes` with, when no reconciliation counted the
+/// destination: the ledger's entries for a sync that keeps one, else the destination's
+/// records ([`read_destination_size`]).
+///
+/// The ledger is counted only as far as the guard needs: past `deletes / max_delete_fraction`
+/// entries the deletes are within the guard whatever the rest holds, so a large ledger is not
+/// read in full (a count of a million entries costs about 0.1 s). Below that the count is
+/// exact, and it is what a held run's message shows.
+pub(crate) async fn guard_size(
+    ctx: &Context<'_>,
+    deletes: u64,
+) -> Result<Option<u64>, EngineError> {
+    let spec = &ctx.job.spec;
+    if !spec.use_ledger {
+        return read_destination_size(ctx).await;
+    }
+    let state = ctx.services.state;
+    let fraction = spec.delete.max_delete_fraction;
+    // One entry more than the bound, so that rounding cannot put a count that reached it on
+    // the wrong side of the limit.
+    let enough = if fraction.is_finite() && fraction > 0.0 {
+        ((deletes as f64 / fraction).ceil() as u64).saturating_add(1)
+    } else {
+        u64::MAX
+    };
+    Ok(Some(state.ledger_count_at_most(&spec.name, enough).await?))
 }
 
 /// How many records the destination stream holds, by reading its keys; `None` when its

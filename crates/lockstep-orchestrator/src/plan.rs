@@ -296,11 +296,7 @@ impl Engine<'_> {
         if total == 0 {
             return Ok(None);
         }
-        let size = if spec.use_ledger {
-            Some(self.state.ledger_count(sync).await?)
-        } else {
-            deletes::read_destination_size(ctx).await?
-        };
+        let size = deletes::guard_size(ctx, total).await?;
         let limit = spec.delete.max_delete_fraction;
         if size.is_some_and(|n| total as f64 <= limit * n as f64) {
             return Ok(None);

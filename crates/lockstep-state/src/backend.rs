@@ -269,6 +269,23 @@ macro_rules! impl_state_store {
                 Ok(u64::try_from(count).unwrap_or(0))
             }
 
+            async fn ledger_count_at_most(
+                &self,
+                sync: &str,
+                at_most: u64,
+            ) -> $crate::error::Result<u64> {
+                let count: i64 = sqlx::query_scalar(
+                    r#"SELECT COUNT(*) FROM
+                       (SELECT 1 FROM "ledger" WHERE "sync" = $1 LIMIT $2) AS "entries""#,
+                )
+                .bind(sync)
+                .bind(i64::try_from(at_most).unwrap_or(i64::MAX))
+                .fetch_one(&self.pool)
+                .await
+                .map_err($crate::error::db("counting ledger entries"))?;
+                Ok(u64::try_from(count).unwrap_or(0))
+            }
+
             async fn ledger_keys(
                 &self,
                 sync: &str,
@@ -306,7 +323,10 @@ macro_rules! impl_state_store {
 
                 // Everything that can fail without the database is prepared first.
                 let metrics = sql::metric_values(c.metrics)?;
-                let upserts = sql::dedup_upserts(c.ledger_upserts);
+                // In key order, the ledger's own order: each statement then walks the ledger's
+                // index front to back, and neighbouring keys share the pages they change.
+                let mut upserts = sql::dedup_upserts(c.ledger_upserts);
+                upserts.sort_unstable_by(|a, b| a.key.cmp(&b.key));
                 let raws: Vec<String> = c.rejected.iter().map(|r| r.raw.to_string()).collect();
                 let checkpoint = c.checkpoint.map(|v| v.to_string());
                 let now = sql::timestamp(self.now().await?);

@@ -72,6 +72,12 @@ pub trait StateStore: PendingDeleteStore + TwoWayStore + AuditStore + Send + Syn
     /// How many ledger entries `sync` has.
     async fn ledger_count(&self, sync: &str) -> Result<u64>;
 
+    /// How many ledger entries `sync` has, counting no further than `at_most`: the exact count
+    /// when it is below `at_most`, else `at_most`. For checks that only need to know whether
+    /// the ledger holds at least so many entries (the mass-delete guard), without reading all
+    /// of a large one.
+    async fn ledger_count_at_most(&self, sync: &str, at_most: u64) -> Result<u64>;
+
     /// Up to `limit` ledger keys of `sync` greater than `after`, in byte order (for paging
     /// through the key set during reconciliation).
     async fn ledger_keys(

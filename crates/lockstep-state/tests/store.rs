@@ -561,6 +561,20 @@ async fn ledger_lookup_of_10k_keys(store: Box<dyn StateStore>) {
         .await
         .unwrap();
     assert_eq!(store.ledger_count("big").await.unwrap(), N as u64);
+    // A bounded count stops at its bound, and is exact below it.
+    assert_eq!(store.ledger_count_at_most("big", 17).await.unwrap(), 17);
+    assert_eq!(
+        store
+            .ledger_count_at_most("big", N as u64 + 5)
+            .await
+            .unwrap(),
+        N as u64
+    );
+    assert_eq!(
+        store.ledger_count_at_most("big", u64::MAX).await.unwrap(),
+        N as u64
+    );
+    assert_eq!(store.ledger_count_at_most("other", 10).await.unwrap(), 0);
 
     let mut wanted: Vec<String> = entries.iter().map(|e| e.key.clone()).collect();
     wanted.extend((0..100).map(|i| format!("absent-{i}")));
