@@ -506,20 +506,31 @@ fn pg_count(url: &str, query: &str) -> i64 {
     })
 }
 
-#[test]
-fn mirror_reconciliation_compares_key_summaries_first_and_streams_keys_only_when_they_differ() {
-    let Some(src) = lockstep_e2e::postgres_database("summary_src") else {
-        return;
-    };
-    let Some(dst) = lockstep_e2e::postgres_database("summary_dst") else {
-        return;
-    };
+/// Two new PostgreSQL databases named after `prefix`: a source whose table `items` holds
+/// `rows` records (ids 1 to `rows`, a name, an `updated_at` cursor), and an empty destination.
+/// `None` where PostgreSQL is missing outside CI.
+fn items_source_and_destination(
+    prefix: &str,
+    rows: u32,
+) -> Option<(lockstep_e2e::TempDatabase, lockstep_e2e::TempDatabase)> {
+    let src = lockstep_e2e::postgres_database(&format!("{prefix}_src"))?;
+    let dst = lockstep_e2e::postgres_database(&format!("{prefix}_dst"))?;
     pg_exec(
         &src.url,
-        "CREATE TABLE items (id bigint PRIMARY KEY, name text, updated_at timestamptz NOT NULL);
-         INSERT INTO items SELECT g, 'item ' || g, timestamptz '2026-01-01' + make_interval(secs => g)
-         FROM generate_series(1, 500) g;",
+        &format!(
+            "CREATE TABLE items (id bigint PRIMARY KEY, name text, updated_at timestamptz NOT NULL);
+             INSERT INTO items SELECT g, 'item ' || g, timestamptz '2026-01-01' + make_interval(secs => g)
+             FROM generate_series(1, {rows}) g;"
+        ),
     );
+    Some((src, dst))
+}
+
+#[test]
+fn mirror_reconciliation_compares_key_summaries_first_and_streams_keys_only_when_they_differ() {
+    let Some((src, dst)) = items_source_and_destination("summary", 500) else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     std::fs::write(
@@ -605,19 +616,10 @@ reconcile_every = 1
 /// file) makes the merge decline, and the key hashes find the same deletes.
 #[test]
 fn mirror_reconciliation_merges_integer_keys_in_order_and_falls_back_to_hashes() {
-    let Some(src) = lockstep_e2e::postgres_database("merge_src") else {
-        return;
-    };
-    let Some(dst) = lockstep_e2e::postgres_database("merge_dst") else {
-        return;
-    };
     // More keys than one reconciliation read (50,000), so the merge crosses batches.
-    pg_exec(
-        &src.url,
-        "CREATE TABLE items (id bigint PRIMARY KEY, name text, updated_at timestamptz NOT NULL);
-         INSERT INTO items SELECT g, 'item ' || g, timestamptz '2026-01-01' + make_interval(secs => g)
-         FROM generate_series(1, 120001) g;",
-    );
+    let Some((src, dst)) = items_source_and_destination("merge", 120_001) else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let csv = d.join("drop");
