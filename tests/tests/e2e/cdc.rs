@@ -4,7 +4,8 @@
 //! destination's commit and the slot's confirmation, then a rerun, leave the destination
 //! equal to the source; an update that leaves a TOASTed column unchanged keeps its value; a
 //! table without a replica identity is refused with the documented message; the checkpoint
-//! reports the WAL the slot retains.
+//! reports the WAL the slot retains; each run hands the slot over to the next through an
+//! anchor slot at its committed checkpoint, and an anchor past it is dropped, not taken.
 //!
 //! The server must run with `wal_level = logical` (`.ci/run` sets it); without it these tests
 //! are skipped, and under CI they fail. Slots are cluster-wide: each test names its own and
@@ -748,11 +749,37 @@ fn cdc_falls_back_to_a_new_snapshot_when_its_slot_was_dropped_under_it() {
     exec(&source, &["UPDATE people SET name = 'seen' WHERE id = 1"]);
     run_ok(dir.path());
     assert_eq!(checkpoint(dir.path())["phase"], "changes");
-    // A DBA drops the slot by hand; changes happen that no slot records.
+    // A DBA drops the slot by hand and leaves its anchor: the anchor, confirmed at the
+    // committed checkpoint, still holds the changes made since, so the next run takes it
+    // over and applies exactly them, with no new snapshot.
     exec(
         &source,
         &[
             &format!("SELECT pg_drop_replication_slot('{}')", slot.name),
+            "UPDATE people SET name = 'kept' WHERE id = 4",
+            "DELETE FROM people WHERE id = 5",
+        ],
+    );
+    let (out, stdout, stderr) =
+        run(lockstep(dir.path()).args(["run", "people", "--output", "json"]));
+    assert!(out.status.success(), "the run failed:\n{stdout}\n{stderr}");
+    assert!(
+        !stderr.contains("taking a new snapshot"),
+        "a new snapshot although the anchor was there:\n{stderr}"
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["metrics"]["read"], 2, "{report}");
+    assert_eq!(report["metrics"]["deleted"], 1, "{report}");
+    assert_eq!(rows(&source), rows(&destination));
+    // Now the slot and its anchor both go; changes happen that no slot records.
+    exec(
+        &source,
+        &[
+            &format!(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                 WHERE slot_name IN ('{0}', '{0}_anchor')",
+                slot.name
+            ),
             "DELETE FROM people WHERE id BETWEEN 10 AND 14",
             "UPDATE people SET name = 'unseen' WHERE id = 2",
             "INSERT INTO people VALUES (500, 'unseen', 5, NULL)",
@@ -775,6 +802,108 @@ fn cdc_falls_back_to_a_new_snapshot_when_its_slot_was_dropped_under_it() {
     exec(&source, &["UPDATE people SET name = 'after' WHERE id = 3"]);
     let next = run_ok(dir.path());
     assert_eq!(next["metrics"]["updated"], 1, "{next}");
+    assert_eq!(rows(&source), rows(&destination));
+}
+
+/// The confirmed position of the anchor slot a run leaves for the next, if there is one.
+fn anchor_confirmed(db: &TempDatabase, slot: &Slot) -> Option<String> {
+    lockstep_e2e::block_on(async {
+        let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        sqlx::query_scalar(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots \
+             WHERE slot_name = $1 || '_anchor'",
+        )
+        .bind(&slot.name)
+        .fetch_optional(&mut c)
+        .await
+        .unwrap()
+    })
+}
+
+/// Each run of changes leaves an anchor slot confirmed at its last checkpoint; the next run,
+/// once that checkpoint is committed, takes it over instead of confirming the slot with a
+/// decoding pass. An anchor past the committed checkpoint (a run killed before its state
+/// commit) is dropped, not taken, and nothing is lost or applied twice.
+#[test]
+fn cdc_runs_hand_the_slot_over_through_an_anchor_at_the_committed_checkpoint() {
+    let Some((source, destination)) = databases("cdc_anchor") else {
+        return;
+    };
+    let slot = Slot::new(&source);
+    let dir = tempfile::tempdir().unwrap();
+    exec(
+        &source,
+        &[
+            TABLE,
+            "INSERT INTO people SELECT g, 'p' || g, g, NULL FROM generate_series(1, 500) g",
+        ],
+    );
+    config(dir.path(), &source, &destination, &slot, 100);
+    run_ok(dir.path());
+    for round in 1..=3 {
+        exec(
+            &source,
+            &[
+                &format!("UPDATE people SET score = score + {round} WHERE id % 7 = 0"),
+                &format!("DELETE FROM people WHERE id = {}", 100 + round),
+            ],
+        );
+        let (out, stdout, stderr) = run(lockstep(dir.path())
+            .args(["run", "people", "--output", "json"])
+            .env("LOCKSTEP_LOG", "debug"));
+        assert!(out.status.success(), "round {round}:\n{stdout}\n{stderr}");
+        let committed = checkpoint(dir.path())["lsn"].as_str().unwrap().to_owned();
+        assert_eq!(
+            anchor_confirmed(&source, &slot).as_deref(),
+            Some(committed.as_str()),
+            "round {round}: the anchor should sit at the committed checkpoint"
+        );
+        // From the second run of changes on, the run takes over the anchor the one before
+        // left (the first takes over the snapshot's anchor).
+        assert!(
+            stderr.contains("took over the anchor slot the last run left"),
+            "round {round}: the anchor was not taken over:\n{stderr}"
+        );
+        assert_eq!(rows(&source), rows(&destination), "round {round}");
+    }
+    // The next run takes the last anchor over: the slot is confirmed at the last committed
+    // checkpoint without a decoding pass.
+    let committed = checkpoint(dir.path())["lsn"].as_str().unwrap().to_owned();
+    let quiet = run_ok(dir.path());
+    assert_eq!(quiet["metrics"]["read"], 0, "{quiet}");
+    assert_eq!(confirmed(&source, &slot), committed);
+
+    // An anchor past the committed checkpoint, as a run killed after its read and before
+    // its state commit leaves: the next run drops it and confirms the slot the slow way.
+    exec(&source, &["UPDATE people SET name = 'late' WHERE id = 1"]);
+    let committed = checkpoint(dir.path())["lsn"].as_str().unwrap().to_owned();
+    exec(
+        &source,
+        &[&format!(
+            "SELECT pg_drop_replication_slot('{}_anchor')",
+            slot.name
+        )],
+    );
+    // A slot created now starts past the checkpoint (and past the update above).
+    exec(
+        &source,
+        &[&format!(
+            "SELECT 1 FROM pg_create_logical_replication_slot('{}_anchor', 'pgoutput')",
+            slot.name
+        )],
+    );
+    let ahead = anchor_confirmed(&source, &slot).unwrap();
+    assert_ne!(ahead, committed);
+    let (out, stdout, stderr) = run(lockstep(dir.path())
+        .args(["run", "people", "--output", "json"])
+        .env("LOCKSTEP_LOG", "debug"));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        !stderr.contains("took over the anchor slot"),
+        "an anchor past the committed checkpoint was taken over:\n{stderr}"
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["metrics"]["updated"], 1, "{report}");
     assert_eq!(rows(&source), rows(&destination));
 }
 

@@ -61,8 +61,8 @@ pub async fn drop_objects(
             "the server has no slot of that name",
         ));
     }
-    // The anchor slot a snapshot run leaves for the next run (`slot::anchor_name`), when it
-    // is one of this database.
+    // The anchor slot every run leaves for the next (`slot::anchor_name`), when it is one of
+    // this database.
     let anchor = anchor_name(&request.slot);
     sqlx::query(
         "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \

@@ -18,11 +18,15 @@
 //!    uses (as the files connector's `after_read`). A dry run never advances. The advance
 //!    runs on a connection of its own while the changes are read (step 5), since each is a
 //!    pass of the server's decoder over the WAL from the slot's restart point.
-//! 4. The anchor: once a snapshot is read, the run creates a second slot (`<slot>_anchor`)
-//!    past the WAL the snapshot generated, then reads the changes since the slot's start, so
-//!    its last checkpoint is at or past the anchor's start. The next run replaces the slot by
-//!    a copy of the anchor (`take_anchor`): a confirmation to a position at or before the
-//!    committed checkpoint that costs no decoding pass over the snapshot's WAL.
+//! 4. The anchor: every run leaves a second slot (`<slot>_anchor`) for the next, at or before
+//!    its last checkpoint. A run of changes copies its consumed temporary copy (step 5) when
+//!    the read ends (`leave_anchor`): confirmed exactly at its last checkpoint. A snapshot
+//!    run creates a new slot past the WAL the snapshot generated (`create_anchor`), then reads
+//!    the changes since the slot's start, so its last checkpoint is at or past the anchor's
+//!    start. The next run replaces the slot by a copy of the anchor (`take_anchor`) when the
+//!    anchor is at or before the committed checkpoint: a confirmation that costs no decoding
+//!    pass (an advance decodes from the slot's restart point, which the SQL interface moves
+//!    only at the WAL's running-transactions records, so it trails by seconds to minutes).
 //! 5. The changes: the slot is copied (before the advance) into a temporary slot of the
 //!    session, whose changes are consumed with `pg_logical_slot_get_binary_changes` in chunks
 //!    of at most `CHUNK_CHANGES` changes (PostgreSQL returns whole transactions, so a chunk
@@ -433,6 +437,8 @@ async fn run(plan: &mut CdcPlan, out: &mut Outlet) -> Flow {
         })
     };
 
+    // Whether this run read a snapshot and made its anchor (`create_anchor`).
+    let mut snapshot_anchor = false;
     // The position changes resume from, and the partial transaction.
     let mut position: Position;
     // Where to confirm the slot to, while the changes are read.
@@ -508,6 +514,7 @@ async fn run(plan: &mut CdcPlan, out: &mut Outlet) -> Flow {
             }
             if !plan.dry_run {
                 create_anchor(&plan.settings, &anchor).await;
+                snapshot_anchor = true;
             }
             let c = CdcCheckpoint {
                 slot: plan.slot.clone(),
@@ -565,6 +572,9 @@ async fn run(plan: &mut CdcPlan, out: &mut Outlet) -> Flow {
         out,
     );
     let (confirmed, read) = tokio::join!(confirmation, read);
+    if read.is_ok() && !plan.dry_run && !snapshot_anchor {
+        leave_anchor(&plan.settings, &mut conn, &copy, &anchor).await;
+    }
     let _ = sqlx::query("SELECT pg_drop_replication_slot($1)")
         .bind(&copy)
         .execute(&mut conn)
@@ -573,11 +583,11 @@ async fn run(plan: &mut CdcPlan, out: &mut Outlet) -> Flow {
     confirmed.map_err(Failure::from)
 }
 
-/// The anchor's hand-over at the start of a run: when the anchor slot a snapshot run made
-/// (`create_anchor`) sits at or before the committed checkpoint, and at or after the sync's
-/// slot, the slot is replaced by a copy of it (same restart and confirmed positions), which
-/// confirms nothing past the checkpoint and spares the server a decoding pass over the
-/// snapshot's WAL. An anchor of this sync that cannot be used is dropped; one of another
+/// The anchor's hand-over at the start of a run: when the anchor slot the last run left
+/// (`leave_anchor`, `create_anchor`) sits at or before the committed checkpoint, and at or
+/// after the sync's slot, the slot is replaced by a copy of it (same restart and confirmed
+/// positions), which confirms nothing past the checkpoint and spares the server a decoding
+/// pass. An anchor of this sync that cannot be used is dropped; one of another
 /// database or plugin is left alone. A kill between the slot's drop and the copy is finished
 /// by the next run, which finds the anchor and no slot. Returns the slot as it is after.
 async fn take_anchor(
@@ -610,7 +620,7 @@ async fn take_anchor(
         lockstep_plugin_sdk::tracing::debug!(
             slot = name,
             lsn = %format_lsn(found.confirmed_flush),
-            "took over the snapshot's anchor slot"
+            "took over the anchor slot the last run left"
         );
     }
     sqlx::query("SELECT pg_drop_replication_slot($1)")
@@ -653,6 +663,27 @@ async fn create_anchor(settings: &Settings, anchor: &str) {
             slot = anchor,
             "no anchor slot for the snapshot ({}); the next run confirms the slot by decoding \
              the snapshot's WAL",
+            settings.scrub_error(e).message
+        );
+    }
+}
+
+/// Leaves the anchor for the next run once the changes are read: a persistent copy of the
+/// consumed temporary copy, so confirmed exactly at the run's last checkpoint, and with a
+/// restart point the read itself moved forward. When the state store commits that
+/// checkpoint, the next run takes the anchor over (`take_anchor`) and its read decodes from
+/// there; without it, the next run would confirm the slot with a decoding pass from the
+/// slot's restart point (which lags a run behind, since the SQL interface moves it only to
+/// the first candidate past the old confirmed position) and read a copy taken before that,
+/// decoding the WAL of the last two runs twice. A copy takes no decoding and waits for no
+/// transaction. On failure the run goes on without an anchor (the next run confirms the slow
+/// way).
+async fn leave_anchor(settings: &Settings, conn: &mut PgConnection, copy: &str, anchor: &str) {
+    if let Err(e) = slot::copy_persistent(conn, copy, anchor).await {
+        lockstep_plugin_sdk::tracing::info!(
+            slot = anchor,
+            "no anchor slot for the next run ({}); it confirms the slot by decoding the WAL \
+             since the slot's restart point",
             settings.scrub_error(e).message
         );
     }

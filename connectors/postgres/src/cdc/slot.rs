@@ -344,17 +344,18 @@ pub async fn copy_persistent(conn: &mut PgConnection, source: &str, target: &str
         .map_err(|e| {
             let mut e = map_sqlx(e);
             e.message.push_str(&format!(
-                " (copying replication slot `{source}` into `{target}`: the user needs the                  REPLICATION attribute, and the server a free slot, max_replication_slots)"
+                " (copying replication slot `{source}` into `{target}`: the user needs the \
+                 REPLICATION attribute, and the server a free slot, max_replication_slots)"
             ));
             e
         })?;
     Ok(())
 }
 
-/// The name of the anchor slot of `slot`: a slot a snapshot run creates once its snapshot is
-/// read, so that the next run can take it over instead of making the server decode the
-/// snapshot's WAL (the destination's writes, when both are on one server) again to confirm
-/// `slot` (see `cdc/mod.rs`, "The anchor").
+/// The name of the anchor slot of `slot`: a slot every run leaves for the next, confirmed at
+/// or before its last checkpoint, so that the next run can take it over instead of making
+/// the server decode the WAL since the slot's restart point to confirm `slot` (see
+/// `cdc/mod.rs`, "The anchor").
 pub fn anchor_name(slot: &str) -> String {
     let mut name: String = slot.chars().take(56).collect();
     name.push_str("_anchor");
