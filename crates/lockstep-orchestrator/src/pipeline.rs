@@ -220,97 +220,115 @@ pub(crate) async fn execute<S: Sink>(
             .total()
             > 0;
     }
-    let mut stop = options.stop.clone();
-    // The written batch whose state commit has not been made yet.
-    let mut in_flight: Option<Flushed> = None;
-    // Whether a cdc read took a snapshot (its first run, or one after its slot was dropped).
-    let mut cdc_snapshot = false;
-    let completed = loop {
-        if *stop.borrow() {
-            break false;
-        }
-        let next = tokio::select! {
-            next = rx.recv() => next,
-            _ = stop.changed() => continue,
-            // The lease is renewed by its own task; losing it stops the run, even in a slow
-            // read.
-            error = lease_lost(&mut lease) => {
-                source_cancel.cancel();
-                return Err(error);
-            }
-        };
-        let next = match next {
-            Some(Ok(next)) => next,
-            // What was written before the read failed still commits.
-            Some(Err(e)) => {
-                finish_in_flight(ctx, run, &mut in_flight).await?;
-                return Err(e.into());
-            }
-            None => {
-                finish_in_flight(ctx, run, &mut in_flight).await?;
-                return Err(EngineError::Internal(
-                    "the source reader stopped without an end".into(),
-                ));
-            }
-        };
-        let Some((batch, checkpoint)) = next else {
-            break true;
-        };
-        if spec.mode == SyncMode::Cdc && is_cdc_snapshot_checkpoint(&checkpoint) {
-            cdc_snapshot = true;
-        }
-        if sink.writes() && !is_rejects_batch(&batch) {
-            // This batch is mapped, diffed and written while the previous one commits.
-            let previous = in_flight.take();
-            let deletes_may_wait =
-                run.deletes_waiting || previous.as_ref().is_some_and(Flushed::found_deletes);
-            let waiting = run.deletes_waiting;
-            let run_id = run.run_id;
-            let (committed, written) = tokio::join!(
-                commit_flushed(ctx, run_id, waiting, previous.as_ref()),
-                write_batch(
-                    ctx,
-                    sink,
-                    run,
-                    batch,
-                    checkpoint,
-                    previous.as_ref(),
-                    deletes_may_wait
-                ),
-            );
-            committed?;
-            if let Some(previous) = previous {
-                previous.committed(true, run);
-            }
-            in_flight = Some(written?);
+    // A mirror run that reconciles summarizes the source's key set while it reads and writes
+    // its changes (see `summary`), and the destination's once they are written.
+    let reconcile_mirror = spec.mode == SyncMode::Mirror
+        && !ctx.destination_is_new
+        && reconcile::due(ctx.services, job, run.run_id).await?;
+    let summarize_early = reconcile_mirror && !run.deletes_waiting;
+    let early_summary = async {
+        if summarize_early {
+            Some(crate::summary::source_summary(ctx).await)
         } else {
-            finish_in_flight(ctx, run, &mut in_flight).await?;
-            apply_batch(ctx, sink, run, batch, checkpoint).await?;
-        }
-        crate::memory::release_free_memory();
-        if let lockstep_core::RejectLimit::Count(_) = spec.max_rejected {
-            if let Err(e) = check_rejections(job, &run.metrics) {
-                // The rejects that went past the limit are kept, for `rejects list`.
-                finish_in_flight(ctx, run, &mut in_flight).await?;
-                return Err(e);
-            }
-        }
-        if let Some(progress) = &options.progress {
-            progress(&Progress {
-                run_id: run.run_id,
-                metrics: run.metrics,
-                batches: run.batches,
-            });
+            None
         }
     };
-    if !completed {
-        source_cancel.cancel();
-    }
-    // The batch in hand commits, whether the read ended or a stop was asked for.
-    finish_in_flight(ctx, run, &mut in_flight).await?;
-    drop(rx);
-    let _ = read_task.await;
-    drop(source);
+    let changes = async {
+        let mut stop = options.stop.clone();
+        // The written batch whose state commit has not been made yet.
+        let mut in_flight: Option<Flushed> = None;
+        // Whether a cdc read took a snapshot (its first run, or one after its slot was dropped).
+        let mut cdc_snapshot = false;
+        let completed = loop {
+            if *stop.borrow() {
+                break false;
+            }
+            let next = tokio::select! {
+                next = rx.recv() => next,
+                _ = stop.changed() => continue,
+                // The lease is renewed by its own task; losing it stops the run, even in a slow
+                // read.
+                error = lease_lost(&mut lease) => {
+                    source_cancel.cancel();
+                    return Err(error);
+                }
+            };
+            let next = match next {
+                Some(Ok(next)) => next,
+                // What was written before the read failed still commits.
+                Some(Err(e)) => {
+                    finish_in_flight(ctx, run, &mut in_flight).await?;
+                    return Err(e.into());
+                }
+                None => {
+                    finish_in_flight(ctx, run, &mut in_flight).await?;
+                    return Err(EngineError::Internal(
+                        "the source reader stopped without an end".into(),
+                    ));
+                }
+            };
+            let Some((batch, checkpoint)) = next else {
+                break true;
+            };
+            if spec.mode == SyncMode::Cdc && is_cdc_snapshot_checkpoint(&checkpoint) {
+                cdc_snapshot = true;
+            }
+            if sink.writes() && !is_rejects_batch(&batch) {
+                // This batch is mapped, diffed and written while the previous one commits.
+                let previous = in_flight.take();
+                let deletes_may_wait =
+                    run.deletes_waiting || previous.as_ref().is_some_and(Flushed::found_deletes);
+                let waiting = run.deletes_waiting;
+                let run_id = run.run_id;
+                let (committed, written) = tokio::join!(
+                    commit_flushed(ctx, run_id, waiting, previous.as_ref()),
+                    write_batch(
+                        ctx,
+                        sink,
+                        run,
+                        batch,
+                        checkpoint,
+                        previous.as_ref(),
+                        deletes_may_wait
+                    ),
+                );
+                committed?;
+                if let Some(previous) = previous {
+                    previous.committed(true, run);
+                }
+                in_flight = Some(written?);
+            } else {
+                finish_in_flight(ctx, run, &mut in_flight).await?;
+                apply_batch(ctx, sink, run, batch, checkpoint).await?;
+            }
+            crate::memory::release_free_memory();
+            if let lockstep_core::RejectLimit::Count(_) = spec.max_rejected {
+                if let Err(e) = check_rejections(job, &run.metrics) {
+                    // The rejects that went past the limit are kept, for `rejects list`.
+                    finish_in_flight(ctx, run, &mut in_flight).await?;
+                    return Err(e);
+                }
+            }
+            if let Some(progress) = &options.progress {
+                progress(&Progress {
+                    run_id: run.run_id,
+                    metrics: run.metrics,
+                    batches: run.batches,
+                });
+            }
+        };
+        if !completed {
+            source_cancel.cancel();
+        }
+        // The batch in hand commits, whether the read ended or a stop was asked for.
+        finish_in_flight(ctx, run, &mut in_flight).await?;
+        drop(rx);
+        let _ = read_task.await;
+        drop(source);
+        Ok::<_, EngineError>((completed, cdc_snapshot))
+    };
+    let (changes, early_summary) = tokio::join!(changes, early_summary);
+    let (completed, cdc_snapshot) = changes?;
     if !completed {
         return Ok(false);
     }
@@ -318,9 +336,7 @@ pub(crate) async fn execute<S: Sink>(
 
     let mut destination_size = None;
     let reconcile_now = match spec.mode {
-        SyncMode::Mirror => {
-            !ctx.destination_is_new && reconcile::due(ctx.services, job, run.run_id).await?
-        }
+        SyncMode::Mirror => reconcile_mirror,
         // A snapshot cannot see the records deleted before it (from a destination that held
         // records already, or while the sync's slot was gone): the key sets tell.
         SyncMode::Cdc if cdc_snapshot => {
@@ -340,7 +356,7 @@ pub(crate) async fn execute<S: Sink>(
         _ => false,
     };
     if reconcile_now {
-        destination_size = reconcile::run(ctx, sink, run).await?;
+        destination_size = reconcile::run(ctx, sink, run, early_summary).await?;
     }
     // Every delete the run found now waits in the state store: they are checked against the
     // guard together, then applied or held.

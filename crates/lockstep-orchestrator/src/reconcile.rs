@@ -61,11 +61,13 @@ pub(crate) async fn due(
 
 /// Finds the destination's keys that the source no longer has and records them as pending
 /// deletes (a plan counts them). Returns how many records the destination holds, when it
-/// could be read.
+/// could be read. `early` is the source's key-set summary when the run took it while
+/// writing its changes (`summary::source_summary`).
 pub(crate) async fn run<S: Sink>(
     ctx: &Context<'_>,
     sink: &mut S,
     run: &mut RunState,
+    early: Option<crate::summary::EarlySummary>,
 ) -> Result<Option<u64>, EngineError> {
     let services = ctx.services;
     let job = ctx.job;
@@ -82,7 +84,7 @@ pub(crate) async fn run<S: Sink>(
     }
     // With deletes waiting, the keys are streamed even when the key sets look equal: the
     // streaming pass is what cancels a waiting delete whose record the source has again.
-    if !run.deletes_waiting && crate::summary::key_sets_match(ctx).await {
+    if !run.deletes_waiting && crate::summary::key_sets_match(ctx, early).await {
         tracing::info!("reconciliation: the key sets' summaries match, nothing to delete");
         // A plan records nothing; a run records that it reconciled.
         if sink.writes() {

@@ -5,6 +5,13 @@
 //! sets, so nothing needs deleting and no key is streamed: a no-op mirror run costs two
 //! aggregate queries instead of reading every key of both sides.
 //!
+//! A run's source summary may be taken early, while the changes are read and written
+//! (`source_summary`), and the destination's once they are written: the source's then
+//! describes its key set at the run's start. A key the source gained during the run makes the
+//! summaries differ (the keys are streamed: slower, still correct); a key it lost during the
+//! run stays in the destination until the next reconciliation, as a key lost just after the
+//! run would. No delete is ever missed for good, and none is made wrongly.
+//!
 //! Invariants:
 //! - Equal summaries are trusted only when they come from the same algorithm; anything else
 //!   (another algorithm, a computed key, a connector without the feature, a failed summary)
@@ -18,24 +25,60 @@ use crate::error::EngineError;
 use crate::job::Endpoint;
 use crate::services::Services;
 
-/// Whether the source's and the destination's key sets are known to be equal, by their
-/// summaries. `false` means "not known": the caller streams the keys.
-pub(crate) async fn key_sets_match(ctx: &Context<'_>) -> bool {
+/// The source's key-set summary taken before the reconciliation (`source_summary`).
+pub(crate) struct EarlySummary(Option<Result<KeySummary, EngineError>>);
+
+/// The source's key-set summary, taken while the run reads and writes its changes; `None`
+/// inside when the summaries cannot decide for this sync (a computed key, a connector
+/// without the feature).
+pub(crate) async fn source_summary(ctx: &Context<'_>) -> EarlySummary {
     let job = ctx.job;
-    let Some(source_key) = ctx.mapper.key_copies() else {
+    let Some(source_key) = summarizable(ctx) else {
+        return EarlySummary(None);
+    };
+    EarlySummary(Some(
+        summary(
+            ctx.services,
+            &job.source,
+            &job.spec.source.stream,
+            source_key,
+        )
+        .await,
+    ))
+}
+
+/// The source's key fields, when both connectors summarize and the key is plain copies.
+fn summarizable(ctx: &Context<'_>) -> Option<Vec<String>> {
+    let job = ctx.job;
+    let source_key = ctx.mapper.key_copies()?;
+    (summarizes(ctx.services, &job.source.connector)
+        && summarizes(ctx.services, &job.destination.connector))
+    .then_some(source_key)
+}
+
+/// Whether the source's and the destination's key sets are known to be equal, by their
+/// summaries. `false` means "not known": the caller streams the keys. The source's summary
+/// is `early` when the run took it while writing its changes, else taken now beside the
+/// destination's.
+pub(crate) async fn key_sets_match(ctx: &Context<'_>, early: Option<EarlySummary>) -> bool {
+    let job = ctx.job;
+    let Some(source_key) = summarizable(ctx) else {
         return false;
     };
-    if !summarizes(ctx.services, &job.source.connector)
-        || !summarizes(ctx.services, &job.destination.connector)
-    {
-        return false;
-    }
-    let source = summary(
-        ctx.services,
-        &job.source,
-        &job.spec.source.stream,
-        source_key,
-    );
+    let source = async {
+        match early {
+            Some(EarlySummary(Some(taken))) => taken,
+            Some(EarlySummary(None)) | None => {
+                summary(
+                    ctx.services,
+                    &job.source,
+                    &job.spec.source.stream,
+                    source_key,
+                )
+                .await
+            }
+        }
+    };
     let destination = summary(
         ctx.services,
         &job.destination,
