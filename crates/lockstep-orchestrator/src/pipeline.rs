@@ -233,106 +233,125 @@ pub(crate) async fn execute<S: Sink>(
             None
         }
     };
-    let changes = async {
-        let mut stop = options.stop.clone();
-        // The written batch whose state commit has not been made yet.
-        let mut in_flight: Option<Flushed> = None;
-        // Whether a cdc read took a snapshot (its first run, or one after its slot was dropped).
-        let mut cdc_snapshot = false;
-        let completed = loop {
-            if *stop.borrow() {
-                break false;
-            }
-            let next = tokio::select! {
-                next = rx.recv() => next,
-                _ = stop.changed() => continue,
-                // The lease is renewed by its own task; losing it stops the run, even in a slow
-                // read.
-                error = lease_lost(&mut lease) => {
-                    source_cancel.cancel();
-                    return Err(error);
+    // A run that fails or stops does not wait for the summary (on a large table it can take
+    // as long as the run): the summary is dropped with its read.
+    tokio::pin!(early_summary);
+    let mut summarized = None;
+    let changed = {
+        let changes = async {
+            let mut stop = options.stop.clone();
+            // The written batch whose state commit has not been made yet.
+            let mut in_flight: Option<Flushed> = None;
+            // Whether a cdc read took a snapshot (its first run, or one after its slot was
+            // dropped).
+            let mut cdc_snapshot = false;
+            let completed = loop {
+                if *stop.borrow() {
+                    break false;
+                }
+                let next = tokio::select! {
+                    next = rx.recv() => next,
+                    _ = stop.changed() => continue,
+                    // The lease is renewed by its own task; losing it stops the run, even in a slow
+                    // read.
+                    error = lease_lost(&mut lease) => {
+                        source_cancel.cancel();
+                        return Err(error);
+                    }
+                };
+                let next = match next {
+                    Some(Ok(next)) => next,
+                    // What was written before the read failed still commits.
+                    Some(Err(e)) => {
+                        finish_in_flight(ctx, run, &mut in_flight).await?;
+                        return Err(e.into());
+                    }
+                    None => {
+                        finish_in_flight(ctx, run, &mut in_flight).await?;
+                        return Err(EngineError::Internal(
+                            "the source reader stopped without an end".into(),
+                        ));
+                    }
+                };
+                let Some((batch, checkpoint)) = next else {
+                    break true;
+                };
+                if spec.mode == SyncMode::Cdc && is_cdc_snapshot_checkpoint(&checkpoint) {
+                    cdc_snapshot = true;
+                }
+                if sink.writes() && !is_rejects_batch(&batch) {
+                    // This batch is mapped, diffed and written while the previous one commits.
+                    let previous = in_flight.take();
+                    let deletes_may_wait = run.deletes_waiting
+                        || previous.as_ref().is_some_and(Flushed::found_deletes);
+                    let waiting = run.deletes_waiting;
+                    let run_id = run.run_id;
+                    let (committed, written) = tokio::join!(
+                        commit_flushed(ctx, run_id, waiting, previous.as_ref()),
+                        write_batch(
+                            ctx,
+                            sink,
+                            run,
+                            batch,
+                            checkpoint,
+                            previous.as_ref(),
+                            deletes_may_wait
+                        ),
+                    );
+                    committed?;
+                    if let Some(previous) = previous {
+                        previous.committed(true, run);
+                    }
+                    in_flight = Some(written?);
+                } else {
+                    finish_in_flight(ctx, run, &mut in_flight).await?;
+                    apply_batch(ctx, sink, run, batch, checkpoint).await?;
+                }
+                crate::memory::release_free_memory();
+                if let lockstep_core::RejectLimit::Count(_) = spec.max_rejected {
+                    if let Err(e) = check_rejections(job, &run.metrics) {
+                        // The rejects that went past the limit are kept, for `rejects list`.
+                        finish_in_flight(ctx, run, &mut in_flight).await?;
+                        return Err(e);
+                    }
+                }
+                if let Some(progress) = &options.progress {
+                    progress(&Progress {
+                        run_id: run.run_id,
+                        metrics: run.metrics,
+                        batches: run.batches,
+                    });
                 }
             };
-            let next = match next {
-                Some(Ok(next)) => next,
-                // What was written before the read failed still commits.
-                Some(Err(e)) => {
-                    finish_in_flight(ctx, run, &mut in_flight).await?;
-                    return Err(e.into());
-                }
-                None => {
-                    finish_in_flight(ctx, run, &mut in_flight).await?;
-                    return Err(EngineError::Internal(
-                        "the source reader stopped without an end".into(),
-                    ));
-                }
-            };
-            let Some((batch, checkpoint)) = next else {
-                break true;
-            };
-            if spec.mode == SyncMode::Cdc && is_cdc_snapshot_checkpoint(&checkpoint) {
-                cdc_snapshot = true;
+            if !completed {
+                source_cancel.cancel();
             }
-            if sink.writes() && !is_rejects_batch(&batch) {
-                // This batch is mapped, diffed and written while the previous one commits.
-                let previous = in_flight.take();
-                let deletes_may_wait =
-                    run.deletes_waiting || previous.as_ref().is_some_and(Flushed::found_deletes);
-                let waiting = run.deletes_waiting;
-                let run_id = run.run_id;
-                let (committed, written) = tokio::join!(
-                    commit_flushed(ctx, run_id, waiting, previous.as_ref()),
-                    write_batch(
-                        ctx,
-                        sink,
-                        run,
-                        batch,
-                        checkpoint,
-                        previous.as_ref(),
-                        deletes_may_wait
-                    ),
-                );
-                committed?;
-                if let Some(previous) = previous {
-                    previous.committed(true, run);
-                }
-                in_flight = Some(written?);
-            } else {
-                finish_in_flight(ctx, run, &mut in_flight).await?;
-                apply_batch(ctx, sink, run, batch, checkpoint).await?;
-            }
-            crate::memory::release_free_memory();
-            if let lockstep_core::RejectLimit::Count(_) = spec.max_rejected {
-                if let Err(e) = check_rejections(job, &run.metrics) {
-                    // The rejects that went past the limit are kept, for `rejects list`.
-                    finish_in_flight(ctx, run, &mut in_flight).await?;
-                    return Err(e);
-                }
-            }
-            if let Some(progress) = &options.progress {
-                progress(&Progress {
-                    run_id: run.run_id,
-                    metrics: run.metrics,
-                    batches: run.batches,
-                });
-            }
+            // The batch in hand commits, whether the read ended or a stop was asked for.
+            finish_in_flight(ctx, run, &mut in_flight).await?;
+            drop(rx);
+            let _ = read_task.await;
+            drop(source);
+            Ok::<_, EngineError>((completed, cdc_snapshot))
         };
-        if !completed {
-            source_cancel.cancel();
+        tokio::pin!(changes);
+        loop {
+            tokio::select! {
+                changed = &mut changes => break changed,
+                summary = &mut early_summary, if summarized.is_none() => {
+                    summarized = Some(summary);
+                }
+            }
         }
-        // The batch in hand commits, whether the read ended or a stop was asked for.
-        finish_in_flight(ctx, run, &mut in_flight).await?;
-        drop(rx);
-        let _ = read_task.await;
-        drop(source);
-        Ok::<_, EngineError>((completed, cdc_snapshot))
     };
-    let (changes, early_summary) = tokio::join!(changes, early_summary);
-    let (completed, cdc_snapshot) = changes?;
+    let (completed, cdc_snapshot) = changed?;
     if !completed {
         return Ok(false);
     }
     check_rejections(job, &run.metrics)?;
+    let early_summary = match summarized {
+        Some(summary) => summary,
+        None => early_summary.await,
+    };
 
     let mut destination_size = None;
     let reconcile_now = match spec.mode {

@@ -168,13 +168,19 @@ fn checkpoint(dir: &Path) -> serde_json::Value {
 
 /// The slot's confirmed position.
 fn confirmed(db: &TempDatabase, slot: &Slot) -> String {
+    confirmed_position(db, &slot.name)
+        .unwrap_or_else(|| panic!("replication slot `{}` does not exist", slot.name))
+}
+
+/// The confirmed position of the replication slot `name`, if the server has it.
+fn confirmed_position(db: &TempDatabase, name: &str) -> Option<String> {
     lockstep_e2e::block_on(async {
         let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
         sqlx::query_scalar(
             "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
         )
-        .bind(&slot.name)
-        .fetch_one(&mut c)
+        .bind(name)
+        .fetch_optional(&mut c)
         .await
         .unwrap()
     })
@@ -807,17 +813,7 @@ fn cdc_falls_back_to_a_new_snapshot_when_its_slot_was_dropped_under_it() {
 
 /// The confirmed position of the anchor slot a run leaves for the next, if there is one.
 fn anchor_confirmed(db: &TempDatabase, slot: &Slot) -> Option<String> {
-    lockstep_e2e::block_on(async {
-        let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
-        sqlx::query_scalar(
-            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots \
-             WHERE slot_name = $1 || '_anchor'",
-        )
-        .bind(&slot.name)
-        .fetch_optional(&mut c)
-        .await
-        .unwrap()
-    })
+    confirmed_position(db, &format!("{}_anchor", slot.name))
 }
 
 /// Each run of changes leaves an anchor slot confirmed at its last checkpoint; the next run,
