@@ -17,6 +17,8 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // Before the runtime starts its threads (and a plugin its own).
+    lockstep_orchestrator::tune_allocator();
     let cli = app::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -50,6 +50,7 @@ pub use deletes::SAMPLE_KEYS as DELETE_SAMPLE_KEYS;
 pub use engine::{Engine, RunReport};
 pub use error::EngineError;
 pub use job::{hostname, Endpoint, Progress, ProgressFn, RunOptions, StartFn, SyncJob};
+pub use memory::tune_allocator;
 pub use plan::{FieldChange, PlanReport, PlannedRejection, PlannedUpdate, SAMPLE_SIZE};
 pub use retry::RetryOutcome;
 pub use verify::{

@@ -196,8 +196,12 @@ pub(crate) async fn execute<S: Sink>(
     let mut reader = source.read(&request).await?;
     let source_cancel = source.cancel_handle();
 
-    // The reader runs ahead by up to two batches so that reading overlaps writing.
-    let (tx, mut rx) = mpsc::channel::<Result<Option<(RecordBatch, Value)>, _>>(2);
+    // The reader runs ahead so that reading overlaps writing: one batch waits here, one in
+    // the reading task's hand and one in the plugin (its readers build the next batch while
+    // the host takes the last). A second waiting batch kept another batch's memory (3 to 4
+    // MiB of columns at 10,000 rows of 300 bytes): a cdc run applying 170,000 changes peaked
+    // at 64.9 to 65.1 MiB with one, 66.9 to 68.1 MiB with two.
+    let (tx, mut rx) = mpsc::channel::<Result<Option<(RecordBatch, Value)>, _>>(1);
     let read_task = tokio::spawn(
         async move {
             loop {

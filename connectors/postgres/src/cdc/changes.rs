@@ -36,15 +36,107 @@ use crate::catalog::{qualified, Column, ReadExpr, Wire};
 use crate::copy_decode::CopyDecoder;
 use crate::error::map_sqlx;
 
-/// One record's latest change.
+/// What an output column of a change holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Slot {
+    Value,
+    Null,
+    /// An unchanged TOASTed value (or a generated column's) still to fill.
+    Unchanged,
+}
+
+/// One record's latest change. Its values are kept in one buffer, not one allocation each:
+/// a batch of 10,000 changes of a dozen columns held 6.6 MB as separate values (heaptrack),
+/// most of it the allocator's per-allocation overhead.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChangeRow {
     pub deleted: bool,
-    /// Per output column, its value (`None`: NULL): the text output of its type, or with
-    /// `Layout::binary` its binary send format.
-    pub values: Vec<Option<Vec<u8>>>,
-    /// Per output column, whether the value is an unchanged TOASTed one still to fill.
-    pub unchanged: Vec<bool>,
+    /// The values, one after another: the text output of their types, or with
+    /// `Layout::binary` their binary send format.
+    bytes: Vec<u8>,
+    /// Per output column, where its value ends in `bytes` and what the column holds.
+    slots: Vec<(u32, Slot)>,
+}
+
+impl ChangeRow {
+    /// A row of `cells`, each a value (`None`: NULL) and whether it is unchanged.
+    fn from_cells<'a>(
+        deleted: bool,
+        cells: impl IntoIterator<Item = (Option<&'a [u8]>, bool)>,
+    ) -> Result<Self> {
+        let mut row = ChangeRow {
+            deleted,
+            bytes: Vec::new(),
+            slots: Vec::new(),
+        };
+        for (value, unchanged) in cells {
+            let slot = match (value, unchanged) {
+                (_, true) => Slot::Unchanged,
+                (Some(v), false) => {
+                    row.bytes.extend_from_slice(v);
+                    Slot::Value
+                }
+                (None, false) => Slot::Null,
+            };
+            let end = u32::try_from(row.bytes.len()).map_err(|_| {
+                ConnectorError::schema("a change of more than 4 GiB in the change log")
+            })?;
+            row.slots.push((end, slot));
+        }
+        Ok(row)
+    }
+
+    /// How many output columns the row has.
+    pub fn width(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Column `c`'s value; `None` for NULL and for an unchanged value.
+    pub fn value(&self, c: usize) -> Option<&[u8]> {
+        let (end, slot) = self.slots[c];
+        if slot != Slot::Value {
+            return None;
+        }
+        let start = if c == 0 { 0 } else { self.slots[c - 1].0 };
+        Some(&self.bytes[start as usize..end as usize])
+    }
+
+    /// Whether column `c` is an unchanged value still to fill.
+    pub fn unchanged(&self, c: usize) -> bool {
+        self.slots[c].1 == Slot::Unchanged
+    }
+
+    /// Whether any column is still to fill.
+    pub fn any_unchanged(&self) -> bool {
+        self.slots.iter().any(|(_, s)| *s == Slot::Unchanged)
+    }
+
+    /// Fills the unchanged columns `known` has a value for (`Some(None)`: NULL).
+    fn fill<'a>(&mut self, known: impl Fn(usize) -> Option<Option<&'a [u8]>>) -> Result<()> {
+        if !self.any_unchanged() {
+            return Ok(());
+        }
+        let filled = {
+            let cells = (0..self.width()).map(|c| {
+                if self.unchanged(c) {
+                    match known(c) {
+                        Some(value) => (value, false),
+                        None => (None, true),
+                    }
+                } else {
+                    (self.value(c), false)
+                }
+            });
+            ChangeRow::from_cells(self.deleted, cells)?
+        };
+        *self = filled;
+        Ok(())
+    }
+
+    /// What column `c` is known to hold: `None` when it is unchanged.
+    fn known(&self, c: usize) -> Option<Option<&[u8]>> {
+        (!self.unchanged(c)).then(|| self.value(c))
+    }
 }
 
 /// The columns a cdc read returns, and where each is in the table's Relation message.
@@ -80,11 +172,11 @@ pub struct ChangeBuffer {
     by_key: HashMap<Vec<u8>, usize>,
 }
 
-fn value_of(
-    value: Option<&TupleValue>,
+fn value_of<'a>(
+    value: Option<&'a TupleValue>,
     column: &str,
     binary: bool,
-) -> Result<(Option<Vec<u8>>, bool)> {
+) -> Result<(Option<&'a [u8]>, bool)> {
     match value {
         None => Err(ConnectorError::schema(format!(
             "a change has no value for column `{column}`: the table's shape changed in the \
@@ -92,8 +184,8 @@ fn value_of(
         ))),
         Some(TupleValue::Null) => Ok((None, false)),
         Some(TupleValue::UnchangedToast) => Ok((None, true)),
-        Some(TupleValue::Text(t)) if !binary => Ok((Some(t.clone().into_bytes()), false)),
-        Some(TupleValue::Binary(b)) if binary => Ok((Some(b.clone()), false)),
+        Some(TupleValue::Text(t)) if !binary => Ok((Some(t.as_bytes()), false)),
+        Some(TupleValue::Binary(b)) if binary => Ok((Some(b.as_slice()), false)),
         Some(TupleValue::Text(_)) => Err(ConnectorError::internal(format!(
             "column `{column}` arrived in text format, but the read asked for binary values \
              (its type has no binary send function?)"
@@ -142,7 +234,9 @@ impl ChangeBuffer {
         pos.key
             .iter()
             .zip(&layout.key)
-            .map(|(&i, name)| value_of(tuple.get(i), name, layout.binary).map(|(v, _)| v))
+            .map(|(&i, name)| {
+                value_of(tuple.get(i), name, layout.binary).map(|(v, _)| v.map(<[u8]>::to_vec))
+            })
             .collect()
     }
 
@@ -152,37 +246,27 @@ impl ChangeBuffer {
         tuple: &[TupleValue],
         deleted: bool,
     ) -> Result<ChangeRow> {
-        let mut values = Vec::with_capacity(pos.columns.len());
-        let mut unchanged = Vec::with_capacity(pos.columns.len());
-        for (&i, column) in pos.columns.iter().zip(&layout.columns) {
-            let (v, u) = match i {
-                Some(i) => value_of(tuple.get(i), &column.name, layout.binary)?,
+        let cells = pos
+            .columns
+            .iter()
+            .zip(&layout.columns)
+            .map(|(&i, column)| match i {
+                Some(i) => value_of(tuple.get(i), &column.name, layout.binary),
                 // A generated column: its value comes from the table, like a TOASTed one.
-                None => (None, !deleted),
-            };
-            values.push(v);
-            unchanged.push(u);
-        }
-        Ok(ChangeRow {
-            deleted,
-            values,
-            unchanged,
-        })
+                None => Ok((None, !deleted)),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        ChangeRow::from_cells(deleted, cells)
     }
 
-    fn push(&mut self, key: Vec<u8>, mut row: ChangeRow) {
+    fn push(&mut self, key: Vec<u8>, mut row: ChangeRow) -> Result<()> {
         match self.by_key.get(&key) {
             Some(&i) => {
                 // An update after an upsert of the same key in this batch: its unchanged
                 // TOASTed values are the earlier change's.
                 let earlier = &self.rows[i];
                 if !row.deleted && !earlier.deleted {
-                    for c in 0..row.values.len() {
-                        if row.unchanged[c] {
-                            row.values[c] = earlier.values[c].clone();
-                            row.unchanged[c] = earlier.unchanged[c];
-                        }
-                    }
+                    row.fill(|c| earlier.known(c))?;
                 }
                 self.rows[i] = row;
             }
@@ -191,14 +275,14 @@ impl ChangeBuffer {
                 self.rows.push(row);
             }
         }
+        Ok(())
     }
 
     /// An Insert message.
     pub fn insert(&mut self, layout: &Layout, pos: &Positions, new: &[TupleValue]) -> Result<()> {
         let key = key_bytes(&Self::key_of(layout, pos, new)?);
         let row = Self::row_of(layout, pos, new, false)?;
-        self.push(key, row);
-        Ok(())
+        self.push(key, row)
     }
 
     /// An Update message: a key change is a delete of the old key and an upsert of the new.
@@ -216,19 +300,13 @@ impl ChangeBuffer {
             if let OldTuple::Full(values) = old {
                 // REPLICA IDENTITY FULL: the old tuple has every value, TOASTed ones too.
                 let before = Self::row_of(layout, pos, values, false)?;
-                for c in 0..row.values.len() {
-                    if row.unchanged[c] && !before.unchanged[c] {
-                        row.values[c] = before.values[c].clone();
-                        row.unchanged[c] = false;
-                    }
-                }
+                row.fill(|c| before.known(c))?;
             }
             if old_key != new_key {
                 self.delete_key(layout, pos, old.values())?;
             }
         }
-        self.push(key_bytes(&new_key), row);
-        Ok(())
+        self.push(key_bytes(&new_key), row)
     }
 
     /// A Delete message.
@@ -238,19 +316,14 @@ impl ChangeBuffer {
 
     fn delete_key(&mut self, layout: &Layout, pos: &Positions, old: &[TupleValue]) -> Result<()> {
         let key = Self::key_of(layout, pos, old)?;
-        let mut values = vec![None; layout.columns.len()];
+        let mut values: Vec<Option<&[u8]>> = vec![None; layout.columns.len()];
         for (name, value) in layout.key.iter().zip(&key) {
             if let Some(c) = layout.columns.iter().position(|c| &c.name == name) {
-                values[c] = value.clone();
+                values[c] = value.as_deref();
             }
         }
-        let row = ChangeRow {
-            deleted: true,
-            unchanged: vec![false; values.len()],
-            values,
-        };
-        self.push(key_bytes(&key), row);
-        Ok(())
+        let row = ChangeRow::from_cells(true, values.into_iter().map(|v| (v, false)))?;
+        self.push(key_bytes(&key), row)
     }
 }
 
@@ -264,7 +337,7 @@ pub async fn fill_unchanged(
     rows: &mut Vec<ChangeRow>,
 ) -> Result<usize> {
     let wanted: Vec<usize> = (0..rows.len())
-        .filter(|&r| rows[r].unchanged.iter().any(|u| *u))
+        .filter(|&r| rows[r].any_unchanged())
         .collect();
     if wanted.is_empty() {
         return Ok(0);
@@ -292,13 +365,7 @@ pub async fn fill_unchanged(
     let mut present = vec![false; wanted.len()];
     for (slot, values) in found {
         present[slot] = true;
-        let target = &mut rows[wanted[slot]];
-        for (c, value) in values.into_iter().enumerate() {
-            if target.unchanged[c] {
-                target.values[c] = value;
-                target.unchanged[c] = false;
-            }
-        }
+        rows[wanted[slot]].fill(|c| values.get(c).map(Option::as_deref))?;
     }
     let gone: Vec<usize> = wanted
         .iter()
@@ -339,7 +406,7 @@ async fn lookup_text(
                 key_columns
                     .iter()
                     .map(|&c| {
-                        rows[r].values[c].as_ref().map_or(Value::Null, |v| {
+                        rows[r].value(c).map_or(Value::Null, |v| {
                             Value::String(String::from_utf8_lossy(v).into_owned())
                         })
                     })
@@ -489,7 +556,7 @@ async fn lookup_binary(
             for (&c, &oid) in key_columns.iter().zip(key_types) {
                 query = query.bind(RawParam {
                     oid,
-                    bytes: rows[r].values[c].as_deref(),
+                    bytes: rows[r].value(c),
                 });
             }
         }
@@ -530,11 +597,13 @@ fn cast_expr(c: &Column, i: usize) -> String {
     }
 }
 
-/// The rows as an Arrow batch of `layout.schema`.
+/// The rows as an Arrow batch of `layout.schema`. The rows are consumed as they are
+/// decoded, so a batch is not held twice over (as changes and as columns) any longer than
+/// it takes to decode it.
 pub async fn to_batch(
     conn: &mut PgConnection,
     layout: &Layout,
-    rows: &[ChangeRow],
+    rows: Vec<ChangeRow>,
 ) -> Result<RecordBatch> {
     if rows.is_empty() {
         return Ok(RecordBatch::new_empty(layout.schema.clone()));
@@ -544,33 +613,46 @@ pub async fn to_batch(
         .iter()
         .map(|c| (c.name.clone(), c.wire))
         .collect();
+    let count = rows.len();
+    let deleted = BooleanArray::from(rows.iter().map(|r| r.deleted).collect::<Vec<bool>>());
+    // Each variable-width column starts with room for its own values, not the batch's.
+    let mut value_bytes = vec![0usize; layout.columns.len()];
+    for row in &rows {
+        for (c, total) in value_bytes.iter_mut().enumerate().take(row.width()) {
+            *total += row.value(c).map_or(0, <[u8]>::len);
+        }
+    }
     let decoder = if layout.binary {
-        binary_copy(layout, &wires, rows)?
+        binary_copy(layout, &wires, rows, &value_bytes)?
     } else {
-        cast_on_server(conn, layout, &wires, rows).await?
+        let data = text_values(&rows);
+        drop(rows);
+        cast_on_server(conn, layout, &wires, data, count, &value_bytes).await?
     };
-    if decoder.rows() != rows.len() {
+    if decoder.rows() != count {
         return Err(ConnectorError::internal(format!(
-            "decoding {} changes gave {} rows",
-            rows.len(),
+            "decoding {count} changes gave {} rows",
             decoder.rows()
         )));
     }
     let mut columns: Vec<ArrayRef> = decoder
         .finish()
         .map_err(|e| ConnectorError::internal(e.to_string()))?;
-    columns.push(Arc::new(BooleanArray::from(
-        rows.iter().map(|r| r.deleted).collect::<Vec<bool>>(),
-    )));
+    columns.push(Arc::new(deleted));
     RecordBatch::try_new(layout.schema.clone(), columns)
         .map_err(|e| ConnectorError::schema(e.to_string()))
 }
 
-/// Binary values: the binary COPY stream a COPY of the rows would send, decoded here.
+/// How many bytes of the binary COPY stream [`binary_copy`] builds before decoding them.
+const COPY_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Binary values: the binary COPY stream a COPY of the rows would send, decoded here a
+/// chunk at a time while the rows are consumed.
 fn binary_copy(
     layout: &Layout,
     wires: &[(String, Wire)],
-    rows: &[ChangeRow],
+    rows: Vec<ChangeRow>,
+    value_bytes: &[usize],
 ) -> Result<CopyDecoder> {
     let count = i16::try_from(layout.columns.len()).map_err(|_| {
         ConnectorError::schema(format!(
@@ -578,19 +660,22 @@ fn binary_copy(
             layout.table
         ))
     })?;
-    let bytes: usize = rows
-        .iter()
-        .flat_map(|r| &r.values)
-        .map(|v| 4 + v.as_ref().map_or(0, Vec::len))
-        .sum();
-    let mut data = Vec::with_capacity(21 + rows.len() * 2 + bytes);
+    let mut decoder = CopyDecoder::with_value_bytes(wires, rows.len(), 0, value_bytes);
+    let feed = |decoder: &mut CopyDecoder, data: &mut Vec<u8>| -> Result<()> {
+        decoder
+            .feed(data)
+            .map_err(|e| ConnectorError::schema(e.to_string()))?;
+        data.clear();
+        Ok(())
+    };
+    let mut data = Vec::with_capacity(COPY_CHUNK_BYTES * 2);
     data.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
     data.extend_from_slice(&0i32.to_be_bytes());
     data.extend_from_slice(&0i32.to_be_bytes());
     for row in rows {
         data.extend_from_slice(&count.to_be_bytes());
-        for value in &row.values {
-            match value {
+        for c in 0..row.width() {
+            match row.value(c) {
                 None => data.extend_from_slice(&(-1i32).to_be_bytes()),
                 Some(v) => {
                     let len = i32::try_from(v.len()).map_err(|_| {
@@ -601,30 +686,24 @@ fn binary_copy(
                 }
             }
         }
+        if data.len() >= COPY_CHUNK_BYTES {
+            feed(&mut decoder, &mut data)?;
+        }
     }
     data.extend_from_slice(&(-1i16).to_be_bytes());
-    let mut decoder = CopyDecoder::new(wires, rows.len(), bytes);
-    decoder
-        .feed(&data)
-        .map_err(|e| ConnectorError::schema(e.to_string()))?;
+    feed(&mut decoder, &mut data)?;
     Ok(decoder)
 }
 
-/// Text values: cast to their columns' types by the server, read back as binary COPY.
-async fn cast_on_server(
-    conn: &mut PgConnection,
-    layout: &Layout,
-    wires: &[(String, Wire)],
-    rows: &[ChangeRow],
-) -> Result<CopyDecoder> {
-    let data = Value::Array(
+/// The rows' values as one JSON array of arrays of texts (or nulls), for [`cast_on_server`].
+fn text_values(rows: &[ChangeRow]) -> String {
+    Value::Array(
         rows.iter()
             .map(|r| {
                 Value::Array(
-                    r.values
-                        .iter()
-                        .map(|v| {
-                            v.as_ref().map_or(Value::Null, |v| {
+                    (0..r.width())
+                        .map(|c| {
+                            r.value(c).map_or(Value::Null, |v| {
                                 Value::String(String::from_utf8_lossy(v).into_owned())
                             })
                         })
@@ -633,7 +712,18 @@ async fn cast_on_server(
             })
             .collect(),
     )
-    .to_string();
+    .to_string()
+}
+
+/// Text values: cast to their columns' types by the server, read back as binary COPY.
+async fn cast_on_server(
+    conn: &mut PgConnection,
+    layout: &Layout,
+    wires: &[(String, Wire)],
+    data: String,
+    rows: usize,
+    value_bytes: &[usize],
+) -> Result<CopyDecoder> {
     sqlx::query("SELECT set_config('lockstep.cdc', $1, false)")
         .bind(&data)
         .execute(&mut *conn)
@@ -650,7 +740,8 @@ async fn cast_on_server(
          WITH ORDINALITY AS r(e, n) ORDER BY r.n) TO STDOUT (FORMAT binary)",
         exprs.join(", ")
     );
-    let mut decoder = CopyDecoder::new(wires, rows.len(), data.len());
+    drop(data);
+    let mut decoder = CopyDecoder::with_value_bytes(wires, rows, 0, value_bytes);
     {
         let mut stream = conn.copy_out_raw(&sql).await.map_err(map_sqlx)?;
         while let Some(chunk) = poll_fn(|cx| Pin::new(&mut stream).poll_next(cx)).await {
@@ -735,16 +826,16 @@ mod tests {
             .unwrap();
         let rows = buffer.take();
         assert_eq!(rows.len(), 4);
-        assert_eq!(
-            rows[0].values,
-            vec![Some(b"1".to_vec()), Some(b"long".to_vec())]
-        );
-        assert_eq!(rows[0].unchanged, vec![false, false]);
+        assert_eq!(rows[0].value(0), Some(&b"1"[..]));
+        assert_eq!(rows[0].value(1), Some(&b"long"[..]));
+        assert!(!rows[0].unchanged(0) && !rows[0].unchanged(1));
         assert!(rows[1].deleted);
-        assert_eq!(rows[2].values[0].as_deref(), Some(&b"3"[..]));
+        assert_eq!(rows[2].value(0), Some(&b"3"[..]));
+        assert_eq!(rows[2].value(1), None, "a delete carries the key alone");
         assert!(rows[2].deleted);
-        assert_eq!(rows[3].values[0].as_deref(), Some(&b"4"[..]));
-        assert!(rows[3].unchanged[1], "left for the table lookup");
+        assert_eq!(rows[3].value(0), Some(&b"4"[..]));
+        assert!(rows[3].unchanged(1), "left for the table lookup");
+        assert_eq!(rows[3].value(1), None);
         // REPLICA IDENTITY FULL fills from the old tuple.
         buffer
             .update(
@@ -754,6 +845,6 @@ mod tests {
                 &[t("5"), TupleValue::UnchangedToast],
             )
             .unwrap();
-        assert_eq!(buffer.take()[0].values[1].as_deref(), Some(&b"old"[..]));
+        assert_eq!(buffer.take()[0].value(1), Some(&b"old"[..]));
     }
 }

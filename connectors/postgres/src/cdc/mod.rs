@@ -934,7 +934,8 @@ async fn emit(
             "updates of rows the table no longer has are left to their later deletes"
         );
     }
-    let batch = changes::to_batch(side, &plan.layout, &rows).await?;
+    // The rows are consumed by the decoding: the batch waits for the host's request alone.
+    let batch = changes::to_batch(side, &plan.layout, rows).await?;
     out.send(Ok(Some((batch, checkpoint_value(&checkpoint)))))
         .await?;
     Ok(())
