@@ -59,17 +59,20 @@ pub struct ChangeRow {
 }
 
 impl ChangeRow {
-    /// A row of `cells`, each a value (`None`: NULL) and whether it is unchanged.
-    fn from_cells<'a>(
-        deleted: bool,
-        cells: impl IntoIterator<Item = (Option<&'a [u8]>, bool)>,
-    ) -> Result<Self> {
+    /// A row of `cells`, each a value (`None`: NULL) and whether it is unchanged. The buffer
+    /// is sized once: grown value by value it would end up to twice the row's bytes.
+    fn from_cells(deleted: bool, cells: &[(Option<&[u8]>, bool)]) -> Result<Self> {
+        let bytes: usize = cells
+            .iter()
+            .filter(|(_, unchanged)| !unchanged)
+            .map(|(value, _)| value.map_or(0, <[u8]>::len))
+            .sum();
         let mut row = ChangeRow {
             deleted,
-            bytes: Vec::new(),
-            slots: Vec::new(),
+            bytes: Vec::with_capacity(bytes),
+            slots: Vec::with_capacity(cells.len()),
         };
-        for (value, unchanged) in cells {
+        for &(value, unchanged) in cells {
             let slot = match (value, unchanged) {
                 (_, true) => Slot::Unchanged,
                 (Some(v), false) => {
@@ -117,17 +120,19 @@ impl ChangeRow {
             return Ok(());
         }
         let filled = {
-            let cells = (0..self.width()).map(|c| {
-                if self.unchanged(c) {
-                    match known(c) {
-                        Some(value) => (value, false),
-                        None => (None, true),
+            let cells: Vec<(Option<&[u8]>, bool)> = (0..self.width())
+                .map(|c| {
+                    if self.unchanged(c) {
+                        match known(c) {
+                            Some(value) => (value, false),
+                            None => (None, true),
+                        }
+                    } else {
+                        (self.value(c), false)
                     }
-                } else {
-                    (self.value(c), false)
-                }
-            });
-            ChangeRow::from_cells(self.deleted, cells)?
+                })
+                .collect();
+            ChangeRow::from_cells(self.deleted, &cells)?
         };
         *self = filled;
         Ok(())
@@ -256,7 +261,7 @@ impl ChangeBuffer {
                 None => Ok((None, !deleted)),
             })
             .collect::<Result<Vec<_>>>()?;
-        ChangeRow::from_cells(deleted, cells)
+        ChangeRow::from_cells(deleted, &cells)
     }
 
     fn push(&mut self, key: Vec<u8>, mut row: ChangeRow) -> Result<()> {
@@ -322,7 +327,8 @@ impl ChangeBuffer {
                 values[c] = value.as_deref();
             }
         }
-        let row = ChangeRow::from_cells(true, values.into_iter().map(|v| (v, false)))?;
+        let cells: Vec<(Option<&[u8]>, bool)> = values.into_iter().map(|v| (v, false)).collect();
+        let row = ChangeRow::from_cells(true, &cells)?;
         self.push(key_bytes(&key), row)
     }
 }
