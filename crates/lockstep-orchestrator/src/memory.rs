@@ -36,7 +36,8 @@ pub(crate) fn release_free_memory() {
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 const MMAP_THRESHOLD: libc::c_int = 128 * 1024;
 
-/// Arenas [`tune_allocator`] allows: one per core of the machines this runs on, not eight.
+/// Arenas [`tune_allocator`] allows, instead of glibc's eight a core: a run has a handful of
+/// threads, and each extra arena keeps partly used pages of its own.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 const ARENA_MAX: libc::c_int = 2;
 
