@@ -4,7 +4,10 @@
 //! write, saying what happened. Three daemons sharing a PostgreSQL state store never run the
 //! sync twice at once, and take over from one killed in the middle of a run.
 //!
-//! The lease lives 2 s (`state.lease_ttl`), so a run of 10 s or more needs many renewals. The
+//! The lease lives 3 s (`state.lease_ttl`), so a run of 10 s or more needs many renewals (one
+//! a second); a renewal has 2 s to reach the state store. (With 2 s, a renewal had 1.3 s, and
+//! on a CI machine whose disk stalls an fsync for longer under the other tests' load, a run
+//! lost its lease and the test failed for a reason it does not test.) The
 //! source is the panicky test plugin (installed into a scratch directory as a connector) with
 //! `rows`, `batch_size` and `sleep_ms` shaping how long the run takes; the destination is a
 //! real SQLite database.
@@ -39,7 +42,7 @@ fn scratch(rows: u64, batch_size: u64, sleep_ms: u64) -> tempfile::TempDir {
         r#"
 [state]
 url = "sqlite://state.db"
-lease_ttl = "2s"
+lease_ttl = "3s"
 
 [connectors]
 paths = ["plugins"]
@@ -247,7 +250,7 @@ fn three_daemons_on_one_state_store_never_overlap_and_take_over_a_killed_one() {
         return;
     };
     const ROWS: i64 = 20;
-    // Longer than the other tests' 2 s: three daemons starting a worker every second on a
+    // Longer than the other tests' 3 s: three daemons starting a worker every second on a
     // shared 2-core machine have been seen to delay a PostgreSQL commit by seconds.
     const TTL: Duration = Duration::from_secs(10);
     // Runs of 10 batches 1.2 s apart: each lasts longer than the TTL, so only renewal keeps
@@ -259,7 +262,7 @@ fn three_daemons_on_one_state_store_never_overlap_and_take_over_a_killed_one() {
         .replace("sqlite://state.db", &db.url)
         .replace("[syncs.items]", "[syncs.shared]")
         .replace(
-            "lease_ttl = \"2s\"",
+            "lease_ttl = \"3s\"",
             &format!("lease_ttl = \"{}s\"", TTL.as_secs()),
         )
         + "[syncs.shared.schedule]\nevery = \"1s\"\n";
