@@ -12,7 +12,8 @@
 //! - Per row there is only the work of keys, fingerprints and the diff; the sink is called
 //!   once per batch.
 
-use std::collections::HashSet;
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
 
 use arrow::array::{BooleanArray, RecordBatch};
 use arrow::compute::filter_record_batch;
@@ -32,6 +33,7 @@ use crate::rows::{
     cursor_versions, key_indices, mapped_marks, mapping_reject_keys, rejection, row_json,
     tombstoned,
 };
+use crate::seen_keys::SeenKeys;
 use crate::sink::Sink;
 use crate::source_rejects::apply_source_rejects;
 
@@ -168,7 +170,16 @@ pub(crate) async fn write_batch<S: Sink>(
     };
     let changes = if spec.use_ledger {
         BatchChanges::Ledger(
-            LedgerChanges::new(ctx, sink, &mapped, marks, in_flight, deletes_may_wait).await?,
+            LedgerChanges::new(
+                ctx,
+                sink,
+                &mapped,
+                marks,
+                in_flight,
+                run.seen_keys.as_mut(),
+                deletes_may_wait,
+            )
+            .await?,
         )
     } else {
         BatchChanges::Direct(DirectChanges::new(ctx, &mapped, marks, deletes_may_wait)?)
@@ -289,17 +300,35 @@ impl LedgerChanges {
         mapped: &MappedBatch,
         marks: Option<Vec<bool>>,
         in_flight: Option<&Flushed>,
+        seen_keys: Option<&mut SeenKeys>,
         deletes_may_wait: bool,
     ) -> Result<Self, EngineError> {
         let keys = record_keys(&mapped.batch, ctx.mapper.key())?;
         let fingerprints = fingerprints(&mapped.batch)?;
         let batch_keys = BatchKeys::new(&keys);
         let unique = batch_keys.unique();
-        let mut ledger = ctx
-            .services
-            .state
-            .ledger_lookup(&ctx.job.spec.name, &unique)
-            .await?;
+        // In a run that started with an empty ledger, a key the run has not met yet has no
+        // entry; the keys are recorded before this batch's entries can commit.
+        let lookup = match seen_keys {
+            Some(seen) => {
+                let met: Vec<String> = unique
+                    .iter()
+                    .filter(|key| seen.may_contain(key))
+                    .cloned()
+                    .collect();
+                unique.iter().for_each(|key| seen.insert(key));
+                Cow::Owned(met)
+            }
+            None => Cow::Borrowed(&unique),
+        };
+        let mut ledger = if lookup.is_empty() {
+            HashMap::new()
+        } else {
+            ctx.services
+                .state
+                .ledger_lookup(&ctx.job.spec.name, &lookup)
+                .await?
+        };
         // The previous batch's ledger rows are newer than the store's while its commit is in
         // flight.
         if let Some(previous) = in_flight.filter(|p| !p.ledger.is_empty()) {

@@ -13,6 +13,8 @@ use lockstep_state::LeaseHolder;
 use serde_json::Value;
 use tokio::sync::watch;
 
+use crate::seen_keys::SeenKeys;
+
 /// A connection as the engine needs it: which connector, with what config.
 #[derive(Clone, Debug)]
 pub struct Endpoint {
@@ -104,6 +106,9 @@ pub(crate) struct RunState {
     pub(crate) deletes_waiting: bool,
     /// Set when the mass-delete guard held deletes: what the run reports.
     pub(crate) held: Option<String>,
+    /// The keys this run has met, when its ledger was empty as its read started: only those
+    /// can have a ledger entry, so only those are looked up (`seen_keys`).
+    pub(crate) seen_keys: Option<SeenKeys>,
 }
 
 impl RunState {
@@ -116,6 +121,7 @@ impl RunState {
             batches: 0,
             deletes_waiting: false,
             held: None,
+            seen_keys: None,
         }
     }
 }

@@ -37,6 +37,7 @@ mod plan;
 mod reconcile;
 mod retry;
 mod rows;
+mod seen_keys;
 mod services;
 mod sink;
 mod source_rejects;

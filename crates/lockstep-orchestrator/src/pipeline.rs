@@ -34,6 +34,7 @@ use crate::context::{fields_to_read, Context};
 use crate::error::EngineError;
 use crate::job::{Progress, RunOptions, RunState, SyncJob};
 use crate::lease::{FencedWriter, HeldLease, LeaseWatch};
+use crate::seen_keys::SeenKeys;
 use crate::services::{open_destination_stream, Services};
 use crate::sink::{record_deletes, Sink, WriteSink};
 use crate::{deletes, reconcile};
@@ -223,6 +224,21 @@ pub(crate) async fn execute<S: Sink>(
             .await?
             .total()
             > 0;
+    }
+    // A run whose ledger is empty as it starts (a first load) looks up only the keys it has
+    // met itself; a plan, which holds no lease, looks every key up.
+    run.seen_keys = None;
+    if spec.use_ledger
+        && sink.writes()
+        && ctx.lease.is_some()
+        && ctx
+            .services
+            .state
+            .ledger_count_at_most(&spec.name, 1)
+            .await?
+            == 0
+    {
+        run.seen_keys = Some(SeenKeys::new());
     }
     // A mirror run that reconciles summarizes the source's key set while it reads and writes
     // its changes (see `summary`), and the destination's once they are written.

@@ -2,13 +2,16 @@
 //! of many keys at once; and the key list other many-key statements (resolving rejected
 //! records, pending deletes) read their keys from.
 //!
-//! A batch of keys or ledger rows travels as a few parameters, never as one parameter per
-//! value: SQLite gets the whole batch as one JSON text that `json_each` unpacks, PostgreSQL
-//! gets one array per column that `UNNEST` zips into rows. The SQLite driver looks each
-//! numbered parameter up by name (`sqlite3_bind_parameter_name` walks a list), so a statement
-//! of 5,000 parameters cost time in the square of that number: measured, 61% of a default
-//! full run's CPU went there (issue 9). With a fixed, small number of parameters per
-//! statement the statements are also prepared once and reused.
+//! A batch of keys or ledger rows never travels as one numbered parameter per value: the
+//! SQLite driver looks each numbered parameter up by name (`sqlite3_bind_parameter_name`
+//! walks a list), so a statement of 5,000 of them cost time in the square of that number:
+//! measured, 61% of a default full run's CPU went there (issue 9). On SQLite a batch of keys
+//! is one JSON text that `json_each` unpacks, and ledger rows go in multi-row `VALUES`
+//! statements of anonymous `?` parameters (no names to look up) of four fixed sizes;
+//! unpacking rows from JSON took about a third of the state store's CPU in a full run
+//! (`jsonb_each`, which would hand rows over without re-parsing, is not in the SQLite this
+//! build bundles). PostgreSQL gets one array per column that `UNNEST` zips into rows. Every
+//! statement has a fixed text, so each is prepared once and reused.
 //!
 //! Invariants:
 //! - The statements mean the same on both backends: a lookup returns the rows of the keys
@@ -35,7 +38,7 @@ const ON_CONFLICT: &str = r#"ON CONFLICT ("sync", "key") DO UPDATE SET
 pub(crate) mod sqlite {
     use std::sync::LazyLock;
 
-    use super::{LedgerEntry, COLUMNS, ON_CONFLICT};
+    use super::{COLUMNS, ON_CONFLICT};
 
     /// `$1` the sync, `$2` a JSON array of keys.
     pub(crate) fn lookup_sql() -> &'static str {
@@ -48,20 +51,45 @@ pub(crate) mod sqlite {
         &SQL
     }
 
-    /// `$1` the sync, `$2` the commit time, `$3` a JSON array of rows
-    /// `[key, dest_key, fingerprint as hex, source_version, synced_at]`. The `WHERE true`
-    /// lets SQLite's parser tell the upsert clause from a join constraint.
-    pub(crate) fn upsert_sql() -> &'static str {
-        static SQL: LazyLock<String> = LazyLock::new(|| {
-            format!(
-                r#"INSERT INTO "ledger" ("sync", "key", "dest_key", "fingerprint", "source_version", "synced_at")
-                   SELECT $1, "value" ->> 0, "value" ->> 1, unhex("value" ->> 2), "value" ->> 3,
-                          coalesce("value" ->> 4, $2)
-                   FROM json_each($3) WHERE true
-                   {ON_CONFLICT}"#
-            )
+    /// Rows per upsert statement, largest first. A batch's rows go in statements of these
+    /// sizes (1,234 rows: one of 1,000, two of 100, three of 10, four of 1), so that four
+    /// statements, each prepared once per connection, serve every batch size.
+    pub(crate) const UPSERT_ROWS: [usize; 4] = [1000, 100, 10, 1];
+
+    /// Values a row binds in an upsert statement: sync, key, dest_key, fingerprint (16
+    /// bytes), source_version, synced_at.
+    pub(crate) const UPSERT_ROW_VALUES: usize = 6;
+
+    /// The upsert of `rows` rows, six anonymous parameters a row in the order of
+    /// [`UPSERT_ROW_VALUES`]. Anonymous parameters have no name for the driver to look up, so
+    /// binding 6,000 of them costs no more than 6,000 values; SQLite allows 32,766.
+    fn values_upsert_sql(rows: usize) -> String {
+        let row = format!("({})", ["?"; UPSERT_ROW_VALUES].join(","));
+        format!(
+            r#"INSERT INTO "ledger" ("sync", "key", "dest_key", "fingerprint", "source_version", "synced_at")
+               VALUES {}
+               {ON_CONFLICT}"#,
+            vec![row.as_str(); rows].join(",")
+        )
+    }
+
+    /// The statements that upsert `n` rows: how many rows each takes, in order, and its SQL.
+    pub(crate) fn upsert_plan(n: usize) -> Vec<(usize, &'static str)> {
+        static SQL: LazyLock<Vec<String>> = LazyLock::new(|| {
+            UPSERT_ROWS
+                .iter()
+                .map(|&rows| values_upsert_sql(rows))
+                .collect()
         });
-        &SQL
+        let mut plan = Vec::new();
+        let mut left = n;
+        for (&rows, sql) in UPSERT_ROWS.iter().zip(SQL.iter()) {
+            while left >= rows {
+                plan.push((rows, sql.as_str()));
+                left -= rows;
+            }
+        }
+        plan
     }
 
     /// `$1` the sync, `$2` a JSON array of keys.
@@ -79,23 +107,6 @@ pub(crate) mod sqlite {
     /// `keys` as the one parameter [`key_list_sql`] reads: a JSON array.
     pub(crate) fn key_list<'k>(keys: impl IntoIterator<Item = &'k str>) -> String {
         serde_json::Value::from_iter(keys).to_string()
-    }
-
-    /// The JSON array of `entries`, one array of five values per row.
-    pub(crate) fn rows_json(entries: &[&LedgerEntry]) -> String {
-        let rows: Vec<serde_json::Value> = entries
-            .iter()
-            .map(|e| {
-                serde_json::json!([
-                    e.key,
-                    e.dest_key,
-                    format!("{:032x}", e.fingerprint),
-                    e.source_version,
-                    e.synced_at,
-                ])
-            })
-            .collect();
-        serde_json::Value::from(rows).to_string()
     }
 }
 
@@ -175,24 +186,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sqlite_rows_carry_the_fingerprint_as_32_hex_digits() {
-        let entry = LedgerEntry {
-            key: r#"[1,"a"]"#.into(),
-            dest_key: None,
-            fingerprint: 0xff,
-            source_version: Some("v".into()),
-            synced_at: None,
-        };
-        let json: serde_json::Value = serde_json::from_str(&sqlite::rows_json(&[&entry])).unwrap();
-        assert_eq!(
-            json,
-            serde_json::json!([[
-                r#"[1,"a"]"#,
-                null,
-                "000000000000000000000000000000ff",
-                "v",
-                null
-            ]])
-        );
+    fn sqlite_upserts_split_into_the_prepared_sizes() {
+        let sizes = |n| -> Vec<usize> { sqlite::upsert_plan(n).iter().map(|p| p.0).collect() };
+        assert_eq!(sizes(0), Vec::<usize>::new());
+        assert_eq!(sizes(1), vec![1]);
+        assert_eq!(sizes(1234), vec![1000, 100, 100, 10, 10, 10, 1, 1, 1, 1]);
+        assert_eq!(sizes(10_000), vec![1000; 10]);
+        for n in [0, 7, 999, 1001, 10_000] {
+            assert_eq!(sizes(n).iter().sum::<usize>(), n);
+        }
+        for (rows, sql) in sqlite::upsert_plan(1111) {
+            assert_eq!(
+                sql.matches('?').count(),
+                rows * sqlite::UPSERT_ROW_VALUES,
+                "{rows} rows"
+            );
+        }
     }
 }

@@ -129,20 +129,39 @@ impl SqliteStore {
             .map_err(db("looking up ledger entries"))
     }
 
-    /// Upserts `entries` in one statement; a missing `synced_at` becomes `now`.
+    /// Upserts `entries` in statements of the prepared sizes; a missing `synced_at` becomes
+    /// `now`.
     async fn ledger_upsert_chunk(
         tx: &mut SqliteConnection,
         sync: &str,
         now: &str,
         entries: &[&LedgerEntry],
     ) -> Result<()> {
-        sqlx::query(ledger::sqlite::upsert_sql())
-            .bind(sync)
-            .bind(now)
-            .bind(ledger::sqlite::rows_json(entries))
-            .execute(tx)
-            .await
-            .map_err(db("committing a batch"))?;
+        let fingerprints: Vec<[u8; 16]> = entries
+            .iter()
+            .map(|e| e.fingerprint.to_be_bytes())
+            .collect();
+        let mut start = 0;
+        for (rows, sql) in ledger::sqlite::upsert_plan(entries.len()) {
+            let mut query = sqlx::query(sql);
+            for (entry, fingerprint) in entries[start..start + rows]
+                .iter()
+                .zip(&fingerprints[start..start + rows])
+            {
+                query = query
+                    .bind(sync)
+                    .bind(entry.key.as_str())
+                    .bind(entry.dest_key.as_deref())
+                    .bind(&fingerprint[..])
+                    .bind(entry.source_version.as_deref())
+                    .bind(entry.synced_at.as_deref().unwrap_or(now));
+            }
+            query
+                .execute(&mut *tx)
+                .await
+                .map_err(db("committing a batch"))?;
+            start += rows;
+        }
         Ok(())
     }
 

@@ -463,6 +463,12 @@ impl MedusaServer {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// The URL of the PostgreSQL database the server works on, for tests that arrange what
+    /// the API cannot (timestamps, say).
+    pub fn database_url(&self) -> String {
+        format!("{}/{}", postgres_base(), self.database)
+    }
+
     /// What the server printed (`server.log` in the cache directory).
     pub fn log(&self) -> String {
         fs::read_to_string(home().join("server.log")).unwrap_or_default()

@@ -746,12 +746,18 @@ max_delete_fraction = 0.5
 fn a_batch_sees_what_the_batch_before_it_wrote_while_that_commit_is_in_flight() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    // Codes are the sync's key; id 150 repeats id 50's code, one batch later.
+    // Codes are the sync's key; id 150 repeats id 50's code, one batch later; id 280 repeats
+    // id 20's, two batches later, when only the committed ledger knows it (the first run
+    // starts with an empty ledger and looks up only keys it has met: `seen_keys`).
     let mut statements = vec![
         "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, code TEXT, deleted_at TIMESTAMP, updated_at TIMESTAMP NOT NULL)".to_owned(),
     ];
-    for id in 1..=200 {
-        let code = if id == 150 { 50 } else { id };
+    for id in 1..=300 {
+        let code = match id {
+            150 => 50,
+            280 => 20,
+            _ => id,
+        };
         statements.push(format!(
             "INSERT INTO items VALUES ({id}, 'item {id}', 'C{code}', NULL, datetime('2026-01-01', '+{id} seconds'))"
         ));
@@ -796,17 +802,24 @@ name = "name"
     assert!(ok, "{first}\n{stderr}");
     // The second C50 finds the first one's ledger row, though its batch's commit may not
     // have landed when the second batch was diffed.
-    assert_eq!(first["metrics"]["read"], 200, "{first}");
-    assert_eq!(first["metrics"]["added"], 199, "{first}");
-    assert_eq!(first["metrics"]["updated"], 1, "{first}");
+    assert_eq!(first["metrics"]["read"], 300, "{first}");
+    assert_eq!(first["metrics"]["added"], 298, "{first}");
+    assert_eq!(first["metrics"]["updated"], 2, "{first}");
     let dst = d.join("dst.db");
-    assert_eq!(count(&dst, "SELECT count(*) FROM items"), 199);
+    assert_eq!(count(&dst, "SELECT count(*) FROM items"), 298);
     assert_eq!(
         count(
             &dst,
-            "SELECT count(*) FROM items WHERE code = 'C50' AND name = 'item 150'"
+            "SELECT count(*) FROM items WHERE (code = 'C50' AND name = 'item 150') OR (code = 'C20' AND name = 'item 280')"
         ),
-        1
+        2
+    );
+    assert_eq!(
+        count(
+            &d.join("state.db"),
+            "SELECT count(*) FROM ledger WHERE sync = 'items'"
+        ),
+        298
     );
 
     // One record per batch: C60 is tombstoned in one batch, and in the next id 161 takes the
@@ -835,5 +848,5 @@ name = "name"
         1,
         "the record present again keeps its place"
     );
-    assert_eq!(count(&dst, "SELECT count(*) FROM items"), 198);
+    assert_eq!(count(&dst, "SELECT count(*) FROM items"), 297);
 }
