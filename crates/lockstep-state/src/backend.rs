@@ -323,10 +323,7 @@ macro_rules! impl_state_store {
 
                 // Everything that can fail without the database is prepared first.
                 let metrics = sql::metric_values(c.metrics)?;
-                // In key order, the ledger's own order: each statement then walks the ledger's
-                // index front to back, and neighbouring keys share the pages they change.
-                let mut upserts = sql::dedup_upserts(c.ledger_upserts);
-                upserts.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+                let upserts = sql::sorted_unique_upserts(c.ledger_upserts);
                 let raws: Vec<String> = c.rejected.iter().map(|r| r.raw.to_string()).collect();
                 let checkpoint = c.checkpoint.map(|v| v.to_string());
                 let now = sql::timestamp(self.now().await?);

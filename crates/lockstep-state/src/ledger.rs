@@ -18,7 +18,7 @@
 //!   given that exist; an upsert inserts or replaces whole rows (a missing `synced_at` becomes
 //!   the commit time); a delete forgets the keys given.
 //! - Upserts given to PostgreSQL carry each key once (it refuses to update a row twice in one
-//!   statement); [`crate::sql::dedup_upserts`] sees to that before these functions run.
+//!   statement); [`crate::sql::sorted_unique_upserts`] sees to that before these functions run.
 
 use crate::types::LedgerEntry;
 
@@ -56,18 +56,24 @@ pub(crate) mod sqlite {
     /// statements, each prepared once per connection, serve every batch size.
     pub(crate) const UPSERT_ROWS: [usize; 4] = [1000, 100, 10, 1];
 
-    /// Values a row binds in an upsert statement: sync, key, dest_key, fingerprint (16
-    /// bytes), source_version, synced_at.
-    pub(crate) const UPSERT_ROW_VALUES: usize = 6;
+    /// Values a row binds in an upsert statement: key, dest_key, fingerprint (16 bytes),
+    /// source_version, synced_at (null for the commit time). The sync and the commit time are
+    /// bound once per statement, before the rows.
+    pub(crate) const UPSERT_ROW_VALUES: usize = 5;
 
-    /// The upsert of `rows` rows, six anonymous parameters a row in the order of
-    /// [`UPSERT_ROW_VALUES`]. Anonymous parameters have no name for the driver to look up, so
-    /// binding 6,000 of them costs no more than 6,000 values; SQLite allows 32,766.
+    /// The upsert of `rows` rows: two anonymous parameters (the sync, the commit time), then
+    /// five a row in the order of [`UPSERT_ROW_VALUES`]. Anonymous parameters have no name for
+    /// the driver to look up, so binding 5,000 of them costs no more than 5,000 values; SQLite
+    /// allows 32,766. The `WHERE true` lets SQLite's parser tell the upsert clause from a join
+    /// constraint.
     fn values_upsert_sql(rows: usize) -> String {
         let row = format!("({})", ["?"; UPSERT_ROW_VALUES].join(","));
         format!(
-            r#"INSERT INTO "ledger" ("sync", "key", "dest_key", "fingerprint", "source_version", "synced_at")
-               VALUES {}
+            r#"WITH "batch" ("sync", "now") AS (SELECT ?, ?)
+               INSERT INTO "ledger" ("sync", "key", "dest_key", "fingerprint", "source_version", "synced_at")
+               SELECT "batch"."sync", "rows"."column1", "rows"."column2", "rows"."column3",
+                      "rows"."column4", coalesce("rows"."column5", "batch"."now")
+               FROM "batch", (VALUES {}) AS "rows" WHERE true
                {ON_CONFLICT}"#,
             vec![row.as_str(); rows].join(",")
         )
@@ -198,7 +204,7 @@ mod tests {
         for (rows, sql) in sqlite::upsert_plan(1111) {
             assert_eq!(
                 sql.matches('?').count(),
-                rows * sqlite::UPSERT_ROW_VALUES,
+                2 + rows * sqlite::UPSERT_ROW_VALUES,
                 "{rows} rows"
             );
         }

@@ -355,10 +355,22 @@ pub(crate) fn ledger_map(
     Ok(())
 }
 
-/// The upserts of a batch with duplicate keys removed, the last entry winning, in first-seen
-/// order. PostgreSQL refuses a statement that upserts the same row twice.
-pub(crate) fn dedup_upserts(entries: &[LedgerEntry]) -> Vec<&LedgerEntry> {
-    dedup_by_key(entries, |e| e.key.as_str())
+/// The upserts of a batch in key order, the ledger's own order, with duplicate keys removed,
+/// the last entry winning. PostgreSQL refuses a statement that upserts the same row twice;
+/// in key order each statement walks the ledger's index front to back, and neighbouring keys
+/// share the pages they change. One stable sort does both (no hash map of the keys).
+pub(crate) fn sorted_unique_upserts(entries: &[LedgerEntry]) -> Vec<&LedgerEntry> {
+    let mut sorted: Vec<&LedgerEntry> = entries.iter().collect();
+    // Stable: entries with equal keys keep their order, so the last of each run is the last.
+    sorted.sort_by(|a, b| a.key.cmp(&b.key));
+    let mut unique: Vec<&LedgerEntry> = Vec::with_capacity(sorted.len());
+    for entry in sorted {
+        match unique.last_mut() {
+            Some(last) if last.key == entry.key => *last = entry,
+            _ => unique.push(entry),
+        }
+    }
+    unique
 }
 
 /// `entries` with duplicate keys removed, the last entry winning, in first-seen order.
@@ -464,7 +476,7 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_upserts_keep_the_last_entry() {
+    fn upserts_come_in_key_order_and_the_last_entry_of_a_key_wins() {
         let entry = |key: &str, fingerprint| LedgerEntry {
             key: key.into(),
             dest_key: None,
@@ -472,12 +484,31 @@ mod tests {
             source_version: None,
             synced_at: None,
         };
-        let entries = [entry("a", 1), entry("b", 2), entry("a", 3)];
-        let kept: Vec<(&str, u128)> = dedup_upserts(&entries)
-            .iter()
-            .map(|e| (e.key.as_str(), e.fingerprint))
-            .collect();
-        assert_eq!(kept, [("a", 3), ("b", 2)]);
+        let kept = |entries: &[LedgerEntry]| -> Vec<(String, u128)> {
+            sorted_unique_upserts(entries)
+                .iter()
+                .map(|e| (e.key.clone(), e.fingerprint))
+                .collect()
+        };
+        let pairs = |p: &[(&str, u128)]| -> Vec<(String, u128)> {
+            p.iter().map(|(k, f)| (k.to_string(), *f)).collect()
+        };
+        assert_eq!(
+            kept(&[entry("a", 1), entry("b", 2), entry("a", 3)]),
+            pairs(&[("a", 3), ("b", 2)])
+        );
+        assert_eq!(
+            kept(&[
+                entry("c", 1),
+                entry("a", 2),
+                entry("c", 3),
+                entry("b", 4),
+                entry("c", 5),
+                entry("a", 6)
+            ]),
+            pairs(&[("a", 6), ("b", 4), ("c", 5)])
+        );
+        assert_eq!(kept(&[]), pairs(&[]));
     }
 
     #[test]

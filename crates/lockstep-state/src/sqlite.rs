@@ -143,18 +143,17 @@ impl SqliteStore {
             .collect();
         let mut start = 0;
         for (rows, sql) in ledger::sqlite::upsert_plan(entries.len()) {
-            let mut query = sqlx::query(sql);
+            let mut query = sqlx::query(sql).bind(sync).bind(now);
             for (entry, fingerprint) in entries[start..start + rows]
                 .iter()
                 .zip(&fingerprints[start..start + rows])
             {
                 query = query
-                    .bind(sync)
                     .bind(entry.key.as_str())
                     .bind(entry.dest_key.as_deref())
                     .bind(&fingerprint[..])
                     .bind(entry.source_version.as_deref())
-                    .bind(entry.synced_at.as_deref().unwrap_or(now));
+                    .bind(entry.synced_at.as_deref());
             }
             query
                 .execute(&mut *tx)
