@@ -34,7 +34,8 @@ const ON_CONFLICT: &str = r#"ON CONFLICT ("sync", "key") DO UPDATE SET
     "dest_key" = excluded."dest_key", "fingerprint" = excluded."fingerprint",
     "source_version" = excluded."source_version", "synced_at" = excluded."synced_at""#;
 
-/// The SQLite flavour: a batch is one JSON array parameter.
+/// The SQLite flavour: keys travel as one JSON array parameter, ledger rows as multi-row
+/// `VALUES` of anonymous parameters.
 pub(crate) mod sqlite {
     use std::sync::LazyLock;
 
