@@ -228,10 +228,9 @@ fn chrono_date(days: i32) -> Option<String> {
     push_date(&mut out, days).then_some(out)
 }
 
-/// Appends the civil date of `days` since 1970-01-01 as `YYYY-MM-DD`; false (nothing
-/// appended) outside the years -9999 to 9999.
-fn push_date(out: &mut String, days: i32) -> bool {
-    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+/// Year, month and day of `days` since 1970-01-01 (proleptic Gregorian, astronomical years;
+/// Howard Hinnant's algorithm).
+fn civil_date(days: i32) -> (i64, i64, i64) {
     let z = days as i64 + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -241,7 +240,13 @@ fn push_date(out: &mut String, days: i32) -> bool {
     let mp = (5 * doy + 2) / 153;
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// Appends the civil date of `days` since 1970-01-01 as `YYYY-MM-DD`; false (nothing
+/// appended) outside the years -9999 to 9999.
+fn push_date(out: &mut String, days: i32) -> bool {
+    let (y, m, d) = civil_date(days);
     if !(-9999..=9999).contains(&y) {
         return false;
     }
@@ -648,20 +653,12 @@ mod tests {
         }
     }
 
-    /// What `format_timestamp` wrote before it wrote digits itself: the ledger's source
-    /// versions and checkpoints hold this text.
+    /// What `format_timestamp` wrote before it wrote digits itself (`format!` over the same
+    /// calendar arithmetic): the ledger's source versions and checkpoints hold this text.
     fn timestamp_by_format(us: i64, utc: bool) -> String {
+        // The calendar arithmetic did not change; the formatting did.
         fn date(days: i32) -> Option<String> {
-            let z = days as i64 + 719_468;
-            let era = z.div_euclid(146_097);
-            let doe = z.rem_euclid(146_097);
-            let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-            let y = yoe + era * 400;
-            let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-            let mp = (5 * doy + 2) / 153;
-            let d = doy - (153 * mp + 2) / 5 + 1;
-            let m = if mp < 10 { mp + 3 } else { mp - 9 };
-            let y = if m <= 2 { y + 1 } else { y };
+            let (y, m, d) = civil_date(days);
             (-9999..=9999)
                 .contains(&y)
                 .then(|| format!("{y:04}-{m:02}-{d:02}"))
