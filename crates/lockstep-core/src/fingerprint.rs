@@ -25,6 +25,8 @@ pub enum FingerprintError {
     NullKey { field: String, row: usize },
     #[error("field `{field}` has Arrow type {arrow_type}, which cannot be fingerprinted")]
     UnsupportedType { field: String, arrow_type: String },
+    #[error("the key of row {row} cannot be written as JSON: {detail}")]
+    KeyEncoding { row: usize, detail: String },
 }
 
 /// The canonical key text of each row, from the columns named in `key`.
@@ -40,6 +42,10 @@ pub fn record_keys(batch: &RecordBatch, key: &[String]) -> Result<Vec<String>, F
     }
     let mut keys = Vec::with_capacity(batch.num_rows());
     let mut values = Vec::with_capacity(key.len());
+    // Each key is written into this reused buffer, then copied into a string of its exact
+    // length: `serde_json::to_string` would give every key 128 bytes of capacity, which a
+    // batch's keys keep (1.3 MB at 10,000 rows) until its commit.
+    let mut text = Vec::new();
     for row in 0..batch.num_rows() {
         values.clear();
         for (name, column, logical) in &columns {
@@ -51,7 +57,12 @@ pub fn record_keys(batch: &RecordBatch, key: &[String]) -> Result<Vec<String>, F
             }
             values.push(json_value(column, row, *logical));
         }
-        keys.push(serde_json::Value::Array(values.clone()).to_string());
+        // A slice of values serialises as the JSON array `Value::Array` would, without a copy.
+        let encoding = |detail: String| FingerprintError::KeyEncoding { row, detail };
+        text.clear();
+        serde_json::to_writer(&mut text, &values).map_err(|e| encoding(e.to_string()))?;
+        let key = std::str::from_utf8(&text).map_err(|e| encoding(e.to_string()))?;
+        keys.push(key.to_owned());
     }
     Ok(keys)
 }

@@ -12,7 +12,6 @@
 //! - Per row there is only the work of keys, fingerprints and the diff; the sink is called
 //!   once per batch.
 
-use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
 use arrow::array::{BooleanArray, RecordBatch};
@@ -306,20 +305,15 @@ impl LedgerChanges {
         let keys = record_keys(&mapped.batch, ctx.mapper.key())?;
         let fingerprints = fingerprints(&mapped.batch)?;
         let batch_keys = BatchKeys::new(&keys);
-        let unique = batch_keys.unique();
         // In a run that started with an empty ledger, a key the run has not met yet has no
         // entry; the keys are recorded before this batch's entries can commit.
-        let lookup = match seen_keys {
-            Some(seen) => {
-                let met: Vec<String> = unique
-                    .iter()
-                    .filter(|key| seen.may_contain(key))
-                    .cloned()
-                    .collect();
-                unique.iter().for_each(|key| seen.insert(key));
-                Cow::Owned(met)
-            }
-            None => Cow::Borrowed(&unique),
+        let lookup: Vec<String> = match seen_keys {
+            Some(seen) => batch_keys
+                .unique_keys()
+                .filter(|key| seen.insert(key))
+                .map(str::to_owned)
+                .collect(),
+            None => batch_keys.unique(),
         };
         let mut ledger = if lookup.is_empty() {
             HashMap::new()
@@ -330,9 +324,11 @@ impl LedgerChanges {
                 .await?
         };
         // The previous batch's ledger rows are newer than the store's while its commit is in
-        // flight.
-        if let Some(previous) = in_flight.filter(|p| !p.ledger.is_empty()) {
-            let wanted: HashSet<&str> = unique.iter().map(String::as_str).collect();
+        // flight. Only looked-up keys can have one: with the filter, a key in the previous
+        // batch was met, so it is looked up.
+        if let Some(previous) = in_flight.filter(|p| !p.ledger.is_empty() && !lookup.is_empty()) {
+            let wanted: HashSet<&str, foldhash::fast::RandomState> =
+                lookup.iter().map(String::as_str).collect();
             for entry in &previous.ledger {
                 if wanted.contains(entry.key.as_str()) {
                     ledger.insert(entry.key.clone(), entry.clone());
@@ -394,7 +390,7 @@ impl LedgerChanges {
             outcome,
         } = *written;
         let LedgerChanges {
-            keys,
+            mut keys,
             fingerprints,
             changes,
             present,
@@ -422,7 +418,7 @@ impl LedgerChanges {
                 mapped.source_rows[upsert.row],
             ));
         }
-        let versions = if writes {
+        let mut versions = if writes {
             cursor_versions(
                 spec.cursor_field.as_ref(),
                 batch,
@@ -444,11 +440,13 @@ impl LedgerChanges {
                 metrics.updated += 1;
             }
             if writes {
+                // Each row is upserted at most once and never also deleted: its key and
+                // version move into the entry.
                 ledger.push(LedgerEntry {
-                    key: keys[row].clone(),
+                    key: std::mem::take(&mut keys[row]),
                     dest_key: None,
                     fingerprint: fingerprints[row],
-                    source_version: versions.as_ref().and_then(|v| v[row].clone()),
+                    source_version: versions.as_mut().and_then(|v| v[row].take()),
                     synced_at: None,
                 });
             }

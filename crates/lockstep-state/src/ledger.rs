@@ -62,35 +62,55 @@ pub(crate) mod sqlite {
     /// bound once per statement, before the rows.
     pub(crate) const UPSERT_ROW_VALUES: usize = 5;
 
+    /// Values a row binds in a compact upsert statement, for rows without a destination key
+    /// and whose `synced_at` is the commit time (every row of a one-way run): key,
+    /// fingerprint, source_version. Two values fewer a row to bind and to copy.
+    pub(crate) const COMPACT_ROW_VALUES: usize = 3;
+
     /// The upsert of `rows` rows: two anonymous parameters (the sync, the commit time), then
-    /// five a row in the order of [`UPSERT_ROW_VALUES`]. Anonymous parameters have no name for
-    /// the driver to look up, so binding 5,000 of them costs no more than 5,000 values; SQLite
-    /// allows 32,766. The `WHERE true` lets SQLite's parser tell the upsert clause from a join
+    /// five a row in the order of [`UPSERT_ROW_VALUES`], or three in the order of
+    /// [`COMPACT_ROW_VALUES`] when `compact`. Anonymous parameters have no name for the driver
+    /// to look up, so binding 5,000 of them costs no more than 5,000 values; SQLite allows
+    /// 32,766. The `WHERE true` lets SQLite's parser tell the upsert clause from a join
     /// constraint.
-    fn values_upsert_sql(rows: usize) -> String {
-        let row = format!("({})", ["?"; UPSERT_ROW_VALUES].join(","));
+    fn values_upsert_sql(rows: usize, compact: bool) -> String {
+        let (values, columns) = if compact {
+            (
+                COMPACT_ROW_VALUES,
+                r#""rows"."column1", NULL, "rows"."column2", "rows"."column3", "batch"."now""#,
+            )
+        } else {
+            (
+                UPSERT_ROW_VALUES,
+                r#""rows"."column1", "rows"."column2", "rows"."column3", "rows"."column4",
+                   coalesce("rows"."column5", "batch"."now")"#,
+            )
+        };
+        let row = format!("({})", vec!["?"; values].join(","));
         format!(
             r#"WITH "batch" ("sync", "now") AS (SELECT ?, ?)
                INSERT INTO "ledger" ("sync", "key", "dest_key", "fingerprint", "source_version", "synced_at")
-               SELECT "batch"."sync", "rows"."column1", "rows"."column2", "rows"."column3",
-                      "rows"."column4", coalesce("rows"."column5", "batch"."now")
+               SELECT "batch"."sync", {columns}
                FROM "batch", (VALUES {}) AS "rows" WHERE true
                {ON_CONFLICT}"#,
             vec![row.as_str(); rows].join(",")
         )
     }
 
-    /// The statements that upsert `n` rows: how many rows each takes, in order, and its SQL.
-    pub(crate) fn upsert_plan(n: usize) -> Vec<(usize, &'static str)> {
-        static SQL: LazyLock<Vec<String>> = LazyLock::new(|| {
-            UPSERT_ROWS
-                .iter()
-                .map(|&rows| values_upsert_sql(rows))
-                .collect()
+    /// The statements that upsert `n` rows: how many rows each takes, in order, and its SQL;
+    /// the compact form when `compact` ([`COMPACT_ROW_VALUES`]).
+    pub(crate) fn upsert_plan(n: usize, compact: bool) -> Vec<(usize, &'static str)> {
+        static SQL: LazyLock<[Vec<String>; 2]> = LazyLock::new(|| {
+            [false, true].map(|compact| {
+                UPSERT_ROWS
+                    .iter()
+                    .map(|&rows| values_upsert_sql(rows, compact))
+                    .collect()
+            })
         });
         let mut plan = Vec::new();
         let mut left = n;
-        for (&rows, sql) in UPSERT_ROWS.iter().zip(SQL.iter()) {
+        for (&rows, sql) in UPSERT_ROWS.iter().zip(SQL[usize::from(compact)].iter()) {
             while left >= rows {
                 plan.push((rows, sql.as_str()));
                 left -= rows;
@@ -194,7 +214,8 @@ mod tests {
 
     #[test]
     fn sqlite_upserts_split_into_the_prepared_sizes() {
-        let sizes = |n| -> Vec<usize> { sqlite::upsert_plan(n).iter().map(|p| p.0).collect() };
+        let sizes =
+            |n| -> Vec<usize> { sqlite::upsert_plan(n, false).iter().map(|p| p.0).collect() };
         assert_eq!(sizes(0), Vec::<usize>::new());
         assert_eq!(sizes(1), vec![1]);
         assert_eq!(sizes(1234), vec![1000, 100, 100, 10, 10, 10, 1, 1, 1, 1]);
@@ -202,12 +223,19 @@ mod tests {
         for n in [0, 7, 999, 1001, 10_000] {
             assert_eq!(sizes(n).iter().sum::<usize>(), n);
         }
-        for (rows, sql) in sqlite::upsert_plan(1111) {
-            assert_eq!(
-                sql.matches('?').count(),
-                2 + rows * sqlite::UPSERT_ROW_VALUES,
-                "{rows} rows"
-            );
+        for (compact, values) in [
+            (false, sqlite::UPSERT_ROW_VALUES),
+            (true, sqlite::COMPACT_ROW_VALUES),
+        ] {
+            let plan = sqlite::upsert_plan(1111, compact);
+            assert_eq!(plan.len(), 4);
+            for (rows, sql) in plan {
+                assert_eq!(
+                    sql.matches('?').count(),
+                    2 + rows * values,
+                    "{rows} rows, compact {compact}"
+                );
+            }
         }
     }
 }

@@ -130,7 +130,8 @@ impl SqliteStore {
     }
 
     /// Upserts `entries` in statements of the prepared sizes; a missing `synced_at` becomes
-    /// `now`.
+    /// `now`. Entries without a destination key or a `synced_at` of their own (every entry of
+    /// a one-way run) take the compact statements, which bind three values a row.
     async fn ledger_upsert_chunk(
         tx: &mut SqliteConnection,
         sync: &str,
@@ -141,19 +142,29 @@ impl SqliteStore {
             .iter()
             .map(|e| e.fingerprint.to_be_bytes())
             .collect();
+        let compact = entries
+            .iter()
+            .all(|e| e.dest_key.is_none() && e.synced_at.is_none());
         let mut start = 0;
-        for (rows, sql) in ledger::sqlite::upsert_plan(entries.len()) {
+        for (rows, sql) in ledger::sqlite::upsert_plan(entries.len(), compact) {
             let mut query = sqlx::query(sql).bind(sync).bind(now);
             for (entry, fingerprint) in entries[start..start + rows]
                 .iter()
                 .zip(&fingerprints[start..start + rows])
             {
-                query = query
-                    .bind(entry.key.as_str())
-                    .bind(entry.dest_key.as_deref())
-                    .bind(&fingerprint[..])
-                    .bind(entry.source_version.as_deref())
-                    .bind(entry.synced_at.as_deref());
+                query = if compact {
+                    query
+                        .bind(entry.key.as_str())
+                        .bind(&fingerprint[..])
+                        .bind(entry.source_version.as_deref())
+                } else {
+                    query
+                        .bind(entry.key.as_str())
+                        .bind(entry.dest_key.as_deref())
+                        .bind(&fingerprint[..])
+                        .bind(entry.source_version.as_deref())
+                        .bind(entry.synced_at.as_deref())
+                };
             }
             query
                 .execute(&mut *tx)

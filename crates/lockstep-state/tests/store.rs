@@ -255,8 +255,13 @@ async fn commit_batch_writes_ledger_checkpoint_progress_and_rejects(store: Box<d
         .unwrap();
     assert_eq!(stored.len(), 1);
 
-    // Updates, a duplicate key (the last one wins) and deletes, one of an unknown key.
-    let second = [entry("k2", 22), entry("k4", 40), entry("k4", 44)];
+    // Updates, a duplicate key (the last one wins) and deletes, one of an unknown key. No
+    // entry has a destination key or a time of its own: the compact form on SQLite.
+    let versioned = LedgerEntry {
+        source_version: Some("2024-05-06T00:00:00Z".into()),
+        ..entry("k4", 44)
+    };
+    let second = [entry("k2", 22), entry("k4", 40), versioned.clone()];
     let deletes = keys(&["k1", "never-there"]);
     let later = RunMetrics {
         read: 9,
@@ -279,6 +284,26 @@ async fn commit_batch_writes_ledger_checkpoint_progress_and_rejects(store: Box<d
     assert_eq!(fingerprint_of(&*store, "s", "k1").await, None);
     assert_eq!(fingerprint_of(&*store, "s", "k2").await, Some(22));
     assert_eq!(fingerprint_of(&*store, "s", "k4").await, Some(44));
+    let found = store
+        .ledger_lookup("s", &keys(&["k2", "k4"]))
+        .await
+        .unwrap();
+    assert_eq!(found["k4"].source_version, versioned.source_version);
+    assert_eq!(
+        (
+            found["k2"].dest_key.as_deref(),
+            found["k2"].source_version.as_deref()
+        ),
+        (None, None)
+    );
+    for key in ["k2", "k4"] {
+        assert_rfc3339(
+            found[key]
+                .synced_at
+                .as_deref()
+                .expect("the store fills synced_at"),
+        );
+    }
     assert_eq!(store.ledger_count("s").await.unwrap(), 3);
     assert_eq!(store.checkpoint("s").await.unwrap(), Some(moved.clone()));
     assert_eq!(store.run(run).await.unwrap().unwrap().metrics, later);
