@@ -70,6 +70,8 @@ pub(crate) struct Flushed {
     batch_number: u64,
     /// Ledger rows of the records the destination accepted.
     ledger: Vec<LedgerEntry>,
+    /// Whether every key of `ledger` was absent from the ledger (all adds).
+    ledger_keys_new: bool,
     rejected: Vec<RejectedRecord>,
     /// Keys of tombstoned records, to wait as pending deletes.
     found: Vec<String>,
@@ -89,6 +91,7 @@ impl Flushed {
             run: self.run_id,
             lease_token: ctx.lease_token(),
             ledger_upserts: &self.ledger,
+            ledger_keys_new: self.ledger_keys_new,
             ledger_deletes: &[],
             checkpoint: self.checkpoint.as_ref(),
             metrics: &self.metrics,
@@ -218,6 +221,7 @@ pub(crate) async fn write_batch<S: Sink>(
         run_id: run.run_id,
         batch_number,
         ledger: settled.ledger,
+        ledger_keys_new: settled.ledger_keys_new,
         rejected,
         found: settled.found,
         seen: settled.seen,
@@ -246,6 +250,10 @@ struct Written<'b> {
 struct Settled {
     /// Ledger rows of the records the destination accepted.
     ledger: Vec<LedgerEntry>,
+    /// Whether every key of `ledger` was absent from the ledger: each is an add, found in
+    /// neither the store (looked up under the lease, or certainly never met) nor the batch
+    /// in flight.
+    ledger_keys_new: bool,
     /// Keys of tombstoned records, to wait as pending deletes.
     found: Vec<String>,
     /// Keys of records present, which cancel the deletes waiting for them.
@@ -465,6 +473,7 @@ impl LedgerChanges {
         };
         Ok(Settled {
             ledger,
+            ledger_keys_new: changes.upserts.iter().all(|upsert| upsert.added),
             found,
             seen: present,
         })
@@ -580,6 +589,7 @@ impl DirectChanges {
         });
         Ok(Settled {
             ledger: Vec::new(),
+            ledger_keys_new: true,
             found: self.found,
             seen: self.seen,
         })

@@ -148,6 +148,7 @@ async fn apply_approved<S: Sink>(
                 run: run.run_id,
                 lease_token: token,
                 ledger_upserts: &[],
+                ledger_keys_new: false,
                 ledger_deletes: &keys,
                 checkpoint: None,
                 metrics: &run.metrics,

@@ -467,6 +467,7 @@ impl Engine<'_> {
                     run: run_id,
                     lease_token: Some(lease.token),
                     ledger_upserts: &[],
+                    ledger_keys_new: false,
                     ledger_deletes: &[],
                     checkpoint: None,
                     metrics: &run.metrics,

@@ -55,6 +55,7 @@ pub(crate) async fn apply_source_rejects<S: Sink>(
         run: run.run_id,
         lease_token: ctx.lease_token(),
         ledger_upserts: &[],
+        ledger_keys_new: false,
         ledger_deletes: &[],
         checkpoint: new_checkpoint.as_ref(),
         metrics: &run.metrics,

@@ -852,6 +852,7 @@ impl Engine<'_> {
                     run: run.run_id,
                     lease_token: Some(lease.token),
                     ledger_upserts: &[],
+                    ledger_keys_new: false,
                     ledger_deletes: keys,
                     checkpoint: None,
                     metrics: &run.metrics,

@@ -332,7 +332,8 @@ macro_rules! impl_state_store {
                 let mut tx = self.begin_write().await?;
                 $crate::backend::fence_and_progress!(tx, c, metrics, now, OP, "commit");
                 for chunk in upserts.chunks($crate::ledger::LEDGER_CHUNK) {
-                    Self::ledger_upsert_chunk(&mut *tx, c.sync, &now, chunk).await?;
+                    Self::ledger_upsert_chunk(&mut *tx, c.sync, &now, chunk, c.ledger_keys_new)
+                        .await?;
                 }
                 for chunk in c.ledger_deletes.chunks($crate::ledger::LEDGER_CHUNK) {
                     Self::ledger_delete_chunk(&mut *tx, c.sync, chunk).await?;

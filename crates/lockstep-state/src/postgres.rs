@@ -17,6 +17,9 @@ use crate::two_way::{self, impl_two_way_store, BaseUpsert, ConflictUpdate, NewCo
 use crate::types::LedgerEntry;
 use crate::url::{redact_url, scrub};
 
+/// PostgreSQL's SQLSTATE for a duplicate key.
+const UNIQUE_VIOLATION: &str = "23505";
+
 /// How long opening the store waits for the server to answer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an operation waits for a free pooled connection (or a new one).
@@ -105,25 +108,61 @@ impl PgStore {
     }
 
     /// Upserts `entries` (each key once) in one statement; a missing `synced_at` becomes
-    /// `now`.
+    /// `now`. Keys known to be new are inserted without the conflict check, under a savepoint:
+    /// should one be present after all, the insert is rolled back and the chunk upserted.
     async fn ledger_upsert_chunk(
         tx: &mut PgConnection,
         sync: &str,
         now: &str,
         entries: &[&LedgerEntry],
+        keys_new: bool,
     ) -> Result<()> {
+        const OP: &str = "committing a batch";
         let columns = ledger::postgres::columns(entries);
-        sqlx::query(ledger::postgres::upsert_sql())
-            .bind(sync)
-            .bind(now)
-            .bind(&columns.keys)
-            .bind(&columns.dest_keys)
-            .bind(&columns.fingerprints)
-            .bind(&columns.source_versions)
-            .bind(&columns.synced_at)
+        let statement = |sql| {
+            sqlx::query(sql)
+                .bind(sync)
+                .bind(now)
+                .bind(&columns.keys)
+                .bind(&columns.dest_keys)
+                .bind(&columns.fingerprints)
+                .bind(&columns.source_versions)
+                .bind(&columns.synced_at)
+        };
+        if keys_new {
+            sqlx::query(r#"SAVEPOINT "ledger_insert""#)
+                .execute(&mut *tx)
+                .await
+                .map_err(db(OP))?;
+            match statement(ledger::postgres::insert_sql())
+                .execute(&mut *tx)
+                .await
+            {
+                Ok(_) => {
+                    sqlx::query(r#"RELEASE SAVEPOINT "ledger_insert""#)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db(OP))?;
+                    return Ok(());
+                }
+                Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(UNIQUE_VIOLATION) => {
+                    tracing::warn!(
+                        sync,
+                        "a ledger key the engine took for new was present; the batch's ledger \
+                         rows are upserted instead"
+                    );
+                    sqlx::query(r#"ROLLBACK TO SAVEPOINT "ledger_insert""#)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db(OP))?;
+                }
+                Err(e) => return Err(db(OP)(e)),
+            }
+        }
+        statement(ledger::postgres::upsert_sql())
             .execute(tx)
             .await
-            .map_err(db("committing a batch"))?;
+            .map_err(db(OP))?;
         Ok(())
     }
 

@@ -131,12 +131,14 @@ impl SqliteStore {
 
     /// Upserts `entries` in statements of the prepared sizes; a missing `synced_at` becomes
     /// `now`. Entries without a destination key or a `synced_at` of their own (every entry of
-    /// a one-way run) take the compact statements, which bind three values a row.
+    /// a one-way run) take the compact statements, which bind three values a row. Whether the
+    /// keys are known to be new does not matter here: SQLite checks the key once either way.
     async fn ledger_upsert_chunk(
         tx: &mut SqliteConnection,
         sync: &str,
         now: &str,
         entries: &[&LedgerEntry],
+        _keys_new: bool,
     ) -> Result<()> {
         let fingerprints: Vec<[u8; 16]> = entries
             .iter()

@@ -132,6 +132,11 @@ pub struct BatchCommit<'a> {
     pub lease_token: Option<i64>,
     /// Ledger rows to insert or replace. When a key appears twice, the last entry wins.
     pub ledger_upserts: &'a [LedgerEntry],
+    /// Whether the caller knows that no key of `ledger_upserts` has a ledger entry (it looked
+    /// them up under the sync's lease and found none): a store may then insert them without
+    /// a conflict check. A store that finds one present anyway replaces it as an upsert
+    /// would, so the flag changes only the speed, never the result.
+    pub ledger_keys_new: bool,
     /// Ledger keys to forget; applied after the upserts.
     pub ledger_deletes: &'a [String],
     /// The new source checkpoint, if it moved.

@@ -55,6 +55,7 @@ fn batch<'a>(sync: &'a str, run: i64, metrics: &'a RunMetrics) -> BatchCommit<'a
         run,
         lease_token: None,
         ledger_upserts: &[],
+        ledger_keys_new: false,
         ledger_deletes: &[],
         checkpoint: None,
         metrics,
@@ -899,7 +900,44 @@ async fn a_ledger_write_of_a_key_resolves_its_pending_rejects(store: Box<dyn Sta
     assert_eq!(store.rejected(&pending("t")).await.unwrap().len(), 1);
 }
 
+/// Keys committed as new are inserted; should one be present after all, the commit replaces
+/// it as an upsert would, and the rest of the commit (the other keys, the checkpoint) lands.
+async fn keys_committed_as_new_that_are_present_are_replaced(store: Box<dyn StateStore>) {
+    let run = store.start_run("s", None).await.unwrap();
+    let metrics = RunMetrics::default();
+    let first = [entry("k1", 1), entry("k2", 2)];
+    store
+        .commit_batch(&BatchCommit {
+            ledger_upserts: &first,
+            ledger_keys_new: true,
+            ..batch("s", run, &metrics)
+        })
+        .await
+        .unwrap();
+    assert_eq!(fingerprint_of(&*store, "s", "k1").await, Some(1));
+    assert_eq!(fingerprint_of(&*store, "s", "k2").await, Some(2));
+
+    // `k2` is not new: the flag is wrong, the result is still an upsert's.
+    let second = [entry("k2", 22), entry("k3", 3)];
+    let checkpoint = json!({"cursor": 2});
+    store
+        .commit_batch(&BatchCommit {
+            ledger_upserts: &second,
+            ledger_keys_new: true,
+            checkpoint: Some(&checkpoint),
+            ..batch("s", run, &metrics)
+        })
+        .await
+        .unwrap();
+    assert_eq!(fingerprint_of(&*store, "s", "k1").await, Some(1));
+    assert_eq!(fingerprint_of(&*store, "s", "k2").await, Some(22));
+    assert_eq!(fingerprint_of(&*store, "s", "k3").await, Some(3));
+    assert_eq!(store.ledger_count("s").await.unwrap(), 3);
+    assert_eq!(store.checkpoint("s").await.unwrap(), Some(checkpoint));
+}
+
 on_both_backends!(
+    keys_committed_as_new_that_are_present_are_replaced,
     run_lifecycle_and_history,
     a_ledger_write_of_a_key_resolves_its_pending_rejects,
     mark_abandoned_spares_runs_under_the_live_lease,

@@ -210,6 +210,7 @@ impl Daemon {
                 run,
                 lease_token: None,
                 ledger_upserts: &[],
+                ledger_keys_new: false,
                 ledger_deletes: &[],
                 checkpoint: None,
                 metrics: &RunMetrics::default(),
