@@ -19,6 +19,9 @@
 //!   the commit time); a delete forgets the keys given.
 //! - Upserts given to PostgreSQL carry each key once (it refuses to update a row twice in one
 //!   statement); [`crate::sql::sorted_unique_upserts`] sees to that before these functions run.
+//! - PostgreSQL's insert without a conflict clause ([`postgres::insert_sql`]) is only a faster
+//!   way to the upsert's result: it runs for keys the engine knows to be new, under a
+//!   savepoint, and the upsert runs instead should one be present.
 
 use crate::types::LedgerEntry;
 
