@@ -3,16 +3,19 @@
 //! `lockstep verify` to compare two tables without moving their rows.
 //!
 //! The queries are the SQL kit's ([`lockstep_sql_kit::range_hash`]); this module gives them
-//! PostgreSQL's pieces. On PostgreSQL 14 and later (algorithm [`ALGORITHM`]) a record's row
-//! hash is `hash_record_extended` over one expression a column, each hashed by its type's own
-//! extended hash function where that function tells apart every two values the engine's
-//! comparison tells apart, and through the value's canonical text otherwise (see
-//! [`hash_exprs`] and docs/verify.md for the argument, type by type). `hash_record_extended`
-//! combines the columns' hashes linearly, so its result is hashed once more (as the 8 bytes
-//! of `int8send`), which makes the sum of a range's row hashes see two records swapping a
-//! value. Older servers, which lack `hash_record_extended`, hash each record's row output
-//! `ROW(...)::text` instead (algorithm [`TEXT_ALGORITHM`]); two sides of different algorithms
-//! are never compared (verify reads both sides then).
+//! PostgreSQL's pieces. On PostgreSQL 14 and later (algorithm [`ALGORITHM`]) each value of a
+//! record is hashed by its type's own extended hash function where that function tells apart
+//! every two values the engine's comparison tells apart, and through the value's canonical
+//! text otherwise (see [`hash_exprs`] and docs/verify.md for the argument, type by type).
+//! Values whose hash function takes a seed and has no seed-dependent special values (text,
+//! integers, uuid) are hashed one by one, seeded by their position, a null as a constant of
+//! its position, and XORed; the others (floats, decimals, timestamps, dates, bytea, booleans)
+//! go into one `hash_record_extended` of a row, XORed in too. XOR is linear, so the result is
+//! finished above the fence by hashing its 32-bit fold and its high half (which together are
+//! the 64 bits) with two seeded hashes: the sum of a range's row hashes then sees two records
+//! swapping a value. Older servers, which lack `hash_record_extended`, hash each record's row
+//! output `ROW(...)::text` instead (algorithm [`TEXT_ALGORITHM`]); two sides of different
+//! algorithms are never compared (verify reads both sides then).
 //!
 //! Summaries and listings stream: the query's rows come in range order and go to the host in
 //! batches of [`ROWS_PER_BATCH`], so neither the connector nor the host holds a table's worth
@@ -36,7 +39,7 @@ use lockstep_plugin_sdk::arrow::array::RecordBatch;
 use lockstep_plugin_sdk::protocol::{RangeEntry, RangeHashRequest, RangeSummary};
 use lockstep_plugin_sdk::{ConnectorError, Context, ReadRequest, Result};
 use lockstep_sql_kit::range_hash::RangeHashDialect;
-use lockstep_sql_kit::range_hash::{check_request, list_sql, summary_sql, HashColumn};
+use lockstep_sql_kit::range_hash::{check_request, list_sql, summary_sql, HashColumn, HashPart};
 use lockstep_sql_kit::{Dialect, PostgresDialect};
 use serde_json::Value;
 use sqlx::postgres::PgRow;
@@ -49,7 +52,7 @@ use crate::error::map_sqlx;
 use crate::read::{worker_runtime, BatchResult, PgReader};
 
 /// The range-hash algorithm of PostgreSQL 14 and later: each type's extended hash.
-pub const ALGORITHM: &str = "postgres-range-hash-v2";
+pub const ALGORITHM: &str = "postgres-range-hash-v3";
 /// The algorithm of older servers: the hash of each record's row output.
 pub const TEXT_ALGORITHM: &str = "postgres-range-hash-v1";
 
@@ -97,10 +100,25 @@ impl Pg {
     fn all(columns: &[HashColumn]) -> String {
         let parts: Vec<&str> = columns
             .iter()
-            .flat_map(|c| c.hash.iter().map(String::as_str))
+            .flat_map(|c| c.hash.iter().map(HashPart::value))
             .collect();
         parts.join(", ")
     }
+}
+
+/// The seed of the seeded hash of the value at `position` in a record (0, 1 and 2 are the
+/// finishing hash's and the row's).
+fn seed(position: usize) -> u64 {
+    3 + position as u64
+}
+
+/// What a null at `position` in a record hashes as: a constant of the position, a different
+/// pseudo-random 64-bit value for each (splitmix64 of the position).
+fn null_hash(position: usize) -> i64 {
+    let mut z = (position as u64).wrapping_add(0x6c6f_636b_7374_6570);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (z ^ (z >> 31)) as i64
 }
 
 impl RangeHashDialect for Pg {
@@ -123,13 +141,37 @@ impl RangeHashDialect for Pg {
             // empty text as `""`: unambiguous, and one output call a value.
             return format!("hashtextextended(ROW({})::text, 0)", Pg::all(columns));
         }
+        let mut terms = Vec::new();
+        let mut in_row = Vec::new();
+        for (position, part) in columns.iter().flat_map(|c| &c.hash).enumerate() {
+            match part {
+                HashPart::Seeded { function, value } => terms.push(format!(
+                    "coalesce({function}({value}, {}), '{}'::int8)",
+                    seed(position),
+                    null_hash(position)
+                )),
+                HashPart::Value(value) => in_row.push(value.as_str()),
+            }
+        }
         // Seed 2: a null column hashes as 0, and no value may do so by rule (a float's zero
         // hashes as the seed, a numeric's zero as the seed minus one, a numeric's NaN as the
-        // seed). The outer hash mixes the linear combination of the columns' hashes.
-        format!(
-            "hash_record_extended(ROW(int8send(hash_record_extended(ROW({}), 2))), 0)",
-            Pg::all(columns)
-        )
+        // seed).
+        if !in_row.is_empty() {
+            terms.push(format!(
+                "hash_record_extended(ROW({}), 2)",
+                in_row.join(", ")
+            ));
+        }
+        terms.join(" # ")
+    }
+    fn finish_hash(&self, inner: &str) -> String {
+        if !self.typed {
+            return inner.to_owned();
+        }
+        // `hashint8extended` hashes the 32-bit fold of its argument (the low half XOR the high
+        // half, or its complement); with the high half hashed too, the two determine all 64
+        // bits, and each hash's 64-bit output depends on its input non-linearly.
+        format!("(hashint8extended({inner}, 0) # hashint4extended(({inner} >> 32)::int4, 1))")
     }
     fn fence(&self) -> &'static str {
         " OFFSET 0"
@@ -150,26 +192,37 @@ impl RangeHashDialect for Pg {
 
 /// What the typed algorithm hashes for column `c` (quoted `quoted`): the value itself where
 /// its type's extended hash is exact for the engine's comparison, a binary form where the
-/// hash folds the value, and the canonical text otherwise.
+/// hash folds the value, and the canonical text otherwise. Seeded parts are hashed on their
+/// own ([`HashPart::Seeded`]); value parts within one row.
 ///
-/// - `bool`, `int2`, `int4`, `oid`, `date`, `uuid`, `bytea`: hashed from all their bits.
-/// - `float4`, `float8`: hashed from all their bits but with `-0` folded into `0` and every
-///   NaN into one, exactly as the engine's comparison folds them.
-/// - `numeric(p,s)` read as a decimal: the hash ignores the scale, but every value of the
-///   column has scale `s`, and the engine compares the decimal's value.
+/// - `int2`, `int4`, `oid`, `uuid`: seeded, their hashes read all their bits.
 /// - `int8`: its hash folds the two 32-bit halves into one (1 and 2^32 hash alike), so the
-///   high half is hashed as a second value.
+///   high half is hashed as a second seeded value.
+/// - `text`, `varchar`, `name`: seeded, under the `C` collation (the bytes).
+/// - `bool`, `date`, `bytea`: in the row, hashed from all their bits.
+/// - `float4`, `float8`: in the row, hashed from all their bits but with `-0` folded into `0`
+///   and every NaN into one, exactly as the engine's comparison folds them (their zero hashes
+///   as the seed, so they are never seeded on their own).
+/// - `numeric(p,s)` read as a decimal: in the row; the hash ignores the scale, but every value
+///   of the column has scale `s`, and the engine compares the decimal's value (its zero and
+///   NaN hash as the seed minus one and the seed, so never seeded on their own).
 /// - `timestamp`, `timestamptz`, `time`: their hashes fold their 64 bits likewise, so their
-///   8-byte binary form is hashed (`timestamptz` as the instant: no time zone setting).
-/// - `text`, `varchar`, `name`: under the `C` collation (the bytes).
+///   8-byte binary form goes into the row (`timestamptz` as the instant: no time zone
+///   setting).
 /// - `char(n)`: its hash (and its cast to text) ignores trailing spaces, which the engine
-///   reads, so its binary form is hashed.
-/// - everything else as its canonical text: unconstrained `numeric` (`1.0` and `1.00` are
-///   different texts, and the engine reads the text), `json`, `jsonb` (its hash calls `1`
+///   reads, so its binary form goes into the row.
+/// - everything else as its canonical text, seeded: unconstrained `numeric` (`1.0` and `1.00`
+///   are different texts, and the engine reads the text), `json`, `jsonb` (its hash calls `1`
 ///   and `1.0` equal), enums (their hash is the label's OID, which differs between
 ///   databases), arrays (as reads send them, `to_json`), and the types read as text.
-pub(crate) fn hash_exprs(c: &Column, quoted: &str) -> Vec<String> {
-    let text = |expr: String| vec![format!("({expr}) COLLATE \"C\"")];
+pub(crate) fn hash_exprs(c: &Column, quoted: &str) -> Vec<HashPart> {
+    let seeded = |function: &'static str, value: String| HashPart::Seeded { function, value };
+    let text = |expr: String| {
+        vec![seeded(
+            "hashtextextended",
+            format!("({expr}) COLLATE \"C\""),
+        )]
+    };
     if c.is_array || c.expr == ReadExpr::Json {
         return text(format!("to_json({quoted})::text"));
     }
@@ -178,23 +231,24 @@ pub(crate) fn hash_exprs(c: &Column, quoted: &str) -> Vec<String> {
     }
     let typed = format!("({quoted})::{}", c.cast_type);
     match c.wire {
-        Wire::Bool
-        | Wire::Int2
-        | Wire::Int4
-        | Wire::Oid
-        | Wire::Float4
-        | Wire::Float8
-        | Wire::Uuid
-        | Wire::Date
-        | Wire::Bytea
-        | Wire::Decimal { .. } => vec![typed],
-        Wire::Int8 => vec![typed.clone(), format!("({typed} >> 32)::int4")],
-        Wire::Timestamp => vec![format!("timestamp_send({typed})")],
-        Wire::TimestampTz => vec![format!("timestamptz_send({typed})")],
-        Wire::Time => vec![format!("time_send({typed})")],
-        Wire::Text if c.base == "bpchar" => vec![format!("bpcharsend({typed})")],
+        Wire::Int2 => vec![seeded("hashint2extended", typed)],
+        Wire::Int4 => vec![seeded("hashint4extended", typed)],
+        Wire::Oid => vec![seeded("hashoidextended", typed)],
+        Wire::Uuid => vec![seeded("uuid_hash_extended", typed)],
+        Wire::Int8 => vec![
+            seeded("hashint8extended", typed.clone()),
+            seeded("hashint4extended", format!("({typed} >> 32)::int4")),
+        ],
+        Wire::Bool | Wire::Float4 | Wire::Float8 | Wire::Date | Wire::Bytea => {
+            vec![HashPart::Value(typed)]
+        }
+        Wire::Decimal { .. } => vec![HashPart::Value(typed)],
+        Wire::Timestamp => vec![HashPart::Value(format!("timestamp_send({typed})"))],
+        Wire::TimestampTz => vec![HashPart::Value(format!("timestamptz_send({typed})"))],
+        Wire::Time => vec![HashPart::Value(format!("time_send({typed})"))],
+        Wire::Text if c.base == "bpchar" => vec![HashPart::Value(format!("bpcharsend({typed})"))],
         Wire::Text if matches!(c.base.as_str(), "text" | "varchar" | "name") => {
-            vec![format!("{typed} COLLATE \"C\"")]
+            vec![seeded("hashtextextended", format!("{typed} COLLATE \"C\""))]
         }
         Wire::Text | Wire::Jsonb | Wire::NumericText => text(format!("{quoted}::text")),
     }
@@ -219,7 +273,7 @@ fn columns(table: &Table, names: &[String], typed: bool, label: &str) -> Result<
             let hash = if typed {
                 hash_exprs(c, &quoted)
             } else {
-                vec![text.clone()]
+                vec![HashPart::Value(text.clone())]
             };
             let int_key = (typed
                 && c.expr == ReadExpr::Plain

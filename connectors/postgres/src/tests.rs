@@ -1608,6 +1608,30 @@ fn range_hashes_tell_apart_exactly_the_values_the_comparison_tells_apart() {
             ("bytea", "bytea", "(1, '')", "(1, NULL)", false),
             ("boolean", "boolean", "(1, false)", "(1, NULL)", false),
             ("integer", "integer", "(1, 0)", "(1, NULL)", false),
+            ("smallint", "smallint", "(1, 0)", "(1, NULL)", false),
+            ("bigint", "bigint", "(1, 0)", "(1, NULL)", false),
+            ("oid", "oid", "(1, 0)", "(1, NULL)", false),
+            (
+                "uuid",
+                "uuid",
+                "(1, '00000000-0000-0000-0000-000000000000')",
+                "(1, NULL)",
+                false,
+            ),
+            (
+                "uuid",
+                "uuid",
+                "(1, 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11')",
+                "(1, 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11')",
+                true,
+            ),
+            (
+                "date",
+                "date",
+                "(1, '2026-01-01')",
+                "(1, '2026-01-02')",
+                false,
+            ),
             // Two records of one range swapping a value: their hashes' sum must see it.
             (
                 "text",
@@ -1649,6 +1673,61 @@ fn range_hashes_tell_apart_exactly_the_values_the_comparison_tells_apart() {
             assert_eq!(a[0].algorithm, crate::range_hash::ALGORITHM);
             if (a == b) != *equal {
                 wrong.push(format!("{ta} {va} against {tb} {vb}: equal {}", a == b));
+            }
+        }
+        assert!(wrong.is_empty(), "{wrong:#?}");
+    });
+}
+
+#[test]
+fn range_hashes_see_values_move_between_columns_and_records() {
+    let Some(db) = TestDb::create() else { return };
+    block_on(async {
+        // (columns v and w, a's rows, b's rows): never equal. Values hashed on their own are
+        // seeded by their position, and a null by a constant of its position, so a value or a
+        // null moving to another column changes the record's hash; the finishing hash makes
+        // the sum of a range see records trading values.
+        let cases: &[(&str, &str, &str)] = &[
+            ("v text, w text", "(1, 'x', 'y')", "(1, 'y', 'x')"),
+            ("v text, w text", "(1, NULL, 'x')", "(1, 'x', NULL)"),
+            ("v text, w text", "(1, NULL, NULL)", "(1, '', '')"),
+            ("v int, w int", "(1, 1, 2)", "(1, 2, 1)"),
+            ("v int, w bigint", "(1, NULL, 0)", "(1, 0, NULL)"),
+            (
+                "v bigint, w bigint",
+                "(1, 1, 2), (2, 3, 4)",
+                "(1, 1, 4), (2, 3, 2)",
+            ),
+            (
+                "v text, w float8",
+                "(1, 'a', 0), (2, 'b', 1)",
+                "(1, 'b', 0), (2, 'a', 1)",
+            ),
+            (
+                "v numeric(4,1), w numeric(4,1)",
+                "(1, 0, 'NaN')",
+                "(1, 'NaN', 0)",
+            ),
+            (
+                "v numeric(4,1), w float8",
+                "(1, 0, 0), (2, 'NaN', 0)",
+                "(1, 'NaN', 0), (2, 0, 0)",
+            ),
+        ];
+        let mut source = db.source(None).await;
+        let mut wrong = Vec::new();
+        for (i, (columns, va, vb)) in cases.iter().enumerate() {
+            db.exec(&format!(
+                "CREATE TABLE m{i}a (id int PRIMARY KEY, {columns}); \
+                 CREATE TABLE m{i}b (id int PRIMARY KEY, {columns}); \
+                 INSERT INTO m{i}a VALUES {va}; INSERT INTO m{i}b VALUES {vb};"
+            ))
+            .await;
+            let fields = ["v", "w"];
+            let a = range_summaries(&mut source, &format!("m{i}a"), &fields, 1, None).await;
+            let b = range_summaries(&mut source, &format!("m{i}b"), &fields, 1, None).await;
+            if a == b {
+                wrong.push(format!("({columns}) {va} against {vb} hash alike"));
             }
         }
         assert!(wrong.is_empty(), "{wrong:#?}");

@@ -29,7 +29,7 @@
 //!   [`LIST_LIMIT`] records). The listed pairs of differing ranges are at most
 //!   [`LIST_LIMIT`] records a side; past that it declines.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use lockstep_core::protocol::{
     RangeEntry, RangeHashRequest, RangeSummary, ReadMode, ReadRequest, StreamInfo,
@@ -44,8 +44,12 @@ use crate::error::EngineError;
 use crate::job::SyncJob;
 use crate::services::Services;
 
-/// The ranges of the first level: 65,536, about 16 records each at a million records.
-pub(crate) const FIRST_RANGES: u64 = 1 << 16;
+/// The ranges of the first level: 16,384, about 61 records each at a million records. More
+/// ranges list fewer records when something differs, but each side's grouping then works
+/// over a larger hash table: at a million records, 65,536 ranges cost PostgreSQL about 0.3 s
+/// more a side than 16,384, while 0.2% of the records differing, scattered, still list only
+/// about 12% of them (docs/benchmarks.md, `bench verify`).
+pub(crate) const FIRST_RANGES: u64 = 1 << 14;
 /// About how many records one range holds at the finer level, when there is one: a
 /// differing range lists about this many pairs on each side.
 pub(crate) const ROWS_PER_RANGE: u64 = 16;
@@ -263,8 +267,8 @@ impl Side<'_> {
     }
 
     /// The (key, row hash) pairs of the records of `list` among `ranges` ranges.
-    async fn entries(&mut self, ranges: u64, list: &[u64]) -> Result<Vec<RangeEntry>, EngineError> {
-        let mut out = Vec::new();
+    async fn entries(&mut self, ranges: u64, list: &[u64]) -> Result<Listing, EngineError> {
+        let mut out = Listing::default();
         for chunk in list.chunks(RANGES_PER_LIST) {
             let request = self.request(RangeHashRequest {
                 fields: self.fields.to_vec(),
@@ -274,12 +278,15 @@ impl Side<'_> {
             });
             let mut reader = self.handle.read(&request).await?;
             while let Some((batch, _)) = reader.next().await? {
-                out.extend(RangeEntry::from_batch(&batch, self.key.len()).map_err(|e| {
+                let entries = RangeEntry::from_batch(&batch, self.key.len()).map_err(|e| {
                     EngineError::Schema(format!(
                         "the {} answered a range-hash listing with a malformed batch: {e}",
                         self.name
                     ))
-                })?);
+                })?;
+                for entry in &entries {
+                    out.push(entry);
+                }
             }
         }
         Ok(out)
@@ -419,24 +426,127 @@ async fn merge(
 /// A key as listed: the canonical text of each key field, `None` for a null.
 pub(crate) type KeyText = Vec<Option<String>>;
 
+/// One side's listed (key, row hash) pairs, kept compactly: every key's canonical text
+/// encoded into one buffer, and a pair as its key's slice of the buffer and a 64-bit digest
+/// of its row hash. At the most records a listing may hold ([`LIST_LIMIT`]) this is a few
+/// megabytes, where a map of keys to hash texts took tens.
+#[derive(Debug, Default)]
+pub(crate) struct Listing {
+    /// The keys, one after another: per field a tag (0 for a null, 1 for a value), then for
+    /// a value its length (4 bytes, little-endian) and its UTF-8 bytes.
+    keys: Vec<u8>,
+    /// Per pair: where its key starts in `keys`, the key's encoded length, the row hash's
+    /// digest.
+    pairs: Vec<(usize, u32, u64)>,
+}
+
+impl Listing {
+    /// Adds the pair `entry`.
+    pub(crate) fn push(&mut self, entry: &RangeEntry) {
+        let start = self.keys.len();
+        for field in &entry.key {
+            match field {
+                None => self.keys.push(0),
+                Some(text) => {
+                    self.keys.push(1);
+                    // A listed key field is far below 4 GiB.
+                    self.keys
+                        .extend_from_slice(&(text.len() as u32).to_le_bytes());
+                    self.keys.extend_from_slice(text.as_bytes());
+                }
+            }
+        }
+        let len = (self.keys.len() - start) as u32;
+        self.pairs.push((start, len, hash_digest(&entry.hash)));
+    }
+
+    fn len(&self) -> usize {
+        self.pairs.len()
+    }
+
+    fn key(&self, pair: &(usize, u32, u64)) -> &[u8] {
+        &self.keys[pair.0..pair.0 + pair.1 as usize]
+    }
+
+    /// The pairs sorted by key bytes, then by digest.
+    fn sorted(&self) -> Vec<(usize, u32, u64)> {
+        let mut pairs = self.pairs.clone();
+        pairs.sort_unstable_by(|x, y| self.key(x).cmp(self.key(y)).then(x.2.cmp(&y.2)));
+        pairs
+    }
+}
+
+/// A row hash's 64 bits: the value itself when it is a decimal integer (PostgreSQL's are),
+/// else a hash of its text.
+fn hash_digest(hash: &str) -> u64 {
+    match hash.parse::<i64>() {
+        Ok(n) => n as u64,
+        Err(_) => {
+            use std::hash::BuildHasher;
+            foldhash::quality::FixedState::with_seed(0x6c6f_636b).hash_one(hash)
+        }
+    }
+}
+
+/// Decodes a key encoded by [`Listing::push`].
+fn decode_key(mut bytes: &[u8]) -> KeyText {
+    let mut out = Vec::new();
+    while let Some((&tag, rest)) = bytes.split_first() {
+        if tag == 0 {
+            out.push(None);
+            bytes = rest;
+            continue;
+        }
+        let (len, rest) = rest.split_at(4);
+        let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        let (text, rest) = rest.split_at(len);
+        // The bytes were a `String`'s.
+        out.push(Some(String::from_utf8_lossy(text).into_owned()));
+        bytes = rest;
+    }
+    out
+}
+
 /// The keys whose (key, row hash) pairs differ between the two listings (a key on one side
-/// only, with another hash, or held another number of times).
-pub(crate) fn candidates(a: Vec<RangeEntry>, b: Vec<RangeEntry>) -> Vec<KeyText> {
-    let mut pairs: HashMap<KeyText, (Vec<String>, Vec<String>)> = HashMap::new();
-    for e in a {
-        pairs.entry(e.key).or_default().0.push(e.hash);
+/// only, with another hash, or held another number of times), sorted.
+pub(crate) fn candidates(a: &Listing, b: &Listing) -> Vec<KeyText> {
+    let (x, y) = (a.sorted(), b.sorted());
+    let mut out = Vec::new();
+    let (mut i, mut j) = (0, 0);
+    // The end of the run of pairs from `start` that share its key.
+    let run = |side: &Listing, pairs: &[(usize, u32, u64)], start: usize| {
+        let key = side.key(&pairs[start]);
+        let mut end = start + 1;
+        while end < pairs.len() && side.key(&pairs[end]) == key {
+            end += 1;
+        }
+        end
+    };
+    while i < x.len() || j < y.len() {
+        let order = match (x.get(i), y.get(j)) {
+            (Some(p), Some(q)) => a.key(p).cmp(b.key(q)),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            _ => std::cmp::Ordering::Greater,
+        };
+        match order {
+            std::cmp::Ordering::Less => {
+                out.push(decode_key(a.key(&x[i])));
+                i = run(a, &x, i);
+            }
+            std::cmp::Ordering::Greater => {
+                out.push(decode_key(b.key(&y[j])));
+                j = run(b, &y, j);
+            }
+            std::cmp::Ordering::Equal => {
+                let (i_end, j_end) = (run(a, &x, i), run(b, &y, j));
+                let (p, q) = (&x[i..i_end], &y[j..j_end]);
+                if !p.iter().map(|p| p.2).eq(q.iter().map(|q| q.2)) {
+                    out.push(decode_key(a.key(&x[i])));
+                }
+                (i, j) = (i_end, j_end);
+            }
+        }
     }
-    for e in b {
-        pairs.entry(e.key).or_default().1.push(e.hash);
-    }
-    let mut out: Vec<KeyText> = pairs
-        .into_iter()
-        .filter_map(|(key, (mut x, mut y))| {
-            x.sort_unstable();
-            y.sort_unstable();
-            (x != y).then_some(key)
-        })
-        .collect();
     out.sort();
     out
 }
@@ -523,7 +633,7 @@ pub(crate) async fn compare(
     let (x, y) = tokio::join!(a.entries(ranges, &list), b.entries(ranges, &list));
     let (x, y) = (x?, y?);
     outcome.stats.listed = (x.len() + y.len()) as u64;
-    outcome.candidates = candidates(x, y);
+    outcome.candidates = candidates(&x, &y);
     outcome.stats.candidates = outcome.candidates.len() as u64;
     Ok(Compared::Done(outcome))
 }
@@ -568,11 +678,51 @@ mod tests {
             entry("4", "d"),
             entry("1", "a"),
         ];
-        let keys: Vec<String> = candidates(a, b)
+        let listing = |entries: Vec<RangeEntry>| {
+            let mut l = Listing::default();
+            for e in &entries {
+                l.push(e);
+            }
+            l
+        };
+        let keys: Vec<String> = candidates(&listing(a), &listing(b))
             .into_iter()
             .map(|k| k[0].clone().unwrap())
             .collect();
         assert_eq!(keys, ["2", "3", "4"]);
+    }
+
+    #[test]
+    fn candidates_tell_a_null_key_field_from_an_empty_one_and_decode_composite_keys() {
+        let key = |k: &[Option<&str>], hash: &str| RangeEntry {
+            key: k.iter().map(|f| f.map(str::to_owned)).collect(),
+            hash: hash.to_owned(),
+        };
+        let mut a = Listing::default();
+        let mut b = Listing::default();
+        for e in [
+            key(&[None, Some("x")], "1"),
+            key(&[Some("é"), Some("")], "-5"),
+            key(&[Some("k"), Some("v")], "7"),
+        ] {
+            a.push(&e);
+        }
+        for e in [
+            key(&[Some(""), Some("x")], "1"),
+            key(&[Some("é"), Some("")], "-5"),
+            key(&[Some("k"), Some("v")], "not a number"),
+        ] {
+            b.push(&e);
+        }
+        let found = candidates(&a, &b);
+        assert_eq!(
+            found,
+            vec![
+                vec![None, Some("x".to_owned())],
+                vec![Some(String::new()), Some("x".to_owned())],
+                vec![Some("k".to_owned()), Some("v".to_owned())],
+            ]
+        );
     }
 
     fn summary(algorithm: &str, range: u64, count: u64, hash: &str) -> RangeSummary {

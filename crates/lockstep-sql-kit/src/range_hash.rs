@@ -5,17 +5,19 @@
 //! A record's *range* is a 64-bit hash of its key columns (the dialect's
 //! [`RangeHashDialect::key_hash`]) masked to the range count (a power of two), which depends
 //! on the key's values only, never on how the system orders or collates keys. Its *row hash*
-//! is a 64-bit hash of its key columns and then the requested columns
-//! ([`RangeHashDialect::row_hash`]), which must tell apart any two records that the engine's
-//! comparison tells apart (but for a 64-bit collision), and must not be linear in the
-//! columns' hashes: a range's summary is its record count and the *sum* of its row hashes
-//! (independent of the order the system visits the records), and a sum of linear row hashes
-//! would not see two records of one range swapping a value.
+//! is a 64-bit hash of its key columns and then the requested columns that are not key
+//! columns ([`RangeHashDialect::row_hash`], then [`RangeHashDialect::finish_hash`] over it),
+//! which must tell apart any two records that the engine's comparison tells apart (but for a
+//! 64-bit collision), and must not be linear in the columns' hashes: a range's summary is its
+//! record count and the *sum* of its row hashes (independent of the order the system visits
+//! the records), and a sum of linear row hashes would not see two records of one range
+//! swapping a value.
 //!
-//! The summary query computes range and row hash below an optimization fence
+//! The summary query computes range and inner row hash below an optimization fence
 //! ([`RangeHashDialect::fence`]), so that the grouping sees two integers a record rather than
 //! the whole record (the planner cannot know that the ranges are few, and would otherwise sort
-//! whole records), and returns one row per range that holds records, in range order: the
+//! whole records), and so that the finishing hash, which may name the inner hash twice,
+//! computes it once; it returns one row per range that holds records, in range order: the
 //! engine merges two sides' summaries as two streams.
 //!
 //! Invariants:
@@ -38,10 +40,17 @@ pub trait RangeHashDialect: Dialect {
     /// An int64 expression hashing the key columns `key`: a record's range is its low bits.
     /// Equal keys must give equal hashes; unequal keys may collide (they only share a range).
     fn key_hash(&self, key: &[HashColumn]) -> String;
-    /// An int64 expression hashing the columns `columns` (the key's, then the requested
-    /// fields'), which differs for two records the engine tells apart (but for a 64-bit
-    /// collision) and is not linear in the columns' own hashes.
+    /// An int64 expression over the columns `columns` (the key's, then the requested fields
+    /// that are not key fields), computed once a record below the fence: the row hash before
+    /// [`RangeHashDialect::finish_hash`]. It differs for two records the engine tells apart
+    /// (but for a 64-bit collision).
     fn row_hash(&self, columns: &[HashColumn]) -> String;
+    /// The row hash: an int64 expression over `inner`, a reference to the value of
+    /// [`RangeHashDialect::row_hash`] (which it may name more than once: it is computed once,
+    /// below the fence). Together the two are not linear in the columns' own hashes, nor in
+    /// any combination of them that a sum could undo: two records of one range swapping a
+    /// value must change the range's sum.
+    fn finish_hash(&self, inner: &str) -> String;
     /// What follows the inner query of a summary so that the planner computes its range and
     /// row hash before grouping (PostgreSQL: ` OFFSET 0`), or nothing.
     fn fence(&self) -> &'static str;
@@ -58,16 +67,40 @@ pub trait RangeHashDialect: Dialect {
 }
 
 /// One column to hash: its name, the SQL expression of its value in canonical text form (the
-/// text a listed key carries, which the connector casts back to the column's type), and the
-/// SQL expression(s) the dialect's row hash hashes for it (over the column's quoted name).
+/// text a listed key carries, which the connector casts back to the column's type), and what
+/// the dialect's row hash hashes for it (expressions over the column's quoted name).
 #[derive(Clone, Debug)]
 pub struct HashColumn {
     pub name: String,
     pub text: String,
-    pub hash: Vec<String>,
+    pub hash: Vec<HashPart>,
     /// The column's value as an integer expression, when it is one that the dialect may hash
     /// directly for a record's range (a key of one integer column).
     pub int_key: Option<String>,
+}
+
+/// One value a row hash hashes for a column.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HashPart {
+    /// A value expression that the dialect hashes within a record, by its type's own hash.
+    Value(String),
+    /// A value expression and a seeded 64-bit hash function of the dialect over it,
+    /// `function(value, seed)`, exact for the engine's comparison: different seeds give
+    /// unrelated functions, and no value hashes to anything that depends on the seed alone.
+    /// The dialect may hash such a value on its own, seeded by its position in the record.
+    Seeded {
+        function: &'static str,
+        value: String,
+    },
+}
+
+impl HashPart {
+    /// The value expression.
+    pub fn value(&self) -> &str {
+        match self {
+            HashPart::Value(v) | HashPart::Seeded { value: v, .. } => v,
+        }
+    }
 }
 
 /// Checks a range-hash request: a power-of-two range count within bounds, a listing of
@@ -113,7 +146,16 @@ fn parts<D: RangeHashDialect>(
     fields: &[HashColumn],
     ranges: u64,
 ) -> Parts {
-    let all: Vec<HashColumn> = key.iter().chain(fields).cloned().collect();
+    // A key field among the requested fields is hashed once, with the key.
+    let all: Vec<HashColumn> = key
+        .iter()
+        .chain(
+            fields
+                .iter()
+                .filter(|f| !key.iter().any(|k| k.name == f.name)),
+        )
+        .cloned()
+        .collect();
     Parts {
         range: format!("({} & {})", dialect.key_hash(key), ranges - 1),
         row_hash: dialect.row_hash(&all),
@@ -143,7 +185,7 @@ pub fn summary_sql<D: RangeHashDialect>(
     format!(
         "SELECT t.r, count(*), {sum}, {outer_newest} FROM (SELECT {range} AS r, {row_hash} AS h\
          {inner_newest} FROM {table}{fence}) AS t GROUP BY t.r ORDER BY t.r",
-        sum = dialect.sum_text("t.h"),
+        sum = dialect.sum_text(&dialect.finish_hash("t.h")),
         fence = dialect.fence(),
         range = p.range,
         row_hash = p.row_hash,
@@ -151,7 +193,8 @@ pub fn summary_sql<D: RangeHashDialect>(
 }
 
 /// The query listing the records of the ranges bound at parameter 1: one text column per key
-/// field (its canonical text, null for a null), then the row hash's decimal text.
+/// field (its canonical text, null for a null), then the row hash's decimal text. The key
+/// texts and the inner row hash are computed below the fence, for the listed records only.
 pub fn list_sql<D: RangeHashDialect>(
     dialect: &D,
     table: &str,
@@ -160,12 +203,20 @@ pub fn list_sql<D: RangeHashDialect>(
     ranges: u64,
 ) -> String {
     let p = parts(dialect, key, fields, ranges);
-    let keys: Vec<String> = key.iter().map(|c| dialect.value_text(&c.text)).collect();
+    let inner: Vec<String> = key
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{} AS k{i}", dialect.value_text(&c.text)))
+        .collect();
+    let outer: Vec<String> = (0..key.len()).map(|i| format!("t.k{i}")).collect();
     format!(
-        "SELECT {}, {} FROM {table} WHERE {}",
-        keys.join(", "),
-        dialect.int_text(&p.row_hash),
-        dialect.range_in_list(&p.range)
+        "SELECT {}, {} FROM (SELECT {}, {} AS h FROM {table} WHERE {}{}) AS t",
+        outer.join(", "),
+        dialect.int_text(&dialect.finish_hash("t.h")),
+        inner.join(", "),
+        p.row_hash,
+        dialect.range_in_list(&p.range),
+        dialect.fence()
     )
 }
 
@@ -188,12 +239,21 @@ mod tests {
     }
     impl RangeHashDialect for Pg {
         fn key_hash(&self, key: &[HashColumn]) -> String {
-            let parts: Vec<String> = key.iter().flat_map(|c| c.hash.clone()).collect();
+            let parts: Vec<&str> = key
+                .iter()
+                .flat_map(|c| c.hash.iter().map(HashPart::value))
+                .collect();
             format!("k({})", parts.join(", "))
         }
         fn row_hash(&self, columns: &[HashColumn]) -> String {
-            let parts: Vec<String> = columns.iter().flat_map(|c| c.hash.clone()).collect();
+            let parts: Vec<&str> = columns
+                .iter()
+                .flat_map(|c| c.hash.iter().map(HashPart::value))
+                .collect();
             format!("h({})", parts.join(", "))
+        }
+        fn finish_hash(&self, inner: &str) -> String {
+            format!("f({inner})")
         }
         fn fence(&self) -> &'static str {
             " OFFSET 0"
@@ -217,7 +277,7 @@ mod tests {
         HashColumn {
             name: name.to_owned(),
             text: format!("{quoted}::text"),
-            hash: vec![format!("e({quoted})")],
+            hash: vec![HashPart::Value(format!("e({quoted})"))],
             int_key: None,
         }
     }
@@ -227,7 +287,7 @@ mod tests {
         let sql = summary_sql(&Pg, "\"t\"", &[column("id")], &[column("a\"b")], 16, None);
         assert_eq!(
             sql,
-            "SELECT t.r, count(*), s(t.h), NULL FROM (SELECT (k(e(\"id\")) & 15) AS r, \
+            "SELECT t.r, count(*), s(f(t.h)), NULL FROM (SELECT (k(e(\"id\")) & 15) AS r, \
              h(e(\"id\"), e(\"a\"\"b\")) AS h FROM \"t\" OFFSET 0) AS t GROUP BY t.r \
              ORDER BY t.r"
         );
@@ -235,16 +295,27 @@ mod tests {
         assert!(sql.contains("(max(max(t.n)) OVER ())::text"), "{sql}");
         assert!(sql.contains(", \"at\" AS n FROM"), "{sql}");
         assert!(sql.contains("& 0)"), "{sql}");
+        // A key field among the fields is hashed once.
+        let sql = summary_sql(
+            &Pg,
+            "\"t\"",
+            &[column("id")],
+            &[column("id"), column("x")],
+            2,
+            None,
+        );
+        assert!(sql.contains("h(e(\"id\"), e(\"x\")) AS h"), "{sql}");
     }
 
     #[test]
     fn listings_filter_by_the_bound_ranges() {
         let sql = list_sql(&Pg, "\"t\"", &[column("id"), column("k")], &[], 4);
-        assert!(
-            sql.starts_with("SELECT (\"id\"::text)::text, (\"k\"::text)::text, i(h(e("),
-            "{sql}"
+        assert_eq!(
+            sql,
+            "SELECT t.k0, t.k1, i(f(t.h)) FROM (SELECT (\"id\"::text)::text AS k0, \
+             (\"k\"::text)::text AS k1, h(e(\"id\"), e(\"k\")) AS h FROM \"t\" WHERE \
+             (k(e(\"id\"), e(\"k\")) & 3) = ANY($1) OFFSET 0) AS t"
         );
-        assert!(sql.ends_with("& 3) = ANY($1)"), "{sql}");
     }
 
     #[test]
