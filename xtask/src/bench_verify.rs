@@ -124,9 +124,17 @@ async fn bench(rows: i64, names: &[String; 3]) -> Result<()> {
     sqlx::query(DDL).execute(&mut target).await?;
     // Each timed step starts after a checkpoint, so that none pays for the writes of the
     // steps before it (generating and loading two million rows fills the write-ahead log).
+    // The pipe runs twice, into the empty table and again once it is emptied, and the faster
+    // run is the baseline: the first, right after the load, has taken up to half as long
+    // again as a settled one, which flattered every ratio against it.
     checkpoint(&mut admin).await?;
-    let copy_s = copy_pipe(src, copy)?;
-    report("copy pipe", rows, copy_s, None);
+    let first_s = copy_pipe(src, copy)?;
+    report("copy pipe", rows, first_s, None);
+    sqlx::query("TRUNCATE contacts").execute(&mut target).await?;
+    checkpoint(&mut admin).await?;
+    let second_s = copy_pipe(src, copy)?;
+    report("copy pipe, again", rows, second_s, None);
+    let copy_s = first_s.min(second_s);
 
     let dir = root().join("target/bench-verify");
     std::fs::create_dir_all(&dir)?;

@@ -66,8 +66,9 @@ pub const ROWS_PER_BATCH: usize = 4096;
 /// summary (a few ranges a record, which the planner cannot know) stays in memory, and the
 /// planner hands the hashing to parallel workers: it costs each hash function as one
 /// operator, far below what it costs, so by default it thinks that moving rows from the
-/// workers to the leader costs more than hashing them in one process.
-const CANONICAL_SETTINGS: [&str; 8] = [
+/// workers to the leader costs more than hashing them in one process. JIT compilation is
+/// off: each process of the query compiled anew, for expressions that are mostly calls.
+const CANONICAL_SETTINGS: [&str; 9] = [
     "SET TIME ZONE 'UTC'",
     "SET DateStyle = 'ISO, YMD'",
     "SET IntervalStyle = 'postgres'",
@@ -76,6 +77,7 @@ const CANONICAL_SETTINGS: [&str; 8] = [
     "SET work_mem = '64MB'",
     "SET parallel_tuple_cost = 0.0001",
     "SET parallel_setup_cost = 10",
+    "SET jit = off",
 ];
 
 /// PostgreSQL's pieces of the kit's range-hash queries: `typed` on servers with
