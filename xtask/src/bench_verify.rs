@@ -130,7 +130,9 @@ async fn bench(rows: i64, names: &[String; 3]) -> Result<()> {
     checkpoint(&mut admin).await?;
     let first_s = copy_pipe(src, copy)?;
     report("copy pipe", rows, first_s, None);
-    sqlx::query("TRUNCATE contacts").execute(&mut target).await?;
+    sqlx::query("TRUNCATE contacts")
+        .execute(&mut target)
+        .await?;
     checkpoint(&mut admin).await?;
     let second_s = copy_pipe(src, copy)?;
     report("copy pipe, again", rows, second_s, None);
