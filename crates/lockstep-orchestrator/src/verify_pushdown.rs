@@ -8,10 +8,11 @@
 //! key space (per range a count and an order-independent hash). All equal: the systems
 //! agree, and nothing else is read. When the differing ranges hold more than [`LIST_LIMIT`]
 //! records, both sides summarize finer ranges (about [`ROWS_PER_RANGE`] records each); then
-//! the ranges whose (count, hash) differ are listed on both sides as (key, row hash) pairs; the keys whose pairs differ are the candidates, fetched by
-//! key on both sides. A record's range is the hash of its key's canonical text, not a slice
-//! of the key order, so two systems that collate keys differently cut alike, and neither side
-//! needs an index on the key (each level is one scan).
+//! the ranges whose (count, hash) differ are listed on both sides as (key, row hash) pairs;
+//! the keys whose pairs differ are the candidates, fetched by key on both sides. A record's
+//! range is the hash of its key's canonical text, not a slice of the key order, so two
+//! systems that collate keys differently cut alike, and neither side needs an index on the
+//! key (each level is one scan).
 //!
 //! Invariants:
 //! - Used only where both sides provably compute the same thing for the same mapped records
@@ -27,7 +28,8 @@
 //!   batches, and [`merge`] walks the two streams range by range, keeping the counts, the
 //!   newest values and the list of differing ranges (only while they hold at most
 //!   [`LIST_LIMIT`] records). The listed pairs of differing ranges are at most
-//!   [`LIST_LIMIT`] records a side; past that it declines.
+//!   [`LIST_LIMIT`] records a side, kept compactly ([`Listing`]: the key texts in one buffer,
+//!   a 64-bit digest a row hash); past that it declines.
 
 use std::collections::VecDeque;
 
