@@ -470,20 +470,30 @@ impl Listing {
         &self.keys[pair.0..pair.0 + pair.1 as usize]
     }
 
-    /// The pairs sorted by key bytes, then by digest.
-    fn sorted(&self) -> Vec<(usize, u32, u64)> {
-        let mut pairs = self.pairs.clone();
-        pairs.sort_unstable_by(|x, y| self.key(x).cmp(self.key(y)).then(x.2.cmp(&y.2)));
-        pairs
+    /// Sorts the pairs by key bytes, then by digest.
+    fn sort(&mut self) {
+        let keys = &self.keys;
+        let key = |p: &(usize, u32, u64)| &keys[p.0..p.0 + p.1 as usize];
+        self.pairs
+            .sort_unstable_by(|x, y| key(x).cmp(key(y)).then(x.2.cmp(&y.2)));
     }
 }
 
-/// A row hash's 64 bits: the value itself when it is a decimal integer (PostgreSQL's are),
-/// else a hash of its text.
+/// A row hash's 64 bits: the value itself when its text is an integer's canonical decimal
+/// text (PostgreSQL's are; each such text is one integer's, so two texts get one digest only
+/// if they are the same), else a 64-bit hash of the text.
 fn hash_digest(hash: &str) -> u64 {
+    let digits = hash.strip_prefix('-').unwrap_or(hash);
+    let canonical = !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && if digits.starts_with('0') {
+            hash == "0"
+        } else {
+            true
+        };
     match hash.parse::<i64>() {
-        Ok(n) => n as u64,
-        Err(_) => {
+        Ok(n) if canonical => n as u64,
+        _ => {
             use std::hash::BuildHasher;
             foldhash::quality::FixedState::with_seed(0x6c6f_636b).hash_one(hash)
         }
@@ -511,8 +521,11 @@ fn decode_key(mut bytes: &[u8]) -> KeyText {
 
 /// The keys whose (key, row hash) pairs differ between the two listings (a key on one side
 /// only, with another hash, or held another number of times), sorted.
-pub(crate) fn candidates(a: &Listing, b: &Listing) -> Vec<KeyText> {
-    let (x, y) = (a.sorted(), b.sorted());
+pub(crate) fn candidates(a: &mut Listing, b: &mut Listing) -> Vec<KeyText> {
+    a.sort();
+    b.sort();
+    let (a, b) = (&*a, &*b);
+    let (x, y) = (&a.pairs, &b.pairs);
     let mut out = Vec::new();
     let (mut i, mut j) = (0, 0);
     // The end of the run of pairs from `start` that share its key.
@@ -533,14 +546,14 @@ pub(crate) fn candidates(a: &Listing, b: &Listing) -> Vec<KeyText> {
         match order {
             std::cmp::Ordering::Less => {
                 out.push(decode_key(a.key(&x[i])));
-                i = run(a, &x, i);
+                i = run(a, x, i);
             }
             std::cmp::Ordering::Greater => {
                 out.push(decode_key(b.key(&y[j])));
-                j = run(b, &y, j);
+                j = run(b, y, j);
             }
             std::cmp::Ordering::Equal => {
-                let (i_end, j_end) = (run(a, &x, i), run(b, &y, j));
+                let (i_end, j_end) = (run(a, x, i), run(b, y, j));
                 let (p, q) = (&x[i..i_end], &y[j..j_end]);
                 if !p.iter().map(|p| p.2).eq(q.iter().map(|q| q.2)) {
                     out.push(decode_key(a.key(&x[i])));
@@ -633,9 +646,9 @@ pub(crate) async fn compare(
 
     // The pairs of the differing ranges.
     let (x, y) = tokio::join!(a.entries(ranges, &list), b.entries(ranges, &list));
-    let (x, y) = (x?, y?);
+    let (mut x, mut y) = (x?, y?);
     outcome.stats.listed = (x.len() + y.len()) as u64;
-    outcome.candidates = candidates(&x, &y);
+    outcome.candidates = candidates(&mut x, &mut y);
     outcome.stats.candidates = outcome.candidates.len() as u64;
     Ok(Compared::Done(outcome))
 }
@@ -687,7 +700,7 @@ mod tests {
             }
             l
         };
-        let keys: Vec<String> = candidates(&listing(a), &listing(b))
+        let keys: Vec<String> = candidates(&mut listing(a), &mut listing(b))
             .into_iter()
             .map(|k| k[0].clone().unwrap())
             .collect();
@@ -716,7 +729,7 @@ mod tests {
         ] {
             b.push(&e);
         }
-        let found = candidates(&a, &b);
+        let found = candidates(&mut a, &mut b);
         assert_eq!(
             found,
             vec![
@@ -725,6 +738,24 @@ mod tests {
                 vec![Some("k".to_owned()), Some("v".to_owned())],
             ]
         );
+    }
+
+    #[test]
+    fn a_hash_text_is_its_integer_only_in_its_canonical_form() {
+        assert_eq!(hash_digest("5"), 5);
+        assert_eq!(hash_digest("-7"), (-7i64) as u64);
+        assert_eq!(hash_digest("0"), 0);
+        assert_eq!(
+            hash_digest("-9223372036854775808"),
+            i64::MIN as u64,
+            "the least integer"
+        );
+        for other in ["05", "+5", "-0", "-05", " 5", "", "-"] {
+            assert_ne!(hash_digest(other), 5, "{other:?}");
+            assert_ne!(hash_digest(other), 0, "{other:?}");
+        }
+        // Texts that are no integer's still differ from one another.
+        assert_ne!(hash_digest("05"), hash_digest("+5"));
     }
 
     fn summary(algorithm: &str, range: u64, count: u64, hash: &str) -> RangeSummary {
