@@ -252,19 +252,7 @@ async fn bench(rows: i64, state: StateBackend, names: &Names) -> Result<()> {
     sqlx::query(DDL).execute(&mut target).await?;
     let copy_pipe = || -> Result<f64> {
         checkpoint()?;
-        let started = Instant::now();
-        let status = Command::new("bash")
-            .arg("-c")
-            .arg(format!(
-                "set -o pipefail; psql -X -q -d {pg}/{} -c 'COPY contacts TO STDOUT (FORMAT binary)' | psql -X -q -d {pg}/{} -c 'COPY contacts FROM STDIN (FORMAT binary)'",
-                names.src, names.copy, pg = pg()
-            ))
-            .status()?;
-        let seconds = started.elapsed().as_secs_f64();
-        if !status.success() {
-            bail!("the psql COPY pipe failed ({status})");
-        }
-        Ok(seconds)
+        crate::bench_verify::copy_pipe_at(&pg(), &names.src, &names.copy)
     };
     let first_s = copy_pipe()?;
     report("copy pipe", rows, first_s, None);

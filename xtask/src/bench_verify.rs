@@ -75,13 +75,20 @@ pub fn run(args: &[&str]) -> Result<()> {
     result
 }
 
-/// The binary COPY pipe of `contacts` from database `from` into database `to`; its seconds.
+/// The binary COPY pipe of `contacts` from database `from` into database `to` of the local
+/// server; its seconds.
 pub(crate) fn copy_pipe(from: &str, to: &str) -> Result<f64> {
+    copy_pipe_at(PG, from, to)
+}
+
+/// The binary COPY pipe of `contacts` from database `from` into database `to` of the server
+/// at `server` (a URL without a database); its seconds.
+pub(crate) fn copy_pipe_at(server: &str, from: &str, to: &str) -> Result<f64> {
     let started = Instant::now();
     let status = Command::new("bash")
         .arg("-c")
         .arg(format!(
-            "set -o pipefail; psql -X -q -h 127.0.0.1 -U postgres -d {from} -c 'COPY contacts TO STDOUT (FORMAT binary)' | psql -X -q -h 127.0.0.1 -U postgres -d {to} -c 'COPY contacts FROM STDIN (FORMAT binary)'"
+            "set -o pipefail; psql -X -q -d {server}/{from} -c 'COPY contacts TO STDOUT (FORMAT binary)' | psql -X -q -d {server}/{to} -c 'COPY contacts FROM STDIN (FORMAT binary)'"
         ))
         .status()?;
     let seconds = started.elapsed().as_secs_f64();
