@@ -235,6 +235,9 @@ struct Side<'a> {
     stream: &'a str,
     key: &'a [String],
     fields: &'a [String],
+    /// The fields the row hash takes after the key: `fields` but those that copy a key
+    /// field into a key field (the key is hashed once), dropped on both sides alike.
+    hashed: Vec<String>,
     newest: Option<&'a str>,
     name: &'static str,
 }
@@ -255,7 +258,7 @@ impl Side<'_> {
     /// The summaries of `ranges` ranges, as a stream in range order.
     async fn summaries(&mut self, ranges: u64) -> Result<Summaries, EngineError> {
         let request = self.request(RangeHashRequest {
-            fields: self.fields.to_vec(),
+            fields: self.hashed.clone(),
             ranges,
             list: None,
             newest: self.newest.map(str::to_owned),
@@ -273,7 +276,7 @@ impl Side<'_> {
         let mut out = Listing::default();
         for chunk in list.chunks(RANGES_PER_LIST) {
             let request = self.request(RangeHashRequest {
-                fields: self.fields.to_vec(),
+                fields: self.hashed.clone(),
                 ranges,
                 list: Some(chunk.to_vec()),
                 newest: None,
@@ -566,6 +569,19 @@ pub(crate) fn candidates(a: &mut Listing, b: &mut Listing) -> Vec<KeyText> {
     out
 }
 
+/// The fields each side's row hash takes after the key: the plan's mapped pairs, but a pair
+/// that copies one of the source's key fields into one of the destination's, which the row
+/// hash already took with the key. Pairs are kept or dropped together, so the two sides hash
+/// corresponding columns in the same order.
+fn hashed_fields(plan: &Plan) -> (Vec<String>, Vec<String>) {
+    plan.source_fields
+        .iter()
+        .zip(&plan.destination_fields)
+        .filter(|(s, d)| !(plan.source_key.contains(s) && plan.destination_key.contains(d)))
+        .map(|(s, d)| (s.clone(), d.clone()))
+        .unzip()
+}
+
 /// Compares the two sides in place, narrowing by ranges down to the candidate keys.
 pub(crate) async fn compare(
     source: &mut SourceHandle,
@@ -574,11 +590,13 @@ pub(crate) async fn compare(
     plan: &Plan,
 ) -> Result<Compared, EngineError> {
     let spec = &job.spec;
+    let (hashed_a, hashed_b) = hashed_fields(plan);
     let mut a = Side {
         handle: source,
         stream: &spec.source.stream,
         key: &plan.source_key,
         fields: &plan.source_fields,
+        hashed: hashed_a,
         newest: plan.source_newest.as_deref(),
         name: "source",
     };
@@ -587,6 +605,7 @@ pub(crate) async fn compare(
         stream: &spec.destination.stream,
         key: &plan.destination_key,
         fields: &plan.destination_fields,
+        hashed: hashed_b,
         newest: plan.destination_newest.as_deref(),
         name: "destination",
     };
@@ -737,6 +756,25 @@ mod tests {
                 vec![Some(String::new()), Some("x".to_owned())],
                 vec![Some("k".to_owned()), Some("v".to_owned())],
             ]
+        );
+    }
+
+    #[test]
+    fn the_row_hash_drops_key_copies_pairwise() {
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let plan = Plan {
+            source_fields: names(&["id", "email", "id"]),
+            destination_fields: names(&["contact_id", "mail", "legacy_id"]),
+            source_key: names(&["id"]),
+            destination_key: names(&["contact_id"]),
+            source_newest: None,
+            destination_newest: None,
+        };
+        // The key copied into the key goes; the key copied into another field stays on both
+        // sides, so the two lists still correspond.
+        assert_eq!(
+            hashed_fields(&plan),
+            (names(&["email", "id"]), names(&["mail", "legacy_id"]))
         );
     }
 

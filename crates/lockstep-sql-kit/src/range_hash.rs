@@ -5,8 +5,8 @@
 //! A record's *range* is a 64-bit hash of its key columns (the dialect's
 //! [`RangeHashDialect::key_hash`]) masked to the range count (a power of two), which depends
 //! on the key's values only, never on how the system orders or collates keys. Its *row hash*
-//! is a 64-bit hash of its key columns and then the requested columns that are not key
-//! columns ([`RangeHashDialect::row_hash`], then [`RangeHashDialect::finish_hash`] over it),
+//! is a 64-bit hash of its key columns and then the requested columns
+//! ([`RangeHashDialect::row_hash`], then [`RangeHashDialect::finish_hash`] over it),
 //! which must tell apart any two records that the engine's comparison tells apart (but for a
 //! 64-bit collision), and must not be linear in the columns' hashes: a range's summary is its
 //! record count and the *sum* of its row hashes (independent of the order the system visits
@@ -40,8 +40,8 @@ pub trait RangeHashDialect: Dialect {
     /// An int64 expression hashing the key columns `key`: a record's range is its low bits.
     /// Equal keys must give equal hashes; unequal keys may collide (they only share a range).
     fn key_hash(&self, key: &[HashColumn]) -> String;
-    /// An int64 expression over the columns `columns` (the key's, then the requested fields
-    /// that are not key fields), computed once a record below the fence: the row hash before
+    /// An int64 expression over the columns `columns` (the key's, then the requested
+    /// fields'), computed once a record below the fence: the row hash before
     /// [`RangeHashDialect::finish_hash`]. It differs for two records the engine tells apart
     /// (but for a 64-bit collision).
     fn row_hash(&self, columns: &[HashColumn]) -> String;
@@ -146,16 +146,7 @@ fn parts<D: RangeHashDialect>(
     fields: &[HashColumn],
     ranges: u64,
 ) -> Parts {
-    // A key field among the requested fields is hashed once, with the key.
-    let all: Vec<HashColumn> = key
-        .iter()
-        .chain(
-            fields
-                .iter()
-                .filter(|f| !key.iter().any(|k| k.name == f.name)),
-        )
-        .cloned()
-        .collect();
+    let all: Vec<HashColumn> = key.iter().chain(fields).cloned().collect();
     Parts {
         range: format!("({} & {})", dialect.key_hash(key), ranges - 1),
         row_hash: dialect.row_hash(&all),
@@ -295,16 +286,6 @@ mod tests {
         assert!(sql.contains("(max(max(t.n)) OVER ())::text"), "{sql}");
         assert!(sql.contains(", \"at\" AS n FROM"), "{sql}");
         assert!(sql.contains("& 0)"), "{sql}");
-        // A key field among the fields is hashed once.
-        let sql = summary_sql(
-            &Pg,
-            "\"t\"",
-            &[column("id")],
-            &[column("id"), column("x")],
-            2,
-            None,
-        );
-        assert!(sql.contains("h(e(\"id\"), e(\"x\")) AS h"), "{sql}");
     }
 
     #[test]
