@@ -135,7 +135,9 @@ pub(crate) async fn summary(
         key_summary: true,
         ..Default::default()
     };
-    let mut reader = source.read(&request).await?;
+    // A summary always runs beside other work of its task (the run's changes, the other
+    // side's summary).
+    let mut reader = source.read(&request).await?.on_plugin_thread();
     let Some((batch, _)) = reader.next().await? else {
         return Err(EngineError::Internal(format!(
             "connector `{connector}` answered a key-summary read of `{stream}` with no batch"

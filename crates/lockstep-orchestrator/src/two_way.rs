@@ -1564,7 +1564,8 @@ async fn read_changes(
 ) -> Result<SideChanges, EngineError> {
     let incremental = side.cursor.is_some();
     let request = changes_request(spec, side, checkpoint, dry_run);
-    let mut reader = source.read(&request).await?;
+    // Both sides are read at once, beside the key-set summaries, in one task.
+    let mut reader = source.read(&request).await?.on_plugin_thread();
     let mut out = SideChanges::default();
     let mut keys = KeySet::default();
     while let Some((batch, next)) = reader.next().await? {
@@ -1770,7 +1771,8 @@ async fn read_fingerprints(
             keys: Some(key_values),
             ..Default::default()
         };
-        let mut reader = source.read(&request).await?;
+        // Both sides' writes and read-backs run at once, in one task.
+        let mut reader = source.read(&request).await?.on_plugin_thread();
         while let Some((batch, _)) = reader.next().await? {
             let mapped = side.mapper.map(&batch)?;
             let row_keys = record_keys(&mapped.batch, side.mapper.key())?;

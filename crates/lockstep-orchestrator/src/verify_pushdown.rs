@@ -264,7 +264,8 @@ impl Side<'_> {
             newest: self.newest.map(str::to_owned),
         });
         Ok(Summaries {
-            reader: Some(self.handle.read(&request).await?),
+            // Both sides' summaries are merged as they arrive, in one task.
+            reader: Some(self.handle.read(&request).await?.on_plugin_thread()),
             pending: VecDeque::new(),
             last: None,
             name: self.name,
@@ -281,7 +282,8 @@ impl Side<'_> {
                 list: Some(chunk.to_vec()),
                 newest: None,
             });
-            let mut reader = self.handle.read(&request).await?;
+            // Both sides list at once, in one task (`tokio::join!`).
+            let mut reader = self.handle.read(&request).await?.on_plugin_thread();
             while let Some((batch, _)) = reader.next().await? {
                 let entries = RangeEntry::from_batch(&batch, self.key.len()).map_err(|e| {
                     EngineError::Schema(format!(

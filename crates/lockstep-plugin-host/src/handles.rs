@@ -322,6 +322,7 @@ impl SourceHandle {
             inner: Some(reader),
             caller,
             done: false,
+            placement: Placement::InlineIfPossible,
         })
     }
 }
@@ -331,9 +332,23 @@ pub struct BatchStream {
     inner: Option<BatchReaderBox>,
     caller: Caller,
     done: bool,
+    /// Where [`BatchStream::next`] runs the plugin's `next_batch`.
+    placement: Placement,
 }
 
 impl BatchStream {
+    /// Runs this read's calls on a plugin thread instead of the calling task's worker.
+    ///
+    /// A read's `next_batch` runs inline by default (`block_in_place`), which saves a
+    /// hand-off a batch but suspends everything else in the calling *task* for the call:
+    /// the other branches of a `tokio::join!` or `select!` do not progress until it returns.
+    /// A read awaited beside other work in one task (both sides of a sync read at once, a
+    /// key-set summary beside a run's changes) uses this so that the work runs side by side.
+    pub fn on_plugin_thread(mut self) -> Self {
+        self.placement = Placement::PluginThread;
+        self
+    }
+
     /// The next batch and its checkpoint, or `None` at the end of the read.
     pub async fn next(&mut self) -> Result<Option<(RecordBatch, Value)>, HostError> {
         if self.done {
@@ -341,22 +356,17 @@ impl BatchStream {
         }
         let caller = self.caller.clone();
         let r = caller
-            .blocking_at(
-                "next_batch",
-                &mut self.inner,
-                Placement::InlineIfPossible,
-                |r| {
-                    r.next_batch().map(|batch| match batch {
-                        ROption::RNone => Ok(None),
-                        ROption::RSome(b) => {
-                            let checkpoint = b.checkpoint.to_string();
-                            import_batch(b.batch, Validation::Full)
-                                .map(|batch| Some((batch, checkpoint)))
-                                .map_err(|e| e.to_string())
-                        }
-                    })
-                },
-            )
+            .blocking_at("next_batch", &mut self.inner, self.placement, |r| {
+                r.next_batch().map(|batch| match batch {
+                    ROption::RNone => Ok(None),
+                    ROption::RSome(b) => {
+                        let checkpoint = b.checkpoint.to_string();
+                        import_batch(b.batch, Validation::Full)
+                            .map(|batch| Some((batch, checkpoint)))
+                            .map_err(|e| e.to_string())
+                    }
+                })
+            })
             .await?;
         let imported = caller.lift("next_batch", r)?;
         match imported {
@@ -454,5 +464,52 @@ impl StreamWriterHandle {
             .blocking("flush", &mut self.inner, |w| w.flush())
             .await?;
         self.caller.lift("flush", r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use lockstep_plugin_api::{BatchReader, BatchReader_TO, ErrorKind, SourceBatch};
+
+    use super::*;
+
+    /// A reader whose one call waits for a signal from elsewhere in the test, then ends.
+    struct WaitsForSignal(mpsc::Receiver<()>);
+
+    impl BatchReader for WaitsForSignal {
+        fn next_batch(&mut self) -> RResult<ROption<SourceBatch>, PluginError> {
+            match self.0.recv_timeout(Duration::from_secs(5)) {
+                Ok(()) => RResult::ROk(ROption::RNone),
+                Err(_) => RResult::RErr(PluginError::new(
+                    ErrorKind::INTERNAL,
+                    "no signal: the task that sends it did not run while this call waited",
+                )),
+            }
+        }
+    }
+
+    /// A read on a plugin thread lets the other branches of its task's `join!` run while a
+    /// call waits; an inline read would hold the whole task, so the signal its call waits
+    /// for would never be sent.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_on_a_plugin_thread_lets_its_task_go_on() {
+        let (signal, wait) = mpsc::channel();
+        let mut stream = BatchStream {
+            inner: Some(BatchReader_TO::from_value(WaitsForSignal(wait), TD_Opaque)),
+            caller: Caller {
+                connector: "test".into(),
+                redactor: crate::no_redaction(),
+            },
+            done: false,
+            placement: Placement::InlineIfPossible,
+        }
+        .on_plugin_thread();
+        let (read, ()) = tokio::join!(stream.next(), async {
+            signal.send(()).expect("the reader waits");
+        });
+        assert!(read.expect("the read ends").is_none());
     }
 }

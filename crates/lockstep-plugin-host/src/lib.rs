@@ -9,7 +9,9 @@
 //! Invariants:
 //! - Plugin code never stalls the async runtime: reads run under `block_in_place` (the worker
 //!   becomes a blocking thread for the call) on a multi-threaded runtime, and every other call
-//!   runs on one of the host's plugin threads (`threads.rs`).
+//!   runs on one of the host's plugin threads (`threads.rs`). A read awaited beside other
+//!   work in the same task goes to a plugin thread too (`BatchStream::on_plugin_thread`):
+//!   `block_in_place` suspends the whole calling task, every branch of a `join!` with it.
 //! - Every batch a plugin hands over is validated (buffers, offsets, UTF-8) before use.
 //! - Libraries are never unloaded (abi_stable leaks them by design), so release callbacks
 //!   and vtables stay valid for the life of the process.
