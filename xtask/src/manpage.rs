@@ -197,7 +197,7 @@ fn split_cells(row: &str) -> Vec<String> {
     cells
 }
 
-/// Inline Markdown as roff: `code` and **bold** in bold, [text](link) as its text, the rest
+/// Inline Markdown as roff: `code` and **bold** in bold, \[text\](link) as its text, the rest
 /// escaped. Returns one output line (roff requests never start it).
 fn inline(text: &str) -> String {
     let mut out = String::new();

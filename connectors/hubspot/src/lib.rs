@@ -5,7 +5,7 @@
 //! Fields come from the Properties API; full reads page through the list endpoint;
 //! incremental reads query the search endpoint by the last-modified property (see
 //! [`read`] for how ties and the 10,000-result cap are handled); writes go through the batch
-//! endpoints, and refused records become rejects ([`write`]).
+//! endpoints, and refused records become rejects ([`write`](mod@write)).
 //!
 //! Invariants:
 //! - Every request goes through the kit's client: the account's rate budget (100 requests

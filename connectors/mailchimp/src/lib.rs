@@ -5,7 +5,7 @@
 //! One stream, `members`: fields from the audience's merge fields ([`schema`]); full reads
 //! page by offset, incremental reads by `last_changed` with archived members as tombstones
 //! ([`read`]); writes through batch subscribe with consent rules, deletes archive or erase
-//! ([`write`]).
+//! ([`write`](mod@write)).
 //!
 //! Invariants:
 //! - Every request goes through the kit's client: at most 10 in flight (Mailchimp's limit of

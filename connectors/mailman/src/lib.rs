@@ -5,7 +5,7 @@
 //! Each list is a stream named by its list id (`news.example.com`): the configured
 //! `list_id`, or every list of the server. [`read`] scans a list's member roster in full
 //! (Mailman keeps no timestamps), deduplicating by member id and scanning again when the
-//! roster changed under the scan; [`write`] subscribes, updates and unsubscribes members,
+//! roster changed under the scan; [`write`](mod@write) subscribes, updates and unsubscribes members,
 //! turning Mailman's refusals of single records into rejects.
 //!
 //! Invariants:

@@ -5,7 +5,7 @@
 //!
 //! [`streams`] declares the streams and flattens Medusa's records into rows; [`read`] reads
 //! incrementally by `updated_at` (ties at page boundaries handled by millisecond) or in full
-//! by id; [`write`] creates and updates products, variants with their prices, categories and
+//! by id; [`write`](mod@write) creates and updates products, variants with their prices, categories and
 //! stock levels one record a request, turning the records Medusa refuses into rejects.
 //!
 //! Invariants:

@@ -5,7 +5,7 @@
 //! binary)` per batch, decoded straight into Arrow builders ([`copy_decode`]). Writes COPY each
 //! batch in binary, encoded from Arrow directly ([`copy_encode`]), into a session TEMP staging
 //! table and upsert from there with one `INSERT ... ON CONFLICT` that reports inserted and
-//! updated rows ([`write`]).
+//! updated rows ([`write`](mod@write)).
 //!
 //! Invariants:
 //! - Identifiers are always quoted; values never appear in SQL text (read positions travel as

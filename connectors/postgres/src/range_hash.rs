@@ -6,7 +6,7 @@
 //! PostgreSQL's pieces. On PostgreSQL 14 and later (algorithm [`ALGORITHM`]) each value of a
 //! record is hashed by its type's own extended hash function where that function tells apart
 //! every two values the engine's comparison tells apart, and through the value's canonical
-//! text otherwise (see [`hash_exprs`] and docs/verify.md for the argument, type by type).
+//! text otherwise (see `hash_exprs` and docs/verify.md for the argument, type by type).
 //! Values whose hash function takes a seed and has no seed-dependent special values (text,
 //! integers, uuid) are hashed one by one, seeded by their position, a null as a constant of
 //! its position, and XORed; the others (floats, decimals, timestamps, dates, bytea, booleans)

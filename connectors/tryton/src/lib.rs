@@ -4,7 +4,7 @@
 //!
 //! [`rpc`] logs in and calls methods (re-logging in when a session expires); [`schema`] maps
 //! `fields_get` to fields; [`read`] pages through `search_read` by id, incrementally by
-//! `write_date` or `create_date` with an overlap window; [`write`] creates, writes and
+//! `write_date` or `create_date` with an overlap window; [`write`](mod@write) creates, writes and
 //! deletes in batches and turns records Tryton refuses into rejects. Deletes made in Tryton
 //! reach a mirror sync through Lockstep's key-set reconciliation (docs/tryton.md says why).
 //!

@@ -140,7 +140,7 @@ pub enum Command {
     /// health and a JSON API over HTTP. SIGHUP reloads the config; SIGTERM stops after the
     /// batches in hand.
     Daemon {
-        /// The HTTP address, overriding [daemon] listen (default 127.0.0.1:9464).
+        /// The HTTP address, overriding `[daemon] listen` (default 127.0.0.1:9464).
         #[arg(long)]
         listen: Option<String>,
         /// How long a worker may take to stop after SIGTERM (run timeout, daemon shutdown)

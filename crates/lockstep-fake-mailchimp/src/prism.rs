@@ -153,7 +153,7 @@ impl Prism {
 
     /// The log once Prism has finished writing it: Prism writes its log lines after it has
     /// answered (a refused request's line can land after the client read the 422), so the
-    /// file is read until it stops growing for [`LOG_QUIET`], for at most [`LOG_SETTLE_MAX`].
+    /// file is read until it stops growing for `LOG_QUIET`, for at most `LOG_SETTLE_MAX`.
     pub fn settled_log(&self) -> String {
         let started = Instant::now();
         let mut text = self.log_text();

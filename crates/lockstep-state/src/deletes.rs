@@ -71,7 +71,7 @@ impl fmt::Display for DeleteStatus {
 }
 
 /// One change to a sync's pending deletes, made in one transaction by
-/// [`crate::StateStore::change_pending_deletes`].
+/// [`PendingDeleteStore::change_pending_deletes`].
 #[derive(Clone, Copy, Debug)]
 pub struct PendingDeleteChange<'a> {
     pub sync: &'a str,
