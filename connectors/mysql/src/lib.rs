@@ -102,6 +102,13 @@ impl Shared {
         })
     }
 
+    /// Ends the control connection as the protocol asks (see [`session::close`]).
+    async fn close(&mut self) {
+        if let Some((conn, _)) = self.conn.take() {
+            session::close(conn).await;
+        }
+    }
+
     async fn conn(&mut self) -> Result<(&mut MySqlConnection, Flavor)> {
         if self.conn.is_none() {
             self.conn = Some(self.db.connect().await?);
@@ -157,6 +164,10 @@ impl SourceConnector for MySqlSource {
         self.shared.discover().await
     }
 
+    async fn close(&mut self) {
+        self.shared.close().await;
+    }
+
     async fn read(&mut self, request: ReadRequest) -> Result<MySqlReader> {
         let db = Arc::clone(&self.shared.db);
         let (conn, flavor) = self.shared.conn().await?;
@@ -201,6 +212,10 @@ impl DestinationConnector for MySqlDestination {
 
     async fn discover(&mut self) -> Result<Catalog> {
         self.shared.discover().await
+    }
+
+    async fn close(&mut self) {
+        self.shared.close().await;
     }
 
     async fn open_stream(&mut self, request: OpenStreamRequest) -> Result<MySqlWriter> {

@@ -107,6 +107,13 @@ pub(crate) fn parse_lookback(text: &str) -> Result<i64> {
 }
 
 impl MySqlReader {
+    /// Ends the read's connection once its last rows are in (see [`crate::session::close`]).
+    async fn close(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            crate::session::close(conn).await;
+        }
+    }
+
     /// Plans a read of `table` as `request` asks.
     pub(crate) async fn open(
         db: Arc<Db>,
@@ -281,6 +288,7 @@ impl MySqlReader {
         loop {
             let Some(chunk) = self.keys.as_ref().and_then(|k| k.front().cloned()) else {
                 self.done = true;
+                self.close().await;
                 return Ok(None);
             };
             if self.conn.is_none() {
@@ -418,6 +426,7 @@ impl BatchReader for MySqlReader {
         };
         if rows.len() < self.batch_size {
             self.done = true;
+            self.close().await;
         }
         if rows.is_empty() {
             return Ok(None);

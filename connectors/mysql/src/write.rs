@@ -756,6 +756,14 @@ impl StreamWriter for MySqlWriter {
         self.tx_writes = 0;
         Ok(())
     }
+
+    /// An open transaction (writes not flushed) ends with the session, rolled back, as it
+    /// would with a dropped connection.
+    async fn close(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            crate::session::close(conn).await;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -388,9 +388,11 @@ fn worker(job: Job, mut go: mpsc::UnboundedReceiver<()>, tx: mpsc::Sender<BatchR
             };
             let more = matches!(result, Ok(Some(_)));
             if tx.send(result).await.is_err() || !more || go.recv().await.is_none() {
-                return;
+                break;
             }
         }
+        drop(rows);
+        crate::config::close(conn).await;
     });
 }
 

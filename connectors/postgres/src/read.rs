@@ -70,6 +70,10 @@ impl SourceConnector for PgSource {
         self.session.discover().await
     }
 
+    async fn close(&mut self) {
+        self.session.close().await;
+    }
+
     async fn read(&mut self, request: ReadRequest) -> Result<PgReader> {
         if request.mode == lockstep_plugin_sdk::ReadMode::Cdc
             && request.cdc.as_ref().is_some_and(|c| c.drop)
@@ -523,6 +527,10 @@ fn worker(
             if tx.send(result).await.is_err() || end {
                 break;
             }
+        }
+        // The reader has its last batch (or is gone): the connection ends while it goes on.
+        if let Some(conn) = conn.take() {
+            crate::config::close(conn).await;
         }
     });
 }

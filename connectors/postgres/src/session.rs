@@ -29,6 +29,13 @@ impl Session {
         })
     }
 
+    /// Ends the connection as the protocol asks (see [`crate::config::close`]).
+    pub async fn close(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            crate::config::close(conn).await;
+        }
+    }
+
     async fn conn(&mut self) -> Result<&mut PgConnection> {
         if self.conn.is_none() {
             self.conn = Some(self.settings.connect().await?);

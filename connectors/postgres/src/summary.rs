@@ -83,6 +83,7 @@ pub async fn key_summary(
         .fetch_one(&mut conn)
         .await
         .map_err(map_sqlx)?;
+    crate::config::close(conn).await;
     let count: i64 = row.try_get(0).map_err(map_sqlx)?;
     let hash: String = row.try_get(1).map_err(map_sqlx)?;
     KeySummary {

@@ -1788,3 +1788,112 @@ async fn range_entries(
     }
     out
 }
+
+/// Every connection ends with `Terminate`, not by a dropped socket: the server counts a
+/// connection lost without it in `pg_stat_database.sessions_abandoned` (and logs "Connection
+/// reset by peer" when replies were left unread), which every read, source, destination and
+/// writer once did.
+#[test]
+fn connections_end_as_the_protocol_asks() {
+    let Some(db) = TestDb::create() else { return };
+    block_on(async {
+        db.exec(
+            "CREATE TABLE t (id bigint PRIMARY KEY, name text); \
+             INSERT INTO t SELECT g, 'n' || g FROM generate_series(1, 500) g;",
+        )
+        .await;
+        let mut admin = PgConnection::connect(&db.url()).await.unwrap();
+        let mut source = db.source(None).await;
+        // The sessions of this database: how many began, how many were abandoned, once at
+        // most `others` connections but `admin` are left.
+        async fn settled(admin: &mut PgConnection, others: i64) -> (i64, i64) {
+            for _ in 0..200 {
+                let open: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                )
+                .fetch_one(&mut *admin)
+                .await
+                .unwrap();
+                if open <= others {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+            }
+            sqlx::query("SELECT pg_stat_clear_snapshot()")
+                .execute(&mut *admin)
+                .await
+                .unwrap();
+            sqlx::query_as(
+                "SELECT sessions::int8, sessions_abandoned::int8 FROM pg_stat_database \
+                 WHERE datname = current_database()",
+            )
+            .fetch_one(&mut *admin)
+            .await
+            .unwrap()
+        }
+        let (began, abandoned) = settled(&mut admin, 1).await;
+
+        // A full read, a read by keys, a key summary and a range-hash read.
+        let mut reader = ok(source.read(request("t")).await);
+        assert_eq!(
+            read_all(&mut reader)
+                .await
+                .iter()
+                .map(|(b, _)| b.num_rows())
+                .sum::<usize>(),
+            500
+        );
+        drop(reader);
+        let mut by_keys = request("t");
+        by_keys.key = vec!["id".into()];
+        by_keys.keys = Some(vec![vec![json!(1)], vec![json!(2)]]);
+        let mut reader = ok(source.read(by_keys).await);
+        assert_eq!(read_all(&mut reader).await[0].0.num_rows(), 2);
+        drop(reader);
+        assert_eq!(key_summary(&mut source, "t", "id").await.count, 500);
+        assert!(!range_summaries(&mut source, "t", &["name"], 16, None)
+            .await
+            .is_empty());
+        let (began_reads, abandoned_reads) = settled(&mut admin, 1).await;
+        assert!(
+            began_reads - began >= 4,
+            "the reads opened {} connections",
+            began_reads - began
+        );
+        assert_eq!(
+            abandoned_reads - abandoned,
+            0,
+            "read connections that ended without Terminate"
+        );
+
+        // The source's own connection, a destination's and its writer's, as the SDK ends
+        // them when the host lets them go.
+        let mut dest = db.dest().await;
+        let fields = [
+            field("id", DataType::Int64, false),
+            field("name", DataType::Text, true),
+        ];
+        let mut writer = ok(dest.open_stream(open_request("w", &fields, &["id"])).await);
+        let rows = vec![json!({"id": 1, "name": "one"}).as_object().unwrap().clone()];
+        ok(writer
+            .upsert(batch_from_rows(&fields, &rows).unwrap())
+            .await);
+        ok(writer.flush().await);
+        writer.close().await;
+        dest.close().await;
+        source.close().await;
+        let (began_all, abandoned_all) = settled(&mut admin, 0).await;
+        assert!(
+            began_all - began_reads >= 2,
+            "a destination and a writer connected"
+        );
+        assert_eq!(
+            abandoned_all - abandoned,
+            0,
+            "connections that ended without Terminate"
+        );
+        drop((writer, dest, source));
+        admin.close().await.unwrap();
+    });
+}

@@ -72,6 +72,10 @@ impl DestinationConnector for PgDestination {
         self.session.discover().await
     }
 
+    async fn close(&mut self) {
+        self.session.close().await;
+    }
+
     async fn open_stream(&mut self, request: OpenStreamRequest) -> Result<PgWriter> {
         let settings = self.session.settings.clone();
         let label = format!("writing `{}`", request.stream);
@@ -79,7 +83,7 @@ impl DestinationConnector for PgDestination {
         let result = open_writer(&mut conn, &settings, &request).await;
         match result {
             Ok((table, key, empty)) => Ok(PgWriter {
-                conn,
+                conn: WriterConn(Some(conn)),
                 qualified: qualified(&settings.schema, &table.name),
                 settings,
                 table,
@@ -264,9 +268,31 @@ struct DeletePlan {
     delete: String,
 }
 
+/// The writer's connection. Only [`StreamWriter::close`] takes it out, as the host lets the
+/// writer go, so every other use finds it.
+struct WriterConn(Option<PgConnection>);
+
+impl std::ops::Deref for WriterConn {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        self.0
+            .as_ref()
+            .expect("a writer's connection is taken out only as the writer is dropped")
+    }
+}
+
+impl std::ops::DerefMut for WriterConn {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        self.0
+            .as_mut()
+            .expect("a writer's connection is taken out only as the writer is dropped")
+    }
+}
+
 /// Writes one table.
 pub struct PgWriter {
-    conn: PgConnection,
+    conn: WriterConn,
     settings: Settings,
     table: Table,
     qualified: String,
@@ -632,7 +658,7 @@ impl PgWriter {
             let result = sqlx::query(sql)
                 .bind(lo as i32)
                 .bind(hi as i32)
-                .fetch_one(&mut self.conn)
+                .fetch_one(&mut *self.conn)
                 .await;
             match result {
                 Ok(row) => {
@@ -711,7 +737,7 @@ impl PgWriter {
             exec(&mut self.conn, "SAVEPOINT lockstep_probe").await?;
             let result = sqlx::query(&sql)
                 .bind(row as i32)
-                .fetch_all(&mut self.conn)
+                .fetch_all(&mut *self.conn)
                 .await;
             let release = if result.is_ok() {
                 "RELEASE SAVEPOINT lockstep_probe"
@@ -828,7 +854,7 @@ impl PgWriter {
                 .context("copying keys into the staging table")
         })?;
         let deleted = sqlx::query(&plan.delete)
-            .execute(&mut self.conn)
+            .execute(&mut *self.conn)
             .await
             .map_err(map_sqlx)?
             .rows_affected();
@@ -942,5 +968,13 @@ impl StreamWriter for PgWriter {
             }
         }
         Ok(())
+    }
+
+    /// An open transaction (writes not flushed) ends with the session, rolled back, as it
+    /// would with a dropped connection.
+    async fn close(&mut self) {
+        if let Some(conn) = self.conn.0.take() {
+            crate::config::close(conn).await;
+        }
     }
 }

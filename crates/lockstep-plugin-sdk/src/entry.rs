@@ -134,9 +134,16 @@ fn canceller(instance: &Instance) -> CancellerBox {
     Canceller_TO::from_value(CancelHandle(instance.cancel.clone()), TD_Opaque)
 }
 
-struct SourceAdapter<S> {
+struct SourceAdapter<S: SourceConnector> {
     inner: S,
     instance: Instance,
+}
+
+impl<S: SourceConnector> Drop for SourceAdapter<S> {
+    fn drop(&mut self) {
+        let inner = &mut self.inner;
+        self.instance.close(|| inner.close());
+    }
 }
 
 impl<S: SourceConnector> api::Source for SourceAdapter<S> {
@@ -192,9 +199,16 @@ impl<R: BatchReader> api::BatchReader for ReaderAdapter<R> {
     }
 }
 
-struct DestinationAdapter<D> {
+struct DestinationAdapter<D: DestinationConnector> {
     inner: D,
     instance: Instance,
+}
+
+impl<D: DestinationConnector> Drop for DestinationAdapter<D> {
+    fn drop(&mut self) {
+        let inner = &mut self.inner;
+        self.instance.close(|| inner.close());
+    }
 }
 
 impl<D: DestinationConnector> api::Destination for DestinationAdapter<D> {
@@ -232,9 +246,16 @@ impl<D: DestinationConnector> api::Destination for DestinationAdapter<D> {
     }
 }
 
-struct WriterAdapter<W> {
+struct WriterAdapter<W: StreamWriter> {
     writer: W,
     instance: Instance,
+}
+
+impl<W: StreamWriter> Drop for WriterAdapter<W> {
+    fn drop(&mut self) {
+        let writer = &mut self.writer;
+        self.instance.close(|| writer.close());
+    }
 }
 
 impl<W: StreamWriter> api::StreamWriter for WriterAdapter<W> {
@@ -258,5 +279,57 @@ impl<W: StreamWriter> api::StreamWriter for WriterAdapter<W> {
     fn flush(&mut self) -> RResult<(), PluginError> {
         let writer = &mut self.writer;
         self.instance.call("flush", || writer.flush())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::{Catalog, ReadRequest, Unsupported};
+
+    /// How many times [`Closing::close`] ran to its end.
+    static CLOSED: AtomicUsize = AtomicUsize::new(0);
+
+    /// A source that counts its closes; its `close` awaits, as a connection's would.
+    struct Closing;
+
+    impl SourceConnector for Closing {
+        type Config = serde_json::Value;
+        type Reader = Unsupported;
+
+        async fn open(_: serde_json::Value, _: Context) -> crate::Result<Self> {
+            Ok(Closing)
+        }
+
+        async fn check(&mut self) -> crate::Result<()> {
+            Ok(())
+        }
+
+        async fn discover(&mut self) -> crate::Result<Catalog> {
+            Err(ConnectorError::internal("not used"))
+        }
+
+        async fn read(&mut self, _: ReadRequest) -> crate::Result<Unsupported> {
+            Err(ConnectorError::internal("not used"))
+        }
+
+        async fn close(&mut self) {
+            tokio::task::yield_now().await;
+            CLOSED.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Letting an instance go runs its connector's `close` on the instance's runtime, once.
+    #[test]
+    fn dropping_a_source_closes_it_once() {
+        let adapter = SourceAdapter {
+            inner: Closing,
+            instance: Instance::new().expect("a runtime"),
+        };
+        assert_eq!(CLOSED.load(Ordering::SeqCst), 0);
+        drop(adapter);
+        assert_eq!(CLOSED.load(Ordering::SeqCst), 1);
     }
 }

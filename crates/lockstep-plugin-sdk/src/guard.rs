@@ -146,6 +146,29 @@ impl Instance {
         }
         result
     }
+
+    /// Runs a connector's `close` on this instance's runtime as its object is let go, for at
+    /// most [`crate::CLOSE_WAIT`]: skipped when the instance panicked before, a panic in it
+    /// contained (and the instance poisoned), its outcome otherwise ignored.
+    pub(crate) fn close<F>(&self, f: impl FnOnce() -> F)
+    where
+        F: Future<Output = ()>,
+    {
+        if self.poisoned.load(Ordering::SeqCst) {
+            return;
+        }
+        let closed = catch("close", || {
+            self.runtime.block_on(async {
+                let _ = tokio::time::timeout(crate::CLOSE_WAIT, f()).await;
+            });
+            Ok(())
+        });
+        if let RResult::RErr(e) = closed {
+            if e.kind == ErrorKind::PANIC {
+                self.poisoned.store(true, Ordering::SeqCst);
+            }
+        }
+    }
 }
 
 fn cancelled(entry: &str) -> ConnectorError {

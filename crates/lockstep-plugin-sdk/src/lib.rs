@@ -230,6 +230,9 @@ pub trait SourceConnector: Sized + Send + 'static {
     async fn discover(&mut self) -> Result<Catalog>;
     /// Starts reading one stream.
     async fn read(&mut self, request: ReadRequest) -> Result<Self::Reader>;
+    /// Ends the instance's connections as their protocol asks, just before the host lets the
+    /// instance go (see [`StreamWriter::close`]). The default does nothing.
+    async fn close(&mut self) {}
 }
 
 /// The batches of one read.
@@ -255,6 +258,9 @@ pub trait DestinationConnector: Sized + Send + 'static {
     async fn discover(&mut self) -> Result<Catalog>;
     /// Prepares a stream for writing, creating or evolving it as the request says.
     async fn open_stream(&mut self, request: OpenStreamRequest) -> Result<Self::Writer>;
+    /// Ends the instance's connections as their protocol asks, just before the host lets the
+    /// instance go (see [`StreamWriter::close`]). The default does nothing.
+    async fn close(&mut self) {}
 }
 
 /// Writes to one stream.
@@ -266,7 +272,16 @@ pub trait StreamWriter: Send + 'static {
     async fn delete(&mut self, keys: RecordBatch) -> Result<WriteOutcome>;
     /// Makes every write so far durable.
     async fn flush(&mut self) -> Result<()>;
+    /// Ends the writer's connections as their protocol asks, just before the host lets it go
+    /// (a database's `Terminate`, an HTTP client's pool left to close): a server then sees a
+    /// client that said goodbye, not a lost one. Called once, on the host's thread that drops
+    /// the object, at most [`CLOSE_WAIT`] long; skipped for an instance that panicked. What
+    /// was not flushed is not made durable here. The default does nothing.
+    async fn close(&mut self) {}
 }
+
+/// How long a connector's `close` may take before the object is dropped anyway.
+pub const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The type for a role a connector does not play. It cannot be constructed.
 pub enum Unsupported {}

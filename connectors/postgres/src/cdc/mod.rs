@@ -156,7 +156,9 @@ pub(crate) async fn drop_read(
     let result = async {
         let mut conn = session.settings.connect().await?;
         let outcomes =
-            drop::drop_objects(&mut conn, &session.settings.schema, &request.stream, cdc).await?;
+            drop::drop_objects(&mut conn, &session.settings.schema, &request.stream, cdc).await;
+        crate::config::close(conn).await;
+        let outcomes = outcomes?;
         lockstep_plugin_sdk::protocol::CdcDropped::to_batch(&outcomes)
             .map_err(|e| ConnectorError::internal(format!("the cdc drop's outcome: {e}")))
     }
@@ -364,37 +366,50 @@ fn with_flag(layout: &Layout, batch: RecordBatch) -> Result<RecordBatch> {
 async fn run(plan: &mut CdcPlan, out: &mut Outlet) -> Flow {
     let mut conn = plan.settings.connect().await?;
     let mut side = plan.settings.connect().await?;
+    let flow = run_on(plan, out, &mut conn, &mut side).await;
+    tokio::join!(crate::config::close(conn), crate::config::close(side));
+    flow
+}
+
+/// [`run`] on its two connections: `conn` for the slot and the snapshot, `side` for the
+/// changes' TOASTed values.
+async fn run_on(
+    plan: &mut CdcPlan,
+    out: &mut Outlet,
+    conn: &mut PgConnection,
+    side: &mut PgConnection,
+) -> Flow {
     let (schema, table) = (plan.layout.schema_name.clone(), plan.layout.table.clone());
-    slot::check_wal_level(&mut conn).await?;
+    slot::check_wal_level(&mut *conn).await?;
     // Binary values when every column is read as itself and pgoutput has the option.
     plan.layout.binary = plan
         .layout
         .columns
         .iter()
         .all(|c| c.expr == ReadExpr::Plain)
-        && slot::server_version(&mut conn).await? >= 140_000;
+        && slot::server_version(&mut *conn).await? >= 140_000;
     lockstep_plugin_sdk::tracing::debug!(
         binary = plan.layout.binary,
         "changes are read with binary values when true, cast from text by the server otherwise"
     );
-    let identity = slot::replica_identity(&mut conn, &schema, &table).await?;
+    let identity = slot::replica_identity(&mut *conn, &schema, &table).await?;
     identity.check_key(&table, &plan.layout.key)?;
     let has_publication = if plan.dry_run {
-        slot::publication(&mut conn, &plan.publication, &schema, &table)
+        slot::publication(&mut *conn, &plan.publication, &schema, &table)
             .await?
             .unwrap_or(false)
     } else {
-        slot::ensure_publication(&mut conn, &plan.publication, &schema, &table).await?;
+        slot::ensure_publication(&mut *conn, &plan.publication, &schema, &table).await?;
         true
     };
-    let mut info = slot::slot(&mut conn, &plan.slot).await?;
+    let mut info = slot::slot(&mut *conn, &plan.slot).await?;
     if let Some(info) = &info {
-        slot::check_slot(&mut conn, &plan.slot, info).await?;
+        slot::check_slot(&mut *conn, &plan.slot, info).await?;
     }
     let mut checkpoint = plan.checkpoint.clone();
     let anchor = slot::anchor_name(&plan.slot);
     if !plan.dry_run {
-        info = take_anchor(&mut conn, &plan.slot, &anchor, checkpoint.as_ref(), info).await?;
+        info = take_anchor(&mut *conn, &plan.slot, &anchor, checkpoint.as_ref(), info).await?;
     }
     // A slot the server invalidated (past `max_slot_wal_keep_size`) cannot decode any more:
     // it is dropped and made again, as a slot that was dropped.
@@ -406,7 +421,7 @@ async fn run(plan: &mut CdcPlan, out: &mut Outlet) -> Flow {
             plan.slot
         );
         if !plan.dry_run {
-            slot::drop_slot(&mut conn, &plan.slot).await?;
+            slot::drop_slot(&mut *conn, &plan.slot).await?;
         }
         info = None;
     }
@@ -484,14 +499,14 @@ async fn run(plan: &mut CdcPlan, out: &mut Outlet) -> Flow {
                 (Some(i), None) => (i.confirmed_flush, &mut plan.fresh_snapshot),
                 (None, _) if plan.dry_run => (0, &mut plan.fresh_snapshot),
                 (None, _) => {
-                    let start = slot::create_slot(&mut conn, &plan.slot).await?;
-                    info = slot::slot(&mut conn, &plan.slot).await?;
+                    let start = slot::create_slot(&mut *conn, &plan.slot).await?;
+                    info = slot::slot(&mut *conn, &plan.slot).await?;
                     (start, &mut plan.fresh_snapshot)
                 }
             };
             let retained = info.as_ref().map_or(0, |i| i.retained_wal_bytes);
             loop {
-                let next = fetch(&mut side, reader).await?;
+                let next = fetch(&mut *side, reader).await?;
                 let Some((batch, inner)) = next else {
                     break;
                 };
@@ -538,7 +553,7 @@ async fn run(plan: &mut CdcPlan, out: &mut Outlet) -> Flow {
         return Ok(());
     }
     // The WAL retained once the slot is confirmed to the committed checkpoint.
-    let retained = slot::slot(&mut conn, &plan.slot).await?.map_or(0, |i| {
+    let retained = slot::slot(&mut *conn, &plan.slot).await?.map_or(0, |i| {
         let confirming = confirm.map_or(0, |lsn| lsn.saturating_sub(i.confirmed_flush));
         i.retained_wal_bytes.saturating_sub(confirming)
     });
@@ -550,7 +565,7 @@ async fn run(plan: &mut CdcPlan, out: &mut Outlet) -> Flow {
         );
     }
     let copy = temporary_name(&plan.slot);
-    slot::copy_temporary(&mut conn, &plan.slot, &copy).await?;
+    slot::copy_temporary(&mut *conn, &plan.slot, &copy).await?;
     // Each pass over the WAL (a confirmation, a read) decodes from the slot's restart point,
     // whatever the position: confirming the slot on a connection of its own while the copy is
     // read overlaps the two passes. The copy was taken before the confirmation, so it returns
@@ -560,24 +575,26 @@ async fn run(plan: &mut CdcPlan, out: &mut Outlet) -> Flow {
             return Ok(());
         };
         let mut own = plan.settings.connect().await?;
-        slot::advance(&mut own, &plan.slot, lsn).await
+        let advanced = slot::advance(&mut own, &plan.slot, lsn).await;
+        crate::config::close(own).await;
+        advanced
     };
     let read = changes(
         plan,
         &copy,
-        &mut conn,
-        &mut side,
+        &mut *conn,
+        &mut *side,
         &mut position,
         retained,
         out,
     );
     let (confirmed, read) = tokio::join!(confirmation, read);
     if read.is_ok() && !plan.dry_run && !snapshot_anchor {
-        leave_anchor(&plan.settings, &mut conn, &copy, &anchor).await;
+        leave_anchor(&plan.settings, &mut *conn, &copy, &anchor).await;
     }
     let _ = sqlx::query("SELECT pg_drop_replication_slot($1)")
         .bind(&copy)
-        .execute(&mut conn)
+        .execute(&mut *conn)
         .await;
     read?;
     confirmed.map_err(Failure::from)
@@ -651,11 +668,16 @@ async fn take_anchor(
 async fn create_anchor(settings: &Settings, anchor: &str) {
     let created = async {
         let mut own = settings.connect().await?;
-        sqlx::query(&format!("SET statement_timeout = '{ANCHOR_WAIT}'"))
-            .execute(&mut own)
-            .await
-            .map_err(crate::error::map_sqlx)?;
-        slot::create_slot(&mut own, anchor).await
+        let created = async {
+            sqlx::query(&format!("SET statement_timeout = '{ANCHOR_WAIT}'"))
+                .execute(&mut own)
+                .await
+                .map_err(crate::error::map_sqlx)?;
+            slot::create_slot(&mut own, anchor).await
+        }
+        .await;
+        crate::config::close(own).await;
+        created
     }
     .await;
     if let Err(e) = created {
