@@ -26,7 +26,8 @@
 //!
 //! With `--perf DIR`, the timed two-way run and the first run without edits run under `perf
 //! record -F 299 --call-graph dwarf`, into `DIR/two-way.perf.data` and `DIR/noop.perf.data`
-//! (their times then include perf's overhead: profile with it, measure without it).
+//! (their times then include perf's overhead: profile with it, measure without it). With
+//! `--keep`, the databases stay (their names are printed) for profiling by hand.
 //!
 //! The last line reads `two_way_vs_one_way=<ratio> noop_s=<s> peak_rss_mib=<n>
 //! conflicts=<n>` (goals: at most 2, under 0.5 s, 64 MiB; `conflicts` is what the run
@@ -42,7 +43,7 @@ use crate::bench_verify::copy_pipe;
 use crate::{cargo, root};
 
 const USAGE: &str =
-    "usage: cargo xtask bench two-way [--rows N] [--state sqlite|postgres] [--perf DIR]";
+    "usage: cargo xtask bench two-way [--rows N] [--state sqlite|postgres] [--perf DIR] [--keep]";
 
 /// The mapped fields (each side's `updated_at` is its own), as one text per row.
 const MAPPED_ROW: &str =
@@ -115,6 +116,7 @@ pub fn run(args: &[&str]) -> Result<()> {
     let mut rows: i64 = 1_000_000;
     let mut state = StateBackend::Sqlite;
     let mut perf: Option<std::path::PathBuf> = None;
+    let mut keep = false;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match *arg {
@@ -148,6 +150,7 @@ pub fn run(args: &[&str]) -> Result<()> {
                 std::fs::create_dir_all(&dir)?;
                 perf = Some(dir);
             }
+            "--keep" => keep = true,
             other => bail!("unknown argument `{other}`; {USAGE}"),
         }
     }
@@ -171,6 +174,13 @@ pub fn run(args: &[&str]) -> Result<()> {
         state: format!("lockstep_btwoway_state_{tag}"),
     };
     let result = rt.block_on(bench(rows, state, &names, perf.as_deref()));
+    if keep {
+        eprintln!(
+            "kept the databases (--keep): {}; the state and config in target/bench-two-way",
+            names.all().join(", ")
+        );
+        return result;
+    }
     rt.block_on(async {
         if let Ok(mut c) = sqlx::PgConnection::connect(&format!("{PG}/test")).await {
             for n in names.all() {

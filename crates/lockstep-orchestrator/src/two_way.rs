@@ -28,8 +28,12 @@
 //!   the same deletes again (`--allow-mass-delete` applies them).
 //! - Memory holds the records changed since the last run (both sides) in their read form
 //!   (Arrow batches and a small entry per key), the key sets as 8-byte hashes, the base
-//!   fingerprints looked up ahead for up to [`PREFETCH_KEYS`] keys, and one chunk of records
-//!   as values: the chunk's records, base entries, writes and conflicts.
+//!   fingerprints looked up ahead for up to [`PREFETCH_KEYS`] keys, and two chunks of
+//!   records as values: the chunk being written (its records, base entries and writes) and
+//!   the next one, decided while it is written (with its conflicts).
+//! - The state store works while the sides do: as chunk N is written, chunk N+1 is decided
+//!   and one transaction commits chunk N-1's base rows with chunk N+1's conflicts. Commits
+//!   land in chunk order; a chunk's conflicts are recorded before any of its writes.
 //! - Which side changed a record is told by the base's fingerprints; the base's values are
 //!   read only for the records whose decision needs them (both sides changed it, or one
 //!   changed what the other deleted: [`conflict::needs_base_values`]).
@@ -688,9 +692,17 @@ async fn execute(
     }
 
     // Chunk by chunk: decide, record the conflicts, write both sides, flush each and read
-    // back what was written, then commit the chunk's base rows. The records as read
-    // leave `changes` as their chunk is decided, so memory holds one chunk's values. The
-    // checkpoints move only with the last commit, after every chunk and the deletes.
+    // back what was written, then commit the chunk's base rows. The records as read leave
+    // `changes` as their chunk is decided, so memory holds the values of two chunks (the one
+    // being written and the next, decided), and the base rows of the one before until they
+    // are committed. The checkpoints move only with the last commit, after every chunk and
+    // the deletes.
+    //
+    // The state store works while the sides do: as chunk N is written, chunk N+1 is decided,
+    // then one transaction commits chunk N-1's base rows and chunk N+1's conflicts. So a
+    // chunk's conflicts are recorded before any of its writes, its base rows after both
+    // sides flushed them, and commits land in chunk order. The chunks' keys are disjoint: a
+    // decision never reads a base row that a commit in flight writes.
     let sides = [&side_a, &side_b];
     // The values read back are needed only to refresh side a's one-way fields.
     let keep_read_back = fields.shared.len() != fields.all.len();
@@ -698,167 +710,230 @@ async fn execute(
     let mut read_back_sources: [Option<lockstep_plugin_host::SourceHandle>; 2] = [None, None];
     let mut rejected_keys: HashSet<String> = HashSet::new();
     let mut refusals: Vec<Refusal> = Vec::new();
-    for (number, chunk) in (1u64..).zip(touched.chunks(touched_chunk())) {
-        let mut plan = decide_next(
-            state,
-            &deciding,
-            chunk,
-            &mut changes,
-            &mut prefetched,
-            &mut run.metrics,
-            &mut totals,
-        )
-        .await?;
-        totals.trace_retries(&plan, &retries);
-
-        // The conflicts are recorded before anything of the chunk is written: a crash
-        // between the writes and the chunk's commit would otherwise lose an automatically
-        // decided conflict, since the rerun finds both sides agreeing. A rerun that finds
-        // the same conflict again (same key, same base) updates this record instead of
-        // adding one.
-        if !plan.conflicts.is_empty() {
-            state
-                .commit_two_way(&TwoWayCommit {
-                    sync: &spec.name,
-                    run: run.run_id,
-                    lease_token: Some(lease.lease().token),
-                    metrics: &run.metrics,
-                    upserts: &[],
-                    deletes: &[],
-                    conflicts: &plan.conflicts,
-                    applied: &[],
-                    checkpoint: None,
-                })
-                .await?;
-            totals.conflicts += plan.conflicts.len();
-            totals.queued.extend(
-                plan.conflicts
-                    .iter()
-                    .filter(|c| c.status == ConflictStatus::Open)
-                    .map(|c| c.key.clone()),
-            );
-            plan.conflicts = Vec::new();
+    let run_id = run.run_id;
+    let token = lease.lease().token;
+    let chunks: Vec<&[String]> = touched.chunks(touched_chunk()).collect();
+    // The first chunk is decided, and its conflicts recorded, before anything is written.
+    let mut decided = match chunks.first() {
+        Some(first) => {
+            let mut plan = decide_next(
+                state,
+                &deciding,
+                first,
+                &mut changes,
+                &mut prefetched,
+                &mut run.metrics,
+                &mut totals,
+            )
+            .await?;
+            totals.trace_retries(&plan, &retries);
+            if !plan.conflicts.is_empty() {
+                state
+                    .commit_two_way(&TwoWayCommit {
+                        sync: &spec.name,
+                        run: run_id,
+                        lease_token: Some(token),
+                        metrics: &run.metrics,
+                        upserts: &[],
+                        deletes: &[],
+                        conflicts: &plan.conflicts,
+                        applied: &[],
+                        checkpoint: None,
+                    })
+                    .await?;
+                totals.conflicts_recorded(&mut plan);
+            }
+            Some(plan)
         }
-
-        // Side a first when its one-way fields, read back, feed side b's writes; else both
-        // sides at once (they are different systems).
-        if plan.upserts.iter().any(|u| !u.is_empty()) {
-            for side in sides {
-                let back = &mut read_back_sources[index(side.side)];
-                if side.reads_by_keys && back.is_none() {
-                    *back = Some(services.open_source(side.endpoint).await?);
+        None => None,
+    };
+    let mut in_flight: Option<ChunkCommit> = None;
+    for (at, number) in (0..chunks.len()).zip(1u64..) {
+        let mut plan = decided.take().ok_or_else(|| {
+            EngineError::Internal(format!("two-way chunk {number} was not decided"))
+        })?;
+        let prior = in_flight.take();
+        let next_chunk = chunks.get(at + 1).copied();
+        // The next chunk's decision, then one commit: the base rows of the chunk before
+        // this one and the next chunk's conflicts.
+        let ahead = async {
+            let mut next = match next_chunk {
+                Some(chunk) => {
+                    let plan = decide_next(
+                        state,
+                        &deciding,
+                        chunk,
+                        &mut changes,
+                        &mut prefetched,
+                        &mut run.metrics,
+                        &mut totals,
+                    )
+                    .await?;
+                    totals.trace_retries(&plan, &retries);
+                    Some(plan)
+                }
+                None => None,
+            };
+            let conflicts = next.as_ref().map_or(&[][..], |p| p.conflicts.as_slice());
+            let (upserts, applied) = prior.as_ref().map_or((&[][..], &[][..]), |p| {
+                (p.upserts.as_slice(), p.applied.as_slice())
+            });
+            if !(upserts.is_empty() && applied.is_empty() && conflicts.is_empty()) {
+                state
+                    .commit_two_way(&TwoWayCommit {
+                        sync: &spec.name,
+                        run: run_id,
+                        lease_token: Some(token),
+                        metrics: &run.metrics,
+                        upserts,
+                        deletes: &[],
+                        conflicts,
+                        applied,
+                        checkpoint: None,
+                    })
+                    .await?;
+            }
+            if let Some(prior) = &prior {
+                fault_point(FaultPoint::AfterCommit, prior.number);
+            }
+            if let Some(next) = next.as_mut() {
+                totals.conflicts_recorded(next);
+            }
+            Ok::<_, EngineError>(next)
+        };
+        // This chunk's writes. Side a first when its one-way fields, read back, feed side
+        // b's writes; else both sides at once (they are different systems).
+        let work = async {
+            let mut counts = CountFix::default();
+            if plan.upserts.iter().any(|u| !u.is_empty()) {
+                for side in sides {
+                    let back = &mut read_back_sources[index(side.side)];
+                    if side.reads_by_keys && back.is_none() {
+                        *back = Some(services.open_source(side.endpoint).await?);
+                    }
                 }
             }
-        }
-        let [writer_a, writer_b] = &mut *writers;
-        let [back_a, back_b] = &mut read_back_sources;
-        let written: [SideWrite; 2] = if keep_read_back {
-            let upserts_a = std::mem::take(&mut plan.upserts[0]);
-            let a = write_side(
-                spec,
-                &side_a,
-                writer_a,
-                back_a.as_mut(),
-                upserts_a,
-                &fields,
-                true,
-            )
-            .await?;
-            run.metrics.updated += refresh_one_way(&mut plan, &a.read_back, &fields);
-            let upserts_b = std::mem::take(&mut plan.upserts[1]);
-            let b = write_side(
-                spec,
-                &side_b,
-                writer_b,
-                back_b.as_mut(),
-                upserts_b,
-                &fields,
-                false,
-            )
-            .await?;
-            [a, b]
-        } else {
-            let [upserts_a, upserts_b] = std::mem::take(&mut plan.upserts);
-            let (a, b) = tokio::join!(
-                write_side(
+            let [writer_a, writer_b] = &mut *writers;
+            let [back_a, back_b] = &mut read_back_sources;
+            let written: [SideWrite; 2] = if keep_read_back {
+                let upserts_a = std::mem::take(&mut plan.upserts[0]);
+                let a = write_side(
                     spec,
                     &side_a,
                     writer_a,
                     back_a.as_mut(),
                     upserts_a,
                     &fields,
-                    false
-                ),
-                write_side(
+                    true,
+                )
+                .await?;
+                counts.refreshed += refresh_one_way(&mut plan, &a.read_back, &fields);
+                let upserts_b = std::mem::take(&mut plan.upserts[1]);
+                let b = write_side(
                     spec,
                     &side_b,
                     writer_b,
                     back_b.as_mut(),
                     upserts_b,
                     &fields,
-                    false
-                ),
-            );
-            [a?, b?]
-        };
-        let mut read_back: [HashMap<String, u128>; 2] = Default::default();
-        for (i, w) in written.into_iter().enumerate() {
-            for refusal in w.refusals {
-                rejected_keys.insert(refusal.key.clone());
-                // A refused write is no write: it counts as rejected only.
-                let counted = if plan.adds[i].contains(&refusal.key) {
-                    &mut run.metrics.added
-                } else {
-                    &mut run.metrics.updated
-                };
-                *counted = counted.saturating_sub(1);
-                refusals.push(refusal);
-            }
-            read_back[i] = w
-                .read_back
-                .into_iter()
-                .map(|(k, (fp, _))| (k, fp))
-                .collect();
-        }
-
-        fault_point(FaultPoint::AfterFlush, number);
-
-        // The chunk's base rows, once both sides flushed its writes.
-        let upserts: Vec<BaseEntry> = std::mem::take(&mut plan.base)
-            .into_iter()
-            .filter(|b| !rejected_keys.contains(&b.key))
-            .map(|b| {
-                let fp = |i: usize| {
-                    b.fingerprints[i]
-                        .or_else(|| read_back[i].get(&b.key).copied())
-                        .unwrap_or_else(|| written_fingerprint(&b.values, i, &fields))
-                };
-                let (fingerprint_a, fingerprint_b) = (fp(0), fp(1));
-                BaseEntry {
-                    key: b.key,
-                    base: b.values,
-                    fingerprint_a,
-                    fingerprint_b,
+                    false,
+                )
+                .await?;
+                [a, b]
+            } else {
+                let [upserts_a, upserts_b] = std::mem::take(&mut plan.upserts);
+                let (a, b) = tokio::join!(
+                    write_side(
+                        spec,
+                        &side_a,
+                        writer_a,
+                        back_a.as_mut(),
+                        upserts_a,
+                        &fields,
+                        false
+                    ),
+                    write_side(
+                        spec,
+                        &side_b,
+                        writer_b,
+                        back_b.as_mut(),
+                        upserts_b,
+                        &fields,
+                        false
+                    ),
+                );
+                [a?, b?]
+            };
+            let mut read_back: [HashMap<String, u128>; 2] = Default::default();
+            for (i, w) in written.into_iter().enumerate() {
+                for refusal in w.refusals {
+                    rejected_keys.insert(refusal.key.clone());
+                    // A refused write is no write: it counts as rejected only.
+                    if plan.adds[i].contains(&refusal.key) {
+                        counts.refused_adds += 1;
+                    } else {
+                        counts.refused_updates += 1;
+                    }
+                    refusals.push(refusal);
                 }
-            })
-            .collect();
-        drop(read_back);
-        if !upserts.is_empty() || !plan.applied.is_empty() {
+                read_back[i] = w
+                    .read_back
+                    .into_iter()
+                    .map(|(k, (fp, _))| (k, fp))
+                    .collect();
+            }
+
+            fault_point(FaultPoint::AfterFlush, number);
+
+            // The chunk's base rows, committed once both sides flushed its writes.
+            let upserts: Vec<BaseEntry> = std::mem::take(&mut plan.base)
+                .into_iter()
+                .filter(|b| !rejected_keys.contains(&b.key))
+                .map(|b| {
+                    let fp = |i: usize| {
+                        b.fingerprints[i]
+                            .or_else(|| read_back[i].get(&b.key).copied())
+                            .unwrap_or_else(|| written_fingerprint(&b.values, i, &fields))
+                    };
+                    let (fingerprint_a, fingerprint_b) = (fp(0), fp(1));
+                    BaseEntry {
+                        key: b.key,
+                        base: b.values,
+                        fingerprint_a,
+                        fingerprint_b,
+                    }
+                })
+                .collect();
+            let commit = ChunkCommit {
+                number,
+                upserts,
+                applied: std::mem::take(&mut plan.applied),
+            };
+            Ok::<_, EngineError>((commit, counts))
+        };
+        let (next, written) = tokio::join!(ahead, work);
+        let (commit, counts) = written?;
+        counts.apply(&mut run.metrics);
+        decided = next?;
+        in_flight = Some(commit);
+    }
+    if let Some(last) = in_flight.take() {
+        if !(last.upserts.is_empty() && last.applied.is_empty()) {
             state
                 .commit_two_way(&TwoWayCommit {
                     sync: &spec.name,
-                    run: run.run_id,
-                    lease_token: Some(lease.lease().token),
+                    run: run_id,
+                    lease_token: Some(token),
                     metrics: &run.metrics,
-                    upserts: &upserts,
+                    upserts: &last.upserts,
                     deletes: &[],
                     conflicts: &[],
-                    applied: &plan.applied,
+                    applied: &last.applied,
                     checkpoint: None,
                 })
                 .await?;
         }
-        fault_point(FaultPoint::AfterCommit, number);
+        fault_point(FaultPoint::AfterCommit, last.number);
     }
     drop(read_back_sources);
     drop(changes);
@@ -955,6 +1030,33 @@ async fn execute(
     }
     check_rejected(job, run, &rejected_keys, &retries)?;
     Ok(None)
+}
+
+/// A chunk's base rows (and the person's decisions it applied), written to both sides and
+/// flushed, waiting for their commit.
+struct ChunkCommit {
+    number: u64,
+    upserts: Vec<BaseEntry>,
+    applied: Vec<i64>,
+}
+
+/// How a chunk's writes correct the run's counts, applied once the chunk is written (the
+/// next chunk's decision counts into the run's metrics meanwhile).
+#[derive(Default)]
+struct CountFix {
+    /// Adds a side refused: rejected, not added.
+    refused_adds: u64,
+    /// Updates a side refused: rejected, not updated.
+    refused_updates: u64,
+    /// Side a's one-way fields refreshed from its read-back.
+    refreshed: u64,
+}
+
+impl CountFix {
+    fn apply(&self, metrics: &mut lockstep_core::RunMetrics) {
+        metrics.added = metrics.added.saturating_sub(self.refused_adds);
+        metrics.updated = metrics.updated.saturating_sub(self.refused_updates) + self.refreshed;
+    }
 }
 
 /// What writing one side's share of a chunk gave.
@@ -1057,6 +1159,19 @@ struct Totals {
 
 impl Totals {
     /// Moves the keys of `plan`'s deletes into the totals.
+    /// Counts the conflicts of `plan`, now recorded, and remembers the keys queued for a
+    /// person; the plan keeps none of them.
+    fn conflicts_recorded(&mut self, plan: &mut Plan) {
+        self.conflicts += plan.conflicts.len();
+        self.queued.extend(
+            plan.conflicts
+                .iter()
+                .filter(|c| c.status == ConflictStatus::Open)
+                .map(|c| c.key.clone()),
+        );
+        plan.conflicts = Vec::new();
+    }
+
     fn take_keys(&mut self, plan: &mut Plan) {
         for i in 0..2 {
             self.deletes[i].append(&mut plan.deletes[i]);
