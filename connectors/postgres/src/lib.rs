@@ -26,6 +26,7 @@ pub mod config;
 pub mod copy_decode;
 pub mod copy_encode;
 pub mod error;
+mod key_reads;
 pub mod numeric;
 pub mod range_hash;
 pub mod read;

@@ -5,8 +5,8 @@
 //! row's key, and cursor for incremental reads) is handed to the server as session settings
 //! bound as parameters (`set_config`), and read back in the query as
 //! `(SELECT current_setting('lockstep.k0')::type)`: COPY takes no parameters, and values never
-//! go into SQL text. Each reader owns its own connection, on a worker thread that fetches one
-//! batch ahead.
+//! go into SQL text. Each reader owns its own connection (reads by keys share one, below), on
+//! a worker thread that fetches one batch ahead.
 //!
 //! A read by keys (`request.keys`, the `read-by-keys` feature) sends the keys the same way:
 //! each chunk of at most [`KEYS_PER_QUERY`] keys (and never more than the batch size) is one
@@ -15,6 +15,8 @@
 //! cast to its column's type, so comparisons are the column's own (numbers as numbers,
 //! timestamps as timestamps), composite keys compare as rows, and the statement's size does not
 //! grow with the number of keys. Keys that match no row are simply absent from the result.
+//! Reads by keys run on one thread and connection that the source keeps between them
+//! (`key_reads.rs`).
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -40,6 +42,7 @@ use crate::catalog::{ReadExpr, Table, Wire};
 use crate::config::{effective_batch_size, Config, Settings};
 use crate::copy_decode::CopyDecoder;
 use crate::error::map_sqlx;
+use crate::key_reads::KeyReads;
 use crate::session::Session;
 use crate::types::{checkpoint_value, json_to_text};
 use lockstep_sql_kit::dialect::row_of;
@@ -49,6 +52,8 @@ use lockstep_sql_kit::{keyset_after, Dialect, PostgresDialect};
 pub struct PgSource {
     session: Session,
     ctx: Context,
+    /// The thread and connection of its reads by keys, started with the first one.
+    key_reads: Option<KeyReads>,
 }
 
 impl SourceConnector for PgSource {
@@ -59,6 +64,7 @@ impl SourceConnector for PgSource {
         Ok(PgSource {
             session: Session::open(config).await?,
             ctx,
+            key_reads: None,
         })
     }
 
@@ -71,7 +77,13 @@ impl SourceConnector for PgSource {
     }
 
     async fn close(&mut self) {
-        self.session.close().await;
+        let key_reads = self.key_reads.take();
+        let key_reads = async move {
+            if let Some(key_reads) = key_reads {
+                key_reads.close().await;
+            }
+        };
+        tokio::join!(key_reads, self.session.close());
     }
 
     async fn read(&mut self, request: ReadRequest) -> Result<PgReader> {
@@ -103,7 +115,20 @@ impl SourceConnector for PgSource {
             let label = format!("summarizing the keys of `{}`", table.name);
             return Ok(PgReader::ready(&label, self.ctx.clone(), summary));
         }
-        let plan = ReadPlan::new(&table, &request, &self.session)?;
+        let mut plan = ReadPlan::new(&table, &request, &self.session)?;
+        // A read by keys goes to the source's thread for them while it is free.
+        if plan.keys.is_some() {
+            if self.key_reads.is_none() {
+                // A thread that cannot start leaves the read to start one of its own.
+                self.key_reads = KeyReads::start(self.session.settings.clone()).ok();
+            }
+            if let Some(key_reads) = &self.key_reads {
+                match key_reads.try_start(plan, self.ctx.clone()) {
+                    Ok(reader) => return Ok(reader),
+                    Err(back) => plan = *back,
+                }
+            }
+        }
         PgReader::start(plan, self.session.settings.clone(), self.ctx.clone())
     }
 }
@@ -201,6 +226,11 @@ pub(crate) struct ReadPlan {
 }
 
 impl ReadPlan {
+    /// What the read is, for messages.
+    pub(crate) fn label(&self) -> &str {
+        &self.label
+    }
+
     pub(crate) fn new(table: &Table, request: &ReadRequest, session: &Session) -> Result<Self> {
         let label = format!("reading `{}`", table.name);
         let stream = table.stream_info();
@@ -428,6 +458,26 @@ impl PgReader {
         // Start on the first batch at once.
         reader.ask();
         Ok(reader)
+    }
+
+    /// A reader of a worker that already runs (the source's thread for reads by keys),
+    /// speaking the protocol of [`worker`]: one batch sent on `batches` per `go` received.
+    pub(crate) fn from_channels(
+        label: String,
+        ctx: Context,
+        go: mpsc::UnboundedSender<()>,
+        batches: mpsc::Receiver<BatchResult>,
+    ) -> Self {
+        let mut reader = PgReader {
+            label,
+            ctx,
+            go,
+            batches,
+            pending: false,
+            done: false,
+        };
+        reader.ask();
+        reader
     }
 
     /// A reader whose batches a worker thread of the caller's makes (a cdc read), speaking

@@ -1793,6 +1793,131 @@ async fn range_entries(
 /// connection lost without it in `pg_stat_database.sessions_abandoned` (and logs "Connection
 /// reset by peer" when replies were left unread), which every read, source, destination and
 /// writer once did.
+/// The sessions of the database `admin` is connected to: how many began and how many were
+/// abandoned (ended without `Terminate`), once at most `others` connections but `admin` are
+/// left (each one's counts are in once it ended).
+async fn settled(admin: &mut PgConnection, others: i64) -> (i64, i64) {
+    for _ in 0..200 {
+        let open: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .fetch_one(&mut *admin)
+        .await
+        .unwrap();
+        if open <= others {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    sqlx::query("SELECT pg_stat_clear_snapshot()")
+        .execute(&mut *admin)
+        .await
+        .unwrap();
+    sqlx::query_as(
+        "SELECT sessions::int8, sessions_abandoned::int8 FROM pg_stat_database \
+         WHERE datname = current_database()",
+    )
+    .fetch_one(&mut *admin)
+    .await
+    .unwrap()
+}
+
+/// A read by keys of `keys` (the `id` column) of `stream`.
+fn by_keys(stream: &str, keys: &[i64]) -> ReadRequest {
+    let mut request = request(stream);
+    request.key = vec!["id".into()];
+    request.keys = Some(keys.iter().map(|k| vec![json!(k)]).collect());
+    request
+}
+
+/// The ids a read by keys found (in key order) and the server processes that served it.
+async fn read_with_pids(reader: &mut PgReader) -> (Vec<i64>, Vec<i64>) {
+    let batches = read_all(reader).await;
+    let mut found = ids(&batches, "id");
+    found.sort_unstable();
+    let mut pids = ids(&batches, "pid");
+    pids.sort_unstable();
+    pids.dedup();
+    (found, pids)
+}
+
+#[test]
+fn reads_by_keys_share_one_connection_and_survive_its_end() {
+    let Some(db) = TestDb::create() else { return };
+    block_on(async {
+        // Each row read names the server process that read it.
+        db.exec(
+            "CREATE TABLE t (id bigint PRIMARY KEY, name text); \
+             INSERT INTO t SELECT g, 'n' || g FROM generate_series(1, 500) g; \
+             CREATE VIEW t_pid AS SELECT id, name, pg_backend_pid()::int8 AS pid FROM t;",
+        )
+        .await;
+        let mut source = db.source(None).await;
+
+        // Reads by keys one after another, as a two-way run reads back its chunks: one
+        // connection serves them all.
+        let mut served = Vec::new();
+        for round in 0..5 {
+            let keys = [round * 10 + 3, round * 10 + 1, round * 10 + 2, 999];
+            let mut reader = ok(source.read(by_keys("t_pid", &keys)).await);
+            let (found, pids) = read_with_pids(&mut reader).await;
+            assert_eq!(found, [round * 10 + 1, round * 10 + 2, round * 10 + 3]);
+            served.extend(pids);
+        }
+        served.dedup();
+        assert_eq!(served.len(), 1, "five reads by keys, served by {served:?}");
+        let kept = served[0];
+
+        // Two readers held at once: the second does not wait for the first, on a connection
+        // of its own.
+        let mut first = ok(source.read(by_keys("t_pid", &[101, 100])).await);
+        let mut second = ok(source.read(by_keys("t_pid", &[200])).await);
+        let (found, pids) = read_with_pids(&mut second).await;
+        assert_eq!(found, [200]);
+        assert_ne!(
+            pids,
+            [kept],
+            "the second reader waited for the first one's connection"
+        );
+        assert_eq!(
+            read_with_pids(&mut first).await,
+            (vec![100, 101], vec![kept])
+        );
+        drop((first, second));
+
+        // The server ends the kept connection between two reads: the next read reconnects.
+        let mut admin = PgConnection::connect(&db.url()).await.unwrap();
+        let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1::int4)")
+            .bind(kept)
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+        assert!(ended);
+        for _ in 0..200 {
+            let gone: bool = sqlx::query_scalar(
+                "SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1::int4)",
+            )
+            .bind(kept)
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+            if gone {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        let mut reader = ok(source.read(by_keys("t_pid", &[8, 7])).await);
+        let (found, pids) = read_with_pids(&mut reader).await;
+        assert_eq!(found, [7, 8]);
+        assert_ne!(pids, [kept]);
+        drop(reader);
+        source.close().await;
+        drop(source);
+        admin.close().await.unwrap();
+    });
+}
+
 #[test]
 fn connections_end_as_the_protocol_asks() {
     let Some(db) = TestDb::create() else { return };
@@ -1804,34 +1929,6 @@ fn connections_end_as_the_protocol_asks() {
         .await;
         let mut admin = PgConnection::connect(&db.url()).await.unwrap();
         let mut source = db.source(None).await;
-        // The sessions of this database: how many began, how many were abandoned, once at
-        // most `others` connections but `admin` are left.
-        async fn settled(admin: &mut PgConnection, others: i64) -> (i64, i64) {
-            for _ in 0..200 {
-                let open: i64 = sqlx::query_scalar(
-                    "SELECT count(*) FROM pg_stat_activity \
-                     WHERE datname = current_database() AND pid <> pg_backend_pid()",
-                )
-                .fetch_one(&mut *admin)
-                .await
-                .unwrap();
-                if open <= others {
-                    break;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-            }
-            sqlx::query("SELECT pg_stat_clear_snapshot()")
-                .execute(&mut *admin)
-                .await
-                .unwrap();
-            sqlx::query_as(
-                "SELECT sessions::int8, sessions_abandoned::int8 FROM pg_stat_database \
-                 WHERE datname = current_database()",
-            )
-            .fetch_one(&mut *admin)
-            .await
-            .unwrap()
-        }
         let (began, abandoned) = settled(&mut admin, 1).await;
 
         // A full read, a read by keys, a key summary and a range-hash read.
@@ -1855,7 +1952,8 @@ fn connections_end_as_the_protocol_asks() {
         assert!(!range_summaries(&mut source, "t", &["name"], 16, None)
             .await
             .is_empty());
-        let (began_reads, abandoned_reads) = settled(&mut admin, 1).await;
+        // The source's own connection and the one of its reads by keys stay.
+        let (began_reads, abandoned_reads) = settled(&mut admin, 2).await;
         assert!(
             began_reads - began >= 4,
             "the reads opened {} connections",
