@@ -121,8 +121,9 @@ fn serve(
     runtime.block_on(async move {
         let mut conn: Option<PgConnection> = None;
         while let Some(job) = jobs.recv().await {
-            run(&settings, &mut conn, job).await;
-            busy.store(false, Ordering::Release);
+            if !run(&settings, &mut conn, job, &busy).await {
+                busy.store(false, Ordering::Release);
+            }
         }
         if let Some(conn) = conn.take() {
             crate::config::close(conn).await;
@@ -132,7 +133,15 @@ fn serve(
 }
 
 /// One read: one batch per request of its reader, until its end or the reader's drop.
-async fn run(settings: &Settings, conn: &mut Option<PgConnection>, job: KeyJob) {
+/// Returns whether it released `busy` itself: at the read's end it does so before handing
+/// over the end, so that a read started as soon as this one ended finds the thread free (the
+/// connection is idle by then; the next job only waits for that last hand-over).
+async fn run(
+    settings: &Settings,
+    conn: &mut Option<PgConnection>,
+    job: KeyJob,
+    busy: &AtomicBool,
+) -> bool {
     let KeyJob {
         mut plan,
         mut go,
@@ -160,10 +169,14 @@ async fn run(settings: &Settings, conn: &mut Option<PgConnection>, job: KeyJob) 
             settings.scrub_error(e.context(plan.label()))
         });
         let end = matches!(result, Ok(None));
+        if end {
+            busy.store(false, Ordering::Release);
+        }
         if tx.send(result).await.is_err() || end {
-            break;
+            return end;
         }
     }
+    false
 }
 
 /// The next batch of `plan` on `conn`, connecting first when there is none.

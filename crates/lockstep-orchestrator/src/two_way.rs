@@ -755,7 +755,11 @@ async fn execute(
         let prior = in_flight.take();
         let next_chunk = chunks.get(at + 1).copied();
         // The next chunk's decision, then one commit: the base rows of the chunk before
-        // this one and the next chunk's conflicts.
+        // this one and the next chunk's conflicts. A chunk's conflicts are recorded before
+        // anything of it is written: a crash between its writes and its base commit would
+        // otherwise lose an automatically decided conflict, since the rerun finds both sides
+        // agreeing. A rerun that finds the same conflict again (same key, same base) updates
+        // the record instead of adding one.
         let ahead = async {
             let mut next = match next_chunk {
                 Some(chunk) => {
