@@ -447,21 +447,11 @@ impl PgReader {
             .name("lockstep-pg-reader".into())
             .spawn(move || worker(plan, settings, go_rx, tx))
             .map_err(|e| ConnectorError::internal(format!("cannot start a reader thread: {e}")))?;
-        let mut reader = PgReader {
-            label,
-            ctx,
-            go,
-            batches,
-            pending: false,
-            done: false,
-        };
-        // Start on the first batch at once.
-        reader.ask();
-        Ok(reader)
+        Ok(Self::from_channels(label, ctx, go, batches))
     }
 
-    /// A reader of a worker that already runs (the source's thread for reads by keys),
-    /// speaking the protocol of [`worker`]: one batch sent on `batches` per `go` received.
+    /// A reader of a worker speaking the protocol of [`worker`] (one batch sent on `batches`
+    /// per `go` received), already asked for its first batch.
     pub(crate) fn from_channels(
         label: String,
         ctx: Context,
@@ -493,16 +483,7 @@ impl PgReader {
             .name("lockstep-pg-cdc".into())
             .spawn(move || spawn(go_rx, tx))
             .map_err(|e| ConnectorError::internal(format!("cannot start a reader thread: {e}")))?;
-        let mut reader = PgReader {
-            label,
-            ctx,
-            go,
-            batches,
-            pending: false,
-            done: false,
-        };
-        reader.ask();
-        Ok(reader)
+        Ok(Self::from_channels(label, ctx, go, batches))
     }
 
     /// A reader of one batch made already (a key summary), without a worker.

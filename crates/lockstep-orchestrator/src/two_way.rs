@@ -727,27 +727,16 @@ async fn execute(
             )
             .await?;
             totals.trace_retries(&plan, &retries);
-            if !plan.conflicts.is_empty() {
-                state
-                    .commit_two_way(&TwoWayCommit {
-                        sync: &spec.name,
-                        run: run_id,
-                        lease_token: Some(token),
-                        metrics: &run.metrics,
-                        upserts: &[],
-                        deletes: &[],
-                        conflicts: &plan.conflicts,
-                        applied: &[],
-                        checkpoint: None,
-                    })
-                    .await?;
-                totals.conflicts_recorded(&mut plan);
-            }
+            let conflicts = ChunkCommit::conflicts_only(&plan);
+            conflicts
+                .commit(state, &spec.name, run_id, token, &run.metrics)
+                .await?;
+            totals.conflicts_recorded(&mut plan);
             Some(plan)
         }
         None => None,
     };
-    let mut in_flight: Option<ChunkCommit> = None;
+    let mut in_flight: Option<WrittenChunk> = None;
     for (at, number) in (0..chunks.len()).zip(1u64..) {
         let mut plan = decided.take().ok_or_else(|| {
             EngineError::Internal(format!("two-way chunk {number} was not decided"))
@@ -778,25 +767,14 @@ async fn execute(
                 }
                 None => None,
             };
-            let conflicts = next.as_ref().map_or(&[][..], |p| p.conflicts.as_slice());
-            let (upserts, applied) = prior.as_ref().map_or((&[][..], &[][..]), |p| {
-                (p.upserts.as_slice(), p.applied.as_slice())
-            });
-            if !(upserts.is_empty() && applied.is_empty() && conflicts.is_empty()) {
-                state
-                    .commit_two_way(&TwoWayCommit {
-                        sync: &spec.name,
-                        run: run_id,
-                        lease_token: Some(token),
-                        metrics: &run.metrics,
-                        upserts,
-                        deletes: &[],
-                        conflicts,
-                        applied,
-                        checkpoint: None,
-                    })
-                    .await?;
-            }
+            let commit = ChunkCommit {
+                upserts: prior.as_ref().map_or(&[][..], |p| p.upserts.as_slice()),
+                applied: prior.as_ref().map_or(&[][..], |p| p.applied.as_slice()),
+                conflicts: next.as_ref().map_or(&[][..], |p| p.conflicts.as_slice()),
+            };
+            commit
+                .commit(state, &spec.name, run_id, token, &run.metrics)
+                .await?;
             if let Some(prior) = &prior {
                 fault_point(FaultPoint::AfterCommit, prior.number);
             }
@@ -908,35 +886,23 @@ async fn execute(
                     }
                 })
                 .collect();
-            let commit = ChunkCommit {
+            let written = WrittenChunk {
                 number,
                 upserts,
                 applied: std::mem::take(&mut plan.applied),
             };
-            Ok::<_, EngineError>((commit, counts))
+            Ok::<_, EngineError>((written, counts))
         };
         let (next, written) = tokio::join!(ahead, work);
-        let (commit, counts) = written?;
+        let (written, counts) = written?;
         counts.apply(&mut run.metrics);
         decided = next?;
-        in_flight = Some(commit);
+        in_flight = Some(written);
     }
     if let Some(last) = in_flight.take() {
-        if !(last.upserts.is_empty() && last.applied.is_empty()) {
-            state
-                .commit_two_way(&TwoWayCommit {
-                    sync: &spec.name,
-                    run: run_id,
-                    lease_token: Some(token),
-                    metrics: &run.metrics,
-                    upserts: &last.upserts,
-                    deletes: &[],
-                    conflicts: &[],
-                    applied: &last.applied,
-                    checkpoint: None,
-                })
-                .await?;
-        }
+        last.as_commit()
+            .commit(state, &spec.name, run_id, token, &run.metrics)
+            .await?;
         fault_point(FaultPoint::AfterCommit, last.number);
     }
     drop(read_back_sources);
@@ -1038,10 +1004,68 @@ async fn execute(
 
 /// A chunk's base rows (and the person's decisions it applied), written to both sides and
 /// flushed, waiting for their commit.
-struct ChunkCommit {
+struct WrittenChunk {
     number: u64,
     upserts: Vec<BaseEntry>,
     applied: Vec<i64>,
+}
+
+impl WrittenChunk {
+    fn as_commit(&self) -> ChunkCommit<'_> {
+        ChunkCommit {
+            upserts: &self.upserts,
+            applied: &self.applied,
+            conflicts: &[],
+        }
+    }
+}
+
+/// One state commit of the chunk loop: a written chunk's base rows and applied decisions,
+/// with the conflicts of the chunk decided next.
+struct ChunkCommit<'a> {
+    upserts: &'a [BaseEntry],
+    applied: &'a [i64],
+    conflicts: &'a [Conflict],
+}
+
+impl ChunkCommit<'_> {
+    /// The conflicts of a decided chunk alone (the first chunk's, before anything is written).
+    fn conflicts_only(plan: &Plan) -> ChunkCommit<'_> {
+        ChunkCommit {
+            upserts: &[],
+            applied: &[],
+            conflicts: &plan.conflicts,
+        }
+    }
+
+    /// Commits it under the lease's fencing `token`, with the run's counts as they stand;
+    /// nothing when it holds nothing.
+    async fn commit(
+        &self,
+        state: &dyn lockstep_state::StateStore,
+        sync: &str,
+        run: i64,
+        token: i64,
+        metrics: &lockstep_core::RunMetrics,
+    ) -> Result<(), EngineError> {
+        if self.upserts.is_empty() && self.applied.is_empty() && self.conflicts.is_empty() {
+            return Ok(());
+        }
+        state
+            .commit_two_way(&TwoWayCommit {
+                sync,
+                run,
+                lease_token: Some(token),
+                metrics,
+                upserts: self.upserts,
+                deletes: &[],
+                conflicts: self.conflicts,
+                applied: self.applied,
+                checkpoint: None,
+            })
+            .await?;
+        Ok(())
+    }
 }
 
 /// How a chunk's writes correct the run's counts, applied once the chunk is written (the
