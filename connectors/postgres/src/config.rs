@@ -33,7 +33,17 @@ pub struct Config {
     /// Name of an environment variable holding the password, for URLs without one.
     #[serde(default)]
     pub password_env: Option<String>,
+    /// How many parallel workers the server may give one key-set summary (a mirror sync's
+    /// reconciliation, a two-way run's delete check): 0, the default, summarizes in one
+    /// process. The summary runs beside the sync's own reads (and a two-way run's other
+    /// side's summary); on a server with few cores, workers take the cores those reads wait
+    /// for. On a server with cores to spare, 2 to 4 shorten the summary of a large table.
+    #[serde(default)]
+    pub key_summary_workers: u32,
 }
+
+/// PostgreSQL's own limit of `max_parallel_workers_per_gather`.
+const MAX_WORKERS_PER_GATHER: u32 = 1024;
 
 fn default_schema() -> String {
     "public".to_owned()
@@ -60,6 +70,7 @@ impl std::fmt::Debug for Config {
             .field("batch_size", &self.read.batch_size)
             .field("lookback", &self.read.lookback)
             .field("password_env", &self.password_env)
+            .field("key_summary_workers", &self.key_summary_workers)
             .finish()
     }
 }
@@ -74,6 +85,8 @@ pub struct Settings {
     pub lookback: Option<String>,
     /// The URL without user info, for messages.
     pub display_url: String,
+    /// Parallel workers a key-set summary may use (`key_summary_workers`).
+    pub key_summary_workers: u32,
     /// Secrets to scrub from any message that could echo them.
     secrets: Vec<String>,
 }
@@ -110,6 +123,14 @@ impl Settings {
         if config.schema.is_empty() {
             return Err(ConnectorError::config("`schema` must not be empty"));
         }
+        if config.key_summary_workers > MAX_WORKERS_PER_GATHER {
+            return Err(ConnectorError::config(format!(
+                "`key_summary_workers` = {} is more than PostgreSQL allows \
+                 (`max_parallel_workers_per_gather` goes up to {MAX_WORKERS_PER_GATHER}); \
+                 give 0 to summarize in one process, or a few workers",
+                config.key_summary_workers
+            )));
+        }
         if config.read.batch_size == Some(0) {
             return Err(ConnectorError::config("`batch_size` must be at least 1"));
         }
@@ -134,6 +155,7 @@ impl Settings {
             batch_size: config.read.batch_size,
             lookback,
             display_url,
+            key_summary_workers: config.key_summary_workers,
             secrets,
         })
     }
@@ -304,6 +326,7 @@ mod tests {
             schema: "public".into(),
             read: ReadConfig::default(),
             password_env: None,
+            key_summary_workers: 0,
         };
         let e = Settings::from_config(config).err().expect("invalid port");
         assert_eq!(e.kind, lockstep_plugin_sdk::api::ErrorKind::CONFIG);

@@ -8,6 +8,10 @@
 //! partitioning relies on `hashtextextended`, so it gives the same value on every server
 //! version. Summaries name their algorithm ([`ALGORITHM`]); the host compares only summaries
 //! of the same algorithm, so another connector's summary is never mistaken for this one's.
+//!
+//! Each summary has a session of its own, whose parallel workers are the config's
+//! `key_summary_workers` (none by default): a summary runs beside the run's own reads, and a
+//! two-way run's two summaries beside each other, often on one server.
 
 use lockstep_plugin_sdk::arrow::array::RecordBatch;
 use lockstep_plugin_sdk::protocol::KeySummary;
@@ -70,6 +74,20 @@ fn summary_sql(schema: &str, table: &Table, key: &[String]) -> Result<String> {
     ))
 }
 
+/// A session for one summary: the parallel workers it may use are `key_summary_workers`
+/// (0 by default: the summary runs beside the sync's own reads, which need the cores more
+/// than a summary needs workers on a small server).
+pub(crate) async fn connect(settings: &Settings) -> Result<sqlx::PgConnection> {
+    let workers = settings.key_summary_workers.to_string();
+    let options = settings
+        .options
+        .clone()
+        .options([("max_parallel_workers_per_gather", workers.as_str())]);
+    sqlx::Connection::connect_with(&options).await.map_err(|e| {
+        settings.scrub_error(map_sqlx(e).context(format!("connecting to {}", settings.display_url)))
+    })
+}
+
 /// The summary of the key set of `table` that `request` reads, as the one-row batch of a
 /// [`KeySummary`].
 pub async fn key_summary(
@@ -78,7 +96,7 @@ pub async fn key_summary(
     request: &ReadRequest,
 ) -> Result<RecordBatch> {
     let sql = summary_sql(&settings.schema, table, &request.key)?;
-    let mut conn = settings.connect().await?;
+    let mut conn = connect(settings).await?;
     let row = sqlx::query(&sql)
         .fetch_one(&mut conn)
         .await

@@ -14,7 +14,7 @@ use lockstep_plugin_sdk::{
 use serde_json::{json, Map, Value};
 use sqlx::{Connection, PgConnection};
 
-use crate::config::Config;
+use crate::config::{Config, Settings};
 use crate::{PgDestination, PgReader, PgSource, PgWriter};
 use lockstep_sql_kit::ReadConfig;
 use lockstep_test_support::{LiveDb, Server};
@@ -47,6 +47,7 @@ impl TestDb {
                 lookback: lookback.map(str::to_owned),
             },
             password_env: None,
+            key_summary_workers: 0,
         }
     }
 
@@ -1085,6 +1086,7 @@ fn connection_problems_map_to_error_kinds_without_secrets() {
                 schema: schema.into(),
                 read: ReadConfig::default(),
                 password_env: None,
+                key_summary_workers: 0,
             };
             PgSource::open(config, standalone_context())
         };
@@ -1398,6 +1400,33 @@ fn key_summaries_match_equal_key_sets_and_tell_different_ones_apart() {
         let e = err(source.read(req).await);
         assert_eq!(e.kind, ErrorKind::SCHEMA);
         assert!(e.message.contains("nope"), "{}", e.message);
+    });
+}
+
+#[test]
+fn key_summaries_use_the_configured_parallel_workers() {
+    let Some(db) = TestDb::create() else { return };
+    block_on(async {
+        let workers = |n: u32| {
+            Settings::from_config(Config {
+                key_summary_workers: n,
+                ..db.config("public", None, None)
+            })
+        };
+        // The summary's session, as `key_summary` opens it: one process by default, the
+        // configured number of workers otherwise.
+        for (n, expected) in [(0, "0"), (3, "3")] {
+            let settings = workers(n).expect("valid settings");
+            let mut conn = crate::summary::connect(&settings).await.expect("connect");
+            let (shown,): (String,) = sqlx::query_as("SHOW max_parallel_workers_per_gather")
+                .fetch_one(&mut conn)
+                .await
+                .expect("show");
+            assert_eq!(shown, expected, "key_summary_workers = {n}");
+        }
+        let e = workers(2000).err().expect("beyond PostgreSQL's limit");
+        assert_eq!(e.kind, ErrorKind::CONFIG, "{}", e.message);
+        assert!(e.message.contains("key_summary_workers"), "{}", e.message);
     });
 }
 
