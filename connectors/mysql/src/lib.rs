@@ -107,6 +107,7 @@ impl Shared {
         if let Some((conn, _)) = self.conn.take() {
             session::close(conn).await;
         }
+        self.db.close_spare().await;
     }
 
     async fn conn(&mut self) -> Result<(&mut MySqlConnection, Flavor)> {

@@ -59,6 +59,10 @@ pub struct MySqlReader {
     connection_id: u64,
     /// A read by keys: the chunks of keys still to read.
     keys: Option<VecDeque<Vec<Vec<Value>>>>,
+    /// The connection is an earlier read's, kept (`Db::take_spare`), and no query has run on
+    /// it yet: the server may have ended it since, so a lost connection is replaced and the
+    /// query tried again once.
+    kept: bool,
 }
 
 /// The most keys one query of a read by keys asks for.
@@ -107,10 +111,15 @@ pub(crate) fn parse_lookback(text: &str) -> Result<i64> {
 }
 
 impl MySqlReader {
-    /// Ends the read's connection once its last rows are in (see [`crate::session::close`]).
+    /// Ends the read's connection once its last rows are in (see [`crate::session::close`]);
+    /// a read by keys that ended whole leaves it for the next one instead.
     async fn close(&mut self) {
         if let Some(conn) = self.conn.take() {
-            crate::session::close(conn).await;
+            if self.keys.is_some() && self.done {
+                self.db.keep_spare(conn, self.connection_id).await;
+            } else {
+                crate::session::close(conn).await;
+            }
         }
     }
 
@@ -192,7 +201,15 @@ impl MySqlReader {
                 )
             }
         };
-        let (conn, _) = db.connect().await?;
+        // A read by keys takes the connection an earlier one left, when there is one.
+        let kept = match keys {
+            Some(_) => db.take_spare(),
+            None => None,
+        };
+        let (conn, connection_id, kept) = match kept {
+            Some((conn, id)) => (conn, id, true),
+            None => (db.connect().await?.0, 0, false),
+        };
         let mut reader = MySqlReader {
             db,
             conn: Some(conn),
@@ -204,10 +221,13 @@ impl MySqlReader {
             position,
             batch_size,
             done: false,
-            connection_id: 0,
+            connection_id,
             keys,
+            kept,
         };
-        reader.connection_id = reader.fetch_connection_id().await?;
+        if !kept {
+            reader.connection_id = reader.fetch_connection_id().await?;
+        }
         Ok(reader)
     }
 
@@ -298,11 +318,20 @@ impl MySqlReader {
             }
             let (sql, args) = self.keys_query(&chunk)?;
             let conn = self.conn.as_mut().expect("connected above");
+            let kept = std::mem::take(&mut self.kept);
             let rows = match sqlx::query_with(&sql, args).fetch_all(&mut *conn).await {
                 Ok(rows) => rows,
                 Err(e) => {
                     if connection_lost(&e) {
                         self.conn = None;
+                        if kept {
+                            tracing::debug!(
+                                table = %self.table,
+                                error = %e,
+                                "the kept connection for reads by keys was gone; connecting anew"
+                            );
+                            continue;
+                        }
                     }
                     return Err(self.db.error(e, &what));
                 }

@@ -55,6 +55,10 @@ pub(crate) struct Db {
     secret: Option<String>,
     /// `host:port/database`, safe to show.
     pub location: String,
+    /// The connection of the last read by keys that ended whole, with its server id, kept
+    /// for the next one: a two-way run reads back every chunk it writes, and each new
+    /// connection costs a handshake and three statements before the read's first query.
+    spare: std::sync::Mutex<Option<(MySqlConnection, u64)>>,
 }
 
 impl Db {
@@ -112,6 +116,7 @@ impl Db {
             options,
             secret,
             location,
+            spare: std::sync::Mutex::new(None),
         })
     }
 
@@ -175,6 +180,36 @@ const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// connection ... (Got an error reading communication packets)": once for every read and
 /// write, which looks like a network fault to whoever watches the server. A connection that
 /// does not end within `CLOSE_WAIT` is dropped.
+impl Db {
+    /// The kept connection of an earlier read by keys, if there is one (see `spare`).
+    pub fn take_spare(&self) -> Option<(MySqlConnection, u64)> {
+        self.spare.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// Keeps `conn` for the next read by keys, or closes it when one is kept already.
+    pub async fn keep_spare(&self, conn: MySqlConnection, id: u64) {
+        let refused = {
+            let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
+            if spare.is_none() {
+                *spare = Some((conn, id));
+                None
+            } else {
+                Some(conn)
+            }
+        };
+        if let Some(conn) = refused {
+            close(conn).await;
+        }
+    }
+
+    /// Closes the kept connection, if any (when the source closes).
+    pub async fn close_spare(&self) {
+        if let Some((conn, _)) = self.take_spare() {
+            close(conn).await;
+        }
+    }
+}
+
 pub async fn close(conn: MySqlConnection) {
     let _ = tokio::time::timeout(CLOSE_WAIT, conn.close()).await;
 }

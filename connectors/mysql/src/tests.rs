@@ -560,6 +560,61 @@ fn reads_by_keys_find_composite_typed_and_many_keys_and_skip_missing_ones() {
 }
 
 #[test]
+fn reads_by_keys_share_one_connection_and_survive_its_end() {
+    with_db(|mut db| async move {
+        db.exec("CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(10))")
+            .await;
+        db.exec("INSERT INTO t VALUES (1, 'a'), (2, 'b'), (3, 'c')")
+            .await;
+        let mut source = db.source().await;
+        let by_keys = |ids: &[i64]| ReadRequest {
+            key: vec!["id".into()],
+            keys: Some(ids.iter().map(|i| vec![json!(i)]).collect()),
+            ..request("t")
+        };
+        // Reads a whole read by keys; the ids it found and the connection it used.
+        async fn whole(source: &mut MySqlSource, req: ReadRequest) -> (Vec<i64>, u64) {
+            let mut reader = source.read(req).await.expect("read by keys");
+            let mut found = Vec::new();
+            while let Some((batch, _)) = reader.next_batch().await.expect("batch") {
+                found.extend(
+                    rows_from_batch(&batch)
+                        .iter()
+                        .map(|r| r["id"].as_i64().unwrap()),
+                );
+            }
+            (found, reader.connection_id())
+        }
+
+        // Reads by keys one after another: one server connection.
+        let (found, first) = whole(&mut source, by_keys(&[1, 3])).await;
+        assert_eq!(found, [1, 3]);
+        for _ in 0..3 {
+            let (found, again) = whole(&mut source, by_keys(&[2])).await;
+            assert_eq!((found.as_slice(), again), (&[2][..], first));
+        }
+        // A read by keys started while the kept connection is taken has its own; the first
+        // of the two to end keeps its connection for the next.
+        let mut held = source.read(by_keys(&[1])).await.unwrap();
+        assert_eq!(held.connection_id(), first);
+        let (found, other) = whole(&mut source, by_keys(&[3])).await;
+        assert_eq!(found, [3]);
+        assert_ne!(other, first);
+        while held.next_batch().await.unwrap().is_some() {}
+        drop(held);
+        let (_, kept) = whole(&mut source, by_keys(&[1])).await;
+        assert_eq!(kept, other, "the first read to end keeps its connection");
+
+        // The server ends the kept connection: the next read connects anew, and succeeds.
+        db.exec(&format!("KILL CONNECTION {kept}")).await;
+        let (found, after) = whole(&mut source, by_keys(&[1, 2, 3])).await;
+        assert_eq!(found, [1, 2, 3]);
+        assert_ne!(after, kept);
+        source.close().await;
+    })
+}
+
+#[test]
 fn incremental_reads_are_tie_safe() {
     with_db(|mut db| async move {
         db.exec("CREATE TABLE events (id INT PRIMARY KEY, at DATETIME(6), note TEXT)")

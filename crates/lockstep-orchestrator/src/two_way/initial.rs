@@ -22,14 +22,13 @@
 //!   side a and one chunk of base rows (a record's values become a map only for its base
 //!   row).
 
+use arrow::array::RecordBatch;
+use lockstep_core::protocol::arrow_types::json_value;
+use lockstep_core::protocol::DataType;
 use lockstep_core::record_keys;
 use lockstep_state::{BaseEntry, TwoWayCommit};
 use serde_json::Value;
 use xxhash_rust::xxh3::xxh3_64;
-
-use arrow::array::RecordBatch;
-use lockstep_core::protocol::arrow_types::json_value;
-use lockstep_core::protocol::DataType;
 
 use super::{
     changes_request, logical_types, refuse_rejects, row_values_typed, side_records, take_batch,
