@@ -40,8 +40,9 @@ enum Position {
     AtLeast(Value),
 }
 
-/// The reader of one `read` call. It owns its own connection, and replaces it after a
-/// connection error so that a retried `next_batch` resumes where the last batch ended.
+/// The reader of one `read` call. It owns its connection (a read by keys may have taken the
+/// one an earlier read by keys left), and replaces it after a connection error so that a
+/// retried `next_batch` resumes where the last batch ended.
 pub struct MySqlReader {
     db: Arc<Db>,
     conn: Option<MySqlConnection>,

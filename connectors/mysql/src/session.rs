@@ -1,5 +1,6 @@
 //! Connections: the server a config names, session setup, turning server errors into
-//! connector errors that name the server, and how a connection ends (`close`).
+//! connector errors that name the server, how a connection ends (`close`), and the one
+//! connection a source keeps for its reads by keys (`Db::take_spare`, `Db::keep_spare`).
 
 use std::fmt::Display;
 use std::str::FromStr;
@@ -175,11 +176,6 @@ impl Db {
 /// How long ending a connection as the protocol asks may take before it is simply dropped.
 const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Ends `conn` as the protocol asks (`COM_QUIT`). A connection dropped instead is counted
-/// by the server in `Aborted_clients` and, at the default `log_warnings`, logged as "Aborted
-/// connection ... (Got an error reading communication packets)": once for every read and
-/// write, which looks like a network fault to whoever watches the server. A connection that
-/// does not end within `CLOSE_WAIT` is dropped.
 impl Db {
     /// The kept connection of an earlier read by keys, if there is one (see `spare`).
     pub fn take_spare(&self) -> Option<(MySqlConnection, u64)> {
@@ -210,6 +206,11 @@ impl Db {
     }
 }
 
+/// Ends `conn` as the protocol asks (`COM_QUIT`). A connection dropped instead is counted
+/// by the server in `Aborted_clients` and, at the default `log_warnings`, logged as "Aborted
+/// connection ... (Got an error reading communication packets)": once for every read and
+/// write, which looks like a network fault to whoever watches the server. A connection that
+/// does not end within `CLOSE_WAIT` is dropped.
 pub async fn close(conn: MySqlConnection) {
     let _ = tokio::time::timeout(CLOSE_WAIT, conn.close()).await;
 }
