@@ -162,11 +162,15 @@ impl Settings {
 
     /// Opens a new session.
     pub async fn connect(&self) -> Result<PgConnection> {
-        PgConnection::connect_with(&self.options)
-            .await
-            .map_err(|e| {
-                self.scrub_error(map_sqlx(e).context(format!("connecting to {}", self.display_url)))
-            })
+        self.connect_with(&self.options).await
+    }
+
+    /// Opens a new session with `options` (these settings' options with more session
+    /// settings), its errors scrubbed as [`Settings::connect`]'s.
+    pub async fn connect_with(&self, options: &PgConnectOptions) -> Result<PgConnection> {
+        PgConnection::connect_with(options).await.map_err(|e| {
+            self.scrub_error(map_sqlx(e).context(format!("connecting to {}", self.display_url)))
+        })
     }
 
     /// Removes secrets from an error's message.

@@ -83,9 +83,7 @@ pub(crate) async fn connect(settings: &Settings) -> Result<sqlx::PgConnection> {
         .options
         .clone()
         .options([("max_parallel_workers_per_gather", workers.as_str())]);
-    sqlx::Connection::connect_with(&options).await.map_err(|e| {
-        settings.scrub_error(map_sqlx(e).context(format!("connecting to {}", settings.display_url)))
-    })
+    settings.connect_with(&options).await
 }
 
 /// The summary of the key set of `table` that `request` reads, as the one-row batch of a
