@@ -267,6 +267,67 @@ fn cdc_applies_inserts_updates_and_deletes_in_commit_order() {
     assert_eq!(expected, rows(&destination));
 }
 
+/// A run's batches overlap (a batch's state commit runs while the next one is looked up and
+/// written): a key changed in batches two apart must be diffed against its value from the
+/// first of them, not the store's older one. Here keys go back to their values before the
+/// run, which a stale lookup would call unchanged and leave unwritten.
+#[test]
+fn cdc_keys_changed_in_batches_two_apart_end_with_their_last_values() {
+    let Some((source, destination)) = databases("cdc_two_apart") else {
+        return;
+    };
+    let slot = Slot::new(&source);
+    let dir = tempfile::tempdir().unwrap();
+    exec(
+        &source,
+        &[
+            TABLE,
+            "INSERT INTO people SELECT g, 'p' || g, g, NULL FROM generate_series(1, 10) g",
+        ],
+    );
+    config(dir.path(), &source, &destination, &slot, 1);
+    run_ok(dir.path());
+    assert_eq!(rows(&source), rows(&destination));
+
+    // One change a transaction and a batch: keys 1 to 4 each change, then change back two
+    // batches later, so that every second batch has a key of the batch two before it; keys 9
+    // and 10 change back in the very next batch.
+    let mut changes = Vec::new();
+    for id in 1..=4 {
+        changes.push(format!(
+            "UPDATE people SET name = 'changed' WHERE id = {id}"
+        ));
+        changes.push(format!(
+            "UPDATE people SET score = score + 100 WHERE id = {}",
+            id + 4
+        ));
+        changes.push(format!("UPDATE people SET name = 'p{id}' WHERE id = {id}"));
+    }
+    for id in [9, 10] {
+        changes.push(format!(
+            "UPDATE people SET name = 'changed' WHERE id = {id}"
+        ));
+        changes.push(format!("UPDATE people SET name = 'p{id}' WHERE id = {id}"));
+    }
+    let statements: Vec<&str> = changes.iter().map(String::as_str).collect();
+    exec(&source, &statements);
+    let second = run_ok(dir.path());
+    let m = &second["metrics"];
+    assert_eq!(m["read"], 16, "{second}");
+    assert_eq!(m["updated"], 16, "{second}");
+    assert_eq!(m["unchanged"], 0, "{second}");
+    let expected = rows(&source);
+    assert!(
+        expected.iter().any(|r| r.starts_with("1|p1|1|")),
+        "{expected:?}"
+    );
+    assert!(
+        expected.iter().any(|r| r.starts_with("10|p10|10|")),
+        "{expected:?}"
+    );
+    assert_eq!(expected, rows(&destination));
+}
+
 #[test]
 fn cdc_kills_between_commit_and_slot_confirmation_lose_and_repeat_nothing() {
     let Some((source, destination)) = databases("cdc_kill") else {
