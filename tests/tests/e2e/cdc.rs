@@ -149,6 +149,26 @@ fn run_ok(dir: &Path) -> serde_json::Value {
     serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
 }
 
+/// A source of `rows` people (`p1`, `p2`, ...; the score is the id) and a cdc sync of it in
+/// batches of `batch` whose first run (the snapshot) succeeded: the source, the destination,
+/// the slot and the directory of the sync's config and state (dropped in reverse, the slot
+/// before the databases). `None` when the test is skipped (no logical decoding).
+fn synced_people(
+    prefix: &str,
+    rows: u32,
+    batch: usize,
+) -> Option<(TempDatabase, TempDatabase, Slot, tempfile::TempDir)> {
+    let (source, destination) = databases(prefix)?;
+    let slot = Slot::new(&source);
+    let dir = tempfile::tempdir().unwrap();
+    let people =
+        format!("INSERT INTO people SELECT g, 'p' || g, g, NULL FROM generate_series(1, {rows}) g");
+    exec(&source, &[TABLE, &people]);
+    config(dir.path(), &source, &destination, &slot, batch);
+    run_ok(dir.path());
+    Some((source, destination, slot, dir))
+}
+
 /// `score` is NOT NULL: a delete in the change log carries the key alone.
 const TABLE: &str =
     "CREATE TABLE people (id BIGINT PRIMARY KEY, name TEXT, score INTEGER NOT NULL, bio TEXT)";
@@ -273,20 +293,9 @@ fn cdc_applies_inserts_updates_and_deletes_in_commit_order() {
 /// run, which a stale lookup would call unchanged and leave unwritten.
 #[test]
 fn cdc_keys_changed_in_batches_two_apart_end_with_their_last_values() {
-    let Some((source, destination)) = databases("cdc_two_apart") else {
+    let Some((source, destination, _slot, dir)) = synced_people("cdc_two_apart", 10, 1) else {
         return;
     };
-    let slot = Slot::new(&source);
-    let dir = tempfile::tempdir().unwrap();
-    exec(
-        &source,
-        &[
-            TABLE,
-            "INSERT INTO people SELECT g, 'p' || g, g, NULL FROM generate_series(1, 10) g",
-        ],
-    );
-    config(dir.path(), &source, &destination, &slot, 1);
-    run_ok(dir.path());
     assert_eq!(rows(&source), rows(&destination));
 
     // One change a transaction and a batch: keys 1 to 4 each change, then change back two
@@ -330,20 +339,9 @@ fn cdc_keys_changed_in_batches_two_apart_end_with_their_last_values() {
 
 #[test]
 fn cdc_kills_between_commit_and_slot_confirmation_lose_and_repeat_nothing() {
-    let Some((source, destination)) = databases("cdc_kill") else {
+    let Some((source, destination, slot, dir)) = synced_people("cdc_kill", 3000, 500) else {
         return;
     };
-    let slot = Slot::new(&source);
-    let dir = tempfile::tempdir().unwrap();
-    exec(
-        &source,
-        &[
-            TABLE,
-            "INSERT INTO people SELECT g, 'p' || g, g, NULL FROM generate_series(1, 3000) g",
-        ],
-    );
-    config(dir.path(), &source, &destination, &slot, 500);
-    run_ok(dir.path());
     for (round, fault) in [
         "after-commit:2",
         "after-flush:3",
@@ -691,20 +689,9 @@ fn has_checkpoint(dir: &Path) -> bool {
 
 #[test]
 fn cdc_drop_removes_the_slot_and_publication_and_a_later_run_takes_a_new_snapshot() {
-    let Some((source, destination)) = databases("cdc_drop") else {
+    let Some((source, destination, slot, dir)) = synced_people("cdc_drop", 300, 100) else {
         return;
     };
-    let slot = Slot::new(&source);
-    let dir = tempfile::tempdir().unwrap();
-    exec(
-        &source,
-        &[
-            TABLE,
-            "INSERT INTO people SELECT g, 'p' || g, g, NULL FROM generate_series(1, 300) g",
-        ],
-    );
-    config(dir.path(), &source, &destination, &slot, 100);
-    run_ok(dir.path());
     exec(
         &source,
         &["UPDATE people SET name = 'changed' WHERE id <= 10"],
@@ -799,20 +786,9 @@ fn cdc_drop_removes_the_slot_and_publication_and_a_later_run_takes_a_new_snapsho
 
 #[test]
 fn cdc_falls_back_to_a_new_snapshot_when_its_slot_was_dropped_under_it() {
-    let Some((source, destination)) = databases("cdc_lost") else {
+    let Some((source, destination, slot, dir)) = synced_people("cdc_lost", 200, 100) else {
         return;
     };
-    let slot = Slot::new(&source);
-    let dir = tempfile::tempdir().unwrap();
-    exec(
-        &source,
-        &[
-            TABLE,
-            "INSERT INTO people SELECT g, 'p' || g, g, NULL FROM generate_series(1, 200) g",
-        ],
-    );
-    config(dir.path(), &source, &destination, &slot, 100);
-    run_ok(dir.path());
     exec(&source, &["UPDATE people SET name = 'seen' WHERE id = 1"]);
     run_ok(dir.path());
     assert_eq!(checkpoint(dir.path())["phase"], "changes");
@@ -883,20 +859,9 @@ fn anchor_confirmed(db: &TempDatabase, slot: &Slot) -> Option<String> {
 /// commit) is dropped, not taken, and nothing is lost or applied twice.
 #[test]
 fn cdc_runs_hand_the_slot_over_through_an_anchor_at_the_committed_checkpoint() {
-    let Some((source, destination)) = databases("cdc_anchor") else {
+    let Some((source, destination, slot, dir)) = synced_people("cdc_anchor", 500, 100) else {
         return;
     };
-    let slot = Slot::new(&source);
-    let dir = tempfile::tempdir().unwrap();
-    exec(
-        &source,
-        &[
-            TABLE,
-            "INSERT INTO people SELECT g, 'p' || g, g, NULL FROM generate_series(1, 500) g",
-        ],
-    );
-    config(dir.path(), &source, &destination, &slot, 100);
-    run_ok(dir.path());
     for round in 1..=3 {
         exec(
             &source,
