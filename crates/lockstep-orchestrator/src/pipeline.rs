@@ -241,7 +241,8 @@ pub(crate) async fn execute<S: Sink>(
         run.seen_keys = Some(SeenKeys::new());
     }
     // A mirror run that reconciles summarizes the source's key set while it reads and writes
-    // its changes (see `summary`), and the destination's once they are written.
+    // its changes (see `summary`), and the destination's as soon as they are flushed, beside
+    // the last batch's state commit.
     let reconcile_mirror = spec.mode == SyncMode::Mirror
         && !ctx.destination_is_new
         && reconcile::due(ctx.services, job, run.run_id).await?;
@@ -346,12 +347,26 @@ pub(crate) async fn execute<S: Sink>(
             if !completed {
                 source_cancel.cancel();
             }
-            // The batch in hand commits, whether the read ended or a stop was asked for.
-            finish_in_flight(ctx, run, &mut in_flight).await?;
+            // The batch in hand commits, whether the read ended or a stop was asked for. Every
+            // batch is flushed to the destination by now, so once the read ended the
+            // destination's summary counts all the run wrote: it is taken beside that commit
+            // (and beside what is left of the source's).
+            let destination_summary = async {
+                if completed && summarize_early {
+                    Some(crate::summary::destination_summary(ctx).await)
+                } else {
+                    None
+                }
+            };
+            let (committed, destination_summary) = tokio::join!(
+                finish_in_flight(ctx, run, &mut in_flight),
+                destination_summary
+            );
+            committed?;
             drop(rx);
             let _ = read_task.await;
             drop(source);
-            Ok::<_, EngineError>((completed, cdc_snapshot))
+            Ok::<_, EngineError>((completed, cdc_snapshot, destination_summary))
         };
         tokio::pin!(changes);
         loop {
@@ -363,7 +378,7 @@ pub(crate) async fn execute<S: Sink>(
             }
         }
     };
-    let (completed, cdc_snapshot) = changed?;
+    let (completed, cdc_snapshot, written_summary) = changed?;
     if !completed {
         return Ok(false);
     }
@@ -395,7 +410,7 @@ pub(crate) async fn execute<S: Sink>(
         _ => false,
     };
     if reconcile_now {
-        destination_size = reconcile::run(ctx, sink, run, early_summary).await?;
+        destination_size = reconcile::run(ctx, sink, run, early_summary, written_summary).await?;
     }
     // Every delete the run found now waits in the state store: they are checked against the
     // guard together, then applied or held.

@@ -62,12 +62,14 @@ pub(crate) async fn due(
 /// Finds the destination's keys that the source no longer has and records them as pending
 /// deletes (a plan counts them). Returns how many records the destination holds, when it
 /// could be read. `early` is the source's key-set summary when the run took it while
-/// writing its changes (`summary::source_summary`).
+/// writing its changes (`summary::source_summary`), `written` the destination's when the
+/// run took it once they were written (`summary::destination_summary`).
 pub(crate) async fn run<S: Sink>(
     ctx: &Context<'_>,
     sink: &mut S,
     run: &mut RunState,
     early: Option<crate::summary::EarlySummary>,
+    written: Option<crate::summary::DestinationSummary>,
 ) -> Result<Option<u64>, EngineError> {
     let services = ctx.services;
     let job = ctx.job;
@@ -84,7 +86,7 @@ pub(crate) async fn run<S: Sink>(
     }
     // With deletes waiting, the keys are streamed even when the key sets look equal: the
     // streaming pass is what cancels a waiting delete whose record the source has again.
-    if !run.deletes_waiting && crate::summary::key_sets_match(ctx, early).await {
+    if !run.deletes_waiting && crate::summary::key_sets_match(ctx, early, written).await {
         tracing::info!("reconciliation: the key sets' summaries match, nothing to delete");
         // A plan records nothing; a run records that it reconciled.
         if sink.writes() {

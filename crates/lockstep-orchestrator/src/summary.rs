@@ -6,8 +6,9 @@
 //! aggregate queries instead of reading every key of both sides.
 //!
 //! A run's source summary may be taken early, while the changes are read and written
-//! (`source_summary`), and the destination's once they are written: the source's then
-//! describes its key set at the run's start. A key the source gained during the run makes the
+//! (`source_summary`), and the destination's as soon as they are written, beside what is
+//! left of the source's (`destination_summary`): the source's then describes its key set at
+//! the run's start. A key the source gained during the run makes the
 //! summaries differ (the keys are streamed: slower, still correct); a key it lost during the
 //! run stays in the destination until the next reconciliation, as a key lost just after the
 //! run would. No delete is ever missed for good, and none is made wrongly.
@@ -47,6 +48,28 @@ pub(crate) async fn source_summary(ctx: &Context<'_>) -> EarlySummary {
     ))
 }
 
+/// The destination's key-set summary taken before the reconciliation
+/// (`destination_summary`).
+pub(crate) struct DestinationSummary(Option<Result<KeySummary, EngineError>>);
+
+/// The destination's key-set summary, taken once the run's changes are written (so it
+/// counts them) and while the source's early one may still run; `None` inside when the
+/// summaries cannot decide for this sync.
+pub(crate) async fn destination_summary(ctx: &Context<'_>) -> DestinationSummary {
+    if summarizable(ctx).is_none() {
+        return DestinationSummary(None);
+    }
+    DestinationSummary(Some(
+        summary(
+            ctx.services,
+            &ctx.job.destination,
+            &ctx.job.spec.destination.stream,
+            ctx.mapper.key().to_vec(),
+        )
+        .await,
+    ))
+}
+
 /// The source's key fields, when both connectors summarize and the key is plain copies.
 fn summarizable(ctx: &Context<'_>) -> Option<Vec<String>> {
     let job = ctx.job;
@@ -59,8 +82,13 @@ fn summarizable(ctx: &Context<'_>) -> Option<Vec<String>> {
 /// Whether the source's and the destination's key sets are known to be equal, by their
 /// summaries. `false` means "not known": the caller streams the keys. The source's summary
 /// is `early` when the run took it while writing its changes, else taken now beside the
-/// destination's.
-pub(crate) async fn key_sets_match(ctx: &Context<'_>, early: Option<EarlySummary>) -> bool {
+/// destination's; the destination's is `written` when the run took it once its changes
+/// were written, else taken now.
+pub(crate) async fn key_sets_match(
+    ctx: &Context<'_>,
+    early: Option<EarlySummary>,
+    written: Option<DestinationSummary>,
+) -> bool {
     let job = ctx.job;
     let Some(source_key) = summarizable(ctx) else {
         return false;
@@ -79,12 +107,20 @@ pub(crate) async fn key_sets_match(ctx: &Context<'_>, early: Option<EarlySummary
             }
         }
     };
-    let destination = summary(
-        ctx.services,
-        &job.destination,
-        &job.spec.destination.stream,
-        ctx.mapper.key().to_vec(),
-    );
+    let destination = async {
+        match written {
+            Some(DestinationSummary(Some(taken))) => taken,
+            Some(DestinationSummary(None)) | None => {
+                summary(
+                    ctx.services,
+                    &job.destination,
+                    &job.spec.destination.stream,
+                    ctx.mapper.key().to_vec(),
+                )
+                .await
+            }
+        }
+    };
     match tokio::join!(source, destination) {
         (Ok(source), Ok(destination)) => {
             let equal = source.algorithm == destination.algorithm
