@@ -350,19 +350,18 @@ pub(crate) async fn execute<S: Sink>(
             // The batch in hand commits, whether the read ended or a stop was asked for. Every
             // batch is flushed to the destination by now, so once the read ended the
             // destination's summary counts all the run wrote: it is taken beside that commit
-            // (and beside what is left of the source's).
+            // (and beside what is left of the source's). A failed commit drops it with its read.
             let destination_summary = async {
-                if completed && summarize_early {
+                Ok(if completed && summarize_early {
                     Some(crate::summary::destination_summary(ctx).await)
                 } else {
                     None
-                }
+                })
             };
-            let (committed, destination_summary) = tokio::join!(
+            let ((), destination_summary) = tokio::try_join!(
                 finish_in_flight(ctx, run, &mut in_flight),
                 destination_summary
-            );
-            committed?;
+            )?;
             drop(rx);
             let _ = read_task.await;
             drop(source);
