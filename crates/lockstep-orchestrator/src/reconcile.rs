@@ -68,8 +68,8 @@ pub(crate) async fn run<S: Sink>(
     ctx: &Context<'_>,
     sink: &mut S,
     run: &mut RunState,
-    early: Option<crate::summary::EarlySummary>,
-    written: Option<crate::summary::DestinationSummary>,
+    early: Option<crate::summary::TakenSummary>,
+    written: Option<crate::summary::TakenSummary>,
 ) -> Result<Option<u64>, EngineError> {
     let services = ctx.services;
     let job = ctx.job;

@@ -26,48 +26,50 @@ use crate::error::EngineError;
 use crate::job::Endpoint;
 use crate::services::Services;
 
-/// The source's key-set summary taken before the reconciliation (`source_summary`).
-pub(crate) struct EarlySummary(Option<Result<KeySummary, EngineError>>);
+/// A key-set summary the run took before the reconciliation (`source_summary`,
+/// `destination_summary`); `None` inside when the summaries cannot decide for this sync (a
+/// computed key, a connector without the feature).
+pub(crate) struct TakenSummary(Option<Result<KeySummary, EngineError>>);
 
-/// The source's key-set summary, taken while the run reads and writes its changes; `None`
-/// inside when the summaries cannot decide for this sync (a computed key, a connector
-/// without the feature).
-pub(crate) async fn source_summary(ctx: &Context<'_>) -> EarlySummary {
-    let job = ctx.job;
+/// The source's key-set summary, taken while the run reads and writes its changes.
+pub(crate) async fn source_summary(ctx: &Context<'_>) -> TakenSummary {
     let Some(source_key) = summarizable(ctx) else {
-        return EarlySummary(None);
+        return TakenSummary(None);
     };
-    EarlySummary(Some(
-        summary(
-            ctx.services,
-            &job.source,
-            &job.spec.source.stream,
-            source_key,
-        )
-        .await,
-    ))
+    TakenSummary(Some(of_source(ctx, source_key).await))
 }
 
-/// The destination's key-set summary taken before the reconciliation
-/// (`destination_summary`).
-pub(crate) struct DestinationSummary(Option<Result<KeySummary, EngineError>>);
-
-/// The destination's key-set summary, taken once the run's changes are written (so it
-/// counts them) and while the source's early one may still run; `None` inside when the
-/// summaries cannot decide for this sync.
-pub(crate) async fn destination_summary(ctx: &Context<'_>) -> DestinationSummary {
+/// The destination's key-set summary, taken once the run's changes are flushed (so it
+/// counts them) and while the source's may still run.
+pub(crate) async fn destination_summary(ctx: &Context<'_>) -> TakenSummary {
     if summarizable(ctx).is_none() {
-        return DestinationSummary(None);
+        return TakenSummary(None);
     }
-    DestinationSummary(Some(
-        summary(
-            ctx.services,
-            &ctx.job.destination,
-            &ctx.job.spec.destination.stream,
-            ctx.mapper.key().to_vec(),
-        )
-        .await,
-    ))
+    TakenSummary(Some(of_destination(ctx).await))
+}
+
+/// The summary of the source's key set, by its key fields `source_key`.
+async fn of_source(ctx: &Context<'_>, source_key: Vec<String>) -> Result<KeySummary, EngineError> {
+    let job = ctx.job;
+    summary(
+        ctx.services,
+        &job.source,
+        &job.spec.source.stream,
+        source_key,
+    )
+    .await
+}
+
+/// The summary of the destination's key set, by the mapped key.
+async fn of_destination(ctx: &Context<'_>) -> Result<KeySummary, EngineError> {
+    let job = ctx.job;
+    summary(
+        ctx.services,
+        &job.destination,
+        &job.spec.destination.stream,
+        ctx.mapper.key().to_vec(),
+    )
+    .await
 }
 
 /// The source's key fields, when both connectors summarize and the key is plain copies.
@@ -80,45 +82,27 @@ fn summarizable(ctx: &Context<'_>) -> Option<Vec<String>> {
 }
 
 /// Whether the source's and the destination's key sets are known to be equal, by their
-/// summaries. `false` means "not known": the caller streams the keys. The source's summary
-/// is `early` when the run took it while writing its changes, else taken now beside the
-/// destination's; the destination's is `written` when the run took it once its changes
-/// were written, else taken now.
+/// summaries. `false` means "not known": the caller streams the keys. Each side's summary is
+/// the one the run took (`early` the source's while it wrote its changes, `written` the
+/// destination's once they were flushed), else taken now beside the other.
 pub(crate) async fn key_sets_match(
     ctx: &Context<'_>,
-    early: Option<EarlySummary>,
-    written: Option<DestinationSummary>,
+    early: Option<TakenSummary>,
+    written: Option<TakenSummary>,
 ) -> bool {
-    let job = ctx.job;
     let Some(source_key) = summarizable(ctx) else {
         return false;
     };
     let source = async {
         match early {
-            Some(EarlySummary(Some(taken))) => taken,
-            Some(EarlySummary(None)) | None => {
-                summary(
-                    ctx.services,
-                    &job.source,
-                    &job.spec.source.stream,
-                    source_key,
-                )
-                .await
-            }
+            Some(TakenSummary(Some(taken))) => taken,
+            Some(TakenSummary(None)) | None => of_source(ctx, source_key).await,
         }
     };
     let destination = async {
         match written {
-            Some(DestinationSummary(Some(taken))) => taken,
-            Some(DestinationSummary(None)) | None => {
-                summary(
-                    ctx.services,
-                    &job.destination,
-                    &job.spec.destination.stream,
-                    ctx.mapper.key().to_vec(),
-                )
-                .await
-            }
+            Some(TakenSummary(Some(taken))) => taken,
+            Some(TakenSummary(None)) | None => of_destination(ctx).await,
         }
     };
     match tokio::join!(source, destination) {
